@@ -1,0 +1,58 @@
+//! What the adapters share: SDK configuration and the one error type AWS failures are
+//! reduced to before they reach the HTTP layer or the consumer.
+
+use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
+use std::fmt::Debug;
+
+/// An AWS call that did not do its job. `Unavailable` is worth retrying (throttled,
+/// unreachable, 5xx); `Internal` is a bug on our side (a malformed request).
+#[derive(Debug, thiserror::Error)]
+pub enum AwsError {
+    #[error("AWS unavailable: {0}")]
+    Unavailable(String),
+    #[error("AWS call failed: {0}")]
+    Internal(String),
+}
+
+const RETRYABLE_CODES: &[&str] = &[
+    "ThrottlingException",
+    "ProvisionedThroughputExceededException",
+    "RequestLimitExceeded",
+    "InternalServerError",
+    "ServiceUnavailable",
+    "TransactionConflictException",
+    "AWS.SimpleQueueService.RequestThrottled",
+    "RequestThrottled",
+    "KMS.ThrottlingException",
+];
+
+impl<E, R> From<SdkError<E, R>> for AwsError
+where
+    E: ProvideErrorMetadata + Debug,
+    R: Debug,
+{
+    fn from(err: SdkError<E, R>) -> Self {
+        match &err {
+            SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => {
+                AwsError::Unavailable(format!("{err:?}"))
+            }
+            SdkError::ServiceError(service) => {
+                let code = service.err().code().unwrap_or("Unknown");
+                let server_side = RETRYABLE_CODES.contains(&code);
+                let detail = format!("{code}: {}", service.err().message().unwrap_or(""));
+                if server_side {
+                    AwsError::Unavailable(detail)
+                } else {
+                    AwsError::Internal(detail)
+                }
+            }
+            _ => AwsError::Internal(format!("{err:?}")),
+        }
+    }
+}
+
+/// The shared SDK configuration: region, credentials and (locally) `AWS_ENDPOINT_URL`
+/// from the environment. Loading does no network I/O; credentials resolve on first use.
+pub async fn sdk_config() -> aws_config::SdkConfig {
+    aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await
+}

@@ -1,0 +1,153 @@
+//! `vfctl`: admin command for API keys. `--local` targets the `make dev` stack.
+
+use clap::{Args, Parser, Subcommand};
+use std::process::ExitCode;
+use vibefollow_users::auth::{generate_key, key_hash, key_id, ApiKeyRecord, Scope, DEFAULT_RATE_LIMIT};
+use vibefollow_users::aws::sdk_config;
+use vibefollow_users::contract::format_millis;
+use vibefollow_users::store::ApiKeyStore;
+
+/// Written by `dev/stack.py` while the local stack runs.
+const LOCAL_ENV_FILE: &str = ".local/stack.env";
+
+#[derive(Parser)]
+#[command(name = "vfctl", about = "VibeFollow Users admin command")]
+struct Cli {
+    /// Talk to the local stack that `make dev` runs, instead of AWS.
+    #[arg(long, global = true)]
+    local: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Manage API keys.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Create a key; prints the key alone on stdout (it is shown only once).
+    Create(CreateArgs),
+    /// List a workspace's keys (never the keys themselves).
+    List {
+        #[arg(long)]
+        workspace: String,
+    },
+    /// Revoke a key by its key id (`key_…`) or by the key itself.
+    Revoke { key: String },
+}
+
+#[derive(Args)]
+struct CreateArgs {
+    #[arg(long)]
+    workspace: String,
+    /// Comma-separated: users:write, users:read, users:read_pii.
+    #[arg(long, value_delimiter = ',', required = true)]
+    scopes: Vec<Scope>,
+    /// Requests per second for the workspace (bursts to twice that).
+    #[arg(long, default_value_t = DEFAULT_RATE_LIMIT, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    rate_limit: u32,
+    /// Create an `sk_test_` key instead of `sk_live_`.
+    #[arg(long)]
+    test: bool,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("vfctl: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<(), String> {
+    if cli.local {
+        load_local_env()?;
+    }
+    let table = std::env::var("API_KEYS_TABLE")
+        .map_err(|_| "API_KEYS_TABLE is not set (use --local for the dev stack, or export the deployed table name)")?;
+    let store = ApiKeyStore::new(vibefollow_users::aws_sdk_dynamodb::Client::new(&sdk_config().await), table);
+    let Command::Keys(command) = cli.command;
+    match command {
+        KeysCommand::Create(args) => create(&store, args).await,
+        KeysCommand::List { workspace } => list(&store, &workspace).await,
+        KeysCommand::Revoke { key } => revoke(&store, &key).await,
+    }
+}
+
+async fn create(store: &ApiKeyStore, args: CreateArgs) -> Result<(), String> {
+    check_workspace(&args.workspace)?;
+    let key = generate_key(args.test);
+    let hash = key_hash(&key);
+    let mut scopes = args.scopes;
+    scopes.sort();
+    scopes.dedup();
+    let record = ApiKeyRecord {
+        key_id: key_id(&hash),
+        workspace_id: args.workspace,
+        scopes,
+        rate_limit: args.rate_limit,
+        created_at: now_millis(),
+        revoked: false,
+    };
+    store.put(&hash, &record).await.map_err(|e| e.to_string())?;
+    eprintln!("created {} for workspace {}", record.key_id, record.workspace_id);
+    println!("{key}");
+    Ok(())
+}
+
+async fn list(store: &ApiKeyStore, workspace: &str) -> Result<(), String> {
+    check_workspace(workspace)?;
+    let mut keys = store.list(workspace).await.map_err(|e| e.to_string())?;
+    keys.sort_by_key(|k| k.created_at);
+    println!("{:<22} {:<40} {:>10} {:<25} revoked", "key_id", "scopes", "rate_limit", "created");
+    for key in keys {
+        let scopes: Vec<&str> = key.scopes.iter().map(|s| s.as_str()).collect();
+        let created = format_millis(key.created_at).unwrap_or_default();
+        println!("{:<22} {:<40} {:>10} {:<25} {}", key.key_id, scopes.join(","), key.rate_limit, created, key.revoked);
+    }
+    Ok(())
+}
+
+async fn revoke(store: &ApiKeyStore, key: &str) -> Result<(), String> {
+    let target = if key.starts_with("sk_") { key_hash(key) } else { key.to_owned() };
+    if !target.starts_with("key_") && target.len() != 64 {
+        return Err("expected a key id (key_…) or a key (sk_live_…/sk_test_…)".into());
+    }
+    if store.revoke(&target).await.map_err(|e| e.to_string())? {
+        eprintln!("revoked; refused everywhere within 60 seconds");
+        Ok(())
+    } else {
+        Err("no such key".into())
+    }
+}
+
+fn check_workspace(workspace: &str) -> Result<(), String> {
+    let ok = (1..=64).contains(&workspace.len())
+        && workspace.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    ok.then_some(()).ok_or_else(|| format!("workspace id `{workspace}` must be 1-64 of [A-Za-z0-9_-]"))
+}
+
+fn load_local_env() -> Result<(), String> {
+    let text = std::fs::read_to_string(LOCAL_ENV_FILE)
+        .map_err(|_| format!("{LOCAL_ENV_FILE} not found: start the local stack with `make dev` first"))?;
+    for line in text.lines().filter(|l| !l.trim().is_empty() && !l.starts_with('#')) {
+        if let Some((name, value)) = line.split_once('=') {
+            std::env::set_var(name.trim(), value.trim());
+        }
+    }
+    Ok(())
+}
+
+fn now_millis() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}

@@ -1,0 +1,37 @@
+//! Configuration from environment variables (set by `template.yaml` on AWS and by
+//! `dev/stack.py` locally).
+
+/// Names of the resources the functions use.
+#[derive(Debug, Clone)]
+pub struct Resources {
+    /// `USERS_TABLE`: one item per (workspace, external_user_id).
+    pub users_table: String,
+    /// `IDEMPOTENCY_TABLE`: Idempotency-Key records, TTL 24 h.
+    pub idempotency_table: String,
+    /// `API_KEYS_TABLE`: SHA-256 of each API key → workspace, scopes, rate limit.
+    pub api_keys_table: String,
+    /// `RATE_LIMITS_TABLE`: per-workspace, per-second request counters.
+    pub rate_limits_table: String,
+    /// `UPSERT_QUEUE_URL`: the SQS queue accepted upserts go to.
+    pub upsert_queue_url: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("environment variable {0} is not set")]
+pub struct MissingVar(pub &'static str);
+
+fn var(name: &'static str) -> Result<String, MissingVar> {
+    std::env::var(name).ok().filter(|v| !v.is_empty()).ok_or(MissingVar(name))
+}
+
+impl Resources {
+    pub fn from_env() -> Result<Self, MissingVar> {
+        Ok(Self {
+            users_table: var("USERS_TABLE")?,
+            idempotency_table: var("IDEMPOTENCY_TABLE")?,
+            api_keys_table: var("API_KEYS_TABLE")?,
+            rate_limits_table: var("RATE_LIMITS_TABLE")?,
+            upsert_queue_url: var("UPSERT_QUEUE_URL")?,
+        })
+    }
+}

@@ -1,0 +1,121 @@
+//! The consumer function: applies a batch of accepted upserts to the users table.
+//!
+//! Messages are grouped by user; each group is one read-merge-write with an optimistic
+//! version check, retried on conflict, so concurrent consumers never lose a field.
+//! Failures are per message (partial batch response): a transient error fails only
+//! the messages of the user it touched; an unreadable message is always reported
+//! failed, never dropped, and reaches the DLQ after `maxReceiveCount` receives.
+
+use crate::aws::AwsError;
+use crate::store::{StoredUser, UserStore, WriteOutcome};
+use crate::upsert::{UpsertMessage, UserProfile};
+use aws_lambda_events::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent};
+use futures::future::join_all;
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+const MAX_WRITE_ATTEMPTS: usize = 5;
+
+pub struct Consumer {
+    users: UserStore,
+}
+
+/// The messages of one batch for one user.
+struct UserBatch<'a> {
+    workspace_id: &'a str,
+    external_user_id: &'a str,
+    messages: Vec<(&'a str, UpsertMessage)>,
+}
+
+impl Consumer {
+    pub fn new(users: UserStore) -> Self {
+        Self { users }
+    }
+
+    pub async fn handle(&self, event: SqsEvent) -> SqsBatchResponse {
+        let started = Instant::now();
+        let mut failed: Vec<String> = Vec::new();
+        let mut parsed = Vec::with_capacity(event.records.len());
+        for record in &event.records {
+            let id = record.message_id.as_deref().unwrap_or_default();
+            match record.body.as_deref().map(UpsertMessage::from_json) {
+                Some(Ok(message)) => parsed.push((id, message)),
+                Some(Err(err)) => {
+                    tracing::error!(message_id = id, error = %err, "unprocessable message");
+                    failed.push(id.to_owned());
+                }
+                None => {
+                    tracing::error!(message_id = id, "message without a body");
+                    failed.push(id.to_owned());
+                }
+            }
+        }
+        let messages = parsed.len();
+        let mut by_user: BTreeMap<(String, String), Vec<(&str, UpsertMessage)>> = BTreeMap::new();
+        for (id, message) in parsed {
+            let key = (message.workspace_id.clone(), message.external_user_id.clone());
+            by_user.entry(key).or_default().push((id, message));
+        }
+        let batches: Vec<UserBatch> = by_user
+            .iter()
+            .map(|((workspace_id, external_user_id), messages)| UserBatch {
+                workspace_id,
+                external_user_id,
+                messages: messages.clone(),
+            })
+            .collect();
+        let users = batches.len();
+        let results = join_all(batches.iter().map(|batch| self.apply(batch))).await;
+        for (batch, result) in batches.iter().zip(results) {
+            if let Err(err) = result {
+                tracing::warn!(error = %err, messages = batch.messages.len(), "user write failed; messages will be retried");
+                failed.extend(batch.messages.iter().map(|(id, _)| (*id).to_owned()));
+            }
+        }
+        tracing::info!(
+            records = event.records.len(),
+            messages,
+            users,
+            failed = failed.len(),
+            latency_ms = started.elapsed().as_secs_f64() * 1000.0,
+            "batch"
+        );
+        let mut response = SqsBatchResponse::default();
+        response.batch_item_failures = failed
+            .into_iter()
+            .map(|id| {
+                let mut failure = BatchItemFailure::default();
+                failure.item_identifier = id;
+                failure
+            })
+            .collect();
+        response
+    }
+
+    /// Merges a user's messages into its item: one read and at most one write, unless
+    /// another consumer wrote the same user in between.
+    async fn apply(&self, batch: &UserBatch<'_>) -> Result<(), AwsError> {
+        for _ in 0..MAX_WRITE_ATTEMPTS {
+            let mut user = self
+                .users
+                .get(batch.workspace_id, batch.external_user_id)
+                .await?
+                .unwrap_or_else(|| StoredUser {
+                    external_user_id: batch.external_user_id.to_owned(),
+                    profile: UserProfile::default(),
+                    version: 0,
+                });
+            let mut changed = false;
+            for (_, message) in &batch.messages {
+                changed |= user.profile.apply(&message.stamp, &message.changes);
+            }
+            if !changed {
+                return Ok(());
+            }
+            if self.users.put(batch.workspace_id, &user).await? == WriteOutcome::Written {
+                return Ok(());
+            }
+        }
+        Err(AwsError::Unavailable("user item kept changing under concurrent writers".into()))
+    }
+}

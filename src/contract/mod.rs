@@ -1,0 +1,14 @@
+//! The API contract (`shared/spec/users-api.md`) as pure functions: request
+//! validation, canonical body hashing and the error envelope. No AWS in here.
+
+mod email;
+mod error;
+mod validate;
+mod view;
+
+pub use email::{normalize_email, parse_email};
+pub use error::{ErrorCode, ErrorEnvelope, FieldError};
+pub use view::{format_millis, user_view};
+pub use validate::{
+    body_hash, parse_upsert, validate_idempotency_key, BodyError, ValidUpsert, MAX_BODY_BYTES,
+};

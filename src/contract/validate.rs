@@ -1,0 +1,477 @@
+use super::{parse_email, ErrorCode, FieldError};
+use crate::upsert::{Changes, ProfileField};
+use serde_json::{Map, Number, Value};
+use sha2::{Digest, Sha256};
+use time::format_description::well_known::Rfc3339;
+use time::{OffsetDateTime, UtcOffset};
+
+/// The contract's body limit, checked on the raw bytes before any parsing.
+pub const MAX_BODY_BYTES: usize = 32 * 1024;
+const MAX_USER_ID_BYTES: usize = 255;
+const MAX_TRAITS: usize = 256;
+const MAX_TRAIT_NAME_BYTES: usize = 256;
+const MAX_TRAIT_DEPTH: usize = 16;
+const MAX_IDEMPOTENCY_KEY_BYTES: usize = 255;
+// DynamoDB numbers: magnitude 1e-130 up to (but excluding) 1e126.
+const MIN_NUMBER_MAGNITUDE: f64 = 1e-130;
+const MAX_NUMBER_MAGNITUDE: f64 = 1e126;
+
+/// Why a body was refused: not JSON at all (400) or not the schema (422).
+#[derive(Debug, PartialEq)]
+pub enum BodyError {
+    InvalidJson(String),
+    Invalid(Vec<FieldError>),
+}
+
+/// A body that passed validation: the parsed JSON (for the idempotency hash) and the
+/// changes it asks for.
+#[derive(Debug, PartialEq)]
+pub struct ValidUpsert {
+    pub body: Value,
+    pub external_user_id: String,
+    pub changes: Changes,
+}
+
+/// Parses and validates a `POST /api/v1/users` body, reporting every problem in body
+/// order.
+pub fn parse_upsert(body: &[u8]) -> Result<ValidUpsert, BodyError> {
+    let value: Value = serde_json::from_slice(body)
+        .map_err(|e| BodyError::InvalidJson(format!("body is not valid JSON: {e}")))?;
+    let Value::Object(members) = &value else {
+        return Err(BodyError::InvalidJson("body must be a JSON object".into()));
+    };
+    let mut validator = Validator::default();
+    validator.members(members);
+    match (validator.external_user_id, validator.errors.is_empty()) {
+        (Some(external_user_id), true) => Ok(ValidUpsert {
+            external_user_id,
+            changes: validator.changes,
+            body: value,
+        }),
+        _ => Err(BodyError::Invalid(validator.errors)),
+    }
+}
+
+#[derive(Default)]
+struct Validator {
+    errors: Vec<FieldError>,
+    external_user_id: Option<String>,
+    changes: Changes,
+}
+
+impl Validator {
+    fn fail(&mut self, code: ErrorCode, field: &str, message: impl Into<String>) {
+        self.errors.push(FieldError::new(code, field, message));
+    }
+
+    fn members(&mut self, members: &Map<String, Value>) {
+        if !members.contains_key("external_user_id") {
+            self.fail(ErrorCode::Required, "external_user_id", "external_user_id is required");
+        }
+        let top_email = members.get("email");
+        for (name, value) in members {
+            match name.as_str() {
+                "external_user_id" => self.external_user_id(value),
+                "email" => {
+                    if let Some(email) = self.email("email", value) {
+                        self.changes.profile.insert(ProfileField::Email, email);
+                    }
+                }
+                "traits" => self.traits(value, top_email),
+                _ => self.fail(ErrorCode::UnknownField, name, format!("unknown member `{name}`")),
+            }
+        }
+    }
+
+    fn external_user_id(&mut self, value: &Value) {
+        const FIELD: &str = "external_user_id";
+        let Value::String(id) = value else {
+            return self.fail(ErrorCode::InvalidType, FIELD, "external_user_id must be a string");
+        };
+        if id.trim().is_empty() {
+            self.fail(ErrorCode::Empty, FIELD, "external_user_id must not be blank");
+        } else if id.len() > MAX_USER_ID_BYTES {
+            self.fail(ErrorCode::TooLong, FIELD, "external_user_id is over 255 bytes");
+        } else if id.chars().any(char::is_control) {
+            self.fail(ErrorCode::InvalidFormat, FIELD, "external_user_id has a control character");
+        } else {
+            self.external_user_id = Some(id.clone());
+        }
+    }
+
+    /// `Some(None)` removes the email, `Some(Some(_))` sets it, `None` is an error.
+    fn email(&mut self, field: &str, value: &Value) -> Option<Option<String>> {
+        match value {
+            Value::Null => Some(None),
+            Value::String(raw) => match parse_email(raw) {
+                Some(email) => Some(Some(email.to_owned())),
+                None => {
+                    self.fail(ErrorCode::InvalidEmail, field, format!("{field} is not a valid address"));
+                    None
+                }
+            },
+            _ => {
+                self.fail(ErrorCode::InvalidType, field, format!("{field} must be a string or null"));
+                None
+            }
+        }
+    }
+
+    fn traits(&mut self, value: &Value, top_email: Option<&Value>) {
+        let traits = match value {
+            Value::Null => return,
+            Value::Object(traits) => traits,
+            _ => return self.fail(ErrorCode::InvalidType, "traits", "traits must be an object"),
+        };
+        if traits.len() > MAX_TRAITS {
+            return self.fail(ErrorCode::TooMany, "traits", "traits has more than 256 members");
+        }
+        for (name, value) in traits {
+            let field = format!("traits.{name}");
+            if name == "email" {
+                self.trait_email(&field, value, top_email);
+            } else if let Some(known) = ProfileField::from_trait_name(name) {
+                self.known_trait(known, &field, value);
+            } else {
+                self.custom_trait(name, field, value);
+            }
+        }
+    }
+
+    // Email is PII and never lands in the traits map: it is promoted to `email`.
+    fn trait_email(&mut self, field: &str, value: &Value, top_email: Option<&Value>) {
+        let Some(email) = self.email(field, value) else { return };
+        match top_email {
+            None => {
+                self.changes.profile.insert(ProfileField::Email, email);
+            }
+            Some(top) => {
+                let top = match top {
+                    Value::String(raw) => parse_email(raw).map(Some),
+                    Value::Null => Some(None),
+                    _ => None,
+                };
+                // An invalid top-level email is reported on its own; no conflict then.
+                if top.is_some_and(|top| top.as_deref() != email.as_deref()) {
+                    self.fail(ErrorCode::Conflict, field, "traits.email differs from email");
+                }
+            }
+        }
+    }
+
+    fn known_trait(&mut self, known: ProfileField, field: &str, value: &Value) {
+        let text = match value {
+            Value::Null => {
+                self.changes.profile.insert(known, None);
+                return;
+            }
+            Value::String(text) => text,
+            _ => return self.fail(ErrorCode::InvalidType, field, format!("{field} must be a string or null")),
+        };
+        let stored = match known {
+            ProfileField::SignupDate => match normalize_datetime(text) {
+                Some(utc) => utc,
+                None => {
+                    return self.fail(ErrorCode::InvalidDatetime, field, format!("{field} is not an RFC 3339 date-time"))
+                }
+            },
+            _ => {
+                let max = max_known_trait_bytes(known);
+                if text.len() > max {
+                    return self.fail(ErrorCode::TooLong, field, format!("{field} is over {max} bytes"));
+                }
+                text.clone()
+            }
+        };
+        self.changes.profile.insert(known, Some(stored));
+    }
+
+    fn custom_trait(&mut self, name: &str, field: String, value: &Value) {
+        if name.is_empty() {
+            return self.fail(ErrorCode::Empty, "traits", "a trait name must not be empty");
+        }
+        if name.len() > MAX_TRAIT_NAME_BYTES {
+            return self.fail(ErrorCode::TooLong, &field, "a trait name is at most 256 bytes");
+        }
+        if name.chars().any(char::is_control) {
+            return self.fail(ErrorCode::InvalidFormat, &field, "a trait name has a control character");
+        }
+        let errors_before = self.errors.len();
+        if nesting_depth(value) > MAX_TRAIT_DEPTH {
+            self.fail(ErrorCode::TooDeep, &field, format!("{field} nests deeper than 16 levels"));
+        } else {
+            let mut path = field;
+            self.check_numbers(&mut path, value);
+        }
+        if self.errors.len() == errors_before {
+            self.changes
+                .traits
+                .insert(name.to_owned(), (!value.is_null()).then(|| value.clone()));
+        }
+    }
+
+    fn check_numbers(&mut self, path: &mut String, value: &Value) {
+        let len = path.len();
+        match value {
+            Value::Number(n) if !fits_dynamodb_number(n) => {
+                self.fail(ErrorCode::InvalidNumber, path, format!("{path} does not fit a DynamoDB number"))
+            }
+            Value::Array(items) => {
+                for (i, item) in items.iter().enumerate() {
+                    path.push_str(&format!("[{i}]"));
+                    self.check_numbers(path, item);
+                    path.truncate(len);
+                }
+            }
+            Value::Object(members) => {
+                for (name, member) in members {
+                    path.push('.');
+                    path.push_str(name);
+                    self.check_numbers(path, member);
+                    path.truncate(len);
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+fn max_known_trait_bytes(field: ProfileField) -> usize {
+    match field {
+        ProfileField::Plan | ProfileField::Role => 256,
+        _ => 1024,
+    }
+}
+
+/// `2026-05-17T16:00:00+02:00` → `2026-05-17T14:00:00Z`.
+fn normalize_datetime(text: &str) -> Option<String> {
+    let parsed = OffsetDateTime::parse(text, &Rfc3339).ok()?;
+    parsed.to_offset(UtcOffset::UTC).format(&Rfc3339).ok()
+}
+
+/// A scalar is depth 0, `{"a":1}` depth 1.
+fn nesting_depth(value: &Value) -> usize {
+    match value {
+        Value::Array(items) => 1 + items.iter().map(nesting_depth).max().unwrap_or(0),
+        Value::Object(members) => 1 + members.values().map(nesting_depth).max().unwrap_or(0),
+        _ => 0,
+    }
+}
+
+fn fits_dynamodb_number(n: &Number) -> bool {
+    if n.is_i64() || n.is_u64() {
+        return true;
+    }
+    n.as_f64().is_some_and(|f| {
+        let magnitude = f.abs();
+        magnitude == 0.0 || (MIN_NUMBER_MAGNITUDE..MAX_NUMBER_MAGNITUDE).contains(&magnitude)
+    })
+}
+
+/// Checks an `Idempotency-Key` header: 1–255 bytes of printable ASCII.
+pub fn validate_idempotency_key(raw: &[u8]) -> Result<&str, FieldError> {
+    let printable = raw.iter().all(|b| (0x20..=0x7e).contains(b));
+    match std::str::from_utf8(raw) {
+        Ok(key) if !raw.is_empty() && raw.len() <= MAX_IDEMPOTENCY_KEY_BYTES && printable => Ok(key),
+        _ => Err(FieldError::new(
+            ErrorCode::InvalidIdempotencyKey,
+            "Idempotency-Key",
+            "Idempotency-Key must be 1-255 printable ASCII characters",
+        )),
+    }
+}
+
+/// SHA-256 (hex) of the body's canonical JSON: members sorted, no whitespace, so two
+/// bodies that parse to the same JSON hash the same.
+pub fn body_hash(body: &Value) -> String {
+    let mut hasher = Sha256::new();
+    write_canonical(&mut hasher, body);
+    hex::encode(hasher.finalize())
+}
+
+fn write_canonical(hasher: &mut Sha256, value: &Value) {
+    match value {
+        Value::Object(members) => {
+            let mut sorted: Vec<(&String, &Value)> = members.iter().collect();
+            sorted.sort_unstable_by(|a, b| a.0.cmp(b.0));
+            hasher.update(b"{");
+            for (i, (name, member)) in sorted.into_iter().enumerate() {
+                if i > 0 {
+                    hasher.update(b",");
+                }
+                write_scalar(hasher, &Value::String(name.clone()));
+                hasher.update(b":");
+                write_canonical(hasher, member);
+            }
+            hasher.update(b"}");
+        }
+        Value::Array(items) => {
+            hasher.update(b"[");
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    hasher.update(b",");
+                }
+                write_canonical(hasher, item);
+            }
+            hasher.update(b"]");
+        }
+        scalar => write_scalar(hasher, scalar),
+    }
+}
+
+fn write_scalar(hasher: &mut Sha256, scalar: &Value) {
+    // Writing into a hasher cannot fail.
+    let _ = serde_json::to_writer(hasher, scalar);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn errors(body: Value) -> Vec<(ErrorCode, String)> {
+        match parse_upsert(body.to_string().as_bytes()) {
+            Err(BodyError::Invalid(errors)) => errors
+                .into_iter()
+                .map(|e| (e.code, e.field.unwrap_or_default()))
+                .collect(),
+            other => panic!("expected 422 errors, got {other:?}"),
+        }
+    }
+
+    fn valid(body: Value) -> ValidUpsert {
+        parse_upsert(body.to_string().as_bytes()).expect("valid body")
+    }
+
+    #[test]
+    fn full_example_is_accepted_and_split_into_profile_and_traits() {
+        let upsert = valid(json!({
+            "external_user_id": "usr_42",
+            "email": " jane@acme.io ",
+            "traits": {"name": "Jane Doe", "plan": "trial", "signupDate": "2026-05-17T16:00:00+02:00",
+                       "company": "Acme Inc.", "role": "lead", "favoriteColor": "teal", "old": null}
+        }));
+        assert_eq!(upsert.external_user_id, "usr_42");
+        let p = &upsert.changes.profile;
+        assert_eq!(p[&ProfileField::Email].as_deref(), Some("jane@acme.io"));
+        assert_eq!(p[&ProfileField::SignupDate].as_deref(), Some("2026-05-17T14:00:00Z"));
+        assert_eq!(p[&ProfileField::Role].as_deref(), Some("lead"));
+        assert_eq!(upsert.changes.traits["favoriteColor"], Some(json!("teal")));
+        assert_eq!(upsert.changes.traits["old"], None);
+        assert!(!upsert.changes.traits.contains_key("name"));
+    }
+
+    #[test]
+    fn errors_come_in_body_order() {
+        let found = errors(json!({
+            "traits": {"plan": 5, "signupDate": "yesterday"},
+            "email": "nope",
+            "external_user_id": "",
+            "extra": 1
+        }));
+        let fields: Vec<&str> = found.iter().map(|(_, f)| f.as_str()).collect();
+        assert_eq!(fields, ["traits.plan", "traits.signupDate", "email", "external_user_id", "extra"]);
+        assert_eq!(found[1].0, ErrorCode::InvalidDatetime);
+        assert_eq!(found[4].0, ErrorCode::UnknownField);
+    }
+
+    #[test]
+    fn missing_external_user_id_is_required() {
+        assert_eq!(errors(json!({"email": "a@b.io"})), [(ErrorCode::Required, "external_user_id".into())]);
+    }
+
+    #[test]
+    fn external_user_id_rules() {
+        let cases = [
+            (json!(42), ErrorCode::InvalidType),
+            (json!("   "), ErrorCode::Empty),
+            (json!("x".repeat(256)), ErrorCode::TooLong),
+            (json!("a\u{7}b"), ErrorCode::InvalidFormat),
+        ];
+        for (id, code) in cases {
+            assert_eq!(errors(json!({"external_user_id": id})), [(code, "external_user_id".into())]);
+        }
+        valid(json!({"external_user_id": "x".repeat(255)}));
+    }
+
+    #[test]
+    fn traits_email_is_promoted_never_stored_as_trait() {
+        let upsert = valid(json!({"external_user_id": "u", "traits": {"email": "Jane@Acme.io"}}));
+        assert_eq!(upsert.changes.profile[&ProfileField::Email].as_deref(), Some("Jane@Acme.io"));
+        assert!(upsert.changes.traits.is_empty());
+        valid(json!({"external_user_id": "u", "email": "a@b.io ", "traits": {"email": " a@b.io"}}));
+    }
+
+    #[test]
+    fn traits_email_that_differs_is_a_conflict() {
+        assert_eq!(
+            errors(json!({"external_user_id": "u", "email": "a@b.io", "traits": {"email": "c@d.io"}})),
+            [(ErrorCode::Conflict, "traits.email".into())]
+        );
+    }
+
+    #[test]
+    fn known_trait_limits() {
+        valid(json!({"external_user_id": "u", "traits": {"plan": "p".repeat(256), "name": "n".repeat(1024)}}));
+        assert_eq!(
+            errors(json!({"external_user_id": "u", "traits": {"plan": "p".repeat(257), "name": "n".repeat(1025)}})),
+            [(ErrorCode::TooLong, "traits.plan".into()), (ErrorCode::TooLong, "traits.name".into())]
+        );
+    }
+
+    #[test]
+    fn custom_trait_depth_is_limited_to_16() {
+        let mut deep = json!(1);
+        for _ in 0..16 {
+            deep = json!([deep]);
+        }
+        valid(json!({"external_user_id": "u", "traits": {"deep": deep.clone()}}));
+        assert_eq!(
+            errors(json!({"external_user_id": "u", "traits": {"deep": [deep]}})),
+            [(ErrorCode::TooDeep, "traits.deep".into())]
+        );
+    }
+
+    #[test]
+    fn numbers_outside_dynamodb_range_name_their_path() {
+        let found = errors(json!({"external_user_id": "u", "traits": {"tags": [1, 2, 1e200], "address": {"lat": 1e-200}}}));
+        assert_eq!(
+            found,
+            [(ErrorCode::InvalidNumber, "traits.tags[2]".into()), (ErrorCode::InvalidNumber, "traits.address.lat".into())]
+        );
+    }
+
+    #[test]
+    fn too_many_traits() {
+        let traits: Map<String, Value> = (0..257).map(|i| (format!("t{i}"), json!(i))).collect();
+        assert_eq!(
+            errors(json!({"external_user_id": "u", "traits": traits})),
+            [(ErrorCode::TooMany, "traits".into())]
+        );
+    }
+
+    #[test]
+    fn non_object_bodies_are_invalid_json() {
+        for body in ["", "[]", "\"x\"", "{\"a\":", "null"] {
+            assert!(matches!(parse_upsert(body.as_bytes()), Err(BodyError::InvalidJson(_))), "{body}");
+        }
+    }
+
+    #[test]
+    fn body_hash_ignores_whitespace_and_member_order() {
+        let a: Value = serde_json::from_str(r#"{"a":1,"b":{"x":[1,2],"y":"z"}}"#).unwrap();
+        let b: Value = serde_json::from_str("{ \"b\" : {\"y\":\"z\", \"x\":[1, 2]}, \"a\" : 1 }").unwrap();
+        let c: Value = serde_json::from_str(r#"{"a":2,"b":{"x":[1,2],"y":"z"}}"#).unwrap();
+        assert_eq!(body_hash(&a), body_hash(&b));
+        assert_ne!(body_hash(&a), body_hash(&c));
+    }
+
+    #[test]
+    fn idempotency_key_rules() {
+        assert!(validate_idempotency_key(b"7b6c7e9e-2c2d-4a8d-9d3a-4f3d2c1b0a99").is_ok());
+        assert!(validate_idempotency_key(&[b'k'; 255]).is_ok());
+        for bad in [&b""[..], &[b'k'; 256], b"tab\there", "é".as_bytes()] {
+            assert!(validate_idempotency_key(bad).is_err());
+        }
+    }
+}

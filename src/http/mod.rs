@@ -1,0 +1,261 @@
+//! The api function: a lambda_http request in, a contract-shaped response out. Checks
+//! run in the contract's order: route → authentication → authorisation → rate limit →
+//! content type and size → JSON → schema → idempotency → enqueue.
+
+mod error;
+mod keys;
+mod routes;
+
+pub use error::ApiError;
+pub use routes::Route;
+
+use crate::auth::{bearer_key, key_hash, ApiKeyRecord};
+use crate::config::Resources;
+use crate::contract::{
+    body_hash, parse_upsert, user_view, validate_idempotency_key, ErrorEnvelope, MAX_BODY_BYTES,
+};
+use crate::queue::UpsertQueue;
+use crate::rate_limit::{RateDecision, RateLimiter};
+use crate::store::{ApiKeyStore, Claim, IdempotencyStore, RateLimitStore, UserStore};
+use crate::upsert::{Stamp, UpsertMessage, MESSAGE_VERSION};
+use keys::KeyCache;
+use lambda_http::http::{header, HeaderMap, StatusCode};
+use lambda_http::{Body, Request, RequestExt, Response};
+use serde_json::{json, Value};
+use std::sync::Arc;
+use std::time::Instant;
+
+const ACCEPTED_BODY: &str = r#"{"data":{"accepted":true}}"#;
+
+/// Everything the api function needs, built once per cold start.
+pub struct App {
+    keys: KeyCache,
+    rate_limiter: RateLimiter,
+    idempotency: Arc<IdempotencyStore>,
+    users: UserStore,
+    queue: UpsertQueue,
+}
+
+/// A successful answer, before it becomes a response.
+enum Success {
+    Accepted { replayed: bool },
+    Data(Value),
+}
+
+/// What one request did, for its log line.
+#[derive(Default)]
+struct Trace {
+    workspace_id: Option<String>,
+    replayed: bool,
+}
+
+impl App {
+    pub fn new(sdk: &aws_config::SdkConfig, resources: &Resources) -> Self {
+        let dynamodb = aws_sdk_dynamodb::Client::new(sdk);
+        Self {
+            keys: KeyCache::new(ApiKeyStore::new(dynamodb.clone(), &resources.api_keys_table)),
+            rate_limiter: RateLimiter::new(RateLimitStore::new(dynamodb.clone(), &resources.rate_limits_table)),
+            idempotency: Arc::new(IdempotencyStore::new(dynamodb.clone(), &resources.idempotency_table)),
+            users: UserStore::new(dynamodb, &resources.users_table),
+            queue: UpsertQueue::new(aws_sdk_sqs::Client::new(sdk), &resources.upsert_queue_url),
+        }
+    }
+
+    pub async fn handle(&self, request: Request) -> Response<Body> {
+        let started = Instant::now();
+        let request_id = request
+            .lambda_context_ref()
+            .map(|context| context.request_id.clone())
+            .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+        let mut trace = Trace::default();
+        let route = Route::of(request.method(), request.uri().path());
+        let result = match &route {
+            Ok(route) => self.serve(route, &request, &request_id, &mut trace).await,
+            Err(err) => Err(err.clone().into_error()),
+        };
+        let (response, detail) = match result {
+            Ok(success) => (success_response(success, &request_id), None),
+            Err(err) => {
+                let detail = err.log_detail().map(str::to_owned);
+                (error_response(err, &request_id), detail)
+            }
+        };
+        let status = response.status().as_u16();
+        tracing::info!(
+            request_id = %request_id,
+            workspace = trace.workspace_id.as_deref().unwrap_or("-"),
+            route = route.as_ref().map_or("unknown", Route::name),
+            status,
+            latency_ms = started.elapsed().as_secs_f64() * 1000.0,
+            replayed = trace.replayed,
+            error = detail.as_deref(),
+            "request"
+        );
+        response
+    }
+
+    async fn serve(
+        &self,
+        route: &Route,
+        request: &Request,
+        request_id: &str,
+        trace: &mut Trace,
+    ) -> Result<Success, ApiError> {
+        let headers = request.headers();
+        let key = self.authenticate(headers).await?;
+        trace.workspace_id = Some(key.workspace_id.clone());
+        if !key.allows(route.scope()) {
+            return Err(ApiError::InsufficientScope(route.scope()));
+        }
+        let now_ms = now_millis();
+        if let RateDecision::Limited { retry_after_secs } =
+            self.rate_limiter.check(&key.workspace_id, key.rate_limit, now_ms).await?
+        {
+            return Err(ApiError::RateLimited { rate: key.rate_limit, retry_after_secs });
+        }
+        match route {
+            Route::Upsert => {
+                let stamp = Stamp { accepted_at: now_ms, request_id: request_id.to_owned() };
+                let replayed = self.upsert(&key, headers, request.body(), stamp).await?;
+                trace.replayed = replayed;
+                Ok(Success::Accepted { replayed })
+            }
+            Route::GetUser(external_user_id) => {
+                let user = self.users.get(&key.workspace_id, external_user_id).await?;
+                let user = user.ok_or(ApiError::UserNotFound)?;
+                let with_email = key.allows(crate::auth::Scope::UsersReadPii);
+                Ok(Success::Data(user_view(&user.external_user_id, &user.profile, with_email)))
+            }
+            Route::FindByEmail => {
+                let email = routes::email_query(request.query_string_parameters_ref())?;
+                let users = self.users.find_by_email(&key.workspace_id, &email).await?;
+                let views = users
+                    .iter()
+                    .map(|user| user_view(&user.external_user_id, &user.profile, true))
+                    .collect();
+                Ok(Success::Data(Value::Array(views)))
+            }
+        }
+    }
+
+    async fn authenticate(&self, headers: &HeaderMap) -> Result<ApiKeyRecord, ApiError> {
+        let header = headers.get(header::AUTHORIZATION).map(|v| v.as_bytes());
+        let key = bearer_key(header).map_err(ApiError::Credentials)?;
+        self.keys.active_key(&key_hash(key)).await?.ok_or(ApiError::InvalidApiKey)
+    }
+
+    /// Accepts one upsert; returns whether it was a replay of an earlier request.
+    async fn upsert(
+        &self,
+        key: &ApiKeyRecord,
+        headers: &HeaderMap,
+        body: &Body,
+        stamp: Stamp,
+    ) -> Result<bool, ApiError> {
+        if !is_json_content_type(headers) {
+            return Err(ApiError::UnsupportedMediaType);
+        }
+        let bytes: &[u8] = body.as_ref();
+        if bytes.len() > MAX_BODY_BYTES {
+            return Err(ApiError::PayloadTooLarge);
+        }
+        let upsert = parse_upsert(bytes)?;
+        let mut message = UpsertMessage {
+            version: MESSAGE_VERSION,
+            workspace_id: key.workspace_id.clone(),
+            external_user_id: upsert.external_user_id,
+            stamp,
+            changes: upsert.changes,
+        };
+        let Some(raw_key) = headers.get("idempotency-key") else {
+            self.queue.send(&message).await?;
+            return Ok(false);
+        };
+        let idempotency_key = validate_idempotency_key(raw_key.as_bytes()).map_err(ApiError::InvalidIdempotencyKey)?;
+        let workspace_id = &key.workspace_id;
+        let request_id = message.stamp.request_id.clone();
+        match self
+            .idempotency
+            .claim(workspace_id, idempotency_key, &body_hash(&upsert.body), &message.stamp)
+            .await?
+        {
+            Claim::Claimed => {}
+            Claim::Abandoned(original) => message.stamp = original,
+            Claim::Replay => return Ok(true),
+            Claim::InFlight => return Err(ApiError::IdempotencyKeyInUse),
+            Claim::Reused => return Err(ApiError::IdempotencyKeyReused),
+        }
+        if let Err(err) = self.queue.send(&message).await {
+            // Release the key so the client's retry is processed, not replayed.
+            self.idempotency.release(workspace_id, idempotency_key, &request_id).await?;
+            return Err(err.into());
+        }
+        self.complete_in_background(workspace_id, idempotency_key, &request_id);
+        Ok(false)
+    }
+
+    /// Marks the key done without holding up the answer. If this never lands (the
+    /// instance is frozen or dies), the key's lock expires after 30 s and a retry
+    /// re-enqueues with the original stamp: a duplicate the merge ignores.
+    fn complete_in_background(&self, workspace_id: &str, key: &str, request_id: &str) {
+        let store = Arc::clone(&self.idempotency);
+        let (workspace_id, key, request_id) = (workspace_id.to_owned(), key.to_owned(), request_id.to_owned());
+        tokio::spawn(async move {
+            if let Err(err) = store.complete(&workspace_id, &key, &request_id).await {
+                tracing::warn!(request_id = %request_id, error = %err, "idempotency key not marked done");
+            }
+        });
+    }
+}
+
+fn is_json_content_type(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|media| media.trim().eq_ignore_ascii_case("application/json"))
+}
+
+fn now_millis() -> i64 {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    i64::try_from(now.as_millis()).unwrap_or(i64::MAX)
+}
+
+fn json_response(status: StatusCode, body: String, request_id: &str) -> Response<Body> {
+    let mut response = Response::new(Body::Text(body));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/json"));
+    if let Ok(value) = header::HeaderValue::from_str(request_id) {
+        headers.insert("x-request-id", value);
+    }
+    response
+}
+
+fn success_response(success: Success, request_id: &str) -> Response<Body> {
+    match success {
+        Success::Accepted { replayed } => {
+            let mut response = json_response(StatusCode::ACCEPTED, ACCEPTED_BODY.to_owned(), request_id);
+            if replayed {
+                response
+                    .headers_mut()
+                    .insert("idempotent-replayed", header::HeaderValue::from_static("true"));
+            }
+            response
+        }
+        Success::Data(data) => json_response(StatusCode::OK, json!({ "data": data }).to_string(), request_id),
+    }
+}
+
+fn error_response(err: ApiError, request_id: &str) -> Response<Body> {
+    let answer = err.answer();
+    let body = serde_json::to_string(&ErrorEnvelope { errors: &answer.errors })
+        .unwrap_or_else(|_| r#"{"errors":[{"code":"internal","message":"internal error"}]}"#.to_owned());
+    let mut response = json_response(answer.status, body, request_id);
+    for (name, value) in answer.headers {
+        if let Ok(value) = header::HeaderValue::from_str(&value) {
+            response.headers_mut().insert(name, value);
+        }
+    }
+    response
+}

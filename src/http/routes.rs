@@ -1,0 +1,99 @@
+//! Routes of the contract and the scope each needs.
+
+use super::ApiError;
+use crate::auth::Scope;
+use crate::contract::{parse_email, ErrorCode, FieldError};
+use lambda_http::http::Method;
+use lambda_http::aws_lambda_events::query_map::QueryMap;
+use percent_encoding::percent_decode_str;
+
+const USERS_PATH: &str = "/api/v1/users";
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    Upsert,
+    FindByEmail,
+    GetUser(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RouteError {
+    NotFound,
+    MethodNotAllowed { allow: &'static str },
+}
+
+impl RouteError {
+    pub fn into_error(self) -> ApiError {
+        match self {
+            RouteError::NotFound => ApiError::RouteNotFound,
+            RouteError::MethodNotAllowed { allow } => ApiError::MethodNotAllowed { allow },
+        }
+    }
+}
+
+impl Route {
+    pub fn of(method: &Method, path: &str) -> Result<Route, RouteError> {
+        let rest = path.strip_prefix(USERS_PATH).ok_or(RouteError::NotFound)?;
+        match rest {
+            "" | "/" => match *method {
+                Method::POST => Ok(Route::Upsert),
+                Method::GET => Ok(Route::FindByEmail),
+                _ => Err(RouteError::MethodNotAllowed { allow: "GET, POST" }),
+            },
+            _ => {
+                let encoded = rest.strip_prefix('/').filter(|id| !id.is_empty() && !id.contains('/'));
+                let id = encoded
+                    .and_then(|id| percent_decode_str(id).decode_utf8().ok())
+                    .ok_or(RouteError::NotFound)?;
+                match *method {
+                    Method::GET => Ok(Route::GetUser(id.into_owned())),
+                    _ => Err(RouteError::MethodNotAllowed { allow: "GET" }),
+                }
+            }
+        }
+    }
+
+    pub fn scope(&self) -> Scope {
+        match self {
+            Route::Upsert => Scope::UsersWrite,
+            Route::GetUser(_) => Scope::UsersRead,
+            Route::FindByEmail => Scope::UsersReadPii,
+        }
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            Route::Upsert => "POST /api/v1/users",
+            Route::FindByEmail => "GET /api/v1/users?email",
+            Route::GetUser(_) => "GET /api/v1/users/{id}",
+        }
+    }
+}
+
+/// The `email` query parameter of a lookup, trimmed and checked.
+pub fn email_query(query: Option<&QueryMap>) -> Result<String, ApiError> {
+    let raw = query.and_then(|q| q.first("email")).unwrap_or_default();
+    if raw.trim().is_empty() {
+        return Err(ApiError::Query(FieldError::new(ErrorCode::Required, "email", "query parameter email is required")));
+    }
+    parse_email(raw)
+        .map(str::to_owned)
+        .ok_or_else(|| ApiError::Query(FieldError::new(ErrorCode::InvalidEmail, "email", "email is not a valid address")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_and_methods() {
+        assert_eq!(Route::of(&Method::POST, "/api/v1/users"), Ok(Route::Upsert));
+        assert_eq!(Route::of(&Method::GET, "/api/v1/users"), Ok(Route::FindByEmail));
+        assert_eq!(Route::of(&Method::GET, "/api/v1/users/usr%2042%C3%A9"), Ok(Route::GetUser("usr 42é".into())));
+        assert_eq!(Route::of(&Method::DELETE, "/api/v1/users"), Err(RouteError::MethodNotAllowed { allow: "GET, POST" }));
+        assert_eq!(Route::of(&Method::POST, "/api/v1/users/u1"), Err(RouteError::MethodNotAllowed { allow: "GET" }));
+        for path in ["/", "/api/v1/user", "/api/v1/usersx", "/api/v1/users/a/b", "/api/v1/users/%FF"] {
+            assert_eq!(Route::of(&Method::GET, path), Err(RouteError::NotFound), "{path}");
+        }
+    }
+}

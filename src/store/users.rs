@@ -1,0 +1,187 @@
+use super::{get_n, get_s, n, s, workspace_key, Item};
+use crate::aws::AwsError;
+use crate::contract::normalize_email;
+use crate::upsert::{ProfileField, Stamp, UserProfile};
+use aws_sdk_dynamodb::types::AttributeValue;
+use aws_sdk_dynamodb::Client;
+use serde_json::Value;
+use std::collections::{BTreeMap, HashMap};
+
+/// The GSI that finds users by lower-cased email within a workspace.
+pub const EMAIL_INDEX: &str = "email-index";
+
+/// A user as stored, with the optimistic-locking version of its item.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredUser {
+    pub external_user_id: String,
+    pub profile: UserProfile,
+    /// 0 for a user that has no item yet.
+    pub version: u64,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum WriteOutcome {
+    Written,
+    /// Another writer changed the item since it was read.
+    Conflict,
+}
+
+/// The users table: one item per (workspace, external_user_id) under
+/// `pk` = workspace#external_user_id, so a large workspace spreads over partitions.
+#[derive(Clone)]
+pub struct UserStore {
+    client: Client,
+    table: String,
+}
+
+impl UserStore {
+    pub fn new(client: Client, table: impl Into<String>) -> Self {
+        Self { client, table: table.into() }
+    }
+
+    /// A strongly consistent read of one user.
+    pub async fn get(&self, workspace_id: &str, external_user_id: &str) -> Result<Option<StoredUser>, AwsError> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key("pk", s(workspace_key(workspace_id, external_user_id)))
+            .consistent_read(true)
+            .send()
+            .await?;
+        Ok(out.item().and_then(user_from_item))
+    }
+
+    /// Writes the whole item if its version is still the one that was read.
+    pub async fn put(&self, workspace_id: &str, user: &StoredUser) -> Result<WriteOutcome, AwsError> {
+        let request = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item_from_user(workspace_id, user)?));
+        let request = if user.version == 0 {
+            request.condition_expression("attribute_not_exists(pk)")
+        } else {
+            request
+                .condition_expression("version = :read_version")
+                .expression_attribute_values(":read_version", n(user.version))
+        };
+        match request.send().await {
+            Ok(_) => Ok(WriteOutcome::Written),
+            Err(err) if err.as_service_error().is_some_and(|e| e.is_conditional_check_failed_exception()) => {
+                Ok(WriteOutcome::Conflict)
+            }
+            Err(err) => Err(err.into()),
+        }
+    }
+
+    /// Users of a workspace whose email matches, ignoring case.
+    pub async fn find_by_email(&self, workspace_id: &str, email: &str) -> Result<Vec<StoredUser>, AwsError> {
+        let out = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .index_name(EMAIL_INDEX)
+            .key_condition_expression("email_key = :k")
+            .expression_attribute_values(":k", s(email_key(workspace_id, email)))
+            .send()
+            .await?;
+        Ok(out.items().iter().filter_map(user_from_item).collect())
+    }
+}
+
+fn email_key(workspace_id: &str, email: &str) -> String {
+    workspace_key(workspace_id, &normalize_email(email))
+}
+
+fn item_from_user(workspace_id: &str, user: &StoredUser) -> Result<Item, AwsError> {
+    let profile = &user.profile;
+    let mut item = Item::from([
+        ("pk".to_owned(), s(workspace_key(workspace_id, &user.external_user_id))),
+        ("workspace_id".to_owned(), s(workspace_id)),
+        ("external_user_id".to_owned(), s(&user.external_user_id)),
+        ("version".to_owned(), n(user.version + 1)),
+    ]);
+    for (field, value) in &profile.profile {
+        item.insert(field.attribute().to_owned(), s(value));
+    }
+    if let Some(email) = profile.profile.get(&ProfileField::Email) {
+        item.insert("email_key".to_owned(), s(email_key(workspace_id, email)));
+    }
+    if !profile.traits.is_empty() {
+        let traits = serde_dynamo::to_attribute_value(&profile.traits)
+            .map_err(|e| AwsError::Internal(format!("traits do not convert to DynamoDB: {e}")))?;
+        item.insert("traits".to_owned(), traits);
+    }
+    let stamps = profile
+        .stamps
+        .iter()
+        .map(|(key, stamp)| (key.clone(), s(format!("{}/{}", stamp.accepted_at, stamp.request_id))))
+        .collect();
+    item.insert("stamps".to_owned(), AttributeValue::M(stamps));
+    if let Some(created_at) = profile.created_at {
+        item.insert("created_at".to_owned(), n(created_at));
+    }
+    if let Some(updated_at) = profile.updated_at {
+        item.insert("updated_at".to_owned(), n(updated_at));
+    }
+    Ok(item)
+}
+
+fn user_from_item(item: &Item) -> Option<StoredUser> {
+    let profile_fields = ProfileField::ALL
+        .into_iter()
+        .filter_map(|field| Some((field, get_s(item, field.attribute())?.to_owned())))
+        .collect();
+    let traits: BTreeMap<String, Value> = match item.get("traits") {
+        Some(traits) => serde_dynamo::from_attribute_value(traits.clone()).ok()?,
+        None => BTreeMap::new(),
+    };
+    let empty = HashMap::new();
+    let stamps = item
+        .get("stamps")
+        .and_then(|v| v.as_m().ok())
+        .unwrap_or(&empty)
+        .iter()
+        .filter_map(|(key, v)| Some((key.clone(), parse_stamp(v.as_s().ok()?)?)))
+        .collect();
+    Some(StoredUser {
+        external_user_id: get_s(item, "external_user_id")?.to_owned(),
+        profile: UserProfile {
+            profile: profile_fields,
+            traits,
+            stamps,
+            created_at: get_n(item, "created_at"),
+            updated_at: get_n(item, "updated_at"),
+        },
+        version: get_n(item, "version").unwrap_or(0),
+    })
+}
+
+fn parse_stamp(text: &str) -> Option<Stamp> {
+    let (accepted_at, request_id) = text.split_once('/')?;
+    Some(Stamp { accepted_at: accepted_at.parse().ok()?, request_id: request_id.to_owned() })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn item_round_trips_a_user() {
+        let mut profile = UserProfile::default();
+        let mut changes = crate::upsert::Changes::default();
+        changes.profile.insert(ProfileField::Email, Some("Jane@Acme.io".into()));
+        changes.profile.insert(ProfileField::Plan, None);
+        changes.traits.insert("nested".into(), Some(json!({"a": [1, 2.5, "x", null, true]})));
+        profile.apply(&Stamp { accepted_at: 7, request_id: "r/1".into() }, &changes);
+        let user = StoredUser { external_user_id: "usr#1".into(), profile, version: 3 };
+        let item = item_from_user("ws", &user).unwrap();
+        assert_eq!(get_s(&item, "email_key"), Some("ws#jane@acme.io"));
+        assert_eq!(get_s(&item, "pk"), Some("ws#usr#1"));
+        let back = user_from_item(&item).unwrap();
+        assert_eq!(back.version, 4);
+        assert_eq!(back.profile, user.profile);
+    }
+}

@@ -1,0 +1,8 @@
+//! The accepted upsert as it travels through SQS, and the per-field merge that makes
+//! the stored profile independent of delivery order and duplicates. Pure, no AWS.
+
+mod merge;
+mod message;
+
+pub use merge::UserProfile;
+pub use message::{Changes, MessageError, ProfileField, Stamp, UpsertMessage, MESSAGE_VERSION};
