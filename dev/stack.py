@@ -1,0 +1,380 @@
+#!/usr/bin/env python3
+"""The local stack: moto (DynamoDB + SQS), the two functions under `cargo lambda
+watch`, and an SQS → consumer bridge with Lambda's partial-batch semantics.
+
+    stack.py up              run until Ctrl-C (what `make dev` does)
+    stack.py run -- CMD...   start the stack (or reuse a running one), run CMD, stop
+
+Tables and queues are created from template.yaml, so local and AWS share one schema.
+"""
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import boto3
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+LOCAL = ROOT / ".local"
+LOGS = LOCAL / "logs"
+ENV_FILE = LOCAL / "stack.env"
+VENV_BIN = ROOT / ".venv" / "bin"
+
+STACK_NAME = "vibefollow-local"
+REGION = "us-east-1"
+ACCOUNT = "123456789012"  # moto's default account
+EMULATOR_PORT = int(os.environ.get("VF_EMULATOR_PORT", "4566"))
+API_PORT = int(os.environ.get("VF_API_PORT", "9000"))
+EMULATOR_URL = f"http://127.0.0.1:{EMULATOR_PORT}"
+API_URL = f"http://127.0.0.1:{API_PORT}"
+# Lambda leaves a failed message invisible for the queue's visibility timeout (180 s on
+# AWS); locally the bridge makes it visible again after this many seconds so retries
+# and the trip to the DLQ take seconds, not minutes.
+RETRY_DELAY_SECONDS = int(os.environ.get("VF_BRIDGE_RETRY_SECONDS", "1"))
+DEV_WORKSPACE = "dev"
+DEV_SCOPES = "users:write,users:read,users:read_pii"
+
+
+def log(message):
+    print(f"[stack] {message}", file=sys.stderr, flush=True)
+
+
+# --- template.yaml -------------------------------------------------------------------
+
+class CfnLoader(yaml.SafeLoader):
+    """Reads CloudFormation short-form tags (!Ref, !Sub, …) as their long form."""
+
+
+def _cfn_tag(loader, tag_suffix, node):
+    name = "Ref" if tag_suffix == "Ref" else f"Fn::{tag_suffix}"
+    if isinstance(node, yaml.ScalarNode):
+        value = loader.construct_scalar(node)
+        if tag_suffix == "GetAtt":
+            value = value.split(".", 1)
+    elif isinstance(node, yaml.SequenceNode):
+        value = loader.construct_sequence(node, deep=True)
+    else:
+        value = loader.construct_mapping(node, deep=True)
+    return {name: value}
+
+
+CfnLoader.add_multi_constructor("!", _cfn_tag)
+
+
+def load_template():
+    with open(ROOT / "template.yaml") as f:
+        return yaml.load(f, Loader=CfnLoader)
+
+
+def resolve(value, names):
+    """Resolves the intrinsic functions the local stack needs."""
+    if isinstance(value, dict):
+        if "Ref" in value:
+            return names[value["Ref"]]
+        if "Fn::Sub" in value:
+            return re.sub(r"\$\{([^}]+)\}", lambda m: names[m.group(1)], value["Fn::Sub"])
+        if "Fn::GetAtt" in value:
+            resource, attribute = value["Fn::GetAtt"]
+            return names[f"{resource}.{attribute}"]
+        if "Fn::If" in value:
+            return resolve(value["Fn::If"][2], names)  # local stack: not prod
+        return {k: resolve(v, names) for k, v in value.items()}
+    if isinstance(value, list):
+        return [resolve(v, names) for v in value]
+    return value
+
+
+def local_resources(template):
+    """Tables and queues of the template, with their local names."""
+    names = {"AWS::StackName": STACK_NAME, "AWS::Region": REGION, "AWS::AccountId": ACCOUNT}
+    tables, queues = {}, {}
+    for logical, resource in template["Resources"].items():
+        kind = resource["Type"]
+        if kind == "AWS::DynamoDB::Table":
+            props = resource["Properties"]
+            tables[logical] = props
+            names[logical] = resolve(props["TableName"], names)
+        elif kind == "AWS::SQS::Queue":
+            props = resource["Properties"]
+            queues[logical] = props
+            queue_name = resolve(props["QueueName"], names)
+            names[logical] = f"{EMULATOR_URL}/{ACCOUNT}/{queue_name}"
+            names[f"{logical}.Arn"] = f"arn:aws:sqs:{REGION}:{ACCOUNT}:{queue_name}"
+            names[f"{logical}.QueueName"] = queue_name
+    return names, tables, queues
+
+
+def function_environment(template, names):
+    variables = template["Globals"]["Function"]["Environment"]["Variables"]
+    return {k: resolve(v, names) for k, v in variables.items()}
+
+
+def create_resources(template):
+    names, tables, queues = local_resources(template)
+    session = boto3.session.Session(aws_access_key_id="test", aws_secret_access_key="test", region_name=REGION)
+    dynamodb = session.client("dynamodb", endpoint_url=EMULATOR_URL)
+    sqs = session.client("sqs", endpoint_url=EMULATOR_URL)
+    existing = set(dynamodb.list_tables()["TableNames"])
+    for logical, props in tables.items():
+        name = names[logical]
+        if name in existing:
+            continue
+        args = {
+            "TableName": name,
+            "AttributeDefinitions": props["AttributeDefinitions"],
+            "KeySchema": props["KeySchema"],
+            "BillingMode": props["BillingMode"],
+        }
+        if "GlobalSecondaryIndexes" in props:
+            args["GlobalSecondaryIndexes"] = props["GlobalSecondaryIndexes"]
+        dynamodb.create_table(**args)
+        ttl = props.get("TimeToLiveSpecification")
+        if ttl:
+            dynamodb.update_time_to_live(TableName=name, TimeToLiveSpecification=ttl)
+    # Dead-letter queues first: the queues that redrive to them need their ARNs.
+    for logical, props in sorted(queues.items(), key=lambda kv: "RedrivePolicy" in kv[1]):
+        attributes = {}
+        for key in ("VisibilityTimeout", "MessageRetentionPeriod"):
+            if key in props:
+                attributes[key] = str(props[key])
+        if "RedrivePolicy" in props:
+            attributes["RedrivePolicy"] = json.dumps(resolve(props["RedrivePolicy"], names))
+        sqs.create_queue(QueueName=names[f"{logical}.QueueName"], Attributes=attributes)
+    return names
+
+
+# --- processes -----------------------------------------------------------------------
+
+def port_open(port):
+    with socket.socket() as s:
+        s.settimeout(0.2)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def wait_for(predicate, what, timeout):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.1)
+    raise SystemExit(f"[stack] timed out after {timeout}s waiting for {what}")
+
+
+def tool_env(extra=None):
+    env = dict(os.environ)
+    env["PATH"] = f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}"
+    env.update(extra or {})
+    return env
+
+
+class Stack:
+    def __init__(self, reload):
+        self.reload = reload
+        self.processes = []
+        self.stopping = threading.Event()
+
+    def spawn(self, name, args, env=None, log_to_terminal=False):
+        log_file = open(LOGS / f"{name}.log", "w")
+        process = subprocess.Popen(
+            args, cwd=ROOT, env=tool_env(env), stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE if log_to_terminal else log_file, stderr=subprocess.STDOUT,
+            start_new_session=True, text=True,
+        )
+        if log_to_terminal:
+            threading.Thread(target=tee, args=(process.stdout, log_file), daemon=True).start()
+        self.processes.append((name, process))
+        return process
+
+    def start(self):
+        LOGS.mkdir(parents=True, exist_ok=True)
+        if port_open(EMULATOR_PORT) or port_open(API_PORT):
+            raise SystemExit(f"[stack] port {EMULATOR_PORT} or {API_PORT} is in use: is another stack running?")
+        log(f"starting moto on {EMULATOR_URL}")
+        self.spawn("moto", [str(VENV_BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(EMULATOR_PORT)])
+        wait_for(lambda: port_open(EMULATOR_PORT), "moto", 30)
+        template = load_template()
+        names = create_resources(template)
+        env = function_environment(template, names)
+        env.update({
+            "AWS_ENDPOINT_URL": EMULATOR_URL, "AWS_REGION": REGION,
+            "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
+            "DLQ_URL": names["UpsertDeadLetterQueue"],
+        })
+        ENV_FILE.write_text("".join(f"{k}={v}\n" for k, v in env.items()))
+        self.env = env
+        log("building the functions (first time: a few minutes)")
+        subprocess.run(["cargo", "build", "--quiet", "--workspace", "--bins"], cwd=ROOT, check=True)
+        watch = ["cargo", "lambda", "watch", "--invoke-address", "127.0.0.1",
+                 "--invoke-port", str(API_PORT), "--env-file", str(ENV_FILE)]
+        if not self.reload:
+            watch.append("--ignore-changes")
+        self.spawn("functions", watch, log_to_terminal=self.reload)
+        wait_for(lambda: port_open(API_PORT), "cargo lambda watch", 120)
+        wait_for(api_answers, "the api function", 300)
+        threading.Thread(target=bridge, args=(env["UPSERT_QUEUE_URL"], self.stopping), daemon=True).start()
+        log(f"API on {API_URL}/api/v1/users; logs in {LOGS}")
+
+    def create_dev_key(self):
+        out = subprocess.run(
+            ["cargo", "run", "--quiet", "--bin", "vfctl", "--", "--local", "keys", "create",
+             "--workspace", DEV_WORKSPACE, "--scopes", DEV_SCOPES],
+            cwd=ROOT, check=True, capture_output=True, text=True,
+        )
+        return out.stdout.strip()
+
+    def stop(self):
+        self.stopping.set()
+        for name, process in reversed(self.processes):
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGTERM)
+        for name, process in self.processes:
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+        ENV_FILE.unlink(missing_ok=True)
+
+
+def tee(stream, log_file):
+    for line in stream:
+        sys.stdout.write(line)
+        sys.stdout.flush()
+        log_file.write(line)
+        log_file.flush()
+
+
+def api_answers():
+    """True once the api function answers (401 without a key)."""
+    try:
+        urllib.request.urlopen(f"{API_URL}/api/v1/users/ping", timeout=60)
+    except urllib.error.HTTPError as e:
+        return e.code == 401
+    except OSError:
+        return False
+    return False
+
+
+# --- the SQS → consumer bridge ---------------------------------------------------------
+
+def bridge(queue_url, stopping):
+    """Polls the queue and invokes the consumer as Lambda's event source mapping does:
+    batches of up to 10, and only the messages not in batchItemFailures are deleted."""
+    session = boto3.session.Session(aws_access_key_id="test", aws_secret_access_key="test", region_name=REGION)
+    sqs = session.client("sqs", endpoint_url=EMULATOR_URL)
+    arn = f"arn:aws:sqs:{REGION}:{ACCOUNT}:{queue_url.rsplit('/', 1)[1]}"
+    invoke_url = f"{API_URL}/2015-03-31/functions/consumer/invocations"
+    while not stopping.is_set():
+        try:
+            received = sqs.receive_message(
+                QueueUrl=queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=1,
+                AttributeNames=["All"], MessageAttributeNames=["All"],
+            ).get("Messages", [])
+        except Exception as e:  # the emulator is stopping or restarting
+            log(f"bridge: receive failed: {e}")
+            time.sleep(0.5)
+            continue
+        if not received:
+            continue
+        event = {"Records": [sqs_record(m, arn) for m in received]}
+        failed = invoke_consumer(invoke_url, event, {m["MessageId"] for m in received})
+        done = [m for m in received if m["MessageId"] not in failed]
+        retry = [m for m in received if m["MessageId"] in failed]
+        for chunk in (done[i:i + 10] for i in range(0, len(done), 10)):
+            sqs.delete_message_batch(QueueUrl=queue_url, Entries=[
+                {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(chunk)])
+        for m in retry:
+            sqs.change_message_visibility(
+                QueueUrl=queue_url, ReceiptHandle=m["ReceiptHandle"], VisibilityTimeout=RETRY_DELAY_SECONDS)
+
+
+def sqs_record(message, arn):
+    return {
+        "messageId": message["MessageId"],
+        "receiptHandle": message["ReceiptHandle"],
+        "body": message["Body"],
+        "attributes": message.get("Attributes", {}),
+        "messageAttributes": message.get("MessageAttributes", {}),
+        "md5OfBody": message["MD5OfBody"],
+        "eventSource": "aws:sqs",
+        "eventSourceARN": arn,
+        "awsRegion": REGION,
+    }
+
+
+def invoke_consumer(url, event, all_ids):
+    """The ids the consumer reported failed; all of them if the invocation failed."""
+    request = urllib.request.Request(url, data=json.dumps(event).encode(), method="POST",
+                                     headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            result = json.load(response)
+    except (OSError, ValueError) as e:
+        log(f"bridge: consumer invocation failed, batch will be retried: {e}")
+        return all_ids
+    if not isinstance(result, dict) or "errorType" in result:
+        log(f"bridge: consumer returned an error, batch will be retried: {result}")
+        return all_ids
+    return {f["itemIdentifier"] for f in result.get("batchItemFailures") or []}
+
+
+# --- entry points --------------------------------------------------------------------
+
+def up():
+    stack = Stack(reload=True)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    try:
+        stack.start()
+        key = stack.create_dev_key()
+        print(f"\nVibeFollow Users is running at {API_URL}/api/v1/users", flush=True)
+        print(f"Dev API key (workspace '{DEV_WORKSPACE}', all scopes):\n\n    export VF_KEY={key}\n", flush=True)
+        print("Press Ctrl-C to stop.", flush=True)
+        while all(p.poll() is None for _, p in stack.processes):
+            time.sleep(0.5)
+        log("a process of the stack exited; stopping")
+    except KeyboardInterrupt:
+        pass
+    finally:
+        stack.stop()
+
+
+def run(command):
+    if ENV_FILE.exists() and port_open(API_PORT) and port_open(EMULATOR_PORT):
+        log("reusing the running stack")
+        return subprocess.run(command, cwd=ROOT, env=tool_env(read_env_file())).returncode
+    stack = Stack(reload=False)
+    try:
+        stack.start()
+        env = dict(stack.env, VF_API_URL=API_URL, VF_FUNCTION_LOG=str(LOGS / "functions.log"))
+        return subprocess.run(command, cwd=ROOT, env=tool_env(env)).returncode
+    finally:
+        stack.stop()
+
+
+def read_env_file():
+    pairs = (line.split("=", 1) for line in ENV_FILE.read_text().splitlines() if "=" in line)
+    env = {k: v for k, v in pairs}
+    env.update(VF_API_URL=API_URL, VF_FUNCTION_LOG=str(LOGS / "functions.log"))
+    return env
+
+
+def main(argv):
+    if argv[:1] == ["up"]:
+        up()
+        return 0
+    if argv[:1] == ["run"] and "--" in argv:
+        return run(argv[argv.index("--") + 1:])
+    print(__doc__, file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,154 @@
+//! Helpers for the integration tests: they talk to the local stack (`dev/stack.py run`
+//! sets the environment) over HTTP and to the emulator through the same adapters the
+//! functions use. Each test works in a workspace of its own, so tests run in parallel.
+#![allow(dead_code)] // each test binary uses its own subset
+
+use reqwest::{Method, Response};
+use serde_json::Value;
+use std::future::Future;
+use std::time::{Duration, Instant};
+use vibefollow_users::auth::{generate_key, key_hash, key_id, ApiKeyRecord, Scope};
+use vibefollow_users::config::Resources;
+use vibefollow_users::store::{ApiKeyStore, IdempotencyStore, StoredUser, UserStore};
+
+pub const ALL_SCOPES: [Scope; 3] = [Scope::UsersWrite, Scope::UsersRead, Scope::UsersReadPii];
+
+pub struct Stack {
+    pub api: String,
+    pub http: reqwest::Client,
+    pub resources: Resources,
+    pub dynamodb: aws_sdk_dynamodb::Client,
+    pub sqs: aws_sdk_sqs::Client,
+    pub workspace: String,
+}
+
+impl Stack {
+    /// Connects to the running stack, in a fresh workspace.
+    pub async fn new() -> Self {
+        let resources = Resources::from_env().expect("run the integration tests through `make test`");
+        let sdk = vibefollow_users::aws::sdk_config().await;
+        Self {
+            api: std::env::var("VF_API_URL").unwrap_or_else(|_| "http://127.0.0.1:9000".into()),
+            http: reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap(),
+            resources,
+            dynamodb: aws_sdk_dynamodb::Client::new(&sdk),
+            sqs: aws_sdk_sqs::Client::new(&sdk),
+            workspace: format!("t{}", uuid::Uuid::new_v4().simple()),
+        }
+    }
+
+    pub fn users(&self) -> UserStore {
+        UserStore::new(self.dynamodb.clone(), &self.resources.users_table)
+    }
+
+    pub fn idempotency(&self) -> IdempotencyStore {
+        IdempotencyStore::new(self.dynamodb.clone(), &self.resources.idempotency_table)
+    }
+
+    pub fn key_store(&self) -> ApiKeyStore {
+        ApiKeyStore::new(self.dynamodb.clone(), &self.resources.api_keys_table)
+    }
+
+    /// A new key of this test's workspace.
+    pub async fn key(&self, scopes: &[Scope]) -> String {
+        self.key_with_rate(scopes, 1000).await
+    }
+
+    pub async fn key_with_rate(&self, scopes: &[Scope], rate_limit: u32) -> String {
+        self.key_in(&self.workspace, scopes, rate_limit).await
+    }
+
+    pub async fn key_in(&self, workspace: &str, scopes: &[Scope], rate_limit: u32) -> String {
+        let key = generate_key(true);
+        let hash = key_hash(&key);
+        let record = ApiKeyRecord {
+            key_id: key_id(&hash),
+            workspace_id: workspace.to_owned(),
+            scopes: scopes.to_vec(),
+            rate_limit,
+            created_at: 0,
+            revoked: false,
+        };
+        self.key_store().put(&hash, &record).await.expect("create key");
+        key
+    }
+
+    pub fn request(&self, method: Method, path: &str, key: Option<&str>) -> reqwest::RequestBuilder {
+        let builder = self.http.request(method, format!("{}{path}", self.api));
+        match key {
+            Some(key) => builder.bearer_auth(key),
+            None => builder,
+        }
+    }
+
+    pub async fn post(&self, key: &str, body: &Value) -> Response {
+        self.post_raw(key, body.to_string(), None).await
+    }
+
+    pub async fn post_raw(&self, key: &str, body: String, idempotency_key: Option<&str>) -> Response {
+        let mut request = self
+            .request(Method::POST, "/api/v1/users", Some(key))
+            .header("content-type", "application/json")
+            .body(body);
+        if let Some(idempotency_key) = idempotency_key {
+            request = request.header("idempotency-key", idempotency_key);
+        }
+        request.send().await.expect("POST")
+    }
+
+    pub async fn get_user(&self, key: &str, id: &str) -> Response {
+        let path = format!("/api/v1/users/{}", percent_encode(id));
+        self.request(Method::GET, &path, Some(key)).send().await.expect("GET")
+    }
+
+    /// The stored item of a user of this workspace, stamps and all.
+    pub async fn stored(&self, id: &str) -> Option<StoredUser> {
+        self.users().get(&self.workspace, id).await.expect("read user")
+    }
+}
+
+pub fn percent_encode(id: &str) -> String {
+    percent_encoding::utf8_percent_encode(id, percent_encoding::NON_ALPHANUMERIC).to_string()
+}
+
+/// Polls `probe` until it returns `Some`, for at most `timeout`.
+pub async fn eventually<T, F, Fut>(timeout: Duration, mut probe: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = probe().await {
+            return Some(value);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The `data` of `GET /api/v1/users/{id}` once it satisfies `done`.
+pub async fn user_when(stack: &Stack, key: &str, id: &str, done: impl Fn(&Value) -> bool) -> Value {
+    let found = eventually(Duration::from_secs(10), || async {
+        let response = stack.get_user(key, id).await;
+        if response.status() != 200 {
+            return None;
+        }
+        let body: Value = response.json().await.ok()?;
+        done(&body["data"]).then(|| body["data"].clone())
+    })
+    .await;
+    found.unwrap_or_else(|| panic!("user {id} did not reach the expected state within 10 s"))
+}
+
+/// `(status, errors[].code, errors[].field)` of an error answer.
+pub async fn error_of(response: Response) -> (u16, Vec<String>, Vec<String>) {
+    let status = response.status().as_u16();
+    let body: Value = response.json().await.expect("error body is JSON");
+    let errors = body["errors"].as_array().expect("error envelope").clone();
+    let codes = errors.iter().map(|e| e["code"].as_str().unwrap_or_default().to_owned()).collect();
+    let fields = errors.iter().map(|e| e["field"].as_str().unwrap_or_default().to_owned()).collect();
+    (status, codes, fields)
+}
