@@ -20,7 +20,7 @@ dev: $(STAMP)
 test: $(STAMP)
 	cargo test --workspace --lib --bins
 	cargo build --workspace --bins --tests
-	$(PY) dev/stack.py run -- cargo test --workspace --test '*'
+	$(PY) dev/stack.py run -- dev/integration.sh
 
 fmt:
 	cargo fmt --all

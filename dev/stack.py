@@ -232,6 +232,9 @@ class Stack:
         return out.stdout.strip()
 
     def stop(self):
+        # A second Ctrl-C or SIGTERM must not cut the clean-up short.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         self.stopping.set()
         for name, process in reversed(self.processes):
             if process.poll() is None:

@@ -173,7 +173,6 @@ impl App {
         };
         let idempotency_key = validate_idempotency_key(raw_key.as_bytes()).map_err(ApiError::InvalidIdempotencyKey)?;
         let workspace_id = &key.workspace_id;
-        let request_id = message.stamp.request_id.clone();
         match self
             .idempotency
             .claim(workspace_id, idempotency_key, &body_hash(&upsert.body), &message.stamp)
@@ -185,12 +184,14 @@ impl App {
             Claim::InFlight => return Err(ApiError::IdempotencyKeyInUse),
             Claim::Reused => return Err(ApiError::IdempotencyKeyReused),
         }
+        // The record names the request that first claimed it (ours, or the one that died).
+        let request_id = &message.stamp.request_id;
         if let Err(err) = self.queue.send(&message).await {
             // Release the key so the client's retry is processed, not replayed.
-            self.idempotency.release(workspace_id, idempotency_key, &request_id).await?;
+            self.idempotency.release(workspace_id, idempotency_key, request_id).await?;
             return Err(err.into());
         }
-        self.complete_in_background(workspace_id, idempotency_key, &request_id);
+        self.complete_in_background(workspace_id, idempotency_key, request_id);
         Ok(false)
     }
 
