@@ -20,3 +20,11 @@ SCHEMATHESIS_HOOKS=dev.schemathesis_hooks .venv/bin/schemathesis run openapi.yam
   --max-examples "${VF_SCHEMATHESIS_EXAMPLES:-60}" \
   --seed 1 --generation-deterministic \
   --workers 2 --no-color --warnings off
+
+# The TypeScript SDK: unit tests against a stub server, and the documented example
+# verbatim against this stack.
+sdk_key=$(cargo run -q --bin vfctl -- --local keys create --workspace sdk \
+  --scopes users:write,users:read,users:read_pii)
+cd sdk/typescript
+npm ci --no-audit --no-fund --loglevel=error
+VIBEFOLLOW_API_KEY="$sdk_key" VIBEFOLLOW_BASE_URL="$VF_API_URL" npm test

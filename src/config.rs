@@ -25,6 +25,10 @@ fn var(name: &'static str) -> Result<String, MissingVar> {
 }
 
 impl Resources {
+    /// Every variable `from_env` reads; template.yaml must set exactly these.
+    pub const ENV_VARS: [&'static str; 5] =
+        ["USERS_TABLE", "IDEMPOTENCY_TABLE", "API_KEYS_TABLE", "RATE_LIMITS_TABLE", "UPSERT_QUEUE_URL"];
+
     pub fn from_env() -> Result<Self, MissingVar> {
         Ok(Self {
             users_table: var("USERS_TABLE")?,

@@ -1,4 +1,4 @@
-use super::{get_n, get_s, n, s, Item};
+use super::{Item, PARTITION_KEY, get_n, get_s, n, s};
 use crate::auth::{key_id, ApiKeyRecord, Scope};
 use crate::aws::AwsError;
 use aws_sdk_dynamodb::types::AttributeValue;
@@ -21,7 +21,7 @@ impl ApiKeyStore {
             .client
             .get_item()
             .table_name(&self.table)
-            .key("pk", s(hash))
+            .key(PARTITION_KEY, s(hash))
             .send()
             .await?;
         Ok(out.item().and_then(record_from_item))
@@ -32,7 +32,7 @@ impl ApiKeyStore {
         self.client
             .put_item()
             .table_name(&self.table)
-            .item("pk", s(hash))
+            .item(PARTITION_KEY, s(hash))
             .item("key_id", s(&record.key_id))
             .item("workspace_id", s(&record.workspace_id))
             .item("scopes", AttributeValue::L(scopes))
@@ -56,7 +56,7 @@ impl ApiKeyStore {
             self.scan_items("key_id = :v", key_id_or_hash)
                 .await?
                 .iter()
-                .filter_map(|item| get_s(item, "pk").map(str::to_owned))
+                .filter_map(|item| get_s(item, PARTITION_KEY).map(str::to_owned))
                 .collect()
         } else {
             vec![key_id_or_hash.to_owned()]
@@ -67,7 +67,7 @@ impl ApiKeyStore {
                 .client
                 .update_item()
                 .table_name(&self.table)
-                .key("pk", s(&hash))
+                .key(PARTITION_KEY, s(&hash))
                 .update_expression("SET revoked = :t")
                 .condition_expression("attribute_exists(pk)")
                 .expression_attribute_values(":t", AttributeValue::Bool(true))
@@ -109,7 +109,7 @@ impl ApiKeyStore {
 }
 
 fn record_from_item(item: &Item) -> Option<ApiKeyRecord> {
-    let hash = get_s(item, "pk")?;
+    let hash = get_s(item, PARTITION_KEY)?;
     let scopes = item
         .get("scopes")?
         .as_l()

@@ -1,4 +1,4 @@
-use super::{get_n, get_s, n, s, workspace_key, Item};
+use super::{Item, PARTITION_KEY, TTL_ATTRIBUTE, get_n, get_s, n, s, workspace_key};
 use crate::aws::AwsError;
 use crate::upsert::Stamp;
 use aws_sdk_dynamodb::error::SdkError;
@@ -57,13 +57,13 @@ impl IdempotencyStore {
             .client
             .put_item()
             .table_name(&self.table)
-            .item("pk", s(&pk))
+            .item(PARTITION_KEY, s(&pk))
             .item("body_hash", s(body_hash))
             .item("request_id", s(&stamp.request_id))
             .item("accepted_at", n(now_ms))
             .item("state", s(PENDING))
             .item("lock_until", n(now_ms + LOCK_MS))
-            .item("expires_at", n(now_ms / 1000 + RETENTION_SECS))
+            .item(TTL_ATTRIBUTE, n(now_ms / 1000 + RETENTION_SECS))
             // TTL deletion lags; an expired record counts as absent.
             .condition_expression("attribute_not_exists(pk) OR expires_at < :now_s")
             .expression_attribute_values(":now_s", n(now_ms / 1000))
@@ -99,7 +99,7 @@ impl IdempotencyStore {
             .client
             .update_item()
             .table_name(&self.table)
-            .key("pk", s(pk))
+            .key(PARTITION_KEY, s(pk))
             .update_expression("SET lock_until = :lock")
             .condition_expression("#state = :pending AND lock_until = :old_lock")
             .expression_attribute_names("#state", "state")
@@ -122,7 +122,7 @@ impl IdempotencyStore {
         self.client
             .update_item()
             .table_name(&self.table)
-            .key("pk", s(workspace_key(workspace_id, key)))
+            .key(PARTITION_KEY, s(workspace_key(workspace_id, key)))
             .update_expression("SET #state = :done")
             .condition_expression("request_id = :rid")
             .expression_attribute_names("#state", "state")
@@ -138,7 +138,7 @@ impl IdempotencyStore {
         self.client
             .delete_item()
             .table_name(&self.table)
-            .key("pk", s(workspace_key(workspace_id, key)))
+            .key(PARTITION_KEY, s(workspace_key(workspace_id, key)))
             .condition_expression("request_id = :rid")
             .expression_attribute_values(":rid", s(request_id))
             .send()

@@ -7,12 +7,17 @@ mod rate_limits;
 mod users;
 
 pub use api_keys::ApiKeyStore;
-pub use idempotency::{Claim, IdempotencyStore};
+pub use idempotency::{Claim, IdempotencyStore, LOCK_MS};
 pub use rate_limits::RateLimitStore;
-pub use users::{StoredUser, UserStore, WriteOutcome};
+pub use users::{StoredUser, UserStore, WriteOutcome, EMAIL_INDEX, EMAIL_KEY};
 
 use aws_sdk_dynamodb::types::AttributeValue;
 use std::collections::HashMap;
+
+/// The partition key attribute of every table (see template.yaml).
+pub const PARTITION_KEY: &str = "pk";
+/// The TTL attribute (epoch seconds) of the tables whose items expire.
+pub const TTL_ATTRIBUTE: &str = "expires_at";
 
 pub(crate) type Item = HashMap<String, AttributeValue>;
 

@@ -1,4 +1,4 @@
-use super::{get_n, n, s, workspace_key};
+use super::{get_n, n, s, workspace_key, PARTITION_KEY, TTL_ATTRIBUTE};
 use crate::aws::AwsError;
 use aws_sdk_dynamodb::Client;
 
@@ -24,7 +24,7 @@ impl RateLimitStore {
             .client
             .get_item()
             .table_name(&self.table)
-            .key("pk", s(workspace_key(workspace_id, &window.to_string())))
+            .key(PARTITION_KEY, s(workspace_key(workspace_id, &window.to_string())))
             .consistent_read(true)
             .send()
             .await?;
@@ -46,8 +46,9 @@ impl RateLimitStore {
             .client
             .update_item()
             .table_name(&self.table)
-            .key("pk", s(workspace_key(workspace_id, &window.to_string())))
-            .update_expression("ADD used :tokens SET expires_at = :expires")
+            .key(PARTITION_KEY, s(workspace_key(workspace_id, &window.to_string())))
+            .update_expression("ADD used :tokens SET #ttl = :expires")
+            .expression_attribute_names("#ttl", TTL_ATTRIBUTE)
             .condition_expression("attribute_not_exists(used) OR used <= :max")
             .expression_attribute_values(":tokens", n(tokens))
             .expression_attribute_values(":expires", n(window + COUNTER_TTL_SECS))

@@ -1,4 +1,4 @@
-use super::{get_n, get_s, n, s, workspace_key, Item};
+use super::{get_n, get_s, n, s, workspace_key, Item, PARTITION_KEY};
 use crate::aws::AwsError;
 use crate::contract::normalize_email;
 use crate::upsert::{ProfileField, Stamp, UserProfile};
@@ -9,6 +9,8 @@ use std::collections::{BTreeMap, HashMap};
 
 /// The GSI that finds users by lower-cased email within a workspace.
 pub const EMAIL_INDEX: &str = "email-index";
+/// The index's partition key: workspace#lower-cased email.
+pub const EMAIL_KEY: &str = "email_key";
 
 /// A user as stored, with the optimistic-locking version of its item.
 #[derive(Debug, Clone, PartialEq)]
@@ -45,7 +47,7 @@ impl UserStore {
             .client
             .get_item()
             .table_name(&self.table)
-            .key("pk", s(workspace_key(workspace_id, external_user_id)))
+            .key(PARTITION_KEY, s(workspace_key(workspace_id, external_user_id)))
             .consistent_read(true)
             .send()
             .await?;
@@ -97,7 +99,7 @@ fn email_key(workspace_id: &str, email: &str) -> String {
 fn item_from_user(workspace_id: &str, user: &StoredUser) -> Result<Item, AwsError> {
     let profile = &user.profile;
     let mut item = Item::from([
-        ("pk".to_owned(), s(workspace_key(workspace_id, &user.external_user_id))),
+        (PARTITION_KEY.to_owned(), s(workspace_key(workspace_id, &user.external_user_id))),
         ("workspace_id".to_owned(), s(workspace_id)),
         ("external_user_id".to_owned(), s(&user.external_user_id)),
         ("version".to_owned(), n(user.version + 1)),
@@ -106,7 +108,7 @@ fn item_from_user(workspace_id: &str, user: &StoredUser) -> Result<Item, AwsErro
         item.insert(field.attribute().to_owned(), s(value));
     }
     if let Some(email) = profile.profile.get(&ProfileField::Email) {
-        item.insert("email_key".to_owned(), s(email_key(workspace_id, email)));
+        item.insert(EMAIL_KEY.to_owned(), s(email_key(workspace_id, email)));
     }
     if !profile.traits.is_empty() {
         let traits = serde_dynamo::to_attribute_value(&profile.traits)
@@ -178,7 +180,7 @@ mod tests {
         profile.apply(&Stamp { accepted_at: 7, request_id: "r/1".into() }, &changes);
         let user = StoredUser { external_user_id: "usr#1".into(), profile, version: 3 };
         let item = item_from_user("ws", &user).unwrap();
-        assert_eq!(get_s(&item, "email_key"), Some("ws#jane@acme.io"));
+        assert_eq!(get_s(&item, EMAIL_KEY), Some("ws#jane@acme.io"));
         assert_eq!(get_s(&item, "pk"), Some("ws#usr#1"));
         let back = user_from_item(&item).unwrap();
         assert_eq!(back.version, 4);

@@ -1,0 +1,219 @@
+/**
+ * @vibefollow/sdk: a small client for the VibeFollow Users API.
+ *
+ *   const vf = new VibeFollow({ apiKey: process.env.VIBEFOLLOW_API_KEY! });
+ *   await vf.users.identify('usr_42', { email: 'jane@acme.io', name: 'Jane Doe', plan: 'trial' });
+ *
+ * No runtime dependencies: Node 20's fetch and crypto.
+ */
+import { randomUUID } from 'node:crypto';
+
+const DEFAULT_BASE_URL = 'https://api.vibefollow.com';
+const DEFAULT_TIMEOUT_MS = 10_000;
+const DEFAULT_MAX_RETRIES = 3;
+const BACKOFF_BASE_MS = 200;
+const BACKOFF_CAP_MS = 10_000;
+
+export type JsonValue = string | number | boolean | null | JsonValue[] | { [key: string]: JsonValue };
+
+/** Known traits (`name`, `plan`, `signupDate`, `company`, `role`), `email`, or any custom trait. `null` removes. */
+export interface Traits {
+  email?: string | null;
+  name?: string | null;
+  plan?: string | null;
+  signupDate?: string | Date | null;
+  company?: string | null;
+  role?: string | null;
+  [custom: string]: JsonValue | Date | undefined;
+}
+
+export interface User {
+  external_user_id: string;
+  /** Present only for keys with the `users:read_pii` scope. */
+  email?: string;
+  traits: Record<string, JsonValue>;
+  created_at: string;
+  updated_at: string;
+}
+
+export interface VibeFollowOptions {
+  apiKey: string;
+  /** Defaults to `VIBEFOLLOW_BASE_URL` from the environment, else the public API. */
+  baseUrl?: string;
+  /** Per attempt. Default 10 s. */
+  timeoutMs?: number;
+  /** Retries after the first attempt, on network errors, 409, 429 and 5xx. Default 3. */
+  maxRetries?: number;
+}
+
+export interface ApiErrorDetail {
+  code: string;
+  field?: string;
+  message: string;
+}
+
+/** Any failed call: an error answer of the API (`status` > 0) or a network failure (`status` 0). */
+export class VibeFollowError extends Error {
+  readonly status: number;
+  readonly code: string;
+  readonly field: string | undefined;
+  readonly requestId: string | undefined;
+  readonly errors: ApiErrorDetail[];
+
+  constructor(status: number, errors: ApiErrorDetail[], requestId: string | undefined, options?: { cause?: unknown }) {
+    const first = errors[0] ?? { code: 'unknown', message: `HTTP ${status}` };
+    super(first.message, options);
+    this.name = 'VibeFollowError';
+    this.status = status;
+    this.code = first.code;
+    this.field = first.field;
+    this.requestId = requestId;
+    this.errors = errors;
+  }
+}
+
+interface Attempt {
+  method: 'GET' | 'POST';
+  path: string;
+  body?: string;
+  idempotencyKey?: string;
+}
+
+function isRetryable(status: number): boolean {
+  return status === 409 || status === 429 || status >= 500;
+}
+
+function backoffMs(attempt: number, retryAfter: string | null): number {
+  const seconds = retryAfter === null ? NaN : Number(retryAfter);
+  if (Number.isFinite(seconds) && seconds >= 0) {
+    return seconds * 1000;
+  }
+  // Exponential backoff with full jitter.
+  return Math.random() * Math.min(BACKOFF_CAP_MS, BACKOFF_BASE_MS * 2 ** attempt);
+}
+
+const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+
+class Transport {
+  private readonly apiKey: string;
+  private readonly baseUrl: string;
+  private readonly timeoutMs: number;
+  private readonly maxRetries: number;
+
+  constructor(options: VibeFollowOptions) {
+    if (!options?.apiKey) {
+      throw new TypeError('VibeFollow: apiKey is required');
+    }
+    this.apiKey = options.apiKey;
+    this.baseUrl = (options.baseUrl ?? process.env.VIBEFOLLOW_BASE_URL ?? DEFAULT_BASE_URL).replace(/\/+$/, '');
+    this.timeoutMs = options.timeoutMs ?? DEFAULT_TIMEOUT_MS;
+    this.maxRetries = options.maxRetries ?? DEFAULT_MAX_RETRIES;
+  }
+
+  /** Sends with retries; every retry reuses the same Idempotency-Key. */
+  async send<T>(request: Attempt): Promise<T> {
+    for (let attempt = 0; ; attempt++) {
+      let response: Response;
+      try {
+        response = await fetch(`${this.baseUrl}${request.path}`, {
+          method: request.method,
+          headers: this.headers(request),
+          body: request.body,
+          signal: AbortSignal.timeout(this.timeoutMs),
+        });
+      } catch (cause) {
+        if (attempt < this.maxRetries) {
+          await sleep(backoffMs(attempt, null));
+          continue;
+        }
+        throw new VibeFollowError(0, [{ code: 'network_error', message: `request failed: ${String(cause)}` }], undefined, { cause });
+      }
+      if (response.ok) {
+        return (await response.json()) as T;
+      }
+      if (isRetryable(response.status) && attempt < this.maxRetries) {
+        await response.body?.cancel();
+        await sleep(backoffMs(attempt, response.headers.get('retry-after')));
+        continue;
+      }
+      throw await errorOf(response);
+    }
+  }
+
+  private headers(request: Attempt): Record<string, string> {
+    const headers: Record<string, string> = { authorization: `Bearer ${this.apiKey}`, accept: 'application/json' };
+    if (request.body !== undefined) {
+      headers['content-type'] = 'application/json';
+    }
+    if (request.idempotencyKey) {
+      headers['idempotency-key'] = request.idempotencyKey;
+    }
+    return headers;
+  }
+}
+
+async function errorOf(response: Response): Promise<VibeFollowError> {
+  const requestId = response.headers.get('x-request-id') ?? undefined;
+  let errors: ApiErrorDetail[] = [];
+  try {
+    const body = (await response.json()) as { errors?: ApiErrorDetail[] };
+    errors = Array.isArray(body?.errors) ? body.errors : [];
+  } catch {
+    // Not our envelope (a proxy's page, say): status alone tells.
+  }
+  return new VibeFollowError(response.status, errors, requestId);
+}
+
+/** The request body of an upsert: `email` among the traits goes to the top level. */
+export function upsertBody(externalUserId: string, traits: Traits = {}): Record<string, JsonValue> {
+  const { email, ...rest } = traits;
+  const customAndKnown: Record<string, JsonValue> = {};
+  for (const [name, value] of Object.entries(rest)) {
+    if (value === undefined) continue;
+    customAndKnown[name] = value instanceof Date ? value.toISOString() : value;
+  }
+  const body: Record<string, JsonValue> = { external_user_id: externalUserId };
+  if (email !== undefined) body.email = email;
+  if (Object.keys(customAndKnown).length > 0) body.traits = customAndKnown;
+  return body;
+}
+
+class Users {
+  constructor(private readonly transport: Transport) {}
+
+  /** Upserts a user. Resolves once the API accepted it (202); it is readable within a few hundred ms. */
+  async identify(externalUserId: string, traits: Traits = {}): Promise<void> {
+    await this.transport.send({
+      method: 'POST',
+      path: '/api/v1/users',
+      body: JSON.stringify(upsertBody(externalUserId, traits)),
+      idempotencyKey: randomUUID(),
+    });
+  }
+
+  /** Reads one user; rejects with a 404 `VibeFollowError` if there is none. */
+  async get(externalUserId: string): Promise<User> {
+    const answer = await this.transport.send<{ data: User }>({
+      method: 'GET',
+      path: `/api/v1/users/${encodeURIComponent(externalUserId)}`,
+    });
+    return answer.data;
+  }
+
+  /** Users whose email matches, ignoring case (needs the `users:read_pii` scope). */
+  async findByEmail(email: string): Promise<User[]> {
+    const answer = await this.transport.send<{ data: User[] }>({
+      method: 'GET',
+      path: `/api/v1/users?email=${encodeURIComponent(email)}`,
+    });
+    return answer.data;
+  }
+}
+
+export class VibeFollow {
+  readonly users: Users;
+
+  constructor(options: VibeFollowOptions) {
+    this.users = new Users(new Transport(options));
+  }
+}

@@ -1,0 +1,139 @@
+// Retry and error behaviour against a stub server on loopback.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { VibeFollow, VibeFollowError, upsertBody } from '@vibefollow/sdk';
+
+type Handler = (req: IncomingMessage, body: string, res: ServerResponse) => void;
+
+async function stub(handlers: Handler[]) {
+  const seen: { headers: IncomingMessage['headers']; body: string; url: string }[] = [];
+  const server = createServer((req, res) => {
+    let body = '';
+    req.on('data', (chunk) => (body += chunk));
+    req.on('end', () => {
+      seen.push({ headers: req.headers, body, url: req.url ?? '' });
+      const handler = handlers[Math.min(seen.length - 1, handlers.length - 1)];
+      handler(req, body, res);
+    });
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const { port } = server.address() as AddressInfo;
+  return { baseUrl: `http://127.0.0.1:${port}`, seen, close: () => new Promise((r) => server.close(r)) };
+}
+
+const reply = (status: number, body: unknown, headers: Record<string, string> = {}): Handler =>
+  (_req, _body, res) => {
+    res.writeHead(status, { 'content-type': 'application/json', 'x-request-id': `req-${status}`, ...headers });
+    res.end(JSON.stringify(body));
+  };
+const accepted = reply(202, { data: { accepted: true } });
+const KEY = 'sk_test_000000000000000000000000';
+
+test('email among the traits is sent as the top-level email; null passes through', () => {
+  assert.deepEqual(upsertBody('usr_42', { email: 'jane@acme.io', name: 'Jane Doe', plan: null, color: 'teal' }), {
+    external_user_id: 'usr_42',
+    email: 'jane@acme.io',
+    traits: { name: 'Jane Doe', plan: null, color: 'teal' },
+  });
+  assert.deepEqual(upsertBody('u', { email: null }), { external_user_id: 'u', email: null });
+  assert.deepEqual(upsertBody('u', { signupDate: new Date('2026-05-17T14:00:00Z') }), {
+    external_user_id: 'u',
+    traits: { signupDate: '2026-05-17T14:00:00.000Z' },
+  });
+});
+
+test('retries on 503, 429 and 409 reuse one Idempotency-Key and honour Retry-After', async () => {
+  const server = await stub([
+    reply(503, { errors: [{ code: 'unavailable', message: 'x' }] }, { 'retry-after': '0' }),
+    reply(429, { errors: [{ code: 'rate_limited', message: 'x' }] }, { 'retry-after': '0' }),
+    reply(409, { errors: [{ code: 'idempotency_key_in_use', message: 'x' }] }, { 'retry-after': '0' }),
+    accepted,
+  ]);
+  try {
+    const vf = new VibeFollow({ apiKey: KEY, baseUrl: server.baseUrl, maxRetries: 3 });
+    await vf.users.identify('usr_42', { plan: 'trial' });
+    assert.equal(server.seen.length, 4);
+    const keys = new Set(server.seen.map((s) => s.headers['idempotency-key']));
+    assert.equal(keys.size, 1);
+    assert.match(String([...keys][0]), /^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/);
+    assert.equal(server.seen[0].headers.authorization, `Bearer ${KEY}`);
+  } finally {
+    await server.close();
+  }
+});
+
+test('each identify call gets its own Idempotency-Key', async () => {
+  const server = await stub([accepted]);
+  try {
+    const vf = new VibeFollow({ apiKey: KEY, baseUrl: server.baseUrl });
+    await vf.users.identify('a');
+    await vf.users.identify('a');
+    assert.notEqual(server.seen[0].headers['idempotency-key'], server.seen[1].headers['idempotency-key']);
+  } finally {
+    await server.close();
+  }
+});
+
+test('4xx other than 409/429 is not retried and is a typed error', async () => {
+  const server = await stub([
+    reply(422, { errors: [{ code: 'invalid_email', field: 'email', message: 'email is not a valid address' }] }),
+  ]);
+  try {
+    const vf = new VibeFollow({ apiKey: KEY, baseUrl: server.baseUrl, maxRetries: 5 });
+    await assert.rejects(vf.users.identify('u', { email: 'nope' }), (err: unknown) => {
+      assert.ok(err instanceof VibeFollowError);
+      assert.equal(err.status, 422);
+      assert.equal(err.code, 'invalid_email');
+      assert.equal(err.field, 'email');
+      assert.equal(err.requestId, 'req-422');
+      return true;
+    });
+    assert.equal(server.seen.length, 1);
+  } finally {
+    await server.close();
+  }
+});
+
+test('retries stop after maxRetries and report the last answer', async () => {
+  const server = await stub([reply(503, { errors: [{ code: 'unavailable', message: 'down' }] }, { 'retry-after': '0' })]);
+  try {
+    const vf = new VibeFollow({ apiKey: KEY, baseUrl: server.baseUrl, maxRetries: 2 });
+    await assert.rejects(vf.users.get('u'), (err: unknown) => err instanceof VibeFollowError && err.status === 503);
+    assert.equal(server.seen.length, 3);
+  } finally {
+    await server.close();
+  }
+});
+
+test('network errors and timeouts are retried, then reported with status 0', async () => {
+  const server = await stub([
+    (req) => req.socket.destroy(),
+    (_req, _body, res) => setTimeout(() => accepted(_req, _body, res), 500),
+    accepted,
+  ]);
+  try {
+    const vf = new VibeFollow({ apiKey: KEY, baseUrl: server.baseUrl, timeoutMs: 100, maxRetries: 3 });
+    await vf.users.identify('u');
+    assert.equal(server.seen.length, 3);
+    const dead = new VibeFollow({ apiKey: KEY, baseUrl: 'http://127.0.0.1:9', maxRetries: 1 });
+    await assert.rejects(dead.users.get('u'), (err: unknown) => err instanceof VibeFollowError && err.status === 0);
+  } finally {
+    await server.close();
+  }
+});
+
+test('get and findByEmail encode their arguments and unwrap data', async () => {
+  const user = { external_user_id: 'usr/42', traits: {}, created_at: 'c', updated_at: 'u' };
+  const server = await stub([reply(200, { data: user }), reply(200, { data: [user] })]);
+  try {
+    const vf = new VibeFollow({ apiKey: KEY, baseUrl: server.baseUrl });
+    assert.deepEqual(await vf.users.get('usr/42'), user);
+    assert.deepEqual(await vf.users.findByEmail('Jane+x@acme.io'), [user]);
+    assert.equal(server.seen[0].url, '/api/v1/users/usr%2F42');
+    assert.equal(server.seen[1].url, '/api/v1/users?email=Jane%2Bx%40acme.io');
+  } finally {
+    await server.close();
+  }
+});

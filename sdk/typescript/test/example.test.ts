@@ -1,0 +1,24 @@
+// The documented example, verbatim, against the local stack (make test sets
+// VIBEFOLLOW_API_KEY and VIBEFOLLOW_BASE_URL; without them this test is skipped).
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { VibeFollow } from '@vibefollow/sdk';
+
+const live = Boolean(process.env.VIBEFOLLOW_API_KEY && process.env.VIBEFOLLOW_BASE_URL);
+
+test('the documented identify example works against the service', { skip: !live && 'no local stack' }, async () => {
+  // --- the example from the public docs, verbatim (its import is at the top) ---
+  const vf = new VibeFollow({ apiKey: process.env.VIBEFOLLOW_API_KEY! });
+  await vf.users.identify('usr_42', { email: 'jane@acme.io', name: 'Jane Doe', plan: 'trial' });
+  // --- end of the example ---
+
+  const deadline = Date.now() + 10_000;
+  for (;;) {
+    const user = await vf.users.get('usr_42').catch(() => undefined);
+    if (user?.email === 'jane@acme.io' && user.traits.name === 'Jane Doe' && user.traits.plan === 'trial') break;
+    assert.ok(Date.now() < deadline, 'usr_42 did not become visible within 10 s');
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  const found = await vf.users.findByEmail('JANE@acme.io');
+  assert.ok(found.some((u) => u.external_user_id === 'usr_42'));
+});
