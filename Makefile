@@ -2,8 +2,12 @@
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+CHECK_VENV := .venv-check
+CHECK_STAMP := $(CHECK_VENV)/.installed
+# SAM, cfn-lint, checkov and cargo-lambda (+ zig for arm64) from .venv-check.
+CHECK_ENV := PATH="$(CURDIR)/$(CHECK_VENV)/bin:$$PATH" AWS_DEFAULT_REGION=$${AWS_DEFAULT_REGION:-us-east-1} SAM_CLI_TELEMETRY=0
 
-.PHONY: dev test unit venv fmt clean
+.PHONY: dev test check build-arm64 deploy deploy-prod venv fmt clean
 
 $(STAMP): dev/requirements.txt
 	python3 -m venv $(VENV)
@@ -22,8 +26,36 @@ test: $(STAMP)
 	cargo build --workspace --bins --tests
 	$(PY) dev/stack.py run -- dev/integration.sh
 
+$(CHECK_STAMP): dev/requirements-check.txt
+	python3 -m venv $(CHECK_VENV)
+	$(CHECK_VENV)/bin/pip install --quiet --disable-pip-version-check -r dev/requirements-check.txt
+	touch $(CHECK_STAMP)
+
+## Offline checks of the AWS side: template lint and policy scan, then the arm64 build.
+check: $(CHECK_STAMP)
+	$(CHECK_ENV) sam validate --lint
+	$(CHECK_ENV) cfn-lint template.yaml
+	$(CHECK_ENV) checkov -f template.yaml --framework cloudformation --compact --quiet --skip-download
+	$(MAKE) build-arm64
+
+## sam build: both functions as arm64 `bootstrap` binaries under .aws-sam/build.
+build-arm64: $(CHECK_STAMP)
+	rustup target add aarch64-unknown-linux-gnu
+	$(CHECK_ENV) sam build --beta-features
+	@for f in ApiFunction ConsumerFunction; do \
+	  file .aws-sam/build/$$f/bootstrap | grep -q 'ARM aarch64' || { echo "$$f: not an arm64 binary"; exit 1; }; \
+	  echo "$$f/bootstrap: $$(stat -c %s .aws-sam/build/$$f/bootstrap) bytes (arm64, stripped)"; \
+	done
+
+## Deploy to the AWS account of your current credentials (samconfig.toml: default = dev).
+deploy: build-arm64
+	$(CHECK_ENV) sam deploy
+
+deploy-prod: build-arm64
+	$(CHECK_ENV) sam deploy --config-env prod
+
 fmt:
 	cargo fmt --all
 
 clean:
-	rm -rf .local $(VENV) target
+	rm -rf .local .aws-sam $(VENV) $(CHECK_VENV) target
