@@ -33,9 +33,9 @@ where
 {
     fn from(err: SdkError<E, R>) -> Self {
         match &err {
-            SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => {
-                AwsError::Unavailable(format!("{err:?}"))
-            }
+            SdkError::TimeoutError(_)
+            | SdkError::DispatchFailure(_)
+            | SdkError::ResponseError(_) => AwsError::Unavailable(format!("{err:?}")),
             SdkError::ServiceError(service) => {
                 let code = service.err().code().unwrap_or("Unknown");
                 let server_side = RETRYABLE_CODES.contains(&code);

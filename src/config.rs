@@ -21,13 +21,21 @@ pub struct Resources {
 pub struct MissingVar(pub &'static str);
 
 fn var(name: &'static str) -> Result<String, MissingVar> {
-    std::env::var(name).ok().filter(|v| !v.is_empty()).ok_or(MissingVar(name))
+    std::env::var(name)
+        .ok()
+        .filter(|v| !v.is_empty())
+        .ok_or(MissingVar(name))
 }
 
 impl Resources {
     /// Every variable `from_env` reads; template.yaml must set exactly these.
-    pub const ENV_VARS: [&'static str; 5] =
-        ["USERS_TABLE", "IDEMPOTENCY_TABLE", "API_KEYS_TABLE", "RATE_LIMITS_TABLE", "UPSERT_QUEUE_URL"];
+    pub const ENV_VARS: [&'static str; 5] = [
+        "USERS_TABLE",
+        "IDEMPOTENCY_TABLE",
+        "API_KEYS_TABLE",
+        "RATE_LIMITS_TABLE",
+        "UPSERT_QUEUE_URL",
+    ];
 
     pub fn from_env() -> Result<Self, MissingVar> {
         Ok(Self {

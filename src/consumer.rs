@@ -53,7 +53,10 @@ impl Consumer {
         let messages = parsed.len();
         let mut by_user: BTreeMap<(String, String), Vec<(&str, UpsertMessage)>> = BTreeMap::new();
         for (id, message) in parsed {
-            let key = (message.workspace_id.clone(), message.external_user_id.clone());
+            let key = (
+                message.workspace_id.clone(),
+                message.external_user_id.clone(),
+            );
             by_user.entry(key).or_default().push((id, message));
         }
         let batches: Vec<UserBatch> = by_user
@@ -116,6 +119,8 @@ impl Consumer {
                 return Ok(());
             }
         }
-        Err(AwsError::Unavailable("user item kept changing under concurrent writers".into()))
+        Err(AwsError::Unavailable(
+            "user item kept changing under concurrent writers".into(),
+        ))
     }
 }

@@ -12,7 +12,10 @@ pub struct UpsertQueue {
 
 impl UpsertQueue {
     pub fn new(client: Client, url: impl Into<String>) -> Self {
-        Self { client, url: url.into() }
+        Self {
+            client,
+            url: url.into(),
+        }
     }
 
     /// Returns once SQS has durably stored the message: only then may we answer 202.

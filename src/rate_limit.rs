@@ -42,10 +42,18 @@ fn max_used_before(rate: u32, used_in_previous_window: u64, tokens: u32) -> i64 
 
 impl RateLimiter {
     pub fn new(store: RateLimitStore) -> Self {
-        Self { store, allowances: Mutex::new(HashMap::new()) }
+        Self {
+            store,
+            allowances: Mutex::new(HashMap::new()),
+        }
     }
 
-    pub async fn check(&self, workspace_id: &str, rate: u32, now_ms: i64) -> Result<RateDecision, AwsError> {
+    pub async fn check(
+        &self,
+        workspace_id: &str,
+        rate: u32,
+        now_ms: i64,
+    ) -> Result<RateDecision, AwsError> {
         let window = now_ms.div_euclid(1000);
         let known_previous = match self.take_local(workspace_id, window) {
             Ok(()) => return Ok(RateDecision::Allowed),
@@ -57,21 +65,44 @@ impl RateLimiter {
         };
         for tokens in [lease_size(rate), 1] {
             let max_before = max_used_before(rate, used_in_previous_window, tokens);
-            if self.store.lease(workspace_id, window, tokens, max_before).await? {
-                self.grant(workspace_id, Allowance { window, tokens: tokens - 1, used_in_previous_window });
+            if self
+                .store
+                .lease(workspace_id, window, tokens, max_before)
+                .await?
+            {
+                self.grant(
+                    workspace_id,
+                    Allowance {
+                        window,
+                        tokens: tokens - 1,
+                        used_in_previous_window,
+                    },
+                );
                 return Ok(RateDecision::Allowed);
             }
             if tokens == 1 {
                 break;
             }
         }
-        self.grant(workspace_id, Allowance { window, tokens: 0, used_in_previous_window });
-        Ok(RateDecision::Limited { retry_after_secs: 1 })
+        self.grant(
+            workspace_id,
+            Allowance {
+                window,
+                tokens: 0,
+                used_in_previous_window,
+            },
+        );
+        Ok(RateDecision::Limited {
+            retry_after_secs: 1,
+        })
     }
 
     /// Spends a local token; otherwise tells what is known of the previous window.
     fn take_local(&self, workspace_id: &str, window: i64) -> Result<(), Option<u64>> {
-        let mut allowances = self.allowances.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut allowances = self
+            .allowances
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         match allowances.get_mut(workspace_id) {
             Some(a) if a.window == window && a.tokens > 0 => {
                 a.tokens -= 1;
@@ -83,7 +114,10 @@ impl RateLimiter {
     }
 
     fn grant(&self, workspace_id: &str, allowance: Allowance) {
-        let mut allowances = self.allowances.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut allowances = self
+            .allowances
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         allowances.insert(workspace_id.to_owned(), allowance);
     }
 }

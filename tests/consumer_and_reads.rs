@@ -9,7 +9,9 @@ use serde_json::{json, Value};
 use std::time::Duration;
 use vibefollow_users::auth::Scope;
 use vibefollow_users::contract::user_view;
-use vibefollow_users::upsert::{Changes, ProfileField, Stamp, UpsertMessage, UserProfile, MESSAGE_VERSION};
+use vibefollow_users::upsert::{
+    Changes, ProfileField, Stamp, UpsertMessage, UserProfile, MESSAGE_VERSION,
+};
 
 #[tokio::test]
 async fn upsert_becomes_visible_through_get_in_the_contract_shape() {
@@ -30,12 +32,18 @@ async fn upsert_becomes_visible_through_get_in_the_contract_shape() {
                "company": "Acme Inc.", "role": "engineering_lead", "favoriteColor": "teal"})
     );
     let created = user["created_at"].as_str().unwrap();
-    assert!(created.ends_with('Z') && created.len() == "2026-11-27T10:00:00.123Z".len(), "{created}");
+    assert!(
+        created.ends_with('Z') && created.len() == "2026-11-27T10:00:00.123Z".len(),
+        "{created}"
+    );
 
     // Known traits live in their own attributes, custom ones in the traits map.
     let stored = stack.stored("usr_42").await.unwrap();
     assert_eq!(stored.profile.profile[&ProfileField::Plan], "trial");
-    assert_eq!(stored.profile.traits.keys().collect::<Vec<_>>(), ["favoriteColor"]);
+    assert_eq!(
+        stored.profile.traits.keys().collect::<Vec<_>>(),
+        ["favoriteColor"]
+    );
 }
 
 #[tokio::test]
@@ -49,7 +57,10 @@ async fn upserts_merge_and_null_removes() {
     assert_eq!(stack.post(&key, &second).await.status(), 202);
     let user = user_when(&stack, &key, "m", |u| u["traits"]["c"] == true).await;
     assert_eq!(user["traits"], json!({"a": 1, "b": {"x": [1]}, "c": true}));
-    assert!(user.get("email").is_none(), "removed fields are absent: {user}");
+    assert!(
+        user.get("email").is_none(),
+        "removed fields are absent: {user}"
+    );
     assert!(user["updated_at"].as_str() > user["created_at"].as_str());
 }
 
@@ -58,14 +69,20 @@ fn message(workspace: &str, user: &str, at: i64, i: usize, changes: Changes) -> 
         version: MESSAGE_VERSION,
         workspace_id: workspace.to_owned(),
         external_user_id: user.to_owned(),
-        stamp: Stamp { accepted_at: at, request_id: format!("req-{i:03}") },
+        stamp: Stamp {
+            accepted_at: at,
+            request_id: format!("req-{i:03}"),
+        },
         changes,
     }
 }
 
 async fn send_all(stack: &Stack, bodies: &[String]) {
     for chunk in bodies.chunks(10) {
-        let mut batch = stack.sqs.send_message_batch().queue_url(&stack.resources.upsert_queue_url);
+        let mut batch = stack
+            .sqs
+            .send_message_batch()
+            .queue_url(&stack.resources.upsert_queue_url);
         for (i, body) in chunk.iter().enumerate() {
             let entry = aws_sdk_sqs::types::SendMessageBatchRequestEntry::builder()
                 .id(i.to_string())
@@ -88,13 +105,26 @@ async fn shuffled_and_duplicated_messages_converge_to_the_in_order_result() {
     for i in 0..30 {
         let mut changes = Changes::default();
         let plan = ["free", "trial", "pro"][i % 3];
-        changes.profile.insert(ProfileField::Plan, (i % 7 != 0).then(|| format!("{plan}-{i}")));
-        changes.traits.insert(format!("t{}", i % 4), (i % 5 != 0).then(|| json!(i)));
+        changes.profile.insert(
+            ProfileField::Plan,
+            (i % 7 != 0).then(|| format!("{plan}-{i}")),
+        );
+        changes
+            .traits
+            .insert(format!("t{}", i % 4), (i % 5 != 0).then(|| json!(i)));
         if i % 6 == 0 {
-            changes.profile.insert(ProfileField::Email, Some(format!("user{i}@shuffle.io")));
+            changes
+                .profile
+                .insert(ProfileField::Email, Some(format!("user{i}@shuffle.io")));
         }
         // Several upserts share a millisecond: the request id breaks the tie.
-        messages.push(message(&stack.workspace, "shuffled", 1_700_000_000_000 + (i as i64 / 3), i, changes));
+        messages.push(message(
+            &stack.workspace,
+            "shuffled",
+            1_700_000_000_000 + (i as i64 / 3),
+            i,
+            changes,
+        ));
     }
     let mut expected = UserProfile::default();
     for m in &messages {
@@ -135,7 +165,10 @@ async fn poison_message_reaches_the_dlq_and_does_not_block_other_users() {
             .send()
             .await
             .ok()?;
-        out.messages().iter().any(|m| m.body().is_some_and(|b| b.contains(&marker))).then_some(())
+        out.messages()
+            .iter()
+            .any(|m| m.body().is_some_and(|b| b.contains(&marker)))
+            .then_some(())
     })
     .await;
     assert!(found.is_some(), "poison message never reached the DLQ");
@@ -145,7 +178,16 @@ async fn poison_message_reaches_the_dlq_and_does_not_block_other_users() {
 async fn get_needs_read_scope_and_shows_email_only_with_read_pii() {
     let stack = Stack::new().await;
     let writer = stack.key(&ALL_SCOPES).await;
-    assert_eq!(stack.post(&writer, &json!({"external_user_id": "p", "email": "p@x.io"})).await.status(), 202);
+    assert_eq!(
+        stack
+            .post(
+                &writer,
+                &json!({"external_user_id": "p", "email": "p@x.io"})
+            )
+            .await
+            .status(),
+        202
+    );
     user_when(&stack, &writer, "p", |u| u["email"] == "p@x.io").await;
     let reader = stack.key(&[Scope::UsersRead]).await;
     let body: Value = stack.get_user(&reader, "p").await.json().await.unwrap();
@@ -160,7 +202,13 @@ async fn unknown_user_is_404_and_ids_are_url_decoded() {
     let (status, codes, _) = error_of(stack.get_user(&key, "nobody").await).await;
     assert_eq!((status, codes[0].as_str()), (404, "not_found"));
     let odd = "usr/42 é#?";
-    assert_eq!(stack.post(&key, &json!({"external_user_id": odd})).await.status(), 202);
+    assert_eq!(
+        stack
+            .post(&key, &json!({"external_user_id": odd}))
+            .await
+            .status(),
+        202
+    );
     let user = user_when(&stack, &key, odd, |_| true).await;
     assert_eq!(user["external_user_id"], odd);
     assert!(!percent_encode(odd).contains('/'));
@@ -170,19 +218,46 @@ async fn unknown_user_is_404_and_ids_are_url_decoded() {
 async fn lookup_by_email_is_case_insensitive_and_needs_read_pii() {
     let stack = Stack::new().await;
     let key = stack.key(&ALL_SCOPES).await;
-    assert_eq!(stack.post(&key, &json!({"external_user_id": "e1", "email": "Mixed.Case@Example.COM"})).await.status(), 202);
-    user_when(&stack, &key, "e1", |u| u["email"] == "Mixed.Case@Example.COM").await;
+    assert_eq!(
+        stack
+            .post(
+                &key,
+                &json!({"external_user_id": "e1", "email": "Mixed.Case@Example.COM"})
+            )
+            .await
+            .status(),
+        202
+    );
+    user_when(&stack, &key, "e1", |u| {
+        u["email"] == "Mixed.Case@Example.COM"
+    })
+    .await;
     let lookup = |key: String, email: &'static str| {
-        let request = stack.request(Method::GET, "/api/v1/users", Some(&key)).query(&[("email", email)]);
+        let request = stack
+            .request(Method::GET, "/api/v1/users", Some(&key))
+            .query(&[("email", email)]);
         async move { request.send().await.unwrap() }
     };
-    let body: Value = lookup(key.clone(), "mixed.case@example.com").await.json().await.unwrap();
+    let body: Value = lookup(key.clone(), "mixed.case@example.com")
+        .await
+        .json()
+        .await
+        .unwrap();
     assert_eq!(body["data"].as_array().unwrap().len(), 1);
     assert_eq!(body["data"][0]["email"], "Mixed.Case@Example.COM");
-    let body: Value = lookup(key.clone(), "nobody@example.com").await.json().await.unwrap();
+    let body: Value = lookup(key.clone(), "nobody@example.com")
+        .await
+        .json()
+        .await
+        .unwrap();
     assert_eq!(body, json!({"data": []}));
     let reader = stack.key(&[Scope::UsersRead]).await;
-    assert_eq!(error_of(lookup(reader, "mixed.case@example.com").await).await.0, 403);
+    assert_eq!(
+        error_of(lookup(reader, "mixed.case@example.com").await)
+            .await
+            .0,
+        403
+    );
 }
 
 #[tokio::test]
@@ -191,8 +266,24 @@ async fn workspaces_never_see_each_others_users() {
     let b = Stack::new().await;
     let key_a = a.key(&ALL_SCOPES).await;
     let key_b = b.key(&ALL_SCOPES).await;
-    assert_eq!(a.post(&key_a, &json!({"external_user_id": "same", "email": "iso@x.io", "traits": {"plan": "a"}})).await.status(), 202);
-    assert_eq!(b.post(&key_b, &json!({"external_user_id": "same", "traits": {"plan": "b"}})).await.status(), 202);
+    assert_eq!(
+        a.post(
+            &key_a,
+            &json!({"external_user_id": "same", "email": "iso@x.io", "traits": {"plan": "a"}})
+        )
+        .await
+        .status(),
+        202
+    );
+    assert_eq!(
+        b.post(
+            &key_b,
+            &json!({"external_user_id": "same", "traits": {"plan": "b"}})
+        )
+        .await
+        .status(),
+        202
+    );
     user_when(&a, &key_a, "same", |u| u["traits"]["plan"] == "a").await;
     let user_b = user_when(&b, &key_b, "same", |u| u["traits"]["plan"] == "b").await;
     assert!(user_b.get("email").is_none());

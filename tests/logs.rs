@@ -15,9 +15,17 @@ async fn no_key_and_no_email_in_function_logs() {
     let body = json!({"external_user_id": "logged", "email": email, "traits": {"email": email}});
     let response = stack.post(&key, &body).await;
     assert_eq!(response.status(), 202);
-    let request_id = response.headers()["x-request-id"].to_str().unwrap().to_owned();
+    let request_id = response.headers()["x-request-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
     // Errors are logged too: a bad address and a bad key.
-    stack.post(&key, &json!({"external_user_id": "x", "email": format!("{email}@")})).await;
+    stack
+        .post(
+            &key,
+            &json!({"external_user_id": "x", "email": format!("{email}@")}),
+        )
+        .await;
     stack.post(&format!("{key}0"), &body).await;
     user_when(&stack, &key, "logged", |u| u["email"] == email).await;
 
@@ -30,5 +38,8 @@ async fn no_key_and_no_email_in_function_logs() {
     .expect("the request's log line was written");
     let secret = key.trim_start_matches("sk_test_");
     assert!(!log.contains(secret), "an API key appears in the logs");
-    assert!(!log.contains("@logcheck.io"), "an email address appears in the logs");
+    assert!(
+        !log.contains("@logcheck.io"),
+        "an email address appears in the logs"
+    );
 }

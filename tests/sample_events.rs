@@ -7,7 +7,11 @@ use common::Stack;
 use serde_json::{json, Value};
 
 async fn invoke(stack: &Stack, function: &str, event_file: &str) -> Value {
-    let event = std::fs::read_to_string(format!("{}/events/{event_file}", env!("CARGO_MANIFEST_DIR"))).unwrap();
+    let event = std::fs::read_to_string(format!(
+        "{}/events/{event_file}",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .unwrap();
     let url = format!("{}/2015-03-31/functions/{function}/invocations", stack.api);
     let response = stack.http.post(url).body(event).send().await.unwrap();
     assert_eq!(response.status(), 200);
@@ -18,7 +22,10 @@ async fn invoke(stack: &Stack, function: &str, event_file: &str) -> Value {
 async fn sqs_sample_event_reports_only_the_unreadable_message() {
     let stack = Stack::new().await;
     let result = invoke(&stack, "consumer", "sqs-upserts.json").await;
-    assert_eq!(result, json!({"batchItemFailures": [{"itemIdentifier": "0b9e1d5c-1a52-4bde-9a55-7c6b1a3e0003"}]}));
+    assert_eq!(
+        result,
+        json!({"batchItemFailures": [{"itemIdentifier": "0b9e1d5c-1a52-4bde-9a55-7c6b1a3e0003"}]})
+    );
 }
 
 #[tokio::test]

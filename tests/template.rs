@@ -9,21 +9,32 @@ use vibefollow_users::config::Resources;
 use vibefollow_users::store::{EMAIL_INDEX, EMAIL_KEY, LOCK_MS, PARTITION_KEY, TTL_ATTRIBUTE};
 use yaml_rust2::{Yaml, YamlLoader};
 
-const TABLES: [&str; 4] = ["UsersTable", "IdempotencyTable", "ApiKeysTable", "RateLimitsTable"];
+const TABLES: [&str; 4] = [
+    "UsersTable",
+    "IdempotencyTable",
+    "ApiKeysTable",
+    "RateLimitsTable",
+];
 
 fn template() -> Yaml {
-    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/template.yaml")).unwrap();
+    let text =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/template.yaml")).unwrap();
     YamlLoader::load_from_str(&text).unwrap().remove(0)
 }
 
 fn resource<'a>(template: &'a Yaml, name: &str) -> &'a Yaml {
     let resource = &template["Resources"][name];
-    assert!(!resource.is_badvalue(), "template.yaml has no resource {name}");
+    assert!(
+        !resource.is_badvalue(),
+        "template.yaml has no resource {name}"
+    );
     &resource["Properties"]
 }
 
 fn int(value: &Yaml) -> i64 {
-    value.as_i64().unwrap_or_else(|| panic!("not an integer: {value:?}"))
+    value
+        .as_i64()
+        .unwrap_or_else(|| panic!("not an integer: {value:?}"))
 }
 
 #[test]
@@ -33,18 +44,35 @@ fn every_table_is_keyed_by_the_partition_key_the_code_uses() {
         let props = resource(&template, table);
         let key_schema = props["KeySchema"].as_vec().unwrap();
         assert_eq!(key_schema.len(), 1, "{table}");
-        assert_eq!(key_schema[0]["AttributeName"].as_str(), Some(PARTITION_KEY), "{table}");
+        assert_eq!(
+            key_schema[0]["AttributeName"].as_str(),
+            Some(PARTITION_KEY),
+            "{table}"
+        );
         assert_eq!(key_schema[0]["KeyType"].as_str(), Some("HASH"), "{table}");
-        assert_eq!(props["BillingMode"].as_str(), Some("PAY_PER_REQUEST"), "{table}");
+        assert_eq!(
+            props["BillingMode"].as_str(),
+            Some("PAY_PER_REQUEST"),
+            "{table}"
+        );
     }
 }
 
 #[test]
 fn users_table_has_the_email_index_the_code_queries() {
     let template = template();
-    let indexes = resource(&template, "UsersTable")["GlobalSecondaryIndexes"].as_vec().unwrap().clone();
-    let index = indexes.iter().find(|i| i["IndexName"].as_str() == Some(EMAIL_INDEX)).expect("email index");
-    assert_eq!(index["KeySchema"][0]["AttributeName"].as_str(), Some(EMAIL_KEY));
+    let indexes = resource(&template, "UsersTable")["GlobalSecondaryIndexes"]
+        .as_vec()
+        .unwrap()
+        .clone();
+    let index = indexes
+        .iter()
+        .find(|i| i["IndexName"].as_str() == Some(EMAIL_INDEX))
+        .expect("email index");
+    assert_eq!(
+        index["KeySchema"][0]["AttributeName"].as_str(),
+        Some(EMAIL_KEY)
+    );
     assert_eq!(index["Projection"]["ProjectionType"].as_str(), Some("ALL"));
 }
 
@@ -53,7 +81,11 @@ fn expiring_tables_use_the_code_ttl_attribute() {
     let template = template();
     for table in ["IdempotencyTable", "RateLimitsTable"] {
         let ttl = &resource(&template, table)["TimeToLiveSpecification"];
-        assert_eq!(ttl["AttributeName"].as_str(), Some(TTL_ATTRIBUTE), "{table}");
+        assert_eq!(
+            ttl["AttributeName"].as_str(),
+            Some(TTL_ATTRIBUTE),
+            "{table}"
+        );
         assert_eq!(ttl["Enabled"].as_bool(), Some(true), "{table}");
     }
 }
@@ -61,7 +93,9 @@ fn expiring_tables_use_the_code_ttl_attribute() {
 #[test]
 fn functions_get_exactly_the_variables_the_code_reads() {
     let template = template();
-    let variables = template["Globals"]["Function"]["Environment"]["Variables"].as_hash().unwrap();
+    let variables = template["Globals"]["Function"]["Environment"]["Variables"]
+        .as_hash()
+        .unwrap();
     let names: BTreeSet<&str> = variables.keys().filter_map(Yaml::as_str).collect();
     assert_eq!(names, Resources::ENV_VARS.into_iter().collect());
 }
@@ -71,7 +105,10 @@ fn queue_settings_match_the_consumer_and_the_idempotency_lock() {
     let template = template();
     let queue = resource(&template, "UpsertQueue");
     let consumer_timeout = int(&resource(&template, "ConsumerFunction")["Timeout"]);
-    assert!(int(&queue["VisibilityTimeout"]) >= 6 * consumer_timeout, "visibility timeout < 6x consumer timeout");
+    assert!(
+        int(&queue["VisibilityTimeout"]) >= 6 * consumer_timeout,
+        "visibility timeout < 6x consumer timeout"
+    );
     assert!(int(&queue["RedrivePolicy"]["maxReceiveCount"]) >= 5);
     // A live request must never lose its Idempotency-Key lock.
     assert!(int(&resource(&template, "ApiFunction")["Timeout"]) * 1000 < LOCK_MS);
@@ -91,11 +128,25 @@ async fn local_tables_match_the_template() {
         ("RateLimitsTable", &stack.resources.rate_limits_table),
     ];
     for (logical, name) in names {
-        let table = stack.dynamodb.describe_table().table_name(name).send().await.unwrap();
+        let table = stack
+            .dynamodb
+            .describe_table()
+            .table_name(name)
+            .send()
+            .await
+            .unwrap();
         let table = table.table().unwrap();
-        let key: Vec<&str> = table.key_schema().iter().map(|k| k.attribute_name()).collect();
+        let key: Vec<&str> = table
+            .key_schema()
+            .iter()
+            .map(|k| k.attribute_name())
+            .collect();
         assert_eq!(key, [PARTITION_KEY], "{logical}");
-        let indexes: Vec<&str> = table.global_secondary_indexes().iter().filter_map(|i| i.index_name()).collect();
+        let indexes: Vec<&str> = table
+            .global_secondary_indexes()
+            .iter()
+            .filter_map(|i| i.index_name())
+            .collect();
         let declared: Vec<&str> = resource(&template, logical)["GlobalSecondaryIndexes"]
             .as_vec()
             .map(|v| v.iter().filter_map(|i| i["IndexName"].as_str()).collect())
@@ -112,8 +163,12 @@ async fn local_tables_match_the_template() {
         .unwrap();
     let attributes = attributes.attributes().unwrap();
     let redrive: serde_json::Value =
-        serde_json::from_str(&attributes[&aws_sdk_sqs::types::QueueAttributeName::RedrivePolicy]).unwrap();
+        serde_json::from_str(&attributes[&aws_sdk_sqs::types::QueueAttributeName::RedrivePolicy])
+            .unwrap();
     let declared = int(&resource(&template, "UpsertQueue")["RedrivePolicy"]["maxReceiveCount"]);
     let local = &redrive["maxReceiveCount"];
-    assert_eq!(local.as_i64().or_else(|| local.as_str()?.parse().ok()), Some(declared));
+    assert_eq!(
+        local.as_i64().or_else(|| local.as_str()?.parse().ok()),
+        Some(declared)
+    );
 }

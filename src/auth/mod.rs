@@ -45,7 +45,11 @@ impl FromStr for Scope {
         Scope::ALL
             .into_iter()
             .find(|scope| scope.as_str() == s)
-            .ok_or_else(|| format!("unknown scope `{s}` (expected one of users:write, users:read, users:read_pii)"))
+            .ok_or_else(|| {
+                format!(
+                    "unknown scope `{s}` (expected one of users:write, users:read, users:read_pii)"
+                )
+            })
     }
 }
 
@@ -78,7 +82,10 @@ pub enum CredentialError {
 pub fn bearer_key(header: Option<&[u8]>) -> Result<&str, CredentialError> {
     let header = header.ok_or(CredentialError::Missing)?;
     let header = std::str::from_utf8(header).map_err(|_| CredentialError::Malformed)?;
-    let (scheme, key) = header.trim().split_once(' ').ok_or(CredentialError::Malformed)?;
+    let (scheme, key) = header
+        .trim()
+        .split_once(' ')
+        .ok_or(CredentialError::Malformed)?;
     let key = key.trim_start();
     if !scheme.eq_ignore_ascii_case("bearer") || !is_key_shaped(key) {
         return Err(CredentialError::Malformed);
@@ -107,8 +114,15 @@ pub fn key_id(hash: &str) -> String {
 
 /// A new random key: `sk_live_` (or `sk_test_`) and 40 alphanumerics (~238 bits).
 pub fn generate_key(test: bool) -> String {
-    let prefix = if test { KEY_PREFIXES[1] } else { KEY_PREFIXES[0] };
-    format!("{prefix}{}", Alphanumeric.sample_string(&mut rand::rng(), GENERATED_SECRET_CHARS))
+    let prefix = if test {
+        KEY_PREFIXES[1]
+    } else {
+        KEY_PREFIXES[0]
+    };
+    format!(
+        "{prefix}{}",
+        Alphanumeric.sample_string(&mut rand::rng(), GENERATED_SECRET_CHARS)
+    )
 }
 
 #[cfg(test)]
@@ -120,7 +134,10 @@ mod tests {
     #[test]
     fn bearer_scheme_is_case_insensitive() {
         for header in ["Bearer ", "bearer ", "BEARER  "] {
-            assert_eq!(bearer_key(Some(format!("{header}{KEY}").as_bytes())), Ok(KEY));
+            assert_eq!(
+                bearer_key(Some(format!("{header}{KEY}").as_bytes())),
+                Ok(KEY)
+            );
         }
     }
 
@@ -128,11 +145,19 @@ mod tests {
     fn missing_and_malformed_headers_are_told_apart() {
         assert_eq!(bearer_key(None), Err(CredentialError::Missing));
         for bad in [
-            "", "Bearer", "Basic sk_live_abcdefghijklmnopqrstuvwx", "Bearer sk_live_short",
-            "Bearer pk_live_abcdefghijklmnopqrstuvwx", "Bearer sk_live_abcdefghijklmnopqrstuv-x",
+            "",
+            "Bearer",
+            "Basic sk_live_abcdefghijklmnopqrstuvwx",
+            "Bearer sk_live_short",
+            "Bearer pk_live_abcdefghijklmnopqrstuvwx",
+            "Bearer sk_live_abcdefghijklmnopqrstuv-x",
             "sk_live_abcdefghijklmnopqrstuvwx",
         ] {
-            assert_eq!(bearer_key(Some(bad.as_bytes())), Err(CredentialError::Malformed), "{bad}");
+            assert_eq!(
+                bearer_key(Some(bad.as_bytes())),
+                Err(CredentialError::Malformed),
+                "{bad}"
+            );
         }
     }
 

@@ -2,7 +2,9 @@
 
 use clap::{Args, Parser, Subcommand};
 use std::process::ExitCode;
-use vibefollow_users::auth::{generate_key, key_hash, key_id, ApiKeyRecord, Scope, DEFAULT_RATE_LIMIT};
+use vibefollow_users::auth::{
+    generate_key, key_hash, key_id, ApiKeyRecord, Scope, DEFAULT_RATE_LIMIT,
+};
 use vibefollow_users::aws::sdk_config;
 use vibefollow_users::contract::format_millis;
 use vibefollow_users::store::ApiKeyStore;
@@ -73,7 +75,10 @@ async fn run(cli: Cli) -> Result<(), String> {
     }
     let table = std::env::var("API_KEYS_TABLE")
         .map_err(|_| "API_KEYS_TABLE is not set (use --local for the dev stack, or export the deployed table name)")?;
-    let store = ApiKeyStore::new(vibefollow_users::aws_sdk_dynamodb::Client::new(&sdk_config().await), table);
+    let store = ApiKeyStore::new(
+        vibefollow_users::aws_sdk_dynamodb::Client::new(&sdk_config().await),
+        table,
+    );
     let Command::Keys(command) = cli.command;
     match command {
         KeysCommand::Create(args) => create(&store, args).await,
@@ -98,7 +103,10 @@ async fn create(store: &ApiKeyStore, args: CreateArgs) -> Result<(), String> {
         revoked: false,
     };
     store.put(&hash, &record).await.map_err(|e| e.to_string())?;
-    eprintln!("created {} for workspace {}", record.key_id, record.workspace_id);
+    eprintln!(
+        "created {} for workspace {}",
+        record.key_id, record.workspace_id
+    );
     println!("{key}");
     Ok(())
 }
@@ -107,17 +115,31 @@ async fn list(store: &ApiKeyStore, workspace: &str) -> Result<(), String> {
     check_workspace(workspace)?;
     let mut keys = store.list(workspace).await.map_err(|e| e.to_string())?;
     keys.sort_by_key(|k| k.created_at);
-    println!("{:<22} {:<40} {:>10} {:<25} revoked", "key_id", "scopes", "rate_limit", "created");
+    println!(
+        "{:<22} {:<40} {:>10} {:<25} revoked",
+        "key_id", "scopes", "rate_limit", "created"
+    );
     for key in keys {
         let scopes: Vec<&str> = key.scopes.iter().map(|s| s.as_str()).collect();
         let created = format_millis(key.created_at).unwrap_or_default();
-        println!("{:<22} {:<40} {:>10} {:<25} {}", key.key_id, scopes.join(","), key.rate_limit, created, key.revoked);
+        println!(
+            "{:<22} {:<40} {:>10} {:<25} {}",
+            key.key_id,
+            scopes.join(","),
+            key.rate_limit,
+            created,
+            key.revoked
+        );
     }
     Ok(())
 }
 
 async fn revoke(store: &ApiKeyStore, key: &str) -> Result<(), String> {
-    let target = if key.starts_with("sk_") { key_hash(key) } else { key.to_owned() };
+    let target = if key.starts_with("sk_") {
+        key_hash(key)
+    } else {
+        key.to_owned()
+    };
     if !target.starts_with("key_") && target.len() != 64 {
         return Err("expected a key id (key_…) or a key (sk_live_…/sk_test_…)".into());
     }
@@ -131,14 +153,21 @@ async fn revoke(store: &ApiKeyStore, key: &str) -> Result<(), String> {
 
 fn check_workspace(workspace: &str) -> Result<(), String> {
     let ok = (1..=64).contains(&workspace.len())
-        && workspace.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
-    ok.then_some(()).ok_or_else(|| format!("workspace id `{workspace}` must be 1-64 of [A-Za-z0-9_-]"))
+        && workspace
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    ok.then_some(())
+        .ok_or_else(|| format!("workspace id `{workspace}` must be 1-64 of [A-Za-z0-9_-]"))
 }
 
 fn load_local_env() -> Result<(), String> {
-    let text = std::fs::read_to_string(LOCAL_ENV_FILE)
-        .map_err(|_| format!("{LOCAL_ENV_FILE} not found: start the local stack with `make dev` first"))?;
-    for line in text.lines().filter(|l| !l.trim().is_empty() && !l.starts_with('#')) {
+    let text = std::fs::read_to_string(LOCAL_ENV_FILE).map_err(|_| {
+        format!("{LOCAL_ENV_FILE} not found: start the local stack with `make dev` first")
+    })?;
+    for line in text
+        .lines()
+        .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
+    {
         if let Some((name, value)) = line.split_once('=') {
             std::env::set_var(name.trim(), value.trim());
         }

@@ -45,11 +45,19 @@ pub struct FieldError {
 
 impl FieldError {
     pub fn new(code: ErrorCode, field: impl Into<String>, message: impl Into<String>) -> Self {
-        Self { code, field: Some(field.into()), message: message.into() }
+        Self {
+            code,
+            field: Some(field.into()),
+            message: message.into(),
+        }
     }
 
     pub fn without_field(code: ErrorCode, message: impl Into<String>) -> Self {
-        Self { code, field: None, message: message.into() }
+        Self {
+            code,
+            field: None,
+            message: message.into(),
+        }
     }
 }
 

@@ -23,21 +23,22 @@ pub enum BodyError {
     Invalid(Vec<FieldError>),
 }
 
-/// A body that passed validation: the parsed JSON (for the idempotency hash) and the
-/// changes it asks for.
+/// A body that passed validation: what it changes, and the hash that Idempotency-Key
+/// records compare.
 #[derive(Debug, PartialEq)]
 pub struct ValidUpsert {
-    pub body: Value,
     pub external_user_id: String,
     pub changes: Changes,
+    pub body_hash: String,
 }
 
 /// Parses and validates a `POST /api/v1/users` body, reporting every problem in body
-/// order.
+/// order. Values are moved, not copied, from the parsed body into the changes.
 pub fn parse_upsert(body: &[u8]) -> Result<ValidUpsert, BodyError> {
     let value: Value = serde_json::from_slice(body)
         .map_err(|e| BodyError::InvalidJson(format!("body is not valid JSON: {e}")))?;
-    let Value::Object(members) = &value else {
+    let body_hash = body_hash(&value);
+    let Value::Object(members) = value else {
         return Err(BodyError::InvalidJson("body must be a JSON object".into()));
     };
     let mut validator = Validator::default();
@@ -46,10 +47,14 @@ pub fn parse_upsert(body: &[u8]) -> Result<ValidUpsert, BodyError> {
         (Some(external_user_id), true) => Ok(ValidUpsert {
             external_user_id,
             changes: validator.changes,
-            body: value,
+            body_hash,
         }),
         _ => Err(BodyError::Invalid(validator.errors)),
     }
+}
+
+fn trait_field(name: &str) -> String {
+    format!("traits.{name}")
 }
 
 #[derive(Default)]
@@ -64,11 +69,16 @@ impl Validator {
         self.errors.push(FieldError::new(code, field, message));
     }
 
-    fn members(&mut self, members: &Map<String, Value>) {
+    fn members(&mut self, members: Map<String, Value>) {
         if !members.contains_key("external_user_id") {
-            self.fail(ErrorCode::Required, "external_user_id", "external_user_id is required");
+            self.fail(
+                ErrorCode::Required,
+                "external_user_id",
+                "external_user_id is required",
+            );
         }
-        let top_email = members.get("email");
+        // traits.email is checked against it, wherever it stands in the body.
+        let top_email = members.get("email").map(top_level_email);
         for (name, value) in members {
             match name.as_str() {
                 "external_user_id" => self.external_user_id(value),
@@ -77,149 +87,212 @@ impl Validator {
                         self.changes.profile.insert(ProfileField::Email, email);
                     }
                 }
-                "traits" => self.traits(value, top_email),
-                _ => self.fail(ErrorCode::UnknownField, name, format!("unknown member `{name}`")),
+                "traits" => self.traits(value, top_email.as_ref()),
+                _ => self.fail(
+                    ErrorCode::UnknownField,
+                    &name,
+                    format!("unknown member `{name}`"),
+                ),
             }
         }
     }
 
-    fn external_user_id(&mut self, value: &Value) {
+    fn external_user_id(&mut self, value: Value) {
         const FIELD: &str = "external_user_id";
         let Value::String(id) = value else {
-            return self.fail(ErrorCode::InvalidType, FIELD, "external_user_id must be a string");
+            return self.fail(
+                ErrorCode::InvalidType,
+                FIELD,
+                "external_user_id must be a string",
+            );
         };
         if id.trim().is_empty() {
-            self.fail(ErrorCode::Empty, FIELD, "external_user_id must not be blank");
+            self.fail(
+                ErrorCode::Empty,
+                FIELD,
+                "external_user_id must not be blank",
+            );
         } else if id.len() > MAX_USER_ID_BYTES {
-            self.fail(ErrorCode::TooLong, FIELD, "external_user_id is over 255 bytes");
+            self.fail(
+                ErrorCode::TooLong,
+                FIELD,
+                "external_user_id is over 255 bytes",
+            );
         } else if id.chars().any(char::is_control) {
-            self.fail(ErrorCode::InvalidFormat, FIELD, "external_user_id has a control character");
+            self.fail(
+                ErrorCode::InvalidFormat,
+                FIELD,
+                "external_user_id has a control character",
+            );
         } else {
-            self.external_user_id = Some(id.clone());
+            self.external_user_id = Some(id);
         }
     }
 
     /// `Some(None)` removes the email, `Some(Some(_))` sets it, `None` is an error.
-    fn email(&mut self, field: &str, value: &Value) -> Option<Option<String>> {
+    fn email(&mut self, field: &str, value: Value) -> Option<Option<String>> {
         match value {
             Value::Null => Some(None),
-            Value::String(raw) => match parse_email(raw) {
-                Some(email) => Some(Some(email.to_owned())),
+            Value::String(raw) => match parse_email(&raw).map(str::len) {
+                Some(len) if len == raw.len() => Some(Some(raw)),
+                Some(_) => Some(parse_email(&raw).map(str::to_owned)),
                 None => {
-                    self.fail(ErrorCode::InvalidEmail, field, format!("{field} is not a valid address"));
+                    self.fail(
+                        ErrorCode::InvalidEmail,
+                        field,
+                        format!("{field} is not a valid address"),
+                    );
                     None
                 }
             },
             _ => {
-                self.fail(ErrorCode::InvalidType, field, format!("{field} must be a string or null"));
+                self.fail(
+                    ErrorCode::InvalidType,
+                    field,
+                    format!("{field} must be a string or null"),
+                );
                 None
             }
         }
     }
 
-    fn traits(&mut self, value: &Value, top_email: Option<&Value>) {
+    fn traits(&mut self, value: Value, top_email: Option<&Option<Option<String>>>) {
         let traits = match value {
             Value::Null => return,
             Value::Object(traits) => traits,
             _ => return self.fail(ErrorCode::InvalidType, "traits", "traits must be an object"),
         };
         if traits.len() > MAX_TRAITS {
-            return self.fail(ErrorCode::TooMany, "traits", "traits has more than 256 members");
+            return self.fail(
+                ErrorCode::TooMany,
+                "traits",
+                "traits has more than 256 members",
+            );
         }
         for (name, value) in traits {
-            let field = format!("traits.{name}");
             if name == "email" {
-                self.trait_email(&field, value, top_email);
-            } else if let Some(known) = ProfileField::from_trait_name(name) {
-                self.known_trait(known, &field, value);
+                self.trait_email(value, top_email);
+            } else if let Some(known) = ProfileField::from_trait_name(&name) {
+                self.known_trait(known, &name, value);
             } else {
-                self.custom_trait(name, field, value);
+                self.custom_trait(name, value);
             }
         }
     }
 
     // Email is PII and never lands in the traits map: it is promoted to `email`.
-    fn trait_email(&mut self, field: &str, value: &Value, top_email: Option<&Value>) {
-        let Some(email) = self.email(field, value) else { return };
+    fn trait_email(&mut self, value: Value, top_email: Option<&Option<Option<String>>>) {
+        const FIELD: &str = "traits.email";
+        let Some(email) = self.email(FIELD, value) else {
+            return;
+        };
         match top_email {
             None => {
                 self.changes.profile.insert(ProfileField::Email, email);
             }
-            Some(top) => {
-                let top = match top {
-                    Value::String(raw) => parse_email(raw).map(Some),
-                    Value::Null => Some(None),
-                    _ => None,
-                };
-                // An invalid top-level email is reported on its own; no conflict then.
-                if top.is_some_and(|top| top.as_deref() != email.as_deref()) {
-                    self.fail(ErrorCode::Conflict, field, "traits.email differs from email");
-                }
+            // An invalid top-level email is reported on its own; no conflict then.
+            Some(Some(top)) if *top != email => {
+                self.fail(
+                    ErrorCode::Conflict,
+                    FIELD,
+                    "traits.email differs from email",
+                );
             }
+            Some(_) => {}
         }
     }
 
-    fn known_trait(&mut self, known: ProfileField, field: &str, value: &Value) {
+    fn known_trait(&mut self, known: ProfileField, name: &str, value: Value) {
         let text = match value {
             Value::Null => {
                 self.changes.profile.insert(known, None);
                 return;
             }
             Value::String(text) => text,
-            _ => return self.fail(ErrorCode::InvalidType, field, format!("{field} must be a string or null")),
+            _ => {
+                let field = trait_field(name);
+                return self.fail(
+                    ErrorCode::InvalidType,
+                    &field,
+                    format!("{field} must be a string or null"),
+                );
+            }
         };
         let stored = match known {
-            ProfileField::SignupDate => match normalize_datetime(text) {
+            ProfileField::SignupDate => match normalize_datetime(&text) {
                 Some(utc) => utc,
                 None => {
-                    return self.fail(ErrorCode::InvalidDatetime, field, format!("{field} is not an RFC 3339 date-time"))
+                    let field = trait_field(name);
+                    return self.fail(
+                        ErrorCode::InvalidDatetime,
+                        &field,
+                        format!("{field} is not an RFC 3339 date-time"),
+                    );
                 }
             },
             _ => {
                 let max = max_known_trait_bytes(known);
                 if text.len() > max {
-                    return self.fail(ErrorCode::TooLong, field, format!("{field} is over {max} bytes"));
+                    let field = trait_field(name);
+                    return self.fail(
+                        ErrorCode::TooLong,
+                        &field,
+                        format!("{field} is over {max} bytes"),
+                    );
                 }
-                text.clone()
+                text
             }
         };
         self.changes.profile.insert(known, Some(stored));
     }
 
-    fn custom_trait(&mut self, name: &str, field: String, value: &Value) {
+    fn custom_trait(&mut self, name: String, value: Value) {
         if name.is_empty() {
             return self.fail(ErrorCode::Empty, "traits", "a trait name must not be empty");
         }
         if name.len() > MAX_TRAIT_NAME_BYTES {
-            return self.fail(ErrorCode::TooLong, &field, "a trait name is at most 256 bytes");
+            return self.fail(
+                ErrorCode::TooLong,
+                &trait_field(&name),
+                "a trait name is at most 256 bytes",
+            );
         }
         if name.chars().any(char::is_control) {
-            return self.fail(ErrorCode::InvalidFormat, &field, "a trait name has a control character");
+            return self.fail(
+                ErrorCode::InvalidFormat,
+                &trait_field(&name),
+                "a trait name has a control character",
+            );
         }
-        let errors_before = self.errors.len();
-        if nesting_depth(value) > MAX_TRAIT_DEPTH {
-            self.fail(ErrorCode::TooDeep, &field, format!("{field} nests deeper than 16 levels"));
-        } else {
-            let mut path = field;
-            self.check_numbers(&mut path, value);
+        if nesting_depth(&value) > MAX_TRAIT_DEPTH {
+            let field = trait_field(&name);
+            return self.fail(
+                ErrorCode::TooDeep,
+                &field,
+                format!("{field} nests deeper than 16 levels"),
+            );
         }
-        if self.errors.len() == errors_before {
-            self.changes
-                .traits
-                .insert(name.to_owned(), (!value.is_null()).then(|| value.clone()));
+        if !all_numbers_fit(&value) {
+            return self.report_numbers(&mut trait_field(&name), &value);
         }
+        self.changes
+            .traits
+            .insert(name, (!value.is_null()).then_some(value));
     }
 
-    fn check_numbers(&mut self, path: &mut String, value: &Value) {
+    /// Names every number that does not fit, by its path (`traits.tags[2]`).
+    fn report_numbers(&mut self, path: &mut String, value: &Value) {
         let len = path.len();
         match value {
-            Value::Number(n) if !fits_dynamodb_number(n) => {
-                self.fail(ErrorCode::InvalidNumber, path, format!("{path} does not fit a DynamoDB number"))
-            }
+            Value::Number(n) if !fits_dynamodb_number(n) => self.fail(
+                ErrorCode::InvalidNumber,
+                path,
+                format!("{path} does not fit a DynamoDB number"),
+            ),
             Value::Array(items) => {
                 for (i, item) in items.iter().enumerate() {
                     path.push_str(&format!("[{i}]"));
-                    self.check_numbers(path, item);
+                    self.report_numbers(path, item);
                     path.truncate(len);
                 }
             }
@@ -227,12 +300,31 @@ impl Validator {
                 for (name, member) in members {
                     path.push('.');
                     path.push_str(name);
-                    self.check_numbers(path, member);
+                    self.report_numbers(path, member);
                     path.truncate(len);
                 }
             }
             _ => {}
         }
+    }
+}
+
+/// What the top-level email asks for, as `Validator::email` would read it; `None` when
+/// it is invalid.
+fn top_level_email(value: &Value) -> Option<Option<String>> {
+    match value {
+        Value::Null => Some(None),
+        Value::String(raw) => parse_email(raw).map(|email| Some(email.to_owned())),
+        _ => None,
+    }
+}
+
+fn all_numbers_fit(value: &Value) -> bool {
+    match value {
+        Value::Number(n) => fits_dynamodb_number(n),
+        Value::Array(items) => items.iter().all(all_numbers_fit),
+        Value::Object(members) => members.values().all(all_numbers_fit),
+        _ => true,
     }
 }
 
@@ -272,7 +364,9 @@ fn fits_dynamodb_number(n: &Number) -> bool {
 pub fn validate_idempotency_key(raw: &[u8]) -> Result<&str, FieldError> {
     let printable = raw.iter().all(|b| (0x20..=0x7e).contains(b));
     match std::str::from_utf8(raw) {
-        Ok(key) if !raw.is_empty() && raw.len() <= MAX_IDEMPOTENCY_KEY_BYTES && printable => Ok(key),
+        Ok(key) if !raw.is_empty() && raw.len() <= MAX_IDEMPOTENCY_KEY_BYTES && printable => {
+            Ok(key)
+        }
         _ => Err(FieldError::new(
             ErrorCode::InvalidIdempotencyKey,
             "Idempotency-Key",
@@ -284,44 +378,45 @@ pub fn validate_idempotency_key(raw: &[u8]) -> Result<&str, FieldError> {
 /// SHA-256 (hex) of the body's canonical JSON: members sorted, no whitespace, so two
 /// bodies that parse to the same JSON hash the same.
 pub fn body_hash(body: &Value) -> String {
-    let mut hasher = Sha256::new();
-    write_canonical(&mut hasher, body);
-    hex::encode(hasher.finalize())
+    // One buffer and one digest: far cheaper than many small hasher updates.
+    let mut canonical = Vec::with_capacity(1024);
+    write_canonical(&mut canonical, body);
+    hex::encode(Sha256::digest(&canonical))
 }
 
-fn write_canonical(hasher: &mut Sha256, value: &Value) {
+fn write_canonical(out: &mut Vec<u8>, value: &Value) {
     match value {
         Value::Object(members) => {
             let mut sorted: Vec<(&String, &Value)> = members.iter().collect();
             sorted.sort_unstable_by(|a, b| a.0.cmp(b.0));
-            hasher.update(b"{");
+            out.push(b'{');
             for (i, (name, member)) in sorted.into_iter().enumerate() {
                 if i > 0 {
-                    hasher.update(b",");
+                    out.push(b',');
                 }
-                write_scalar(hasher, &Value::String(name.clone()));
-                hasher.update(b":");
-                write_canonical(hasher, member);
+                write_json(out, name);
+                out.push(b':');
+                write_canonical(out, member);
             }
-            hasher.update(b"}");
+            out.push(b'}');
         }
         Value::Array(items) => {
-            hasher.update(b"[");
+            out.push(b'[');
             for (i, item) in items.iter().enumerate() {
                 if i > 0 {
-                    hasher.update(b",");
+                    out.push(b',');
                 }
-                write_canonical(hasher, item);
+                write_canonical(out, item);
             }
-            hasher.update(b"]");
+            out.push(b']');
         }
-        scalar => write_scalar(hasher, scalar),
+        scalar => write_json(out, scalar),
     }
 }
 
-fn write_scalar(hasher: &mut Sha256, scalar: &Value) {
-    // Writing into a hasher cannot fail.
-    let _ = serde_json::to_writer(hasher, scalar);
+fn write_json<T: serde::Serialize + ?Sized>(out: &mut Vec<u8>, value: &T) {
+    // Writing into a Vec cannot fail.
+    let _ = serde_json::to_writer(out, value);
 }
 
 #[cfg(test)]
@@ -354,7 +449,10 @@ mod tests {
         assert_eq!(upsert.external_user_id, "usr_42");
         let p = &upsert.changes.profile;
         assert_eq!(p[&ProfileField::Email].as_deref(), Some("jane@acme.io"));
-        assert_eq!(p[&ProfileField::SignupDate].as_deref(), Some("2026-05-17T14:00:00Z"));
+        assert_eq!(
+            p[&ProfileField::SignupDate].as_deref(),
+            Some("2026-05-17T14:00:00Z")
+        );
         assert_eq!(p[&ProfileField::Role].as_deref(), Some("lead"));
         assert_eq!(upsert.changes.traits["favoriteColor"], Some(json!("teal")));
         assert_eq!(upsert.changes.traits["old"], None);
@@ -370,14 +468,26 @@ mod tests {
             "extra": 1
         }));
         let fields: Vec<&str> = found.iter().map(|(_, f)| f.as_str()).collect();
-        assert_eq!(fields, ["traits.plan", "traits.signupDate", "email", "external_user_id", "extra"]);
+        assert_eq!(
+            fields,
+            [
+                "traits.plan",
+                "traits.signupDate",
+                "email",
+                "external_user_id",
+                "extra"
+            ]
+        );
         assert_eq!(found[1].0, ErrorCode::InvalidDatetime);
         assert_eq!(found[4].0, ErrorCode::UnknownField);
     }
 
     #[test]
     fn missing_external_user_id_is_required() {
-        assert_eq!(errors(json!({"email": "a@b.io"})), [(ErrorCode::Required, "external_user_id".into())]);
+        assert_eq!(
+            errors(json!({"email": "a@b.io"})),
+            [(ErrorCode::Required, "external_user_id".into())]
+        );
     }
 
     #[test]
@@ -389,7 +499,10 @@ mod tests {
             (json!("a\u{7}b"), ErrorCode::InvalidFormat),
         ];
         for (id, code) in cases {
-            assert_eq!(errors(json!({"external_user_id": id})), [(code, "external_user_id".into())]);
+            assert_eq!(
+                errors(json!({"external_user_id": id})),
+                [(code, "external_user_id".into())]
+            );
         }
         valid(json!({"external_user_id": "x".repeat(255)}));
     }
@@ -397,7 +510,10 @@ mod tests {
     #[test]
     fn traits_email_is_promoted_never_stored_as_trait() {
         let upsert = valid(json!({"external_user_id": "u", "traits": {"email": "Jane@Acme.io"}}));
-        assert_eq!(upsert.changes.profile[&ProfileField::Email].as_deref(), Some("Jane@Acme.io"));
+        assert_eq!(
+            upsert.changes.profile[&ProfileField::Email].as_deref(),
+            Some("Jane@Acme.io")
+        );
         assert!(upsert.changes.traits.is_empty());
         valid(json!({"external_user_id": "u", "email": "a@b.io ", "traits": {"email": " a@b.io"}}));
     }
@@ -405,17 +521,26 @@ mod tests {
     #[test]
     fn traits_email_that_differs_is_a_conflict() {
         assert_eq!(
-            errors(json!({"external_user_id": "u", "email": "a@b.io", "traits": {"email": "c@d.io"}})),
+            errors(
+                json!({"external_user_id": "u", "email": "a@b.io", "traits": {"email": "c@d.io"}})
+            ),
             [(ErrorCode::Conflict, "traits.email".into())]
         );
     }
 
     #[test]
     fn known_trait_limits() {
-        valid(json!({"external_user_id": "u", "traits": {"plan": "p".repeat(256), "name": "n".repeat(1024)}}));
+        valid(
+            json!({"external_user_id": "u", "traits": {"plan": "p".repeat(256), "name": "n".repeat(1024)}}),
+        );
         assert_eq!(
-            errors(json!({"external_user_id": "u", "traits": {"plan": "p".repeat(257), "name": "n".repeat(1025)}})),
-            [(ErrorCode::TooLong, "traits.plan".into()), (ErrorCode::TooLong, "traits.name".into())]
+            errors(
+                json!({"external_user_id": "u", "traits": {"plan": "p".repeat(257), "name": "n".repeat(1025)}})
+            ),
+            [
+                (ErrorCode::TooLong, "traits.plan".into()),
+                (ErrorCode::TooLong, "traits.name".into())
+            ]
         );
     }
 
@@ -434,10 +559,15 @@ mod tests {
 
     #[test]
     fn numbers_outside_dynamodb_range_name_their_path() {
-        let found = errors(json!({"external_user_id": "u", "traits": {"tags": [1, 2, 1e200], "address": {"lat": 1e-200}}}));
+        let found = errors(
+            json!({"external_user_id": "u", "traits": {"tags": [1, 2, 1e200], "address": {"lat": 1e-200}}}),
+        );
         assert_eq!(
             found,
-            [(ErrorCode::InvalidNumber, "traits.tags[2]".into()), (ErrorCode::InvalidNumber, "traits.address.lat".into())]
+            [
+                (ErrorCode::InvalidNumber, "traits.tags[2]".into()),
+                (ErrorCode::InvalidNumber, "traits.address.lat".into())
+            ]
         );
     }
 
@@ -453,14 +583,21 @@ mod tests {
     #[test]
     fn non_object_bodies_are_invalid_json() {
         for body in ["", "[]", "\"x\"", "{\"a\":", "null"] {
-            assert!(matches!(parse_upsert(body.as_bytes()), Err(BodyError::InvalidJson(_))), "{body}");
+            assert!(
+                matches!(
+                    parse_upsert(body.as_bytes()),
+                    Err(BodyError::InvalidJson(_))
+                ),
+                "{body}"
+            );
         }
     }
 
     #[test]
     fn body_hash_ignores_whitespace_and_member_order() {
         let a: Value = serde_json::from_str(r#"{"a":1,"b":{"x":[1,2],"y":"z"}}"#).unwrap();
-        let b: Value = serde_json::from_str("{ \"b\" : {\"y\":\"z\", \"x\":[1, 2]}, \"a\" : 1 }").unwrap();
+        let b: Value =
+            serde_json::from_str("{ \"b\" : {\"y\":\"z\", \"x\":[1, 2]}, \"a\" : 1 }").unwrap();
         let c: Value = serde_json::from_str(r#"{"a":2,"b":{"x":[1,2],"y":"z"}}"#).unwrap();
         assert_eq!(body_hash(&a), body_hash(&b));
         assert_ne!(body_hash(&a), body_hash(&c));

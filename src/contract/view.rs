@@ -25,7 +25,10 @@ pub fn user_view(external_user_id: &str, user: &UserProfile, with_email: bool) -
         }
     }
     view.insert("traits".into(), Value::Object(traits));
-    for (name, millis) in [("created_at", user.created_at), ("updated_at", user.updated_at)] {
+    for (name, millis) in [
+        ("created_at", user.created_at),
+        ("updated_at", user.updated_at),
+    ] {
         if let Some(text) = millis.and_then(format_millis) {
             view.insert(name.into(), text.into());
         }
@@ -35,7 +38,8 @@ pub fn user_view(external_user_id: &str, user: &UserProfile, with_email: bool) -
 
 /// Milliseconds since the epoch as `2026-11-27T10:00:00.123Z`.
 pub fn format_millis(millis: i64) -> Option<String> {
-    let format = format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z");
+    let format =
+        format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z");
     OffsetDateTime::from_unix_timestamp_nanos(i128::from(millis) * 1_000_000)
         .ok()?
         .format(&format)
@@ -52,10 +56,23 @@ mod tests {
     fn view_puts_known_traits_back_under_their_names_and_hides_email() {
         let mut user = UserProfile::default();
         let mut changes = Changes::default();
-        changes.profile.insert(ProfileField::Email, Some("jane@acme.io".into()));
-        changes.profile.insert(ProfileField::SignupDate, Some("2026-05-17T14:00:00Z".into()));
-        changes.traits.insert("favoriteColor".into(), Some(json!("teal")));
-        user.apply(&Stamp { accepted_at: 1_795_773_600_123, request_id: "r".into() }, &changes);
+        changes
+            .profile
+            .insert(ProfileField::Email, Some("jane@acme.io".into()));
+        changes.profile.insert(
+            ProfileField::SignupDate,
+            Some("2026-05-17T14:00:00Z".into()),
+        );
+        changes
+            .traits
+            .insert("favoriteColor".into(), Some(json!("teal")));
+        user.apply(
+            &Stamp {
+                accepted_at: 1_795_773_600_123,
+                request_id: "r".into(),
+            },
+            &changes,
+        );
 
         let private = user_view("usr_42", &user, false);
         assert_eq!(

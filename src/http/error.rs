@@ -63,10 +63,16 @@ impl ApiError {
         let bare = |code, message: &str| vec![FieldError::without_field(code, message)];
         let bearer = || vec![("www-authenticate", "Bearer".to_owned())];
         let (status, errors, headers) = match self {
-            ApiError::RouteNotFound => (StatusCode::NOT_FOUND, bare(C::NotFound, "no such route"), vec![]),
-            ApiError::UserNotFound => {
-                (StatusCode::NOT_FOUND, one(C::NotFound, "external_user_id", "no such user"), vec![])
-            }
+            ApiError::RouteNotFound => (
+                StatusCode::NOT_FOUND,
+                bare(C::NotFound, "no such route"),
+                vec![],
+            ),
+            ApiError::UserNotFound => (
+                StatusCode::NOT_FOUND,
+                one(C::NotFound, "external_user_id", "no such user"),
+                vec![],
+            ),
             ApiError::MethodNotAllowed { allow } => (
                 StatusCode::METHOD_NOT_ALLOWED,
                 bare(C::MethodNotAllowed, "method not allowed on this route"),
@@ -74,66 +80,121 @@ impl ApiError {
             ),
             ApiError::Credentials(CredentialError::Missing) => (
                 StatusCode::UNAUTHORIZED,
-                one(C::MissingAuthorization, "Authorization", "Authorization header is missing"),
+                one(
+                    C::MissingAuthorization,
+                    "Authorization",
+                    "Authorization header is missing",
+                ),
                 bearer(),
             ),
             ApiError::Credentials(CredentialError::Malformed) => (
                 StatusCode::UNAUTHORIZED,
-                one(C::MalformedAuthorization, "Authorization", "expected `Bearer sk_live_…` or `Bearer sk_test_…`"),
+                one(
+                    C::MalformedAuthorization,
+                    "Authorization",
+                    "expected `Bearer sk_live_…` or `Bearer sk_test_…`",
+                ),
                 bearer(),
             ),
             ApiError::InvalidApiKey => (
                 StatusCode::UNAUTHORIZED,
-                one(C::InvalidApiKey, "Authorization", "API key is unknown or revoked"),
+                one(
+                    C::InvalidApiKey,
+                    "Authorization",
+                    "API key is unknown or revoked",
+                ),
                 bearer(),
             ),
             ApiError::InsufficientScope(scope) => (
                 StatusCode::FORBIDDEN,
-                one(C::InsufficientScope, "Authorization", &format!("API key lacks the scope {scope}")),
+                one(
+                    C::InsufficientScope,
+                    "Authorization",
+                    &format!("API key lacks the scope {scope}"),
+                ),
                 vec![],
             ),
-            ApiError::RateLimited { rate, retry_after_secs } => (
+            ApiError::RateLimited {
+                rate,
+                retry_after_secs,
+            } => (
                 StatusCode::TOO_MANY_REQUESTS,
                 bare(C::RateLimited, "workspace is over its request rate"),
                 vec![
                     ("retry-after", retry_after_secs.to_string()),
                     ("ratelimit-policy", format!("\"workspace\";q={rate};w=1")),
-                    ("ratelimit", format!("\"workspace\";r=0;t={retry_after_secs}")),
+                    (
+                        "ratelimit",
+                        format!("\"workspace\";r=0;t={retry_after_secs}"),
+                    ),
                 ],
             ),
             ApiError::PayloadTooLarge => (
                 StatusCode::PAYLOAD_TOO_LARGE,
-                one(C::PayloadTooLarge, "body", "body is over 32 KiB (32,768 bytes)"),
+                one(
+                    C::PayloadTooLarge,
+                    "body",
+                    "body is over 32 KiB (32,768 bytes)",
+                ),
                 vec![],
             ),
             ApiError::UnsupportedMediaType => (
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                one(C::UnsupportedMediaType, "Content-Type", "Content-Type must be application/json"),
+                one(
+                    C::UnsupportedMediaType,
+                    "Content-Type",
+                    "Content-Type must be application/json",
+                ),
                 vec![],
             ),
-            ApiError::Body(BodyError::InvalidJson(message)) => {
-                (StatusCode::BAD_REQUEST, one(C::InvalidJson, "body", &message), vec![])
+            ApiError::Body(BodyError::InvalidJson(message)) => (
+                StatusCode::BAD_REQUEST,
+                one(C::InvalidJson, "body", &message),
+                vec![],
+            ),
+            ApiError::Body(BodyError::Invalid(errors)) => {
+                (StatusCode::UNPROCESSABLE_ENTITY, errors, vec![])
             }
-            ApiError::Body(BodyError::Invalid(errors)) => (StatusCode::UNPROCESSABLE_ENTITY, errors, vec![]),
             ApiError::Query(error) => (StatusCode::UNPROCESSABLE_ENTITY, vec![error], vec![]),
-            ApiError::InvalidIdempotencyKey(error) => (StatusCode::BAD_REQUEST, vec![error], vec![]),
+            ApiError::InvalidIdempotencyKey(error) => {
+                (StatusCode::BAD_REQUEST, vec![error], vec![])
+            }
             ApiError::IdempotencyKeyReused => (
                 StatusCode::UNPROCESSABLE_ENTITY,
-                one(C::IdempotencyKeyReused, "Idempotency-Key", "Idempotency-Key was used with a different body"),
+                one(
+                    C::IdempotencyKeyReused,
+                    "Idempotency-Key",
+                    "Idempotency-Key was used with a different body",
+                ),
                 vec![],
             ),
             ApiError::IdempotencyKeyInUse => (
                 StatusCode::CONFLICT,
-                one(C::IdempotencyKeyInUse, "Idempotency-Key", "a request with this Idempotency-Key is in progress"),
+                one(
+                    C::IdempotencyKeyInUse,
+                    "Idempotency-Key",
+                    "a request with this Idempotency-Key is in progress",
+                ),
                 vec![("retry-after", "1".to_owned())],
             ),
             ApiError::Unavailable(_) => (
                 StatusCode::SERVICE_UNAVAILABLE,
-                bare(C::Unavailable, "temporarily unavailable; nothing was accepted, retry later"),
+                bare(
+                    C::Unavailable,
+                    "temporarily unavailable; nothing was accepted, retry later",
+                ),
                 vec![("retry-after", "1".to_owned())],
             ),
-            ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, bare(C::Internal, "internal error"), vec![]),
+            ApiError::Internal(_) => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                bare(C::Internal, "internal error"),
+                vec![],
+            ),
         };
-        ErrorAnswer { status, errors, headers }
+        ErrorAnswer {
+            status,
+            errors,
+            headers,
+        }
     }
 }

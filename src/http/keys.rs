@@ -19,7 +19,10 @@ pub struct KeyCache {
 
 impl KeyCache {
     pub fn new(store: ApiKeyStore) -> Self {
-        Self { store, entries: Mutex::new(HashMap::new()) }
+        Self {
+            store,
+            entries: Mutex::new(HashMap::new()),
+        }
     }
 
     /// The live (not revoked) key with this hash, if any.
@@ -28,7 +31,10 @@ impl KeyCache {
             return Ok(cached);
         }
         let record = self.store.get(hash).await?.filter(|record| !record.revoked);
-        let mut entries = self.entries.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut entries = self
+            .entries
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         if entries.len() >= MAX_ENTRIES {
             entries.clear();
         }
@@ -37,7 +43,10 @@ impl KeyCache {
     }
 
     fn cached(&self, hash: &str) -> Option<Option<ApiKeyRecord>> {
-        let entries = self.entries.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let entries = self
+            .entries
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         entries
             .get(hash)
             .filter(|(at, _)| at.elapsed() < CACHE_TTL)

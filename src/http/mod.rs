@@ -12,7 +12,7 @@ pub use routes::Route;
 use crate::auth::{bearer_key, key_hash, ApiKeyRecord};
 use crate::config::Resources;
 use crate::contract::{
-    body_hash, parse_upsert, user_view, validate_idempotency_key, ErrorEnvelope, MAX_BODY_BYTES,
+    parse_upsert, user_view, validate_idempotency_key, ErrorEnvelope, ValidUpsert, MAX_BODY_BYTES,
 };
 use crate::queue::UpsertQueue;
 use crate::rate_limit::{RateDecision, RateLimiter};
@@ -53,9 +53,18 @@ impl App {
     pub fn new(sdk: &aws_config::SdkConfig, resources: &Resources) -> Self {
         let dynamodb = aws_sdk_dynamodb::Client::new(sdk);
         Self {
-            keys: KeyCache::new(ApiKeyStore::new(dynamodb.clone(), &resources.api_keys_table)),
-            rate_limiter: RateLimiter::new(RateLimitStore::new(dynamodb.clone(), &resources.rate_limits_table)),
-            idempotency: Arc::new(IdempotencyStore::new(dynamodb.clone(), &resources.idempotency_table)),
+            keys: KeyCache::new(ApiKeyStore::new(
+                dynamodb.clone(),
+                &resources.api_keys_table,
+            )),
+            rate_limiter: RateLimiter::new(RateLimitStore::new(
+                dynamodb.clone(),
+                &resources.rate_limits_table,
+            )),
+            idempotency: Arc::new(IdempotencyStore::new(
+                dynamodb.clone(),
+                &resources.idempotency_table,
+            )),
             users: UserStore::new(dynamodb, &resources.users_table),
             queue: UpsertQueue::new(aws_sdk_sqs::Client::new(sdk), &resources.upsert_queue_url),
         }
@@ -108,14 +117,22 @@ impl App {
             return Err(ApiError::InsufficientScope(route.scope()));
         }
         let now_ms = now_millis();
-        if let RateDecision::Limited { retry_after_secs } =
-            self.rate_limiter.check(&key.workspace_id, key.rate_limit, now_ms).await?
+        if let RateDecision::Limited { retry_after_secs } = self
+            .rate_limiter
+            .check(&key.workspace_id, key.rate_limit, now_ms)
+            .await?
         {
-            return Err(ApiError::RateLimited { rate: key.rate_limit, retry_after_secs });
+            return Err(ApiError::RateLimited {
+                rate: key.rate_limit,
+                retry_after_secs,
+            });
         }
         match route {
             Route::Upsert => {
-                let stamp = Stamp { accepted_at: now_ms, request_id: request_id.to_owned() };
+                let stamp = Stamp {
+                    accepted_at: now_ms,
+                    request_id: request_id.to_owned(),
+                };
                 let replayed = self.upsert(&key, headers, request.body(), stamp).await?;
                 trace.replayed = replayed;
                 Ok(Success::Accepted { replayed })
@@ -124,7 +141,11 @@ impl App {
                 let user = self.users.get(&key.workspace_id, external_user_id).await?;
                 let user = user.ok_or(ApiError::UserNotFound)?;
                 let with_email = key.allows(crate::auth::Scope::UsersReadPii);
-                Ok(Success::Data(user_view(&user.external_user_id, &user.profile, with_email)))
+                Ok(Success::Data(user_view(
+                    &user.external_user_id,
+                    &user.profile,
+                    with_email,
+                )))
             }
             Route::FindByEmail => {
                 let email = routes::email_query(request.query_string_parameters_ref())?;
@@ -141,7 +162,10 @@ impl App {
     async fn authenticate(&self, headers: &HeaderMap) -> Result<ApiKeyRecord, ApiError> {
         let header = headers.get(header::AUTHORIZATION).map(|v| v.as_bytes());
         let key = bearer_key(header).map_err(ApiError::Credentials)?;
-        self.keys.active_key(&key_hash(key)).await?.ok_or(ApiError::InvalidApiKey)
+        self.keys
+            .active_key(&key_hash(key))
+            .await?
+            .ok_or(ApiError::InvalidApiKey)
     }
 
     /// Accepts one upsert; returns whether it was a replay of an earlier request.
@@ -159,23 +183,28 @@ impl App {
         if bytes.len() > MAX_BODY_BYTES {
             return Err(ApiError::PayloadTooLarge);
         }
-        let upsert = parse_upsert(bytes)?;
+        let ValidUpsert {
+            external_user_id,
+            changes,
+            body_hash,
+        } = parse_upsert(bytes)?;
         let mut message = UpsertMessage {
             version: MESSAGE_VERSION,
             workspace_id: key.workspace_id.clone(),
-            external_user_id: upsert.external_user_id,
+            external_user_id,
             stamp,
-            changes: upsert.changes,
+            changes,
         };
         let Some(raw_key) = headers.get("idempotency-key") else {
             self.queue.send(&message).await?;
             return Ok(false);
         };
-        let idempotency_key = validate_idempotency_key(raw_key.as_bytes()).map_err(ApiError::InvalidIdempotencyKey)?;
+        let idempotency_key = validate_idempotency_key(raw_key.as_bytes())
+            .map_err(ApiError::InvalidIdempotencyKey)?;
         let workspace_id = &key.workspace_id;
         match self
             .idempotency
-            .claim(workspace_id, idempotency_key, &body_hash(&upsert.body), &message.stamp)
+            .claim(workspace_id, idempotency_key, &body_hash, &message.stamp)
             .await?
         {
             Claim::Claimed => {}
@@ -188,7 +217,9 @@ impl App {
         let request_id = &message.stamp.request_id;
         if let Err(err) = self.queue.send(&message).await {
             // Release the key so the client's retry is processed, not replayed.
-            self.idempotency.release(workspace_id, idempotency_key, request_id).await?;
+            self.idempotency
+                .release(workspace_id, idempotency_key, request_id)
+                .await?;
             return Err(err.into());
         }
         self.complete_in_background(workspace_id, idempotency_key, request_id);
@@ -200,7 +231,11 @@ impl App {
     /// re-enqueues with the original stamp: a duplicate the merge ignores.
     fn complete_in_background(&self, workspace_id: &str, key: &str, request_id: &str) {
         let store = Arc::clone(&self.idempotency);
-        let (workspace_id, key, request_id) = (workspace_id.to_owned(), key.to_owned(), request_id.to_owned());
+        let (workspace_id, key, request_id) = (
+            workspace_id.to_owned(),
+            key.to_owned(),
+            request_id.to_owned(),
+        );
         tokio::spawn(async move {
             if let Err(err) = store.complete(&workspace_id, &key, &request_id).await {
                 tracing::warn!(request_id = %request_id, error = %err, "idempotency key not marked done");
@@ -218,7 +253,9 @@ fn is_json_content_type(headers: &HeaderMap) -> bool {
 }
 
 fn now_millis() -> i64 {
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
     i64::try_from(now.as_millis()).unwrap_or(i64::MAX)
 }
 
@@ -226,7 +263,10 @@ fn json_response(status: StatusCode, body: String, request_id: &str) -> Response
     let mut response = Response::new(Body::Text(body));
     *response.status_mut() = status;
     let headers = response.headers_mut();
-    headers.insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/json"));
+    headers.insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
     if let Ok(value) = header::HeaderValue::from_str(request_id) {
         headers.insert("x-request-id", value);
     }
@@ -236,22 +276,32 @@ fn json_response(status: StatusCode, body: String, request_id: &str) -> Response
 fn success_response(success: Success, request_id: &str) -> Response<Body> {
     match success {
         Success::Accepted { replayed } => {
-            let mut response = json_response(StatusCode::ACCEPTED, ACCEPTED_BODY.to_owned(), request_id);
+            let mut response =
+                json_response(StatusCode::ACCEPTED, ACCEPTED_BODY.to_owned(), request_id);
             if replayed {
-                response
-                    .headers_mut()
-                    .insert("idempotent-replayed", header::HeaderValue::from_static("true"));
+                response.headers_mut().insert(
+                    "idempotent-replayed",
+                    header::HeaderValue::from_static("true"),
+                );
             }
             response
         }
-        Success::Data(data) => json_response(StatusCode::OK, json!({ "data": data }).to_string(), request_id),
+        Success::Data(data) => json_response(
+            StatusCode::OK,
+            json!({ "data": data }).to_string(),
+            request_id,
+        ),
     }
 }
 
 fn error_response(err: ApiError, request_id: &str) -> Response<Body> {
     let answer = err.answer();
-    let body = serde_json::to_string(&ErrorEnvelope { errors: &answer.errors })
-        .unwrap_or_else(|_| r#"{"errors":[{"code":"internal","message":"internal error"}]}"#.to_owned());
+    let body = serde_json::to_string(&ErrorEnvelope {
+        errors: &answer.errors,
+    })
+    .unwrap_or_else(|_| {
+        r#"{"errors":[{"code":"internal","message":"internal error"}]}"#.to_owned()
+    });
     let mut response = json_response(answer.status, body, request_id);
     for (name, value) in answer.headers {
         if let Ok(value) = header::HeaderValue::from_str(&value) {

@@ -3,8 +3,8 @@
 use super::ApiError;
 use crate::auth::Scope;
 use crate::contract::{parse_email, ErrorCode, FieldError};
-use lambda_http::http::Method;
 use lambda_http::aws_lambda_events::query_map::QueryMap;
+use lambda_http::http::Method;
 use percent_encoding::percent_decode_str;
 
 const USERS_PATH: &str = "/api/v1/users";
@@ -41,7 +41,9 @@ impl Route {
                 _ => Err(RouteError::MethodNotAllowed { allow: "GET, POST" }),
             },
             _ => {
-                let encoded = rest.strip_prefix('/').filter(|id| !id.is_empty() && !id.contains('/'));
+                let encoded = rest
+                    .strip_prefix('/')
+                    .filter(|id| !id.is_empty() && !id.contains('/'));
                 let id = encoded
                     .and_then(|id| percent_decode_str(id).decode_utf8().ok())
                     .ok_or(RouteError::NotFound)?;
@@ -74,11 +76,19 @@ impl Route {
 pub fn email_query(query: Option<&QueryMap>) -> Result<String, ApiError> {
     let raw = query.and_then(|q| q.first("email")).unwrap_or_default();
     if raw.trim().is_empty() {
-        return Err(ApiError::Query(FieldError::new(ErrorCode::Required, "email", "query parameter email is required")));
+        return Err(ApiError::Query(FieldError::new(
+            ErrorCode::Required,
+            "email",
+            "query parameter email is required",
+        )));
     }
-    parse_email(raw)
-        .map(str::to_owned)
-        .ok_or_else(|| ApiError::Query(FieldError::new(ErrorCode::InvalidEmail, "email", "email is not a valid address")))
+    parse_email(raw).map(str::to_owned).ok_or_else(|| {
+        ApiError::Query(FieldError::new(
+            ErrorCode::InvalidEmail,
+            "email",
+            "email is not a valid address",
+        ))
+    })
 }
 
 #[cfg(test)]
@@ -88,12 +98,34 @@ mod tests {
     #[test]
     fn routes_and_methods() {
         assert_eq!(Route::of(&Method::POST, "/api/v1/users"), Ok(Route::Upsert));
-        assert_eq!(Route::of(&Method::GET, "/api/v1/users"), Ok(Route::FindByEmail));
-        assert_eq!(Route::of(&Method::GET, "/api/v1/users/usr%2042%C3%A9"), Ok(Route::GetUser("usr 42é".into())));
-        assert_eq!(Route::of(&Method::DELETE, "/api/v1/users"), Err(RouteError::MethodNotAllowed { allow: "GET, POST" }));
-        assert_eq!(Route::of(&Method::POST, "/api/v1/users/u1"), Err(RouteError::MethodNotAllowed { allow: "GET" }));
-        for path in ["/", "/api/v1/user", "/api/v1/usersx", "/api/v1/users/a/b", "/api/v1/users/%FF"] {
-            assert_eq!(Route::of(&Method::GET, path), Err(RouteError::NotFound), "{path}");
+        assert_eq!(
+            Route::of(&Method::GET, "/api/v1/users"),
+            Ok(Route::FindByEmail)
+        );
+        assert_eq!(
+            Route::of(&Method::GET, "/api/v1/users/usr%2042%C3%A9"),
+            Ok(Route::GetUser("usr 42é".into()))
+        );
+        assert_eq!(
+            Route::of(&Method::DELETE, "/api/v1/users"),
+            Err(RouteError::MethodNotAllowed { allow: "GET, POST" })
+        );
+        assert_eq!(
+            Route::of(&Method::POST, "/api/v1/users/u1"),
+            Err(RouteError::MethodNotAllowed { allow: "GET" })
+        );
+        for path in [
+            "/",
+            "/api/v1/user",
+            "/api/v1/usersx",
+            "/api/v1/users/a/b",
+            "/api/v1/users/%FF",
+        ] {
+            assert_eq!(
+                Route::of(&Method::GET, path),
+                Err(RouteError::NotFound),
+                "{path}"
+            );
         }
     }
 }

@@ -1,4 +1,4 @@
-use super::{Item, PARTITION_KEY, get_n, get_s, n, s};
+use super::{get_n, get_s, n, s, Item, PARTITION_KEY};
 use crate::auth::{key_id, ApiKeyRecord, Scope};
 use crate::aws::AwsError;
 use aws_sdk_dynamodb::types::AttributeValue;
@@ -13,7 +13,10 @@ pub struct ApiKeyStore {
 
 impl ApiKeyStore {
     pub fn new(client: Client, table: impl Into<String>) -> Self {
-        Self { client, table: table.into() }
+        Self {
+            client,
+            table: table.into(),
+        }
     }
 
     pub async fn get(&self, hash: &str) -> Result<Option<ApiKeyRecord>, AwsError> {
@@ -28,7 +31,11 @@ impl ApiKeyStore {
     }
 
     pub async fn put(&self, hash: &str, record: &ApiKeyRecord) -> Result<(), AwsError> {
-        let scopes = record.scopes.iter().map(|scope| s(scope.as_str())).collect();
+        let scopes = record
+            .scopes
+            .iter()
+            .map(|scope| s(scope.as_str()))
+            .collect();
         self.client
             .put_item()
             .table_name(&self.table)
@@ -75,7 +82,10 @@ impl ApiKeyStore {
                 .await;
             match result {
                 Ok(_) => found = true,
-                Err(err) if err.as_service_error().is_some_and(|e| e.is_conditional_check_failed_exception()) => {}
+                Err(err)
+                    if err
+                        .as_service_error()
+                        .is_some_and(|e| e.is_conditional_check_failed_exception()) => {}
                 Err(err) => return Err(err.into()),
             }
         }
@@ -83,7 +93,12 @@ impl ApiKeyStore {
     }
 
     async fn scan(&self, filter: &str, value: &str) -> Result<Vec<ApiKeyRecord>, AwsError> {
-        Ok(self.scan_items(filter, value).await?.iter().filter_map(record_from_item).collect())
+        Ok(self
+            .scan_items(filter, value)
+            .await?
+            .iter()
+            .filter_map(record_from_item)
+            .collect())
     }
 
     async fn scan_items(&self, filter: &str, value: &str) -> Result<Vec<Item>, AwsError> {
@@ -123,6 +138,10 @@ fn record_from_item(item: &Item) -> Option<ApiKeyRecord> {
         scopes,
         rate_limit: get_n(item, "rate_limit")?,
         created_at: get_n(item, "created_at").unwrap_or_default(),
-        revoked: item.get("revoked").and_then(|v| v.as_bool().ok()).copied().unwrap_or(false),
+        revoked: item
+            .get("revoked")
+            .and_then(|v| v.as_bool().ok())
+            .copied()
+            .unwrap_or(false),
     })
 }

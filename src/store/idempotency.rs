@@ -1,4 +1,4 @@
-use super::{Item, PARTITION_KEY, TTL_ATTRIBUTE, get_n, get_s, n, s, workspace_key};
+use super::{get_n, get_s, n, s, workspace_key, Item, PARTITION_KEY, TTL_ATTRIBUTE};
 use crate::aws::AwsError;
 use crate::upsert::Stamp;
 use aws_sdk_dynamodb::error::SdkError;
@@ -41,7 +41,10 @@ pub struct IdempotencyStore {
 
 impl IdempotencyStore {
     pub fn new(client: Client, table: impl Into<String>) -> Self {
-        Self { client, table: table.into() }
+        Self {
+            client,
+            table: table.into(),
+        }
     }
 
     pub async fn claim(
@@ -72,7 +75,9 @@ impl IdempotencyStore {
             .await;
         let existing = match result {
             Ok(_) => return Ok(Claim::Claimed),
-            Err(SdkError::ServiceError(failure)) if failure.err().is_conditional_check_failed_exception() => {
+            Err(SdkError::ServiceError(failure))
+                if failure.err().is_conditional_check_failed_exception() =>
+            {
                 match failure.into_err() {
                     PutItemError::ConditionalCheckFailedException(e) => e.item,
                     _ => None,
@@ -80,7 +85,9 @@ impl IdempotencyStore {
             }
             Err(err) => return Err(err.into()),
         };
-        let Some(existing) = existing else { return Ok(Claim::InFlight) };
+        let Some(existing) = existing else {
+            return Ok(Claim::InFlight);
+        };
         match judge(&existing, body_hash, now_ms) {
             Claim::Abandoned(original) => self.take_over(&pk, &existing, &original, now_ms).await,
             verdict => Ok(verdict),
@@ -110,7 +117,11 @@ impl IdempotencyStore {
             .await;
         match result {
             Ok(_) => Ok(Claim::Abandoned(original.clone())),
-            Err(err) if err.as_service_error().is_some_and(|e| e.is_conditional_check_failed_exception()) => {
+            Err(err)
+                if err
+                    .as_service_error()
+                    .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
+            {
                 Ok(Claim::InFlight)
             }
             Err(err) => Err(err.into()),
@@ -118,7 +129,12 @@ impl IdempotencyStore {
     }
 
     /// Records that the request holding the key enqueued its upsert.
-    pub async fn complete(&self, workspace_id: &str, key: &str, request_id: &str) -> Result<(), AwsError> {
+    pub async fn complete(
+        &self,
+        workspace_id: &str,
+        key: &str,
+        request_id: &str,
+    ) -> Result<(), AwsError> {
         self.client
             .update_item()
             .table_name(&self.table)
@@ -134,7 +150,12 @@ impl IdempotencyStore {
     }
 
     /// Forgets the key after a failed enqueue, so the client's retry is processed.
-    pub async fn release(&self, workspace_id: &str, key: &str, request_id: &str) -> Result<(), AwsError> {
+    pub async fn release(
+        &self,
+        workspace_id: &str,
+        key: &str,
+        request_id: &str,
+    ) -> Result<(), AwsError> {
         self.client
             .delete_item()
             .table_name(&self.table)
@@ -158,10 +179,14 @@ fn judge(existing: &Item, body_hash: &str, now_ms: i64) -> Claim {
     if get_n::<i64>(existing, "lock_until").is_some_and(|lock| lock > now_ms) {
         return Claim::InFlight;
     }
-    match (get_n(existing, "accepted_at"), get_s(existing, "request_id")) {
-        (Some(accepted_at), Some(request_id)) => {
-            Claim::Abandoned(Stamp { accepted_at, request_id: request_id.to_owned() })
-        }
+    match (
+        get_n(existing, "accepted_at"),
+        get_s(existing, "request_id"),
+    ) {
+        (Some(accepted_at), Some(request_id)) => Claim::Abandoned(Stamp {
+            accepted_at,
+            request_id: request_id.to_owned(),
+        }),
         _ => Claim::InFlight,
     }
 }
@@ -194,7 +219,13 @@ mod tests {
 
     #[test]
     fn expired_pending_lock_is_abandoned_with_its_original_stamp() {
-        let stamp = Stamp { accepted_at: 5, request_id: "r1".into() };
-        assert_eq!(judge(&record("h", PENDING, 10), "h", 10), Claim::Abandoned(stamp));
+        let stamp = Stamp {
+            accepted_at: 5,
+            request_id: "r1".into(),
+        };
+        assert_eq!(
+            judge(&record("h", PENDING, 10), "h", 10),
+            Claim::Abandoned(stamp)
+        );
     }
 }

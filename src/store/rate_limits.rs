@@ -15,7 +15,10 @@ pub struct RateLimitStore {
 
 impl RateLimitStore {
     pub fn new(client: Client, table: impl Into<String>) -> Self {
-        Self { client, table: table.into() }
+        Self {
+            client,
+            table: table.into(),
+        }
     }
 
     /// Tokens already handed out in `window`.
@@ -24,7 +27,10 @@ impl RateLimitStore {
             .client
             .get_item()
             .table_name(&self.table)
-            .key(PARTITION_KEY, s(workspace_key(workspace_id, &window.to_string())))
+            .key(
+                PARTITION_KEY,
+                s(workspace_key(workspace_id, &window.to_string())),
+            )
             .consistent_read(true)
             .send()
             .await?;
@@ -46,7 +52,10 @@ impl RateLimitStore {
             .client
             .update_item()
             .table_name(&self.table)
-            .key(PARTITION_KEY, s(workspace_key(workspace_id, &window.to_string())))
+            .key(
+                PARTITION_KEY,
+                s(workspace_key(workspace_id, &window.to_string())),
+            )
             .update_expression("ADD used :tokens SET #ttl = :expires")
             .expression_attribute_names("#ttl", TTL_ATTRIBUTE)
             .condition_expression("attribute_not_exists(used) OR used <= :max")
@@ -57,7 +66,13 @@ impl RateLimitStore {
             .await;
         match result {
             Ok(_) => Ok(true),
-            Err(err) if err.as_service_error().is_some_and(|e| e.is_conditional_check_failed_exception()) => Ok(false),
+            Err(err)
+                if err
+                    .as_service_error()
+                    .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
+            {
+                Ok(false)
+            }
             Err(err) => Err(err.into()),
         }
     }

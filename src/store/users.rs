@@ -38,16 +38,26 @@ pub struct UserStore {
 
 impl UserStore {
     pub fn new(client: Client, table: impl Into<String>) -> Self {
-        Self { client, table: table.into() }
+        Self {
+            client,
+            table: table.into(),
+        }
     }
 
     /// A strongly consistent read of one user.
-    pub async fn get(&self, workspace_id: &str, external_user_id: &str) -> Result<Option<StoredUser>, AwsError> {
+    pub async fn get(
+        &self,
+        workspace_id: &str,
+        external_user_id: &str,
+    ) -> Result<Option<StoredUser>, AwsError> {
         let out = self
             .client
             .get_item()
             .table_name(&self.table)
-            .key(PARTITION_KEY, s(workspace_key(workspace_id, external_user_id)))
+            .key(
+                PARTITION_KEY,
+                s(workspace_key(workspace_id, external_user_id)),
+            )
             .consistent_read(true)
             .send()
             .await?;
@@ -55,7 +65,11 @@ impl UserStore {
     }
 
     /// Writes the whole item if its version is still the one that was read.
-    pub async fn put(&self, workspace_id: &str, user: &StoredUser) -> Result<WriteOutcome, AwsError> {
+    pub async fn put(
+        &self,
+        workspace_id: &str,
+        user: &StoredUser,
+    ) -> Result<WriteOutcome, AwsError> {
         let request = self
             .client
             .put_item()
@@ -70,7 +84,11 @@ impl UserStore {
         };
         match request.send().await {
             Ok(_) => Ok(WriteOutcome::Written),
-            Err(err) if err.as_service_error().is_some_and(|e| e.is_conditional_check_failed_exception()) => {
+            Err(err)
+                if err
+                    .as_service_error()
+                    .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
+            {
                 Ok(WriteOutcome::Conflict)
             }
             Err(err) => Err(err.into()),
@@ -78,7 +96,11 @@ impl UserStore {
     }
 
     /// Users of a workspace whose email matches, ignoring case.
-    pub async fn find_by_email(&self, workspace_id: &str, email: &str) -> Result<Vec<StoredUser>, AwsError> {
+    pub async fn find_by_email(
+        &self,
+        workspace_id: &str,
+        email: &str,
+    ) -> Result<Vec<StoredUser>, AwsError> {
         let out = self
             .client
             .query()
@@ -99,7 +121,10 @@ fn email_key(workspace_id: &str, email: &str) -> String {
 fn item_from_user(workspace_id: &str, user: &StoredUser) -> Result<Item, AwsError> {
     let profile = &user.profile;
     let mut item = Item::from([
-        (PARTITION_KEY.to_owned(), s(workspace_key(workspace_id, &user.external_user_id))),
+        (
+            PARTITION_KEY.to_owned(),
+            s(workspace_key(workspace_id, &user.external_user_id)),
+        ),
         ("workspace_id".to_owned(), s(workspace_id)),
         ("external_user_id".to_owned(), s(&user.external_user_id)),
         ("version".to_owned(), n(user.version + 1)),
@@ -118,7 +143,12 @@ fn item_from_user(workspace_id: &str, user: &StoredUser) -> Result<Item, AwsErro
     let stamps = profile
         .stamps
         .iter()
-        .map(|(key, stamp)| (key.clone(), s(format!("{}/{}", stamp.accepted_at, stamp.request_id))))
+        .map(|(key, stamp)| {
+            (
+                key.clone(),
+                s(format!("{}/{}", stamp.accepted_at, stamp.request_id)),
+            )
+        })
         .collect();
     item.insert("stamps".to_owned(), AttributeValue::M(stamps));
     if let Some(created_at) = profile.created_at {
@@ -162,7 +192,10 @@ fn user_from_item(item: &Item) -> Option<StoredUser> {
 
 fn parse_stamp(text: &str) -> Option<Stamp> {
     let (accepted_at, request_id) = text.split_once('/')?;
-    Some(Stamp { accepted_at: accepted_at.parse().ok()?, request_id: request_id.to_owned() })
+    Some(Stamp {
+        accepted_at: accepted_at.parse().ok()?,
+        request_id: request_id.to_owned(),
+    })
 }
 
 #[cfg(test)]
@@ -174,11 +207,26 @@ mod tests {
     fn item_round_trips_a_user() {
         let mut profile = UserProfile::default();
         let mut changes = crate::upsert::Changes::default();
-        changes.profile.insert(ProfileField::Email, Some("Jane@Acme.io".into()));
+        changes
+            .profile
+            .insert(ProfileField::Email, Some("Jane@Acme.io".into()));
         changes.profile.insert(ProfileField::Plan, None);
-        changes.traits.insert("nested".into(), Some(json!({"a": [1, 2.5, "x", null, true]})));
-        profile.apply(&Stamp { accepted_at: 7, request_id: "r/1".into() }, &changes);
-        let user = StoredUser { external_user_id: "usr#1".into(), profile, version: 3 };
+        changes.traits.insert(
+            "nested".into(),
+            Some(json!({"a": [1, 2.5, "x", null, true]})),
+        );
+        profile.apply(
+            &Stamp {
+                accepted_at: 7,
+                request_id: "r/1".into(),
+            },
+            &changes,
+        );
+        let user = StoredUser {
+            external_user_id: "usr#1".into(),
+            profile,
+            version: 3,
+        };
         let item = item_from_user("ws", &user).unwrap();
         assert_eq!(get_s(&item, EMAIL_KEY), Some("ws#jane@acme.io"));
         assert_eq!(get_s(&item, "pk"), Some("ws#usr#1"));

@@ -37,8 +37,12 @@ impl UserProfile {
                 changed = true;
             }
         }
-        let created_at = self.created_at.map_or(stamp.accepted_at, |t| t.min(stamp.accepted_at));
-        let updated_at = self.updated_at.map_or(stamp.accepted_at, |t| t.max(stamp.accepted_at));
+        let created_at = self
+            .created_at
+            .map_or(stamp.accepted_at, |t| t.min(stamp.accepted_at));
+        let updated_at = self
+            .updated_at
+            .map_or(stamp.accepted_at, |t| t.max(stamp.accepted_at));
         changed |= self.created_at != Some(created_at) || self.updated_at != Some(updated_at);
         self.created_at = Some(created_at);
         self.updated_at = Some(updated_at);
@@ -71,12 +75,17 @@ mod tests {
     use serde_json::json;
 
     fn stamp(at: i64, id: &str) -> Stamp {
-        Stamp { accepted_at: at, request_id: id.into() }
+        Stamp {
+            accepted_at: at,
+            request_id: id.into(),
+        }
     }
 
     fn plan(value: Option<&str>) -> Changes {
         let mut changes = Changes::default();
-        changes.profile.insert(ProfileField::Plan, value.map(str::to_owned));
+        changes
+            .profile
+            .insert(ProfileField::Plan, value.map(str::to_owned));
         changes
     }
 
@@ -125,14 +134,22 @@ mod tests {
         user.apply(&stamp(1, "a"), &first);
         user.apply(&stamp(2, "b"), &second);
         assert_eq!(user.traits["a"], json!(1));
-        assert_eq!(user.traits["b"], json!({"y": 2}), "objects are replaced, not deep-merged");
+        assert_eq!(
+            user.traits["b"],
+            json!({"y": 2}),
+            "objects are replaced, not deep-merged"
+        );
     }
 
     fn arb_changes() -> impl Strategy<Value = Changes> {
         let value = prop_oneof![Just(None), (0..4u8).prop_map(|v| Some(v.to_string()))];
         let trait_value = prop_oneof![Just(None), (0..4i64).prop_map(|v| Some(json!(v)))];
         (
-            proptest::collection::btree_map(proptest::sample::select(ProfileField::ALL.to_vec()), value, 0..4),
+            proptest::collection::btree_map(
+                proptest::sample::select(ProfileField::ALL.to_vec()),
+                value,
+                0..4,
+            ),
             proptest::collection::btree_map("[abc]", trait_value, 0..3),
         )
             .prop_map(|(profile, traits)| Changes { profile, traits })

@@ -113,23 +113,36 @@ mod tests {
     #[test]
     fn message_round_trips_with_removals() {
         let mut changes = Changes::default();
-        changes.profile.insert(ProfileField::Email, Some("jane@acme.io".into()));
+        changes
+            .profile
+            .insert(ProfileField::Email, Some("jane@acme.io".into()));
         changes.profile.insert(ProfileField::Plan, None);
-        changes.traits.insert("color".into(), Some(json!({"a": [1, 2.5]})));
+        changes
+            .traits
+            .insert("color".into(), Some(json!({"a": [1, 2.5]})));
         changes.traits.insert("gone".into(), None);
         let message = UpsertMessage {
             version: MESSAGE_VERSION,
             workspace_id: "ws".into(),
             external_user_id: "usr_42".into(),
-            stamp: Stamp { accepted_at: 1_700_000_000_000, request_id: "r1".into() },
+            stamp: Stamp {
+                accepted_at: 1_700_000_000_000,
+                request_id: "r1".into(),
+            },
             changes,
         };
-        assert_eq!(UpsertMessage::from_json(&message.to_json()).unwrap(), message);
+        assert_eq!(
+            UpsertMessage::from_json(&message.to_json()).unwrap(),
+            message
+        );
     }
 
     #[test]
     fn unknown_version_is_refused() {
         let body = r#"{"version":9,"workspace_id":"w","external_user_id":"u","stamp":{"accepted_at":1,"request_id":"r"},"changes":{}}"#;
-        assert!(matches!(UpsertMessage::from_json(body), Err(MessageError::UnsupportedVersion(9))));
+        assert!(matches!(
+            UpsertMessage::from_json(body),
+            Err(MessageError::UnsupportedVersion(9))
+        ));
     }
 }

@@ -25,11 +25,15 @@ pub struct Stack {
 impl Stack {
     /// Connects to the running stack, in a fresh workspace.
     pub async fn new() -> Self {
-        let resources = Resources::from_env().expect("run the integration tests through `make test`");
+        let resources =
+            Resources::from_env().expect("run the integration tests through `make test`");
         let sdk = vibefollow_users::aws::sdk_config().await;
         Self {
             api: std::env::var("VF_API_URL").unwrap_or_else(|_| "http://127.0.0.1:9000".into()),
-            http: reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap(),
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .build()
+                .unwrap(),
             resources,
             dynamodb: aws_sdk_dynamodb::Client::new(&sdk),
             sqs: aws_sdk_sqs::Client::new(&sdk),
@@ -69,11 +73,19 @@ impl Stack {
             created_at: 0,
             revoked: false,
         };
-        self.key_store().put(&hash, &record).await.expect("create key");
+        self.key_store()
+            .put(&hash, &record)
+            .await
+            .expect("create key");
         key
     }
 
-    pub fn request(&self, method: Method, path: &str, key: Option<&str>) -> reqwest::RequestBuilder {
+    pub fn request(
+        &self,
+        method: Method,
+        path: &str,
+        key: Option<&str>,
+    ) -> reqwest::RequestBuilder {
         let builder = self.http.request(method, format!("{}{path}", self.api));
         match key {
             Some(key) => builder.bearer_auth(key),
@@ -85,7 +97,12 @@ impl Stack {
         self.post_raw(key, body.to_string(), None).await
     }
 
-    pub async fn post_raw(&self, key: &str, body: String, idempotency_key: Option<&str>) -> Response {
+    pub async fn post_raw(
+        &self,
+        key: &str,
+        body: String,
+        idempotency_key: Option<&str>,
+    ) -> Response {
         let mut request = self
             .request(Method::POST, "/api/v1/users", Some(key))
             .header("content-type", "application/json")
@@ -98,12 +115,18 @@ impl Stack {
 
     pub async fn get_user(&self, key: &str, id: &str) -> Response {
         let path = format!("/api/v1/users/{}", percent_encode(id));
-        self.request(Method::GET, &path, Some(key)).send().await.expect("GET")
+        self.request(Method::GET, &path, Some(key))
+            .send()
+            .await
+            .expect("GET")
     }
 
     /// The stored item of a user of this workspace, stamps and all.
     pub async fn stored(&self, id: &str) -> Option<StoredUser> {
-        self.users().get(&self.workspace, id).await.expect("read user")
+        self.users()
+            .get(&self.workspace, id)
+            .await
+            .expect("read user")
     }
 }
 
@@ -148,7 +171,13 @@ pub async fn error_of(response: Response) -> (u16, Vec<String>, Vec<String>) {
     let status = response.status().as_u16();
     let body: Value = response.json().await.expect("error body is JSON");
     let errors = body["errors"].as_array().expect("error envelope").clone();
-    let codes = errors.iter().map(|e| e["code"].as_str().unwrap_or_default().to_owned()).collect();
-    let fields = errors.iter().map(|e| e["field"].as_str().unwrap_or_default().to_owned()).collect();
+    let codes = errors
+        .iter()
+        .map(|e| e["code"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    let fields = errors
+        .iter()
+        .map(|e| e["field"].as_str().unwrap_or_default().to_owned())
+        .collect();
     (status, codes, fields)
 }

@@ -6,5 +6,8 @@ async fn main() -> Result<(), Error> {
     telemetry::init();
     let app = App::new(&sdk_config().await, &Resources::from_env()?);
     let app = &app;
-    run(service_fn(move |request: Request| async move { Ok::<_, Error>(app.handle(request).await) })).await
+    run(service_fn(move |request: Request| async move {
+        Ok::<_, Error>(app.handle(request).await)
+    }))
+    .await
 }

@@ -1,6 +1,8 @@
 use lambda_runtime::{run, service_fn, Error, LambdaEvent};
 use vibefollow_users::aws_lambda_events::sqs::SqsEvent;
-use vibefollow_users::{aws::sdk_config, config::Resources, consumer::Consumer, store::UserStore, telemetry};
+use vibefollow_users::{
+    aws::sdk_config, config::Resources, consumer::Consumer, store::UserStore, telemetry,
+};
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {

@@ -1,0 +1,130 @@
+//! The CPU work on the hot paths, without I/O: what the api function does to a request
+//! before its AWS calls, and what the consumer does to a batch between read and write.
+
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use serde_json::json;
+use std::hint::black_box;
+
+use vibefollow_users::auth::{bearer_key, key_hash};
+use vibefollow_users::contract::parse_upsert;
+use vibefollow_users::upsert::{
+    Changes, ProfileField, Stamp, UpsertMessage, UserProfile, MESSAGE_VERSION,
+};
+
+/// A typical identify call of about `size` bytes: known traits plus custom ones.
+fn body_of(size: usize) -> Vec<u8> {
+    let mut traits = json!({
+        "name": "Jane Doe", "plan": "trial", "signupDate": "2026-05-17T16:00:00+02:00",
+        "company": "Acme Inc.", "role": "engineering_lead",
+        "favoriteColor": "teal", "seats": 12, "beta": true, "tags": ["a", "b", "c"],
+        "address": {"city": "Lisbon", "zip": "1000-001"}
+    });
+    let mut i = 0;
+    while json!({"external_user_id": "usr_42", "email": "jane@acme.io", "traits": traits})
+        .to_string()
+        .len()
+        < size
+    {
+        traits[format!("custom_{i}")] = json!(format!(
+            "value number {i} {}",
+            "with some longer text ".repeat(6)
+        ));
+        i += 1;
+    }
+    json!({"external_user_id": "usr_42", "email": "jane@acme.io", "traits": traits})
+        .to_string()
+        .into_bytes()
+}
+
+/// Everything the api function does to a POST between receiving and sending to SQS.
+fn accept(body: &[u8]) -> String {
+    let upsert = parse_upsert(body).expect("valid body");
+    let message = UpsertMessage {
+        version: MESSAGE_VERSION,
+        workspace_id: "ws".into(),
+        external_user_id: upsert.external_user_id,
+        stamp: Stamp {
+            accepted_at: 1_795_773_600_000,
+            request_id: "0b9e1d5c-1a52-4bde-9a55-7c6b1a3e0001".into(),
+        },
+        changes: upsert.changes,
+    };
+    black_box(upsert.body_hash);
+    message.to_json()
+}
+
+fn api_hot_path(c: &mut Criterion) {
+    let header = b"Bearer sk_live_abcdefghijklmnopqrstuvwxyz0123456789ABCD";
+    c.bench_function("auth header parse + key hash", |b| {
+        b.iter(|| key_hash(bearer_key(Some(black_box(header))).unwrap()))
+    });
+    let mut group = c.benchmark_group("body parse + validate + hash + message");
+    for (name, size) in [("1 KB", 1024), ("32 KB", 32 * 1024 - 64)] {
+        let body = body_of(size);
+        group.throughput(Throughput::Bytes(body.len() as u64));
+        group.bench_function(name, |b| b.iter(|| accept(black_box(&body))));
+    }
+    group.finish();
+
+    // The parts of the 1 KB case, to see where the time goes.
+    let body = body_of(1024);
+    let value: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let mut parts = c.benchmark_group("1 KB parts");
+    parts.bench_function("JSON parse only", |b| {
+        b.iter(|| serde_json::from_slice::<serde_json::Value>(black_box(&body)).unwrap())
+    });
+    parts.bench_function("canonical hash only", |b| {
+        b.iter(|| vibefollow_users::contract::body_hash(black_box(&value)))
+    });
+    let message = accept(&body);
+    parts.bench_function("message JSON only", |b| {
+        let parsed = UpsertMessage::from_json(&message).unwrap();
+        b.iter(|| black_box(&parsed).to_json())
+    });
+    parts.finish();
+}
+
+fn consumer_merge(c: &mut Criterion) {
+    let messages: Vec<String> = (0..10)
+        .map(|i| {
+            let mut changes = Changes::default();
+            changes
+                .profile
+                .insert(ProfileField::Plan, Some(format!("plan-{i}")));
+            changes
+                .profile
+                .insert(ProfileField::Name, Some("Jane Doe".into()));
+            changes.traits.insert(
+                format!("t{}", i % 3),
+                Some(json!({"n": i, "list": [1, 2, 3]})),
+            );
+            UpsertMessage {
+                version: MESSAGE_VERSION,
+                workspace_id: "ws".into(),
+                external_user_id: "usr_42".into(),
+                stamp: Stamp {
+                    accepted_at: 1_795_773_600_000 + i,
+                    request_id: format!("req-{i}"),
+                },
+                changes,
+            }
+            .to_json()
+        })
+        .collect();
+    c.bench_function("consumer: parse + merge a batch of 10 for one user", |b| {
+        b.iter_batched(
+            UserProfile::default,
+            |mut user| {
+                for body in &messages {
+                    let message = UpsertMessage::from_json(black_box(body)).unwrap();
+                    user.apply(&message.stamp, &message.changes);
+                }
+                user
+            },
+            BatchSize::SmallInput,
+        )
+    });
+}
+
+criterion_group!(benches, api_hot_path, consumer_merge);
+criterion_main!(benches);
