@@ -40,6 +40,8 @@ API_URL = f"http://127.0.0.1:{API_PORT}"
 # AWS); locally the bridge makes it visible again after this many seconds so retries
 # and the trip to the DLQ take seconds, not minutes.
 RETRY_DELAY_SECONDS = int(os.environ.get("VF_BRIDGE_RETRY_SECONDS", "1"))
+# VF_RELEASE=1 runs the functions as release builds (what `make bench` measures).
+RELEASE = os.environ.get("VF_RELEASE") == "1"
 DEV_WORKSPACE = "dev"
 DEV_SCOPES = "users:write,users:read,users:read_pii"
 
@@ -212,9 +214,10 @@ class Stack:
         ENV_FILE.write_text("".join(f"{k}={v}\n" for k, v in env.items()))
         self.env = env
         log("building the functions (first time: a few minutes)")
-        subprocess.run(["cargo", "build", "--quiet", "--workspace", "--bins"], cwd=ROOT, check=True)
+        profile = ["--release"] if RELEASE else []
+        subprocess.run(["cargo", "build", "--quiet", "--bin", "api", "--bin", "consumer", *profile], cwd=ROOT, check=True)
         watch = ["cargo", "lambda", "watch", "--invoke-address", "127.0.0.1",
-                 "--invoke-port", str(API_PORT), "--env-file", str(ENV_FILE)]
+                 "--invoke-port", str(API_PORT), "--env-file", str(ENV_FILE), *profile]
         if not self.reload:
             watch.append("--ignore-changes")
         self.spawn("functions", watch, log_to_terminal=self.reload)

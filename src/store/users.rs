@@ -2,10 +2,13 @@ use super::{get_n, get_s, n, s, workspace_key, Item, PARTITION_KEY};
 use crate::aws::AwsError;
 use crate::contract::normalize_email;
 use crate::upsert::{ProfileField, Stamp, UserProfile};
-use aws_sdk_dynamodb::types::AttributeValue;
+use aws_sdk_dynamodb::types::{AttributeValue, KeysAndAttributes};
 use aws_sdk_dynamodb::Client;
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap};
+
+/// BatchGetItem's limit on keys per call.
+const MAX_BATCH_GET: usize = 100;
 
 /// The GSI that finds users by lower-cased email within a workspace.
 pub const EMAIL_INDEX: &str = "email-index";
@@ -62,6 +65,65 @@ impl UserStore {
             .send()
             .await?;
         Ok(out.item().and_then(user_from_item))
+    }
+
+    /// Strongly consistent reads of many users in one call per 100 keys (BatchGetItem).
+    /// Keys DynamoDB leaves unprocessed are read one by one.
+    pub async fn get_many(
+        &self,
+        keys: &[(&str, &str)],
+    ) -> Result<HashMap<(String, String), StoredUser>, AwsError> {
+        let mut found = HashMap::new();
+        for chunk in keys.chunks(MAX_BATCH_GET) {
+            let request_keys = chunk
+                .iter()
+                .map(|(workspace_id, id)| {
+                    Item::from([(PARTITION_KEY.to_owned(), s(workspace_key(workspace_id, id)))])
+                })
+                .collect::<Vec<_>>();
+            let keys_and_attributes = KeysAndAttributes::builder()
+                .set_keys(Some(request_keys))
+                .consistent_read(true)
+                .build()
+                .map_err(|e| AwsError::Internal(e.to_string()))?;
+            let out = self
+                .client
+                .batch_get_item()
+                .request_items(&self.table, keys_and_attributes)
+                .send()
+                .await?;
+            for item in out
+                .responses()
+                .and_then(|r| r.get(&self.table))
+                .into_iter()
+                .flatten()
+            {
+                if let (Some(workspace_id), Some(user)) =
+                    (get_s(item, "workspace_id"), user_from_item(item))
+                {
+                    found.insert(
+                        (workspace_id.to_owned(), user.external_user_id.clone()),
+                        user,
+                    );
+                }
+            }
+            let unprocessed = out
+                .unprocessed_keys()
+                .and_then(|u| u.get(&self.table))
+                .map(|k| k.keys().to_vec())
+                .unwrap_or_default();
+            for key in unprocessed {
+                let Some((workspace_id, id)) =
+                    get_s(&key, PARTITION_KEY).and_then(|pk| pk.split_once('#'))
+                else {
+                    continue;
+                };
+                if let Some(user) = self.get(workspace_id, id).await? {
+                    found.insert((workspace_id.to_owned(), id.to_owned()), user);
+                }
+            }
+        }
+        Ok(found)
     }
 
     /// Writes the whole item if its version is still the one that was read.
