@@ -98,6 +98,8 @@ def resolve(value, names):
 def local_resources(template):
     """Tables and queues of the template, with their local names."""
     names = {"AWS::StackName": STACK_NAME, "AWS::Region": REGION, "AWS::AccountId": ACCOUNT}
+    # Parameters take their defaults, as a `sam deploy` without overrides would.
+    names.update({name: str(p.get("Default", "")) for name, p in template.get("Parameters", {}).items()})
     tables, queues = {}, {}
     for logical, resource in template["Resources"].items():
         kind = resource["Type"]

@@ -1,6 +1,8 @@
 //! Configuration from environment variables (set by `template.yaml` on AWS and by
 //! `dev/stack.py` locally).
 
+use crate::auth::DEFAULT_RATE_LIMIT;
+
 /// Names of the resources the functions use.
 #[derive(Debug, Clone)]
 pub struct Resources {
@@ -14,6 +16,9 @@ pub struct Resources {
     pub rate_limits_table: String,
     /// `UPSERT_QUEUE_URL`: the SQS queue accepted upserts go to.
     pub upsert_queue_url: String,
+    /// `DEFAULT_RATE_LIMIT` (optional, default 100): requests per second for keys
+    /// created without `--rate-limit`.
+    pub default_rate_limit: u32,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -29,12 +34,13 @@ fn var(name: &'static str) -> Result<String, MissingVar> {
 
 impl Resources {
     /// Every variable `from_env` reads; template.yaml must set exactly these.
-    pub const ENV_VARS: [&'static str; 5] = [
+    pub const ENV_VARS: [&'static str; 6] = [
         "USERS_TABLE",
         "IDEMPOTENCY_TABLE",
         "API_KEYS_TABLE",
         "RATE_LIMITS_TABLE",
         "UPSERT_QUEUE_URL",
+        "DEFAULT_RATE_LIMIT",
     ];
 
     pub fn from_env() -> Result<Self, MissingVar> {
@@ -44,6 +50,11 @@ impl Resources {
             api_keys_table: var("API_KEYS_TABLE")?,
             rate_limits_table: var("RATE_LIMITS_TABLE")?,
             upsert_queue_url: var("UPSERT_QUEUE_URL")?,
+            default_rate_limit: var("DEFAULT_RATE_LIMIT")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .filter(|rate| *rate > 0)
+                .unwrap_or(DEFAULT_RATE_LIMIT),
         })
     }
 }

@@ -59,7 +59,8 @@ pub struct ApiKeyRecord {
     pub key_id: String,
     pub workspace_id: String,
     pub scopes: Vec<Scope>,
-    pub rate_limit: u32,
+    /// Requests per second; `None` takes the deployment's default (`DEFAULT_RATE_LIMIT`).
+    pub rate_limit: Option<u32>,
     pub created_at: i64,
     pub revoked: bool,
 }

@@ -2,9 +2,7 @@
 
 use clap::{Args, Parser, Subcommand};
 use std::process::ExitCode;
-use vibefollow_users::auth::{
-    generate_key, key_hash, key_id, ApiKeyRecord, Scope, DEFAULT_RATE_LIMIT,
-};
+use vibefollow_users::auth::{generate_key, key_hash, key_id, ApiKeyRecord, Scope};
 use vibefollow_users::aws::sdk_config;
 use vibefollow_users::contract::format_millis;
 use vibefollow_users::store::ApiKeyStore;
@@ -49,9 +47,10 @@ struct CreateArgs {
     /// Comma-separated: users:write, users:read, users:read_pii.
     #[arg(long, value_delimiter = ',', required = true)]
     scopes: Vec<Scope>,
-    /// Requests per second for the workspace (bursts to twice that).
-    #[arg(long, default_value_t = DEFAULT_RATE_LIMIT, value_parser = clap::value_parser!(u32).range(1..=100_000))]
-    rate_limit: u32,
+    /// Requests per second for the workspace (bursts to twice that). Without it the key
+    /// follows the deployment's DEFAULT_RATE_LIMIT (100 unless the stack sets another).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    rate_limit: Option<u32>,
     /// Create an `sk_test_` key instead of `sk_live_`.
     #[arg(long)]
     test: bool,
@@ -126,7 +125,8 @@ async fn list(store: &ApiKeyStore, workspace: &str) -> Result<(), String> {
             "{:<22} {:<40} {:>10} {:<25} {}",
             key.key_id,
             scopes.join(","),
-            key.rate_limit,
+            key.rate_limit
+                .map_or_else(|| "default".to_owned(), |rate| rate.to_string()),
             created,
             key.revoked
         );

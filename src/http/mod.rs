@@ -31,6 +31,7 @@ const ACCEPTED_BODY: &str = r#"{"data":{"accepted":true}}"#;
 pub struct App {
     keys: KeyCache,
     rate_limiter: RateLimiter,
+    default_rate_limit: u32,
     idempotency: Arc<IdempotencyStore>,
     users: UserStore,
     queue: UpsertQueue,
@@ -61,6 +62,7 @@ impl App {
                 dynamodb.clone(),
                 &resources.rate_limits_table,
             )),
+            default_rate_limit: resources.default_rate_limit,
             idempotency: Arc::new(IdempotencyStore::new(
                 dynamodb.clone(),
                 &resources.idempotency_table,
@@ -117,13 +119,14 @@ impl App {
             return Err(ApiError::InsufficientScope(route.scope()));
         }
         let now_ms = now_millis();
+        let rate = key.rate_limit.unwrap_or(self.default_rate_limit);
         if let RateDecision::Limited { retry_after_secs } = self
             .rate_limiter
-            .check(&key.workspace_id, key.rate_limit, now_ms)
+            .check(&key.workspace_id, rate, now_ms)
             .await?
         {
             return Err(ApiError::RateLimited {
-                rate: key.rate_limit,
+                rate,
                 retry_after_secs,
             });
         }

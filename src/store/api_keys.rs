@@ -36,16 +36,21 @@ impl ApiKeyStore {
             .iter()
             .map(|scope| s(scope.as_str()))
             .collect();
-        self.client
+        let request = self
+            .client
             .put_item()
             .table_name(&self.table)
             .item(PARTITION_KEY, s(hash))
             .item("key_id", s(&record.key_id))
             .item("workspace_id", s(&record.workspace_id))
             .item("scopes", AttributeValue::L(scopes))
-            .item("rate_limit", n(record.rate_limit))
             .item("created_at", n(record.created_at))
-            .item("revoked", AttributeValue::Bool(record.revoked))
+            .item("revoked", AttributeValue::Bool(record.revoked));
+        let request = match record.rate_limit {
+            Some(rate_limit) => request.item("rate_limit", n(rate_limit)),
+            None => request,
+        };
+        request
             .condition_expression("attribute_not_exists(pk)")
             .send()
             .await?;
@@ -136,7 +141,7 @@ fn record_from_item(item: &Item) -> Option<ApiKeyRecord> {
         key_id: get_s(item, "key_id").map_or_else(|| key_id(hash), str::to_owned),
         workspace_id: get_s(item, "workspace_id")?.to_owned(),
         scopes,
-        rate_limit: get_n(item, "rate_limit")?,
+        rate_limit: get_n(item, "rate_limit"),
         created_at: get_n(item, "created_at").unwrap_or_default(),
         revoked: item
             .get("revoked")

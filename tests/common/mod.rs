@@ -69,7 +69,7 @@ impl Stack {
             key_id: key_id(&hash),
             workspace_id: workspace.to_owned(),
             scopes: scopes.to_vec(),
-            rate_limit,
+            rate_limit: Some(rate_limit),
             created_at: 0,
             revoked: false,
         };

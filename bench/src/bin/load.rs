@@ -76,7 +76,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         key_id: key_id(&hash),
         workspace_id: workspace.clone(),
         scopes: vec![Scope::UsersWrite, Scope::UsersRead],
-        rate_limit: 100_000,
+        rate_limit: Some(100_000),
         created_at: 0,
         revoked: false,
     };
