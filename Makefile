@@ -24,7 +24,7 @@ dev: $(STAMP)
 test: $(STAMP)
 	cargo test --workspace --lib --bins
 	cargo build --workspace --bins --tests
-	$(PY) dev/stack.py run -- dev/integration.sh
+	VF_FAULT_PROXY=1 $(PY) dev/stack.py run -- dev/integration.sh
 
 $(CHECK_STAMP): dev/requirements-check.txt
 	python3 -m venv $(CHECK_VENV)

@@ -20,6 +20,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
 import boto3
 import yaml
 
@@ -34,6 +36,9 @@ REGION = "us-east-1"
 ACCOUNT = "123456789012"  # moto's default account
 EMULATOR_PORT = int(os.environ.get("VF_EMULATOR_PORT", "4566"))
 API_PORT = int(os.environ.get("VF_API_PORT", "9000"))
+# `stack.py run` puts a fault proxy between the functions and moto, so that tests can
+# make chosen AWS operations fail (see FaultProxy).
+FAULT_PROXY_PORT = int(os.environ.get("VF_FAULT_PROXY_PORT", "4567"))
 EMULATOR_URL = f"http://127.0.0.1:{EMULATOR_PORT}"
 API_URL = f"http://127.0.0.1:{API_PORT}"
 # Lambda leaves a failed message invisible for the queue's visibility timeout (180 s on
@@ -156,6 +161,86 @@ def create_resources(template):
     return names
 
 
+# --- fault proxy ---------------------------------------------------------------------
+
+class FaultProxy:
+    """Forwards AWS calls to moto, except the operations told to fail.
+
+    `PUT /__faults` with `{"operations": ["AmazonSQS.SendMessage", …], "status": 503,
+    "code": "ServiceUnavailable"}` makes those operations (their `X-Amz-Target`) answer
+    that error; `DELETE /__faults` clears it. Both SDK protocols this service uses
+    (DynamoDB and SQS JSON) name the operation in `X-Amz-Target`.
+    """
+
+    def __init__(self, port, upstream):
+        self.faults = {}
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def body(self):
+                return self.rfile.read(int(self.headers.get("Content-Length") or 0))
+
+            def answer(self, status, payload, headers=()):
+                self.send_response(status)
+                for name, value in headers:
+                    self.send_header(name, value)
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+            def do_PUT(self):
+                if self.path == "/__faults":
+                    proxy.faults = json.loads(self.body())
+                    return self.answer(204, b"")
+                self.forward()
+
+            def do_DELETE(self):
+                if self.path == "/__faults":
+                    self.body()
+                    proxy.faults = {}
+                    return self.answer(204, b"")
+                self.forward()
+
+            def do_GET(self):
+                self.forward()
+
+            def do_POST(self):
+                self.forward()
+
+            def forward(self):
+                payload = self.body()
+                target = self.headers.get("X-Amz-Target", "")
+                faults = proxy.faults
+                if target and target in faults.get("operations", []):
+                    error = json.dumps({"__type": faults.get("code", "ServiceUnavailable"),
+                                        "message": "injected by the test fault proxy"}).encode()
+                    return self.answer(int(faults.get("status", 503)), error,
+                                       [("Content-Type", "application/x-amz-json-1.0")])
+                headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "content-length")}
+                request = urllib.request.Request(upstream + self.path, data=payload or None,
+                                                 method=self.command, headers=headers)
+                try:
+                    with urllib.request.urlopen(request, timeout=60) as response:
+                        status, data, got = response.status, response.read(), response.headers
+                except urllib.error.HTTPError as e:
+                    status, data, got = e.code, e.read(), e.headers
+                passed = [(k, v) for k, v in got.items()
+                          if k.lower() not in ("content-length", "transfer-encoding", "connection", "date", "server")]
+                self.answer(status, data, passed)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        self.server.daemon_threads = True
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+
+
 # --- processes -----------------------------------------------------------------------
 
 def port_open(port):
@@ -181,8 +266,10 @@ def tool_env(extra=None):
 
 
 class Stack:
-    def __init__(self, reload):
+    def __init__(self, reload, fault_proxy=False):
         self.reload = reload
+        self.fault_proxy = fault_proxy
+        self.proxy = None
         self.processes = []
         self.stopping = threading.Event()
 
@@ -208,8 +295,12 @@ class Stack:
         template = load_template()
         names = create_resources(template)
         env = function_environment(template, names)
+        endpoint = EMULATOR_URL
+        if self.fault_proxy:
+            self.proxy = FaultProxy(FAULT_PROXY_PORT, EMULATOR_URL)
+            endpoint = f"http://127.0.0.1:{FAULT_PROXY_PORT}"
         env.update({
-            "AWS_ENDPOINT_URL": EMULATOR_URL, "AWS_REGION": REGION,
+            "AWS_ENDPOINT_URL": endpoint, "AWS_REGION": REGION,
             "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
             "DLQ_URL": names["UpsertDeadLetterQueue"],
         })
@@ -225,6 +316,8 @@ class Stack:
         self.spawn("functions", watch, log_to_terminal=self.reload)
         wait_for(lambda: port_open(API_PORT), "cargo lambda watch", 120)
         wait_for(api_answers, "the api function", 300)
+        # The consumer starts (and, after a code change, builds) on its first event.
+        invoke_consumer(f"{API_URL}/2015-03-31/functions/consumer/invocations", {"Records": []}, set(), timeout=600)
         threading.Thread(target=bridge, args=(env["UPSERT_QUEUE_URL"], self.stopping), daemon=True).start()
         log(f"API on {API_URL}/api/v1/users; logs in {LOGS}")
 
@@ -249,6 +342,8 @@ class Stack:
                 process.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 os.killpg(process.pid, signal.SIGKILL)
+        if self.proxy:
+            self.proxy.close()
         ENV_FILE.unlink(missing_ok=True)
 
 
@@ -318,12 +413,12 @@ def sqs_record(message, arn):
     }
 
 
-def invoke_consumer(url, event, all_ids):
+def invoke_consumer(url, event, all_ids, timeout=60):
     """The ids the consumer reported failed; all of them if the invocation failed."""
     request = urllib.request.Request(url, data=json.dumps(event).encode(), method="POST",
                                      headers={"Content-Type": "application/json"})
     try:
-        with urllib.request.urlopen(request, timeout=60) as response:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
             result = json.load(response)
     except (OSError, ValueError) as e:
         log(f"bridge: consumer invocation failed, batch will be retried: {e}")
@@ -358,10 +453,12 @@ def run(command):
     if ENV_FILE.exists() and port_open(API_PORT) and port_open(EMULATOR_PORT):
         log("reusing the running stack")
         return subprocess.run(command, cwd=ROOT, env=tool_env(read_env_file())).returncode
-    stack = Stack(reload=False)
+    stack = Stack(reload=False, fault_proxy=os.environ.get("VF_FAULT_PROXY") == "1")
     try:
         stack.start()
         env = dict(stack.env, VF_API_URL=API_URL, VF_FUNCTION_LOG=str(LOGS / "functions.log"))
+        if stack.proxy:
+            env["VF_FAULT_PROXY_URL"] = f"http://127.0.0.1:{FAULT_PROXY_PORT}/__faults"
         return subprocess.run(command, cwd=ROOT, env=tool_env(env)).returncode
     finally:
         stack.stop()

@@ -434,13 +434,24 @@ async fn twenty_parallel_requests_with_one_key_enqueue_exactly_once() {
 async fn over_the_rate_is_429_with_headers_and_accepts_nothing() {
     let stack = Stack::new().await;
     let key = stack.key_with_rate(&ALL_SCOPES, 2).await;
+    let first_window = now_ms() / 1000;
+    let ids: Vec<String> = (0..12).map(|i| format!("r{i}")).collect();
+    let bodies: Vec<String> = ids
+        .iter()
+        .map(|id| json!({"external_user_id": id}).to_string())
+        .collect();
+    let responses = futures::future::join_all(
+        bodies
+            .iter()
+            .map(|body| stack.post_raw(&key, body.clone(), None)),
+    )
+    .await;
+    let last_window = now_ms() / 1000;
     let mut accepted = Vec::new();
     let mut limited = Vec::new();
-    for i in 0..12 {
-        let id = format!("r{i}");
-        let response = stack.post(&key, &json!({"external_user_id": id})).await;
+    for (id, response) in ids.iter().zip(responses) {
         match response.status().as_u16() {
-            202 => accepted.push(id),
+            202 => accepted.push(id.clone()),
             429 => {
                 let headers = response.headers();
                 let retry_after: u64 = headers["retry-after"].to_str().unwrap().parse().unwrap();
@@ -451,17 +462,32 @@ async fn over_the_rate_is_429_with_headers_and_accepts_nothing() {
                     .unwrap()
                     .starts_with("\"workspace\";r=0;t="));
                 assert_eq!(error_of(response).await.1, ["rate_limited"]);
-                limited.push(id);
+                limited.push(id.clone());
             }
             other => panic!("unexpected status {other}"),
         }
     }
-    // Any two consecutive seconds together admit at most twice the rate.
     assert!(
-        !accepted.is_empty() && accepted.len() <= 4,
+        !accepted.is_empty() && !limited.is_empty(),
         "accepted {accepted:?}"
     );
-    assert!(!limited.is_empty());
+    // The shared counters: every accepted request took one token, and no two
+    // consecutive seconds together handed out more than twice the rate.
+    let counters = stack.rate_limits();
+    let mut used = Vec::new();
+    for window in first_window - 1..=last_window + 1 {
+        used.push(counters.used(&stack.workspace, window).await.unwrap());
+    }
+    assert_eq!(
+        used.iter().sum::<u64>(),
+        accepted.len() as u64,
+        "tokens {used:?}"
+    );
+    assert!(
+        used.windows(2).all(|pair| pair[0] + pair[1] <= 4),
+        "tokens per second {used:?}"
+    );
+
     let reader = stack.key(&ALL_SCOPES).await;
     for id in &accepted {
         user_when(&stack, &reader, id, |_| true).await;

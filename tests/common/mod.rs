@@ -9,7 +9,9 @@ use std::future::Future;
 use std::time::{Duration, Instant};
 use vibefollow_users::auth::{generate_key, key_hash, key_id, ApiKeyRecord, Scope};
 use vibefollow_users::config::Resources;
-use vibefollow_users::store::{ApiKeyStore, IdempotencyStore, StoredUser, UserStore};
+use vibefollow_users::store::{
+    ApiKeyStore, IdempotencyStore, RateLimitStore, StoredUser, UserStore,
+};
 
 pub const ALL_SCOPES: [Scope; 3] = [Scope::UsersWrite, Scope::UsersRead, Scope::UsersReadPii];
 
@@ -47,6 +49,10 @@ impl Stack {
 
     pub fn idempotency(&self) -> IdempotencyStore {
         IdempotencyStore::new(self.dynamodb.clone(), &self.resources.idempotency_table)
+    }
+
+    pub fn rate_limits(&self) -> RateLimitStore {
+        RateLimitStore::new(self.dynamodb.clone(), &self.resources.rate_limits_table)
     }
 
     pub fn key_store(&self) -> ApiKeyStore {
