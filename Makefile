@@ -7,7 +7,7 @@ CHECK_STAMP := $(CHECK_VENV)/.installed
 # SAM, cfn-lint, checkov and cargo-lambda (+ zig for arm64) from .venv-check.
 CHECK_ENV := PATH="$(CURDIR)/$(CHECK_VENV)/bin:$$PATH" AWS_DEFAULT_REGION=$${AWS_DEFAULT_REGION:-us-east-1} SAM_CLI_TELEMETRY=0
 
-.PHONY: dev test check build-arm64 deploy deploy-prod venv fmt clean
+.PHONY: dev test bench check build-arm64 deploy deploy-prod venv fmt clean
 
 $(STAMP): dev/requirements.txt
 	python3 -m venv $(VENV)
@@ -25,6 +25,16 @@ test: $(STAMP)
 	cargo test --workspace --lib --bins
 	cargo build --workspace --bins --tests
 	VF_FAULT_PROXY=1 $(PY) dev/stack.py run -- dev/integration.sh
+
+## Benchmarks: criterion hot paths, then load runs against a release-build local stack
+## (loopback only, bounded). Results in target/criterion and target/bench/*.json.
+bench: $(STAMP)
+	cargo bench -p vibefollow-bench --bench hot_path
+	cargo build --release -p vibefollow-bench --bin load
+	VF_RELEASE=1 $(PY) dev/stack.py run -- sh -c '\
+	  target/release/load --clients 8 --requests 400 --rate 20 --visible-every 2 --out target/bench/load-20rps.json && \
+	  target/release/load --clients 16 --requests 600 --rate 50 --visible-every 3 --out target/bench/load-50rps.json && \
+	  target/release/load --clients 8 --requests 600 --out target/bench/load-unpaced.json'
 
 $(CHECK_STAMP): dev/requirements-check.txt
 	python3 -m venv $(CHECK_VENV)

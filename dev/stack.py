@@ -433,6 +433,8 @@ def invoke_consumer(url, event, all_ids, timeout=60):
 
 def up():
     stack = Stack(reload=True)
+    # Ctrl-C even when started from a shell that ignores SIGINT for background jobs.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
         stack.start()
