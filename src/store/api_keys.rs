@@ -1,4 +1,4 @@
-use super::{get_n, get_s, n, s, Item, PARTITION_KEY};
+use super::{condition_held, get_by_key, get_n, get_s, n, s, Item, PARTITION_KEY};
 use crate::auth::{key_id, ApiKeyRecord, Scope};
 use crate::aws::AwsError;
 use aws_sdk_dynamodb::types::AttributeValue;
@@ -20,14 +20,8 @@ impl ApiKeyStore {
     }
 
     pub async fn get(&self, hash: &str) -> Result<Option<ApiKeyRecord>, AwsError> {
-        let out = self
-            .client
-            .get_item()
-            .table_name(&self.table)
-            .key(PARTITION_KEY, s(hash))
-            .send()
-            .await?;
-        Ok(out.item().and_then(record_from_item))
+        let item = get_by_key(&self.client, &self.table, hash.to_owned(), false).await?;
+        Ok(item.as_ref().and_then(record_from_item))
     }
 
     pub async fn put(&self, hash: &str, record: &ApiKeyRecord) -> Result<(), AwsError> {
@@ -85,14 +79,7 @@ impl ApiKeyStore {
                 .expression_attribute_values(":t", AttributeValue::Bool(true))
                 .send()
                 .await;
-            match result {
-                Ok(_) => found = true,
-                Err(err)
-                    if err
-                        .as_service_error()
-                        .is_some_and(|e| e.is_conditional_check_failed_exception()) => {}
-                Err(err) => return Err(err.into()),
-            }
+            found |= condition_held(result)?;
         }
         Ok(found)
     }

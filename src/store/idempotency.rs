@@ -1,4 +1,6 @@
-use super::{get_n, get_s, n, s, workspace_key, Item, PARTITION_KEY, TTL_ATTRIBUTE};
+use super::{
+    condition_held, get_n, get_s, n, s, workspace_key, Item, PARTITION_KEY, TTL_ATTRIBUTE,
+};
 use crate::aws::AwsError;
 use crate::upsert::Stamp;
 use aws_sdk_dynamodb::error::SdkError;
@@ -115,17 +117,11 @@ impl IdempotencyStore {
             .expression_attribute_values(":old_lock", n(old_lock))
             .send()
             .await;
-        match result {
-            Ok(_) => Ok(Claim::Abandoned(original.clone())),
-            Err(err)
-                if err
-                    .as_service_error()
-                    .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
-            {
-                Ok(Claim::InFlight)
-            }
-            Err(err) => Err(err.into()),
-        }
+        Ok(if condition_held(result)? {
+            Claim::Abandoned(original.clone())
+        } else {
+            Claim::InFlight
+        })
     }
 
     /// Records that the request holding the key enqueued its upsert.

@@ -11,8 +11,12 @@ pub use idempotency::{Claim, IdempotencyStore, LOCK_MS};
 pub use rate_limits::RateLimitStore;
 pub use users::{StoredUser, UserStore, WriteOutcome, EMAIL_INDEX, EMAIL_KEY};
 
+use crate::aws::AwsError;
+use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_dynamodb::types::AttributeValue;
+use aws_sdk_dynamodb::Client;
 use std::collections::HashMap;
+use std::fmt::Debug;
 
 /// The partition key attribute of every table (see template.yaml).
 pub const PARTITION_KEY: &str = "pk";
@@ -39,6 +43,42 @@ pub(crate) fn get_n<T: std::str::FromStr>(item: &Item, name: &str) -> Option<T> 
     item.get(name)
         .and_then(|v| v.as_n().ok())
         .and_then(|v| v.parse().ok())
+}
+
+/// One item by partition key; `consistent` for reads that must see the latest write.
+pub(crate) async fn get_by_key(
+    client: &Client,
+    table: &str,
+    key: String,
+    consistent: bool,
+) -> Result<Option<Item>, AwsError> {
+    let out = client
+        .get_item()
+        .table_name(table)
+        .key(PARTITION_KEY, s(key))
+        .consistent_read(consistent)
+        .send()
+        .await?;
+    Ok(out.item)
+}
+
+/// The outcome of a conditional write: `true` if it was applied, `false` if its
+/// condition did not hold; any other failure is an error.
+pub(crate) fn condition_held<T, E, R>(result: Result<T, SdkError<E, R>>) -> Result<bool, AwsError>
+where
+    E: ProvideErrorMetadata + Debug,
+    R: Debug,
+{
+    match result {
+        Ok(_) => Ok(true),
+        Err(err)
+            if err.as_service_error().and_then(|e| e.code())
+                == Some("ConditionalCheckFailedException") =>
+        {
+            Ok(false)
+        }
+        Err(err) => Err(err.into()),
+    }
 }
 
 /// Partition key of per-workspace items: workspace ids never contain `#`.

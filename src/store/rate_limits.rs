@@ -1,4 +1,4 @@
-use super::{get_n, n, s, workspace_key, PARTITION_KEY, TTL_ATTRIBUTE};
+use super::{condition_held, get_by_key, get_n, n, s, workspace_key, PARTITION_KEY, TTL_ATTRIBUTE};
 use crate::aws::AwsError;
 use aws_sdk_dynamodb::Client;
 
@@ -23,18 +23,9 @@ impl RateLimitStore {
 
     /// Tokens already handed out in `window`.
     pub async fn used(&self, workspace_id: &str, window: i64) -> Result<u64, AwsError> {
-        let out = self
-            .client
-            .get_item()
-            .table_name(&self.table)
-            .key(
-                PARTITION_KEY,
-                s(workspace_key(workspace_id, &window.to_string())),
-            )
-            .consistent_read(true)
-            .send()
-            .await?;
-        Ok(out.item().and_then(|item| get_n(item, "used")).unwrap_or(0))
+        let key = workspace_key(workspace_id, &window.to_string());
+        let item = get_by_key(&self.client, &self.table, key, true).await?;
+        Ok(item.and_then(|item| get_n(&item, "used")).unwrap_or(0))
     }
 
     /// Takes `tokens` in `window` if no more than `max_used_before` are taken yet.
@@ -64,16 +55,6 @@ impl RateLimitStore {
             .expression_attribute_values(":max", n(max_used_before))
             .send()
             .await;
-        match result {
-            Ok(_) => Ok(true),
-            Err(err)
-                if err
-                    .as_service_error()
-                    .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
-            {
-                Ok(false)
-            }
-            Err(err) => Err(err.into()),
-        }
+        condition_held(result)
     }
 }

@@ -1,4 +1,4 @@
-use super::{get_n, get_s, n, s, workspace_key, Item, PARTITION_KEY};
+use super::{condition_held, get_by_key, get_n, get_s, n, s, workspace_key, Item, PARTITION_KEY};
 use crate::aws::AwsError;
 use crate::contract::normalize_email;
 use crate::upsert::{ProfileField, Stamp, UserProfile};
@@ -53,18 +53,9 @@ impl UserStore {
         workspace_id: &str,
         external_user_id: &str,
     ) -> Result<Option<StoredUser>, AwsError> {
-        let out = self
-            .client
-            .get_item()
-            .table_name(&self.table)
-            .key(
-                PARTITION_KEY,
-                s(workspace_key(workspace_id, external_user_id)),
-            )
-            .consistent_read(true)
-            .send()
-            .await?;
-        Ok(out.item().and_then(user_from_item))
+        let key = workspace_key(workspace_id, external_user_id);
+        let item = get_by_key(&self.client, &self.table, key, true).await?;
+        Ok(item.as_ref().and_then(user_from_item))
     }
 
     /// Strongly consistent reads of many users in one call per 100 keys (BatchGetItem).
@@ -144,17 +135,11 @@ impl UserStore {
                 .condition_expression("version = :read_version")
                 .expression_attribute_values(":read_version", n(user.version))
         };
-        match request.send().await {
-            Ok(_) => Ok(WriteOutcome::Written),
-            Err(err)
-                if err
-                    .as_service_error()
-                    .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
-            {
-                Ok(WriteOutcome::Conflict)
-            }
-            Err(err) => Err(err.into()),
-        }
+        Ok(if condition_held(request.send().await)? {
+            WriteOutcome::Written
+        } else {
+            WriteOutcome::Conflict
+        })
     }
 
     /// Users of a workspace whose email matches, ignoring case.
