@@ -30,7 +30,9 @@ test: $(STAMP)
 ## (loopback only, bounded). Results in target/criterion and target/bench/*.json.
 bench: $(STAMP)
 	cargo bench -p vibefollow-bench --bench hot_path
-	cargo build --release -p vibefollow-bench --bin load
+	cargo build --release -p vibefollow-bench --bin load --bin api --bin consumer
+	$(PY) dev/init_probe.py target/release/api
+	$(PY) dev/init_probe.py target/release/consumer
 	VF_RELEASE=1 $(PY) dev/stack.py run -- sh -c '\
 	  target/release/load --clients 8 --requests 400 --rate 20 --visible-every 2 --out target/bench/load-20rps.json && \
 	  target/release/load --clients 16 --requests 600 --rate 50 --visible-every 3 --out target/bench/load-50rps.json && \
