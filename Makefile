@@ -30,7 +30,7 @@ test: $(STAMP)
 ## (loopback only, bounded). Results in target/criterion and target/bench/*.json.
 bench: $(STAMP)
 	cargo bench -p vibefollow-bench --bench hot_path
-	cargo build --release -p vibefollow-bench --bin load --bin api --bin consumer
+	cargo build --release --workspace --bin load --bin api --bin consumer
 	$(PY) dev/init_probe.py target/release/api
 	$(PY) dev/init_probe.py target/release/consumer
 	VF_RELEASE=1 $(PY) dev/stack.py run -- sh -c '\
