@@ -422,6 +422,7 @@ fn write_json<T: serde::Serialize + ?Sized>(out: &mut Vec<u8>, value: &T) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
     use serde_json::json;
 
     fn errors(body: Value) -> Vec<(ErrorCode, String)> {
@@ -601,6 +602,55 @@ mod tests {
         let c: Value = serde_json::from_str(r#"{"a":2,"b":{"x":[1,2],"y":"z"}}"#).unwrap();
         assert_eq!(body_hash(&a), body_hash(&b));
         assert_ne!(body_hash(&a), body_hash(&c));
+    }
+
+    fn arb_json() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            any::<f64>()
+                .prop_filter("finite", |f| f.is_finite())
+                .prop_map(Value::from),
+            ".{0,12}".prop_map(Value::from),
+        ];
+        leaf.prop_recursive(20, 128, 6, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..6).prop_map(Value::from),
+                proptest::collection::vec((".{0,8}", inner), 0..6)
+                    .prop_map(|members| Value::Object(members.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic_and_are_refused_cleanly(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            if let Err(BodyError::Invalid(errors)) = parse_upsert(&bytes) {
+                prop_assert!(!errors.is_empty());
+            }
+        }
+
+        #[test]
+        fn arbitrary_json_bodies_are_accepted_or_refused_with_fields(
+            id in prop_oneof![Just(json!("usr_1")), arb_json()],
+            email in prop_oneof![Just(None), arb_json().prop_map(Some)],
+            traits in prop_oneof![arb_json(), proptest::collection::vec((".{0,10}", arb_json()), 0..8)
+                .prop_map(|members| Value::Object(members.into_iter().collect()))],
+        ) {
+            let mut body = json!({"external_user_id": id, "traits": traits});
+            if let Some(email) = email {
+                body["email"] = email;
+            }
+            match parse_upsert(body.to_string().as_bytes()) {
+                Ok(upsert) => prop_assert!(!upsert.changes.traits.contains_key("email")),
+                Err(BodyError::Invalid(errors)) => {
+                    prop_assert!(!errors.is_empty());
+                    prop_assert!(errors.iter().all(|e| e.field.is_some()));
+                }
+                Err(BodyError::InvalidJson(_)) => prop_assert!(false, "a JSON object is never invalid_json"),
+            }
+        }
     }
 
     #[test]
