@@ -39,20 +39,56 @@ where
             SdkError::ServiceError(service) => {
                 let code = service.err().code().unwrap_or("Unknown");
                 let server_side = RETRYABLE_CODES.contains(&code);
-                let detail = format!("{code}: {}", service.err().message().unwrap_or(""));
+                let detail = redact(&format!(
+                    "{code}: {}",
+                    service.err().message().unwrap_or("")
+                ));
                 if server_side {
                     AwsError::Unavailable(detail)
                 } else {
                     AwsError::Internal(detail)
                 }
             }
-            _ => AwsError::Internal(format!("{err:?}")),
+            _ => AwsError::Internal(redact(&format!("{err:?}"))),
         }
     }
+}
+
+/// AWS error details go to the log only; an AWS message can quote an attribute value,
+/// so anything shaped like an email address or an API key is masked first.
+fn redact(detail: &str) -> String {
+    detail
+        .split_inclusive(|c: char| {
+            c.is_whitespace() || matches!(c, '"' | '\'' | ',' | '(' | ')' | '[' | ']' | '{' | '}')
+        })
+        .map(|token| {
+            let word = token.trim_end_matches(|c: char| !c.is_alphanumeric() && c != '_');
+            if word.contains('@') || word.starts_with("sk_live_") || word.starts_with("sk_test_") {
+                token.replacen(word, "[redacted]", 1)
+            } else {
+                token.to_owned()
+            }
+        })
+        .collect()
 }
 
 /// The shared SDK configuration: region, credentials and (locally) `AWS_ENDPOINT_URL`
 /// from the environment. Loading does no network I/O; credentials resolve on first use.
 pub async fn sdk_config() -> aws_config::SdkConfig {
     aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact;
+
+    #[test]
+    fn details_lose_emails_and_keys_but_keep_the_rest() {
+        let detail = r#"ValidationException: bad value "jane@acme.io", key sk_live_abcdefghijklmnopqrstuvwx (x)"#;
+        let clean = redact(detail);
+        assert_eq!(
+            clean,
+            r#"ValidationException: bad value "[redacted]", key [redacted] (x)"#
+        );
+    }
 }
