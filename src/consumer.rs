@@ -26,7 +26,7 @@ pub struct Consumer {
 struct UserBatch<'a> {
     workspace_id: &'a str,
     external_user_id: &'a str,
-    messages: Vec<(&'a str, UpsertMessage)>,
+    messages: &'a [(&'a str, UpsertMessage)],
 }
 
 impl Consumer {
@@ -66,7 +66,7 @@ impl Consumer {
             .map(|((workspace_id, external_user_id), messages)| UserBatch {
                 workspace_id,
                 external_user_id,
-                messages: messages.clone(),
+                messages,
             })
             .collect();
         let users = batches.len();
@@ -147,7 +147,7 @@ impl Consumer {
                 version: 0,
             });
             let mut changed = false;
-            for (_, message) in &batch.messages {
+            for (_, message) in batch.messages {
                 changed |= user.profile.apply(&message.stamp, &message.changes);
             }
             if !changed {

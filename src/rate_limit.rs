@@ -63,7 +63,9 @@ impl RateLimiter {
             Some(used) => used,
             None => self.store.used(workspace_id, window - 1).await?,
         };
-        for tokens in [lease_size(rate), 1] {
+        let lease = lease_size(rate);
+        // The full lease first; when it no longer fits, a single token may still.
+        for tokens in if lease > 1 { vec![lease, 1] } else { vec![1] } {
             let max_before = max_used_before(rate, used_in_previous_window, tokens);
             if self
                 .store
@@ -79,9 +81,6 @@ impl RateLimiter {
                     },
                 );
                 return Ok(RateDecision::Allowed);
-            }
-            if tokens == 1 {
-                break;
             }
         }
         self.grant(

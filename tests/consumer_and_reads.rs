@@ -178,16 +178,12 @@ async fn poison_message_reaches_the_dlq_and_does_not_block_other_users() {
 async fn get_needs_read_scope_and_shows_email_only_with_read_pii() {
     let stack = Stack::new().await;
     let writer = stack.key(&ALL_SCOPES).await;
-    assert_eq!(
-        stack
-            .post(
-                &writer,
-                &json!({"external_user_id": "p", "email": "p@x.io"})
-            )
-            .await
-            .status(),
-        202
-    );
+    stack
+        .accept(
+            &writer,
+            &json!({"external_user_id": "p", "email": "p@x.io"}),
+        )
+        .await;
     user_when(&stack, &writer, "p", |u| u["email"] == "p@x.io").await;
     let reader = stack.key(&[Scope::UsersRead]).await;
     let body: Value = stack.get_user(&reader, "p").await.json().await.unwrap();
@@ -202,13 +198,7 @@ async fn unknown_user_is_404_and_ids_are_url_decoded() {
     let (status, codes, _) = error_of(stack.get_user(&key, "nobody").await).await;
     assert_eq!((status, codes[0].as_str()), (404, "not_found"));
     let odd = "usr/42 é#?";
-    assert_eq!(
-        stack
-            .post(&key, &json!({"external_user_id": odd}))
-            .await
-            .status(),
-        202
-    );
+    stack.accept(&key, &json!({"external_user_id": odd})).await;
     let user = user_when(&stack, &key, odd, |_| true).await;
     assert_eq!(user["external_user_id"], odd);
     assert!(!percent_encode(odd).contains('/'));
@@ -218,16 +208,12 @@ async fn unknown_user_is_404_and_ids_are_url_decoded() {
 async fn lookup_by_email_is_case_insensitive_and_needs_read_pii() {
     let stack = Stack::new().await;
     let key = stack.key(&ALL_SCOPES).await;
-    assert_eq!(
-        stack
-            .post(
-                &key,
-                &json!({"external_user_id": "e1", "email": "Mixed.Case@Example.COM"})
-            )
-            .await
-            .status(),
-        202
-    );
+    stack
+        .accept(
+            &key,
+            &json!({"external_user_id": "e1", "email": "Mixed.Case@Example.COM"}),
+        )
+        .await;
     user_when(&stack, &key, "e1", |u| {
         u["email"] == "Mixed.Case@Example.COM"
     })
@@ -266,24 +252,16 @@ async fn workspaces_never_see_each_others_users() {
     let b = Stack::new().await;
     let key_a = a.key(&ALL_SCOPES).await;
     let key_b = b.key(&ALL_SCOPES).await;
-    assert_eq!(
-        a.post(
-            &key_a,
-            &json!({"external_user_id": "same", "email": "iso@x.io", "traits": {"plan": "a"}})
-        )
-        .await
-        .status(),
-        202
-    );
-    assert_eq!(
-        b.post(
-            &key_b,
-            &json!({"external_user_id": "same", "traits": {"plan": "b"}})
-        )
-        .await
-        .status(),
-        202
-    );
+    a.accept(
+        &key_a,
+        &json!({"external_user_id": "same", "email": "iso@x.io", "traits": {"plan": "a"}}),
+    )
+    .await;
+    b.accept(
+        &key_b,
+        &json!({"external_user_id": "same", "traits": {"plan": "b"}}),
+    )
+    .await;
     user_when(&a, &key_a, "same", |u| u["traits"]["plan"] == "a").await;
     let user_b = user_when(&b, &key_b, "same", |u| u["traits"]["plan"] == "b").await;
     assert!(user_b.get("email").is_none());

@@ -69,6 +69,13 @@ impl Validator {
         self.errors.push(FieldError::new(code, field, message));
     }
 
+    /// An error on `traits.<name>`; `problem` completes "traits.<name> …".
+    fn fail_trait(&mut self, code: ErrorCode, name: &str, problem: &str) {
+        let field = trait_field(name);
+        let message = format!("{field} {problem}");
+        self.fail(code, &field, message);
+    }
+
     fn members(&mut self, members: Map<String, Value>) {
         if !members.contains_key("external_user_id") {
             self.fail(
@@ -210,34 +217,27 @@ impl Validator {
             }
             Value::String(text) => text,
             _ => {
-                let field = trait_field(name);
-                return self.fail(
-                    ErrorCode::InvalidType,
-                    &field,
-                    format!("{field} must be a string or null"),
-                );
+                return self.fail_trait(ErrorCode::InvalidType, name, "must be a string or null");
             }
         };
         let stored = match known {
             ProfileField::SignupDate => match normalize_datetime(&text) {
                 Some(utc) => utc,
                 None => {
-                    let field = trait_field(name);
-                    return self.fail(
+                    return self.fail_trait(
                         ErrorCode::InvalidDatetime,
-                        &field,
-                        format!("{field} is not an RFC 3339 date-time"),
+                        name,
+                        "is not an RFC 3339 date-time",
                     );
                 }
             },
             _ => {
                 let max = max_known_trait_bytes(known);
                 if text.len() > max {
-                    let field = trait_field(name);
-                    return self.fail(
+                    return self.fail_trait(
                         ErrorCode::TooLong,
-                        &field,
-                        format!("{field} is over {max} bytes"),
+                        name,
+                        &format!("is over {max} bytes"),
                     );
                 }
                 text
@@ -265,12 +265,7 @@ impl Validator {
             );
         }
         if nesting_depth(&value) > MAX_TRAIT_DEPTH {
-            let field = trait_field(&name);
-            return self.fail(
-                ErrorCode::TooDeep,
-                &field,
-                format!("{field} nests deeper than 16 levels"),
-            );
+            return self.fail_trait(ErrorCode::TooDeep, &name, "nests deeper than 16 levels");
         }
         if !all_numbers_fit(&value) {
             return self.report_numbers(&mut trait_field(&name), &value);

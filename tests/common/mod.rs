@@ -103,6 +103,12 @@ impl Stack {
         self.post_raw(key, body.to_string(), None).await
     }
 
+    /// Posts an upsert that must be accepted (202).
+    pub async fn accept(&self, key: &str, body: &Value) {
+        let response = self.post(key, body).await;
+        assert_eq!(response.status(), 202, "{body} was not accepted");
+    }
+
     pub async fn post_raw(
         &self,
         key: &str,
