@@ -7,7 +7,7 @@ CHECK_STAMP := $(CHECK_VENV)/.installed
 # SAM, cfn-lint, checkov and cargo-lambda (+ zig for arm64) from .venv-check.
 CHECK_ENV := PATH="$(CURDIR)/$(CHECK_VENV)/bin:$$PATH" AWS_DEFAULT_REGION=$${AWS_DEFAULT_REGION:-us-east-1} SAM_CLI_TELEMETRY=0
 
-.PHONY: dev test bench check build-arm64 deploy deploy-prod venv fmt clean
+.PHONY: dev test bench bench-profiles drill fuzz check build-arm64 deploy deploy-prod venv fmt clean
 
 $(STAMP): dev/requirements.txt
 	python3 -m venv $(VENV)
@@ -26,17 +26,24 @@ test: $(STAMP)
 	cargo build --workspace --bins --tests
 	VF_FAULT_PROXY=1 $(PY) dev/stack.py run -- dev/integration.sh
 
-## Benchmarks: criterion hot paths, then load runs against a release-build local stack
-## (loopback only, bounded). Results in target/criterion and target/bench/*.json.
+## Benchmarks: criterion, callgrind, arm64 sizes, init probes and load runs against a
+## release-build local stack (loopback only, bounded). Writes target/bench/summary.json
+## and the measured table of docs/performance.md.
 bench: $(STAMP)
-	cargo bench -p vibefollow-bench --bench hot_path
-	cargo build --release --workspace --bin load --bin api --bin consumer
-	$(PY) dev/init_probe.py target/release/api
-	$(PY) dev/init_probe.py target/release/consumer
-	VF_RELEASE=1 $(PY) dev/stack.py run -- sh -c '\
-	  target/release/load --clients 8 --requests 400 --rate 20 --visible-every 2 --out target/bench/load-20rps.json && \
-	  target/release/load --clients 16 --requests 600 --rate 50 --visible-every 3 --out target/bench/load-50rps.json && \
-	  target/release/load --clients 8 --requests 600 --out target/bench/load-unpaced.json'
+	$(PY) dev/bench.py
+
+## The release-profile matrix: size, speed and build time of each setting (slow).
+bench-profiles: $(STAMP)
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" bench/profile-matrix.sh
+
+## Reliability drill: load + faults + kills + poison, then the checks; writes
+## docs/reliability.md and target/drill/summary.json.
+drill: $(STAMP)
+	$(PY) dev/drill.py
+
+## Property tests of the request parser with many more cases than `make test` (bounded).
+fuzz:
+	PROPTEST_CASES=$${PROPTEST_CASES:-50000} cargo test --lib contract::
 
 $(CHECK_STAMP): dev/requirements-check.txt
 	python3 -m venv $(CHECK_VENV)

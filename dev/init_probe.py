@@ -26,7 +26,8 @@ class RuntimeApi(http.server.BaseHTTPRequestHandler):
         time.sleep(5)  # never answer: the function stays ready
 
 
-def main(binary, runs):
+def probe(binary, runs=7):
+    """{"runs_ms": [...], "median_warm_ms": …, "peak_rss_kb": …} of `runs` starts."""
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), RuntimeApi)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     env = dict(
@@ -38,7 +39,7 @@ def main(binary, runs):
         USERS_TABLE="users", IDEMPOTENCY_TABLE="idempotency", API_KEYS_TABLE="keys",
         RATE_LIMITS_TABLE="rates", UPSERT_QUEUE_URL="http://127.0.0.1:1/queue",
     )
-    times, peak = [], ""
+    times, peak_kb = [], 0
     for _ in range(runs):
         first_poll.clear()
         started = time.perf_counter()
@@ -51,13 +52,15 @@ def main(binary, runs):
             raise SystemExit(f"{binary} never polled for an event")
         times.append((first_poll["at"] - started) * 1000)
         with open(f"/proc/{process.pid}/status") as status:
-            peak = next(line.split(":", 1)[1].strip() for line in status if line.startswith("VmHWM"))
+            peak_kb = next(int(line.split()[1]) for line in status if line.startswith("VmHWM"))
         process.kill()
         process.wait()
     warm = sorted(times[1:]) or times
-    print(f"{binary}: init {' '.join(f'{t:.1f}' for t in times)} ms "
-          f"(median of warm runs {warm[len(warm) // 2]:.1f} ms), peak RSS at init {peak}")
+    return {"runs_ms": [round(t, 1) for t in times], "median_warm_ms": round(warm[len(warm) // 2], 1),
+            "peak_rss_kb": peak_kb}
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], int(sys.argv[2]) if len(sys.argv) > 2 else 7)
+    result = probe(sys.argv[1], int(sys.argv[2]) if len(sys.argv) > 2 else 7)
+    print(f"{sys.argv[1]}: init {' '.join(map(str, result['runs_ms']))} ms (median of warm runs "
+          f"{result['median_warm_ms']} ms), peak RSS at init {result['peak_rss_kb']} kB")

@@ -4,11 +4,13 @@ watch`, and an SQS → consumer bridge with Lambda's partial-batch semantics.
 
     stack.py up              run until Ctrl-C (what `make dev` does)
     stack.py run -- CMD...   start the stack (or reuse a running one), run CMD, stop
+    stack.py bridge QUEUE_URL  the SQS → consumer bridge alone (the stack starts it)
 
 Tables and queues are created from template.yaml, so local and AWS share one schema.
 """
 import json
 import os
+import random
 import re
 import signal
 import socket
@@ -163,21 +165,39 @@ def create_resources(template):
 
 # --- fault proxy ---------------------------------------------------------------------
 
+class QuietServer(ThreadingHTTPServer):
+    """A client that dies mid-call (the drill kills the functions) is not an error here."""
+    daemon_threads = True
+
+    def handle_error(self, request, client_address):
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
+
+
 class FaultProxy:
-    """Forwards AWS calls to moto, except the operations told to fail.
+    """Forwards AWS calls to moto, except the operations told to misbehave.
 
     `PUT /__faults` with `{"operations": ["AmazonSQS.SendMessage", …], "status": 503,
     "code": "ServiceUnavailable"}` makes those operations (their `X-Amz-Target`) answer
-    that error; `DELETE /__faults` clears it. Both SDK protocols this service uses
-    (DynamoDB and SQS JSON) name the operation in `X-Amz-Target`.
+    that error; `"action": "stall", "delay_ms": 3000` holds them that long and then
+    forwards them; `"probability": 0.3` affects only that share of the calls.
+    `DELETE /__faults` clears it; `GET /__faults` counts calls per operation and the
+    faults injected. Both SDK protocols this service uses (DynamoDB and SQS JSON) name
+    the operation in `X-Amz-Target`.
     """
 
     def __init__(self, port, upstream):
         self.faults = {}
+        self.calls = {}
+        self.injected = {"fail": 0, "stall": 0}
+        self.lock = threading.Lock()
         proxy = self
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            # Headers and body go out in two writes: with Nagle on, the body waits for
+            # the client's delayed ACK (~40 ms a call).
+            disable_nagle_algorithm = True
 
             def log_message(self, *args):
                 pass
@@ -207,6 +227,11 @@ class FaultProxy:
                 self.forward()
 
             def do_GET(self):
+                if self.path == "/__faults":
+                    with proxy.lock:
+                        report = {"calls": proxy.calls, "injected": proxy.injected}
+                        return self.answer(200, json.dumps(report).encode(),
+                                           [("Content-Type", "application/json")])
                 self.forward()
 
             def do_POST(self):
@@ -216,11 +241,20 @@ class FaultProxy:
                 payload = self.body()
                 target = self.headers.get("X-Amz-Target", "")
                 faults = proxy.faults
-                if target and target in faults.get("operations", []):
+                hit = (target and target in faults.get("operations", [])
+                       and random.random() < float(faults.get("probability", 1)))
+                action = faults.get("action", "fail") if hit else None
+                with proxy.lock:
+                    proxy.calls[target] = proxy.calls.get(target, 0) + 1
+                    if action:
+                        proxy.injected[action] += 1
+                if action == "fail":
                     error = json.dumps({"__type": faults.get("code", "ServiceUnavailable"),
                                         "message": "injected by the test fault proxy"}).encode()
                     return self.answer(int(faults.get("status", 503)), error,
                                        [("Content-Type", "application/x-amz-json-1.0")])
+                if action == "stall":
+                    time.sleep(int(faults.get("delay_ms", 3000)) / 1000)
                 headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "content-length")}
                 request = urllib.request.Request(upstream + self.path, data=payload or None,
                                                  method=self.command, headers=headers)
@@ -233,8 +267,7 @@ class FaultProxy:
                           if k.lower() not in ("content-length", "transfer-encoding", "connection", "date", "server")]
                 self.answer(status, data, passed)
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
-        self.server.daemon_threads = True
+        self.server = QuietServer(("127.0.0.1", port), Handler)
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     def close(self):
@@ -271,10 +304,9 @@ class Stack:
         self.fault_proxy = fault_proxy
         self.proxy = None
         self.processes = []
-        self.stopping = threading.Event()
 
-    def spawn(self, name, args, env=None, log_to_terminal=False):
-        log_file = open(LOGS / f"{name}.log", "w")
+    def spawn(self, name, args, env=None, log_to_terminal=False, log_mode="w"):
+        log_file = open(LOGS / f"{name}.log", log_mode)
         process = subprocess.Popen(
             args, cwd=ROOT, env=tool_env(env), stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE if log_to_terminal else log_file, stderr=subprocess.STDOUT,
@@ -309,22 +341,47 @@ class Stack:
         log("building the functions (first time: a few minutes)")
         profile = ["--release"] if RELEASE else []
         subprocess.run(["cargo", "build", "--quiet", "--bin", "api", "--bin", "consumer", *profile], cwd=ROOT, check=True)
+        self.start_functions()
+        self.bridge = None
+        self.start_bridge()
+        log(f"API on {API_URL}/api/v1/users; logs in {LOGS}")
+
+    def start_functions(self, log_mode="w"):
+        profile = ["--release"] if RELEASE else []
         watch = ["cargo", "lambda", "watch", "--invoke-address", "127.0.0.1",
                  "--invoke-port", str(API_PORT), "--env-file", str(ENV_FILE), *profile]
         if not self.reload:
             watch.append("--ignore-changes")
-        self.spawn("functions", watch, log_to_terminal=self.reload)
+        self.functions = self.spawn("functions", watch, log_to_terminal=self.reload, log_mode=log_mode)
         wait_for(lambda: port_open(API_PORT), "cargo lambda watch", 120)
         wait_for(api_answers, "the api function", 300)
         # The consumer starts (and, after a code change, builds) on its first event.
         invoke_consumer(f"{API_URL}/2015-03-31/functions/consumer/invocations", {"Records": []}, set(), timeout=600)
-        threading.Thread(target=bridge, args=(env["UPSERT_QUEUE_URL"], self.stopping), daemon=True).start()
-        log(f"API on {API_URL}/api/v1/users; logs in {LOGS}")
 
-    def create_dev_key(self):
+    def kill_functions(self):
+        """Both functions die at once, mid-request, as crashed Lambda instances would."""
+        self.kill("functions", self.functions)
+        wait_for(lambda: not port_open(API_PORT), "cargo lambda watch to stop", 30)
+
+    def start_bridge(self, log_mode="w"):
+        """The SQS → consumer bridge runs as its own process, so that the drill can kill
+        it mid-batch as a crashed poller would die."""
+        self.bridge = self.spawn("bridge", [sys.executable, str(Path(__file__).resolve()), "bridge",
+                                            self.env["UPSERT_QUEUE_URL"]], log_mode=log_mode)
+
+    def kill_bridge(self):
+        self.kill("bridge", self.bridge)
+
+    def kill(self, name, process):
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+        self.processes.remove((name, process))
+
+    def create_key(self, workspace=DEV_WORKSPACE, scopes=DEV_SCOPES, rate_limit=None):
+        limit = ["--rate-limit", str(rate_limit)] if rate_limit else []
         out = subprocess.run(
             ["cargo", "run", "--quiet", "--bin", "vfctl", "--", "--local", "keys", "create",
-             "--workspace", DEV_WORKSPACE, "--scopes", DEV_SCOPES],
+             "--workspace", workspace, "--scopes", scopes, *limit],
             cwd=ROOT, check=True, capture_output=True, text=True,
         )
         return out.stdout.strip()
@@ -333,7 +390,6 @@ class Stack:
         # A second Ctrl-C or SIGTERM must not cut the clean-up short.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        self.stopping.set()
         for name, process in reversed(self.processes):
             if process.poll() is None:
                 os.killpg(process.pid, signal.SIGTERM)
@@ -368,18 +424,23 @@ def api_answers():
 
 # --- the SQS → consumer bridge ---------------------------------------------------------
 
-def bridge(queue_url, stopping):
+def bridge(queue_url):
     """Polls the queue and invokes the consumer as Lambda's event source mapping does:
-    batches of up to 10, and only the messages not in batchItemFailures are deleted."""
+    batches of up to 10, and only the messages not in batchItemFailures are deleted.
+    Received messages stay invisible for the queue's visibility timeout, or for
+    VF_BRIDGE_VISIBILITY_SECONDS (the drill shortens it so that batches of a killed
+    bridge come back in seconds)."""
     session = boto3.session.Session(aws_access_key_id="test", aws_secret_access_key="test", region_name=REGION)
     sqs = session.client("sqs", endpoint_url=EMULATOR_URL)
     arn = f"arn:aws:sqs:{REGION}:{ACCOUNT}:{queue_url.rsplit('/', 1)[1]}"
     invoke_url = f"{API_URL}/2015-03-31/functions/consumer/invocations"
-    while not stopping.is_set():
+    visibility = os.environ.get("VF_BRIDGE_VISIBILITY_SECONDS")
+    extra = {"VisibilityTimeout": int(visibility)} if visibility else {}
+    while True:
         try:
             received = sqs.receive_message(
                 QueueUrl=queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=1,
-                AttributeNames=["All"], MessageAttributeNames=["All"],
+                AttributeNames=["All"], MessageAttributeNames=["All"], **extra,
             ).get("Messages", [])
         except Exception as e:  # the emulator is stopping or restarting
             log(f"bridge: receive failed: {e}")
@@ -387,6 +448,8 @@ def bridge(queue_url, stopping):
             continue
         if not received:
             continue
+        redelivered = sum(int(m.get("Attributes", {}).get("ApproximateReceiveCount", "1")) > 1 for m in received)
+        print(json.dumps({"batch": len(received), "redelivered": redelivered}), flush=True)
         event = {"Records": [sqs_record(m, arn) for m in received]}
         failed = invoke_consumer(invoke_url, event, {m["MessageId"] for m in received})
         done = [m for m in received if m["MessageId"] not in failed]
@@ -438,7 +501,7 @@ def up():
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
         stack.start()
-        key = stack.create_dev_key()
+        key = stack.create_key()
         print(f"\nVibeFollow Users is running at {API_URL}/api/v1/users", flush=True)
         print(f"Dev API key (workspace '{DEV_WORKSPACE}', all scopes):\n\n    export VF_KEY={key}\n", flush=True)
         print("Press Ctrl-C to stop.", flush=True)
@@ -476,6 +539,9 @@ def read_env_file():
 def main(argv):
     if argv[:1] == ["up"]:
         up()
+        return 0
+    if argv[:1] == ["bridge"] and len(argv) == 2:
+        bridge(argv[1])
         return 0
     if argv[:1] == ["run"] and "--" in argv:
         return run(argv[argv.index("--") + 1:])

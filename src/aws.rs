@@ -2,6 +2,7 @@
 //! reduced to before they reach the HTTP layer or the consumer.
 
 use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
+use aws_smithy_http_client::tls::{rustls_provider::CryptoMode, Provider};
 use std::fmt::Debug;
 
 /// An AWS call that did not do its job. `Unavailable` is worth retrying (throttled,
@@ -75,7 +76,13 @@ fn redact(detail: &str) -> String {
 /// The shared SDK configuration: region, credentials and (locally) `AWS_ENDPOINT_URL`
 /// from the environment. Loading does no network I/O; credentials resolve on first use.
 pub async fn sdk_config() -> aws_config::SdkConfig {
-    aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await
+    let https = aws_smithy_http_client::Builder::new()
+        .tls_provider(Provider::Rustls(CryptoMode::Ring))
+        .build_https();
+    aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .http_client(https)
+        .load()
+        .await
 }
 
 #[cfg(test)]

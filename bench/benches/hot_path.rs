@@ -5,53 +5,11 @@ use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughpu
 use serde_json::json;
 use std::hint::black_box;
 
+use vibefollow_bench::{accept, body_of};
 use vibefollow_users::auth::{bearer_key, key_hash};
-use vibefollow_users::contract::parse_upsert;
 use vibefollow_users::upsert::{
     Changes, ProfileField, Stamp, UpsertMessage, UserProfile, MESSAGE_VERSION,
 };
-
-/// A typical identify call of about `size` bytes: known traits plus custom ones.
-fn body_of(size: usize) -> Vec<u8> {
-    let mut traits = json!({
-        "name": "Jane Doe", "plan": "trial", "signupDate": "2026-05-17T16:00:00+02:00",
-        "company": "Acme Inc.", "role": "engineering_lead",
-        "favoriteColor": "teal", "seats": 12, "beta": true, "tags": ["a", "b", "c"],
-        "address": {"city": "Lisbon", "zip": "1000-001"}
-    });
-    let mut i = 0;
-    while json!({"external_user_id": "usr_42", "email": "jane@acme.io", "traits": traits})
-        .to_string()
-        .len()
-        < size
-    {
-        traits[format!("custom_{i}")] = json!(format!(
-            "value number {i} {}",
-            "with some longer text ".repeat(6)
-        ));
-        i += 1;
-    }
-    json!({"external_user_id": "usr_42", "email": "jane@acme.io", "traits": traits})
-        .to_string()
-        .into_bytes()
-}
-
-/// Everything the api function does to a POST between receiving and sending to SQS.
-fn accept(body: &[u8]) -> String {
-    let upsert = parse_upsert(body).expect("valid body");
-    let message = UpsertMessage {
-        version: MESSAGE_VERSION,
-        workspace_id: "ws".into(),
-        external_user_id: upsert.external_user_id,
-        stamp: Stamp {
-            accepted_at: 1_795_773_600_000,
-            request_id: "0b9e1d5c-1a52-4bde-9a55-7c6b1a3e0001".into(),
-        },
-        changes: upsert.changes,
-    };
-    black_box(upsert.body_hash);
-    message.to_json()
-}
 
 fn api_hot_path(c: &mut Criterion) {
     let header = b"Bearer sk_live_abcdefghijklmnopqrstuvwxyz0123456789ABCD";

@@ -1,7 +1,11 @@
 use super::{parse_email, ErrorCode, FieldError};
 use crate::upsert::{Changes, ProfileField};
+use serde::de::{DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Number, Value};
 use sha2::{Digest, Sha256};
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::fmt;
 use time::format_description::well_known::Rfc3339;
 use time::{OffsetDateTime, UtcOffset};
 
@@ -49,7 +53,102 @@ pub fn parse_upsert(body: &[u8]) -> Result<ValidUpsert, BodyError> {
             changes: validator.changes,
             body_hash,
         }),
-        _ => Err(BodyError::Invalid(validator.errors)),
+        _ => Err(BodyError::Invalid(in_body_order(validator.errors, body))),
+    }
+}
+
+/// The validator walks objects in key order; the contract lists errors in body order.
+/// Errors are rare, so their order is found by a second pass over the raw body that
+/// numbers every member and item path (`traits.tags[2]`) in document order. An error
+/// whose field is not in the body (a missing member) comes first.
+fn in_body_order(errors: Vec<(String, FieldError)>, body: &[u8]) -> Vec<FieldError> {
+    let mut positions = HashMap::new();
+    let mut path = String::new();
+    let recorder = PathRecorder {
+        path: &mut path,
+        positions: &mut positions,
+    };
+    // The body already parsed once; a failure here only leaves positions incomplete.
+    let _ = recorder.deserialize(&mut serde_json::Deserializer::from_slice(body));
+    let mut errors = errors;
+    errors.sort_by_key(|(location, _)| positions.get(location).map_or(0, |p| p + 1));
+    errors.into_iter().map(|(_, error)| error).collect()
+}
+
+struct PathRecorder<'a> {
+    path: &'a mut String,
+    positions: &'a mut HashMap<String, usize>,
+}
+
+impl PathRecorder<'_> {
+    fn child(&mut self) -> PathRecorder<'_> {
+        let position = self.positions.len();
+        self.positions.entry(self.path.clone()).or_insert(position);
+        PathRecorder {
+            path: self.path,
+            positions: self.positions,
+        }
+    }
+}
+
+impl<'de> DeserializeSeed<'de> for PathRecorder<'_> {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for PathRecorder<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("JSON")
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_str<E>(self, _: &str) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_unit<E>(self) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(mut self, mut items: A) -> Result<(), A::Error> {
+        let len = self.path.len();
+        for i in 0.. {
+            self.path.push_str(&format!("[{i}]"));
+            let more = items.next_element_seed(self.child())?.is_some();
+            self.path.truncate(len);
+            if !more {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    fn visit_map<A: MapAccess<'de>>(mut self, mut members: A) -> Result<(), A::Error> {
+        let len = self.path.len();
+        while let Some(name) = members.next_key::<Cow<'de, str>>()? {
+            if len > 0 {
+                self.path.push('.');
+            }
+            self.path.push_str(&name);
+            members.next_value_seed(self.child())?;
+            self.path.truncate(len);
+        }
+        Ok(())
     }
 }
 
@@ -59,14 +158,26 @@ fn trait_field(name: &str) -> String {
 
 #[derive(Default)]
 struct Validator {
-    errors: Vec<FieldError>,
+    /// Each error with the body path it is about, for `in_body_order`.
+    errors: Vec<(String, FieldError)>,
     external_user_id: Option<String>,
     changes: Changes,
 }
 
 impl Validator {
     fn fail(&mut self, code: ErrorCode, field: &str, message: impl Into<String>) {
-        self.errors.push(FieldError::new(code, field, message));
+        self.fail_at(field.to_owned(), code, field, message);
+    }
+
+    fn fail_at(
+        &mut self,
+        location: String,
+        code: ErrorCode,
+        field: &str,
+        message: impl Into<String>,
+    ) {
+        self.errors
+            .push((location, FieldError::new(code, field, message)));
     }
 
     /// An error on `traits.<name>`; `problem` completes "traits.<name> …".
@@ -248,7 +359,12 @@ impl Validator {
 
     fn custom_trait(&mut self, name: String, value: Value) {
         if name.is_empty() {
-            return self.fail(ErrorCode::Empty, "traits", "a trait name must not be empty");
+            return self.fail_at(
+                trait_field(&name),
+                ErrorCode::Empty,
+                "traits",
+                "a trait name must not be empty",
+            );
         }
         if name.len() > MAX_TRAIT_NAME_BYTES {
             return self.fail(
@@ -370,48 +486,13 @@ pub fn validate_idempotency_key(raw: &[u8]) -> Result<&str, FieldError> {
     }
 }
 
-/// SHA-256 (hex) of the body's canonical JSON: members sorted, no whitespace, so two
-/// bodies that parse to the same JSON hash the same.
+/// SHA-256 (hex) of the body's canonical JSON: members sorted (objects parse into
+/// sorted maps), no whitespace, so two bodies that parse to the same JSON hash the same.
 pub fn body_hash(body: &Value) -> String {
-    // One buffer and one digest: far cheaper than many small hasher updates.
     let mut canonical = Vec::with_capacity(1024);
-    write_canonical(&mut canonical, body);
-    hex::encode(Sha256::digest(&canonical))
-}
-
-fn write_canonical(out: &mut Vec<u8>, value: &Value) {
-    match value {
-        Value::Object(members) => {
-            let mut sorted: Vec<(&String, &Value)> = members.iter().collect();
-            sorted.sort_unstable_by(|a, b| a.0.cmp(b.0));
-            out.push(b'{');
-            for (i, (name, member)) in sorted.into_iter().enumerate() {
-                if i > 0 {
-                    out.push(b',');
-                }
-                write_json(out, name);
-                out.push(b':');
-                write_canonical(out, member);
-            }
-            out.push(b'}');
-        }
-        Value::Array(items) => {
-            out.push(b'[');
-            for (i, item) in items.iter().enumerate() {
-                if i > 0 {
-                    out.push(b',');
-                }
-                write_canonical(out, item);
-            }
-            out.push(b']');
-        }
-        scalar => write_json(out, scalar),
-    }
-}
-
-fn write_json<T: serde::Serialize + ?Sized>(out: &mut Vec<u8>, value: &T) {
     // Writing into a Vec cannot fail.
-    let _ = serde_json::to_writer(out, value);
+    let _ = serde_json::to_writer(&mut canonical, body);
+    hex::encode(Sha256::digest(&canonical))
 }
 
 #[cfg(test)]
@@ -421,7 +502,12 @@ mod tests {
     use serde_json::json;
 
     fn errors(body: Value) -> Vec<(ErrorCode, String)> {
-        match parse_upsert(body.to_string().as_bytes()) {
+        errors_of(&body.to_string())
+    }
+
+    /// For bodies whose member order matters: `json!` sorts members.
+    fn errors_of(body: &str) -> Vec<(ErrorCode, String)> {
+        match parse_upsert(body.as_bytes()) {
             Err(BodyError::Invalid(errors)) => errors
                 .into_iter()
                 .map(|e| (e.code, e.field.unwrap_or_default()))
@@ -457,12 +543,10 @@ mod tests {
 
     #[test]
     fn errors_come_in_body_order() {
-        let found = errors(json!({
-            "traits": {"plan": 5, "signupDate": "yesterday"},
-            "email": "nope",
-            "external_user_id": "",
-            "extra": 1
-        }));
+        let found = errors_of(
+            r#"{"traits": {"plan": 5, "signupDate": "yesterday"}, "email": "nope",
+                "external_user_id": "", "extra": 1}"#,
+        );
         let fields: Vec<&str> = found.iter().map(|(_, f)| f.as_str()).collect();
         assert_eq!(
             fields,
@@ -476,6 +560,14 @@ mod tests {
         );
         assert_eq!(found[1].0, ErrorCode::InvalidDatetime);
         assert_eq!(found[4].0, ErrorCode::UnknownField);
+        // An empty trait name is reported on `traits`, but where it stands.
+        assert_eq!(
+            errors_of(r#"{"external_user_id": "u", "traits": {"plan": 5, "": 1}}"#),
+            [
+                (ErrorCode::InvalidType, "traits.plan".into()),
+                (ErrorCode::Empty, "traits".into())
+            ]
+        );
     }
 
     #[test]
@@ -530,9 +622,11 @@ mod tests {
             json!({"external_user_id": "u", "traits": {"plan": "p".repeat(256), "name": "n".repeat(1024)}}),
         );
         assert_eq!(
-            errors(
-                json!({"external_user_id": "u", "traits": {"plan": "p".repeat(257), "name": "n".repeat(1025)}})
-            ),
+            errors_of(&format!(
+                r#"{{"external_user_id": "u", "traits": {{"plan": "{}", "name": "{}"}}}}"#,
+                "p".repeat(257),
+                "n".repeat(1025)
+            )),
             [
                 (ErrorCode::TooLong, "traits.plan".into()),
                 (ErrorCode::TooLong, "traits.name".into())
@@ -555,8 +649,8 @@ mod tests {
 
     #[test]
     fn numbers_outside_dynamodb_range_name_their_path() {
-        let found = errors(
-            json!({"external_user_id": "u", "traits": {"tags": [1, 2, 1e200], "address": {"lat": 1e-200}}}),
+        let found = errors_of(
+            r#"{"external_user_id": "u", "traits": {"tags": [1, 2, 1e200], "address": {"lat": 1e-200}}}"#,
         );
         assert_eq!(
             found,

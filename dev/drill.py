@@ -1,0 +1,582 @@
+#!/usr/bin/env python3
+"""`make drill`: load and faults against the local stack, then proof that nothing was
+lost, duplicated or leaked.
+
+M clients send K upserts each over a shared pool of users, with Idempotency-Keys and
+retries (after a timeout, 409, 429, 5xx), while a chaos thread makes DynamoDB and SQS
+calls fail or stall (the stack's fault proxy), kills and restarts the SQS → consumer
+bridge mid-batch, and puts poison messages on the queue. Probes that must be refused
+(422, 401, 403, 413, 415) carry markers that must never be stored. Then, with the faults
+cleared, the drill waits for the queue to drain and checks:
+
+- every 202 applied, and each user's stored state (values and per-field stamps) equals
+  the in-order application of its accepted upserts, ordered by the stamps that the
+  Idempotency-Key records hold (an independent re-implementation of the merge);
+- nothing applied twice in effect: no stored field carries an older or unknown stamp;
+- every non-202 changed nothing: no marker stored, no stamp from a refused request;
+- every retried request eventually got its 202;
+- the DLQ holds exactly the poison messages;
+- cross-workspace reads, writes and Idempotency-Keys are refused or isolated;
+- the function and bridge logs hold no API key and no email address.
+
+Figures go to target/drill/summary.json and docs/reliability.md. Exit status 1 when a
+check fails. Bounded: VF_DRILL_CLIENTS (8) × VF_DRILL_UPSERTS (50), VF_DRILL_USERS
+(20) users, VF_DRILL_SEED (7); the whole drill gives up after VF_DRILL_DEADLINE (600) s.
+"""
+import json
+import os
+import random
+import re
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+import uuid
+from decimal import Decimal
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import stack  # noqa: E402
+from boto3.dynamodb.types import TypeDeserializer  # noqa: E402
+
+CLIENTS = int(os.environ.get("VF_DRILL_CLIENTS", "8"))
+UPSERTS = int(os.environ.get("VF_DRILL_UPSERTS", "50"))
+USERS = int(os.environ.get("VF_DRILL_USERS", "20"))
+SEED = int(os.environ.get("VF_DRILL_SEED", "7"))
+DEADLINE = time.monotonic() + int(os.environ.get("VF_DRILL_DEADLINE", "600"))
+# Low enough that eight clients run into it: 429s are part of the drill.
+RATE_LIMIT = 15
+CLIENT_TIMEOUT = 2.5
+# Longer than any injected fault, so that an accepted upsert is never given up on.
+GIVE_UP_AFTER = 120
+WORKSPACE, OTHER_WORKSPACE = "drill-a", "drill-b"
+USERS_URL = f"{stack.API_URL}/api/v1/users"
+OUT = stack.ROOT / "target" / "drill"
+REPORT = stack.ROOT / "docs" / "reliability.md"
+FAULTS_URL = f"http://127.0.0.1:{stack.FAULT_PROXY_PORT}/__faults"
+
+DYNAMODB = "DynamoDB_20120810."
+SQS = "AmazonSQS."
+# (what, fault, seconds): the chaos thread cycles through these, two seconds apart.
+FAULTS = [
+    ("DynamoDB PutItem fails (500) for half the calls", {
+        "operations": [DYNAMODB + "PutItem"], "status": 500, "code": "InternalServerError",
+        "probability": 0.5}, 3),
+    ("SQS SendMessage stalls 3.5 s (clients time out at 2.5 s)", {
+        "operations": [SQS + "SendMessage"], "action": "stall", "delay_ms": 3500}, 4),
+    ("SQS SendMessage fails (503)", {
+        "operations": [SQS + "SendMessage"], "status": 503, "code": "ServiceUnavailable"}, 2),
+    ("every DynamoDB call stalls 2 s", {
+        "operations": [DYNAMODB + op for op in
+                       ("PutItem", "GetItem", "BatchGetItem", "UpdateItem", "DeleteItem", "Query")],
+        "action": "stall", "delay_ms": 2000}, 3),
+    ("DynamoDB BatchGetItem and PutItem throttled for 70 % of the calls", {
+        "operations": [DYNAMODB + "BatchGetItem", DYNAMODB + "PutItem"], "status": 400,
+        "code": "ThrottlingException", "probability": 0.7}, 3),
+]
+POISON = ["this is not JSON", '{"version":9,"workspace_id":"drill-a"}', "[]",
+          '{"version":1,"workspace_id":"drill-a","external_user_id":"u"}']
+KEY_PATTERN = re.compile(r"sk_(?:live|test)_[A-Za-z0-9]{8,}")
+EMAIL_PATTERN = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}")
+
+
+def log(message):
+    print(f"[drill] {message}", file=sys.stderr, flush=True)
+
+
+def post(key, body, idempotency_key=None, content_type="application/json", timeout=CLIENT_TIMEOUT):
+    """(status, headers) of one POST; status None when it timed out or failed to connect."""
+    headers = {"Authorization": f"Bearer {key}", "Content-Type": content_type}
+    if idempotency_key:
+        headers["Idempotency-Key"] = idempotency_key
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    request = urllib.request.Request(USERS_URL, data=data, method="POST", headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            response.read()
+            return response.status, response.headers
+    except urllib.error.HTTPError as e:
+        e.read()
+        return e.code, e.headers
+    except OSError:
+        return None, {}
+
+
+def get(key, path):
+    request = urllib.request.Request(f"{USERS_URL}{path}", headers={"Authorization": f"Bearer {key}"})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, json.load(response)
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read() or b"{}")
+
+
+# --- clients -------------------------------------------------------------------------
+
+def upsert_body(rng, client, seq, user):
+    """A body touching a random subset of fields; `traits.last` is shared by all."""
+    traits = {f"c{client}": seq, "last": f"{client}-{seq}"}
+    body = {"external_user_id": user, "traits": traits}
+    if rng.random() < 0.3:
+        traits["plan"] = None if rng.random() < 0.2 else rng.choice(["free", "pro", "team"])
+    if rng.random() < 0.2:
+        body["email"] = None if rng.random() < 0.2 else f"{user}.{client}.{seq}@drill.example"
+    if rng.random() < 0.2:
+        traits["color"] = None if rng.random() < 0.3 else rng.choice(["teal", "red", "blue"])
+    if rng.random() < 0.1:
+        traits["nested"] = {"seq": seq, "list": [client, seq, {"deep": True}]}
+    return body
+
+
+class Client(threading.Thread):
+    def __init__(self, number, key, users):
+        super().__init__(daemon=True)
+        self.number = number
+        self.key = key
+        self.users = users
+        self.rng = random.Random(SEED * 1000 + number)
+        self.records = []
+
+    def run(self):
+        for seq in range(UPSERTS):
+            user = self.rng.choice(self.users)
+            body = upsert_body(self.rng, self.number, seq, user)
+            self.records.append(self.send(body, str(uuid.uuid4())))
+
+    def send(self, body, idempotency_key):
+        """Retries with the same key and body until a final answer, as the SDK does."""
+        record = {"user": body["external_user_id"], "body": body, "key": idempotency_key,
+                  "attempts": [], "status": None, "replayed": False}
+        started = time.monotonic()
+        while time.monotonic() - started < GIVE_UP_AFTER:
+            status, headers = post(self.key, body, idempotency_key)
+            record["attempts"].append(status or "timeout")
+            if status is not None and status < 500 and status not in (409, 429):
+                record["status"] = status
+                record["replayed"] = headers.get("Idempotent-Replayed") == "true"
+                break
+            retry_after = headers.get("Retry-After")
+            delay = float(retry_after) if retry_after else 0.5
+            time.sleep(delay * (0.5 + self.rng.random()))
+        return record
+
+
+def probes(key, read_only_key):
+    """Requests that must be refused; each carries a marker that must never be stored."""
+    found = []
+
+    def probe(expected, marker, body, use_key=key, content_type="application/json"):
+        # Over the rate limit or during a fault the answer is 429/5xx first: retry.
+        for _ in range(60):
+            status, headers = post(use_key, body, str(uuid.uuid4()), content_type=content_type, timeout=30)
+            if status is not None and status != 429 and status < 500:
+                break
+            time.sleep(float(headers.get("Retry-After") or 1))
+        found.append({"expected": expected, "status": status, "marker": marker})
+
+    for i in range(3):
+        marker = f"probe_{uuid.uuid4().hex}"
+        user = f"user-{i}"
+        probe(422, marker, {"external_user_id": user, "email": "not-an-address", "traits": {marker: 1}})
+        probe(401, marker, {"external_user_id": user, "traits": {marker: 1}},
+              use_key="sk_test_" + uuid.uuid4().hex)
+        probe(403, marker, {"external_user_id": user, "traits": {marker: 1}}, use_key=read_only_key)
+        probe(415, marker, json.dumps({"external_user_id": user, "traits": {marker: 1}}).encode(),
+              content_type="text/plain")
+        probe(413, marker, {"external_user_id": user, "traits": {marker: "x" * 40_000}})
+    return found
+
+
+# --- chaos ---------------------------------------------------------------------------
+
+class Chaos(threading.Thread):
+    """Faults, bridge kills and poison messages until told to stop."""
+
+    def __init__(self, the_stack, sqs, queue_url):
+        super().__init__(daemon=True)
+        self.stack = the_stack
+        self.sqs = sqs
+        self.queue_url = queue_url
+        self.stop = threading.Event()
+        self.windows = []
+        self.bridge_kills = 0
+        self.function_kills = 0
+        self.poisoned = 0
+        self.last_fault_cleared = time.monotonic()
+
+    def set_faults(self, faults):
+        request = urllib.request.Request(FAULTS_URL, data=json.dumps(faults).encode(), method="PUT")
+        urllib.request.urlopen(request, timeout=5).read()
+
+    def clear_faults(self):
+        urllib.request.urlopen(urllib.request.Request(FAULTS_URL, method="DELETE"), timeout=5).read()
+        self.last_fault_cleared = time.monotonic()
+
+    def run(self):
+        rng = random.Random(SEED)
+        step = 0
+        while not self.stop.wait(2):
+            if step == 1:
+                for body in POISON:
+                    self.sqs.send_message(QueueUrl=self.queue_url, MessageBody=body)
+                    self.poisoned += 1
+            if step % 4 == 3:
+                self.restart_functions(rng)
+            elif step % 4 == 1:
+                self.kill_bridge(rng)
+            what, faults, seconds = FAULTS[step % len(FAULTS)]
+            self.set_faults(faults)
+            self.windows.append({"fault": what, "seconds": seconds})
+            self.stop.wait(seconds)
+            self.clear_faults()
+            step += 1
+        self.clear_faults()
+
+    def kill_bridge(self, rng):
+        # Mid-batch more often than not: the bridge is busy while clients are.
+        time.sleep(rng.random())
+        self.stack.kill_bridge()
+        self.bridge_kills += 1
+        time.sleep(1 + rng.random())
+        self.stack.start_bridge(log_mode="a")
+
+    def restart_functions(self, rng):
+        time.sleep(rng.random())
+        self.stack.kill_functions()
+        self.function_kills += 1
+        self.stack.start_functions(log_mode="a")
+
+
+# --- checks --------------------------------------------------------------------------
+
+def stamp_of(text):
+    accepted_at, request_id = text.split("/", 1)
+    return int(accepted_at), request_id
+
+
+def expected_state(accepted):
+    """The in-order application of accepted upserts: per field, the greatest stamp wins."""
+    users = {}
+    for record in sorted(accepted, key=lambda r: r["stamp"]):
+        fields = users.setdefault(record["user"], {})
+        body = record["body"]
+        if "email" in body:
+            fields["email"] = (body["email"], record["stamp"])
+        for name, value in body["traits"].items():
+            key = "plan" if name == "plan" else f"traits.{name}"
+            fields[key] = (value, record["stamp"])
+    return users
+
+
+def stored_state(item):
+    """The user item as {field: (value, stamp)}, removed fields with value None."""
+    plain = {k: TypeDeserializer().deserialize(v) for k, v in item.items()}
+    traits = plain.get("traits", {})
+    fields = {}
+    for key, text in plain.get("stamps", {}).items():
+        if key.startswith("traits."):
+            value = traits.get(key[len("traits."):])
+        else:
+            value = plain.get(key)
+        fields[key] = (normalize(value), stamp_of(text))
+    return fields
+
+
+def normalize(value):
+    """DynamoDB numbers come back as Decimal."""
+    if isinstance(value, dict):
+        return {k: normalize(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [normalize(v) for v in value]
+    if isinstance(value, Decimal):
+        return int(value) if value == int(value) else float(value)
+    return value
+
+
+def scan(dynamodb, table):
+    items, start = [], {}
+    while True:
+        page = dynamodb.scan(TableName=table, ConsistentRead=True, **start)
+        items += page["Items"]
+        if "LastEvaluatedKey" not in page:
+            return items
+        start = {"ExclusiveStartKey": page["LastEvaluatedKey"]}
+
+
+def queue_depth(sqs, url):
+    attributes = sqs.get_queue_attributes(
+        QueueUrl=url, AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
+    )["Attributes"]
+    return sum(int(v) for v in attributes.values())
+
+
+def drain_dlq(sqs, url):
+    bodies = []
+    while True:
+        got = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10, WaitTimeSeconds=1).get("Messages", [])
+        if not got:
+            return bodies
+        bodies += [m["Body"] for m in got]
+        sqs.delete_message_batch(QueueUrl=url, Entries=[
+            {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(got)])
+
+
+def cross_workspace(key, other_key, accepted, stored):
+    """Reads, writes and Idempotency-Keys of another workspace: refused or isolated. Each
+    read is also made with the owner's key, so that a check that cannot fail fails."""
+    sample = accepted[0]
+    results = {}
+    own, _ = get(key, f"/{sample['user']}")
+    other, _ = get(other_key, f"/{sample['user']}")
+    results["read of the other workspace's user: 404 (200 for its owner)"] = (own, other) == (200, 404)
+    email = next((fields["email"][0] for fields in stored.values()
+                  if fields.get("email", (None,))[0]), None)
+    if email:
+        query = f"?email={urllib.request.quote(email)}"
+        own, own_found = get(key, query)
+        other, other_found = get(other_key, query)
+        results["email lookup in the other workspace: none found (one for its owner)"] = (
+            own == other == 200 and len(own_found["data"]) == 1 and other_found["data"] == [])
+    marker = f"probe_{uuid.uuid4().hex}"
+    status, headers = post(other_key, {"external_user_id": sample["user"], "traits": {marker: 1}},
+                           sample["key"], timeout=30)
+    results["other workspace reusing a key with another body: 202, not replayed"] = (
+        status == 202 and headers.get("Idempotent-Replayed") != "true")
+    landed = False
+    for _ in range(40):
+        found, body = get(other_key, f"/{sample['user']}")
+        landed = found == 200 and marker in body["data"].get("traits", {})
+        if landed:
+            break
+        time.sleep(0.25)
+    results["other workspace's write landed in its own user"] = landed
+    return results, marker
+
+
+def scan_logs():
+    found = {"api_keys": 0, "email_addresses": 0}
+    for path in sorted(stack.LOGS.glob("*.log")):
+        if path.name == "moto.log":
+            continue  # the emulator's request log is not ours to keep clean
+        text = path.read_text(errors="replace")
+        found["api_keys"] += len(KEY_PATTERN.findall(text))
+        found["email_addresses"] += len(EMAIL_PATTERN.findall(text))
+    return found
+
+
+def bridge_deliveries():
+    batches = delivered = redelivered = 0
+    for line in (stack.LOGS / "bridge.log").read_text(errors="replace").splitlines():
+        if line.startswith("{"):
+            entry = json.loads(line)
+            batches += 1
+            delivered += entry["batch"]
+            redelivered += entry["redelivered"]
+    return {"batches": batches, "messages_delivered": delivered, "redelivered": redelivered}
+
+
+# --- the drill -----------------------------------------------------------------------
+
+def drill(the_stack):
+    session = stack.boto3.session.Session(aws_access_key_id="test", aws_secret_access_key="test",
+                                          region_name=stack.REGION)
+    dynamodb = session.client("dynamodb", endpoint_url=stack.EMULATOR_URL)
+    sqs = session.client("sqs", endpoint_url=stack.EMULATOR_URL)
+    env = the_stack.env
+    key = the_stack.create_key(WORKSPACE, stack.DEV_SCOPES, RATE_LIMIT)
+    read_only_key = the_stack.create_key(WORKSPACE, "users:read")
+    other_key = the_stack.create_key(OTHER_WORKSPACE, stack.DEV_SCOPES)
+    users = [f"user-{i}" for i in range(USERS)]
+
+    chaos = Chaos(the_stack, sqs, env["UPSERT_QUEUE_URL"])
+    clients = [Client(i, key, users) for i in range(CLIENTS)]
+    log(f"{CLIENTS} clients x {UPSERTS} upserts over {USERS} users, with faults")
+    started = time.monotonic()
+    chaos.start()
+    for client in clients:
+        client.start()
+    probe_results = probes(key, read_only_key)
+    for client in clients:
+        client.join(max(1, DEADLINE - time.monotonic()))
+    load_seconds = time.monotonic() - started
+    chaos.stop.set()
+    chaos.join()
+    if any(c.is_alive() for c in clients):
+        raise SystemExit("[drill] clients did not finish before the deadline")
+    if not the_stack.bridge or the_stack.bridge.poll() is not None:
+        the_stack.start_bridge(log_mode="a")
+
+    records = [r for c in clients for r in c.records]
+    accepted = [r for r in records if r["status"] == 202]
+    idempotency = {item["pk"]["S"]: item for item in scan(dynamodb, env["IDEMPOTENCY_TABLE"])}
+    for record in accepted:
+        item = idempotency.get(f"{WORKSPACE}#{record['key']}")
+        record["stamp"] = (int(item["accepted_at"]["N"]), item["request_id"]["S"]) if item else None
+    expected = expected_state([r for r in accepted if r["stamp"]])
+
+    # Recovery: faults are off; wait until the queue is drained and every user matches.
+    log("faults cleared; waiting for the queue to drain")
+    while True:
+        items = {i["external_user_id"]["S"]: i for i in scan(dynamodb, env["USERS_TABLE"])
+                 if i["workspace_id"]["S"] == WORKSPACE}
+        stored = {user: stored_state(item) for user, item in items.items()}
+        depth = queue_depth(sqs, env["UPSERT_QUEUE_URL"])
+        if (stored == expected and depth == 0) or time.monotonic() > DEADLINE:
+            break
+        time.sleep(0.5)
+    recovery_seconds = time.monotonic() - chaos.last_fault_cleared
+
+    # Poison messages reach the DLQ after the queue's five receives.
+    while queue_depth(sqs, env["DLQ_URL"]) < len(POISON) and time.monotonic() < DEADLINE:
+        time.sleep(0.5)
+    dlq = drain_dlq(sqs, env["DLQ_URL"])
+
+    cross, cross_marker = cross_workspace(key, other_key, accepted, stored)
+    all_items = scan(dynamodb, env["USERS_TABLE"])
+    all_text = json.dumps(all_items)
+    markers = [p["marker"] for p in probe_results]
+    accepted_ids = {r["stamp"][1] for r in accepted if r["stamp"]}
+
+    # Per accepted upsert: applied when every field it touched holds its stamp or a later one.
+    lost = 0
+    for record in accepted:
+        fields = stored.get(record["user"], {})
+        touched = (["email"] if "email" in record["body"] else []) + [
+            "plan" if n == "plan" else f"traits.{n}" for n in record["body"]["traits"]]
+        if not record["stamp"] or any(f not in fields or fields[f][1] < record["stamp"] for f in touched):
+            lost += 1
+    stale_fields = sum(1 for user, fields in stored.items() for f, (value, stamp) in fields.items()
+                       if expected.get(user, {}).get(f) != (value, stamp))
+    foreign_stamps = sum(1 for fields in stored.values() for _, (_, stamp) in fields.items()
+                         if stamp[1] not in accepted_ids)
+    retried = [r for r in records if len(r["attempts"]) > 1]
+    attempts = [a for r in records for a in r["attempts"]]
+    proxy = json.load(urllib.request.urlopen(FAULTS_URL, timeout=5))
+    sends = proxy["calls"].get(SQS + "SendMessage", 0)
+    logs = scan_logs()
+
+    checks = {
+        "every 202 applied (lost = 0)": lost == 0,
+        "final state = in-order application of the accepted upserts": stored == expected,
+        "nothing applied twice in effect (no stale or foreign stamp)": stale_fields == 0 and foreign_stamps == 0,
+        "every probe refused with its status": all(p["status"] == p["expected"] for p in probe_results),
+        "no refused request changed anything (markers stored: 0)": not any(m in all_text for m in markers),
+        "every retried request eventually got its 202": all(r["status"] == 202 for r in records),
+        "queue drained": queue_depth(sqs, env["UPSERT_QUEUE_URL"]) == 0,
+        "DLQ holds exactly the poison messages": sorted(dlq) == sorted(POISON),
+        "cross-workspace write isolated (other workspace's users unchanged)": cross_marker not in json.dumps(
+            [i for i in all_items if i["workspace_id"]["S"] == WORKSPACE]),
+        **{f"cross-workspace: {k}": v for k, v in cross.items()},
+        "logs: 0 API keys, 0 email addresses": logs == {"api_keys": 0, "email_addresses": 0},
+    }
+    summary = {
+        "config": {"clients": CLIENTS, "upserts_per_client": UPSERTS, "users": USERS, "seed": SEED,
+                   "rate_limit_per_s": RATE_LIMIT, "client_timeout_s": CLIENT_TIMEOUT},
+        "requests": {
+            "upserts": len(records), "accepted": len(accepted),
+            "answered_replayed": sum(r["replayed"] for r in accepted),
+            "http_attempts": len(attempts), "retried_upserts": len(retried),
+            "retry_causes": {str(k): attempts.count(k) for k in ("timeout", 409, 429, 500, 503)},
+            "probes": len(probe_results),
+            "load_seconds": round(load_seconds, 1),
+        },
+        "outcome": {"lost": lost, "stale_or_duplicated_fields": stale_fields,
+                    "fields_with_foreign_stamps": foreign_stamps, "users": len(stored),
+                    "fields_checked": sum(len(f) for f in stored.values())},
+        "faults": {"windows": len(chaos.windows), "calls_failed": proxy["injected"]["fail"],
+                   "calls_stalled": proxy["injected"]["stall"], "bridge_kills": chaos.bridge_kills,
+                   "function_kills": chaos.function_kills,
+                   "poison_messages": chaos.poisoned, "sqs_send_message_calls": sends,
+                   "dlq_messages": len(dlq), **bridge_deliveries()},
+        "recovery_seconds": round(recovery_seconds, 1),
+        "logs": logs,
+        "checks": checks,
+    }
+    return summary
+
+
+def write_report(summary):
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    req, out, faults, cfg = summary["requests"], summary["outcome"], summary["faults"], summary["config"]
+    causes = ", ".join(f"{v} × {k}" for k, v in req["retry_causes"].items() if v)
+    rows = "\n".join(f"| {name} | {'pass' if ok else '**FAIL**'} |" for name, ok in summary["checks"].items())
+    windows = "\n".join(f"- {what} ({seconds} s)" for what, _, seconds in FAULTS)
+    REPORT.write_text(f"""# Reliability
+
+Written by `make drill` (`dev/drill.py`): {cfg['clients']} clients × {cfg['upserts_per_client']} upserts
+over {cfg['users']} shared users against the local stack, with faults; seed {cfg['seed']}. Rerun it
+to regenerate this page (figures vary a little from run to run with timing).
+
+## Figures
+
+| | |
+|---|---|
+| upserts sent | {req['upserts']} (HTTP attempts: {req['http_attempts']}) |
+| accepted (202) | {req['accepted']} ({req['answered_replayed']} answered as replays) |
+| lost | {out['lost']} |
+| applied twice in effect (stale or foreign stamps) | {out['stale_or_duplicated_fields'] + out['fields_with_foreign_stamps']} of {out['fields_checked']} stored fields |
+| upserts that needed retries | {req['retried_upserts']} ({causes}) |
+| refused probes (422/401/403/415/413) | {req['probes']}, none stored |
+| fault windows | {faults['windows']}: {faults['calls_failed']} AWS calls failed, {faults['calls_stalled']} stalled |
+| kills | bridge (SIGKILL, often mid-batch, back 1–2 s later): {faults['bridge_kills']}; both functions (`cargo lambda watch` and its function processes, mid-request, restarted cold): {faults['function_kills']} |
+| SQS SendMessage calls by the api | {faults['sqs_send_message_calls']} for {req['accepted']} accepted upserts |
+| messages delivered to the consumer | {faults['messages_delivered']} in {faults['batches']} batches, {faults['redelivered']} redeliveries |
+| poison messages injected / in the DLQ | {faults['poison_messages']} / {faults['dlq_messages']} |
+| load phase | {req['load_seconds']} s |
+| recovery (last fault cleared → queue drained, every user correct) | {summary['recovery_seconds']} s |
+| log scan (functions, bridge) | {summary['logs']['api_keys']} API keys, {summary['logs']['email_addresses']} email addresses |
+
+## Checks
+
+| check | result |
+|---|---|
+{rows}
+
+## How
+
+- Clients retry with the same Idempotency-Key and body after a timeout ({cfg['client_timeout_s']} s), 409,
+  429 and 5xx, honouring `Retry-After`, as the TypeScript SDK does. The drill's key has a rate
+  limit of {cfg['rate_limit_per_s']}/s so that 429s happen.
+- Faults come from the stack's fault proxy between the functions and moto, cycled two seconds
+  apart while the clients run:
+{windows}
+- The SQS → consumer bridge is a process of its own; the drill SIGKILLs it (often mid-batch)
+  and restarts it. It also kills `cargo lambda watch` with both functions mid-request (a
+  crashed instance: in-flight POSTs lose their connection, an in-flight consumer batch is
+  not deleted) and starts them again cold. Received messages stay invisible for 4 s locally
+  (`VF_BRIDGE_VISIBILITY_SECONDS`), and a failed message comes back after 3 s
+  (`VF_BRIDGE_RETRY_SECONDS`), so five receives span longer than any fault window; on AWS both
+  are the queue's 180 s visibility timeout.
+- The oracle is independent of the Rust code: the drill reads each accepted upsert's stamp
+  (`accepted_at`, request id) from its Idempotency-Key record, applies the accepted bodies in
+  stamp order in Python, and compares values and per-field stamps with the users table.
+  A field whose stored stamp is older than expected would be a lost or re-applied upsert; a
+  stamp of no accepted request would be a refused request that changed something.
+- Parser fuzzing is separate: `make fuzz` (in CI) runs the property tests over arbitrary
+  bytes and JSON with more cases.
+""")
+
+
+def main():
+    os.environ.setdefault("VF_BRIDGE_RETRY_SECONDS", "3")
+    os.environ.setdefault("VF_BRIDGE_VISIBILITY_SECONDS", "4")
+    the_stack = stack.Stack(reload=False, fault_proxy=True)
+    try:
+        the_stack.start()
+        summary = drill(the_stack)
+    finally:
+        the_stack.stop()
+    write_report(summary)
+    print(json.dumps(summary, indent=2))
+    failed = [name for name, ok in summary["checks"].items() if not ok]
+    if failed:
+        log("FAILED: " + "; ".join(failed))
+        return 1
+    log(f"all checks passed; report in {REPORT.relative_to(stack.ROOT)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
