@@ -16,7 +16,7 @@ variants=(
   "lto=fat:CARGO_PROFILE_RELEASE_LTO=fat"
   "opt-level=s:CARGO_PROFILE_RELEASE_OPT_LEVEL=s"
   "opt-level=z:CARGO_PROFILE_RELEASE_OPT_LEVEL=z"
-  "panic=abort:CARGO_PROFILE_RELEASE_PANIC=abort"
+  "panic=unwind:CARGO_PROFILE_RELEASE_PANIC=unwind"
 )
 [ $# -gt 0 ] && variants=("$@")
 
@@ -43,4 +43,22 @@ for variant in "${variants[@]}"; do
 done
 echo "]" >> "$out.tmp"
 mv "$out.tmp" "$out"
-echo "written: $out"
+python3 - "$out" docs/performance.md <<'PY'
+import json, sys
+rows = json.load(open(sys.argv[1]))
+base = rows[0]
+def delta(value, ref):
+    return f"{value:,} ({(value - ref) / ref:+.1%})" if value != ref else f"{value:,}"
+table = ["| variant | api bytes | consumer bytes | 1 KB hot path, instructions | arm64 build |",
+         "|---|---|---|---|---|"]
+for r in rows:
+    table.append(f"| {r['variant']} | {delta(r['api_bytes'], base['api_bytes'])} | "
+                 f"{delta(r['consumer_bytes'], base['consumer_bytes'])} | "
+                 f"{delta(r['hot_path_1kb_instructions'], base['hot_path_1kb_instructions'])} | "
+                 f"{r['arm64_build_seconds']} s |")
+doc = open(sys.argv[2]).read()
+begin, end = "<!-- profiles:begin -->", "<!-- profiles:end -->"
+start, stop = doc.index(begin) + len(begin), doc.index(end)
+open(sys.argv[2], "w").write(doc[:start] + "\n" + "\n".join(table) + "\n" + doc[stop:])
+PY
+echo "written: $out and the table in docs/performance.md"

@@ -255,17 +255,22 @@ def stamp_of(text):
     return int(accepted_at), request_id
 
 
+def touched_fields(body):
+    """{stored field: value} of what a drill body sets or removes (`plan` is a profile
+    attribute, other traits live under `traits.`)."""
+    fields = {"email": body["email"]} if "email" in body else {}
+    for name, value in body["traits"].items():
+        fields["plan" if name == "plan" else f"traits.{name}"] = value
+    return fields
+
+
 def expected_state(accepted):
     """The in-order application of accepted upserts: per field, the greatest stamp wins."""
     users = {}
     for record in sorted(accepted, key=lambda r: r["stamp"]):
         fields = users.setdefault(record["user"], {})
-        body = record["body"]
-        if "email" in body:
-            fields["email"] = (body["email"], record["stamp"])
-        for name, value in body["traits"].items():
-            key = "plan" if name == "plan" else f"traits.{name}"
-            fields[key] = (value, record["stamp"])
+        for field, value in touched_fields(record["body"]).items():
+            fields[field] = (value, record["stamp"])
     return users
 
 
@@ -381,33 +386,47 @@ def bridge_deliveries():
 def drill(the_stack):
     session = stack.boto3.session.Session(aws_access_key_id="test", aws_secret_access_key="test",
                                           region_name=stack.REGION)
-    dynamodb = session.client("dynamodb", endpoint_url=stack.EMULATOR_URL)
-    sqs = session.client("sqs", endpoint_url=stack.EMULATOR_URL)
-    env = the_stack.env
-    key = the_stack.create_key(WORKSPACE, stack.DEV_SCOPES, RATE_LIMIT)
-    read_only_key = the_stack.create_key(WORKSPACE, "users:read")
-    other_key = the_stack.create_key(OTHER_WORKSPACE, stack.DEV_SCOPES)
-    users = [f"user-{i}" for i in range(USERS)]
+    aws = {"dynamodb": session.client("dynamodb", endpoint_url=stack.EMULATOR_URL),
+           "sqs": session.client("sqs", endpoint_url=stack.EMULATOR_URL)}
+    keys = {"write": the_stack.create_key(WORKSPACE, stack.DEV_SCOPES, RATE_LIMIT),
+            "read_only": the_stack.create_key(WORKSPACE, "users:read"),
+            "other_workspace": the_stack.create_key(OTHER_WORKSPACE, stack.DEV_SCOPES)}
+    load = run_load(the_stack, aws, keys)
+    return verify(the_stack.env, aws, keys, load)
 
-    chaos = Chaos(the_stack, sqs, env["UPSERT_QUEUE_URL"])
-    clients = [Client(i, key, users) for i in range(CLIENTS)]
+
+def run_load(the_stack, aws, keys):
+    """Clients, probes and chaos together, until every client is done."""
+    users = [f"user-{i}" for i in range(USERS)]
+    chaos = Chaos(the_stack, aws["sqs"], the_stack.env["UPSERT_QUEUE_URL"])
+    clients = [Client(i, keys["write"], users) for i in range(CLIENTS)]
     log(f"{CLIENTS} clients x {UPSERTS} upserts over {USERS} users, with faults")
     started = time.monotonic()
     chaos.start()
     for client in clients:
         client.start()
-    probe_results = probes(key, read_only_key)
+    probe_results = probes(keys["write"], keys["read_only"])
     for client in clients:
         client.join(max(1, DEADLINE - time.monotonic()))
-    load_seconds = time.monotonic() - started
+    seconds = time.monotonic() - started
     chaos.stop.set()
     chaos.join()
     if any(c.is_alive() for c in clients):
         raise SystemExit("[drill] clients did not finish before the deadline")
-    if not the_stack.bridge or the_stack.bridge.poll() is not None:
+    if the_stack.bridge.poll() is not None:
         the_stack.start_bridge(log_mode="a")
+    return {"records": [r for c in clients for r in c.records], "probes": probe_results,
+            "chaos": chaos, "seconds": seconds}
 
-    records = [r for c in clients for r in c.records]
+
+def stored_users(dynamodb, env):
+    return {i["external_user_id"]["S"]: stored_state(i) for i in scan(dynamodb, env["USERS_TABLE"])
+            if i["workspace_id"]["S"] == WORKSPACE}
+
+
+def verify(env, aws, keys, load):
+    dynamodb, sqs = aws["dynamodb"], aws["sqs"]
+    records, chaos = load["records"], load["chaos"]
     accepted = [r for r in records if r["status"] == 202]
     idempotency = {item["pk"]["S"]: item for item in scan(dynamodb, env["IDEMPOTENCY_TABLE"])}
     for record in accepted:
@@ -415,85 +434,74 @@ def drill(the_stack):
         record["stamp"] = (int(item["accepted_at"]["N"]), item["request_id"]["S"]) if item else None
     expected = expected_state([r for r in accepted if r["stamp"]])
 
-    # Recovery: faults are off; wait until the queue is drained and every user matches.
-    log("faults cleared; waiting for the queue to drain")
+    log("faults cleared; waiting for the queue to drain and every user to match")
     while True:
-        items = {i["external_user_id"]["S"]: i for i in scan(dynamodb, env["USERS_TABLE"])
-                 if i["workspace_id"]["S"] == WORKSPACE}
-        stored = {user: stored_state(item) for user, item in items.items()}
-        depth = queue_depth(sqs, env["UPSERT_QUEUE_URL"])
-        if (stored == expected and depth == 0) or time.monotonic() > DEADLINE:
+        stored = stored_users(dynamodb, env)
+        drained = queue_depth(sqs, env["UPSERT_QUEUE_URL"]) == 0
+        if (stored == expected and drained) or time.monotonic() > DEADLINE:
             break
         time.sleep(0.5)
     recovery_seconds = time.monotonic() - chaos.last_fault_cleared
-
     # Poison messages reach the DLQ after the queue's five receives.
     while queue_depth(sqs, env["DLQ_URL"]) < len(POISON) and time.monotonic() < DEADLINE:
         time.sleep(0.5)
     dlq = drain_dlq(sqs, env["DLQ_URL"])
-
-    cross, cross_marker = cross_workspace(key, other_key, accepted, stored)
+    cross, cross_marker = cross_workspace(keys["write"], keys["other_workspace"], accepted, stored)
     all_items = scan(dynamodb, env["USERS_TABLE"])
-    all_text = json.dumps(all_items)
-    markers = [p["marker"] for p in probe_results]
-    accepted_ids = {r["stamp"][1] for r in accepted if r["stamp"]}
+    own_items = json.dumps([i for i in all_items if i["workspace_id"]["S"] == WORKSPACE])
 
-    # Per accepted upsert: applied when every field it touched holds its stamp or a later one.
-    lost = 0
-    for record in accepted:
-        fields = stored.get(record["user"], {})
-        touched = (["email"] if "email" in record["body"] else []) + [
-            "plan" if n == "plan" else f"traits.{n}" for n in record["body"]["traits"]]
-        if not record["stamp"] or any(f not in fields or fields[f][1] < record["stamp"] for f in touched):
-            lost += 1
-    stale_fields = sum(1 for user, fields in stored.items() for f, (value, stamp) in fields.items()
-                       if expected.get(user, {}).get(f) != (value, stamp))
-    foreign_stamps = sum(1 for fields in stored.values() for _, (_, stamp) in fields.items()
+    # Applied: every field the upsert touched holds its stamp or a later one.
+    lost = sum(1 for r in accepted if not r["stamp"] or any(
+        f not in stored.get(r["user"], {}) or stored[r["user"]][f][1] < r["stamp"]
+        for f in touched_fields(r["body"])))
+    stale_fields = sum(1 for user, fields in stored.items() for f, value_and_stamp in fields.items()
+                       if expected.get(user, {}).get(f) != value_and_stamp)
+    accepted_ids = {r["stamp"][1] for r in accepted if r["stamp"]}
+    foreign_stamps = sum(1 for fields in stored.values() for _, stamp in fields.values()
                          if stamp[1] not in accepted_ids)
-    retried = [r for r in records if len(r["attempts"]) > 1]
     attempts = [a for r in records for a in r["attempts"]]
     proxy = json.load(urllib.request.urlopen(FAULTS_URL, timeout=5))
-    sends = proxy["calls"].get(SQS + "SendMessage", 0)
     logs = scan_logs()
-
+    probe_results = load["probes"]
+    markers = [p["marker"] for p in probe_results]
     checks = {
         "every 202 applied (lost = 0)": lost == 0,
         "final state = in-order application of the accepted upserts": stored == expected,
-        "nothing applied twice in effect (no stale or foreign stamp)": stale_fields == 0 and foreign_stamps == 0,
+        "nothing applied twice in effect (no stale or foreign stamp)": stale_fields == foreign_stamps == 0,
         "every probe refused with its status": all(p["status"] == p["expected"] for p in probe_results),
-        "no refused request changed anything (markers stored: 0)": not any(m in all_text for m in markers),
+        "no refused request changed anything (markers stored: 0)":
+            not any(m in json.dumps(all_items) for m in markers),
         "every retried request eventually got its 202": all(r["status"] == 202 for r in records),
         "queue drained": queue_depth(sqs, env["UPSERT_QUEUE_URL"]) == 0,
         "DLQ holds exactly the poison messages": sorted(dlq) == sorted(POISON),
-        "cross-workspace write isolated (other workspace's users unchanged)": cross_marker not in json.dumps(
-            [i for i in all_items if i["workspace_id"]["S"] == WORKSPACE]),
+        "cross-workspace write isolated (this workspace's users unchanged)": cross_marker not in own_items,
         **{f"cross-workspace: {k}": v for k, v in cross.items()},
         "logs: 0 API keys, 0 email addresses": logs == {"api_keys": 0, "email_addresses": 0},
     }
-    summary = {
+    return {
         "config": {"clients": CLIENTS, "upserts_per_client": UPSERTS, "users": USERS, "seed": SEED,
                    "rate_limit_per_s": RATE_LIMIT, "client_timeout_s": CLIENT_TIMEOUT},
         "requests": {
             "upserts": len(records), "accepted": len(accepted),
             "answered_replayed": sum(r["replayed"] for r in accepted),
-            "http_attempts": len(attempts), "retried_upserts": len(retried),
+            "http_attempts": len(attempts),
+            "retried_upserts": sum(1 for r in records if len(r["attempts"]) > 1),
             "retry_causes": {str(k): attempts.count(k) for k in ("timeout", 409, 429, 500, 503)},
             "probes": len(probe_results),
-            "load_seconds": round(load_seconds, 1),
+            "load_seconds": round(load["seconds"], 1),
         },
         "outcome": {"lost": lost, "stale_or_duplicated_fields": stale_fields,
                     "fields_with_foreign_stamps": foreign_stamps, "users": len(stored),
                     "fields_checked": sum(len(f) for f in stored.values())},
         "faults": {"windows": len(chaos.windows), "calls_failed": proxy["injected"]["fail"],
                    "calls_stalled": proxy["injected"]["stall"], "bridge_kills": chaos.bridge_kills,
-                   "function_kills": chaos.function_kills,
-                   "poison_messages": chaos.poisoned, "sqs_send_message_calls": sends,
+                   "function_kills": chaos.function_kills, "poison_messages": chaos.poisoned,
+                   "sqs_send_message_calls": proxy["calls"].get(SQS + "SendMessage", 0),
                    "dlq_messages": len(dlq), **bridge_deliveries()},
         "recovery_seconds": round(recovery_seconds, 1),
         "logs": logs,
         "checks": checks,
     }
-    return summary
 
 
 def write_report(summary):
