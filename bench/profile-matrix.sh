@@ -13,7 +13,7 @@ mkdir -p target/bench
 
 variants=(
   "shipped:"
-  "lto=fat:CARGO_PROFILE_RELEASE_LTO=fat"
+  "lto=thin:CARGO_PROFILE_RELEASE_LTO=thin"
   "opt-level=s:CARGO_PROFILE_RELEASE_OPT_LEVEL=s"
   "opt-level=z:CARGO_PROFILE_RELEASE_OPT_LEVEL=z"
   "panic=unwind:CARGO_PROFILE_RELEASE_PANIC=unwind"

@@ -82,6 +82,7 @@ def instructions():
 
 
 def arm64_sizes():
+    run("rustup", "target", "add", "aarch64-unknown-linux-gnu")
     run("cargo", "lambda", "build", "--quiet", "--release", "--arm64", "--bin", "api", "--bin", "consumer")
     return {f: (ROOT / "target" / "lambda" / f / "bootstrap").stat().st_size for f in ("api", "consumer")}
 

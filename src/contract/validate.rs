@@ -61,7 +61,7 @@ pub fn parse_upsert(body: &[u8]) -> Result<ValidUpsert, BodyError> {
 /// Errors are rare, so their order is found by a second pass over the raw body that
 /// numbers every member and item path (`traits.tags[2]`) in document order. An error
 /// whose field is not in the body (a missing member) comes first.
-fn in_body_order(errors: Vec<(String, FieldError)>, body: &[u8]) -> Vec<FieldError> {
+fn in_body_order(mut errors: Vec<(String, FieldError)>, body: &[u8]) -> Vec<FieldError> {
     let mut positions = HashMap::new();
     let mut path = String::new();
     let recorder = PathRecorder {
@@ -70,7 +70,6 @@ fn in_body_order(errors: Vec<(String, FieldError)>, body: &[u8]) -> Vec<FieldErr
     };
     // The body already parsed once; a failure here only leaves positions incomplete.
     let _ = recorder.deserialize(&mut serde_json::Deserializer::from_slice(body));
-    let mut errors = errors;
     errors.sort_by_key(|(location, _)| positions.get(location).map_or(0, |p| p + 1));
     errors.into_iter().map(|(_, error)| error).collect()
 }
