@@ -43,7 +43,7 @@ drill: $(STAMP)
 
 ## Property tests of the request parser with many more cases than `make test` (bounded).
 fuzz:
-	PROPTEST_CASES=$${PROPTEST_CASES:-50000} cargo test --workspace --lib contract::
+	PROPTEST_CASES=$${PROPTEST_CASES:-20000} cargo test --workspace --lib contract::
 
 $(CHECK_STAMP): dev/requirements-check.txt
 	python3 -m venv $(CHECK_VENV)
