@@ -87,14 +87,12 @@ def arm64_sizes():
     return {f: (ROOT / "target" / "lambda" / f / "bootstrap").stat().st_size for f in ("api", "consumer")}
 
 
-def peak_rss_kb(binary):
+def running_peak_rss_kb(binary):
     """VmHWM of the running process started from `binary` (under cargo lambda watch)."""
-    for status in Path("/proc").glob("[0-9]*/status"):
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
         try:
-            cmdline = (status.parent / "cmdline").read_bytes().split(b"\0")[0].decode()
-            if cmdline.endswith(f"target/release/{binary}"):
-                return next(int(line.split()[1]) for line in status.read_text().splitlines()
-                            if line.startswith("VmHWM"))
+            if cmdline.read_bytes().split(b"\0")[0].decode().endswith(f"target/release/{binary}"):
+                return init_probe.peak_rss_kb(cmdline.parent.name)
         except (OSError, StopIteration):
             continue
     return None
@@ -110,7 +108,7 @@ def load():
             out = OUT / f"load-{name.replace(' ', '-').replace('/', '')}.json"
             run(str(ROOT / "target/release/load"), *flags, "--out", str(out), env=env)
             runs.append(dict(json.loads(out.read_text()), name=name))
-        rss = {f: peak_rss_kb(f) for f in ("api", "consumer")}
+        rss = {f: running_peak_rss_kb(f) for f in ("api", "consumer")}
     finally:
         the_stack.stop()
     return runs, rss

@@ -145,34 +145,39 @@ class Client(threading.Thread):
             self.records.append(self.send(body, str(uuid.uuid4())))
 
     def send(self, body, idempotency_key):
-        """Retries with the same key and body until a final answer, as the SDK does."""
-        record = {"user": body["external_user_id"], "body": body, "key": idempotency_key,
-                  "attempts": [], "status": None, "replayed": False}
-        started = time.monotonic()
-        while time.monotonic() - started < GIVE_UP_AFTER:
-            status, headers = post(self.key, body, idempotency_key)
-            record["attempts"].append(status or "timeout")
-            if status is not None and status < 500 and status not in (409, 429):
-                record["status"] = status
-                record["replayed"] = headers.get("Idempotent-Replayed") == "true"
-                break
-            retry_after = headers.get("Retry-After")
-            delay = float(retry_after) if retry_after else 0.5
-            time.sleep(delay * (0.5 + self.rng.random()))
-        return record
+        status, headers, attempts = post_until_answered(self.key, body, idempotency_key, self.rng)
+        return {"user": body["external_user_id"], "body": body, "key": idempotency_key,
+                "attempts": attempts, "status": status,
+                "replayed": headers.get("Idempotent-Replayed") == "true"}
+
+
+def post_until_answered(key, body, idempotency_key, rng, content_type="application/json",
+                        timeout=CLIENT_TIMEOUT):
+    """Retries with the same key and body after a timeout, 409, 429 or 5xx, honouring
+    Retry-After with jitter, as the SDK does. (status, headers, attempts); status None
+    when it gave up."""
+    attempts = []
+    started = time.monotonic()
+    while time.monotonic() - started < GIVE_UP_AFTER:
+        status, headers = post(key, body, idempotency_key, content_type=content_type, timeout=timeout)
+        attempts.append(status or "timeout")
+        if status is not None and status < 500 and status not in (409, 429):
+            return status, headers, attempts
+        retry_after = headers.get("Retry-After")
+        time.sleep((float(retry_after) if retry_after else 0.5) * (0.5 + rng.random()))
+    return None, {}, attempts
 
 
 def probes(key, read_only_key):
     """Requests that must be refused; each carries a marker that must never be stored."""
     found = []
 
+    rng = random.Random(SEED)
+
     def probe(expected, marker, body, use_key=key, content_type="application/json"):
-        # Over the rate limit or during a fault the answer is 429/5xx first: retry.
-        for _ in range(60):
-            status, headers = post(use_key, body, str(uuid.uuid4()), content_type=content_type, timeout=30)
-            if status is not None and status != 429 and status < 500:
-                break
-            time.sleep(float(headers.get("Retry-After") or 1))
+        # Over the rate limit or during a fault the answer is 429/5xx first: retried.
+        status, _, _ = post_until_answered(use_key, body, str(uuid.uuid4()), rng,
+                                           content_type=content_type, timeout=30)
         found.append({"expected": expected, "status": status, "marker": marker})
 
     for i in range(3):
@@ -199,7 +204,7 @@ class Chaos(threading.Thread):
         self.sqs = sqs
         self.queue_url = queue_url
         self.stop = threading.Event()
-        self.windows = []
+        self.fault_windows = 0
         self.bridge_kills = 0
         self.function_kills = 0
         self.poisoned = 0
@@ -227,7 +232,7 @@ class Chaos(threading.Thread):
                 self.kill_bridge(rng)
             what, faults, seconds = FAULTS[step % len(FAULTS)]
             self.set_faults(faults)
-            self.windows.append({"fault": what, "seconds": seconds})
+            self.fault_windows += 1
             self.stop.wait(seconds)
             self.clear_faults()
             step += 1
@@ -493,7 +498,7 @@ def verify(env, aws, keys, load):
         "outcome": {"lost": lost, "stale_or_duplicated_fields": stale_fields,
                     "fields_with_foreign_stamps": foreign_stamps, "users": len(stored),
                     "fields_checked": sum(len(f) for f in stored.values())},
-        "faults": {"windows": len(chaos.windows), "calls_failed": proxy["injected"]["fail"],
+        "faults": {"windows": chaos.fault_windows, "calls_failed": proxy["injected"]["fail"],
                    "calls_stalled": proxy["injected"]["stall"], "bridge_kills": chaos.bridge_kills,
                    "function_kills": chaos.function_kills, "poison_messages": chaos.poisoned,
                    "sqs_send_message_calls": proxy["calls"].get(SQS + "SendMessage", 0),

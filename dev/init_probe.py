@@ -26,6 +26,12 @@ class RuntimeApi(http.server.BaseHTTPRequestHandler):
         time.sleep(5)  # never answer: the function stays ready
 
 
+def peak_rss_kb(pid):
+    """VmHWM of a live process, in kB."""
+    with open(f"/proc/{pid}/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("VmHWM"))
+
+
 def probe(binary, runs=7):
     """{"runs_ms": [...], "median_warm_ms": …, "peak_rss_kb": …} of `runs` starts."""
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), RuntimeApi)
@@ -51,8 +57,7 @@ def probe(binary, runs=7):
             process.kill()
             raise SystemExit(f"{binary} never polled for an event")
         times.append((first_poll["at"] - started) * 1000)
-        with open(f"/proc/{process.pid}/status") as status:
-            peak_kb = next(int(line.split()[1]) for line in status if line.startswith("VmHWM"))
+        peak_kb = peak_rss_kb(process.pid)
         process.kill()
         process.wait()
     warm = sorted(times[1:]) or times
