@@ -20,11 +20,13 @@ venv: $(STAMP)
 dev: $(STAMP)
 	$(PY) dev/stack.py up
 
-## Unit tests, then integration tests against the local stack (started here).
+## Unit tests (Rust, then the local stack's own tools), then integration tests against
+## the local stack (started here, functions under the Lambda-faithful runtime).
 test: $(STAMP)
 	cargo test --workspace --lib --bins
+	$(PY) -m unittest discover -s dev -p 'test_*.py'
 	cargo build --workspace --bins --tests
-	VF_FAULT_PROXY=1 $(PY) dev/stack.py run -- dev/integration.sh
+	$(PY) dev/stack.py run -- dev/integration.sh
 
 ## Benchmarks: criterion, callgrind, arm64 sizes, init probes and load runs against a
 ## release-build local stack (loopback only, bounded). Writes target/bench/summary.json

@@ -575,7 +575,7 @@ to regenerate this page (figures vary a little from run to run with timing).
 def main():
     os.environ.setdefault("VF_BRIDGE_RETRY_SECONDS", "3")
     os.environ.setdefault("VF_BRIDGE_VISIBILITY_SECONDS", "4")
-    the_stack = stack.Stack(reload=False, fault_proxy=True)
+    the_stack = stack.Stack(reload=False)
     try:
         the_stack.start()
         summary = drill(the_stack)

@@ -1,12 +1,16 @@
 #!/usr/bin/env python3
-"""The local stack: moto (DynamoDB + SQS), the two functions under `cargo lambda
-watch`, and an SQS → consumer bridge with Lambda's partial-batch semantics.
+"""The local stack: moto (DynamoDB + SQS) behind a proxy that enforces DynamoDB's
+limits (and injects faults for tests), the two functions as release binaries under the
+Lambda-faithful runtime (`dev/faithful`: frozen after each answer, many instances), and
+an SQS → consumer bridge with Lambda's partial-batch semantics.
 
     stack.py up              run until Ctrl-C (what `make dev` does)
     stack.py run -- CMD...   start the stack (or reuse a running one), run CMD, stop
     stack.py bridge QUEUE_URL  the SQS → consumer bridge alone (the stack starts it)
 
 Tables and queues are created from template.yaml, so local and AWS share one schema.
+VF_RUNTIME=watch runs the functions under `cargo lambda watch` instead (debug builds,
+rebuilt on change, one never-frozen instance each: kinder than Lambda).
 """
 import json
 import os
@@ -27,6 +31,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import boto3
 import yaml
 
+from dynamodb_limits import violation
+from faithful import Fleet, FleetError, FunctionConfig
+
 ROOT = Path(__file__).resolve().parent.parent
 LOCAL = ROOT / ".local"
 LOGS = LOCAL / "logs"
@@ -38,8 +45,8 @@ REGION = "us-east-1"
 ACCOUNT = "123456789012"  # moto's default account
 EMULATOR_PORT = int(os.environ.get("VF_EMULATOR_PORT", "4566"))
 API_PORT = int(os.environ.get("VF_API_PORT", "9000"))
-# `stack.py run` puts a fault proxy between the functions and moto, so that tests can
-# make chosen AWS operations fail (see FaultProxy).
+# A proxy between the functions and moto refuses what DynamoDB would refuse and lets
+# tests make chosen AWS operations fail (see FaultProxy).
 FAULT_PROXY_PORT = int(os.environ.get("VF_FAULT_PROXY_PORT", "4567"))
 EMULATOR_URL = f"http://127.0.0.1:{EMULATOR_PORT}"
 API_URL = f"http://127.0.0.1:{API_PORT}"
@@ -47,8 +54,16 @@ API_URL = f"http://127.0.0.1:{API_PORT}"
 # AWS); locally the bridge makes it visible again after this many seconds so retries
 # and the trip to the DLQ take seconds, not minutes.
 RETRY_DELAY_SECONDS = int(os.environ.get("VF_BRIDGE_RETRY_SECONDS", "1"))
-# VF_RELEASE=1 runs the functions as release builds (what `make bench` measures).
-RELEASE = os.environ.get("VF_RELEASE") == "1"
+# "faithful" (default): release binaries as Lambda runs them; "watch": cargo lambda watch.
+RUNTIME = os.environ.get("VF_RUNTIME", "faithful")
+# VF_RELEASE=1 makes `cargo lambda watch` build release binaries too.
+RELEASE = RUNTIME == "faithful" or os.environ.get("VF_RELEASE") == "1"
+# Instances per function under the faithful runtime (at least 4 api instances and 2
+# consumers, so that retries and concurrent batches cross instances).
+API_INSTANCES = (int(os.environ.get("VF_API_MIN", "4")), int(os.environ.get("VF_API_MAX", "24")))
+CONSUMER_INSTANCES = (2, 4)
+# Concurrent SQS pollers of the bridge: Lambda's event source mapping polls with several.
+BRIDGE_POLLERS = int(os.environ.get("VF_BRIDGE_POLLERS", "2"))
 DEV_WORKSPACE = "dev"
 DEV_SCOPES = "users:write,users:read,users:read_pii"
 
@@ -129,6 +144,21 @@ def function_environment(template, names):
     return {k: resolve(v, names) for k, v in variables.items()}
 
 
+def key_schemas(tables, names):
+    """Table name → (partition key, sort key or None), for the DynamoDB limits."""
+    schemas = {}
+    for logical, props in tables.items():
+        keys = {k["KeyType"]: k["AttributeName"] for k in props["KeySchema"]}
+        schemas[names[logical]] = (keys["HASH"], keys.get("RANGE"))
+    return schemas
+
+
+def function_settings(template, logical):
+    """Timeout (s) and memory (MB) of a function of the template."""
+    merged = dict(template["Globals"]["Function"], **template["Resources"][logical]["Properties"])
+    return int(merged.get("Timeout", 3)), int(merged.get("MemorySize", 128))
+
+
 def create_resources(template):
     names, tables, queues = local_resources(template)
     session = boto3.session.Session(aws_access_key_id="test", aws_secret_access_key="test", region_name=REGION)
@@ -160,7 +190,7 @@ def create_resources(template):
         if "RedrivePolicy" in props:
             attributes["RedrivePolicy"] = json.dumps(resolve(props["RedrivePolicy"], names))
         sqs.create_queue(QueueName=names[f"{logical}.QueueName"], Attributes=attributes)
-    return names
+    return names, key_schemas(tables, names)
 
 
 # --- fault proxy ---------------------------------------------------------------------
@@ -184,12 +214,20 @@ class FaultProxy:
     `DELETE /__faults` clears it; `GET /__faults` counts calls per operation and the
     faults injected. Both SDK protocols this service uses (DynamoDB and SQS JSON) name
     the operation in `X-Amz-Target`.
+
+    Before any fault, a DynamoDB call that DynamoDB would refuse for its limits (key and
+    item sizes, numbers, empty names: see dynamodb_limits.py) is answered with
+    DynamoDB's ValidationException and not forwarded, since moto would store it;
+    `GET /__faults` counts these as `refused_by_limits`. `key_schemas` maps each table
+    name to its (partition key, sort key or None) attribute names.
     """
 
-    def __init__(self, port, upstream):
+    def __init__(self, port, upstream, key_schemas=None):
         self.faults = {}
         self.calls = {}
         self.injected = {"fail": 0, "stall": 0}
+        self.refused_by_limits = 0
+        self.key_schemas = key_schemas or {}
         self.lock = threading.Lock()
         proxy = self
 
@@ -229,7 +267,8 @@ class FaultProxy:
             def do_GET(self):
                 if self.path == "/__faults":
                     with proxy.lock:
-                        report = {"calls": proxy.calls, "injected": proxy.injected}
+                        report = {"calls": proxy.calls, "injected": proxy.injected,
+                                  "refused_by_limits": proxy.refused_by_limits}
                         return self.answer(200, json.dumps(report).encode(),
                                            [("Content-Type", "application/json")])
                 self.forward()
@@ -240,14 +279,21 @@ class FaultProxy:
             def forward(self):
                 payload = self.body()
                 target = self.headers.get("X-Amz-Target", "")
+                refusal = proxy.refusal(target, payload)
                 faults = proxy.faults
-                hit = (target and target in faults.get("operations", [])
+                hit = (not refusal and target and target in faults.get("operations", [])
                        and random.random() < float(faults.get("probability", 1)))
                 action = faults.get("action", "fail") if hit else None
                 with proxy.lock:
                     proxy.calls[target] = proxy.calls.get(target, 0) + 1
+                    if refusal:
+                        proxy.refused_by_limits += 1
                     if action:
                         proxy.injected[action] += 1
+                if refusal:
+                    error = json.dumps({"__type": "com.amazon.coral.validation#ValidationException",
+                                        "message": refusal}).encode()
+                    return self.answer(400, error, [("Content-Type", "application/x-amz-json-1.0")])
                 if action == "fail":
                     error = json.dumps({"__type": faults.get("code", "ServiceUnavailable"),
                                         "message": "injected by the test fault proxy"}).encode()
@@ -269,6 +315,17 @@ class FaultProxy:
 
         self.server = QuietServer(("127.0.0.1", port), Handler)
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def refusal(self, target, payload):
+        """DynamoDB's ValidationException message for a call that breaks its limits, or
+        None. A body that is not DynamoDB JSON is left to moto, which answers it with the
+        SerializationException DynamoDB would."""
+        if not target.startswith("DynamoDB_20120810."):
+            return None
+        try:
+            return violation(target, json.loads(payload), self.key_schemas)
+        except (ValueError, TypeError, AttributeError):
+            return None
 
     def close(self):
         self.server.shutdown()
@@ -299,10 +356,10 @@ def tool_env(extra=None):
 
 
 class Stack:
-    def __init__(self, reload, fault_proxy=False):
+    def __init__(self, reload):
         self.reload = reload
-        self.fault_proxy = fault_proxy
         self.proxy = None
+        self.fleet = None
         self.processes = []
 
     def spawn(self, name, args, env=None, log_to_terminal=False, log_mode="w"):
@@ -324,21 +381,18 @@ class Stack:
         log(f"starting moto on {EMULATOR_URL}")
         self.spawn("moto", [str(VENV_BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(EMULATOR_PORT)])
         wait_for(lambda: port_open(EMULATOR_PORT), "moto", 30)
-        template = load_template()
-        names = create_resources(template)
-        env = function_environment(template, names)
-        endpoint = EMULATOR_URL
-        if self.fault_proxy:
-            self.proxy = FaultProxy(FAULT_PROXY_PORT, EMULATOR_URL)
-            endpoint = f"http://127.0.0.1:{FAULT_PROXY_PORT}"
+        self.template = load_template()
+        names, schemas = create_resources(self.template)
+        env = function_environment(self.template, names)
+        self.proxy = FaultProxy(FAULT_PROXY_PORT, EMULATOR_URL, schemas)
         env.update({
-            "AWS_ENDPOINT_URL": endpoint, "AWS_REGION": REGION,
+            "AWS_ENDPOINT_URL": f"http://127.0.0.1:{FAULT_PROXY_PORT}", "AWS_REGION": REGION,
             "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
-            "DLQ_URL": names["UpsertDeadLetterQueue"],
+            "DLQ_URL": names["UpsertDeadLetterQueue"], "VF_RUNTIME": RUNTIME,
         })
         ENV_FILE.write_text("".join(f"{k}={v}\n" for k, v in env.items()))
         self.env = env
-        log("building the functions (first time: a few minutes)")
+        log(f"building the functions{' (release)' if RELEASE else ''}; the first time takes a few minutes")
         profile = ["--release"] if RELEASE else []
         subprocess.run(["cargo", "build", "--quiet", "--bin", "api", "--bin", "consumer", *profile], cwd=ROOT, check=True)
         self.start_functions()
@@ -347,6 +401,29 @@ class Stack:
         log(f"API on {API_URL}/api/v1/users; logs in {LOGS}")
 
     def start_functions(self, log_mode="w"):
+        if RUNTIME == "faithful":
+            self.start_fleet()
+        else:
+            self.start_watch(log_mode)
+        # The consumer starts on its first event (under watch: builds, after a change).
+        invoke_consumer(f"{API_URL}/2015-03-31/functions/consumer/invocations", {"Records": []}, set(), timeout=600)
+
+    def start_fleet(self):
+        functions = []
+        for name, logical, (least, most) in (("api", "ApiFunction", API_INSTANCES),
+                                              ("consumer", "ConsumerFunction", CONSUMER_INSTANCES)):
+            timeout, memory = function_settings(self.template, logical)
+            functions.append(FunctionConfig(name, str(ROOT / "target" / "release" / name), self.env,
+                                            min_instances=least, max_instances=most,
+                                            timeout_s=timeout, memory_mb=memory))
+        (LOGS / "functions.log").write_text("")
+        self.fleet = Fleet(functions, port=API_PORT, log_path=str(LOGS / "functions.log"))
+        try:
+            self.fleet.start()
+        except FleetError as e:
+            raise SystemExit(f"[stack] the functions did not start: {e}")
+
+    def start_watch(self, log_mode):
         profile = ["--release"] if RELEASE else []
         watch = ["cargo", "lambda", "watch", "--invoke-address", "127.0.0.1",
                  "--invoke-port", str(API_PORT), "--env-file", str(ENV_FILE), *profile]
@@ -355,13 +432,6 @@ class Stack:
         self.functions = self.spawn("functions", watch, log_to_terminal=self.reload, log_mode=log_mode)
         wait_for(lambda: port_open(API_PORT), "cargo lambda watch", 120)
         wait_for(api_answers, "the api function", 300)
-        # The consumer starts (and, after a code change, builds) on its first event.
-        invoke_consumer(f"{API_URL}/2015-03-31/functions/consumer/invocations", {"Records": []}, set(), timeout=600)
-
-    def kill_functions(self):
-        """Both functions die at once, mid-request, as crashed Lambda instances would."""
-        self.kill("functions", self.functions)
-        wait_for(lambda: not port_open(API_PORT), "cargo lambda watch to stop", 30)
 
     def start_bridge(self, log_mode="w"):
         """The SQS → consumer bridge runs as its own process, so that the drill can kill
@@ -390,6 +460,8 @@ class Stack:
         # A second Ctrl-C or SIGTERM must not cut the clean-up short.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        if self.fleet:
+            self.fleet.stop()
         for name, process in reversed(self.processes):
             if process.poll() is None:
                 os.killpg(process.pid, signal.SIGTERM)
@@ -426,10 +498,19 @@ def api_answers():
 
 def bridge(queue_url):
     """Polls the queue and invokes the consumer as Lambda's event source mapping does:
-    batches of up to 10, and only the messages not in batchItemFailures are deleted.
-    Received messages stay invisible for the queue's visibility timeout, or for
+    several pollers at once (so batches run on several consumer instances), batches of
+    up to 10, and only the messages not in batchItemFailures are deleted. Received
+    messages stay invisible for the queue's visibility timeout, or for
     VF_BRIDGE_VISIBILITY_SECONDS (the drill shortens it so that batches of a killed
     bridge come back in seconds)."""
+    pollers = [threading.Thread(target=poll, args=(queue_url,), daemon=True) for _ in range(BRIDGE_POLLERS)]
+    for poller in pollers:
+        poller.start()
+    for poller in pollers:
+        poller.join()
+
+
+def poll(queue_url):
     session = boto3.session.Session(aws_access_key_id="test", aws_secret_access_key="test", region_name=REGION)
     sqs = session.client("sqs", endpoint_url=EMULATOR_URL)
     arn = f"arn:aws:sqs:{REGION}:{ACCOUNT}:{queue_url.rsplit('/', 1)[1]}"
@@ -516,24 +597,29 @@ def up():
 
 def run(command):
     if ENV_FILE.exists() and port_open(API_PORT) and port_open(EMULATOR_PORT):
+        env = read_env_file()
+        if env.get("VF_RUNTIME") != "faithful":
+            raise SystemExit("[stack] the running stack uses cargo lambda watch; the tests need "
+                             "the Lambda-faithful runtime: stop it (or start it without VF_RUNTIME)")
         log("reusing the running stack")
-        return subprocess.run(command, cwd=ROOT, env=tool_env(read_env_file())).returncode
-    stack = Stack(reload=False, fault_proxy=os.environ.get("VF_FAULT_PROXY") == "1")
+        return subprocess.run(command, cwd=ROOT, env=tool_env(env)).returncode
+    stack = Stack(reload=False)
     try:
         stack.start()
-        env = dict(stack.env, VF_API_URL=API_URL, VF_FUNCTION_LOG=str(LOGS / "functions.log"))
-        if stack.proxy:
-            env["VF_FAULT_PROXY_URL"] = f"http://127.0.0.1:{FAULT_PROXY_PORT}/__faults"
-        return subprocess.run(command, cwd=ROOT, env=tool_env(env)).returncode
+        return subprocess.run(command, cwd=ROOT, env=tool_env(test_env(stack.env))).returncode
     finally:
         stack.stop()
 
 
+def test_env(env):
+    """What the tests are told of the stack, beside the functions' own variables."""
+    return dict(env, VF_API_URL=API_URL, VF_FUNCTION_LOG=str(LOGS / "functions.log"),
+                VF_FAULT_PROXY_URL=f"http://127.0.0.1:{FAULT_PROXY_PORT}/__faults")
+
+
 def read_env_file():
     pairs = (line.split("=", 1) for line in ENV_FILE.read_text().splitlines() if "=" in line)
-    env = {k: v for k, v in pairs}
-    env.update(VF_API_URL=API_URL, VF_FUNCTION_LOG=str(LOGS / "functions.log"))
-    return env
+    return test_env({k: v for k, v in pairs})
 
 
 def main(argv):

@@ -23,6 +23,7 @@ pub struct Consumer {
 }
 
 /// The messages of one batch for one user.
+#[derive(Clone, Copy)]
 struct UserBatch<'a> {
     workspace_id: &'a str,
     external_user_id: &'a str,
@@ -61,6 +62,11 @@ impl Consumer {
             );
             by_user.entry(key).or_default().push((id, message));
         }
+        // In stamp order, so that a batch decides budget refusals as in-order delivery
+        // would.
+        for messages in by_user.values_mut() {
+            messages.sort_by(|a, b| a.1.stamp.cmp(&b.1.stamp));
+        }
         let batches: Vec<UserBatch> = by_user
             .iter()
             .map(|((workspace_id, external_user_id), messages)| UserBatch {
@@ -87,9 +93,18 @@ impl Consumer {
                 .collect(),
         };
         for (batch, result) in batches.iter().zip(results) {
-            if let Err(err) = result {
-                tracing::warn!(error = %err, messages = batch.messages.len(), "user write failed; messages will be retried");
-                failed.extend(batch.messages.iter().map(|(id, _)| (*id).to_owned()));
+            match result {
+                Ok(()) => {}
+                // Not worth retrying as a whole (DynamoDB refused the write): apply
+                // what can be applied, one message at a time, and fail only the rest.
+                Err(AwsError::Internal(err)) if batch.messages.len() > 1 => {
+                    tracing::warn!(error = %err, messages = batch.messages.len(), "user write refused; applying its messages one by one");
+                    failed.extend(self.apply_one_by_one(batch).await);
+                }
+                Err(err) => {
+                    tracing::warn!(error = %err, messages = batch.messages.len(), "user write failed; messages will be retried");
+                    failed.extend(batch.messages.iter().map(|(id, _)| (*id).to_owned()));
+                }
             }
         }
         tracing::info!(
@@ -122,6 +137,22 @@ impl Consumer {
             .map(|b| (b.workspace_id, b.external_user_id))
             .collect();
         self.users.get_many(&keys).await
+    }
+
+    /// The ids of the messages of `batch` that fail even when applied alone.
+    async fn apply_one_by_one(&self, batch: &UserBatch<'_>) -> Vec<String> {
+        let mut failed = Vec::new();
+        for one in batch.messages.chunks(1) {
+            let alone = UserBatch {
+                messages: one,
+                ..*batch
+            };
+            if let Err(err) = self.apply(&alone, None).await {
+                tracing::error!(message_id = one[0].0, error = %err, "message cannot be applied");
+                failed.push(one[0].0.to_owned());
+            }
+        }
+        failed
     }
 
     /// Merges a user's messages into its item and writes it once, with the item as read

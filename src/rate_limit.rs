@@ -1,15 +1,20 @@
-//! Per-workspace rate limit, shared across api instances through DynamoDB.
+//! Per-workspace rate limit, shared by every api instance through one counter.
 //!
-//! Rule: in any two consecutive one-second windows a workspace gets at most twice its
-//! rate, so it sustains `rate`/s and bursts to `2 × rate` in a second (contract:
-//! "default 100/s, bursts up to twice that"). Each instance leases tokens from the
-//! shared counter in chunks of a tenth of the rate and spends them locally, so most
-//! requests make no rate-limit call at all; only the request that finds the local
-//! chunk empty waits for a lease.
+//! Rule (contract, "Rate limit"): one calendar second admits at most `burst(rate)` =
+//! 1.1 × the rate, and two consecutive seconds together at most twice the rate. So
+//! traffic at the rate is never refused, a sustained overload still admits at least
+//! 0.9 × the rate every second, and a client told `Retry-After: 1` finds room in the
+//! next second (it admits at least `2 × rate − burst` ≥ 0.9 × rate).
+//!
+//! Instances lease tokens from the counter and spend them locally. A lease is sized to
+//! what this instance itself served in its previous second (a tenth of it, at least
+//! one, at most a tenth of the rate): an instance that sees little traffic takes one
+//! token at a time and so never strands tokens that other instances need, however many
+//! instances share the workspace; a busy one makes one counter call per ten requests.
 
 use crate::aws::AwsError;
-use crate::store::RateLimitStore;
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::Mutex;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -18,33 +23,115 @@ pub enum RateDecision {
     Limited { retry_after_secs: u64 },
 }
 
-#[derive(Debug, Clone, Copy)]
-struct Allowance {
+/// The most one calendar second admits: the rate plus a tenth.
+pub fn burst(rate: u32) -> u64 {
+    u64::from(rate) + u64::from(rate / 10)
+}
+
+/// The most two consecutive seconds admit together.
+pub fn pair_limit(rate: u32) -> u64 {
+    2 * u64::from(rate)
+}
+
+/// A workspace's shared counter: tokens handed out in `window` (epoch second) and in
+/// the window before it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Counter {
+    pub window: i64,
+    pub used: u64,
+    pub previous: u64,
+}
+
+impl Counter {
+    /// Tokens `window` may still hand out, given this counter as stored.
+    fn room_in(&self, window: i64, rate: u32) -> u64 {
+        let (used, previous) = if self.window == window {
+            (self.used, self.previous)
+        } else if self.window == window - 1 {
+            (0, self.used)
+        } else {
+            (0, 0)
+        };
+        burst(rate)
+            .saturating_sub(used)
+            .min(pair_limit(rate).saturating_sub(used + previous))
+    }
+}
+
+/// The shared counters (DynamoDB in the functions, a map in the simulation).
+pub trait CounterStore {
+    /// Adds `tokens` to the counter if it is at `window` and still has `tokens` of
+    /// room; otherwise changes nothing and returns the counter as found.
+    fn take(
+        &self,
+        workspace_id: &str,
+        window: i64,
+        tokens: u64,
+        rate: u32,
+    ) -> impl Future<Output = Result<Result<(), Option<Counter>>, AwsError>> + Send;
+
+    /// Moves the counter from `found` (as read) to `window` with `tokens` taken;
+    /// `false` if another instance moved it first.
+    fn start_window(
+        &self,
+        workspace_id: &str,
+        found: Option<Counter>,
+        window: i64,
+        tokens: u64,
+    ) -> impl Future<Output = Result<bool, AwsError>> + Send;
+}
+
+/// This instance's view of one workspace.
+#[derive(Debug, Clone, Copy, Default)]
+struct Local {
     window: i64,
-    tokens: u32,
-    used_in_previous_window: u64,
+    /// Leased tokens not yet spent in `window`.
+    tokens: u64,
+    /// The counter had no room left in `window`.
+    exhausted: bool,
+    /// Requests this instance saw in `window` and in the window before.
+    seen: u64,
+    seen_before: u64,
 }
 
-pub struct RateLimiter {
-    store: RateLimitStore,
-    allowances: Mutex<HashMap<String, Allowance>>,
+impl Local {
+    fn at(mut self, window: i64) -> Self {
+        if self.window != window {
+            let seen_before = if self.window == window - 1 {
+                self.seen
+            } else {
+                0
+            };
+            self = Local {
+                window,
+                seen_before,
+                ..Local::default()
+            };
+        }
+        self
+    }
+
+    fn lease_size(&self, rate: u32) -> u64 {
+        let most = u64::from(rate / 10).max(1);
+        (self.seen_before / 10).clamp(1, most)
+    }
 }
 
-/// Tokens one lease asks for: a tenth of the rate, at least one.
-pub fn lease_size(rate: u32) -> u32 {
-    (rate / 10).max(1)
+/// A request that finds the counter contended this many times is refused (429).
+const MAX_ATTEMPTS: usize = 4;
+
+pub struct RateLimiter<S> {
+    store: S,
+    /// By workspace and rate: keys of one workspace may carry different rates, and
+    /// "no room left" holds for one rate only.
+    local: Mutex<HashMap<(String, u32), Local>>,
 }
 
-/// The most tokens the window may already have handed out for a lease of `tokens`.
-fn max_used_before(rate: u32, used_in_previous_window: u64, tokens: u32) -> i64 {
-    2 * i64::from(rate) - i64::from(tokens) - used_in_previous_window as i64
-}
-
-impl RateLimiter {
-    pub fn new(store: RateLimitStore) -> Self {
+impl<S: CounterStore> RateLimiter<S> {
+    pub fn new(store: S) -> Self {
         Self {
             store,
-            allowances: Mutex::new(HashMap::new()),
+            local: Mutex::new(HashMap::new()),
         }
     }
 
@@ -55,89 +142,224 @@ impl RateLimiter {
         now_ms: i64,
     ) -> Result<RateDecision, AwsError> {
         let window = now_ms.div_euclid(1000);
-        let known_previous = match self.take_local(workspace_id, window) {
-            Ok(()) => return Ok(RateDecision::Allowed),
-            Err(previous) => previous,
-        };
-        let used_in_previous_window = match known_previous {
-            Some(used) => used,
-            None => self.store.used(workspace_id, window - 1).await?,
-        };
-        let lease = lease_size(rate);
-        // The full lease first; when it no longer fits, a single token may still.
-        for tokens in if lease > 1 { vec![lease, 1] } else { vec![1] } {
-            let max_before = max_used_before(rate, used_in_previous_window, tokens);
-            if self
-                .store
-                .lease(workspace_id, window, tokens, max_before)
-                .await?
-            {
-                self.grant(
-                    workspace_id,
-                    Allowance {
-                        window,
-                        tokens: tokens - 1,
-                        used_in_previous_window,
-                    },
-                );
+        let lease_size = {
+            let mut all = self.lock();
+            let local = all.entry((workspace_id.to_owned(), rate)).or_default();
+            *local = local.at(window);
+            local.seen += 1;
+            if local.exhausted {
+                return Ok(limited());
+            }
+            if local.tokens > 0 {
+                local.tokens -= 1;
                 return Ok(RateDecision::Allowed);
             }
-        }
-        self.grant(
-            workspace_id,
-            Allowance {
-                window,
-                tokens: 0,
-                used_in_previous_window,
-            },
-        );
-        Ok(RateDecision::Limited {
-            retry_after_secs: 1,
+            local.lease_size(rate)
+        };
+        let granted = self.lease(workspace_id, rate, window, lease_size).await?;
+        let mut all = self.lock();
+        let local = all.entry((workspace_id.to_owned(), rate)).or_default();
+        *local = local.at(window);
+        Ok(match granted {
+            Some(tokens) => {
+                local.tokens += tokens - 1;
+                RateDecision::Allowed
+            }
+            None => {
+                local.exhausted = true;
+                limited()
+            }
         })
     }
 
-    /// Spends a local token; otherwise tells what is known of the previous window.
-    fn take_local(&self, workspace_id: &str, window: i64) -> Result<(), Option<u64>> {
-        let mut allowances = self
-            .allowances
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        match allowances.get_mut(workspace_id) {
-            Some(a) if a.window == window && a.tokens > 0 => {
-                a.tokens -= 1;
-                Ok(())
+    /// Takes up to `wanted` tokens of `window` from the counter; `None` when it has
+    /// no room left.
+    async fn lease(
+        &self,
+        workspace_id: &str,
+        rate: u32,
+        mut window: i64,
+        mut wanted: u64,
+    ) -> Result<Option<u64>, AwsError> {
+        for _ in 0..MAX_ATTEMPTS {
+            let found = match self.store.take(workspace_id, window, wanted, rate).await? {
+                Ok(()) => return Ok(Some(wanted)),
+                Err(found) => found,
+            };
+            match found {
+                // Another instance's clock is ahead: its window is the current one.
+                Some(counter) if counter.window > window => window = counter.window,
+                Some(counter) if counter.window == window => {
+                    let room = counter.room_in(window, rate);
+                    if room == 0 {
+                        return Ok(None);
+                    }
+                    wanted = wanted.min(room);
+                }
+                stale => {
+                    let room = stale.map_or(burst(rate), |c| c.room_in(window, rate));
+                    if room == 0 {
+                        return Ok(None);
+                    }
+                    wanted = wanted.min(room);
+                    if self
+                        .store
+                        .start_window(workspace_id, stale, window, wanted)
+                        .await?
+                    {
+                        return Ok(Some(wanted));
+                    }
+                }
             }
-            Some(a) if a.window == window => Err(Some(a.used_in_previous_window)),
-            _ => Err(None),
         }
+        Ok(None)
     }
 
-    fn grant(&self, workspace_id: &str, allowance: Allowance) {
-        let mut allowances = self
-            .allowances
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(String, u32), Local>> {
+        self.local
             .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        allowances.insert(workspace_id.to_owned(), allowance);
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+fn limited() -> RateDecision {
+    RateDecision::Limited {
+        retry_after_secs: 1,
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
+
+    /// The DynamoDB counter's conditional writes, in memory.
+    #[derive(Default)]
+    struct MemoryCounters(Mutex<HashMap<String, Counter>>);
+
+    impl CounterStore for Arc<MemoryCounters> {
+        async fn take(
+            &self,
+            workspace_id: &str,
+            window: i64,
+            tokens: u64,
+            rate: u32,
+        ) -> Result<Result<(), Option<Counter>>, AwsError> {
+            let mut counters = self.0.lock().unwrap();
+            let found = counters.get(workspace_id).copied();
+            match counters.get_mut(workspace_id) {
+                Some(c)
+                    if c.window == window
+                        && c.used + tokens <= burst(rate)
+                        && c.used + c.previous + tokens <= pair_limit(rate) =>
+                {
+                    c.used += tokens;
+                    Ok(Ok(()))
+                }
+                _ => Ok(Err(found)),
+            }
+        }
+
+        async fn start_window(
+            &self,
+            workspace_id: &str,
+            found: Option<Counter>,
+            window: i64,
+            tokens: u64,
+        ) -> Result<bool, AwsError> {
+            let mut counters = self.0.lock().unwrap();
+            if counters.get(workspace_id).copied() != found {
+                return Ok(false);
+            }
+            let previous = found
+                .filter(|c| c.window == window - 1)
+                .map_or(0, |c| c.used);
+            counters.insert(
+                workspace_id.to_owned(),
+                Counter {
+                    window,
+                    used: tokens,
+                    previous,
+                },
+            );
+            Ok(true)
+        }
+    }
+
+    /// Admitted requests per second when `offered` requests/s, evenly spaced, go round
+    /// robin to `instances` Lambda-style instances (one request at a time each) that
+    /// share one counter.
+    fn simulate(instances: usize, rate: u32, offered: u32, seconds: i64) -> Vec<u64> {
+        let store = Arc::new(MemoryCounters::default());
+        let fleet: Vec<_> = (0..instances)
+            .map(|_| RateLimiter::new(Arc::clone(&store)))
+            .collect();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let start_ms = 1_800_000_000_000;
+        let total = i64::from(offered) * seconds;
+        let mut admitted = vec![0; seconds as usize];
+        for i in 0..total {
+            let now_ms = start_ms + i * 1000 / i64::from(offered);
+            let limiter = &fleet[i as usize % instances];
+            let decision = runtime.block_on(limiter.check("ws", rate, now_ms)).unwrap();
+            if decision == RateDecision::Allowed {
+                admitted[((now_ms - start_ms) / 1000) as usize] += 1;
+            }
+        }
+        admitted
+    }
+
+    const INSTANCES: [usize; 4] = [1, 10, 100, 1000];
 
     #[test]
-    fn leases_are_a_tenth_of_the_rate() {
-        assert_eq!(lease_size(100), 10);
-        assert_eq!(lease_size(5), 1);
+    fn below_the_rate_nothing_is_refused_at_any_instance_count() {
+        for rate in [20, 100] {
+            let offered = rate * 9 / 10;
+            for instances in INSTANCES {
+                let admitted = simulate(instances, rate, offered, 30);
+                let share = admitted.iter().sum::<u64>() as f64 / f64::from(offered * 30);
+                let worst = *admitted.iter().min().unwrap();
+                eprintln!("rate {rate}, {instances} instances, offered {offered}/s: admitted {:.1} %, worst second {worst}", share * 100.0);
+                assert!(share >= 0.99, "{instances} instances: {admitted:?}");
+                assert!(
+                    worst as f64 >= 0.8 * f64::from(offered),
+                    "{instances} instances: {admitted:?}"
+                );
+            }
+        }
     }
 
     #[test]
-    fn two_windows_together_never_exceed_twice_the_rate() {
-        // After an idle second the whole burst is available…
-        assert_eq!(max_used_before(100, 0, 10), 190);
-        // …after a full burst, nothing is until the window rolls over again.
-        assert!(max_used_before(100, 200, 1) < 0);
-        // Steady state at the rate leaves the rate for the next second.
-        assert_eq!(max_used_before(100, 100, 1), 99);
+    fn overload_admits_the_rate_every_second_and_never_twice_it_in_two() {
+        for rate in [20, 100] {
+            for instances in INSTANCES {
+                let admitted = simulate(instances, rate, rate * 3, 30);
+                let worst = *admitted.iter().min().unwrap();
+                let worst_pair = admitted.windows(2).map(|p| p[0] + p[1]).max().unwrap();
+                eprintln!("rate {rate}, {instances} instances, offered {}/s: worst second {worst}, worst two seconds {worst_pair}", rate * 3);
+                assert!(
+                    worst as f64 >= 0.9 * f64::from(rate),
+                    "{instances} instances: {admitted:?}"
+                );
+                assert!(
+                    worst_pair <= pair_limit(rate),
+                    "{instances} instances: {admitted:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn after_a_full_burst_the_next_second_has_room() {
+        let counter = Counter {
+            window: 10,
+            used: burst(5),
+            previous: 0,
+        };
+        assert_eq!(counter.room_in(10, 5), 0);
+        assert!(counter.room_in(11, 5) >= 4, "Retry-After: 1 must be honest");
+        assert_eq!(counter.room_in(13, 5), burst(5));
     }
 }

@@ -2,16 +2,16 @@
 
 mod common;
 
-use common::{error_of, eventually, percent_encode, user_when, Stack, ALL_SCOPES};
+use common::{
+    error_of, eventually, message, percent_encode, send_all, user_when, Stack, ALL_SCOPES,
+};
 use rand::seq::SliceRandom;
 use reqwest::Method;
 use serde_json::{json, Value};
 use std::time::Duration;
 use vibefollow_users::auth::Scope;
 use vibefollow_users::contract::user_view;
-use vibefollow_users::upsert::{
-    Changes, ProfileField, Stamp, UpsertMessage, UserProfile, MESSAGE_VERSION,
-};
+use vibefollow_users::upsert::{Changes, ProfileField, UpsertMessage, UserProfile};
 
 #[tokio::test]
 async fn upsert_becomes_visible_through_get_in_the_contract_shape() {
@@ -62,38 +62,6 @@ async fn upserts_merge_and_null_removes() {
         "removed fields are absent: {user}"
     );
     assert!(user["updated_at"].as_str() > user["created_at"].as_str());
-}
-
-fn message(workspace: &str, user: &str, at: i64, i: usize, changes: Changes) -> UpsertMessage {
-    UpsertMessage {
-        version: MESSAGE_VERSION,
-        workspace_id: workspace.to_owned(),
-        external_user_id: user.to_owned(),
-        stamp: Stamp {
-            accepted_at: at,
-            request_id: format!("req-{i:03}"),
-        },
-        changes,
-    }
-}
-
-async fn send_all(stack: &Stack, bodies: &[String]) {
-    for chunk in bodies.chunks(10) {
-        let mut batch = stack
-            .sqs
-            .send_message_batch()
-            .queue_url(&stack.resources.upsert_queue_url);
-        for (i, body) in chunk.iter().enumerate() {
-            let entry = aws_sdk_sqs::types::SendMessageBatchRequestEntry::builder()
-                .id(i.to_string())
-                .message_body(body)
-                .build()
-                .unwrap();
-            batch = batch.entries(entry);
-        }
-        let out = batch.send().await.unwrap();
-        assert!(out.failed().is_empty());
-    }
 }
 
 #[tokio::test]

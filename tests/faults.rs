@@ -9,8 +9,7 @@ use common::{error_of, user_when, Stack, ALL_SCOPES};
 use serde_json::{json, Value};
 
 async fn inject(stack: &Stack, operations: &[&str], status: u16, code: &str) {
-    let url =
-        std::env::var("VF_FAULT_PROXY_URL").expect("run through `make test` (VF_FAULT_PROXY=1)");
+    let url = std::env::var("VF_FAULT_PROXY_URL").expect("run through `make test`");
     let faults = json!({"operations": operations, "status": status, "code": code});
     assert_eq!(
         stack

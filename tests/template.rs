@@ -73,7 +73,15 @@ fn users_table_has_the_email_index_the_code_queries() {
         index["KeySchema"][0]["AttributeName"].as_str(),
         Some(EMAIL_KEY)
     );
-    assert_eq!(index["Projection"]["ProjectionType"].as_str(), Some("ALL"));
+    // The lookup pages in external_user_id order and reads the items by key.
+    assert_eq!(
+        index["KeySchema"][1]["AttributeName"].as_str(),
+        Some(PARTITION_KEY)
+    );
+    assert_eq!(
+        index["Projection"]["ProjectionType"].as_str(),
+        Some("KEYS_ONLY")
+    );
 }
 
 #[test]

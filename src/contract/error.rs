@@ -30,6 +30,7 @@ pub enum ErrorCode {
     TooMany,
     TooDeep,
     InvalidNumber,
+    InvalidTraitName,
     UnknownField,
     Conflict,
 }

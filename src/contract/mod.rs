@@ -3,6 +3,7 @@
 
 mod email;
 mod error;
+mod numbers;
 mod validate;
 mod view;
 
@@ -10,5 +11,6 @@ pub use email::{normalize_email, parse_email};
 pub use error::{ErrorCode, ErrorEnvelope, FieldError};
 pub use validate::{
     body_hash, parse_upsert, validate_idempotency_key, BodyError, ValidUpsert, MAX_BODY_BYTES,
+    MAX_USER_ID_BYTES,
 };
 pub use view::{format_millis, user_view};

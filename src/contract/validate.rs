@@ -1,24 +1,24 @@
+use super::numbers::{is_json_number, is_storable, number_literals};
 use super::{parse_email, ErrorCode, FieldError};
 use crate::upsert::{Changes, ProfileField};
 use serde::de::{DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
-use serde_json::{Map, Number, Value};
+use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 use std::borrow::Cow;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
+use std::ops::Range;
 use time::format_description::well_known::Rfc3339;
 use time::{OffsetDateTime, UtcOffset};
 
 /// The contract's body limit, checked on the raw bytes before any parsing.
 pub const MAX_BODY_BYTES: usize = 32 * 1024;
-const MAX_USER_ID_BYTES: usize = 255;
+/// The contract's limit on `external_user_id`; reads of longer ids answer 404.
+pub const MAX_USER_ID_BYTES: usize = 255;
 const MAX_TRAITS: usize = 256;
 const MAX_TRAIT_NAME_BYTES: usize = 256;
 const MAX_TRAIT_DEPTH: usize = 16;
 const MAX_IDEMPOTENCY_KEY_BYTES: usize = 255;
-// DynamoDB numbers: magnitude 1e-130 up to (but excluding) 1e126.
-const MIN_NUMBER_MAGNITUDE: f64 = 1e-130;
-const MAX_NUMBER_MAGNITUDE: f64 = 1e126;
 
 /// Why a body was refused: not JSON at all (400) or not the schema (422).
 #[derive(Debug, PartialEq)]
@@ -39,13 +39,24 @@ pub struct ValidUpsert {
 /// Parses and validates a `POST /api/v1/users` body, reporting every problem in body
 /// order. Values are moved, not copied, from the parsed body into the changes.
 pub fn parse_upsert(body: &[u8]) -> Result<ValidUpsert, BodyError> {
-    let value: Value = serde_json::from_slice(body)
+    let unstorable = unstorable_numbers(body);
+    // A number no double can hold (`1e400`) would fail the whole parse: it is read as
+    // 0 instead, and reported at its path below.
+    let readable: Cow<[u8]> = if unstorable.is_empty() {
+        Cow::Borrowed(body)
+    } else {
+        Cow::Owned(with_zeros(body, &unstorable))
+    };
+    let value: Value = serde_json::from_slice(&readable)
         .map_err(|e| BodyError::InvalidJson(format!("body is not valid JSON: {e}")))?;
     let body_hash = body_hash(&value);
     let Value::Object(members) = value else {
         return Err(BodyError::InvalidJson("body must be a JSON object".into()));
     };
-    let mut validator = Validator::default();
+    let mut validator = Validator {
+        unstorable_paths: number_paths(&readable, &unstorable),
+        ..Validator::default()
+    };
     validator.members(members);
     match (validator.external_user_id, validator.errors.is_empty()) {
         (Some(external_user_id), true) => Ok(ValidUpsert {
@@ -53,8 +64,50 @@ pub fn parse_upsert(body: &[u8]) -> Result<ValidUpsert, BodyError> {
             changes: validator.changes,
             body_hash,
         }),
-        _ => Err(BodyError::Invalid(in_body_order(validator.errors, body))),
+        _ => Err(BodyError::Invalid(in_body_order(
+            validator.errors,
+            &readable,
+        ))),
     }
+}
+
+/// Number literals (their ordinal among the body's numbers, and where they stand)
+/// that cannot be stored exactly; literals outside JSON's grammar are left for the
+/// parser to refuse.
+fn unstorable_numbers(body: &[u8]) -> Vec<(usize, Range<usize>)> {
+    number_literals(body)
+        .into_iter()
+        .enumerate()
+        .filter(|(_, range)| {
+            std::str::from_utf8(&body[range.clone()])
+                .is_ok_and(|literal| is_json_number(literal) && !is_storable(literal))
+        })
+        .collect()
+}
+
+fn with_zeros(body: &[u8], literals: &[(usize, Range<usize>)]) -> Vec<u8> {
+    let mut readable = Vec::with_capacity(body.len());
+    let mut copied = 0;
+    for (_, range) in literals {
+        readable.extend_from_slice(&body[copied..range.start]);
+        readable.push(b'0');
+        copied = range.end;
+    }
+    readable.extend_from_slice(&body[copied..]);
+    readable
+}
+
+/// The body paths (`traits.tags[2]`) of the given number literals.
+fn number_paths(body: &[u8], literals: &[(usize, Range<usize>)]) -> HashSet<String> {
+    if literals.is_empty() {
+        return HashSet::new();
+    }
+    let mut paths = BodyPaths::default();
+    paths.record(body);
+    literals
+        .iter()
+        .filter_map(|(ordinal, _)| paths.numbers.get(*ordinal).cloned())
+        .collect()
 }
 
 /// The validator walks objects in key order; the contract lists errors in body order.
@@ -62,31 +115,53 @@ pub fn parse_upsert(body: &[u8]) -> Result<ValidUpsert, BodyError> {
 /// numbers every member and item path (`traits.tags[2]`) in document order. An error
 /// whose field is not in the body (a missing member) comes first.
 fn in_body_order(mut errors: Vec<(String, FieldError)>, body: &[u8]) -> Vec<FieldError> {
-    let mut positions = HashMap::new();
-    let mut path = String::new();
-    let recorder = PathRecorder {
-        path: &mut path,
-        positions: &mut positions,
-    };
-    // The body already parsed once; a failure here only leaves positions incomplete.
-    let _ = recorder.deserialize(&mut serde_json::Deserializer::from_slice(body));
+    let mut paths = BodyPaths::default();
+    paths.record(body);
+    let positions = paths.positions;
     errors.sort_by_key(|(location, _)| positions.get(location).map_or(0, |p| p + 1));
     errors.into_iter().map(|(_, error)| error).collect()
 }
 
+/// Every member and item path of a body numbered in document order, and the paths of
+/// its numbers in document order.
+#[derive(Default)]
+struct BodyPaths {
+    positions: HashMap<String, usize>,
+    numbers: Vec<String>,
+}
+
+impl BodyPaths {
+    fn record(&mut self, body: &[u8]) {
+        let mut path = String::new();
+        let recorder = PathRecorder {
+            path: &mut path,
+            paths: self,
+        };
+        // The body already parsed once; a failure here only leaves paths incomplete.
+        let _ = recorder.deserialize(&mut serde_json::Deserializer::from_slice(body));
+    }
+}
+
 struct PathRecorder<'a> {
     path: &'a mut String,
-    positions: &'a mut HashMap<String, usize>,
+    paths: &'a mut BodyPaths,
 }
 
 impl PathRecorder<'_> {
     fn child(&mut self) -> PathRecorder<'_> {
-        let position = self.positions.len();
-        self.positions.entry(self.path.clone()).or_insert(position);
+        let position = self.paths.positions.len();
+        self.paths
+            .positions
+            .entry(self.path.clone())
+            .or_insert(position);
         PathRecorder {
             path: self.path,
-            positions: self.positions,
+            paths: self.paths,
         }
+    }
+
+    fn number(self) {
+        self.paths.numbers.push(self.path.clone());
     }
 }
 
@@ -109,12 +184,15 @@ impl<'de> Visitor<'de> for PathRecorder<'_> {
         Ok(())
     }
     fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+        self.number();
         Ok(())
     }
     fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+        self.number();
         Ok(())
     }
     fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+        self.number();
         Ok(())
     }
     fn visit_str<E>(self, _: &str) -> Result<(), E> {
@@ -161,6 +239,8 @@ struct Validator {
     errors: Vec<(String, FieldError)>,
     external_user_id: Option<String>,
     changes: Changes,
+    /// Paths of numbers that cannot be stored exactly.
+    unstorable_paths: HashSet<String>,
 }
 
 impl Validator {
@@ -382,35 +462,46 @@ impl Validator {
         if nesting_depth(&value) > MAX_TRAIT_DEPTH {
             return self.fail_trait(ErrorCode::TooDeep, &name, "nests deeper than 16 levels");
         }
-        if !all_numbers_fit(&value) {
-            return self.report_numbers(&mut trait_field(&name), &value);
+        let errors_before = self.errors.len();
+        self.check_value(&mut trait_field(&name), &value);
+        if self.errors.len() > errors_before {
+            return;
         }
         self.changes
             .traits
             .insert(name, (!value.is_null()).then_some(value));
     }
 
-    /// Names every number that does not fit, by its path (`traits.tags[2]`).
-    fn report_numbers(&mut self, path: &mut String, value: &Value) {
+    /// Reports what DynamoDB could not store inside a trait value, by path: numbers
+    /// that do not fit, and members with an empty name.
+    fn check_value(&mut self, path: &mut String, value: &Value) {
         let len = path.len();
         match value {
-            Value::Number(n) if !fits_dynamodb_number(n) => self.fail(
+            Value::Number(_) if self.unstorable_paths.contains(path.as_str()) => self.fail(
                 ErrorCode::InvalidNumber,
                 path,
-                format!("{path} does not fit a DynamoDB number"),
+                format!("{path} is not a number DynamoDB stores exactly (at most 38 significant digits, magnitude 1e-130 to 1e125)"),
             ),
             Value::Array(items) => {
                 for (i, item) in items.iter().enumerate() {
                     path.push_str(&format!("[{i}]"));
-                    self.report_numbers(path, item);
+                    self.check_value(path, item);
                     path.truncate(len);
                 }
             }
             Value::Object(members) => {
                 for (name, member) in members {
+                    if name.is_empty() {
+                        self.fail(
+                            ErrorCode::InvalidTraitName,
+                            path,
+                            format!("{path} has a member with an empty name"),
+                        );
+                        continue;
+                    }
                     path.push('.');
                     path.push_str(name);
-                    self.report_numbers(path, member);
+                    self.check_value(path, member);
                     path.truncate(len);
                 }
             }
@@ -426,15 +517,6 @@ fn top_level_email(value: &Value) -> Option<Option<String>> {
         Value::Null => Some(None),
         Value::String(raw) => parse_email(raw).map(|email| Some(email.to_owned())),
         _ => None,
-    }
-}
-
-fn all_numbers_fit(value: &Value) -> bool {
-    match value {
-        Value::Number(n) => fits_dynamodb_number(n),
-        Value::Array(items) => items.iter().all(all_numbers_fit),
-        Value::Object(members) => members.values().all(all_numbers_fit),
-        _ => true,
     }
 }
 
@@ -458,16 +540,6 @@ fn nesting_depth(value: &Value) -> usize {
         Value::Object(members) => 1 + members.values().map(nesting_depth).max().unwrap_or(0),
         _ => 0,
     }
-}
-
-fn fits_dynamodb_number(n: &Number) -> bool {
-    if n.is_i64() || n.is_u64() {
-        return true;
-    }
-    n.as_f64().is_some_and(|f| {
-        let magnitude = f.abs();
-        magnitude == 0.0 || (MIN_NUMBER_MAGNITUDE..MAX_NUMBER_MAGNITUDE).contains(&magnitude)
-    })
 }
 
 /// Checks an `Idempotency-Key` header: 1–255 bytes of printable ASCII.
@@ -656,6 +728,55 @@ mod tests {
             [
                 (ErrorCode::InvalidNumber, "traits.tags[2]".into()),
                 (ErrorCode::InvalidNumber, "traits.address.lat".into())
+            ]
+        );
+    }
+
+    #[test]
+    fn numbers_are_never_rounded_or_zeroed() {
+        for literal in [
+            "1e400",
+            "-1e400",
+            "1e-400",
+            "123456789012345678901234567890123456789",
+            "0.12345678901234567890",
+        ] {
+            let body = format!(
+                r#"{{"external_user_id": "u", "traits": {{"n": {literal}, "m": [1, {{"k": {literal}}}]}}}}"#
+            );
+            assert_eq!(
+                errors_of(&body),
+                [
+                    (ErrorCode::InvalidNumber, "traits.n".into()),
+                    (ErrorCode::InvalidNumber, "traits.m[1].k".into())
+                ],
+                "{literal}"
+            );
+        }
+        let edges = valid(
+            json!({"external_user_id": "u", "traits": {"big": 9.5e125, "small": -1e-130, "u": u64::MAX, "i": i64::MIN, "zero": 0.0}}),
+        );
+        assert_eq!(edges.changes.traits["u"], Some(json!(u64::MAX)));
+        // Out-of-range numbers elsewhere are wrong types, and bad grammar is not JSON.
+        assert_eq!(
+            errors_of(r#"{"external_user_id": 1e400}"#),
+            [(ErrorCode::InvalidType, "external_user_id".into())]
+        );
+        assert!(matches!(
+            parse_upsert(br#"{"external_user_id": "u", "traits": {"n": 01}}"#),
+            Err(BodyError::InvalidJson(_))
+        ));
+    }
+
+    #[test]
+    fn empty_member_names_inside_values_are_refused_at_their_path() {
+        assert_eq!(
+            errors(
+                json!({"external_user_id": "u", "traits": {"prefs": {"": 1}, "list": [{"a": {"": {}}}]}})
+            ),
+            [
+                (ErrorCode::InvalidTraitName, "traits.list[0].a".into()),
+                (ErrorCode::InvalidTraitName, "traits.prefs".into())
             ]
         );
     }

@@ -1,12 +1,13 @@
 //! The user as reads return it (contract, "Reads").
 
 use crate::upsert::{ProfileField, UserProfile};
-use serde_json::{Map, Value};
+use serde_json::{json, Map, Value};
 use time::macros::format_description;
 use time::OffsetDateTime;
 
-/// `{"external_user_id", "email"?, "traits", "created_at", "updated_at"}`; email only
-/// for callers allowed to see PII, removed fields absent.
+/// `{"external_user_id", "email"?, "traits", "rejected_traits"?, "created_at",
+/// "updated_at"}`; email only for callers allowed to see PII, removed fields absent,
+/// `rejected_traits` (most recent first) only when a trait was not stored.
 pub fn user_view(external_user_id: &str, user: &UserProfile, with_email: bool) -> Value {
     let mut traits = Map::new();
     for (field, value) in &user.profile {
@@ -25,6 +26,20 @@ pub fn user_view(external_user_id: &str, user: &UserProfile, with_email: bool) -
         }
     }
     view.insert("traits".into(), Value::Object(traits));
+    if !user.rejected.is_empty() {
+        let rejected = user
+            .rejected
+            .iter()
+            .map(|r| {
+                json!({
+                    "name": r.name,
+                    "reason": r.reason.as_str(),
+                    "accepted_at": format_millis(r.stamp.accepted_at),
+                })
+            })
+            .collect();
+        view.insert("rejected_traits".into(), Value::Array(rejected));
+    }
     for (name, millis) in [
         ("created_at", user.created_at),
         ("updated_at", user.updated_at),
@@ -50,7 +65,6 @@ pub fn format_millis(millis: i64) -> Option<String> {
 mod tests {
     use super::*;
     use crate::upsert::{Changes, Stamp};
-    use serde_json::json;
 
     #[test]
     fn view_puts_known_traits_back_under_their_names_and_hides_email() {

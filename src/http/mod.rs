@@ -13,6 +13,7 @@ use crate::auth::{bearer_key, key_hash, ApiKeyRecord};
 use crate::config::Resources;
 use crate::contract::{
     parse_upsert, user_view, validate_idempotency_key, ErrorEnvelope, ValidUpsert, MAX_BODY_BYTES,
+    MAX_USER_ID_BYTES,
 };
 use crate::queue::UpsertQueue;
 use crate::rate_limit::{RateDecision, RateLimiter};
@@ -22,7 +23,6 @@ use keys::KeyCache;
 use lambda_http::http::{header, HeaderMap, StatusCode};
 use lambda_http::{Body, Request, RequestExt, Response};
 use serde_json::{json, Value};
-use std::sync::Arc;
 use std::time::Instant;
 
 const ACCEPTED_BODY: &str = r#"{"data":{"accepted":true}}"#;
@@ -30,17 +30,24 @@ const ACCEPTED_BODY: &str = r#"{"data":{"accepted":true}}"#;
 /// Everything the api function needs, built once per cold start.
 pub struct App {
     keys: KeyCache,
-    rate_limiter: RateLimiter,
+    rate_limiter: RateLimiter<RateLimitStore>,
     default_rate_limit: u32,
-    idempotency: Arc<IdempotencyStore>,
+    idempotency: IdempotencyStore,
     users: UserStore,
     queue: UpsertQueue,
 }
 
 /// A successful answer, before it becomes a response.
 enum Success {
-    Accepted { replayed: bool },
+    Accepted {
+        replayed: bool,
+    },
     Data(Value),
+    /// A list answer; `truncated` when more matched than it holds.
+    Page {
+        data: Value,
+        truncated: bool,
+    },
 }
 
 /// What one request did, for its log line.
@@ -63,10 +70,7 @@ impl App {
                 &resources.rate_limits_table,
             )),
             default_rate_limit: resources.default_rate_limit,
-            idempotency: Arc::new(IdempotencyStore::new(
-                dynamodb.clone(),
-                &resources.idempotency_table,
-            )),
+            idempotency: IdempotencyStore::new(dynamodb.clone(), &resources.idempotency_table),
             users: UserStore::new(dynamodb, &resources.users_table),
             queue: UpsertQueue::new(aws_sdk_sqs::Client::new(sdk), &resources.upsert_queue_url),
         }
@@ -119,17 +123,6 @@ impl App {
             return Err(ApiError::InsufficientScope(route.scope()));
         }
         let now_ms = now_millis();
-        let rate = key.rate_limit.unwrap_or(self.default_rate_limit);
-        if let RateDecision::Limited { retry_after_secs } = self
-            .rate_limiter
-            .check(&key.workspace_id, rate, now_ms)
-            .await?
-        {
-            return Err(ApiError::RateLimited {
-                rate,
-                retry_after_secs,
-            });
-        }
         match route {
             Route::Upsert => {
                 let stamp = Stamp {
@@ -141,6 +134,11 @@ impl App {
                 Ok(Success::Accepted { replayed })
             }
             Route::GetUser(external_user_id) => {
+                self.admit(&key, now_ms).await?;
+                // Longer ids are never stored, and DynamoDB refuses keys past 2,048 bytes.
+                if external_user_id.len() > MAX_USER_ID_BYTES {
+                    return Err(ApiError::UserNotFound);
+                }
                 let user = self.users.get(&key.workspace_id, external_user_id).await?;
                 let user = user.ok_or(ApiError::UserNotFound)?;
                 let with_email = key.allows(crate::auth::Scope::UsersReadPii);
@@ -151,13 +149,18 @@ impl App {
                 )))
             }
             Route::FindByEmail => {
+                self.admit(&key, now_ms).await?;
                 let email = routes::email_query(request.query_string_parameters_ref())?;
-                let users = self.users.find_by_email(&key.workspace_id, &email).await?;
-                let views = users
+                let found = self.users.find_by_email(&key.workspace_id, &email).await?;
+                let views = found
+                    .users
                     .iter()
                     .map(|user| user_view(&user.external_user_id, &user.profile, true))
                     .collect();
-                Ok(Success::Data(Value::Array(views)))
+                Ok(Success::Page {
+                    data: Value::Array(views),
+                    truncated: found.truncated,
+                })
             }
         }
     }
@@ -171,6 +174,22 @@ impl App {
             .ok_or(ApiError::InvalidApiKey)
     }
 
+    /// The rate-limit step of the contract's order of checks.
+    async fn admit(&self, key: &ApiKeyRecord, now_ms: i64) -> Result<(), ApiError> {
+        let rate = key.rate_limit.unwrap_or(self.default_rate_limit);
+        match self
+            .rate_limiter
+            .check(&key.workspace_id, rate, now_ms)
+            .await?
+        {
+            RateDecision::Allowed => Ok(()),
+            RateDecision::Limited { retry_after_secs } => Err(ApiError::RateLimited {
+                rate,
+                retry_after_secs,
+            }),
+        }
+    }
+
     /// Accepts one upsert; returns whether it was a replay of an earlier request.
     async fn upsert(
         &self,
@@ -179,18 +198,19 @@ impl App {
         body: &Body,
         stamp: Stamp,
     ) -> Result<bool, ApiError> {
-        if !is_json_content_type(headers) {
-            return Err(ApiError::UnsupportedMediaType);
-        }
-        let bytes: &[u8] = body.as_ref();
-        if bytes.len() > MAX_BODY_BYTES {
-            return Err(ApiError::PayloadTooLarge);
-        }
+        let (upsert, idempotency_key) = match checked_upsert(headers, body) {
+            Ok(checked) => checked,
+            Err(refused) => {
+                // The rate limit comes first in the contract's order of checks.
+                self.admit(key, stamp.accepted_at).await?;
+                return Err(refused);
+            }
+        };
         let ValidUpsert {
             external_user_id,
             changes,
             body_hash,
-        } = parse_upsert(bytes)?;
+        } = upsert;
         let mut message = UpsertMessage {
             version: MESSAGE_VERSION,
             workspace_id: key.workspace_id.clone(),
@@ -198,18 +218,28 @@ impl App {
             stamp,
             changes,
         };
-        let Some(raw_key) = headers.get("idempotency-key") else {
+        let Some(idempotency_key) = idempotency_key else {
+            self.admit(key, message.stamp.accepted_at).await?;
             self.queue.send(&message).await?;
             return Ok(false);
         };
-        let idempotency_key = validate_idempotency_key(raw_key.as_bytes())
-            .map_err(ApiError::InvalidIdempotencyKey)?;
         let workspace_id = &key.workspace_id;
-        match self
-            .idempotency
-            .claim(workspace_id, idempotency_key, &body_hash, &message.stamp)
-            .await?
-        {
+        // The claim runs beside the rate check: one round trip instead of two. A claim
+        // made for a request the limit refuses is given back, so it changes nothing.
+        let (admitted, claim) = tokio::join!(
+            self.admit(key, message.stamp.accepted_at),
+            self.idempotency
+                .claim(workspace_id, idempotency_key, &body_hash, &message.stamp)
+        );
+        if let Err(refused) = admitted {
+            if let Ok(Claim::Claimed) = claim {
+                self.idempotency
+                    .release(workspace_id, idempotency_key, &message.stamp.request_id)
+                    .await?;
+            }
+            return Err(refused);
+        }
+        match claim? {
             Claim::Claimed => {}
             Claim::Abandoned(original) => message.stamp = original,
             Claim::Replay => return Ok(true),
@@ -225,26 +255,41 @@ impl App {
                 .await?;
             return Err(err.into());
         }
-        self.complete_in_background(workspace_id, idempotency_key, request_id);
+        // Awaited, not spawned: Lambda freezes the instance once it answers, so a mark
+        // left for later could wait for minutes while retries of this key get 409s.
+        if let Err(err) = self
+            .idempotency
+            .complete(workspace_id, idempotency_key, request_id)
+            .await
+        {
+            // The upsert is in SQS: still a 202. A retry waits out the lock, then
+            // re-enqueues with the original stamp, a duplicate the merge ignores.
+            tracing::warn!(request_id = %request_id, error = %err, "idempotency key not marked done");
+        }
         Ok(false)
     }
+}
 
-    /// Marks the key done without holding up the answer. If this never lands (the
-    /// instance is frozen or dies), the key's lock expires after 30 s and a retry
-    /// re-enqueues with the original stamp: a duplicate the merge ignores.
-    fn complete_in_background(&self, workspace_id: &str, key: &str, request_id: &str) {
-        let store = Arc::clone(&self.idempotency);
-        let (workspace_id, key, request_id) = (
-            workspace_id.to_owned(),
-            key.to_owned(),
-            request_id.to_owned(),
-        );
-        tokio::spawn(async move {
-            if let Err(err) = store.complete(&workspace_id, &key, &request_id).await {
-                tracing::warn!(request_id = %request_id, error = %err, "idempotency key not marked done");
-            }
-        });
+/// The checks of an upsert that need no I/O, in the contract's order: content type,
+/// size, JSON, schema, Idempotency-Key.
+fn checked_upsert<'a>(
+    headers: &'a HeaderMap,
+    body: &Body,
+) -> Result<(ValidUpsert, Option<&'a str>), ApiError> {
+    if !is_json_content_type(headers) {
+        return Err(ApiError::UnsupportedMediaType);
     }
+    let bytes: &[u8] = body.as_ref();
+    if bytes.len() > MAX_BODY_BYTES {
+        return Err(ApiError::PayloadTooLarge);
+    }
+    let upsert = parse_upsert(bytes)?;
+    let idempotency_key = headers
+        .get("idempotency-key")
+        .map(|raw| validate_idempotency_key(raw.as_bytes()))
+        .transpose()
+        .map_err(ApiError::InvalidIdempotencyKey)?;
+    Ok((upsert, idempotency_key))
 }
 
 fn is_json_content_type(headers: &HeaderMap) -> bool {
@@ -294,6 +339,14 @@ fn success_response(success: Success, request_id: &str) -> Response<Body> {
             json!({ "data": data }).to_string(),
             request_id,
         ),
+        Success::Page { data, truncated } => {
+            let body = if truncated {
+                json!({ "data": data, "truncated": true })
+            } else {
+                json!({ "data": data })
+            };
+            json_response(StatusCode::OK, body.to_string(), request_id)
+        }
     }
 }
 

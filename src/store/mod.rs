@@ -2,6 +2,7 @@
 //! into [`AwsError`](crate::aws::AwsError). No business rule lives here.
 
 mod api_keys;
+mod attributes;
 mod idempotency;
 mod rate_limits;
 mod users;
@@ -9,7 +10,9 @@ mod users;
 pub use api_keys::ApiKeyStore;
 pub use idempotency::{Claim, IdempotencyStore, LOCK_MS};
 pub use rate_limits::RateLimitStore;
-pub use users::{StoredUser, UserStore, WriteOutcome, EMAIL_INDEX, EMAIL_KEY};
+pub use users::{
+    EmailMatches, StoredUser, UserStore, WriteOutcome, EMAIL_INDEX, EMAIL_KEY, MAX_EMAIL_MATCHES,
+};
 
 use crate::aws::AwsError;
 use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};

@@ -1,12 +1,18 @@
-use super::{condition_held, get_by_key, get_n, n, s, workspace_key, PARTITION_KEY, TTL_ATTRIBUTE};
+use super::{get_n, n, s, Item, PARTITION_KEY, TTL_ATTRIBUTE};
 use crate::aws::AwsError;
+use crate::rate_limit::{burst, pair_limit, Counter, CounterStore};
+use aws_sdk_dynamodb::error::SdkError;
+use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
+use aws_sdk_dynamodb::types::ReturnValuesOnConditionCheckFailure;
 use aws_sdk_dynamodb::Client;
 
-/// Counters live a little past the window that reads them as "previous".
+/// A counter outlives the window that reads it as "previous"; an expired one counts
+/// as an idle workspace.
 const COUNTER_TTL_SECS: i64 = 120;
 
-/// Per-workspace, per-second request counters shared by every api instance:
-/// `pk` = workspace#epoch-second, `used` = tokens handed out in that second.
+/// One counter per workspace (`pk` = workspace id): `window` (epoch second), `used`
+/// (tokens handed out in it), `previous` (in the window before) and `pair` (their sum,
+/// kept so that one condition expression can check the two-second limit).
 #[derive(Clone)]
 pub struct RateLimitStore {
     client: Client,
@@ -21,40 +27,93 @@ impl RateLimitStore {
         }
     }
 
-    /// Tokens already handed out in `window`.
-    pub async fn used(&self, workspace_id: &str, window: i64) -> Result<u64, AwsError> {
-        let key = workspace_key(workspace_id, &window.to_string());
-        let item = get_by_key(&self.client, &self.table, key, true).await?;
-        Ok(item.and_then(|item| get_n(&item, "used")).unwrap_or(0))
+    /// The workspace's counter as stored (consistent read).
+    pub async fn counter(&self, workspace_id: &str) -> Result<Option<Counter>, AwsError> {
+        let item =
+            super::get_by_key(&self.client, &self.table, workspace_id.to_owned(), true).await?;
+        Ok(item.as_ref().and_then(counter_from_item))
     }
+}
 
-    /// Takes `tokens` in `window` if no more than `max_used_before` are taken yet.
-    pub async fn lease(
+impl CounterStore for RateLimitStore {
+    async fn take(
         &self,
         workspace_id: &str,
         window: i64,
-        tokens: u32,
-        max_used_before: i64,
-    ) -> Result<bool, AwsError> {
-        if max_used_before < 0 {
-            return Ok(false);
-        }
+        tokens: u64,
+        rate: u32,
+    ) -> Result<Result<(), Option<Counter>>, AwsError> {
+        let max_used = burst(rate).checked_sub(tokens);
+        let max_pair = pair_limit(rate).checked_sub(tokens);
+        let (Some(max_used), Some(max_pair)) = (max_used, max_pair) else {
+            return Ok(Err(self.counter(workspace_id).await?));
+        };
         let result = self
             .client
             .update_item()
             .table_name(&self.table)
-            .key(
-                PARTITION_KEY,
-                s(workspace_key(workspace_id, &window.to_string())),
-            )
-            .update_expression("ADD used :tokens SET #ttl = :expires")
-            .expression_attribute_names("#ttl", TTL_ATTRIBUTE)
-            .condition_expression("attribute_not_exists(used) OR used <= :max")
+            .key(PARTITION_KEY, s(workspace_id))
+            .update_expression("ADD used :tokens, pair :tokens")
+            .condition_expression("#window = :window AND used <= :max_used AND pair <= :max_pair")
+            .expression_attribute_names("#window", "window")
             .expression_attribute_values(":tokens", n(tokens))
-            .expression_attribute_values(":expires", n(window + COUNTER_TTL_SECS))
-            .expression_attribute_values(":max", n(max_used_before))
+            .expression_attribute_values(":window", n(window))
+            .expression_attribute_values(":max_used", n(max_used))
+            .expression_attribute_values(":max_pair", n(max_pair))
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
             .send()
             .await;
-        condition_held(result)
+        match result {
+            Ok(_) => Ok(Ok(())),
+            Err(SdkError::ServiceError(failure))
+                if failure.err().is_conditional_check_failed_exception() =>
+            {
+                let found = match failure.into_err() {
+                    UpdateItemError::ConditionalCheckFailedException(e) => e.item,
+                    _ => None,
+                };
+                Ok(Err(found.as_ref().and_then(counter_from_item)))
+            }
+            Err(err) => Err(err.into()),
+        }
     }
+
+    async fn start_window(
+        &self,
+        workspace_id: &str,
+        found: Option<Counter>,
+        window: i64,
+        tokens: u64,
+    ) -> Result<bool, AwsError> {
+        let previous = found
+            .filter(|c| c.window == window - 1)
+            .map_or(0, |c| c.used);
+        let request = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .item(PARTITION_KEY, s(workspace_id))
+            .item("window", n(window))
+            .item("used", n(tokens))
+            .item("previous", n(previous))
+            .item("pair", n(previous + tokens))
+            .item(TTL_ATTRIBUTE, n(window + COUNTER_TTL_SECS));
+        // Only from the state that was read: two instances never both start a window.
+        let request = match found {
+            None => request.condition_expression("attribute_not_exists(pk)"),
+            Some(counter) => request
+                .condition_expression("#window = :found")
+                .expression_attribute_names("#window", "window")
+                .expression_attribute_values(":found", n(counter.window)),
+        };
+        super::condition_held(request.send().await)
+    }
+}
+
+fn counter_from_item(item: &Item) -> Option<Counter> {
+    Some(Counter {
+        window: get_n(item, "window")?,
+        used: get_n(item, "used")?,
+        previous: get_n(item, "previous").unwrap_or(0),
+    })
 }

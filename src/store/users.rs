@@ -1,7 +1,9 @@
+use super::attributes::{from_attribute, to_attribute};
 use super::{condition_held, get_by_key, get_n, get_s, n, s, workspace_key, Item, PARTITION_KEY};
 use crate::aws::AwsError;
 use crate::contract::normalize_email;
-use crate::upsert::{ProfileField, Stamp, UserProfile};
+use crate::upsert::budget::stamp_text;
+use crate::upsert::{ProfileField, RejectReason, RejectedTrait, Stamp, UserProfile};
 use aws_sdk_dynamodb::types::{AttributeValue, KeysAndAttributes};
 use aws_sdk_dynamodb::Client;
 use serde_json::Value;
@@ -9,11 +11,22 @@ use std::collections::{BTreeMap, HashMap};
 
 /// BatchGetItem's limit on keys per call.
 const MAX_BATCH_GET: usize = 100;
+/// An email lookup answers at most this many users (contract, "Reads").
+pub const MAX_EMAIL_MATCHES: usize = 100;
 
-/// The GSI that finds users by lower-cased email within a workspace.
-pub const EMAIL_INDEX: &str = "email-index";
+/// The GSI that finds users by lower-cased email within a workspace. It projects keys
+/// only and sorts by `pk`, so a lookup reads the first matches by external_user_id
+/// and then the items themselves by key: users writes are not copied into the index.
+pub const EMAIL_INDEX: &str = "email-lookup";
 /// The index's partition key: workspace#lower-cased email.
 pub const EMAIL_KEY: &str = "email_key";
+
+/// The users an email lookup found, by external_user_id, and whether there were more.
+#[derive(Debug, Default)]
+pub struct EmailMatches {
+    pub users: Vec<StoredUser>,
+    pub truncated: bool,
+}
 
 /// A user as stored, with the optimistic-locking version of its item.
 #[derive(Debug, Clone, PartialEq)]
@@ -142,22 +155,57 @@ impl UserStore {
         })
     }
 
-    /// Users of a workspace whose email matches, ignoring case.
+    /// Users of a workspace whose email matches, ignoring case: the first
+    /// `MAX_EMAIL_MATCHES` by external_user_id, however many index pages that takes.
     pub async fn find_by_email(
         &self,
         workspace_id: &str,
         email: &str,
-    ) -> Result<Vec<StoredUser>, AwsError> {
-        let out = self
-            .client
-            .query()
-            .table_name(&self.table)
-            .index_name(EMAIL_INDEX)
-            .key_condition_expression("email_key = :k")
-            .expression_attribute_values(":k", s(email_key(workspace_id, email)))
-            .send()
-            .await?;
-        Ok(out.items().iter().filter_map(user_from_item).collect())
+    ) -> Result<EmailMatches, AwsError> {
+        let wanted = email_key(workspace_id, email);
+        let mut ids: Vec<String> = Vec::new();
+        let mut start = None;
+        loop {
+            let out = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .index_name(EMAIL_INDEX)
+                .key_condition_expression("email_key = :k")
+                .expression_attribute_values(":k", s(&wanted))
+                .limit((MAX_EMAIL_MATCHES + 1 - ids.len()) as i32)
+                .set_exclusive_start_key(start)
+                .send()
+                .await?;
+            let prefix = workspace_key(workspace_id, "");
+            ids.extend(out.items().iter().filter_map(|item| {
+                Some(
+                    get_s(item, PARTITION_KEY)?
+                        .strip_prefix(&prefix)?
+                        .to_owned(),
+                )
+            }));
+            start = out.last_evaluated_key;
+            if start.is_none() || ids.len() > MAX_EMAIL_MATCHES {
+                break;
+            }
+        }
+        let truncated = ids.len() > MAX_EMAIL_MATCHES;
+        ids.truncate(MAX_EMAIL_MATCHES);
+        let keys: Vec<(&str, &str)> = ids.iter().map(|id| (workspace_id, id.as_str())).collect();
+        let mut found = self.get_many(&keys).await?;
+        // The index lags the table: keep only users whose email still matches.
+        let users = ids
+            .iter()
+            .filter_map(|id| found.remove(&(workspace_id.to_owned(), id.clone())))
+            .filter(|user| {
+                user.profile
+                    .profile
+                    .get(&ProfileField::Email)
+                    .is_some_and(|stored| email_key(workspace_id, stored) == wanted)
+            })
+            .collect();
+        Ok(EmailMatches { users, truncated })
     }
 }
 
@@ -183,21 +231,36 @@ fn item_from_user(workspace_id: &str, user: &StoredUser) -> Result<Item, AwsErro
         item.insert(EMAIL_KEY.to_owned(), s(email_key(workspace_id, email)));
     }
     if !profile.traits.is_empty() {
-        let traits = serde_dynamo::to_attribute_value(&profile.traits)
-            .map_err(|e| AwsError::Internal(format!("traits do not convert to DynamoDB: {e}")))?;
-        item.insert("traits".to_owned(), traits);
+        let traits = profile
+            .traits
+            .iter()
+            .map(|(name, value)| (name.clone(), to_attribute(value)))
+            .collect();
+        item.insert("traits".to_owned(), AttributeValue::M(traits));
     }
     let stamps = profile
         .stamps
         .iter()
-        .map(|(key, stamp)| {
-            (
-                key.clone(),
-                s(format!("{}/{}", stamp.accepted_at, stamp.request_id)),
-            )
-        })
+        .map(|(key, stamp)| (key.clone(), s(stamp_text(stamp))))
         .collect();
     item.insert("stamps".to_owned(), AttributeValue::M(stamps));
+    if let Some(floor) = &profile.floor {
+        item.insert("stamps_floor".to_owned(), s(stamp_text(floor)));
+    }
+    if !profile.rejected.is_empty() {
+        let rejected = profile
+            .rejected
+            .iter()
+            .map(|r| {
+                AttributeValue::M(HashMap::from([
+                    ("name".to_owned(), s(&r.name)),
+                    ("reason".to_owned(), s(r.reason.as_str())),
+                    ("stamp".to_owned(), s(stamp_text(&r.stamp))),
+                ]))
+            })
+            .collect();
+        item.insert("rejected_traits".to_owned(), AttributeValue::L(rejected));
+    }
     if let Some(created_at) = profile.created_at {
         item.insert("created_at".to_owned(), n(created_at));
     }
@@ -212,17 +275,33 @@ fn user_from_item(item: &Item) -> Option<StoredUser> {
         .into_iter()
         .filter_map(|field| Some((field, get_s(item, field.attribute())?.to_owned())))
         .collect();
-    let traits: BTreeMap<String, Value> = match item.get("traits") {
-        Some(traits) => serde_dynamo::from_attribute_value(traits.clone()).ok()?,
-        None => BTreeMap::new(),
-    };
-    let empty = HashMap::new();
+    let traits: BTreeMap<String, Value> = item
+        .get("traits")
+        .and_then(|v| v.as_m().ok())
+        .into_iter()
+        .flatten()
+        .map(|(name, value)| (name.clone(), from_attribute(value)))
+        .collect();
     let stamps = item
         .get("stamps")
         .and_then(|v| v.as_m().ok())
-        .unwrap_or(&empty)
-        .iter()
+        .into_iter()
+        .flatten()
         .filter_map(|(key, v)| Some((key.clone(), parse_stamp(v.as_s().ok()?)?)))
+        .collect();
+    let rejected = item
+        .get("rejected_traits")
+        .and_then(|v| v.as_l().ok())
+        .into_iter()
+        .flatten()
+        .filter_map(|entry| {
+            let entry = entry.as_m().ok()?;
+            Some(RejectedTrait {
+                name: get_s(entry, "name")?.to_owned(),
+                reason: RejectReason::parse(get_s(entry, "reason")?)?,
+                stamp: parse_stamp(get_s(entry, "stamp")?)?,
+            })
+        })
         .collect();
     Some(StoredUser {
         external_user_id: get_s(item, "external_user_id")?.to_owned(),
@@ -230,6 +309,8 @@ fn user_from_item(item: &Item) -> Option<StoredUser> {
             profile: profile_fields,
             traits,
             stamps,
+            floor: get_s(item, "stamps_floor").and_then(parse_stamp),
+            rejected,
             created_at: get_n(item, "created_at"),
             updated_at: get_n(item, "updated_at"),
         },
@@ -248,7 +329,10 @@ fn parse_stamp(text: &str) -> Option<Stamp> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+    use crate::contract::{parse_upsert, user_view};
+    use crate::upsert::{UpsertMessage, MESSAGE_VERSION};
+    use proptest::prelude::*;
+    use serde_json::{json, Map};
 
     #[test]
     fn item_round_trips_a_user() {
@@ -280,5 +364,131 @@ mod tests {
         let back = user_from_item(&item).unwrap();
         assert_eq!(back.version, 4);
         assert_eq!(back.profile, user.profile);
+    }
+
+    fn edge_number() -> impl Strategy<Value = Value> {
+        proptest::sample::select(vec![
+            json!(0),
+            json!(-0.0),
+            json!(i64::MIN),
+            json!(i64::MAX),
+            json!(u64::MAX),
+            json!(1e125),
+            json!(-9.5e125),
+            json!(1e-130),
+            json!(0.1),
+            json!(1.5e-7),
+        ])
+    }
+
+    fn custom_value() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            edge_number(),
+            any::<i32>().prop_map(Value::from),
+            "(|[a-z]{1,3}|żółw 🐢|\\u{0}x)".prop_map(Value::from),
+        ];
+        leaf.prop_recursive(4, 24, 4, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..4).prop_map(Value::from),
+                proptest::collection::btree_map("[a-zé]{1,3}", inner, 0..4)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    /// One upsert body: email set, removed or absent; known and custom traits set or
+    /// removed (`null`).
+    fn body() -> impl Strategy<Value = Value> {
+        let email = proptest::option::of(proptest::sample::select(vec![
+            Value::Null,
+            json!("jane@acme.io"),
+            json!(" Jane@Acme.io "),
+        ]));
+        let known = proptest::collection::btree_map(
+            proptest::sample::select(vec!["plan", "name", "company", "role"]),
+            prop_oneof![Just(Value::Null), "(|pro|żółw)".prop_map(Value::from)],
+            0..3,
+        );
+        let custom = proptest::collection::btree_map(
+            proptest::sample::select(vec!["a", "tags", "ü", "deep"]),
+            custom_value(),
+            0..3,
+        );
+        (email, known, custom).prop_map(|(email, known, custom)| {
+            let mut traits: Map<String, Value> =
+                known.into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
+            traits.extend(custom.into_iter().map(|(k, v)| (k.to_owned(), v)));
+            let mut body = json!({"external_user_id": "u1", "traits": traits});
+            if let Some(email) = email {
+                body["email"] = email;
+            }
+            body
+        })
+    }
+
+    /// What reads must show after `bodies` were applied in order: the last body that
+    /// names a field decides it, `null` removes it.
+    fn in_order_view(bodies: &[Value]) -> (Option<String>, Map<String, Value>) {
+        let mut email = None;
+        let mut traits = Map::new();
+        for body in bodies {
+            match body.get("email") {
+                Some(Value::String(text)) => email = Some(text.trim().to_owned()),
+                Some(_) => email = None,
+                None => {}
+            }
+            for (name, value) in body["traits"].as_object().into_iter().flatten() {
+                if value.is_null() {
+                    traits.remove(name);
+                } else {
+                    traits.insert(name.clone(), value.clone());
+                }
+            }
+        }
+        (email, traits)
+    }
+
+    proptest! {
+        #[test]
+        fn accepted_bodies_stored_and_read_back_equal_their_in_order_application(
+            bodies in proptest::collection::vec(body(), 1..8),
+            order in proptest::collection::vec(any::<proptest::sample::Index>(), 0..10),
+        ) {
+            let mut messages = Vec::new();
+            for (i, body) in bodies.iter().enumerate() {
+                let accepted = parse_upsert(body.to_string().as_bytes());
+                prop_assert!(accepted.is_ok(), "{body} was refused: {accepted:?}");
+                let accepted = accepted.unwrap();
+                let message = UpsertMessage {
+                    version: MESSAGE_VERSION,
+                    workspace_id: "ws".into(),
+                    external_user_id: accepted.external_user_id,
+                    stamp: Stamp { accepted_at: 1_000 + i as i64, request_id: format!("r{i}") },
+                    changes: accepted.changes,
+                };
+                // Through SQS: the message as JSON text.
+                messages.push(UpsertMessage::from_json(&message.to_json()).unwrap());
+            }
+            // Any delivery order, with duplicates.
+            let mut deliveries: Vec<&UpsertMessage> = messages.iter().collect();
+            deliveries.extend(order.iter().map(|i| i.get(&messages)));
+            for (n, i) in order.iter().enumerate() {
+                let len = deliveries.len();
+                deliveries.swap(n % len, i.index(len));
+            }
+            let mut user = StoredUser { external_user_id: "u1".into(), profile: UserProfile::default(), version: 0 };
+            for message in deliveries {
+                user.profile.apply(&message.stamp, &message.changes);
+                // Through DynamoDB: the item and back, at every write.
+                user = user_from_item(&item_from_user("ws", &user).unwrap()).unwrap();
+            }
+            let view = user_view("u1", &user.profile, true);
+            let (email, traits) = in_order_view(&bodies);
+            prop_assert_eq!(view.get("email").and_then(Value::as_str), email.as_deref());
+            prop_assert_eq!(&view["traits"], &Value::Object(traits));
+            prop_assert!(view.get("rejected_traits").is_none());
+        }
     }
 }

@@ -1,10 +1,14 @@
+use super::budget::{trait_cost, MAX_REJECTED_TRAITS, MAX_REMOVED_STAMPS, TRAITS_BUDGET_BYTES};
 use super::{Changes, ProfileField, Stamp};
 use serde_json::Value;
 use std::collections::BTreeMap;
 
 /// A stored user profile with the stamp of the upsert that last set or removed each
 /// field. Applying upserts is commutative and idempotent: every field ends up with
-/// the value of the greatest stamp that touched it, whatever the order of delivery.
+/// the value of the greatest stamp that touched it, whatever the order of delivery —
+/// with two documented exceptions that keep the item bounded: a custom trait over the
+/// budget is refused, and a set older than the `floor` of folded removal stamps is
+/// refused as too old; both are listed in `rejected`.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct UserProfile {
     pub profile: BTreeMap<ProfileField, String>,
@@ -12,8 +16,43 @@ pub struct UserProfile {
     /// Keyed by profile attribute (`email`, `plan`, …) or `traits.<name>`; removed
     /// fields keep their stamp so an older upsert cannot bring them back.
     pub stamps: BTreeMap<String, Stamp>,
+    /// Custom-trait removal stamps at or below this one were folded away: a custom
+    /// trait without a stamp of its own may have been removed up to here.
+    pub floor: Option<Stamp>,
+    /// Traits that were not stored, most recent first.
+    pub rejected: Vec<RejectedTrait>,
     pub created_at: Option<i64>,
     pub updated_at: Option<i64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RejectedTrait {
+    pub name: String,
+    pub reason: RejectReason,
+    pub stamp: Stamp,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RejectReason {
+    /// Storing it would pass `TRAITS_BUDGET_BYTES`.
+    ProfileBudget,
+    /// Older than the profile's floor: it might undo a removal that was folded away.
+    TooOld,
+}
+
+impl RejectReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RejectReason::ProfileBudget => "profile_budget",
+            RejectReason::TooOld => "too_old",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        [RejectReason::ProfileBudget, RejectReason::TooOld]
+            .into_iter()
+            .find(|reason| reason.as_str() == text)
+    }
 }
 
 pub(crate) fn trait_stamp_key(name: &str) -> String {
@@ -22,7 +61,7 @@ pub(crate) fn trait_stamp_key(name: &str) -> String {
 
 impl UserProfile {
     /// Applies one accepted upsert; returns whether the item must be written (a value,
-    /// a stamp or a timestamp changed).
+    /// a stamp, a rejection or a timestamp changed).
     pub fn apply(&mut self, stamp: &Stamp, changes: &Changes) -> bool {
         let mut changed = false;
         for (field, value) in &changes.profile {
@@ -31,11 +70,12 @@ impl UserProfile {
                 changed = true;
             }
         }
-        for (name, value) in &changes.traits {
-            if self.claim(trait_stamp_key(name), stamp) {
-                set_or_remove(&mut self.traits, name.clone(), value.clone());
-                changed = true;
+        if !changes.traits.is_empty() {
+            let mut used = self.traits_bytes();
+            for (name, value) in &changes.traits {
+                changed |= self.apply_trait(name, value.as_ref(), stamp, &mut used);
             }
+            changed |= self.fold_removal_stamps();
         }
         let created_at = self
             .created_at
@@ -47,6 +87,108 @@ impl UserProfile {
         self.created_at = Some(created_at);
         self.updated_at = Some(updated_at);
         changed
+    }
+
+    /// Bytes of the budget the stored custom traits use.
+    pub fn traits_bytes(&self) -> usize {
+        self.traits
+            .iter()
+            .filter_map(|(name, value)| {
+                let stamp = self.stamps.get(&trait_stamp_key(name))?;
+                Some(trait_cost(name, value, stamp))
+            })
+            .sum()
+    }
+
+    fn apply_trait(
+        &mut self,
+        name: &str,
+        value: Option<&Value>,
+        stamp: &Stamp,
+        used: &mut usize,
+    ) -> bool {
+        let key = trait_stamp_key(name);
+        let current = self.stamps.get(&key);
+        match current {
+            Some(current) if current >= stamp => return false,
+            // An old removal of a trait that is absent anyway changes nothing.
+            None if self.floor.as_ref().is_some_and(|floor| stamp <= floor) => {
+                return value.is_some() && self.reject(name, RejectReason::TooOld, stamp);
+            }
+            _ => {}
+        }
+        let old_cost = match (self.traits.get(name), current) {
+            (Some(old), Some(old_stamp)) => trait_cost(name, old, old_stamp),
+            _ => 0,
+        };
+        let new_cost = value.map_or(0, |value| trait_cost(name, value, stamp));
+        if *used - old_cost + new_cost > TRAITS_BUDGET_BYTES {
+            return self.reject(name, RejectReason::ProfileBudget, stamp);
+        }
+        *used = *used - old_cost + new_cost;
+        self.stamps.insert(key, stamp.clone());
+        set_or_remove(&mut self.traits, name.to_owned(), value.cloned());
+        self.rejected.retain(|r| r.name != name || r.stamp > *stamp);
+        true
+    }
+
+    /// Lists a trait as not stored, unless a newer refusal of it is listed already.
+    fn reject(&mut self, name: &str, reason: RejectReason, stamp: &Stamp) -> bool {
+        if self
+            .rejected
+            .iter()
+            .any(|r| r.name == name && r.stamp >= *stamp)
+        {
+            return false;
+        }
+        self.rejected.retain(|r| r.name != name);
+        let at = self.rejected.partition_point(|r| r.stamp > *stamp);
+        if at >= MAX_REJECTED_TRAITS {
+            return false;
+        }
+        self.rejected.insert(
+            at,
+            RejectedTrait {
+                name: name.to_owned(),
+                reason,
+                stamp: stamp.clone(),
+            },
+        );
+        self.rejected.truncate(MAX_REJECTED_TRAITS);
+        true
+    }
+
+    /// Keeps at most `MAX_REMOVED_STAMPS` stamps of removed custom traits: the oldest
+    /// fold into `floor`.
+    fn fold_removal_stamps(&mut self) -> bool {
+        let known = ProfileField::ALL
+            .iter()
+            .filter(|field| self.stamps.contains_key(field.attribute()))
+            .count();
+        if self.stamps.len() <= self.traits.len() + known + MAX_REMOVED_STAMPS {
+            return false;
+        }
+        let mut removed: Vec<(Stamp, String)> = self
+            .stamps
+            .iter()
+            .filter(|(key, _)| {
+                key.strip_prefix("traits.")
+                    .is_some_and(|name| !self.traits.contains_key(name))
+            })
+            .map(|(key, stamp)| (stamp.clone(), key.clone()))
+            .collect();
+        if removed.len() <= MAX_REMOVED_STAMPS {
+            return false;
+        }
+        removed.sort();
+        let excess = removed.len() - MAX_REMOVED_STAMPS;
+        for (stamp, key) in removed.into_iter().take(excess) {
+            self.stamps.remove(&key);
+            if self.floor.as_ref().is_none_or(|floor| stamp > *floor) {
+                self.floor = Some(stamp);
+            }
+        }
+        true
     }
 
     /// Records `stamp` as the field's latest writer if it is newer than the current one.
@@ -138,6 +280,95 @@ mod tests {
             user.traits["b"],
             json!({"y": 2}),
             "objects are replaced, not deep-merged"
+        );
+    }
+
+    fn custom(name: &str, value: Option<Value>) -> Changes {
+        let mut changes = Changes::default();
+        changes.traits.insert(name.into(), value);
+        changes
+    }
+
+    fn big(bytes: usize) -> Value {
+        json!("x".repeat(bytes))
+    }
+
+    #[test]
+    fn trait_over_the_budget_is_rejected_and_the_rest_of_the_upsert_applied() {
+        let mut user = UserProfile::default();
+        for i in 0..8 {
+            user.apply(&stamp(i, "a"), &custom(&format!("t{i}"), Some(big(31_000))));
+        }
+        let mut changes = custom("t8", Some(big(31_000)));
+        changes
+            .profile
+            .insert(ProfileField::Plan, Some("pro".into()));
+        assert!(user.apply(&stamp(10, "b"), &changes));
+        assert_eq!(user.profile[&ProfileField::Plan], "pro");
+        assert!(!user.traits.contains_key("t8"));
+        assert_eq!(user.rejected.len(), 1);
+        assert_eq!(user.rejected[0].reason, RejectReason::ProfileBudget);
+        assert!(user.traits_bytes() <= TRAITS_BUDGET_BYTES);
+        // An older store of that name keeps the newer refusal listed…
+        user.apply(&stamp(9, "c"), &custom("t8", Some(json!(1))));
+        assert_eq!(user.traits["t8"], json!(1));
+        assert_eq!(user.rejected.len(), 1);
+        // …a newer one clears it.
+        user.apply(&stamp(11, "d"), &custom("t8", Some(json!(2))));
+        assert!(user.rejected.is_empty());
+        // Removing a trait frees its share of the budget.
+        user.apply(&stamp(12, "e"), &custom("t0", None));
+        assert!(user.apply(&stamp(13, "f"), &custom("t9", Some(big(31_000)))));
+        assert!(user.traits.contains_key("t9"));
+    }
+
+    #[test]
+    fn rejected_traits_are_bounded_most_recent_first() {
+        let mut user = UserProfile::default();
+        user.apply(
+            &stamp(0, "a"),
+            &custom("fill", Some(big(TRAITS_BUDGET_BYTES - 200))),
+        );
+        for i in 1..=40 {
+            user.apply(&stamp(i, "b"), &custom(&format!("r{i}"), Some(big(1_000))));
+        }
+        assert_eq!(user.rejected.len(), MAX_REJECTED_TRAITS);
+        assert_eq!(user.rejected[0].name, "r40");
+        assert!(user.rejected.windows(2).all(|w| w[0].stamp > w[1].stamp));
+    }
+
+    #[test]
+    fn removal_stamps_are_bounded_and_older_sets_are_refused_as_too_old() {
+        let mut user = UserProfile::default();
+        for i in 0..1_000 {
+            let name = format!("churn{i}");
+            user.apply(&stamp(2 * i, "a"), &custom(&name, Some(json!(i))));
+            user.apply(&stamp(2 * i + 1, "a"), &custom(&name, None));
+        }
+        assert!(user.traits.is_empty());
+        assert!(
+            user.stamps.len() <= MAX_REMOVED_STAMPS,
+            "{}",
+            user.stamps.len()
+        );
+        let floor = user.floor.clone().expect("a floor");
+        // A set older than the floor cannot know whether its trait was removed since.
+        assert!(user.apply(&stamp(5, "late"), &custom("churn2", Some(json!("back")))));
+        assert!(!user.traits.contains_key("churn2"));
+        assert_eq!(user.rejected[0].reason, RejectReason::TooOld);
+        // Newer sets, and names with a stamp of their own, apply as always.
+        user.apply(
+            &stamp(floor.accepted_at + 10_000, "new"),
+            &custom("fresh", Some(json!(1))),
+        );
+        assert_eq!(user.traits["fresh"], json!(1));
+        user.apply(
+            &stamp(1_990, "b"),
+            &custom("churn999", Some(json!("stale"))),
+        );
+        assert!(
+            !user.traits.contains_key("churn999"),
+            "its removal stamp is kept"
         );
     }
 

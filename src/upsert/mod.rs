@@ -1,8 +1,9 @@
 //! The accepted upsert as it travels through SQS, and the per-field merge that makes
 //! the stored profile independent of delivery order and duplicates. Pure, no AWS.
 
+pub mod budget;
 mod merge;
 mod message;
 
-pub use merge::UserProfile;
+pub use merge::{RejectReason, RejectedTrait, UserProfile};
 pub use message::{Changes, MessageError, ProfileField, Stamp, UpsertMessage, MESSAGE_VERSION};

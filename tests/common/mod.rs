@@ -12,6 +12,7 @@ use vibefollow_users::config::Resources;
 use vibefollow_users::store::{
     ApiKeyStore, IdempotencyStore, RateLimitStore, StoredUser, UserStore,
 };
+use vibefollow_users::upsert::{Changes, Stamp, UpsertMessage, MESSAGE_VERSION};
 
 pub const ALL_SCOPES: [Scope; 3] = [Scope::UsersWrite, Scope::UsersRead, Scope::UsersReadPii];
 
@@ -192,4 +193,82 @@ pub async fn error_of(response: Response) -> (u16, Vec<String>, Vec<String>) {
         .map(|e| e["field"].as_str().unwrap_or_default().to_owned())
         .collect();
     (status, codes, fields)
+}
+
+/// An accepted upsert as the api would enqueue it, stamped `at` with request id `req-{i}`.
+pub fn message(workspace: &str, user: &str, at: i64, i: usize, changes: Changes) -> UpsertMessage {
+    UpsertMessage {
+        version: MESSAGE_VERSION,
+        workspace_id: workspace.to_owned(),
+        external_user_id: user.to_owned(),
+        stamp: Stamp {
+            accepted_at: at,
+            request_id: format!("req-{i:03}"),
+        },
+        changes,
+    }
+}
+
+/// Puts raw message bodies on the upsert queue, ten per call.
+pub async fn send_all(stack: &Stack, bodies: &[String]) {
+    for chunk in bodies.chunks(10) {
+        let mut batch = stack
+            .sqs
+            .send_message_batch()
+            .queue_url(&stack.resources.upsert_queue_url);
+        for (i, body) in chunk.iter().enumerate() {
+            let entry = aws_sdk_sqs::types::SendMessageBatchRequestEntry::builder()
+                .id(i.to_string())
+                .message_body(body)
+                .build()
+                .unwrap();
+            batch = batch.entries(entry);
+        }
+        let out = batch.send().await.unwrap();
+        assert!(out.failed().is_empty());
+    }
+}
+
+/// A control call to the Lambda-faithful runtime the stack runs the functions under
+/// (`dev/faithful`): `GET /__fleet` for its counters, `POST /__fleet/scale` etc.
+pub async fn fleet(stack: &Stack, method: Method, path: &str, body: Option<Value>) -> Value {
+    let mut request = stack
+        .http
+        .request(method, format!("{}/__fleet{path}", stack.api));
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let response = request.send().await.expect("the faithful runtime answers");
+    assert!(
+        response.status().is_success(),
+        "fleet {path}: {}",
+        response.status()
+    );
+    response.json().await.unwrap_or(Value::Null)
+}
+
+/// How many calls of an AWS operation (`AmazonSQS.SendMessage`) went through the
+/// stack's proxy so far.
+pub async fn aws_calls(stack: &Stack, operation: &str) -> u64 {
+    let url = std::env::var("VF_FAULT_PROXY_URL").expect("run through `make test`");
+    let report: Value = stack
+        .http
+        .get(url)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    report["calls"][operation].as_u64().unwrap_or(0)
+}
+
+/// The instance of the faithful runtime that answered.
+pub fn instance_of(response: &Response) -> String {
+    response
+        .headers()
+        .get("x-faithful-instance")
+        .and_then(|v| v.to_str().ok())
+        .expect("answered through the faithful runtime")
+        .to_owned()
 }
