@@ -55,6 +55,12 @@ USERS_URL = f"{stack.API_URL}/api/v1/users"
 OUT = stack.ROOT / "target" / "drill"
 REPORT = stack.ROOT / "docs" / "reliability.md"
 FAULTS_URL = f"http://127.0.0.1:{stack.FAULT_PROXY_PORT}/__faults"
+FLEET_URL = f"{stack.API_URL}/__fleet"
+# Instances stay frozen and out of service for a random time after each answer.
+HOLD_MS = (0, 1000)
+# After this share of 202s the client sends the same request again at once: it must be
+# a replay (another instance answers it while the first is frozen), never a 409.
+ECHO_SHARE = 0.3
 
 DYNAMODB = "DynamoDB_20120810."
 SQS = "AmazonSQS."
@@ -146,8 +152,14 @@ class Client(threading.Thread):
 
     def send(self, body, idempotency_key):
         status, headers, attempts = post_until_answered(self.key, body, idempotency_key, self.rng)
+        echo = None
+        if status == 202 and self.rng.random() < ECHO_SHARE:
+            echo_status, echo_headers, echo_attempts = post_until_answered(
+                self.key, body, idempotency_key, self.rng)
+            echo = {"status": echo_status, "attempts": echo_attempts,
+                    "replayed": echo_headers.get("Idempotent-Replayed") == "true"}
         return {"user": body["external_user_id"], "body": body, "key": idempotency_key,
-                "attempts": attempts, "status": status,
+                "attempts": attempts, "status": status, "echo": echo,
                 "replayed": headers.get("Idempotent-Replayed") == "true"}
 
 
@@ -247,10 +259,21 @@ class Chaos(threading.Thread):
         self.stack.start_bridge(log_mode="a")
 
     def restart_functions(self, rng):
+        """Instances die without warning, often mid-request: a busy api instance (its
+        client loses the connection), and a consumer instance (its batch is not deleted)."""
         time.sleep(rng.random())
-        self.stack.kill_functions()
-        self.function_kills += 1
-        self.stack.start_functions(log_mode="a")
+        for function, state in (("api", "busy"), ("consumer", "any")):
+            killed = fleet("POST", "/kill", {"function": function, "state": state, "count": 1})
+            self.function_kills += len(killed.get("killed", []))
+
+
+def fleet(method, path="", body=None):
+    """A call to the faithful runtime's control endpoint."""
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(FLEET_URL + path, data=data, method=method,
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.load(response)
 
 
 # --- checks --------------------------------------------------------------------------
@@ -406,6 +429,7 @@ def run_load(the_stack, aws, keys):
     chaos = Chaos(the_stack, aws["sqs"], the_stack.env["UPSERT_QUEUE_URL"])
     clients = [Client(i, keys["write"], users) for i in range(CLIENTS)]
     log(f"{CLIENTS} clients x {UPSERTS} upserts over {USERS} users, with faults")
+    fleet("PUT", "/hold", {"min_ms": HOLD_MS[0], "max_ms": HOLD_MS[1]})
     started = time.monotonic()
     chaos.start()
     for client in clients:
@@ -416,6 +440,7 @@ def run_load(the_stack, aws, keys):
     seconds = time.monotonic() - started
     chaos.stop.set()
     chaos.join()
+    fleet("PUT", "/hold", {"min_ms": 0, "max_ms": 0})
     if any(c.is_alive() for c in clients):
         raise SystemExit("[drill] clients did not finish before the deadline")
     if the_stack.bridge.poll() is not None:
@@ -465,6 +490,8 @@ def verify(env, aws, keys, load):
     foreign_stamps = sum(1 for fields in stored.values() for _, stamp in fields.values()
                          if stamp[1] not in accepted_ids)
     attempts = [a for r in records for a in r["attempts"]]
+    echoes = [r["echo"] for r in records if r["echo"]]
+    instances = fleet("GET")["functions"]
     proxy = json.load(urllib.request.urlopen(FAULTS_URL, timeout=5))
     logs = scan_logs()
     probe_results = load["probes"]
@@ -477,6 +504,8 @@ def verify(env, aws, keys, load):
         "no refused request changed anything (markers stored: 0)":
             not any(m in json.dumps(all_items) for m in markers),
         "every retried request eventually got its 202": all(r["status"] == 202 for r in records),
+        "a request repeated after its 202 is replayed, never 409":
+            all(e["status"] == 202 and e["replayed"] and 409 not in e["attempts"] for e in echoes),
         "queue drained": queue_depth(sqs, env["UPSERT_QUEUE_URL"]) == 0,
         "DLQ holds exactly the poison messages": sorted(dlq) == sorted(POISON),
         "cross-workspace write isolated (this workspace's users unchanged)": cross_marker not in own_items,
@@ -493,6 +522,11 @@ def verify(env, aws, keys, load):
             "retried_upserts": sum(1 for r in records if len(r["attempts"]) > 1),
             "retry_causes": {str(k): attempts.count(k) for k in ("timeout", 409, 429, 500, 503)},
             "probes": len(probe_results),
+            "repeated_after_202": len(echoes),
+            "repeats_replayed": sum(e["status"] == 202 and e["replayed"] for e in echoes),
+            "repeats_409": sum(e["attempts"].count(409) for e in echoes),
+            "repeat_retry_causes": {str(k): sum(e["attempts"][:-1].count(k) for e in echoes)
+                                    for k in ("timeout", 429, 500, 503)},
             "load_seconds": round(load["seconds"], 1),
         },
         "outcome": {"lost": lost, "stale_or_duplicated_fields": stale_fields,
@@ -503,6 +537,8 @@ def verify(env, aws, keys, load):
                    "function_kills": chaos.function_kills, "poison_messages": chaos.poisoned,
                    "sqs_send_message_calls": proxy["calls"].get(SQS + "SendMessage", 0),
                    "dlq_messages": len(dlq), **bridge_deliveries()},
+        "instances": {name: {k: f[k] for k in ("cold_starts", "invocations", "kills", "crashes", "timeouts")}
+                      for name, f in instances.items()},
         "recovery_seconds": round(recovery_seconds, 1),
         "logs": logs,
         "checks": checks,
@@ -513,7 +549,9 @@ def write_report(summary):
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     req, out, faults, cfg = summary["requests"], summary["outcome"], summary["faults"], summary["config"]
+    inst = summary["instances"]
     causes = ", ".join(f"{v} × {k}" for k, v in req["retry_causes"].items() if v)
+    repeat_causes = ", ".join(f"{v} × {k}" for k, v in req["repeat_retry_causes"].items() if v)
     rows = "\n".join(f"| {name} | {'pass' if ok else '**FAIL**'} |" for name, ok in summary["checks"].items())
     windows = "\n".join(f"- {what} ({seconds} s)" for what, _, seconds in FAULTS)
     REPORT.write_text(f"""# Reliability
@@ -533,7 +571,9 @@ to regenerate this page (figures vary a little from run to run with timing).
 | upserts that needed retries | {req['retried_upserts']} ({causes}) |
 | refused probes (422/401/403/415/413) | {req['probes']}, none stored |
 | fault windows | {faults['windows']}: {faults['calls_failed']} AWS calls failed, {faults['calls_stalled']} stalled |
-| kills | bridge (SIGKILL, often mid-batch, back 1–2 s later): {faults['bridge_kills']}; both functions (`cargo lambda watch` and its function processes, mid-request, restarted cold): {faults['function_kills']} |
+| repeated at once after a 202 (another instance, the first frozen) | {req['repeated_after_202']}: {req['repeats_replayed']} answered as replays, {req['repeats_409']} × 409 (retries of the repeats: {repeat_causes or 'none'}) |
+| kills | bridge (SIGKILL, often mid-batch, back 1–2 s later): {faults['bridge_kills']}; function instances (SIGKILL, busy api instances mid-request and consumer instances): {faults['function_kills']} |
+| instances | api: {inst['api']['cold_starts']} cold starts, {inst['api']['invocations']} invocations; consumer: {inst['consumer']['cold_starts']} cold starts, {inst['consumer']['invocations']} invocations |
 | SQS SendMessage calls by the api | {faults['sqs_send_message_calls']} for {req['accepted']} accepted upserts |
 | messages delivered to the consumer | {faults['messages_delivered']} in {faults['batches']} batches, {faults['redelivered']} redeliveries |
 | poison messages injected / in the DLQ | {faults['poison_messages']} / {faults['dlq_messages']} |
@@ -555,10 +595,15 @@ to regenerate this page (figures vary a little from run to run with timing).
 - Faults come from the stack's fault proxy between the functions and moto, cycled two seconds
   apart while the clients run:
 {windows}
+- The functions run as Lambda runs them, under the stack's faithful runtime (`dev/faithful`):
+  release binaries, each instance frozen (SIGSTOP) the moment it answers and resumed only
+  for its next event, several api and consumer instances at once (at least 4 and 2), each
+  held frozen for a random 0–1 s after every answer, so retries land on other instances.
+  After {int(ECHO_SHARE * 100)} % of the 202s the client repeats the request at once: it must be replayed.
 - The SQS → consumer bridge is a process of its own; the drill SIGKILLs it (often mid-batch)
-  and restarts it. It also kills `cargo lambda watch` with both functions mid-request (a
-  crashed instance: in-flight POSTs lose their connection, an in-flight consumer batch is
-  not deleted) and starts them again cold. Received messages stay invisible for 4 s locally
+  and restarts it. It also SIGKILLs function instances without warning (a busy api
+  instance: its client loses the connection; a consumer instance: its batch is not
+  deleted); the next events cold-start new ones. Received messages stay invisible for 4 s locally
   (`VF_BRIDGE_VISIBILITY_SECONDS`), and a failed message comes back after 3 s
   (`VF_BRIDGE_RETRY_SECONDS`), so five receives span longer than any fault window; on AWS both
   are the queue's 180 s visibility timeout.

@@ -356,8 +356,11 @@ def tool_env(extra=None):
 
 
 class Stack:
-    def __init__(self, reload):
+    def __init__(self, reload, log_level="TRACE"):
+        # Tests and the drill run the functions at the most verbose level the template
+        # allows, so that the log checks cover every line a deployment could write.
         self.reload = reload
+        self.log_level = log_level
         self.proxy = None
         self.fleet = None
         self.processes = []
@@ -389,6 +392,7 @@ class Stack:
             "AWS_ENDPOINT_URL": f"http://127.0.0.1:{FAULT_PROXY_PORT}", "AWS_REGION": REGION,
             "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
             "DLQ_URL": names["UpsertDeadLetterQueue"], "VF_RUNTIME": RUNTIME,
+            "AWS_LAMBDA_LOG_LEVEL": self.log_level,
         })
         ENV_FILE.write_text("".join(f"{k}={v}\n" for k, v in env.items()))
         self.env = env
@@ -576,7 +580,7 @@ def invoke_consumer(url, event, all_ids, timeout=60):
 # --- entry points --------------------------------------------------------------------
 
 def up():
-    stack = Stack(reload=True)
+    stack = Stack(reload=True, log_level=os.environ.get("VF_LOG_LEVEL", "INFO"))
     # Ctrl-C even when started from a shell that ignores SIGINT for background jobs.
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))

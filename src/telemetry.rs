@@ -1,31 +1,82 @@
 //! JSON logs, one object per line, for CloudWatch and for `make dev`.
 
+use tracing::Level;
 use tracing_subscriber::filter::Targets;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::Layer;
 
-/// Quiet the SDK's internals: their debug output can carry request bodies.
-const QUIET_DEPENDENCIES: &str = "aws_smithy_runtime=warn,aws_config=warn,hyper=warn";
+/// Crates whose verbose output carries what must never be logged: the Lambda runtime
+/// logs raw events at debug and trace (the `Authorization` header with the key, bodies
+/// with emails), the SDK and HTTP stack log request bodies. Capped whatever the
+/// configuration asks for.
+const CAPPED: [(&str, Level); 8] = [
+    ("lambda_runtime", Level::INFO),
+    ("lambda_runtime_api_client", Level::INFO),
+    ("lambda_http", Level::INFO),
+    ("aws_smithy_runtime", Level::WARN),
+    ("aws_smithy_http_client", Level::WARN),
+    ("aws_config", Level::WARN),
+    ("hyper", Level::WARN),
+    ("hyper_util", Level::WARN),
+];
 
 /// Level from `RUST_LOG`, else Lambda's `AWS_LAMBDA_LOG_LEVEL`, else info. Directives
 /// are `level` or `target=level`, comma-separated (`Targets`, not `EnvFilter`: no regex
 /// engine in the binary).
 pub fn init() {
-    let level = std::env::var("RUST_LOG")
+    let configured = std::env::var("RUST_LOG")
         .or_else(|_| std::env::var("AWS_LAMBDA_LOG_LEVEL").map(|level| level.to_lowercase()))
         .unwrap_or_else(|_| "info".to_owned());
-    let filter: Targets = format!("{level},{QUIET_DEPENDENCIES}")
-        .parse()
-        .unwrap_or_else(|_| Targets::new().with_default(tracing::Level::INFO));
     let json = tracing_subscriber::fmt::layer()
         .json()
         .flatten_event(true)
         .with_current_span(false)
         .with_span_list(false)
         .with_target(false)
-        .with_ansi(false);
-    tracing_subscriber::registry()
-        .with(json)
-        .with(filter)
-        .init();
+        .with_ansi(false)
+        .with_filter(configured_filter(&configured))
+        .with_filter(safety_filter());
+    tracing_subscriber::registry().with(json).init();
+}
+
+fn configured_filter(directives: &str) -> Targets {
+    directives
+        .parse()
+        .unwrap_or_else(|_| Targets::new().with_default(Level::INFO))
+}
+
+/// Everything, except the capped crates above their cap.
+fn safety_filter() -> Targets {
+    Targets::new()
+        .with_default(Level::TRACE)
+        .with_targets(CAPPED)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_configuration_lets_the_runtime_log_raw_events() {
+        let safety = safety_filter();
+        for directives in [
+            "trace",
+            "debug",
+            "lambda_runtime=trace,lambda_http=trace",
+            "trace,aws_smithy_runtime=trace",
+        ] {
+            let configured = configured_filter(directives);
+            for (target, level) in [
+                ("lambda_runtime", Level::DEBUG),
+                ("lambda_http::request", Level::TRACE),
+                ("aws_smithy_runtime::client", Level::DEBUG),
+            ] {
+                let logged =
+                    configured.would_enable(target, &level) && safety.would_enable(target, &level);
+                assert!(!logged, "{directives}: {target} at {level}");
+            }
+            assert!(safety.would_enable("vibefollow_users::http", &Level::TRACE));
+        }
+    }
 }

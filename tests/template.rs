@@ -180,3 +180,20 @@ async fn local_tables_match_the_template() {
         Some(declared)
     );
 }
+
+#[test]
+fn access_logs_record_the_route_key_never_the_raw_path() {
+    // The raw path holds the external_user_id, often an email address in practice.
+    let template = template();
+    let format = resource(&template, "HttpApi")["AccessLogSettings"]["Format"]
+        .as_str()
+        .expect("an access log format");
+    assert!(format.contains("$context.routeKey"), "{format}");
+    for raw in [
+        "$context.path",
+        "$context.resourcePath",
+        "$context.requestUri",
+    ] {
+        assert!(!format.contains(raw), "{format} logs {raw}");
+    }
+}

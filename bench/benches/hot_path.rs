@@ -84,5 +84,38 @@ fn consumer_merge(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, api_hot_path, consumer_merge);
+/// One 32 KB upsert (a 31 KB custom trait) applied to a profile whose trait budget is
+/// full: the budget check sums the stored traits, then refuses the new one.
+fn full_profile_merge(c: &mut Criterion) {
+    let stamp = |i: i64| Stamp {
+        accepted_at: 1_795_773_600_000 + i,
+        request_id: format!("req-{i}"),
+    };
+    let mut full = UserProfile::default();
+    for i in 0..8 {
+        let mut fill = Changes::default();
+        fill.traits
+            .insert(format!("fill{i}"), Some(json!("v".repeat(31_000))));
+        full.apply(&stamp(i), &fill);
+    }
+    let mut upsert = Changes::default();
+    upsert
+        .traits
+        .insert("one_more".into(), Some(json!("w".repeat(31_000))));
+    upsert
+        .profile
+        .insert(ProfileField::Plan, Some("pro".into()));
+    c.bench_function("consumer: a 32 KB upsert onto a full profile", |b| {
+        b.iter_batched(
+            || full.clone(),
+            |mut user| {
+                user.apply(&stamp(100), black_box(&upsert));
+                user
+            },
+            BatchSize::SmallInput,
+        )
+    });
+}
+
+criterion_group!(benches, api_hot_path, consumer_merge, full_profile_merge);
 criterion_main!(benches);

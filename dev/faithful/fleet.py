@@ -336,7 +336,12 @@ def front_handler(fleet):
                 return self.invoke_api(invoke.group(1), body)
             self.http_api(body)
 
-        do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = do_OPTIONS = route
+        def __getattr__(self, name):
+            # Every method (QUERY, TRACE, …) reaches the api, as API Gateway's catch-all
+            # route sends it there; the api answers 405 with `Allow`.
+            if name.startswith("do_"):
+                return self.route
+            raise AttributeError(name)
 
         # --- /__fleet ---------------------------------------------------------------
 

@@ -1,4 +1,4 @@
-//! The API contract (`shared/spec/users-api.md`) as pure functions: request
+//! The API contract (`docs/api.md`) as pure functions: request
 //! validation, canonical body hashing and the error envelope. No AWS in here.
 
 mod email;

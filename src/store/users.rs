@@ -330,7 +330,7 @@ fn parse_stamp(text: &str) -> Option<Stamp> {
 mod tests {
     use super::*;
     use crate::contract::{parse_upsert, user_view};
-    use crate::upsert::{UpsertMessage, MESSAGE_VERSION};
+    use crate::upsert::{Changes, UpsertMessage, MESSAGE_VERSION};
     use proptest::prelude::*;
     use serde_json::{json, Map};
 
@@ -364,6 +364,94 @@ mod tests {
         let back = user_from_item(&item).unwrap();
         assert_eq!(back.version, 4);
         assert_eq!(back.profile, user.profile);
+    }
+
+    /// DynamoDB's item size: names + values; numbers ~1 byte per two digits + 1; lists
+    /// and maps 3 + 1 per element.
+    fn attribute_size(value: &AttributeValue) -> usize {
+        match value {
+            AttributeValue::S(text) => text.len(),
+            AttributeValue::N(text) => {
+                text.bytes().filter(u8::is_ascii_digit).count().div_ceil(2) + 1
+            }
+            AttributeValue::L(items) => {
+                3 + items.iter().map(|v| 1 + attribute_size(v)).sum::<usize>()
+            }
+            AttributeValue::M(members) => {
+                3 + members
+                    .iter()
+                    .map(|(k, v)| 1 + k.len() + attribute_size(v))
+                    .sum::<usize>()
+            }
+            _ => 1,
+        }
+    }
+
+    fn item_size(item: &Item) -> usize {
+        item.iter()
+            .map(|(name, value)| name.len() + attribute_size(value))
+            .sum()
+    }
+
+    /// The largest profile the consumer can be made to write: every known field at its
+    /// limit, the trait budget full of 256-byte names, the most rejections and removal
+    /// stamps it keeps, the longest ids.
+    pub(crate) fn full_profile() -> StoredUser {
+        use crate::upsert::budget::{MAX_REJECTED_TRAITS, MAX_REMOVED_STAMPS, TRAITS_BUDGET_BYTES};
+        let mut profile = UserProfile::default();
+        let stamp = |i: i64| Stamp {
+            accepted_at: 1_800_000_000_000 + i,
+            request_id: uuid::Uuid::new_v4().to_string(),
+        };
+        let mut known = Changes::default();
+        for field in ProfileField::ALL {
+            let value = match field {
+                ProfileField::Email => format!("{}@{}.io", "e".repeat(64), "d".repeat(63)),
+                ProfileField::SignupDate => "2026-05-17T14:00:00Z".to_owned(),
+                ProfileField::Plan | ProfileField::Role => "p".repeat(256),
+                _ => "n".repeat(1024),
+            };
+            known.profile.insert(field, Some(value));
+        }
+        profile.apply(&stamp(0), &known);
+        let name = |prefix: &str, i: usize| format!("{prefix}{i:04}{}", "x".repeat(248));
+        for i in 0..MAX_REMOVED_STAMPS * 3 {
+            let mut churn = Changes::default();
+            churn.traits.insert(name("gone", i), None);
+            profile.apply(&stamp(1 + i as i64), &churn);
+        }
+        let mut i = 0;
+        while profile.traits_bytes() + 31_000 < TRAITS_BUDGET_BYTES {
+            let mut fill = Changes::default();
+            fill.traits
+                .insert(name("fill", i), Some(json!("v".repeat(30_000))));
+            profile.apply(&stamp(1_000 + i as i64), &fill);
+            i += 1;
+        }
+        for j in 0..MAX_REJECTED_TRAITS {
+            let mut refused = Changes::default();
+            refused
+                .traits
+                .insert(name("big", j), Some(json!("r".repeat(31_000))));
+            profile.apply(&stamp(2_000 + j as i64), &refused);
+        }
+        assert_eq!(profile.rejected.len(), MAX_REJECTED_TRAITS);
+        StoredUser {
+            external_user_id: "u".repeat(255),
+            profile,
+            version: 7,
+        }
+    }
+
+    #[test]
+    fn the_largest_item_the_consumer_writes_fits_dynamodb() {
+        let user = full_profile();
+        let size = item_size(&item_from_user(&"w".repeat(64), &user).unwrap());
+        eprintln!("largest users item: {size} bytes");
+        assert!(
+            size < 400 * 1024 * 9 / 10,
+            "{size} bytes leaves under 10 % of DynamoDB's 400 KB"
+        );
     }
 
     fn edge_number() -> impl Strategy<Value = Value> {
