@@ -6,6 +6,9 @@ cd "$(dirname "$0")/.."
 
 cargo test --workspace --test '*'
 
+# A stack killed with SIGKILL leaves nothing behind (starts a second stack of its own).
+.venv/bin/python -m unittest dev/stack_cleanup_test.py
+
 key=$(cargo run -q --bin vfctl -- --local keys create --workspace schemathesis \
   --scopes users:write,users:read,users:read_pii --rate-limit 100000)
 # positive_data_acceptance is left out: the contract counts bytes (external_user_id,

@@ -32,12 +32,15 @@ import boto3
 import yaml
 
 from dynamodb_limits import violation
-from faithful import Fleet, FleetError, FunctionConfig
+from faithful import Fleet, FleetError, FunctionConfig, Spawner
 
 ROOT = Path(__file__).resolve().parent.parent
-LOCAL = ROOT / ".local"
+# VF_LOCAL_DIR lets a second stack (the clean-up test's) keep its files apart.
+LOCAL = Path(os.environ.get("VF_LOCAL_DIR", ROOT / ".local"))
 LOGS = LOCAL / "logs"
 ENV_FILE = LOCAL / "stack.env"
+# The running stack's pid and its children's process groups, to stop a stale stack.
+PIDS_FILE = LOCAL / "stack.pids"
 VENV_BIN = ROOT / ".venv" / "bin"
 
 STACK_NAME = "vibefollow-local"
@@ -361,24 +364,33 @@ class Stack:
         # allows, so that the log checks cover every line a deployment could write.
         self.reload = reload
         self.log_level = log_level
+        self.spawner = Spawner()
         self.proxy = None
         self.fleet = None
         self.processes = []
 
     def spawn(self, name, args, env=None, log_to_terminal=False, log_mode="w"):
+        """A child in a process group of its own that the kernel kills when the stack
+        dies, however it dies (parent-death signal)."""
         log_file = open(LOGS / f"{name}.log", log_mode)
-        process = subprocess.Popen(
+        process = self.spawner.spawn(
             args, cwd=ROOT, env=tool_env(env), stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE if log_to_terminal else log_file, stderr=subprocess.STDOUT,
-            start_new_session=True, text=True,
+            text=True,
         )
         if log_to_terminal:
             threading.Thread(target=tee, args=(process.stdout, log_file), daemon=True).start()
         self.processes.append((name, process))
+        self.record_pids()
         return process
+
+    def record_pids(self):
+        PIDS_FILE.write_text(json.dumps({"stack": os.getpid(), "root": str(ROOT),
+                                         "groups": [p.pid for _, p in self.processes]}))
 
     def start(self):
         LOGS.mkdir(parents=True, exist_ok=True)
+        stop_stale_stack()
         if port_open(EMULATOR_PORT) or port_open(API_PORT):
             raise SystemExit(f"[stack] port {EMULATOR_PORT} or {API_PORT} is in use: is another stack running?")
         log(f"starting moto on {EMULATOR_URL}")
@@ -447,9 +459,10 @@ class Stack:
         self.kill("bridge", self.bridge)
 
     def kill(self, name, process):
-        os.killpg(process.pid, signal.SIGKILL)
+        signal_group(process.pid, signal.SIGKILL)
         process.wait()
         self.processes.remove((name, process))
+        self.record_pids()
 
     def create_key(self, workspace=DEV_WORKSPACE, scopes=DEV_SCOPES, rate_limit=None):
         limit = ["--rate-limit", str(rate_limit)] if rate_limit else []
@@ -461,22 +474,74 @@ class Stack:
         return out.stdout.strip()
 
     def stop(self):
+        """Everything stops within a few seconds: SIGTERM to every child at once, then
+        SIGKILL to what is left after a shared grace period."""
         # A second Ctrl-C or SIGTERM must not cut the clean-up short.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         if self.fleet:
             self.fleet.stop()
-        for name, process in reversed(self.processes):
-            if process.poll() is None:
-                os.killpg(process.pid, signal.SIGTERM)
-        for name, process in self.processes:
+        for _, process in self.processes:
+            signal_group(process.pid, signal.SIGTERM)
+        deadline = time.monotonic() + STOP_GRACE_SECONDS
+        for _, process in self.processes:
             try:
-                process.wait(timeout=10)
+                process.wait(timeout=max(0.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
+                pass
+            signal_group(process.pid, signal.SIGKILL)
         if self.proxy:
             self.proxy.close()
+        self.spawner.close()
         ENV_FILE.unlink(missing_ok=True)
+        PIDS_FILE.unlink(missing_ok=True)
+
+
+STOP_GRACE_SECONDS = 3
+
+
+def signal_group(pgid, sig):
+    try:
+        os.killpg(pgid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def stop_stale_stack():
+    """A stack of this checkout whose `stack.py` died without cleaning up (SIGKILL)
+    leaves its pids behind: its process groups are stopped, not refused."""
+    if not PIDS_FILE.exists():
+        return
+    try:
+        recorded = json.loads(PIDS_FILE.read_text())
+    except ValueError:
+        recorded = {}
+    if pid_alive(recorded.get("stack")) and "stack.py" in cmdline(recorded["stack"]):
+        raise SystemExit(f"[stack] another stack of this checkout is running (pid {recorded['stack']})")
+    groups = [g for g in recorded.get("groups", []) if pid_alive(g)]
+    if groups:
+        log(f"stopping a stale stack of this checkout: process groups {groups}")
+    for group in groups:
+        signal_group(group, signal.SIGKILL)
+    wait_for(lambda: not port_open(EMULATOR_PORT) and not port_open(API_PORT), "the stale stack's ports", 10)
+    PIDS_FILE.unlink(missing_ok=True)
+
+
+def cmdline(pid):
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def pid_alive(pid):
+    if not pid:
+        return False
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
 
 
 def tee(stream, log_file):

@@ -19,6 +19,9 @@ pub struct Resources {
     /// `DEFAULT_RATE_LIMIT` (optional, default 100): requests per second for keys
     /// created without `--rate-limit`.
     pub default_rate_limit: u32,
+    /// `METRICS_NAMESPACE` (optional, default `VibeFollow/Users`): the CloudWatch
+    /// namespace of the functions' embedded metrics, one per stack.
+    pub metrics_namespace: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -34,13 +37,14 @@ fn var(name: &'static str) -> Result<String, MissingVar> {
 
 impl Resources {
     /// Every variable `from_env` reads; template.yaml must set exactly these.
-    pub const ENV_VARS: [&'static str; 6] = [
+    pub const ENV_VARS: [&'static str; 7] = [
         "USERS_TABLE",
         "IDEMPOTENCY_TABLE",
         "API_KEYS_TABLE",
         "RATE_LIMITS_TABLE",
         "UPSERT_QUEUE_URL",
         "DEFAULT_RATE_LIMIT",
+        "METRICS_NAMESPACE",
     ];
 
     pub fn from_env() -> Result<Self, MissingVar> {
@@ -55,6 +59,8 @@ impl Resources {
                 .and_then(|v| v.parse().ok())
                 .filter(|rate| *rate > 0)
                 .unwrap_or(DEFAULT_RATE_LIMIT),
+            metrics_namespace: var("METRICS_NAMESPACE")
+                .unwrap_or_else(|_| crate::metrics::DEFAULT_NAMESPACE.to_owned()),
         })
     }
 }

@@ -9,6 +9,7 @@
 //! failed, never dropped, and reaches the DLQ after `maxReceiveCount` receives.
 
 use crate::aws::AwsError;
+use crate::metrics::{self, BatchMetrics};
 use crate::store::{StoredUser, UserStore, WriteOutcome};
 use crate::upsert::{UpsertMessage, UserProfile};
 use aws_lambda_events::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent};
@@ -20,6 +21,7 @@ const MAX_WRITE_ATTEMPTS: usize = 5;
 
 pub struct Consumer {
     users: UserStore,
+    metrics_namespace: String,
 }
 
 /// The messages of one batch for one user.
@@ -31,8 +33,11 @@ struct UserBatch<'a> {
 }
 
 impl Consumer {
-    pub fn new(users: UserStore) -> Self {
-        Self { users }
+    pub fn new(users: UserStore, metrics_namespace: impl Into<String>) -> Self {
+        Self {
+            users,
+            metrics_namespace: metrics_namespace.into(),
+        }
     }
 
     pub async fn handle(&self, event: SqsEvent) -> SqsBatchResponse {
@@ -92,14 +97,17 @@ impl Consumer {
                 .map(|_| Err(AwsError::Unavailable(err.to_string())))
                 .collect(),
         };
+        let mut rejected_traits = 0;
         for (batch, result) in batches.iter().zip(results) {
             match result {
-                Ok(()) => {}
+                Ok(rejected) => rejected_traits += rejected,
                 // Not worth retrying as a whole (DynamoDB refused the write): apply
                 // what can be applied, one message at a time, and fail only the rest.
                 Err(AwsError::Internal(err)) if batch.messages.len() > 1 => {
                     tracing::warn!(error = %err, messages = batch.messages.len(), "user write refused; applying its messages one by one");
-                    failed.extend(self.apply_one_by_one(batch).await);
+                    let (failures, rejected) = self.apply_one_by_one(batch).await;
+                    failed.extend(failures);
+                    rejected_traits += rejected;
                 }
                 Err(err) => {
                     tracing::warn!(error = %err, messages = batch.messages.len(), "user write failed; messages will be retried");
@@ -115,6 +123,23 @@ impl Consumer {
             latency_ms = started.elapsed().as_secs_f64() * 1000.0,
             "batch"
         );
+        let now_ms = crate::clock::now_millis();
+        let lag_ms = by_user
+            .values()
+            .flatten()
+            .filter(|(id, _)| !failed.iter().any(|f| f == id))
+            .map(|(_, message)| now_ms - message.stamp.accepted_at)
+            .collect();
+        metrics::emit(&metrics::batch_line(
+            &self.metrics_namespace,
+            now_ms,
+            &BatchMetrics {
+                applied: event.records.len() - failed.len(),
+                failed: failed.len(),
+                rejected_traits,
+                lag_ms,
+            },
+        ));
         let mut response = SqsBatchResponse::default();
         response.batch_item_failures = failed
             .into_iter()
@@ -139,30 +164,36 @@ impl Consumer {
         self.users.get_many(&keys).await
     }
 
-    /// The ids of the messages of `batch` that fail even when applied alone.
-    async fn apply_one_by_one(&self, batch: &UserBatch<'_>) -> Vec<String> {
+    /// The ids of the messages of `batch` that fail even when applied alone, and the
+    /// traits the others had refused.
+    async fn apply_one_by_one(&self, batch: &UserBatch<'_>) -> (Vec<String>, usize) {
         let mut failed = Vec::new();
+        let mut rejected = 0;
         for one in batch.messages.chunks(1) {
             let alone = UserBatch {
                 messages: one,
                 ..*batch
             };
-            if let Err(err) = self.apply(&alone, None).await {
-                tracing::error!(message_id = one[0].0, error = %err, "message cannot be applied");
-                failed.push(one[0].0.to_owned());
+            match self.apply(&alone, None).await {
+                Ok(refused) => rejected += refused,
+                Err(err) => {
+                    tracing::error!(message_id = one[0].0, error = %err, "message cannot be applied");
+                    failed.push(one[0].0.to_owned());
+                }
             }
         }
-        failed
+        (failed, rejected)
     }
 
     /// Merges a user's messages into its item and writes it once, with the item as read
     /// for the whole batch (`prefetched`); if another consumer wrote the user in
     /// between, re-reads it alone and tries again.
+    /// Returns how many traits of these messages the profile refused.
     async fn apply(
         &self,
         batch: &UserBatch<'_>,
         mut prefetched: Option<Option<StoredUser>>,
-    ) -> Result<(), AwsError> {
+    ) -> Result<usize, AwsError> {
         for _ in 0..MAX_WRITE_ATTEMPTS {
             let current = match prefetched.take() {
                 Some(current) => current,
@@ -181,11 +212,17 @@ impl Consumer {
             for (_, message) in batch.messages {
                 changed |= user.profile.apply(&message.stamp, &message.changes);
             }
+            let refused = user
+                .profile
+                .rejected
+                .iter()
+                .filter(|r| batch.messages.iter().any(|(_, m)| m.stamp == r.stamp))
+                .count();
             if !changed {
-                return Ok(());
+                return Ok(refused);
             }
             if self.users.put(batch.workspace_id, &user).await? == WriteOutcome::Written {
-                return Ok(());
+                return Ok(refused);
             }
         }
         Err(AwsError::Unavailable(

@@ -6,10 +6,12 @@
 
 pub mod auth;
 pub mod aws;
+pub mod clock;
 pub mod config;
 pub mod consumer;
 pub mod contract;
 pub mod http;
+pub mod metrics;
 pub mod queue;
 pub mod rate_limit;
 pub mod store;

@@ -6,15 +6,17 @@ mod error;
 mod keys;
 mod routes;
 
-pub use error::ApiError;
+pub use error::{ApiError, ErrorAnswer};
 pub use routes::Route;
 
 use crate::auth::{bearer_key, key_hash, ApiKeyRecord};
+use crate::clock::now_millis;
 use crate::config::Resources;
 use crate::contract::{
     parse_upsert, user_view, validate_idempotency_key, ErrorEnvelope, ValidUpsert, MAX_BODY_BYTES,
     MAX_USER_ID_BYTES,
 };
+use crate::metrics::{self, Outcome};
 use crate::queue::UpsertQueue;
 use crate::rate_limit::{RateDecision, RateLimiter};
 use crate::store::{ApiKeyStore, Claim, IdempotencyStore, RateLimitStore, UserStore};
@@ -32,6 +34,7 @@ pub struct App {
     keys: KeyCache,
     rate_limiter: RateLimiter<RateLimitStore>,
     default_rate_limit: u32,
+    metrics_namespace: String,
     idempotency: IdempotencyStore,
     users: UserStore,
     queue: UpsertQueue,
@@ -70,6 +73,7 @@ impl App {
                 &resources.rate_limits_table,
             )),
             default_rate_limit: resources.default_rate_limit,
+            metrics_namespace: resources.metrics_namespace.clone(),
             idempotency: IdempotencyStore::new(dynamodb.clone(), &resources.idempotency_table),
             users: UserStore::new(dynamodb, &resources.users_table),
             queue: UpsertQueue::new(aws_sdk_sqs::Client::new(sdk), &resources.upsert_queue_url),
@@ -88,13 +92,36 @@ impl App {
             Ok(route) => self.serve(route, &request, &request_id, &mut trace).await,
             Err(err) => Err(err.clone().into_error()),
         };
-        let (response, detail) = match result {
-            Ok(success) => (success_response(success, &request_id), None),
+        let (response, detail, outcome, code) = match result {
+            Ok(success) => {
+                let outcome = match success {
+                    Success::Accepted { replayed: false } => Outcome::Accepted,
+                    Success::Accepted { replayed: true } => Outcome::Replayed,
+                    Success::Data(_) | Success::Page { .. } => Outcome::Served,
+                };
+                (success_response(success, &request_id), None, outcome, None)
+            }
             Err(err) => {
                 let detail = err.log_detail().map(str::to_owned);
-                (error_response(err, &request_id), detail)
+                let answer = err.answer();
+                let outcome = if answer.status.is_server_error() {
+                    Outcome::ServerError
+                } else {
+                    Outcome::Refused
+                };
+                let code = answer.errors.first().map(|error| error.code);
+                (error_response(answer, &request_id), detail, outcome, code)
             }
         };
+        let code = code
+            .and_then(|code| serde_json::to_value(code).ok())
+            .and_then(|code| code.as_str().map(str::to_owned));
+        metrics::emit(&metrics::request_line(
+            &self.metrics_namespace,
+            now_millis(),
+            outcome,
+            code.as_deref().unwrap_or("-"),
+        ));
         let status = response.status().as_u16();
         tracing::info!(
             request_id = %request_id,
@@ -300,13 +327,6 @@ fn is_json_content_type(headers: &HeaderMap) -> bool {
         .is_some_and(|media| media.trim().eq_ignore_ascii_case("application/json"))
 }
 
-fn now_millis() -> i64 {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    i64::try_from(now.as_millis()).unwrap_or(i64::MAX)
-}
-
 fn json_response(status: StatusCode, body: String, request_id: &str) -> Response<Body> {
     let mut response = Response::new(Body::Text(body));
     *response.status_mut() = status;
@@ -350,8 +370,7 @@ fn success_response(success: Success, request_id: &str) -> Response<Body> {
     }
 }
 
-fn error_response(err: ApiError, request_id: &str) -> Response<Body> {
-    let answer = err.answer();
+fn error_response(answer: ErrorAnswer, request_id: &str) -> Response<Body> {
     let body = serde_json::to_string(&ErrorEnvelope {
         errors: &answer.errors,
     })

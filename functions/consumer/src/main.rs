@@ -9,7 +9,10 @@ async fn main() -> Result<(), Error> {
     telemetry::init();
     let resources = Resources::from_env()?;
     let dynamodb = vibefollow_users::aws_sdk_dynamodb::Client::new(&sdk_config().await);
-    let consumer = Consumer::new(UserStore::new(dynamodb, resources.users_table));
+    let consumer = Consumer::new(
+        UserStore::new(dynamodb, resources.users_table),
+        resources.metrics_namespace,
+    );
     let consumer = &consumer;
     run(service_fn(move |event: LambdaEvent<SqsEvent>| async move {
         Ok::<_, Error>(consumer.handle(event.payload).await)

@@ -12,6 +12,8 @@ const DEFAULT_BASE_URL = 'https://api.vibefollow.com';
 const DEFAULT_TIMEOUT_MS = 10_000;
 const DEFAULT_MAX_RETRIES = 3;
 const BACKOFF_BASE_MS = 200;
+/** The longest wait a `Retry-After` can impose on one retry. */
+const RETRY_AFTER_CAP_MS = 60_000;
 const BACKOFF_CAP_MS = 10_000;
 
 export type JsonValue = string | number | boolean | null | JsonValue[] | { [key: string]: JsonValue };
@@ -83,10 +85,24 @@ function isRetryable(status: number): boolean {
   return status === 409 || status === 429 || status >= 500;
 }
 
+/** The wait a `Retry-After` asks for, in ms: delay-seconds or an HTTP-date (RFC 9110);
+ * `null` when absent or unreadable. Capped, so a far date cannot park a caller. */
+export function retryAfterMs(retryAfter: string | null, now: number = Date.now()): number | null {
+  if (retryAfter === null || retryAfter.trim() === '') {
+    return null;
+  }
+  const text = retryAfter.trim();
+  const ms = /^\d+$/.test(text) ? Number(text) * 1000 : Date.parse(text) - now;
+  if (!Number.isFinite(ms)) {
+    return null;
+  }
+  return Math.min(Math.max(ms, 0), RETRY_AFTER_CAP_MS);
+}
+
 function backoffMs(attempt: number, retryAfter: string | null): number {
-  const seconds = retryAfter === null ? NaN : Number(retryAfter);
-  if (Number.isFinite(seconds) && seconds >= 0) {
-    return seconds * 1000;
+  const asked = retryAfterMs(retryAfter);
+  if (asked !== null) {
+    return asked;
   }
   // Exponential backoff with full jitter.
   return Math.random() * Math.min(BACKOFF_CAP_MS, BACKOFF_BASE_MS * 2 ** attempt);

@@ -3,7 +3,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { VibeFollow, VibeFollowError, upsertBody } from '@vibefollow/sdk';
+import { VibeFollow, VibeFollowError, retryAfterMs, upsertBody } from '@vibefollow/sdk';
 
 type Handler = (req: IncomingMessage, body: string, res: ServerResponse) => void;
 
@@ -136,4 +136,14 @@ test('get and findByEmail encode their arguments and unwrap data', async () => {
   } finally {
     await server.close();
   }
+});
+
+test('Retry-After in seconds or as an HTTP-date, capped at a minute', () => {
+  const now = Date.parse('2026-11-28T10:00:00Z');
+  assert.equal(retryAfterMs('2', now), 2000);
+  assert.equal(retryAfterMs('Sat, 28 Nov 2026 10:00:05 GMT', now), 5000);
+  assert.equal(retryAfterMs('Sat, 28 Nov 2026 09:59:00 GMT', now), 0);
+  assert.equal(retryAfterMs('86400', now), 60_000);
+  assert.equal(retryAfterMs('soon', now), null);
+  assert.equal(retryAfterMs(null, now), null);
 });
