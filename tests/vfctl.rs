@@ -115,3 +115,83 @@ fn bad_arguments_fail_with_a_message() {
         assert!(output.stdout.is_empty(), "{args:?} printed to stdout");
     }
 }
+
+/// vfctl as used against AWS: no `--local`, the table named by a stack's outputs.
+fn vfctl_for_stack(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_vfctl"))
+        .args(args)
+        .env_remove("API_KEYS_TABLE")
+        .output()
+        .expect("run vfctl")
+}
+
+async fn create_stack(stack: &Stack, name: &str, outputs: serde_json::Value) {
+    let sdk = vibefollow_users::aws::sdk_config().await;
+    let template = json!({
+        "Resources": {"Marker": {"Type": "AWS::SQS::Queue", "Properties": {"QueueName": name}}},
+        "Outputs": outputs,
+    });
+    aws_sdk_cloudformation::Client::new(&sdk)
+        .create_stack()
+        .stack_name(name)
+        .template_body(template.to_string())
+        .send()
+        .await
+        .unwrap_or_else(|e| {
+            panic!(
+                "create stack {name} in the emulator: {e:?} ({})",
+                stack.workspace
+            )
+        });
+}
+
+#[tokio::test]
+async fn without_local_the_stack_outputs_name_the_table() {
+    let stack = Stack::new().await;
+    let name = format!("vf-{}", &stack.workspace[1..12]);
+    let table = &stack.resources.api_keys_table;
+    create_stack(&stack, &name, json!({"ApiKeysTableName": {"Value": table}})).await;
+    let created = vfctl_for_stack(&[
+        "--stack",
+        &name,
+        "--region",
+        "us-east-1",
+        "keys",
+        "create",
+        "--workspace",
+        &stack.workspace,
+        "--scopes",
+        "users:read",
+    ]);
+    assert!(
+        created.status.success(),
+        "{}",
+        String::from_utf8_lossy(&created.stderr)
+    );
+    let key = stdout(&created).trim().to_owned();
+    // The key landed in the stack's table: the api knows it (404, not 401).
+    assert_eq!(stack.get_user(&key, "nobody").await.status(), 404);
+
+    let missing = vfctl_for_stack(&[
+        "--stack",
+        "no-such-stack",
+        "--region",
+        "us-east-1",
+        "keys",
+        "list",
+        "--workspace",
+        "w",
+    ]);
+    assert!(!missing.status.success());
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("stack no-such-stack not found"));
+
+    let other = format!("{name}-other");
+    create_stack(&stack, &other, json!({"Something": {"Value": "x"}})).await;
+    let no_output = vfctl_for_stack(&["--stack", &other, "keys", "list", "--workspace", "w"]);
+    assert!(!no_output.status.success());
+    assert!(
+        String::from_utf8_lossy(&no_output.stderr).contains("has no output ApiKeysTableName"),
+        "{}",
+        String::from_utf8_lossy(&no_output.stderr)
+    );
+}

@@ -1,21 +1,33 @@
-//! `vfctl`: admin command for API keys. `--local` targets the `make dev` stack.
+//! `vfctl`: admin command for API keys. `--local` targets the `make dev` stack;
+//! otherwise a deployed stack, whose table names come from its CloudFormation outputs.
 
+use aws_sdk_cloudformation::error::{DisplayErrorContext, ProvideErrorMetadata};
 use clap::{Args, Parser, Subcommand};
 use std::process::ExitCode;
 use vibefollow_users::auth::{generate_key, key_hash, key_id, ApiKeyRecord, Scope};
 use vibefollow_users::aws::sdk_config;
+use vibefollow_users::clock::now_millis;
 use vibefollow_users::contract::format_millis;
 use vibefollow_users::store::ApiKeyStore;
 
-/// Written by `dev/stack.py` while the local stack runs.
-const LOCAL_ENV_FILE: &str = ".local/stack.env";
+/// Written by `dev/stack.py` while the local stack runs (in `VF_LOCAL_DIR` if set).
+const LOCAL_ENV_FILE: &str = "stack.env";
+/// The stack output that names the API keys table (template.yaml).
+const API_KEYS_OUTPUT: &str = "ApiKeysTableName";
 
 #[derive(Parser)]
 #[command(name = "vfctl", about = "VibeFollow Users admin command")]
 struct Cli {
     /// Talk to the local stack that `make dev` runs, instead of AWS.
-    #[arg(long, global = true)]
+    #[arg(long, global = true, conflicts_with = "stack")]
     local: bool,
+    /// The deployed stack (default: samconfig.toml's default environment). Its outputs
+    /// name the tables; `API_KEYS_TABLE` in the environment overrides them.
+    #[arg(long, global = true)]
+    stack: Option<String>,
+    /// AWS region of the stack (default: the standard AWS configuration's).
+    #[arg(long, global = true)]
+    region: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -72,12 +84,25 @@ async fn run(cli: Cli) -> Result<(), String> {
     if cli.local {
         load_local_env()?;
     }
-    let table = std::env::var("API_KEYS_TABLE")
-        .map_err(|_| "API_KEYS_TABLE is not set (use --local for the dev stack, or export the deployed table name)")?;
-    let store = ApiKeyStore::new(
-        vibefollow_users::aws_sdk_dynamodb::Client::new(&sdk_config().await),
-        table,
-    );
+    let mut sdk = sdk_config().await.into_builder();
+    if let Some(region) = &cli.region {
+        sdk.set_region(Some(aws_config::Region::new(region.clone())));
+    }
+    let sdk = sdk.build();
+    let table = match std::env::var("API_KEYS_TABLE") {
+        Ok(table) => table,
+        Err(_) if cli.local => {
+            return Err("the local stack's environment names no API_KEYS_TABLE".into())
+        }
+        Err(_) => {
+            let stack = match cli.stack {
+                Some(stack) => stack,
+                None => default_stack_name()?,
+            };
+            stack_output(&sdk, &stack, API_KEYS_OUTPUT).await?
+        }
+    };
+    let store = ApiKeyStore::new(vibefollow_users::aws_sdk_dynamodb::Client::new(&sdk), table);
     let Command::Keys(command) = cli.command;
     match command {
         KeysCommand::Create(args) => create(&store, args).await,
@@ -160,10 +185,63 @@ fn check_workspace(workspace: &str) -> Result<(), String> {
         .ok_or_else(|| format!("workspace id `{workspace}` must be 1-64 of [A-Za-z0-9_-]"))
 }
 
+/// `stack_name` of samconfig.toml's default environment, as `sam deploy` uses it.
+fn default_stack_name() -> Result<String, String> {
+    let text = std::fs::read_to_string("samconfig.toml")
+        .map_err(|_| "no --stack given and no samconfig.toml here to take the default from")?;
+    let config: toml::Table = text
+        .parse()
+        .map_err(|e| format!("samconfig.toml is not valid TOML: {e}"))?;
+    config
+        .get("default")
+        .and_then(|default| default.get("global"))
+        .and_then(|global| global.get("parameters"))
+        .and_then(|parameters| parameters.get("stack_name"))
+        .and_then(|name| name.as_str())
+        .map(str::to_owned)
+        .ok_or_else(|| "samconfig.toml names no default stack_name: pass --stack".into())
+}
+
+/// One output of a deployed stack, with errors that say what to do.
+async fn stack_output(
+    sdk: &aws_config::SdkConfig,
+    stack: &str,
+    output: &str,
+) -> Result<String, String> {
+    let region = sdk
+        .region()
+        .map_or("(no region)".to_owned(), ToString::to_string);
+    let described = aws_sdk_cloudformation::Client::new(sdk)
+        .describe_stacks()
+        .stack_name(stack)
+        .send()
+        .await
+        .map_err(|err| {
+            let message = err.as_service_error().and_then(|e| e.message()).unwrap_or_default();
+            if message.contains("does not exist") {
+                format!("stack {stack} not found in {region}: deploy it (`make deploy`), or pass --stack and --region")
+            } else {
+                format!("cannot read stack {stack} in {region}: {}", DisplayErrorContext(&err))
+            }
+        })?;
+    described
+        .stacks()
+        .first()
+        .into_iter()
+        .flat_map(|s| s.outputs())
+        .find(|o| o.output_key() == Some(output))
+        .and_then(|o| o.output_value())
+        .map(str::to_owned)
+        .ok_or_else(|| {
+            format!("stack {stack} has no output {output}: is it a VibeFollow Users stack?")
+        })
+}
+
 fn load_local_env() -> Result<(), String> {
-    let text = std::fs::read_to_string(LOCAL_ENV_FILE).map_err(|_| {
-        format!("{LOCAL_ENV_FILE} not found: start the local stack with `make dev` first")
-    })?;
+    let dir = std::env::var("VF_LOCAL_DIR").unwrap_or_else(|_| ".local".to_owned());
+    let path = format!("{dir}/{LOCAL_ENV_FILE}");
+    let text = std::fs::read_to_string(&path)
+        .map_err(|_| format!("{path} not found: start the local stack with `make dev` first"))?;
     for line in text
         .lines()
         .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
@@ -173,10 +251,4 @@ fn load_local_env() -> Result<(), String> {
         }
     }
     Ok(())
-}
-
-fn now_millis() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }
