@@ -31,6 +31,7 @@ import sys
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 import uuid
 from decimal import Decimal
@@ -58,6 +59,8 @@ FAULTS_URL = f"http://127.0.0.1:{stack.FAULT_PROXY_PORT}/__faults"
 FLEET_URL = f"{stack.API_URL}/__fleet"
 # Instances stay frozen and out of service for a random time after each answer.
 HOLD_MS = (0, 1000)
+# This share of a client's requests erase the user instead of upserting it.
+DELETE_SHARE = 0.08
 # After this share of 202s the client sends the same request again at once: it must be
 # a replay (another instance answers it while the first is frozen), never a 409.
 ECHO_SHARE = 0.3
@@ -91,13 +94,15 @@ def log(message):
     print(f"[drill] {message}", file=sys.stderr, flush=True)
 
 
-def post(key, body, idempotency_key=None, content_type="application/json", timeout=CLIENT_TIMEOUT):
-    """(status, headers) of one POST; status None when it timed out or failed to connect."""
+def post(key, body, idempotency_key=None, content_type="application/json", timeout=CLIENT_TIMEOUT,
+         method="POST", path=""):
+    """(status, headers) of one request (a POST unless told otherwise); status None when it
+    timed out or failed to connect."""
     headers = {"Authorization": f"Bearer {key}", "Content-Type": content_type}
     if idempotency_key:
         headers["Idempotency-Key"] = idempotency_key
-    data = body if isinstance(body, bytes) else json.dumps(body).encode()
-    request = urllib.request.Request(USERS_URL, data=data, method="POST", headers=headers)
+    data = None if body is None else body if isinstance(body, bytes) else json.dumps(body).encode()
+    request = urllib.request.Request(USERS_URL + path, data=data, method=method, headers=headers)
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
             response.read()
@@ -147,8 +152,17 @@ class Client(threading.Thread):
     def run(self):
         for seq in range(UPSERTS):
             user = self.rng.choice(self.users)
+            if self.rng.random() < DELETE_SHARE:
+                self.records.append(self.erase(user, str(uuid.uuid4())))
+                continue
             body = upsert_body(self.rng, self.number, seq, user)
             self.records.append(self.send(body, str(uuid.uuid4())))
+
+    def erase(self, user, idempotency_key):
+        status, headers, attempts = post_until_answered(
+            self.key, None, idempotency_key, self.rng, method="DELETE", path=f"/{urllib.parse.quote(user)}")
+        return {"user": user, "body": None, "key": idempotency_key, "attempts": attempts,
+                "status": status, "echo": None, "replayed": headers.get("Idempotent-Replayed") == "true"}
 
     def send(self, body, idempotency_key):
         status, headers, attempts = post_until_answered(self.key, body, idempotency_key, self.rng)
@@ -164,14 +178,15 @@ class Client(threading.Thread):
 
 
 def post_until_answered(key, body, idempotency_key, rng, content_type="application/json",
-                        timeout=CLIENT_TIMEOUT):
+                        timeout=CLIENT_TIMEOUT, **request):
     """Retries with the same key and body after a timeout, 409, 429 or 5xx, honouring
     Retry-After with jitter, as the SDK does. (status, headers, attempts); status None
     when it gave up."""
     attempts = []
     started = time.monotonic()
     while time.monotonic() - started < GIVE_UP_AFTER:
-        status, headers = post(key, body, idempotency_key, content_type=content_type, timeout=timeout)
+        status, headers = post(key, body, idempotency_key, content_type=content_type, timeout=timeout,
+                               **request)
         attempts.append(status or "timeout")
         if status is not None and status < 500 and status not in (409, 429):
             return status, headers, attempts
@@ -293,9 +308,13 @@ def touched_fields(body):
 
 
 def expected_state(accepted):
-    """The in-order application of accepted upserts: per field, the greatest stamp wins."""
+    """The in-order application of accepted upserts and erasures: per field, the greatest
+    stamp wins; an erasure clears every field of its user."""
     users = {}
     for record in sorted(accepted, key=lambda r: r["stamp"]):
+        if record["body"] is None:
+            users[record["user"]] = {}
+            continue
         fields = users.setdefault(record["user"], {})
         for field, value in touched_fields(record["body"]).items():
             fields[field] = (value, record["stamp"])
@@ -480,10 +499,11 @@ def verify(env, aws, keys, load):
     all_items = scan(dynamodb, env["USERS_TABLE"])
     own_items = json.dumps([i for i in all_items if i["workspace_id"]["S"] == WORKSPACE])
 
-    # Applied: every field the upsert touched holds its stamp or a later one.
-    lost = sum(1 for r in accepted if not r["stamp"] or any(
+    # Applied: every field the upsert touched holds its stamp or a later one, unless a
+    # later erasure cleared it.
+    lost = sum(1 for r in accepted if not r["stamp"] or r["body"] is not None and any(
         f not in stored.get(r["user"], {}) or stored[r["user"]][f][1] < r["stamp"]
-        for f in touched_fields(r["body"])))
+        for f in touched_fields(r["body"]) if f in expected.get(r["user"], {})))
     stale_fields = sum(1 for user, fields in stored.items() for f, value_and_stamp in fields.items()
                        if expected.get(user, {}).get(f) != value_and_stamp)
     accepted_ids = {r["stamp"][1] for r in accepted if r["stamp"]}
@@ -517,6 +537,7 @@ def verify(env, aws, keys, load):
                    "rate_limit_per_s": RATE_LIMIT, "client_timeout_s": CLIENT_TIMEOUT},
         "requests": {
             "upserts": len(records), "accepted": len(accepted),
+            "erasures": sum(r["body"] is None for r in records),
             "answered_replayed": sum(r["replayed"] for r in accepted),
             "http_attempts": len(attempts),
             "retried_upserts": sum(1 for r in records if len(r["attempts"]) > 1),
@@ -564,7 +585,7 @@ to regenerate this page (figures vary a little from run to run with timing).
 
 | | |
 |---|---|
-| upserts sent | {req['upserts']} (HTTP attempts: {req['http_attempts']}) |
+| requests sent | {req['upserts']}, of which {req['erasures']} erasures (HTTP attempts: {req['http_attempts']}) |
 | accepted (202) | {req['accepted']} ({req['answered_replayed']} answered as replays) |
 | lost | {out['lost']} |
 | applied twice in effect (stale or foreign stamps) | {out['stale_or_duplicated_fields'] + out['fields_with_foreign_stamps']} of {out['fields_checked']} stored fields |
@@ -607,9 +628,10 @@ to regenerate this page (figures vary a little from run to run with timing).
   (`VF_BRIDGE_VISIBILITY_SECONDS`), and a failed message comes back after 3 s
   (`VF_BRIDGE_RETRY_SECONDS`), so five receives span longer than any fault window; on AWS both
   are the queue's 180 s visibility timeout.
-- The oracle is independent of the Rust code: the drill reads each accepted upsert's stamp
-  (`accepted_at`, request id) from its Idempotency-Key record, applies the accepted bodies in
-  stamp order in Python, and compares values and per-field stamps with the users table.
+- About {int(DELETE_SHARE * 100)} % of the requests erase their user (`DELETE`) instead of upserting it.
+- The oracle is independent of the Rust code: the drill reads each accepted request's stamp
+  (`accepted_at`, request id) from its Idempotency-Key record, applies the accepted bodies and
+  erasures in stamp order in Python, and compares values and per-field stamps with the users table.
   A field whose stored stamp is older than expected would be a lost or re-applied upsert; a
   stamp of no accepted request would be a refused request that changed something.
 - Parser fuzzing is separate: `make fuzz` (in CI) runs the property tests over arbitrary

@@ -10,7 +10,7 @@ cargo test --workspace --test '*'
 .venv/bin/python -m unittest dev/stack_cleanup_test.py
 
 key=$(cargo run -q --bin vfctl -- --local keys create --workspace schemathesis \
-  --scopes users:write,users:read,users:read_pii --rate-limit 100000)
+  --scopes users:write,users:read,users:read_pii,users:delete --rate-limit 100000)
 # positive_data_acceptance is left out: the contract counts bytes (external_user_id,
 # trait lengths), nesting depth and DynamoDB number range, which JSON Schema cannot
 # state exactly, so some schema-valid data is rightly refused. Every other check runs,

@@ -68,7 +68,7 @@ CONSUMER_INSTANCES = (2, 4)
 # Concurrent SQS pollers of the bridge: Lambda's event source mapping polls with several.
 BRIDGE_POLLERS = int(os.environ.get("VF_BRIDGE_POLLERS", "2"))
 DEV_WORKSPACE = "dev"
-DEV_SCOPES = "users:write,users:read,users:read_pii"
+DEV_SCOPES = "users:write,users:read,users:read_pii,users:delete"
 
 
 def log(message):

@@ -34,6 +34,8 @@ export interface User {
   /** Present only for keys with the `users:read_pii` scope. */
   email?: string;
   traits: Record<string, JsonValue>;
+  /** Custom traits that were not stored (over the profile budget, or too old). */
+  rejected_traits?: { name: string; reason: 'profile_budget' | 'too_old'; accepted_at: string }[];
   created_at: string;
   updated_at: string;
 }
@@ -75,7 +77,7 @@ export class VibeFollowError extends Error {
 }
 
 interface Attempt {
-  method: 'GET' | 'POST';
+  method: 'GET' | 'POST' | 'DELETE';
   path: string;
   body?: string;
   idempotencyKey?: string;
@@ -214,6 +216,19 @@ class Users {
       path: `/api/v1/users/${encodeURIComponent(externalUserId)}`,
     });
     return answer.data;
+  }
+
+  /**
+   * Erases a user (needs the `users:delete` scope): email, traits and the email lookup
+   * entry. Resolves once accepted (202), whether or not the user existed; upserts
+   * accepted before it never bring data back, later ones create the user afresh.
+   */
+  async delete(externalUserId: string): Promise<void> {
+    await this.transport.send({
+      method: 'DELETE',
+      path: `/api/v1/users/${encodeURIComponent(externalUserId)}`,
+      idempotencyKey: randomUUID(),
+    });
   }
 
   /** Users whose email matches, ignoring case (needs the `users:read_pii` scope). */

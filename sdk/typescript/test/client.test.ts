@@ -8,12 +8,12 @@ import { VibeFollow, VibeFollowError, retryAfterMs, upsertBody } from '@vibefoll
 type Handler = (req: IncomingMessage, body: string, res: ServerResponse) => void;
 
 async function stub(handlers: Handler[]) {
-  const seen: { headers: IncomingMessage['headers']; body: string; url: string }[] = [];
+  const seen: { headers: IncomingMessage['headers']; body: string; url: string; method: string }[] = [];
   const server = createServer((req, res) => {
     let body = '';
     req.on('data', (chunk) => (body += chunk));
     req.on('end', () => {
-      seen.push({ headers: req.headers, body, url: req.url ?? '' });
+      seen.push({ headers: req.headers, body, url: req.url ?? '', method: req.method ?? '' });
       const handler = handlers[Math.min(seen.length - 1, handlers.length - 1)];
       handler(req, body, res);
     });
@@ -146,4 +146,25 @@ test('Retry-After in seconds or as an HTTP-date, capped at a minute', () => {
   assert.equal(retryAfterMs('86400', now), 60_000);
   assert.equal(retryAfterMs('soon', now), null);
   assert.equal(retryAfterMs(null, now), null);
+});
+
+test('delete sends DELETE with an Idempotency-Key its retries reuse', async () => {
+  const server = await stub([
+    reply(503, { errors: [{ code: 'unavailable', message: 'x' }] }, { 'retry-after': '0' }),
+    (_req, _body, res) => {
+      res.writeHead(202, { 'content-type': 'application/json' });
+      res.end(JSON.stringify({ data: { accepted: true } }));
+    },
+  ]);
+  try {
+    const vf = new VibeFollow({ apiKey: KEY, baseUrl: server.baseUrl });
+    await vf.users.delete('usr/42');
+    assert.equal(server.seen.length, 2);
+    assert.equal(server.seen[1].url, '/api/v1/users/usr%2F42');
+    assert.equal(server.seen[1].method, 'DELETE');
+    const keys = server.seen.map((s) => s.headers['idempotency-key']);
+    assert.ok(keys[0] && keys[0] === keys[1]);
+  } finally {
+    await server.close();
+  }
 });
