@@ -210,7 +210,7 @@ impl Consumer {
             });
             let mut changed = false;
             for (_, message) in batch.messages {
-                changed |= user.profile.apply(&message.stamp, &message.changes);
+                changed |= user.profile.apply_message(message);
             }
             let refused = user
                 .profile

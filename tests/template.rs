@@ -87,7 +87,7 @@ fn users_table_has_the_email_index_the_code_queries() {
 #[test]
 fn expiring_tables_use_the_code_ttl_attribute() {
     let template = template();
-    for table in ["IdempotencyTable", "RateLimitsTable"] {
+    for table in ["IdempotencyTable", "RateLimitsTable", "UsersTable"] {
         let ttl = &resource(&template, table)["TimeToLiveSpecification"];
         assert_eq!(
             ttl["AttributeName"].as_str(),

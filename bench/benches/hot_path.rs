@@ -65,6 +65,7 @@ fn consumer_merge(c: &mut Criterion) {
                     request_id: format!("req-{i}"),
                 },
                 changes,
+                erase: false,
             }
             .to_json()
         })

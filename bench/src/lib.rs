@@ -43,6 +43,7 @@ pub fn accept(body: &[u8]) -> String {
             request_id: "0b9e1d5c-1a52-4bde-9a55-7c6b1a3e0001".into(),
         },
         changes: upsert.changes,
+        erase: false,
     };
     black_box(upsert.body_hash);
     message.to_json()

@@ -18,16 +18,23 @@ pub enum Scope {
     UsersWrite,
     UsersRead,
     UsersReadPii,
+    UsersDelete,
 }
 
 impl Scope {
-    pub const ALL: [Scope; 3] = [Scope::UsersWrite, Scope::UsersRead, Scope::UsersReadPii];
+    pub const ALL: [Scope; 4] = [
+        Scope::UsersWrite,
+        Scope::UsersRead,
+        Scope::UsersReadPii,
+        Scope::UsersDelete,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Scope::UsersWrite => "users:write",
             Scope::UsersRead => "users:read",
             Scope::UsersReadPii => "users:read_pii",
+            Scope::UsersDelete => "users:delete",
         }
     }
 }
@@ -47,7 +54,7 @@ impl FromStr for Scope {
             .find(|scope| scope.as_str() == s)
             .ok_or_else(|| {
                 format!(
-                    "unknown scope `{s}` (expected one of users:write, users:read, users:read_pii)"
+                    "unknown scope `{s}` (expected one of users:write, users:read, users:read_pii, users:delete)"
                 )
             })
     }

@@ -56,7 +56,7 @@ enum KeysCommand {
 struct CreateArgs {
     #[arg(long)]
     workspace: String,
-    /// Comma-separated: users:write, users:read, users:read_pii.
+    /// Comma-separated: users:write, users:read, users:read_pii, users:delete.
     #[arg(long, value_delimiter = ',', required = true)]
     scopes: Vec<Scope>,
     /// Requests per second for the workspace (bursts to twice that). Without it the key

@@ -10,7 +10,7 @@ mod view;
 pub use email::{normalize_email, parse_email};
 pub use error::{ErrorCode, ErrorEnvelope, FieldError};
 pub use validate::{
-    body_hash, parse_upsert, validate_idempotency_key, BodyError, ValidUpsert, MAX_BODY_BYTES,
-    MAX_USER_ID_BYTES,
+    body_hash, erase_hash, is_storable_user_id, parse_upsert, validate_idempotency_key, BodyError,
+    ValidUpsert, MAX_BODY_BYTES,
 };
 pub use view::{format_millis, user_view};

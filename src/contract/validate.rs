@@ -14,7 +14,7 @@ use time::{OffsetDateTime, UtcOffset};
 /// The contract's body limit, checked on the raw bytes before any parsing.
 pub const MAX_BODY_BYTES: usize = 32 * 1024;
 /// The contract's limit on `external_user_id`; reads of longer ids answer 404.
-pub const MAX_USER_ID_BYTES: usize = 255;
+const MAX_USER_ID_BYTES: usize = 255;
 const MAX_TRAITS: usize = 256;
 const MAX_TRAIT_NAME_BYTES: usize = 256;
 const MAX_TRAIT_DEPTH: usize = 16;
@@ -555,6 +555,18 @@ pub fn validate_idempotency_key(raw: &[u8]) -> Result<&str, FieldError> {
             "Idempotency-Key must be 1-255 printable ASCII characters",
         )),
     }
+}
+
+/// Whether an `external_user_id` could have been stored: 1–255 bytes, not blank, no
+/// control characters (the body's rules, for ids that arrive in a path).
+pub fn is_storable_user_id(id: &str) -> bool {
+    !id.trim().is_empty() && id.len() <= MAX_USER_ID_BYTES && !id.chars().any(char::is_control)
+}
+
+/// What an Idempotency-Key record of an erasure compares: no upsert body hashes the
+/// same (`erase` is not a member of an upsert).
+pub fn erase_hash(external_user_id: &str) -> String {
+    body_hash(&serde_json::json!({ "erase": external_user_id }))
 }
 
 /// SHA-256 (hex) of the body's canonical JSON: members sorted (objects parse into

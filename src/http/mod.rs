@@ -13,14 +13,14 @@ use crate::auth::{bearer_key, key_hash, ApiKeyRecord};
 use crate::clock::now_millis;
 use crate::config::Resources;
 use crate::contract::{
-    parse_upsert, user_view, validate_idempotency_key, ErrorEnvelope, ValidUpsert, MAX_BODY_BYTES,
-    MAX_USER_ID_BYTES,
+    erase_hash, is_storable_user_id, parse_upsert, user_view, validate_idempotency_key,
+    ErrorEnvelope, ValidUpsert, MAX_BODY_BYTES,
 };
 use crate::metrics::{self, Outcome};
 use crate::queue::UpsertQueue;
 use crate::rate_limit::{RateDecision, RateLimiter};
 use crate::store::{ApiKeyStore, Claim, IdempotencyStore, RateLimitStore, UserStore};
-use crate::upsert::{Stamp, UpsertMessage, MESSAGE_VERSION};
+use crate::upsert::{Changes, Stamp, UpsertMessage, MESSAGE_VERSION};
 use keys::KeyCache;
 use lambda_http::http::{header, HeaderMap, StatusCode};
 use lambda_http::{Body, Request, RequestExt, Response};
@@ -160,14 +160,26 @@ impl App {
                 trace.replayed = replayed;
                 Ok(Success::Accepted { replayed })
             }
+            Route::DeleteUser(external_user_id) => {
+                let stamp = Stamp {
+                    accepted_at: now_ms,
+                    request_id: request_id.to_owned(),
+                };
+                let replayed = self.erase(&key, headers, external_user_id, stamp).await?;
+                trace.replayed = replayed;
+                Ok(Success::Accepted { replayed })
+            }
             Route::GetUser(external_user_id) => {
                 self.admit(&key, now_ms).await?;
                 // Longer ids are never stored, and DynamoDB refuses keys past 2,048 bytes.
-                if external_user_id.len() > MAX_USER_ID_BYTES {
+                if !is_storable_user_id(external_user_id) {
                     return Err(ApiError::UserNotFound);
                 }
                 let user = self.users.get(&key.workspace_id, external_user_id).await?;
-                let user = user.ok_or(ApiError::UserNotFound)?;
+                // An erased user's tombstone reads as no user.
+                let user = user
+                    .filter(|user| user.profile.exists())
+                    .ok_or(ApiError::UserNotFound)?;
                 let with_email = key.allows(crate::auth::Scope::UsersReadPii);
                 Ok(Success::Data(user_view(
                     &user.external_user_id,
@@ -238,13 +250,55 @@ impl App {
             changes,
             body_hash,
         } = upsert;
-        let mut message = UpsertMessage {
+        let message = UpsertMessage {
             version: MESSAGE_VERSION,
             workspace_id: key.workspace_id.clone(),
             external_user_id,
             stamp,
             changes,
+            erase: false,
         };
+        self.enqueue(key, message, &body_hash, idempotency_key)
+            .await
+    }
+
+    /// Accepts the erasure of a user; returns whether it was a replay.
+    async fn erase(
+        &self,
+        key: &ApiKeyRecord,
+        headers: &HeaderMap,
+        external_user_id: &str,
+        stamp: Stamp,
+    ) -> Result<bool, ApiError> {
+        let checked = checked_erase(headers, external_user_id);
+        let idempotency_key = match checked {
+            Ok(idempotency_key) => idempotency_key,
+            Err(refused) => {
+                self.admit(key, stamp.accepted_at).await?;
+                return Err(refused);
+            }
+        };
+        let message = UpsertMessage {
+            version: MESSAGE_VERSION,
+            workspace_id: key.workspace_id.clone(),
+            external_user_id: external_user_id.to_owned(),
+            stamp,
+            changes: Changes::default(),
+            erase: true,
+        };
+        self.enqueue(key, message, &erase_hash(external_user_id), idempotency_key)
+            .await
+    }
+
+    /// The rate check, the Idempotency-Key, the send: the common end of an upsert and
+    /// an erasure. Returns whether the answer replays an earlier request.
+    async fn enqueue(
+        &self,
+        key: &ApiKeyRecord,
+        mut message: UpsertMessage,
+        body_hash: &str,
+        idempotency_key: Option<&str>,
+    ) -> Result<bool, ApiError> {
         let Some(idempotency_key) = idempotency_key else {
             self.admit(key, message.stamp.accepted_at).await?;
             self.queue.send(&message).await?;
@@ -256,7 +310,7 @@ impl App {
         let (admitted, claim) = tokio::join!(
             self.admit(key, message.stamp.accepted_at),
             self.idempotency
-                .claim(workspace_id, idempotency_key, &body_hash, &message.stamp)
+                .claim(workspace_id, idempotency_key, body_hash, &message.stamp)
         );
         if let Err(refused) = admitted {
             if let Ok(Claim::Claimed) = claim {
@@ -297,6 +351,26 @@ impl App {
     }
 }
 
+/// The checks of an erasure that need no I/O: an id that can exist (others are 404,
+/// as on reads), then the Idempotency-Key.
+fn checked_erase<'a>(
+    headers: &'a HeaderMap,
+    external_user_id: &str,
+) -> Result<Option<&'a str>, ApiError> {
+    if !is_storable_user_id(external_user_id) {
+        return Err(ApiError::UserNotFound);
+    }
+    idempotency_key_of(headers)
+}
+
+fn idempotency_key_of(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
+    headers
+        .get("idempotency-key")
+        .map(|raw| validate_idempotency_key(raw.as_bytes()))
+        .transpose()
+        .map_err(ApiError::InvalidIdempotencyKey)
+}
+
 /// The checks of an upsert that need no I/O, in the contract's order: content type,
 /// size, JSON, schema, Idempotency-Key.
 fn checked_upsert<'a>(
@@ -311,12 +385,7 @@ fn checked_upsert<'a>(
         return Err(ApiError::PayloadTooLarge);
     }
     let upsert = parse_upsert(bytes)?;
-    let idempotency_key = headers
-        .get("idempotency-key")
-        .map(|raw| validate_idempotency_key(raw.as_bytes()))
-        .transpose()
-        .map_err(ApiError::InvalidIdempotencyKey)?;
-    Ok((upsert, idempotency_key))
+    Ok((upsert, idempotency_key_of(headers)?))
 }
 
 fn is_json_content_type(headers: &HeaderMap) -> bool {

@@ -14,6 +14,7 @@ pub enum Route {
     Upsert,
     FindByEmail,
     GetUser(String),
+    DeleteUser(String),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,7 +50,10 @@ impl Route {
                     .ok_or(RouteError::NotFound)?;
                 match *method {
                     Method::GET => Ok(Route::GetUser(id.into_owned())),
-                    _ => Err(RouteError::MethodNotAllowed { allow: "GET" }),
+                    Method::DELETE => Ok(Route::DeleteUser(id.into_owned())),
+                    _ => Err(RouteError::MethodNotAllowed {
+                        allow: "GET, DELETE",
+                    }),
                 }
             }
         }
@@ -60,6 +64,7 @@ impl Route {
             Route::Upsert => Scope::UsersWrite,
             Route::GetUser(_) => Scope::UsersRead,
             Route::FindByEmail => Scope::UsersReadPii,
+            Route::DeleteUser(_) => Scope::UsersDelete,
         }
     }
 
@@ -68,6 +73,7 @@ impl Route {
             Route::Upsert => "POST /api/v1/users",
             Route::FindByEmail => "GET /api/v1/users?email",
             Route::GetUser(_) => "GET /api/v1/users/{id}",
+            Route::DeleteUser(_) => "DELETE /api/v1/users/{id}",
         }
     }
 }
@@ -112,7 +118,13 @@ mod tests {
         );
         assert_eq!(
             Route::of(&Method::POST, "/api/v1/users/u1"),
-            Err(RouteError::MethodNotAllowed { allow: "GET" })
+            Err(RouteError::MethodNotAllowed {
+                allow: "GET, DELETE"
+            })
+        );
+        assert_eq!(
+            Route::of(&Method::DELETE, "/api/v1/users/u%201"),
+            Ok(Route::DeleteUser("u 1".into()))
         );
         for path in [
             "/",

@@ -1,5 +1,8 @@
 use super::attributes::{from_attribute, to_attribute};
-use super::{condition_held, get_by_key, get_n, get_s, n, s, workspace_key, Item, PARTITION_KEY};
+use super::{
+    condition_held, get_by_key, get_n, get_s, n, s, workspace_key, Item, PARTITION_KEY,
+    TTL_ATTRIBUTE,
+};
 use crate::aws::AwsError;
 use crate::contract::normalize_email;
 use crate::upsert::budget::stamp_text;
@@ -11,6 +14,9 @@ use std::collections::{BTreeMap, HashMap};
 
 /// BatchGetItem's limit on keys per call.
 const MAX_BATCH_GET: usize = 100;
+/// How long a tombstone outlives its erasure: longer than a message can wait in the
+/// queue (14 days) and then the dead-letter queue (14 more), both counted from acceptance.
+pub const TOMBSTONE_TTL_SECS: i64 = 30 * 24 * 60 * 60;
 /// An email lookup answers at most this many users (contract, "Reads").
 pub const MAX_EMAIL_MATCHES: usize = 100;
 
@@ -247,6 +253,15 @@ fn item_from_user(workspace_id: &str, user: &StoredUser) -> Result<Item, AwsErro
     if let Some(floor) = &profile.floor {
         item.insert("stamps_floor".to_owned(), s(stamp_text(floor)));
     }
+    if let Some(erased) = &profile.erased {
+        item.insert("erased".to_owned(), s(stamp_text(erased)));
+        // A tombstone (ids and the erasure's stamp) lives only as long as an older
+        // message could still arrive; a user recreated since keeps its item.
+        if !profile.exists() {
+            let expires_at = erased.accepted_at / 1000 + TOMBSTONE_TTL_SECS;
+            item.insert(TTL_ATTRIBUTE.to_owned(), n(expires_at));
+        }
+    }
     if !profile.rejected.is_empty() {
         let rejected = profile
             .rejected
@@ -311,6 +326,7 @@ fn user_from_item(item: &Item) -> Option<StoredUser> {
             stamps,
             floor: get_s(item, "stamps_floor").and_then(parse_stamp),
             rejected,
+            erased: get_s(item, "erased").and_then(parse_stamp),
             created_at: get_n(item, "created_at"),
             updated_at: get_n(item, "updated_at"),
         },
@@ -555,6 +571,7 @@ mod tests {
                     external_user_id: accepted.external_user_id,
                     stamp: Stamp { accepted_at: 1_000 + i as i64, request_id: format!("r{i}") },
                     changes: accepted.changes,
+                    erase: false,
                 };
                 // Through SQS: the message as JSON text.
                 messages.push(UpsertMessage::from_json(&message.to_json()).unwrap());

@@ -1,5 +1,5 @@
 use super::budget::{trait_cost, MAX_REJECTED_TRAITS, MAX_REMOVED_STAMPS, TRAITS_BUDGET_BYTES};
-use super::{Changes, ProfileField, Stamp};
+use super::{Changes, ProfileField, Stamp, UpsertMessage};
 use serde_json::Value;
 use std::collections::BTreeMap;
 
@@ -21,6 +21,9 @@ pub struct UserProfile {
     pub floor: Option<Stamp>,
     /// Traits that were not stored, most recent first.
     pub rejected: Vec<RejectedTrait>,
+    /// The latest erasure (`DELETE`): everything stamped at or before it is gone, and
+    /// stays gone whatever arrives later.
+    pub erased: Option<Stamp>,
     pub created_at: Option<i64>,
     pub updated_at: Option<i64>,
 }
@@ -60,9 +63,27 @@ pub(crate) fn trait_stamp_key(name: &str) -> String {
 }
 
 impl UserProfile {
+    /// Applies one accepted message, upsert or erasure; returns whether the item must
+    /// be written.
+    pub fn apply_message(&mut self, message: &UpsertMessage) -> bool {
+        if message.erase {
+            self.erase(&message.stamp)
+        } else {
+            self.apply(&message.stamp, &message.changes)
+        }
+    }
+
+    /// Whether reads see the user: something was written and not erased since.
+    pub fn exists(&self) -> bool {
+        self.created_at.is_some()
+    }
+
     /// Applies one accepted upsert; returns whether the item must be written (a value,
     /// a stamp, a rejection or a timestamp changed).
     pub fn apply(&mut self, stamp: &Stamp, changes: &Changes) -> bool {
+        if self.erased.as_ref().is_some_and(|erased| stamp <= erased) {
+            return false;
+        }
         let mut changed = false;
         for (field, value) in &changes.profile {
             if self.claim(field.attribute().to_owned(), stamp) {
@@ -87,6 +108,51 @@ impl UserProfile {
         self.created_at = Some(created_at);
         self.updated_at = Some(updated_at);
         changed
+    }
+
+    /// Erases everything written at or before `stamp`: values, their stamps (the
+    /// erasure's stands for them all), rejections, the folded floor. Writes stamped
+    /// after it survive, in any delivery order. `created_at` then is the earliest
+    /// surviving write that is known (exact unless later upserts were reordered).
+    pub fn erase(&mut self, stamp: &Stamp) -> bool {
+        if self.erased.as_ref().is_some_and(|erased| erased >= stamp) {
+            return false;
+        }
+        self.erased = Some(stamp.clone());
+        let written_before: Vec<String> = self
+            .stamps
+            .iter()
+            .filter(|(_, written)| *written <= stamp)
+            .map(|(key, _)| key.clone())
+            .collect();
+        for key in written_before {
+            self.stamps.remove(&key);
+            match key.strip_prefix("traits.") {
+                Some(name) => {
+                    self.traits.remove(name);
+                }
+                None => {
+                    if let Some(field) = ProfileField::from_attribute(&key) {
+                        self.profile.remove(&field);
+                    }
+                }
+            }
+        }
+        self.rejected.retain(|r| r.stamp > *stamp);
+        if self.floor.as_ref().is_some_and(|floor| floor <= stamp) {
+            self.floor = None;
+        }
+        let after = |millis: &i64| *millis > stamp.accepted_at;
+        if !self.created_at.as_ref().is_some_and(after) {
+            // Surviving fields were written after the erasure, and so was any upsert
+            // whose time is past it: the earliest of them recreated the user.
+            let surviving = self.stamps.values().map(|s| s.accepted_at);
+            self.created_at = surviving.chain(self.updated_at.filter(after)).min();
+        }
+        if self.created_at.is_none() {
+            self.updated_at = None;
+        }
+        true
     }
 
     /// Bytes of the budget the stored custom traits use.
@@ -416,6 +482,83 @@ mod tests {
             for (s, c) in deliveries {
                 actual.apply(s, c);
             }
+            prop_assert_eq!(actual, expected);
+        }
+    }
+
+    fn message(at: i64, id: &str, changes: Option<Changes>) -> UpsertMessage {
+        UpsertMessage {
+            version: crate::upsert::MESSAGE_VERSION,
+            workspace_id: "ws".into(),
+            external_user_id: "u".into(),
+            stamp: stamp(at, id),
+            erase: changes.is_none(),
+            changes: changes.unwrap_or_default(),
+        }
+    }
+
+    #[test]
+    fn an_erasure_removes_what_came_before_in_any_order() {
+        let set = message(1, "a", Some(plan(Some("pro"))));
+        let erase = message(2, "b", None);
+        let late = message(3, "c", Some(custom("color", Some(json!("teal")))));
+        for order in [
+            [&set, &erase, &late],
+            [&late, &erase, &set],
+            [&erase, &set, &late],
+        ] {
+            let mut user = UserProfile::default();
+            for m in order {
+                user.apply_message(m);
+            }
+            assert!(!user.profile.contains_key(&ProfileField::Plan), "{order:?}");
+            assert_eq!(user.traits["color"], json!("teal"));
+            assert_eq!(user.created_at, Some(3), "recreated by the later upsert");
+            assert!(user.stamps.values().all(|s| s.accepted_at > 2));
+        }
+        let mut gone = UserProfile::default();
+        gone.apply_message(&set);
+        assert!(gone.apply_message(&erase));
+        assert!(!gone.exists() && gone.traits.is_empty() && gone.stamps.is_empty());
+        assert!(!gone.apply_message(&set), "an older upsert changes nothing");
+        assert!(!gone.apply_message(&erase), "erasing twice changes nothing");
+    }
+
+    fn arb_event() -> impl Strategy<Value = Option<Changes>> {
+        prop_oneof![4 => arb_changes().prop_map(Some), 1 => Just(None)]
+    }
+
+    proptest! {
+        #[test]
+        fn upserts_and_erasures_in_any_order_with_duplicates_converge_to_in_order_result(
+            events in proptest::collection::vec(arb_event(), 1..12),
+            order_seed in proptest::collection::vec(any::<proptest::sample::Index>(), 1..30),
+        ) {
+            // Distinct times: with equal milliseconds an empty upsert and an erasure
+            // would tie on updated_at (documented in `erase`).
+            let messages: Vec<UpsertMessage> = events
+                .into_iter()
+                .enumerate()
+                .map(|(i, changes)| message(10 + i as i64, &format!("req-{i:02}"), changes))
+                .collect();
+            let mut expected = UserProfile::default();
+            for m in &messages {
+                expected.apply_message(m);
+            }
+            let mut deliveries: Vec<&UpsertMessage> = messages.iter().collect();
+            deliveries.extend(order_seed.iter().map(|i| i.get(&messages)));
+            let len = deliveries.len();
+            for (n, i) in order_seed.iter().enumerate() {
+                deliveries.swap(n % len, i.index(len));
+            }
+            let mut actual = UserProfile::default();
+            for m in deliveries {
+                actual.apply_message(m);
+            }
+            // created_at may differ when later upserts were reordered around an
+            // erasure (documented); everything else must be equal.
+            prop_assert_eq!(actual.exists(), expected.exists());
+            actual.created_at = expected.created_at;
             prop_assert_eq!(actual, expected);
         }
     }

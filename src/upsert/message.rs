@@ -48,6 +48,10 @@ impl ProfileField {
         }
     }
 
+    pub fn from_attribute(attribute: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|f| f.attribute() == attribute)
+    }
+
     pub fn from_trait_name(name: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|f| f.trait_name() == Some(name))
     }
@@ -73,7 +77,7 @@ pub struct Stamp {
 
 pub const MESSAGE_VERSION: u32 = 1;
 
-/// The SQS message body of an accepted upsert.
+/// The SQS message body of an accepted upsert, or of an erasure (`erase`, no changes).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct UpsertMessage {
     pub version: u32,
@@ -81,6 +85,9 @@ pub struct UpsertMessage {
     pub external_user_id: String,
     pub stamp: Stamp,
     pub changes: Changes,
+    /// Erase the user (`DELETE`): absent in upserts, so their messages are unchanged.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub erase: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -130,6 +137,7 @@ mod tests {
                 request_id: "r1".into(),
             },
             changes,
+            erase: false,
         };
         assert_eq!(
             UpsertMessage::from_json(&message.to_json()).unwrap(),

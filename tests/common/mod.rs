@@ -14,7 +14,7 @@ use vibefollow_users::store::{
 };
 use vibefollow_users::upsert::{Changes, Stamp, UpsertMessage, MESSAGE_VERSION};
 
-pub const ALL_SCOPES: [Scope; 3] = [Scope::UsersWrite, Scope::UsersRead, Scope::UsersReadPii];
+pub const ALL_SCOPES: [Scope; 4] = Scope::ALL;
 
 pub struct Stack {
     pub api: String,
@@ -206,6 +206,7 @@ pub fn message(workspace: &str, user: &str, at: i64, i: usize, changes: Changes)
             request_id: format!("req-{i:03}"),
         },
         changes,
+        erase: false,
     }
 }
 

@@ -300,6 +300,7 @@ async fn raw_rate(
                         external_user_id: format!("raw-{i}"),
                         stamp,
                         changes,
+                        erase: false,
                     };
                     queue.send(&message).await?;
                 }
