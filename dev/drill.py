@@ -277,9 +277,12 @@ class Chaos(threading.Thread):
         """Instances die without warning, often mid-request: a busy api instance (its
         client loses the connection), and a consumer instance (its batch is not deleted)."""
         time.sleep(rng.random())
-        for function, state in (("api", "busy"), ("consumer", "any")):
-            killed = fleet("POST", "/kill", {"function": function, "state": state, "count": 1})
-            self.function_kills += len(killed.get("killed", []))
+        for function, states in (("api", ("busy", "any")), ("consumer", ("any",))):
+            for state in states:
+                killed = fleet("POST", "/kill", {"function": function, "state": state, "count": 1})
+                self.function_kills += len(killed.get("killed", []))
+                if killed.get("killed"):
+                    break
 
 
 def fleet(method, path="", body=None):
