@@ -179,7 +179,7 @@ def create_resources(template):
             "BillingMode": props["BillingMode"],
         }
         if "GlobalSecondaryIndexes" in props:
-            args["GlobalSecondaryIndexes"] = props["GlobalSecondaryIndexes"]
+            args["GlobalSecondaryIndexes"] = resolve(props["GlobalSecondaryIndexes"], names)
         dynamodb.create_table(**args)
         ttl = props.get("TimeToLiveSpecification")
         if ttl:

@@ -208,15 +208,17 @@ impl Consumer {
                 profile: UserProfile::default(),
                 version: 0,
             });
+            let listed_before = user.profile.rejected.clone();
             let mut changed = false;
             for (_, message) in batch.messages {
                 changed |= user.profile.apply_message(message);
             }
+            // Refusals these messages added (a redelivery adds none).
             let refused = user
                 .profile
                 .rejected
                 .iter()
-                .filter(|r| batch.messages.iter().any(|(_, m)| m.stamp == r.stamp))
+                .filter(|r| !listed_before.contains(r))
                 .count();
             if !changed {
                 return Ok(refused);

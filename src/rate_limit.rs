@@ -2,9 +2,11 @@
 //!
 //! Rule (contract, "Rate limit"): one calendar second admits at most `burst(rate)` =
 //! 1.1 × the rate, and two consecutive seconds together at most twice the rate. So
-//! traffic at the rate is never refused, a sustained overload still admits at least
-//! 0.9 × the rate every second, and a client told `Retry-After: 1` finds room in the
-//! next second (it admits at least `2 × rate − burst` ≥ 0.9 × rate).
+//! traffic below the rate is not refused (leased tokens an instance has not spent when
+//! a second ends still count: at most a tenth of its own traffic), a sustained overload
+//! still admits at least 0.9 × the rate every second, and a client told
+//! `Retry-After: 1` finds room in the next second (it admits at least
+//! `2 × rate − burst` ≥ 0.9 × rate).
 //!
 //! Instances lease tokens from the counter and spend them locally. A lease is sized to
 //! what this instance itself served in its previous second (a tenth of it, at least
@@ -117,8 +119,18 @@ impl Local {
     }
 }
 
-/// A request that finds the counter contended this many times is refused (429).
+/// A request that finds the counter contended this many times is refused (429); the
+/// next one tries again.
 const MAX_ATTEMPTS: usize = 4;
+
+/// What one lease got from the shared counter.
+enum Lease {
+    Granted(u64),
+    /// The window has no room left: refuse until it ends.
+    Exhausted,
+    /// Other instances kept moving the counter: refuse this request only.
+    Contended,
+}
 
 pub struct RateLimiter<S> {
     store: S,
@@ -161,29 +173,29 @@ impl<S: CounterStore> RateLimiter<S> {
         let local = all.entry((workspace_id.to_owned(), rate)).or_default();
         *local = local.at(window);
         Ok(match granted {
-            Some(tokens) => {
+            Lease::Granted(tokens) => {
                 local.tokens += tokens - 1;
                 RateDecision::Allowed
             }
-            None => {
+            Lease::Exhausted => {
                 local.exhausted = true;
                 limited()
             }
+            Lease::Contended => limited(),
         })
     }
 
-    /// Takes up to `wanted` tokens of `window` from the counter; `None` when it has
-    /// no room left.
+    /// Takes up to `wanted` tokens of `window` from the counter.
     async fn lease(
         &self,
         workspace_id: &str,
         rate: u32,
         mut window: i64,
         mut wanted: u64,
-    ) -> Result<Option<u64>, AwsError> {
+    ) -> Result<Lease, AwsError> {
         for _ in 0..MAX_ATTEMPTS {
             let found = match self.store.take(workspace_id, window, wanted, rate).await? {
-                Ok(()) => return Ok(Some(wanted)),
+                Ok(()) => return Ok(Lease::Granted(wanted)),
                 Err(found) => found,
             };
             match found {
@@ -192,14 +204,14 @@ impl<S: CounterStore> RateLimiter<S> {
                 Some(counter) if counter.window == window => {
                     let room = counter.room_in(window, rate);
                     if room == 0 {
-                        return Ok(None);
+                        return Ok(Lease::Exhausted);
                     }
                     wanted = wanted.min(room);
                 }
                 stale => {
                     let room = stale.map_or(burst(rate), |c| c.room_in(window, rate));
                     if room == 0 {
-                        return Ok(None);
+                        return Ok(Lease::Exhausted);
                     }
                     wanted = wanted.min(room);
                     if self
@@ -207,12 +219,12 @@ impl<S: CounterStore> RateLimiter<S> {
                         .start_window(workspace_id, stale, window, wanted)
                         .await?
                     {
-                        return Ok(Some(wanted));
+                        return Ok(Lease::Granted(wanted));
                     }
                 }
             }
         }
-        Ok(None)
+        Ok(Lease::Contended)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(String, u32), Local>> {
@@ -268,7 +280,9 @@ mod tests {
             tokens: u64,
         ) -> Result<bool, AwsError> {
             let mut counters = self.0.lock().unwrap();
-            if counters.get(workspace_id).copied() != found {
+            // As the DynamoDB condition: the same window with the same tokens taken.
+            let current = counters.get(workspace_id).map(|c| (c.window, c.used));
+            if current != found.map(|c| (c.window, c.used)) {
                 return Ok(false);
             }
             let previous = found

@@ -6,20 +6,11 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::Layer;
 
-/// Crates whose verbose output carries what must never be logged: the Lambda runtime
-/// logs raw events at debug and trace (the `Authorization` header with the key, bodies
-/// with emails), the SDK and HTTP stack log request bodies. Capped whatever the
-/// configuration asks for.
-const CAPPED: [(&str, Level); 8] = [
-    ("lambda_runtime", Level::INFO),
-    ("lambda_runtime_api_client", Level::INFO),
-    ("lambda_http", Level::INFO),
-    ("aws_smithy_runtime", Level::WARN),
-    ("aws_smithy_http_client", Level::WARN),
-    ("aws_config", Level::WARN),
-    ("hyper", Level::WARN),
-    ("hyper_util", Level::WARN),
-];
+/// The crates whose log lines this service writes and vets: its own. Every other crate
+/// is capped at warn whatever the configuration asks for: the Lambda runtime logs raw
+/// events at debug and trace (the `Authorization` header with the key, bodies with
+/// emails), the SDK, its signer and the HTTP stack log request bodies.
+const OWN_CRATES: [&str; 3] = ["vibefollow_users", "api", "consumer"];
 
 /// Level from `RUST_LOG`, else Lambda's `AWS_LAMBDA_LOG_LEVEL`, else info. Directives
 /// are `level` or `target=level`, comma-separated (`Targets`, not `EnvFilter`: no regex
@@ -46,11 +37,11 @@ fn configured_filter(directives: &str) -> Targets {
         .unwrap_or_else(|_| Targets::new().with_default(Level::INFO))
 }
 
-/// Everything, except the capped crates above their cap.
+/// Everything of this service's own crates; warnings and errors of the others.
 fn safety_filter() -> Targets {
     Targets::new()
-        .with_default(Level::TRACE)
-        .with_targets(CAPPED)
+        .with_default(Level::WARN)
+        .with_targets(OWN_CRATES.map(|name| (name, Level::TRACE)))
 }
 
 #[cfg(test)]
@@ -71,12 +62,15 @@ mod tests {
                 ("lambda_runtime", Level::DEBUG),
                 ("lambda_http::request", Level::TRACE),
                 ("aws_smithy_runtime::client", Level::DEBUG),
+                ("aws_sigv4::http_request::sign", Level::TRACE),
+                ("hyper_util::client", Level::INFO),
             ] {
                 let logged =
                     configured.would_enable(target, &level) && safety.would_enable(target, &level);
                 assert!(!logged, "{directives}: {target} at {level}");
             }
             assert!(safety.would_enable("vibefollow_users::http", &Level::TRACE));
+            assert!(safety.would_enable("lambda_runtime", &Level::WARN));
         }
     }
 }

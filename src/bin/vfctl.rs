@@ -22,7 +22,7 @@ struct Cli {
     #[arg(long, global = true, conflicts_with = "stack")]
     local: bool,
     /// The deployed stack (default: samconfig.toml's default environment). Its outputs
-    /// name the tables; `API_KEYS_TABLE` in the environment overrides them.
+    /// name the tables; without --stack, `API_KEYS_TABLE` in the environment names it.
     #[arg(long, global = true)]
     stack: Option<String>,
     /// AWS region of the stack (default: the standard AWS configuration's).
@@ -59,7 +59,8 @@ struct CreateArgs {
     /// Comma-separated: users:write, users:read, users:read_pii, users:delete.
     #[arg(long, value_delimiter = ',', required = true)]
     scopes: Vec<Scope>,
-    /// Requests per second for the workspace (bursts to twice that). Without it the key
+    /// Requests per second for the workspace (at most 1.1x in one second, 2x over two).
+    /// Without it the key
     /// follows the deployment's DEFAULT_RATE_LIMIT (100 unless the stack sets another).
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     rate_limit: Option<u32>,
@@ -89,18 +90,14 @@ async fn run(cli: Cli) -> Result<(), String> {
         sdk.set_region(Some(aws_config::Region::new(region.clone())));
     }
     let sdk = sdk.build();
-    let table = match std::env::var("API_KEYS_TABLE") {
-        Ok(table) => table,
-        Err(_) if cli.local => {
+    // An explicit --stack wins over a table name left in the environment.
+    let table = match (cli.stack, std::env::var("API_KEYS_TABLE")) {
+        (Some(stack), _) => stack_output(&sdk, &stack, API_KEYS_OUTPUT).await?,
+        (None, Ok(table)) => table,
+        (None, Err(_)) if cli.local => {
             return Err("the local stack's environment names no API_KEYS_TABLE".into())
         }
-        Err(_) => {
-            let stack = match cli.stack {
-                Some(stack) => stack,
-                None => default_stack_name()?,
-            };
-            stack_output(&sdk, &stack, API_KEYS_OUTPUT).await?
-        }
+        (None, Err(_)) => stack_output(&sdk, &default_stack_name()?, API_KEYS_OUTPUT).await?,
     };
     let store = ApiKeyStore::new(vibefollow_users::aws_sdk_dynamodb::Client::new(&sdk), table);
     let Command::Keys(command) = cli.command;

@@ -480,7 +480,7 @@ impl Validator {
             Value::Number(_) if self.unstorable_paths.contains(path.as_str()) => self.fail(
                 ErrorCode::InvalidNumber,
                 path,
-                format!("{path} is not a number DynamoDB stores exactly (at most 38 significant digits, magnitude 1e-130 to 1e125)"),
+                format!("{path} is not a number this service stores exactly: within DynamoDB's range (1e-130 to 1e125, at most 38 significant digits) and held digit for digit by a 64-bit integer or a double; send longer decimals as strings"),
             ),
             Value::Array(items) => {
                 for (i, item) in items.iter().enumerate() {

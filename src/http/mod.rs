@@ -19,7 +19,7 @@ use crate::contract::{
 use crate::metrics::{self, Outcome};
 use crate::queue::UpsertQueue;
 use crate::rate_limit::{RateDecision, RateLimiter};
-use crate::store::{ApiKeyStore, Claim, IdempotencyStore, RateLimitStore, UserStore};
+use crate::store::{ApiKeyStore, Claim, IdempotencyStore, RateLimitStore, UserStore, LOCK_MS};
 use crate::upsert::{Changes, Stamp, UpsertMessage, MESSAGE_VERSION};
 use keys::KeyCache;
 use lambda_http::http::{header, HeaderMap, StatusCode};
@@ -28,6 +28,8 @@ use serde_json::{json, Value};
 use std::time::Instant;
 
 const ACCEPTED_BODY: &str = r#"{"data":{"accepted":true}}"#;
+/// A list answer stops short of this size: Lambda refuses responses over 6 MB.
+const MAX_ANSWER_BYTES: usize = 5 * 1024 * 1024;
 
 /// Everything the api function needs, built once per cold start.
 pub struct App {
@@ -150,22 +152,17 @@ impl App {
             return Err(ApiError::InsufficientScope(route.scope()));
         }
         let now_ms = now_millis();
+        // What an accepted write is stamped with (contract: stamped at acceptance).
+        let stamp = Stamp {
+            accepted_at: now_ms,
+            request_id: request_id.to_owned(),
+        };
         match route {
-            Route::Upsert => {
-                let stamp = Stamp {
-                    accepted_at: now_ms,
-                    request_id: request_id.to_owned(),
+            Route::Upsert | Route::DeleteUser(_) => {
+                let replayed = match route {
+                    Route::DeleteUser(id) => self.erase(&key, headers, id, stamp).await?,
+                    _ => self.upsert(&key, headers, request.body(), stamp).await?,
                 };
-                let replayed = self.upsert(&key, headers, request.body(), stamp).await?;
-                trace.replayed = replayed;
-                Ok(Success::Accepted { replayed })
-            }
-            Route::DeleteUser(external_user_id) => {
-                let stamp = Stamp {
-                    accepted_at: now_ms,
-                    request_id: request_id.to_owned(),
-                };
-                let replayed = self.erase(&key, headers, external_user_id, stamp).await?;
                 trace.replayed = replayed;
                 Ok(Success::Accepted { replayed })
             }
@@ -191,14 +188,22 @@ impl App {
                 self.admit(&key, now_ms).await?;
                 let email = routes::email_query(request.query_string_parameters_ref())?;
                 let found = self.users.find_by_email(&key.workspace_id, &email).await?;
-                let views = found
-                    .users
-                    .iter()
-                    .map(|user| user_view(&user.external_user_id, &user.profile, true))
-                    .collect();
+                let mut truncated = found.truncated;
+                let mut views = Vec::with_capacity(found.users.len());
+                let mut bytes = 0;
+                for user in &found.users {
+                    let view = user_view(&user.external_user_id, &user.profile, true);
+                    bytes += view.to_string().len();
+                    // Profiles reach ~300 KB: 100 of them would pass Lambda's 6 MB answer.
+                    if bytes > MAX_ANSWER_BYTES {
+                        truncated = true;
+                        break;
+                    }
+                    views.push(view);
+                }
                 Ok(Success::Page {
                     data: Value::Array(views),
-                    truncated: found.truncated,
+                    truncated,
                 })
             }
         }
@@ -211,6 +216,20 @@ impl App {
             .active_key(&key_hash(key))
             .await?
             .ok_or(ApiError::InvalidApiKey)
+    }
+
+    /// A refusal found before any I/O, answered after the rate check that comes first
+    /// in the contract's order of checks: a 429 wins over it.
+    async fn refuse_after_rate_check(
+        &self,
+        key: &ApiKeyRecord,
+        stamp: &Stamp,
+        refused: ApiError,
+    ) -> ApiError {
+        match self.admit(key, stamp.accepted_at).await {
+            Ok(()) => refused,
+            Err(limited) => limited,
+        }
     }
 
     /// The rate-limit step of the contract's order of checks.
@@ -239,11 +258,7 @@ impl App {
     ) -> Result<bool, ApiError> {
         let (upsert, idempotency_key) = match checked_upsert(headers, body) {
             Ok(checked) => checked,
-            Err(refused) => {
-                // The rate limit comes first in the contract's order of checks.
-                self.admit(key, stamp.accepted_at).await?;
-                return Err(refused);
-            }
+            Err(refused) => return Err(self.refuse_after_rate_check(key, &stamp, refused).await),
         };
         let ValidUpsert {
             external_user_id,
@@ -262,6 +277,35 @@ impl App {
             .await
     }
 
+    /// Undoes the claim of a request the rate limit refused, so that the refusal
+    /// changes nothing. Failures are logged: the 429 stands either way (an unreleased
+    /// key stops blocking its retries after its lock, 30 s).
+    async fn give_back(
+        &self,
+        workspace_id: &str,
+        idempotency_key: &str,
+        claim: Result<Claim, crate::aws::AwsError>,
+        ours: &Stamp,
+    ) {
+        let given_back = match claim {
+            Ok(Claim::Claimed) => {
+                self.idempotency
+                    .release(workspace_id, idempotency_key, &ours.request_id)
+                    .await
+            }
+            Ok(Claim::Abandoned(_)) => {
+                let lock_until = ours.accepted_at + LOCK_MS;
+                self.idempotency
+                    .reopen(workspace_id, idempotency_key, lock_until)
+                    .await
+            }
+            _ => Ok(()),
+        };
+        if let Err(err) = given_back {
+            tracing::warn!(request_id = %ours.request_id, error = %err, "idempotency key not given back after a 429");
+        }
+    }
+
     /// Accepts the erasure of a user; returns whether it was a replay.
     async fn erase(
         &self,
@@ -270,13 +314,9 @@ impl App {
         external_user_id: &str,
         stamp: Stamp,
     ) -> Result<bool, ApiError> {
-        let checked = checked_erase(headers, external_user_id);
-        let idempotency_key = match checked {
+        let idempotency_key = match checked_erase(headers, external_user_id) {
             Ok(idempotency_key) => idempotency_key,
-            Err(refused) => {
-                self.admit(key, stamp.accepted_at).await?;
-                return Err(refused);
-            }
+            Err(refused) => return Err(self.refuse_after_rate_check(key, &stamp, refused).await),
         };
         let message = UpsertMessage {
             version: MESSAGE_VERSION,
@@ -313,11 +353,8 @@ impl App {
                 .claim(workspace_id, idempotency_key, body_hash, &message.stamp)
         );
         if let Err(refused) = admitted {
-            if let Ok(Claim::Claimed) = claim {
-                self.idempotency
-                    .release(workspace_id, idempotency_key, &message.stamp.request_id)
-                    .await?;
-            }
+            self.give_back(workspace_id, idempotency_key, claim, &message.stamp)
+                .await;
             return Err(refused);
         }
         match claim? {

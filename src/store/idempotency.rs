@@ -145,6 +145,29 @@ impl IdempotencyStore {
         Ok(())
     }
 
+    /// Gives back a lock this request took over from an abandoned one (`take_over`
+    /// set it to `lock_until`) without enqueueing: the key is again as it was found,
+    /// abandoned, so the client's retry takes it over at once instead of waiting 30 s.
+    pub async fn reopen(
+        &self,
+        workspace_id: &str,
+        key: &str,
+        lock_until: i64,
+    ) -> Result<(), AwsError> {
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key(PARTITION_KEY, s(workspace_key(workspace_id, key)))
+            .update_expression("SET lock_until = :expired")
+            .condition_expression("lock_until = :ours")
+            .expression_attribute_values(":expired", n(0))
+            .expression_attribute_values(":ours", n(lock_until))
+            .send()
+            .await;
+        condition_held(result).map(|_| ())
+    }
+
     /// Forgets the key after a failed enqueue, so the client's retry is processed.
     pub async fn release(
         &self,

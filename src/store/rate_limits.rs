@@ -98,13 +98,15 @@ impl CounterStore for RateLimitStore {
             .item("previous", n(previous))
             .item("pair", n(previous + tokens))
             .item(TTL_ATTRIBUTE, n(window + COUNTER_TTL_SECS));
-        // Only from the state that was read: two instances never both start a window.
+        // Only from the state that was read, tokens included: a lease taken in the old
+        // window since then must not vanish from the two-second sum.
         let request = match found {
             None => request.condition_expression("attribute_not_exists(pk)"),
             Some(counter) => request
-                .condition_expression("#window = :found")
+                .condition_expression("#window = :found AND used = :found_used")
                 .expression_attribute_names("#window", "window")
-                .expression_attribute_values(":found", n(counter.window)),
+                .expression_attribute_values(":found", n(counter.window))
+                .expression_attribute_values(":found_used", n(counter.used)),
         };
         super::condition_held(request.send().await)
     }

@@ -93,8 +93,8 @@ impl UserProfile {
         }
         if !changes.traits.is_empty() {
             let mut used = self.traits_bytes();
-            for (name, value) in &changes.traits {
-                changed |= self.apply_trait(name, value.as_ref(), stamp, &mut used);
+            for (name, value) in self.budget_order(stamp, changes) {
+                changed |= self.apply_trait(name, value, stamp, &mut used);
             }
             changed |= self.fold_removal_stamps();
         }
@@ -153,6 +153,37 @@ impl UserProfile {
             self.updated_at = None;
         }
         true
+    }
+
+    /// An upsert's traits in the order that frees budget before spending it: removals,
+    /// then sets by how much they grow the profile. So whether a trait fits does not
+    /// depend on the names' order, only on what the whole upsert leaves.
+    fn budget_order<'a>(
+        &self,
+        stamp: &Stamp,
+        changes: &'a Changes,
+    ) -> Vec<(&'a String, Option<&'a Value>)> {
+        let mut ordered: Vec<(i64, &String, Option<&Value>)> = changes
+            .traits
+            .iter()
+            .map(|(name, value)| {
+                let growth = value.as_ref().map_or(i64::MIN, |value| {
+                    let current = self
+                        .traits
+                        .get(name)
+                        .zip(self.stamps.get(&trait_stamp_key(name)));
+                    let freed =
+                        current.map_or(0, |(old, old_stamp)| trait_cost(name, old, old_stamp));
+                    trait_cost(name, value, stamp) as i64 - freed as i64
+                });
+                (growth, name, value.as_ref())
+            })
+            .collect();
+        ordered.sort_by_key(|(growth, name, _)| (*growth, *name));
+        ordered
+            .into_iter()
+            .map(|(_, name, value)| (name, value))
+            .collect()
     }
 
     /// Bytes of the budget the stored custom traits use.
@@ -386,6 +417,20 @@ mod tests {
         user.apply(&stamp(12, "e"), &custom("t0", None));
         assert!(user.apply(&stamp(13, "f"), &custom("t9", Some(big(31_000)))));
         assert!(user.traits.contains_key("t9"));
+    }
+
+    #[test]
+    fn an_upsert_that_frees_room_and_spends_it_fits_whatever_the_names() {
+        let mut user = UserProfile::default();
+        for i in 0..8 {
+            user.apply(&stamp(i, "a"), &custom(&format!("z{i}"), Some(big(31_000))));
+        }
+        // `a` sorts before `z0`, whose removal makes the room `a` needs.
+        let mut swap = custom("a", Some(big(31_000)));
+        swap.traits.insert("z0".into(), None);
+        user.apply(&stamp(10, "b"), &swap);
+        assert!(user.traits.contains_key("a") && !user.traits.contains_key("z0"));
+        assert!(user.rejected.is_empty());
     }
 
     #[test]
