@@ -208,3 +208,41 @@ fn access_logs_record_the_route_key_never_the_raw_path() {
         assert!(!format.contains(raw), "{format} logs {raw}");
     }
 }
+
+/// Every DynamoDB and SQS call the functions make, with the resource it names. moto
+/// checks no IAM, so a call the policy does not allow would first fail on AWS: a new
+/// call belongs here and in template.yaml together.
+const CALLS: &[(&str, &str, &str)] = &[
+    ("ApiFunction", "ApiKeysTable", "dynamodb:GetItem"), // ApiKeyStore::get
+    ("ApiFunction", "RateLimitsTable", "dynamodb:UpdateItem"), // RateLimitStore::take
+    ("ApiFunction", "RateLimitsTable", "dynamodb:PutItem"), // RateLimitStore::start_window
+    ("ApiFunction", "IdempotencyTable", "dynamodb:PutItem"), // claim
+    ("ApiFunction", "IdempotencyTable", "dynamodb:UpdateItem"), // take_over, complete, reopen
+    ("ApiFunction", "IdempotencyTable", "dynamodb:DeleteItem"), // release
+    ("ApiFunction", "UsersTable", "dynamodb:GetItem"),   // UserStore::get
+    ("ApiFunction", "UsersTable", "dynamodb:BatchGetItem"), // find_by_email → get_many
+    ("ApiFunction", "UsersTable", "dynamodb:Query"),     // find_by_email (the index)
+    ("ApiFunction", "UpsertQueue", "sqs:SendMessage"),   // UpsertQueue::send
+    ("ConsumerFunction", "UsersTable", "dynamodb:BatchGetItem"), // get_many
+    ("ConsumerFunction", "UsersTable", "dynamodb:GetItem"), // re-read after a conflict
+    ("ConsumerFunction", "UsersTable", "dynamodb:PutItem"), // UserStore::put
+];
+
+#[test]
+fn function_policies_allow_every_call_the_code_makes() {
+    let template = template();
+    for (function, target, action) in CALLS {
+        let statements = resource(&template, function)["Policies"][0]["Statement"]
+            .as_vec()
+            .unwrap_or_else(|| panic!("{function} has no policy statements"));
+        let allowed = statements.iter().any(|statement| {
+            let names = |key: &str| statement[key].as_vec().cloned().unwrap_or_default();
+            names("Action").iter().any(|a| a.as_str() == Some(action))
+                && names("Resource").iter().any(|r| {
+                    r.as_str()
+                        .is_some_and(|r| r.trim_start_matches("${").starts_with(target))
+                })
+        });
+        assert!(allowed, "{function} may not {action} on {target}");
+    }
+}
