@@ -33,6 +33,7 @@ import yaml
 
 from dynamodb_limits import violation
 from faithful import Fleet, FleetError, FunctionConfig, Spawner
+from faithful.runtime_api import signal_group
 
 ROOT = Path(__file__).resolve().parent.parent
 # VF_LOCAL_DIR lets a second stack (the clean-up test's) keep its files apart.
@@ -498,13 +499,6 @@ class Stack:
 
 
 STOP_GRACE_SECONDS = 3
-
-
-def signal_group(pgid, sig):
-    try:
-        os.killpg(pgid, sig)
-    except ProcessLookupError:
-        pass
 
 
 def stop_stale_stack():

@@ -1,6 +1,6 @@
 use super::numbers::{is_json_number, is_storable, number_literals};
 use super::{parse_email, ErrorCode, FieldError};
-use crate::upsert::{Changes, ProfileField};
+use crate::upsert::{trait_path, Changes, ProfileField};
 use serde::de::{DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
@@ -229,10 +229,6 @@ impl<'de> Visitor<'de> for PathRecorder<'_> {
     }
 }
 
-fn trait_field(name: &str) -> String {
-    format!("traits.{name}")
-}
-
 #[derive(Default)]
 struct Validator {
     /// Each error with the body path it is about, for `in_body_order`.
@@ -261,7 +257,7 @@ impl Validator {
 
     /// An error on `traits.<name>`; `problem` completes "traits.<name> …".
     fn fail_trait(&mut self, code: ErrorCode, name: &str, problem: &str) {
-        let field = trait_field(name);
+        let field = trait_path(name);
         let message = format!("{field} {problem}");
         self.fail(code, &field, message);
     }
@@ -439,7 +435,7 @@ impl Validator {
     fn custom_trait(&mut self, name: String, value: Value) {
         if name.is_empty() {
             return self.fail_at(
-                trait_field(&name),
+                trait_path(&name),
                 ErrorCode::Empty,
                 "traits",
                 "a trait name must not be empty",
@@ -448,14 +444,14 @@ impl Validator {
         if name.len() > MAX_TRAIT_NAME_BYTES {
             return self.fail(
                 ErrorCode::TooLong,
-                &trait_field(&name),
+                &trait_path(&name),
                 "a trait name is at most 256 bytes",
             );
         }
         if name.chars().any(char::is_control) {
             return self.fail(
                 ErrorCode::InvalidFormat,
-                &trait_field(&name),
+                &trait_path(&name),
                 "a trait name has a control character",
             );
         }
@@ -463,7 +459,7 @@ impl Validator {
             return self.fail_trait(ErrorCode::TooDeep, &name, "nests deeper than 16 levels");
         }
         let errors_before = self.errors.len();
-        self.check_value(&mut trait_field(&name), &value);
+        self.check_value(&mut trait_path(&name), &value);
         if self.errors.len() > errors_before {
             return;
         }

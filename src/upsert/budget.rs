@@ -51,7 +51,7 @@ pub fn stamp_text(stamp: &Stamp) -> String {
 /// its member of the stamps map.
 pub fn trait_cost(name: &str, value: &Value, stamp: &Stamp) -> usize {
     let in_traits = 1 + name.len() + value_size(value);
-    let in_stamps = 1 + super::merge::trait_stamp_key(name).len() + stamp_text(stamp).len();
+    let in_stamps = 1 + super::trait_path(name).len() + stamp_text(stamp).len();
     in_traits + in_stamps
 }
 

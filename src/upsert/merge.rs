@@ -1,5 +1,5 @@
 use super::budget::{trait_cost, MAX_REJECTED_TRAITS, MAX_REMOVED_STAMPS, TRAITS_BUDGET_BYTES};
-use super::{Changes, ProfileField, Stamp, UpsertMessage};
+use super::{trait_of_path, trait_path, Changes, ProfileField, Stamp, UpsertMessage};
 use serde_json::Value;
 use std::collections::BTreeMap;
 
@@ -56,10 +56,6 @@ impl RejectReason {
             .into_iter()
             .find(|reason| reason.as_str() == text)
     }
-}
-
-pub(crate) fn trait_stamp_key(name: &str) -> String {
-    format!("traits.{name}")
 }
 
 impl UserProfile {
@@ -127,7 +123,7 @@ impl UserProfile {
             .collect();
         for key in written_before {
             self.stamps.remove(&key);
-            match key.strip_prefix("traits.") {
+            match trait_of_path(&key) {
                 Some(name) => {
                     self.traits.remove(name);
                 }
@@ -171,7 +167,7 @@ impl UserProfile {
                     let current = self
                         .traits
                         .get(name)
-                        .zip(self.stamps.get(&trait_stamp_key(name)));
+                        .zip(self.stamps.get(&trait_path(name)));
                     let freed =
                         current.map_or(0, |(old, old_stamp)| trait_cost(name, old, old_stamp));
                     trait_cost(name, value, stamp) as i64 - freed as i64
@@ -191,7 +187,7 @@ impl UserProfile {
         self.traits
             .iter()
             .filter_map(|(name, value)| {
-                let stamp = self.stamps.get(&trait_stamp_key(name))?;
+                let stamp = self.stamps.get(&trait_path(name))?;
                 Some(trait_cost(name, value, stamp))
             })
             .sum()
@@ -204,7 +200,7 @@ impl UserProfile {
         stamp: &Stamp,
         used: &mut usize,
     ) -> bool {
-        let key = trait_stamp_key(name);
+        let key = trait_path(name);
         let current = self.stamps.get(&key);
         match current {
             Some(current) if current >= stamp => return false,
@@ -269,8 +265,7 @@ impl UserProfile {
             .stamps
             .iter()
             .filter(|(key, _)| {
-                key.strip_prefix("traits.")
-                    .is_some_and(|name| !self.traits.contains_key(name))
+                trait_of_path(key).is_some_and(|name| !self.traits.contains_key(name))
             })
             .map(|(key, stamp)| (stamp.clone(), key.clone()))
             .collect();

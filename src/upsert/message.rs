@@ -57,6 +57,20 @@ impl ProfileField {
     }
 }
 
+/// The path of a custom trait, in error fields (`traits.color`) and as the key of its
+/// stamp in a stored profile.
+pub fn trait_path(name: &str) -> String {
+    format!("{TRAITS_PREFIX}{name}")
+}
+
+/// What stands before a custom trait's name in its path.
+pub const TRAITS_PREFIX: &str = "traits.";
+
+/// The name of the custom trait a path names, if it names one.
+pub fn trait_of_path(path: &str) -> Option<&str> {
+    path.strip_prefix(TRAITS_PREFIX)
+}
+
 /// What one upsert changes: `Some` sets a field, `None` removes it; absent fields are
 /// left alone.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

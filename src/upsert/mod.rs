@@ -6,4 +6,7 @@ mod merge;
 mod message;
 
 pub use merge::{RejectReason, RejectedTrait, UserProfile};
-pub use message::{Changes, MessageError, ProfileField, Stamp, UpsertMessage, MESSAGE_VERSION};
+pub use message::{
+    trait_of_path, trait_path, Changes, MessageError, ProfileField, Stamp, UpsertMessage,
+    MESSAGE_VERSION,
+};
