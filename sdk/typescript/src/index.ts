@@ -233,11 +233,19 @@ class Users {
 
   /** Users whose email matches, ignoring case (needs the `users:read_pii` scope). */
   async findByEmail(email: string): Promise<User[]> {
-    const answer = await this.transport.send<{ data: User[] }>({
+    return (await this.findByEmailPage(email)).users;
+  }
+
+  /**
+   * The same, saying whether the answer was cut: at most 100 users (by
+   * external_user_id) come back, `truncated` when more match.
+   */
+  async findByEmailPage(email: string): Promise<{ users: User[]; truncated: boolean }> {
+    const answer = await this.transport.send<{ data: User[]; truncated?: boolean }>({
       method: 'GET',
       path: `/api/v1/users?email=${encodeURIComponent(email)}`,
     });
-    return answer.data;
+    return { users: answer.data, truncated: answer.truncated === true };
   }
 }
 

@@ -126,11 +126,16 @@ test('network errors and timeouts are retried, then reported with status 0', asy
 
 test('get and findByEmail encode their arguments and unwrap data', async () => {
   const user = { external_user_id: 'usr/42', traits: {}, created_at: 'c', updated_at: 'u' };
-  const server = await stub([reply(200, { data: user }), reply(200, { data: [user] })]);
+  const server = await stub([
+    reply(200, { data: user }),
+    reply(200, { data: [user] }),
+    reply(200, { data: [user], truncated: true }),
+  ]);
   try {
     const vf = new VibeFollow({ apiKey: KEY, baseUrl: server.baseUrl });
     assert.deepEqual(await vf.users.get('usr/42'), user);
     assert.deepEqual(await vf.users.findByEmail('Jane+x@acme.io'), [user]);
+    assert.deepEqual(await vf.users.findByEmailPage('a@b.io'), { users: [user], truncated: true });
     assert.equal(server.seen[0].url, '/api/v1/users/usr%2F42');
     assert.equal(server.seen[1].url, '/api/v1/users?email=Jane%2Bx%40acme.io');
   } finally {
