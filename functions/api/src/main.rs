@@ -1,7 +1,7 @@
 use lambda_http::{run, service_fn, Error, Request};
 use vibefollow_users::{aws::sdk_config, config::Resources, http::App, telemetry};
 
-#[tokio::main]
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Error> {
     telemetry::init();
     let app = App::new(&sdk_config().await, &Resources::from_env()?);

@@ -4,7 +4,7 @@ use vibefollow_users::{
     aws::sdk_config, config::Resources, consumer::Consumer, store::UserStore, telemetry,
 };
 
-#[tokio::main]
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Error> {
     telemetry::init();
     let resources = Resources::from_env()?;
