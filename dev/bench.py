@@ -88,7 +88,7 @@ def arm64_sizes():
 
 
 def running_peak_rss_kb(binary):
-    """VmHWM of the running process started from `binary` (under cargo lambda watch)."""
+    """VmHWM of a running instance of `binary` (one of the stack's function instances)."""
     for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
         try:
             if cmdline.read_bytes().split(b"\0")[0].decode().endswith(f"target/release/{binary}"):
