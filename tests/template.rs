@@ -221,7 +221,11 @@ const CALLS: &[(&str, &str, &str)] = &[
     ("ApiFunction", "IdempotencyTable", "dynamodb:DeleteItem"), // release
     ("ApiFunction", "UsersTable", "dynamodb:GetItem"),   // UserStore::get
     ("ApiFunction", "UsersTable", "dynamodb:BatchGetItem"), // find_by_email → get_many
-    ("ApiFunction", "UsersTable", "dynamodb:Query"),     // find_by_email (the index)
+    (
+        "ApiFunction",
+        "UsersTable.Arn}/index/email-lookup",
+        "dynamodb:Query",
+    ), // find_by_email
     ("ApiFunction", "UpsertQueue", "sqs:SendMessage"),   // UpsertQueue::send
     ("ConsumerFunction", "UsersTable", "dynamodb:BatchGetItem"), // get_many
     ("ConsumerFunction", "UsersTable", "dynamodb:GetItem"), // re-read after a conflict

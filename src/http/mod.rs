@@ -28,8 +28,14 @@ use serde_json::{json, Value};
 use std::time::Instant;
 
 const ACCEPTED_BODY: &str = r#"{"data":{"accepted":true}}"#;
-/// A list answer stops short of this size: Lambda refuses responses over 6 MB.
+/// A list answer stops short of this size: Lambda refuses responses over 6 MB, and
+/// the body travels inside the API Gateway response as an escaped JSON string.
 const MAX_ANSWER_BYTES: usize = 5 * 1024 * 1024;
+
+/// The length of `json` once escaped into a JSON string: quotes and backslashes double.
+fn escaped_len(json: &str) -> usize {
+    json.len() + json.bytes().filter(|b| matches!(b, b'"' | b'\\')).count()
+}
 
 /// Everything the api function needs, built once per cold start.
 pub struct App {
@@ -193,7 +199,7 @@ impl App {
                 let mut bytes = 0;
                 for user in &found.users {
                     let view = user_view(&user.external_user_id, &user.profile, true);
-                    bytes += view.to_string().len();
+                    bytes += escaped_len(&view.to_string());
                     // Profiles reach ~300 KB: 100 of them would pass Lambda's 6 MB answer.
                     if bytes > MAX_ANSWER_BYTES {
                         truncated = true;
