@@ -28,8 +28,6 @@ def outside_references(text, base):
         target = (base / match.group(1)).resolve()
         if ROOT not in target.parents and target != ROOT:
             found.append(match.group(1))
-    if "shared/spec" in text:
-        found.append("shared/spec")
     return found
 
 
