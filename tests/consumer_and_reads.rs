@@ -186,28 +186,14 @@ async fn lookup_by_email_is_case_insensitive_and_needs_read_pii() {
         u["email"] == "Mixed.Case@Example.COM"
     })
     .await;
-    let lookup = |key: String, email: &'static str| {
-        let request = stack
-            .request(Method::GET, "/api/v1/users", Some(&key))
-            .query(&[("email", email)]);
-        async move { request.send().await.unwrap() }
-    };
-    let body: Value = lookup(key.clone(), "mixed.case@example.com")
-        .await
-        .json()
-        .await
-        .unwrap();
+    let body = stack.users_with_email(&key, "mixed.case@example.com").await;
     assert_eq!(body["data"].as_array().unwrap().len(), 1);
     assert_eq!(body["data"][0]["email"], "Mixed.Case@Example.COM");
-    let body: Value = lookup(key.clone(), "nobody@example.com")
-        .await
-        .json()
-        .await
-        .unwrap();
+    let body = stack.users_with_email(&key, "nobody@example.com").await;
     assert_eq!(body, json!({"data": []}));
     let reader = stack.key(&[Scope::UsersRead]).await;
     assert_eq!(
-        error_of(lookup(reader, "mixed.case@example.com").await)
+        error_of(stack.find_by_email(&reader, "mixed.case@example.com").await)
             .await
             .0,
         403

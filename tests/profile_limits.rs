@@ -4,7 +4,6 @@
 mod common;
 
 use common::{error_of, message, send_all, user_when, Stack, ALL_SCOPES};
-use reqwest::Method;
 use serde_json::{json, Value};
 use vibefollow_users::upsert::budget::MAX_REMOVED_STAMPS;
 use vibefollow_users::upsert::{Changes, ProfileField};
@@ -166,15 +165,9 @@ async fn email_lookup_answers_every_match_up_to_100_then_truncates() {
     for chunk in bodies.chunks(10) {
         futures::future::join_all(chunk.iter().map(|body| stack.accept(&key, body))).await;
     }
-    let lookup = |email: &'static str| {
-        let request = stack
-            .request(Method::GET, "/api/v1/users", Some(&key))
-            .query(&[("email", email)]);
-        async move { request.send().await.unwrap().json::<Value>().await.unwrap() }
-    };
     let found = common::eventually(std::time::Duration::from_secs(20), || async {
-        let shared = lookup("shared@example.com").await;
-        let many = lookup("many@example.com").await;
+        let shared = stack.users_with_email(&key, "shared@example.com").await;
+        let many = stack.users_with_email(&key, "many@example.com").await;
         let complete =
             shared["data"].as_array()?.len() == 40 && many["data"].as_array()?.len() == 100;
         complete.then_some((shared, many))

@@ -134,6 +134,24 @@ impl Stack {
             .expect("GET")
     }
 
+    /// `GET /api/v1/users?email=…`, the lookup by email.
+    pub async fn find_by_email(&self, key: &str, email: &str) -> Response {
+        self.request(Method::GET, "/api/v1/users", Some(key))
+            .query(&[("email", email)])
+            .send()
+            .await
+            .expect("GET by email")
+    }
+
+    /// The `{"data", "truncated"?}` of a lookup by email.
+    pub async fn users_with_email(&self, key: &str, email: &str) -> Value {
+        self.find_by_email(key, email)
+            .await
+            .json()
+            .await
+            .expect("JSON")
+    }
+
     /// The stored item of a user of this workspace, stamps and all.
     pub async fn stored(&self, id: &str) -> Option<StoredUser> {
         self.users()
