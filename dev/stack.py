@@ -72,8 +72,19 @@ DEV_WORKSPACE = "dev"
 DEV_SCOPES = "users:write,users:read,users:read_pii,users:delete"
 
 
+_OUTPUT_LOCK = threading.Lock()
+
+
+def emit(line, stream=sys.stdout):
+    """One whole line per write: the bridge's pollers share its log, and print() writes
+    the text and its newline separately, so two threads could splice their lines."""
+    with _OUTPUT_LOCK:
+        stream.write(line + "\n")
+        stream.flush()
+
+
 def log(message):
-    print(f"[stack] {message}", file=sys.stderr, flush=True)
+    emit(f"[stack] {message}", sys.stderr)
 
 
 # --- template.yaml -------------------------------------------------------------------
@@ -593,7 +604,7 @@ def poll(queue_url):
         if not received:
             continue
         redelivered = sum(int(m.get("Attributes", {}).get("ApproximateReceiveCount", "1")) > 1 for m in received)
-        print(json.dumps({"batch": len(received), "redelivered": redelivered}), flush=True)
+        emit(json.dumps({"batch": len(received), "redelivered": redelivered}))
         event = {"Records": [sqs_record(m, arn) for m in received]}
         failed = invoke_consumer(invoke_url, event, {m["MessageId"] for m in received})
         done = [m for m in received if m["MessageId"] not in failed]
