@@ -225,7 +225,8 @@ class FaultProxy:
     `PUT /__faults` with `{"operations": ["AmazonSQS.SendMessage", …], "status": 503,
     "code": "ServiceUnavailable"}` makes those operations (their `X-Amz-Target`) answer
     that error; `"action": "stall", "delay_ms": 3000` holds them that long and then
-    forwards them; `"probability": 0.3` affects only that share of the calls.
+    forwards them; `"probability": 0.3` affects only that share of the calls;
+    `"matching": "text"` only the calls whose payload contains that text.
     `DELETE /__faults` clears it; `GET /__faults` counts calls per operation and the
     faults injected. Both SDK protocols this service uses (DynamoDB and SQS JSON) name
     the operation in `X-Amz-Target`.
@@ -297,6 +298,7 @@ class FaultProxy:
                 refusal = proxy.refusal(target, payload)
                 faults = proxy.faults
                 hit = (not refusal and target and target in faults.get("operations", [])
+                       and faults.get("matching", "").encode() in payload
                        and random.random() < float(faults.get("probability", 1)))
                 action = faults.get("action", "fail") if hit else None
                 with proxy.lock:

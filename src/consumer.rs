@@ -7,17 +7,26 @@
 //! Failures are per message (partial batch response): a transient error fails only
 //! the messages of the user it touched; an unreadable message is always reported
 //! failed, never dropped, and reaches the DLQ after `maxReceiveCount` receives.
+//!
+//! A record may carry many upserts (a batch request's, packed): it fails if any of
+//! its upserts fails, and its retry re-applies the others, which changes nothing.
+//! Users are read and written `USERS_PER_ROUND` at a time, so the profiles held in
+//! memory stay bounded however many upserts the records carry.
 
 use crate::aws::AwsError;
 use crate::metrics::{self, BatchMetrics};
 use crate::store::{StoredUser, UserStore, WriteOutcome};
 use crate::upsert::{UpsertMessage, UserProfile};
 use aws_lambda_events::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent};
-use futures::future::join_all;
-use std::collections::{BTreeMap, HashMap};
+use futures::stream::{self, StreamExt};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Instant;
 
 const MAX_WRITE_ATTEMPTS: usize = 5;
+/// Users read in one BatchGetItem (its limit) and then written.
+const USERS_PER_ROUND: usize = 100;
+/// User writes in flight at once: each is a connection to DynamoDB.
+const CONCURRENT_WRITES: usize = 16;
 
 pub struct Consumer {
     users: UserStore,
@@ -42,19 +51,19 @@ impl Consumer {
 
     pub async fn handle(&self, event: SqsEvent) -> SqsBatchResponse {
         let started = Instant::now();
-        let mut failed: Vec<String> = Vec::new();
+        let mut failed: BTreeSet<String> = BTreeSet::new();
         let mut parsed = Vec::with_capacity(event.records.len());
         for record in &event.records {
             let id = record.message_id.as_deref().unwrap_or_default();
-            match record.body.as_deref().map(UpsertMessage::from_json) {
-                Some(Ok(message)) => parsed.push((id, message)),
+            match record.body.as_deref().map(UpsertMessage::all_from_json) {
+                Some(Ok(messages)) => parsed.extend(messages.into_iter().map(|m| (id, m))),
                 Some(Err(err)) => {
                     tracing::error!(message_id = id, error = %err, "unprocessable message");
-                    failed.push(id.to_owned());
+                    failed.insert(id.to_owned());
                 }
                 None => {
                     tracing::error!(message_id = id, "message without a body");
-                    failed.push(id.to_owned());
+                    failed.insert(id.to_owned());
                 }
             }
         }
@@ -81,37 +90,24 @@ impl Consumer {
             })
             .collect();
         let users = batches.len();
-        let results = match self.read_all(&batches).await {
-            Ok(mut current) => {
-                let applies = batches.iter().map(|batch| {
-                    let key = (
-                        batch.workspace_id.to_owned(),
-                        batch.external_user_id.to_owned(),
-                    );
-                    self.apply(batch, Some(current.remove(&key)))
-                });
-                join_all(applies).await
-            }
-            Err(err) => batches
-                .iter()
-                .map(|_| Err(AwsError::Unavailable(err.to_string())))
-                .collect(),
-        };
         let mut rejected_traits = 0;
-        for (batch, result) in batches.iter().zip(results) {
-            match result {
-                Ok(rejected) => rejected_traits += rejected,
-                // Not worth retrying as a whole (DynamoDB refused the write): apply
-                // what can be applied, one message at a time, and fail only the rest.
-                Err(AwsError::Internal(err)) if batch.messages.len() > 1 => {
-                    tracing::warn!(error = %err, messages = batch.messages.len(), "user write refused; applying its messages one by one");
-                    let (failures, rejected) = self.apply_one_by_one(batch).await;
-                    failed.extend(failures);
-                    rejected_traits += rejected;
-                }
-                Err(err) => {
-                    tracing::warn!(error = %err, messages = batch.messages.len(), "user write failed; messages will be retried");
-                    failed.extend(batch.messages.iter().map(|(id, _)| (*id).to_owned()));
+        for round in batches.chunks(USERS_PER_ROUND) {
+            let results = self.apply_round(round).await;
+            for (batch, result) in round.iter().zip(results) {
+                match result {
+                    Ok(rejected) => rejected_traits += rejected,
+                    // Not worth retrying as a whole (DynamoDB refused the write): apply
+                    // what can be applied, one message at a time, and fail only the rest.
+                    Err(AwsError::Internal(err)) if batch.messages.len() > 1 => {
+                        tracing::warn!(error = %err, messages = batch.messages.len(), "user write refused; applying its messages one by one");
+                        let (failures, rejected) = self.apply_one_by_one(batch).await;
+                        failed.extend(failures);
+                        rejected_traits += rejected;
+                    }
+                    Err(err) => {
+                        tracing::warn!(error = %err, messages = batch.messages.len(), "user write failed; messages will be retried");
+                        failed.extend(batch.messages.iter().map(|(id, _)| (*id).to_owned()));
+                    }
                 }
             }
         }
@@ -127,14 +123,14 @@ impl Consumer {
         let lag_ms = by_user
             .values()
             .flatten()
-            .filter(|(id, _)| !failed.iter().any(|f| f == id))
+            .filter(|(id, _)| !failed.contains(*id))
             .map(|(_, message)| now_ms - message.stamp.accepted_at)
             .collect();
         metrics::emit(&metrics::batch_line(
             &self.metrics_namespace,
             now_ms,
             &BatchMetrics {
-                applied: event.records.len() - failed.len(),
+                applied: event.records.len().saturating_sub(failed.len()),
                 failed: failed.len(),
                 rejected_traits,
                 lag_ms,
@@ -152,16 +148,33 @@ impl Consumer {
         response
     }
 
-    /// The current items of every user in the batch, in one read.
-    async fn read_all(
-        &self,
-        batches: &[UserBatch<'_>],
-    ) -> Result<HashMap<(String, String), StoredUser>, AwsError> {
-        let keys: Vec<(&str, &str)> = batches
+    /// Reads the users of `round` in one call, then applies each, a few at a time.
+    async fn apply_round(&self, round: &[UserBatch<'_>]) -> Vec<Result<usize, AwsError>> {
+        let keys: Vec<(&str, &str)> = round
             .iter()
             .map(|b| (b.workspace_id, b.external_user_id))
             .collect();
-        self.users.get_many(&keys).await
+        let mut current: HashMap<(String, String), StoredUser> =
+            match self.users.get_many(&keys).await {
+                Ok(current) => current,
+                Err(err) => {
+                    return round
+                        .iter()
+                        .map(|_| Err(AwsError::Unavailable(err.to_string())))
+                        .collect()
+                }
+            };
+        let applies = round.iter().map(|batch| {
+            let key = (
+                batch.workspace_id.to_owned(),
+                batch.external_user_id.to_owned(),
+            );
+            self.apply(batch, Some(current.remove(&key)))
+        });
+        stream::iter(applies)
+            .buffered(CONCURRENT_WRITES)
+            .collect()
+            .await
     }
 
     /// The ids of the messages of `batch` that fail even when applied alone, and the

@@ -11,6 +11,8 @@ pub mod config;
 pub mod consumer;
 pub mod contract;
 pub mod http;
+#[cfg(feature = "admin")]
+pub mod import;
 pub mod metrics;
 pub mod queue;
 pub mod rate_limit;

@@ -2,12 +2,28 @@
 
 use crate::aws::AwsError;
 use crate::upsert::UpsertMessage;
+use aws_sdk_sqs::types::SendMessageBatchRequestEntry;
 use aws_sdk_sqs::Client;
+use futures::future::join_all;
+
+/// SendMessageBatch's limits: entries per call, and bytes of all bodies together.
+const MAX_ENTRIES_PER_CALL: usize = 10;
+const MAX_BYTES_PER_CALL: usize = 256 * 1024;
+/// Entries SQS refused within a successful call are sent again this many times (the
+/// SDK already retries a call that failed as a whole).
+const ENTRY_RETRIES: usize = 2;
 
 #[derive(Clone)]
 pub struct UpsertQueue {
     client: Client,
     url: String,
+}
+
+/// Bodies that could not be enqueued: their indices, and why (for the log).
+#[derive(Debug, Default)]
+pub struct Unsent {
+    pub bodies: Vec<usize>,
+    pub error: Option<String>,
 }
 
 impl UpsertQueue {
@@ -27,5 +43,107 @@ impl UpsertQueue {
             .send()
             .await?;
         Ok(())
+    }
+
+    /// Sends many bodies in as few SendMessageBatch calls as SQS allows, all calls at
+    /// once; returns the bodies SQS did not store.
+    pub async fn send_all(&self, bodies: &[String]) -> Unsent {
+        let calls = call_groups(bodies)
+            .into_iter()
+            .map(|group| self.send_group(bodies, group));
+        let mut unsent = Unsent::default();
+        for (failed, error) in join_all(calls).await {
+            unsent.bodies.extend(failed);
+            unsent.error = unsent.error.or(error);
+        }
+        unsent.bodies.sort_unstable();
+        unsent
+    }
+
+    /// One call, then again for the entries SQS refused within it.
+    async fn send_group(
+        &self,
+        bodies: &[String],
+        mut pending: Vec<usize>,
+    ) -> (Vec<usize>, Option<String>) {
+        let mut error = None;
+        for _ in 0..=ENTRY_RETRIES {
+            let entries = pending.iter().map(|&index| {
+                SendMessageBatchRequestEntry::builder()
+                    .id(index.to_string())
+                    .message_body(&bodies[index])
+                    .build()
+            });
+            let entries = match entries.collect::<Result<Vec<_>, _>>() {
+                Ok(entries) => entries,
+                Err(err) => return (pending, Some(err.to_string())),
+            };
+            let sent = self
+                .client
+                .send_message_batch()
+                .queue_url(&self.url)
+                .set_entries(Some(entries))
+                .send()
+                .await;
+            match sent {
+                Ok(out) => {
+                    let refused: Vec<&str> = out.failed().iter().map(|f| f.id()).collect();
+                    if let Some(first) = out.failed().first() {
+                        error = Some(format!(
+                            "{}: {}",
+                            first.code(),
+                            first.message().unwrap_or("")
+                        ));
+                    }
+                    pending.retain(|index| refused.contains(&index.to_string().as_str()));
+                }
+                // The SDK retried it already; the whole group is unsent.
+                Err(err) => return (pending, Some(AwsError::from(err).to_string())),
+            }
+            if pending.is_empty() {
+                return (pending, None);
+            }
+        }
+        (pending, error)
+    }
+}
+
+/// Indices of the bodies each SendMessageBatch call carries, in order.
+fn call_groups(bodies: &[String]) -> Vec<Vec<usize>> {
+    let mut groups: Vec<Vec<usize>> = Vec::new();
+    let mut bytes = 0;
+    for (index, body) in bodies.iter().enumerate() {
+        let full = groups.last().is_none_or(|group| {
+            group.len() == MAX_ENTRIES_PER_CALL || bytes + body.len() > MAX_BYTES_PER_CALL
+        });
+        if full {
+            groups.push(Vec::new());
+            bytes = 0;
+        }
+        bytes += body.len();
+        if let Some(group) = groups.last_mut() {
+            group.push(index);
+        }
+    }
+    groups
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn calls_hold_ten_bodies_and_256_kib_at_most() {
+        let small = vec!["x".repeat(100); 25];
+        assert_eq!(
+            call_groups(&small).iter().map(Vec::len).collect::<Vec<_>>(),
+            [10, 10, 5]
+        );
+        let big = vec!["x".repeat(64 * 1024); 9];
+        assert_eq!(
+            call_groups(&big).iter().map(Vec::len).collect::<Vec<_>>(),
+            [4, 4, 1]
+        );
+        assert!(call_groups(&[]).is_empty());
     }
 }

@@ -147,10 +147,13 @@ impl<S: CounterStore> RateLimiter<S> {
         }
     }
 
+    /// Admits a request that counts as `cost` requests (a batch: one per started 100
+    /// users), or refuses it whole.
     pub async fn check(
         &self,
         workspace_id: &str,
         rate: u32,
+        cost: u64,
         now_ms: i64,
     ) -> Result<RateDecision, AwsError> {
         let window = now_ms.div_euclid(1000);
@@ -158,23 +161,28 @@ impl<S: CounterStore> RateLimiter<S> {
             let mut all = self.lock();
             let local = all.entry((workspace_id.to_owned(), rate)).or_default();
             *local = local.at(window);
-            local.seen += 1;
+            local.seen += cost;
             if local.exhausted {
                 return Ok(limited());
             }
-            if local.tokens > 0 {
-                local.tokens -= 1;
+            if local.tokens >= cost {
+                local.tokens -= cost;
                 return Ok(RateDecision::Allowed);
             }
-            local.lease_size(rate)
+            local.lease_size(rate).max(cost - local.tokens)
         };
         let granted = self.lease(workspace_id, rate, window, lease_size).await?;
         let mut all = self.lock();
         let local = all.entry((workspace_id.to_owned(), rate)).or_default();
         *local = local.at(window);
         Ok(match granted {
+            // Tokens short of the cost stay leased for smaller requests.
+            Lease::Granted(tokens) if local.tokens + tokens < cost => {
+                local.tokens += tokens;
+                limited()
+            }
             Lease::Granted(tokens) => {
-                local.tokens += tokens - 1;
+                local.tokens = local.tokens + tokens - cost;
                 RateDecision::Allowed
             }
             Lease::Exhausted => {
@@ -304,6 +312,18 @@ mod tests {
     /// robin to `instances` Lambda-style instances (one request at a time each) that
     /// share one counter.
     fn simulate(instances: usize, rate: u32, offered: u32, seconds: i64) -> Vec<u64> {
+        simulate_costing(instances, rate, offered, seconds, 1)
+    }
+
+    /// As [`simulate`], for requests that each count as `cost` (batches), in counted
+    /// requests per second.
+    fn simulate_costing(
+        instances: usize,
+        rate: u32,
+        offered: u32,
+        seconds: i64,
+        cost: u64,
+    ) -> Vec<u64> {
         let store = Arc::new(MemoryCounters::default());
         let fleet: Vec<_> = (0..instances)
             .map(|_| RateLimiter::new(Arc::clone(&store)))
@@ -317,9 +337,11 @@ mod tests {
         for i in 0..total {
             let now_ms = start_ms + i * 1000 / i64::from(offered);
             let limiter = &fleet[i as usize % instances];
-            let decision = runtime.block_on(limiter.check("ws", rate, now_ms)).unwrap();
+            let decision = runtime
+                .block_on(limiter.check("ws", rate, cost, now_ms))
+                .unwrap();
             if decision == RateDecision::Allowed {
-                admitted[((now_ms - start_ms) / 1000) as usize] += 1;
+                admitted[((now_ms - start_ms) / 1000) as usize] += cost;
             }
         }
         admitted
@@ -360,6 +382,34 @@ mod tests {
                 assert!(
                     worst_pair <= pair_limit(rate),
                     "{instances} instances: {admitted:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn batches_count_their_cost_below_and_above_the_rate() {
+        let rate = 100;
+        for cost in [3, 10] {
+            for instances in [1, 10, 100] {
+                let below = rate * 9 / 10 / cost as u32;
+                let admitted = simulate_costing(instances, rate, below, 30, cost);
+                let share =
+                    admitted.iter().sum::<u64>() as f64 / (f64::from(below) * 30.0 * cost as f64);
+                assert!(
+                    share >= 0.99,
+                    "cost {cost}, {instances} instances: {admitted:?}"
+                );
+                let over = simulate_costing(instances, rate, rate * 3 / cost as u32, 30, cost);
+                let worst = *over.iter().min().unwrap();
+                let worst_pair = over.windows(2).map(|p| p[0] + p[1]).max().unwrap();
+                assert!(
+                    worst_pair <= pair_limit(rate),
+                    "cost {cost}, {instances} instances: {over:?}"
+                );
+                assert!(
+                    worst as f64 >= 0.8 * f64::from(rate),
+                    "cost {cost}, {instances} instances: {over:?}"
                 );
             }
         }

@@ -226,7 +226,7 @@ const CALLS: &[(&str, &str, &str)] = &[
         "UsersTable.Arn}/index/email-lookup",
         "dynamodb:Query",
     ), // find_by_email
-    ("ApiFunction", "UpsertQueue", "sqs:SendMessage"),   // UpsertQueue::send
+    ("ApiFunction", "UpsertQueue", "sqs:SendMessage"), // UpsertQueue::send; SendMessageBatch (send_all) needs the same action
     ("ConsumerFunction", "UsersTable", "dynamodb:BatchGetItem"), // get_many
     ("ConsumerFunction", "UsersTable", "dynamodb:GetItem"), // re-read after a conflict
     ("ConsumerFunction", "UsersTable", "dynamodb:PutItem"), // UserStore::put

@@ -1,13 +1,16 @@
-//! `vfctl`: admin command for API keys. `--local` targets the `make dev` stack;
-//! otherwise a deployed stack, whose table names come from its CloudFormation outputs.
+//! `vfctl`: admin command for API keys, and the importer customers run to load their
+//! users. `--local` targets the `make dev` stack; otherwise a deployed stack, whose
+//! table names come from its CloudFormation outputs (keys), or `--url` (import).
 
 use aws_sdk_cloudformation::error::{DisplayErrorContext, ProvideErrorMetadata};
 use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use vibefollow_users::auth::{generate_key, key_hash, key_id, ApiKeyRecord, Scope};
 use vibefollow_users::aws::sdk_config;
 use vibefollow_users::clock::now_millis;
 use vibefollow_users::contract::format_millis;
+use vibefollow_users::import::{import, ImportOptions};
 use vibefollow_users::store::ApiKeyStore;
 
 /// Written by `dev/stack.py` while the local stack runs (in `VF_LOCAL_DIR` if set).
@@ -37,6 +40,37 @@ enum Command {
     /// Manage API keys.
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// Load users through the API.
+    #[command(subcommand)]
+    Users(UsersCommand),
+}
+
+#[derive(Subcommand)]
+enum UsersCommand {
+    /// Import a file of users through `POST /api/v1/users/batch`: NDJSON (one upsert
+    /// body per line) or, for `*.csv`, a header `external_user_id,email,<trait>…` with
+    /// typed trait columns (`seats:number`, `active:boolean`, `tags:json`). Resumable:
+    /// run it again after a kill and it sends only what is left. Refused users go to
+    /// FILE.rejected.ndjson; a JSON summary goes to stdout.
+    Import(ImportArgs),
+}
+
+#[derive(Args)]
+struct ImportArgs {
+    file: PathBuf,
+    /// The API's base URL (with --local: the local stack's).
+    #[arg(long, env = "VIBEFOLLOW_BASE_URL")]
+    url: Option<String>,
+    /// An API key with the users:write scope.
+    #[arg(long, env = "VIBEFOLLOW_API_KEY", hide_env_values = true)]
+    key: String,
+    /// Batches in flight at once.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
+    concurrency: u16,
+    /// Users per batch (a batch counts as one request per started 100 against the
+    /// rate limit). Changing it between runs of one file starts over.
+    #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u16).range(1..=1000))]
+    batch_size: u16,
 }
 
 #[derive(Subcommand)]
@@ -85,6 +119,10 @@ async fn run(cli: Cli) -> Result<(), String> {
     if cli.local {
         load_local_env()?;
     }
+    let command = match cli.command {
+        Command::Users(UsersCommand::Import(args)) => return import_file(args, cli.local).await,
+        Command::Keys(command) => command,
+    };
     let mut sdk = sdk_config().await.into_builder();
     if let Some(region) = &cli.region {
         sdk.set_region(Some(aws_config::Region::new(region.clone())));
@@ -100,7 +138,6 @@ async fn run(cli: Cli) -> Result<(), String> {
         (None, Err(_)) => stack_output(&sdk, &default_stack_name()?, API_KEYS_OUTPUT).await?,
     };
     let store = ApiKeyStore::new(vibefollow_users::aws_sdk_dynamodb::Client::new(&sdk), table);
-    let Command::Keys(command) = cli.command;
     match command {
         KeysCommand::Create(args) => create(&store, args).await,
         KeysCommand::List { workspace } => list(&store, &workspace).await,
@@ -171,6 +208,41 @@ async fn revoke(store: &ApiKeyStore, key: &str) -> Result<(), String> {
     } else {
         Err("no such key".into())
     }
+}
+
+async fn import_file(args: ImportArgs, local: bool) -> Result<(), String> {
+    let url = match (args.url, local) {
+        (Some(url), _) => url,
+        (None, true) => {
+            std::env::var("VF_API_URL").unwrap_or_else(|_| "http://127.0.0.1:9000".into())
+        }
+        (None, false) => return Err("no API URL: pass --url or set VIBEFOLLOW_BASE_URL".into()),
+    };
+    let summary = import(ImportOptions {
+        file: args.file.clone(),
+        url,
+        key: args.key,
+        concurrency: args.concurrency.into(),
+        batch_size: args.batch_size.into(),
+    })
+    .await?;
+    eprintln!(
+        "imported {} users in {:.1} s ({} users/s): {} accepted, {} rejected{}; {} batches sent, {} done by an earlier run, {} replayed",
+        summary.users,
+        summary.seconds,
+        summary.users_per_second,
+        summary.accepted,
+        summary.rejected,
+        if summary.rejected > 0 { format!(" (see {}.rejected.ndjson)", args.file.display()) } else { String::new() },
+        summary.batches,
+        summary.skipped_batches,
+        summary.replayed_batches,
+    );
+    println!(
+        "{}",
+        serde_json::to_string(&summary).map_err(|e| e.to_string())?
+    );
+    Ok(())
 }
 
 fn check_workspace(workspace: &str) -> Result<(), String> {

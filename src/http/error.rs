@@ -10,12 +10,18 @@ use lambda_http::http::StatusCode;
 pub enum ApiError {
     RouteNotFound,
     UserNotFound,
-    MethodNotAllowed { allow: &'static str },
+    MethodNotAllowed {
+        allow: &'static str,
+    },
     Credentials(CredentialError),
     InvalidApiKey,
     InsufficientScope(Scope),
-    RateLimited { rate: u32, retry_after_secs: u64 },
-    PayloadTooLarge,
+    RateLimited {
+        rate: u32,
+        retry_after_secs: u64,
+    },
+    /// The body is over the route's limit, which the message names.
+    PayloadTooLarge(&'static str),
     UnsupportedMediaType,
     Body(BodyError),
     Query(FieldError),
@@ -129,13 +135,9 @@ impl ApiError {
                     ),
                 ],
             ),
-            ApiError::PayloadTooLarge => (
+            ApiError::PayloadTooLarge(message) => (
                 StatusCode::PAYLOAD_TOO_LARGE,
-                one(
-                    C::PayloadTooLarge,
-                    "body",
-                    "body is over 32 KiB (32,768 bytes)",
-                ),
+                one(C::PayloadTooLarge, "body", message),
                 vec![],
             ),
             ApiError::UnsupportedMediaType => (

@@ -13,14 +13,15 @@ use crate::auth::{bearer_key, key_hash, ApiKeyRecord};
 use crate::clock::now_millis;
 use crate::config::Resources;
 use crate::contract::{
-    erase_hash, is_storable_user_id, parse_upsert, user_view, validate_idempotency_key,
-    ErrorEnvelope, ValidUpsert, MAX_BODY_BYTES,
+    erase_hash, is_storable_user_id, parse_batch, parse_upsert, user_view,
+    validate_idempotency_key, ErrorCode, ErrorEnvelope, FieldError, ValidBatch, ValidUpsert,
+    MAX_BATCH_BODY_BYTES, MAX_BODY_BYTES,
 };
 use crate::metrics::{self, Outcome};
 use crate::queue::UpsertQueue;
 use crate::rate_limit::{RateDecision, RateLimiter};
 use crate::store::{ApiKeyStore, Claim, IdempotencyStore, RateLimitStore, UserStore, LOCK_MS};
-use crate::upsert::{Changes, Stamp, UpsertMessage, MESSAGE_VERSION};
+use crate::upsert::{pack, Changes, Stamp, UpsertMessage, MESSAGE_VERSION};
 use keys::KeyCache;
 use lambda_http::http::{header, HeaderMap, StatusCode};
 use lambda_http::{Body, Request, RequestExt, Response};
@@ -53,6 +54,12 @@ enum Success {
     Accepted {
         replayed: bool,
     },
+    /// A batch's answer: 202 when every upsert was accepted, 207 otherwise.
+    Batch {
+        replayed: bool,
+        accepted: usize,
+        rejected: Vec<Rejected>,
+    },
     Data(Value),
     /// A list answer; `truncated` when more matched than it holds.
     Page {
@@ -61,11 +68,38 @@ enum Success {
     },
 }
 
+/// One refused upsert of a batch.
+#[derive(serde::Serialize)]
+struct Rejected {
+    index: usize,
+    errors: Vec<FieldError>,
+}
+
 /// What one request did, for its log line.
 #[derive(Default)]
 struct Trace {
     workspace_id: Option<String>,
     replayed: bool,
+    /// Upserts in a batch.
+    users: Option<usize>,
+}
+
+/// What an accepted write puts on the queue.
+enum Outgoing {
+    One {
+        external_user_id: String,
+        changes: Changes,
+        erase: bool,
+    },
+    /// A batch's valid upserts, each with its index in the batch.
+    Batch(Vec<(usize, ValidUpsert)>),
+}
+
+/// What the idempotent enqueue did.
+struct Enqueued {
+    replayed: bool,
+    /// Batch entries that could not be enqueued (by index in the batch).
+    unsent: Vec<usize>,
 }
 
 impl App {
@@ -103,8 +137,12 @@ impl App {
         let (response, detail, outcome, code) = match result {
             Ok(success) => {
                 let outcome = match success {
-                    Success::Accepted { replayed: false } => Outcome::Accepted,
-                    Success::Accepted { replayed: true } => Outcome::Replayed,
+                    Success::Accepted { replayed: false }
+                    | Success::Batch {
+                        replayed: false, ..
+                    } => Outcome::Accepted,
+                    Success::Accepted { replayed: true }
+                    | Success::Batch { replayed: true, .. } => Outcome::Replayed,
                     Success::Data(_) | Success::Page { .. } => Outcome::Served,
                 };
                 (success_response(success, &request_id), None, outcome, None)
@@ -138,6 +176,7 @@ impl App {
             status,
             latency_ms = started.elapsed().as_secs_f64() * 1000.0,
             replayed = trace.replayed,
+            users = trace.users,
             error = detail.as_deref(),
             "request"
         );
@@ -172,8 +211,12 @@ impl App {
                 trace.replayed = replayed;
                 Ok(Success::Accepted { replayed })
             }
+            Route::Batch => {
+                self.batch(&key, headers, request.body(), stamp, trace)
+                    .await
+            }
             Route::GetUser(external_user_id) => {
-                self.admit(&key, now_ms).await?;
+                self.admit(&key, now_ms, 1).await?;
                 // Longer ids are never stored, and DynamoDB refuses keys past 2,048 bytes.
                 if !is_storable_user_id(external_user_id) {
                     return Err(ApiError::UserNotFound);
@@ -191,7 +234,7 @@ impl App {
                 )))
             }
             Route::FindByEmail => {
-                self.admit(&key, now_ms).await?;
+                self.admit(&key, now_ms, 1).await?;
                 let email = routes::email_query(request.query_string_parameters_ref())?;
                 let found = self.users.find_by_email(&key.workspace_id, &email).await?;
                 let mut truncated = found.truncated;
@@ -232,18 +275,20 @@ impl App {
         stamp: &Stamp,
         refused: ApiError,
     ) -> ApiError {
-        match self.admit(key, stamp.accepted_at).await {
+        match self.admit(key, stamp.accepted_at, 1).await {
             Ok(()) => refused,
             Err(limited) => limited,
         }
     }
 
-    /// The rate-limit step of the contract's order of checks.
-    async fn admit(&self, key: &ApiKeyRecord, now_ms: i64) -> Result<(), ApiError> {
+    /// The rate-limit step of the contract's order of checks, for a request that counts
+    /// as `cost` requests. A request never costs more than a second's rate, or a
+    /// low-rate key could never send a full batch.
+    async fn admit(&self, key: &ApiKeyRecord, now_ms: i64, cost: u64) -> Result<(), ApiError> {
         let rate = key.rate_limit.unwrap_or(self.default_rate_limit);
         match self
             .rate_limiter
-            .check(&key.workspace_id, rate, now_ms)
+            .check(&key.workspace_id, rate, cost.min(u64::from(rate)), now_ms)
             .await?
         {
             RateDecision::Allowed => Ok(()),
@@ -271,16 +316,81 @@ impl App {
             changes,
             body_hash,
         } = upsert;
-        let message = UpsertMessage {
-            version: MESSAGE_VERSION,
-            workspace_id: key.workspace_id.clone(),
+        let outgoing = Outgoing::One {
             external_user_id,
-            stamp,
             changes,
             erase: false,
         };
-        self.enqueue(key, message, &body_hash, idempotency_key)
-            .await
+        let enqueued = self
+            .enqueue(key, outgoing, stamp, 1, &body_hash, idempotency_key)
+            .await?;
+        Ok(enqueued.replayed)
+    }
+
+    /// Accepts the valid upserts of a batch; the answer lists the others.
+    async fn batch(
+        &self,
+        key: &ApiKeyRecord,
+        headers: &HeaderMap,
+        body: &Body,
+        stamp: Stamp,
+        trace: &mut Trace,
+    ) -> Result<Success, ApiError> {
+        let (batch, idempotency_key) = match checked_batch(headers, body) {
+            Ok(checked) => checked,
+            Err(refused) => return Err(self.refuse_after_rate_check(key, &stamp, refused).await),
+        };
+        let users = batch.entries.len();
+        trace.users = Some(users);
+        // Contract: one request per started 100 users.
+        let cost = users.div_ceil(100) as u64;
+        let mut rejected: Vec<Rejected> = batch
+            .refused()
+            .map(|(index, errors)| Rejected {
+                index,
+                errors: errors.to_vec(),
+            })
+            .collect();
+        let ValidBatch { entries, body_hash } = batch;
+        let valid: Vec<(usize, ValidUpsert)> = entries
+            .into_iter()
+            .enumerate()
+            .filter_map(|(index, entry)| entry.ok().map(|upsert| (index, upsert)))
+            .collect();
+        let accepted = valid.len();
+        if accepted == 0 {
+            self.admit(key, stamp.accepted_at, cost).await?;
+            return Ok(Success::Batch {
+                replayed: false,
+                accepted,
+                rejected,
+            });
+        }
+        let Enqueued { replayed, unsent } = self
+            .enqueue(
+                key,
+                Outgoing::Batch(valid),
+                stamp,
+                cost,
+                &body_hash,
+                idempotency_key,
+            )
+            .await?;
+        trace.replayed = replayed;
+        rejected.extend(unsent.iter().map(|&index| Rejected {
+            index,
+            errors: vec![FieldError::new(
+                ErrorCode::Unavailable,
+                format!("users[{index}]"),
+                "this upsert could not be enqueued; nothing of it was accepted, send it again",
+            )],
+        }));
+        rejected.sort_by_key(|r| r.index);
+        Ok(Success::Batch {
+            replayed,
+            accepted: accepted - unsent.len(),
+            rejected,
+        })
     }
 
     /// Undoes the claim of a request the rate limit refused, so that the refusal
@@ -324,73 +434,148 @@ impl App {
             Ok(idempotency_key) => idempotency_key,
             Err(refused) => return Err(self.refuse_after_rate_check(key, &stamp, refused).await),
         };
-        let message = UpsertMessage {
-            version: MESSAGE_VERSION,
-            workspace_id: key.workspace_id.clone(),
+        let outgoing = Outgoing::One {
             external_user_id: external_user_id.to_owned(),
-            stamp,
             changes: Changes::default(),
             erase: true,
         };
-        self.enqueue(key, message, &erase_hash(external_user_id), idempotency_key)
-            .await
+        let body_hash = erase_hash(external_user_id);
+        let enqueued = self
+            .enqueue(key, outgoing, stamp, 1, &body_hash, idempotency_key)
+            .await?;
+        Ok(enqueued.replayed)
     }
 
-    /// The rate check, the Idempotency-Key, the send: the common end of an upsert and
-    /// an erasure. Returns whether the answer replays an earlier request.
+    /// Puts an accepted write on the queue with `stamp`; returns the batch entries
+    /// that could not be enqueued. Fails only when nothing was enqueued.
+    async fn send(
+        &self,
+        workspace_id: &str,
+        outgoing: Outgoing,
+        stamp: &Stamp,
+    ) -> Result<Vec<usize>, ApiError> {
+        let message = |external_user_id, changes, erase, stamp| UpsertMessage {
+            version: MESSAGE_VERSION,
+            workspace_id: workspace_id.to_owned(),
+            external_user_id,
+            stamp,
+            changes,
+            erase,
+        };
+        let upserts = match outgoing {
+            Outgoing::One {
+                external_user_id,
+                changes,
+                erase,
+            } => {
+                let one = message(external_user_id, changes, erase, stamp.clone());
+                self.queue.send(&one).await?;
+                return Ok(Vec::new());
+            }
+            Outgoing::Batch(upserts) => upserts,
+        };
+        let indices: Vec<usize> = upserts.iter().map(|(index, _)| *index).collect();
+        let messages: Vec<UpsertMessage> = upserts
+            .into_iter()
+            .map(|(index, upsert)| {
+                // Later entries of the batch win: their stamps sort after earlier ones'.
+                let entry_stamp = Stamp {
+                    accepted_at: stamp.accepted_at,
+                    request_id: format!("{}.{index:04}", stamp.request_id),
+                };
+                message(upsert.external_user_id, upsert.changes, false, entry_stamp)
+            })
+            .collect();
+        let packed = pack(&messages);
+        let bodies: Vec<String> = packed.iter().map(|p| p.body.clone()).collect();
+        let unsent = self.queue.send_all(&bodies).await;
+        let unsent_entries: Vec<usize> = unsent
+            .bodies
+            .iter()
+            .flat_map(|&body| packed[body].messages.clone())
+            .map(|message| indices[message])
+            .collect();
+        if let Some(error) = &unsent.error {
+            tracing::warn!(request_id = %stamp.request_id, unsent = unsent_entries.len(), error = %error, "batch entries not enqueued");
+        }
+        if unsent_entries.len() == indices.len() {
+            return Err(ApiError::Unavailable(
+                unsent.error.unwrap_or_else(|| "no entry enqueued".into()),
+            ));
+        }
+        Ok(unsent_entries)
+    }
+
+    /// The rate check, the Idempotency-Key, the send: the common end of every write.
     async fn enqueue(
         &self,
         key: &ApiKeyRecord,
-        mut message: UpsertMessage,
+        outgoing: Outgoing,
+        mut stamp: Stamp,
+        cost: u64,
         body_hash: &str,
         idempotency_key: Option<&str>,
-    ) -> Result<bool, ApiError> {
-        let Some(idempotency_key) = idempotency_key else {
-            self.admit(key, message.stamp.accepted_at).await?;
-            self.queue.send(&message).await?;
-            return Ok(false);
-        };
+    ) -> Result<Enqueued, ApiError> {
         let workspace_id = &key.workspace_id;
+        let Some(idempotency_key) = idempotency_key else {
+            self.admit(key, stamp.accepted_at, cost).await?;
+            let unsent = self.send(workspace_id, outgoing, &stamp).await?;
+            return Ok(Enqueued {
+                replayed: false,
+                unsent,
+            });
+        };
         // The claim runs beside the rate check: one round trip instead of two. A claim
         // made for a request the limit refuses is given back, so it changes nothing.
         let (admitted, claim) = tokio::join!(
-            self.admit(key, message.stamp.accepted_at),
+            self.admit(key, stamp.accepted_at, cost),
             self.idempotency
-                .claim(workspace_id, idempotency_key, body_hash, &message.stamp)
+                .claim(workspace_id, idempotency_key, body_hash, &stamp)
         );
         if let Err(refused) = admitted {
-            self.give_back(workspace_id, idempotency_key, claim, &message.stamp)
+            self.give_back(workspace_id, idempotency_key, claim, &stamp)
                 .await;
             return Err(refused);
         }
         match claim? {
             Claim::Claimed => {}
-            Claim::Abandoned(original) => message.stamp = original,
-            Claim::Replay => return Ok(true),
+            Claim::Abandoned(original) => stamp = original,
+            Claim::Replay(unsent) => {
+                return Ok(Enqueued {
+                    replayed: true,
+                    unsent,
+                })
+            }
             Claim::InFlight => return Err(ApiError::IdempotencyKeyInUse),
             Claim::Reused => return Err(ApiError::IdempotencyKeyReused),
         }
         // The record names the request that first claimed it (ours, or the one that died).
-        let request_id = &message.stamp.request_id;
-        if let Err(err) = self.queue.send(&message).await {
-            // Release the key so the client's retry is processed, not replayed.
-            self.idempotency
-                .release(workspace_id, idempotency_key, request_id)
-                .await?;
-            return Err(err.into());
-        }
+        let request_id = &stamp.request_id;
+        let unsent = match self.send(workspace_id, outgoing, &stamp).await {
+            Ok(unsent) => unsent,
+            Err(err) => {
+                // Release the key so the client's retry is processed, not replayed.
+                self.idempotency
+                    .release(workspace_id, idempotency_key, request_id)
+                    .await?;
+                return Err(err);
+            }
+        };
         // Awaited, not spawned: Lambda freezes the instance once it answers, so a mark
         // left for later could wait for minutes while retries of this key get 409s.
         if let Err(err) = self
             .idempotency
-            .complete(workspace_id, idempotency_key, request_id)
+            .complete(workspace_id, idempotency_key, request_id, &unsent)
             .await
         {
             // The upsert is in SQS: still a 202. A retry waits out the lock, then
             // re-enqueues with the original stamp, a duplicate the merge ignores.
             tracing::warn!(request_id = %request_id, error = %err, "idempotency key not marked done");
         }
-        Ok(false)
+        Ok(Enqueued {
+            replayed: false,
+            unsent,
+        })
     }
 }
 
@@ -425,10 +610,30 @@ fn checked_upsert<'a>(
     }
     let bytes: &[u8] = body.as_ref();
     if bytes.len() > MAX_BODY_BYTES {
-        return Err(ApiError::PayloadTooLarge);
+        return Err(ApiError::PayloadTooLarge(
+            "body is over 32 KiB (32,768 bytes)",
+        ));
     }
     let upsert = parse_upsert(bytes)?;
     Ok((upsert, idempotency_key_of(headers)?))
+}
+
+/// The same checks for a batch; entry problems are not errors here but part of it.
+fn checked_batch<'a>(
+    headers: &'a HeaderMap,
+    body: &Body,
+) -> Result<(ValidBatch, Option<&'a str>), ApiError> {
+    if !is_json_content_type(headers) {
+        return Err(ApiError::UnsupportedMediaType);
+    }
+    let bytes: &[u8] = body.as_ref();
+    if bytes.len() > MAX_BATCH_BODY_BYTES {
+        return Err(ApiError::PayloadTooLarge(
+            "body is over 512 KiB (524,288 bytes)",
+        ));
+    }
+    let batch = parse_batch(bytes)?;
+    Ok((batch, idempotency_key_of(headers)?))
 }
 
 fn is_json_content_type(headers: &HeaderMap) -> bool {
@@ -455,16 +660,30 @@ fn json_response(status: StatusCode, body: String, request_id: &str) -> Response
 
 fn success_response(success: Success, request_id: &str) -> Response<Body> {
     match success {
-        Success::Accepted { replayed } => {
-            let mut response =
-                json_response(StatusCode::ACCEPTED, ACCEPTED_BODY.to_owned(), request_id);
-            if replayed {
-                response.headers_mut().insert(
-                    "idempotent-replayed",
-                    header::HeaderValue::from_static("true"),
-                );
-            }
-            response
+        Success::Accepted { replayed } => marked_replayed(
+            json_response(StatusCode::ACCEPTED, ACCEPTED_BODY.to_owned(), request_id),
+            replayed,
+        ),
+        Success::Batch {
+            replayed,
+            accepted,
+            rejected,
+        } => {
+            let (status, body) = if rejected.is_empty() {
+                (
+                    StatusCode::ACCEPTED,
+                    json!({ "data": { "accepted": accepted } }),
+                )
+            } else {
+                (
+                    StatusCode::MULTI_STATUS,
+                    json!({ "data": { "accepted": accepted, "rejected": rejected } }),
+                )
+            };
+            marked_replayed(
+                json_response(status, body.to_string(), request_id),
+                replayed,
+            )
         }
         Success::Data(data) => json_response(
             StatusCode::OK,
@@ -480,6 +699,16 @@ fn success_response(success: Success, request_id: &str) -> Response<Body> {
             json_response(StatusCode::OK, body.to_string(), request_id)
         }
     }
+}
+
+fn marked_replayed(mut response: Response<Body>, replayed: bool) -> Response<Body> {
+    if replayed {
+        response.headers_mut().insert(
+            "idempotent-replayed",
+            header::HeaderValue::from_static("true"),
+        );
+    }
+    response
 }
 
 fn error_response(answer: ErrorAnswer, request_id: &str) -> Response<Body> {

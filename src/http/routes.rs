@@ -8,10 +8,13 @@ use lambda_http::http::Method;
 use percent_encoding::percent_decode_str;
 
 const USERS_PATH: &str = "/api/v1/users";
+/// `POST /api/v1/users/batch`; other methods on this path read or erase user `batch`.
+const BATCH: &str = "batch";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Route {
     Upsert,
+    Batch,
     FindByEmail,
     GetUser(String),
     DeleteUser(String),
@@ -51,6 +54,10 @@ impl Route {
                 match *method {
                     Method::GET => Ok(Route::GetUser(id.into_owned())),
                     Method::DELETE => Ok(Route::DeleteUser(id.into_owned())),
+                    Method::POST if encoded == Some(BATCH) => Ok(Route::Batch),
+                    _ if encoded == Some(BATCH) => Err(RouteError::MethodNotAllowed {
+                        allow: "GET, POST, DELETE",
+                    }),
                     _ => Err(RouteError::MethodNotAllowed {
                         allow: "GET, DELETE",
                     }),
@@ -61,7 +68,7 @@ impl Route {
 
     pub fn scope(&self) -> Scope {
         match self {
-            Route::Upsert => Scope::UsersWrite,
+            Route::Upsert | Route::Batch => Scope::UsersWrite,
             Route::GetUser(_) => Scope::UsersRead,
             Route::FindByEmail => Scope::UsersReadPii,
             Route::DeleteUser(_) => Scope::UsersDelete,
@@ -71,6 +78,7 @@ impl Route {
     pub fn name(&self) -> &'static str {
         match self {
             Route::Upsert => "POST /api/v1/users",
+            Route::Batch => "POST /api/v1/users/batch",
             Route::FindByEmail => "GET /api/v1/users?email",
             Route::GetUser(_) => "GET /api/v1/users/{id}",
             Route::DeleteUser(_) => "DELETE /api/v1/users/{id}",
@@ -125,6 +133,26 @@ mod tests {
         assert_eq!(
             Route::of(&Method::DELETE, "/api/v1/users/u%201"),
             Ok(Route::DeleteUser("u 1".into()))
+        );
+        assert_eq!(
+            Route::of(&Method::POST, "/api/v1/users/batch"),
+            Ok(Route::Batch)
+        );
+        assert_eq!(
+            Route::of(&Method::GET, "/api/v1/users/batch"),
+            Ok(Route::GetUser("batch".into()))
+        );
+        assert_eq!(
+            Route::of(&Method::PUT, "/api/v1/users/batch"),
+            Err(RouteError::MethodNotAllowed {
+                allow: "GET, POST, DELETE"
+            })
+        );
+        assert_eq!(
+            Route::of(&Method::POST, "/api/v1/users/b%61tch"),
+            Err(RouteError::MethodNotAllowed {
+                allow: "GET, DELETE"
+            })
         );
         for path in [
             "/",

@@ -5,7 +5,7 @@ use crate::aws::AwsError;
 use crate::upsert::Stamp;
 use aws_sdk_dynamodb::error::SdkError;
 use aws_sdk_dynamodb::operation::put_item::PutItemError;
-use aws_sdk_dynamodb::types::ReturnValuesOnConditionCheckFailure;
+use aws_sdk_dynamodb::types::{AttributeValue, ReturnValuesOnConditionCheckFailure};
 use aws_sdk_dynamodb::Client;
 
 /// How long a key is remembered (contract: 24 hours).
@@ -15,14 +15,17 @@ const RETENTION_SECS: i64 = 24 * 60 * 60;
 pub const LOCK_MS: i64 = 30_000;
 const PENDING: &str = "pending";
 const DONE: &str = "done";
+/// The batch entries a completed request could not enqueue.
+const UNSENT: &str = "unsent";
 
 /// What a conditional put of an Idempotency-Key found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Claim {
     /// The key is ours: process the request.
     Claimed,
-    /// Already accepted with this body: answer the same 202, enqueue nothing.
-    Replay,
+    /// Already accepted with this body: answer the same again, enqueue nothing. Holds
+    /// the batch entries that could not be enqueued the first time (none for others).
+    Replay(Vec<usize>),
     /// Another request with this key is still being processed.
     InFlight,
     /// Used before with a different body.
@@ -124,24 +127,39 @@ impl IdempotencyStore {
         })
     }
 
-    /// Records that the request holding the key enqueued its upsert.
+    /// Records that the request holding the key enqueued its upsert, or, for a batch,
+    /// every entry but the `unsent` ones, which a replay reports again.
     pub async fn complete(
         &self,
         workspace_id: &str,
         key: &str,
         request_id: &str,
+        unsent: &[usize],
     ) -> Result<(), AwsError> {
-        self.client
+        let expression = if unsent.is_empty() {
+            "SET #state = :done"
+        } else {
+            "SET #state = :done, #unsent = :unsent"
+        };
+        let mut update = self
+            .client
             .update_item()
             .table_name(&self.table)
             .key(PARTITION_KEY, s(workspace_key(workspace_id, key)))
-            .update_expression("SET #state = :done")
+            .update_expression(expression)
             .condition_expression("request_id = :rid")
             .expression_attribute_names("#state", "state")
             .expression_attribute_values(":done", s(DONE))
-            .expression_attribute_values(":rid", s(request_id))
-            .send()
-            .await?;
+            .expression_attribute_values(":rid", s(request_id));
+        if !unsent.is_empty() {
+            update = update
+                .expression_attribute_names("#unsent", UNSENT)
+                .expression_attribute_values(
+                    ":unsent",
+                    AttributeValue::L(unsent.iter().map(|&index| n(index)).collect()),
+                );
+        }
+        update.send().await?;
         Ok(())
     }
 
@@ -193,7 +211,16 @@ fn judge(existing: &Item, body_hash: &str, now_ms: i64) -> Claim {
         return Claim::Reused;
     }
     if get_s(existing, "state") == Some(DONE) {
-        return Claim::Replay;
+        let unsent = existing
+            .get(UNSENT)
+            .and_then(|list| list.as_l().ok())
+            .map(|list| {
+                list.iter()
+                    .filter_map(|index| index.as_n().ok()?.parse().ok())
+                    .collect()
+            })
+            .unwrap_or_default();
+        return Claim::Replay(unsent);
     }
     if get_n::<i64>(existing, "lock_until").is_some_and(|lock| lock > now_ms) {
         return Claim::InFlight;
@@ -232,7 +259,10 @@ mod tests {
 
     #[test]
     fn done_replays_and_live_pending_is_in_flight() {
-        assert_eq!(judge(&record("h", DONE, 0), "h", 10), Claim::Replay);
+        assert_eq!(judge(&record("h", DONE, 0), "h", 10), Claim::Replay(vec![]));
+        let mut partly_sent = record("h", DONE, 0);
+        partly_sent.insert(UNSENT.into(), AttributeValue::L(vec![n(3), n(17)]));
+        assert_eq!(judge(&partly_sent, "h", 10), Claim::Replay(vec![3, 17]));
         assert_eq!(judge(&record("h", PENDING, 11), "h", 10), Claim::InFlight);
     }
 

@@ -119,11 +119,72 @@ impl UpsertMessage {
 
     pub fn from_json(body: &str) -> Result<Self, MessageError> {
         let message: Self = serde_json::from_str(body)?;
-        if message.version != MESSAGE_VERSION {
-            return Err(MessageError::UnsupportedVersion(message.version));
-        }
-        Ok(message)
+        message.supported()
     }
+
+    fn supported(self) -> Result<Self, MessageError> {
+        if self.version != MESSAGE_VERSION {
+            return Err(MessageError::UnsupportedVersion(self.version));
+        }
+        Ok(self)
+    }
+
+    /// The messages of one SQS body: one message, or a JSON array of them (a batch's
+    /// upserts packed by [`pack`]).
+    pub fn all_from_json(body: &str) -> Result<Vec<Self>, MessageError> {
+        if !body.trim_start().starts_with('[') {
+            return Self::from_json(body).map(|message| vec![message]);
+        }
+        let messages: Vec<Self> = serde_json::from_str(body)?;
+        messages.into_iter().map(Self::supported).collect()
+    }
+}
+
+/// A packed SQS body stays within one 64 KiB billing chunk of SQS (one message alone
+/// may be bigger: a 32 KiB upsert always travels)...
+const MAX_PACKED_BYTES: usize = 64 * 1024;
+/// ...and holds few enough upserts that a consumer batch of 10 bodies stays small:
+/// the consumer holds the profiles of a batch's users in memory.
+const MAX_PACKED_MESSAGES: usize = 50;
+
+/// One SQS body holding `messages` (indices into what was packed), in order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Packed {
+    pub messages: std::ops::Range<usize>,
+    pub body: String,
+}
+
+/// Packs messages, in order, into as few SQS bodies as the limits above allow. A body
+/// of one message is the message itself, so a batch of one travels as a single upsert.
+pub fn pack(messages: &[UpsertMessage]) -> Vec<Packed> {
+    let mut packed: Vec<Packed> = Vec::new();
+    let mut start = 0;
+    let mut body = String::new();
+    for (index, message) in messages.iter().enumerate() {
+        let json = message.to_json();
+        let count = index - start;
+        // `[`, a comma per message, `]`.
+        let fits = count < MAX_PACKED_MESSAGES && body.len() + json.len() + 2 <= MAX_PACKED_BYTES;
+        if count > 0 && !fits {
+            packed.push(close(start..index, std::mem::take(&mut body)));
+            start = index;
+        }
+        body.push(if index == start { '[' } else { ',' });
+        body.push_str(&json);
+    }
+    if start < messages.len() {
+        packed.push(close(start..messages.len(), body));
+    }
+    packed
+}
+
+fn close(messages: std::ops::Range<usize>, mut body: String) -> Packed {
+    if messages.len() == 1 {
+        body.remove(0);
+    } else {
+        body.push(']');
+    }
+    Packed { messages, body }
 }
 
 #[cfg(test)]
@@ -157,6 +218,64 @@ mod tests {
             UpsertMessage::from_json(&message.to_json()).unwrap(),
             message
         );
+    }
+
+    fn numbered(count: usize, trait_bytes: usize) -> Vec<UpsertMessage> {
+        (0..count)
+            .map(|i| {
+                let mut changes = Changes::default();
+                changes
+                    .traits
+                    .insert("blob".into(), Some(json!("x".repeat(trait_bytes))));
+                UpsertMessage {
+                    version: MESSAGE_VERSION,
+                    workspace_id: "ws".into(),
+                    external_user_id: format!("u{i}"),
+                    stamp: Stamp {
+                        accepted_at: 1,
+                        request_id: format!("r.{i:04}"),
+                    },
+                    changes,
+                    erase: false,
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn pack_fills_bodies_in_order_within_the_limits() {
+        for (count, trait_bytes) in [
+            (1, 10),
+            (49, 10),
+            (50, 10),
+            (51, 10),
+            (1_000, 300),
+            (40, 20_000),
+            (3, 33_000),
+        ] {
+            let messages = numbered(count, trait_bytes);
+            let packed = pack(&messages);
+            let mut next = 0;
+            for body in &packed {
+                assert_eq!(body.messages.start, next);
+                next = body.messages.end;
+                assert!(body.messages.len() <= MAX_PACKED_MESSAGES);
+                assert!(body.messages.len() == 1 || body.body.len() <= MAX_PACKED_BYTES);
+                let unpacked = UpsertMessage::all_from_json(&body.body).unwrap();
+                assert_eq!(unpacked, messages[body.messages.clone()]);
+            }
+            assert_eq!(next, count);
+            // Nothing could have joined the body before it.
+            for pair in packed.windows(2) {
+                let first = messages[pair[1].messages.start].to_json();
+                assert!(
+                    pair[0].messages.len() == MAX_PACKED_MESSAGES
+                        || pair[0].body.len() + first.len() + 1 > MAX_PACKED_BYTES
+                );
+            }
+        }
+        assert_eq!(pack(&numbered(1_000, 300)).len(), 20);
+        assert!(!pack(&numbered(1, 10))[0].body.starts_with('['));
     }
 
     #[test]

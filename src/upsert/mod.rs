@@ -7,6 +7,6 @@ mod message;
 
 pub use merge::{RejectReason, RejectedTrait, UserProfile};
 pub use message::{
-    trait_of_path, trait_path, Changes, MessageError, ProfileField, Stamp, UpsertMessage,
-    MESSAGE_VERSION,
+    pack, trait_of_path, trait_path, Changes, MessageError, Packed, ProfileField, Stamp,
+    UpsertMessage, MESSAGE_VERSION,
 };

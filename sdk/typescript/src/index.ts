@@ -196,8 +196,73 @@ export function upsertBody(externalUserId: string, traits: Traits = {}): Record<
   return body;
 }
 
+/** One user of `identifyMany`. */
+export interface UserUpsert {
+  externalUserId: string;
+  traits?: Traits;
+}
+
+/** What `identifyMany` did: `index` is the position in the array it was given. */
+export interface IdentifyManyResult {
+  accepted: number;
+  rejected: { index: number; errors: ApiErrorDetail[] }[];
+}
+
+// The batch route's limits: entries per batch, and bytes of the whole body.
+const BATCH_MAX_USERS = 1000;
+const BATCH_MAX_BYTES = 512 * 1024;
+
+/**
+ * Splits upsert bodies into batches within the route's limits: each batch is a list of
+ * indices into `bodies`. An entry too big for any batch travels alone, and the API
+ * refuses just that one.
+ */
+export function batchesOf(bodies: string[]): number[][] {
+  const envelope = Buffer.byteLength('{"users":[]}');
+  const batches: number[][] = [];
+  let current: number[] = [];
+  let bytes = envelope;
+  bodies.forEach((body, index) => {
+    const size = Buffer.byteLength(body) + 1;
+    if (current.length > 0 && (current.length === BATCH_MAX_USERS || bytes + size > BATCH_MAX_BYTES)) {
+      batches.push(current);
+      current = [];
+      bytes = envelope;
+    }
+    current.push(index);
+    bytes += size;
+  });
+  if (current.length > 0) batches.push(current);
+  return batches;
+}
+
 class Users {
   constructor(private readonly transport: Transport) {}
+
+  /**
+   * Upserts many users through the batch route, 1,000 (or 512 KiB) at a time, one
+   * batch after another. Each batch has its own Idempotency-Key, reused by its retries.
+   * Entries the API refused are listed with their errors (code `unavailable`: send just
+   * that one again); a whole batch refused (bad key, say) rejects the promise, with the
+   * batches before it already accepted.
+   */
+  async identifyMany(users: UserUpsert[]): Promise<IdentifyManyResult> {
+    const bodies = users.map((user) => JSON.stringify(upsertBody(user.externalUserId, user.traits)));
+    const result: IdentifyManyResult = { accepted: 0, rejected: [] };
+    for (const batch of batchesOf(bodies)) {
+      const answer = await this.transport.send<{ data: { accepted: number; rejected?: { index: number; errors: ApiErrorDetail[] }[] } }>({
+        method: 'POST',
+        path: '/api/v1/users/batch',
+        body: `{"users":[${batch.map((index) => bodies[index]).join(',')}]}`,
+        idempotencyKey: randomUUID(),
+      });
+      result.accepted += answer.data.accepted;
+      for (const refused of answer.data.rejected ?? []) {
+        result.rejected.push({ index: batch[refused.index], errors: refused.errors });
+      }
+    }
+    return result;
+  }
 
   /** Upserts a user. Resolves once the API accepted it (202); it is readable within a few hundred ms. */
   async identify(externalUserId: string, traits: Traits = {}): Promise<void> {

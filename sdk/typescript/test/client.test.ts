@@ -3,7 +3,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { VibeFollow, VibeFollowError, retryAfterMs, upsertBody } from '@vibefollow/sdk';
+import { VibeFollow, VibeFollowError, batchesOf, retryAfterMs, upsertBody } from '@vibefollow/sdk';
 
 type Handler = (req: IncomingMessage, body: string, res: ServerResponse) => void;
 
@@ -169,6 +169,41 @@ test('delete sends DELETE with an Idempotency-Key its retries reuse', async () =
     assert.equal(server.seen[1].method, 'DELETE');
     const keys = server.seen.map((s) => s.headers['idempotency-key']);
     assert.ok(keys[0] && keys[0] === keys[1]);
+  } finally {
+    await server.close();
+  }
+});
+
+test('batches hold at most 1,000 users and 512 KiB; an oversized entry travels alone', () => {
+  const small = Array.from({ length: 2500 }, (_, i) => JSON.stringify({ external_user_id: `u${i}` }));
+  assert.deepEqual(batchesOf(small).map((b) => b.length), [1000, 1000, 500]);
+  const big = Array.from({ length: 40 }, () => 'x'.repeat(30 * 1024));
+  const sizes = batchesOf(big).map((b) => b.length);
+  assert.deepEqual(sizes, [17, 17, 6]);
+  const huge = ['a', 'x'.repeat(600 * 1024), 'b'];
+  assert.deepEqual(batchesOf(huge), [[0], [1], [2]]);
+  assert.deepEqual(batchesOf([]), []);
+});
+
+test('identifyMany maps refused entries to the caller\'s indices; retries reuse each batch\'s key', async () => {
+  const users = Array.from({ length: 1500 }, (_, i) => ({ externalUserId: `u${i}`, traits: { plan: 'pro' } }));
+  const server = await stub([
+    reply(207, { data: { accepted: 998, rejected: [{ index: 3, errors: [{ code: 'invalid_type', field: 'users[3].traits.plan', message: 'x' }] }, { index: 999, errors: [{ code: 'unavailable', field: 'users[999]', message: 'x' }] }] } }),
+    reply(503, { errors: [{ code: 'unavailable', message: 'x' }] }, { 'retry-after': '0' }),
+    reply(207, { data: { accepted: 499, rejected: [{ index: 7, errors: [{ code: 'unavailable', field: 'users[7]', message: 'x' }] }] } }),
+  ]);
+  try {
+    const vf = new VibeFollow({ apiKey: KEY, baseUrl: server.baseUrl, maxRetries: 2 });
+    const result = await vf.users.identifyMany(users);
+    assert.equal(result.accepted, 998 + 499);
+    assert.deepEqual(result.rejected.map((r) => [r.index, r.errors[0].code]), [[3, 'invalid_type'], [999, 'unavailable'], [1007, 'unavailable']]);
+    assert.equal(server.seen.length, 3);
+    assert.ok(server.seen.every((s) => s.method === 'POST' && s.url === '/api/v1/users/batch'));
+    const keys = server.seen.map((s) => s.headers['idempotency-key']);
+    assert.notEqual(keys[0], keys[1]);
+    assert.equal(keys[1], keys[2], 'a retried batch keeps its key');
+    assert.equal(JSON.parse(server.seen[0].body).users.length, 1000);
+    assert.deepEqual(JSON.parse(server.seen[2].body).users[0], { external_user_id: 'u1000', traits: { plan: 'pro' } });
   } finally {
     await server.close();
   }

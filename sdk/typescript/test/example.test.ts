@@ -22,3 +22,19 @@ test('the documented identify example works against the service', { skip: !live 
   const found = await vf.users.findByEmail('JANE@acme.io');
   assert.ok(found.some((u) => u.external_user_id === 'usr_42'));
 });
+
+test('identifyMany against the service: accepted users become visible, refused ones are listed', { skip: !live && 'no local stack' }, async () => {
+  const vf = new VibeFollow({ apiKey: process.env.VIBEFOLLOW_API_KEY! });
+  const users = Array.from({ length: 1200 }, (_, i) => ({ externalUserId: `many-${i}`, traits: { plan: 'pro', seq: i } }));
+  users[1100] = { externalUserId: '', traits: { plan: 'pro', seq: 1100 } };
+  const result = await vf.users.identifyMany(users);
+  assert.equal(result.accepted, 1199);
+  assert.deepEqual(result.rejected.map((r) => [r.index, r.errors[0].field]), [[1100, 'users[100].external_user_id']]);
+  const deadline = Date.now() + 10_000;
+  for (;;) {
+    const user = await vf.users.get('many-1199').catch(() => undefined);
+    if (user?.traits.seq === 1199) break;
+    assert.ok(Date.now() < deadline, 'many-1199 did not become visible within 10 s');
+    await new Promise((r) => setTimeout(r, 50));
+  }
+});

@@ -1,0 +1,274 @@
+//! The records of an import file: NDJSON of upsert bodies, or CSV with a header
+//! `external_user_id,email,<trait>…` whose trait columns may carry a type
+//! (`seats:number`, `active:boolean`, `tags:json`; `:string` or none for text).
+
+use serde_json::value::RawValue;
+use serde_json::{Map, Value};
+use std::io::BufRead;
+use std::path::Path;
+
+/// One user of the file: where it stands (1-based line) and its upsert body, or why
+/// it cannot be sent (refused before any request, with the code it is listed under).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Record {
+    pub line: usize,
+    pub body: Result<String, LocalRefusal>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct LocalRefusal {
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl LocalRefusal {
+    fn new(code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Ndjson,
+    Csv,
+}
+
+impl Format {
+    /// CSV for `*.csv`, NDJSON otherwise.
+    pub fn of(path: &Path) -> Format {
+        match path.extension().and_then(|e| e.to_str()) {
+            Some(ext) if ext.eq_ignore_ascii_case("csv") => Format::Csv,
+            _ => Format::Ndjson,
+        }
+    }
+}
+
+pub type Records = Box<dyn Iterator<Item = Result<Record, String>>>;
+
+pub fn records(reader: impl BufRead + 'static, format: Format) -> Result<Records, String> {
+    match format {
+        Format::Ndjson => Ok(Box::new(ndjson(reader))),
+        Format::Csv => csv_records(reader),
+    }
+}
+
+fn ndjson(reader: impl BufRead) -> impl Iterator<Item = Result<Record, String>> {
+    reader
+        .lines()
+        .enumerate()
+        .filter_map(|(index, line)| match line {
+            Err(err) => Some(Err(format!("line {}: {err}", index + 1))),
+            Ok(line) if line.trim().is_empty() => None,
+            Ok(line) => {
+                let body = match serde_json::from_str::<&RawValue>(&line) {
+                    Ok(raw) => Ok(raw.get().to_owned()),
+                    Err(err) => Err(LocalRefusal::new(
+                        "invalid_json",
+                        format!("line is not JSON: {err}"),
+                    )),
+                };
+                Some(Ok(Record {
+                    line: index + 1,
+                    body,
+                }))
+            }
+        })
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Text,
+    Number,
+    Boolean,
+    Json,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum Column {
+    ExternalUserId,
+    Email,
+    Trait { name: String, kind: Kind },
+}
+
+fn column(header: &str) -> Result<Column, String> {
+    let (name, kind) = match header.rsplit_once(':') {
+        Some((name, "string")) => (name, Kind::Text),
+        Some((name, "number")) => (name, Kind::Number),
+        Some((name, "boolean")) => (name, Kind::Boolean),
+        Some((name, "json")) => (name, Kind::Json),
+        _ => (header, Kind::Text),
+    };
+    match name {
+        "external_user_id" | "email" if kind != Kind::Text => {
+            Err(format!("column {header}: {name} is always text"))
+        }
+        "external_user_id" => Ok(Column::ExternalUserId),
+        "email" => Ok(Column::Email),
+        "" => Err("a column has no name".into()),
+        _ => Ok(Column::Trait {
+            name: name.to_owned(),
+            kind,
+        }),
+    }
+}
+
+fn csv_records(reader: impl BufRead + 'static) -> Result<Records, String> {
+    let mut reader = csv::ReaderBuilder::new().flexible(true).from_reader(reader);
+    let columns = reader
+        .headers()
+        .map_err(|e| format!("CSV header: {e}"))?
+        .iter()
+        .map(column)
+        .collect::<Result<Vec<_>, _>>()?;
+    if !columns.contains(&Column::ExternalUserId) {
+        return Err("the CSV header has no external_user_id column".into());
+    }
+    Ok(Box::new(reader.into_records().map(move |row| {
+        let row = row.map_err(|e| format!("CSV: {e}"))?;
+        let line = row.position().map_or(0, |p| p.line() as usize);
+        Ok(Record {
+            line,
+            body: csv_body(&columns, &row),
+        })
+    })))
+}
+
+/// A row as an upsert body; an empty cell leaves its field out.
+fn csv_body(columns: &[Column], row: &csv::StringRecord) -> Result<String, LocalRefusal> {
+    if row.len() != columns.len() {
+        return Err(LocalRefusal::new(
+            "invalid_csv",
+            format!("row has {} cells, the header {}", row.len(), columns.len()),
+        ));
+    }
+    let mut body = Map::new();
+    let mut traits = Map::new();
+    for (column, cell) in columns.iter().zip(row.iter()) {
+        if cell.is_empty() {
+            continue;
+        }
+        match column {
+            Column::ExternalUserId => {
+                body.insert("external_user_id".into(), Value::String(cell.to_owned()));
+            }
+            Column::Email => {
+                body.insert("email".into(), Value::String(cell.to_owned()));
+            }
+            Column::Trait { name, kind } => {
+                traits.insert(name.clone(), typed(name, *kind, cell)?);
+            }
+        }
+    }
+    if !traits.is_empty() {
+        body.insert("traits".into(), Value::Object(traits));
+    }
+    Ok(Value::Object(body).to_string())
+}
+
+fn typed(name: &str, kind: Kind, cell: &str) -> Result<Value, LocalRefusal> {
+    let refused = |what: &str| {
+        LocalRefusal::new(
+            "invalid_csv",
+            format!("column {name}: `{cell}` is not {what}"),
+        )
+    };
+    match kind {
+        Kind::Text => Ok(Value::String(cell.to_owned())),
+        Kind::Number => serde_json::from_str::<serde_json::Number>(cell.trim())
+            .map(Value::Number)
+            .map_err(|_| refused("a number")),
+        Kind::Boolean => match cell.trim() {
+            "true" => Ok(Value::Bool(true)),
+            "false" => Ok(Value::Bool(false)),
+            _ => Err(refused("true or false")),
+        },
+        Kind::Json => serde_json::from_str(cell).map_err(|_| refused("JSON")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn all(text: &'static str, format: Format) -> Vec<Record> {
+        records(std::io::Cursor::new(text), format)
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    }
+
+    fn body(record: &Record) -> Value {
+        serde_json::from_str(record.body.as_ref().unwrap()).unwrap()
+    }
+
+    #[test]
+    fn ndjson_lines_are_bodies_and_bad_lines_are_refused_with_their_line() {
+        let found = all(
+            "{\"external_user_id\":\"a\"}\n\n  \nnot json\n{\"external_user_id\":\"b\"}\n",
+            Format::Ndjson,
+        );
+        assert_eq!(found.iter().map(|r| r.line).collect::<Vec<_>>(), [1, 4, 5]);
+        assert_eq!(body(&found[0]), json!({"external_user_id": "a"}));
+        assert_eq!(found[1].body.as_ref().unwrap_err().code, "invalid_json");
+    }
+
+    #[test]
+    fn csv_columns_are_typed_and_empty_cells_left_out() {
+        let text = "external_user_id,email,plan,seats:number,active:boolean,tags:json,signupDate\n\
+                    u1,jane@acme.io,pro,12,true,\"[\"\"a\"\",1]\",2026-05-17T14:00:00Z\n\
+                    u2,,,,,,\n\
+                    u3,,pro,twelve,,,\n\
+                    u4,,,1.5e3,maybe,,\n";
+        let found = all(text, Format::Csv);
+        assert_eq!(
+            found.iter().map(|r| r.line).collect::<Vec<_>>(),
+            [2, 3, 4, 5]
+        );
+        assert_eq!(
+            body(&found[0]),
+            json!({"external_user_id": "u1", "email": "jane@acme.io", "traits": {
+                "plan": "pro", "seats": 12, "active": true, "tags": ["a", 1], "signupDate": "2026-05-17T14:00:00Z"}})
+        );
+        assert_eq!(body(&found[1]), json!({"external_user_id": "u2"}));
+        let refusal = found[2].body.as_ref().unwrap_err();
+        assert_eq!(refusal.code, "invalid_csv");
+        assert!(refusal.message.contains("seats"), "{}", refusal.message);
+        assert!(found[3]
+            .body
+            .as_ref()
+            .unwrap_err()
+            .message
+            .contains("active"));
+    }
+
+    #[test]
+    fn csv_header_must_name_the_user_and_use_known_types() {
+        let no_id = records(
+            std::io::Cursor::new("email,plan\na@b.io,pro\n"),
+            Format::Csv,
+        );
+        assert!(no_id.is_err());
+        let typed_email = records(
+            std::io::Cursor::new("external_user_id,email:number\n"),
+            Format::Csv,
+        );
+        assert!(typed_email.is_err());
+        // An unknown suffix is part of the trait's name.
+        let found = all("external_user_id,ratio:percent\nu,5\n", Format::Csv);
+        assert_eq!(
+            body(&found[0]),
+            json!({"external_user_id": "u", "traits": {"ratio:percent": "5"}})
+        );
+    }
+
+    #[test]
+    fn format_follows_the_extension() {
+        assert_eq!(Format::of(Path::new("users.CSV")), Format::Csv);
+        assert_eq!(Format::of(Path::new("users.ndjson")), Format::Ndjson);
+        assert_eq!(Format::of(Path::new("users")), Format::Ndjson);
+    }
+}
