@@ -109,9 +109,12 @@ def load():
             run(str(ROOT / "target/release/load"), *flags, "--out", str(out), env=env)
             runs.append(dict(json.loads(out.read_text()), name=name))
         rss = {f: running_peak_rss_kb(f) for f in ("api", "consumer")}
+        events = json.loads(subprocess.run([sys.executable, str(ROOT / "dev" / "event_latency.py")], cwd=ROOT,
+                                           check=True, env=stack.tool_env(env), capture_output=True,
+                                           text=True).stdout)
     finally:
         the_stack.stop()
-    return runs, rss
+    return runs, rss, events
 
 
 def budgets(s):
@@ -148,6 +151,16 @@ def budgets(s):
     ]
 
 
+def event_lines(s):
+    e = s.get("events")
+    if not e:
+        return []
+    return [f"Change events at {e['rate_per_s']}/s ({e['accepted']} upserts, each a new user; "
+            f"`dev/event_latency.py`): accepted → event at a sink p50 / p99 "
+            f"{e['event_ms']['p50']:.0f} / {e['event_ms']['p99']:.0f} ms, beside accepted → visible "
+            f"through GET {e['visible_ms']['p50']:.0f} / {e['visible_ms']['p99']:.0f} ms."]
+
+
 def table(s):
     status = {True: "met", False: "**over**", None: "not measurable locally"}
     rows = [f"| {what} | {limit} | {measured} | {status[ok]} |" for what, limit, measured, ok in budgets(s)]
@@ -164,6 +177,7 @@ def table(s):
         "| budget | limit | measured | status |", "|---|---|---|---|", *rows, "",
         "| load run | accepted/s | POST p50 / p99 | accepted → visible p50 / p99 | emulator raw rate | ratio |",
         "|---|---|---|---|---|---|", *load_rows, "",
+        *event_lines(s), "",
         f"Other criterion medians: 32 KB body {c['hot_path_32kb_us']} µs, auth header parse + key hash "
         f"{c['auth_us']} µs, consumer parse + merge of a batch of 10 {c['consumer_batch_of_10_us']} µs; "
         f"1 KB parts: {parts}.",
@@ -196,7 +210,7 @@ def main():
     run("cargo", "build", "--quiet", "--release", "--workspace", "--bin", "api", "--bin", "consumer", "--bin", "load")
     summary["init"] = {f: init_probe.probe(str(ROOT / "target/release" / f)) for f in ("api", "consumer")}
     log("load runs")
-    summary["load"], summary["peak_rss_kb"] = load()
+    summary["load"], summary["peak_rss_kb"], summary["events"] = load()
     write_summary(summary)
     log(f"written: {OUT / 'summary.json'} and {DOC.relative_to(ROOT)}")
 

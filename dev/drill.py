@@ -275,9 +275,10 @@ class Chaos(threading.Thread):
 
     def restart_functions(self, rng):
         """Instances die without warning, often mid-request: a busy api instance (its
-        client loses the connection), and a consumer instance (its batch is not deleted)."""
+        client loses the connection), a consumer instance (its batch is not deleted), and
+        a changes instance (its stream batch is delivered again: duplicate events)."""
         time.sleep(rng.random())
-        for function, states in (("api", ("busy", "any")), ("consumer", ("any",))):
+        for function, states in (("api", ("busy", "any")), ("consumer", ("any",)), ("changes", ("any",))):
             for state in states:
                 killed = fleet("POST", "/kill", {"function": function, "state": state, "count": 1})
                 self.function_kills += len(killed.get("killed", []))
@@ -375,6 +376,76 @@ def drain_dlq(sqs, url):
         bodies += [m["Body"] for m in got]
         sqs.delete_message_batch(QueueUrl=url, Entries=[
             {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(got)])
+
+
+# --- change events -------------------------------------------------------------------
+
+def read_views(key, users):
+    """What a read shows of each user: email + traits by name, None when there is none."""
+    views = {}
+    for user in users:
+        status, body = get(key, f"/{urllib.parse.quote(user, safe='')}")
+        if status == 200:
+            fields = dict(body["data"]["traits"])
+            if "email" in body["data"]:
+                fields["email"] = body["data"]["email"]
+            views[user] = fields
+        else:
+            views[user] = None
+    return views
+
+
+def replay_events(envelopes):
+    """Each user's events, de-duplicated by id, replayed in version order: what a
+    downstream view that only reads events would hold."""
+    by_user, seen, duplicates = {}, set(), 0
+    for envelope in envelopes:
+        detail = envelope["detail"]
+        if detail["id"] in seen:
+            duplicates += 1
+            continue
+        seen.add(detail["id"])
+        by_user.setdefault(detail["external_user_id"], []).append(envelope)
+    views = {}
+    for user, events in by_user.items():
+        fields = None
+        for event in sorted(events, key=lambda e: e["detail"]["version"]):
+            if event["detail-type"] == "User Deleted":
+                fields = None
+                continue
+            fields = dict(fields or {})
+            for name, change in event["detail"]["changed"].items():
+                if "new" in change:
+                    fields[name] = change["new"]
+                else:
+                    fields.pop(name, None)
+        views[user] = fields
+    return views, duplicates
+
+
+def check_events(sqs, sink_url, key, users):
+    """Drains the stack's event sink until replaying this workspace's events rebuilds
+    every user as a read shows it (or the deadline passes)."""
+    envelopes, others = [], 0
+    expected = read_views(key, users)
+    while True:
+        got = sqs.receive_message(QueueUrl=sink_url, MaxNumberOfMessages=10, WaitTimeSeconds=1).get("Messages", [])
+        for message in got:
+            envelope = json.loads(message["Body"])
+            if envelope["detail"]["workspace_id"] == WORKSPACE:
+                envelopes.append(envelope)
+            else:
+                others += 1
+        if got:
+            sqs.delete_message_batch(QueueUrl=sink_url, Entries=[
+                {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(got)])
+        rebuilt, duplicates = replay_events(envelopes)
+        matched = all(rebuilt.get(user) == view for user, view in expected.items())
+        if (matched and not got) or time.monotonic() > DEADLINE:
+            return {"events": len(envelopes), "duplicates_dropped": duplicates,
+                    "user_deleted": sum(e["detail-type"] == "User Deleted" for e in envelopes),
+                    "users_rebuilt": sum(rebuilt.get(u) == v for u, v in expected.items()),
+                    "users": len(expected), "matched": matched}
 
 
 def cross_workspace(key, other_key, accepted, stored):
@@ -498,6 +569,8 @@ def verify(env, aws, keys, load):
     while queue_depth(sqs, env["DLQ_URL"]) < len(POISON) and time.monotonic() < DEADLINE:
         time.sleep(0.5)
     dlq = drain_dlq(sqs, env["DLQ_URL"])
+    log("waiting for the change events to rebuild every user")
+    events = check_events(sqs, env["VF_EVENT_SINK_URL"], keys["write"], sorted({r["user"] for r in records}))
     cross, cross_marker = cross_workspace(keys["write"], keys["other_workspace"], accepted, stored)
     all_items = scan(dynamodb, env["USERS_TABLE"])
     own_items = json.dumps([i for i in all_items if i["workspace_id"]["S"] == WORKSPACE])
@@ -534,6 +607,7 @@ def verify(env, aws, keys, load):
         "cross-workspace write isolated (this workspace's users unchanged)": cross_marker not in own_items,
         **{f"cross-workspace: {k}": v for k, v in cross.items()},
         "logs: 0 API keys, 0 email addresses": logs == {"api_keys": 0, "email_addresses": 0},
+        "change events, replayed per user in version order, rebuild every user": events["matched"],
     }
     return {
         "config": {"clients": CLIENTS, "upserts_per_client": UPSERTS, "users": USERS, "seed": SEED,
@@ -564,6 +638,7 @@ def verify(env, aws, keys, load):
         "instances": {name: {k: f[k] for k in ("cold_starts", "invocations", "kills", "crashes", "timeouts")}
                       for name, f in instances.items()},
         "recovery_seconds": round(recovery_seconds, 1),
+        "events": events,
         "logs": logs,
         "checks": checks,
     }
@@ -603,6 +678,7 @@ to regenerate this page (figures vary a little from run to run with timing).
 | poison messages injected / in the DLQ | {faults['poison_messages']} / {faults['dlq_messages']} |
 | load phase | {req['load_seconds']} s |
 | recovery (last fault cleared → queue drained, every user correct) | {summary['recovery_seconds']} s |
+| change events (this workspace) | {summary['events']['events']} received, {summary['events']['duplicates_dropped']} duplicates dropped by id, {summary['events']['user_deleted']} × User Deleted; replayed per user in version order they rebuild {summary['events']['users_rebuilt']} of {summary['events']['users']} users |
 | log scan (functions, bridge) | {summary['logs']['api_keys']} API keys, {summary['logs']['email_addresses']} email addresses |
 
 ## Checks
@@ -632,6 +708,10 @@ to regenerate this page (figures vary a little from run to run with timing).
   (`VF_BRIDGE_RETRY_SECONDS`), so five receives span longer than any fault window; on AWS both
   are the queue's 180 s visibility timeout.
 - About {int(DELETE_SHARE * 100)} % of the requests erase their user (`DELETE`) instead of upserting it.
+- Change events: the drill drains the stack's event sink (a rule on the change bus) and, for
+  each user, drops duplicate ids, applies `User Changed` (set `new`, remove when there is no
+  `new`) and `User Deleted` in `version` order, and compares the result with what a read of
+  the user shows.
 - The oracle is independent of the Rust code: the drill reads each accepted request's stamp
   (`accepted_at`, request id) from its Idempotency-Key record, applies the accepted bodies and
   erasures in stamp order in Python, and compares values and per-field stamps with the users table.

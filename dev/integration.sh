@@ -16,7 +16,7 @@ key=$(cargo run -q --bin vfctl -- --local keys create --workspace schemathesis \
 # state exactly, so some schema-valid data is rightly refused. Every other check runs,
 # including not_a_server_error and negative_data_rejection. The hooks drop requests
 # that the local emulator itself cannot carry (see dev/schemathesis_hooks.py).
-SCHEMATHESIS_HOOKS=dev.schemathesis_hooks .venv/bin/schemathesis run openapi.yaml \
+SCHEMATHESIS_HOOKS=dev.schemathesis_hooks .venv/bin/schemathesis --config-file dev/schemathesis.toml run openapi.yaml \
   --url "$VF_API_URL" \
   --header "Authorization: Bearer $key" \
   --checks all --exclude-checks positive_data_acceptance \

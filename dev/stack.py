@@ -1,12 +1,16 @@
 #!/usr/bin/env python3
-"""The local stack: moto (DynamoDB + SQS) behind a proxy that enforces DynamoDB's
-limits (and injects faults for tests), the two functions as release binaries under the
-Lambda-faithful runtime (`dev/faithful`: frozen after each answer, many instances), and
-an SQS → consumer bridge with Lambda's partial-batch semantics.
+"""The local stack: moto (DynamoDB + SQS + EventBridge) behind a proxy that enforces
+DynamoDB's limits (and injects faults for tests), the three functions as release
+binaries under the Lambda-faithful runtime (`dev/faithful`: frozen after each answer,
+many instances), an SQS → consumer bridge with Lambda's partial-batch semantics, and a
+users stream → changes bridge with its retry, bisect and on-failure semantics; change
+events reach a local sink queue through a rule on the bus.
 
     stack.py up              run until Ctrl-C (what `make dev` does)
     stack.py run -- CMD...   start the stack (or reuse a running one), run CMD, stop
     stack.py bridge QUEUE_URL  the SQS → consumer bridge alone (the stack starts it)
+    stack.py stream-bridge STREAM_ARN FAILURE_QUEUE_URL
+                               the users stream → changes bridge alone (the same)
 
 Tables and queues are created from template.yaml, so local and AWS share one schema.
 VF_RUNTIME=watch runs the functions under `cargo lambda watch` instead (debug builds,
@@ -66,8 +70,14 @@ RELEASE = RUNTIME == "faithful" or os.environ.get("VF_RELEASE") == "1"
 # consumers, so that retries and concurrent batches cross instances).
 API_INSTANCES = (int(os.environ.get("VF_API_MIN", "4")), int(os.environ.get("VF_API_MAX", "24")))
 CONSUMER_INSTANCES = (2, 4)
+CHANGES_INSTANCES = (1, 2)
 # Concurrent SQS pollers of the bridge: Lambda's event source mapping polls with several.
 BRIDGE_POLLERS = int(os.environ.get("VF_BRIDGE_POLLERS", "2"))
+# The local queue every change event is delivered to (a rule on the change bus).
+EVENT_SINK_QUEUE = f"{STACK_NAME}-events-sink"
+# Stream records the changes function is retried on before they go to the failure
+# queue (the template allows 5 on AWS; fewer keep tests of a poison record short).
+STREAM_RETRIES = int(os.environ.get("VF_STREAM_RETRIES", "2"))
 DEV_WORKSPACE = "dev"
 DEV_SCOPES = "users:write,users:read,users:read_pii,users:delete"
 
@@ -144,6 +154,10 @@ def local_resources(template):
             props = resource["Properties"]
             tables[logical] = props
             names[logical] = resolve(props["TableName"], names)
+        elif kind == "AWS::Events::EventBus":
+            bus = resolve(resource["Properties"]["Name"], names)
+            names[logical] = bus
+            names[f"{logical}.Arn"] = f"arn:aws:events:{REGION}:{ACCOUNT}:event-bus/{bus}"
         elif kind == "AWS::SQS::Queue":
             props = resource["Properties"]
             queues[logical] = props
@@ -192,6 +206,8 @@ def create_resources(template):
         }
         if "GlobalSecondaryIndexes" in props:
             args["GlobalSecondaryIndexes"] = resolve(props["GlobalSecondaryIndexes"], names)
+        if "StreamSpecification" in props:
+            args["StreamSpecification"] = dict(props["StreamSpecification"], StreamEnabled=True)
         dynamodb.create_table(**args)
         ttl = props.get("TimeToLiveSpecification")
         if ttl:
@@ -205,7 +221,34 @@ def create_resources(template):
         if "RedrivePolicy" in props:
             attributes["RedrivePolicy"] = json.dumps(resolve(props["RedrivePolicy"], names))
         sqs.create_queue(QueueName=names[f"{logical}.QueueName"], Attributes=attributes)
+    create_event_sink(session, names, template)
+    names["UsersTable.StreamArn"] = dynamodb.describe_table(
+        TableName=names["UsersTable"])["Table"]["LatestStreamArn"]
     return names, key_schemas(tables, names)
+
+
+def create_event_sink(session, names, template):
+    """The stack's event buses, and on the change bus a rule that delivers every event
+    to a local sink queue (`vfctl --local events tail` reads it). On AWS, downstream
+    views add their own rules."""
+    events = session.client("events", endpoint_url=EMULATOR_URL)
+    sqs = session.client("sqs", endpoint_url=EMULATOR_URL)
+    for logical, resource in template["Resources"].items():
+        if resource["Type"] == "AWS::Events::EventBus":
+            try:
+                events.create_event_bus(Name=names[logical])
+            except events.exceptions.ResourceAlreadyExistsException:
+                pass
+    sink = sqs.create_queue(QueueName=EVENT_SINK_QUEUE)["QueueUrl"]
+    names["EventSink"] = sink
+    subscribe(events, names["ChangeEventBus"], EVENT_SINK_QUEUE, {"source": ["vibefollow.users"]})
+
+
+def subscribe(events, bus, queue_name, pattern):
+    """A rule on `bus` that delivers the events matching `pattern` to an SQS queue."""
+    events.put_rule(Name=queue_name, EventBusName=bus, EventPattern=json.dumps(pattern))
+    events.put_targets(Rule=queue_name, EventBusName=bus, Targets=[
+        {"Id": "sink", "Arn": f"arn:aws:sqs:{REGION}:{ACCOUNT}:{queue_name}"}])
 
 
 # --- fault proxy ---------------------------------------------------------------------
@@ -418,16 +461,20 @@ class Stack:
             "AWS_ENDPOINT_URL": f"http://127.0.0.1:{FAULT_PROXY_PORT}", "AWS_REGION": REGION,
             "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
             "DLQ_URL": names["UpsertDeadLetterQueue"], "VF_RUNTIME": RUNTIME,
+            "VF_EVENT_SINK_URL": names["EventSink"], "VF_USERS_STREAM_ARN": names["UsersTable.StreamArn"],
+            "VF_CHANGES_FAILURE_QUEUE_URL": names["ChangesFailureQueue"],
             "AWS_LAMBDA_LOG_LEVEL": self.log_level,
         })
         ENV_FILE.write_text("".join(f"{k}={v}\n" for k, v in env.items()))
         self.env = env
         log(f"building the functions{' (release)' if RELEASE else ''}; the first time takes a few minutes")
         profile = ["--release"] if RELEASE else []
-        subprocess.run(["cargo", "build", "--quiet", "--bin", "api", "--bin", "consumer", *profile], cwd=ROOT, check=True)
+        subprocess.run(["cargo", "build", "--quiet", "--bin", "api", "--bin", "consumer", "--bin", "changes", *profile],
+                       cwd=ROOT, check=True)
         self.start_functions()
         self.bridge = None
         self.start_bridge()
+        self.start_stream_bridge()
         log(f"API on {API_URL}/api/v1/users; logs in {LOGS}")
 
     def start_functions(self, log_mode="w"):
@@ -441,7 +488,8 @@ class Stack:
     def start_fleet(self):
         functions = []
         for name, logical, (least, most) in (("api", "ApiFunction", API_INSTANCES),
-                                              ("consumer", "ConsumerFunction", CONSUMER_INSTANCES)):
+                                              ("consumer", "ConsumerFunction", CONSUMER_INSTANCES),
+                                              ("changes", "ChangesFunction", CHANGES_INSTANCES)):
             timeout, memory = function_settings(self.template, logical)
             functions.append(FunctionConfig(name, str(ROOT / "target" / "release" / name), self.env,
                                             min_instances=least, max_instances=most,
@@ -469,6 +517,11 @@ class Stack:
         self.bridge = self.spawn("bridge", [sys.executable, str(Path(__file__).resolve()), "bridge",
                                             self.env["UPSERT_QUEUE_URL"]], log_mode=log_mode)
 
+    def start_stream_bridge(self, log_mode="w"):
+        self.spawn("stream-bridge", [sys.executable, str(Path(__file__).resolve()), "stream-bridge",
+                                     self.env["VF_USERS_STREAM_ARN"], self.env["VF_CHANGES_FAILURE_QUEUE_URL"]],
+                   log_mode=log_mode)
+
     def kill_bridge(self):
         self.kill("bridge", self.bridge)
 
@@ -479,13 +532,7 @@ class Stack:
         self.record_pids()
 
     def create_key(self, workspace=DEV_WORKSPACE, scopes=DEV_SCOPES, rate_limit=None):
-        limit = ["--rate-limit", str(rate_limit)] if rate_limit else []
-        out = subprocess.run(
-            ["cargo", "run", "--quiet", "--bin", "vfctl", "--", "--local", "keys", "create",
-             "--workspace", workspace, "--scopes", scopes, *limit],
-            cwd=ROOT, check=True, capture_output=True, text=True,
-        )
-        return out.stdout.strip()
+        return create_key(workspace, scopes, rate_limit)
 
     def stop(self):
         """Everything stops within a few seconds: SIGTERM to every child at once, then
@@ -512,6 +559,17 @@ class Stack:
 
 
 STOP_GRACE_SECONDS = 3
+
+
+def create_key(workspace=DEV_WORKSPACE, scopes=DEV_SCOPES, rate_limit=None):
+    """A key of the running local stack, made with `vfctl --local`."""
+    limit = ["--rate-limit", str(rate_limit)] if rate_limit else []
+    out = subprocess.run(
+        ["cargo", "run", "--quiet", "--bin", "vfctl", "--", "--local", "keys", "create",
+         "--workspace", workspace, "--scopes", scopes, *limit],
+        cwd=ROOT, check=True, capture_output=True, text=True,
+    )
+    return out.stdout.strip()
 
 
 def stop_stale_stack():
@@ -649,6 +707,115 @@ def invoke_consumer(url, event, all_ids, timeout=60):
     return {f["itemIdentifier"] for f in result.get("batchItemFailures") or []}
 
 
+# --- the users stream → changes bridge -------------------------------------------------
+
+def stream_bridge(stream_arn, failure_queue_url):
+    """Polls the users table's stream and invokes the changes function as Lambda's
+    event source mapping does: each shard in order, batches of up to 100, four polls a
+    second when idle; a batch is retried from the first record the function reports
+    failed; a record that keeps failing is bisected down to itself and, after
+    VF_STREAM_RETRIES retries, handed to the failure queue (batch metadata, as on AWS)
+    so the shard moves on."""
+    session = boto3.session.Session(aws_access_key_id="test", aws_secret_access_key="test", region_name=REGION)
+    streams = session.client("dynamodbstreams", endpoint_url=EMULATOR_URL)
+    sqs = session.client("sqs", endpoint_url=EMULATOR_URL)
+    invoke_url = f"{API_URL}/2015-03-31/functions/changes/invocations"
+    iterators = {}
+    while True:
+        try:
+            for shard in streams.describe_stream(StreamArn=stream_arn)["StreamDescription"]["Shards"]:
+                shard_id = shard["ShardId"]
+                if shard_id not in iterators:
+                    iterators[shard_id] = streams.get_shard_iterator(
+                        StreamArn=stream_arn, ShardId=shard_id, ShardIteratorType="TRIM_HORIZON")["ShardIterator"]
+            idle = True
+            for shard_id, iterator in list(iterators.items()):
+                if not iterator:
+                    continue
+                page = streams.get_records(ShardIterator=iterator, Limit=100)
+                iterators[shard_id] = page.get("NextShardIterator")
+                records = [stream_record(r, stream_arn) for r in page["Records"]]
+                if records:
+                    idle = False
+                    emit(json.dumps({"stream_batch": len(records)}))
+                    deliver(lambda batch: invoke_changes(invoke_url, batch), records,
+                            lambda batch: on_failure(sqs, failure_queue_url, stream_arn, shard_id, batch))
+        except Exception as e:  # the emulator is stopping or restarting
+            log(f"stream bridge: {e}")
+            time.sleep(0.5)
+            continue
+        if idle:
+            time.sleep(0.25)
+
+
+def stream_record(record, stream_arn):
+    data = dict(record["dynamodb"])
+    created = data.get("ApproximateCreationDateTime")
+    if hasattr(created, "timestamp"):
+        data["ApproximateCreationDateTime"] = created.timestamp()
+    return {"eventID": record["eventID"], "eventName": record["eventName"], "eventVersion": "1.1",
+            "eventSource": "aws:dynamodb", "awsRegion": REGION, "dynamodb": data,
+            "eventSourceARN": stream_arn}
+
+
+def deliver(invoke, records, failed, retries_allowed=None):
+    """Invokes until every record is done or handed to `failed`. `invoke` returns None
+    when the whole batch was handled, else the index of the first record to retry."""
+    allowed = STREAM_RETRIES if retries_allowed is None else retries_allowed
+    retries = 0
+    while records:
+        failed_at = invoke(records)
+        if failed_at is None:
+            return
+        if failed_at > 0:
+            records, retries = records[failed_at:], 0
+            continue
+        retries += 1
+        if retries <= allowed:
+            time.sleep(min(0.05 * 2 ** retries, 2))
+            continue
+        if len(records) == 1:
+            failed(records)
+            return
+        half = len(records) // 2
+        deliver(invoke, records[:half], failed, allowed)
+        deliver(invoke, records[half:], failed, allowed)
+        return
+
+
+def invoke_changes(url, records):
+    """None when the function handled every record; else the index of the first record
+    to retry (0 when the invocation failed)."""
+    request = urllib.request.Request(url, data=json.dumps({"Records": records}).encode(), method="POST",
+                                     headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            result = json.load(response)
+    except (OSError, ValueError) as e:
+        log(f"stream bridge: changes invocation failed, batch will be retried: {e}")
+        return 0
+    if not isinstance(result, dict) or "errorType" in result:
+        log(f"stream bridge: changes returned an error, batch will be retried: {result}")
+        return 0
+    failures = [f["itemIdentifier"] for f in result.get("batchItemFailures") or []]
+    if not failures:
+        return None
+    sequence = [r["dynamodb"]["SequenceNumber"] for r in records]
+    return min((sequence.index(f) for f in failures if f in sequence), default=0)
+
+
+def on_failure(sqs, queue_url, stream_arn, shard_id, records):
+    """What Lambda's on-failure destination receives for a stream batch: where the
+    records are, not the records."""
+    first, last = records[0]["dynamodb"], records[-1]["dynamodb"]
+    log(f"stream bridge: records {first['SequenceNumber']}..{last['SequenceNumber']} sent to the failure queue")
+    sqs.send_message(QueueUrl=queue_url, MessageBody=json.dumps({
+        "requestContext": {"condition": "RetryAttemptsExhausted", "approximateInvokeCount": STREAM_RETRIES + 1},
+        "DDBStreamBatchInfo": {"shardId": shard_id, "startSequenceNumber": first["SequenceNumber"],
+                               "endSequenceNumber": last["SequenceNumber"], "streamArn": stream_arn,
+                               "batchSize": len(records)}}))
+
+
 # --- entry points --------------------------------------------------------------------
 
 def up():
@@ -704,6 +871,9 @@ def main(argv):
         return 0
     if argv[:1] == ["bridge"] and len(argv) == 2:
         bridge(argv[1])
+        return 0
+    if argv[:1] == ["stream-bridge"] and len(argv) == 3:
+        stream_bridge(argv[1], argv[2])
         return 0
     if argv[:1] == ["run"] and "--" in argv:
         return run(argv[argv.index("--") + 1:])

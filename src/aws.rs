@@ -55,6 +55,31 @@ where
     }
 }
 
+/// Indices of items, in order, grouped for batch calls that take at most `max_items`
+/// items and `max_bytes` bytes each (an item over `max_bytes` goes alone).
+pub fn call_groups(
+    sizes: impl IntoIterator<Item = usize>,
+    max_items: usize,
+    max_bytes: usize,
+) -> Vec<Vec<usize>> {
+    let mut groups: Vec<Vec<usize>> = Vec::new();
+    let mut bytes = 0;
+    for (index, size) in sizes.into_iter().enumerate() {
+        let full = groups
+            .last()
+            .is_none_or(|group| group.len() == max_items || bytes + size > max_bytes);
+        if full {
+            groups.push(Vec::new());
+            bytes = 0;
+        }
+        bytes += size;
+        if let Some(group) = groups.last_mut() {
+            group.push(index);
+        }
+    }
+    groups
+}
+
 /// AWS error details go to the log only; an AWS message can quote an attribute value,
 /// so anything shaped like an email address or an API key is masked first.
 fn redact(detail: &str) -> String {
@@ -87,7 +112,16 @@ pub async fn sdk_config() -> aws_config::SdkConfig {
 
 #[cfg(test)]
 mod tests {
-    use super::redact;
+    use super::{call_groups, redact};
+
+    #[test]
+    fn groups_hold_the_most_items_and_bytes_a_call_takes() {
+        let sizes = |groups: Vec<Vec<usize>>| groups.iter().map(Vec::len).collect::<Vec<_>>();
+        assert_eq!(sizes(call_groups(vec![100; 25], 10, 1000)), [10, 10, 5]);
+        assert_eq!(sizes(call_groups(vec![300; 9], 10, 1000)), [3, 3, 3]);
+        assert_eq!(sizes(call_groups(vec![10, 5000, 10], 10, 1000)), [1, 1, 1]);
+        assert!(call_groups(Vec::new(), 10, 1000).is_empty());
+    }
 
     #[test]
     fn details_lose_emails_and_keys_but_keep_the_rest() {

@@ -19,6 +19,8 @@ pub struct Resources {
     /// `DEFAULT_RATE_LIMIT` (optional, default 100): requests per second for keys
     /// created without `--rate-limit`.
     pub default_rate_limit: u32,
+    /// `EVENT_BUS_NAME`: the EventBridge bus change events go to.
+    pub event_bus_name: String,
     /// `METRICS_NAMESPACE` (optional, default `VibeFollow/Users`): the CloudWatch
     /// namespace of the functions' embedded metrics, one per stack.
     pub metrics_namespace: String,
@@ -37,12 +39,13 @@ fn var(name: &'static str) -> Result<String, MissingVar> {
 
 impl Resources {
     /// Every variable `from_env` reads; template.yaml must set exactly these.
-    pub const ENV_VARS: [&'static str; 7] = [
+    pub const ENV_VARS: [&'static str; 8] = [
         "USERS_TABLE",
         "IDEMPOTENCY_TABLE",
         "API_KEYS_TABLE",
         "RATE_LIMITS_TABLE",
         "UPSERT_QUEUE_URL",
+        "EVENT_BUS_NAME",
         "DEFAULT_RATE_LIMIT",
         "METRICS_NAMESPACE",
     ];
@@ -54,6 +57,7 @@ impl Resources {
             api_keys_table: var("API_KEYS_TABLE")?,
             rate_limits_table: var("RATE_LIMITS_TABLE")?,
             upsert_queue_url: var("UPSERT_QUEUE_URL")?,
+            event_bus_name: var("EVENT_BUS_NAME")?,
             default_rate_limit: var("DEFAULT_RATE_LIMIT")
                 .ok()
                 .and_then(|v| v.parse().ok())

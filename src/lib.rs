@@ -6,10 +6,12 @@
 
 pub mod auth;
 pub mod aws;
+pub mod changes;
 pub mod clock;
 pub mod config;
 pub mod consumer;
 pub mod contract;
+pub mod events;
 pub mod http;
 #[cfg(feature = "admin")]
 pub mod import;
@@ -23,3 +25,5 @@ pub mod upsert;
 // Re-exported so the function crates wire with the exact versions the library uses.
 pub use aws_lambda_events;
 pub use aws_sdk_dynamodb;
+pub use aws_sdk_eventbridge;
+pub use aws_sdk_sqs;

@@ -1,6 +1,6 @@
 //! SQS adapter: accepted upserts go to the upsert queue.
 
-use crate::aws::AwsError;
+use crate::aws::{call_groups, AwsError};
 use crate::upsert::UpsertMessage;
 use aws_sdk_sqs::types::SendMessageBatchRequestEntry;
 use aws_sdk_sqs::Client;
@@ -48,7 +48,8 @@ impl UpsertQueue {
     /// Sends many bodies in as few SendMessageBatch calls as SQS allows, all calls at
     /// once; returns the bodies SQS did not store.
     pub async fn send_all(&self, bodies: &[String]) -> Unsent {
-        let calls = call_groups(bodies)
+        let sizes = bodies.iter().map(String::len);
+        let calls = call_groups(sizes, MAX_ENTRIES_PER_CALL, MAX_BYTES_PER_CALL)
             .into_iter()
             .map(|group| self.send_group(bodies, group));
         let mut unsent = Unsent::default();
@@ -105,45 +106,5 @@ impl UpsertQueue {
             }
         }
         (pending, error)
-    }
-}
-
-/// Indices of the bodies each SendMessageBatch call carries, in order.
-fn call_groups(bodies: &[String]) -> Vec<Vec<usize>> {
-    let mut groups: Vec<Vec<usize>> = Vec::new();
-    let mut bytes = 0;
-    for (index, body) in bodies.iter().enumerate() {
-        let full = groups.last().is_none_or(|group| {
-            group.len() == MAX_ENTRIES_PER_CALL || bytes + body.len() > MAX_BYTES_PER_CALL
-        });
-        if full {
-            groups.push(Vec::new());
-            bytes = 0;
-        }
-        bytes += body.len();
-        if let Some(group) = groups.last_mut() {
-            group.push(index);
-        }
-    }
-    groups
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn calls_hold_ten_bodies_and_256_kib_at_most() {
-        let small = vec!["x".repeat(100); 25];
-        assert_eq!(
-            call_groups(&small).iter().map(Vec::len).collect::<Vec<_>>(),
-            [10, 10, 5]
-        );
-        let big = vec!["x".repeat(64 * 1024); 9];
-        assert_eq!(
-            call_groups(&big).iter().map(Vec::len).collect::<Vec<_>>(),
-            [4, 4, 1]
-        );
-        assert!(call_groups(&[]).is_empty());
     }
 }

@@ -1,5 +1,5 @@
 //! The sample events in `events/` drive the real functions through the Lambda invoke
-//! API that `cargo lambda watch` serves (what `cargo lambda invoke --data-file` does).
+//! API that the local stack serves (what `cargo lambda invoke --data-file` does).
 
 mod common;
 
@@ -36,4 +36,14 @@ async fn api_sample_event_is_answered_in_the_contract_envelope() {
     assert_eq!(result["statusCode"], 401);
     let body: Value = serde_json::from_str(result["body"].as_str().unwrap()).unwrap();
     assert_eq!(body["errors"][0]["code"], "invalid_api_key");
+}
+
+#[tokio::test]
+async fn stream_sample_event_reports_the_unreadable_record_as_the_first_failure() {
+    let stack = Stack::new().await;
+    let result = invoke(&stack, "changes", "dynamodb-stream.json").await;
+    assert_eq!(
+        result,
+        json!({"batchItemFailures": [{"itemIdentifier": "300"}]})
+    );
 }

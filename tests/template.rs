@@ -172,6 +172,21 @@ async fn local_tables_match_the_template() {
             .collect();
         assert_eq!(indexes, declared, "{logical}");
     }
+    let users = stack
+        .dynamodb
+        .describe_table()
+        .table_name(&stack.resources.users_table)
+        .send()
+        .await
+        .unwrap();
+    let stream = users.table().and_then(|t| t.stream_specification());
+    assert_eq!(
+        stream
+            .and_then(|s| s.stream_view_type())
+            .map(|v| v.as_str()),
+        Some("NEW_AND_OLD_IMAGES"),
+        "the users table streams old and new images"
+    );
     let attributes = stack
         .sqs
         .get_queue_attributes()
@@ -230,6 +245,13 @@ const CALLS: &[(&str, &str, &str)] = &[
     ("ConsumerFunction", "UsersTable", "dynamodb:BatchGetItem"), // get_many
     ("ConsumerFunction", "UsersTable", "dynamodb:GetItem"), // re-read after a conflict
     ("ConsumerFunction", "UsersTable", "dynamodb:PutItem"), // UserStore::put
+    ("ChangesFunction", "ChangeEventBus", "events:PutEvents"), // EventBus::put
+    (
+        "ChangesFunction",
+        "UsersTable.StreamArn",
+        "dynamodb:GetRecords",
+    ), // the stream's event source mapping
+    ("ChangesFunction", "ChangesFailureQueue", "sqs:SendMessage"), // its on-failure destination
 ];
 
 #[test]

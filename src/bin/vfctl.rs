@@ -43,6 +43,21 @@ enum Command {
     /// Load users through the API.
     #[command(subcommand)]
     Users(UsersCommand),
+    /// Change events of the local stack.
+    #[command(subcommand)]
+    Events(EventsCommand),
+}
+
+#[derive(Subcommand)]
+enum EventsCommand {
+    /// Print change events as they reach the local stack's sink, one JSON object per
+    /// line (the EventBridge envelope; `detail` is the change), until Ctrl-C. Needs
+    /// --local: on AWS, add a rule on the stack's bus (output EventBusName) instead.
+    Tail {
+        /// Stop after this many events.
+        #[arg(long)]
+        count: Option<usize>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -121,6 +136,9 @@ async fn run(cli: Cli) -> Result<(), String> {
     }
     let command = match cli.command {
         Command::Users(UsersCommand::Import(args)) => return import_file(args, cli.local).await,
+        Command::Events(EventsCommand::Tail { count }) => {
+            return tail_events(cli.local, count).await
+        }
         Command::Keys(command) => command,
     };
     let mut sdk = sdk_config().await.into_builder();
@@ -242,6 +260,42 @@ async fn import_file(args: ImportArgs, local: bool) -> Result<(), String> {
         "{}",
         serde_json::to_string(&summary).map_err(|e| e.to_string())?
     );
+    Ok(())
+}
+
+async fn tail_events(local: bool, count: Option<usize>) -> Result<(), String> {
+    let sink = std::env::var("VF_EVENT_SINK_URL").ok().filter(|_| local).ok_or(
+        "events tail reads the local stack's sink (--local); on AWS, add a rule on the bus named by the stack's EventBusName output",
+    )?;
+    let sqs = vibefollow_users::aws_sdk_sqs::Client::new(&sdk_config().await);
+    let mut printed = 0;
+    while count.is_none_or(|count| printed < count) {
+        let received = sqs
+            .receive_message()
+            .queue_url(&sink)
+            .max_number_of_messages(10)
+            .wait_time_seconds(1)
+            .send()
+            .await
+            .map_err(|e| format!("cannot read the sink: {}", DisplayErrorContext(&e)))?;
+        for message in received.messages() {
+            if count.is_some_and(|count| printed >= count) {
+                break;
+            }
+            println!("{}", message.body().unwrap_or_default());
+            printed += 1;
+            if let Some(handle) = message.receipt_handle() {
+                sqs.delete_message()
+                    .queue_url(&sink)
+                    .receipt_handle(handle)
+                    .send()
+                    .await
+                    .map_err(|e| {
+                        format!("cannot delete from the sink: {}", DisplayErrorContext(&e))
+                    })?;
+            }
+        }
+    }
     Ok(())
 }
 

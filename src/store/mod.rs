@@ -5,11 +5,13 @@ mod api_keys;
 mod attributes;
 mod idempotency;
 mod rate_limits;
+mod stream;
 mod users;
 
 pub use api_keys::ApiKeyStore;
 pub use idempotency::{Claim, IdempotencyStore, LOCK_MS};
 pub use rate_limits::RateLimitStore;
+pub use stream::{StreamBatchResponse, StreamEvent, StreamItemFailure, StreamRecord};
 pub use users::{
     EmailMatches, StoredUser, UserStore, WriteOutcome, EMAIL_INDEX, EMAIL_KEY, MAX_EMAIL_MATCHES,
 };

@@ -285,6 +285,14 @@ fn item_from_user(workspace_id: &str, user: &StoredUser) -> Result<Item, AwsErro
     Ok(item)
 }
 
+/// The workspace and user an item holds (a stream image, say).
+pub(crate) fn stored_user(item: &Item) -> Option<(String, StoredUser)> {
+    Some((
+        get_s(item, "workspace_id")?.to_owned(),
+        user_from_item(item)?,
+    ))
+}
+
 fn user_from_item(item: &Item) -> Option<StoredUser> {
     let profile_fields = ProfileField::ALL
         .into_iter()

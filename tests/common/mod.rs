@@ -291,3 +291,21 @@ pub fn instance_of(response: &Response) -> String {
         .expect("answered through the faithful runtime")
         .to_owned()
 }
+
+/// Invokes a function of the stack directly, as an event source mapping would.
+pub async fn fleet_invoke(stack: &Stack, function: &str, event: &Value) -> Value {
+    let url = format!("{}/2015-03-31/functions/{function}/invocations", stack.api);
+    let response = stack
+        .http
+        .post(url)
+        .json(event)
+        .send()
+        .await
+        .expect("invoke");
+    assert!(
+        response.status().is_success(),
+        "invoke {function}: {}",
+        response.status()
+    );
+    response.json().await.expect("a JSON answer")
+}

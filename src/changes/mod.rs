@@ -1,0 +1,110 @@
+//! The changes function: the users table's stream in, change events on EventBridge out.
+//!
+//! Records are handled in stream order (one shard holds each user's writes in order).
+//! Their events go out in calls of up to 10, one call after another; entries
+//! EventBridge refuses are retried. When a record cannot be read (a poison record) or
+//! its event cannot be put, the answer names it as the first failure: the event
+//! source mapping retries from there, bisects, and after its retries hands the record
+//! to the on-failure queue, so the shard moves on. Events carry an id that a retry
+//! repeats, so a view drops the duplicates a retry publishes.
+
+mod event;
+
+pub use event::{change_event, ChangeEvent, Image, SOURCE, USER_CHANGED, USER_DELETED};
+
+use crate::aws::call_groups;
+use crate::events::{entry_size, EventBus, MAX_BYTES_PER_CALL, MAX_ENTRIES_PER_CALL};
+use crate::store::{StoredUser, StreamBatchResponse, StreamEvent, StreamItemFailure, StreamRecord};
+use std::time::Instant;
+
+/// Tries of one call's refused entries before the record is reported failed.
+const PUT_ATTEMPTS: usize = 3;
+
+pub struct Publisher {
+    bus: EventBus,
+}
+
+impl Publisher {
+    pub fn new(bus: EventBus) -> Self {
+        Self { bus }
+    }
+
+    pub async fn handle(&self, event: StreamEvent) -> StreamBatchResponse {
+        let started = Instant::now();
+        let mut pending: Vec<(&str, ChangeEvent)> = Vec::new();
+        let mut poison = None;
+        for record in &event.records {
+            match event_of(record) {
+                Ok(Some(change)) => pending.push((&record.dynamodb.sequence_number, change)),
+                Ok(None) => {}
+                Err(err) => {
+                    tracing::error!(sequence_number = %record.dynamodb.sequence_number, error = %err, "unreadable stream record");
+                    poison = Some(record.dynamodb.sequence_number.as_str());
+                    break;
+                }
+            }
+        }
+        let published = pending.len();
+        let first_failure = match self.publish(&pending).await {
+            Ok(()) => poison,
+            Err(failed_at) => Some(pending[failed_at].0),
+        };
+        tracing::info!(
+            records = event.records.len(),
+            events = published,
+            failed = first_failure.is_some(),
+            latency_ms = started.elapsed().as_secs_f64() * 1000.0,
+            "stream batch"
+        );
+        StreamBatchResponse {
+            batch_item_failures: first_failure
+                .map(|sequence_number| StreamItemFailure {
+                    item_identifier: sequence_number.to_owned(),
+                })
+                .into_iter()
+                .collect(),
+        }
+    }
+
+    /// Puts the events in order; on failure, the index of the first event not put.
+    async fn publish(&self, events: &[(&str, ChangeEvent)]) -> Result<(), usize> {
+        let sizes = events.iter().map(|(_, event)| entry_size(event));
+        for call in call_groups(sizes, MAX_ENTRIES_PER_CALL, MAX_BYTES_PER_CALL) {
+            let mut waiting = call;
+            for _ in 0..PUT_ATTEMPTS {
+                let batch: Vec<&ChangeEvent> = waiting.iter().map(|&i| &events[i].1).collect();
+                waiting = match self.bus.put(&batch).await {
+                    Ok(refused) => refused.into_iter().map(|i| waiting[i]).collect(),
+                    Err(err) => {
+                        tracing::warn!(error = %err, "PutEvents failed");
+                        waiting
+                    }
+                };
+                if waiting.is_empty() {
+                    break;
+                }
+            }
+            if let Some(&first) = waiting.iter().min() {
+                return Err(first);
+            }
+        }
+        Ok(())
+    }
+}
+
+fn event_of(record: &StreamRecord) -> Result<Option<ChangeEvent>, String> {
+    let (old, new) = record.users()?;
+    let workspace_id = match (&old, &new) {
+        (_, Some((workspace_id, _))) | (Some((workspace_id, _)), None) => workspace_id.clone(),
+        (None, None) => return Ok(None),
+    };
+    Ok(change_event(&workspace_id, image(&old), image(&new)))
+}
+
+fn image(side: &Option<(String, StoredUser)>) -> Option<Image<'_>> {
+    side.as_ref().map(|(_, user)| Image {
+        external_user_id: &user.external_user_id,
+        profile: &user.profile,
+        version: user.version,
+    })
+}
