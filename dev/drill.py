@@ -423,29 +423,45 @@ def replay_events(envelopes):
     return views, duplicates
 
 
-def check_events(sqs, sink_url, key, users):
-    """Drains the stack's event sink until replaying this workspace's events rebuilds
-    every user as a read shows it (or the deadline passes)."""
-    envelopes, others = [], 0
-    expected = read_views(key, users)
-    while True:
-        got = sqs.receive_message(QueueUrl=sink_url, MaxNumberOfMessages=10, WaitTimeSeconds=1).get("Messages", [])
-        for message in got:
-            envelope = json.loads(message["Body"])
-            if envelope["detail"]["workspace_id"] == WORKSPACE:
-                envelopes.append(envelope)
-            else:
-                others += 1
-        if got:
-            sqs.delete_message_batch(QueueUrl=sink_url, Entries=[
-                {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(got)])
-        rebuilt, duplicates = replay_events(envelopes)
-        matched = all(rebuilt.get(user) == view for user, view in expected.items())
-        if (matched and not got) or time.monotonic() > DEADLINE:
-            return {"events": len(envelopes), "duplicates_dropped": duplicates,
-                    "user_deleted": sum(e["detail-type"] == "User Deleted" for e in envelopes),
-                    "users_rebuilt": sum(rebuilt.get(u) == v for u, v in expected.items()),
-                    "users": len(expected), "matched": matched}
+class EventCollector(threading.Thread):
+    """Drains the stack's event sink for the whole drill (a sink left to fill slows
+    moto's EventBridge down), keeping this workspace's envelopes."""
+
+    def __init__(self, sqs, sink_url):
+        super().__init__(daemon=True)
+        self.sqs, self.sink_url = sqs, sink_url
+        self.envelopes, self.lock, self.stop = [], threading.Lock(), threading.Event()
+
+    def run(self):
+        while not self.stop.is_set():
+            try:
+                got = self.sqs.receive_message(QueueUrl=self.sink_url, MaxNumberOfMessages=10,
+                                               WaitTimeSeconds=1).get("Messages", [])
+            except Exception:  # the emulator is busy with a fault window; try again
+                continue
+            with self.lock:
+                self.envelopes += [e for e in (json.loads(m["Body"]) for m in got)
+                                   if e["detail"]["workspace_id"] == WORKSPACE]
+            if got:
+                self.sqs.delete_message_batch(QueueUrl=self.sink_url, Entries=[
+                    {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(got)])
+
+    def check(self, key, users):
+        """Waits until replaying the events rebuilds every user as a read shows it (or
+        the deadline passes)."""
+        expected = read_views(key, users)
+        while True:
+            with self.lock:
+                envelopes = list(self.envelopes)
+            rebuilt, duplicates = replay_events(envelopes)
+            matched = all(rebuilt.get(user) == view for user, view in expected.items())
+            if matched or time.monotonic() > DEADLINE:
+                self.stop.set()
+                return {"events": len(envelopes), "duplicates_dropped": duplicates,
+                        "user_deleted": sum(e["detail-type"] == "User Deleted" for e in envelopes),
+                        "users_rebuilt": sum(rebuilt.get(u) == v for u, v in expected.items()),
+                        "users": len(expected), "matched": matched}
+            time.sleep(0.5)
 
 
 def cross_workspace(key, other_key, accepted, stored):
@@ -520,6 +536,8 @@ def run_load(the_stack, aws, keys):
     """Clients, probes and chaos together, until every client is done."""
     users = [f"user-{i}" for i in range(USERS)]
     chaos = Chaos(the_stack, aws["sqs"], the_stack.env["UPSERT_QUEUE_URL"])
+    collector = EventCollector(aws["sqs"], the_stack.env["VF_EVENT_SINK_URL"])
+    collector.start()
     clients = [Client(i, keys["write"], users) for i in range(CLIENTS)]
     log(f"{CLIENTS} clients x {UPSERTS} upserts over {USERS} users, with faults")
     fleet("PUT", "/hold", {"min_ms": HOLD_MS[0], "max_ms": HOLD_MS[1]})
@@ -539,7 +557,7 @@ def run_load(the_stack, aws, keys):
     if the_stack.bridge.poll() is not None:
         the_stack.start_bridge(log_mode="a")
     return {"records": [r for c in clients for r in c.records], "probes": probe_results,
-            "chaos": chaos, "seconds": seconds}
+            "chaos": chaos, "collector": collector, "seconds": seconds}
 
 
 def stored_users(dynamodb, env):
@@ -570,7 +588,7 @@ def verify(env, aws, keys, load):
         time.sleep(0.5)
     dlq = drain_dlq(sqs, env["DLQ_URL"])
     log("waiting for the change events to rebuild every user")
-    events = check_events(sqs, env["VF_EVENT_SINK_URL"], keys["write"], sorted({r["user"] for r in records}))
+    events = load["collector"].check(keys["write"], sorted({r["user"] for r in records}))
     cross, cross_marker = cross_workspace(keys["write"], keys["other_workspace"], accepted, stored)
     all_items = scan(dynamodb, env["USERS_TABLE"])
     own_items = json.dumps([i for i in all_items if i["workspace_id"]["S"] == WORKSPACE])
@@ -725,7 +743,7 @@ to regenerate this page (figures vary a little from run to run with timing).
 def main():
     os.environ.setdefault("VF_BRIDGE_RETRY_SECONDS", "3")
     os.environ.setdefault("VF_BRIDGE_VISIBILITY_SECONDS", "4")
-    the_stack = stack.Stack(reload=False)
+    the_stack = stack.Stack(reload=False, event_sink=True)
     try:
         the_stack.start()
         summary = drill(the_stack)

@@ -188,7 +188,7 @@ def function_settings(template, logical):
     return int(merged.get("Timeout", 3)), int(merged.get("MemorySize", 128))
 
 
-def create_resources(template):
+def create_resources(template, event_sink=False):
     names, tables, queues = local_resources(template)
     session = boto3.session.Session(aws_access_key_id="test", aws_secret_access_key="test", region_name=REGION)
     dynamodb = session.client("dynamodb", endpoint_url=EMULATOR_URL)
@@ -221,24 +221,29 @@ def create_resources(template):
         if "RedrivePolicy" in props:
             attributes["RedrivePolicy"] = json.dumps(resolve(props["RedrivePolicy"], names))
         sqs.create_queue(QueueName=names[f"{logical}.QueueName"], Attributes=attributes)
-    create_event_sink(session, names, template)
+    create_event_buses(session, names, template)
+    if event_sink:
+        create_event_sink(session, names)
     names["UsersTable.StreamArn"] = dynamodb.describe_table(
         TableName=names["UsersTable"])["Table"]["LatestStreamArn"]
     return names, key_schemas(tables, names)
 
 
-def create_event_sink(session, names, template):
-    """The stack's event buses, and on the change bus a rule that delivers every event
-    to a local sink queue (`vfctl --local events tail` reads it). On AWS, downstream
-    views add their own rules."""
+def create_event_buses(session, names, template):
     events = session.client("events", endpoint_url=EMULATOR_URL)
-    sqs = session.client("sqs", endpoint_url=EMULATOR_URL)
     for logical, resource in template["Resources"].items():
         if resource["Type"] == "AWS::Events::EventBus":
             try:
                 events.create_event_bus(Name=names[logical])
             except events.exceptions.ResourceAlreadyExistsException:
                 pass
+
+
+def create_event_sink(session, names):
+    """On the change bus, a rule that delivers every event to a local sink queue
+    (`vfctl --local events tail` reads it). On AWS, downstream views add their own."""
+    events = session.client("events", endpoint_url=EMULATOR_URL)
+    sqs = session.client("sqs", endpoint_url=EMULATOR_URL)
     sink = sqs.create_queue(QueueName=EVENT_SINK_QUEUE)["QueueUrl"]
     names["EventSink"] = sink
     subscribe(events, names["ChangeEventBus"], EVENT_SINK_QUEUE, {"source": ["vibefollow.users"]})
@@ -416,11 +421,15 @@ def tool_env(extra=None):
 
 
 class Stack:
-    def __init__(self, reload, log_level="TRACE"):
+    def __init__(self, reload, log_level="TRACE", event_sink=False):
         # Tests and the drill run the functions at the most verbose level the template
         # allows, so that the log checks cover every line a deployment could write.
         self.reload = reload
         self.log_level = log_level
+        # A queue that every change event reaches (make dev, the drill). Tests subscribe
+        # with rules of their own instead: a sink nobody drains slows moto's EventBridge
+        # down as it fills (its SendMessage recounts the queue).
+        self.event_sink = event_sink
         self.spawner = Spawner()
         self.proxy = None
         self.fleet = None
@@ -454,17 +463,19 @@ class Stack:
         self.spawn("moto", [str(VENV_BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(EMULATOR_PORT)])
         wait_for(lambda: port_open(EMULATOR_PORT), "moto", 30)
         self.template = load_template()
-        names, schemas = create_resources(self.template)
+        names, schemas = create_resources(self.template, self.event_sink)
         env = function_environment(self.template, names)
         self.proxy = FaultProxy(FAULT_PROXY_PORT, EMULATOR_URL, schemas)
         env.update({
             "AWS_ENDPOINT_URL": f"http://127.0.0.1:{FAULT_PROXY_PORT}", "AWS_REGION": REGION,
             "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
             "DLQ_URL": names["UpsertDeadLetterQueue"], "VF_RUNTIME": RUNTIME,
-            "VF_EVENT_SINK_URL": names["EventSink"], "VF_USERS_STREAM_ARN": names["UsersTable.StreamArn"],
+            "VF_USERS_STREAM_ARN": names["UsersTable.StreamArn"],
             "VF_CHANGES_FAILURE_QUEUE_URL": names["ChangesFailureQueue"],
             "AWS_LAMBDA_LOG_LEVEL": self.log_level,
         })
+        if "EventSink" in names:
+            env["VF_EVENT_SINK_URL"] = names["EventSink"]
         ENV_FILE.write_text("".join(f"{k}={v}\n" for k, v in env.items()))
         self.env = env
         log(f"building the functions{' (release)' if RELEASE else ''}; the first time takes a few minutes")
@@ -819,7 +830,7 @@ def on_failure(sqs, queue_url, stream_arn, shard_id, records):
 # --- entry points --------------------------------------------------------------------
 
 def up():
-    stack = Stack(reload=True, log_level=os.environ.get("VF_LOG_LEVEL", "INFO"))
+    stack = Stack(reload=True, log_level=os.environ.get("VF_LOG_LEVEL", "INFO"), event_sink=True)
     # Ctrl-C even when started from a shell that ignores SIGINT for background jobs.
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))

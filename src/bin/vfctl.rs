@@ -264,9 +264,11 @@ async fn import_file(args: ImportArgs, local: bool) -> Result<(), String> {
 }
 
 async fn tail_events(local: bool, count: Option<usize>) -> Result<(), String> {
-    let sink = std::env::var("VF_EVENT_SINK_URL").ok().filter(|_| local).ok_or(
-        "events tail reads the local stack's sink (--local); on AWS, add a rule on the bus named by the stack's EventBusName output",
-    )?;
+    if !local {
+        return Err("events tail reads the local stack's sink (--local); on AWS, add a rule on the bus named by the stack's EventBusName output".into());
+    }
+    let sink = std::env::var("VF_EVENT_SINK_URL")
+        .map_err(|_| "this local stack has no event sink: `make dev` starts one")?;
     let sqs = vibefollow_users::aws_sdk_sqs::Client::new(&sdk_config().await);
     let mut printed = 0;
     while count.is_none_or(|count| printed < count) {

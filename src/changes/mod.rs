@@ -1,8 +1,8 @@
 //! The changes function: the users table's stream in, change events on EventBridge out.
 //!
 //! Records are handled in stream order (one shard holds each user's writes in order).
-//! Their events go out in calls of up to 10, one call after another; entries
-//! EventBridge refuses are retried. When a record cannot be read (a poison record) or
+//! Their events go out in calls of up to 10, a user's calls one after another (users
+//! spread over a few concurrent lanes); entries EventBridge refuses are retried. When a record cannot be read (a poison record) or
 //! its event cannot be put, the answer names it as the first failure: the event
 //! source mapping retries from there, bisects, and after its retries hands the record
 //! to the on-failure queue, so the shard moves on. Events carry an id that a retry
@@ -15,10 +15,13 @@ pub use event::{change_event, ChangeEvent, Image, SOURCE, USER_CHANGED, USER_DEL
 use crate::aws::call_groups;
 use crate::events::{entry_size, EventBus, MAX_BYTES_PER_CALL, MAX_ENTRIES_PER_CALL};
 use crate::store::{StoredUser, StreamBatchResponse, StreamEvent, StreamItemFailure, StreamRecord};
+use futures::future::join_all;
 use std::time::Instant;
 
 /// Tries of one call's refused entries before the record is reported failed.
 const PUT_ATTEMPTS: usize = 3;
+/// PutEvents calls in flight at once (each user's events stay in one lane, in order).
+const LANES: usize = 4;
 
 pub struct Publisher {
     bus: EventBus,
@@ -66,11 +69,31 @@ impl Publisher {
         }
     }
 
-    /// Puts the events in order; on failure, the index of the first event not put.
+    /// Puts the events, each user's in order; on failure, the index of the first event
+    /// not put. Users are spread over lanes that put concurrently, one call after
+    /// another within a lane, so a batch of 100 events waits for 3 calls, not 10.
     async fn publish(&self, events: &[(&str, ChangeEvent)]) -> Result<(), usize> {
-        let sizes = events.iter().map(|(_, event)| entry_size(event));
+        let mut lanes: Vec<Vec<usize>> = vec![Vec::new(); LANES];
+        for (index, (_, event)) in events.iter().enumerate() {
+            lanes[lane_of(event)].push(index);
+        }
+        let lanes = lanes.iter().map(|lane| self.publish_lane(events, lane));
+        let failures = join_all(lanes).await;
+        failures
+            .into_iter()
+            .filter_map(Result::err)
+            .min()
+            .map_or(Ok(()), Err)
+    }
+
+    async fn publish_lane(
+        &self,
+        events: &[(&str, ChangeEvent)],
+        lane: &[usize],
+    ) -> Result<(), usize> {
+        let sizes = lane.iter().map(|&index| entry_size(&events[index].1));
         for call in call_groups(sizes, MAX_ENTRIES_PER_CALL, MAX_BYTES_PER_CALL) {
-            let mut waiting = call;
+            let mut waiting: Vec<usize> = call.into_iter().map(|i| lane[i]).collect();
             for _ in 0..PUT_ATTEMPTS {
                 let batch: Vec<&ChangeEvent> = waiting.iter().map(|&i| &events[i].1).collect();
                 waiting = match self.bus.put(&batch).await {
@@ -90,6 +113,14 @@ impl Publisher {
         }
         Ok(())
     }
+}
+
+/// The lane of a user's events: the same for every event of one user.
+fn lane_of(event: &ChangeEvent) -> usize {
+    let mut hasher = std::hash::DefaultHasher::new();
+    std::hash::Hash::hash(&event.detail["workspace_id"].as_str(), &mut hasher);
+    std::hash::Hash::hash(&event.detail["external_user_id"].as_str(), &mut hasher);
+    (std::hash::Hasher::finish(&hasher) % LANES as u64) as usize
 }
 
 fn event_of(record: &StreamRecord) -> Result<Option<ChangeEvent>, String> {
