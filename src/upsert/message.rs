@@ -110,6 +110,8 @@ pub enum MessageError {
     Malformed(#[from] serde_json::Error),
     #[error("message version {0} is not supported (expected {MESSAGE_VERSION})")]
     UnsupportedVersion(u32),
+    #[error("a packed message holds no upsert")]
+    Empty,
 }
 
 impl UpsertMessage {
@@ -136,6 +138,9 @@ impl UpsertMessage {
             return Self::from_json(body).map(|message| vec![message]);
         }
         let messages: Vec<Self> = serde_json::from_str(body)?;
+        if messages.is_empty() {
+            return Err(MessageError::Empty);
+        }
         messages.into_iter().map(Self::supported).collect()
     }
 }
@@ -276,6 +281,18 @@ mod tests {
         }
         assert_eq!(pack(&numbered(1_000, 300)).len(), 20);
         assert!(!pack(&numbered(1, 10))[0].body.starts_with('['));
+    }
+
+    #[test]
+    fn packed_bodies_that_hold_nothing_or_garbage_are_refused() {
+        assert!(matches!(UpsertMessage::all_from_json("[]"), Err(MessageError::Empty)));
+        assert!(matches!(UpsertMessage::all_from_json(" [1]"), Err(MessageError::Malformed(_))));
+        let one = numbered(1, 1)[0].to_json();
+        let old = one.replace("\"version\":1", "\"version\":9");
+        assert!(matches!(
+            UpsertMessage::all_from_json(&format!("[{one},{old}]")),
+            Err(MessageError::UnsupportedVersion(9))
+        ));
     }
 
     #[test]
