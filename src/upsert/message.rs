@@ -285,8 +285,14 @@ mod tests {
 
     #[test]
     fn packed_bodies_that_hold_nothing_or_garbage_are_refused() {
-        assert!(matches!(UpsertMessage::all_from_json("[]"), Err(MessageError::Empty)));
-        assert!(matches!(UpsertMessage::all_from_json(" [1]"), Err(MessageError::Malformed(_))));
+        assert!(matches!(
+            UpsertMessage::all_from_json("[]"),
+            Err(MessageError::Empty)
+        ));
+        assert!(matches!(
+            UpsertMessage::all_from_json(" [1]"),
+            Err(MessageError::Malformed(_))
+        ));
         let one = numbered(1, 1)[0].to_json();
         let old = one.replace("\"version\":1", "\"version\":9");
         assert!(matches!(
