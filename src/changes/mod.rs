@@ -2,11 +2,13 @@
 //!
 //! Records are handled in stream order (one shard holds each user's writes in order).
 //! Their events go out in calls of up to 10, a user's calls one after another (users
-//! spread over a few concurrent lanes); entries EventBridge refuses are retried. When a record cannot be read (a poison record) or
-//! its event cannot be put, the answer names it as the first failure: the event
-//! source mapping retries from there, bisects, and after its retries hands the record
-//! to the on-failure queue, so the shard moves on. Events carry an id that a retry
-//! repeats, so a view drops the duplicates a retry publishes.
+//! spread over a few concurrent lanes); a call EventBridge partly refuses goes again
+//! from its first refused entry on, with backoff, so no user's events reorder. When a
+//! record cannot be read (a poison record) or its event cannot be put, the answer
+//! names it as the first failure: the event source mapping retries from there,
+//! bisects, and after its retries hands the record to the on-failure queue, so the
+//! shard moves on. Events carry an id that a retry repeats, so a view drops the
+//! duplicates a retry publishes.
 
 mod event;
 
@@ -22,6 +24,8 @@ use std::time::Instant;
 const PUT_ATTEMPTS: usize = 3;
 /// PutEvents calls in flight at once (each user's events stay in one lane, in order).
 const LANES: usize = 4;
+/// Backoff before a call's second and third tries (throttling is the usual refusal).
+const RETRY_BASE: std::time::Duration = std::time::Duration::from_millis(50);
 
 pub struct Publisher {
     bus: EventBus,
@@ -94,10 +98,13 @@ impl Publisher {
         let sizes = lane.iter().map(|&index| entry_size(&events[index].1));
         for call in call_groups(sizes, MAX_ENTRIES_PER_CALL, MAX_BYTES_PER_CALL) {
             let mut waiting: Vec<usize> = call.into_iter().map(|i| lane[i]).collect();
-            for _ in 0..PUT_ATTEMPTS {
+            for attempt in 0..PUT_ATTEMPTS {
+                if attempt > 0 {
+                    tokio::time::sleep(RETRY_BASE * 2u32.pow(attempt as u32)).await;
+                }
                 let batch: Vec<&ChangeEvent> = waiting.iter().map(|&i| &events[i].1).collect();
                 waiting = match self.bus.put(&batch).await {
-                    Ok(refused) => refused.into_iter().map(|i| waiting[i]).collect(),
+                    Ok(refused) => still_waiting(waiting, &refused),
                     Err(err) => {
                         tracing::warn!(error = %err, "PutEvents failed");
                         waiting
@@ -107,11 +114,21 @@ impl Publisher {
                     break;
                 }
             }
-            if let Some(&first) = waiting.iter().min() {
+            if let Some(&first) = waiting.first() {
                 return Err(first);
             }
         }
         Ok(())
+    }
+}
+
+/// What a call must send again after EventBridge refused some of its entries: from the
+/// first refused one on, the accepted ones after it too, so that no user's event goes
+/// out after a later one of its own (views drop the repeats by id).
+fn still_waiting(sent: Vec<usize>, refused: &[usize]) -> Vec<usize> {
+    match refused.iter().min() {
+        Some(&first) => sent[first..].to_vec(),
+        None => Vec::new(),
     }
 }
 
@@ -138,4 +155,16 @@ fn image(side: &Option<(String, StoredUser)>) -> Option<Image<'_>> {
         profile: &user.profile,
         version: user.version,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::still_waiting;
+
+    #[test]
+    fn a_partly_refused_call_resends_from_the_first_refusal_on() {
+        assert_eq!(still_waiting(vec![4, 5, 6, 7], &[3, 1]), vec![5, 6, 7]);
+        assert_eq!(still_waiting(vec![4, 5, 6, 7], &[]), Vec::<usize>::new());
+        assert_eq!(still_waiting(vec![9], &[0]), vec![9]);
+    }
 }

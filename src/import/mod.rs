@@ -198,7 +198,8 @@ impl Sender<'_> {
                 .await?;
             replayed |= was_replayed && resend == 0;
             accepted += answer["data"]["accepted"].as_u64().unwrap_or(0) as usize;
-            let mut unavailable = Vec::new();
+            let mut unavailable: Vec<usize> = Vec::new();
+            let mut refused_now: Vec<usize> = Vec::new();
             for refused in answer["data"]["rejected"].as_array().into_iter().flatten() {
                 let Some(entry) = refused["index"]
                     .as_u64()
@@ -209,12 +210,13 @@ impl Sender<'_> {
                         batch.index
                     ));
                 };
+                refused_now.push(refused["index"].as_u64().unwrap_or_default() as usize);
                 let errors = &refused["errors"];
                 let only_unavailable = errors
                     .as_array()
                     .is_some_and(|e| e.iter().all(|e| e["code"] == "unavailable"));
                 if only_unavailable && resend < UNAVAILABLE_RESENDS {
-                    unavailable.push(*entry);
+                    unavailable.push(refused["index"].as_u64().unwrap_or_default() as usize);
                 } else {
                     rejected.push(rejection(
                         entry,
@@ -223,7 +225,11 @@ impl Sender<'_> {
                     ));
                 }
             }
-            pending = unavailable;
+            let users: Vec<Option<String>> = pending.iter().map(|e| user_of(e)).collect();
+            let again = resend_set(&users, &unavailable, &refused_now);
+            // Accepted entries sent again are counted again if accepted again.
+            accepted = accepted.saturating_sub(again.len() - unavailable.len());
+            pending = again.into_iter().map(|i| pending[i]).collect();
         }
         Ok(Done {
             index: batch.index,
@@ -281,6 +287,38 @@ impl Sender<'_> {
             "gave up after {MAX_ATTEMPTS} attempts; run again to resume. Last: {last_error}"
         ))
     }
+}
+
+/// The `external_user_id` an entry's body names.
+fn user_of(entry: &Entry) -> Option<String> {
+    let body: Value = serde_json::from_str(&entry.body).ok()?;
+    body["external_user_id"].as_str().map(str::to_owned)
+}
+
+/// What to send again after some entries (`unavailable`, indices into the batch as
+/// sent) could not be enqueued: those, and every later accepted entry of the same users
+/// (not the ones `refused` for their content). A resend is stamped anew, so a later
+/// entry sent alone before it would otherwise lose to the earlier one ("later entries
+/// win" holds for the resend too).
+fn resend_set(users: &[Option<String>], unavailable: &[usize], refused: &[usize]) -> Vec<usize> {
+    let mut first_unavailable: std::collections::HashMap<&str, usize> =
+        std::collections::HashMap::new();
+    for &index in unavailable {
+        if let Some(Some(user)) = users.get(index) {
+            let first = first_unavailable.entry(user).or_insert(index);
+            *first = (*first).min(index);
+        }
+    }
+    (0..users.len())
+        .filter(|&index| {
+            unavailable.contains(&index)
+                || !refused.contains(&index)
+                    && users[index]
+                        .as_deref()
+                        .and_then(|user| first_unavailable.get(user))
+                        .is_some_and(|&first| first < index)
+        })
+        .collect()
 }
 
 fn backoff(attempt: u32, retry_after_secs: Option<u64>) -> Duration {
@@ -476,6 +514,20 @@ impl Progress {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_resend_carries_the_later_entries_of_the_same_users() {
+        let users: Vec<Option<String>> = ["a", "b", "a", "c", "a", "b"]
+            .iter()
+            .map(|u| Some((*u).to_owned()))
+            .collect();
+        assert_eq!(resend_set(&users, &[2], &[2]), vec![2, 4]);
+        assert_eq!(resend_set(&users, &[1, 3], &[1, 3]), vec![1, 3, 5]);
+        // A later entry refused for its content is not sent again.
+        assert_eq!(resend_set(&users, &[0], &[0, 4]), vec![0, 2]);
+        assert_eq!(resend_set(&users, &[], &[]), Vec::<usize>::new());
+        assert_eq!(resend_set(&[None, None], &[0], &[0]), vec![0]);
+    }
 
     #[test]
     fn rejected_errors_lose_the_batch_prefix() {

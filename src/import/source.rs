@@ -57,25 +57,29 @@ pub fn records(reader: impl BufRead + 'static, format: Format) -> Result<Records
 
 fn ndjson(reader: impl BufRead) -> impl Iterator<Item = Result<Record, String>> {
     reader
-        .lines()
+        .split(b'\n')
         .enumerate()
         .filter_map(|(index, line)| match line {
             Err(err) => Some(Err(format!("line {}: {err}", index + 1))),
-            Ok(line) if line.trim().is_empty() => None,
-            Ok(line) => {
-                let body = match serde_json::from_str::<&RawValue>(&line) {
-                    Ok(raw) => Ok(raw.get().to_owned()),
-                    Err(err) => Err(LocalRefusal::new(
-                        "invalid_json",
-                        format!("line is not JSON: {err}"),
-                    )),
-                };
-                Some(Ok(Record {
-                    line: index + 1,
-                    body,
-                }))
-            }
+            Ok(line) if line.trim_ascii().is_empty() => None,
+            Ok(line) => Some(Ok(Record {
+                line: index + 1,
+                body: ndjson_body(line),
+            })),
         })
+}
+
+/// A line as an upsert body; one that is not UTF-8 or not JSON is refused alone.
+fn ndjson_body(line: Vec<u8>) -> Result<String, LocalRefusal> {
+    let line = String::from_utf8(line)
+        .map_err(|_| LocalRefusal::new("invalid_json", "line is not UTF-8"))?;
+    match serde_json::from_str::<&RawValue>(&line) {
+        Ok(raw) => Ok(raw.get().to_owned()),
+        Err(err) => Err(LocalRefusal::new(
+            "invalid_json",
+            format!("line is not JSON: {err}"),
+        )),
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -214,6 +218,17 @@ mod tests {
         assert_eq!(found.iter().map(|r| r.line).collect::<Vec<_>>(), [1, 4, 5]);
         assert_eq!(body(&found[0]), json!({"external_user_id": "a"}));
         assert_eq!(found[1].body.as_ref().unwrap_err().code, "invalid_json");
+        // A line that is not UTF-8 is refused alone; the next one still counts.
+        let bytes = b"{\"external_user_id\":\"\xff\"}\r\n{\"external_user_id\":\"c\"}\r\n".to_vec();
+        let found: Vec<Record> = records(std::io::Cursor::new(bytes), Format::Ndjson)
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(
+            found[0].body.as_ref().unwrap_err().message,
+            "line is not UTF-8"
+        );
+        assert_eq!(body(&found[1]), json!({"external_user_id": "c"}));
     }
 
     #[test]

@@ -228,7 +228,7 @@ fn item_from_user(workspace_id: &str, user: &StoredUser) -> Result<Item, AwsErro
         ),
         ("workspace_id".to_owned(), s(workspace_id)),
         ("external_user_id".to_owned(), s(&user.external_user_id)),
-        ("version".to_owned(), n(user.version + 1)),
+        ("version".to_owned(), n(next_version(user.version))),
     ]);
     for (field, value) in &profile.profile {
         item.insert(field.attribute().to_owned(), s(value));
@@ -283,6 +283,19 @@ fn item_from_user(workspace_id: &str, user: &StoredUser) -> Result<Item, AwsErro
         item.insert("updated_at".to_owned(), n(updated_at));
     }
     Ok(item)
+}
+
+/// The version a write gives the item: one past the version read. A new item starts
+/// from the time in ms, so that a user created again after its tombstone expired keeps
+/// counting past its earlier life (change events are ordered by version).
+fn next_version(read: u64) -> u64 {
+    if read == 0 {
+        u64::try_from(crate::clock::now_millis())
+            .unwrap_or(1)
+            .max(1)
+    } else {
+        read + 1
+    }
 }
 
 /// The workspace and user an item holds (a stream image, say).
@@ -387,6 +400,13 @@ mod tests {
         assert_eq!(get_s(&item, "pk"), Some("ws#usr#1"));
         let back = user_from_item(&item).unwrap();
         assert_eq!(back.version, 4);
+        // A new item starts its versions from the time, past any earlier life's.
+        let created = StoredUser {
+            version: 0,
+            ..user.clone()
+        };
+        let first = user_from_item(&item_from_user("ws", &created).unwrap()).unwrap();
+        assert!(first.version > 1_700_000_000_000, "{}", first.version);
         assert_eq!(back.profile, user.profile);
     }
 

@@ -116,7 +116,8 @@ pub enum MessageError {
 
 impl UpsertMessage {
     pub fn to_json(&self) -> String {
-        serde_json::to_string(self).expect("an upsert message always serialises")
+        let json = serde_json::to_string(self).expect("an upsert message always serialises");
+        sqs_safe(json)
     }
 
     pub fn from_json(body: &str) -> Result<Self, MessageError> {
@@ -143,6 +144,18 @@ impl UpsertMessage {
         }
         messages.into_iter().map(Self::supported).collect()
     }
+}
+
+/// SQS refuses a body holding U+FFFE or U+FFFF, which JSON allows and serde_json
+/// writes as they are: written as escapes they mean the same and SQS takes them. (Every
+/// other character SQS refuses, a control character or a lone surrogate, is escaped by
+/// serde_json or cannot be in a Rust string.)
+fn sqs_safe(json: String) -> String {
+    if !json.contains(['\u{fffe}', '\u{ffff}']) {
+        return json;
+    }
+    json.replace('\u{fffe}', "\\ufffe")
+        .replace('\u{ffff}', "\\uffff")
 }
 
 /// A packed SQS body stays within one 64 KiB billing chunk of SQS (one message alone
@@ -299,6 +312,21 @@ mod tests {
             UpsertMessage::all_from_json(&format!("[{one},{old}]")),
             Err(MessageError::UnsupportedVersion(9))
         ));
+    }
+
+    #[test]
+    fn characters_sqs_refuses_travel_as_escapes_and_come_back_unchanged() {
+        let mut message = numbered(1, 1).remove(0);
+        let value = json!("a\u{fffe}b\u{ffff}c\u{fffd}");
+        message
+            .changes
+            .traits
+            .insert("odd".into(), Some(value.clone()));
+        let body = message.to_json();
+        assert!(!body.contains(['\u{fffe}', '\u{ffff}']), "{body}");
+        assert!(body.contains("\\ufffe") && body.contains('\u{fffd}'));
+        let back = UpsertMessage::from_json(&body).unwrap();
+        assert_eq!(back.changes.traits["odd"], Some(value));
     }
 
     #[test]
