@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{aws_calls, error_of, user_when, Stack, ALL_SCOPES};
+use common::{aws_calls, clear_faults, error_of, set_faults, user_when, Stack, ALL_SCOPES};
 use reqwest::{Method, Response};
 use serde_json::{json, Value};
 use tokio::sync::Mutex;
@@ -254,18 +254,7 @@ async fn entries_sqs_would_not_take_are_unavailable_and_the_rest_stay_accepted()
     entries[590] = json!({"external_user_id": marker, "traits": {"plan": "x"}});
     let faults = json!({"operations": ["AmazonSQS.SendMessageBatch"], "status": 503,
                         "code": "ServiceUnavailable", "matching": marker});
-    let url = std::env::var("VF_FAULT_PROXY_URL").expect("run through `make test`");
-    assert_eq!(
-        stack
-            .http
-            .put(&url)
-            .json(&faults)
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        204
-    );
+    set_faults(&stack, &faults).await;
     let body = json!({"users": entries}).to_string();
     let first = answer(post_batch(&stack, &key, body.clone(), Some("partly")).await).await;
     let replay = answer(post_batch(&stack, &key, body, Some("partly")).await).await;
@@ -273,7 +262,7 @@ async fn entries_sqs_would_not_take_are_unavailable_and_the_rest_stay_accepted()
     let refused = post_batch(&stack, &key, all_failing.clone(), Some("all-failing")).await;
     let refused_status = refused.status().as_u16();
     let retry_after = refused.headers().contains_key("retry-after");
-    assert_eq!(stack.http.delete(&url).send().await.unwrap().status(), 204);
+    clear_faults(&stack).await;
 
     assert_eq!(first.0, 207, "{}", first.1);
     let rejected = first.1["data"]["rejected"].as_array().unwrap();

@@ -5,28 +5,19 @@
 
 mod common;
 
-use common::{error_of, user_when, Stack, ALL_SCOPES};
+use common::{clear_faults, error_of, set_faults, user_when, Stack, ALL_SCOPES};
 use serde_json::{json, Value};
 
 async fn inject(stack: &Stack, operations: &[&str], status: u16, code: &str) {
-    let url = std::env::var("VF_FAULT_PROXY_URL").expect("run through `make test`");
-    let faults = json!({"operations": operations, "status": status, "code": code});
-    assert_eq!(
-        stack
-            .http
-            .put(url)
-            .json(&faults)
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        204
-    );
+    set_faults(
+        stack,
+        &json!({"operations": operations, "status": status, "code": code}),
+    )
+    .await;
 }
 
 async fn clear(stack: &Stack) {
-    let url = std::env::var("VF_FAULT_PROXY_URL").unwrap();
-    assert_eq!(stack.http.delete(url).send().await.unwrap().status(), 204);
+    clear_faults(stack).await;
 }
 
 /// Status, code and the whole body of an error answer, checked for leaks.

@@ -309,3 +309,23 @@ pub async fn fleet_invoke(stack: &Stack, function: &str, event: &Value) -> Value
     );
     response.json().await.expect("a JSON answer")
 }
+
+/// Tells the stack's fault proxy which AWS calls to fail or stall (see `dev/stack.py`,
+/// `FaultProxy`); it holds until `clear_faults`.
+pub async fn set_faults(stack: &Stack, faults: &Value) {
+    let url = std::env::var("VF_FAULT_PROXY_URL").expect("run through `make test`");
+    let status = stack
+        .http
+        .put(url)
+        .json(faults)
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, 204);
+}
+
+pub async fn clear_faults(stack: &Stack) {
+    let url = std::env::var("VF_FAULT_PROXY_URL").expect("run through `make test`");
+    assert_eq!(stack.http.delete(url).send().await.unwrap().status(), 204);
+}
