@@ -702,20 +702,27 @@ def sqs_record(message, arn):
     }
 
 
-def invoke_consumer(url, event, all_ids, timeout=60):
-    """The ids the consumer reported failed; all of them if the invocation failed."""
+def batch_item_failures(url, event, who, timeout=60):
+    """Invokes a function with a batch event, as an event source mapping does: the
+    `itemIdentifier`s it reported failed, or None when the invocation itself failed."""
     request = urllib.request.Request(url, data=json.dumps(event).encode(), method="POST",
                                      headers={"Content-Type": "application/json"})
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
             result = json.load(response)
     except (OSError, ValueError) as e:
-        log(f"bridge: consumer invocation failed, batch will be retried: {e}")
-        return all_ids
+        log(f"{who}: invocation failed, batch will be retried: {e}")
+        return None
     if not isinstance(result, dict) or "errorType" in result:
-        log(f"bridge: consumer returned an error, batch will be retried: {result}")
-        return all_ids
-    return {f["itemIdentifier"] for f in result.get("batchItemFailures") or []}
+        log(f"{who}: the function returned an error, batch will be retried: {result}")
+        return None
+    return [f["itemIdentifier"] for f in result.get("batchItemFailures") or []]
+
+
+def invoke_consumer(url, event, all_ids, timeout=60):
+    """The ids the consumer reported failed; all of them if the invocation failed."""
+    failures = batch_item_failures(url, event, "bridge", timeout)
+    return all_ids if failures is None else set(failures)
 
 
 # --- the users stream → changes bridge -------------------------------------------------
@@ -797,18 +804,9 @@ def deliver(invoke, records, failed, retries_allowed=None):
 def invoke_changes(url, records):
     """None when the function handled every record; else the index of the first record
     to retry (0 when the invocation failed)."""
-    request = urllib.request.Request(url, data=json.dumps({"Records": records}).encode(), method="POST",
-                                     headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(request, timeout=60) as response:
-            result = json.load(response)
-    except (OSError, ValueError) as e:
-        log(f"stream bridge: changes invocation failed, batch will be retried: {e}")
+    failures = batch_item_failures(url, {"Records": records}, "stream bridge")
+    if failures is None:
         return 0
-    if not isinstance(result, dict) or "errorType" in result:
-        log(f"stream bridge: changes returned an error, batch will be retried: {result}")
-        return 0
-    failures = [f["itemIdentifier"] for f in result.get("batchItemFailures") or []]
     if not failures:
         return None
     sequence = [r["dynamodb"]["SequenceNumber"] for r in records]

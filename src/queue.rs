@@ -47,8 +47,8 @@ impl UpsertQueue {
 
     /// Sends many bodies in as few SendMessageBatch calls as SQS allows, all calls at
     /// once; returns the bodies SQS did not store.
-    pub async fn send_all(&self, bodies: &[String]) -> Unsent {
-        let sizes = bodies.iter().map(String::len);
+    pub async fn send_all(&self, bodies: &[&str]) -> Unsent {
+        let sizes = bodies.iter().map(|body| body.len());
         let calls = call_groups(sizes, MAX_ENTRIES_PER_CALL, MAX_BYTES_PER_CALL)
             .into_iter()
             .map(|group| self.send_group(bodies, group));
@@ -64,7 +64,7 @@ impl UpsertQueue {
     /// One call, then again for the entries SQS refused within it.
     async fn send_group(
         &self,
-        bodies: &[String],
+        bodies: &[&str],
         mut pending: Vec<usize>,
     ) -> (Vec<usize>, Option<String>) {
         let mut error = None;
@@ -72,7 +72,7 @@ impl UpsertQueue {
             let entries = pending.iter().map(|&index| {
                 SendMessageBatchRequestEntry::builder()
                     .id(index.to_string())
-                    .message_body(&bodies[index])
+                    .message_body(bodies[index])
                     .build()
             });
             let entries = match entries.collect::<Result<Vec<_>, _>>() {

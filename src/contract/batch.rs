@@ -24,16 +24,6 @@ pub struct ValidBatch {
     pub body_hash: String,
 }
 
-impl ValidBatch {
-    /// Refused entries: their index and errors, in index order.
-    pub fn refused(&self) -> impl Iterator<Item = (usize, &[FieldError])> {
-        self.entries
-            .iter()
-            .enumerate()
-            .filter_map(|(index, entry)| entry.as_ref().err().map(|errors| (index, &errors[..])))
-    }
-}
-
 /// Parses a batch body. Envelope problems refuse the whole batch (400 or 422); entry
 /// problems refuse that entry only.
 pub fn parse_batch(body: &[u8]) -> Result<ValidBatch, BodyError> {
@@ -181,6 +171,15 @@ mod tests {
         }
     }
 
+    /// Refused entries: their index and errors, in index order.
+    fn refused(batch: &ValidBatch) -> impl Iterator<Item = (usize, &[FieldError])> {
+        batch
+            .entries
+            .iter()
+            .enumerate()
+            .filter_map(|(index, entry)| entry.as_ref().err().map(|errors| (index, &errors[..])))
+    }
+
     fn parse(body: Value) -> ValidBatch {
         parse_batch(body.to_string().as_bytes()).expect("valid envelope")
     }
@@ -230,8 +229,7 @@ mod tests {
             {"traits": {"tags": [1, {"": 2}]}},
             {"external_user_id": "u4"},
         ]}));
-        let refused: Vec<(usize, Vec<(ErrorCode, String)>)> = batch
-            .refused()
+        let refused: Vec<(usize, Vec<(ErrorCode, String)>)> = refused(&batch)
             .map(|(i, errors)| {
                 (
                     i,
@@ -280,8 +278,7 @@ mod tests {
             r#"{{"users":[{{"external_user_id":"u0","traits":{{"blob":"{big}"}}}},{{"external_user_id":"u1","traits":{{"n":1e400}}}},{{"external_user_id":"u2"}}]}}"#
         );
         let batch = parse_batch(body.as_bytes()).expect("valid envelope");
-        let refused: Vec<(usize, ErrorCode, Option<String>)> = batch
-            .refused()
+        let refused: Vec<(usize, ErrorCode, Option<String>)> = refused(&batch)
             .map(|(i, errors)| (i, errors[0].code, errors[0].field.clone()))
             .collect();
         assert_eq!(

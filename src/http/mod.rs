@@ -14,8 +14,8 @@ use crate::clock::now_millis;
 use crate::config::Resources;
 use crate::contract::{
     erase_hash, is_storable_user_id, parse_batch, parse_upsert, user_view,
-    validate_idempotency_key, ErrorCode, ErrorEnvelope, FieldError, ValidBatch, ValidUpsert,
-    MAX_BATCH_BODY_BYTES, MAX_BODY_BYTES,
+    validate_idempotency_key, BodyError, ErrorCode, ErrorEnvelope, FieldError, ValidBatch,
+    ValidUpsert, MAX_BATCH_BODY_BYTES, MAX_BODY_BYTES,
 };
 use crate::metrics::{self, Outcome};
 use crate::queue::UpsertQueue;
@@ -307,10 +307,13 @@ impl App {
         body: &Body,
         stamp: Stamp,
     ) -> Result<bool, ApiError> {
-        let (upsert, idempotency_key) = match checked_upsert(headers, body) {
-            Ok(checked) => checked,
-            Err(refused) => return Err(self.refuse_after_rate_check(key, &stamp, refused).await),
-        };
+        let (upsert, idempotency_key) =
+            match checked_body(headers, body, &UPSERT_BODY, parse_upsert) {
+                Ok(checked) => checked,
+                Err(refused) => {
+                    return Err(self.refuse_after_rate_check(key, &stamp, refused).await)
+                }
+            };
         let ValidUpsert {
             external_user_id,
             changes,
@@ -336,7 +339,7 @@ impl App {
         stamp: Stamp,
         trace: &mut Trace,
     ) -> Result<Success, ApiError> {
-        let (batch, idempotency_key) = match checked_batch(headers, body) {
+        let (batch, idempotency_key) = match checked_body(headers, body, &BATCH_BODY, parse_batch) {
             Ok(checked) => checked,
             Err(refused) => return Err(self.refuse_after_rate_check(key, &stamp, refused).await),
         };
@@ -344,19 +347,15 @@ impl App {
         trace.users = Some(users);
         // Contract: one request per started 100 users.
         let cost = users.div_ceil(100) as u64;
-        let mut rejected: Vec<Rejected> = batch
-            .refused()
-            .map(|(index, errors)| Rejected {
-                index,
-                errors: errors.to_vec(),
-            })
-            .collect();
         let ValidBatch { entries, body_hash } = batch;
-        let valid: Vec<(usize, ValidUpsert)> = entries
-            .into_iter()
-            .enumerate()
-            .filter_map(|(index, entry)| entry.ok().map(|upsert| (index, upsert)))
-            .collect();
+        let mut rejected: Vec<Rejected> = Vec::new();
+        let mut valid: Vec<(usize, ValidUpsert)> = Vec::new();
+        for (index, entry) in entries.into_iter().enumerate() {
+            match entry {
+                Ok(upsert) => valid.push((index, upsert)),
+                Err(errors) => rejected.push(Rejected { index, errors }),
+            }
+        }
         let accepted = valid.len();
         if accepted == 0 {
             self.admit(key, stamp.accepted_at, cost).await?;
@@ -487,7 +486,7 @@ impl App {
             })
             .collect();
         let packed = pack(&messages);
-        let bodies: Vec<String> = packed.iter().map(|p| p.body.clone()).collect();
+        let bodies: Vec<&str> = packed.iter().map(|p| p.body.as_str()).collect();
         let unsent = self.queue.send_all(&bodies).await;
         let unsent_entries: Vec<usize> = unsent
             .bodies
@@ -599,41 +598,38 @@ fn idempotency_key_of(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
         .map_err(ApiError::InvalidIdempotencyKey)
 }
 
-/// The checks of an upsert that need no I/O, in the contract's order: content type,
-/// size, JSON, schema, Idempotency-Key.
-fn checked_upsert<'a>(
-    headers: &'a HeaderMap,
-    body: &Body,
-) -> Result<(ValidUpsert, Option<&'a str>), ApiError> {
-    if !is_json_content_type(headers) {
-        return Err(ApiError::UnsupportedMediaType);
-    }
-    let bytes: &[u8] = body.as_ref();
-    if bytes.len() > MAX_BODY_BYTES {
-        return Err(ApiError::PayloadTooLarge(
-            "body is over 32 KiB (32,768 bytes)",
-        ));
-    }
-    let upsert = parse_upsert(bytes)?;
-    Ok((upsert, idempotency_key_of(headers)?))
+/// A route's body limit, checked on the raw bytes, and what its 413 says.
+struct BodyLimit {
+    bytes: usize,
+    refusal: &'static str,
 }
 
-/// The same checks for a batch; entry problems are not errors here but part of it.
-fn checked_batch<'a>(
+const UPSERT_BODY: BodyLimit = BodyLimit {
+    bytes: MAX_BODY_BYTES,
+    refusal: "body is over 32 KiB (32,768 bytes)",
+};
+const BATCH_BODY: BodyLimit = BodyLimit {
+    bytes: MAX_BATCH_BODY_BYTES,
+    refusal: "body is over 512 KiB (524,288 bytes)",
+};
+
+/// The checks of a write that need no I/O, in the contract's order: content type,
+/// size, JSON and schema (`parse`), Idempotency-Key.
+fn checked_body<'a, T>(
     headers: &'a HeaderMap,
     body: &Body,
-) -> Result<(ValidBatch, Option<&'a str>), ApiError> {
+    limit: &BodyLimit,
+    parse: fn(&[u8]) -> Result<T, BodyError>,
+) -> Result<(T, Option<&'a str>), ApiError> {
     if !is_json_content_type(headers) {
         return Err(ApiError::UnsupportedMediaType);
     }
     let bytes: &[u8] = body.as_ref();
-    if bytes.len() > MAX_BATCH_BODY_BYTES {
-        return Err(ApiError::PayloadTooLarge(
-            "body is over 512 KiB (524,288 bytes)",
-        ));
+    if bytes.len() > limit.bytes {
+        return Err(ApiError::PayloadTooLarge(limit.refusal));
     }
-    let batch = parse_batch(bytes)?;
-    Ok((batch, idempotency_key_of(headers)?))
+    let parsed = parse(bytes)?;
+    Ok((parsed, idempotency_key_of(headers)?))
 }
 
 fn is_json_content_type(headers: &HeaderMap) -> bool {

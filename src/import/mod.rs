@@ -225,6 +225,9 @@ impl Sender<'_> {
                     ));
                 }
             }
+            if unavailable.is_empty() {
+                break;
+            }
             let users: Vec<Option<String>> = pending.iter().map(|e| user_of(e)).collect();
             let again = resend_set(&users, &unavailable, &refused_now);
             // Accepted entries sent again are counted again if accepted again.
