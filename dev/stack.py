@@ -35,6 +35,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import boto3
 import yaml
 
+import capacity
 from dynamodb_limits import violation
 from faithful import Fleet, FleetError, FunctionConfig, Spawner
 from faithful.runtime_api import signal_group
@@ -168,6 +169,12 @@ def local_resources(template):
     return names, tables, queues
 
 
+# Lambda's image keeps its CA certificates in one bundle; Debian's /etc/ssl/certs also
+# holds a file per CA, which the functions' TLS set-up (rustls-native-certs) would read
+# one by one at every cold start unless SSL_CERT_FILE names the bundle alone.
+CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
+
+
 def function_environment(template, names):
     variables = template["Globals"]["Function"]["Environment"]["Variables"]
     return {k: resolve(v, names) for k, v in variables.items()}
@@ -279,6 +286,10 @@ class FaultProxy:
     faults injected. Both SDK protocols this service uses (DynamoDB and SQS JSON) name
     the operation in `X-Amz-Target`.
 
+    `PUT /__capacity` starts counting the capacity units DynamoDB on-demand would bill
+    for the calls that pass (capacity.py; it reads each written item before and after,
+    so it is off unless asked for); `GET /__capacity` reports them per table and index.
+
     Before any fault, a DynamoDB call that DynamoDB would refuse for its limits (key and
     item sizes, numbers, empty names: see dynamodb_limits.py) is answered with
     DynamoDB's ValidationException and not forwarded, since moto would store it;
@@ -292,6 +303,9 @@ class FaultProxy:
         self.injected = {"fail": 0, "stall": 0}
         self.refused_by_limits = 0
         self.key_schemas = key_schemas or {}
+        self.upstream = upstream
+        self.ledger = None  # a capacity.Ledger while counting
+        self.indexes = {}
         self.lock = threading.Lock()
         proxy = self
 
@@ -319,6 +333,10 @@ class FaultProxy:
                 if self.path == "/__faults":
                     proxy.faults = json.loads(self.body())
                     return self.answer(204, b"")
+                if self.path == "/__capacity":
+                    self.body()
+                    proxy.ledger = capacity.Ledger()
+                    return self.answer(204, b"")
                 self.forward()
 
             def do_DELETE(self):
@@ -335,6 +353,9 @@ class FaultProxy:
                                   "refused_by_limits": proxy.refused_by_limits}
                         return self.answer(200, json.dumps(report).encode(),
                                            [("Content-Type", "application/json")])
+                if self.path == "/__capacity":
+                    tables = proxy.ledger.tables if proxy.ledger else {}
+                    return self.answer(200, json.dumps(tables).encode(), [("Content-Type", "application/json")])
                 self.forward()
 
             def do_POST(self):
@@ -367,19 +388,93 @@ class FaultProxy:
                 if action == "stall":
                     time.sleep(int(faults.get("delay_ms", 3000)) / 1000)
                 headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "content-length")}
-                request = urllib.request.Request(upstream + self.path, data=payload or None,
-                                                 method=self.command, headers=headers)
-                try:
-                    with urllib.request.urlopen(request, timeout=60) as response:
-                        status, data, got = response.status, response.read(), response.headers
-                except urllib.error.HTTPError as e:
-                    status, data, got = e.code, e.read(), e.headers
+                counted = proxy.ledger is not None and target.startswith("DynamoDB_20120810.")
+                before = proxy.item_before(target, payload) if counted else None
+                status, data, got = proxy.send(self.command, self.path, payload, headers)
+                if counted:
+                    proxy.count(target, payload, before, status, data)
                 passed = [(k, v) for k, v in got.items()
                           if k.lower() not in ("content-length", "transfer-encoding", "connection", "date", "server")]
                 self.answer(status, data, passed)
 
         self.server = QuietServer(("127.0.0.1", port), Handler)
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def send(self, method, path, payload, headers):
+        request = urllib.request.Request(self.upstream + path, data=payload or None, method=method, headers=headers)
+        try:
+            with urllib.request.urlopen(request, timeout=60) as response:
+                return response.status, response.read(), response.headers
+        except urllib.error.HTTPError as e:
+            return e.code, e.read(), e.headers
+
+    def dynamodb(self, operation, request):
+        """A call of the proxy's own to moto (moto routes by the credential scope of the
+        Authorization header but checks no signature)."""
+        headers = {"X-Amz-Target": f"DynamoDB_20120810.{operation}", "Content-Type": "application/x-amz-json-1.0",
+                   "Authorization": f"AWS4-HMAC-SHA256 Credential=test/20260101/{REGION}/dynamodb/aws4_request, "
+                                    "SignedHeaders=host, Signature=0"}
+        status, data, _ = self.send("POST", "/", json.dumps(request).encode(), headers)
+        return json.loads(data) if status == 200 else {}
+
+    def table_indexes(self, table):
+        if table not in self.indexes:
+            description = self.dynamodb("DescribeTable", {"TableName": table}).get("Table", {})
+            keys = [k["AttributeName"] for k in description.get("KeySchema", [])]
+            self.indexes[table] = [capacity.Index(index, keys)
+                                   for index in description.get("GlobalSecondaryIndexes", [])]
+        return self.indexes[table]
+
+    def current_item(self, table, key):
+        return self.dynamodb("GetItem", {"TableName": table, "Key": key, "ConsistentRead": True}).get("Item")
+
+    def item_before(self, target, payload):
+        """The item a write is about to change (None for other calls)."""
+        operation, request = target.rpartition(".")[2], json.loads(payload)
+        if operation not in ("PutItem", "UpdateItem", "DeleteItem"):
+            return None
+        return self.current_item(request["TableName"], self.written_key(request))
+
+    def written_key(self, request):
+        if "Key" in request:
+            return request["Key"]
+        partition, sort = self.key_schemas.get(request["TableName"], ("pk", None))
+        return {name: request["Item"][name] for name in (partition, sort) if name}
+
+    def count(self, target, payload, before, status, data):
+        operation, request = target.rpartition(".")[2], json.loads(payload)
+        answer = json.loads(data or b"{}")
+        failed_condition = status == 400 and "ConditionalCheckFailed" in answer.get("__type", "")
+        if status != 200 and not failed_condition:
+            return
+        with self.lock:
+            ledger = self.ledger
+        if operation in ("PutItem", "UpdateItem", "DeleteItem"):
+            table = request["TableName"]
+            if failed_condition:
+                after = before
+            elif operation == "PutItem":
+                after = request["Item"]
+            elif operation == "UpdateItem":
+                after = self.current_item(table, request["Key"])
+            else:
+                after = None
+            with self.lock:
+                ledger.write(table, self.table_indexes(table), before, after, request.get("Item"))
+        elif operation == "GetItem" and status == 200:
+            item = answer.get("Item")
+            with self.lock:
+                ledger.read(request["TableName"], [item] if item else [], request.get("ConsistentRead", False))
+        elif operation == "BatchGetItem" and status == 200:
+            for table, asked in request["RequestItems"].items():
+                found = answer.get("Responses", {}).get(table, [])
+                missing = len(asked["Keys"]) - len(found)
+                with self.lock:
+                    ledger.read(table, found + [{}] * missing, asked.get("ConsistentRead", False))
+        elif operation == "Query" and status == 200:
+            with self.lock:
+                ledger.read(request["TableName"], answer.get("Items", []), request.get("ConsistentRead", False),
+                            together=True)
 
     def refusal(self, target, payload):
         """DynamoDB's ValidationException message for a call that breaks its limits, or
@@ -476,6 +571,8 @@ class Stack:
         })
         if "EventSink" in names:
             env["VF_EVENT_SINK_URL"] = names["EventSink"]
+        if CA_BUNDLE.exists():
+            env["SSL_CERT_FILE"] = str(CA_BUNDLE)
         ENV_FILE.write_text("".join(f"{k}={v}\n" for k, v in env.items()))
         self.env = env
         log(f"building the functions{' (release)' if RELEASE else ''}; the first time takes a few minutes")

@@ -4,6 +4,8 @@
 use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
 use aws_smithy_http_client::tls::{rustls_provider::CryptoMode, Provider};
 use std::fmt::Debug;
+use std::future::Future;
+use std::time::Duration;
 
 /// An AWS call that did not do its job. `Unavailable` is worth retrying (throttled,
 /// unreachable, 5xx); `Internal` is a bug on our side (a malformed request).
@@ -52,6 +54,26 @@ where
             }
             _ => AwsError::Internal(redact(&format!("{err:?}"))),
         }
+    }
+}
+
+/// Init waits this long at most for the connections it opens (Lambda allows init 10 s;
+/// the SDK alone would retry an unreachable endpoint for longer).
+const OPEN_CONNECTIONS_WITHIN: Duration = Duration::from_secs(2);
+
+/// Runs the calls that open a function's connections during init. One that fails or
+/// takes too long is opened later by the first request that needs it: worth a log
+/// line, not a failed init.
+pub async fn open_connections<const N: usize>(
+    opening: impl Future<Output = [Result<(), AwsError>; N]>,
+) {
+    match tokio::time::timeout(OPEN_CONNECTIONS_WITHIN, opening).await {
+        Ok(results) => {
+            for error in results.into_iter().filter_map(Result::err) {
+                tracing::warn!(error = %error, "connection not opened at init");
+            }
+        }
+        Err(_) => tracing::warn!("connections not opened at init: timed out"),
     }
 }
 

@@ -49,6 +49,11 @@ impl Consumer {
         }
     }
 
+    /// Opens the connection to DynamoDB during init (see `App::open_connections`).
+    pub async fn open_connections(&self) {
+        crate::aws::open_connections(async { [self.users.open_connection().await] }).await;
+    }
+
     pub async fn handle(&self, event: SqsEvent) -> SqsBatchResponse {
         let started = Instant::now();
         let mut failed: BTreeSet<String> = BTreeSet::new();

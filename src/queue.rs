@@ -34,6 +34,18 @@ impl UpsertQueue {
         }
     }
 
+    /// Opens the connection to SQS (and resolves credentials and endpoint) with a read
+    /// of the queue's ARN, so that the first upsert of the instance does not.
+    pub async fn open_connection(&self) -> Result<(), AwsError> {
+        self.client
+            .get_queue_attributes()
+            .queue_url(&self.url)
+            .attribute_names(aws_sdk_sqs::types::QueueAttributeName::QueueArn)
+            .send()
+            .await?;
+        Ok(())
+    }
+
     /// Returns once SQS has durably stored the message: only then may we answer 202.
     pub async fn send(&self, message: &UpsertMessage) -> Result<(), AwsError> {
         self.client

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{fleet, instance_of, Stack, ALL_SCOPES};
+use common::{aws_calls, fleet, instance_of, Stack, ALL_SCOPES};
 use reqwest::Method;
 use serde_json::json;
 use std::collections::HashSet;
@@ -88,17 +88,7 @@ async fn instances_killed_without_warning_are_replaced_by_cold_starts() {
     let stack = Stack::new().await;
     let key = stack.key(&ALL_SCOPES).await;
     let before = fleet(&stack, Method::GET, "", None).await;
-    let killed = fleet(
-        &stack,
-        Method::POST,
-        "/kill",
-        Some(json!({"function": "api", "state": "idle", "count": 100})),
-    )
-    .await;
-    assert!(
-        killed.to_string().contains("api"),
-        "nothing killed: {killed}"
-    );
+    kill_idle_api_instances(&stack).await;
     stack
         .accept(&key, &json!({"external_user_id": "after-kill"}))
         .await;
@@ -108,5 +98,39 @@ async fn instances_killed_without_warning_are_replaced_by_cold_starts() {
     assert!(
         cold(&after) > cold(&before),
         "no cold start after the kill: {after}"
+    );
+}
+
+/// On AWS the first request of an instance would otherwise pay for TLS to DynamoDB and
+/// SQS; only the api's init reads the queue's attributes.
+#[tokio::test]
+async fn a_cold_start_opens_its_connections_during_init() {
+    let _alone = ONE_AT_A_TIME.lock().await;
+    let stack = Stack::new().await;
+    let key = stack.key(&ALL_SCOPES).await;
+    kill_idle_api_instances(&stack).await;
+    let opened_before = aws_calls(&stack, "AmazonSQS.GetQueueAttributes").await;
+    stack
+        .accept(&key, &json!({"external_user_id": "cold-connections"}))
+        .await;
+    let opened = aws_calls(&stack, "AmazonSQS.GetQueueAttributes").await - opened_before;
+    assert!(
+        opened >= 1,
+        "the cold start opened no SQS connection at init"
+    );
+}
+
+/// Every idle api instance dies without warning: the next request cold-starts one.
+async fn kill_idle_api_instances(stack: &Stack) {
+    let killed = fleet(
+        stack,
+        Method::POST,
+        "/kill",
+        Some(json!({"function": "api", "state": "idle", "count": 100})),
+    )
+    .await;
+    assert!(
+        killed.to_string().contains("api"),
+        "nothing killed: {killed}"
     );
 }

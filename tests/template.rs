@@ -228,7 +228,7 @@ fn access_logs_record_the_route_key_never_the_raw_path() {
 /// checks no IAM, so a call the policy does not allow would first fail on AWS: a new
 /// call belongs here and in template.yaml together.
 const CALLS: &[(&str, &str, &str)] = &[
-    ("ApiFunction", "ApiKeysTable", "dynamodb:GetItem"), // ApiKeyStore::get
+    ("ApiFunction", "ApiKeysTable", "dynamodb:GetItem"), // ApiKeyStore::get, open_connection
     ("ApiFunction", "RateLimitsTable", "dynamodb:UpdateItem"), // RateLimitStore::take
     ("ApiFunction", "RateLimitsTable", "dynamodb:PutItem"), // RateLimitStore::start_window
     ("ApiFunction", "IdempotencyTable", "dynamodb:PutItem"), // claim
@@ -242,8 +242,9 @@ const CALLS: &[(&str, &str, &str)] = &[
         "dynamodb:Query",
     ), // find_by_email
     ("ApiFunction", "UpsertQueue", "sqs:SendMessage"), // UpsertQueue::send; SendMessageBatch (send_all) needs the same action
+    ("ApiFunction", "UpsertQueue", "sqs:GetQueueAttributes"), // UpsertQueue::open_connection
     ("ConsumerFunction", "UsersTable", "dynamodb:BatchGetItem"), // get_many
-    ("ConsumerFunction", "UsersTable", "dynamodb:GetItem"), // re-read after a conflict
+    ("ConsumerFunction", "UsersTable", "dynamodb:GetItem"), // re-read after a conflict, open_connection
     ("ConsumerFunction", "UsersTable", "dynamodb:PutItem"), // UserStore::put
     ("ChangesFunction", "ChangeEventBus", "events:PutEvents"), // EventBus::put
     (

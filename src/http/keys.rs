@@ -25,6 +25,10 @@ impl KeyCache {
         }
     }
 
+    pub async fn open_connection(&self) -> Result<(), AwsError> {
+        self.store.open_connection().await
+    }
+
     /// The live (not revoked) key with this hash, if any.
     pub async fn active_key(&self, hash: &str) -> Result<Option<ApiKeyRecord>, AwsError> {
         if let Some(cached) = self.cached(hash) {

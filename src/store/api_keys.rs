@@ -24,6 +24,10 @@ impl ApiKeyStore {
         Ok(item.as_ref().and_then(record_from_item))
     }
 
+    pub async fn open_connection(&self) -> Result<(), AwsError> {
+        super::open_connection(&self.client, &self.table).await
+    }
+
     pub async fn put(&self, hash: &str, record: &ApiKeyRecord) -> Result<(), AwsError> {
         let scopes = record
             .scopes

@@ -67,6 +67,18 @@ pub(crate) async fn get_by_key(
     Ok(out.item)
 }
 
+/// A read of a key no item has: it opens the connection to DynamoDB, resolves the
+/// credentials and the endpoint, and signs a request, so that the first real call of the
+/// instance does none of that.
+pub(crate) async fn open_connection(client: &Client, table: &str) -> Result<(), AwsError> {
+    get_by_key(client, table, CONNECTION_PROBE_KEY.to_owned(), false).await?;
+    Ok(())
+}
+
+/// No partition key of this service is this string: API key hashes are hex, user keys
+/// hold the workspace and a separator.
+const CONNECTION_PROBE_KEY: &str = "connection-probe";
+
 /// The outcome of a conditional write: `true` if it was applied, `false` if its
 /// condition did not hold; any other failure is an error.
 pub(crate) fn condition_held<T, E, R>(result: Result<T, SdkError<E, R>>) -> Result<bool, AwsError>

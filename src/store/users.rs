@@ -66,6 +66,10 @@ impl UserStore {
         }
     }
 
+    pub async fn open_connection(&self) -> Result<(), AwsError> {
+        super::open_connection(&self.client, &self.table).await
+    }
+
     /// A strongly consistent read of one user.
     pub async fn get(
         &self,

@@ -5,6 +5,7 @@ use vibefollow_users::{aws::sdk_config, config::Resources, http::App, telemetry}
 async fn main() -> Result<(), Error> {
     telemetry::init();
     let app = App::new(&sdk_config().await, &Resources::from_env()?);
+    app.open_connections().await;
     let app = &app;
     run(service_fn(move |request: Request| async move {
         Ok::<_, Error>(app.handle(request).await)

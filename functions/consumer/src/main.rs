@@ -13,6 +13,7 @@ async fn main() -> Result<(), Error> {
         UserStore::new(dynamodb, resources.users_table),
         resources.metrics_namespace,
     );
+    consumer.open_connections().await;
     let consumer = &consumer;
     run(service_fn(move |event: LambdaEvent<SqsEvent>| async move {
         Ok::<_, Error>(consumer.handle(event.payload).await)

@@ -1,0 +1,106 @@
+"""The capacity units DynamoDB on-demand would bill for the calls of the local stack.
+
+moto answers `ReturnConsumedCapacity` with a constant, so the stack's proxy counts them
+itself (`PUT /__capacity` starts counting, `GET /__capacity` reports) by DynamoDB's
+published rules (Developer Guide, "Read/write capacity mode" and "Provisioned throughput
+considerations for GSIs"):
+
+- a write (PutItem, UpdateItem, DeleteItem) bills 1 unit per started KB of the larger of
+  the item before and after, at least 1; a conditional write whose condition fails bills
+  the same as if it had been written;
+- each global secondary index bills its own writes: an entry is the item's keys, the
+  index keys and the projected attributes, plus 100 bytes. An entry that appears or
+  disappears is one write, a changed index key two (delete + put), an entry whose
+  projected attributes changed one, an untouched entry none;
+- a strongly consistent read bills 1 unit per started 4 KB of each item read (GetItem,
+  BatchGetItem) or of the items a Query returned together, an eventually consistent read
+  half that; a read that finds nothing bills as 1 item of 0 bytes.
+"""
+import math
+
+from dynamodb_limits import item_size
+
+KB = 1024
+INDEX_ENTRY_OVERHEAD = 100
+
+
+def write_units(size):
+    return max(1, math.ceil(size / KB))
+
+
+def read_units(size, consistent):
+    units = max(1, math.ceil(size / (4 * KB)))
+    return units if consistent else units / 2
+
+
+class Index:
+    """A global secondary index as DescribeTable describes it."""
+
+    def __init__(self, description, table_keys):
+        self.name = description["IndexName"]
+        self.keys = [k["AttributeName"] for k in description["KeySchema"]]
+        projection = description["Projection"]
+        self.projection = projection["ProjectionType"]
+        self.included = set(projection.get("NonKeyAttributes", []))
+        self.table_keys = table_keys
+
+    def entry(self, item):
+        """The index entry of an item, or None if the item is not in the index."""
+        if item is None or any(key not in item for key in self.keys):
+            return None
+        if self.projection == "ALL":
+            return item
+        kept = set(self.table_keys) | set(self.keys) | self.included
+        return {name: value for name, value in item.items() if name in kept}
+
+    def writes(self, before, after):
+        """Write units this index bills when `before` becomes `after`."""
+        old, new = self.entry(before), self.entry(after)
+        if old is None and new is None:
+            return 0
+        old_size = item_size(old) + INDEX_ENTRY_OVERHEAD if old is not None else 0
+        new_size = item_size(new) + INDEX_ENTRY_OVERHEAD if new is not None else 0
+        if old is None:
+            return write_units(new_size)
+        if new is None:
+            return write_units(old_size)
+        if any(old.get(key) != new.get(key) for key in self.keys):
+            return write_units(old_size) + write_units(new_size)
+        return write_units(max(old_size, new_size)) if old != new else 0
+
+
+def table_writes(before, after, written):
+    """Write units of the table itself; `written` is the request's own item (PutItem) when
+    the write failed its condition (then the item stays `before`)."""
+    sizes = [item_size(item) for item in (before, after, written) if item is not None]
+    return write_units(max(sizes, default=0))
+
+
+class Ledger:
+    """Units billed per table and per index, as `{table: {"write": …, "read": …,
+    "indexes": {index: write units}}}`."""
+
+    def __init__(self):
+        self.tables = {}
+
+    def _table(self, table):
+        return self.tables.setdefault(table, {"write": 0, "read": 0, "indexes": {}})
+
+    def write(self, table, indexes, before, after, written=None):
+        entry = self._table(table)
+        entry["write"] += table_writes(before, after, written)
+        if after is before:  # the condition failed: nothing changed, no index writes
+            return
+        for index in indexes:
+            units = index.writes(before, after)
+            entry["indexes"][index.name] = entry["indexes"].get(index.name, 0) + units
+
+    def read(self, table, items, consistent, together=False):
+        """`together`: a Query's items are summed before rounding; otherwise each item
+        bills on its own (and no item still bills one read)."""
+        sizes = [item_size(item) for item in items]
+        if together or not sizes:
+            units = read_units(sum(sizes), consistent)
+        else:
+            units = sum(read_units(size, consistent) for size in sizes)
+        self._table(table)["read"] += units

@@ -1,0 +1,112 @@
+#!/usr/bin/env python3
+"""DynamoDB capacity units per keyed upsert, counted by the local stack's proxy.
+
+    capacity_run.py        (inside a running stack: `dev/stack.py run -- …`)
+
+Three workloads, each through the whole stack (api → SQS → consumer), counted from
+`PUT /__capacity` until every upsert is applied (checked against moto directly, so the
+checks are not counted):
+
+- `new`: keyed upserts that create users with a ~1.5 KB profile;
+- `update`: keyed upserts that change one trait of those users;
+- `full profile`: keyed upserts that change one trait of a user whose custom traits
+  fill the 256 KiB budget.
+
+Prints `{workload: {"upserts": n, "item_bytes": …, "tables": {table: {"write", "read",
+"indexes"}}}}` as JSON; `make bench` divides by the upserts.
+"""
+import json
+import os
+import sys
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+
+import boto3
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import stack  # noqa: E402
+from dynamodb_limits import item_size  # noqa: E402
+
+PROXY = f"http://127.0.0.1:{stack.FAULT_PROXY_PORT}/__capacity"
+UPSERTS = 40
+WORKSPACE = "ws_capacity"
+
+
+def call(method, url, body=None, headers=None):
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(url, data=data, method=method, headers=headers or {})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return response.status, response.read()
+
+
+def typical_traits(n, rev):
+    """About 1.5 KB of profile: the known traits and a handful of custom ones."""
+    return {"name": f"Capacity User {n}", "plan": "pro", "company": "Example Inc", "role": "admin",
+            "signupDate": "2026-05-17T14:00:00Z", "rev": rev,
+            "preferences": {"theme": "dark", "digest": "weekly", "locale": "en-GB", "timezone": "Europe/London"},
+            "utm": {"source": "newsletter", "medium": "email", "campaign": f"autumn-{n}"},
+            "notes": "x" * 900}
+
+
+class Run:
+    def __init__(self, key):
+        self.headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+        session = boto3.session.Session(aws_access_key_id="test", aws_secret_access_key="test",
+                                        region_name=stack.REGION)
+        self.moto = session.client("dynamodb", endpoint_url=stack.EMULATOR_URL)
+        self.users_table = os.environ["USERS_TABLE"]
+
+    def upsert(self, user, traits):
+        """One keyed upsert; traits carry `rev`, the version `wait_applied` looks for."""
+        body = {"external_user_id": user, "email": f"{user}@example.com", "traits": traits}
+        status, answer = call("POST", f"{stack.API_URL}/api/v1/users", body,
+                              dict(self.headers, **{"Idempotency-Key": str(uuid.uuid4())}))
+        assert status == 202, answer
+
+    def stored(self, user):
+        key = {"pk": {"S": f"{WORKSPACE}#{user}"}}
+        return self.moto.get_item(TableName=self.users_table, Key=key, ConsistentRead=True).get("Item")
+
+    def wait_applied(self, user, version):
+        """The stored item once the upsert whose `rev` is `version` has been applied."""
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            item = self.stored(user)
+            if item and item.get("traits", {}).get("M", {}).get("rev") == {"N": str(version)}:
+                return item
+            time.sleep(0.1)
+        raise SystemExit(f"capacity_run: {user} v{version} never applied")
+
+    def counted(self, upserts):
+        """Counts the units of `upserts` (a list of (user, traits, rev)) until applied."""
+        call("PUT", PROXY, {})
+        for user, traits, _ in upserts:
+            self.upsert(user, traits)
+        last = {user: rev for user, _, rev in upserts}
+        items = [self.wait_applied(user, rev) for user, rev in last.items()]
+        status, tables = call("GET", PROXY)
+        return {"upserts": len(upserts), "item_bytes": max(item_size(item) for item in items),
+                "tables": json.loads(tables)}
+
+
+def main():
+    run = Run(stack.create_key(WORKSPACE, "users:write,users:read", rate_limit=100000))
+    prefix = uuid.uuid4().hex[:6]
+    users = [f"cap_{prefix}_{n}" for n in range(UPSERTS)]
+    result = {"new": run.counted([(u, typical_traits(n, 1), 1) for n, u in enumerate(users)])}
+    result["update"] = run.counted([(u, typical_traits(n, 2), 2) for n, u in enumerate(users)])
+    full = f"cap_{prefix}_full"
+    for part in range(8):  # 8 × 31 KiB custom traits: the 256 KiB budget, nearly full
+        run.upsert(full, {f"blob_{part}": "y" * (31 * 1024), "rev": 1})
+    run.wait_applied(full, 1)
+    deadline = time.monotonic() + 120
+    while "blob_7" not in json.dumps(run.stored(full) or {}) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    result["full profile"] = run.counted([(full, {"plan": "enterprise", "rev": v}, v) for v in range(2, 12)])
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,134 @@
+#!/usr/bin/env python3
+"""Cost per million upserts on AWS, from `make bench`'s summary.
+
+    cost.py [target/bench/summary.json]      prints the table and rewrites docs/cost.md
+
+Measured inputs (summary.json): CPU per invocation of each function, the bytes each logs
+per invocation, and the DynamoDB capacity units per upsert counted by the local stack's
+proxy. Everything else is a price or an assumption, named below; change them here.
+"""
+import json
+import math
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+DOC = ROOT / "docs" / "cost.md"
+BEGIN, END = "<!-- cost:begin -->", "<!-- cost:end -->"
+
+# us-east-1 list prices (USD) as published on the AWS pricing pages, read 2026-11-28.
+PRICES_DATE = "2026-11-28"
+HTTP_API_PER_M = 1.00             # API Gateway HTTP API, first 300 M requests a month
+LAMBDA_REQUEST_PER_M = 0.20
+LAMBDA_ARM64_GB_S = 0.0000133334   # arm64, first 7.5 G GB-s a month
+LAMBDA_X86_GB_S = 0.0000166667
+DYNAMODB_WRITE_PER_M = 0.625       # on-demand write request units, Standard table class
+DYNAMODB_READ_PER_M = 0.125
+SQS_REQUEST_PER_M = 0.40           # standard queue, per 64 KB chunk of a request
+EVENTBRIDGE_EVENT_PER_M = 1.00     # custom events, per 64 KB chunk
+LOGS_INGEST_PER_GB = 0.50          # CloudWatch Logs, standard class
+XRAY_TRACE_PER_M = 5.00            # traces recorded
+
+# Assumptions.
+MEMORY_MB = 128                    # template.yaml Globals: MemorySize
+FULL_VCPU_MB = 1769                # Lambda gives a whole vCPU at 1,769 MB, a share below
+CALL_MS = {"dynamodb": 5.0, "sqs": 8.0, "eventbridge": 15.0}  # in-region latency of one call
+PLATFORM_LOG_BYTES = 450           # Lambda's platform.start/report lines per invocation (JSON)
+CONSUMER_BATCH = 10                # template.yaml ConsumerBatchSize
+CHANGES_BATCH = 10                 # stream records per changes invocation at a modest rate
+XRAY_SAMPLED = 0.05                # X-Ray's default rule: 1 request/s, then 5 %
+POWERTOOLS = {                     # the Python + Powertools implementation, same harness
+    "api-keyed": 9.32, "api-unkeyed": 5.40, "consumer": 27.7, "log_bytes": 700,
+}
+
+
+def units_per_upsert(capacity):
+    """{workload: {"write", "read", "tables": {table: write units}}} per upsert."""
+    result = {}
+    for workload, run in capacity.items():
+        n = run["upserts"]
+        tables = {}
+        for table, units in run["tables"].items():
+            tables[table] = units["write"] / n
+            for index, index_units in units["indexes"].items():
+                tables[f"{table} / {index}"] = index_units / n
+        result[workload] = {"write": sum(tables.values()), "tables": tables,
+                            "read": sum(u["read"] for u in run["tables"].values()) / n,
+                            "item_bytes": run["item_bytes"]}
+    return result
+
+
+def billed_ms(cpu_ms, calls):
+    """Lambda bills wall time in 1 ms steps: CPU at this memory's share of a vCPU, plus
+    the AWS calls it waits for one after another."""
+    return math.ceil(cpu_ms * FULL_VCPU_MB / MEMORY_MB + sum(CALL_MS[c] for c in calls))
+
+
+def lambda_cost(ms, per_upsert=1.0, gb_s=LAMBDA_ARM64_GB_S):
+    per_invocation = ms / 1000 * MEMORY_MB / 1024 * gb_s * 1e6 + LAMBDA_REQUEST_PER_M
+    return per_invocation * per_upsert
+
+
+def lines(cpu, log_bytes, units, gb_s=LAMBDA_ARM64_GB_S):
+    """(what, per million keyed upserts in USD, how) rows for one implementation."""
+    api_ms = billed_ms(cpu["api-keyed"], ["dynamodb", "sqs", "dynamodb"])
+    consumer_ms = billed_ms(cpu["consumer"], ["dynamodb", "dynamodb"])
+    changes_ms = billed_ms(cpu.get("changes", 1.2), ["eventbridge"])
+    update = units["update"]
+    logs_gb = log_bytes * 1e6 / 1024 ** 3
+    return [
+        ("API Gateway HTTP API", HTTP_API_PER_M, "1 request"),
+        ("Lambda api", lambda_cost(api_ms, gb_s=gb_s),
+         f"{api_ms} ms billed at {MEMORY_MB} MB ({cpu['api-keyed']:.2f} ms CPU + claim, send, mark)"),
+        ("Lambda consumer", lambda_cost(consumer_ms, 1 / CONSUMER_BATCH, gb_s),
+         f"{consumer_ms} ms per batch of {CONSUMER_BATCH} ({cpu['consumer']:.2f} ms CPU + read, write)"),
+        ("Lambda changes", lambda_cost(changes_ms, 1 / CHANGES_BATCH, gb_s),
+         f"{changes_ms} ms per {CHANGES_BATCH} stream records"),
+        ("DynamoDB writes", update["write"] * DYNAMODB_WRITE_PER_M, f"{update['write']:.2f} write units"),
+        ("DynamoDB reads", update["read"] * DYNAMODB_READ_PER_M, f"{update['read']:.2f} read units"),
+        ("SQS", (1 + 2 / CONSUMER_BATCH) * SQS_REQUEST_PER_M,
+         f"SendMessage + a receive and a delete per {CONSUMER_BATCH}"),
+        ("EventBridge", EVENTBRIDGE_EVENT_PER_M, "1 change event"),
+        ("CloudWatch Logs", logs_gb * LOGS_INGEST_PER_GB, f"{log_bytes:.0f} B ingested"),
+        ("X-Ray", XRAY_SAMPLED * XRAY_TRACE_PER_M, f"{XRAY_SAMPLED:.0%} of requests traced"),
+    ]
+
+
+def log_bytes(summary):
+    inv = summary["invocations"]
+    own = inv["api-keyed"]["log_bytes_per_invoke"] + inv["consumer"]["log_bytes_per_invoke"] / CONSUMER_BATCH
+    return own + PLATFORM_LOG_BYTES * (1 + 1 / CONSUMER_BATCH + 1 / CHANGES_BATCH)
+
+
+def table(summary):
+    cpu = {case: run["cpu_ms_per_invoke"] for case, run in summary["invocations"].items()}
+    units = units_per_upsert(summary["capacity"])
+    ours = lines(cpu, log_bytes(summary), units)
+    theirs = lines(POWERTOOLS, POWERTOOLS["log_bytes"] + PLATFORM_LOG_BYTES * 1.2, units, LAMBDA_X86_GB_S)
+    rows = [f"| {what} | ${a:.3f} | {how} | ${b:.3f} | {how_b} |"
+            for (what, a, how), (_, b, how_b) in zip(ours, theirs)]
+    total_a, total_b = sum(r[1] for r in ours), sum(r[1] for r in theirs)
+    unit_rows = [f"| {workload} | {u['item_bytes']:,} B | {u['write']:.2f} | {u['read']:.2f} | "
+                 + ", ".join(f"{t} {v:.2f}" for t, v in u["tables"].items()) + " |"
+                 for workload, u in units.items()]
+    return "\n".join([
+        f"From `make bench` of {summary['date']}; prices of {PRICES_DATE} (us-east-1).", "",
+        "| line | this project | how | Python + Powertools | how |", "|---|---|---|---|---|", *rows,
+        f"| **total per million keyed upserts** | **${total_a:.2f}** | | **${total_b:.2f}** | |", "",
+        "DynamoDB capacity units per keyed upsert, counted by the local stack's proxy (api and consumer):", "",
+        "| workload | users item | write units | read units | write units by table |", "|---|---|---|---|---|",
+        *unit_rows,
+    ])
+
+
+def write_doc(summary):
+    text = table(summary)
+    doc = DOC.read_text()
+    start, end = doc.index(BEGIN) + len(BEGIN), doc.index(END)
+    DOC.write_text(doc[:start] + "\n" + text + "\n" + doc[end:])
+    return text
+
+
+if __name__ == "__main__":
+    path = Path(sys.argv[1]) if len(sys.argv) > 1 else ROOT / "target" / "bench" / "summary.json"
+    print(write_doc(json.loads(path.read_text())))
