@@ -7,7 +7,7 @@ considerations for GSIs"):
 
 - a write (PutItem, UpdateItem, DeleteItem) bills 1 unit per started KB of the larger of
   the item before and after, at least 1; a conditional write whose condition fails bills
-  the same as if it had been written;
+  the existing item's size (1 unit if there is none), and no index writes;
 - each global secondary index bills its own writes: an entry is the item's keys, the
   index keys and the projected attributes, plus 100 bytes. An entry that appears or
   disappears is one write, a changed index key two (delete + put), an entry whose
@@ -69,10 +69,8 @@ class Index:
         return write_units(max(old_size, new_size)) if old != new else 0
 
 
-def table_writes(before, after, written):
-    """Write units of the table itself; `written` is the request's own item (PutItem) when
-    the write failed its condition (then the item stays `before`)."""
-    sizes = [item_size(item) for item in (before, after, written) if item is not None]
+def table_writes(before, after):
+    sizes = [item_size(item) for item in (before, after) if item is not None]
     return write_units(max(sizes, default=0))
 
 
@@ -86,14 +84,16 @@ class Ledger:
     def _table(self, table):
         return self.tables.setdefault(table, {"write": 0, "read": 0, "indexes": {}})
 
-    def write(self, table, indexes, before, after, written=None):
+    def write(self, table, indexes, before, after):
         entry = self._table(table)
-        entry["write"] += table_writes(before, after, written)
-        if after is before:  # the condition failed: nothing changed, no index writes
-            return
+        entry["write"] += table_writes(before, after)
         for index in indexes:
             units = index.writes(before, after)
             entry["indexes"][index.name] = entry["indexes"].get(index.name, 0) + units
+
+    def failed_condition(self, table, before):
+        """A conditional write whose condition did not hold: the existing item's units."""
+        self._table(table)["write"] += table_writes(before, None)
 
     def read(self, table, items, consistent, together=False):
         """`together`: a Query's items are summed before rounding; otherwise each item

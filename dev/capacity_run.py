@@ -82,11 +82,14 @@ class Run:
     def counted(self, upserts):
         """Counts the units of `upserts` (a list of (user, traits, rev)) until applied."""
         call("PUT", PROXY, {})
-        for user, traits, _ in upserts:
-            self.upsert(user, traits)
-        last = {user: rev for user, _, rev in upserts}
-        items = [self.wait_applied(user, rev) for user, rev in last.items()]
-        status, tables = call("GET", PROXY)
+        try:
+            for user, traits, _ in upserts:
+                self.upsert(user, traits)
+            last = {user: rev for user, _, rev in upserts}
+            items = [self.wait_applied(user, rev) for user, rev in last.items()]
+            status, tables = call("GET", PROXY)
+        finally:
+            call("DELETE", PROXY)
         return {"upserts": len(upserts), "item_bytes": max(item_size(item) for item in items),
                 "tables": json.loads(tables)}
 
@@ -102,7 +105,11 @@ def main():
         run.upsert(full, {f"blob_{part}": "y" * (31 * 1024), "rev": 1})
     run.wait_applied(full, 1)
     deadline = time.monotonic() + 120
-    while "blob_7" not in json.dumps(run.stored(full) or {}) and time.monotonic() < deadline:
+    blobs = [f'"blob_{part}"' for part in range(8)]
+    while time.monotonic() < deadline:
+        stored = json.dumps(run.stored(full) or {})
+        if all(blob in stored for blob in blobs):
+            break
         time.sleep(0.2)
     result["full profile"] = run.counted([(full, {"plan": "enterprise", "rev": v}, v) for v in range(2, 12)])
     print(json.dumps(result))

@@ -36,6 +36,7 @@ CALL_MS = {"dynamodb": 5.0, "sqs": 8.0, "eventbridge": 15.0}  # in-region latenc
 PLATFORM_LOG_BYTES = 450           # Lambda's platform.start/report lines per invocation (JSON)
 CONSUMER_BATCH = 10                # template.yaml ConsumerBatchSize
 CHANGES_BATCH = 10                 # stream records per changes invocation at a modest rate
+CHANGES_CPU_MS = 1.2               # changes CPU per 10 records (docs/performance.md; not probed)
 XRAY_SAMPLED = 0.05                # X-Ray's default rule: 1 request/s, then 5 %
 POWERTOOLS = {                     # the Python + Powertools implementation, same harness
     "api-keyed": 9.32, "api-unkeyed": 5.40, "consumer": 27.7, "log_bytes": 700,
@@ -73,7 +74,7 @@ def lines(cpu, log_bytes, units, gb_s=LAMBDA_ARM64_GB_S):
     """(what, per million keyed upserts in USD, how) rows for one implementation."""
     api_ms = billed_ms(cpu["api-keyed"], ["dynamodb", "sqs", "dynamodb"])
     consumer_ms = billed_ms(cpu["consumer"], ["dynamodb", "dynamodb"])
-    changes_ms = billed_ms(cpu.get("changes", 1.2), ["eventbridge"])
+    changes_ms = billed_ms(CHANGES_CPU_MS, ["eventbridge"])
     update = units["update"]
     logs_gb = log_bytes * 1e6 / 1024 ** 3
     return [
@@ -83,7 +84,7 @@ def lines(cpu, log_bytes, units, gb_s=LAMBDA_ARM64_GB_S):
         ("Lambda consumer", lambda_cost(consumer_ms, 1 / CONSUMER_BATCH, gb_s),
          f"{consumer_ms} ms per batch of {CONSUMER_BATCH} ({cpu['consumer']:.2f} ms CPU + read, write)"),
         ("Lambda changes", lambda_cost(changes_ms, 1 / CHANGES_BATCH, gb_s),
-         f"{changes_ms} ms per {CHANGES_BATCH} stream records"),
+         f"{changes_ms} ms per {CHANGES_BATCH} stream records ({CHANGES_CPU_MS} ms CPU + PutEvents)"),
         ("DynamoDB writes", update["write"] * DYNAMODB_WRITE_PER_M, f"{update['write']:.2f} write units"),
         ("DynamoDB reads", update["read"] * DYNAMODB_READ_PER_M, f"{update['read']:.2f} read units"),
         ("SQS", (1 + 2 / CONSUMER_BATCH) * SQS_REQUEST_PER_M,

@@ -288,7 +288,10 @@ class FaultProxy:
 
     `PUT /__capacity` starts counting the capacity units DynamoDB on-demand would bill
     for the calls that pass (capacity.py; it reads each written item before and after,
-    so it is off unless asked for); `GET /__capacity` reports them per table and index.
+    so it is off unless asked for); `GET /__capacity` reports them per table and index,
+    `DELETE /__capacity` stops counting. Counting is approximate under concurrent writes
+    of one item (the reads around a write are not atomic with it) and never changes an
+    answer: the call is answered first, and a count that fails is only logged.
 
     Before any fault, a DynamoDB call that DynamoDB would refuse for its limits (key and
     item sizes, numbers, empty names: see dynamodb_limits.py) is answered with
@@ -344,6 +347,10 @@ class FaultProxy:
                     self.body()
                     proxy.faults = {}
                     return self.answer(204, b"")
+                if self.path == "/__capacity":
+                    self.body()
+                    proxy.ledger = None
+                    return self.answer(204, b"")
                 self.forward()
 
             def do_GET(self):
@@ -354,8 +361,9 @@ class FaultProxy:
                         return self.answer(200, json.dumps(report).encode(),
                                            [("Content-Type", "application/json")])
                 if self.path == "/__capacity":
-                    tables = proxy.ledger.tables if proxy.ledger else {}
-                    return self.answer(200, json.dumps(tables).encode(), [("Content-Type", "application/json")])
+                    with proxy.lock:
+                        tables = json.dumps(proxy.ledger.tables if proxy.ledger else {}).encode()
+                    return self.answer(200, tables, [("Content-Type", "application/json")])
                 self.forward()
 
             def do_POST(self):
@@ -389,13 +397,13 @@ class FaultProxy:
                     time.sleep(int(faults.get("delay_ms", 3000)) / 1000)
                 headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "content-length")}
                 counted = proxy.ledger is not None and target.startswith("DynamoDB_20120810.")
-                before = proxy.item_before(target, payload) if counted else None
+                before = proxy.item_before(target, payload) if counted else None  # never raises
                 status, data, got = proxy.send(self.command, self.path, payload, headers)
-                if counted:
-                    proxy.count(target, payload, before, status, data)
                 passed = [(k, v) for k, v in got.items()
                           if k.lower() not in ("content-length", "transfer-encoding", "connection", "date", "server")]
                 self.answer(status, data, passed)
+                if counted:
+                    proxy.count(target, payload, before, status, data)
 
         self.server = QuietServer(("127.0.0.1", port), Handler)
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
@@ -419,8 +427,10 @@ class FaultProxy:
 
     def table_indexes(self, table):
         if table not in self.indexes:
-            description = self.dynamodb("DescribeTable", {"TableName": table}).get("Table", {})
-            keys = [k["AttributeName"] for k in description.get("KeySchema", [])]
+            description = self.dynamodb("DescribeTable", {"TableName": table}).get("Table")
+            if description is None:
+                raise LookupError(f"DescribeTable {table} failed")
+            keys = [k["AttributeName"] for k in description["KeySchema"]]
             self.indexes[table] = [capacity.Index(index, keys)
                                    for index in description.get("GlobalSecondaryIndexes", [])]
         return self.indexes[table]
@@ -429,11 +439,15 @@ class FaultProxy:
         return self.dynamodb("GetItem", {"TableName": table, "Key": key, "ConsistentRead": True}).get("Item")
 
     def item_before(self, target, payload):
-        """The item a write is about to change (None for other calls)."""
-        operation, request = target.rpartition(".")[2], json.loads(payload)
-        if operation not in ("PutItem", "UpdateItem", "DeleteItem"):
+        """The item a write is about to change (None for other calls, and when it cannot
+        be read: moto will answer the write itself)."""
+        try:
+            operation, request = target.rpartition(".")[2], json.loads(payload)
+            if operation not in ("PutItem", "UpdateItem", "DeleteItem"):
+                return None
+            return self.current_item(request["TableName"], self.written_key(request))
+        except (ValueError, KeyError, TypeError, AttributeError, OSError):
             return None
-        return self.current_item(request["TableName"], self.written_key(request))
 
     def written_key(self, request):
         if "Key" in request:
@@ -442,36 +456,43 @@ class FaultProxy:
         return {name: request["Item"][name] for name in (partition, sort) if name}
 
     def count(self, target, payload, before, status, data):
-        operation, request = target.rpartition(".")[2], json.loads(payload)
+        try:
+            self.count_call(target.rpartition(".")[2], json.loads(payload), before, status, data)
+        except (ValueError, KeyError, TypeError, AttributeError, LookupError, OSError) as e:
+            log(f"capacity: {target} not counted: {e!r}")
+
+    def count_call(self, operation, request, before, status, data):
         answer = json.loads(data or b"{}")
         failed_condition = status == 400 and "ConditionalCheckFailed" in answer.get("__type", "")
-        if status != 200 and not failed_condition:
+        ledger = self.ledger
+        if ledger is None or (status != 200 and not failed_condition):
             return
-        with self.lock:
-            ledger = self.ledger
         if operation in ("PutItem", "UpdateItem", "DeleteItem"):
             table = request["TableName"]
             if failed_condition:
-                after = before
-            elif operation == "PutItem":
+                with self.lock:
+                    ledger.failed_condition(table, before)
+                return
+            if operation == "PutItem":
                 after = request["Item"]
             elif operation == "UpdateItem":
                 after = self.current_item(table, request["Key"])
             else:
                 after = None
+            indexes = self.table_indexes(table)
             with self.lock:
-                ledger.write(table, self.table_indexes(table), before, after, request.get("Item"))
-        elif operation == "GetItem" and status == 200:
+                ledger.write(table, indexes, before, after)
+        elif operation == "GetItem":
             item = answer.get("Item")
             with self.lock:
                 ledger.read(request["TableName"], [item] if item else [], request.get("ConsistentRead", False))
-        elif operation == "BatchGetItem" and status == 200:
+        elif operation == "BatchGetItem":
             for table, asked in request["RequestItems"].items():
                 found = answer.get("Responses", {}).get(table, [])
                 missing = len(asked["Keys"]) - len(found)
                 with self.lock:
                     ledger.read(table, found + [{}] * missing, asked.get("ConsistentRead", False))
-        elif operation == "Query" and status == 200:
+        elif operation == "Query":
             with self.lock:
                 ledger.read(request["TableName"], answer.get("Items", []), request.get("ConsistentRead", False),
                             together=True)

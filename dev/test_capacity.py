@@ -16,8 +16,8 @@ class CapacityTest(unittest.TestCase):
         self.ledger = Ledger()
         self.indexes = [Index(KEYS_ONLY, ["pk"]), Index(ALL, ["pk"])]
 
-    def write(self, before, after, written=None):
-        self.ledger.write("users", self.indexes, before, after, written)
+    def write(self, before, after):
+        self.ledger.write("users", self.indexes, before, after)
         return self.ledger.tables["users"]
 
     def test_a_table_write_bills_the_larger_image_per_started_kb(self):
@@ -34,10 +34,11 @@ class CapacityTest(unittest.TestCase):
     def test_a_new_item_puts_one_entry_per_index(self):
         self.assertEqual(self.write(None, user("a", 10))["indexes"], {"by-email": 1, "by-email-all": 1})
 
-    def test_a_failed_condition_bills_the_table_only(self):
-        before = user("a", 10)
-        table = self.write(before, before, written=user("a", 2500))
-        self.assertEqual((table["write"], table["indexes"]), (3, {}))
+    def test_a_failed_condition_bills_the_existing_item_only(self):
+        self.ledger.failed_condition("users", user("a", 2500))
+        self.ledger.failed_condition("users", None)
+        table = self.ledger.tables["users"]
+        self.assertEqual((table["write"], table["indexes"]), (3 + 1, {}))
 
     def test_reads_bill_per_item_or_per_query(self):
         self.ledger.read("users", [user("a", 5000), {}], consistent=True)

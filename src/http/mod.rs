@@ -122,9 +122,9 @@ impl App {
         }
     }
 
-    /// Opens the connections to DynamoDB and SQS during init, where Lambda gives the
-    /// function a whole CPU: otherwise the first request pays for them (TLS at 128 MB
-    /// takes hundreds of ms).
+    /// Opens the connections to DynamoDB and SQS during init, where Lambda is seen to give
+    /// more CPU than a 128 MB function gets later: otherwise the first request pays for
+    /// them (TLS at 128 MB takes hundreds of ms).
     pub async fn open_connections(&self) {
         crate::aws::open_connections(async {
             let (dynamodb, sqs) =
