@@ -16,7 +16,9 @@ considerations for GSIs"):
   BatchGetItem) or of the items a Query returned together, an eventually consistent read
   half that; a read that finds nothing bills as 1 item of 0 bytes.
 """
+import copy
 import math
+import threading
 
 from dynamodb_limits import item_size
 
@@ -76,24 +78,33 @@ def table_writes(before, after):
 
 class Ledger:
     """Units billed per table and per index, as `{table: {"write": …, "read": …,
-    "indexes": {index: write units}}}`."""
+    "indexes": {index: write units}}}`; safe to share between threads. `indexes` maps a
+    table name to its global secondary indexes."""
 
-    def __init__(self):
+    def __init__(self, indexes):
+        self.indexes = indexes
         self.tables = {}
+        self.lock = threading.Lock()
+
+    def report(self):
+        with self.lock:
+            return copy.deepcopy(self.tables)
 
     def _table(self, table):
         return self.tables.setdefault(table, {"write": 0, "read": 0, "indexes": {}})
 
-    def write(self, table, indexes, before, after):
-        entry = self._table(table)
-        entry["write"] += table_writes(before, after)
-        for index in indexes:
-            units = index.writes(before, after)
-            entry["indexes"][index.name] = entry["indexes"].get(index.name, 0) + units
+    def write(self, table, before, after):
+        index_units = [(index.name, index.writes(before, after)) for index in self.indexes.get(table, [])]
+        with self.lock:
+            entry = self._table(table)
+            entry["write"] += table_writes(before, after)
+            for name, units in index_units:
+                entry["indexes"][name] = entry["indexes"].get(name, 0) + units
 
     def failed_condition(self, table, before):
         """A conditional write whose condition did not hold: the existing item's units."""
-        self._table(table)["write"] += table_writes(before, None)
+        with self.lock:
+            self._table(table)["write"] += table_writes(before, None)
 
     def read(self, table, items, consistent, together=False):
         """`together`: a Query's items are summed before rounding; otherwise each item
@@ -103,4 +114,5 @@ class Ledger:
             units = read_units(sum(sizes), consistent)
         else:
             units = sum(read_units(size, consistent) for size in sizes)
-        self._table(table)["read"] += units
+        with self.lock:
+            self._table(table)["read"] += units

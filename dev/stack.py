@@ -189,6 +189,16 @@ def key_schemas(tables, names):
     return schemas
 
 
+def table_indexes(tables, names):
+    """Table name → its global secondary indexes, for counting capacity units."""
+    indexes = {}
+    for logical, props in tables.items():
+        table_keys = [k["AttributeName"] for k in props["KeySchema"]]
+        indexes[names[logical]] = [capacity.Index(index, table_keys)
+                                   for index in resolve(props.get("GlobalSecondaryIndexes", []), names)]
+    return indexes
+
+
 def function_settings(template, logical):
     """Timeout (s) and memory (MB) of a function of the template."""
     merged = dict(template["Globals"]["Function"], **template["Resources"][logical]["Properties"])
@@ -233,7 +243,7 @@ def create_resources(template, event_sink=False):
         create_event_sink(session, names)
     names["UsersTable.StreamArn"] = dynamodb.describe_table(
         TableName=names["UsersTable"])["Table"]["LatestStreamArn"]
-    return names, key_schemas(tables, names)
+    return names, key_schemas(tables, names), table_indexes(tables, names)
 
 
 def create_event_buses(session, names, template):
@@ -300,15 +310,15 @@ class FaultProxy:
     name to its (partition key, sort key or None) attribute names.
     """
 
-    def __init__(self, port, upstream, key_schemas=None):
+    def __init__(self, port, upstream, key_schemas=None, indexes=None):
         self.faults = {}
         self.calls = {}
         self.injected = {"fail": 0, "stall": 0}
         self.refused_by_limits = 0
         self.key_schemas = key_schemas or {}
         self.upstream = upstream
+        self.indexes = indexes or {}
         self.ledger = None  # a capacity.Ledger while counting
-        self.indexes = {}
         self.lock = threading.Lock()
         proxy = self
 
@@ -338,7 +348,7 @@ class FaultProxy:
                     return self.answer(204, b"")
                 if self.path == "/__capacity":
                     self.body()
-                    proxy.ledger = capacity.Ledger()
+                    proxy.ledger = capacity.Ledger(proxy.indexes)
                     return self.answer(204, b"")
                 self.forward()
 
@@ -361,8 +371,8 @@ class FaultProxy:
                         return self.answer(200, json.dumps(report).encode(),
                                            [("Content-Type", "application/json")])
                 if self.path == "/__capacity":
-                    with proxy.lock:
-                        tables = json.dumps(proxy.ledger.tables if proxy.ledger else {}).encode()
+                    ledger = proxy.ledger
+                    tables = json.dumps(ledger.report() if ledger else {}).encode()
                     return self.answer(200, tables, [("Content-Type", "application/json")])
                 self.forward()
 
@@ -416,27 +426,15 @@ class FaultProxy:
         except urllib.error.HTTPError as e:
             return e.code, e.read(), e.headers
 
-    def dynamodb(self, operation, request):
-        """A call of the proxy's own to moto (moto routes by the credential scope of the
-        Authorization header but checks no signature)."""
-        headers = {"X-Amz-Target": f"DynamoDB_20120810.{operation}", "Content-Type": "application/x-amz-json-1.0",
+    def current_item(self, table, key):
+        """The item as moto holds it now, read by the proxy itself (moto routes by the
+        credential scope of the Authorization header but checks no signature)."""
+        headers = {"X-Amz-Target": "DynamoDB_20120810.GetItem", "Content-Type": "application/x-amz-json-1.0",
                    "Authorization": f"AWS4-HMAC-SHA256 Credential=test/20260101/{REGION}/dynamodb/aws4_request, "
                                     "SignedHeaders=host, Signature=0"}
+        request = {"TableName": table, "Key": key, "ConsistentRead": True}
         status, data, _ = self.send("POST", "/", json.dumps(request).encode(), headers)
-        return json.loads(data) if status == 200 else {}
-
-    def table_indexes(self, table):
-        if table not in self.indexes:
-            description = self.dynamodb("DescribeTable", {"TableName": table}).get("Table")
-            if description is None:
-                raise LookupError(f"DescribeTable {table} failed")
-            keys = [k["AttributeName"] for k in description["KeySchema"]]
-            self.indexes[table] = [capacity.Index(index, keys)
-                                   for index in description.get("GlobalSecondaryIndexes", [])]
-        return self.indexes[table]
-
-    def current_item(self, table, key):
-        return self.dynamodb("GetItem", {"TableName": table, "Key": key, "ConsistentRead": True}).get("Item")
+        return json.loads(data).get("Item") if status == 200 else None
 
     def item_before(self, target, payload):
         """The item a write is about to change (None for other calls, and when it cannot
@@ -458,7 +456,7 @@ class FaultProxy:
     def count(self, target, payload, before, status, data):
         try:
             self.count_call(target.rpartition(".")[2], json.loads(payload), before, status, data)
-        except (ValueError, KeyError, TypeError, AttributeError, LookupError, OSError) as e:
+        except (ValueError, KeyError, TypeError, AttributeError, OSError) as e:
             log(f"capacity: {target} not counted: {e!r}")
 
     def count_call(self, operation, request, before, status, data):
@@ -470,32 +468,25 @@ class FaultProxy:
         if operation in ("PutItem", "UpdateItem", "DeleteItem"):
             table = request["TableName"]
             if failed_condition:
-                with self.lock:
-                    ledger.failed_condition(table, before)
-                return
+                return ledger.failed_condition(table, before)
             if operation == "PutItem":
                 after = request["Item"]
             elif operation == "UpdateItem":
                 after = self.current_item(table, request["Key"])
             else:
                 after = None
-            indexes = self.table_indexes(table)
-            with self.lock:
-                ledger.write(table, indexes, before, after)
+            ledger.write(table, before, after)
         elif operation == "GetItem":
             item = answer.get("Item")
-            with self.lock:
-                ledger.read(request["TableName"], [item] if item else [], request.get("ConsistentRead", False))
+            ledger.read(request["TableName"], [item] if item else [], request.get("ConsistentRead", False))
         elif operation == "BatchGetItem":
             for table, asked in request["RequestItems"].items():
                 found = answer.get("Responses", {}).get(table, [])
                 missing = len(asked["Keys"]) - len(found)
-                with self.lock:
-                    ledger.read(table, found + [{}] * missing, asked.get("ConsistentRead", False))
+                ledger.read(table, found + [{}] * missing, asked.get("ConsistentRead", False))
         elif operation == "Query":
-            with self.lock:
-                ledger.read(request["TableName"], answer.get("Items", []), request.get("ConsistentRead", False),
-                            together=True)
+            ledger.read(request["TableName"], answer.get("Items", []), request.get("ConsistentRead", False),
+                        together=True)
 
     def refusal(self, target, payload):
         """DynamoDB's ValidationException message for a call that breaks its limits, or
@@ -579,9 +570,9 @@ class Stack:
         self.spawn("moto", [str(VENV_BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(EMULATOR_PORT)])
         wait_for(lambda: port_open(EMULATOR_PORT), "moto", 30)
         self.template = load_template()
-        names, schemas = create_resources(self.template, self.event_sink)
+        names, schemas, indexes = create_resources(self.template, self.event_sink)
         env = function_environment(self.template, names)
-        self.proxy = FaultProxy(FAULT_PROXY_PORT, EMULATOR_URL, schemas)
+        self.proxy = FaultProxy(FAULT_PROXY_PORT, EMULATOR_URL, schemas, indexes)
         env.update({
             "AWS_ENDPOINT_URL": f"http://127.0.0.1:{FAULT_PROXY_PORT}", "AWS_REGION": REGION,
             "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",

@@ -13,11 +13,10 @@ def user(email, padding):
 
 class CapacityTest(unittest.TestCase):
     def setUp(self):
-        self.ledger = Ledger()
-        self.indexes = [Index(KEYS_ONLY, ["pk"]), Index(ALL, ["pk"])]
+        self.ledger = Ledger({"users": [Index(KEYS_ONLY, ["pk"]), Index(ALL, ["pk"])]})
 
     def write(self, before, after):
-        self.ledger.write("users", self.indexes, before, after)
+        self.ledger.write("users", before, after)
         return self.ledger.tables["users"]
 
     def test_a_table_write_bills_the_larger_image_per_started_kb(self):
