@@ -20,13 +20,11 @@ venv: $(STAMP)
 dev: $(STAMP)
 	$(PY) dev/stack.py up
 
-## Unit tests (Rust, then the local stack's own tools), then integration tests against
-## the local stack (started here, functions under the Lambda-faithful runtime).
+## Unit and use-case tests (what a plain `cargo test` runs), the local stack's own tools,
+## then the stack tests against the local stack (started here, the functions under the
+## Lambda-faithful runtime). Every step runs; the failures are summed up at the end.
 test: $(STAMP)
-	cargo test --workspace --lib --bins
-	$(PY) -m unittest discover -s dev -p 'test_*.py'
-	cargo build --workspace --bins --tests
-	$(PY) dev/stack.py run -- dev/integration.sh
+	dev/test.sh
 
 ## Benchmarks: criterion, callgrind, arm64 sizes, init probes and load runs against a
 ## release-build local stack (loopback only, bounded). Writes target/bench/summary.json
@@ -52,11 +50,14 @@ $(CHECK_STAMP): dev/requirements-check.txt
 	$(CHECK_VENV)/bin/pip install --quiet --disable-pip-version-check -r dev/requirements-check.txt
 	touch $(CHECK_STAMP)
 
-## Offline checks of the AWS side: template lint and policy scan, then the arm64 build.
+## Offline checks of the AWS side: template lint and policy scan, least privilege of the
+## template as SAM expands it (dev/check_iam.py, after its own tests), then the arm64 build.
 check: $(CHECK_STAMP)
 	$(CHECK_ENV) sam validate --lint
 	$(CHECK_ENV) cfn-lint template.yaml
 	$(CHECK_ENV) checkov -f template.yaml --framework cloudformation --compact --quiet --skip-download
+	$(CHECK_ENV) python -m unittest discover -s dev -p 'test_check_iam.py'
+	$(CHECK_ENV) python dev/check_iam.py template.yaml
 	$(MAKE) build-arm64
 
 ## sam build: the three functions as arm64 `bootstrap` binaries under .aws-sam/build.

@@ -23,8 +23,6 @@ import urllib.request
 import uuid
 from pathlib import Path
 
-import boto3
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import stack  # noqa: E402
 from dynamodb_limits import item_size  # noqa: E402
@@ -53,9 +51,7 @@ def typical_traits(n, rev):
 class Run:
     def __init__(self, key):
         self.headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
-        session = boto3.session.Session(aws_access_key_id="test", aws_secret_access_key="test",
-                                        region_name=stack.REGION)
-        self.moto = session.client("dynamodb", endpoint_url=stack.EMULATOR_URL)
+        self.moto = stack.emulator_session().client("dynamodb", endpoint_url=stack.EMULATOR_URL)
         self.users_table = os.environ["USERS_TABLE"]
 
     def upsert(self, user, traits):

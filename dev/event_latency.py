@@ -32,8 +32,7 @@ def main():
     api = env["VF_API_URL"]
     run = uuid.uuid4().hex[:8]
     workspace = f"events-bench-{run}"
-    session = stack.boto3.session.Session(aws_access_key_id="test", aws_secret_access_key="test",
-                                          region_name=stack.REGION)
+    session = stack.emulator_session()
     sqs = session.client("sqs", endpoint_url=stack.EMULATOR_URL)
     events = session.client("events", endpoint_url=stack.EMULATOR_URL)
     queue_name = f"events-bench-{run}"
@@ -54,8 +53,7 @@ def main():
                 if user in accepted_at and user not in event_ms:
                     event_ms[user] = (now - accepted_at[user]) * 1000
             if got:
-                sqs.delete_message_batch(QueueUrl=queue_url, Entries=[
-                    {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(got)])
+                stack.delete_messages(sqs, queue_url, got)
 
     def visible(user):
         while time.monotonic() - accepted_at[user] < 30:

@@ -1,33 +1,46 @@
 #!/usr/bin/env bash
-# Runs inside `dev/stack.py run`: the Rust integration tests, then schemathesis
-# against openapi.yaml, both against the running local stack.
-set -euo pipefail
+# Runs inside `dev/stack.py run`: the stack tests (the ignored tests of the `stack`
+# binary), the stack's cleanup test, schemathesis against openapi.yaml and the
+# TypeScript SDK, all against the running local stack. Every suite runs even when an
+# earlier one fails; the end says which failed.
+set -uo pipefail
 cd "$(dirname "$0")/.."
 
-cargo test --workspace --test '*'
+source dev/steps.sh
+
+step "stack tests" cargo test -p vibefollow-users --test stack --no-fail-fast -- --ignored
 
 # A stack killed with SIGKILL leaves nothing behind (starts a second stack of its own).
-.venv/bin/python -m unittest dev/stack_cleanup_test.py
+step "stack cleanup" .venv/bin/python -m unittest dev/stack_cleanup_test.py
 
-key=$(cargo run -q --bin vfctl -- --local keys create --workspace schemathesis \
-  --scopes users:write,users:read,users:read_pii,users:delete --rate-limit 100000)
-# positive_data_acceptance is left out: the contract counts bytes (external_user_id,
-# trait lengths), nesting depth and DynamoDB number range, which JSON Schema cannot
-# state exactly, so some schema-valid data is rightly refused. Every other check runs,
-# including not_a_server_error and negative_data_rejection. The hooks drop requests
-# that the local emulator itself cannot carry (see dev/schemathesis_hooks.py).
-SCHEMATHESIS_HOOKS=dev.schemathesis_hooks .venv/bin/schemathesis --config-file dev/schemathesis.toml run openapi.yaml \
-  --url "$VF_API_URL" \
-  --header "Authorization: Bearer $key" \
-  --checks all --exclude-checks positive_data_acceptance \
-  --max-examples "${VF_SCHEMATHESIS_EXAMPLES:-60}" \
-  --seed 1 --generation-deterministic \
-  --workers 2 --no-color --warnings off
+schemathesis() {
+  local key
+  key=$(cargo run -q --bin vfctl -- --local keys create --workspace schemathesis \
+    --scopes users:write,users:read,users:read_pii,users:delete --rate-limit 100000) || return 1
+  # positive_data_acceptance is left out: the contract counts bytes (external_user_id,
+  # trait lengths), nesting depth and DynamoDB number range, which JSON Schema cannot
+  # state exactly, so some schema-valid data is rightly refused. Every other check runs,
+  # including not_a_server_error and negative_data_rejection. The hooks drop requests
+  # that the local emulator itself cannot carry (see dev/schemathesis_hooks.py).
+  SCHEMATHESIS_HOOKS=dev.schemathesis_hooks .venv/bin/schemathesis --config-file dev/schemathesis.toml run openapi.yaml \
+    --url "$VF_API_URL" \
+    --header "Authorization: Bearer $key" \
+    --checks all --exclude-checks positive_data_acceptance \
+    --max-examples "${VF_SCHEMATHESIS_EXAMPLES:-60}" \
+    --seed 1 --generation-deterministic \
+    --workers 2 --no-color --warnings off
+}
+step "schemathesis" schemathesis
 
 # The TypeScript SDK: unit tests against a stub server, and the documented example
 # verbatim against this stack.
-sdk_key=$(cargo run -q --bin vfctl -- --local keys create --workspace sdk \
-  --scopes users:write,users:read,users:read_pii)
-cd sdk/typescript
-npm ci --no-audit --no-fund --loglevel=error
-VIBEFOLLOW_API_KEY="$sdk_key" VIBEFOLLOW_BASE_URL="$VF_API_URL" npm test
+sdk() {
+  local key
+  key=$(cargo run -q --bin vfctl -- --local keys create --workspace sdk \
+    --scopes users:write,users:read,users:read_pii) || return 1
+  (cd sdk/typescript && npm ci --no-audit --no-fund --loglevel=error &&
+    VIBEFOLLOW_API_KEY="$key" VIBEFOLLOW_BASE_URL="$VF_API_URL" npm test)
+}
+step "typescript sdk" sdk
+
+steps_done "integration"

@@ -1,7 +1,7 @@
 //! Configuration from environment variables (set by `template.yaml` on AWS and by
 //! `dev/stack.py` locally).
 
-use crate::auth::DEFAULT_RATE_LIMIT;
+use crate::domain::auth::DEFAULT_RATE_LIMIT;
 
 /// Names of the resources the functions use.
 #[derive(Debug, Clone)]

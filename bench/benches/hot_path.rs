@@ -6,8 +6,9 @@ use serde_json::json;
 use std::hint::black_box;
 
 use vibefollow_bench::{accept, body_of};
-use vibefollow_users::auth::{bearer_key, key_hash};
-use vibefollow_users::upsert::{
+use vibefollow_users::aws::sqs::{decode, encode};
+use vibefollow_users::domain::auth::{bearer_key, key_hash};
+use vibefollow_users::domain::{
     Changes, ProfileField, Stamp, UpsertMessage, UserProfile, MESSAGE_VERSION,
 };
 
@@ -36,8 +37,8 @@ fn api_hot_path(c: &mut Criterion) {
     });
     let message = accept(&body);
     parts.bench_function("message JSON only", |b| {
-        let parsed = UpsertMessage::from_json(&message).unwrap();
-        b.iter(|| black_box(&parsed).to_json())
+        let parsed = decode(&message).unwrap().remove(0);
+        b.iter(|| encode(black_box(&parsed)))
     });
     parts.finish();
 }
@@ -56,7 +57,7 @@ fn consumer_merge(c: &mut Criterion) {
                 format!("t{}", i % 3),
                 Some(json!({"n": i, "list": [1, 2, 3]})),
             );
-            UpsertMessage {
+            encode(&UpsertMessage {
                 version: MESSAGE_VERSION,
                 workspace_id: "ws".into(),
                 external_user_id: "usr_42".into(),
@@ -66,8 +67,7 @@ fn consumer_merge(c: &mut Criterion) {
                 },
                 changes,
                 erase: false,
-            }
-            .to_json()
+            })
         })
         .collect();
     c.bench_function("consumer: parse + merge a batch of 10 for one user", |b| {
@@ -75,8 +75,9 @@ fn consumer_merge(c: &mut Criterion) {
             UserProfile::default,
             |mut user| {
                 for body in &messages {
-                    let message = UpsertMessage::from_json(black_box(body)).unwrap();
-                    user.apply(&message.stamp, &message.changes);
+                    for message in decode(black_box(body)).unwrap() {
+                        user.apply(&message.stamp, &message.changes);
+                    }
                 }
                 user
             },

@@ -3,8 +3,9 @@
 
 use serde_json::json;
 use std::hint::black_box;
+use vibefollow_users::aws::sqs::encode;
 use vibefollow_users::contract::parse_upsert;
-use vibefollow_users::upsert::{Stamp, UpsertMessage, MESSAGE_VERSION};
+use vibefollow_users::domain::{Stamp, UpsertMessage, MESSAGE_VERSION};
 
 /// A typical identify call of about `size` bytes: known traits plus custom ones.
 pub fn body_of(size: usize) -> Vec<u8> {
@@ -46,5 +47,5 @@ pub fn accept(body: &[u8]) -> String {
         erase: false,
     };
     black_box(upsert.body_hash);
-    message.to_json()
+    encode(&message)
 }

@@ -35,6 +35,10 @@ _libc = ctypes.CDLL(None, use_errno=True)  # resolved here: the forked child mus
 TIMEOUT_ERROR = "Sandbox.Timedout"
 EXIT_ERROR = "Runtime.ExitError"
 INIT_ERROR = "Runtime.InitError"
+# Lambda refuses a synchronous invocation's response over 6 MB (6,291,556 bytes): the
+# runtime's post gets a 413, and the invoker an error of this type (API Gateway: 500).
+MAX_RESPONSE_BYTES = 6_291_556
+RESPONSE_TOO_LARGE = "Function.ResponseSizeTooLarge"
 
 
 class InitError(Exception):
@@ -394,6 +398,12 @@ class ExecutionEnvironment:
                     return self.answer_json(404, {"errorType": "NotFound", "errorMessage": self.path})
                 request_id, kind = parts[1], parts[2]
                 outcome = Outcome(environment.name, payload=body)
+                if kind == "response" and len(body) > MAX_RESPONSE_BYTES:
+                    message = (f"Response payload size ({len(body)} bytes) exceeded maximum allowed "
+                               f"payload size ({MAX_RESPONSE_BYTES} bytes).")
+                    environment.complete(request_id, Outcome(environment.name, error_type=RESPONSE_TOO_LARGE,
+                                                             error_message=message))
+                    return self.answer_json(413, {"errorType": "RequestEntityTooLarge", "errorMessage": message})
                 if kind == "error":
                     report = parse_error_report(body)
                     error_type = report.get("errorType") or self.headers.get(

@@ -23,7 +23,7 @@ from faithful import Fleet, FleetError, FunctionConfig  # noqa: E402
 # to 2 s for a file to appear before answering. An API Gateway event is echoed back in an
 # HTTP response.
 FAKE_BOOTSTRAP = '''#!{python}
-import base64, json, os, threading, time, urllib.request
+import base64, json, os, threading, time, urllib.error, urllib.request
 
 API = "http://" + os.environ["AWS_LAMBDA_RUNTIME_API"] + "/2018-06-01/runtime"
 
@@ -62,10 +62,15 @@ while True:
         answer = echo(event)
     else:
         answer = {{"pid": os.getpid(), "saw": wait_for(event["wait_for"]) if "wait_for" in event else None}}
+    if "answer_bytes" in event:
+        answer["padding"] = "x" * event["answer_bytes"]
     if "marker" in event:
         threading.Thread(target=write_later, args=(event["marker"],)).start()
-    urllib.request.urlopen(urllib.request.Request(
-        API + "/invocation/" + request_id + "/response", data=json.dumps(answer).encode(), method="POST"))
+    try:
+        urllib.request.urlopen(urllib.request.Request(
+            API + "/invocation/" + request_id + "/response", data=json.dumps(answer).encode(), method="POST"))
+    except urllib.error.HTTPError as refused:  # an answer Lambda refuses (over 6 MB)
+        print("response refused", refused.code, flush=True)
     time.sleep(event.get("linger_ms", 0) / 1000)
 '''
 
@@ -183,6 +188,14 @@ class FleetTest(unittest.TestCase):
         self.assertEqual(json.load(gateway.exception), {"message": "Service Unavailable"})
         stats = self.stats()
         self.assertEqual((stats["timeouts"], stats["alive"], stats["cold_starts"]), (2, 0, 2))
+
+    def test_an_answer_over_six_megabytes_fails_as_lambda_fails_it(self):
+        self.start(min_instances=1)
+        instance, error, body = self.invoke({"answer_bytes": 6_300_000})
+        self.assertEqual((error, body["errorType"]), ("Unhandled", "Function.ResponseSizeTooLarge"))
+        # Just under the limit goes through, from the same instance (it was not killed).
+        again, error, body = self.invoke({"answer_bytes": 6_000_000})
+        self.assertEqual((again, error, len(body["padding"])), (instance, None, 6_000_000))
 
     def test_http_requests_become_api_gateway_events_and_back(self):
         self.start()

@@ -5,14 +5,19 @@ mod batch;
 mod email;
 mod error;
 mod numbers;
+mod request;
 mod validate;
-mod view;
 
 pub use batch::{parse_batch, ValidBatch, MAX_BATCH_BODY_BYTES, MAX_BATCH_USERS};
 pub use email::{normalize_email, parse_email};
 pub use error::{ErrorCode, ErrorEnvelope, FieldError};
+pub use request::{
+    checked_body, email_query, idempotency_key, BodyLimit, RequestError, BATCH_BODY, UPSERT_BODY,
+};
 pub use validate::{
     body_hash, erase_hash, is_storable_user_id, parse_upsert, validate_idempotency_key, BodyError,
     ValidUpsert, MAX_BODY_BYTES,
 };
-pub use view::{format_millis, user_view};
+
+/// An email lookup answers at most this many users (contract, "Reads").
+pub const MAX_EMAIL_MATCHES: usize = 100;

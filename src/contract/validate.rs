@@ -1,6 +1,6 @@
 use super::numbers::{is_json_number, is_storable, number_literals};
 use super::{parse_email, ErrorCode, FieldError};
-use crate::upsert::{trait_path, Changes, ProfileField};
+use crate::domain::{trait_path, Changes, ProfileField};
 use serde::de::{DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
@@ -21,9 +21,11 @@ const MAX_TRAIT_DEPTH: usize = 16;
 const MAX_IDEMPOTENCY_KEY_BYTES: usize = 255;
 
 /// Why a body was refused: not JSON at all (400) or not the schema (422).
-#[derive(Debug, PartialEq)]
+#[derive(Debug, PartialEq, thiserror::Error)]
 pub enum BodyError {
+    #[error("invalid JSON")]
     InvalidJson(String),
+    #[error("invalid body")]
     Invalid(Vec<FieldError>),
 }
 

@@ -12,10 +12,13 @@ use hdrhistogram::Histogram;
 use serde_json::json;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use vibefollow_users::auth::{generate_key, key_hash, key_id, ApiKeyRecord, Scope};
+use vibefollow_users::app::ports::{IdempotencyKeys, PortError, UpsertQueue};
+use vibefollow_users::aws::dynamodb::api_keys::item_from_record;
+use vibefollow_users::aws::dynamodb::IdempotencyStore;
+use vibefollow_users::aws::sqs::SqsQueue;
 use vibefollow_users::config::Resources;
-use vibefollow_users::store::{ApiKeyStore, IdempotencyStore};
-use vibefollow_users::upsert::{Changes, ProfileField, Stamp, UpsertMessage, MESSAGE_VERSION};
+use vibefollow_users::domain::auth::{generate_key, key_hash, key_id, ApiKeyRecord, Scope};
+use vibefollow_users::domain::{Changes, ProfileField, Stamp, UpsertMessage, MESSAGE_VERSION};
 
 #[derive(Parser)]
 struct Args {
@@ -80,8 +83,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         created_at: 0,
         revoked: false,
     };
-    ApiKeyStore::new(dynamodb.clone(), &resources.api_keys_table)
-        .put(&hash, &record_of_key)
+    dynamodb
+        .put_item()
+        .table_name(&resources.api_keys_table)
+        .set_item(Some(item_from_record(&hash, &record_of_key)))
+        .send()
         .await?;
 
     // The raw rate first, then let the consumer drain the queue: moto's SendMessage
@@ -266,7 +272,7 @@ async fn raw_rate(
     pairs: usize,
 ) -> Result<f64, Box<dyn std::error::Error>> {
     let idempotency = IdempotencyStore::new(dynamodb.clone(), &resources.idempotency_table);
-    let queue = vibefollow_users::queue::UpsertQueue::new(sqs.clone(), &resources.upsert_queue_url);
+    let queue = SqsQueue::new(sqs.clone(), &resources.upsert_queue_url);
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let started = Instant::now();
     let tasks: Vec<_> = (0..clients)
@@ -281,7 +287,7 @@ async fn raw_rate(
                 loop {
                     let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     if i >= pairs {
-                        return Ok::<_, vibefollow_users::aws::AwsError>(());
+                        return Ok::<_, PortError>(());
                     }
                     let stamp = Stamp {
                         accepted_at: 1_795_773_600_000 + i as i64,

@@ -1,0 +1,83 @@
+"""The drill's report: target/drill/summary.json and docs/reliability.md."""
+import json
+
+from .chaos import FAULTS
+from .settings import DELETE_SHARE, ECHO_SHARE, OUT, REPORT
+
+
+def write_report(summary):
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    req, out, faults, cfg = summary["requests"], summary["outcome"], summary["faults"], summary["config"]
+    inst = summary["instances"]
+    causes = ", ".join(f"{v} × {k}" for k, v in req["retry_causes"].items() if v)
+    repeat_causes = ", ".join(f"{v} × {k}" for k, v in req["repeat_retry_causes"].items() if v)
+    rows = "\n".join(f"| {name} | {'pass' if ok else '**FAIL**'} |" for name, ok in summary["checks"].items())
+    windows = "\n".join(f"- {what} ({seconds} s)" for what, _, seconds in FAULTS)
+    REPORT.write_text(f"""# Reliability
+
+Written by `make drill` (`dev/drill.py`): {cfg['clients']} clients × {cfg['upserts_per_client']} upserts
+over {cfg['users']} shared users against the local stack, with faults; seed {cfg['seed']}. Rerun it
+to regenerate this page (figures vary a little from run to run with timing).
+
+## Figures
+
+| | |
+|---|---|
+| requests sent | {req['upserts']}, of which {req['erasures']} erasures (HTTP attempts: {req['http_attempts']}) |
+| accepted (202) | {req['accepted']} ({req['answered_replayed']} answered as replays) |
+| lost | {out['lost']} |
+| applied twice in effect (stale or foreign stamps) | {out['stale_or_duplicated_fields'] + out['fields_with_foreign_stamps']} of {out['fields_checked']} stored fields |
+| upserts that needed retries | {req['retried_upserts']} ({causes}) |
+| refused probes (422/401/403/415/413) | {req['probes']}, none stored |
+| fault windows | {faults['windows']}: {faults['calls_failed']} AWS calls failed, {faults['calls_stalled']} stalled |
+| repeated at once after a 202 (another instance, the first frozen) | {req['repeated_after_202']}: {req['repeats_replayed']} answered as replays, {req['repeats_409']} × 409 (retries of the repeats: {repeat_causes or 'none'}) |
+| kills | bridge (SIGKILL, often mid-batch, back 1–2 s later): {faults['bridge_kills']}; function instances (SIGKILL: busy api instances mid-request, consumer and changes instances): {faults['function_kills']} |
+| instances | api: {inst['api']['cold_starts']} cold starts, {inst['api']['invocations']} invocations; consumer: {inst['consumer']['cold_starts']} cold starts, {inst['consumer']['invocations']} invocations |
+| SQS SendMessage calls by the api | {faults['sqs_send_message_calls']} for {req['accepted']} accepted upserts |
+| messages delivered to the consumer | {faults['messages_delivered']} in {faults['batches']} batches, {faults['redelivered']} redeliveries |
+| poison messages injected / in the DLQ | {faults['poison_messages']} / {faults['dlq_messages']} |
+| load phase | {req['load_seconds']} s |
+| recovery (last fault cleared → queue drained, every user correct) | {summary['recovery_seconds']} s |
+| change events (this workspace) | {summary['events']['events']} received, {summary['events']['duplicates_dropped']} duplicates dropped by id, {summary['events']['user_deleted']} × User Deleted; replayed per user in version order they rebuild {summary['events']['users_rebuilt']} of {summary['events']['users']} users |
+| log scan (functions, bridge) | {summary['logs']['api_keys']} API keys, {summary['logs']['email_addresses']} email addresses |
+
+## Checks
+
+| check | result |
+|---|---|
+{rows}
+
+## How
+
+- Clients retry with the same Idempotency-Key and body after a timeout ({cfg['client_timeout_s']} s), 409,
+  429 and 5xx, honouring `Retry-After`, as the TypeScript SDK does. The drill's key has a rate
+  limit of {cfg['rate_limit_per_s']}/s so that 429s happen.
+- Faults come from the stack's fault proxy between the functions and moto, cycled two seconds
+  apart while the clients run:
+{windows}
+- The functions run as Lambda runs them, under the stack's faithful runtime (`dev/faithful`):
+  release binaries, each instance frozen (SIGSTOP) the moment it answers and resumed only
+  for its next event, several api and consumer instances at once (at least 4 and 2), each
+  held frozen for a random 0–1 s after every answer, so retries land on other instances.
+  After {int(ECHO_SHARE * 100)} % of the 202s the client repeats the request at once: it must be replayed.
+- The SQS → consumer bridge is a process of its own; the drill SIGKILLs it (often mid-batch)
+  and restarts it. It also SIGKILLs function instances without warning (a busy api
+  instance: its client loses the connection; a consumer instance: its batch is not
+  deleted); the next events cold-start new ones. Received messages stay invisible for 4 s locally
+  (`VF_BRIDGE_VISIBILITY_SECONDS`), and a failed message comes back after 3 s
+  (`VF_BRIDGE_RETRY_SECONDS`), so five receives span longer than any fault window; on AWS both
+  are the queue's 180 s visibility timeout.
+- About {int(DELETE_SHARE * 100)} % of the requests erase their user (`DELETE`) instead of upserting it.
+- Change events: the drill drains the stack's event sink (a rule on the change bus) and, for
+  each user, drops duplicate ids, applies `User Changed` (set `new`, remove when there is no
+  `new`) and `User Deleted` in `version` order, and compares the result with what a read of
+  the user shows.
+- The oracle is independent of the Rust code: the drill reads each accepted request's stamp
+  (`accepted_at`, request id) from its Idempotency-Key record, applies the accepted bodies and
+  erasures in stamp order in Python, and compares values and per-field stamps with the users table.
+  A field whose stored stamp is older than expected would be a lost or re-applied upsert; a
+  stamp of no accepted request would be a refused request that changed something.
+- Parser fuzzing is separate: `make fuzz` (in CI) runs the property tests over arbitrary
+  bytes and JSON with more cases.
+""")

@@ -1,0 +1,244 @@
+"""The proxy between the functions and moto: refuses what DynamoDB would refuse for its
+limits, injects the faults tests ask for, and counts DynamoDB capacity units."""
+import json
+import random
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import capacity
+from dynamodb_limits import violation
+
+from .output import log
+from .settings import REGION
+
+
+class QuietServer(ThreadingHTTPServer):
+    """A client that dies mid-call (the drill kills the functions) is not an error here."""
+    daemon_threads = True
+
+    def handle_error(self, request, client_address):
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
+
+
+class FaultProxy:
+    """Forwards AWS calls to moto, except the operations told to misbehave.
+
+    `PUT /__faults` with `{"operations": ["AmazonSQS.SendMessage", …], "status": 503,
+    "code": "ServiceUnavailable"}` makes those operations (their `X-Amz-Target`) answer
+    that error; `"action": "stall", "delay_ms": 3000` holds them that long and then
+    forwards them; `"probability": 0.3` affects only that share of the calls;
+    `"matching": "text"` only the calls whose payload contains that text.
+    `DELETE /__faults` clears it; `GET /__faults` counts calls per operation and the
+    faults injected. Both SDK protocols this service uses (DynamoDB and SQS JSON) name
+    the operation in `X-Amz-Target`.
+
+    `PUT /__capacity` starts counting the capacity units DynamoDB on-demand would bill
+    for the calls that pass (capacity.py; it reads each written item before and after,
+    so it is off unless asked for); `GET /__capacity` reports them per table and index,
+    `DELETE /__capacity` stops counting. Counting is approximate under concurrent writes
+    of one item (the reads around a write are not atomic with it) and never changes an
+    answer: the call is answered first, and a count that fails is only logged.
+
+    Before any fault, a DynamoDB call that DynamoDB would refuse for its limits (key and
+    item sizes, numbers, empty names: see dynamodb_limits.py) is answered with
+    DynamoDB's ValidationException and not forwarded, since moto would store it;
+    `GET /__faults` counts these as `refused_by_limits`. `key_schemas` maps each table
+    name to its (partition key, sort key or None) attribute names.
+    """
+
+    def __init__(self, port, upstream, key_schemas=None, indexes=None):
+        self.faults = {}
+        self.calls = {}
+        self.injected = {"fail": 0, "stall": 0}
+        self.refused_by_limits = 0
+        self.key_schemas = key_schemas or {}
+        self.upstream = upstream
+        self.indexes = indexes or {}
+        self.ledger = None  # a capacity.Ledger while counting
+        self.lock = threading.Lock()
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+            # Headers and body go out in two writes: with Nagle on, the body waits for
+            # the client's delayed ACK (~40 ms a call).
+            disable_nagle_algorithm = True
+
+            def log_message(self, *args):
+                pass
+
+            def body(self):
+                return self.rfile.read(int(self.headers.get("Content-Length") or 0))
+
+            def answer(self, status, payload, headers=()):
+                self.send_response(status)
+                for name, value in headers:
+                    self.send_header(name, value)
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+            def do_PUT(self):
+                if self.path == "/__faults":
+                    proxy.faults = json.loads(self.body())
+                    return self.answer(204, b"")
+                if self.path == "/__capacity":
+                    self.body()
+                    proxy.ledger = capacity.Ledger(proxy.indexes)
+                    return self.answer(204, b"")
+                self.forward()
+
+            def do_DELETE(self):
+                if self.path == "/__faults":
+                    self.body()
+                    proxy.faults = {}
+                    return self.answer(204, b"")
+                if self.path == "/__capacity":
+                    self.body()
+                    proxy.ledger = None
+                    return self.answer(204, b"")
+                self.forward()
+
+            def do_GET(self):
+                if self.path == "/__faults":
+                    with proxy.lock:
+                        report = {"calls": proxy.calls, "injected": proxy.injected,
+                                  "refused_by_limits": proxy.refused_by_limits}
+                        return self.answer(200, json.dumps(report).encode(),
+                                           [("Content-Type", "application/json")])
+                if self.path == "/__capacity":
+                    ledger = proxy.ledger
+                    tables = json.dumps(ledger.report() if ledger else {}).encode()
+                    return self.answer(200, tables, [("Content-Type", "application/json")])
+                self.forward()
+
+            def do_POST(self):
+                self.forward()
+
+            def forward(self):
+                payload = self.body()
+                target = self.headers.get("X-Amz-Target", "")
+                refusal = proxy.refusal(target, payload)
+                faults = proxy.faults
+                hit = (not refusal and target and target in faults.get("operations", [])
+                       and faults.get("matching", "").encode() in payload
+                       and random.random() < float(faults.get("probability", 1)))
+                action = faults.get("action", "fail") if hit else None
+                with proxy.lock:
+                    proxy.calls[target] = proxy.calls.get(target, 0) + 1
+                    if refusal:
+                        proxy.refused_by_limits += 1
+                    if action:
+                        proxy.injected[action] += 1
+                if refusal:
+                    error = json.dumps({"__type": "com.amazon.coral.validation#ValidationException",
+                                        "message": refusal}).encode()
+                    return self.answer(400, error, [("Content-Type", "application/x-amz-json-1.0")])
+                if action == "fail":
+                    error = json.dumps({"__type": faults.get("code", "ServiceUnavailable"),
+                                        "message": "injected by the test fault proxy"}).encode()
+                    return self.answer(int(faults.get("status", 503)), error,
+                                       [("Content-Type", "application/x-amz-json-1.0")])
+                if action == "stall":
+                    time.sleep(int(faults.get("delay_ms", 3000)) / 1000)
+                headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "content-length")}
+                counted = proxy.ledger is not None and target.startswith("DynamoDB_20120810.")
+                before = proxy.item_before(target, payload) if counted else None  # never raises
+                status, data, got = proxy.send(self.command, self.path, payload, headers)
+                passed = [(k, v) for k, v in got.items()
+                          if k.lower() not in ("content-length", "transfer-encoding", "connection", "date", "server")]
+                self.answer(status, data, passed)
+                if counted:
+                    proxy.count(target, payload, before, status, data)
+
+        self.server = QuietServer(("127.0.0.1", port), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def send(self, method, path, payload, headers):
+        request = urllib.request.Request(self.upstream + path, data=payload or None, method=method, headers=headers)
+        try:
+            with urllib.request.urlopen(request, timeout=60) as response:
+                return response.status, response.read(), response.headers
+        except urllib.error.HTTPError as e:
+            return e.code, e.read(), e.headers
+
+    def current_item(self, table, key):
+        """The item as moto holds it now, read by the proxy itself (moto routes by the
+        credential scope of the Authorization header but checks no signature)."""
+        headers = {"X-Amz-Target": "DynamoDB_20120810.GetItem", "Content-Type": "application/x-amz-json-1.0",
+                   "Authorization": f"AWS4-HMAC-SHA256 Credential=test/20260101/{REGION}/dynamodb/aws4_request, "
+                                    "SignedHeaders=host, Signature=0"}
+        request = {"TableName": table, "Key": key, "ConsistentRead": True}
+        status, data, _ = self.send("POST", "/", json.dumps(request).encode(), headers)
+        return json.loads(data).get("Item") if status == 200 else None
+
+    def item_before(self, target, payload):
+        """The item a write is about to change (None for other calls, and when it cannot
+        be read: moto will answer the write itself)."""
+        try:
+            operation, request = target.rpartition(".")[2], json.loads(payload)
+            if operation not in ("PutItem", "UpdateItem", "DeleteItem"):
+                return None
+            return self.current_item(request["TableName"], self.written_key(request))
+        except (ValueError, KeyError, TypeError, AttributeError, OSError):
+            return None
+
+    def written_key(self, request):
+        if "Key" in request:
+            return request["Key"]
+        partition, sort = self.key_schemas.get(request["TableName"], ("pk", None))
+        return {name: request["Item"][name] for name in (partition, sort) if name}
+
+    def count(self, target, payload, before, status, data):
+        try:
+            self.count_call(target.rpartition(".")[2], json.loads(payload), before, status, data)
+        except (ValueError, KeyError, TypeError, AttributeError, OSError) as e:
+            log(f"capacity: {target} not counted: {e!r}")
+
+    def count_call(self, operation, request, before, status, data):
+        answer = json.loads(data or b"{}")
+        failed_condition = status == 400 and "ConditionalCheckFailed" in answer.get("__type", "")
+        ledger = self.ledger
+        if ledger is None or (status != 200 and not failed_condition):
+            return
+        if operation in ("PutItem", "UpdateItem", "DeleteItem"):
+            table = request["TableName"]
+            if failed_condition:
+                return ledger.failed_condition(table, before)
+            if operation == "PutItem":
+                after = request["Item"]
+            elif operation == "UpdateItem":
+                after = self.current_item(table, request["Key"])
+            else:
+                after = None
+            ledger.write(table, before, after)
+        elif operation == "GetItem":
+            item = answer.get("Item")
+            ledger.read(request["TableName"], [item] if item else [], request.get("ConsistentRead", False))
+        elif operation == "BatchGetItem":
+            for table, asked in request["RequestItems"].items():
+                found = answer.get("Responses", {}).get(table, [])
+                missing = len(asked["Keys"]) - len(found)
+                ledger.read(table, found + [{}] * missing, asked.get("ConsistentRead", False))
+        elif operation == "Query":
+            ledger.read(request["TableName"], answer.get("Items", []), request.get("ConsistentRead", False),
+                        together=True)
+
+    def refusal(self, target, payload):
+        """DynamoDB's ValidationException message for a call that breaks its limits, or
+        None. A body that is not DynamoDB JSON is left to moto, which answers it with the
+        SerializationException DynamoDB would."""
+        if not target.startswith("DynamoDB_20120810."):
+            return None
+        try:
+            return violation(target, json.loads(payload), self.key_schemas)
+        except (ValueError, TypeError, AttributeError):
+            return None
+
+    def close(self):
+        self.server.shutdown()

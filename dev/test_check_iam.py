@@ -1,0 +1,176 @@
+"""dev/check_iam.py: what it finds in a template as SAM expands it, and what it lets pass.
+
+Needs the SAM translator, installed in .venv-check: `make check` runs these tests
+there; under `make test` (.venv, no translator) they are skipped."""
+import contextlib
+import copy
+import io
+import json
+import sys
+import tempfile
+import unittest
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import check_iam  # noqa: E402
+
+try:
+    import samtranslator  # noqa: F401
+    HAVE_TRANSLATOR = True
+except ImportError:
+    HAVE_TRANSLATOR = False
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def minimal_sam(function_properties, resources=None):
+    """A SAM template with one function (and a queue and a table to point at)."""
+    template = {
+        "AWSTemplateFormatVersion": "2010-09-09",
+        "Transform": "AWS::Serverless-2016-10-31",
+        "Resources": {
+            "Queue": {"Type": "AWS::SQS::Queue", "Properties": {}},
+            "Table": {"Type": "AWS::DynamoDB::Table", "Properties": {
+                "BillingMode": "PAY_PER_REQUEST",
+                "AttributeDefinitions": [{"AttributeName": "pk", "AttributeType": "S"}],
+                "KeySchema": [{"AttributeName": "pk", "KeyType": "HASH"}],
+                "StreamSpecification": {"StreamViewType": "NEW_AND_OLD_IMAGES"}}},
+            "Fn": {"Type": "AWS::Serverless::Function", "Properties": dict(
+                {"CodeUri": ".", "Handler": "bootstrap", "Runtime": "provided.al2023"},
+                **function_properties)},
+        },
+    }
+    template["Resources"].update(resources or {})
+    return template
+
+
+def role(statements, managed=None):
+    properties = {
+        "AssumeRolePolicyDocument": {"Version": "2012-10-17", "Statement": [{
+            "Effect": "Allow", "Principal": {"Service": "lambda.amazonaws.com"},
+            "Action": "sts:AssumeRole"}]},
+        "Policies": [{"PolicyName": "fn", "PolicyDocument": {
+            "Version": "2012-10-17", "Statement": statements}}],
+    }
+    if managed:
+        properties["ManagedPolicyArns"] = managed
+    return {"Type": "AWS::IAM::Role", "Properties": properties}
+
+
+def with_role(statements, managed=None):
+    return minimal_sam({"Role": {"Fn::GetAtt": ["FnRole", "Arn"]}},
+                       {"FnRole": role(statements, managed)})
+
+
+def allow(action, resource):
+    return {"Effect": "Allow", "Action": action, "Resource": resource}
+
+
+QUEUE_ARN = {"Fn::GetAtt": ["Queue", "Arn"]}
+
+
+@unittest.skipUnless(HAVE_TRANSLATOR, "the SAM translator is in .venv-check (make check)")
+class CheckIam(unittest.TestCase):
+    def findings(self, template):
+        return check_iam.findings(check_iam.translate(template))
+
+    def test_the_project_template_passes(self):
+        self.assertEqual(check_iam.check(ROOT / "template.yaml"), [])
+
+    def test_a_star_statement_in_the_project_template_fails(self):
+        template = check_iam.load_template(ROOT / "template.yaml")
+        statements = (template["Resources"]["ApiFunctionRole"]["Properties"]["Policies"][0]
+                      ["PolicyDocument"]["Statement"])
+        statements.append(allow(["sqs:SendMessage"], "*"))
+        found = self.findings(template)
+        self.assertEqual(len(found), 1, found)
+        self.assertIn("ApiFunctionRole", found[0])
+        self.assertIn('Resource "*" for sqs:SendMessage', found[0])
+
+    def test_sam_generated_roles_carry_managed_policies(self):
+        # What the template looked like before: Policies on the function, SAM's role.
+        template = minimal_sam({
+            "Tracing": "Active",
+            "Policies": [{"Statement": [allow(["sqs:SendMessage"], [QUEUE_ARN])]}],
+            "Events": {"Q": {"Type": "SQS", "Properties": {"Queue": QUEUE_ARN}},
+                       "S": {"Type": "DynamoDB", "Properties": {
+                           "Stream": {"Fn::GetAtt": ["Table", "StreamArn"]},
+                           "StartingPosition": "TRIM_HORIZON"}}},
+        })
+        found = "\n".join(self.findings(template))
+        for name in ("AWSLambdaBasicExecutionRole", "AWSXrayWriteOnlyAccess",
+                     "AWSLambdaSQSQueueExecutionRole", "AWSLambdaDynamoDBExecutionRole"):
+            self.assertIn(name, found)
+
+    def test_a_declared_role_with_scoped_statements_passes(self):
+        template = with_role([
+            allow(["sqs:ReceiveMessage", "sqs:DeleteMessage"], [QUEUE_ARN]),
+            allow(["dynamodb:ListStreams"], {"Fn::Sub": "${Table.Arn}/stream/*"}),
+            allow(["logs:PutLogEvents"], {"Fn::Join": ["", [{"Fn::GetAtt": ["Table", "Arn"]}, "/x:*"]]}),
+            {"Effect": "Deny", "Action": "*", "Resource": "*"},
+        ])
+        self.assertEqual(self.findings(template), [])
+
+    def test_managed_policies_fail_even_on_a_declared_role(self):
+        arn = "arn:aws:iam::aws:policy/service-role/AWSLambdaBasicExecutionRole"
+        found = self.findings(with_role([allow(["sqs:SendMessage"], [QUEUE_ARN])], [arn]))
+        self.assertEqual(len(found), 1, found)
+        self.assertIn(arn, found[0])
+
+    def test_xray_alone_may_use_star(self):
+        xray = ["xray:PutTraceSegments", "xray:PutTelemetryRecords"]
+        self.assertEqual(self.findings(with_role([allow(xray, "*")])), [])
+        found = self.findings(with_role([allow(xray + ["logs:PutLogEvents"], "*")]))
+        self.assertEqual(len(found), 1, found)
+        self.assertIn('Resource "*" for logs:PutLogEvents', found[0])
+
+    def test_wildcards_must_stay_under_a_resource_of_the_stack(self):
+        broad = [
+            {"Fn::Sub": "${Table.Arn}*"},  # every table whose name starts with this one's
+            {"Fn::Sub": "arn:${AWS::Partition}:sqs:${AWS::Region}:${AWS::AccountId}:*"},
+            {"Fn::Sub": "arn:aws:dynamodb:*:*:table/${AWS::StackName}-*"},
+            "arn:aws:sqs:us-east-1:123456789012:*",
+            {"Fn::If": ["Never", QUEUE_ARN, "arn:aws:sqs:*:*:*"]},
+        ]
+        template = with_role([allow(["sqs:SendMessage"], [r]) for r in broad])
+        template["Conditions"] = {"Never": {"Fn::Equals": ["a", "b"]}}
+        found = self.findings(template)
+        self.assertEqual(len(found), len(broad), found)
+
+    def test_not_action_action_wildcards_and_public_principals_fail(self):
+        template = with_role([
+            {"Effect": "Allow", "NotAction": "iam:*", "Resource": [QUEUE_ARN]},
+            allow("sqs:*", [QUEUE_ARN]),
+        ])
+        template["Resources"]["QueuePolicy"] = {"Type": "AWS::SQS::QueuePolicy", "Properties": {
+            "Queues": [{"Ref": "Queue"}],
+            "PolicyDocument": {"Statement": [
+                {"Effect": "Allow", "Principal": "*", "Action": "sqs:SendMessage", "Resource": QUEUE_ARN},
+                {"Effect": "Deny", "Principal": "*", "Action": "sqs:*", "Resource": QUEUE_ARN,
+                 "Condition": {"Bool": {"aws:SecureTransport": "false"}}},
+            ]}}}
+        found = self.findings(template)
+        self.assertEqual(len(found), 3, found)
+        self.assertTrue(any("NotAction" in f for f in found))
+        self.assertTrue(any("action sqs:* is a wildcard" in f for f in found))
+        self.assertTrue(any("QueuePolicy: principal *" in f for f in found))
+
+    def test_the_command_exits_1_with_one_line_per_finding(self):
+        template = check_iam.load_template(ROOT / "template.yaml")
+        bad = copy.deepcopy(template)
+        (bad["Resources"]["ConsumerFunctionRole"]["Properties"]["Policies"][0]
+         ["PolicyDocument"]["Statement"]).append(allow(["dynamodb:PutItem", "sqs:SendMessage"], "*"))
+        with tempfile.TemporaryDirectory() as folder:
+            path = Path(folder) / "template.json"
+            path.write_text(json.dumps(bad))  # JSON is YAML: the loader reads it as is
+            out, err = io.StringIO(), io.StringIO()
+            with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+                status = check_iam.main(["check_iam.py", str(path)])
+        self.assertEqual(status, 1)
+        lines = out.getvalue().splitlines()
+        self.assertEqual(len(lines), 1, lines)
+        self.assertTrue(lines[0].startswith("template.json: ConsumerFunctionRole: "), lines)
+
+
+if __name__ == "__main__":
+    unittest.main()

@@ -1,0 +1,358 @@
+//! Per-workspace rate limit, shared by every api instance through one counter.
+//!
+//! Rule (contract, "Rate limit"): one calendar second admits at most `burst(rate)` =
+//! 1.1 × the rate, and two consecutive seconds together at most twice the rate. So
+//! traffic below the rate is not refused (leased tokens an instance has not spent when
+//! a second ends still count: at most a tenth of its own traffic), a sustained overload
+//! still admits at least 0.9 × the rate every second, and a client told
+//! `Retry-After: 1` finds room in the next second (it admits at least
+//! `2 × rate − burst` ≥ 0.9 × rate).
+//!
+//! Instances lease tokens from the counter and spend them locally. A lease is sized to
+//! what this instance itself served in its previous second (a tenth of it, at least
+//! one, at most a tenth of the rate): an instance that sees little traffic takes one
+//! token at a time and so never strands tokens that other instances need, however many
+//! instances share the workspace; a busy one makes one counter call per ten requests.
+
+use super::ports::{Counter, Counters, PortError};
+use super::{AppError, Caller};
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RateDecision {
+    Allowed,
+    Limited { retry_after_secs: u64 },
+}
+
+/// The most one calendar second admits: the rate plus a tenth.
+pub fn burst(rate: u32) -> u64 {
+    u64::from(rate) + u64::from(rate / 10)
+}
+
+/// The most two consecutive seconds admit together.
+pub fn pair_limit(rate: u32) -> u64 {
+    2 * u64::from(rate)
+}
+
+impl Counter {
+    /// Tokens `window` may still hand out, given this counter as stored.
+    fn room_in(&self, window: i64, rate: u32) -> u64 {
+        let (used, previous) = if self.window == window {
+            (self.used, self.previous)
+        } else if self.window == window - 1 {
+            (0, self.used)
+        } else {
+            (0, 0)
+        };
+        burst(rate)
+            .saturating_sub(used)
+            .min(pair_limit(rate).saturating_sub(used + previous))
+    }
+}
+
+/// This instance's view of one workspace.
+#[derive(Debug, Clone, Copy, Default)]
+struct Local {
+    window: i64,
+    /// Leased tokens not yet spent in `window`.
+    tokens: u64,
+    /// The counter had no room left in `window`.
+    exhausted: bool,
+    /// Requests this instance saw in `window` and in the window before.
+    seen: u64,
+    seen_before: u64,
+}
+
+impl Local {
+    fn at(mut self, window: i64) -> Self {
+        if self.window != window {
+            let seen_before = if self.window == window - 1 {
+                self.seen
+            } else {
+                0
+            };
+            self = Local {
+                window,
+                seen_before,
+                ..Local::default()
+            };
+        }
+        self
+    }
+
+    fn lease_size(&self, rate: u32) -> u64 {
+        let most = u64::from(rate / 10).max(1);
+        (self.seen_before / 10).clamp(1, most)
+    }
+}
+
+/// A request that finds the counter contended this many times is refused (429); the
+/// next one tries again.
+const MAX_ATTEMPTS: usize = 4;
+
+/// What one lease got from the shared counter.
+enum Lease {
+    Granted(u64),
+    /// The window has no room left: refuse until it ends.
+    Exhausted,
+    /// Other instances kept moving the counter: refuse this request only.
+    Contended,
+}
+
+pub struct RateLimiter<S> {
+    store: S,
+    /// By workspace and rate: keys of one workspace may carry different rates, and
+    /// "no room left" holds for one rate only.
+    local: Mutex<HashMap<(String, u32), Local>>,
+}
+
+impl<S: Counters> RateLimiter<S> {
+    pub fn new(store: S) -> Self {
+        Self {
+            store,
+            local: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Admits a request that counts as `cost` requests (a batch: one per started 100
+    /// users), or refuses it whole.
+    pub async fn check(
+        &self,
+        workspace_id: &str,
+        rate: u32,
+        cost: u64,
+        now_ms: i64,
+    ) -> Result<RateDecision, PortError> {
+        let window = now_ms.div_euclid(1000);
+        let lease_size = {
+            let mut all = self.lock();
+            let local = all.entry((workspace_id.to_owned(), rate)).or_default();
+            *local = local.at(window);
+            local.seen += cost;
+            if local.exhausted {
+                return Ok(limited());
+            }
+            if local.tokens >= cost {
+                local.tokens -= cost;
+                return Ok(RateDecision::Allowed);
+            }
+            local.lease_size(rate).max(cost - local.tokens)
+        };
+        let granted = self.lease(workspace_id, rate, window, lease_size).await?;
+        let mut all = self.lock();
+        let local = all.entry((workspace_id.to_owned(), rate)).or_default();
+        *local = local.at(window);
+        Ok(match granted {
+            // Tokens short of the cost stay leased for smaller requests.
+            Lease::Granted(tokens) if local.tokens + tokens < cost => {
+                local.tokens += tokens;
+                limited()
+            }
+            Lease::Granted(tokens) => {
+                local.tokens = local.tokens + tokens - cost;
+                RateDecision::Allowed
+            }
+            Lease::Exhausted => {
+                local.exhausted = true;
+                limited()
+            }
+            Lease::Contended => limited(),
+        })
+    }
+
+    /// The rate-limit step of the contract's order of checks, for a request that counts
+    /// as `cost` requests. A request never costs more than a second's rate, or a
+    /// low-rate key could never send a full batch.
+    pub async fn admit(&self, caller: &Caller, now_ms: i64, cost: u64) -> Result<(), AppError> {
+        let rate = caller.rate;
+        let cost = cost.min(u64::from(rate));
+        match self.check(&caller.workspace_id, rate, cost, now_ms).await? {
+            RateDecision::Allowed => Ok(()),
+            RateDecision::Limited { retry_after_secs } => Err(AppError::RateLimited {
+                rate,
+                retry_after_secs,
+            }),
+        }
+    }
+
+    /// Takes up to `wanted` tokens of `window` from the counter.
+    async fn lease(
+        &self,
+        workspace_id: &str,
+        rate: u32,
+        mut window: i64,
+        mut wanted: u64,
+    ) -> Result<Lease, PortError> {
+        for _ in 0..MAX_ATTEMPTS {
+            let found = match self.store.take(workspace_id, window, wanted, rate).await? {
+                Ok(()) => return Ok(Lease::Granted(wanted)),
+                Err(found) => found,
+            };
+            match found {
+                // Another instance's clock is ahead: its window is the current one.
+                Some(counter) if counter.window > window => window = counter.window,
+                Some(counter) if counter.window == window => {
+                    let room = counter.room_in(window, rate);
+                    if room == 0 {
+                        return Ok(Lease::Exhausted);
+                    }
+                    wanted = wanted.min(room);
+                }
+                stale => {
+                    let room = stale.map_or(burst(rate), |c| c.room_in(window, rate));
+                    if room == 0 {
+                        return Ok(Lease::Exhausted);
+                    }
+                    wanted = wanted.min(room);
+                    if self
+                        .store
+                        .start_window(workspace_id, stale, window, wanted)
+                        .await?
+                    {
+                        return Ok(Lease::Granted(wanted));
+                    }
+                }
+            }
+        }
+        Ok(Lease::Contended)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(String, u32), Local>> {
+        self.local
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+fn limited() -> RateDecision {
+    RateDecision::Limited {
+        retry_after_secs: 1,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::app::fakes::MemoryCounters;
+    use std::sync::Arc;
+
+    /// Admitted requests per second when `offered` requests/s, evenly spaced, go round
+    /// robin to `instances` Lambda-style instances (one request at a time each) that
+    /// share one counter.
+    fn simulate(instances: usize, rate: u32, offered: u32, seconds: i64) -> Vec<u64> {
+        simulate_costing(instances, rate, offered, seconds, 1)
+    }
+
+    /// As [`simulate`], for requests that each count as `cost` (batches), in counted
+    /// requests per second.
+    fn simulate_costing(
+        instances: usize,
+        rate: u32,
+        offered: u32,
+        seconds: i64,
+        cost: u64,
+    ) -> Vec<u64> {
+        let store = Arc::new(MemoryCounters::default());
+        let fleet: Vec<_> = (0..instances)
+            .map(|_| RateLimiter::new(Arc::clone(&store)))
+            .collect();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let start_ms = 1_800_000_000_000;
+        let total = i64::from(offered) * seconds;
+        let mut admitted = vec![0; seconds as usize];
+        for i in 0..total {
+            let now_ms = start_ms + i * 1000 / i64::from(offered);
+            let limiter = &fleet[i as usize % instances];
+            let decision = runtime
+                .block_on(limiter.check("ws", rate, cost, now_ms))
+                .unwrap();
+            if decision == RateDecision::Allowed {
+                admitted[((now_ms - start_ms) / 1000) as usize] += cost;
+            }
+        }
+        admitted
+    }
+
+    const INSTANCES: [usize; 4] = [1, 10, 100, 1000];
+
+    #[test]
+    fn below_the_rate_nothing_is_refused_at_any_instance_count() {
+        for rate in [20, 100] {
+            let offered = rate * 9 / 10;
+            for instances in INSTANCES {
+                let admitted = simulate(instances, rate, offered, 30);
+                let share = admitted.iter().sum::<u64>() as f64 / f64::from(offered * 30);
+                let worst = *admitted.iter().min().unwrap();
+                eprintln!("rate {rate}, {instances} instances, offered {offered}/s: admitted {:.1} %, worst second {worst}", share * 100.0);
+                assert!(share >= 0.99, "{instances} instances: {admitted:?}");
+                assert!(
+                    worst as f64 >= 0.8 * f64::from(offered),
+                    "{instances} instances: {admitted:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn overload_admits_the_rate_every_second_and_never_twice_it_in_two() {
+        for rate in [20, 100] {
+            for instances in INSTANCES {
+                let admitted = simulate(instances, rate, rate * 3, 30);
+                let worst = *admitted.iter().min().unwrap();
+                let worst_pair = admitted.windows(2).map(|p| p[0] + p[1]).max().unwrap();
+                eprintln!("rate {rate}, {instances} instances, offered {}/s: worst second {worst}, worst two seconds {worst_pair}", rate * 3);
+                assert!(
+                    worst as f64 >= 0.9 * f64::from(rate),
+                    "{instances} instances: {admitted:?}"
+                );
+                assert!(
+                    worst_pair <= pair_limit(rate),
+                    "{instances} instances: {admitted:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn batches_count_their_cost_below_and_above_the_rate() {
+        let rate = 100;
+        for cost in [3, 10] {
+            for instances in [1, 10, 100] {
+                let below = rate * 9 / 10 / cost as u32;
+                let admitted = simulate_costing(instances, rate, below, 30, cost);
+                let share =
+                    admitted.iter().sum::<u64>() as f64 / (f64::from(below) * 30.0 * cost as f64);
+                assert!(
+                    share >= 0.99,
+                    "cost {cost}, {instances} instances: {admitted:?}"
+                );
+                let over = simulate_costing(instances, rate, rate * 3 / cost as u32, 30, cost);
+                let worst = *over.iter().min().unwrap();
+                let worst_pair = over.windows(2).map(|p| p[0] + p[1]).max().unwrap();
+                assert!(
+                    worst_pair <= pair_limit(rate),
+                    "cost {cost}, {instances} instances: {over:?}"
+                );
+                assert!(
+                    worst as f64 >= 0.8 * f64::from(rate),
+                    "cost {cost}, {instances} instances: {over:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn after_a_full_burst_the_next_second_has_room() {
+        let counter = Counter {
+            window: 10,
+            used: burst(5),
+            previous: 0,
+        };
+        assert_eq!(counter.room_in(10, 5), 0);
+        assert!(counter.room_in(11, 5) >= 4, "Retry-After: 1 must be honest");
+        assert_eq!(counter.room_in(13, 5), burst(5));
+    }
+}

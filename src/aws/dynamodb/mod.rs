@@ -1,0 +1,137 @@
+//! DynamoDB adapters: items ⇄ domain types, SDK errors → port errors, a failed
+//! condition as a type. No business rule lives here.
+
+pub mod api_keys;
+mod attributes;
+mod counters;
+mod idempotency;
+mod stream;
+mod users;
+
+pub use api_keys::ApiKeyStore;
+pub use counters::RateLimitStore;
+pub use idempotency::IdempotencyStore;
+pub use stream::{stream_image, ImageError};
+pub use users::{UserStore, EMAIL_INDEX, EMAIL_KEY};
+
+use crate::app::ports::PortError;
+use aws_sdk_dynamodb::error::SdkError;
+use aws_sdk_dynamodb::operation::delete_item::DeleteItemError;
+use aws_sdk_dynamodb::operation::put_item::PutItemError;
+use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
+use aws_sdk_dynamodb::types::AttributeValue;
+use aws_sdk_dynamodb::Client;
+use std::collections::HashMap;
+
+/// The partition key attribute of every table (see template.yaml).
+pub const PARTITION_KEY: &str = "pk";
+/// The TTL attribute (epoch seconds) of the tables whose items expire.
+pub const TTL_ATTRIBUTE: &str = "expires_at";
+
+pub type Item = HashMap<String, AttributeValue>;
+
+pub(crate) fn s(value: impl Into<String>) -> AttributeValue {
+    AttributeValue::S(value.into())
+}
+
+pub(crate) fn n(value: impl ToString) -> AttributeValue {
+    AttributeValue::N(value.to_string())
+}
+
+pub(crate) fn get_s<'a>(item: &'a Item, name: &str) -> Option<&'a str> {
+    item.get(name)
+        .and_then(|v| v.as_s().ok())
+        .map(String::as_str)
+}
+
+pub(crate) fn get_n<T: std::str::FromStr>(item: &Item, name: &str) -> Option<T> {
+    item.get(name)
+        .and_then(|v| v.as_n().ok())
+        .and_then(|v| v.parse().ok())
+}
+
+/// One item by partition key; `consistent` for reads that must see the latest write.
+pub(crate) async fn get_by_key(
+    client: &Client,
+    table: &str,
+    key: String,
+    consistent: bool,
+) -> Result<Option<Item>, PortError> {
+    let out = client
+        .get_item()
+        .table_name(table)
+        .key(PARTITION_KEY, s(key))
+        .consistent_read(consistent)
+        .send()
+        .await?;
+    Ok(out.item)
+}
+
+/// A read of a key no item has: it opens the connection to DynamoDB, resolves the
+/// credentials and the endpoint, and signs a request, so that the first real call of the
+/// instance does none of that.
+pub(crate) async fn open_connection(client: &Client, table: &str) -> Result<(), PortError> {
+    get_by_key(client, table, CONNECTION_PROBE_KEY.to_owned(), false).await?;
+    Ok(())
+}
+
+/// No partition key of this service is this string: API key hashes are hex, user keys
+/// hold the workspace and a separator.
+const CONNECTION_PROBE_KEY: &str = "connection-probe";
+
+/// What a conditional write did.
+pub(crate) enum Condition {
+    Held,
+    /// The condition did not hold; the item as found, when the call asked for it
+    /// (`ReturnValuesOnConditionCheckFailure`).
+    Failed(Option<Item>),
+}
+
+/// The operations whose condition can fail, each with its own error type.
+pub(crate) trait ConditionalError: aws_sdk_dynamodb::error::ProvideErrorMetadata {
+    /// The item as found if this error is a failed condition, else the error itself.
+    fn failed_condition(self) -> Result<Option<Item>, Self>
+    where
+        Self: Sized;
+}
+
+macro_rules! conditional_error {
+    ($($error:ident),*) => {$(
+        impl ConditionalError for $error {
+            fn failed_condition(self) -> Result<Option<Item>, Self> {
+                match self {
+                    $error::ConditionalCheckFailedException(failed) => Ok(failed.item),
+                    other => Err(other),
+                }
+            }
+        }
+    )*};
+}
+conditional_error!(PutItemError, UpdateItemError, DeleteItemError);
+
+/// The outcome of a conditional write: held, or failed (with the item if asked for);
+/// any other failure is an error.
+pub(crate) fn condition<T, E: ConditionalError, R>(
+    result: Result<T, SdkError<E, R>>,
+) -> Result<Condition, PortError> {
+    match result {
+        Ok(_) => Ok(Condition::Held),
+        Err(SdkError::ServiceError(failure)) => match failure.into_err().failed_condition() {
+            Ok(item) => Ok(Condition::Failed(item)),
+            Err(other) => Err(crate::aws::service_error(&other)),
+        },
+        Err(err) => Err(err.into()),
+    }
+}
+
+/// Whether a conditional write was applied.
+pub(crate) fn condition_held<T, E: ConditionalError, R>(
+    result: Result<T, SdkError<E, R>>,
+) -> Result<bool, PortError> {
+    Ok(matches!(condition(result)?, Condition::Held))
+}
+
+/// Partition key of per-workspace items: workspace ids never contain `#`.
+pub(crate) fn workspace_key(workspace_id: &str, id: &str) -> String {
+    format!("{workspace_id}#{id}")
+}

@@ -1,0 +1,606 @@
+use super::attributes::{from_attribute, to_attribute};
+use super::{
+    condition_held, get_by_key, get_n, get_s, n, s, workspace_key, Item, PARTITION_KEY,
+    TTL_ATTRIBUTE,
+};
+use crate::app::ports::{EmailMatches, PortError, StoredUser, UserKey, Users, WriteOutcome};
+use crate::contract::{normalize_email, MAX_EMAIL_MATCHES};
+use crate::domain::budget::stamp_text;
+use crate::domain::{ProfileField, RejectReason, RejectedTrait, Stamp, UserProfile};
+use aws_sdk_dynamodb::types::{AttributeValue, KeysAndAttributes};
+use aws_sdk_dynamodb::Client;
+use serde_json::Value;
+use std::collections::{BTreeMap, HashMap};
+
+/// BatchGetItem's limit on keys per call.
+const MAX_BATCH_GET: usize = 100;
+/// How long a tombstone outlives its erasure: longer than a message can wait in the
+/// queue (14 days) and then the dead-letter queue (14 more), both counted from acceptance.
+pub const TOMBSTONE_TTL_SECS: i64 = 30 * 24 * 60 * 60;
+
+/// The GSI that finds users by lower-cased email within a workspace. It projects keys
+/// only and sorts by `pk`, so a lookup reads the first matches by external_user_id
+/// and then the items themselves by key: users writes are not copied into the index.
+pub const EMAIL_INDEX: &str = "email-lookup";
+/// The index's partition key: workspace#lower-cased email.
+pub const EMAIL_KEY: &str = "email_key";
+
+/// The users table: one item per (workspace, external_user_id) under
+/// `pk` = workspace#external_user_id, so a large workspace spreads over partitions.
+#[derive(Clone)]
+pub struct UserStore {
+    client: Client,
+    table: String,
+}
+
+impl UserStore {
+    pub fn new(client: Client, table: impl Into<String>) -> Self {
+        Self {
+            client,
+            table: table.into(),
+        }
+    }
+
+    pub async fn open_connection(&self) -> Result<(), PortError> {
+        super::open_connection(&self.client, &self.table).await
+    }
+}
+
+impl Users for UserStore {
+    /// A strongly consistent read of one user.
+    async fn get(
+        &self,
+        workspace_id: &str,
+        external_user_id: &str,
+    ) -> Result<Option<StoredUser>, PortError> {
+        let key = workspace_key(workspace_id, external_user_id);
+        let item = get_by_key(&self.client, &self.table, key, true).await?;
+        Ok(item.as_ref().and_then(user_from_item))
+    }
+
+    /// Strongly consistent reads of many users in one call per 100 keys (BatchGetItem).
+    /// Keys DynamoDB leaves unprocessed are read one by one.
+    async fn get_many(
+        &self,
+        keys: &[(&str, &str)],
+    ) -> Result<HashMap<UserKey, StoredUser>, PortError> {
+        let mut found = HashMap::new();
+        for chunk in keys.chunks(MAX_BATCH_GET) {
+            let request_keys = chunk
+                .iter()
+                .map(|(workspace_id, id)| {
+                    Item::from([(PARTITION_KEY.to_owned(), s(workspace_key(workspace_id, id)))])
+                })
+                .collect::<Vec<_>>();
+            let keys_and_attributes = KeysAndAttributes::builder()
+                .set_keys(Some(request_keys))
+                .consistent_read(true)
+                .build()
+                .map_err(|e| PortError::Refused(e.to_string()))?;
+            let out = self
+                .client
+                .batch_get_item()
+                .request_items(&self.table, keys_and_attributes)
+                .send()
+                .await?;
+            for item in out
+                .responses()
+                .and_then(|r| r.get(&self.table))
+                .into_iter()
+                .flatten()
+            {
+                if let (Some(workspace_id), Some(user)) =
+                    (get_s(item, "workspace_id"), user_from_item(item))
+                {
+                    found.insert(
+                        (workspace_id.to_owned(), user.external_user_id.clone()),
+                        user,
+                    );
+                }
+            }
+            let unprocessed = out
+                .unprocessed_keys()
+                .and_then(|u| u.get(&self.table))
+                .map(|k| k.keys().to_vec())
+                .unwrap_or_default();
+            for key in unprocessed {
+                let Some((workspace_id, id)) =
+                    get_s(&key, PARTITION_KEY).and_then(|pk| pk.split_once('#'))
+                else {
+                    continue;
+                };
+                if let Some(user) = self.get(workspace_id, id).await? {
+                    found.insert((workspace_id.to_owned(), id.to_owned()), user);
+                }
+            }
+        }
+        Ok(found)
+    }
+
+    /// Writes the whole item if its version is still the one that was read.
+    async fn put(&self, workspace_id: &str, user: &StoredUser) -> Result<WriteOutcome, PortError> {
+        let request = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item_from_user(workspace_id, user)?));
+        let request = if user.version == 0 {
+            request.condition_expression("attribute_not_exists(pk)")
+        } else {
+            request
+                .condition_expression("version = :read_version")
+                .expression_attribute_values(":read_version", n(user.version))
+        };
+        Ok(if condition_held(request.send().await)? {
+            WriteOutcome::Written
+        } else {
+            WriteOutcome::Conflict
+        })
+    }
+
+    /// Users of a workspace whose email matches, ignoring case: the first
+    /// `MAX_EMAIL_MATCHES` by external_user_id, however many index pages that takes.
+    async fn find_by_email(
+        &self,
+        workspace_id: &str,
+        email: &str,
+    ) -> Result<EmailMatches, PortError> {
+        let wanted = email_key(workspace_id, email);
+        let mut ids: Vec<String> = Vec::new();
+        let mut start = None;
+        loop {
+            let out = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .index_name(EMAIL_INDEX)
+                .key_condition_expression("email_key = :k")
+                .expression_attribute_values(":k", s(&wanted))
+                .limit((MAX_EMAIL_MATCHES + 1 - ids.len()) as i32)
+                .set_exclusive_start_key(start)
+                .send()
+                .await?;
+            let prefix = workspace_key(workspace_id, "");
+            ids.extend(out.items().iter().filter_map(|item| {
+                Some(
+                    get_s(item, PARTITION_KEY)?
+                        .strip_prefix(&prefix)?
+                        .to_owned(),
+                )
+            }));
+            start = out.last_evaluated_key;
+            if start.is_none() || ids.len() > MAX_EMAIL_MATCHES {
+                break;
+            }
+        }
+        let truncated = ids.len() > MAX_EMAIL_MATCHES;
+        ids.truncate(MAX_EMAIL_MATCHES);
+        let keys: Vec<(&str, &str)> = ids.iter().map(|id| (workspace_id, id.as_str())).collect();
+        let mut found = self.get_many(&keys).await?;
+        // The index lags the table: keep only users whose email still matches.
+        let users = ids
+            .iter()
+            .filter_map(|id| found.remove(&(workspace_id.to_owned(), id.clone())))
+            .filter(|user| {
+                user.profile
+                    .profile
+                    .get(&ProfileField::Email)
+                    .is_some_and(|stored| email_key(workspace_id, stored) == wanted)
+            })
+            .collect();
+        Ok(EmailMatches { users, truncated })
+    }
+}
+
+fn email_key(workspace_id: &str, email: &str) -> String {
+    workspace_key(workspace_id, &normalize_email(email))
+}
+
+fn item_from_user(workspace_id: &str, user: &StoredUser) -> Result<Item, PortError> {
+    let profile = &user.profile;
+    let mut item = Item::from([
+        (
+            PARTITION_KEY.to_owned(),
+            s(workspace_key(workspace_id, &user.external_user_id)),
+        ),
+        ("workspace_id".to_owned(), s(workspace_id)),
+        ("external_user_id".to_owned(), s(&user.external_user_id)),
+        ("version".to_owned(), n(next_version(user.version))),
+    ]);
+    for (field, value) in &profile.profile {
+        item.insert(field.attribute().to_owned(), s(value));
+    }
+    if let Some(email) = profile.profile.get(&ProfileField::Email) {
+        item.insert(EMAIL_KEY.to_owned(), s(email_key(workspace_id, email)));
+    }
+    if !profile.traits.is_empty() {
+        let traits = profile
+            .traits
+            .iter()
+            .map(|(name, value)| (name.clone(), to_attribute(value)))
+            .collect();
+        item.insert("traits".to_owned(), AttributeValue::M(traits));
+    }
+    let stamps = profile
+        .stamps
+        .iter()
+        .map(|(key, stamp)| (key.clone(), s(stamp_text(stamp))))
+        .collect();
+    item.insert("stamps".to_owned(), AttributeValue::M(stamps));
+    if let Some(floor) = &profile.floor {
+        item.insert("stamps_floor".to_owned(), s(stamp_text(floor)));
+    }
+    if let Some(erased) = &profile.erased {
+        item.insert("erased".to_owned(), s(stamp_text(erased)));
+        // A tombstone (ids and the erasure's stamp) lives only as long as an older
+        // message could still arrive; a user recreated since keeps its item.
+        if !profile.exists() {
+            let expires_at = erased.accepted_at / 1000 + TOMBSTONE_TTL_SECS;
+            item.insert(TTL_ATTRIBUTE.to_owned(), n(expires_at));
+        }
+    }
+    if !profile.rejected.is_empty() {
+        let rejected = profile
+            .rejected
+            .iter()
+            .map(|r| {
+                AttributeValue::M(HashMap::from([
+                    ("name".to_owned(), s(&r.name)),
+                    ("reason".to_owned(), s(r.reason.as_str())),
+                    ("stamp".to_owned(), s(stamp_text(&r.stamp))),
+                ]))
+            })
+            .collect();
+        item.insert("rejected_traits".to_owned(), AttributeValue::L(rejected));
+    }
+    if let Some(created_at) = profile.created_at {
+        item.insert("created_at".to_owned(), n(created_at));
+    }
+    if let Some(updated_at) = profile.updated_at {
+        item.insert("updated_at".to_owned(), n(updated_at));
+    }
+    Ok(item)
+}
+
+/// The version a write gives the item: one past the version read. A new item starts
+/// from the time in ms, so that a user created again after its tombstone expired keeps
+/// counting past its earlier life (change events are ordered by version).
+fn next_version(read: u64) -> u64 {
+    if read == 0 {
+        u64::try_from(crate::clock::now_millis())
+            .unwrap_or(1)
+            .max(1)
+    } else {
+        read + 1
+    }
+}
+
+/// The workspace and user an item holds (a stream image, say).
+pub(super) fn stored_user(item: &Item) -> Option<(String, StoredUser)> {
+    Some((
+        get_s(item, "workspace_id")?.to_owned(),
+        user_from_item(item)?,
+    ))
+}
+
+fn user_from_item(item: &Item) -> Option<StoredUser> {
+    let profile_fields = ProfileField::ALL
+        .into_iter()
+        .filter_map(|field| Some((field, get_s(item, field.attribute())?.to_owned())))
+        .collect();
+    let traits: BTreeMap<String, Value> = item
+        .get("traits")
+        .and_then(|v| v.as_m().ok())
+        .into_iter()
+        .flatten()
+        .map(|(name, value)| (name.clone(), from_attribute(value)))
+        .collect();
+    let stamps = item
+        .get("stamps")
+        .and_then(|v| v.as_m().ok())
+        .into_iter()
+        .flatten()
+        .filter_map(|(key, v)| Some((key.clone(), parse_stamp(v.as_s().ok()?)?)))
+        .collect();
+    let rejected = item
+        .get("rejected_traits")
+        .and_then(|v| v.as_l().ok())
+        .into_iter()
+        .flatten()
+        .filter_map(|entry| {
+            let entry = entry.as_m().ok()?;
+            Some(RejectedTrait {
+                name: get_s(entry, "name")?.to_owned(),
+                reason: RejectReason::parse(get_s(entry, "reason")?)?,
+                stamp: parse_stamp(get_s(entry, "stamp")?)?,
+            })
+        })
+        .collect();
+    Some(StoredUser {
+        external_user_id: get_s(item, "external_user_id")?.to_owned(),
+        profile: UserProfile {
+            profile: profile_fields,
+            traits,
+            stamps,
+            floor: get_s(item, "stamps_floor").and_then(parse_stamp),
+            rejected,
+            erased: get_s(item, "erased").and_then(parse_stamp),
+            created_at: get_n(item, "created_at"),
+            updated_at: get_n(item, "updated_at"),
+        },
+        version: get_n(item, "version").unwrap_or(0),
+    })
+}
+
+fn parse_stamp(text: &str) -> Option<Stamp> {
+    let (accepted_at, request_id) = text.split_once('/')?;
+    Some(Stamp {
+        accepted_at: accepted_at.parse().ok()?,
+        request_id: request_id.to_owned(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::aws::sqs::{decode, encode};
+    use crate::contract::parse_upsert;
+    use crate::domain::user_view;
+    use crate::domain::{Changes, UpsertMessage, MESSAGE_VERSION};
+    use proptest::prelude::*;
+    use serde_json::{json, Map};
+
+    #[test]
+    fn item_round_trips_a_user() {
+        let mut profile = UserProfile::default();
+        let mut changes = crate::domain::Changes::default();
+        changes
+            .profile
+            .insert(ProfileField::Email, Some("Jane@Acme.io".into()));
+        changes.profile.insert(ProfileField::Plan, None);
+        changes.traits.insert(
+            "nested".into(),
+            Some(json!({"a": [1, 2.5, "x", null, true]})),
+        );
+        profile.apply(
+            &Stamp {
+                accepted_at: 7,
+                request_id: "r/1".into(),
+            },
+            &changes,
+        );
+        let user = StoredUser {
+            external_user_id: "usr#1".into(),
+            profile,
+            version: 3,
+        };
+        let item = item_from_user("ws", &user).unwrap();
+        assert_eq!(get_s(&item, EMAIL_KEY), Some("ws#jane@acme.io"));
+        assert_eq!(get_s(&item, "pk"), Some("ws#usr#1"));
+        let back = user_from_item(&item).unwrap();
+        assert_eq!(back.version, 4);
+        // A new item starts its versions from the time, past any earlier life's.
+        let created = StoredUser {
+            version: 0,
+            ..user.clone()
+        };
+        let first = user_from_item(&item_from_user("ws", &created).unwrap()).unwrap();
+        assert!(first.version > 1_700_000_000_000, "{}", first.version);
+        assert_eq!(back.profile, user.profile);
+    }
+
+    /// DynamoDB's item size: names + values; numbers ~1 byte per two digits + 1; lists
+    /// and maps 3 + 1 per element.
+    fn attribute_size(value: &AttributeValue) -> usize {
+        match value {
+            AttributeValue::S(text) => text.len(),
+            AttributeValue::N(text) => {
+                text.bytes().filter(u8::is_ascii_digit).count().div_ceil(2) + 1
+            }
+            AttributeValue::L(items) => {
+                3 + items.iter().map(|v| 1 + attribute_size(v)).sum::<usize>()
+            }
+            AttributeValue::M(members) => {
+                3 + members
+                    .iter()
+                    .map(|(k, v)| 1 + k.len() + attribute_size(v))
+                    .sum::<usize>()
+            }
+            _ => 1,
+        }
+    }
+
+    fn item_size(item: &Item) -> usize {
+        item.iter()
+            .map(|(name, value)| name.len() + attribute_size(value))
+            .sum()
+    }
+
+    /// The largest profile the consumer can be made to write: every known field at its
+    /// limit, the trait budget full of 256-byte names, the most rejections and removal
+    /// stamps it keeps, the longest ids.
+    pub(crate) fn full_profile() -> StoredUser {
+        use crate::domain::budget::{MAX_REJECTED_TRAITS, MAX_REMOVED_STAMPS, TRAITS_BUDGET_BYTES};
+        let mut profile = UserProfile::default();
+        let stamp = |i: i64| Stamp {
+            accepted_at: 1_800_000_000_000 + i,
+            request_id: uuid::Uuid::new_v4().to_string(),
+        };
+        let mut known = Changes::default();
+        for field in ProfileField::ALL {
+            let value = match field {
+                ProfileField::Email => format!("{}@{}.io", "e".repeat(64), "d".repeat(63)),
+                ProfileField::SignupDate => "2026-05-17T14:00:00Z".to_owned(),
+                ProfileField::Plan | ProfileField::Role => "p".repeat(256),
+                _ => "n".repeat(1024),
+            };
+            known.profile.insert(field, Some(value));
+        }
+        profile.apply(&stamp(0), &known);
+        let name = |prefix: &str, i: usize| format!("{prefix}{i:04}{}", "x".repeat(248));
+        for i in 0..MAX_REMOVED_STAMPS * 3 {
+            let mut churn = Changes::default();
+            churn.traits.insert(name("gone", i), None);
+            profile.apply(&stamp(1 + i as i64), &churn);
+        }
+        let mut i = 0;
+        while profile.traits_bytes() + 31_000 < TRAITS_BUDGET_BYTES {
+            let mut fill = Changes::default();
+            fill.traits
+                .insert(name("fill", i), Some(json!("v".repeat(30_000))));
+            profile.apply(&stamp(1_000 + i as i64), &fill);
+            i += 1;
+        }
+        for j in 0..MAX_REJECTED_TRAITS {
+            let mut refused = Changes::default();
+            refused
+                .traits
+                .insert(name("big", j), Some(json!("r".repeat(31_000))));
+            profile.apply(&stamp(2_000 + j as i64), &refused);
+        }
+        assert_eq!(profile.rejected.len(), MAX_REJECTED_TRAITS);
+        StoredUser {
+            external_user_id: "u".repeat(255),
+            profile,
+            version: 7,
+        }
+    }
+
+    #[test]
+    fn the_largest_item_the_consumer_writes_fits_dynamodb() {
+        let user = full_profile();
+        let size = item_size(&item_from_user(&"w".repeat(64), &user).unwrap());
+        eprintln!("largest users item: {size} bytes");
+        assert!(
+            size < 400 * 1024 * 9 / 10,
+            "{size} bytes leaves under 10 % of DynamoDB's 400 KB"
+        );
+    }
+
+    fn edge_number() -> impl Strategy<Value = Value> {
+        proptest::sample::select(vec![
+            json!(0),
+            json!(-0.0),
+            json!(i64::MIN),
+            json!(i64::MAX),
+            json!(u64::MAX),
+            json!(1e125),
+            json!(-9.5e125),
+            json!(1e-130),
+            json!(0.1),
+            json!(1.5e-7),
+        ])
+    }
+
+    fn custom_value() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            edge_number(),
+            any::<i32>().prop_map(Value::from),
+            "(|[a-z]{1,3}|żółw 🐢|\\u{0}x)".prop_map(Value::from),
+        ];
+        leaf.prop_recursive(4, 24, 4, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..4).prop_map(Value::from),
+                proptest::collection::btree_map("[a-zé]{1,3}", inner, 0..4)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    /// One upsert body: email set, removed or absent; known and custom traits set or
+    /// removed (`null`).
+    fn body() -> impl Strategy<Value = Value> {
+        let email = proptest::option::of(proptest::sample::select(vec![
+            Value::Null,
+            json!("jane@acme.io"),
+            json!(" Jane@Acme.io "),
+        ]));
+        let known = proptest::collection::btree_map(
+            proptest::sample::select(vec!["plan", "name", "company", "role"]),
+            prop_oneof![Just(Value::Null), "(|pro|żółw)".prop_map(Value::from)],
+            0..3,
+        );
+        let custom = proptest::collection::btree_map(
+            proptest::sample::select(vec!["a", "tags", "ü", "deep"]),
+            custom_value(),
+            0..3,
+        );
+        (email, known, custom).prop_map(|(email, known, custom)| {
+            let mut traits: Map<String, Value> =
+                known.into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
+            traits.extend(custom.into_iter().map(|(k, v)| (k.to_owned(), v)));
+            let mut body = json!({"external_user_id": "u1", "traits": traits});
+            if let Some(email) = email {
+                body["email"] = email;
+            }
+            body
+        })
+    }
+
+    /// What reads must show after `bodies` were applied in order: the last body that
+    /// names a field decides it, `null` removes it.
+    fn in_order_view(bodies: &[Value]) -> (Option<String>, Map<String, Value>) {
+        let mut email = None;
+        let mut traits = Map::new();
+        for body in bodies {
+            match body.get("email") {
+                Some(Value::String(text)) => email = Some(text.trim().to_owned()),
+                Some(_) => email = None,
+                None => {}
+            }
+            for (name, value) in body["traits"].as_object().into_iter().flatten() {
+                if value.is_null() {
+                    traits.remove(name);
+                } else {
+                    traits.insert(name.clone(), value.clone());
+                }
+            }
+        }
+        (email, traits)
+    }
+
+    proptest! {
+        #[test]
+        fn accepted_bodies_stored_and_read_back_equal_their_in_order_application(
+            bodies in proptest::collection::vec(body(), 1..8),
+            order in proptest::collection::vec(any::<proptest::sample::Index>(), 0..10),
+        ) {
+            let mut messages = Vec::new();
+            for (i, body) in bodies.iter().enumerate() {
+                let accepted = parse_upsert(body.to_string().as_bytes());
+                prop_assert!(accepted.is_ok(), "{body} was refused: {accepted:?}");
+                let accepted = accepted.unwrap();
+                let message = UpsertMessage {
+                    version: MESSAGE_VERSION,
+                    workspace_id: "ws".into(),
+                    external_user_id: accepted.external_user_id,
+                    stamp: Stamp { accepted_at: 1_000 + i as i64, request_id: format!("r{i}") },
+                    changes: accepted.changes,
+                    erase: false,
+                };
+                // Through SQS: the message as JSON text.
+                messages.push(decode(&encode(&message)).unwrap().remove(0));
+            }
+            // Any delivery order, with duplicates.
+            let mut deliveries: Vec<&UpsertMessage> = messages.iter().collect();
+            deliveries.extend(order.iter().map(|i| i.get(&messages)));
+            for (n, i) in order.iter().enumerate() {
+                let len = deliveries.len();
+                deliveries.swap(n % len, i.index(len));
+            }
+            let mut user = StoredUser { external_user_id: "u1".into(), profile: UserProfile::default(), version: 0 };
+            for message in deliveries {
+                user.profile.apply(&message.stamp, &message.changes);
+                // Through DynamoDB: the item and back, at every write.
+                user = user_from_item(&item_from_user("ws", &user).unwrap()).unwrap();
+            }
+            let view = user_view("u1", &user.profile, true);
+            let (email, traits) = in_order_view(&bodies);
+            prop_assert_eq!(view.get("email").and_then(Value::as_str), email.as_deref());
+            prop_assert_eq!(&view["traits"], &Value::Object(traits));
+            prop_assert!(view.get("rejected_traits").is_none());
+        }
+    }
+}

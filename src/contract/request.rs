@@ -1,0 +1,143 @@
+//! The checks of a request that need no I/O, in the contract's order after the rate
+//! limit: content type, size, JSON and schema, Idempotency-Key. Headers arrive as raw
+//! bytes: the edge that read them is HTTP's, this is the contract's.
+
+use super::{
+    parse_email, validate_idempotency_key, BodyError, ErrorCode, FieldError, MAX_BATCH_BODY_BYTES,
+    MAX_BODY_BYTES,
+};
+
+/// Why the checks refused a request. Each maps to one status and `code` in the one
+/// place answers are made.
+#[derive(Debug, PartialEq, thiserror::Error)]
+pub enum RequestError {
+    #[error("unsupported media type")]
+    UnsupportedMediaType,
+    /// The body is over the route's limit, which the message names.
+    #[error("payload too large")]
+    PayloadTooLarge(&'static str),
+    #[error("invalid body")]
+    Body(#[from] BodyError),
+    #[error("invalid query")]
+    Query(FieldError),
+    #[error("invalid Idempotency-Key")]
+    InvalidIdempotencyKey(FieldError),
+    /// No such user, or an id no user can have.
+    #[error("user not found")]
+    UserNotFound,
+}
+
+/// A route's body limit, checked on the raw bytes, and what its 413 says.
+pub struct BodyLimit {
+    bytes: usize,
+    refusal: &'static str,
+}
+
+pub const UPSERT_BODY: BodyLimit = BodyLimit {
+    bytes: MAX_BODY_BYTES,
+    refusal: "body is over 32 KiB (32,768 bytes)",
+};
+pub const BATCH_BODY: BodyLimit = BodyLimit {
+    bytes: MAX_BATCH_BODY_BYTES,
+    refusal: "body is over 512 KiB (524,288 bytes)",
+};
+
+/// Content type, size, then JSON and schema (`parse`).
+pub fn checked_body<T>(
+    content_type: Option<&[u8]>,
+    body: &[u8],
+    limit: &BodyLimit,
+    parse: fn(&[u8]) -> Result<T, BodyError>,
+) -> Result<T, RequestError> {
+    if !is_json_content_type(content_type) {
+        return Err(RequestError::UnsupportedMediaType);
+    }
+    if body.len() > limit.bytes {
+        return Err(RequestError::PayloadTooLarge(limit.refusal));
+    }
+    Ok(parse(body)?)
+}
+
+/// The `Idempotency-Key` header, if sent and well formed.
+pub fn idempotency_key(header: Option<&[u8]>) -> Result<Option<String>, RequestError> {
+    header
+        .map(|raw| validate_idempotency_key(raw).map(str::to_owned))
+        .transpose()
+        .map_err(RequestError::InvalidIdempotencyKey)
+}
+
+/// `application/json`, parameters such as `charset` allowed.
+fn is_json_content_type(header: Option<&[u8]>) -> bool {
+    header
+        .and_then(|v| std::str::from_utf8(v).ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|media| media.trim().eq_ignore_ascii_case("application/json"))
+}
+
+/// The `email` query parameter of a lookup, trimmed and checked.
+pub fn email_query(raw: Option<&str>) -> Result<String, RequestError> {
+    let raw = raw.unwrap_or_default();
+    if raw.trim().is_empty() {
+        return Err(RequestError::Query(FieldError::new(
+            ErrorCode::Required,
+            "email",
+            "query parameter email is required",
+        )));
+    }
+    parse_email(raw).map(str::to_owned).ok_or_else(|| {
+        RequestError::Query(FieldError::new(
+            ErrorCode::InvalidEmail,
+            "email",
+            "email is not a valid address",
+        ))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::contract::parse_upsert;
+
+    #[test]
+    fn content_type_then_size_then_schema() {
+        let body = br#"{"external_user_id":"u"}"#;
+        let check = |content_type: Option<&[u8]>, body: &[u8]| {
+            checked_body(content_type, body, &UPSERT_BODY, parse_upsert).map(|_| ())
+        };
+        assert_eq!(
+            check(Some(b"application/json; charset=utf-8"), body),
+            Ok(())
+        );
+        assert_eq!(check(Some(b"Application/JSON"), body), Ok(()));
+        assert_eq!(
+            check(Some(b"text/plain"), &[b'x'; 40_000]),
+            Err(RequestError::UnsupportedMediaType)
+        );
+        assert_eq!(check(None, body), Err(RequestError::UnsupportedMediaType));
+        assert!(matches!(
+            check(Some(b"application/json"), &[b'x'; 40_000]),
+            Err(RequestError::PayloadTooLarge(_))
+        ));
+        assert!(matches!(
+            check(Some(b"application/json"), b"{"),
+            Err(RequestError::Body(BodyError::InvalidJson(_)))
+        ));
+    }
+
+    #[test]
+    fn idempotency_keys_and_email_queries_are_checked() {
+        assert_eq!(idempotency_key(None), Ok(None));
+        assert_eq!(idempotency_key(Some(b"k-1")), Ok(Some("k-1".into())));
+        assert!(idempotency_key(Some(b"")).is_err());
+        assert_eq!(
+            email_query(Some(" Jane@Acme.io ")),
+            Ok("Jane@Acme.io".into())
+        );
+        assert!(
+            matches!(email_query(None), Err(RequestError::Query(e)) if e.code == ErrorCode::Required)
+        );
+        assert!(
+            matches!(email_query(Some("nope")), Err(RequestError::Query(e)) if e.code == ErrorCode::InvalidEmail)
+        );
+    }
+}

@@ -1,0 +1,17 @@
+//! The business types and rules: API keys, the accepted write, the profile and its
+//! order-proof merge, the read view, the change diff, the Idempotency-Key rule. Pure:
+//! no AWS, no I/O, no clock.
+
+pub mod auth;
+pub mod budget;
+pub mod change;
+pub mod idempotency;
+mod message;
+mod profile;
+mod view;
+
+pub use message::{
+    trait_of_path, trait_path, Changes, ProfileField, Stamp, UpsertMessage, MESSAGE_VERSION,
+};
+pub use profile::{RejectReason, RejectedTrait, UserProfile};
+pub use view::{format_millis, user_view};

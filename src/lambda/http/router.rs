@@ -1,0 +1,142 @@
+//! Routes of the contract and the scope each needs.
+
+use crate::domain::auth::Scope;
+use lambda_http::http::Method;
+use percent_encoding::percent_decode_str;
+
+const USERS_PATH: &str = "/api/v1/users";
+/// `POST /api/v1/users/batch`; other methods on this path read or erase user `batch`.
+const BATCH: &str = "batch";
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    Upsert,
+    Batch,
+    FindByEmail,
+    GetUser(String),
+    DeleteUser(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RouteError {
+    #[error("no such route")]
+    NotFound,
+    #[error("method not allowed")]
+    MethodNotAllowed { allow: &'static str },
+}
+
+impl Route {
+    pub fn of(method: &Method, path: &str) -> Result<Route, RouteError> {
+        let rest = path.strip_prefix(USERS_PATH).ok_or(RouteError::NotFound)?;
+        match rest {
+            "" | "/" => match *method {
+                Method::POST => Ok(Route::Upsert),
+                Method::GET => Ok(Route::FindByEmail),
+                _ => Err(RouteError::MethodNotAllowed { allow: "GET, POST" }),
+            },
+            _ => {
+                let encoded = rest
+                    .strip_prefix('/')
+                    .filter(|id| !id.is_empty() && !id.contains('/'));
+                let id = encoded
+                    .and_then(|id| percent_decode_str(id).decode_utf8().ok())
+                    .ok_or(RouteError::NotFound)?;
+                match *method {
+                    Method::GET => Ok(Route::GetUser(id.into_owned())),
+                    Method::DELETE => Ok(Route::DeleteUser(id.into_owned())),
+                    Method::POST if encoded == Some(BATCH) => Ok(Route::Batch),
+                    // As openapi.yaml documents this path: the batch resource. (GET and
+                    // DELETE still reach a user whose id is `batch`.)
+                    _ if encoded == Some(BATCH) => {
+                        Err(RouteError::MethodNotAllowed { allow: "POST" })
+                    }
+                    _ => Err(RouteError::MethodNotAllowed {
+                        allow: "GET, DELETE",
+                    }),
+                }
+            }
+        }
+    }
+
+    pub fn scope(&self) -> Scope {
+        match self {
+            Route::Upsert | Route::Batch => Scope::UsersWrite,
+            Route::GetUser(_) => Scope::UsersRead,
+            Route::FindByEmail => Scope::UsersReadPii,
+            Route::DeleteUser(_) => Scope::UsersDelete,
+        }
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            Route::Upsert => "POST /api/v1/users",
+            Route::Batch => "POST /api/v1/users/batch",
+            Route::FindByEmail => "GET /api/v1/users?email",
+            Route::GetUser(_) => "GET /api/v1/users/{id}",
+            Route::DeleteUser(_) => "DELETE /api/v1/users/{id}",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_and_methods() {
+        assert_eq!(Route::of(&Method::POST, "/api/v1/users"), Ok(Route::Upsert));
+        assert_eq!(
+            Route::of(&Method::GET, "/api/v1/users"),
+            Ok(Route::FindByEmail)
+        );
+        assert_eq!(
+            Route::of(&Method::GET, "/api/v1/users/usr%2042%C3%A9"),
+            Ok(Route::GetUser("usr 42é".into()))
+        );
+        assert_eq!(
+            Route::of(&Method::DELETE, "/api/v1/users"),
+            Err(RouteError::MethodNotAllowed { allow: "GET, POST" })
+        );
+        assert_eq!(
+            Route::of(&Method::POST, "/api/v1/users/u1"),
+            Err(RouteError::MethodNotAllowed {
+                allow: "GET, DELETE"
+            })
+        );
+        assert_eq!(
+            Route::of(&Method::DELETE, "/api/v1/users/u%201"),
+            Ok(Route::DeleteUser("u 1".into()))
+        );
+        assert_eq!(
+            Route::of(&Method::POST, "/api/v1/users/batch"),
+            Ok(Route::Batch)
+        );
+        assert_eq!(
+            Route::of(&Method::GET, "/api/v1/users/batch"),
+            Ok(Route::GetUser("batch".into()))
+        );
+        assert_eq!(
+            Route::of(&Method::PUT, "/api/v1/users/batch"),
+            Err(RouteError::MethodNotAllowed { allow: "POST" })
+        );
+        assert_eq!(
+            Route::of(&Method::POST, "/api/v1/users/b%61tch"),
+            Err(RouteError::MethodNotAllowed {
+                allow: "GET, DELETE"
+            })
+        );
+        for path in [
+            "/",
+            "/api/v1/user",
+            "/api/v1/usersx",
+            "/api/v1/users/a/b",
+            "/api/v1/users/%FF",
+        ] {
+            assert_eq!(
+                Route::of(&Method::GET, path),
+                Err(RouteError::NotFound),
+                "{path}"
+            );
+        }
+    }
+}

@@ -1,0 +1,94 @@
+//! The consumer function's edge: an SQS event of accepted writes in, a partial batch
+//! response out. An unreadable body is reported failed, never dropped: it reaches the
+//! dead-letter queue after `maxReceiveCount` receives.
+
+use crate::app::apply::{Applied, Apply};
+use crate::app::ports::Users;
+use crate::aws::dynamodb::UserStore;
+use crate::aws::sqs::decode;
+use crate::clock::now_millis;
+use crate::config::Resources;
+use crate::metrics::{self, BatchMetrics};
+use aws_lambda_events::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent};
+use std::time::Instant;
+
+pub struct Consumer<U> {
+    apply: Apply<U>,
+    metrics_namespace: String,
+}
+
+impl Consumer<UserStore> {
+    /// Builds the users adapter and opens its connection during init (see
+    /// `AwsApi::on_aws`).
+    pub async fn on_aws(sdk: &aws_config::SdkConfig, resources: &Resources) -> Self {
+        let users = UserStore::new(aws_sdk_dynamodb::Client::new(sdk), &resources.users_table);
+        crate::aws::open_connections(async { [users.open_connection().await] }).await;
+        Consumer::new(Apply::new(users), &resources.metrics_namespace)
+    }
+}
+
+impl<U: Users> Consumer<U> {
+    pub fn new(apply: Apply<U>, metrics_namespace: &str) -> Self {
+        Self {
+            apply,
+            metrics_namespace: metrics_namespace.to_owned(),
+        }
+    }
+
+    pub async fn handle(&self, event: SqsEvent) -> SqsBatchResponse {
+        let started = Instant::now();
+        let mut unreadable = Vec::new();
+        let mut messages = Vec::with_capacity(event.records.len());
+        for record in &event.records {
+            let id = record.message_id.as_deref().unwrap_or_default();
+            match record.body.as_deref().map(decode) {
+                Some(Ok(decoded)) => messages.extend(decoded.into_iter().map(|m| (id, m))),
+                Some(Err(err)) => {
+                    tracing::error!(message_id = id, error = %err, "unprocessable message");
+                    unreadable.push(id.to_owned());
+                }
+                None => {
+                    tracing::error!(message_id = id, "message without a body");
+                    unreadable.push(id.to_owned());
+                }
+            }
+        }
+        let count = messages.len();
+        let now_ms = now_millis();
+        let Applied {
+            mut failed,
+            users,
+            rejected_traits,
+            lag_ms,
+        } = self.apply.apply(messages, now_ms).await;
+        failed.extend(unreadable);
+        tracing::info!(
+            records = event.records.len(),
+            messages = count,
+            users,
+            failed = failed.len(),
+            latency_ms = started.elapsed().as_secs_f64() * 1000.0,
+            "batch"
+        );
+        metrics::emit(&metrics::batch_line(
+            &self.metrics_namespace,
+            now_ms,
+            &BatchMetrics {
+                applied: event.records.len().saturating_sub(failed.len()),
+                failed: failed.len(),
+                rejected_traits,
+                lag_ms,
+            },
+        ));
+        let mut response = SqsBatchResponse::default();
+        response.batch_item_failures = failed
+            .into_iter()
+            .map(|id| {
+                let mut failure = BatchItemFailure::default();
+                failure.item_identifier = id;
+                failure
+            })
+            .collect();
+        response
+    }
+}
