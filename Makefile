@@ -7,7 +7,7 @@ CHECK_STAMP := $(CHECK_VENV)/.installed
 # SAM, cfn-lint, checkov and cargo-lambda (+ zig for arm64) from .venv-check.
 CHECK_ENV := PATH="$(CURDIR)/$(CHECK_VENV)/bin:$$PATH" AWS_DEFAULT_REGION=$${AWS_DEFAULT_REGION:-us-east-1} SAM_CLI_TELEMETRY=0
 
-.PHONY: dev test bench bench-profiles drill fuzz check build-arm64 deploy deploy-prod venv fmt clean
+.PHONY: dev test bench bench-full bench-profiles flood drill fuzz check build-arm64 deploy deploy-prod venv fmt clean
 
 $(STAMP): dev/requirements.txt
 	python3 -m venv $(VENV)
@@ -26,11 +26,25 @@ dev: $(STAMP)
 test: $(STAMP)
 	dev/test.sh
 
-## Benchmarks: criterion, callgrind, arm64 sizes, init probes and load runs against a
-## release-build local stack (loopback only, bounded). Writes target/bench/summary.json
-## and the measured table of docs/performance.md.
+## Benchmarks, the quick run (~7-12 min on 2 cores once the release build exists):
+## criterion (shorter), load runs, change events, CPU/init/RSS per invocation and
+## capacity units against a release-build local stack (loopback only, bounded). Writes
+## target/bench/summary.json, the measured table of docs/performance.md (rows it does
+## not measure say so) and docs/cost.md. COMPARE=DIR: the probe also measures DIR's api
+## and consumer (binaries from before a change), interleaved with this build's.
+BENCH_COMPARE = $(if $(COMPARE),--compare-binaries $(COMPARE))
 bench: $(STAMP)
-	$(PY) dev/bench.py
+	$(PY) dev/bench.py $(BENCH_COMPARE)
+
+## Every figure (25+ min on 2 cores): the quick run's with full-length criterion, load
+## runs and probes, plus callgrind's instruction count and the arm64 build's sizes.
+bench-full: $(STAMP)
+	$(PY) dev/bench.py --full $(BENCH_COMPARE)
+
+## A flood of 2,000 requests with random bad keys beside a steady valid load: the valid
+## requests' latency alone and under the flood, the key cache's hits (dev/flood.py).
+flood: $(STAMP)
+	$(PY) dev/stack.py run -- $(PY) dev/flood.py
 
 ## The release-profile matrix: size, speed and build time of each setting (slow).
 bench-profiles: $(STAMP)

@@ -1,21 +1,34 @@
 #!/usr/bin/env python3
-"""`make bench`: every figure of docs/performance.md from one run.
+"""`make bench` (a quick run) and `make bench-full` (every figure of docs/performance.md).
 
-1. criterion (`cargo bench`): the api hot path (1 KB, 32 KB), auth, the consumer merge;
-2. callgrind instruction count of the 1 KB hot path, when valgrind is installed (stable on
-   a noisy machine, unlike time);
-3. stripped arm64 binaries (`cargo lambda build --release --arm64`);
+    bench.py [--full] [--compare-binaries DIR]     bench.py --doc-only
+
+1. criterion (`cargo bench`): the api hot path (1 KB, 32 KB), auth, the consumer merge
+   (quick: 1 s warm-up and 2 s of measurement per bench instead of criterion's 3 + 5);
+2. full only: callgrind instruction count of the 1 KB hot path, when valgrind is installed
+   (stable on a noisy machine, unlike time);
+3. full only: stripped arm64 binaries (`cargo lambda build --release --arm64`, the slowest
+   step by far);
 4. load runs against a release-build local stack (loopback, bounded), each next to the
-   emulator's own raw rate for the same calls; then each function's peak RSS (VmHWM);
-5. against the same stack, CPU per invocation, init, first invocation and peak RSS of the
-   release binaries under the project's Runtime API stand-in (`invocation_probe.py`),
-   and the DynamoDB capacity units per upsert (`capacity_run.py`);
+   emulator's own raw rate for the same calls; then each function's peak RSS (VmHWM)
+   (quick: paced 20/s and unpaced, shorter; full: also paced 40/s);
+5. against the same stack, change-event latency (`event_latency.py`; quick: 10 s instead
+   of 20), CPU per invocation, init, first invocation and peak RSS of the release binaries
+   under the project's Runtime API stand-in (`invocation_probe.py`; quick: 2 processes ×
+   200 invocations and 3 cold starts per case, full: 3 × 300 and 5), and the DynamoDB
+   capacity units per upsert (`capacity_run.py`);
 6. the cost per million upserts (`cost.py`, written to docs/cost.md).
 
+`--compare-binaries DIR` (`make bench COMPARE=DIR`): the probe also measures DIR's `api`
+and `consumer` (a copy of target/release from before a change, say), process by process
+in turn with this build's, in the same stack run; the summary and the table show both.
+
 Writes target/bench/summary.json, prints the budget table, and rewrites the table between
-the `bench:begin` / `bench:end` markers in docs/performance.md (`--doc-only`: only that,
-from the last summary.json).
+the `bench:begin` / `bench:end` markers in docs/performance.md, saying which run it came
+from; a row the quick run does not measure says so (`--doc-only`: only the docs, from the
+last summary.json).
 """
+import argparse
 import json
 import os
 import shutil
@@ -35,24 +48,51 @@ OUT = ROOT / "target" / "bench"
 CRITERION = ROOT / "target" / "criterion"
 DOC = ROOT / "docs" / "performance.md"
 BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
-# (name, flags): the load runs; the last, unpaced, gives the throughput ratio.
-LOAD_RUNS = [
-    ("paced 20/s", ["--clients", "8", "--requests", "400", "--rate", "20", "--visible-every", "2"]),
-    ("paced 40/s", ["--clients", "16", "--requests", "600", "--rate", "40", "--visible-every", "3"]),
-    ("unpaced", ["--clients", "8", "--requests", "600"]),
-]
+# What each run measures. Load runs are (name, flags): the first, paced, gives accepted →
+# visible; the last, unpaced, the throughput ratio.
+RUNS = {
+    "quick": {
+        "make": "make bench",
+        "criterion": ["--", "--warm-up-time", "1", "--measurement-time", "2"],
+        "instructions": False,
+        "arm64": False,
+        "load": [
+            ("paced 20/s", ["--clients", "8", "--requests", "200", "--rate", "20", "--visible-every", "2"]),
+            ("unpaced", ["--clients", "8", "--requests", "300"]),
+        ],
+        "event_seconds": 10,
+        "probe": {"n": 200, "repeat": 2, "cold": 3},
+    },
+    "full": {
+        "make": "make bench-full",
+        "criterion": [],
+        "instructions": True,
+        "arm64": True,
+        "load": [
+            ("paced 20/s", ["--clients", "8", "--requests", "400", "--rate", "20", "--visible-every", "2"]),
+            ("paced 40/s", ["--clients", "16", "--requests", "600", "--rate", "40", "--visible-every", "3"]),
+            ("unpaced", ["--clients", "8", "--requests", "600"]),
+        ],
+        "event_seconds": 20,
+        "probe": {"n": 300, "repeat": 3, "cold": 5},
+    },
+}
+
+
+STARTED = time.monotonic()
 
 
 def log(message):
-    print(f"[bench] {message}", file=sys.stderr, flush=True)
+    elapsed = int(time.monotonic() - STARTED)
+    print(f"[bench {elapsed // 60}:{elapsed % 60:02d}] {message}", file=sys.stderr, flush=True)
 
 
 def run(*args, env=None):
     subprocess.run(args, cwd=ROOT, check=True, env=stack.tool_env(env))
 
 
-def criterion():
-    run("cargo", "bench", "-p", "vibefollow-bench", "--bench", "hot_path")
+def criterion(flags=()):
+    run("cargo", "bench", "-p", "vibefollow-bench", "--bench", "hot_path", *flags)
 
     def median_us(*path):
         estimates = json.loads(CRITERION.joinpath(*path, "new", "estimates.json").read_text())
@@ -102,93 +142,202 @@ def running_peak_rss_kb(binary):
     return None
 
 
-def load():
+def load(config, compare=None):
+    """Everything measured against one local stack: a dict of summary keys."""
     the_stack = stack.Stack(reload=False)
-    runs = []
+    measured = {"load": []}
     try:
         the_stack.start()
         env = dict(the_stack.env, VF_API_URL=stack.API_URL)
-        for name, flags in LOAD_RUNS:
+        for name, flags in config["load"]:
+            log(f"load run: {name}")
             out = OUT / f"load-{name.replace(' ', '-').replace('/', '')}.json"
             run(str(ROOT / "target/release/load"), *flags, "--out", str(out), env=env)
-            runs.append(dict(json.loads(out.read_text()), name=name))
-        rss = {f: running_peak_rss_kb(f) for f in ("api", "consumer")}
-        events = tool_json("event_latency.py", env)
-        log("CPU per invocation (invocation_probe.py)")
+            measured["load"].append(dict(json.loads(out.read_text()), name=name))
+        measured["peak_rss_kb"] = {f: running_peak_rss_kb(f) for f in ("api", "consumer")}
+        log("change events (event_latency.py)")
+        measured["events"] = tool_json("event_latency.py",
+                                        dict(env, VF_EVENT_BENCH_SECONDS=str(config["event_seconds"])),
+                                        partial_ok=True)
+        probe = config["probe"]
+        log(f"CPU per invocation (invocation_probe.py: {probe['repeat']} × {probe['n']} per case"
+            + (f", interleaved with {compare}" if compare else "") + ")")
         probe_env = dict(env, VF_BENCH_KEY=stack.create_key("ws_bench", "users:write,users:read", 100000))
-        invocations = {case: tool_json("invocation_probe.py", probe_env, case, "--n", "300", "--cold", "5")
+        probe_args = ["--n", str(probe["n"]), "--repeat", str(probe["repeat"]), "--cold", str(probe["cold"])]
+        if compare:
+            probe_args += ["--compare", str(compare)]
+        invocations = {case: tool_json("invocation_probe.py", probe_env, case, *probe_args)
                        for case in invocation_probe.CASES}
+        if compare:
+            shown = compare.relative_to(ROOT) if compare.is_relative_to(ROOT) else compare
+            measured["compare"] = {"binaries": str(shown),
+                                   "invocations": {case: i.pop("compare") for case, i in invocations.items()}}
+        measured["invocations"] = invocations
         log("capacity units per upsert (capacity_run.py)")
-        units = tool_json("capacity_run.py", env)
+        measured["capacity"] = tool_json("capacity_run.py", env)
     finally:
         the_stack.stop()
-    return runs, rss, events, invocations, units
+    return measured
 
 
-def tool_json(script, env, *args):
-    """The JSON a tool of dev/ prints, run against the stack."""
-    out = subprocess.run([sys.executable, str(ROOT / "dev" / script), *args], cwd=ROOT, check=True,
-                         env=stack.tool_env(env), capture_output=True, text=True).stdout
-    return json.loads(out)
+def tool_json(script, env, *args, partial_ok=False):
+    """The JSON a tool of dev/ prints, run against the stack. `partial_ok`: a tool that
+    exits non-zero after printing its figures (some events never arrived) still counts,
+    its exit status kept as `"exit_status"`."""
+    done = subprocess.run([sys.executable, str(ROOT / "dev" / script), *args], cwd=ROOT,
+                          env=stack.tool_env(env), capture_output=True, text=True)
+    if done.returncode and not (partial_ok and done.stdout.strip()):
+        sys.stderr.write(done.stderr)
+        raise subprocess.CalledProcessError(done.returncode, script, done.stdout, done.stderr)
+    result = json.loads(done.stdout)
+    if done.returncode:
+        log(f"{script} exited with {done.returncode}; its figures are kept")
+        result["exit_status"] = done.returncode
+    return result
+
+
+def run_of(s):
+    """"quick" or "full"; a summary from before the split was a full run."""
+    return s.get("run", "full")
+
+
+def not_measured(s):
+    """What a row says of a figure this run did not measure."""
+    return "not in the quick run (make bench-full)" if run_of(s) == "quick" else "not measured in this run"
 
 
 def budgets(s):
-    hot, sizes, rss = s["criterion"]["hot_path_1kb_us"], s["arm64_bytes"], s["peak_rss_kb"]
-    paced = s["load"][0]
-    unpaced = s["load"][-1]
-    ratio = unpaced["throughput_ratio"]
-    cpu = {case: run["cpu_ms_per_invoke"] for case, run in s["invocations"].items()}
-    cold = {case: run["cold"] for case, run in s["invocations"].items()}
-    first_ratio = {case: cold[case]["first_invoke_ms"] / s["invocations"][case]["p50_ms"]
-                   for case in ("api-keyed", "api-unkeyed")}
-    init = max(c["init_ms"] for c in cold.values())
-    units = cost.units_per_upsert(s["capacity"])
-    return [
-        ("api CPU per invocation, keyed", "≤ 1.0 ms", f"{cpu['api-keyed']:.2f} ms", cpu["api-keyed"] <= 1.0),
-        ("api CPU per invocation, unkeyed / replayed", "≤ 0.4 ms",
-         f"{cpu['api-unkeyed']:.2f} / {cpu['api-replay']:.2f} ms", max(cpu["api-unkeyed"], cpu["api-replay"]) <= 0.4),
-        ("consumer CPU per batch of 10 (10 users)", "≤ 2.5 ms", f"{cpu['consumer']:.2f} ms", cpu["consumer"] <= 2.5),
-        ("first invocation after init ÷ warm p50 (connections opened during init)", "≤ 2 (keyed, unkeyed)",
-         " / ".join(f"{first_ratio[c]:.2f} ({cold[c]['first_invoke_ms']:.1f} ms ÷ "
-                    f"{s['invocations'][c]['p50_ms']:.1f} ms)" for c in first_ratio),
-         max(first_ratio.values()) <= 2),
-        ("init (spawn → first request for an event, connections opened; median of 5 cold starts)", "≤ 10 ms",
-         ", ".join(f"{case} {c['init_ms']:.1f} ms" for case, c in cold.items()), init <= 10),
-        ("write units per keyed upsert, ~1.5 KB profile (update)", "≤ 3",
-         f"{units['update']['write']:.2f} (new user: {units['new']['write']:.2f}; full profile: "
-         f"{units['full profile']['write']:.2f})", units["update"]["write"] <= 3),
-        ("api hot path, 1 KB body (parse + validate + canonical hash + message)", "≤ 10 µs",
-         f"{hot} µs (criterion median)" + (f"; {s['instructions_1kb']:,} instructions (callgrind)"
-                                           if s["instructions_1kb"] else ""), hot <= 10),
-        ("peak RSS per function", "≤ 16 MB",
-         "; ".join(f"{f} {(rss[f] or 0) / 1024:.1f} MiB after the load runs" for f in rss),
-         all(rss[f] and rss[f] <= 16 * 1024 for f in rss)),
-        ("stripped arm64 binaries", "≤ 8 MB each",
-         f"api {sizes['api']:,} B, consumer {sizes['consumer']:,} B",
-         max(sizes.values()) <= 8_000_000),
-        ("sequential AWS calls per POST", "≤ 2 with an Idempotency-Key, ≤ 1 without",
-         "3 (lease ‖ claim, send, awaited mark: the freeze rule) / 1–2 (send; the lease once per ten "
-         "requests of a busy instance, once per request of a quiet one)", "over, by design"),
-        ("consumer DynamoDB writes per batch", "≤ 1 per distinct user",
-         "1 PutItem per distinct user, after 1 BatchGetItem", True),
-        ("local throughput (unpaced) ÷ emulator raw rate for the same calls", "≥ 0.8",
-         f"{ratio:.2f} ({unpaced['accepted_per_s']:.1f}/s vs {unpaced['emulator_raw_put_send_per_s']:.1f}/s)",
-         ratio >= 0.8),
-        ("accepted → visible p99", "≤ 300 ms at 100 req/s",
-         f"{paced['visible_ms']['p99']:.0f} ms at {paced['paced_rate']}/s (moto tops out near "
-         f"{unpaced['emulator_raw_put_send_per_s']:.0f}/s: 100/s cannot be offered here)",
-         None),
-    ]
+    """(budget, limit, measured, status) rows: status True (met), False (over), None (not
+    measurable locally), or a string said as it is. Any figure may be missing (a quick
+    run has no arm64 sizes and no instruction count; an older summary may lack others)."""
+    skipped = not_measured(s)
+    crit = s.get("criterion") or {}
+    sizes, rss = s.get("arm64_bytes"), s.get("peak_rss_kb")
+    loads = s.get("load") or []
+    paced = next((r for r in loads if r.get("paced_rate")), None)
+    unpaced = next((r for r in reversed(loads) if not r.get("paced_rate")), None)
+    invocations = s.get("invocations") or {}
+    cpu = {case: run["cpu_ms_per_invoke"] for case, run in invocations.items()}
+    cold = {case: run["cold"] for case, run in invocations.items() if run.get("cold")}
+    rows = []
+
+    def row(what, limit, measured, ok, needs):
+        """A row when all its inputs were measured, else one that says it was not."""
+        rows.append((what, limit, measured(), ok()) if needs else (what, limit, "—", skipped))
+
+    row("api CPU per invocation, keyed", "≤ 1.0 ms", lambda: f"{cpu['api-keyed']:.2f} ms",
+        lambda: cpu["api-keyed"] <= 1.0, "api-keyed" in cpu)
+    row("api CPU per invocation, unkeyed / replayed", "≤ 0.4 ms",
+        lambda: f"{cpu['api-unkeyed']:.2f} / {cpu['api-replay']:.2f} ms",
+        lambda: max(cpu["api-unkeyed"], cpu["api-replay"]) <= 0.4, {"api-unkeyed", "api-replay"} <= cpu.keys())
+    row("consumer CPU per batch of 10 (10 users)", "≤ 2.5 ms", lambda: f"{cpu['consumer']:.2f} ms",
+        lambda: cpu["consumer"] <= 2.5, "consumer" in cpu)
+    firsts = [c for c in ("api-keyed", "api-unkeyed") if c in cold]
+    first_ratio = {c: cold[c]["first_invoke_ms"] / invocations[c]["p50_ms"] for c in firsts}
+    row("first invocation after init ÷ warm p50 (connections opened during init)", "≤ 2 (keyed, unkeyed)",
+        lambda: " / ".join(f"{first_ratio[c]:.2f} ({cold[c]['first_invoke_ms']:.1f} ms ÷ "
+                           f"{invocations[c]['p50_ms']:.1f} ms)" for c in firsts),
+        lambda: max(first_ratio.values()) <= 2, firsts)
+    colds = max((len_cold(s, c) for c in cold), default=RUNS[run_of(s)]["probe"]["cold"])
+    row(f"init (spawn → first request for an event, connections opened; median of {colds} cold starts)", "≤ 10 ms",
+        lambda: ", ".join(f"{case} {c['init_ms']:.1f} ms" for case, c in cold.items()),
+        lambda: max(c["init_ms"] for c in cold.values()) <= 10, cold)
+    units = cost.units_per_upsert(s["capacity"]) if s.get("capacity") else {}
+    row("write units per keyed upsert, ~1.5 KB profile (update)", "≤ 3",
+        lambda: f"{units['update']['write']:.2f} (new user: {units['new']['write']:.2f}; full profile: "
+                f"{units['full profile']['write']:.2f})",
+        lambda: units["update"]["write"] <= 3, {"update", "new", "full profile"} <= units.keys())
+    hot = crit.get("hot_path_1kb_us")
+    instructions = s.get("instructions_1kb")
+    counted = (f"; {instructions:,} instructions (callgrind)" if instructions
+               else "; callgrind count: not in the quick run (make bench-full)" if run_of(s) == "quick" else "")
+    row("api hot path, 1 KB body (parse + validate + canonical hash + message)", "≤ 10 µs",
+        lambda: f"{hot} µs (criterion median){counted}", lambda: hot <= 10, hot is not None)
+    row("peak RSS per function", "≤ 16 MB",
+        lambda: "; ".join(f"{f} {(rss[f] or 0) / 1024:.1f} MiB after the load runs" for f in rss),
+        lambda: all(rss[f] and rss[f] <= 16 * 1024 for f in rss), rss)
+    row("stripped arm64 binaries", "≤ 8 MB each",
+        lambda: ", ".join(f"{f} {b:,} B" for f, b in sizes.items()),
+        lambda: max(sizes.values()) <= 8_000_000, sizes)
+    rows.append(("sequential AWS calls per POST", "≤ 2 with an Idempotency-Key, ≤ 1 without",
+                 "3 (lease ‖ claim, send, awaited mark: the freeze rule) / 1–2 (send; the lease once per ten "
+                 "requests of a busy instance, once per request of a quiet one)", "over, by design"))
+    rows.append(("consumer DynamoDB writes per batch", "≤ 1 per distinct user",
+                 "1 PutItem per distinct user, after 1 BatchGetItem", True))
+    row("local throughput (unpaced) ÷ emulator raw rate for the same calls", "≥ 0.8",
+        lambda: f"{unpaced['throughput_ratio']:.2f} ({unpaced['accepted_per_s']:.1f}/s vs "
+                f"{unpaced['emulator_raw_put_send_per_s']:.1f}/s)",
+        lambda: unpaced["throughput_ratio"] >= 0.8, unpaced)
+    ceiling = (f"moto tops out near {unpaced['emulator_raw_put_send_per_s']:.0f}/s" if unpaced
+               else "moto tops out well below it")
+    row("accepted → visible p99", "≤ 300 ms at 100 req/s",
+        lambda: f"{paced['visible_ms']['p99']:.0f} ms at {paced['paced_rate']}/s ({ceiling}: "
+                f"100/s cannot be offered here)",
+        lambda: None, paced)
+    return rows
+
+
+def len_cold(s, case):
+    """Cold starts behind a case's cold medians (5 before the runs were split)."""
+    return s["invocations"][case].get("cold_starts", RUNS[run_of(s)]["probe"]["cold"])
+
+
+def compare_lines(s):
+    """This build beside the binaries of `--compare-binaries`, measured interleaved."""
+    other = s.get("compare")
+    if not other:
+        return []
+    mine, theirs = s.get("invocations") or {}, other.get("invocations") or {}
+    name = other["binaries"]
+
+    def change(a, b):
+        return f"{(a - b) / b * 100:+.1f} %" if b else "—"
+
+    rows = []
+    for case in (c for c in mine if c in theirs):
+        a, b = mine[case], theirs[case]
+        cold_a, cold_b = a.get("cold") or {}, b.get("cold") or {}
+        init = (f"{cold_a['init_ms']:.1f} / {cold_b['init_ms']:.1f} ms"
+                if "init_ms" in cold_a and "init_ms" in cold_b else "—")
+        rows.append(f"| {case} | {a['cpu_ms_per_invoke']:.3f} ms | {b['cpu_ms_per_invoke']:.3f} ms | "
+                    f"{change(a['cpu_ms_per_invoke'], b['cpu_ms_per_invoke'])} | "
+                    f"{a['p50_ms']:.1f} / {b['p50_ms']:.1f} ms | {init} | "
+                    f"{a['peak_rss_mb']:.1f} / {b['peak_rss_mb']:.1f} MiB |")
+    first = next(iter(mine.values()), {})
+    return ["", f"This build beside `{name}` (`--compare-binaries`): the same probe cases, "
+                f"{first.get('repeat', '?')} processes × {first.get('n', '?')} invocations of each, "
+                "taken in turn (A B, B A) in the same stack run; medians.", "",
+            f"| case | CPU per invocation, this build | CPU, `{name}` | change | warm p50 (this / `{name}`) "
+            f"| init (this / `{name}`) | peak RSS (this / `{name}`) |",
+            "|---|---|---|---|---|---|---|", *rows]
 
 
 def event_lines(s):
     e = s.get("events")
     if not e:
         return []
+
+    def ms(figures, q):
+        value = (figures or {}).get(q)
+        return "—" if value is None else f"{value:.0f}"
+
+    late = e.get("accepted", 0) - e.get("events_received", e.get("accepted", 0))
     return [f"Change events at {e['rate_per_s']}/s ({e['accepted']} upserts, each a new user; "
             f"`dev/event_latency.py`): accepted → event at a sink p50 / p99 "
-            f"{e['event_ms']['p50']:.0f} / {e['event_ms']['p99']:.0f} ms, beside accepted → visible "
-            f"through GET {e['visible_ms']['p50']:.0f} / {e['visible_ms']['p99']:.0f} ms."]
+            f"{ms(e.get('event_ms'), 'p50')} / {ms(e.get('event_ms'), 'p99')} ms, beside accepted → visible "
+            f"through GET {ms(e.get('visible_ms'), 'p50')} / {ms(e.get('visible_ms'), 'p99')} ms"
+            + (f"; **{late} events did not arrive within 30 s**." if late else ".")]
+
+
+def run_line(s):
+    """Which run the table came from."""
+    minutes = f", {s['wall_s'] / 60:.1f} min" if s.get("wall_s") else ""
+    if run_of(s) == "quick":
+        what = (f"`make bench`, the quick run{minutes}; rows it does not measure say so, "
+                "`make bench-full` measures every one")
+    else:
+        what = f"`make bench-full`, every figure{minutes}"
+    return f"Run of {s['date']} ({what}; {s['machine']})."
 
 
 def table(s):
@@ -199,19 +348,26 @@ def table(s):
         f"{r['post_ms']['p50']:.1f} / {r['post_ms']['p99']:.1f} ms | "
         f"{r['visible_ms']['p50']:.0f} / {r['visible_ms']['p99']:.0f} ms | "
         f"{r['emulator_raw_put_send_per_s']:.1f}/s | "
-        f"{'(paced)' if r['paced_rate'] else format(r['throughput_ratio'], '.2f')} |" for r in s["load"]]
-    c = s["criterion"]
-    parts = ", ".join(f"{k} {v} µs" for k, v in c["parts_1kb_us"].items())
+        f"{'(paced)' if r['paced_rate'] else format(r['throughput_ratio'], '.2f')} |" for r in s.get("load") or []]
+    loads = ["| load run | accepted/s | POST p50 / p99 | accepted → visible p50 / p99 | emulator raw rate | ratio |",
+             "|---|---|---|---|---|---|", *load_rows, ""] if load_rows else []
+    c = s.get("criterion")
+    others = []
+    if c:
+        parts = ", ".join(f"{k} {v} µs" for k, v in (c.get("parts_1kb_us") or {}).items())
+        others = [f"Other criterion medians{' (quick: 1 s warm-up, 2 s measured per bench)' if run_of(s) == 'quick' else ''}: "
+                  f"32 KB body {c.get('hot_path_32kb_us', '—')} µs, auth header parse + key hash "
+                  f"{c.get('auth_us', '—')} µs, consumer parse + merge of a batch of 10 "
+                  f"{c.get('consumer_batch_of_10_us', '—')} µs" + (f"; 1 KB parts: {parts}." if parts else ".")]
+    events = event_lines(s)
     return "\n".join([
-        f"Run of {s['date']} (`make bench`, {s['machine']}).", "",
-        "| budget | limit | measured | status |", "|---|---|---|---|", *rows, "",
-        "| load run | accepted/s | POST p50 / p99 | accepted → visible p50 / p99 | emulator raw rate | ratio |",
-        "|---|---|---|---|---|---|", *load_rows, "",
-        *event_lines(s), "",
-        f"Other criterion medians: 32 KB body {c['hot_path_32kb_us']} µs, auth header parse + key hash "
-        f"{c['auth_us']} µs, consumer parse + merge of a batch of 10 {c['consumer_batch_of_10_us']} µs; "
-        f"1 KB parts: {parts}.",
-    ])
+        run_line(s), "",
+        "| budget | limit | measured | status |", "|---|---|---|---|", *rows,
+        *compare_lines(s), "",
+        *loads,
+        *events, *([""] if events else []),
+        *others,
+    ]).rstrip("\n")
 
 
 def write_summary(summary):
@@ -224,27 +380,50 @@ def write_summary(summary):
     DOC.write_text(doc[:start] + "\n" + text + "\n" + doc[end:])
 
 
+def binaries_dir(value):
+    """A directory with the `api` and `consumer` binaries to compare with."""
+    path = Path(value).resolve()
+    missing = [f for f in ("api", "consumer") if not os.access(path / f, os.X_OK)]
+    if missing:
+        raise argparse.ArgumentTypeError(f"{value}: no executable {' or '.join(missing)} in it")
+    if path == (ROOT / "target" / "release").resolve():
+        raise argparse.ArgumentTypeError(f"{value} holds this build: copy the binaries to compare elsewhere first")
+    return path
+
+
 def main():
-    if sys.argv[1:] == ["--doc-only"]:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--full", action="store_true", help="every figure (make bench-full); default: the quick run")
+    parser.add_argument("--compare-binaries", type=binaries_dir, metavar="DIR",
+                        help="also probe DIR's api and consumer, interleaved with this build's")
+    parser.add_argument("--doc-only", action="store_true",
+                        help="only rewrite docs/performance.md and docs/cost.md from the last summary.json")
+    args = parser.parse_args()
+    if args.doc_only:
         summary = json.loads((OUT / "summary.json").read_text())
         write_summary(summary)
-        return cost.write_doc(summary)
+        cost.write_doc(summary)
+        return
+    mode = "full" if args.full else "quick"
+    config = RUNS[mode]
     OUT.mkdir(parents=True, exist_ok=True)
-    summary = {"date": time.strftime("%Y-%m-%d"),
+    summary = {"date": time.strftime("%Y-%m-%d"), "run": mode,
                "machine": f"{os.cpu_count()} cores, {os.uname().machine}"}
-    log("criterion")
-    summary["criterion"] = criterion()
-    log("instruction count")
-    summary["instructions_1kb"] = instructions()
-    log("arm64 binaries")
-    summary["arm64_bytes"] = arm64_sizes()
+    log(f"{config['make']}: criterion")
+    summary["criterion"] = criterion(config["criterion"])
+    if config["instructions"]:
+        log("instruction count")
+        summary["instructions_1kb"] = instructions()
+    if config["arm64"]:
+        log("arm64 binaries")
+        summary["arm64_bytes"] = arm64_sizes()
     run("cargo", "build", "--quiet", "--release", "--workspace", "--bin", "api", "--bin", "consumer", "--bin", "load")
-    log("load runs")
-    (summary["load"], summary["peak_rss_kb"], summary["events"], summary["invocations"],
-     summary["capacity"]) = load()
+    summary.update(load(config, args.compare_binaries))
+    summary["wall_s"] = round(time.monotonic() - STARTED)
     write_summary(summary)
     cost.write_doc(summary)
-    log(f"written: {OUT / 'summary.json'}, {DOC.relative_to(ROOT)} and docs/cost.md")
+    log(f"{config['make']} took {summary['wall_s'] / 60:.1f} min; written: {OUT / 'summary.json'}, "
+        f"{DOC.relative_to(ROOT)} and docs/cost.md")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,12 @@
 #!/usr/bin/env python3
-"""Cost per million upserts on AWS, from `make bench`'s summary.
+"""Cost per million upserts on AWS, from the summary of `make bench` (the quick run) or
+`make bench-full`.
 
     cost.py [target/bench/summary.json]      prints the table and rewrites docs/cost.md
+
+A summary without the figures the table needs (CPU of api-keyed and consumer, their log
+bytes, the capacity units of the `update` workload) leaves docs/cost.md as it is and
+says what is missing.
 
 Measured inputs (summary.json): CPU per invocation of each function, the bytes each logs
 per invocation, and the DynamoDB capacity units per upsert counted by the local stack's
@@ -101,6 +106,23 @@ def log_bytes(summary):
     return own + PLATFORM_LOG_BYTES * (1 + 1 / CONSUMER_BATCH + 1 / CHANGES_BATCH)
 
 
+def source(summary):
+    """Which run the figures came from (a summary from before the split was a full run)."""
+    if summary.get("run", "full") == "quick":
+        return "`make bench` (the quick run)"
+    return "`make bench-full`"
+
+
+def missing(summary):
+    """The inputs of the table that `summary` lacks, named."""
+    invocations = summary.get("invocations") or {}
+    gone = [f"{case} CPU and log bytes" for case in ("api-keyed", "consumer")
+            if not {"cpu_ms_per_invoke", "log_bytes_per_invoke"} <= (invocations.get(case) or {}).keys()]
+    if "update" not in (summary.get("capacity") or {}):
+        gone.append("capacity units (update)")
+    return gone
+
+
 def table(summary):
     cpu = {case: run["cpu_ms_per_invoke"] for case, run in summary["invocations"].items()}
     units = units_per_upsert(summary["capacity"])
@@ -113,7 +135,7 @@ def table(summary):
                  + ", ".join(f"{t} {v:.2f}" for t, v in u["tables"].items()) + " |"
                  for workload, u in units.items()]
     return "\n".join([
-        f"From `make bench` of {summary['date']}; prices of {PRICES_DATE} (us-east-1).", "",
+        f"From {source(summary)} of {summary['date']}; prices of {PRICES_DATE} (us-east-1).", "",
         "| line | this project | how | Python + Powertools | how |", "|---|---|---|---|---|", *rows,
         f"| **total per million keyed upserts** | **${total_a:.2f}** | | **${total_b:.2f}** | |", "",
         "DynamoDB capacity units per keyed upsert, counted by the local stack's proxy (api and consumer):", "",
@@ -123,6 +145,12 @@ def table(summary):
 
 
 def write_doc(summary):
+    """Rewrites the table of docs/cost.md, unless the summary lacks its inputs."""
+    gone = missing(summary)
+    if gone:
+        note = f"cost.py: docs/cost.md left as it was: this summary has no {', '.join(gone)}"
+        print(note, file=sys.stderr)
+        return note
     text = table(summary)
     doc = DOC.read_text()
     start, end = doc.index(BEGIN) + len(BEGIN), doc.index(END)

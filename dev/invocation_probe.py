@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """CPU, init and memory of a function binary, invocation by invocation, as Lambda runs it.
 
-    invocation_probe.py CASE [--n 500] [--repeat 3] [--cold 10]     (inside a running stack)
+    invocation_probe.py CASE [--n 500] [--repeat 3] [--cold 10] [--binaries DIR] [--compare DIR]
+                                                                     (inside a running stack)
 
 Each process is one execution environment of the faithful runtime (`dev/faithful`):
 events handed out one at a time, the process frozen between them. Measured from `/proc`:
@@ -17,7 +18,10 @@ CASE is `api-keyed` (a fresh Idempotency-Key each), `api-unkeyed`, `api-replay` 
 and body: the first is processed, the rest replayed) or `consumer` (SQS batches of 10
 messages over 100 users). The stack's variables (`dev/stack.py run`) name the tables and
 the queue; `VF_BENCH_KEY` is an API key with `users:write` and a high rate limit.
-Prints one JSON summary; medians over the processes.
+Prints one JSON summary; medians over the processes. `--compare DIR` measures DIR's
+binaries of the same function too, process by process in turn with `--binaries` (A B,
+then B A, …: both see the same machine in the same minute), and adds their summary under
+`"compare"`.
 """
 import argparse
 import json
@@ -117,13 +121,17 @@ def percentile(values, p):
 
 
 class Probe:
-    def __init__(self, case, binary_dir):
+    def __init__(self, case, binary_dir, log_name=None):
         function, self.event = CASES[case]
         env = {name: os.environ[name] for name in FUNCTION_VARIABLES if name in os.environ}
-        self.config = FunctionConfig(name=f"probe-{function}", binary=str(binary_dir / function), env=env)
+        binary = Path(binary_dir) / function
+        if not binary.is_file():
+            raise SystemExit(f"invocation_probe: no {function} binary in {binary_dir}")
+        self.config = FunctionConfig(name=f"probe-{function}", binary=str(binary), env=env)
         self.key = os.environ.get("VF_BENCH_KEY", "")
         self.spawner = Spawner()
-        self.log = ROOT / "target" / "bench" / f"probe-{case}.log"
+        # Log bytes per invocation are read from this file's growth: one file per binary.
+        self.log = ROOT / "target" / "bench" / (log_name or f"probe-{case}.log")
         self.log.parent.mkdir(parents=True, exist_ok=True)
 
     def environment(self):
@@ -182,12 +190,32 @@ def medians(runs):
     return {name: round(statistics.median(run[name] for run in runs), 3) for name in runs[0]}
 
 
-def measure(case, n=500, warmup=20, repeat=3, cold=0, binary_dir=ROOT / "target" / "release"):
-    probe = Probe(case, binary_dir)
-    summary = dict(medians([probe.warm(n, warmup) for _ in range(repeat)]), case=case, n=n, repeat=repeat)
-    if cold:
-        summary["cold"] = medians([probe.cold() for _ in range(cold)])
-    return summary
+def measure(case, n=500, warmup=20, repeat=3, cold=0, binary_dir=ROOT / "target" / "release", compare=None):
+    """Medians over `repeat` warm processes (and `cold` cold starts) of `binary_dir`'s
+    binary; with `compare` (a directory), of that one's too, interleaved process by
+    process, under `"compare"`."""
+    probes = [Probe(case, binary_dir)]
+    if compare is not None:
+        probes.append(Probe(case, compare, f"probe-{case}-compare.log"))
+    warm, cold_runs = [[] for _ in probes], [[] for _ in probes]
+    for i in range(repeat):
+        # A B, B A, …: a drift of the machine's load falls on both alike.
+        for k in (range(len(probes)) if i % 2 == 0 else reversed(range(len(probes)))):
+            warm[k].append(probes[k].warm(n, warmup))
+    for i in range(cold):
+        for k in (range(len(probes)) if i % 2 == 0 else reversed(range(len(probes)))):
+            cold_runs[k].append(probes[k].cold())
+    summaries = []
+    for probe, warm_runs, cold_of_probe in zip(probes, warm, cold_runs):
+        summary = dict(medians(warm_runs), case=case, n=n, repeat=repeat,
+                       binaries=str(Path(probe.config.binary).parent))
+        if cold_of_probe:
+            summary["cold"] = medians(cold_of_probe)
+            summary["cold_starts"] = len(cold_of_probe)
+        summaries.append(summary)
+    if compare is not None:
+        summaries[0]["compare"] = summaries[1]
+    return summaries[0]
 
 
 def main():
@@ -198,8 +226,12 @@ def main():
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--cold", type=int, default=0)
     parser.add_argument("--binaries", type=Path, default=ROOT / "target" / "release")
+    parser.add_argument("--compare", type=Path, metavar="DIR",
+                        help="also measure DIR's binary, interleaved with --binaries' (under \"compare\")")
     args = parser.parse_args()
-    print(json.dumps(measure(args.case, args.n, args.warmup, args.repeat, args.cold, args.binaries)))
+    if args.repeat < 1:
+        parser.error("--repeat must be at least 1")
+    print(json.dumps(measure(args.case, args.n, args.warmup, args.repeat, args.cold, args.binaries, args.compare)))
 
 
 if __name__ == "__main__":

@@ -32,7 +32,8 @@ class FaultProxy:
     "code": "ServiceUnavailable"}` makes those operations (their `X-Amz-Target`) answer
     that error; `"action": "stall", "delay_ms": 3000` holds them that long and then
     forwards them; `"probability": 0.3` affects only that share of the calls;
-    `"matching": "text"` only the calls whose payload contains that text.
+    `"matching": "text"` only the calls whose payload contains that text; `"message"`
+    sets the failure's message (AWS messages can quote the data they refuse).
     `DELETE /__faults` clears it; `GET /__faults` counts calls per operation and the
     faults injected. Both SDK protocols this service uses (DynamoDB and SQS JSON) name
     the operation in `X-Amz-Target`.
@@ -141,7 +142,8 @@ class FaultProxy:
                     return self.answer(400, error, [("Content-Type", "application/x-amz-json-1.0")])
                 if action == "fail":
                     error = json.dumps({"__type": faults.get("code", "ServiceUnavailable"),
-                                        "message": "injected by the test fault proxy"}).encode()
+                                        "message": faults.get("message", "injected by the test fault proxy")}
+                                       ).encode()
                     return self.answer(int(faults.get("status", 503)), error,
                                        [("Content-Type", "application/x-amz-json-1.0")])
                 if action == "stall":

@@ -6,7 +6,9 @@
 use super::ports::{Counters, IdempotencyKeys, PortError, UpsertQueue};
 use super::rate_limit::RateLimiter;
 use super::{AppError, Caller};
-use crate::contract::{erase_hash, ErrorCode, FieldError, RequestError, ValidBatch, ValidUpsert};
+use crate::contract::{
+    erase_hash, ErrorCode, FieldError, Rejected, RequestError, ValidBatch, ValidUpsert,
+};
 use crate::domain::idempotency::{Claim, LOCK_MS};
 use crate::domain::{Changes, Stamp, UpsertMessage, MESSAGE_VERSION};
 use std::sync::Arc;
@@ -45,13 +47,6 @@ impl Accepted {
             Accepted::One { replayed } | Accepted::Batch { replayed, .. } => *replayed,
         }
     }
-}
-
-/// One refused upsert of a batch.
-#[derive(Debug, PartialEq, serde::Serialize)]
-pub struct Rejected {
-    pub index: usize,
-    pub errors: Vec<FieldError>,
 }
 
 /// What an accepted write puts on the queue.
@@ -155,7 +150,7 @@ impl<K: IdempotencyKeys, Q: UpsertQueue, C: Counters> Accept<K, Q, C> {
         for (index, entry) in entries.into_iter().enumerate() {
             match entry {
                 Ok(upsert) => valid.push((index, upsert)),
-                Err(errors) => rejected.push(Rejected { index, errors }),
+                Err(errors) => rejected.push(Rejected::new(index, errors)),
             }
         }
         let accepted = valid.len();
@@ -177,13 +172,13 @@ impl<K: IdempotencyKeys, Q: UpsertQueue, C: Counters> Accept<K, Q, C> {
                 idempotency_key,
             )
             .await?;
-        rejected.extend(unsent.iter().map(|&index| Rejected {
-            index,
-            errors: vec![FieldError::new(
+        rejected.extend(unsent.iter().map(|&index| {
+            let error = FieldError::new(
                 ErrorCode::Unavailable,
                 format!("users[{index}]"),
                 "this upsert could not be enqueued; nothing of it was accepted, send it again",
-            )],
+            );
+            Rejected::new(index, vec![error])
         }));
         rejected.sort_by_key(|r| r.index);
         Ok(Accepted::Batch {

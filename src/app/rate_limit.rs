@@ -87,6 +87,9 @@ impl Local {
     }
 }
 
+/// What a blocked key (rate 0) is told to wait: nothing changes until its rate does.
+const BLOCKED_RETRY_AFTER_SECS: u64 = 60;
+
 /// A request that finds the counter contended this many times is refused (429); the
 /// next one tries again.
 const MAX_ATTEMPTS: usize = 4;
@@ -166,6 +169,13 @@ impl<S: Counters> RateLimiter<S> {
     /// low-rate key could never send a full batch.
     pub async fn admit(&self, caller: &Caller, now_ms: i64, cost: u64) -> Result<(), AppError> {
         let rate = caller.rate;
+        // A key stored with a rate of 0 is blocked: no request is ever admitted.
+        if rate == 0 {
+            return Err(AppError::RateLimited {
+                rate,
+                retry_after_secs: BLOCKED_RETRY_AFTER_SECS,
+            });
+        }
         let cost = cost.min(u64::from(rate));
         match self.check(&caller.workspace_id, rate, cost, now_ms).await? {
             RateDecision::Allowed => Ok(()),
@@ -274,6 +284,31 @@ mod tests {
             }
         }
         admitted
+    }
+
+    #[test]
+    fn a_rate_of_zero_blocks_every_request() {
+        let limiter = RateLimiter::new(Arc::new(MemoryCounters::default()));
+        let blocked = Caller {
+            workspace_id: "ws".into(),
+            rate: 0,
+        };
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        for cost in [0, 1, 10] {
+            let decision = runtime.block_on(limiter.admit(&blocked, 1_800_000_000_000, cost));
+            assert!(
+                matches!(
+                    decision,
+                    Err(AppError::RateLimited {
+                        rate: 0,
+                        retry_after_secs: 60
+                    })
+                ),
+                "cost {cost}: {decision:?}"
+            );
+        }
     }
 
     const INSTANCES: [usize; 4] = [1, 10, 100, 1000];

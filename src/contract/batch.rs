@@ -27,13 +27,24 @@ pub struct ValidBatch {
 /// Parses a batch body. Envelope problems refuse the whole batch (400 or 422); entry
 /// problems refuse that entry only.
 pub fn parse_batch(body: &[u8]) -> Result<ValidBatch, BodyError> {
-    let members: BTreeMap<String, &RawValue> = serde_json::from_slice(body).map_err(|e| {
+    let Envelope(listed) = serde_json::from_slice(body).map_err(|e| {
         if e.is_data() {
             BodyError::InvalidJson("body must be a JSON object".into())
         } else {
             BodyError::InvalidJson(format!("body is not valid JSON: {e}"))
         }
     })?;
+    let mut members: BTreeMap<String, &RawValue> = BTreeMap::new();
+    let mut duplicates = Vec::new();
+    for (name, value) in listed {
+        if members.insert(name.clone(), value).is_some() {
+            let message = format!("{name} is named twice in the body");
+            duplicates.push(FieldError::new(ErrorCode::DuplicateField, name, message));
+        }
+    }
+    if !duplicates.is_empty() {
+        return Err(BodyError::Invalid(duplicates));
+    }
     let mut errors: Vec<FieldError> = members
         .keys()
         .filter(|name| *name != USERS)
@@ -81,6 +92,34 @@ pub fn parse_batch(body: &[u8]) -> Result<ValidBatch, BodyError> {
     match users {
         Some(users) if errors.is_empty() => Ok(entries(&users)),
         _ => Err(BodyError::Invalid(errors)),
+    }
+}
+
+/// The body's members in body order, each as sent (a map would fold a repeated name).
+struct Envelope<'a>(Vec<(String, &'a RawValue)>);
+
+impl<'de: 'a, 'a> serde::Deserialize<'de> for Envelope<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Members;
+        impl<'de> serde::de::Visitor<'de> for Members {
+            type Value = Envelope<'de>;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Self::Value, A::Error> {
+                let mut members = Vec::new();
+                while let Some(member) = map.next_entry()? {
+                    members.push(member);
+                }
+                Ok(Envelope(members))
+            }
+        }
+        deserializer.deserialize_map(Members)
     }
 }
 
@@ -182,6 +221,25 @@ mod tests {
 
     fn parse(body: Value) -> ValidBatch {
         parse_batch(body.to_string().as_bytes()).expect("valid envelope")
+    }
+
+    #[test]
+    fn a_member_named_twice_is_refused_in_the_envelope_and_in_an_entry() {
+        let twice = br#"{"users":[{"external_user_id":"a"}],"users":[{"external_user_id":"b"}]}"#;
+        let Err(BodyError::Invalid(errors)) = parse_batch(twice) else {
+            panic!("a repeated envelope member was accepted")
+        };
+        assert_eq!(
+            (errors[0].code, errors[0].field.as_deref()),
+            (ErrorCode::DuplicateField, Some("users"))
+        );
+        let inner = br#"{"users":[{"external_user_id":"a","traits":{"plan":"x","plan":"y"}}]}"#;
+        let batch = parse_batch(inner).unwrap();
+        let errors = batch.entries[0].as_ref().unwrap_err();
+        assert_eq!(
+            (errors[0].code, errors[0].field.as_deref()),
+            (ErrorCode::DuplicateField, Some("users[0].traits.plan"))
+        );
     }
 
     #[test]

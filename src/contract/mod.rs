@@ -10,7 +10,10 @@ mod validate;
 
 pub use batch::{parse_batch, ValidBatch, MAX_BATCH_BODY_BYTES, MAX_BATCH_USERS};
 pub use email::{normalize_email, parse_email};
-pub use error::{ErrorCode, ErrorEnvelope, FieldError};
+pub use error::{
+    bound, bound_rejected, ErrorCode, ErrorEnvelope, FieldError, Rejected, MAX_ERRORS,
+    MAX_ERROR_ANSWER_BYTES,
+};
 pub use request::{
     checked_body, email_query, idempotency_key, BodyLimit, RequestError, BATCH_BODY, UPSERT_BODY,
 };

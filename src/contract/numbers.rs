@@ -11,13 +11,28 @@ const MAX_SIGNIFICANT_DIGITS: usize = 38;
 const MIN_EXPONENT: i64 = -130;
 const MAX_EXPONENT: i64 = 125;
 
-/// Number literals of a JSON document, in document order, as byte ranges.
-pub(crate) fn number_literals(json: &[u8]) -> Vec<Range<usize>> {
-    let mut literals = Vec::new();
+/// What one pass over a JSON document's bytes finds.
+#[derive(Debug, Default, PartialEq)]
+pub(crate) struct Scanned {
+    /// Number literals, in document order, as byte ranges.
+    pub numbers: Vec<Range<usize>>,
+    /// Object members (the colons outside strings): more than the parsed value holds
+    /// means a member was named twice, which the parser silently folded.
+    pub members: usize,
+}
+
+/// Number literals and object members of a JSON document.
+pub(crate) fn scan(json: &[u8]) -> Scanned {
+    let mut scanned = Scanned::default();
+    let literals = &mut scanned.numbers;
     let mut i = 0;
     while i < json.len() {
         match json[i] {
             b'"' => i = string_end(json, i + 1),
+            b':' => {
+                scanned.members += 1;
+                i += 1;
+            }
             b'-' | b'0'..=b'9' => {
                 let start = i;
                 while i < json.len()
@@ -30,7 +45,7 @@ pub(crate) fn number_literals(json: &[u8]) -> Vec<Range<usize>> {
             _ => i += 1,
         }
     }
-    literals
+    scanned
 }
 
 /// Whether a literal is a number in JSON's grammar: `-?(0|[1-9]d*)(.d+)?([eE][+-]?d+)?`.
@@ -158,11 +173,14 @@ mod tests {
     #[test]
     fn literals_are_found_outside_strings_only() {
         let json = br#"{"a":1,"b":"2 -3 \" 4","c":[-5.5e3,true,null],"d":0}"#;
-        let found: Vec<&str> = number_literals(json)
+        let scanned = scan(json);
+        let found: Vec<&str> = scanned
+            .numbers
             .into_iter()
             .map(|r| std::str::from_utf8(&json[r]).unwrap())
             .collect();
         assert_eq!(found, ["1", "-5.5e3", "0"]);
+        assert_eq!(scanned.members, 4, "the colon in a string is no member");
     }
 
     #[test]

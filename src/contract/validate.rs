@@ -1,4 +1,4 @@
-use super::numbers::{is_json_number, is_storable, number_literals};
+use super::numbers::{is_json_number, is_storable, scan};
 use super::{parse_email, ErrorCode, FieldError};
 use crate::domain::{trait_path, Changes, ProfileField};
 use serde::de::{DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
@@ -41,7 +41,8 @@ pub struct ValidUpsert {
 /// Parses and validates a `POST /api/v1/users` body, reporting every problem in body
 /// order. Values are moved, not copied, from the parsed body into the changes.
 pub fn parse_upsert(body: &[u8]) -> Result<ValidUpsert, BodyError> {
-    let unstorable = unstorable_numbers(body);
+    let scanned = scan(body);
+    let unstorable = unstorable_numbers(body, scanned.numbers);
     // A number no double can hold (`1e400`) would fail the whole parse: it is read as
     // 0 instead, and reported at its path below.
     let readable: Cow<[u8]> = if unstorable.is_empty() {
@@ -51,10 +52,13 @@ pub fn parse_upsert(body: &[u8]) -> Result<ValidUpsert, BodyError> {
     };
     let value: Value = serde_json::from_slice(&readable)
         .map_err(|e| BodyError::InvalidJson(format!("body is not valid JSON: {e}")))?;
-    let body_hash = body_hash(&value);
     let Value::Object(members) = value else {
         return Err(BodyError::InvalidJson("body must be a JSON object".into()));
     };
+    if member_count(&members) != scanned.members {
+        return Err(BodyError::Invalid(duplicate_members(&readable)));
+    }
+    let body_hash = body_hash(&members);
     let mut validator = Validator {
         unstorable_paths: number_paths(&readable, &unstorable),
         ..Validator::default()
@@ -76,8 +80,8 @@ pub fn parse_upsert(body: &[u8]) -> Result<ValidUpsert, BodyError> {
 /// Number literals (their ordinal among the body's numbers, and where they stand)
 /// that cannot be stored exactly; literals outside JSON's grammar are left for the
 /// parser to refuse.
-fn unstorable_numbers(body: &[u8]) -> Vec<(usize, Range<usize>)> {
-    number_literals(body)
+fn unstorable_numbers(body: &[u8], literals: Vec<Range<usize>>) -> Vec<(usize, Range<usize>)> {
+    literals
         .into_iter()
         .enumerate()
         .filter(|(_, range)| {
@@ -112,6 +116,32 @@ fn number_paths(body: &[u8], literals: &[(usize, Range<usize>)]) -> HashSet<Stri
         .collect()
 }
 
+/// Members of the objects of a value, at every depth.
+fn member_count(members: &Map<String, Value>) -> usize {
+    fn of(value: &Value) -> usize {
+        match value {
+            Value::Object(members) => member_count(members),
+            Value::Array(items) => items.iter().map(of).sum(),
+            _ => 0,
+        }
+    }
+    members.len() + members.values().map(of).sum::<usize>()
+}
+
+/// A `duplicate_field` error at every member named twice in its object, in body order.
+fn duplicate_members(body: &[u8]) -> Vec<FieldError> {
+    let mut paths = BodyPaths::default();
+    paths.record(body);
+    paths
+        .duplicates
+        .into_iter()
+        .map(|path| {
+            let message = format!("{path} is named twice in its object");
+            FieldError::new(ErrorCode::DuplicateField, path, message)
+        })
+        .collect()
+}
+
 /// The validator walks objects in key order; the contract lists errors in body order.
 /// Errors are rare, so their order is found by a second pass over the raw body that
 /// numbers every member and item path (`traits.tags[2]`) in document order. An error
@@ -130,6 +160,8 @@ fn in_body_order(mut errors: Vec<(String, FieldError)>, body: &[u8]) -> Vec<Fiel
 struct BodyPaths {
     positions: HashMap<String, usize>,
     numbers: Vec<String>,
+    /// Paths of members named a second time in their object, in document order.
+    duplicates: Vec<String>,
 }
 
 impl BodyPaths {
@@ -219,11 +251,15 @@ impl<'de> Visitor<'de> for PathRecorder<'_> {
 
     fn visit_map<A: MapAccess<'de>>(mut self, mut members: A) -> Result<(), A::Error> {
         let len = self.path.len();
+        let mut names = HashSet::new();
         while let Some(name) = members.next_key::<Cow<'de, str>>()? {
             if len > 0 {
                 self.path.push('.');
             }
             self.path.push_str(&name);
+            if !names.insert(name) {
+                self.paths.duplicates.push(self.path.clone());
+            }
             members.next_value_seed(self.child())?;
             self.path.truncate(len);
         }
@@ -569,7 +605,7 @@ pub fn erase_hash(external_user_id: &str) -> String {
 
 /// SHA-256 (hex) of the body's canonical JSON: members sorted (objects parse into
 /// sorted maps), no whitespace, so two bodies that parse to the same JSON hash the same.
-pub fn body_hash(body: &Value) -> String {
+pub fn body_hash(body: &impl serde::Serialize) -> String {
     let mut canonical = Vec::with_capacity(1024);
     // Writing into a Vec cannot fail.
     let _ = serde_json::to_writer(&mut canonical, body);
@@ -579,6 +615,35 @@ pub fn body_hash(body: &Value) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_member_named_twice_at_any_depth_is_refused_at_its_path() {
+        for (body, path) in [
+            (
+                r#"{"external_user_id":"a","external_user_id":"b"}"#,
+                "external_user_id",
+            ),
+            (
+                r#"{"external_user_id":"a","traits":{"plan":"x","plan":"y"}}"#,
+                "traits.plan",
+            ),
+            (
+                r#"{"external_user_id":"a","traits":{"t":[1,{"k":1,"k":2}]}}"#,
+                "traits.t[1].k",
+            ),
+        ] {
+            let Err(BodyError::Invalid(errors)) = parse_upsert(body.as_bytes()) else {
+                panic!("{body} was accepted")
+            };
+            assert_eq!(
+                (errors[0].code, errors[0].field.as_deref()),
+                (ErrorCode::DuplicateField, Some(path)),
+                "{body}"
+            );
+        }
+        // A colon inside a string is no member.
+        assert!(parse_upsert(br#"{"external_user_id":"a:b","traits":{"x:y":"1:2"}}"#).is_ok());
+    }
     use proptest::prelude::*;
     use serde_json::json;
 

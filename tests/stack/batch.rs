@@ -314,3 +314,38 @@ async fn a_batch_counts_one_request_per_started_hundred_users() {
         202
     );
 }
+
+/// 466 KB of entries that each name 256 unstorable numbers: the 207 lists every refused
+/// entry with at most 20 errors, stays far under Lambda's 6 MB, and the valid entry
+/// beside them is applied.
+#[tokio::test]
+#[ignore = "needs the local stack: run `make test`"]
+async fn the_worst_batch_is_answered_within_lambdas_limits() {
+    let stack = Stack::new().await;
+    let key = stack.key(&ALL_SCOPES).await;
+    let numbers: serde_json::Map<String, Value> = (0..256)
+        .map(|i| (format!("n{i:03}"), json!(1e300)))
+        .collect();
+    let mut entries = vec![json!({"external_user_id": "fine", "traits": {"plan": "ok"}})];
+    let mut body = json!({ "users": entries }).to_string();
+    while body.len() < 466 * 1024 {
+        let id = format!("worst-{}", entries.len());
+        entries.push(json!({"external_user_id": id, "traits": numbers}));
+        body = json!({ "users": entries }).to_string();
+    }
+    let refused = entries.len() - 1;
+    let response = post_batch(&stack, &key, body, None).await;
+    assert_eq!(response.status(), 207);
+    let text = response.text().await.unwrap();
+    assert!(text.len() < 3 * 1024 * 1024, "{} bytes", text.len());
+    let answer: Value = serde_json::from_str(&text).unwrap();
+    let rejected = answer["data"]["rejected"].as_array().unwrap();
+    assert_eq!(
+        (answer["data"]["accepted"].as_u64(), rejected.len()),
+        (Some(1), refused)
+    );
+    assert!(rejected
+        .iter()
+        .all(|r| r["errors"].as_array().unwrap().len() == 20 && r["errors_truncated"] == true));
+    user_when(&stack, &key, "fine", |u| u["traits"]["plan"] == "ok").await;
+}

@@ -8,6 +8,7 @@ mod support;
 mod batch;
 mod change_events;
 mod consumer_and_reads;
+mod dlq;
 mod dynamodb_limits;
 mod erase;
 mod faults;

@@ -520,3 +520,53 @@ async fn over_the_rate_is_429_with_headers_and_accepts_nothing() {
         );
     }
 }
+
+#[tokio::test]
+#[ignore = "needs the local stack: run `make test`"]
+async fn a_key_with_a_rate_of_zero_is_blocked() {
+    let stack = Stack::new().await;
+    let blocked = stack.key_with_rate(&ALL_SCOPES, 0).await;
+    let response = stack
+        .post(&blocked, &json!({"external_user_id": "b"}))
+        .await;
+    assert_eq!(response.headers()["retry-after"], "60");
+    assert_eq!(error_of(response).await.1, ["rate_limited"]);
+}
+
+#[tokio::test]
+#[ignore = "needs the local stack: run `make test`"]
+async fn a_member_named_twice_is_422_duplicate_field() {
+    let stack = Stack::new().await;
+    let key = stack.key(&ALL_SCOPES).await;
+    let body = r#"{"external_user_id":"d","traits":{"plan":"a","nested":{"k":1,"k":2}}}"#;
+    let (status, codes, fields) = error_of(stack.post_raw(&key, body.into(), None).await).await;
+    assert_eq!(
+        (status, codes, fields),
+        (
+            422,
+            vec!["duplicate_field".to_owned()],
+            vec!["traits.nested.k".to_owned()]
+        )
+    );
+}
+
+/// The worst body for the answer's size: every value a number no DynamoDB number can
+/// hold. The answer lists the first 100 errors, says so, and stays under 1 MiB.
+#[tokio::test]
+#[ignore = "needs the local stack: run `make test`"]
+async fn an_answer_lists_at_most_100_errors_and_says_it_is_truncated() {
+    let stack = Stack::new().await;
+    let key = stack.key(&ALL_SCOPES).await;
+    let traits: serde_json::Map<String, Value> = (0..256)
+        .map(|i| (format!("n{i:03}"), json!(1e300)))
+        .collect();
+    let body = json!({"external_user_id": "worst", "traits": traits}).to_string();
+    let response = stack.post_raw(&key, body, None).await;
+    assert_eq!(response.status(), 422);
+    let text = response.text().await.unwrap();
+    assert!(text.len() < 1024 * 1024, "{} bytes", text.len());
+    let answer: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(answer["errors"].as_array().unwrap().len(), 100);
+    assert_eq!(answer["errors_truncated"], true);
+    assert_eq!(answer["errors"][0]["field"], "traits.n000");
+}

@@ -4,8 +4,10 @@
 
 use aws_sdk_cloudformation::error::{DisplayErrorContext, ProvideErrorMetadata};
 use clap::{Args, Parser, Subcommand};
+use dlq::DeadLetters;
 use import::{import, ImportOptions};
 use keys::KeyTable;
+use serde_json::json;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use vibefollow_users::aws::sdk_config;
@@ -13,13 +15,12 @@ use vibefollow_users::clock::now_millis;
 use vibefollow_users::domain::auth::{generate_key, key_hash, key_id, ApiKeyRecord, Scope};
 use vibefollow_users::domain::format_millis;
 
+mod dlq;
 mod import;
 mod keys;
 
 /// Written by `dev/stack.py` while the local stack runs (in `VF_LOCAL_DIR` if set).
 const LOCAL_ENV_FILE: &str = "stack.env";
-/// The stack output that names the API keys table (template.yaml).
-const API_KEYS_OUTPUT: &str = "ApiKeysTableName";
 
 #[derive(Parser)]
 #[command(name = "vfctl", about = "VibeFollow Users admin command")]
@@ -49,6 +50,21 @@ enum Command {
     /// Change events of the local stack.
     #[command(subcommand)]
     Events(EventsCommand),
+    /// The dead-letter queue: upserts answered 202 that the consumer could not apply.
+    #[command(subcommand)]
+    Dlq(DlqCommand),
+}
+
+#[derive(Subcommand)]
+enum DlqCommand {
+    /// How many messages wait and when the oldest was enqueued (SQS deletes it 14 days
+    /// after), as JSON. It looks at the messages to find the oldest: each is hidden for
+    /// a moment and released again.
+    Status,
+    /// Moves every message back to the upsert queue (SQS's message-move task, or
+    /// receive-send-delete where the service has none, as locally); fix the cause
+    /// first. Applying a message again is harmless: the merge is idempotent.
+    Redrive,
 }
 
 #[derive(Subcommand)]
@@ -145,27 +161,69 @@ async fn run(cli: Cli) -> Result<(), String> {
         Command::Events(EventsCommand::Tail { count }) => {
             return tail_events(cli.local, count).await
         }
-        Command::Keys(command) => command,
+        command => command,
     };
     let mut sdk = sdk_config().await.into_builder();
     if let Some(region) = &cli.region {
         sdk.set_region(Some(aws_config::Region::new(region.clone())));
     }
-    let sdk = sdk.build();
-    // An explicit --stack wins over a table name left in the environment.
-    let table = match (cli.stack, std::env::var("API_KEYS_TABLE")) {
-        (Some(stack), _) => stack_output(&sdk, &stack, API_KEYS_OUTPUT).await?,
-        (None, Ok(table)) => table,
-        (None, Err(_)) if cli.local => {
-            return Err("the local stack's environment names no API_KEYS_TABLE".into())
-        }
-        (None, Err(_)) => stack_output(&sdk, &default_stack_name()?, API_KEYS_OUTPUT).await?,
+    let target = Target {
+        sdk: sdk.build(),
+        stack: cli.stack,
+        local: cli.local,
     };
-    let store = KeyTable::new(aws_sdk_dynamodb::Client::new(&sdk), table);
     match command {
-        KeysCommand::Create(args) => create(&store, args).await,
-        KeysCommand::List { workspace } => list(&store, &workspace).await,
-        KeysCommand::Revoke { key } => revoke(&store, &key).await,
+        Command::Keys(command) => {
+            let table = target
+                .resource("API_KEYS_TABLE", "ApiKeysTableName")
+                .await?;
+            let store = KeyTable::new(aws_sdk_dynamodb::Client::new(&target.sdk), table);
+            match command {
+                KeysCommand::Create(args) => create(&store, args).await,
+                KeysCommand::List { workspace } => list(&store, &workspace).await,
+                KeysCommand::Revoke { key } => revoke(&store, &key).await,
+            }
+        }
+        Command::Dlq(command) => {
+            let dlq = target.resource("DLQ_URL", "DeadLetterQueueUrl").await?;
+            let queue = target
+                .resource("UPSERT_QUEUE_URL", "UpsertQueueUrl")
+                .await?;
+            let dead = DeadLetters::new(aws_sdk_sqs::Client::new(&target.sdk), dlq, queue);
+            let answer = match command {
+                DlqCommand::Status => dead.status(now_millis()).await.map(|s| json!(s)),
+                DlqCommand::Redrive => dead.redrive().await.map(|r| json!(r)),
+            };
+            let answer =
+                answer.map_err(|e| format!("the dead-letter queue did not answer: {e}"))?;
+            println!("{answer}");
+            Ok(())
+        }
+        Command::Users(_) | Command::Events(_) => unreachable!("handled above"),
+    }
+}
+
+/// Where a command's resources are: the local stack, a deployed stack's outputs, or
+/// the environment.
+struct Target {
+    sdk: aws_config::SdkConfig,
+    stack: Option<String>,
+    local: bool,
+}
+
+impl Target {
+    /// A resource named by environment variable `variable` (the local stack sets them),
+    /// or by the stack's output `output`. An explicit --stack wins over a name left in
+    /// the environment.
+    async fn resource(&self, variable: &str, output: &str) -> Result<String, String> {
+        match (&self.stack, std::env::var(variable)) {
+            (Some(stack), _) => stack_output(&self.sdk, stack, output).await,
+            (None, Ok(name)) => Ok(name),
+            (None, Err(_)) if self.local => {
+                Err(format!("the local stack's environment names no {variable}"))
+            }
+            (None, Err(_)) => stack_output(&self.sdk, &default_stack_name()?, output).await,
+        }
     }
 }
 

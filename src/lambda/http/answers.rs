@@ -6,7 +6,10 @@ use crate::app::accept::Accepted;
 use crate::app::ports::PortError;
 use crate::app::read::Found;
 use crate::app::AppError;
-use crate::contract::{BodyError, ErrorCode, ErrorEnvelope, FieldError, RequestError};
+use crate::contract::{
+    bound, bound_rejected, BodyError, ErrorCode, ErrorEnvelope, FieldError, RequestError,
+    MAX_ERRORS, MAX_ERROR_ANSWER_BYTES,
+};
 use crate::domain::auth::{CredentialError, Scope};
 use lambda_http::http::{header, HeaderValue, StatusCode};
 use lambda_http::{Body, Response};
@@ -232,8 +235,9 @@ pub fn success_response(success: Success, request_id: &str) -> Response<Body> {
         Success::Accepted(Accepted::Batch {
             replayed,
             accepted,
-            rejected,
+            mut rejected,
         }) => {
+            bound_rejected(&mut rejected);
             let (status, body) = if rejected.is_empty() {
                 (
                     StatusCode::ACCEPTED,
@@ -276,8 +280,10 @@ fn marked_replayed(mut response: Response<Body>, replayed: bool) -> Response<Bod
 }
 
 pub fn error_response(answer: ErrorAnswer, request_id: &str) -> Response<Body> {
+    let (errors, errors_truncated) = bound(answer.errors, MAX_ERRORS, MAX_ERROR_ANSWER_BYTES);
     let body = serde_json::to_string(&ErrorEnvelope {
-        errors: &answer.errors,
+        errors: &errors,
+        errors_truncated,
     })
     .unwrap_or_else(|_| {
         r#"{"errors":[{"code":"internal","message":"internal error"}]}"#.to_owned()
