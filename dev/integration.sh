@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs inside `dev/stack.py run`: the stack tests (the ignored tests of the `stack`
-# binary), the stack's cleanup test, schemathesis against openapi.yaml and the
+# binary, Segment's real libraries among them), the stack's cleanup test, schemathesis against openapi.yaml and the
 # TypeScript SDK, all against the running local stack. Every suite runs even when an
 # earlier one fails; the end says which failed.
 set -uo pipefail
@@ -8,6 +8,9 @@ cd "$(dirname "$0")/.."
 
 source dev/steps.sh
 
+# Segment's Node library, for the stack test that drives it (the Python one comes with
+# the venv, dev/requirements.txt).
+step "segment library" bash -c 'cd dev/segment && npm ci --no-audit --no-fund --loglevel=error'
 step "stack tests" cargo test -p vibefollow-users --test stack --no-fail-fast -- --ignored
 
 # A stack killed with SIGKILL leaves nothing behind (starts a second stack of its own).

@@ -52,6 +52,28 @@ pub fn request_line(namespace: &str, timestamp_ms: i64, outcome: Outcome, code: 
     .to_string()
 }
 
+/// One Segment request (`/v1/identify`, `/v1/batch`): `SegmentMessages` it carried and
+/// `SegmentDropped`, those left out (not identify, no userId, invalid values).
+pub fn segment_line(namespace: &str, timestamp_ms: i64, messages: usize, dropped: usize) -> String {
+    json!({
+        "_aws": {
+            "Timestamp": timestamp_ms,
+            "CloudWatchMetrics": [{
+                "Namespace": namespace,
+                "Dimensions": [["Function"]],
+                "Metrics": [
+                    {"Name": "SegmentMessages", "Unit": "Count"},
+                    {"Name": "SegmentDropped", "Unit": "Count"},
+                ],
+            }],
+        },
+        "Function": "api",
+        "SegmentMessages": messages,
+        "SegmentDropped": dropped,
+    })
+    .to_string()
+}
+
 /// What one consumer batch did: messages applied and failed, traits newly refused,
 /// and each applied message's lag (apply time − `accepted_at`, ms) as a distribution.
 #[derive(Debug, Default, Clone, PartialEq)]

@@ -33,16 +33,16 @@ pub fn body_of(size: usize) -> Vec<u8> {
 }
 
 /// Everything the api function does to a POST between receiving and sending to SQS.
+/// The service's clock in the benches: any time; bodies carry no `timestamp`.
+const NOW: i64 = 1_800_000_000_000;
+
 pub fn accept(body: &[u8]) -> String {
-    let upsert = parse_upsert(body).expect("valid body");
+    let upsert = parse_upsert(body, NOW).expect("valid body");
     let message = UpsertMessage {
         version: MESSAGE_VERSION,
         workspace_id: "ws".into(),
         external_user_id: upsert.external_user_id,
-        stamp: Stamp {
-            accepted_at: 1_795_773_600_000,
-            request_id: "0b9e1d5c-1a52-4bde-9a55-7c6b1a3e0001".into(),
-        },
+        stamp: Stamp::new(1_795_773_600_000, "0b9e1d5c-1a52-4bde-9a55-7c6b1a3e0001"),
         changes: upsert.changes,
         erase: false,
     };

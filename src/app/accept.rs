@@ -10,7 +10,7 @@ use crate::contract::{
     erase_hash, ErrorCode, FieldError, Rejected, RequestError, ValidBatch, ValidUpsert,
 };
 use crate::domain::idempotency::{Claim, LOCK_MS};
-use crate::domain::{Changes, Stamp, UpsertMessage, MESSAGE_VERSION};
+use crate::domain::{Changes, Stamp, UpsertMessage};
 use std::sync::Arc;
 
 /// A write the checks found valid, and the Idempotency-Key it came with.
@@ -54,6 +54,8 @@ enum Outgoing {
     One {
         external_user_id: String,
         changes: Changes,
+        /// When it happened at the source, if the upsert said.
+        timestamp: Option<i64>,
         erase: bool,
     },
     /// A batch's valid upserts, each with its index in the batch.
@@ -107,20 +109,24 @@ impl<K: IdempotencyKeys, Q: UpsertQueue, C: Counters> Accept<K, Q, C> {
             Write::Upsert(ValidUpsert {
                 external_user_id,
                 changes,
+                timestamp,
                 body_hash,
             }) => {
                 let outgoing = Outgoing::One {
                     external_user_id,
                     changes,
+                    timestamp,
                     erase: false,
                 };
                 (outgoing, body_hash)
             }
             Write::Erase { external_user_id } => {
                 let body_hash = erase_hash(&external_user_id);
+                // Contract: an erasure is stamped at its acceptance.
                 let outgoing = Outgoing::One {
                     external_user_id,
                     changes: Changes::default(),
+                    timestamp: None,
                     erase: true,
                 };
                 (outgoing, body_hash)
@@ -297,21 +303,17 @@ impl<K: IdempotencyKeys, Q: UpsertQueue, C: Counters> Accept<K, Q, C> {
         outgoing: Outgoing,
         stamp: &Stamp,
     ) -> Result<Vec<usize>, AppError> {
-        let message = |external_user_id, changes, erase, stamp| UpsertMessage {
-            version: MESSAGE_VERSION,
-            workspace_id: workspace_id.to_owned(),
-            external_user_id,
-            stamp,
-            changes,
-            erase,
-        };
         let upserts = match outgoing {
             Outgoing::One {
                 external_user_id,
                 changes,
+                timestamp,
                 erase,
             } => {
-                let one = message(external_user_id, changes, erase, stamp.clone());
+                // A takeover resends with the original acceptance; the source time is
+                // the body's, the same in both.
+                let stamp = stamp.clone().at_source(timestamp);
+                let one = UpsertMessage::new(workspace_id, external_user_id, stamp, changes, erase);
                 self.queue.send(&one).await?;
                 return Ok(Vec::new());
             }
@@ -322,11 +324,16 @@ impl<K: IdempotencyKeys, Q: UpsertQueue, C: Counters> Accept<K, Q, C> {
             .into_iter()
             .map(|(index, upsert)| {
                 // Later entries of the batch win: their stamps sort after earlier ones'.
-                let entry_stamp = Stamp {
-                    accepted_at: stamp.accepted_at,
-                    request_id: format!("{}.{index:04}", stamp.request_id),
-                };
-                message(upsert.external_user_id, upsert.changes, false, entry_stamp)
+                let request_id = format!("{}.{index:04}", stamp.request_id);
+                let entry_stamp =
+                    Stamp::new(stamp.accepted_at, request_id).at_source(upsert.timestamp);
+                UpsertMessage::new(
+                    workspace_id,
+                    upsert.external_user_id,
+                    entry_stamp,
+                    upsert.changes,
+                    false,
+                )
             })
             .collect();
         let unsent = self.queue.send_all(&messages).await;

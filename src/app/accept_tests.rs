@@ -8,6 +8,7 @@ use crate::domain::idempotency::KeyRecord;
 use serde_json::{json, Value};
 
 const T0: i64 = 1_800_000_000_000;
+const NOW: i64 = T0;
 const WORKSPACE: &str = "ws";
 
 struct World {
@@ -44,15 +45,12 @@ fn caller(rate: u32) -> Caller {
 }
 
 fn stamp(at: i64, request_id: &str) -> Stamp {
-    Stamp {
-        accepted_at: at,
-        request_id: request_id.into(),
-    }
+    Stamp::new(at, request_id)
 }
 
 fn upsert(body: Value, key: Option<&str>) -> Result<Checked, RequestError> {
     Ok(Checked {
-        write: Write::Upsert(parse_upsert(body.to_string().as_bytes()).unwrap()),
+        write: Write::Upsert(parse_upsert(body.to_string().as_bytes(), NOW).unwrap()),
         idempotency_key: key.map(str::to_owned),
     })
 }
@@ -76,7 +74,9 @@ impl World {
 
     /// A key recorded by a request `r0` at `T0` that died before enqueueing.
     fn abandoned(&self, body: &Value) {
-        let hash = parse_upsert(body.to_string().as_bytes()).unwrap().body_hash;
+        let hash = parse_upsert(body.to_string().as_bytes(), NOW)
+            .unwrap()
+            .body_hash;
         let record = KeyRecord::claimed(&hash, &stamp(T0, "r0"));
         self.keys
             .records
@@ -351,7 +351,7 @@ async fn an_erasure_travels_as_an_erase_message_under_its_own_hash() {
 fn batch(users: Vec<Value>, key: Option<&str>) -> Result<Checked, RequestError> {
     let body = json!({ "users": users }).to_string();
     Ok(Checked {
-        write: Write::Batch(parse_batch(body.as_bytes()).unwrap()),
+        write: Write::Batch(parse_batch(body.as_bytes(), NOW).unwrap()),
         idempotency_key: key.map(str::to_owned),
     })
 }

@@ -27,10 +27,7 @@ fn message(user: &str, at: i64, traits: &[(&str, serde_json::Value)]) -> UpsertM
         version: MESSAGE_VERSION,
         workspace_id: "ws".into(),
         external_user_id: user.into(),
-        stamp: Stamp {
-            accepted_at: at,
-            request_id: format!("r{at}"),
-        },
+        stamp: Stamp::new(at, format!("r{at}")),
         changes,
         erase: false,
     }

@@ -14,13 +14,8 @@ fn user(id: &str, before: Option<&StoredUser>, at: i64, plan: &str) -> StoredUse
     changes
         .profile
         .insert(ProfileField::Plan, Some(plan.into()));
-    user.profile.apply(
-        &Stamp {
-            accepted_at: at,
-            request_id: format!("r{at}"),
-        },
-        &changes,
-    );
+    user.profile
+        .apply(&Stamp::new(at, format!("r{at}")), &changes);
     user.version += 1;
     user
 }

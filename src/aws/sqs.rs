@@ -27,7 +27,7 @@ const MAX_PACKED_MESSAGES: usize = 50;
 pub enum BodyError {
     #[error("body is not a valid upsert message")]
     Malformed(#[from] serde_json::Error),
-    #[error("message version {0} is not supported (expected {MESSAGE_VERSION})")]
+    #[error("message version {0} is not supported (expected 1 to {MESSAGE_VERSION})")]
     UnsupportedVersion(u32),
     #[error("a packed body holds no upsert")]
     Empty,
@@ -49,7 +49,10 @@ pub fn decode(body: &str) -> Result<Vec<UpsertMessage>, BodyError> {
     if messages.is_empty() {
         return Err(BodyError::Empty);
     }
-    if let Some(other) = messages.iter().find(|m| m.version != MESSAGE_VERSION) {
+    if let Some(other) = messages
+        .iter()
+        .find(|m| !(1..=MESSAGE_VERSION).contains(&m.version))
+    {
         return Err(BodyError::UnsupportedVersion(other.version));
     }
     Ok(messages)
@@ -246,10 +249,7 @@ mod tests {
             version: MESSAGE_VERSION,
             workspace_id: "ws".into(),
             external_user_id: "usr_42".into(),
-            stamp: Stamp {
-                accepted_at: 1_700_000_000_000,
-                request_id: "r1".into(),
-            },
+            stamp: Stamp::new(1_700_000_000_000, "r1"),
             changes,
             erase: false,
         };
@@ -267,10 +267,7 @@ mod tests {
                     version: MESSAGE_VERSION,
                     workspace_id: "ws".into(),
                     external_user_id: format!("u{i}"),
-                    stamp: Stamp {
-                        accepted_at: 1,
-                        request_id: format!("r.{i:04}"),
-                    },
+                    stamp: Stamp::new(1, format!("r.{i:04}")),
                     changes,
                     erase: false,
                 }
@@ -319,7 +316,7 @@ mod tests {
         assert!(matches!(decode("[]"), Err(BodyError::Empty)));
         assert!(matches!(decode(" [1]"), Err(BodyError::Malformed(_))));
         let one = encode(&numbered(1, 1)[0]);
-        let old = one.replace("\"version\":1", "\"version\":9");
+        let old = one.replace(&format!("\"version\":{MESSAGE_VERSION}"), "\"version\":9");
         assert!(matches!(
             decode(&format!("[{one},{old}]")),
             Err(BodyError::UnsupportedVersion(9))

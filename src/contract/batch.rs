@@ -26,7 +26,7 @@ pub struct ValidBatch {
 
 /// Parses a batch body. Envelope problems refuse the whole batch (400 or 422); entry
 /// problems refuse that entry only.
-pub fn parse_batch(body: &[u8]) -> Result<ValidBatch, BodyError> {
+pub fn parse_batch(body: &[u8], now_ms: i64) -> Result<ValidBatch, BodyError> {
     let Envelope(listed) = serde_json::from_slice(body).map_err(|e| {
         if e.is_data() {
             BodyError::InvalidJson("body must be a JSON object".into())
@@ -90,7 +90,7 @@ pub fn parse_batch(body: &[u8]) -> Result<ValidBatch, BodyError> {
         },
     };
     match users {
-        Some(users) if errors.is_empty() => Ok(entries(&users)),
+        Some(users) if errors.is_empty() => Ok(entries(&users, now_ms)),
         _ => Err(BodyError::Invalid(errors)),
     }
 }
@@ -127,14 +127,14 @@ fn envelope_error(code: ErrorCode, message: &str) -> FieldError {
     FieldError::new(code, USERS, message)
 }
 
-fn entries(users: &[&RawValue]) -> ValidBatch {
+fn entries(users: &[&RawValue], now_ms: i64) -> ValidBatch {
     let mut hasher = Sha256::new();
     hasher.update(b"batch");
     let entries = users
         .iter()
         .enumerate()
         .map(|(index, raw)| {
-            let (entry, hash) = entry(index, raw.get().as_bytes());
+            let (entry, hash) = entry(index, raw.get().as_bytes(), now_ms);
             hasher.update(b"\n");
             hasher.update(hash.as_bytes());
             entry
@@ -147,7 +147,7 @@ fn entries(users: &[&RawValue]) -> ValidBatch {
 }
 
 /// One entry, validated, and its canonical hash.
-fn entry(index: usize, raw: &[u8]) -> (Result<ValidUpsert, Vec<FieldError>>, String) {
+fn entry(index: usize, raw: &[u8], now_ms: i64) -> (Result<ValidUpsert, Vec<FieldError>>, String) {
     let at = format!("{USERS}[{index}]");
     if raw.len() > MAX_BODY_BYTES {
         let error = FieldError::new(
@@ -157,7 +157,7 @@ fn entry(index: usize, raw: &[u8]) -> (Result<ValidUpsert, Vec<FieldError>>, Str
         );
         return (Err(vec![error]), canonical_hash(raw));
     }
-    match parse_upsert(raw) {
+    match parse_upsert(raw, now_ms) {
         Ok(upsert) => {
             let hash = upsert.body_hash.clone();
             (Ok(upsert), hash)
@@ -198,6 +198,8 @@ fn canonical_hash(raw: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const NOW: i64 = 1_800_000_000_000;
     use serde_json::json;
 
     fn codes(result: Result<ValidBatch, BodyError>) -> Vec<(ErrorCode, String)> {
@@ -220,13 +222,13 @@ mod tests {
     }
 
     fn parse(body: Value) -> ValidBatch {
-        parse_batch(body.to_string().as_bytes()).expect("valid envelope")
+        parse_batch(body.to_string().as_bytes(), NOW).expect("valid envelope")
     }
 
     #[test]
     fn a_member_named_twice_is_refused_in_the_envelope_and_in_an_entry() {
         let twice = br#"{"users":[{"external_user_id":"a"}],"users":[{"external_user_id":"b"}]}"#;
-        let Err(BodyError::Invalid(errors)) = parse_batch(twice) else {
+        let Err(BodyError::Invalid(errors)) = parse_batch(twice, NOW) else {
             panic!("a repeated envelope member was accepted")
         };
         assert_eq!(
@@ -234,7 +236,7 @@ mod tests {
             (ErrorCode::DuplicateField, Some("users"))
         );
         let inner = br#"{"users":[{"external_user_id":"a","traits":{"plan":"x","plan":"y"}}]}"#;
-        let batch = parse_batch(inner).unwrap();
+        let batch = parse_batch(inner, NOW).unwrap();
         let errors = batch.entries[0].as_ref().unwrap_err();
         assert_eq!(
             (errors[0].code, errors[0].field.as_deref()),
@@ -246,32 +248,35 @@ mod tests {
     fn envelope_refusals_refuse_the_whole_batch() {
         for body in ["[]", "1", "\"users\"", "null"] {
             assert!(
-                matches!(parse_batch(body.as_bytes()), Err(BodyError::InvalidJson(_))),
+                matches!(
+                    parse_batch(body.as_bytes(), NOW),
+                    Err(BodyError::InvalidJson(_))
+                ),
                 "{body}"
             );
         }
         assert!(matches!(
-            parse_batch(b"{\"users\":[{]}"),
+            parse_batch(b"{\"users\":[{]}", NOW),
             Err(BodyError::InvalidJson(_))
         ));
         assert_eq!(
-            codes(parse_batch(b"{}")),
+            codes(parse_batch(b"{}", NOW)),
             vec![(ErrorCode::Required, "users".into())]
         );
         assert_eq!(
-            codes(parse_batch(br#"{"users":{},"extra":1}"#)),
+            codes(parse_batch(br#"{"users":{},"extra":1}"#, NOW)),
             vec![
                 (ErrorCode::InvalidType, "users".into()),
                 (ErrorCode::UnknownField, "extra".into())
             ]
         );
         assert_eq!(
-            codes(parse_batch(br#"{"users":[]}"#)),
+            codes(parse_batch(br#"{"users":[]}"#, NOW)),
             vec![(ErrorCode::Empty, "users".into())]
         );
         let too_many = json!({ "users": vec![json!({"external_user_id": "u"}); 1_001] });
         assert_eq!(
-            codes(parse_batch(too_many.to_string().as_bytes())),
+            codes(parse_batch(too_many.to_string().as_bytes(), NOW)),
             vec![(ErrorCode::TooMany, "users".into())]
         );
         let most = json!({ "users": vec![json!({"external_user_id": "u"}); 1_000] });
@@ -335,7 +340,7 @@ mod tests {
         let body = format!(
             r#"{{"users":[{{"external_user_id":"u0","traits":{{"blob":"{big}"}}}},{{"external_user_id":"u1","traits":{{"n":1e400}}}},{{"external_user_id":"u2"}}]}}"#
         );
-        let batch = parse_batch(body.as_bytes()).expect("valid envelope");
+        let batch = parse_batch(body.as_bytes(), NOW).expect("valid envelope");
         let refused: Vec<(usize, ErrorCode, Option<String>)> = refused(&batch)
             .map(|(i, errors)| (i, errors[0].code, errors[0].field.clone()))
             .collect();
@@ -357,19 +362,23 @@ mod tests {
     fn body_hash_ignores_layout_but_not_content_or_order() {
         let a = parse_batch(
             br#"{"users":[{"external_user_id":"a","email":null},{"external_user_id":"b"}]}"#,
+            NOW,
         )
         .unwrap();
-        let spaced = parse_batch(b"{ \"users\" : [ {\"email\":null, \"external_user_id\":\"a\"}, {\"external_user_id\":\"b\"} ] }").unwrap();
+        let spaced = parse_batch(b"{ \"users\" : [ {\"email\":null, \"external_user_id\":\"a\"}, {\"external_user_id\":\"b\"} ] }", NOW).unwrap();
         let swapped = parse_batch(
             br#"{"users":[{"external_user_id":"b"},{"external_user_id":"a","email":null}]}"#,
+            NOW,
         )
         .unwrap();
         let refused = parse_batch(
             br#"{"users":[{"external_user_id":"a","email":null},{"external_user_id":7}]}"#,
+            NOW,
         )
         .unwrap();
         let refused_spaced = parse_batch(
             br#"{"users":[{"external_user_id":"a","email":null},{ "external_user_id" : 7 }]}"#,
+            NOW,
         )
         .unwrap();
         assert_eq!(a.body_hash, spaced.body_hash);
@@ -377,8 +386,8 @@ mod tests {
         assert_eq!(refused.body_hash, refused_spaced.body_hash);
         assert_ne!(a.body_hash, refused.body_hash);
         // A single upsert of the same JSON never shares a batch's hash.
-        let single = parse_upsert(br#"{"external_user_id":"b"}"#).unwrap();
-        let one = parse_batch(br#"{"users":[{"external_user_id":"b"}]}"#).unwrap();
+        let single = parse_upsert(br#"{"external_user_id":"b"}"#, NOW).unwrap();
+        let one = parse_batch(br#"{"users":[{"external_user_id":"b"}]}"#, NOW).unwrap();
         assert_ne!(single.body_hash, one.body_hash);
     }
 }

@@ -34,6 +34,9 @@ pub enum ErrorCode {
     UnknownField,
     Conflict,
     DuplicateField,
+    OutOfRange,
+    /// Segment's protocol: a message type other than identify.
+    UnsupportedType,
 }
 
 /// One entry of the error envelope.

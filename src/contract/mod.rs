@@ -6,6 +6,7 @@ mod email;
 mod error;
 mod numbers;
 mod request;
+mod segment;
 mod validate;
 
 pub use batch::{parse_batch, ValidBatch, MAX_BATCH_BODY_BYTES, MAX_BATCH_USERS};
@@ -15,7 +16,12 @@ pub use error::{
     MAX_ERROR_ANSWER_BYTES,
 };
 pub use request::{
-    checked_body, email_query, idempotency_key, BodyLimit, RequestError, BATCH_BODY, UPSERT_BODY,
+    checked_body, decoded_body, email_query, idempotency_key, BodyLimit, RequestError, BATCH_BODY,
+    SEGMENT_BATCH_BODY, SEGMENT_IDENTIFY_BODY, UPSERT_BODY,
+};
+pub use segment::{
+    parse_segment_batch, parse_segment_identify, segment_write_key, SegmentMessages,
+    MAX_SEGMENT_BATCH_BYTES, MAX_SEGMENT_MESSAGE_BYTES,
 };
 pub use validate::{
     body_hash, erase_hash, is_storable_user_id, parse_upsert, validate_idempotency_key, BodyError,

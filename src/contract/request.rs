@@ -41,13 +41,22 @@ pub const BATCH_BODY: BodyLimit = BodyLimit {
     bytes: MAX_BATCH_BODY_BYTES,
     refusal: "body is over 512 KiB (524,288 bytes)",
 };
+/// Segment's limits: one message per identify, 500 KB per batch.
+pub const SEGMENT_IDENTIFY_BODY: BodyLimit = BodyLimit {
+    bytes: super::MAX_SEGMENT_MESSAGE_BYTES,
+    refusal: "a message is over 32 KB",
+};
+pub const SEGMENT_BATCH_BODY: BodyLimit = BodyLimit {
+    bytes: super::MAX_SEGMENT_BATCH_BYTES,
+    refusal: "a batch is over 500 KB (512,000 bytes)",
+};
 
 /// Content type, size, then JSON and schema (`parse`).
 pub fn checked_body<T>(
     content_type: Option<&[u8]>,
     body: &[u8],
     limit: &BodyLimit,
-    parse: fn(&[u8]) -> Result<T, BodyError>,
+    parse: impl FnOnce(&[u8]) -> Result<T, BodyError>,
 ) -> Result<T, RequestError> {
     if !is_json_content_type(content_type) {
         return Err(RequestError::UnsupportedMediaType);
@@ -64,6 +73,29 @@ pub fn idempotency_key(header: Option<&[u8]>) -> Result<Option<String>, RequestE
         .map(|raw| validate_idempotency_key(raw).map(str::to_owned))
         .transpose()
         .map_err(RequestError::InvalidIdempotencyKey)
+}
+
+/// The body as sent, or inflated when `Content-Encoding: gzip` (a Segment library may
+/// compress), refused past the route's limit either way.
+pub fn decoded_body<'a>(
+    content_encoding: Option<&[u8]>,
+    body: &'a [u8],
+    limit: &BodyLimit,
+) -> Result<std::borrow::Cow<'a, [u8]>, RequestError> {
+    use std::io::Read;
+    let gzipped = content_encoding.is_some_and(|e| e.trim_ascii().eq_ignore_ascii_case(b"gzip"));
+    if !gzipped {
+        return Ok(std::borrow::Cow::Borrowed(body));
+    }
+    let mut inflated = Vec::new();
+    flate2::read::GzDecoder::new(body)
+        .take(limit.bytes as u64 + 1)
+        .read_to_end(&mut inflated)
+        .map_err(|_| BodyError::InvalidJson("body is not valid gzip".into()))?;
+    if inflated.len() > limit.bytes {
+        return Err(RequestError::PayloadTooLarge(limit.refusal));
+    }
+    Ok(std::borrow::Cow::Owned(inflated))
 }
 
 /// `application/json`, parameters such as `charset` allowed.
@@ -102,7 +134,7 @@ mod tests {
     fn content_type_then_size_then_schema() {
         let body = br#"{"external_user_id":"u"}"#;
         let check = |content_type: Option<&[u8]>, body: &[u8]| {
-            checked_body(content_type, body, &UPSERT_BODY, parse_upsert).map(|_| ())
+            checked_body(content_type, body, &UPSERT_BODY, |b| parse_upsert(b, 0)).map(|_| ())
         };
         assert_eq!(
             check(Some(b"application/json; charset=utf-8"), body),
@@ -122,6 +154,35 @@ mod tests {
             check(Some(b"application/json"), b"{"),
             Err(RequestError::Body(BodyError::InvalidJson(_)))
         ));
+    }
+
+    #[test]
+    fn a_gzipped_body_is_inflated_within_the_limit() {
+        use std::io::Write;
+        let gzip = |bytes: &[u8]| {
+            let mut encoder =
+                flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+            encoder.write_all(bytes).unwrap();
+            encoder.finish().unwrap()
+        };
+        let body = br#"{"batch":[]}"#;
+        let sent = gzip(body);
+        assert_eq!(
+            decoded_body(Some(b"gzip"), &sent, &UPSERT_BODY)
+                .unwrap()
+                .as_ref(),
+            body
+        );
+        assert_eq!(
+            decoded_body(None, body, &UPSERT_BODY).unwrap().as_ref(),
+            body
+        );
+        let bomb = gzip(&vec![b' '; 40_000]);
+        assert!(matches!(
+            decoded_body(Some(b"gzip"), &bomb, &UPSERT_BODY),
+            Err(RequestError::PayloadTooLarge(_))
+        ));
+        assert!(decoded_body(Some(b"gzip"), b"not gzip", &UPSERT_BODY).is_err());
     }
 
     #[test]

@@ -29,18 +29,25 @@ pub enum BodyError {
     Invalid(Vec<FieldError>),
 }
 
-/// A body that passed validation: what it changes, and the hash that Idempotency-Key
-/// records compare.
+/// A body that passed validation: what it changes, when it happened at the source (its
+/// `timestamp`, epoch ms), and the hash that Idempotency-Key records compare.
 #[derive(Debug, PartialEq)]
 pub struct ValidUpsert {
     pub external_user_id: String,
     pub changes: Changes,
+    pub timestamp: Option<i64>,
     pub body_hash: String,
 }
 
+/// `timestamp` is not before this (2000-01-01T00:00:00Z)…
+const EARLIEST_TIMESTAMP_MS: i64 = 946_684_800_000;
+/// …and at most this far ahead of the service's clock.
+const TIMESTAMP_AHEAD_MS: i64 = 5 * 60 * 1000;
+
 /// Parses and validates a `POST /api/v1/users` body, reporting every problem in body
-/// order. Values are moved, not copied, from the parsed body into the changes.
-pub fn parse_upsert(body: &[u8]) -> Result<ValidUpsert, BodyError> {
+/// order; `now_ms` is the service's clock, which a `timestamp` may not run ahead of.
+/// Values are moved, not copied, from the parsed body into the changes.
+pub fn parse_upsert(body: &[u8], now_ms: i64) -> Result<ValidUpsert, BodyError> {
     let scanned = scan(body);
     let unstorable = unstorable_numbers(body, scanned.numbers);
     // A number no double can hold (`1e400`) would fail the whole parse: it is read as
@@ -61,6 +68,7 @@ pub fn parse_upsert(body: &[u8]) -> Result<ValidUpsert, BodyError> {
     let body_hash = body_hash(&members);
     let mut validator = Validator {
         unstorable_paths: number_paths(&readable, &unstorable),
+        now_ms,
         ..Validator::default()
     };
     validator.members(members);
@@ -68,6 +76,7 @@ pub fn parse_upsert(body: &[u8]) -> Result<ValidUpsert, BodyError> {
         (Some(external_user_id), true) => Ok(ValidUpsert {
             external_user_id,
             changes: validator.changes,
+            timestamp: validator.timestamp,
             body_hash,
         }),
         _ => Err(BodyError::Invalid(in_body_order(
@@ -273,8 +282,35 @@ struct Validator {
     errors: Vec<(String, FieldError)>,
     external_user_id: Option<String>,
     changes: Changes,
+    timestamp: Option<i64>,
     /// Paths of numbers that cannot be stored exactly.
     unstorable_paths: HashSet<String>,
+    now_ms: i64,
+}
+
+/// The two members that carry traits: `traits` overwrites (`null` removes), `set_once`
+/// sets what the user has no value for yet (`null` is refused).
+#[derive(Clone, Copy, PartialEq)]
+enum Section {
+    Traits,
+    SetOnce,
+}
+
+impl Section {
+    fn name(self) -> &'static str {
+        match self {
+            Section::Traits => "traits",
+            Section::SetOnce => "set_once",
+        }
+    }
+
+    /// `traits.<name>` or `set_once.<name>`.
+    fn path(self, name: &str) -> String {
+        match self {
+            Section::Traits => trait_path(name),
+            Section::SetOnce => format!("set_once.{name}"),
+        }
+    }
 }
 
 impl Validator {
@@ -293,9 +329,9 @@ impl Validator {
             .push((location, FieldError::new(code, field, message)));
     }
 
-    /// An error on `traits.<name>`; `problem` completes "traits.<name> …".
-    fn fail_trait(&mut self, code: ErrorCode, name: &str, problem: &str) {
-        let field = trait_path(name);
+    /// An error on `<section>.<name>`; `problem` completes "<section>.<name> …".
+    fn fail_trait(&mut self, section: Section, code: ErrorCode, name: &str, problem: &str) {
+        let field = section.path(name);
         let message = format!("{field} {problem}");
         self.fail(code, &field, message);
     }
@@ -310,6 +346,12 @@ impl Validator {
         }
         // traits.email is checked against it, wherever it stands in the body.
         let top_email = members.get("email").map(top_level_email);
+        // A name in both traits and set_once is a conflict, whichever comes first.
+        let overwritten: HashSet<String> = match members.get("traits") {
+            Some(Value::Object(traits)) => traits.keys().cloned().collect(),
+            _ => HashSet::new(),
+        };
+        let email_given = top_email.is_some() || overwritten.contains("email");
         for (name, value) in members {
             match name.as_str() {
                 "external_user_id" => self.external_user_id(value),
@@ -319,11 +361,80 @@ impl Validator {
                     }
                 }
                 "traits" => self.traits(value, top_email.as_ref()),
+                "set_once" => self.set_once(value, &overwritten, email_given),
+                "timestamp" => self.timestamp(value),
                 _ => self.fail(
                     ErrorCode::UnknownField,
                     &name,
                     format!("unknown member `{name}`"),
                 ),
+            }
+        }
+    }
+
+    /// `timestamp`: an RFC 3339 date-time from 2000-01-01 to 5 minutes ahead of now.
+    fn timestamp(&mut self, value: Value) {
+        const FIELD: &str = "timestamp";
+        let parsed = match &value {
+            Value::String(text) => OffsetDateTime::parse(text, &Rfc3339).ok(),
+            _ => None,
+        };
+        let Some(parsed) = parsed else {
+            return self.fail(
+                ErrorCode::InvalidDatetime,
+                FIELD,
+                "timestamp is not an RFC 3339 date-time",
+            );
+        };
+        let millis = (parsed.unix_timestamp_nanos() / 1_000_000) as i64;
+        if millis < EARLIEST_TIMESTAMP_MS || millis > self.now_ms + TIMESTAMP_AHEAD_MS {
+            return self.fail(
+                ErrorCode::OutOfRange,
+                FIELD,
+                "timestamp must be from 2000-01-01 to 5 minutes ahead of the service's clock",
+            );
+        }
+        self.timestamp = Some(millis);
+    }
+
+    /// `set_once`: traits, each set only if the user has no value for it yet.
+    fn set_once(&mut self, value: Value, overwritten: &HashSet<String>, email_given: bool) {
+        const SECTION: Section = Section::SetOnce;
+        let Value::Object(traits) = value else {
+            return self.fail(
+                ErrorCode::InvalidType,
+                SECTION.name(),
+                "set_once must be an object",
+            );
+        };
+        if traits.len() > MAX_TRAITS {
+            return self.fail(
+                ErrorCode::TooMany,
+                SECTION.name(),
+                "set_once has more than 256 members",
+            );
+        }
+        for (name, value) in traits {
+            if value.is_null() {
+                self.fail_trait(SECTION, ErrorCode::InvalidType, &name, "must not be null");
+                continue;
+            }
+            let in_traits = overwritten.contains(&name) || (name == "email" && email_given);
+            if in_traits {
+                let problem = "is also given to overwrite (traits or email)";
+                self.fail_trait(SECTION, ErrorCode::Conflict, &name, problem);
+                continue;
+            }
+            if name == "email" {
+                if let Some(Some(email)) = self.email(&SECTION.path("email"), value) {
+                    self.changes.once_profile.insert(ProfileField::Email, email);
+                }
+            } else if let Some(known) = ProfileField::from_trait_name(&name) {
+                if let Some(Some(text)) = self.known_trait(SECTION, known, &name, value) {
+                    self.changes.once_profile.insert(known, text);
+                }
+            } else if let Some((name, Some(value))) = self.custom_trait(SECTION, name, value) {
+                self.changes.once_traits.insert(name, value);
             }
         }
     }
@@ -388,6 +499,7 @@ impl Validator {
     }
 
     fn traits(&mut self, value: Value, top_email: Option<&Option<Option<String>>>) {
+        const SECTION: Section = Section::Traits;
         let traits = match value {
             Value::Null => return,
             Value::Object(traits) => traits,
@@ -404,9 +516,11 @@ impl Validator {
             if name == "email" {
                 self.trait_email(value, top_email);
             } else if let Some(known) = ProfileField::from_trait_name(&name) {
-                self.known_trait(known, &name, value);
-            } else {
-                self.custom_trait(name, value);
+                if let Some(stored) = self.known_trait(SECTION, known, &name, value) {
+                    self.changes.profile.insert(known, stored);
+                }
+            } else if let Some((name, value)) = self.custom_trait(SECTION, name, value) {
+                self.changes.traits.insert(name, value);
             }
         }
     }
@@ -433,77 +547,93 @@ impl Validator {
         }
     }
 
-    fn known_trait(&mut self, known: ProfileField, name: &str, value: Value) {
+    /// A known trait's stored form: `Some(None)` removes it, `None` is an error.
+    fn known_trait(
+        &mut self,
+        section: Section,
+        known: ProfileField,
+        name: &str,
+        value: Value,
+    ) -> Option<Option<String>> {
         let text = match value {
-            Value::Null => {
-                self.changes.profile.insert(known, None);
-                return;
-            }
+            Value::Null => return Some(None),
             Value::String(text) => text,
             _ => {
-                return self.fail_trait(ErrorCode::InvalidType, name, "must be a string or null");
+                self.fail_trait(
+                    section,
+                    ErrorCode::InvalidType,
+                    name,
+                    "must be a string or null",
+                );
+                return None;
             }
         };
         let stored = match known {
             ProfileField::SignupDate => match normalize_datetime(&text) {
                 Some(utc) => utc,
                 None => {
-                    return self.fail_trait(
-                        ErrorCode::InvalidDatetime,
-                        name,
-                        "is not an RFC 3339 date-time",
-                    );
+                    let problem = "is not an RFC 3339 date-time";
+                    self.fail_trait(section, ErrorCode::InvalidDatetime, name, problem);
+                    return None;
                 }
             },
             _ => {
                 let max = max_known_trait_bytes(known);
                 if text.len() > max {
-                    return self.fail_trait(
-                        ErrorCode::TooLong,
-                        name,
-                        &format!("is over {max} bytes"),
-                    );
+                    let problem = format!("is over {max} bytes");
+                    self.fail_trait(section, ErrorCode::TooLong, name, &problem);
+                    return None;
                 }
                 text
             }
         };
-        self.changes.profile.insert(known, Some(stored));
+        Some(Some(stored))
     }
 
-    fn custom_trait(&mut self, name: String, value: Value) {
+    /// A custom trait as stored (`None` value: removed), or `None` after an error.
+    fn custom_trait(
+        &mut self,
+        section: Section,
+        name: String,
+        value: Value,
+    ) -> Option<(String, Option<Value>)> {
+        let path = section.path(&name);
         if name.is_empty() {
-            return self.fail_at(
-                trait_path(&name),
-                ErrorCode::Empty,
-                "traits",
-                "a trait name must not be empty",
-            );
+            let message = format!("a name in {} must not be empty", section.name());
+            self.fail_at(path, ErrorCode::Empty, section.name(), message);
+            return None;
         }
         if name.len() > MAX_TRAIT_NAME_BYTES {
-            return self.fail(
+            self.fail(
                 ErrorCode::TooLong,
-                &trait_path(&name),
+                &path,
                 "a trait name is at most 256 bytes",
             );
+            return None;
         }
         if name.chars().any(char::is_control) {
-            return self.fail(
+            self.fail(
                 ErrorCode::InvalidFormat,
-                &trait_path(&name),
+                &path,
                 "a trait name has a control character",
             );
+            return None;
         }
         if nesting_depth(&value) > MAX_TRAIT_DEPTH {
-            return self.fail_trait(ErrorCode::TooDeep, &name, "nests deeper than 16 levels");
+            self.fail_trait(
+                section,
+                ErrorCode::TooDeep,
+                &name,
+                "nests deeper than 16 levels",
+            );
+            return None;
         }
         let errors_before = self.errors.len();
-        self.check_value(&mut trait_path(&name), &value);
+        self.check_value(&mut path.clone(), &value);
         if self.errors.len() > errors_before {
-            return;
+            return None;
         }
-        self.changes
-            .traits
-            .insert(name, (!value.is_null()).then_some(value));
+        Some((name, (!value.is_null()).then_some(value)))
     }
 
     /// Reports what DynamoDB could not store inside a trait value, by path: numbers
@@ -616,6 +746,8 @@ pub fn body_hash(body: &impl serde::Serialize) -> String {
 mod tests {
     use super::*;
 
+    const NOW: i64 = 1_800_000_000_000;
+
     #[test]
     fn a_member_named_twice_at_any_depth_is_refused_at_its_path() {
         for (body, path) in [
@@ -632,7 +764,7 @@ mod tests {
                 "traits.t[1].k",
             ),
         ] {
-            let Err(BodyError::Invalid(errors)) = parse_upsert(body.as_bytes()) else {
+            let Err(BodyError::Invalid(errors)) = parse_upsert(body.as_bytes(), NOW) else {
                 panic!("{body} was accepted")
             };
             assert_eq!(
@@ -642,7 +774,7 @@ mod tests {
             );
         }
         // A colon inside a string is no member.
-        assert!(parse_upsert(br#"{"external_user_id":"a:b","traits":{"x:y":"1:2"}}"#).is_ok());
+        assert!(parse_upsert(br#"{"external_user_id":"a:b","traits":{"x:y":"1:2"}}"#, NOW).is_ok());
     }
     use proptest::prelude::*;
     use serde_json::json;
@@ -653,7 +785,7 @@ mod tests {
 
     /// For bodies whose member order matters: `json!` sorts members.
     fn errors_of(body: &str) -> Vec<(ErrorCode, String)> {
-        match parse_upsert(body.as_bytes()) {
+        match parse_upsert(body.as_bytes(), NOW) {
             Err(BodyError::Invalid(errors)) => errors
                 .into_iter()
                 .map(|e| (e.code, e.field.unwrap_or_default()))
@@ -663,7 +795,7 @@ mod tests {
     }
 
     fn valid(body: Value) -> ValidUpsert {
-        parse_upsert(body.to_string().as_bytes()).expect("valid body")
+        parse_upsert(body.to_string().as_bytes(), NOW).expect("valid body")
     }
 
     #[test]
@@ -838,7 +970,7 @@ mod tests {
             [(ErrorCode::InvalidType, "external_user_id".into())]
         );
         assert!(matches!(
-            parse_upsert(br#"{"external_user_id": "u", "traits": {"n": 01}}"#),
+            parse_upsert(br#"{"external_user_id": "u", "traits": {"n": 01}}"#, NOW),
             Err(BodyError::InvalidJson(_))
         ));
     }
@@ -870,7 +1002,7 @@ mod tests {
         for body in ["", "[]", "\"x\"", "{\"a\":", "null"] {
             assert!(
                 matches!(
-                    parse_upsert(body.as_bytes()),
+                    parse_upsert(body.as_bytes(), NOW),
                     Err(BodyError::InvalidJson(_))
                 ),
                 "{body}"
@@ -910,7 +1042,7 @@ mod tests {
     proptest! {
         #[test]
         fn arbitrary_bytes_never_panic_and_are_refused_cleanly(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
-            if let Err(BodyError::Invalid(errors)) = parse_upsert(&bytes) {
+            if let Err(BodyError::Invalid(errors)) = parse_upsert(&bytes, NOW) {
                 prop_assert!(!errors.is_empty());
             }
         }
@@ -926,7 +1058,7 @@ mod tests {
             if let Some(email) = email {
                 body["email"] = email;
             }
-            match parse_upsert(body.to_string().as_bytes()) {
+            match parse_upsert(body.to_string().as_bytes(), NOW) {
                 Ok(upsert) => prop_assert!(!upsert.changes.traits.contains_key("email")),
                 Err(BodyError::Invalid(errors)) => {
                     prop_assert!(!errors.is_empty());

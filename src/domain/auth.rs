@@ -103,7 +103,32 @@ pub fn bearer_key(header: Option<&[u8]>) -> Result<&str, CredentialError> {
     Ok(key)
 }
 
-fn is_key_shaped(key: &str) -> bool {
+/// The key of a Segment library's request: `Authorization: Basic base64(key:)` (the
+/// write key as user name, an empty password), or `Bearer <key>` as on our own routes.
+pub fn write_key(header: Option<&[u8]>) -> Result<String, CredentialError> {
+    use base64::Engine;
+    let text = header.ok_or(CredentialError::Missing)?;
+    let text = std::str::from_utf8(text).map_err(|_| CredentialError::Malformed)?;
+    let Some((scheme, encoded)) = text.trim().split_once(' ') else {
+        return Err(CredentialError::Malformed);
+    };
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return bearer_key(header).map(str::to_owned);
+    }
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(encoded.trim())
+        .map_err(|_| CredentialError::Malformed)?;
+    let decoded = String::from_utf8(decoded).map_err(|_| CredentialError::Malformed)?;
+    // The user name is the key; libraries send an empty password.
+    let key = decoded.split(':').next().unwrap_or_default();
+    if !is_key_shaped(key) {
+        return Err(CredentialError::Malformed);
+    }
+    Ok(key.to_owned())
+}
+
+/// Whether a string has a key's shape (a `writeKey` in a Segment body, say).
+pub fn is_key_shaped(key: &str) -> bool {
     KEY_PREFIXES.iter().any(|prefix| {
         key.strip_prefix(prefix).is_some_and(|secret| {
             (MIN_SECRET_CHARS..=MAX_SECRET_CHARS).contains(&secret.len())
@@ -138,6 +163,35 @@ pub fn generate_key(test: bool) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn segment_libraries_send_the_key_as_a_basic_user_name() {
+        use base64::Engine;
+        let key = "sk_live_abcdefghijklmnopqrstuvwxyz0123";
+        let basic = |text: &str| {
+            format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD.encode(text)
+            )
+        };
+        assert_eq!(
+            write_key(Some(basic(&format!("{key}:")).as_bytes())),
+            Ok(key.to_owned())
+        );
+        assert_eq!(write_key(Some(basic(key).as_bytes())), Ok(key.to_owned()));
+        assert_eq!(
+            write_key(Some(format!("Bearer {key}").as_bytes())),
+            Ok(key.to_owned())
+        );
+        assert_eq!(write_key(None), Err(CredentialError::Missing));
+        for bad in [basic("nope:"), "Basic !!!".into(), basic("sk_live_short:")] {
+            assert_eq!(
+                write_key(Some(bad.as_bytes())),
+                Err(CredentialError::Malformed),
+                "{bad}"
+            );
+        }
+    }
 
     const KEY: &str = "sk_live_abcdefghijklmnopqrstuvwx";
 

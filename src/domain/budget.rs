@@ -13,6 +13,10 @@ pub const TRAITS_BUDGET_BYTES: usize = 256 * 1024;
 pub const MAX_REJECTED_TRAITS: usize = 16;
 /// Stamps of removed custom traits kept per user; older ones fold into the floor.
 pub const MAX_REMOVED_STAMPS: usize = 64;
+/// `set_once` writes kept per field that are not (or not yet) its value: the earliest
+/// ones. A removal stamped after all of them that arrives late finds the field empty
+/// even if a later `set_once`, not kept, would have set it in stamp order.
+pub const MAX_PENDING_ONCE: usize = 4;
 
 /// The DynamoDB size of a JSON value stored as an attribute value: strings by their
 /// UTF-8 bytes, numbers by ~1 byte per two significant digits + 1, booleans and null
@@ -42,9 +46,23 @@ pub fn value_size(value: &Value) -> usize {
     }
 }
 
-/// The stamp's stored form: `accepted_at/request_id`.
+/// The stamp's stored form: `accepted_at/request_id`, or `timestamp~accepted_at/…`
+/// for a write stamped at the source.
 pub fn stamp_text(stamp: &Stamp) -> String {
-    format!("{}/{}", stamp.accepted_at, stamp.request_id)
+    match stamp.timestamp {
+        None => format!("{}/{}", stamp.accepted_at, stamp.request_id),
+        Some(at) => format!("{at}~{}/{}", stamp.accepted_at, stamp.request_id),
+    }
+}
+
+/// A stamp from its stored form.
+pub fn parse_stamp(text: &str) -> Option<Stamp> {
+    let (times, request_id) = text.split_once('/')?;
+    let (timestamp, accepted_at) = match times.split_once('~') {
+        Some((at, accepted)) => (Some(at.parse().ok()?), accepted),
+        None => (None, times),
+    };
+    Some(Stamp::new(accepted_at.parse().ok()?, request_id).at_source(timestamp))
 }
 
 /// What one custom trait costs against the budget: its member of the traits map and

@@ -112,10 +112,11 @@ fn identity(workspace_id: &str, image: &Image, version: u64, stamp: &Stamp) -> M
     detail.insert("workspace_id".into(), json!(workspace_id));
     detail.insert("external_user_id".into(), json!(image.external_user_id));
     detail.insert("version".into(), json!(version));
-    detail.insert(
-        "stamp".into(),
-        json!({"accepted_at": format_millis(stamp.accepted_at).unwrap_or_default(), "request_id": stamp.request_id}),
-    );
+    let mut stamp_detail = json!({"accepted_at": format_millis(stamp.accepted_at).unwrap_or_default(), "request_id": stamp.request_id});
+    if let Some(at) = stamp.timestamp.and_then(format_millis) {
+        stamp_detail["timestamp"] = json!(at);
+    }
+    detail.insert("stamp".into(), stamp_detail);
     detail
 }
 
@@ -155,10 +156,7 @@ fn latest_stamp(profile: &UserProfile, changed: Option<&Map<String, Value>>) -> 
         });
     of_changed
         .unwrap_or_else(|| profile.stamps.values().max().cloned())
-        .unwrap_or_else(|| Stamp {
-            accepted_at: profile.updated_at.unwrap_or_default(),
-            request_id: String::new(),
-        })
+        .unwrap_or_else(|| Stamp::new(profile.updated_at.unwrap_or_default(), String::new()))
 }
 
 fn omit_values(detail: &mut Map<String, Value>) {
@@ -173,20 +171,19 @@ fn omit_values(detail: &mut Map<String, Value>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const NOW: i64 = 1_800_000_000_000;
     use crate::contract::parse_upsert;
     use crate::domain::UpsertMessage;
 
     fn applied(profile: &UserProfile, at: i64, body: Value) -> UserProfile {
-        let upsert = parse_upsert(body.to_string().as_bytes()).unwrap();
+        let upsert = parse_upsert(body.to_string().as_bytes(), NOW).unwrap();
         let mut next = profile.clone();
         next.apply_message(&UpsertMessage {
             version: crate::domain::MESSAGE_VERSION,
             workspace_id: "ws".into(),
             external_user_id: "u1".into(),
-            stamp: Stamp {
-                accepted_at: at,
-                request_id: format!("r{at}"),
-            },
+            stamp: Stamp::new(at, format!("r{at}")),
             changes: upsert.changes,
             erase: false,
         });
@@ -273,10 +270,7 @@ mod tests {
             json!({"external_user_id": "u1", "email": "a@b.io", "traits": {"plan": "pro"}}),
         );
         let mut erased = old.clone();
-        erased.erase(&Stamp {
-            accepted_at: 3_000,
-            request_id: "del".into(),
-        });
+        erased.erase(&Stamp::new(3_000, "del"));
         let event = change_event("ws", Some(image(&old, 1)), Some(image(&erased, 2))).unwrap();
         assert_eq!(event.detail_type, USER_DELETED);
         assert_eq!(event.detail["stamp"]["request_id"], "del");

@@ -83,10 +83,7 @@ mod tests {
     fn record(hash: &str, done: bool, lock_until: i64) -> KeyRecord {
         KeyRecord {
             body_hash: hash.into(),
-            stamp: Stamp {
-                accepted_at: 5,
-                request_id: "r1".into(),
-            },
+            stamp: Stamp::new(5, "r1"),
             done,
             lock_until,
             unsent: Vec::new(),
@@ -113,10 +110,7 @@ mod tests {
 
     #[test]
     fn expired_pending_lock_is_abandoned_with_its_original_stamp() {
-        let stamp = Stamp {
-            accepted_at: 5,
-            request_id: "r1".into(),
-        };
+        let stamp = Stamp::new(5, "r1");
         assert_eq!(
             judge(&record("h", false, 10), "h", 10),
             Claim::Abandoned(stamp)

@@ -13,5 +13,5 @@ mod view;
 pub use message::{
     trait_of_path, trait_path, Changes, ProfileField, Stamp, UpsertMessage, MESSAGE_VERSION,
 };
-pub use profile::{RejectReason, RejectedTrait, UserProfile};
+pub use profile::{OnceWrite, OnceWrites, RejectReason, RejectedTrait, UserProfile};
 pub use view::{format_millis, user_view};

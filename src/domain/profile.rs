@@ -1,14 +1,21 @@
-use super::budget::{trait_cost, MAX_REJECTED_TRAITS, MAX_REMOVED_STAMPS, TRAITS_BUDGET_BYTES};
+use super::budget::{
+    trait_cost, MAX_PENDING_ONCE, MAX_REJECTED_TRAITS, MAX_REMOVED_STAMPS, TRAITS_BUDGET_BYTES,
+};
 use super::{trait_of_path, trait_path, Changes, ProfileField, Stamp, UpsertMessage};
 use serde_json::Value;
 use std::collections::BTreeMap;
 
 /// A stored user profile with the stamp of the upsert that last set or removed each
-/// field. Applying upserts is commutative and idempotent: every field ends up with
-/// the value of the greatest stamp that touched it, whatever the order of delivery —
-/// with two documented exceptions that keep the item bounded: a custom trait over the
-/// budget is refused, and a set older than the `floor` of folded removal stamps is
-/// refused as too old; both are listed in `rejected`.
+/// field. It equals the accepted writes applied one by one in stamp order — `traits`
+/// and `email` overwrite, `null` removes, `set_once` sets what is absent at that point,
+/// an erasure removes everything — whatever order and however many times they are
+/// delivered. Per field it keeps the last overwrite's stamp and the `set_once` writes
+/// stamped after it (`once`): the first of them is the value when that overwrite was a
+/// removal, the later ones wait for a removal stamped between them that may still
+/// arrive. Documented exceptions keep the item bounded: a custom trait over the budget
+/// is refused, a set older than the `floor` of folded removal stamps is refused as too
+/// old (both listed in `rejected`), and a field keeps at most `MAX_PENDING_ONCE`
+/// `set_once` writes (the earliest).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct UserProfile {
     pub profile: BTreeMap<ProfileField, String>,
@@ -24,8 +31,40 @@ pub struct UserProfile {
     /// The latest erasure (`DELETE`): everything stamped at or before it is gone, and
     /// stays gone whatever arrives later.
     pub erased: Option<Stamp>,
+    /// `set_once` writes by field key (as in `stamps`), each stamped after the field's
+    /// last overwrite.
+    pub once: BTreeMap<String, OnceWrites>,
+    /// The greatest stamp of the upserts applied: whether one came after an erasure
+    /// when their times tie to the millisecond.
+    pub last_write: Option<Stamp>,
+    /// The earliest and latest time (`Stamp::at`: at the source, else accepted) of the
+    /// writes that made the user as it is.
     pub created_at: Option<i64>,
     pub updated_at: Option<i64>,
+}
+
+/// The `set_once` writes of one field that the order of writes may still need.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct OnceWrites {
+    /// The field's value is the first one's: its last overwrite, if any, was a removal.
+    pub applies: bool,
+    /// Earliest first, at most `MAX_PENDING_ONCE`.
+    pub writes: Vec<OnceWrite>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct OnceWrite {
+    pub stamp: Stamp,
+    /// Known fields hold a string.
+    pub value: Value,
+}
+
+/// What an upsert does to one custom trait.
+#[derive(Clone, Copy)]
+enum TraitWrite<'a> {
+    Set(&'a Value),
+    Remove,
+    Once(&'a Value),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -82,28 +121,119 @@ impl UserProfile {
         }
         let mut changed = false;
         for (field, value) in &changes.profile {
-            if self.claim(field.attribute().to_owned(), stamp) {
-                set_or_remove(&mut self.profile, *field, value.clone());
-                changed = true;
-            }
+            let value = value.clone().map(Value::String);
+            changed |= self.overwrite(field.attribute(), value, stamp);
         }
-        if !changes.traits.is_empty() {
+        for (field, value) in &changes.once_profile {
+            changed |= self.set_once(field.attribute(), Value::String(value.clone()), stamp);
+        }
+        if !changes.traits.is_empty() || !changes.once_traits.is_empty() {
             let mut used = self.traits_bytes();
             for (name, value) in self.budget_order(stamp, changes) {
                 changed |= self.apply_trait(name, value, stamp, &mut used);
             }
             changed |= self.fold_removal_stamps();
         }
-        let created_at = self
-            .created_at
-            .map_or(stamp.accepted_at, |t| t.min(stamp.accepted_at));
-        let updated_at = self
-            .updated_at
-            .map_or(stamp.accepted_at, |t| t.max(stamp.accepted_at));
+        if self.last_write.as_ref().is_none_or(|last| last < stamp) {
+            self.last_write = Some(stamp.clone());
+            changed = true;
+        }
+        let at = stamp.at();
+        let created_at = self.created_at.map_or(at, |t| t.min(at));
+        let updated_at = self.updated_at.map_or(at, |t| t.max(at));
         changed |= self.created_at != Some(created_at) || self.updated_at != Some(updated_at);
         self.created_at = Some(created_at);
         self.updated_at = Some(updated_at);
         changed
+    }
+
+    /// The value of a field key (`plan`, `traits.color`), known fields as strings.
+    fn value_of(&self, key: &str) -> Option<Value> {
+        match trait_of_path(key) {
+            Some(name) => self.traits.get(name).cloned(),
+            None => ProfileField::from_attribute(key)
+                .and_then(|field| self.profile.get(&field))
+                .map(|text| Value::String(text.clone())),
+        }
+    }
+
+    fn set_value(&mut self, key: &str, value: Option<Value>) {
+        match trait_of_path(key) {
+            Some(name) => set_or_remove(&mut self.traits, name.to_owned(), value),
+            None => {
+                if let Some(field) = ProfileField::from_attribute(key) {
+                    let text = value.and_then(|v| v.as_str().map(str::to_owned));
+                    set_or_remove(&mut self.profile, field, text);
+                }
+            }
+        }
+    }
+
+    /// A set (`Some`) or removal (`None`) of a field, if newer than its last one. The
+    /// `set_once` writes it passes are no longer needed; after a removal, the first
+    /// one stamped after it is the value.
+    fn overwrite(&mut self, key: &str, value: Option<Value>, stamp: &Stamp) -> bool {
+        if !self.claim(key.to_owned(), stamp) {
+            return false;
+        }
+        let once = self.once.remove(key).unwrap_or_default();
+        let later: Vec<OnceWrite> = once
+            .writes
+            .into_iter()
+            .filter(|w| w.stamp > *stamp)
+            .collect();
+        let value = match value {
+            Some(value) => {
+                self.keep_once(key, false, later);
+                Some(value)
+            }
+            None => {
+                let first = later.first().map(|w| w.value.clone());
+                self.keep_once(key, first.is_some(), later);
+                first
+            }
+        };
+        self.set_value(key, value);
+        true
+    }
+
+    /// A `set_once` of a field: the value if the field has none at `stamp`.
+    fn set_once(&mut self, key: &str, value: Value, stamp: &Stamp) -> bool {
+        let last_overwrite = self.stamps.get(key);
+        if last_overwrite.is_some_and(|last| last >= stamp) {
+            // A later set or removal decides the field from its stamp on.
+            return false;
+        }
+        let mut once = self.once.remove(key).unwrap_or_default();
+        if once.writes.iter().any(|w| w.stamp == *stamp) {
+            self.once.insert(key.to_owned(), once);
+            return false;
+        }
+        // The value is a set's when the last overwrite was a set.
+        let set_before = last_overwrite.is_some() && !once.applies && self.value_of(key).is_some();
+        let at = once.writes.partition_point(|w| w.stamp < *stamp);
+        once.writes.insert(
+            at,
+            OnceWrite {
+                stamp: stamp.clone(),
+                value: value.clone(),
+            },
+        );
+        once.writes.truncate(MAX_PENDING_ONCE);
+        let changed = at < MAX_PENDING_ONCE;
+        if !set_before && at == 0 {
+            once.applies = true;
+            self.set_value(key, Some(value));
+        }
+        self.keep_once(key, once.applies, once.writes);
+        changed
+    }
+
+    fn keep_once(&mut self, key: &str, applies: bool, writes: Vec<OnceWrite>) {
+        if !writes.is_empty() {
+            self.once
+                .insert(key.to_owned(), OnceWrites { applies, writes });
+        }
     }
 
     /// Erases everything written at or before `stamp`: values, their stamps (the
@@ -123,27 +253,47 @@ impl UserProfile {
             .collect();
         for key in written_before {
             self.stamps.remove(&key);
-            match trait_of_path(&key) {
-                Some(name) => {
-                    self.traits.remove(name);
-                }
-                None => {
-                    if let Some(field) = ProfileField::from_attribute(&key) {
-                        self.profile.remove(&field);
-                    }
-                }
+            self.set_value(&key, None);
+        }
+        // As a removal of every field: the first set_once stamped after it is the value.
+        let keys: Vec<String> = self.once.keys().cloned().collect();
+        for key in keys {
+            let once = self.once.remove(&key).unwrap_or_default();
+            let later: Vec<OnceWrite> = once
+                .writes
+                .into_iter()
+                .filter(|w| w.stamp > *stamp)
+                .collect();
+            let decided_later = self.stamps.contains_key(&key);
+            if !decided_later {
+                self.set_value(&key, later.first().map(|w| w.value.clone()));
             }
+            let applies = if decided_later {
+                once.applies
+            } else {
+                !later.is_empty()
+            };
+            self.keep_once(&key, applies, later);
         }
         self.rejected.retain(|r| r.stamp > *stamp);
         if self.floor.as_ref().is_some_and(|floor| floor <= stamp) {
             self.floor = None;
         }
-        let after = |millis: &i64| *millis > stamp.accepted_at;
+        if self.last_write.as_ref().is_some_and(|last| last <= stamp) {
+            self.last_write = None;
+        }
+        let after = |millis: &i64| *millis > stamp.at();
         if !self.created_at.as_ref().is_some_and(after) {
             // Surviving fields were written after the erasure, and so was any upsert
             // whose time is past it: the earliest of them recreated the user.
-            let surviving = self.stamps.values().map(|s| s.accepted_at);
-            self.created_at = surviving.chain(self.updated_at.filter(after)).min();
+            let surviving = self.stamps.values().map(Stamp::at);
+            let waiting = self
+                .once
+                .values()
+                .flat_map(|o| &o.writes)
+                .map(|w| w.stamp.at());
+            let last = self.last_write.as_ref().map(Stamp::at);
+            self.created_at = surviving.chain(waiting).chain(last).min();
         }
         if self.created_at.is_none() {
             self.updated_at = None;
@@ -151,76 +301,117 @@ impl UserProfile {
         true
     }
 
-    /// An upsert's traits in the order that frees budget before spending it: removals,
-    /// then sets by how much they grow the profile. So whether a trait fits does not
-    /// depend on the names' order, only on what the whole upsert leaves.
+    /// An upsert's custom traits in the order that frees budget before spending it:
+    /// removals, then the rest by how much they grow the profile. So whether a trait
+    /// fits does not depend on the names' order, only on what the whole upsert leaves.
     fn budget_order<'a>(
         &self,
         stamp: &Stamp,
         changes: &'a Changes,
-    ) -> Vec<(&'a String, Option<&'a Value>)> {
-        let mut ordered: Vec<(i64, &String, Option<&Value>)> = changes
-            .traits
+    ) -> Vec<(&'a str, TraitWrite<'a>)> {
+        let overwrites = changes.traits.iter().map(|(name, value)| match value {
+            Some(value) => (name, TraitWrite::Set(value)),
+            None => (name, TraitWrite::Remove),
+        });
+        let once = changes
+            .once_traits
             .iter()
-            .map(|(name, value)| {
-                let growth = value.as_ref().map_or(i64::MIN, |value| {
-                    let current = self
-                        .traits
-                        .get(name)
-                        .zip(self.stamps.get(&trait_path(name)));
-                    let freed =
-                        current.map_or(0, |(old, old_stamp)| trait_cost(name, old, old_stamp));
-                    trait_cost(name, value, stamp) as i64 - freed as i64
-                });
-                (growth, name, value.as_ref())
+            .map(|(name, value)| (name, TraitWrite::Once(value)));
+        let mut ordered: Vec<(i64, &str, TraitWrite)> = overwrites
+            .chain(once)
+            .map(|(name, write)| {
+                let growth = match write {
+                    TraitWrite::Remove => i64::MIN,
+                    TraitWrite::Set(value) => {
+                        let current = self
+                            .traits
+                            .get(name)
+                            .zip(self.stamps.get(&trait_path(name)));
+                        let freed =
+                            current.map_or(0, |(old, old_stamp)| trait_cost(name, old, old_stamp));
+                        trait_cost(name, value, stamp) as i64 - freed as i64
+                    }
+                    TraitWrite::Once(value) => trait_cost(name, value, stamp) as i64,
+                };
+                (growth, name.as_str(), write)
             })
             .collect();
         ordered.sort_by_key(|(growth, name, _)| (*growth, *name));
         ordered
             .into_iter()
-            .map(|(_, name, value)| (name, value))
+            .map(|(_, name, write)| (name, write))
             .collect()
     }
 
-    /// Bytes of the budget the stored custom traits use.
+    /// Bytes of the budget the custom traits use: each value and the `set_once` writes
+    /// kept for it, each with its stamp.
     pub fn traits_bytes(&self) -> usize {
-        self.traits
-            .iter()
-            .filter_map(|(name, value)| {
-                let stamp = self.stamps.get(&trait_path(name))?;
-                Some(trait_cost(name, value, stamp))
-            })
-            .sum()
+        let waiting = self.once.keys().filter_map(|key| trait_of_path(key));
+        let names: std::collections::BTreeSet<&str> = self
+            .traits
+            .keys()
+            .map(String::as_str)
+            .chain(waiting)
+            .collect();
+        names.into_iter().map(|name| self.trait_bytes(name)).sum()
+    }
+
+    /// What one custom trait costs against the budget.
+    fn trait_bytes(&self, name: &str) -> usize {
+        let key = trait_path(name);
+        let once = self.once.get(&key);
+        // A value from a set_once is counted with that write.
+        let value = match (self.traits.get(name), self.stamps.get(&key)) {
+            (Some(value), Some(stamp)) if !once.is_some_and(|o| o.applies) => {
+                trait_cost(name, value, stamp)
+            }
+            _ => 0,
+        };
+        let waiting: usize = once
+            .into_iter()
+            .flat_map(|o| &o.writes)
+            .map(|w| trait_cost(name, &w.value, &w.stamp))
+            .sum();
+        value + waiting
     }
 
     fn apply_trait(
         &mut self,
         name: &str,
-        value: Option<&Value>,
+        write: TraitWrite,
         stamp: &Stamp,
         used: &mut usize,
     ) -> bool {
         let key = trait_path(name);
-        let current = self.stamps.get(&key);
-        match current {
-            Some(current) if current >= stamp => return false,
-            // An old removal of a trait that is absent anyway changes nothing.
-            None if self.floor.as_ref().is_some_and(|floor| stamp <= floor) => {
-                return value.is_some() && self.reject(name, RejectReason::TooOld, stamp);
-            }
-            _ => {}
+        let below_floor = self.floor.as_ref().is_some_and(|floor| stamp <= floor);
+        if below_floor && !self.stamps.contains_key(&key) {
+            // It might undo a removal folded away; an old removal changes nothing anyway.
+            return !matches!(write, TraitWrite::Remove)
+                && self.reject(name, RejectReason::TooOld, stamp);
         }
-        let old_cost = match (self.traits.get(name), current) {
-            (Some(old), Some(old_stamp)) => trait_cost(name, old, old_stamp),
-            _ => 0,
+        let before = (
+            self.traits.get(name).cloned(),
+            self.stamps.get(&key).cloned(),
+            self.once.get(&key).cloned(),
+        );
+        let old_cost = self.trait_bytes(name);
+        let changed = match write {
+            TraitWrite::Set(value) => self.overwrite(&key, Some(value.clone()), stamp),
+            TraitWrite::Remove => self.overwrite(&key, None, stamp),
+            TraitWrite::Once(value) => self.set_once(&key, value.clone(), stamp),
         };
-        let new_cost = value.map_or(0, |value| trait_cost(name, value, stamp));
+        if !changed {
+            return false;
+        }
+        let new_cost = self.trait_bytes(name);
         if *used - old_cost + new_cost > TRAITS_BUDGET_BYTES {
+            let (value, last, once) = before;
+            set_or_remove(&mut self.traits, name.to_owned(), value);
+            set_or_remove(&mut self.stamps, key.clone(), last);
+            set_or_remove(&mut self.once, key, once);
             return self.reject(name, RejectReason::ProfileBudget, stamp);
         }
         *used = *used - old_cost + new_cost;
-        self.stamps.insert(key, stamp.clone());
-        set_or_remove(&mut self.traits, name.to_owned(), value.cloned());
         self.rejected.retain(|r| r.name != name || r.stamp > *stamp);
         true
     }
@@ -309,10 +500,7 @@ mod tests {
     use serde_json::json;
 
     fn stamp(at: i64, id: &str) -> Stamp {
-        Stamp {
-            accepted_at: at,
-            request_id: id.into(),
-        }
+        Stamp::new(at, id)
     }
 
     fn plan(value: Option<&str>) -> Changes {
@@ -489,7 +677,11 @@ mod tests {
             ),
             proptest::collection::btree_map("[abc]", trait_value, 0..3),
         )
-            .prop_map(|(profile, traits)| Changes { profile, traits })
+            .prop_map(|(profile, traits)| Changes {
+                profile,
+                traits,
+                ..Changes::default()
+            })
     }
 
     proptest! {

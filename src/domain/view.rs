@@ -80,13 +80,7 @@ mod tests {
         changes
             .traits
             .insert("favoriteColor".into(), Some(json!("teal")));
-        user.apply(
-            &Stamp {
-                accepted_at: 1_795_773_600_123,
-                request_id: "r".into(),
-            },
-            &changes,
-        );
+        user.apply(&Stamp::new(1_795_773_600_123, "r"), &changes);
 
         let private = user_view("usr_42", &user, false);
         assert_eq!(

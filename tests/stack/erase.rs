@@ -2,7 +2,9 @@
 //! email, traits, the email-index entry and `rejected_traits`, order-proof; a tombstone
 //! without PII that expires.
 
-use crate::support::{error_of, message, send_all, until_consumed, user_when, Stack, ALL_SCOPES};
+use crate::support::{
+    error_of, message, queue_drained, send_all, until_consumed, user_when, Stack, ALL_SCOPES,
+};
 use reqwest::Method;
 use serde_json::{json, Value};
 use vibefollow_users::aws::sqs::encode;
@@ -127,22 +129,7 @@ async fn an_upsert_accepted_before_the_erasure_never_brings_data_back() {
     let older = encode(&message(ws, "late", base + 1, 1, before));
     send_all(&stack, &[older.clone(), older]).await;
     // The late upsert was delivered (the queue drains) and changed nothing.
-    until_consumed(&stack, "the upsert queue drained", || async {
-        let depth = stack
-            .sqs
-            .get_queue_attributes()
-            .queue_url(&stack.resources.upsert_queue_url)
-            .attribute_names(aws_sdk_sqs::types::QueueAttributeName::ApproximateNumberOfMessages)
-            .attribute_names(
-                aws_sdk_sqs::types::QueueAttributeName::ApproximateNumberOfMessagesNotVisible,
-            )
-            .send()
-            .await
-            .ok()?;
-        let attributes = depth.attributes()?;
-        attributes.values().all(|v| v == "0").then_some(())
-    })
-    .await;
+    queue_drained(&stack).await;
     let now = stack
         .get_user(&key, "late")
         .await

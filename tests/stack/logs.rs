@@ -70,7 +70,7 @@ async fn aws_error_messages_that_quote_an_email_never_reach_the_logs() {
     let consumer_line = r#""error":"refused (ValidationException)""#;
     until_consumed(&stack, "the consumer logged the refusal", || async {
         let log = std::fs::read_to_string(std::env::var("VF_FUNCTION_LOG").ok()?).ok()?;
-        log.contains(&consumer_line).then_some(())
+        log.contains(consumer_line).then_some(())
     })
     .await;
     // …and the api's send fails (SQS throttling, quoting the body).
@@ -92,7 +92,7 @@ async fn aws_error_messages_that_quote_an_email_never_reach_the_logs() {
         answered.iter().any(|l| l.contains("RequestThrottled")),
         "the api logs the code: {answered:?}"
     );
-    assert!(log.contains(&consumer_line));
+    assert!(log.contains(consumer_line));
     assert!(
         !log.contains(&leaked),
         "an AWS error message reached the logs"

@@ -19,6 +19,8 @@ mod logs;
 mod metrics;
 mod profile_limits;
 mod sample_events;
+mod segment;
+mod source_time;
 mod template;
 mod upsert_contract;
 mod vfctl;

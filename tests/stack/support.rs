@@ -279,6 +279,26 @@ pub async fn user_when(stack: &Stack, key: &str, id: &str, done: impl Fn(&Value)
     .await
 }
 
+/// Waits until the upsert queue holds nothing, visible or in flight: everything
+/// enqueued so far was applied (or failed for good). A test that relies on it takes its
+/// turn alone, or other tests keep the queue busy.
+pub async fn queue_drained(stack: &Stack) {
+    use aws_sdk_sqs::types::QueueAttributeName;
+    until_consumed(stack, "the upsert queue drained", || async {
+        let depth = stack
+            .sqs
+            .get_queue_attributes()
+            .queue_url(&stack.resources.upsert_queue_url)
+            .attribute_names(QueueAttributeName::ApproximateNumberOfMessages)
+            .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
+            .send()
+            .await
+            .ok()?;
+        depth.attributes()?.values().all(|v| v == "0").then_some(())
+    })
+    .await;
+}
+
 /// Invocations of the consumer so far, as the Lambda-faithful runtime counts them.
 pub async fn consumer_invocations(stack: &Stack) -> u64 {
     let report = fleet(stack, Method::GET, "", None).await;
@@ -309,10 +329,7 @@ pub fn message(workspace: &str, user: &str, at: i64, i: usize, changes: Changes)
         version: MESSAGE_VERSION,
         workspace_id: workspace.to_owned(),
         external_user_id: user.to_owned(),
-        stamp: Stamp {
-            accepted_at: at,
-            request_id: format!("req-{i:03}"),
-        },
+        stamp: Stamp::new(at, format!("req-{i:03}")),
         changes,
         erase: false,
     }

@@ -358,10 +358,7 @@ async fn key_held_by_a_live_request_is_409_with_retry_after() {
     let key = stack.key(&ALL_SCOPES).await;
     let body = r#"{"external_user_id":"u"}"#;
     let hash = body_hash(&serde_json::from_str::<Value>(body).unwrap());
-    let holder = Stamp {
-        accepted_at: now_ms(),
-        request_id: "other-request".into(),
-    };
+    let holder = Stamp::new(now_ms(), "other-request");
     assert_eq!(
         stack
             .idempotency()
@@ -383,10 +380,7 @@ async fn key_of_a_request_that_died_is_processed_after_30s_with_its_original_sta
     let key = stack.key(&ALL_SCOPES).await;
     let body = r#"{"external_user_id":"u","traits":{"plan":"pro"}}"#;
     let hash = body_hash(&serde_json::from_str::<Value>(body).unwrap());
-    let died = Stamp {
-        accepted_at: now_ms() - 31_000,
-        request_id: "died-in-flight".into(),
-    };
+    let died = Stamp::new(now_ms() - 31_000, "died-in-flight");
     stack
         .idempotency()
         .claim(&stack.workspace, "orphan", &hash, &died)

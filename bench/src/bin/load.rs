@@ -289,10 +289,7 @@ async fn raw_rate(
                     if i >= pairs {
                         return Ok::<_, PortError>(());
                     }
-                    let stamp = Stamp {
-                        accepted_at: 1_795_773_600_000 + i as i64,
-                        request_id: format!("raw-{i}"),
-                    };
+                    let stamp = Stamp::new(1_795_773_600_000 + i as i64, format!("raw-{i}"));
                     idempotency
                         .claim(&workspace, &format!("raw-{i}"), "hash", &stamp)
                         .await?;

@@ -5,7 +5,7 @@
 use aws_sdk_cloudformation::error::{DisplayErrorContext, ProvideErrorMetadata};
 use clap::{Args, Parser, Subcommand};
 use dlq::DeadLetters;
-use import::{import, ImportOptions};
+use import::{import, CsvOptions, ImportOptions};
 use keys::KeyTable;
 use serde_json::json;
 use std::path::PathBuf;
@@ -105,6 +105,13 @@ struct ImportArgs {
     /// rate limit). Changing it between runs of one file starts over.
     #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u16).range(1..=1000))]
     batch_size: u16,
+    /// CSV: the column whose RFC 3339 value is each row's `timestamp` (when the change
+    /// happened at the source): an import never overwrites what changed since.
+    #[arg(long, value_name = "NAME")]
+    timestamp_column: Option<String>,
+    /// CSV: trait columns that go to `set_once` (set only where the user has no value).
+    #[arg(long, value_delimiter = ',', value_name = "A,B")]
+    once_columns: Vec<String>,
 }
 
 #[derive(Subcommand)]
@@ -301,6 +308,10 @@ async fn import_file(args: ImportArgs, local: bool) -> Result<(), String> {
         key: args.key,
         concurrency: args.concurrency.into(),
         batch_size: args.batch_size.into(),
+        csv: CsvOptions {
+            timestamp_column: args.timestamp_column,
+            once_columns: args.once_columns,
+        },
     })
     .await?;
     eprintln!(

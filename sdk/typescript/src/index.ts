@@ -182,22 +182,48 @@ async function errorOf(response: Response): Promise<VibeFollowError> {
   return new VibeFollowError(response.status, errors, requestId);
 }
 
-/** The request body of an upsert: `email` among the traits goes to the top level. */
-export function upsertBody(externalUserId: string, traits: Traits = {}): Record<string, JsonValue> {
-  const { email, ...rest } = traits;
-  const customAndKnown: Record<string, JsonValue> = {};
-  for (const [name, value] of Object.entries(rest)) {
+/** Options of an upsert beyond its traits. */
+export interface IdentifyOptions {
+  /**
+   * When the change happened at your source (a Date or an RFC 3339 string): it orders
+   * this upsert instead of the time the API accepted it, so a backfill or a late sync
+   * never overwrites newer data. From 2000-01-01 to 5 minutes ahead of the API's clock.
+   */
+  timestamp?: Date | string;
+  /** Traits set only where the user has no value yet (first referrer, first plan…). */
+  setOnce?: Traits;
+}
+
+function jsonTraits(traits: Traits): Record<string, JsonValue> {
+  const out: Record<string, JsonValue> = {};
+  for (const [name, value] of Object.entries(traits)) {
     if (value === undefined) continue;
-    customAndKnown[name] = value instanceof Date ? value.toISOString() : value;
+    out[name] = value instanceof Date ? value.toISOString() : value;
   }
+  return out;
+}
+
+/** The request body of an upsert: `email` among the traits goes to the top level. */
+export function upsertBody(
+  externalUserId: string,
+  traits: Traits = {},
+  options: IdentifyOptions = {},
+): Record<string, JsonValue> {
+  const { email, ...rest } = traits;
+  const customAndKnown = jsonTraits(rest);
   const body: Record<string, JsonValue> = { external_user_id: externalUserId };
   if (email !== undefined) body.email = email;
   if (Object.keys(customAndKnown).length > 0) body.traits = customAndKnown;
+  const once = jsonTraits(options.setOnce ?? {});
+  if (Object.keys(once).length > 0) body.set_once = once;
+  if (options.timestamp !== undefined) {
+    body.timestamp = options.timestamp instanceof Date ? options.timestamp.toISOString() : options.timestamp;
+  }
   return body;
 }
 
 /** One user of `identifyMany`. */
-export interface UserUpsert {
+export interface UserUpsert extends IdentifyOptions {
   externalUserId: string;
   traits?: Traits;
 }
@@ -247,7 +273,7 @@ class Users {
    * batches before it already accepted.
    */
   async identifyMany(users: UserUpsert[]): Promise<IdentifyManyResult> {
-    const bodies = users.map((user) => JSON.stringify(upsertBody(user.externalUserId, user.traits)));
+    const bodies = users.map((user) => JSON.stringify(upsertBody(user.externalUserId, user.traits, user)));
     const result: IdentifyManyResult = { accepted: 0, rejected: [] };
     for (const batch of batchesOf(bodies)) {
       const answer = await this.transport.send<{ data: { accepted: number; rejected?: { index: number; errors: ApiErrorDetail[] }[] } }>({
@@ -264,12 +290,16 @@ class Users {
     return result;
   }
 
-  /** Upserts a user. Resolves once the API accepted it (202); it is readable within a few hundred ms. */
-  async identify(externalUserId: string, traits: Traits = {}): Promise<void> {
+  /**
+   * Upserts a user. Resolves once the API accepted it (202); it is readable within a
+   * few hundred ms. `options.timestamp`: when it happened at your source;
+   * `options.setOnce`: traits set only where the user has none yet.
+   */
+  async identify(externalUserId: string, traits: Traits = {}, options: IdentifyOptions = {}): Promise<void> {
     await this.transport.send({
       method: 'POST',
       path: '/api/v1/users',
-      body: JSON.stringify(upsertBody(externalUserId, traits)),
+      body: JSON.stringify(upsertBody(externalUserId, traits, options)),
       idempotencyKey: randomUUID(),
     });
   }

@@ -44,6 +44,22 @@ test('email among the traits is sent as the top-level email; null passes through
   });
 });
 
+test('timestamp and setOnce travel as the body\'s timestamp and set_once', () => {
+  assert.deepEqual(
+    upsertBody('u', { plan: 'pro' }, { timestamp: new Date('2026-05-17T14:00:00Z'), setOnce: { firstPlan: 'trial' } }),
+    {
+      external_user_id: 'u',
+      traits: { plan: 'pro' },
+      set_once: { firstPlan: 'trial' },
+      timestamp: '2026-05-17T14:00:00.000Z',
+    },
+  );
+  assert.deepEqual(upsertBody('u', {}, { timestamp: '2026-05-17T16:00:00+02:00' }), {
+    external_user_id: 'u',
+    timestamp: '2026-05-17T16:00:00+02:00',
+  });
+});
+
 test('retries on 503, 429 and 409 reuse one Idempotency-Key and honour Retry-After', async () => {
   const server = await stub([
     reply(503, { errors: [{ code: 'unavailable', message: 'x' }] }, { 'retry-after': '0' }),

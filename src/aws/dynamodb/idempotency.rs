@@ -186,10 +186,7 @@ fn record_from_item(item: &Item) -> Option<KeyRecord> {
         .unwrap_or_default();
     Some(KeyRecord {
         body_hash: get_s(item, "body_hash")?.to_owned(),
-        stamp: Stamp {
-            accepted_at: get_n(item, "accepted_at")?,
-            request_id: get_s(item, "request_id")?.to_owned(),
-        },
+        stamp: Stamp::new(get_n(item, "accepted_at")?, get_s(item, "request_id")?),
         done: get_s(item, "state") == Some(DONE),
         lock_until: get_n(item, "lock_until").unwrap_or_default(),
         unsent,

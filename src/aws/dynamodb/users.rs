@@ -5,8 +5,10 @@ use super::{
 };
 use crate::app::ports::{EmailMatches, PortError, StoredUser, UserKey, Users, WriteOutcome};
 use crate::contract::{normalize_email, MAX_EMAIL_MATCHES};
-use crate::domain::budget::stamp_text;
-use crate::domain::{ProfileField, RejectReason, RejectedTrait, Stamp, UserProfile};
+use crate::domain::budget::{parse_stamp, stamp_text};
+use crate::domain::{
+    OnceWrite, OnceWrites, ProfileField, RejectReason, RejectedTrait, UserProfile,
+};
 use aws_sdk_dynamodb::types::{AttributeValue, KeysAndAttributes};
 use aws_sdk_dynamodb::Client;
 use serde_json::Value;
@@ -227,6 +229,12 @@ fn item_from_user(workspace_id: &str, user: &StoredUser) -> Result<Item, PortErr
         .map(|(key, stamp)| (key.clone(), s(stamp_text(stamp))))
         .collect();
     item.insert("stamps".to_owned(), AttributeValue::M(stamps));
+    if !profile.once.is_empty() {
+        item.insert(SET_ONCE.to_owned(), once_attribute(&profile.once));
+    }
+    if let Some(last) = &profile.last_write {
+        item.insert("last_write".to_owned(), s(stamp_text(last)));
+    }
     if let Some(floor) = &profile.floor {
         item.insert("stamps_floor".to_owned(), s(stamp_text(floor)));
     }
@@ -273,6 +281,64 @@ fn next_version(read: u64) -> u64 {
     } else {
         read + 1
     }
+}
+
+/// The `set_once` writes a field keeps: `{key: {"applies": BOOL, "writes": [{"stamp",
+/// "value"}]}}`.
+const SET_ONCE: &str = "set_once";
+
+fn once_attribute(once: &BTreeMap<String, OnceWrites>) -> AttributeValue {
+    let fields = once
+        .iter()
+        .map(|(key, field)| {
+            let writes = field
+                .writes
+                .iter()
+                .map(|w| {
+                    AttributeValue::M(HashMap::from([
+                        ("stamp".to_owned(), s(stamp_text(&w.stamp))),
+                        ("value".to_owned(), to_attribute(&w.value)),
+                    ]))
+                })
+                .collect();
+            let field = HashMap::from([
+                ("applies".to_owned(), AttributeValue::Bool(field.applies)),
+                ("writes".to_owned(), AttributeValue::L(writes)),
+            ]);
+            (key.clone(), AttributeValue::M(field))
+        })
+        .collect();
+    AttributeValue::M(fields)
+}
+
+fn once_from_attribute(attribute: Option<&AttributeValue>) -> BTreeMap<String, OnceWrites> {
+    let fields = attribute.and_then(|a| a.as_m().ok()).into_iter().flatten();
+    fields
+        .filter_map(|(key, field)| {
+            let field = field.as_m().ok()?;
+            let writes = field
+                .get("writes")?
+                .as_l()
+                .ok()?
+                .iter()
+                .filter_map(|w| {
+                    let w = w.as_m().ok()?;
+                    Some(OnceWrite {
+                        stamp: parse_stamp(get_s(w, "stamp")?)?,
+                        value: from_attribute(w.get("value")?),
+                    })
+                })
+                .collect();
+            let applies = field.get("applies").and_then(|a| a.as_bool().ok()).copied();
+            Some((
+                key.clone(),
+                OnceWrites {
+                    applies: applies.unwrap_or(false),
+                    writes,
+                },
+            ))
+        })
+        .collect()
 }
 
 /// The workspace and user an item holds (a stream image, say).
@@ -325,6 +391,8 @@ fn user_from_item(item: &Item) -> Option<StoredUser> {
             floor: get_s(item, "stamps_floor").and_then(parse_stamp),
             rejected,
             erased: get_s(item, "erased").and_then(parse_stamp),
+            once: once_from_attribute(item.get(SET_ONCE)),
+            last_write: get_s(item, "last_write").and_then(parse_stamp),
             created_at: get_n(item, "created_at"),
             updated_at: get_n(item, "updated_at"),
         },
@@ -332,23 +400,18 @@ fn user_from_item(item: &Item) -> Option<StoredUser> {
     })
 }
 
-fn parse_stamp(text: &str) -> Option<Stamp> {
-    let (accepted_at, request_id) = text.split_once('/')?;
-    Some(Stamp {
-        accepted_at: accepted_at.parse().ok()?,
-        request_id: request_id.to_owned(),
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const NOW: i64 = 1_800_000_000_000;
     use crate::aws::sqs::{decode, encode};
     use crate::contract::parse_upsert;
     use crate::domain::user_view;
-    use crate::domain::{Changes, UpsertMessage, MESSAGE_VERSION};
+    use crate::domain::{Changes, Stamp, UpsertMessage};
     use proptest::prelude::*;
     use serde_json::{json, Map};
+    use std::collections::HashMap;
 
     #[test]
     fn item_round_trips_a_user() {
@@ -362,13 +425,7 @@ mod tests {
             "nested".into(),
             Some(json!({"a": [1, 2.5, "x", null, true]})),
         );
-        profile.apply(
-            &Stamp {
-                accepted_at: 7,
-                request_id: "r/1".into(),
-            },
-            &changes,
-        );
+        profile.apply(&Stamp::new(7, "r/1"), &changes);
         let user = StoredUser {
             external_user_id: "usr#1".into(),
             profile,
@@ -422,10 +479,7 @@ mod tests {
     pub(crate) fn full_profile() -> StoredUser {
         use crate::domain::budget::{MAX_REJECTED_TRAITS, MAX_REMOVED_STAMPS, TRAITS_BUDGET_BYTES};
         let mut profile = UserProfile::default();
-        let stamp = |i: i64| Stamp {
-            accepted_at: 1_800_000_000_000 + i,
-            request_id: uuid::Uuid::new_v4().to_string(),
-        };
+        let stamp = |i: i64| Stamp::new(1_800_000_000_000 + i, uuid::Uuid::new_v4().to_string());
         let mut known = Changes::default();
         for field in ProfileField::ALL {
             let value = match field {
@@ -509,42 +563,100 @@ mod tests {
         })
     }
 
+    /// Acceptance of write `i`: `ACCEPTED + i` ms.
+    const ACCEPTED: i64 = NOW - 1_000;
+    /// The source times bodies may carry, from `ACCEPTED`: a few, so that they tie and
+    /// interleave with the acceptance times.
+    const SOURCE_OFFSETS: [i64; 4] = [3, 5, -500, 5];
+
     /// One upsert body: email set, removed or absent; known and custom traits set or
-    /// removed (`null`).
+    /// removed (`null`); `set_once` of other names; a source `timestamp` or none.
     fn body() -> impl Strategy<Value = Value> {
         let email = proptest::option::of(proptest::sample::select(vec![
             Value::Null,
             json!("jane@acme.io"),
             json!(" Jane@Acme.io "),
         ]));
-        let known = proptest::collection::btree_map(
-            proptest::sample::select(vec!["plan", "name", "company", "role"]),
-            prop_oneof![Just(Value::Null), "(|pro|żółw)".prop_map(Value::from)],
+        let names = || proptest::sample::select(vec!["plan", "name", "a", "tags", "ü", "deep"]);
+        let traits = proptest::collection::btree_map(
+            names(),
+            prop_oneof![
+                Just(Value::Null),
+                "(|pro|żółw)".prop_map(Value::from),
+                custom_value()
+            ],
             0..3,
         );
-        let custom = proptest::collection::btree_map(
-            proptest::sample::select(vec!["a", "tags", "ü", "deep"]),
-            custom_value(),
-            0..3,
-        );
-        (email, known, custom).prop_map(|(email, known, custom)| {
-            let mut traits: Map<String, Value> =
-                known.into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
-            traits.extend(custom.into_iter().map(|(k, v)| (k.to_owned(), v)));
+        let once = proptest::collection::btree_map(names(), "(first|second|żółw)", 0..3);
+        let timestamp = proptest::option::of(proptest::sample::select(SOURCE_OFFSETS.to_vec()));
+        (email, traits, once, timestamp).prop_map(|(email, traits, once, timestamp)| {
+            let traits: Map<String, Value> = traits
+                .into_iter()
+                .map(|(name, value)| {
+                    // Known traits take strings only.
+                    let known = ProfileField::from_trait_name(name).is_some();
+                    let value = if known && !value.is_string() && !value.is_null() {
+                        json!("pro")
+                    } else {
+                        value
+                    };
+                    (name.to_owned(), value)
+                })
+                .collect();
+            let once: Map<String, Value> = once
+                .into_iter()
+                .filter(|(name, _)| !traits.contains_key(*name))
+                .map(|(name, value)| (name.to_owned(), json!(value)))
+                .collect();
             let mut body = json!({"external_user_id": "u1", "traits": traits});
+            if !once.is_empty() {
+                body["set_once"] = Value::Object(once);
+            }
             if let Some(email) = email {
                 body["email"] = email;
+            }
+            if let Some(offset) = timestamp {
+                body["timestamp"] = json!(crate::domain::format_millis(ACCEPTED + offset));
             }
             body
         })
     }
 
-    /// What reads must show after `bodies` were applied in order: the last body that
-    /// names a field decides it, `null` removes it.
-    fn in_order_view(bodies: &[Value]) -> (Option<String>, Map<String, Value>) {
-        let mut email = None;
+    /// Keeps at most `MAX_PENDING_ONCE` set_once writes of each name, in write order:
+    /// the documented bound of what the merge remembers (see `UserProfile`).
+    fn within_once_bound(mut writes: Vec<Option<Value>>) -> Vec<Option<Value>> {
+        use crate::domain::budget::MAX_PENDING_ONCE;
+        let mut seen: HashMap<String, usize> = HashMap::new();
+        for body in writes.iter_mut().flatten() {
+            if let Some(Value::Object(once)) = body.get_mut("set_once") {
+                once.retain(|name, _| {
+                    let count = seen.entry(name.clone()).or_default();
+                    *count += 1;
+                    *count <= MAX_PENDING_ONCE
+                });
+            }
+        }
+        writes
+    }
+
+    /// The plain reference: the writes applied one by one in stamp order, as the
+    /// contract says — traits and email overwrite, `null` removes, set_once sets only
+    /// what is absent, an erasure removes everything. Returns the email, the traits
+    /// and whether the user exists.
+    fn in_stamp_order(
+        writes: &[(Stamp, Option<Value>)],
+    ) -> (Option<String>, Map<String, Value>, bool) {
+        let mut sorted: Vec<&(Stamp, Option<Value>)> = writes.iter().collect();
+        sorted.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut email: Option<String> = None;
         let mut traits = Map::new();
-        for body in bodies {
+        let mut exists = false;
+        for (_, write) in sorted {
+            let Some(body) = write else {
+                (email, traits, exists) = (None, Map::new(), false);
+                continue;
+            };
+            exists = true;
             match body.get("email") {
                 Some(Value::String(text)) => email = Some(text.trim().to_owned()),
                 Some(_) => email = None,
@@ -557,47 +669,67 @@ mod tests {
                     traits.insert(name.clone(), value.clone());
                 }
             }
+            for (name, value) in body
+                .get("set_once")
+                .and_then(Value::as_object)
+                .into_iter()
+                .flatten()
+            {
+                traits.entry(name.clone()).or_insert_with(|| value.clone());
+            }
         }
-        (email, traits)
+        (email, traits, exists)
+    }
+
+    fn write() -> impl Strategy<Value = Option<Value>> {
+        prop_oneof![6 => body().prop_map(Some), 1 => Just(None)]
     }
 
     proptest! {
+        /// Any mix of traits, `null`, set_once, source timestamps and erasures, delivered
+        /// shuffled and duplicated, through SQS and DynamoDB at every step, reads as the
+        /// writes applied one by one in stamp order.
         #[test]
-        fn accepted_bodies_stored_and_read_back_equal_their_in_order_application(
-            bodies in proptest::collection::vec(body(), 1..8),
-            order in proptest::collection::vec(any::<proptest::sample::Index>(), 0..10),
+        fn stored_users_equal_the_writes_applied_in_stamp_order(
+            writes in proptest::collection::vec(write(), 1..10),
+            order in proptest::collection::vec(any::<proptest::sample::Index>(), 0..12),
         ) {
+            let writes = within_once_bound(writes);
+            let mut stamped = Vec::new();
             let mut messages = Vec::new();
-            for (i, body) in bodies.iter().enumerate() {
-                let accepted = parse_upsert(body.to_string().as_bytes());
-                prop_assert!(accepted.is_ok(), "{body} was refused: {accepted:?}");
-                let accepted = accepted.unwrap();
-                let message = UpsertMessage {
-                    version: MESSAGE_VERSION,
-                    workspace_id: "ws".into(),
-                    external_user_id: accepted.external_user_id,
-                    stamp: Stamp { accepted_at: 1_000 + i as i64, request_id: format!("r{i}") },
-                    changes: accepted.changes,
-                    erase: false,
+            for (i, write) in writes.iter().enumerate() {
+                let accepted_at = ACCEPTED + i as i64;
+                let (changes, timestamp) = match write {
+                    Some(body) => {
+                        let accepted = parse_upsert(body.to_string().as_bytes(), NOW);
+                        prop_assert!(accepted.is_ok(), "{body} was refused: {accepted:?}");
+                        let accepted = accepted.unwrap();
+                        (accepted.changes, accepted.timestamp)
+                    }
+                    // An erasure is stamped at its acceptance.
+                    None => (Changes::default(), None),
                 };
+                let stamp = Stamp::new(accepted_at, format!("r{i}")).at_source(timestamp);
+                let message = UpsertMessage::new("ws", "u1".into(), stamp.clone(), changes, write.is_none());
                 // Through SQS: the message as JSON text.
                 messages.push(decode(&encode(&message)).unwrap().remove(0));
+                stamped.push((stamp, write.clone()));
             }
-            // Any delivery order, with duplicates.
             let mut deliveries: Vec<&UpsertMessage> = messages.iter().collect();
             deliveries.extend(order.iter().map(|i| i.get(&messages)));
             for (n, i) in order.iter().enumerate() {
                 let len = deliveries.len();
                 deliveries.swap(n % len, i.index(len));
             }
-            let mut user = StoredUser { external_user_id: "u1".into(), profile: UserProfile::default(), version: 0 };
+            let mut user = StoredUser::new("u1");
             for message in deliveries {
-                user.profile.apply(&message.stamp, &message.changes);
+                user.profile.apply_message(message);
                 // Through DynamoDB: the item and back, at every write.
                 user = user_from_item(&item_from_user("ws", &user).unwrap()).unwrap();
             }
+            let (email, traits, exists) = in_stamp_order(&stamped);
+            prop_assert_eq!(user.profile.exists(), exists);
             let view = user_view("u1", &user.profile, true);
-            let (email, traits) = in_order_view(&bodies);
             prop_assert_eq!(view.get("email").and_then(Value::as_str), email.as_deref());
             prop_assert_eq!(&view["traits"], &Value::Object(traits));
             prop_assert!(view.get("rejected_traits").is_none());

@@ -7,7 +7,7 @@ use crate::app::ports::PortError;
 use crate::app::read::Found;
 use crate::app::AppError;
 use crate::contract::{
-    bound, bound_rejected, BodyError, ErrorCode, ErrorEnvelope, FieldError, RequestError,
+    bound, bound_rejected, BodyError, ErrorCode, ErrorEnvelope, FieldError, Rejected, RequestError,
     MAX_ERRORS, MAX_ERROR_ANSWER_BYTES,
 };
 use crate::domain::auth::{CredentialError, Scope};
@@ -50,6 +50,12 @@ pub enum Success {
     Accepted(Accepted),
     User(Value),
     Found(Found),
+    /// Segment's answer: `200 {"success": true}`, and the messages left out, by index
+    /// in the request with their `messageId`.
+    Segment {
+        dropped: Vec<Rejected>,
+        message_ids: Vec<Option<String>>,
+    },
 }
 
 /// What an error answer carries.
@@ -259,6 +265,29 @@ pub fn success_response(success: Success, request_id: &str) -> Response<Body> {
             json!({ "data": data }).to_string(),
             request_id,
         ),
+        Success::Segment {
+            mut dropped,
+            message_ids,
+        } => {
+            bound_rejected(&mut dropped);
+            let dropped: Vec<Value> = dropped
+                .into_iter()
+                .map(|entry| {
+                    let message_id = message_ids.get(entry.index).cloned().flatten();
+                    let mut listed = json!({"index": entry.index, "messageId": message_id, "errors": entry.errors});
+                    if entry.errors_truncated {
+                        listed["errors_truncated"] = json!(true);
+                    }
+                    listed
+                })
+                .collect();
+            let body = if dropped.is_empty() {
+                json!({ "success": true })
+            } else {
+                json!({ "success": true, "dropped": dropped })
+            };
+            json_response(StatusCode::OK, body.to_string(), request_id)
+        }
         Success::Found(Found { users, truncated }) => {
             let body = if truncated {
                 json!({ "data": users, "truncated": true })

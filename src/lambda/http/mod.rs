@@ -10,7 +10,9 @@ mod router;
 pub use answers::{ApiError, ErrorAnswer};
 pub use router::{Route, RouteError};
 
+use crate::app::accept::Accepted;
 use crate::app::accept::{Accept, Checked, Write};
+use crate::app::ports::PortError;
 use crate::app::ports::{ApiKeys, Counters, IdempotencyKeys, UpsertQueue, Users};
 use crate::app::rate_limit::RateLimiter;
 use crate::app::read::Read;
@@ -20,10 +22,14 @@ use crate::aws::sqs::SqsQueue;
 use crate::clock::now_millis;
 use crate::config::Resources;
 use crate::contract::{
-    checked_body, email_query, idempotency_key, is_storable_user_id, parse_batch, parse_upsert,
-    BodyError, BodyLimit, RequestError, BATCH_BODY, UPSERT_BODY,
+    checked_body, decoded_body, email_query, idempotency_key, is_storable_user_id, parse_batch,
+    parse_segment_batch, parse_segment_identify, parse_upsert, segment_write_key, BodyError,
+    BodyLimit, ErrorCode, RequestError, BATCH_BODY, SEGMENT_BATCH_BODY, SEGMENT_IDENTIFY_BODY,
+    UPSERT_BODY,
 };
-use crate::domain::auth::{bearer_key, key_hash, ApiKeyRecord, Scope};
+use crate::domain::auth::{
+    bearer_key, is_key_shaped, key_hash, write_key, ApiKeyRecord, CredentialError, Scope,
+};
 use crate::domain::Stamp;
 use crate::metrics::{self, Outcome};
 use answers::{error_response, success_response, Success};
@@ -112,9 +118,22 @@ where
             Ok(success) => {
                 let outcome = match &success {
                     Success::Accepted(accepted) if accepted.replayed() => Outcome::Replayed,
-                    Success::Accepted(_) => Outcome::Accepted,
+                    Success::Accepted(_) | Success::Segment { .. } => Outcome::Accepted,
                     Success::User(_) | Success::Found(_) => Outcome::Served,
                 };
+                if let Success::Segment {
+                    dropped,
+                    message_ids,
+                } = &success
+                {
+                    let line = metrics::segment_line(
+                        &self.metrics_namespace,
+                        now_millis(),
+                        message_ids.len(),
+                        dropped.len(),
+                    );
+                    metrics::emit(&line);
+                }
                 (success_response(success, &request_id), None, outcome, None)
             }
             Err(err) => {
@@ -162,7 +181,13 @@ where
         trace: &mut Trace,
     ) -> Result<Success, ApiError> {
         let headers = request.headers();
-        let key = self.authenticate(headers, trace).await?;
+        let body = request.body().as_ref();
+        let key = match route {
+            Route::SegmentIdentify | Route::SegmentBatch => {
+                self.authenticate_segment(headers, body, trace).await?
+            }
+            _ => self.authenticate(headers, trace).await?,
+        };
         trace.workspace_id = Some(key.workspace_id.clone());
         if !key.allows(route.scope()) {
             return Err(ApiError::InsufficientScope(route.scope()));
@@ -173,14 +198,16 @@ where
         };
         let now_ms = now_millis();
         // What an accepted write is stamped with (contract: stamped at acceptance).
-        let stamp = Stamp {
-            accepted_at: now_ms,
-            request_id: request_id.to_owned(),
-        };
-        let body = request.body().as_ref();
+        let stamp = Stamp::new(now_ms, request_id);
         let checked = match route {
-            Route::Upsert => checked(headers, body, &UPSERT_BODY, parse_upsert, Write::Upsert),
-            Route::Batch => checked(headers, body, &BATCH_BODY, parse_batch, Write::Batch),
+            Route::Upsert => {
+                let parse = |body: &[u8]| parse_upsert(body, now_ms);
+                checked(headers, body, &UPSERT_BODY, parse, Write::Upsert)
+            }
+            Route::Batch => {
+                let parse = |body: &[u8]| parse_batch(body, now_ms);
+                checked(headers, body, &BATCH_BODY, parse, Write::Batch)
+            }
             Route::DeleteUser(id) => checked_erase(headers, id),
             Route::GetUser(id) => {
                 let with_email = key.allows(Scope::UsersReadPii);
@@ -193,6 +220,11 @@ where
                 return Ok(Success::Found(
                     self.read.by_email(&caller, email, now_ms).await?,
                 ));
+            }
+            Route::SegmentIdentify | Route::SegmentBatch => {
+                return self
+                    .segment(route, headers, body, &caller, stamp, trace)
+                    .await;
             }
         };
         if let Ok(Checked {
@@ -207,12 +239,85 @@ where
         Ok(Success::Accepted(accepted))
     }
 
+    /// Segment's routes: the messages as a batch of upserts (no Idempotency-Key: a
+    /// library's retry applies the same values again, which changes nothing).
+    async fn segment(
+        &self,
+        route: &Route,
+        headers: &HeaderMap,
+        body: &[u8],
+        caller: &Caller,
+        stamp: Stamp,
+        trace: &mut Trace,
+    ) -> Result<Success, ApiError> {
+        let now_ms = stamp.accepted_at;
+        let content_type = header(headers, header::CONTENT_TYPE);
+        let (limit, parse): (_, fn(&[u8], i64) -> _) = match route {
+            Route::SegmentIdentify => (&SEGMENT_IDENTIFY_BODY, parse_segment_identify),
+            _ => (&SEGMENT_BATCH_BODY, parse_segment_batch),
+        };
+        let parsed = decoded_body(header(headers, header::CONTENT_ENCODING), body, limit)
+            .and_then(|body| checked_body(content_type, &body, limit, |b| parse(b, now_ms)));
+        let (checked, message_ids) = match parsed {
+            Ok(messages) => {
+                trace.users = Some(messages.message_ids.len());
+                let checked = Checked {
+                    write: Write::Batch(messages.batch),
+                    idempotency_key: None,
+                };
+                (Ok(checked), messages.message_ids)
+            }
+            Err(refused) => (Err(refused), Vec::new()),
+        };
+        let Accepted::Batch { rejected, .. } = self.accept.accept(caller, checked, stamp).await?
+        else {
+            unreachable!("a batch is answered as a batch")
+        };
+        // What could not be enqueued is sent again by the library's retry of the whole
+        // request (it cannot resend one message).
+        if rejected
+            .iter()
+            .any(|r| r.errors[0].code == ErrorCode::Unavailable)
+        {
+            return Err(PortError::Unavailable("messages not enqueued".into()).into());
+        }
+        Ok(Success::Segment {
+            dropped: rejected,
+            message_ids,
+        })
+    }
+
+    /// A Segment library's key: HTTP Basic (the key as user name), a Bearer key, or a
+    /// `writeKey` member of the body.
+    async fn authenticate_segment(
+        &self,
+        headers: &HeaderMap,
+        body: &[u8],
+        trace: &mut Trace,
+    ) -> Result<ApiKeyRecord, ApiError> {
+        let key = match header(headers, header::AUTHORIZATION) {
+            Some(authorization) => write_key(Some(authorization))?,
+            None => {
+                let encoding = header(headers, header::CONTENT_ENCODING);
+                let body = decoded_body(encoding, body, &SEGMENT_BATCH_BODY).unwrap_or_default();
+                segment_write_key(&body)
+                    .filter(|key| is_key_shaped(key))
+                    .ok_or(CredentialError::Missing)?
+            }
+        };
+        self.key_record(&key, trace).await
+    }
+
     async fn authenticate(
         &self,
         headers: &HeaderMap,
         trace: &mut Trace,
     ) -> Result<ApiKeyRecord, ApiError> {
         let key = bearer_key(header(headers, header::AUTHORIZATION))?;
+        self.key_record(key, trace).await
+    }
+
+    async fn key_record(&self, key: &str, trace: &mut Trace) -> Result<ApiKeyRecord, ApiError> {
         let (record, lookup) = self.keys.active_key(&key_hash(key)).await?;
         trace.key_cached = Some(lookup == Lookup::Cached);
         record.ok_or(ApiError::InvalidApiKey)
@@ -229,7 +334,7 @@ fn checked<T>(
     headers: &HeaderMap,
     body: &[u8],
     limit: &BodyLimit,
-    parse: fn(&[u8]) -> Result<T, BodyError>,
+    parse: impl FnOnce(&[u8]) -> Result<T, BodyError>,
     write: fn(T) -> Write,
 ) -> Result<Checked, RequestError> {
     let parsed = checked_body(header(headers, header::CONTENT_TYPE), body, limit, parse)?;

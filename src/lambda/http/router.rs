@@ -15,6 +15,9 @@ pub enum Route {
     FindByEmail,
     GetUser(String),
     DeleteUser(String),
+    /// Segment's `POST /v1/identify` and `POST /v1/batch`.
+    SegmentIdentify,
+    SegmentBatch,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -27,6 +30,17 @@ pub enum RouteError {
 
 impl Route {
     pub fn of(method: &Method, path: &str) -> Result<Route, RouteError> {
+        let segment = match path {
+            "/v1/identify" => Some(Route::SegmentIdentify),
+            "/v1/batch" => Some(Route::SegmentBatch),
+            _ => None,
+        };
+        if let Some(route) = segment {
+            return match *method {
+                Method::POST => Ok(route),
+                _ => Err(RouteError::MethodNotAllowed { allow: "POST" }),
+            };
+        }
         let rest = path.strip_prefix(USERS_PATH).ok_or(RouteError::NotFound)?;
         match rest {
             "" | "/" => match *method {
@@ -60,7 +74,9 @@ impl Route {
 
     pub fn scope(&self) -> Scope {
         match self {
-            Route::Upsert | Route::Batch => Scope::UsersWrite,
+            Route::Upsert | Route::Batch | Route::SegmentIdentify | Route::SegmentBatch => {
+                Scope::UsersWrite
+            }
             Route::GetUser(_) => Scope::UsersRead,
             Route::FindByEmail => Scope::UsersReadPii,
             Route::DeleteUser(_) => Scope::UsersDelete,
@@ -74,6 +90,8 @@ impl Route {
             Route::FindByEmail => "GET /api/v1/users?email",
             Route::GetUser(_) => "GET /api/v1/users/{id}",
             Route::DeleteUser(_) => "DELETE /api/v1/users/{id}",
+            Route::SegmentIdentify => "POST /v1/identify",
+            Route::SegmentBatch => "POST /v1/batch",
         }
     }
 }
@@ -110,6 +128,22 @@ mod tests {
         assert_eq!(
             Route::of(&Method::POST, "/api/v1/users/batch"),
             Ok(Route::Batch)
+        );
+        assert_eq!(
+            Route::of(&Method::POST, "/v1/batch"),
+            Ok(Route::SegmentBatch)
+        );
+        assert_eq!(
+            Route::of(&Method::POST, "/v1/identify"),
+            Ok(Route::SegmentIdentify)
+        );
+        assert_eq!(
+            Route::of(&Method::GET, "/v1/batch"),
+            Err(RouteError::MethodNotAllowed { allow: "POST" })
+        );
+        assert_eq!(
+            Route::of(&Method::POST, "/v1/track"),
+            Err(RouteError::NotFound)
         );
         assert_eq!(
             Route::of(&Method::GET, "/api/v1/users/batch"),

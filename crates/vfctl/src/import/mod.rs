@@ -11,7 +11,7 @@
 mod plan;
 mod source;
 
-pub use source::Format;
+pub use source::{CsvOptions, Format};
 
 use futures::stream::{self, StreamExt};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -36,6 +36,7 @@ pub struct ImportOptions {
     pub key: String,
     pub concurrency: usize,
     pub batch_size: usize,
+    pub csv: CsvOptions,
 }
 
 /// What a run did; printed as one JSON line on stdout.
@@ -66,6 +67,13 @@ pub async fn import(options: ImportOptions) -> Result<Summary, String> {
     let started = Instant::now();
     let (file_sha256, lines) = fingerprint(&options.file)?;
     let format = Format::of(&options.file);
+    // Other CSV options make other bodies from the same file: other batch keys.
+    let file_sha256 = if options.csv == CsvOptions::default() {
+        file_sha256
+    } else {
+        let described = serde_json::to_string(&options.csv).map_err(|e| e.to_string())?;
+        hex::encode(Sha256::digest(format!("{file_sha256}\n{described}")))
+    };
     let mut checkpoint = Checkpoint::open(
         &sibling(&options.file, "checkpoint"),
         &file_sha256,
@@ -75,7 +83,7 @@ pub async fn import(options: ImportOptions) -> Result<Summary, String> {
     let reader = BufReader::new(
         File::open(&options.file).map_err(|e| format!("{}: {e}", options.file.display()))?,
     );
-    let records = source::records(reader, format)?;
+    let records = source::records(reader, format, &options.csv)?;
     let total = if format == Format::Csv {
         lines.saturating_sub(1)
     } else {

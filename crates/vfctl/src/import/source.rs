@@ -48,10 +48,22 @@ impl Format {
 
 pub type Records = Box<dyn Iterator<Item = Result<Record, String>>>;
 
-pub fn records(reader: impl BufRead + 'static, format: Format) -> Result<Records, String> {
+/// How CSV columns map onto the body beyond their names: a column of source times
+/// (each row's `timestamp`) and trait columns that go to `set_once`.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct CsvOptions {
+    pub timestamp_column: Option<String>,
+    pub once_columns: Vec<String>,
+}
+
+pub fn records(
+    reader: impl BufRead + 'static,
+    format: Format,
+    csv: &CsvOptions,
+) -> Result<Records, String> {
     match format {
         Format::Ndjson => Ok(Box::new(ndjson(reader))),
-        Format::Csv => csv_records(reader),
+        Format::Csv => csv_records(reader, csv),
     }
 }
 
@@ -94,10 +106,20 @@ enum Kind {
 enum Column {
     ExternalUserId,
     Email,
-    Trait { name: String, kind: Kind },
+    /// The row's `timestamp` (`--timestamp-column`).
+    Timestamp,
+    /// A trait; `once`: it goes to `set_once` (`--once-columns`).
+    Trait {
+        name: String,
+        kind: Kind,
+        once: bool,
+    },
 }
 
-fn column(header: &str) -> Result<Column, String> {
+fn column(header: &str, options: &CsvOptions) -> Result<Column, String> {
+    if options.timestamp_column.as_deref() == Some(header) {
+        return Ok(Column::Timestamp);
+    }
     let (name, kind) = match header.rsplit_once(':') {
         Some((name, "string")) => (name, Kind::Text),
         Some((name, "number")) => (name, Kind::Number),
@@ -115,20 +137,50 @@ fn column(header: &str) -> Result<Column, String> {
         _ => Ok(Column::Trait {
             name: name.to_owned(),
             kind,
+            once: options
+                .once_columns
+                .iter()
+                .any(|once| once == name || once == header),
         }),
     }
 }
 
-fn csv_records(reader: impl BufRead + 'static) -> Result<Records, String> {
+fn csv_records(reader: impl BufRead + 'static, options: &CsvOptions) -> Result<Records, String> {
     let mut reader = csv::ReaderBuilder::new().flexible(true).from_reader(reader);
-    let columns = reader
+    let headers = reader
         .headers()
         .map_err(|e| format!("CSV header: {e}"))?
+        .clone();
+    let columns = headers
         .iter()
-        .map(column)
+        .map(|header| column(header, options))
         .collect::<Result<Vec<_>, _>>()?;
     if !columns.contains(&Column::ExternalUserId) {
         return Err("the CSV header has no external_user_id column".into());
+    }
+    let named = |name: &str| {
+        headers
+            .iter()
+            .any(|h| h == name || h.rsplit_once(':').is_some_and(|(n, _)| n == name))
+    };
+    if let Some(missing) = options.timestamp_column.iter().find(|c| !named(c)) {
+        return Err(format!(
+            "--timestamp-column {missing}: no such column in the header"
+        ));
+    }
+    if let Some(missing) = options.once_columns.iter().find(|c| !named(c)) {
+        return Err(format!(
+            "--once-columns {missing}: no such column in the header"
+        ));
+    }
+    if options
+        .once_columns
+        .iter()
+        .any(|c| matches!(c.as_str(), "external_user_id" | "email"))
+    {
+        return Err(
+            "--once-columns names trait columns only (not external_user_id or email)".into(),
+        );
     }
     Ok(Box::new(reader.into_records().map(move |row| {
         let row = row.map_err(|e| format!("CSV: {e}"))?;
@@ -150,6 +202,7 @@ fn csv_body(columns: &[Column], row: &csv::StringRecord) -> Result<String, Local
     }
     let mut body = Map::new();
     let mut traits = Map::new();
+    let mut once = Map::new();
     for (column, cell) in columns.iter().zip(row.iter()) {
         if cell.is_empty() {
             continue;
@@ -161,13 +214,30 @@ fn csv_body(columns: &[Column], row: &csv::StringRecord) -> Result<String, Local
             Column::Email => {
                 body.insert("email".into(), Value::String(cell.to_owned()));
             }
-            Column::Trait { name, kind } => {
+            Column::Timestamp => {
+                body.insert("timestamp".into(), Value::String(cell.to_owned()));
+            }
+            Column::Trait {
+                name,
+                kind,
+                once: false,
+            } => {
                 traits.insert(name.clone(), typed(name, *kind, cell)?);
+            }
+            Column::Trait {
+                name,
+                kind,
+                once: true,
+            } => {
+                once.insert(name.clone(), typed(name, *kind, cell)?);
             }
         }
     }
     if !traits.is_empty() {
         body.insert("traits".into(), Value::Object(traits));
+    }
+    if !once.is_empty() {
+        body.insert("set_once".into(), Value::Object(once));
     }
     Ok(Value::Object(body).to_string())
 }
@@ -199,7 +269,7 @@ mod tests {
     use serde_json::json;
 
     fn all(text: &'static str, format: Format) -> Vec<Record> {
-        records(std::io::Cursor::new(text), format)
+        records(std::io::Cursor::new(text), format, &CsvOptions::default())
             .unwrap()
             .collect::<Result<_, _>>()
             .unwrap()
@@ -220,10 +290,14 @@ mod tests {
         assert_eq!(found[1].body.as_ref().unwrap_err().code, "invalid_json");
         // A line that is not UTF-8 is refused alone; the next one still counts.
         let bytes = b"{\"external_user_id\":\"\xff\"}\r\n{\"external_user_id\":\"c\"}\r\n".to_vec();
-        let found: Vec<Record> = records(std::io::Cursor::new(bytes), Format::Ndjson)
-            .unwrap()
-            .collect::<Result<_, _>>()
-            .unwrap();
+        let found: Vec<Record> = records(
+            std::io::Cursor::new(bytes),
+            Format::Ndjson,
+            &CsvOptions::default(),
+        )
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
         assert_eq!(
             found[0].body.as_ref().unwrap_err().message,
             "line is not UTF-8"
@@ -265,11 +339,13 @@ mod tests {
         let no_id = records(
             std::io::Cursor::new("email,plan\na@b.io,pro\n"),
             Format::Csv,
+            &CsvOptions::default(),
         );
         assert!(no_id.is_err());
         let typed_email = records(
             std::io::Cursor::new("external_user_id,email:number\n"),
             Format::Csv,
+            &CsvOptions::default(),
         );
         assert!(typed_email.is_err());
         // An unknown suffix is part of the trait's name.
@@ -278,6 +354,33 @@ mod tests {
             body(&found[0]),
             json!({"external_user_id": "u", "traits": {"ratio:percent": "5"}})
         );
+    }
+
+    #[test]
+    fn a_timestamp_column_and_once_columns_shape_the_body() {
+        let options = CsvOptions {
+            timestamp_column: Some("changed".into()),
+            once_columns: vec!["first_plan".into(), "first_seats".into()],
+        };
+        let text = "external_user_id,changed,plan,first_plan,first_seats:number\n\
+                    u1,2026-05-17T16:00:00+02:00,pro,trial,3\n\
+                    u2,,,,\n";
+        let found: Vec<Record> = records(std::io::Cursor::new(text), Format::Csv, &options)
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(
+            body(&found[0]),
+            json!({"external_user_id": "u1", "timestamp": "2026-05-17T16:00:00+02:00",
+                   "traits": {"plan": "pro"}, "set_once": {"first_plan": "trial", "first_seats": 3}})
+        );
+        assert_eq!(body(&found[1]), json!({"external_user_id": "u2"}));
+        let missing = CsvOptions {
+            timestamp_column: Some("when".into()),
+            ..CsvOptions::default()
+        };
+        let refused = records(std::io::Cursor::new(text), Format::Csv, &missing);
+        assert!(refused.is_err_and(|e| e.contains("--timestamp-column when")));
     }
 
     #[test]
