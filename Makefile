@@ -26,7 +26,8 @@ dev: $(STAMP)
 test: $(STAMP)
 	dev/test.sh
 
-## Benchmarks, the quick run (~7-12 min on 2 cores once the release build exists):
+## Benchmarks, the quick run (~4 min on 2 cores once the builds are current; builds
+## come first after a change):
 ## criterion (shorter), load runs, change events, CPU/init/RSS per invocation and
 ## capacity units against a release-build local stack (loopback only, bounded). Writes
 ## target/bench/summary.json, the measured table of docs/performance.md (rows it does
@@ -42,7 +43,7 @@ bench-full: $(STAMP)
 	$(PY) dev/bench.py --full $(BENCH_COMPARE)
 
 ## A flood of 2,000 requests with random bad keys beside a steady valid load: the valid
-## requests' latency alone and under the flood, the key cache's hits (dev/flood.py).
+## requests' latency alone, under the flood and after it, the key cache's hits (dev/flood.py).
 flood: $(STAMP)
 	$(PY) dev/stack.py run -- $(PY) dev/flood.py
 

@@ -290,6 +290,11 @@ def compare_lines(s):
     mine, theirs = s.get("invocations") or {}, other.get("invocations") or {}
     name = other["binaries"]
 
+    def spread(run):
+        """The processes' own figures, lowest to highest: what the noise is."""
+        each = run.get("cpu_ms_per_process")
+        return f" ({min(each):.2f}–{max(each):.2f})" if each and len(each) > 1 else ""
+
     def change(a, b):
         return f"{(a - b) / b * 100:+.1f} %" if b else "—"
 
@@ -299,14 +304,15 @@ def compare_lines(s):
         cold_a, cold_b = a.get("cold") or {}, b.get("cold") or {}
         init = (f"{cold_a['init_ms']:.1f} / {cold_b['init_ms']:.1f} ms"
                 if "init_ms" in cold_a and "init_ms" in cold_b else "—")
-        rows.append(f"| {case} | {a['cpu_ms_per_invoke']:.3f} ms | {b['cpu_ms_per_invoke']:.3f} ms | "
+        rows.append(f"| {case} | {a['cpu_ms_per_invoke']:.3f} ms{spread(a)} | {b['cpu_ms_per_invoke']:.3f} ms{spread(b)} | "
                     f"{change(a['cpu_ms_per_invoke'], b['cpu_ms_per_invoke'])} | "
                     f"{a['p50_ms']:.1f} / {b['p50_ms']:.1f} ms | {init} | "
                     f"{a['peak_rss_mb']:.1f} / {b['peak_rss_mb']:.1f} MiB |")
     first = next(iter(mine.values()), {})
     return ["", f"This build beside `{name}` (`--compare-binaries`): the same probe cases, "
                 f"{first.get('repeat', '?')} processes × {first.get('n', '?')} invocations of each, "
-                "taken in turn (A B, B A) in the same stack run; medians.", "",
+                "taken in turn (A B, B A) in the same stack run; medians, each process's own CPU figure "
+                "in brackets: a change within their spread is noise.", "",
             f"| case | CPU per invocation, this build | CPU, `{name}` | change | warm p50 (this / `{name}`) "
             f"| init (this / `{name}`) | peak RSS (this / `{name}`) |",
             "|---|---|---|---|---|---|---|", *rows]
@@ -417,7 +423,10 @@ def main():
     if config["arm64"]:
         log("arm64 binaries")
         summary["arm64_bytes"] = arm64_sizes()
-    run("cargo", "build", "--quiet", "--release", "--workspace", "--bin", "api", "--bin", "consumer", "--bin", "load")
+    # The load generator; the stack builds the functions itself, with its own command
+    # (a `--workspace` build of them here would unify other features: a second fat-LTO
+    # build of the same binaries after every change).
+    run("cargo", "build", "--quiet", "--release", "-p", "vibefollow-bench", "--bin", "load")
     summary.update(load(config, args.compare_binaries))
     summary["wall_s"] = round(time.monotonic() - STARTED)
     write_summary(summary)

@@ -208,7 +208,8 @@ def measure(case, n=500, warmup=20, repeat=3, cold=0, binary_dir=ROOT / "target"
     summaries = []
     for probe, warm_runs, cold_of_probe in zip(probes, warm, cold_runs):
         summary = dict(medians(warm_runs), case=case, n=n, repeat=repeat,
-                       binaries=str(Path(probe.config.binary).parent))
+                       binaries=str(Path(probe.config.binary).parent),
+                       cpu_ms_per_process=[round(run["cpu_ms_per_invoke"], 3) for run in warm_runs])
         if cold_of_probe:
             summary["cold"] = medians(cold_of_probe)
             summary["cold_starts"] = len(cold_of_probe)

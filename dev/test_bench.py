@@ -106,10 +106,10 @@ class BenchTable(unittest.TestCase):
     def test_compared_binaries_stand_beside_this_build(self):
         s = quick()
         s["compare"] = {"binaries": "/tmp/before", "invocations": copy.deepcopy(s["invocations"])}
-        s["compare"]["invocations"]["api-keyed"]["cpu_ms_per_invoke"] = 2.0
+        s["compare"]["invocations"]["api-keyed"].update(cpu_ms_per_invoke=2.0, cpu_ms_per_process=[1.9, 2.1])
         text = bench.table(s)
         self.assertIn("This build beside `/tmp/before`", text)
-        self.assertIn("| api-keyed | 1.500 ms | 2.000 ms | -25.0 % |", text)
+        self.assertIn("| api-keyed | 1.500 ms | 2.000 ms (1.90–2.10) | -25.0 % |", text)
         self.assertIn("| consumer | 3.160 ms | 3.160 ms | +0.0 % |", text)
         self.assertEqual(rows(s)["api CPU per invocation, keyed"][0], "1.50 ms")
 

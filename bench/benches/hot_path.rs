@@ -61,10 +61,7 @@ fn consumer_merge(c: &mut Criterion) {
                 version: MESSAGE_VERSION,
                 workspace_id: "ws".into(),
                 external_user_id: "usr_42".into(),
-                stamp: Stamp {
-                    accepted_at: 1_795_773_600_000 + i,
-                    request_id: format!("req-{i}"),
-                },
+                stamp: Stamp::new(1_795_773_600_000 + i, format!("req-{i}")),
                 changes,
                 erase: false,
             })
@@ -89,10 +86,7 @@ fn consumer_merge(c: &mut Criterion) {
 /// One 32 KB upsert (a 31 KB custom trait) applied to a profile whose trait budget is
 /// full: the budget check sums the stored traits, then refuses the new one.
 fn full_profile_merge(c: &mut Criterion) {
-    let stamp = |i: i64| Stamp {
-        accepted_at: 1_795_773_600_000 + i,
-        request_id: format!("req-{i}"),
-    };
+    let stamp = |i: i64| Stamp::new(1_795_773_600_000 + i, format!("req-{i}"));
     let mut full = UserProfile::default();
     for i in 0..8 {
         let mut fill = Changes::default();
@@ -119,5 +113,42 @@ fn full_profile_merge(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, api_hot_path, consumer_merge, full_profile_merge);
+/// A batch of 100 identifies: ours (`POST /api/v1/users/batch`) and Segment's
+/// (`POST /v1/batch`), parsed and validated into the same upserts. What follows (the
+/// rate check, packing, SQS) is the same code for both.
+fn batch_of_100(c: &mut Criterion) {
+    const NOW: i64 = 1_800_000_000_000;
+    let ours = json!({"users": (0..100).map(|i| json!({
+        "external_user_id": format!("usr_{i}"), "email": format!("u{i}@acme.io"),
+        "traits": {"name": "Jane Doe", "plan": "pro", "company": "Acme", "signupDate": "2026-05-17T14:00:00Z", "seats": i}
+    })).collect::<Vec<_>>()})
+    .to_string();
+    let segment = json!({"sentAt": "2027-01-15T08:00:00.000Z", "batch": (0..100).map(|i| json!({
+        "type": "identify", "userId": format!("usr_{i}"), "messageId": format!("m-{i}"),
+        "timestamp": "2027-01-15T07:59:59.000Z", "integrations": {},
+        "context": {"library": {"name": "analytics-node", "version": "3.1.0"}},
+        "traits": {"email": format!("u{i}@acme.io"), "name": "Jane Doe", "plan": "pro",
+                   "company": {"name": "Acme"}, "createdAt": "2026-05-17T14:00:00Z", "seats": i}
+    })).collect::<Vec<_>>()})
+    .to_string();
+    let mut group = c.benchmark_group("batch of 100 identifies: parse + validate");
+    group.bench_function("ours", |b| {
+        b.iter(|| vibefollow_users::contract::parse_batch(black_box(ours.as_bytes()), NOW).unwrap())
+    });
+    group.bench_function("Segment's", |b| {
+        b.iter(|| {
+            vibefollow_users::contract::parse_segment_batch(black_box(segment.as_bytes()), NOW)
+                .unwrap()
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(
+    benches,
+    api_hot_path,
+    consumer_merge,
+    full_profile_merge,
+    batch_of_100
+);
 criterion_main!(benches);

@@ -1,7 +1,8 @@
 //! The consumer through SQS and the read API, against the local stack.
 
 use crate::support::{
-    error_of, message, percent_encode, send_all, until_consumed, user_when, Stack, ALL_SCOPES,
+    dead_letters_with, error_of, message, percent_encode, send_all, until_consumed, user_when,
+    Stack, ALL_SCOPES,
 };
 use rand::seq::SliceRandom;
 use reqwest::Method;
@@ -124,21 +125,8 @@ async fn poison_message_reaches_the_dlq_and_does_not_block_other_users() {
     send_all(&stack, &bodies).await;
     user_when(&stack, &key, "healthy", |u| u["traits"]["plan"] == "ok").await;
 
-    let dlq = std::env::var("DLQ_URL").expect("DLQ_URL from the local stack");
     until_consumed(&stack, "the poison message in the DLQ", || async {
-        let out = stack
-            .sqs
-            .receive_message()
-            .queue_url(&dlq)
-            .max_number_of_messages(10)
-            .visibility_timeout(0)
-            .send()
-            .await
-            .ok()?;
-        out.messages()
-            .iter()
-            .any(|m| m.body().is_some_and(|b| b.contains(&marker)))
-            .then_some(())
+        (dead_letters_with(&stack, &marker).await > 0).then_some(())
     })
     .await;
 }

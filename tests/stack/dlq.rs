@@ -2,7 +2,8 @@
 //! the cause is fixed, a redrive brings them back and they are applied.
 
 use crate::support::{
-    clear_faults, set_faults, until_consumed, user_when, vfctl, Stack, ALL_SCOPES,
+    clear_faults, dead_letters_with, set_faults, until_consumed, user_when, vfctl, Stack,
+    ALL_SCOPES,
 };
 use serde_json::{json, Value};
 
@@ -18,30 +19,6 @@ fn vfctl_json(args: &[&str]) -> Value {
         String::from_utf8_lossy(&output.stderr)
     );
     serde_json::from_slice(&output.stdout).expect("JSON on stdout")
-}
-
-/// Messages in the DLQ whose body holds `marker`, looked at without taking them.
-async fn dead_with(stack: &Stack, marker: &str) -> usize {
-    let dlq = std::env::var("DLQ_URL").expect("DLQ_URL from the local stack");
-    let mut seen = std::collections::HashSet::new();
-    for _ in 0..5 {
-        let out = stack
-            .sqs
-            .receive_message()
-            .queue_url(&dlq)
-            .max_number_of_messages(10)
-            .visibility_timeout(0)
-            .send()
-            .await
-            .expect("receive from the DLQ");
-        seen.extend(
-            out.messages()
-                .iter()
-                .filter(|m| m.body().is_some_and(|b| b.contains(marker)))
-                .filter_map(|m| m.message_id().map(str::to_owned)),
-        );
-    }
-    seen.len()
 }
 
 #[tokio::test]
@@ -60,7 +37,7 @@ async fn dead_letters_are_counted_and_applied_after_a_redrive() {
         stack.accept(&key, &user).await;
     }
     until_consumed(&stack, "three upserts in the DLQ", || async {
-        (dead_with(&stack, &marker).await == 3).then_some(())
+        (dead_letters_with(&stack, &marker).await == 3).then_some(())
     })
     .await;
     clear_faults(&stack).await;
@@ -74,7 +51,7 @@ async fn dead_letters_are_counted_and_applied_after_a_redrive() {
     let hours = status["oldest_expires_in_hours"].as_f64().unwrap();
     assert!((300.0..=336.0).contains(&hours), "{status}");
     assert_eq!(
-        dead_with(&stack, &marker).await,
+        dead_letters_with(&stack, &marker).await,
         3,
         "a status read leaves the messages where they are"
     );
@@ -88,5 +65,5 @@ async fn dead_letters_are_counted_and_applied_after_a_redrive() {
         })
         .await;
     }
-    assert_eq!(dead_with(&stack, &marker).await, 0);
+    assert_eq!(dead_letters_with(&stack, &marker).await, 0);
 }

@@ -13,7 +13,7 @@ use vibefollow_users::config::Resources;
 use vibefollow_users::domain::auth::{generate_key, key_hash, key_id, ApiKeyRecord, Scope};
 use vibefollow_users::domain::{Changes, Stamp, UpsertMessage, MESSAGE_VERSION};
 
-pub const ALL_SCOPES: [Scope; 4] = Scope::ALL;
+pub const ALL_SCOPES: [Scope; 6] = Scope::ALL;
 
 pub struct Stack {
     pub api: String,
@@ -297,6 +297,30 @@ pub async fn queue_drained(stack: &Stack) {
         depth.attributes()?.values().all(|v| v == "0").then_some(())
     })
     .await;
+}
+
+/// Messages in the DLQ whose body holds `marker`, looked at without taking them.
+pub async fn dead_letters_with(stack: &Stack, marker: &str) -> usize {
+    let dlq = std::env::var("DLQ_URL").expect("DLQ_URL from the local stack");
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..5 {
+        let out = stack
+            .sqs
+            .receive_message()
+            .queue_url(&dlq)
+            .max_number_of_messages(10)
+            .visibility_timeout(0)
+            .send()
+            .await
+            .expect("receive from the DLQ");
+        seen.extend(
+            out.messages()
+                .iter()
+                .filter(|m| m.body().is_some_and(|b| b.contains(marker)))
+                .filter_map(|m| m.message_id().map(str::to_owned)),
+        );
+    }
+    seen.len()
 }
 
 /// Invocations of the consumer so far, as the Lambda-faithful runtime counts them.
