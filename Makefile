@@ -7,7 +7,7 @@ CHECK_STAMP := $(CHECK_VENV)/.installed
 # SAM, cfn-lint, checkov and cargo-lambda (+ zig for arm64) from .venv-check.
 CHECK_ENV := PATH="$(CURDIR)/$(CHECK_VENV)/bin:$$PATH" AWS_DEFAULT_REGION=$${AWS_DEFAULT_REGION:-us-east-1} SAM_CLI_TELEMETRY=0
 
-.PHONY: dev test bench bench-full bench-profiles flood drill fuzz check build-arm64 deploy deploy-prod venv fmt clean
+.PHONY: dev test bench bench-full bench-profiles flood audience-latency drill fuzz check build-arm64 deploy deploy-prod venv fmt clean
 
 $(STAMP): dev/requirements.txt
 	python3 -m venv $(VENV)
@@ -42,6 +42,12 @@ bench: $(STAMP)
 bench-full: $(STAMP)
 	$(PY) dev/bench.py --full $(BENCH_COMPARE)
 
+## Audiences live: accepted upsert → `Audience Entered` at a subscriber, p50/p99 at 20
+## upserts/s with 20 audiences and at higher rates (dev/audience_latency.py); BUILD=100000
+## measures a build over that many users instead.
+audience-latency: $(STAMP)
+	$(PY) dev/stack.py run -- $(PY) dev/audience_latency.py $(if $(BUILD),--build $(BUILD))
+
 ## A flood of 2,000 requests with random bad keys beside a steady valid load: the valid
 ## requests' latency alone, under the flood and after it, the key cache's hits (dev/flood.py).
 flood: $(STAMP)
@@ -75,11 +81,11 @@ check: $(CHECK_STAMP)
 	$(CHECK_ENV) python dev/check_iam.py template.yaml
 	$(MAKE) build-arm64
 
-## sam build: the three functions as arm64 `bootstrap` binaries under .aws-sam/build.
+## sam build: the four functions as arm64 `bootstrap` binaries under .aws-sam/build.
 build-arm64: $(CHECK_STAMP)
 	rustup target add aarch64-unknown-linux-gnu
 	$(CHECK_ENV) sam build --beta-features
-	@for f in ApiFunction ConsumerFunction ChangesFunction; do \
+	@for f in ApiFunction ConsumerFunction ChangesFunction AudiencesFunction; do \
 	  file .aws-sam/build/$$f/bootstrap | grep -q 'ARM aarch64' || { echo "$$f: not an arm64 binary"; exit 1; }; \
 	  echo "$$f/bootstrap: $$(stat -c %s .aws-sam/build/$$f/bootstrap) bytes (arm64, stripped)"; \
 	done

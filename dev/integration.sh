@@ -19,19 +19,22 @@ step "stack cleanup" .venv/bin/python -m unittest dev/stack_cleanup_test.py
 schemathesis() {
   local key
   key=$(cargo run -q --bin vfctl -- --local keys create --workspace schemathesis \
-    --scopes users:write,users:read,users:read_pii,users:delete --rate-limit 100000) || return 1
+    --scopes users:write,users:read,users:read_pii,users:delete,audiences:write,audiences:read --rate-limit 100000) || return 1
   # positive_data_acceptance is left out: the contract counts bytes (external_user_id,
   # trait lengths), nesting depth and DynamoDB number range, which JSON Schema cannot
   # state exactly, so some schema-valid data is rightly refused. Every other check runs,
   # including not_a_server_error and negative_data_rejection. The hooks drop requests
-  # that the local emulator itself cannot carry (see dev/schemathesis_hooks.py).
+  # that the local emulator itself cannot carry (see dev/schemathesis_hooks.py). One
+  # worker: with two threads, hypothesis' lambda descriptions (ast.parse) meet CPython
+  # 3.11's "AST constructor recursion depth mismatch" now and then, a runtime error of
+  # the tool, not of the API.
   SCHEMATHESIS_HOOKS=dev.schemathesis_hooks .venv/bin/schemathesis --config-file dev/schemathesis.toml run openapi.yaml \
     --url "$VF_API_URL" \
     --header "Authorization: Bearer $key" \
     --checks all --exclude-checks positive_data_acceptance \
     --max-examples "${VF_SCHEMATHESIS_EXAMPLES:-60}" \
     --seed 1 --generation-deterministic \
-    --workers 2 --no-color --warnings off
+    --workers 1 --no-color --warnings off
 }
 step "schemathesis" schemathesis
 

@@ -21,6 +21,12 @@ pub struct Resources {
     pub default_rate_limit: u32,
     /// `EVENT_BUS_NAME`: the EventBridge bus change events go to.
     pub event_bus_name: String,
+    /// `AUDIENCES_TABLE`: audience definitions, and each workspace's definitions revision.
+    pub audiences_table: String,
+    /// `AUDIENCE_MEMBERS_TABLE`: each user's memberships and each audience's member list.
+    pub audience_members_table: String,
+    /// `AUDIENCE_BUILD_QUEUE_URL`: the SQS queue of audience build tasks.
+    pub audience_build_queue_url: String,
     /// `METRICS_NAMESPACE` (optional, default `VibeFollow/Users`): the CloudWatch
     /// namespace of the functions' embedded metrics, one per stack.
     pub metrics_namespace: String,
@@ -39,7 +45,7 @@ fn var(name: &'static str) -> Result<String, MissingVar> {
 
 impl Resources {
     /// Every variable `from_env` reads; template.yaml must set exactly these.
-    pub const ENV_VARS: [&'static str; 8] = [
+    pub const ENV_VARS: [&'static str; 11] = [
         "USERS_TABLE",
         "IDEMPOTENCY_TABLE",
         "API_KEYS_TABLE",
@@ -48,6 +54,9 @@ impl Resources {
         "EVENT_BUS_NAME",
         "DEFAULT_RATE_LIMIT",
         "METRICS_NAMESPACE",
+        "AUDIENCES_TABLE",
+        "AUDIENCE_MEMBERS_TABLE",
+        "AUDIENCE_BUILD_QUEUE_URL",
     ];
 
     pub fn from_env() -> Result<Self, MissingVar> {
@@ -58,6 +67,9 @@ impl Resources {
             rate_limits_table: var("RATE_LIMITS_TABLE")?,
             upsert_queue_url: var("UPSERT_QUEUE_URL")?,
             event_bus_name: var("EVENT_BUS_NAME")?,
+            audiences_table: var("AUDIENCES_TABLE")?,
+            audience_members_table: var("AUDIENCE_MEMBERS_TABLE")?,
+            audience_build_queue_url: var("AUDIENCE_BUILD_QUEUE_URL")?,
             default_rate_limit: var("DEFAULT_RATE_LIMIT")
                 .ok()
                 .and_then(|v| v.parse().ok())

@@ -1,5 +1,5 @@
 //! The api hot path as a workload, shared by the criterion benches and the
-//! instruction-count driver (`hot_path_count`, run under callgrind by `make bench`).
+//! instruction-count driver (`hot_path_count`, run under callgrind by `make bench-full`).
 
 use serde_json::json;
 use std::hint::black_box;

@@ -85,10 +85,13 @@ class Chaos(threading.Thread):
 
     def restart_functions(self, rng):
         """Instances die without warning, often mid-request: a busy api instance (its
-        client loses the connection), a consumer instance (its batch is not deleted), and
-        a changes instance (its stream batch is delivered again: duplicate events)."""
+        client loses the connection), a consumer instance (its batch is not deleted), a
+        changes instance (its stream batch is delivered again: duplicate events), and an
+        audiences instance, busy if one is (its commits may wait with their decisions
+        pending: the retry carries them out)."""
         time.sleep(rng.random())
-        for function, states in (("api", ("busy", "any")), ("consumer", ("any",)), ("changes", ("any",))):
+        for function, states in (("api", ("busy", "any")), ("consumer", ("any",)), ("changes", ("any",)),
+                                 ("audiences", ("busy", "any"))):
             for state in states:
                 killed = fleet("POST", "/kill", {"function": function, "state": state, "count": 1})
                 self.function_kills += len(killed.get("killed", []))

@@ -15,6 +15,7 @@ from boto3.dynamodb.types import TypeDeserializer
 
 import stack
 
+from . import audiences
 from .chaos import POISON, SQS, fleet
 from .load import get, post
 from .settings import (CLIENTS, CLIENT_TIMEOUT, DEADLINE, FAULTS_URL, RATE_LIMIT, SEED, UPSERTS, USERS,
@@ -159,12 +160,18 @@ def replay_events(envelopes):
 
 class EventCollector(threading.Thread):
     """Drains the stack's event sink for the whole drill (a sink left to fill slows
-    moto's EventBridge down), keeping this workspace's envelopes."""
+    moto's EventBridge down), keeping this workspace's change events and its audience
+    events apart (the sink takes every source)."""
 
     def __init__(self, sqs, sink_url):
         super().__init__(daemon=True)
         self.sqs, self.sink_url = sqs, sink_url
-        self.envelopes, self.lock, self.stop = [], threading.Lock(), threading.Event()
+        self.envelopes, self.audience_envelopes = [], []
+        self.lock, self.stop = threading.Lock(), threading.Event()
+
+    def audience_events(self):
+        with self.lock:
+            return list(self.audience_envelopes)
 
     def run(self):
         while not self.stop.is_set():
@@ -177,21 +184,20 @@ class EventCollector(threading.Thread):
                 log(f"event collector: {e}")
                 time.sleep(0.5)
                 continue
+            ours = [e for e in (json.loads(m["Body"]) for m in got) if e["detail"].get("workspace_id") == WORKSPACE]
             with self.lock:
-                self.envelopes += [e for e in (json.loads(m["Body"]) for m in got)
-                                   if e["detail"]["workspace_id"] == WORKSPACE]
+                self.envelopes += [e for e in ours if e["source"] == "vibefollow.users"]
+                self.audience_envelopes += [e for e in ours if e["source"] == "vibefollow.audiences"]
 
-    def check(self, key, users):
-        """Waits until replaying the events rebuilds every user as a read shows it (or
-        the deadline passes)."""
-        expected = read_views(key, users)
+    def check(self, expected):
+        """Waits until replaying the events rebuilds every user as `expected` (reads)
+        shows it (or the deadline passes)."""
         while True:
             with self.lock:
                 envelopes = list(self.envelopes)
             rebuilt, duplicates = replay_events(envelopes)
             matched = all(rebuilt.get(user) == view for user, view in expected.items())
             if matched or time.monotonic() > DEADLINE:
-                self.stop.set()
                 mismatched = [{"user": u, "read": v, "rebuilt": rebuilt.get(u), "events": [
                     [e["detail"]["version"], e["detail-type"], e["detail"].get("changed")]
                     for e in sorted(envelopes, key=lambda e: e["detail"]["version"])
@@ -286,7 +292,13 @@ def verify(env, aws, keys, load):
         time.sleep(0.5)
     dlq = drain_dlq(sqs, env["DLQ_URL"])
     log("waiting for the change events to rebuild every user")
-    events = load["collector"].check(keys["write"], sorted({r["user"] for r in records}))
+    # Read once for both checks: the drill's key has a low rate limit, and the
+    # cross-workspace reads below must not meet it.
+    views = read_views(keys["write"], sorted({r["user"] for r in records}))
+    events = load["collector"].check(views)
+    log("waiting for the audiences to equal their rules over the final users")
+    audience_check = audiences.check(keys["audiences"], views, load["collector"])
+    load["collector"].stop.set()
     cross, cross_marker = cross_workspace(keys["write"], keys["other_workspace"], accepted, stored)
     all_items = scan(dynamodb, env["USERS_TABLE"])
     own_items = json.dumps([i for i in all_items if i["workspace_id"]["S"] == WORKSPACE])
@@ -324,6 +336,10 @@ def verify(env, aws, keys, load):
         **{f"cross-workspace: {k}": v for k, v in cross.items()},
         "logs: 0 API keys, 0 email addresses": logs == {"api_keys": 0, "email_addresses": 0},
         "change events, replayed per user in version order, rebuild every user": events["matched"],
+        "audiences: members = the rules over the final users": audience_check["members_equal_rules"],
+        "audiences: Entered/Exited replayed per (audience, user) = the members":
+            audience_check["events_replay_to_members"],
+        "audiences: per (audience, user) events alternate in version order": audience_check["events_alternate"],
     }
     return {
         "config": {"clients": CLIENTS, "upserts_per_client": UPSERTS, "users": USERS, "seed": SEED,
@@ -355,6 +371,7 @@ def verify(env, aws, keys, load):
                       for name, f in instances.items()},
         "recovery_seconds": round(recovery_seconds, 1),
         "events": events,
+        "audiences": audience_check,
         "logs": logs,
         "checks": checks,
     }

@@ -32,7 +32,7 @@ to regenerate this page (figures vary a little from run to run with timing).
 | refused probes (422/401/403/415/413) | {req['probes']}, none stored |
 | fault windows | {faults['windows']}: {faults['calls_failed']} AWS calls failed, {faults['calls_stalled']} stalled |
 | repeated at once after a 202 (another instance, the first frozen) | {req['repeated_after_202']}: {req['repeats_replayed']} answered as replays, {req['repeats_409']} × 409 (retries of the repeats: {repeat_causes or 'none'}) |
-| kills | bridge (SIGKILL, often mid-batch, back 1–2 s later): {faults['bridge_kills']}; function instances (SIGKILL: busy api instances mid-request, consumer and changes instances): {faults['function_kills']} |
+| kills | bridge (SIGKILL, often mid-batch, back 1–2 s later): {faults['bridge_kills']}; function instances (SIGKILL: busy api and audiences instances mid-request, consumer and changes instances): {faults['function_kills']} |
 | instances | api: {inst['api']['cold_starts']} cold starts, {inst['api']['invocations']} invocations; consumer: {inst['consumer']['cold_starts']} cold starts, {inst['consumer']['invocations']} invocations |
 | SQS SendMessage calls by the api | {faults['sqs_send_message_calls']} for {req['accepted']} accepted upserts |
 | messages delivered to the consumer | {faults['messages_delivered']} in {faults['batches']} batches, {faults['redelivered']} redeliveries |
@@ -40,6 +40,7 @@ to regenerate this page (figures vary a little from run to run with timing).
 | load phase | {req['load_seconds']} s |
 | recovery (last fault cleared → queue drained, every user correct) | {summary['recovery_seconds']} s |
 | change events (this workspace) | {summary['events']['events']} received, {summary['events']['duplicates_dropped']} duplicates dropped by id, {summary['events']['user_deleted']} × User Deleted; replayed per user in version order they rebuild {summary['events']['users_rebuilt']} of {summary['events']['users']} users |
+| audiences (this workspace) | {summary['audiences']['audiences']} defined before the load; members at the end {summary['audiences']['members']}; {summary['audiences']['events']} distinct Entered/Exited events |
 | log scan (functions, bridge) | {summary['logs']['api_keys']} API keys, {summary['logs']['email_addresses']} email addresses |
 
 ## Checks
@@ -73,6 +74,12 @@ to regenerate this page (figures vary a little from run to run with timing).
   each user, drops duplicate ids, applies `User Changed` (set `new`, remove when there is no
   `new`) and `User Deleted` in `version` order, and compares the result with what a read of
   the user shows.
+- Audiences: five are defined before the load (`dev/drill/audiences.py`: `eq`, `in`,
+  `exists`, `all` with `ne`, `any` with `gte`, over the fields the load writes). After
+  recovery, each one's members as `GET /api/v1/audiences/{{id}}/members` lists them must
+  equal a Python evaluation of its rule over the users as reads show them; and the
+  `Audience Entered`/`Exited` events at the sink, de-duplicated by id and replayed per
+  (audience, user) in user-version order, must alternate and end in that same membership.
 - The oracle is independent of the Rust code: the drill reads each accepted request's stamp
   (`accepted_at`, request id) from its Idempotency-Key record, applies the accepted bodies and
   erasures in stamp order in Python, and compares values and per-field stamps with the users table.

@@ -6,6 +6,7 @@ import time
 
 import stack
 
+from . import audiences
 from .chaos import Chaos, fleet
 from .load import Client, probes
 from .oracle import EventCollector, verify
@@ -20,7 +21,9 @@ def drill(the_stack):
            "sqs": session.client("sqs", endpoint_url=stack.EMULATOR_URL)}
     keys = {"write": the_stack.create_key(WORKSPACE, stack.DEV_SCOPES, RATE_LIMIT),
             "read_only": the_stack.create_key(WORKSPACE, "users:read"),
-            "other_workspace": the_stack.create_key(OTHER_WORKSPACE, stack.DEV_SCOPES)}
+            "other_workspace": the_stack.create_key(OTHER_WORKSPACE, stack.DEV_SCOPES),
+            "audiences": the_stack.create_key(WORKSPACE, "audiences:write,audiences:read")}
+    audiences.define(keys["audiences"])
     load = run_load(the_stack, aws, keys)
     return verify(the_stack.env, aws, keys, load)
 

@@ -5,9 +5,11 @@
     template.py    template.yaml: resources and their local names, functions' settings
     resources.py   tables, queues, buses and the event sink created in moto
     proxy.py       the proxy before moto: DynamoDB's limits, injected faults, capacity units
-    bridges.py     SQS → consumer and users stream → changes, as event source mappings
+    bridges.py     the functions' event sources: SQS → consumer and audience builds →
+                   audiences, users stream → changes and audiences (event source
+                   mappings), the audiences schedule (a ticker)
     supervisor.py  the processes: start, record, stop, stale-stack clean-up; up and run
-    cli.py         `dev/stack.py up | run -- CMD | bridge … | stream-bridge …`
+    cli.py         `dev/stack.py up | run -- CMD | bridge … | stream-bridge … | ticker …`
 
 The dev tools import what they use from here (`import stack`; `stack.Stack`, …).
 """

@@ -70,6 +70,11 @@ def create_event_buses(session, names, template):
                 pass
 
 
+# Every event, whatever its source: change events (vibefollow.users), audience events
+# (vibefollow.audiences) and whatever the functions publish next.
+EVERY_EVENT = {"source": [{"exists": True}]}
+
+
 def create_event_sink(session, names):
     """On the change bus, a rule that delivers every event to a local sink queue
     (`vfctl --local events tail` reads it). On AWS, downstream views add their own."""
@@ -77,7 +82,7 @@ def create_event_sink(session, names):
     sqs = session.client("sqs", endpoint_url=EMULATOR_URL)
     sink = sqs.create_queue(QueueName=EVENT_SINK_QUEUE)["QueueUrl"]
     names["EventSink"] = sink
-    subscribe(events, names["ChangeEventBus"], EVENT_SINK_QUEUE, {"source": ["vibefollow.users"]})
+    subscribe(events, names["ChangeEventBus"], EVENT_SINK_QUEUE, EVERY_EVENT)
 
 
 def subscribe(events, bus, queue_name, pattern):

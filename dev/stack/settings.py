@@ -39,6 +39,7 @@ RELEASE = RUNTIME == "faithful" or os.environ.get("VF_RELEASE") == "1"
 API_INSTANCES = (int(os.environ.get("VF_API_MIN", "4")), int(os.environ.get("VF_API_MAX", "24")))
 CONSUMER_INSTANCES = (2, 4)
 CHANGES_INSTANCES = (1, 2)
+AUDIENCES_INSTANCES = (1, 2)
 # Concurrent SQS pollers of the bridge: Lambda's event source mapping polls with several.
 BRIDGE_POLLERS = int(os.environ.get("VF_BRIDGE_POLLERS", "2"))
 # The local queue every change event is delivered to (a rule on the change bus).
@@ -46,5 +47,8 @@ EVENT_SINK_QUEUE = f"{STACK_NAME}-events-sink"
 # Stream records the changes function is retried on before they go to the failure
 # queue (the template allows 5 on AWS; fewer keep tests of a poison record short).
 STREAM_RETRIES = int(os.environ.get("VF_STREAM_RETRIES", "2"))
+# A function with a Schedule event source is invoked this often (AWS: its rate, a
+# minute for the audiences function), so that timers come due in seconds.
+TICK_SECONDS = float(os.environ.get("VF_TICK_SECONDS", "5"))
 DEV_WORKSPACE = "dev"
 DEV_SCOPES = "users:write,users:read,users:read_pii,users:delete"

@@ -1,6 +1,7 @@
 """The stack's processes: moto, the proxy, the functions (the faithful runtime or
-`cargo lambda watch`) and the two bridges, started in order, recorded in stack.pids,
-stopped together; a stale stack of this checkout cleaned up; `up` and `run`."""
+`cargo lambda watch`) and their event sources (two queue bridges, the stream bridge,
+the ticker), started in order, recorded in stack.pids, stopped together; a stale stack
+of this checkout cleaned up; `up` and `run`."""
 import json
 import os
 import signal
@@ -16,19 +17,27 @@ from pathlib import Path
 from faithful import Fleet, FleetError, FunctionConfig, Spawner
 from faithful.runtime_api import signal_group
 
-from .bridges import invoke_consumer
+from .bridges import batch_item_failures
 from .output import log
 from .proxy import FaultProxy
 from .resources import create_resources
-from .settings import (API_INSTANCES, API_PORT, API_URL, CHANGES_INSTANCES, CONSUMER_INSTANCES,
-                       DEV_SCOPES, DEV_WORKSPACE, EMULATOR_PORT, EMULATOR_URL, ENTRY, ENV_FILE,
-                       FAULT_PROXY_PORT, LOGS, PIDS_FILE, REGION, RELEASE, ROOT, RUNTIME, VENV_BIN)
-from .template import function_environment, function_settings, load_template
+from .settings import (API_INSTANCES, API_PORT, API_URL, AUDIENCES_INSTANCES, CHANGES_INSTANCES,
+                       CONSUMER_INSTANCES, DEV_SCOPES, DEV_WORKSPACE, EMULATOR_PORT, EMULATOR_URL, ENTRY,
+                       ENV_FILE, FAULT_PROXY_PORT, LOGS, PIDS_FILE, REGION, RELEASE, ROOT, RUNTIME,
+                       STACK_NAME, VENV_BIN)
+from .template import event_sources, function_environment, function_settings, load_template, queue_url
 
 # Lambda's image keeps its CA certificates in one bundle; Debian's /etc/ssl/certs also
 # holds a file per CA, which the functions' TLS set-up (rustls-native-certs) would read
 # one by one at every cold start unless SSL_CERT_FILE names the bundle alone.
 CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
+
+# The functions: local name (the binary's, and the Invoke API's), logical id in the
+# template, (least, most) instances under the faithful runtime.
+FUNCTIONS = (("api", "ApiFunction", API_INSTANCES),
+             ("consumer", "ConsumerFunction", CONSUMER_INSTANCES),
+             ("changes", "ChangesFunction", CHANGES_INSTANCES),
+             ("audiences", "AudiencesFunction", AUDIENCES_INSTANCES))
 
 
 def port_open(port):
@@ -93,10 +102,12 @@ class Stack:
         if port_open(EMULATOR_PORT) or port_open(API_PORT):
             raise SystemExit(f"[stack] port {EMULATOR_PORT} or {API_PORT} is in use: is another stack running?")
         log(f"starting moto on {EMULATOR_URL}")
-        self.spawn("moto", [str(VENV_BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(EMULATOR_PORT)])
+        self.spawn("moto", [str(VENV_BIN / "python"), str(Path(__file__).with_name("quiet_moto.py")),
+                            "-H", "127.0.0.1", "-p", str(EMULATOR_PORT)])
         wait_for(lambda: port_open(EMULATOR_PORT), "moto", 30)
         self.template = load_template()
         names, schemas, indexes = create_resources(self.template, self.event_sink)
+        self.names = names
         env = function_environment(self.template, names)
         self.proxy = FaultProxy(FAULT_PROXY_PORT, EMULATOR_URL, schemas, indexes)
         env.update({
@@ -105,6 +116,7 @@ class Stack:
             "DLQ_URL": names["UpsertDeadLetterQueue"], "VF_RUNTIME": RUNTIME,
             "VF_USERS_STREAM_ARN": names["UsersTable.StreamArn"],
             "VF_CHANGES_FAILURE_QUEUE_URL": names["ChangesFailureQueue"],
+            "VF_AUDIENCE_BUILD_DLQ_URL": names["AudienceBuildDeadLetterQueue"],
             "AWS_LAMBDA_LOG_LEVEL": self.log_level,
         })
         if "EventSink" in names:
@@ -114,13 +126,10 @@ class Stack:
         ENV_FILE.write_text("".join(f"{k}={v}\n" for k, v in env.items()))
         self.env = env
         log(f"building the functions{' (release)' if RELEASE else ''}; the first time takes a few minutes")
-        profile = ["--release"] if RELEASE else []
-        subprocess.run(["cargo", "build", "--quiet", "--bin", "api", "--bin", "consumer", "--bin", "changes", *profile],
-                       cwd=ROOT, check=True)
+        subprocess.run(build_command(), cwd=ROOT, check=True)
         self.start_functions()
         self.bridge = None
-        self.start_bridge()
-        self.start_stream_bridge()
+        self.start_event_sources()
         log(f"API on {API_URL}/api/v1/users; logs in {LOGS}")
 
     def start_functions(self, log_mode="w"):
@@ -129,19 +138,12 @@ class Stack:
         else:
             self.start_watch(log_mode)
         # The consumer starts on its first event (under watch: builds, after a change).
-        invoke_consumer(f"{API_URL}/2015-03-31/functions/consumer/invocations", {"Records": []}, set(), timeout=600)
+        batch_item_failures("consumer", {"Records": []}, [], "stack", timeout=600)
 
     def start_fleet(self):
-        functions = []
-        for name, logical, (least, most) in (("api", "ApiFunction", API_INSTANCES),
-                                              ("consumer", "ConsumerFunction", CONSUMER_INSTANCES),
-                                              ("changes", "ChangesFunction", CHANGES_INSTANCES)):
-            timeout, memory = function_settings(self.template, logical)
-            functions.append(FunctionConfig(name, str(ROOT / "target" / "release" / name), self.env,
-                                            min_instances=least, max_instances=most,
-                                            timeout_s=timeout, memory_mb=memory))
         (LOGS / "functions.log").write_text("")
-        self.fleet = Fleet(functions, port=API_PORT, log_path=str(LOGS / "functions.log"))
+        self.fleet = Fleet(fleet_functions(self.template, self.env), port=API_PORT,
+                           log_path=str(LOGS / "functions.log"))
         try:
             self.fleet.start()
         except FleetError as e:
@@ -157,16 +159,40 @@ class Stack:
         wait_for(lambda: port_open(API_PORT), "cargo lambda watch", 120)
         wait_for(api_answers, "the api function", 300)
 
+    def start_event_sources(self):
+        """What invokes the functions besides the API, each a process of its own with a
+        log of the same name: the queue bridges, the stream bridge, the ticker."""
+        self.start_bridge()
+        self.start_queue_bridge("audiences-bridge", "audiences")
+        self.start_stream_bridge()
+        self.start_ticker()
+
     def start_bridge(self, log_mode="w"):
         """The SQS → consumer bridge runs as its own process, so that the drill can kill
         it mid-batch as a crashed poller would die."""
-        self.bridge = self.spawn("bridge", [sys.executable, str(ENTRY), "bridge",
-                                            self.env["UPSERT_QUEUE_URL"]], log_mode=log_mode)
+        self.bridge = self.start_queue_bridge("bridge", "consumer", log_mode)
+
+    def start_queue_bridge(self, name, function, log_mode="w"):
+        """The bridge from `function`'s SQS event source (its queue and batch size, as
+        the template says) to `function`."""
+        [source] = event_sources(self.template, self.names, "SQS", function)
+        return self.spawn(name, [sys.executable, str(ENTRY), "bridge", queue_url(source.properties["Queue"]),
+                                 function, str(source.properties.get("BatchSize", 10))], log_mode=log_mode)
 
     def start_stream_bridge(self, log_mode="w"):
-        self.spawn("stream-bridge", [sys.executable, str(ENTRY), "stream-bridge",
-                                     self.env["VF_USERS_STREAM_ARN"], self.env["VF_CHANGES_FAILURE_QUEUE_URL"]],
+        """One process reads the users stream for every function it is an event source
+        of (changes, audiences), each to its own on-failure queue."""
+        stream = self.env["VF_USERS_STREAM_ARN"]
+        readers = [f"{s.function}={queue_url(s.properties['DestinationConfig']['OnFailure']['Destination'])}"
+                   for s in event_sources(self.template, self.names, "DynamoDB") if s.properties["Stream"] == stream]
+        self.spawn("stream-bridge", [sys.executable, str(ENTRY), "stream-bridge", stream, *readers],
                    log_mode=log_mode)
+
+    def start_ticker(self, log_mode="w"):
+        """EventBridge's schedules (audiences: rate(1 minute)), every VF_TICK_SECONDS."""
+        schedules = [f"{s.function}={STACK_NAME}-{s.event.lower()}"
+                     for s in event_sources(self.template, self.names, "Schedule")]
+        self.spawn("ticker", [sys.executable, str(ENTRY), "ticker", *schedules], log_mode=log_mode)
 
     def kill_bridge(self):
         self.kill("bridge", self.bridge)
@@ -205,6 +231,24 @@ class Stack:
 
 
 STOP_GRACE_SECONDS = 3
+
+
+def build_command():
+    """The build of every function's binary (release under the faithful runtime)."""
+    binaries = [arg for name, _, _ in FUNCTIONS for arg in ("--bin", name)]
+    return ["cargo", "build", "--quiet", *binaries, *(["--release"] if RELEASE else [])]
+
+
+def fleet_functions(template, env):
+    """The functions as the faithful runtime runs them: release binaries, the same
+    environment, the template's timeout and memory."""
+    functions = []
+    for name, logical, (least, most) in FUNCTIONS:
+        timeout, memory = function_settings(template, logical)
+        functions.append(FunctionConfig(name, str(ROOT / "target" / "release" / name), env,
+                                        min_instances=least, max_instances=most,
+                                        timeout_s=timeout, memory_mb=memory))
+    return functions
 
 
 def create_key(workspace=DEV_WORKSPACE, scopes=DEV_SCOPES, rate_limit=None):

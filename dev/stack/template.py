@@ -1,7 +1,8 @@
 """template.yaml, read for the local stack: its resources with their local names, the
-functions' environment and settings, the tables' keys and indexes. Local and AWS share
-one schema."""
+functions' environment, settings and event sources, the tables' keys and indexes. Local
+and AWS share one schema."""
 import re
+from collections import namedtuple
 
 import yaml
 
@@ -107,3 +108,28 @@ def function_settings(template, logical):
     """Timeout (s) and memory (MB) of a function of the template."""
     merged = dict(template["Globals"]["Function"], **template["Resources"][logical]["Properties"])
     return int(merged.get("Timeout", 3)), int(merged.get("MemorySize", 128))
+
+
+# An event source of a function: `function` is its local name (the binary's), `event`
+# the event's name in the template, `properties` resolved (ARNs, numbers as written).
+EventSource = namedtuple("EventSource", "function event properties")
+
+
+def event_sources(template, names, kind, function=None):
+    """The event sources of type `kind` ("SQS", "DynamoDB", "Schedule") of every
+    function of the template (or of `function` alone), in template order."""
+    functions = ((resource["Metadata"]["BuildProperties"]["Binary"], resource)
+                 for resource in template["Resources"].values() if resource["Type"] == "AWS::Serverless::Function")
+    return [EventSource(name, event, resolve(spec.get("Properties", {}), names))
+            for name, resource in functions if function in (None, name)
+            for event, spec in resource["Properties"].get("Events", {}).items() if spec["Type"] == kind]
+
+
+def queue_url(arn):
+    """The local URL of a queue of the stack, from its ARN."""
+    return f"{EMULATOR_URL}/{ACCOUNT}/{arn.rsplit(':', 1)[1]}"
+
+
+def queue_arn(url):
+    """The ARN of a queue of the stack, from its local URL."""
+    return f"arn:aws:sqs:{REGION}:{ACCOUNT}:{url.rsplit('/', 1)[1]}"

@@ -3,13 +3,13 @@
 //! only then the answer. Lambda freezes an instance once it answers, so nothing that a
 //! retry depends on is left for after it.
 
+use super::idempotent::{once, Done, Request};
 use super::ports::{Counters, IdempotencyKeys, PortError, UpsertQueue};
 use super::rate_limit::RateLimiter;
 use super::{AppError, Caller};
 use crate::contract::{
     erase_hash, ErrorCode, FieldError, Rejected, RequestError, ValidBatch, ValidUpsert,
 };
-use crate::domain::idempotency::{Claim, LOCK_MS};
 use crate::domain::{Changes, Stamp, UpsertMessage};
 use std::sync::Arc;
 
@@ -60,13 +60,6 @@ enum Outgoing {
     },
     /// A batch's valid upserts, each with its index in the batch.
     Batch(Vec<(usize, ValidUpsert)>),
-}
-
-/// What the idempotent enqueue did.
-struct Enqueued {
-    replayed: bool,
-    /// Batch entries that could not be enqueued (by index in the batch).
-    unsent: Vec<usize>,
 }
 
 pub struct Accept<K, Q, C> {
@@ -168,7 +161,7 @@ impl<K: IdempotencyKeys, Q: UpsertQueue, C: Counters> Accept<K, Q, C> {
                 rejected,
             });
         }
-        let Enqueued { replayed, unsent } = self
+        let Done { replayed, unsent } = self
             .enqueue(
                 caller,
                 Outgoing::Batch(valid),
@@ -199,100 +192,21 @@ impl<K: IdempotencyKeys, Q: UpsertQueue, C: Counters> Accept<K, Q, C> {
         &self,
         caller: &Caller,
         outgoing: Outgoing,
-        mut stamp: Stamp,
+        stamp: Stamp,
         cost: u64,
         body_hash: &str,
         idempotency_key: Option<&str>,
-    ) -> Result<Enqueued, AppError> {
+    ) -> Result<Done, AppError> {
         let workspace_id = caller.workspace_id.as_str();
-        let Some(key) = idempotency_key else {
-            self.limiter.admit(caller, stamp.accepted_at, cost).await?;
-            let unsent = self.send(workspace_id, outgoing, &stamp).await?;
-            return Ok(Enqueued {
-                replayed: false,
-                unsent,
-            });
+        let send = |stamp: Stamp| async move { self.send(workspace_id, outgoing, &stamp).await };
+        let request = Request {
+            caller,
+            stamp,
+            cost,
+            body_hash,
+            idempotency_key,
         };
-        let ours = Held {
-            workspace_id,
-            key,
-            request_id: stamp.request_id.clone(),
-            lock_until: stamp.accepted_at + LOCK_MS,
-        };
-        // The claim runs beside the rate check: one round trip instead of two. A claim
-        // made for a request the limit refuses is given back, so it changes nothing.
-        let (admitted, claim) = tokio::join!(
-            self.limiter.admit(caller, stamp.accepted_at, cost),
-            self.keys.claim(workspace_id, key, body_hash, &stamp)
-        );
-        if let Err(refused) = admitted {
-            if let Ok(claim) = claim {
-                if let Err(err) = self.give_back(&ours, &claim).await {
-                    // The 429 stands: an unreleased key stops blocking its retries
-                    // after its lock (30 s).
-                    tracing::warn!(request_id = %ours.request_id, error = %err, "idempotency key not given back after a 429");
-                }
-            }
-            return Err(refused);
-        }
-        let claim = claim?;
-        match &claim {
-            Claim::Claimed => {}
-            Claim::Abandoned(original) => stamp = original.clone(),
-            Claim::Replay(unsent) => {
-                return Ok(Enqueued {
-                    replayed: true,
-                    unsent: unsent.clone(),
-                })
-            }
-            Claim::InFlight => return Err(AppError::IdempotencyKeyInUse),
-            Claim::Reused => return Err(AppError::IdempotencyKeyReused),
-        }
-        let unsent = match self.send(workspace_id, outgoing, &stamp).await {
-            Ok(unsent) => unsent,
-            Err(err) => {
-                // Nothing was enqueued: the key goes back as it was found, so the
-                // client's retry is processed, not replayed.
-                self.give_back(&ours, &claim).await?;
-                return Err(err);
-            }
-        };
-        // The record names the request that first claimed it (ours, or the one that died).
-        let request_id = &stamp.request_id;
-        // Awaited, not spawned: Lambda freezes the instance once it answers, so a mark
-        // left for later could wait for minutes while retries of this key get 409s.
-        if let Err(err) = self
-            .keys
-            .complete(workspace_id, key, request_id, &unsent)
-            .await
-        {
-            // The write is in SQS: still a 202. A retry waits out the lock, then
-            // re-enqueues with the original stamp, a duplicate the merge ignores.
-            tracing::warn!(request_id = %request_id, error = %err, "idempotency key not marked done");
-        }
-        Ok(Enqueued {
-            replayed: false,
-            unsent,
-        })
-    }
-
-    /// Undoes a claim this request made and did not use: a key it recorded is
-    /// forgotten; a key it took over from an abandoned request is abandoned again,
-    /// with that request's stamp, so a retry takes it over at once.
-    async fn give_back(&self, ours: &Held<'_>, claim: &Claim) -> Result<(), PortError> {
-        match claim {
-            Claim::Claimed => {
-                self.keys
-                    .release(ours.workspace_id, ours.key, &ours.request_id)
-                    .await
-            }
-            Claim::Abandoned(_) => {
-                self.keys
-                    .reopen(ours.workspace_id, ours.key, ours.lock_until)
-                    .await
-            }
-            _ => Ok(()),
-        }
+        once(&self.keys, &self.limiter, request, send).await
     }
 
     /// Puts an accepted write on the queue with `stamp`; returns the batch entries
@@ -350,15 +264,6 @@ impl<K: IdempotencyKeys, Q: UpsertQueue, C: Counters> Accept<K, Q, C> {
         }
         Ok(unsent_entries)
     }
-}
-
-/// The Idempotency-Key as this request holds it.
-struct Held<'a> {
-    workspace_id: &'a str,
-    key: &'a str,
-    request_id: String,
-    /// The lock this request set when it claimed or took over the key.
-    lock_until: i64,
 }
 
 #[cfg(test)]

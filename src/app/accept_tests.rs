@@ -5,6 +5,7 @@ use super::*;
 use crate::app::fakes::*;
 use crate::contract::{parse_batch, parse_upsert};
 use crate::domain::idempotency::KeyRecord;
+use crate::domain::idempotency::LOCK_MS;
 use serde_json::{json, Value};
 
 const T0: i64 = 1_800_000_000_000;

@@ -4,6 +4,7 @@
 
 use super::ports::*;
 use crate::app::rate_limit::{burst, pair_limit};
+use crate::domain::audience::MembershipEvent;
 use crate::domain::auth::ApiKeyRecord;
 use crate::domain::change::ChangeEvent;
 use crate::domain::idempotency::{judge, Claim, KeyRecord, LOCK_MS};
@@ -418,5 +419,359 @@ impl EventBus for MemoryBus {
             .collect();
         lock(&self.calls).push(taken);
         Ok(refused)
+    }
+}
+
+impl WorkspaceUsers for MemoryUsers {
+    async fn page(
+        &self,
+        workspace_id: &str,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<(Vec<StoredUser>, Option<String>), PortError> {
+        self.journal.note("users.page");
+        self.faults.check("users.page")?;
+        let mut users: Vec<StoredUser> = lock(&self.users)
+            .iter()
+            .filter(|((w, id), _)| w == workspace_id && cursor.is_none_or(|c| id.as_str() > c))
+            .map(|(_, user)| user.clone())
+            .collect();
+        users.sort_by(|a, b| a.external_user_id.cmp(&b.external_user_id));
+        let more = users.len() > limit;
+        users.truncate(limit);
+        let next = more
+            .then(|| users.last().map(|u| u.external_user_id.clone()))
+            .flatten();
+        Ok((users, next))
+    }
+}
+
+/// One workspace's audience definitions, and where each build stands.
+#[derive(Clone, Default)]
+pub struct MemoryDefinitions {
+    pub revision: u64,
+    pub audiences: std::collections::BTreeMap<String, (Audience, Option<String>)>,
+}
+
+/// A member-list entry: a member (`entered_at`) or a removed one, and the commit that
+/// wrote it.
+#[derive(Clone, Debug)]
+pub struct ListEntry {
+    pub entered_at: Option<i64>,
+    pub rule_rev: u64,
+    pub rev: u64,
+}
+
+/// What a test runs before each commit, as another writer would.
+pub type CommitRace = Box<dyn FnMut(&MemoryAudiences) + Send>;
+
+/// The audiences and memberships tables, with the DynamoDB store's conditions.
+#[derive(Clone, Default)]
+pub struct MemoryAudiences {
+    pub definitions: Arc<Mutex<HashMap<String, MemoryDefinitions>>>,
+    pub states: Arc<Mutex<HashMap<UserKey, UserAudiences>>>,
+    /// Member lists by (workspace, audience), by user.
+    pub lists: Arc<Mutex<HashMap<UserKey, std::collections::BTreeMap<String, ListEntry>>>>,
+    pub journal: Journal,
+    pub faults: Faults,
+    /// Runs before each commit, as another writer would (a test's race).
+    pub before_commit: Arc<Mutex<Option<CommitRace>>>,
+}
+
+impl MemoryAudiences {
+    fn call(&self, name: &str) -> Result<(), PortError> {
+        self.journal.note(name);
+        self.faults.check(name)
+    }
+
+    /// The members of an audience as listed (of any revision).
+    pub fn listed(&self, workspace_id: &str, audience_id: &str) -> Vec<String> {
+        lock(&self.lists)
+            .get(&(workspace_id.to_owned(), audience_id.to_owned()))
+            .map(|list| {
+                let members = list.iter().filter(|(_, e)| e.entered_at.is_some());
+                members.map(|(id, _)| id.clone()).collect()
+            })
+            .unwrap_or_default()
+    }
+
+    pub fn state(&self, workspace_id: &str, user_id: &str) -> UserAudiences {
+        lock(&self.states)
+            .get(&(workspace_id.to_owned(), user_id.to_owned()))
+            .cloned()
+            .unwrap_or_default()
+    }
+}
+
+impl Audiences for MemoryAudiences {
+    async fn list(&self, workspace_id: &str) -> Result<Definitions, PortError> {
+        self.call("audiences.list")?;
+        let found = lock(&self.definitions)
+            .get(workspace_id)
+            .cloned()
+            .unwrap_or_default();
+        Ok(Definitions {
+            revision: found.revision,
+            audiences: found.audiences.into_values().map(|(a, _)| a).collect(),
+        })
+    }
+
+    async fn revision(&self, workspace_id: &str) -> Result<u64, PortError> {
+        self.call("audiences.revision")?;
+        Ok(lock(&self.definitions)
+            .get(workspace_id)
+            .map_or(0, |d| d.revision))
+    }
+
+    async fn get(
+        &self,
+        workspace_id: &str,
+        audience_id: &str,
+    ) -> Result<Option<Audience>, PortError> {
+        self.call("audiences.get")?;
+        Ok(lock(&self.definitions)
+            .get(workspace_id)
+            .and_then(|d| d.audiences.get(audience_id))
+            .map(|(a, _)| a.clone()))
+    }
+
+    async fn define(
+        &self,
+        workspace_id: &str,
+        audience: &Audience,
+        revision: u64,
+    ) -> Result<bool, PortError> {
+        self.call("audiences.define")?;
+        let mut definitions = lock(&self.definitions);
+        let found = definitions.entry(workspace_id.to_owned()).or_default();
+        if found.revision != revision {
+            return Ok(false);
+        }
+        found.revision = audience.rule_rev;
+        found
+            .audiences
+            .insert(audience.audience_id.clone(), (audience.clone(), None));
+        Ok(true)
+    }
+
+    async fn delete(
+        &self,
+        workspace_id: &str,
+        audience_id: &str,
+        revision: u64,
+    ) -> Result<bool, PortError> {
+        self.call("audiences.delete")?;
+        let mut definitions = lock(&self.definitions);
+        let found = definitions.entry(workspace_id.to_owned()).or_default();
+        if found.revision != revision {
+            return Ok(false);
+        }
+        found.revision += 1;
+        found.audiences.remove(audience_id);
+        Ok(true)
+    }
+
+    async fn record_build(
+        &self,
+        workspace_id: &str,
+        audience_id: &str,
+        rule_rev: u64,
+        step: &BuildStep,
+    ) -> Result<BuildRecord, PortError> {
+        self.call("audiences.record_build")?;
+        let mut definitions = lock(&self.definitions);
+        let Some((audience, cursor)) = definitions
+            .get_mut(workspace_id)
+            .and_then(|d| d.audiences.get_mut(audience_id))
+            .filter(|(a, _)| a.rule_rev == rule_rev)
+        else {
+            return Ok(BuildRecord::Replaced);
+        };
+        let Some(scanned) = audience.building else {
+            return Ok(BuildRecord::AlreadyAt(None));
+        };
+        if *cursor != step.from {
+            return Ok(BuildRecord::AlreadyAt(cursor.clone()));
+        }
+        audience.building = step.to.as_ref().map(|_| scanned + step.scanned);
+        cursor.clone_from(&step.to);
+        Ok(BuildRecord::Recorded)
+    }
+}
+
+impl Memberships for MemoryAudiences {
+    async fn standing(
+        &self,
+        workspace_id: &str,
+        external_user_id: &str,
+    ) -> Result<UserAudiences, PortError> {
+        self.call("memberships.standing")?;
+        Ok(self.state(workspace_id, external_user_id))
+    }
+
+    async fn commit(
+        &self,
+        workspace_id: &str,
+        external_user_id: &str,
+        next: &UserAudiences,
+    ) -> Result<bool, PortError> {
+        self.call("memberships.commit")?;
+        if let Some(race) = lock(&self.before_commit).as_mut() {
+            race(self);
+        }
+        let key = (workspace_id.to_owned(), external_user_id.to_owned());
+        let mut states = lock(&self.states);
+        let (rev, version) = states.get(&key).map_or((0, 0), |s| (s.rev, s.user_version));
+        if rev + 1 != next.rev || (rev > 0 && version > next.user_version) {
+            return Ok(false);
+        }
+        states.insert(key, next.clone());
+        Ok(true)
+    }
+
+    async fn apply(
+        &self,
+        workspace_id: &str,
+        external_user_id: &str,
+        rev: u64,
+        decisions: &[MembershipEvent],
+    ) -> Result<(), PortError> {
+        self.call("memberships.apply")?;
+        let mut lists = lock(&self.lists);
+        for decision in decisions {
+            let list = lists
+                .entry((workspace_id.to_owned(), decision.audience_id.clone()))
+                .or_default();
+            let entry = ListEntry {
+                entered_at: decision.entered.then_some(decision.at),
+                rule_rev: decision.rule_rev,
+                rev,
+            };
+            if list.get(external_user_id).is_none_or(|e| e.rev < rev) {
+                list.insert(external_user_id.to_owned(), entry);
+            }
+        }
+        Ok(())
+    }
+
+    async fn clear_pending(
+        &self,
+        workspace_id: &str,
+        external_user_id: &str,
+        rev: u64,
+        next_due: Option<i64>,
+    ) -> Result<(), PortError> {
+        self.call("memberships.clear_pending")?;
+        let key = (workspace_id.to_owned(), external_user_id.to_owned());
+        if let Some(state) = lock(&self.states).get_mut(&key).filter(|s| s.rev == rev) {
+            state.pending.clear();
+            state.next_due = next_due;
+        }
+        Ok(())
+    }
+
+    async fn members(
+        &self,
+        workspace_id: &str,
+        (audience_id, since_rev): (&str, u64),
+        limit: usize,
+        after: Option<&str>,
+    ) -> Result<(Vec<(String, i64)>, bool), PortError> {
+        self.call("memberships.members")?;
+        let lists = lock(&self.lists);
+        let mut members: Vec<(String, i64)> = lists
+            .get(&(workspace_id.to_owned(), audience_id.to_owned()))
+            .into_iter()
+            .flatten()
+            .filter(|(id, e)| after.is_none_or(|a| id.as_str() > a) && e.rule_rev >= since_rev)
+            .filter_map(|(id, e)| Some((id.clone(), e.entered_at?)))
+            .collect();
+        let more = members.len() > limit;
+        members.truncate(limit);
+        Ok((members, more))
+    }
+
+    async fn count(&self, workspace_id: &str, audience: (&str, u64)) -> Result<u64, PortError> {
+        self.call("memberships.count")?;
+        let (members, _) = self
+            .members(workspace_id, audience, usize::MAX - 1, None)
+            .await?;
+        Ok(members.len() as u64)
+    }
+
+    async fn due(&self, until_ms: i64, limit: usize) -> Result<Vec<(UserKey, i64)>, PortError> {
+        self.call("memberships.due")?;
+        let mut due: Vec<(UserKey, i64)> = lock(&self.states)
+            .iter()
+            .filter_map(|(key, state)| {
+                let at = state.due_at()?;
+                (at <= until_ms).then(|| (key.clone(), at))
+            })
+            .collect();
+        due.sort_by_key(|(_, at)| *at);
+        due.truncate(limit);
+        Ok(due)
+    }
+
+    async fn drop_members(
+        &self,
+        workspace_id: &str,
+        audience_id: &str,
+        rule_rev: u64,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Option<String>, PortError> {
+        self.call("memberships.drop_members")?;
+        let list_key = (workspace_id.to_owned(), audience_id.to_owned());
+        let mut lists = lock(&self.lists);
+        let Some(list) = lists.get_mut(&list_key) else {
+            return Ok(None);
+        };
+        let page: Vec<String> = list
+            .keys()
+            .filter(|id| after.is_none_or(|a| id.as_str() > a))
+            .take(limit + 1)
+            .cloned()
+            .collect();
+        let more = page.len() > limit;
+        let mut states = lock(&self.states);
+        for user_id in page.iter().take(limit) {
+            let key = (workspace_id.to_owned(), user_id.clone());
+            if let Some(state) = states.get_mut(&key) {
+                if state
+                    .members
+                    .get(audience_id)
+                    .is_some_and(|s| s.rule_rev <= rule_rev)
+                {
+                    state.members.remove(audience_id);
+                    state.rev += 1;
+                }
+            }
+            if list.get(user_id).is_some_and(|e| e.rule_rev <= rule_rev) {
+                list.remove(user_id);
+            }
+        }
+        Ok(more.then(|| page.get(limit - 1).cloned()).flatten())
+    }
+}
+
+/// The build queue: tasks as sent.
+#[derive(Clone, Default)]
+pub struct MemoryBuilds {
+    pub tasks: Arc<Mutex<VecDeque<BuildTask>>>,
+    pub faults: Faults,
+}
+
+impl MemoryBuilds {
+    pub fn take(&self) -> Option<BuildTask> {
+        lock(&self.tasks).pop_front()
+    }
+}
+
+impl BuildQueue for MemoryBuilds {
+    async fn send(&self, task: &BuildTask) -> Result<(), PortError> {
+        self.faults.check("builds.send")?;
+        lock(&self.tasks).push_back(task.clone());
+        Ok(())
     }
 }

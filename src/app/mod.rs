@@ -4,8 +4,10 @@
 
 pub mod accept;
 pub mod apply;
+pub mod audiences;
 #[cfg(test)]
 pub(crate) mod fakes;
+mod idempotent;
 pub mod ports;
 pub mod publish;
 pub mod rate_limit;
@@ -26,6 +28,10 @@ pub enum AppError {
     IdempotencyKeyInUse,
     #[error("idempotency key reused")]
     IdempotencyKeyReused,
+    #[error("no such audience")]
+    AudienceNotFound,
+    #[error("too many audiences")]
+    TooManyAudiences,
     #[error(transparent)]
     Port(#[from] PortError),
 }

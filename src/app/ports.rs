@@ -2,6 +2,7 @@
 //! them over DynamoDB, SQS and EventBridge; `app::fakes` in memory, for the use-case
 //! tests.
 
+use crate::domain::audience::{MembershipEvent, Rule};
 use crate::domain::auth::ApiKeyRecord;
 use crate::domain::change::ChangeEvent;
 use crate::domain::idempotency::Claim;
@@ -216,4 +217,249 @@ pub trait EventBus {
         &self,
         events: &[&ChangeEvent],
     ) -> impl Future<Output = Result<Vec<usize>, PortError>> + Send;
+}
+
+/// An audience as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Audience {
+    pub audience_id: String,
+    pub name: String,
+    /// The rule as defined (what reads show), and parsed.
+    pub rule_json: serde_json::Value,
+    pub rule: Rule,
+    /// The workspace's definitions revision this rule was written at.
+    pub rule_rev: u64,
+    /// The revision this audience started at: standings from before (an audience of
+    /// the same id, deleted) are not its members.
+    pub since_rev: u64,
+    /// Users the build of `rule_rev` has looked at; `None` once it is done.
+    pub building: Option<u64>,
+    pub updated_at: i64,
+}
+
+/// A workspace's audiences and the revision of its definitions, which every define
+/// and delete moves on.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Definitions {
+    pub revision: u64,
+    /// In id order.
+    pub audiences: Vec<Audience>,
+}
+
+/// Audience definitions, by workspace. Reads are strongly consistent.
+pub trait Audiences {
+    fn list(
+        &self,
+        workspace_id: &str,
+    ) -> impl Future<Output = Result<Definitions, PortError>> + Send;
+
+    fn get(
+        &self,
+        workspace_id: &str,
+        audience_id: &str,
+    ) -> impl Future<Output = Result<Option<Audience>, PortError>> + Send;
+
+    /// The definitions revision alone: a cheap check that a list read is still current.
+    fn revision(&self, workspace_id: &str) -> impl Future<Output = Result<u64, PortError>> + Send;
+
+    /// Writes `audience` (created or replaced; its `rule_rev` is the new revision of
+    /// the definitions) if the definitions are still at `revision`; `false` if another
+    /// define or delete came first.
+    fn define(
+        &self,
+        workspace_id: &str,
+        audience: &Audience,
+        revision: u64,
+    ) -> impl Future<Output = Result<bool, PortError>> + Send;
+
+    /// Deletes an audience, moving the definitions to `revision + 1`, if they are still
+    /// at `revision`; `false` if another define or delete came first.
+    fn delete(
+        &self,
+        workspace_id: &str,
+        audience_id: &str,
+        revision: u64,
+    ) -> impl Future<Output = Result<bool, PortError>> + Send;
+
+    /// Records that the build of `rule_rev` looked at one more page.
+    fn record_build(
+        &self,
+        workspace_id: &str,
+        audience_id: &str,
+        rule_rev: u64,
+        step: &BuildStep,
+    ) -> impl Future<Output = Result<BuildRecord, PortError>> + Send;
+}
+
+/// One page of a build: from where to where, and how many users it looked at.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BuildStep {
+    pub from: Option<String>,
+    /// `None`: the last page.
+    pub to: Option<String>,
+    pub scanned: u64,
+}
+
+/// What recording a build step found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BuildRecord {
+    /// Recorded: the build is at the step's `to`.
+    Recorded,
+    /// The build had already moved past `from` (a redelivered task): it is at the
+    /// cursor given (`None`: done).
+    AlreadyAt(Option<String>),
+    /// The audience is gone or at another revision.
+    Replaced,
+}
+
+/// A user's standing in one audience it is a member of.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Standing {
+    /// When it entered (epoch ms).
+    pub entered_at: i64,
+    /// The audience's revision when it entered.
+    pub rule_rev: u64,
+}
+
+/// One user's memberships: the audiences it is in, the user version they were last
+/// decided at, the decisions not yet carried out (member-list entries to write and
+/// events to put on the bus: an outbox), and when a time-relative rule will next
+/// change its mind.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct UserAudiences {
+    /// Optimistic lock: 0 when nothing is stored yet.
+    pub rev: u64,
+    /// The user version of the latest decision: an older version never decides again.
+    pub user_version: u64,
+    pub members: std::collections::BTreeMap<String, Standing>,
+    /// The decisions of commit `rev` not yet carried out.
+    pub pending: Vec<MembershipEvent>,
+    pub next_due: Option<i64>,
+}
+
+/// How long a committed decision may wait to be carried out by the evaluation that
+/// made it before a tick carries it out instead. It takes milliseconds; a tick sooner
+/// would only race it. Longer than a tick's horizon (55 s), so that no tick waits for
+/// a user whose decisions are in flight: only those left by a crash fall due.
+pub const PENDING_GRACE_MS: i64 = 60_000;
+
+impl UserAudiences {
+    /// When a tick must look at the user: its pending decisions once their grace is
+    /// over, else the next instant a rule changes its mind (`None`: never).
+    pub fn due_at(&self) -> Option<i64> {
+        let stranded = self
+            .pending
+            .first()
+            .map(|decision| decision.at + PENDING_GRACE_MS);
+        stranded.or(self.next_due)
+    }
+}
+
+/// Memberships: each user's state (one item, written whole and conditionally) and each
+/// audience's member list (entries written after, from the state's pending decisions).
+pub trait Memberships {
+    /// A consistent read of a user's memberships (default when none).
+    fn standing(
+        &self,
+        workspace_id: &str,
+        external_user_id: &str,
+    ) -> impl Future<Output = Result<UserAudiences, PortError>> + Send;
+
+    /// Writes `next` if nothing else was committed for the user since its `rev - 1`
+    /// was read and no decision at a later user version was made; `false` otherwise.
+    /// While it has pending decisions it is due at once (a tick carries them out if
+    /// this evaluation cannot).
+    fn commit(
+        &self,
+        workspace_id: &str,
+        external_user_id: &str,
+        next: &UserAudiences,
+    ) -> impl Future<Output = Result<bool, PortError>> + Send;
+
+    /// Writes the member-list entries of the decisions of commit `rev` (an entry, or
+    /// its removal), each only over an entry an older commit wrote: carrying the same
+    /// decisions out twice, or late, changes nothing.
+    fn apply(
+        &self,
+        workspace_id: &str,
+        external_user_id: &str,
+        rev: u64,
+        decisions: &[MembershipEvent],
+    ) -> impl Future<Output = Result<(), PortError>> + Send;
+
+    /// Forgets the pending decisions of commit `rev` once they are carried out.
+    fn clear_pending(
+        &self,
+        workspace_id: &str,
+        external_user_id: &str,
+        rev: u64,
+        next_due: Option<i64>,
+    ) -> impl Future<Output = Result<(), PortError>> + Send;
+
+    /// Members of the audience that started at `since_rev`, in user-id order after
+    /// `after`: `(id, entered_at)`, and whether more follow.
+    fn members(
+        &self,
+        workspace_id: &str,
+        audience: (&str, u64),
+        limit: usize,
+        after: Option<&str>,
+    ) -> impl Future<Output = Result<(Vec<(String, i64)>, bool), PortError>> + Send;
+
+    fn count(
+        &self,
+        workspace_id: &str,
+        audience: (&str, u64),
+    ) -> impl Future<Output = Result<u64, PortError>> + Send;
+
+    /// Users with something to do by `until_ms` (a rule's edge, or decisions to carry
+    /// out), the earliest first: `((workspace, user), due_at)`.
+    fn due(
+        &self,
+        until_ms: i64,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<(UserKey, i64)>, PortError>> + Send;
+
+    /// Removes up to `limit` entries of an audience deleted at revision `rule_rev`
+    /// (list entries, and the users' standings, both only from that revision or
+    /// before), after `after`; returns where to go on from, `None` when done.
+    fn drop_members(
+        &self,
+        workspace_id: &str,
+        audience_id: &str,
+        rule_rev: u64,
+        after: Option<&str>,
+        limit: usize,
+    ) -> impl Future<Output = Result<Option<String>, PortError>> + Send;
+}
+
+/// A build task: the next page of a workspace's users for one revision of an
+/// audience, or the next page of a deleted audience's members to drop.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct BuildTask {
+    pub workspace_id: String,
+    pub audience_id: String,
+    pub rule_rev: u64,
+    /// Where the previous page ended; `None` for the first.
+    #[serde(default)]
+    pub cursor: Option<String>,
+    /// Drop the members instead (the audience was deleted at `rule_rev`).
+    #[serde(default)]
+    pub drop: bool,
+}
+
+pub trait BuildQueue {
+    fn send(&self, task: &BuildTask) -> impl Future<Output = Result<(), PortError>> + Send;
+}
+
+/// The users of one workspace, page by page (for builds).
+pub trait WorkspaceUsers {
+    /// Up to `limit` users after `cursor`, as stored (strongly consistent), and the
+    /// cursor of the next page (`None`: this was the last).
+    fn page(
+        &self,
+        workspace_id: &str,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> impl Future<Output = Result<(Vec<StoredUser>, Option<String>), PortError>> + Send;
 }

@@ -1,7 +1,7 @@
 //! EventBridge adapter: change events go to the stack's bus.
 
 use crate::app::ports::{EventBus, PortError};
-use crate::domain::change::{ChangeEvent, SOURCE};
+use crate::domain::change::ChangeEvent;
 use aws_sdk_eventbridge::types::PutEventsRequestEntry;
 use aws_sdk_eventbridge::Client;
 
@@ -27,7 +27,7 @@ impl EventBus for EventBridgeBus {
     const MAX_BYTES_PER_CALL: usize = 240 * 1024;
 
     fn entry_size(event: &ChangeEvent) -> usize {
-        SOURCE.len() + event.detail_type.len() + event.detail.to_string().len()
+        event.source.len() + event.detail_type.len() + event.detail.to_string().len()
     }
 
     async fn put(&self, events: &[&ChangeEvent]) -> Result<Vec<usize>, PortError> {
@@ -36,7 +36,7 @@ impl EventBus for EventBridgeBus {
             .map(|event| {
                 PutEventsRequestEntry::builder()
                     .event_bus_name(&self.name)
-                    .source(SOURCE)
+                    .source(event.source)
                     .detail_type(event.detail_type)
                     .detail(event.detail.to_string())
                     .build()

@@ -2,7 +2,7 @@
 //! characters a body may hold, how many messages one body and one call carry.
 
 use crate::app::call_groups;
-use crate::app::ports::{PortError, Unsent, UpsertQueue};
+use crate::app::ports::{BuildQueue, BuildTask, PortError, Unsent, UpsertQueue};
 use crate::domain::{UpsertMessage, MESSAGE_VERSION};
 use aws_sdk_sqs::types::SendMessageBatchRequestEntry;
 use aws_sdk_sqs::Client;
@@ -225,6 +225,31 @@ impl UpsertQueue for SqsQueue {
                 .collect(),
             error,
         }
+    }
+}
+
+/// How long a build's first page waits: the users index it pages is eventually
+/// consistent, and a user created just before the definition must be in it (it is
+/// within a second; changes after the definition are evaluated live).
+const BUILD_START_DELAY_SECS: i32 = 2;
+
+impl BuildQueue for SqsQueue {
+    async fn send(&self, task: &BuildTask) -> Result<(), PortError> {
+        let body = serde_json::to_string(task)
+            .map_err(|_| PortError::Refused("build task not encoded".into()))?;
+        let first_page = task.cursor.is_none() && !task.drop;
+        self.client
+            .send_message()
+            .queue_url(&self.url)
+            .message_body(body)
+            .delay_seconds(if first_page {
+                BUILD_START_DELAY_SECS
+            } else {
+                0
+            })
+            .send()
+            .await?;
+        Ok(())
     }
 }
 

@@ -45,17 +45,7 @@ pub fn parse_batch(body: &[u8], now_ms: i64) -> Result<ValidBatch, BodyError> {
     if !duplicates.is_empty() {
         return Err(BodyError::Invalid(duplicates));
     }
-    let mut errors: Vec<FieldError> = members
-        .keys()
-        .filter(|name| *name != USERS)
-        .map(|name| {
-            FieldError::new(
-                ErrorCode::UnknownField,
-                name.as_str(),
-                format!("unknown member `{name}`"),
-            )
-        })
-        .collect();
+    let mut errors = FieldError::unknown_members(members.keys(), &[USERS]);
     let users = match members.get(USERS) {
         None => {
             errors.insert(

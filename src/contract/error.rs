@@ -57,6 +57,27 @@ impl FieldError {
         }
     }
 
+    /// A member the body's object does not define.
+    pub fn unknown_member(name: &str) -> Self {
+        Self::new(
+            ErrorCode::UnknownField,
+            name,
+            format!("unknown member `{name}`"),
+        )
+    }
+
+    /// The members of `members` outside `known`, each an unknown member.
+    pub fn unknown_members<'a>(
+        members: impl IntoIterator<Item = &'a String>,
+        known: &[&str],
+    ) -> Vec<Self> {
+        members
+            .into_iter()
+            .filter(|name| !known.contains(&name.as_str()))
+            .map(|name| Self::unknown_member(name))
+            .collect()
+    }
+
     pub fn without_field(code: ErrorCode, message: impl Into<String>) -> Self {
         Self {
             code,

@@ -1,6 +1,7 @@
 //! The API contract (`docs/api.md`) as pure functions: request
 //! validation, canonical body hashing and the error envelope. No AWS in here.
 
+mod audience;
 mod batch;
 mod email;
 mod error;
@@ -9,6 +10,10 @@ mod request;
 mod segment;
 mod validate;
 
+pub use audience::{
+    members_cursor, members_query, parse_audience, AudienceDefinition, MembersPage,
+    MAX_MEMBERS_PAGE,
+};
 pub use batch::{parse_batch, ValidBatch, MAX_BATCH_BODY_BYTES, MAX_BATCH_USERS};
 pub use email::{normalize_email, parse_email};
 pub use error::{

@@ -25,6 +25,9 @@ pub enum RequestError {
     /// No such user, or an id no user can have.
     #[error("user not found")]
     UserNotFound,
+    /// An audience id that is not 1–64 of `[A-Za-z0-9_-]`, to define.
+    #[error("invalid audience id")]
+    InvalidAudienceId,
 }
 
 /// A route's body limit, checked on the raw bytes, and what its 413 says.

@@ -19,14 +19,18 @@ pub enum Scope {
     UsersRead,
     UsersReadPii,
     UsersDelete,
+    AudiencesWrite,
+    AudiencesRead,
 }
 
 impl Scope {
-    pub const ALL: [Scope; 4] = [
+    pub const ALL: [Scope; 6] = [
         Scope::UsersWrite,
         Scope::UsersRead,
         Scope::UsersReadPii,
         Scope::UsersDelete,
+        Scope::AudiencesWrite,
+        Scope::AudiencesRead,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -35,6 +39,8 @@ impl Scope {
             Scope::UsersRead => "users:read",
             Scope::UsersReadPii => "users:read_pii",
             Scope::UsersDelete => "users:delete",
+            Scope::AudiencesWrite => "audiences:write",
+            Scope::AudiencesRead => "audiences:read",
         }
     }
 }
@@ -53,9 +59,8 @@ impl FromStr for Scope {
             .into_iter()
             .find(|scope| scope.as_str() == s)
             .ok_or_else(|| {
-                format!(
-                    "unknown scope `{s}` (expected one of users:write, users:read, users:read_pii, users:delete)"
-                )
+                let known: Vec<&str> = Scope::ALL.iter().map(|scope| scope.as_str()).collect();
+                format!("unknown scope `{s}` (expected one of {})", known.join(", "))
             })
     }
 }

@@ -1,7 +1,7 @@
 //! What a write to the users table tells downstream views: the pure diff of a user's
 //! old and new item images as the contract's change event. No AWS in here.
 
-use super::view::{format_millis, user_view};
+use super::view::{format_millis, read_fields};
 use crate::domain::{trait_path, ProfileField, Stamp, UserProfile};
 use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
@@ -23,6 +23,8 @@ pub struct Image<'a> {
 /// A change event, ready for `PutEvents`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ChangeEvent {
+    /// `vibefollow.users`, or `vibefollow.audiences` (`domain::audience`).
+    pub source: &'static str,
     pub detail_type: &'static str,
     pub detail: Value,
 }
@@ -49,6 +51,7 @@ pub fn change_event(
             let mut detail = identity(workspace_id, old, version, &stamp);
             detail.insert("id".into(), json!(event_id(workspace_id, old, version)));
             Some(ChangeEvent {
+                source: SOURCE,
                 detail_type: USER_DELETED,
                 detail: Value::Object(detail),
             })
@@ -83,6 +86,7 @@ pub fn change_event(
                 omit_values(&mut detail);
             }
             Some(ChangeEvent {
+                source: SOURCE,
                 detail_type: USER_CHANGED,
                 detail: Value::Object(detail),
             })
@@ -93,18 +97,7 @@ pub fn change_event(
 
 /// The fields as a read shows them: `email`, and every trait by its name.
 fn fields(image: Option<&Image>) -> Map<String, Value> {
-    let Some(image) = image else {
-        return Map::new();
-    };
-    let mut view = user_view(image.external_user_id, image.profile, true);
-    let mut fields = match view.get_mut("traits").map(Value::take) {
-        Some(Value::Object(traits)) => traits,
-        _ => Map::new(),
-    };
-    if let Some(email) = view.get_mut("email").map(Value::take) {
-        fields.insert("email".into(), email);
-    }
-    fields
+    image.map_or_else(Map::new, |image| read_fields(image.profile))
 }
 
 fn identity(workspace_id: &str, image: &Image, version: u64, stamp: &Stamp) -> Map<String, Value> {

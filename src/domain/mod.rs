@@ -2,6 +2,7 @@
 //! order-proof merge, the read view, the change diff, the Idempotency-Key rule. Pure:
 //! no AWS, no I/O, no clock.
 
+pub mod audience;
 pub mod auth;
 pub mod budget;
 pub mod change;
@@ -14,4 +15,4 @@ pub use message::{
     trait_of_path, trait_path, Changes, ProfileField, Stamp, UpsertMessage, MESSAGE_VERSION,
 };
 pub use profile::{OnceWrite, OnceWrites, RejectReason, RejectedTrait, UserProfile};
-pub use view::{format_millis, user_view};
+pub use view::{format_millis, read_fields, user_view};

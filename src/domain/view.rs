@@ -51,6 +51,23 @@ pub fn user_view(external_user_id: &str, user: &UserProfile, with_email: bool) -
     Value::Object(view)
 }
 
+/// A user's fields as a read shows them, side by side: `email` and every trait by its
+/// name (what change events diff and audience rules name). Empty for an erased user.
+pub fn read_fields(user: &UserProfile) -> Map<String, Value> {
+    if !user.exists() {
+        return Map::new();
+    }
+    let mut fields = Map::new();
+    for (field, value) in &user.profile {
+        let name = field.trait_name().unwrap_or("email");
+        fields.insert(name.to_owned(), Value::String(value.clone()));
+    }
+    for (name, value) in &user.traits {
+        fields.insert(name.clone(), value.clone());
+    }
+    fields
+}
+
 /// Milliseconds since the epoch as `2026-11-27T10:00:00.123Z`.
 pub fn format_millis(millis: i64) -> Option<String> {
     let format =

@@ -9,7 +9,7 @@ use crate::aws::sqs::decode;
 use crate::clock::now_millis;
 use crate::config::Resources;
 use crate::metrics::{self, BatchMetrics};
-use aws_lambda_events::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent};
+use aws_lambda_events::sqs::{SqsBatchResponse, SqsEvent};
 use std::time::Instant;
 
 pub struct Consumer<U> {
@@ -80,15 +80,6 @@ impl<U: Users> Consumer<U> {
                 lag_ms,
             },
         ));
-        let mut response = SqsBatchResponse::default();
-        response.batch_item_failures = failed
-            .into_iter()
-            .map(|id| {
-                let mut failure = BatchItemFailure::default();
-                failure.item_identifier = id;
-                failure
-            })
-            .collect();
-        response
+        super::sqs_response(failed)
     }
 }

@@ -3,12 +3,11 @@
 //! event source mapping retries.
 
 use crate::app::ports::EventBus;
-use crate::app::publish::{Publish, StreamChange};
-use crate::aws::dynamodb::stream_image;
+use crate::app::publish::Publish;
 use crate::aws::eventbridge::EventBridgeBus;
 use crate::config::Resources;
 use aws_lambda_events::dynamodb::Event;
-use aws_lambda_events::streams::{DynamoDbBatchItemFailure, DynamoDbEventResponse};
+use aws_lambda_events::streams::DynamoDbEventResponse;
 use std::time::Instant;
 
 pub struct Changes<B> {
@@ -34,14 +33,7 @@ impl<B: EventBus> Changes<B> {
 
     pub async fn handle(&self, event: Event) -> DynamoDbEventResponse {
         let started = Instant::now();
-        let records: Vec<StreamChange<_>> = event
-            .records
-            .iter()
-            .map(|record| StreamChange {
-                position: record.change.sequence_number.as_deref().unwrap_or_default(),
-                images: stream_image(&record.change),
-            })
-            .collect();
+        let records = super::stream_changes(&event);
         let published = self.publish.publish(&records).await;
         tracing::info!(
             records = records.len(),
@@ -50,16 +42,6 @@ impl<B: EventBus> Changes<B> {
             latency_ms = started.elapsed().as_secs_f64() * 1000.0,
             "stream batch"
         );
-        let mut response = DynamoDbEventResponse::default();
-        response.batch_item_failures = published
-            .first_failure
-            .map(|position| {
-                let mut failure = DynamoDbBatchItemFailure::default();
-                failure.item_identifier = Some(position.to_owned());
-                failure
-            })
-            .into_iter()
-            .collect();
-        response
+        super::stream_response(published.first_failure)
     }
 }

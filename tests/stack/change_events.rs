@@ -1,98 +1,14 @@
 //! Change events against the local stack: the users stream → changes function →
 //! EventBridge → (a rule of each test's own) → a queue the test reads.
 
-use crate::support::{eventually, message, send_all, user_when, Stack, ALL_SCOPES};
+use crate::support::{eventually, message, send_all, user_when, Stack, Subscription, ALL_SCOPES};
 use rand::seq::SliceRandom;
 use reqwest::Method;
 use serde_json::{json, Map, Value};
 use std::time::Duration;
 use vibefollow_users::aws::sqs::encode;
-use vibefollow_users::aws_sdk_eventbridge;
 use vibefollow_users::domain::user_view;
 use vibefollow_users::domain::{Changes, ProfileField, UpsertMessage, UserProfile};
-
-/// The events of one workspace, as a downstream view would subscribe to them.
-struct Subscription {
-    queue_url: String,
-}
-
-impl Subscription {
-    async fn new(stack: &Stack) -> Self {
-        let bus = std::env::var("EVENT_BUS_NAME").expect("EVENT_BUS_NAME from the local stack");
-        let name = format!("events-{}", stack.workspace);
-        let queue_url = stack
-            .sqs
-            .create_queue()
-            .queue_name(&name)
-            .send()
-            .await
-            .unwrap()
-            .queue_url
-            .unwrap();
-        let events = aws_sdk_eventbridge::Client::new(&vibefollow_users::aws::sdk_config().await);
-        let pattern =
-            json!({"source": ["vibefollow.users"], "detail": {"workspace_id": [stack.workspace]}});
-        events
-            .put_rule()
-            .name(&name)
-            .event_bus_name(&bus)
-            .event_pattern(pattern.to_string())
-            .send()
-            .await
-            .unwrap();
-        let target = aws_sdk_eventbridge::types::Target::builder()
-            .id("test")
-            .arn(format!("arn:aws:sqs:us-east-1:123456789012:{name}"))
-            .build()
-            .unwrap();
-        events
-            .put_targets()
-            .rule(&name)
-            .event_bus_name(&bus)
-            .targets(target)
-            .send()
-            .await
-            .unwrap();
-        Self { queue_url }
-    }
-
-    /// Envelopes received so far, once `done` holds for all received (up to 90 s: other
-    /// test binaries' writes can be ahead of these in the stream).
-    async fn until(
-        &self,
-        stack: &Stack,
-        received: &mut Vec<Value>,
-        done: impl Fn(&[Value]) -> bool,
-    ) {
-        let deadline = std::time::Instant::now() + Duration::from_secs(90);
-        while !done(received) {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "events did not arrive: {received:#?}"
-            );
-            let out = stack
-                .sqs
-                .receive_message()
-                .queue_url(&self.queue_url)
-                .max_number_of_messages(10)
-                .wait_time_seconds(1)
-                .send()
-                .await
-                .unwrap();
-            for m in out.messages() {
-                received.push(serde_json::from_str(m.body().unwrap()).unwrap());
-                stack
-                    .sqs
-                    .delete_message()
-                    .queue_url(&self.queue_url)
-                    .receipt_handle(m.receipt_handle().unwrap())
-                    .send()
-                    .await
-                    .unwrap();
-            }
-        }
-    }
-}
 
 /// Envelopes in version order: the order a view applies them in.
 fn in_version_order(envelopes: &[Value]) -> Vec<Value> {
@@ -139,7 +55,7 @@ fn view_fields(view: &Value) -> Map<String, Value> {
 #[ignore = "needs the local stack: run `make test`"]
 async fn each_changed_field_once_with_old_and_new_and_nothing_for_no_ops_or_replays() {
     let stack = Stack::new().await;
-    let subscription = Subscription::new(&stack).await;
+    let subscription = Subscription::new(&stack, "vibefollow.users").await;
     let key = stack.key(&ALL_SCOPES).await;
     let first = json!({"external_user_id": "u1", "email": "ann@acme.io", "traits": {"plan": "free", "color": "red", "n": 1}});
     let sent = stack
@@ -206,7 +122,7 @@ async fn each_changed_field_once_with_old_and_new_and_nothing_for_no_ops_or_repl
 #[ignore = "needs the local stack: run `make test`"]
 async fn an_erase_is_user_deleted_without_pii_and_a_later_upsert_starts_afresh() {
     let stack = Stack::new().await;
-    let subscription = Subscription::new(&stack).await;
+    let subscription = Subscription::new(&stack, "vibefollow.users").await;
     let key = stack.key(&ALL_SCOPES).await;
     stack.accept(&key, &json!({"external_user_id": "gone", "email": "gone@acme.io", "traits": {"plan": "pro"}})).await;
     user_when(&stack, &key, "gone", |u| u["traits"]["plan"] == "pro").await;
@@ -250,7 +166,7 @@ async fn an_erase_is_user_deleted_without_pii_and_a_later_upsert_starts_afresh()
 #[ignore = "needs the local stack: run `make test`"]
 async fn shuffled_delivery_still_publishes_in_version_order_and_replays_to_the_final_user() {
     let stack = Stack::new().await;
-    let subscription = Subscription::new(&stack).await;
+    let subscription = Subscription::new(&stack, "vibefollow.users").await;
     let key = stack.key(&ALL_SCOPES).await;
     let mut messages: Vec<UpsertMessage> = Vec::new();
     for i in 0..20 {
@@ -305,7 +221,7 @@ async fn shuffled_delivery_still_publishes_in_version_order_and_replays_to_the_f
 #[ignore = "needs the local stack: run `make test`"]
 async fn a_redelivered_stream_record_publishes_the_same_event_id() {
     let stack = Stack::new().await;
-    let subscription = Subscription::new(&stack).await;
+    let subscription = Subscription::new(&stack, "vibefollow.users").await;
     let image = json!({
         "pk": {"S": format!("{}#again", stack.workspace)}, "workspace_id": {"S": stack.workspace},
         "external_user_id": {"S": "again"}, "plan": {"S": "pro"}, "stamps": {"M": {"plan": {"S": "5/r1"}}},
@@ -335,7 +251,7 @@ async fn a_redelivered_stream_record_publishes_the_same_event_id() {
 #[ignore = "needs the local stack: run `make test`"]
 async fn a_poison_record_goes_to_the_failure_queue_and_the_shard_moves_on() {
     let stack = Stack::new().await;
-    let subscription = Subscription::new(&stack).await;
+    let subscription = Subscription::new(&stack, "vibefollow.users").await;
     let key = stack.key(&ALL_SCOPES).await;
     // Not a user item: the changes function cannot read it.
     stack

@@ -5,6 +5,7 @@
 
 mod support;
 
+mod audiences;
 mod batch;
 mod change_events;
 mod consumer_and_reads;

@@ -3,17 +3,18 @@
 //! functions use. Each test works in a workspace of its own, so tests run in parallel.
 
 use reqwest::{Method, Response};
-use serde_json::Value;
+use serde_json::{json, Value};
 use std::future::Future;
 use std::time::{Duration, Instant};
 use vibefollow_users::app::ports::{StoredUser, Users};
 use vibefollow_users::aws::dynamodb::api_keys::item_from_record;
 use vibefollow_users::aws::dynamodb::{IdempotencyStore, RateLimitStore, UserStore, PARTITION_KEY};
+use vibefollow_users::aws_sdk_eventbridge;
 use vibefollow_users::config::Resources;
 use vibefollow_users::domain::auth::{generate_key, key_hash, key_id, ApiKeyRecord, Scope};
 use vibefollow_users::domain::{Changes, Stamp, UpsertMessage, MESSAGE_VERSION};
 
-pub const ALL_SCOPES: [Scope; 4] = Scope::ALL;
+pub const ALL_SCOPES: [Scope; 6] = Scope::ALL;
 
 pub struct Stack {
     pub api: String,
@@ -232,28 +233,41 @@ where
 
 /// Polls `probe` until it returns `Some`, as long as the consumer keeps working: an
 /// import of thousands of users takes what it takes on a slow machine. Fails (naming
-/// `what`) once the consumer has made no progress for `CONSUMER_STALL`, or after
-/// `MOST` in all.
-pub async fn until_consumed<T, F, Fut>(stack: &Stack, what: &str, mut probe: F) -> T
+/// `what`) once the consumer has made no progress for `STALL`, or after `MOST` in all.
+pub async fn until_consumed<T, F, Fut>(stack: &Stack, what: &str, probe: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Option<T>>,
 {
-    const CONSUMER_STALL: Duration = Duration::from_secs(20);
+    until_working(stack, &["consumer"], what, probe).await
+}
+
+/// As `until_consumed`, with the progress of these functions of the stack.
+pub async fn until_working<T, F, Fut>(
+    stack: &Stack,
+    functions: &[&str],
+    what: &str,
+    mut probe: F,
+) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    const STALL: Duration = Duration::from_secs(20);
     const MOST: Duration = Duration::from_secs(600);
     let started = Instant::now();
-    let mut progress = (consumer_invocations(stack).await, Instant::now());
+    let mut progress = (invocations(stack, functions).await, Instant::now());
     loop {
         if let Some(value) = probe().await {
             return value;
         }
-        let invocations = consumer_invocations(stack).await;
+        let invocations = invocations(stack, functions).await;
         if invocations != progress.0 {
             progress = (invocations, Instant::now());
         }
         assert!(
-            progress.1.elapsed() < CONSUMER_STALL && started.elapsed() < MOST,
-            "{what}: not so after the consumer made no progress for {:.0?} ({:.0?} in all)",
+            progress.1.elapsed() < STALL && started.elapsed() < MOST,
+            "{what}: not so after {functions:?} made no progress for {:.0?} ({:.0?} in all)",
             progress.1.elapsed(),
             started.elapsed()
         );
@@ -323,12 +337,13 @@ pub async fn dead_letters_with(stack: &Stack, marker: &str) -> usize {
     seen.len()
 }
 
-/// Invocations of the consumer so far, as the Lambda-faithful runtime counts them.
-pub async fn consumer_invocations(stack: &Stack) -> u64 {
+/// Invocations of these functions so far, as the Lambda-faithful runtime counts them.
+pub async fn invocations(stack: &Stack, functions: &[&str]) -> u64 {
     let report = fleet(stack, Method::GET, "", None).await;
-    report["functions"]["consumer"]["invocations"]
-        .as_u64()
-        .unwrap_or(0)
+    functions
+        .iter()
+        .map(|f| report["functions"][f]["invocations"].as_u64().unwrap_or(0))
+        .sum()
 }
 
 /// `(status, errors[].code, errors[].field)` of an error answer.
@@ -473,4 +488,88 @@ pub fn vfctl() -> std::process::Command {
         .filter(|path| path.exists())
         .expect("vfctl is not built: run `cargo build -p vfctl` (make test does)");
     std::process::Command::new(binary)
+}
+
+/// The events of one workspace, as a downstream view would subscribe to them.
+pub struct Subscription {
+    queue_url: String,
+}
+
+impl Subscription {
+    /// Events of `source` (`vibefollow.users`, `vibefollow.audiences`) for this
+    /// stack's workspace.
+    pub async fn new(stack: &Stack, source: &str) -> Self {
+        let bus = std::env::var("EVENT_BUS_NAME").expect("EVENT_BUS_NAME from the local stack");
+        let name = format!("events-{}-{}", source.replace('.', "-"), stack.workspace);
+        let queue_url = stack
+            .sqs
+            .create_queue()
+            .queue_name(&name)
+            .send()
+            .await
+            .unwrap()
+            .queue_url
+            .unwrap();
+        let events = aws_sdk_eventbridge::Client::new(&vibefollow_users::aws::sdk_config().await);
+        let pattern = json!({"source": [source], "detail": {"workspace_id": [stack.workspace]}});
+        events
+            .put_rule()
+            .name(&name)
+            .event_bus_name(&bus)
+            .event_pattern(pattern.to_string())
+            .send()
+            .await
+            .unwrap();
+        let target = aws_sdk_eventbridge::types::Target::builder()
+            .id("test")
+            .arn(format!("arn:aws:sqs:us-east-1:123456789012:{name}"))
+            .build()
+            .unwrap();
+        events
+            .put_targets()
+            .rule(&name)
+            .event_bus_name(&bus)
+            .targets(target)
+            .send()
+            .await
+            .unwrap();
+        Self { queue_url }
+    }
+
+    /// Envelopes received so far, once `done` holds for all received (up to 90 s: other
+    /// test binaries' writes can be ahead of these in the stream).
+    pub async fn until(
+        &self,
+        stack: &Stack,
+        received: &mut Vec<Value>,
+        done: impl Fn(&[Value]) -> bool,
+    ) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(90);
+        while !done(received) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "events did not arrive: {received:#?}"
+            );
+            let out = stack
+                .sqs
+                .receive_message()
+                .queue_url(&self.queue_url)
+                .max_number_of_messages(10)
+                .wait_time_seconds(1)
+                .send()
+                .await
+                .unwrap();
+            for m in out.messages() {
+                received.push(serde_json::from_str(m.body().unwrap()).unwrap());
+                stack
+                    .sqs
+                    .delete_message()
+                    .queue_url(&self.queue_url)
+                    .receipt_handle(m.receipt_handle().unwrap())
+                    .send()
+                    .await
+                    .unwrap();
+            }
+        }
+    }
 }

@@ -71,6 +71,36 @@ fn every_table_is_keyed_by_the_partition_key_the_code_uses() {
 }
 
 #[test]
+fn audience_tables_are_keyed_and_indexed_as_the_code_reads_them() {
+    let template = template();
+    for table in ["AudiencesTable", "AudienceMembersTable"] {
+        let keys: Vec<(&str, &str)> = resource(&template, table)["KeySchema"]
+            .as_vec()
+            .unwrap()
+            .iter()
+            .map(|k| {
+                (
+                    k["AttributeName"].as_str().unwrap(),
+                    k["KeyType"].as_str().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(keys, [(PARTITION_KEY, "HASH"), ("sk", "RANGE")], "{table}");
+    }
+    let due = declared_indexes(&template, "AudienceMembersTable");
+    assert_eq!(due.len(), 1);
+    assert_eq!(
+        due[0]["IndexName"].as_str(),
+        Some(vibefollow_users::aws::dynamodb::DUE_INDEX)
+    );
+    let users = declared_indexes(&template, "UsersTable");
+    assert!(users
+        .iter()
+        .any(|i| i["IndexName"].as_str()
+            == Some(vibefollow_users::aws::dynamodb::WORKSPACE_USERS_INDEX)));
+}
+
+#[test]
 fn users_table_has_the_email_index_the_code_queries() {
     let template = template();
     let indexes = declared_indexes(&template, "UsersTable");
@@ -96,7 +126,12 @@ fn users_table_has_the_email_index_the_code_queries() {
 #[test]
 fn expiring_tables_use_the_code_ttl_attribute() {
     let template = template();
-    for table in ["IdempotencyTable", "RateLimitsTable", "UsersTable"] {
+    for table in [
+        "IdempotencyTable",
+        "RateLimitsTable",
+        "UsersTable",
+        "AudienceMembersTable",
+    ] {
         let ttl = &resource(&template, table)["TimeToLiveSpecification"];
         assert_eq!(
             ttl["AttributeName"].as_str(),
@@ -267,6 +302,83 @@ const CALLS: &[(&str, &str, &str)] = &[
         "ChangesFunction",
         "UsersTable.StreamArn",
         "dynamodb:DescribeStream",
+    ),
+    // Audiences: the api's definitions and reads…
+    ("ApiFunction", "AudiencesTable", "dynamodb:Query"), // AudienceStore::list
+    ("ApiFunction", "AudiencesTable", "dynamodb:GetItem"), // AudienceStore::get
+    ("ApiFunction", "AudiencesTable", "dynamodb:UpdateItem"), // define, delete: the revision
+    ("ApiFunction", "AudiencesTable", "dynamodb:PutItem"), // define
+    ("ApiFunction", "AudiencesTable", "dynamodb:DeleteItem"), // delete
+    ("ApiFunction", "AudienceMembersTable", "dynamodb:GetItem"), // standing
+    ("ApiFunction", "AudienceMembersTable", "dynamodb:Query"), // members, count
+    ("ApiFunction", "AudienceBuildQueue", "sqs:SendMessage"), // BuildQueue::send
+    // …and the audiences function's evaluations.
+    ("AudiencesFunction", "UsersTable", "dynamodb:GetItem"), // re-read after a conflict, tick
+    ("AudiencesFunction", "UsersTable", "dynamodb:BatchGetItem"), // WorkspaceUsers::page
+    (
+        "AudiencesFunction",
+        "UsersTable.Arn}/index/workspace-users",
+        "dynamodb:Query",
+    ), // WorkspaceUsers::page
+    ("AudiencesFunction", "AudiencesTable", "dynamodb:Query"), // list
+    ("AudiencesFunction", "AudiencesTable", "dynamodb:UpdateItem"), // record_build
+    ("AudiencesFunction", "AudiencesTable", "dynamodb:GetItem"), // revision
+    (
+        "AudiencesFunction",
+        "AudienceMembersTable",
+        "dynamodb:GetItem",
+    ), // standing
+    (
+        "AudiencesFunction",
+        "AudienceMembersTable",
+        "dynamodb:PutItem",
+    ), // commit, apply
+    (
+        "AudiencesFunction",
+        "AudienceMembersTable",
+        "dynamodb:DeleteItem",
+    ), // drop_members
+    (
+        "AudiencesFunction",
+        "AudienceMembersTable",
+        "dynamodb:UpdateItem",
+    ), // clear_pending, drop_members
+    (
+        "AudiencesFunction",
+        "AudienceMembersTable",
+        "dynamodb:Query",
+    ), // list entries (drop)
+    (
+        "AudiencesFunction",
+        "AudienceMembersTable.Arn}/index/due",
+        "dynamodb:Query",
+    ), // due
+    ("AudiencesFunction", "AudienceBuildQueue", "sqs:SendMessage"), // the next task
+    (
+        "AudiencesFunction",
+        "AudienceBuildQueue",
+        "sqs:ReceiveMessage",
+    ),
+    (
+        "AudiencesFunction",
+        "AudienceBuildQueue",
+        "sqs:DeleteMessage",
+    ),
+    ("AudiencesFunction", "ChangeEventBus", "events:PutEvents"), // membership events
+    (
+        "AudiencesFunction",
+        "UsersTable.StreamArn",
+        "dynamodb:GetRecords",
+    ),
+    (
+        "AudiencesFunction",
+        "ChangesFailureQueue",
+        "sqs:SendMessage",
+    ),
+    (
+        "AudiencesFunction",
+        "AudiencesFunctionLogGroup",
+        "logs:PutLogEvents",
     ),
     // Each function writes its logs to its own log group only.
     ("ApiFunction", "ApiFunctionLogGroup", "logs:PutLogEvents"),

@@ -134,7 +134,8 @@ enum KeysCommand {
 struct CreateArgs {
     #[arg(long, value_parser = workspace_id)]
     workspace: String,
-    /// Comma-separated: users:write, users:read, users:read_pii, users:delete.
+    /// Comma-separated: users:write, users:read, users:read_pii, users:delete, audiences:write,
+    /// audiences:read.
     #[arg(long, value_delimiter = ',', required = true)]
     scopes: Vec<Scope>,
     /// Requests per second for the workspace (at most 1.1x in one second, 2x over two).

@@ -3,6 +3,8 @@
  *
  *   const vf = new VibeFollow({ apiKey: process.env.VIBEFOLLOW_API_KEY! });
  *   await vf.users.identify('usr_42', { email: 'jane@acme.io', name: 'Jane Doe', plan: 'trial' });
+ *   await vf.audiences.put('trials', { name: 'Trials', rule: { field: 'plan', op: 'eq', value: 'trial' } });
+ *   for await (const member of vf.audiences.members('trials')) console.log(member.external_user_id);
  *
  * No runtime dependencies: Node 20's fetch and crypto.
  */
@@ -38,6 +40,88 @@ export interface User {
   rejected_traits?: { name: string; reason: 'profile_budget' | 'too_old'; accepted_at: string }[];
   created_at: string;
   updated_at: string;
+}
+
+/** The ops of an audience condition (docs/api.md#audiences). */
+export type AudienceOp =
+  | 'eq' | 'ne' | 'in' | 'not_in' | 'exists' | 'not_exists'
+  | 'gt' | 'gte' | 'lt' | 'lte' | 'contains' | 'starts_with' | 'ends_with'
+  | 'within_last' | 'not_within_last';
+
+/**
+ * One condition of an audience rule: `field` is `email` or a trait by its name (known or
+ * custom); `path` reaches inside an object trait (`['address', 'city']`). A missing
+ * field makes every op false but `not_exists`; a value of another type makes it false.
+ */
+export type AudienceCondition = { field: string; path?: readonly string[] } & (
+  /** `email` ignores case; other strings compare exactly. `contains`: a substring, or an element of an array. */
+  | { op: 'eq' | 'ne' | 'contains'; value: Exclude<JsonValue, null> }
+  | { op: 'in' | 'not_in'; value: readonly JsonValue[] }
+  | { op: 'exists' | 'not_exists' }
+  /** Numbers with numbers; RFC 3339 date-times (or a Date) compared as instants. */
+  | { op: 'gt' | 'gte' | 'lt' | 'lte'; value: number | string | Date }
+  | { op: 'starts_with' | 'ends_with'; value: string }
+  /** An ISO 8601 duration of days, hours, minutes, seconds (`P7D`, `PT12H`, `P1DT2H30M`), at most `P3650D`. */
+  | { op: 'within_last' | 'not_within_last'; value: string }
+);
+
+/** An audience rule: groups around conditions. At most 50 conditions, nested at most 5 deep. */
+export type AudienceRule =
+  | { all: readonly AudienceRule[] }
+  | { any: readonly AudienceRule[] }
+  | { not: AudienceRule }
+  | AudienceCondition;
+
+/** `building` while a new or replaced rule is evaluated over every existing user, then `ready`. */
+export type AudienceStatus = 'building' | 'ready';
+
+/** What `audiences.put` sends: a name of 1–256 bytes and the rule. */
+export interface AudienceDefinition {
+  name: string;
+  rule: AudienceRule;
+}
+
+/** An audience as `audiences.list()` shows it (no member count). */
+export interface AudienceSummary {
+  audience_id: string;
+  name: string;
+  rule: AudienceRule;
+  status: AudienceStatus;
+  updated_at: string;
+}
+
+/** An audience as `audiences.get()` shows it. */
+export interface Audience extends AudienceSummary {
+  /** Members now (while building: those found so far). */
+  members: number;
+  /** Only while building: how many users the build has looked at so far. */
+  build?: { scanned: number };
+}
+
+/** What `audiences.put` resolves to: the definition is stored and its build started. */
+export interface AudiencePutResult {
+  audience_id: string;
+  status: 'building';
+}
+
+/** One member of an audience, since `entered_at`. */
+export interface AudienceMember {
+  external_user_id: string;
+  entered_at: string;
+}
+
+/** One audience a user is in, since `entered_at`. */
+export interface UserAudience {
+  audience_id: string;
+  entered_at: string;
+}
+
+/** Options of `audiences.members` and `audiences.membersPage`. */
+export interface AudienceMembersOptions {
+  /** Members per page (per request), 1–1,000; default 100. */
+  limit?: number;
+  /** Start from this `nextCursor` of an earlier page instead of the first member. */
+  cursor?: string;
 }
 
 export interface VibeFollowOptions {
@@ -77,7 +161,7 @@ export class VibeFollowError extends Error {
 }
 
 interface Attempt {
-  method: 'GET' | 'POST' | 'DELETE';
+  method: 'GET' | 'POST' | 'PUT' | 'DELETE';
   path: string;
   body?: string;
   idempotencyKey?: string;
@@ -342,12 +426,104 @@ class Users {
     });
     return { users: answer.data, truncated: answer.truncated === true };
   }
+
+  /** The audiences the user is in (needs `users:read`); `[]` for a user in none. */
+  async audiences(externalUserId: string): Promise<UserAudience[]> {
+    const answer = await this.transport.send<{ data: UserAudience[] }>({
+      method: 'GET',
+      path: `/api/v1/users/${encodeURIComponent(externalUserId)}/audiences`,
+    });
+    return answer.data;
+  }
+}
+
+function audiencePath(audienceId: string): string {
+  return `/api/v1/audiences/${encodeURIComponent(audienceId)}`;
+}
+
+/** Audiences (docs/api.md#audiences): named rules over users, their members kept live. */
+class Audiences {
+  constructor(private readonly transport: Transport) {}
+
+  /**
+   * Creates or replaces an audience (needs `audiences:write`). Resolves once the
+   * definition is stored (202) with `status: 'building'`: the rule is then evaluated
+   * over every existing user, `get` says `ready` when done. Each call gets an
+   * Idempotency-Key that its retries reuse. A `Date` in a rule becomes an ISO string.
+   */
+  async put(audienceId: string, definition: AudienceDefinition): Promise<AudiencePutResult> {
+    const answer = await this.transport.send<{ data: AudiencePutResult }>({
+      method: 'PUT',
+      path: audiencePath(audienceId),
+      body: JSON.stringify({ name: definition.name, rule: definition.rule }),
+      idempotencyKey: randomUUID(),
+    });
+    return answer.data;
+  }
+
+  /** Reads one audience with its member count; rejects with a 404 `VibeFollowError` if there is none. */
+  async get(audienceId: string): Promise<Audience> {
+    const answer = await this.transport.send<{ data: Audience }>({ method: 'GET', path: audiencePath(audienceId) });
+    return answer.data;
+  }
+
+  /** Every audience of the workspace (at most 100), by audience id. */
+  async list(): Promise<Audience[]> {
+    const answer = await this.transport.send<{ data: Audience[] }>({ method: 'GET', path: '/api/v1/audiences' });
+    return answer.data;
+  }
+
+  /**
+   * Deletes an audience and its memberships (needs `audiences:write`). Resolves once
+   * accepted (202), whether or not it existed; its retries reuse one Idempotency-Key.
+   */
+  async delete(audienceId: string): Promise<void> {
+    await this.transport.send({ method: 'DELETE', path: audiencePath(audienceId), idempotencyKey: randomUUID() });
+  }
+
+  /**
+   * One page of members, by external_user_id: `nextCursor` is where the next page
+   * starts, `null` after the last.
+   */
+  async membersPage(
+    audienceId: string,
+    options: AudienceMembersOptions = {},
+  ): Promise<{ members: AudienceMember[]; nextCursor: string | null }> {
+    const query: string[] = [];
+    if (options.limit !== undefined) query.push(`limit=${encodeURIComponent(options.limit)}`);
+    if (options.cursor !== undefined) query.push(`cursor=${encodeURIComponent(options.cursor)}`);
+    const search = query.length > 0 ? `?${query.join('&')}` : '';
+    const answer = await this.transport.send<{ data: AudienceMember[]; next_cursor: string | null }>({
+      method: 'GET',
+      path: `${audiencePath(audienceId)}/members${search}`,
+    });
+    return { members: answer.data, nextCursor: answer.next_cursor ?? null };
+  }
+
+  /**
+   * Every member, by external_user_id, page after page (`limit` members per request)
+   * as the loop asks for them: `for await (const m of vf.audiences.members('trials'))`.
+   * A member present for the whole walk is listed exactly once. Nothing is requested
+   * until the loop starts; leaving it early stops the walk.
+   */
+  async *members(audienceId: string, options: AudienceMembersOptions = {}): AsyncGenerator<AudienceMember, void, undefined> {
+    let cursor = options.cursor;
+    for (;;) {
+      const page = await this.membersPage(audienceId, { limit: options.limit, cursor });
+      yield* page.members;
+      if (page.nextCursor === null) return;
+      cursor = page.nextCursor;
+    }
+  }
 }
 
 export class VibeFollow {
   readonly users: Users;
+  readonly audiences: Audiences;
 
   constructor(options: VibeFollowOptions) {
-    this.users = new Users(new Transport(options));
+    const transport = new Transport(options);
+    this.users = new Users(transport);
+    this.audiences = new Audiences(transport);
   }
 }

@@ -224,3 +224,171 @@ test('identifyMany maps refused entries to the caller\'s indices; retries reuse 
     await server.close();
   }
 });
+
+const audience = {
+  audience_id: 'trials',
+  name: 'Trials at Acme',
+  rule: { all: [{ field: 'plan', op: 'eq', value: 'trial' }, { field: 'email', op: 'ends_with', value: '@acme.io' }] },
+  status: 'ready',
+  updated_at: '2026-11-27T10:00:00.000Z',
+};
+
+test('audiences: each call\'s path and method; put sends { name, rule } with a Date as an ISO string', async () => {
+  const server = await stub([
+    reply(202, { data: { audience_id: 'trials', status: 'building' } }),
+    reply(200, { data: { ...audience, members: 3 } }),
+    reply(200, { data: [audience] }),
+    accepted,
+    reply(200, { data: [{ audience_id: 'trials', entered_at: '2026-11-27T10:00:01.000Z' }] }),
+    reply(200, { data: [] }),
+  ]);
+  try {
+    const vf = new VibeFollow({ apiKey: KEY, baseUrl: server.baseUrl });
+    const rule = {
+      all: [
+        { field: 'plan', op: 'in', value: ['trial', 'pro'] },
+        { not: { field: 'address', path: ['city'], op: 'exists' } },
+        { field: 'signupDate', op: 'gte', value: new Date('2026-05-17T14:00:00Z') },
+        { field: 'lastSeen', op: 'within_last', value: 'P7D' },
+      ],
+    } as const;
+    assert.deepEqual(await vf.audiences.put('trials', { name: 'Trials at Acme', rule }), { audience_id: 'trials', status: 'building' });
+    assert.deepEqual(await vf.audiences.get('trials'), { ...audience, members: 3 });
+    assert.deepEqual(await vf.audiences.list(), [audience]);
+    assert.equal(await vf.audiences.delete('trials'), undefined);
+    assert.deepEqual(await vf.users.audiences('usr_42'), [{ audience_id: 'trials', entered_at: '2026-11-27T10:00:01.000Z' }]);
+    assert.deepEqual(await vf.users.audiences('usr_43'), []);
+    assert.deepEqual(
+      server.seen.map((s) => `${s.method} ${s.url}`),
+      [
+        'PUT /api/v1/audiences/trials',
+        'GET /api/v1/audiences/trials',
+        'GET /api/v1/audiences',
+        'DELETE /api/v1/audiences/trials',
+        'GET /api/v1/users/usr_42/audiences',
+        'GET /api/v1/users/usr_43/audiences',
+      ],
+    );
+    assert.equal(server.seen[0].headers['content-type'], 'application/json');
+    assert.deepEqual(JSON.parse(server.seen[0].body), {
+      name: 'Trials at Acme',
+      rule: { all: [rule.all[0], rule.all[1], { field: 'signupDate', op: 'gte', value: '2026-05-17T14:00:00.000Z' }, rule.all[3]] },
+    });
+    assert.ok(server.seen[3].headers['idempotency-key'], 'delete carries an Idempotency-Key');
+    for (const read of [1, 2, 4, 5]) {
+      assert.equal(server.seen[read].headers['idempotency-key'], undefined);
+      assert.equal(server.seen[read].body, '');
+    }
+  } finally {
+    await server.close();
+  }
+});
+
+test('audiences.put: retries reuse one Idempotency-Key, each put has its own; 422 is not retried', async () => {
+  const building = reply(202, { data: { audience_id: 'trials', status: 'building' } });
+  const server = await stub([
+    reply(503, { errors: [{ code: 'unavailable', message: 'x' }] }, { 'retry-after': '0' }),
+    reply(409, { errors: [{ code: 'idempotency_key_in_use', message: 'x' }] }, { 'retry-after': '0' }),
+    building,
+    building,
+    reply(422, { errors: [{ code: 'invalid_format', field: 'rule.op', message: 'unknown op' }] }),
+  ]);
+  try {
+    const vf = new VibeFollow({ apiKey: KEY, baseUrl: server.baseUrl, maxRetries: 3 });
+    const definition = { name: 'Trials', rule: { field: 'plan', op: 'eq', value: 'trial' } } as const;
+    await vf.audiences.put('trials', definition);
+    await vf.audiences.put('trials', definition);
+    const keys = server.seen.map((s) => s.headers['idempotency-key']);
+    assert.equal(server.seen.length, 4);
+    assert.ok(server.seen.every((s) => s.method === 'PUT' && s.url === '/api/v1/audiences/trials'));
+    assert.ok(keys[0] && keys[0] === keys[1] && keys[1] === keys[2], 'a retried put keeps its key');
+    assert.match(String(keys[0]), /^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/);
+    assert.notEqual(keys[3], keys[0], 'another put, another key');
+    assert.ok(server.seen.every((s) => s.body === server.seen[0].body), 'a retry sends the same body');
+    await assert.rejects(
+      vf.audiences.put('trials', { name: 'Trials', rule: { field: 'plan', op: 'like' as 'eq', value: 'x' } }),
+      (err: unknown) => err instanceof VibeFollowError && err.status === 422 && err.field === 'rule.op',
+    );
+    assert.equal(server.seen.length, 5);
+  } finally {
+    await server.close();
+  }
+});
+
+test('audiences.members walks the pages: follows next_cursor across 3 pages, stops at null', async () => {
+  const member = (id: string) => ({ external_user_id: id, entered_at: '2026-11-27T10:00:00.000Z' });
+  const server = await stub([
+    reply(200, { data: [member('u1'), member('u2')], next_cursor: 'c1' }),
+    reply(200, { data: [member('u3'), member('u4')], next_cursor: 'c2/+= x' }),
+    reply(200, { data: [member('u5')], next_cursor: null }),
+    reply(500, { errors: [{ code: 'internal', message: 'no 4th page was asked for' }] }),
+  ]);
+  try {
+    const vf = new VibeFollow({ apiKey: KEY, baseUrl: server.baseUrl, maxRetries: 0 });
+    const iterator = vf.audiences.members('trials', { limit: 2 });
+    assert.equal(server.seen.length, 0, 'nothing is requested before the loop starts');
+    const seen: string[] = [];
+    for await (const m of iterator) seen.push(m.external_user_id);
+    assert.deepEqual(seen, ['u1', 'u2', 'u3', 'u4', 'u5']);
+    assert.deepEqual(server.seen.map((s) => `${s.method} ${s.url}`), [
+      'GET /api/v1/audiences/trials/members?limit=2',
+      'GET /api/v1/audiences/trials/members?limit=2&cursor=c1',
+      'GET /api/v1/audiences/trials/members?limit=2&cursor=c2%2F%2B%3D%20x',
+    ]);
+  } finally {
+    await server.close();
+  }
+});
+
+test('audiences.members: no limit by default, leaving the loop early stops the walk, errors reject it', async () => {
+  const server = await stub([
+    reply(200, { data: [{ external_user_id: 'u1', entered_at: 't' }, { external_user_id: 'u2', entered_at: 't' }], next_cursor: 'c1' }),
+    reply(200, { data: [], next_cursor: null }),
+    reply(404, { errors: [{ code: 'not_found', field: 'audience_id', message: 'no such audience' }] }),
+  ]);
+  try {
+    const vf = new VibeFollow({ apiKey: KEY, baseUrl: server.baseUrl });
+    for await (const m of vf.audiences.members('trials')) {
+      assert.equal(m.external_user_id, 'u1');
+      break;
+    }
+    assert.deepEqual(server.seen.map((s) => s.url), ['/api/v1/audiences/trials/members']);
+    assert.deepEqual(await vf.audiences.membersPage('trials', { cursor: 'c1' }), { members: [], nextCursor: null });
+    assert.equal(server.seen[1].url, '/api/v1/audiences/trials/members?cursor=c1');
+    await assert.rejects(
+      (async () => {
+        for await (const _ of vf.audiences.members('gone')) assert.fail('no member expected');
+      })(),
+      (err: unknown) => err instanceof VibeFollowError && err.status === 404 && err.field === 'audience_id',
+    );
+  } finally {
+    await server.close();
+  }
+});
+
+test('audience and user ids are URL-encoded in every path', async () => {
+  const server = await stub([
+    reply(202, { data: { audience_id: 'x', status: 'building' } }),
+    reply(200, { data: { ...audience, members: 0 } }),
+    accepted,
+    reply(200, { data: [], next_cursor: null }),
+    reply(200, { data: [] }),
+  ]);
+  try {
+    const vf = new VibeFollow({ apiKey: KEY, baseUrl: server.baseUrl });
+    await vf.audiences.put('a/b c', { name: 'n', rule: { field: 'plan', op: 'exists' } });
+    await vf.audiences.get('a/b?c');
+    await vf.audiences.delete('a#b');
+    for await (const _ of vf.audiences.members('a/../b')) assert.fail('no member expected');
+    await vf.users.audiences('usr/42 ü');
+    assert.deepEqual(server.seen.map((s) => s.url), [
+      '/api/v1/audiences/a%2Fb%20c',
+      '/api/v1/audiences/a%2Fb%3Fc',
+      '/api/v1/audiences/a%23b',
+      '/api/v1/audiences/a%2F..%2Fb/members',
+      '/api/v1/users/usr%2F42%20%C3%BC/audiences',
+    ]);
+  } finally {
+    await server.close();
+  }
+});

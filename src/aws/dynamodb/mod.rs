@@ -3,16 +3,18 @@
 
 pub mod api_keys;
 mod attributes;
+mod audiences;
 mod counters;
 mod idempotency;
 mod stream;
 mod users;
 
 pub use api_keys::ApiKeyStore;
+pub use audiences::{AudienceStore, DUE_INDEX};
 pub use counters::RateLimitStore;
 pub use idempotency::IdempotencyStore;
 pub use stream::{stream_image, ImageError};
-pub use users::{UserStore, EMAIL_INDEX, EMAIL_KEY};
+pub use users::{UserStore, EMAIL_INDEX, EMAIL_KEY, WORKSPACE_USERS_INDEX};
 
 use crate::app::ports::PortError;
 use aws_sdk_dynamodb::error::SdkError;

@@ -3,7 +3,9 @@ use super::{
     condition_held, get_by_key, get_n, get_s, n, s, workspace_key, Item, PARTITION_KEY,
     TTL_ATTRIBUTE,
 };
-use crate::app::ports::{EmailMatches, PortError, StoredUser, UserKey, Users, WriteOutcome};
+use crate::app::ports::{
+    EmailMatches, PortError, StoredUser, UserKey, Users, WorkspaceUsers, WriteOutcome,
+};
 use crate::contract::{normalize_email, MAX_EMAIL_MATCHES};
 use crate::domain::budget::{parse_stamp, stamp_text};
 use crate::domain::{
@@ -191,6 +193,59 @@ impl Users for UserStore {
             })
             .collect();
         Ok(EmailMatches { users, truncated })
+    }
+}
+
+/// The GSI of a workspace's users by key (keys only), for audience builds.
+pub const WORKSPACE_USERS_INDEX: &str = "workspace-users";
+
+impl WorkspaceUsers for UserStore {
+    /// A page of the index, then the items by key (strongly consistent): the index is
+    /// written when a user is created and sorts by `pk`, the cursor.
+    async fn page(
+        &self,
+        workspace_id: &str,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<(Vec<StoredUser>, Option<String>), PortError> {
+        let start = cursor.map(|pk| {
+            Item::from([
+                ("workspace_id".to_owned(), s(workspace_id)),
+                (PARTITION_KEY.to_owned(), s(pk)),
+            ])
+        });
+        let out = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .index_name(WORKSPACE_USERS_INDEX)
+            .key_condition_expression("workspace_id = :w")
+            .expression_attribute_values(":w", s(workspace_id))
+            .set_exclusive_start_key(start)
+            .limit(limit as i32)
+            .send()
+            .await?;
+        let ids: Vec<&str> = out
+            .items()
+            .iter()
+            .filter_map(|item| {
+                get_s(item, PARTITION_KEY)?
+                    .split_once('#')
+                    .map(|(_, id)| id)
+            })
+            .collect();
+        let keys: Vec<(&str, &str)> = ids.iter().map(|id| (workspace_id, *id)).collect();
+        let mut found = self.get_many(&keys).await?;
+        let users = ids
+            .iter()
+            .filter_map(|id| found.remove(&(workspace_id.to_owned(), (*id).to_owned())))
+            .collect();
+        let next = out
+            .last_evaluated_key
+            .as_ref()
+            .and_then(|key| get_s(key, PARTITION_KEY))
+            .map(str::to_owned);
+        Ok((users, next))
     }
 }
 

@@ -3,6 +3,7 @@
 
 use super::router::RouteError;
 use crate::app::accept::Accepted;
+use crate::app::ports::Audience;
 use crate::app::ports::PortError;
 use crate::app::read::Found;
 use crate::app::AppError;
@@ -11,6 +12,7 @@ use crate::contract::{
     MAX_ERRORS, MAX_ERROR_ANSWER_BYTES,
 };
 use crate::domain::auth::{CredentialError, Scope};
+use crate::domain::format_millis;
 use lambda_http::http::{header, HeaderValue, StatusCode};
 use lambda_http::{Body, Response};
 use serde_json::{json, Value};
@@ -48,7 +50,18 @@ impl From<PortError> for ApiError {
 /// What a request got, before it becomes a response.
 pub enum Success {
     Accepted(Accepted),
-    User(Value),
+    /// `200 {"data": …}`.
+    Data(Value),
+    /// `200 {"data": […], "next_cursor": …}`.
+    Page {
+        data: Value,
+        next_cursor: Option<String>,
+    },
+    /// An audience defined: `202`, its build under way.
+    Defined {
+        audience_id: String,
+        replayed: bool,
+    },
     Found(Found),
     /// Segment's answer: `200 {"success": true}`, and the messages left out, by index
     /// in the request with their `messageId`.
@@ -146,6 +159,29 @@ impl ApiError {
             ApiError::App(AppError::Request(RequestError::UserNotFound)) => (
                 StatusCode::NOT_FOUND,
                 one(C::NotFound, "external_user_id", "no such user"),
+                vec![],
+            ),
+            ApiError::App(AppError::Request(RequestError::InvalidAudienceId)) => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                one(
+                    C::InvalidFormat,
+                    "audience_id",
+                    "an audience id is 1 to 64 of A-Z, a-z, 0-9, _ and -",
+                ),
+                vec![],
+            ),
+            ApiError::App(AppError::AudienceNotFound) => (
+                StatusCode::NOT_FOUND,
+                one(C::NotFound, "audience_id", "no such audience"),
+                vec![],
+            ),
+            ApiError::App(AppError::TooManyAudiences) => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                one(
+                    C::TooMany,
+                    "audience_id",
+                    "the workspace has 100 audiences, the most it can have: delete one first",
+                ),
                 vec![],
             ),
             ApiError::App(AppError::Request(RequestError::PayloadTooLarge(message))) => (
@@ -260,10 +296,26 @@ pub fn success_response(success: Success, request_id: &str) -> Response<Body> {
                 replayed,
             )
         }
-        Success::User(data) => json_response(
+        Success::Data(data) => json_response(
             StatusCode::OK,
             json!({ "data": data }).to_string(),
             request_id,
+        ),
+        Success::Page { data, next_cursor } => json_response(
+            StatusCode::OK,
+            json!({ "data": data, "next_cursor": next_cursor }).to_string(),
+            request_id,
+        ),
+        Success::Defined {
+            audience_id,
+            replayed,
+        } => marked_replayed(
+            json_response(
+                StatusCode::ACCEPTED,
+                json!({"data": {"audience_id": audience_id, "status": "building"}}).to_string(),
+                request_id,
+            ),
+            replayed,
         ),
         Success::Segment {
             mut dropped,
@@ -297,6 +349,32 @@ pub fn success_response(success: Success, request_id: &str) -> Response<Body> {
             json_response(StatusCode::OK, body.to_string(), request_id)
         }
     }
+}
+
+/// An audience as reads show it (contract, "Audiences"); the list leaves the count out.
+pub fn audience_view(audience: Audience, members: Option<u64>) -> Value {
+    let mut shown = json!({
+        "audience_id": audience.audience_id,
+        "name": audience.name,
+        "rule": audience.rule_json,
+        "status": if audience.building.is_some() { "building" } else { "ready" },
+        "updated_at": format_millis(audience.updated_at),
+    });
+    if let Some(members) = members {
+        shown["members"] = json!(members);
+    }
+    if let Some(scanned) = audience.building {
+        shown["build"] = json!({ "scanned": scanned });
+    }
+    shown
+}
+
+/// `[{<id_name>: …, "entered_at": …}]`: members of an audience, or a user's audiences.
+pub fn entries(id_name: &str, entries: Vec<(String, i64)>) -> Value {
+    entries
+        .into_iter()
+        .map(|(id, at)| json!({ id_name: id, "entered_at": format_millis(at) }))
+        .collect()
 }
 
 fn marked_replayed(mut response: Response<Body>, replayed: bool) -> Response<Body> {

@@ -12,27 +12,33 @@ pub use router::{Route, RouteError};
 
 use crate::app::accept::Accepted;
 use crate::app::accept::{Accept, Checked, Write};
+use crate::app::audiences::Curate;
 use crate::app::ports::PortError;
-use crate::app::ports::{ApiKeys, Counters, IdempotencyKeys, UpsertQueue, Users};
+use crate::app::ports::{
+    ApiKeys, Audiences, BuildQueue, Counters, IdempotencyKeys, Memberships, UpsertQueue, Users,
+};
 use crate::app::rate_limit::RateLimiter;
 use crate::app::read::Read;
 use crate::app::Caller;
-use crate::aws::dynamodb::{ApiKeyStore, IdempotencyStore, RateLimitStore, UserStore};
+use crate::aws::dynamodb::{
+    ApiKeyStore, AudienceStore, IdempotencyStore, RateLimitStore, UserStore,
+};
 use crate::aws::sqs::SqsQueue;
 use crate::clock::now_millis;
 use crate::config::Resources;
 use crate::contract::{
-    checked_body, decoded_body, email_query, idempotency_key, is_storable_user_id, parse_batch,
-    parse_segment_batch, parse_segment_identify, parse_upsert, segment_write_key, BodyError,
-    BodyLimit, ErrorCode, RequestError, BATCH_BODY, SEGMENT_BATCH_BODY, SEGMENT_IDENTIFY_BODY,
-    UPSERT_BODY,
+    checked_body, decoded_body, email_query, idempotency_key, is_storable_user_id, members_query,
+    parse_audience, parse_batch, parse_segment_batch, parse_segment_identify, parse_upsert,
+    segment_write_key, BodyError, BodyLimit, ErrorCode, RequestError, BATCH_BODY,
+    SEGMENT_BATCH_BODY, SEGMENT_IDENTIFY_BODY, UPSERT_BODY,
 };
+use crate::domain::audience::is_audience_id;
 use crate::domain::auth::{
     bearer_key, is_key_shaped, key_hash, write_key, ApiKeyRecord, CredentialError, Scope,
 };
 use crate::domain::Stamp;
 use crate::metrics::{self, Outcome};
-use answers::{error_response, success_response, Success};
+use answers::{audience_view, entries, error_response, success_response, Success};
 use keys::{KeyCache, Lookup};
 use lambda_http::http::{header, HeaderMap};
 use lambda_http::{Body, Request, RequestExt, Response};
@@ -40,16 +46,25 @@ use std::sync::Arc;
 use std::time::Instant;
 
 /// Everything the api function needs, built once per cold start.
-pub struct Api<K, I, Q, C, U> {
+pub struct Api<K, I, Q, C, U, S, B> {
     keys: KeyCache<K>,
     accept: Accept<I, Q, C>,
     read: Read<U, C>,
+    curate: Curate<S, U, B, I, C>,
     default_rate_limit: u32,
     metrics_namespace: String,
 }
 
 /// The api over DynamoDB and SQS.
-pub type AwsApi = Api<ApiKeyStore, IdempotencyStore, SqsQueue, RateLimitStore, UserStore>;
+pub type AwsApi = Api<
+    ApiKeyStore,
+    IdempotencyStore,
+    SqsQueue,
+    RateLimitStore,
+    UserStore,
+    AudienceStore,
+    SqsQueue,
+>;
 
 impl AwsApi {
     /// Builds the adapters and opens their connections during init, where Lambda is
@@ -58,7 +73,8 @@ impl AwsApi {
     pub async fn on_aws(sdk: &aws_config::SdkConfig, resources: &Resources) -> Self {
         let dynamodb = aws_sdk_dynamodb::Client::new(sdk);
         let api_keys = ApiKeyStore::new(dynamodb.clone(), &resources.api_keys_table);
-        let queue = SqsQueue::new(aws_sdk_sqs::Client::new(sdk), &resources.upsert_queue_url);
+        let sqs = aws_sdk_sqs::Client::new(sdk);
+        let queue = SqsQueue::new(sqs.clone(), &resources.upsert_queue_url);
         crate::aws::open_connections(async {
             let (dynamodb, sqs) =
                 futures::join!(api_keys.open_connection(), queue.open_connection());
@@ -69,6 +85,7 @@ impl AwsApi {
             dynamodb.clone(),
             &resources.rate_limits_table,
         )));
+        let users = UserStore::new(dynamodb.clone(), &resources.users_table);
         Api {
             keys: KeyCache::new(api_keys),
             accept: Accept::new(
@@ -76,7 +93,18 @@ impl AwsApi {
                 queue,
                 Arc::clone(&limiter),
             ),
-            read: Read::new(UserStore::new(dynamodb, &resources.users_table), limiter),
+            read: Read::new(users.clone(), Arc::clone(&limiter)),
+            curate: Curate::new(
+                AudienceStore::new(
+                    dynamodb.clone(),
+                    &resources.audiences_table,
+                    &resources.audience_members_table,
+                ),
+                users,
+                SqsQueue::new(sqs, &resources.audience_build_queue_url),
+                IdempotencyStore::new(dynamodb, &resources.idempotency_table),
+                limiter,
+            ),
             default_rate_limit: resources.default_rate_limit,
             metrics_namespace: resources.metrics_namespace.clone(),
         }
@@ -94,13 +122,15 @@ struct Trace {
     key_cached: Option<bool>,
 }
 
-impl<K, I, Q, C, U> Api<K, I, Q, C, U>
+impl<K, I, Q, C, U, S, B> Api<K, I, Q, C, U, S, B>
 where
     K: ApiKeys,
     I: IdempotencyKeys,
     Q: UpsertQueue,
     C: Counters,
     U: Users,
+    S: Audiences + Memberships,
+    B: BuildQueue,
 {
     pub async fn handle(&self, request: Request) -> Response<Body> {
         let started = Instant::now();
@@ -118,8 +148,11 @@ where
             Ok(success) => {
                 let outcome = match &success {
                     Success::Accepted(accepted) if accepted.replayed() => Outcome::Replayed,
-                    Success::Accepted(_) | Success::Segment { .. } => Outcome::Accepted,
-                    Success::User(_) | Success::Found(_) => Outcome::Served,
+                    Success::Defined { replayed: true, .. } => Outcome::Replayed,
+                    Success::Accepted(_) | Success::Segment { .. } | Success::Defined { .. } => {
+                        Outcome::Accepted
+                    }
+                    Success::Data(_) | Success::Page { .. } | Success::Found(_) => Outcome::Served,
                 };
                 if let Success::Segment {
                     dropped,
@@ -212,7 +245,7 @@ where
             Route::GetUser(id) => {
                 let with_email = key.allows(Scope::UsersReadPii);
                 let user = self.read.user(&caller, id, with_email, now_ms).await?;
-                return Ok(Success::User(user));
+                return Ok(Success::Data(user));
             }
             Route::FindByEmail => {
                 let query = request.query_string_parameters_ref();
@@ -226,6 +259,7 @@ where
                     .segment(route, headers, body, &caller, stamp, trace)
                     .await;
             }
+            _ => return self.audiences(route, request, &caller, stamp, trace).await,
         };
         if let Ok(Checked {
             write: Write::Batch(batch),
@@ -237,6 +271,81 @@ where
         let accepted = self.accept.accept(&caller, checked, stamp).await?;
         trace.replayed = accepted.replayed();
         Ok(Success::Accepted(accepted))
+    }
+
+    /// The audience routes, and a user's audiences.
+    async fn audiences(
+        &self,
+        route: &Route,
+        request: &Request,
+        caller: &Caller,
+        stamp: Stamp,
+        trace: &mut Trace,
+    ) -> Result<Success, ApiError> {
+        let headers = request.headers();
+        let now_ms = stamp.accepted_at;
+        let curate = &self.curate;
+        Ok(match route {
+            Route::PutAudience(id) => {
+                // The same 32 KiB as an upsert: a rule of 50 conditions fits many times.
+                let key = idempotency_key(header(headers, "idempotency-key"))?;
+                let definition = if is_audience_id(id) {
+                    let content_type = header(headers, header::CONTENT_TYPE);
+                    checked_body(
+                        content_type,
+                        request.body().as_ref(),
+                        &UPSERT_BODY,
+                        parse_audience,
+                    )
+                } else {
+                    Err(RequestError::InvalidAudienceId)
+                };
+                let replayed = curate
+                    .define(caller, id, definition, key.as_deref(), stamp)
+                    .await?;
+                trace.replayed = replayed;
+                Success::Defined {
+                    audience_id: id.clone(),
+                    replayed,
+                }
+            }
+            Route::DeleteAudience(id) => {
+                let key = idempotency_key(header(headers, "idempotency-key"))?;
+                let replayed = curate.delete(caller, id, key.as_deref(), stamp).await?;
+                trace.replayed = replayed;
+                Success::Accepted(Accepted::One { replayed })
+            }
+            Route::GetAudience(id) => {
+                let view = curate.get(caller, id, now_ms).await?;
+                Success::Data(audience_view(view.audience, Some(view.members)))
+            }
+            Route::ListAudiences => {
+                let audiences = curate.list(caller, now_ms).await?;
+                Success::Data(
+                    audiences
+                        .into_iter()
+                        .map(|a| audience_view(a, None))
+                        .collect(),
+                )
+            }
+            Route::AudienceMembers(id) => {
+                let query = request.query_string_parameters_ref();
+                let page = members_query(
+                    query.and_then(|q| q.first("limit")),
+                    query.and_then(|q| q.first("cursor")),
+                );
+                let members = curate.members(caller, id, page, now_ms).await?;
+                Success::Page {
+                    data: entries("external_user_id", members.members),
+                    next_cursor: members.next_cursor,
+                }
+            }
+            Route::UserAudiences(id) => Success::Data(entries(
+                "audience_id",
+                curate.of_user(caller, id, now_ms).await?,
+            )),
+            _ => unreachable!("the other routes are served above"),
+        })
     }
 
     /// Segment's routes: the messages as a batch of upserts (no Idempotency-Key: a

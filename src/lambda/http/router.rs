@@ -5,6 +5,7 @@ use lambda_http::http::Method;
 use percent_encoding::percent_decode_str;
 
 const USERS_PATH: &str = "/api/v1/users";
+const AUDIENCES_PATH: &str = "/api/v1/audiences";
 /// `POST /api/v1/users/batch`; other methods on this path read or erase user `batch`.
 const BATCH: &str = "batch";
 
@@ -18,6 +19,24 @@ pub enum Route {
     /// Segment's `POST /v1/identify` and `POST /v1/batch`.
     SegmentIdentify,
     SegmentBatch,
+    ListAudiences,
+    PutAudience(String),
+    GetAudience(String),
+    DeleteAudience(String),
+    AudienceMembers(String),
+    /// `GET /api/v1/users/{id}/audiences`.
+    UserAudiences(String),
+}
+
+/// One path segment, percent-decoded: not empty, no `/`.
+fn decoded(encoded: &str) -> Option<String> {
+    if encoded.is_empty() || encoded.contains('/') {
+        return None;
+    }
+    percent_decode_str(encoded)
+        .decode_utf8()
+        .ok()
+        .map(|id| id.into_owned())
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -41,7 +60,20 @@ impl Route {
                 _ => Err(RouteError::MethodNotAllowed { allow: "POST" }),
             };
         }
+        if let Some(rest) = path.strip_prefix(AUDIENCES_PATH) {
+            return Self::audiences(method, rest);
+        }
         let rest = path.strip_prefix(USERS_PATH).ok_or(RouteError::NotFound)?;
+        if let Some(user) = rest
+            .strip_suffix("/audiences")
+            .and_then(|r| r.strip_prefix('/'))
+        {
+            let id = decoded(user).ok_or(RouteError::NotFound)?;
+            return match *method {
+                Method::GET => Ok(Route::UserAudiences(id)),
+                _ => Err(RouteError::MethodNotAllowed { allow: "GET" }),
+            };
+        }
         match rest {
             "" | "/" => match *method {
                 Method::POST => Ok(Route::Upsert),
@@ -49,21 +81,15 @@ impl Route {
                 _ => Err(RouteError::MethodNotAllowed { allow: "GET, POST" }),
             },
             _ => {
-                let encoded = rest
-                    .strip_prefix('/')
-                    .filter(|id| !id.is_empty() && !id.contains('/'));
-                let id = encoded
-                    .and_then(|id| percent_decode_str(id).decode_utf8().ok())
-                    .ok_or(RouteError::NotFound)?;
+                let encoded = rest.strip_prefix('/').ok_or(RouteError::NotFound)?;
+                let id = decoded(encoded).ok_or(RouteError::NotFound)?;
                 match *method {
-                    Method::GET => Ok(Route::GetUser(id.into_owned())),
-                    Method::DELETE => Ok(Route::DeleteUser(id.into_owned())),
-                    Method::POST if encoded == Some(BATCH) => Ok(Route::Batch),
+                    Method::GET => Ok(Route::GetUser(id)),
+                    Method::DELETE => Ok(Route::DeleteUser(id)),
+                    Method::POST if encoded == BATCH => Ok(Route::Batch),
                     // As openapi.yaml documents this path: the batch resource. (GET and
                     // DELETE still reach a user whose id is `batch`.)
-                    _ if encoded == Some(BATCH) => {
-                        Err(RouteError::MethodNotAllowed { allow: "POST" })
-                    }
+                    _ if encoded == BATCH => Err(RouteError::MethodNotAllowed { allow: "POST" }),
                     _ => Err(RouteError::MethodNotAllowed {
                         allow: "GET, DELETE",
                     }),
@@ -72,12 +98,43 @@ impl Route {
         }
     }
 
+    /// `/api/v1/audiences`, `…/{id}`, `…/{id}/members`.
+    fn audiences(method: &Method, rest: &str) -> Result<Route, RouteError> {
+        if matches!(rest, "" | "/") {
+            return match *method {
+                Method::GET => Ok(Route::ListAudiences),
+                _ => Err(RouteError::MethodNotAllowed { allow: "GET" }),
+            };
+        }
+        let rest = rest.strip_prefix('/').ok_or(RouteError::NotFound)?;
+        if let Some(audience) = rest.strip_suffix("/members") {
+            let id = decoded(audience).ok_or(RouteError::NotFound)?;
+            return match *method {
+                Method::GET => Ok(Route::AudienceMembers(id)),
+                _ => Err(RouteError::MethodNotAllowed { allow: "GET" }),
+            };
+        }
+        let id = decoded(rest).ok_or(RouteError::NotFound)?;
+        match *method {
+            Method::PUT => Ok(Route::PutAudience(id)),
+            Method::GET => Ok(Route::GetAudience(id)),
+            Method::DELETE => Ok(Route::DeleteAudience(id)),
+            _ => Err(RouteError::MethodNotAllowed {
+                allow: "GET, PUT, DELETE",
+            }),
+        }
+    }
+
     pub fn scope(&self) -> Scope {
         match self {
             Route::Upsert | Route::Batch | Route::SegmentIdentify | Route::SegmentBatch => {
                 Scope::UsersWrite
             }
-            Route::GetUser(_) => Scope::UsersRead,
+            Route::GetUser(_) | Route::UserAudiences(_) => Scope::UsersRead,
+            Route::PutAudience(_) | Route::DeleteAudience(_) => Scope::AudiencesWrite,
+            Route::ListAudiences | Route::GetAudience(_) | Route::AudienceMembers(_) => {
+                Scope::AudiencesRead
+            }
             Route::FindByEmail => Scope::UsersReadPii,
             Route::DeleteUser(_) => Scope::UsersDelete,
         }
@@ -92,6 +149,12 @@ impl Route {
             Route::DeleteUser(_) => "DELETE /api/v1/users/{id}",
             Route::SegmentIdentify => "POST /v1/identify",
             Route::SegmentBatch => "POST /v1/batch",
+            Route::ListAudiences => "GET /api/v1/audiences",
+            Route::PutAudience(_) => "PUT /api/v1/audiences/{id}",
+            Route::GetAudience(_) => "GET /api/v1/audiences/{id}",
+            Route::DeleteAudience(_) => "DELETE /api/v1/audiences/{id}",
+            Route::AudienceMembers(_) => "GET /api/v1/audiences/{id}/members",
+            Route::UserAudiences(_) => "GET /api/v1/users/{id}/audiences",
         }
     }
 }
@@ -159,7 +222,32 @@ mod tests {
                 allow: "GET, DELETE"
             })
         );
+        assert_eq!(
+            Route::of(&Method::PUT, "/api/v1/audiences/trials"),
+            Ok(Route::PutAudience("trials".into()))
+        );
+        assert_eq!(
+            Route::of(&Method::GET, "/api/v1/audiences"),
+            Ok(Route::ListAudiences)
+        );
+        assert_eq!(
+            Route::of(&Method::GET, "/api/v1/audiences/a%20b/members"),
+            Ok(Route::AudienceMembers("a b".into()))
+        );
+        assert_eq!(
+            Route::of(&Method::GET, "/api/v1/users/u%2F1/audiences"),
+            Ok(Route::UserAudiences("u/1".into()))
+        );
+        assert_eq!(
+            Route::of(&Method::POST, "/api/v1/audiences/a"),
+            Err(RouteError::MethodNotAllowed {
+                allow: "GET, PUT, DELETE"
+            })
+        );
         for path in [
+            "/api/v1/audiences/a/b",
+            "/api/v1/audiences//members",
+            "/api/v1/users//audiences",
             "/",
             "/api/v1/user",
             "/api/v1/usersx",

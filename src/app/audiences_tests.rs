@@ -1,0 +1,698 @@
+//! Audiences over in-memory tables: live changes, erasure, stale and repeated
+//! deliveries, races with definitions, builds (redelivered, replaced, with writes
+//! during them), time, deletes, and the events each step puts on the bus.
+
+use super::*;
+use crate::app::fakes::*;
+use crate::app::ports::PENDING_GRACE_MS;
+use crate::contract::{parse_audience, parse_upsert};
+use crate::domain::audience::{AUDIENCE_ENTERED, AUDIENCE_EXITED};
+use proptest::prelude::*;
+use serde_json::{json, Value};
+
+const T0: i64 = 1_800_000_000_000;
+const DAY: i64 = 86_400_000;
+const WS: &str = "ws";
+
+type TestEvaluate = Evaluate<MemoryAudiences, MemoryUsers, MemoryBuilds, MemoryBus>;
+
+struct World {
+    users: MemoryUsers,
+    store: MemoryAudiences,
+    builds: MemoryBuilds,
+    bus: MemoryBus,
+    evaluate: TestEvaluate,
+    curate: Curate<MemoryAudiences, MemoryUsers, MemoryBuilds, MemoryKeys, Arc<MemoryCounters>>,
+}
+
+fn world() -> World {
+    let users = MemoryUsers::default();
+    let store = MemoryAudiences::default();
+    let (builds, bus) = (MemoryBuilds::default(), MemoryBus::default());
+    let limiter = Arc::new(RateLimiter::new(Arc::new(MemoryCounters::default())));
+    World {
+        evaluate: Evaluate::new(store.clone(), users.clone(), builds.clone(), bus.clone()),
+        curate: Curate::new(
+            store.clone(),
+            users.clone(),
+            builds.clone(),
+            MemoryKeys::default(),
+            limiter,
+        ),
+        users,
+        store,
+        builds,
+        bus,
+    }
+}
+
+fn caller() -> Caller {
+    Caller {
+        workspace_id: WS.into(),
+        rate: 10_000,
+    }
+}
+
+/// A user's write stream record: the item before and after.
+type Record = (UserImage, UserImage);
+
+impl World {
+    /// Defines an audience at `at` (its build task queued, not run).
+    async fn define(&self, id: &str, rule: Value, at: i64) {
+        let body = json!({"name": id, "rule": rule}).to_string();
+        let definition = parse_audience(body.as_bytes()).map_err(RequestError::from);
+        let stamp = Stamp::new(at, format!("put-{id}-{at}"));
+        self.curate
+            .define(&caller(), id, definition, None, stamp)
+            .await
+            .unwrap();
+    }
+
+    /// Runs queued build tasks until none is left; how many ran.
+    async fn build(&self, at: i64) -> usize {
+        let mut ran = 0;
+        while let Some(task) = self.builds.take() {
+            self.evaluate.build(&task, || at).await.unwrap();
+            ran += 1;
+        }
+        ran
+    }
+
+    /// Writes a user's traits (merged), or erases it (`None`): the new version's record.
+    fn write(&self, user: &str, traits: Option<Value>, at: i64) -> Record {
+        let old = self.users.user(WS, user);
+        let mut next = old.clone().unwrap_or_else(|| StoredUser::new(user));
+        match traits {
+            Some(traits) => {
+                let body = json!({"external_user_id": user, "traits": traits}).to_string();
+                let upsert = parse_upsert(body.as_bytes(), at).unwrap();
+                next.profile
+                    .apply(&Stamp::new(at, format!("r{at}")), &upsert.changes);
+            }
+            None => {
+                next.profile.erase(&Stamp::new(at, format!("e{at}")));
+            }
+        }
+        next.version += 1;
+        lock_insert(&self.users, WS, next.clone());
+        (old.map(|o| (WS.to_owned(), o)), Some((WS.to_owned(), next)))
+    }
+
+    async fn deliver(&self, records: &[Record], at: i64) -> (usize, Option<String>) {
+        let positions: Vec<String> = (0..records.len()).map(|i| i.to_string()).collect();
+        let changes: Vec<StreamChange<String>> = records
+            .iter()
+            .zip(&positions)
+            .map(|(images, position)| StreamChange {
+                position,
+                images: Ok(images.clone()),
+            })
+            .collect();
+        let settled = self.evaluate.changes(&changes, || at).await;
+        (settled.events, settled.first_failure.map(str::to_owned))
+    }
+
+    /// `(type, audience, user, reason)` of every membership event the bus took.
+    fn events(&self) -> Vec<(String, String, String, String)> {
+        self.bus
+            .accepted()
+            .iter()
+            .filter(|e| e.source == "vibefollow.audiences")
+            .map(|e| {
+                let d = &e.detail;
+                let s = |name: &str| d[name].as_str().unwrap_or_default().to_owned();
+                (
+                    e.detail_type.to_owned(),
+                    s("audience_id"),
+                    s("external_user_id"),
+                    s("reason"),
+                )
+            })
+            .collect()
+    }
+
+    /// A user's audiences; none for a user with no profile (which reads answer 404:
+    /// `a_user_with_no_profile_has_no_audiences_to_show`).
+    async fn of_user(&self, user: &str) -> Vec<String> {
+        match self.curate.of_user(&caller(), user, T0).await {
+            Ok(found) => found.into_iter().map(|(id, _)| id).collect(),
+            Err(AppError::Request(RequestError::UserNotFound)) => Vec::new(),
+            Err(err) => panic!("{err}"),
+        }
+    }
+}
+
+fn lock_insert(users: &MemoryUsers, workspace_id: &str, user: StoredUser) {
+    users.users.lock().unwrap().insert(
+        (workspace_id.to_owned(), user.external_user_id.clone()),
+        user,
+    );
+}
+
+fn entered(audience: &str, user: &str, reason: &str) -> (String, String, String, String) {
+    (
+        AUDIENCE_ENTERED.into(),
+        audience.into(),
+        user.into(),
+        reason.into(),
+    )
+}
+
+fn exited(audience: &str, user: &str, reason: &str) -> (String, String, String, String) {
+    (
+        AUDIENCE_EXITED.into(),
+        audience.into(),
+        user.into(),
+        reason.into(),
+    )
+}
+
+fn trials() -> Value {
+    json!({"field": "plan", "op": "eq", "value": "trial"})
+}
+
+#[tokio::test]
+async fn a_change_that_matches_enters_and_one_that_stops_matching_exits() {
+    let w = world();
+    w.define("trials", trials(), T0).await;
+    w.build(T0).await;
+    let first = w.write("u1", Some(json!({"plan": "trial"})), T0 + 1);
+    assert_eq!(w.deliver(&[first], T0 + 2).await, (1, None));
+    assert_eq!(w.store.listed(WS, "trials"), ["u1"]);
+    assert_eq!(w.of_user("u1").await, ["trials"]);
+    // A change that flips nothing reads the state and writes nothing.
+    let commits = |w: &World| {
+        w.store
+            .journal
+            .calls()
+            .iter()
+            .filter(|c| *c == "memberships.commit")
+            .count()
+    };
+    let before = commits(&w);
+    let same = w.write("u1", Some(json!({"company": "Acme"})), T0 + 3);
+    assert_eq!(w.deliver(&[same], T0 + 4).await, (0, None));
+    assert_eq!(commits(&w), before);
+    let paid = w.write("u1", Some(json!({"plan": "pro"})), T0 + 5);
+    w.deliver(&[paid], T0 + 6).await;
+    assert!(w.store.listed(WS, "trials").is_empty());
+    assert_eq!(
+        w.events(),
+        [
+            entered("trials", "u1", "change"),
+            exited("trials", "u1", "change")
+        ]
+    );
+    // The events carry the user's version and a stable id, and no PII.
+    let bus = w.bus.accepted();
+    let detail = &bus[0].detail;
+    assert_eq!(detail["user_version"], json!(1));
+    assert_eq!(detail["at"], json!("2027-01-15T08:00:00.002Z"));
+    assert!(detail.get("email").is_none() && detail.get("traits").is_none());
+}
+
+#[tokio::test]
+async fn an_erased_user_leaves_every_audience_with_reason_erase() {
+    let w = world();
+    w.define("trials", trials(), T0).await;
+    w.define("everyone", json!({"field": "plan", "op": "exists"}), T0)
+        .await;
+    w.build(T0).await;
+    let set = w.write("u1", Some(json!({"plan": "trial"})), T0 + 1);
+    w.deliver(&[set], T0 + 3).await;
+    let erase = w.write("u1", None, T0 + 4);
+    w.deliver(&[erase], T0 + 5).await;
+    assert!(w.store.listed(WS, "trials").is_empty() && w.store.listed(WS, "everyone").is_empty());
+    let erased: Vec<_> = w.events().into_iter().filter(|e| e.3 == "erase").collect();
+    assert_eq!(
+        erased,
+        [
+            exited("everyone", "u1", "erase"),
+            exited("trials", "u1", "erase")
+        ]
+    );
+}
+
+#[tokio::test]
+async fn an_older_record_never_decides_over_a_newer_version() {
+    let w = world();
+    w.define("trials", trials(), T0).await;
+    w.build(T0).await;
+    let trial = w.write("u1", Some(json!({"plan": "trial"})), T0 + 1);
+    let pro = w.write("u1", Some(json!({"plan": "pro"})), T0 + 2);
+    // The newer record first, then the older one redelivered alone.
+    w.deliver(&[pro], T0 + 3).await;
+    w.deliver(std::slice::from_ref(&trial), T0 + 4).await;
+    assert!(w.store.listed(WS, "trials").is_empty());
+    assert!(w.events().is_empty(), "{:?}", w.events());
+    // Both in one batch, in order: the last decides.
+    let w = world();
+    w.define("trials", trials(), T0).await;
+    let trial = w.write("u1", Some(json!({"plan": "trial"})), T0 + 1);
+    let pro = w.write("u1", Some(json!({"plan": "pro"})), T0 + 2);
+    w.deliver(&[trial, pro], T0 + 3).await;
+    assert!(w.events().is_empty());
+}
+
+#[tokio::test]
+async fn a_batch_shares_its_bus_calls_and_reads_the_rules_twice_per_workspace() {
+    let w = world();
+    w.define("trials", trials(), T0).await;
+    w.build(T0).await;
+    let records: Vec<Record> = (0..25)
+        .map(|i| w.write(&format!("u{i:02}"), Some(json!({"plan": "trial"})), T0 + 1))
+        .collect();
+    let (calls_before, puts_before) = (
+        w.store.journal.calls().len(),
+        w.bus.calls.lock().unwrap().len(),
+    );
+    assert_eq!(w.deliver(&records, T0 + 2).await, (25, None));
+    // Ten events a call: three calls for 25 users, not 25.
+    assert_eq!(w.bus.calls.lock().unwrap().len() - puts_before, 3);
+    let calls = w.store.journal.calls()[calls_before..].to_vec();
+    let count = |name: &str| calls.iter().filter(|c| *c == name).count();
+    // The rules read once for the batch and their revision once after its commits.
+    assert_eq!(
+        (count("audiences.list"), count("audiences.revision")),
+        (1, 1)
+    );
+    // Per user: its standing, its commit, its list entry, forgetting its events (and a
+    // read of the user, that a record's image is still the user: the users port's).
+    for per_user in [
+        "memberships.standing",
+        "memberships.commit",
+        "memberships.apply",
+        "memberships.clear_pending",
+    ] {
+        assert_eq!(count(per_user), 25, "{per_user}");
+    }
+    assert_eq!(w.store.listed(WS, "trials").len(), 25);
+}
+
+#[tokio::test]
+async fn a_user_with_no_profile_has_no_audiences_to_show() {
+    let w = world();
+    w.define("trials", trials(), T0).await;
+    let trial = w.write("u1", Some(json!({"plan": "trial"})), T0 + 1);
+    w.deliver(&[trial], T0 + 2).await;
+    assert_eq!(w.of_user("u1").await, ["trials"]);
+    let erase = w.write("u1", None, T0 + 3);
+    w.deliver(&[erase], T0 + 4).await;
+    for user in ["u1", "never-written"] {
+        assert!(matches!(
+            w.curate.of_user(&caller(), user, T0 + 5).await,
+            Err(AppError::Request(RequestError::UserNotFound))
+        ));
+    }
+}
+
+#[tokio::test]
+async fn events_left_pending_by_a_refused_put_go_out_on_the_next_evaluation_with_the_same_ids() {
+    let w = world();
+    w.define("trials", trials(), T0).await;
+    w.build(T0).await;
+    let trial = w.write("u1", Some(json!({"plan": "trial"})), T0 + 1);
+    w.bus.faults.fail("bus.put", unavailable(), 1);
+    let (_, failed) = w.deliver(std::slice::from_ref(&trial), T0 + 2).await;
+    assert_eq!(failed.as_deref(), Some("0"), "the record is retried");
+    assert_eq!(
+        w.store.listed(WS, "trials"),
+        ["u1"],
+        "the flip is committed"
+    );
+    assert_eq!(w.store.state(WS, "u1").pending.len(), 1);
+    // Due once their grace is over: a tick would carry them out if no change came.
+    assert!(w.store.due(T0 + 2, 10).await.unwrap().is_empty());
+    assert_eq!(
+        w.store
+            .due(T0 + 2 + PENDING_GRACE_MS, 10)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    // The retry publishes the pending event and decides nothing new.
+    assert_eq!(w.deliver(&[trial], T0 + 3).await, (1, None));
+    assert!(w.store.state(WS, "u1").pending.is_empty());
+    assert_eq!(w.events(), [entered("trials", "u1", "change")]);
+    assert!(w.store.due(T0 + 3, 10).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn a_definition_that_moves_between_read_and_commit_is_decided_again() {
+    let w = world();
+    w.define("trials", trials(), T0).await;
+    w.build(T0).await;
+    let trial = w.write("u1", Some(json!({"plan": "trial"})), T0 + 1);
+    // Between the batch's read of the rules and its commit, the rule is replaced.
+    let curate_store = w.store.clone();
+    *w.store.before_commit.lock().unwrap() = Some(Box::new(move |_| {
+        let mut definitions = curate_store.definitions.lock().unwrap();
+        let found = definitions.get_mut(WS).unwrap();
+        let (audience, _) = found.audiences.get_mut("trials").unwrap();
+        if audience.rule_rev == 1 {
+            audience.rule = crate::domain::audience::parse_rule(
+                &json!({"field": "plan", "op": "eq", "value": "pro"}),
+            )
+            .unwrap();
+            audience.rule_rev = 2;
+            found.revision = 2;
+        }
+    }));
+    w.deliver(&[trial], T0 + 2).await;
+    // The commit under the old rule landed; the check after it decides again under
+    // the new one, and the events say both, in order.
+    assert!(
+        w.store.listed(WS, "trials").is_empty(),
+        "decided under the replaced rule"
+    );
+    assert_eq!(
+        w.events(),
+        [
+            entered("trials", "u1", "change"),
+            exited("trials", "u1", "change")
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_build_brings_existing_users_in_page_by_page_and_is_then_ready() {
+    let w = world();
+    for i in 0..450 {
+        let plan = if i % 3 == 0 { "trial" } else { "pro" };
+        w.write(&format!("u{i:03}"), Some(json!({"plan": plan})), T0);
+    }
+    w.define("trials", trials(), T0 + 1).await;
+    let view = w.curate.get(&caller(), "trials", T0 + 1).await.unwrap();
+    assert_eq!(view.audience.building, Some(0));
+    // First page, then a redelivery of the same task: recorded once, queued once.
+    let first = w.builds.take().unwrap();
+    let built = w.evaluate.build(&first, || T0 + 2).await.unwrap();
+    assert_eq!(built.users, BUILD_PAGE);
+    let again = w.evaluate.build(&first, || T0 + 2).await.unwrap();
+    assert_eq!(
+        again.next, built.next,
+        "a task redelivered after its send failed goes on"
+    );
+    assert_eq!(w.builds.tasks.lock().unwrap().len(), 2);
+    w.builds.take();
+    let view = w.curate.get(&caller(), "trials", T0 + 2).await.unwrap();
+    assert_eq!(view.audience.building, Some(BUILD_PAGE as u64));
+    assert_eq!(w.build(T0 + 3).await, 2);
+    let view = w.curate.get(&caller(), "trials", T0 + 3).await.unwrap();
+    assert_eq!((view.audience.building, view.members), (None, 150));
+    assert_eq!(w.events().len(), 150);
+    assert!(w.events().iter().all(|e| e.3 == "build"));
+}
+
+#[tokio::test]
+async fn writes_during_a_build_are_not_lost() {
+    let w = world();
+    for i in 0..300 {
+        w.write(&format!("u{i:03}"), Some(json!({"plan": "pro"})), T0);
+    }
+    w.define("trials", trials(), T0 + 1).await;
+    let first = w.builds.take().unwrap();
+    w.evaluate.build(&first, || T0 + 2).await.unwrap();
+    // A user the build has passed and one it has not yet reached change; their
+    // changes are evaluated against the new rule as they come.
+    let passed = w.write("u010", Some(json!({"plan": "trial"})), T0 + 3);
+    let ahead = w.write("u250", Some(json!({"plan": "trial"})), T0 + 3);
+    w.deliver(&[passed, ahead], T0 + 4).await;
+    w.build(T0 + 5).await;
+    assert_eq!(w.store.listed(WS, "trials"), ["u010", "u250"]);
+    assert_eq!(
+        w.events().len(),
+        2,
+        "the build found u250 already in: {:?}",
+        w.events()
+    );
+}
+
+#[tokio::test]
+async fn a_replaced_rule_stops_the_old_build_and_builds_the_new() {
+    let w = world();
+    for i in 0..300 {
+        let plan = if i < 150 { "trial" } else { "pro" };
+        w.write(&format!("u{i:03}"), Some(json!({"plan": plan})), T0);
+    }
+    w.define("a", trials(), T0).await;
+    let old = w.builds.take().unwrap();
+    w.define(
+        "a",
+        json!({"field": "plan", "op": "eq", "value": "pro"}),
+        T0 + 1,
+    )
+    .await;
+    let stale = w.evaluate.build(&old, || T0 + 2).await.unwrap();
+    assert_eq!((stale.users, stale.next), (0, None));
+    w.build(T0 + 3).await;
+    let listed = w.store.listed(WS, "a");
+    assert_eq!((listed.len(), listed[0].as_str()), (150, "u150"));
+    let view = w.curate.get(&caller(), "a", T0 + 3).await.unwrap();
+    assert_eq!(view.audience.building, None);
+}
+
+#[tokio::test]
+async fn time_moves_a_user_out_of_a_within_last_window_with_no_write() {
+    let w = world();
+    w.define(
+        "new",
+        json!({"field": "signupDate", "op": "within_last", "value": "P7D"}),
+        T0,
+    )
+    .await;
+    w.build(T0).await;
+    let signup = crate::domain::format_millis(T0).unwrap();
+    let record = w.write("u1", Some(json!({"signupDate": signup})), T0 + 1);
+    w.deliver(&[record], T0 + 2).await;
+    assert_eq!(w.store.listed(WS, "new"), ["u1"]);
+    let edge = T0 + 7 * DAY + 1;
+    assert_eq!(w.store.state(WS, "u1").next_due, Some(edge));
+    // Before the edge, nothing is due; a tick that covers it waits for the moment.
+    assert!(w.store.due(edge - 1, 10).await.unwrap().is_empty());
+    let waited = std::sync::Mutex::new(Vec::new());
+    let clock = std::sync::atomic::AtomicI64::new(edge - 30_000);
+    let (users, events) = w
+        .evaluate
+        .tick(
+            edge + 10_000,
+            || clock.load(std::sync::atomic::Ordering::SeqCst),
+            |until| {
+                waited.lock().unwrap().push(until);
+                clock.fetch_max(until, std::sync::atomic::Ordering::SeqCst);
+                async {}
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!((users, events), (1, 1));
+    assert_eq!(*waited.lock().unwrap(), [edge]);
+    assert!(w.store.listed(WS, "new").is_empty());
+    assert_eq!(w.events().last(), Some(&exited("new", "u1", "time")));
+    assert_eq!(
+        w.store.state(WS, "u1").next_due,
+        None,
+        "nothing left to wait for"
+    );
+}
+
+#[tokio::test]
+async fn a_deleted_audience_drops_its_members_and_a_new_one_of_that_id_starts_empty() {
+    let w = world();
+    for i in 0..3 {
+        w.write(&format!("u{i}"), Some(json!({"plan": "trial"})), T0);
+    }
+    w.define("trials", trials(), T0).await;
+    w.build(T0).await;
+    assert_eq!(w.store.listed(WS, "trials").len(), 3);
+    w.curate
+        .delete(&caller(), "trials", None, Stamp::new(T0 + 1, "del"))
+        .await
+        .unwrap();
+    assert!(matches!(
+        w.curate.get(&caller(), "trials", T0 + 1).await,
+        Err(AppError::AudienceNotFound)
+    ));
+    assert!(w.of_user("u0").await.is_empty());
+    // Defined again before the drop ran: the old members are not its members.
+    w.define(
+        "trials",
+        json!({"field": "plan", "op": "eq", "value": "pro"}),
+        T0 + 2,
+    )
+    .await;
+    assert!(w.of_user("u0").await.is_empty());
+    let pro = w.write("u1", Some(json!({"plan": "pro"})), T0 + 3);
+    w.deliver(&[pro], T0 + 4).await;
+    w.build(T0 + 5).await;
+    assert_eq!(w.store.listed(WS, "trials"), ["u1"]);
+    assert_eq!(w.of_user("u1").await, ["trials"]);
+    assert!(w.store.state(WS, "u0").members.is_empty());
+    // Deleting what is not there is done already; an id no audience can have is 404.
+    assert!(w
+        .curate
+        .delete(&caller(), "nope", None, Stamp::new(T0 + 6, "d2"))
+        .await
+        .is_ok());
+    assert!(w.builds.take().is_none());
+    assert!(matches!(
+        w.curate
+            .delete(&caller(), "no pe", None, Stamp::new(T0 + 6, "d3"))
+            .await,
+        Err(AppError::AudienceNotFound)
+    ));
+}
+
+#[tokio::test]
+async fn a_workspace_holds_at_most_100_audiences_and_a_replay_defines_nothing_again() {
+    let w = world();
+    for i in 0..100 {
+        w.define(&format!("a{i}"), trials(), T0).await;
+    }
+    let body = json!({"name": "one more", "rule": trials()}).to_string();
+    let definition = || parse_audience(body.as_bytes()).map_err(RequestError::from);
+    let refused = w
+        .curate
+        .define(&caller(), "more", definition(), None, Stamp::new(T0, "x"))
+        .await;
+    assert!(matches!(refused, Err(AppError::TooManyAudiences)));
+    // Replacing one still works; with a key, its replay changes nothing.
+    let key = Some("k1");
+    let first = w
+        .curate
+        .define(&caller(), "a1", definition(), key, Stamp::new(T0, "p1"))
+        .await;
+    let rev = w.store.list(WS).await.unwrap().revision;
+    let replay = w
+        .curate
+        .define(&caller(), "a1", definition(), key, Stamp::new(T0, "p2"))
+        .await;
+    assert_eq!((first.unwrap(), replay.unwrap()), (false, true));
+    assert_eq!(w.store.list(WS).await.unwrap().revision, rev);
+}
+
+#[tokio::test]
+async fn members_page_in_id_order_and_a_member_present_throughout_is_listed_once() {
+    let w = world();
+    w.define("trials", trials(), T0).await;
+    let records: Vec<Record> = (0..25)
+        .map(|i| w.write(&format!("u{i:02}"), Some(json!({"plan": "trial"})), T0))
+        .collect();
+    w.deliver(&records, T0 + 1).await;
+    let page =
+        |cursor: Option<String>| crate::contract::members_query(Some("10"), cursor.as_deref());
+    let mut seen = Vec::new();
+    let mut cursor = None;
+    loop {
+        let got = w
+            .curate
+            .members(&caller(), "trials", page(cursor), T0)
+            .await
+            .unwrap();
+        seen.extend(got.members.iter().map(|(id, _)| id.clone()));
+        // Members come and go while the walk goes on.
+        if seen.len() == 10 {
+            let leave = w.write("u15", Some(json!({"plan": "pro"})), T0 + 2);
+            let join = w.write("u05a", Some(json!({"plan": "trial"})), T0 + 2);
+            w.deliver(&[leave, join], T0 + 3).await;
+        }
+        match got.next_cursor {
+            Some(next) => cursor = Some(next),
+            None => break,
+        }
+    }
+    let mut expected: Vec<String> = (0..25)
+        .filter(|i| *i != 15)
+        .map(|i| format!("u{i:02}"))
+        .collect();
+    expected.sort();
+    assert_eq!(seen, expected);
+    assert!(matches!(
+        w.curate
+            .members(&caller(), &"x".repeat(65), page(None), T0)
+            .await,
+        Err(AppError::AudienceNotFound)
+    ));
+}
+
+#[tokio::test]
+async fn a_hundred_audiences_flip_in_one_commit() {
+    let w = world();
+    for i in 0..100 {
+        w.define(
+            &format!("a{i:03}"),
+            json!({"field": "plan", "op": "exists"}),
+            T0,
+        )
+        .await;
+    }
+    let record = w.write("u1", Some(json!({"plan": "x"})), T0 + 1);
+    assert_eq!(w.deliver(&[record], T0 + 2).await, (100, None));
+    assert_eq!(w.of_user("u1").await.len(), 100);
+}
+
+/// One user's writes: each sets `plan` (or erases the user).
+fn arb_writes() -> impl Strategy<Value = Vec<Option<&'static str>>> {
+    prop::collection::vec(
+        prop_oneof![4 => prop::sample::select(vec![Some("trial"), Some("pro"), Some("free")]), 1 => Just(None)],
+        1..8,
+    )
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(300))]
+
+    /// Whatever order and however often the records of two users come (stale ones
+    /// after newer, repeats), memberships end as the rules over each user's latest
+    /// state, and each (audience, user)'s events alternate, starting with Entered.
+    #[test]
+    fn memberships_equal_the_rules_over_the_latest_state_whatever_the_delivery(
+        writes in prop::collection::vec(arb_writes(), 2),
+        order in prop::collection::vec((0usize..100, 1usize..4), 1..30),
+    ) {
+        let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        runtime.block_on(async {
+            let w = world();
+            w.define("trials", trials(), T0).await;
+            w.define("paying", json!({"field": "plan", "op": "in", "value": ["pro", "free"]}), T0).await;
+            w.build(T0).await;
+            let mut records = Vec::new();
+            for (u, user_writes) in writes.iter().enumerate() {
+                for (i, plan) in user_writes.iter().enumerate() {
+                    let traits = plan.map(|p| json!({"plan": p}));
+                    records.push(w.write(&format!("u{u}"), traits, T0 + 1 + i as i64));
+                }
+            }
+            // Batches drawn from the records in any order, then every record once in
+            // order (the stream's own guarantee: each record is delivered).
+            for (pick, len) in &order {
+                let batch: Vec<Record> = (0..*len).map(|k| records[(pick + k) % records.len()].clone()).collect();
+                w.deliver(&batch, T0 + 100).await;
+            }
+            w.deliver(&records, T0 + 200).await;
+            for (u, user_writes) in writes.iter().enumerate() {
+                let user = format!("u{u}");
+                let last = user_writes.last().copied().flatten();
+                let mut expected = Vec::new();
+                if last.is_some_and(|p| p == "pro" || p == "free") { expected.push("paying".to_owned()); }
+                if last == Some("trial") { expected.push("trials".to_owned()); }
+                prop_assert_eq!(w.of_user(&user).await, expected.clone());
+                for audience in ["paying", "trials"] {
+                    let listed = w.store.listed(WS, audience).contains(&user);
+                    prop_assert_eq!(listed, expected.iter().any(|a| a == audience));
+                    let kinds: Vec<String> = w.events().into_iter()
+                        .filter(|e| e.1 == audience && e.2 == user)
+                        .map(|e| e.0)
+                        .collect();
+                    for (k, kind) in kinds.iter().enumerate() {
+                        let want = if k % 2 == 0 { AUDIENCE_ENTERED } else { AUDIENCE_EXITED };
+                        prop_assert_eq!(kind.as_str(), want);
+                    }
+                    prop_assert_eq!(kinds.len() % 2 == 1, listed);
+                }
+            }
+            Ok(())
+        })?;
+    }
+}

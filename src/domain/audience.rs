@@ -1,0 +1,581 @@
+//! Audiences (contract, "Audiences — the downstream view, live"): a rule over a user's
+//! profile as a read shows it. Parsing with errors at the rule's paths, evaluation at
+//! an instant, and the next instant at which a time-relative rule could change its
+//! mind about a user. Pure.
+
+use crate::contract::{ErrorCode, FieldError};
+use serde_json::{Map, Value};
+use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
+
+/// At most this many conditions in one rule…
+pub const MAX_CONDITIONS: usize = 50;
+/// …nested at most this deep (a condition alone is depth 1).
+pub const MAX_DEPTH: usize = 5;
+/// The longest window of `within_last` / `not_within_last`.
+pub const MAX_DURATION_MS: i64 = 3650 * 24 * 3_600_000;
+/// At most this many audiences in one workspace.
+pub const MAX_AUDIENCES: usize = 100;
+
+/// An audience id: 1–64 of `[A-Za-z0-9_-]`.
+pub fn is_audience_id(id: &str) -> bool {
+    (1..=64).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Rule {
+    All(Vec<Rule>),
+    Any(Vec<Rule>),
+    Not(Box<Rule>),
+    Condition(Condition),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Condition {
+    /// `email`, or a trait by its name in `traits`.
+    pub field: String,
+    /// Members inside an object trait.
+    pub path: Vec<String>,
+    pub op: Op,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Op {
+    Eq(Value),
+    Ne(Value),
+    In(Vec<Value>),
+    NotIn(Vec<Value>),
+    Exists,
+    NotExists,
+    Gt(Value),
+    Gte(Value),
+    Lt(Value),
+    Lte(Value),
+    Contains(Value),
+    StartsWith(String),
+    EndsWith(String),
+    WithinLast(i64),
+    NotWithinLast(i64),
+}
+
+/// Parses a rule, reporting every problem at its path under `rule`.
+pub fn parse_rule(value: &Value) -> Result<Rule, Vec<FieldError>> {
+    let mut parser = Parser::default();
+    let rule = parser.rule(value, "rule", 1);
+    if parser.conditions > MAX_CONDITIONS {
+        parser.errors.push(FieldError::new(
+            ErrorCode::TooMany,
+            "rule",
+            format!("a rule holds at most {MAX_CONDITIONS} conditions"),
+        ));
+    }
+    match rule {
+        Some(rule) if parser.errors.is_empty() => Ok(rule),
+        _ => Err(parser.errors),
+    }
+}
+
+#[derive(Default)]
+struct Parser {
+    errors: Vec<FieldError>,
+    conditions: usize,
+}
+
+impl Parser {
+    fn fail(&mut self, code: ErrorCode, at: &str, message: impl Into<String>) -> Option<Rule> {
+        self.errors.push(FieldError::new(code, at, message));
+        None
+    }
+
+    fn rule(&mut self, value: &Value, at: &str, depth: usize) -> Option<Rule> {
+        if depth > MAX_DEPTH {
+            return self.fail(
+                ErrorCode::TooDeep,
+                at,
+                format!("a rule nests at most {MAX_DEPTH} deep"),
+            );
+        }
+        let Value::Object(members) = value else {
+            return self.fail(
+                ErrorCode::InvalidType,
+                at,
+                format!("{at} must be an object"),
+            );
+        };
+        for group in ["all", "any"] {
+            if let Some(items) = members.get(group) {
+                if members.len() > 1 {
+                    return self.fail(
+                        ErrorCode::InvalidFormat,
+                        at,
+                        format!("{at} must hold `{group}` alone"),
+                    );
+                }
+                let Value::Array(items) = items else {
+                    let path = format!("{at}.{group}");
+                    return self.fail(
+                        ErrorCode::InvalidType,
+                        &path,
+                        format!("{path} must be an array"),
+                    );
+                };
+                if items.is_empty() {
+                    let path = format!("{at}.{group}");
+                    return self.fail(ErrorCode::Empty, &path, format!("{path} must not be empty"));
+                }
+                let parsed: Vec<Option<Rule>> = items
+                    .iter()
+                    .enumerate()
+                    .map(|(i, item)| self.rule(item, &format!("{at}.{group}[{i}]"), depth + 1))
+                    .collect();
+                let parsed: Option<Vec<Rule>> = parsed.into_iter().collect();
+                return parsed.map(|rules| match group {
+                    "all" => Rule::All(rules),
+                    _ => Rule::Any(rules),
+                });
+            }
+        }
+        if let Some(inner) = members.get("not") {
+            if members.len() > 1 {
+                return self.fail(
+                    ErrorCode::InvalidFormat,
+                    at,
+                    format!("{at} must hold `not` alone"),
+                );
+            }
+            let inner = self.rule(inner, &format!("{at}.not"), depth + 1)?;
+            return Some(Rule::Not(Box::new(inner)));
+        }
+        self.condition(members, at)
+    }
+
+    fn condition(&mut self, members: &Map<String, Value>, at: &str) -> Option<Rule> {
+        self.conditions += 1;
+        let errors_before = self.errors.len();
+        for name in members.keys() {
+            if !matches!(name.as_str(), "field" | "path" | "op" | "value") {
+                let path = format!("{at}.{name}");
+                self.fail(
+                    ErrorCode::UnknownField,
+                    &path,
+                    format!("unknown member `{name}`"),
+                );
+            }
+        }
+        let field = match members.get("field") {
+            Some(Value::String(field)) if !field.is_empty() => Some(field.clone()),
+            Some(_) => {
+                let path = format!("{at}.field");
+                self.fail(
+                    ErrorCode::InvalidType,
+                    &path,
+                    format!("{path} must be a trait name or `email`"),
+                );
+                None
+            }
+            None => {
+                let path = format!("{at}.field");
+                self.fail(ErrorCode::Required, &path, format!("{path} is required"));
+                None
+            }
+        };
+        let path = match members.get("path") {
+            None => Some(Vec::new()),
+            Some(Value::Array(items)) if items.iter().all(Value::is_string) => Some(
+                items
+                    .iter()
+                    .filter_map(|i| i.as_str().map(str::to_owned))
+                    .collect(),
+            ),
+            Some(_) => {
+                let path = format!("{at}.path");
+                self.fail(
+                    ErrorCode::InvalidType,
+                    &path,
+                    format!("{path} must be an array of member names"),
+                );
+                None
+            }
+        };
+        let op = self.op(members, at);
+        if self.errors.len() > errors_before {
+            return None;
+        }
+        Some(Rule::Condition(Condition {
+            field: field?,
+            path: path?,
+            op: op?,
+        }))
+    }
+
+    fn op(&mut self, members: &Map<String, Value>, at: &str) -> Option<Op> {
+        let op_at = format!("{at}.op");
+        let value_at = format!("{at}.value");
+        let Some(op) = members.get("op").and_then(Value::as_str) else {
+            let code = if members.contains_key("op") {
+                ErrorCode::InvalidType
+            } else {
+                ErrorCode::Required
+            };
+            self.fail(code, &op_at, format!("{op_at} is required: one of {OPS}"));
+            return None;
+        };
+        let value = members.get("value");
+        let wrong = |parser: &mut Self, expected: &str| {
+            let code = if value.is_none() {
+                ErrorCode::Required
+            } else {
+                ErrorCode::InvalidType
+            };
+            parser.fail(
+                code,
+                &value_at,
+                format!("{value_at} must be {expected} for `{op}`"),
+            );
+            None
+        };
+        let scalar = |v: Option<&Value>| v.filter(|v| !v.is_null()).cloned();
+        match op {
+            "eq" | "ne" | "contains" => match scalar(value) {
+                Some(v) => Some(match op {
+                    "eq" => Op::Eq(v),
+                    "ne" => Op::Ne(v),
+                    _ => Op::Contains(v),
+                }),
+                None => wrong(self, "a value"),
+            },
+            "in" | "not_in" => match value {
+                Some(Value::Array(items)) => Some(if op == "in" {
+                    Op::In(items.clone())
+                } else {
+                    Op::NotIn(items.clone())
+                }),
+                _ => wrong(self, "an array"),
+            },
+            "exists" | "not_exists" => {
+                if value.is_some() {
+                    self.fail(
+                        ErrorCode::UnknownField,
+                        &value_at,
+                        format!("`{op}` takes no value"),
+                    );
+                    return None;
+                }
+                Some(if op == "exists" {
+                    Op::Exists
+                } else {
+                    Op::NotExists
+                })
+            }
+            "gt" | "gte" | "lt" | "lte" => match value {
+                Some(v @ Value::Number(_)) => Some(ordered(op, v.clone())),
+                Some(v @ Value::String(text)) if instant_ms(text).is_some() => {
+                    Some(ordered(op, v.clone()))
+                }
+                _ => wrong(self, "a number or an RFC 3339 date-time"),
+            },
+            "starts_with" | "ends_with" => match value {
+                Some(Value::String(text)) => Some(if op == "starts_with" {
+                    Op::StartsWith(text.clone())
+                } else {
+                    Op::EndsWith(text.clone())
+                }),
+                _ => wrong(self, "a string"),
+            },
+            "within_last" | "not_within_last" => {
+                match value.and_then(Value::as_str).map(duration_ms) {
+                    Some(Some(ms)) if ms <= MAX_DURATION_MS => Some(if op == "within_last" {
+                        Op::WithinLast(ms)
+                    } else {
+                        Op::NotWithinLast(ms)
+                    }),
+                    Some(Some(_)) => {
+                        self.fail(
+                            ErrorCode::OutOfRange,
+                            &value_at,
+                            format!("{value_at} is at most P3650D"),
+                        );
+                        None
+                    }
+                    Some(None) => {
+                        self.fail(
+                            ErrorCode::InvalidFormat,
+                            &value_at,
+                            format!("{value_at} must be an ISO 8601 duration such as P7D or PT12H"),
+                        );
+                        None
+                    }
+                    None => wrong(self, "an ISO 8601 duration"),
+                }
+            }
+            _ => {
+                self.fail(
+                    ErrorCode::InvalidFormat,
+                    &op_at,
+                    format!("unknown op `{op}`: one of {OPS}"),
+                );
+                None
+            }
+        }
+    }
+}
+
+const OPS: &str = "eq, ne, in, not_in, exists, not_exists, gt, gte, lt, lte, contains, starts_with, ends_with, within_last, not_within_last";
+
+fn ordered(op: &str, value: Value) -> Op {
+    match op {
+        "gt" => Op::Gt(value),
+        "gte" => Op::Gte(value),
+        "lt" => Op::Lt(value),
+        _ => Op::Lte(value),
+    }
+}
+
+/// An ISO 8601 duration of days, hours, minutes and seconds (`P7D`, `PT12H`,
+/// `P1DT2H30M`), in ms. Years, months and weeks vary in length: not taken.
+pub fn duration_ms(text: &str) -> Option<i64> {
+    let rest = text.strip_prefix('P')?;
+    let (days, time) = match rest.split_once('T') {
+        Some((days, time)) => (days, Some(time)),
+        None => (rest, None),
+    };
+    let mut total: i64 = 0;
+    let mut parts = 0;
+    let mut take = |part: &str, units: &[(char, i64)]| -> Option<()> {
+        let mut number = String::new();
+        let mut allowed = units.iter();
+        for c in part.chars() {
+            if c.is_ascii_digit() {
+                number.push(c);
+                continue;
+            }
+            let unit = allowed.find(|(u, _)| *u == c)?;
+            let n: i64 = number.parse().ok()?;
+            total = total.checked_add(n.checked_mul(unit.1)?)?;
+            number.clear();
+            parts += 1;
+        }
+        number.is_empty().then_some(())
+    };
+    take(days, &[('D', 86_400_000)])?;
+    if let Some(time) = time {
+        if time.is_empty() {
+            return None;
+        }
+        take(time, &[('H', 3_600_000), ('M', 60_000), ('S', 1_000)])?;
+    }
+    (parts > 0).then_some(total)
+}
+
+fn instant_ms(text: &str) -> Option<i64> {
+    let parsed = OffsetDateTime::parse(text, &Rfc3339).ok()?;
+    i64::try_from(parsed.unix_timestamp_nanos() / 1_000_000).ok()
+}
+
+/// The fields of a user as a read shows them: `email` and every trait by its name.
+pub type Fields = Map<String, Value>;
+
+impl Rule {
+    /// Whether a user with these fields is a member at `now_ms`.
+    pub fn matches(&self, fields: &Fields, now_ms: i64) -> bool {
+        match self {
+            Rule::All(rules) => rules.iter().all(|r| r.matches(fields, now_ms)),
+            Rule::Any(rules) => rules.iter().any(|r| r.matches(fields, now_ms)),
+            Rule::Not(rule) => !rule.matches(fields, now_ms),
+            Rule::Condition(condition) => condition.matches(fields, now_ms),
+        }
+    }
+
+    /// The earliest instant after `now_ms` at which a time-relative condition of this
+    /// rule changes its answer for these fields: the rule must be looked at again then.
+    pub fn next_change_after(&self, fields: &Fields, now_ms: i64) -> Option<i64> {
+        match self {
+            Rule::All(rules) | Rule::Any(rules) => rules
+                .iter()
+                .filter_map(|r| r.next_change_after(fields, now_ms))
+                .min(),
+            Rule::Not(rule) => rule.next_change_after(fields, now_ms),
+            Rule::Condition(condition) => condition.next_change_after(fields, now_ms),
+        }
+    }
+
+    /// Whether time alone can change this rule's answer.
+    pub fn is_time_relative(&self) -> bool {
+        match self {
+            Rule::All(rules) | Rule::Any(rules) => rules.iter().any(Rule::is_time_relative),
+            Rule::Not(rule) => rule.is_time_relative(),
+            Rule::Condition(condition) => {
+                matches!(condition.op, Op::WithinLast(_) | Op::NotWithinLast(_))
+            }
+        }
+    }
+}
+
+impl Condition {
+    fn value<'a>(&self, fields: &'a Fields) -> Option<&'a Value> {
+        let mut value = fields.get(&self.field)?;
+        for member in &self.path {
+            value = value.as_object()?.get(member)?;
+        }
+        Some(value)
+    }
+
+    fn matches(&self, fields: &Fields, now_ms: i64) -> bool {
+        let value = self.value(fields);
+        let email = self.field == "email" && self.path.is_empty();
+        let equal = |a: &Value, b: &Value| match (a, b) {
+            (Value::String(a), Value::String(b)) if email => a.to_lowercase() == b.to_lowercase(),
+            _ => a == b,
+        };
+        let Some(value) = value else {
+            return matches!(self.op, Op::NotExists);
+        };
+        match &self.op {
+            Op::Exists => true,
+            Op::NotExists => false,
+            Op::Eq(expected) => equal(value, expected),
+            Op::Ne(expected) => !equal(value, expected),
+            Op::In(items) => items.iter().any(|item| equal(value, item)),
+            Op::NotIn(items) => !items.iter().any(|item| equal(value, item)),
+            Op::Gt(bound) => compare(value, bound).is_some_and(|o| o.is_gt()),
+            Op::Gte(bound) => compare(value, bound).is_some_and(|o| o.is_ge()),
+            Op::Lt(bound) => compare(value, bound).is_some_and(|o| o.is_lt()),
+            Op::Lte(bound) => compare(value, bound).is_some_and(|o| o.is_le()),
+            Op::Contains(part) => match (value, part) {
+                (Value::String(text), Value::String(part)) if email => {
+                    text.to_lowercase().contains(&part.to_lowercase())
+                }
+                (Value::String(text), Value::String(part)) => text.contains(part.as_str()),
+                (Value::Array(items), part) => items.iter().any(|item| equal(item, part)),
+                _ => false,
+            },
+            Op::StartsWith(prefix) => value.as_str().is_some_and(|text| {
+                if email {
+                    text.to_lowercase().starts_with(&prefix.to_lowercase())
+                } else {
+                    text.starts_with(prefix.as_str())
+                }
+            }),
+            Op::EndsWith(suffix) => value.as_str().is_some_and(|text| {
+                if email {
+                    text.to_lowercase().ends_with(&suffix.to_lowercase())
+                } else {
+                    text.ends_with(suffix.as_str())
+                }
+            }),
+            Op::WithinLast(window) => value
+                .as_str()
+                .and_then(instant_ms)
+                .is_some_and(|at| at <= now_ms && at >= now_ms - window),
+            Op::NotWithinLast(window) => value
+                .as_str()
+                .and_then(instant_ms)
+                .is_some_and(|at| at < now_ms - window),
+        }
+    }
+
+    fn next_change_after(&self, fields: &Fields, now_ms: i64) -> Option<i64> {
+        let window = match self.op {
+            Op::WithinLast(window) | Op::NotWithinLast(window) => window,
+            _ => return None,
+        };
+        let at = self.value(fields)?.as_str().and_then(instant_ms)?;
+        // The answer changes when the instant enters the window (it is in the future)
+        // and when it leaves it (window after it).
+        [at, at + window + 1]
+            .into_iter()
+            .filter(|t| *t > now_ms)
+            .min()
+    }
+}
+
+/// Numbers with numbers, RFC 3339 date-times with date-times (as instants).
+fn compare(value: &Value, bound: &Value) -> Option<std::cmp::Ordering> {
+    match (value, bound) {
+        (Value::Number(a), Value::Number(b)) => a.as_f64()?.partial_cmp(&b.as_f64()?),
+        (Value::String(a), Value::String(b)) => Some(instant_ms(a)?.cmp(&instant_ms(b)?)),
+        _ => None,
+    }
+}
+
+/// The events of membership changes, on the stack's bus.
+pub const AUDIENCE_SOURCE: &str = "vibefollow.audiences";
+pub const AUDIENCE_ENTERED: &str = "Audience Entered";
+pub const AUDIENCE_EXITED: &str = "Audience Exited";
+
+/// Why a membership changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Reason {
+    /// The user changed.
+    Change,
+    /// Time passed a time-relative rule's edge.
+    Time,
+    /// A new or replaced rule was evaluated over the existing users.
+    Build,
+    /// The user was erased.
+    Erase,
+}
+
+/// A user entering or leaving an audience, decided at `user_version` under rule
+/// revision `rule_rev`.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct MembershipEvent {
+    pub entered: bool,
+    pub workspace_id: String,
+    pub audience_id: String,
+    pub external_user_id: String,
+    pub user_version: u64,
+    pub rule_rev: u64,
+    /// Epoch ms.
+    pub at: i64,
+    pub reason: Reason,
+}
+
+impl MembershipEvent {
+    /// The same for every delivery of this decision: consumers drop duplicates by it.
+    pub fn id(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let mut hasher = Sha256::new();
+        for part in [
+            self.workspace_id.as_str(),
+            &self.audience_id,
+            &self.external_user_id,
+            &self.rule_rev.to_string(),
+            &self.user_version.to_string(),
+            if self.entered { "in" } else { "out" },
+        ] {
+            hasher.update(part.as_bytes());
+            hasher.update([0]);
+        }
+        hex::encode(&hasher.finalize()[..16])
+    }
+
+    /// As put on the bus: ids only, no PII.
+    pub fn to_event(&self) -> super::change::ChangeEvent {
+        super::change::ChangeEvent {
+            source: AUDIENCE_SOURCE,
+            detail_type: if self.entered {
+                AUDIENCE_ENTERED
+            } else {
+                AUDIENCE_EXITED
+            },
+            detail: serde_json::json!({
+                "id": self.id(),
+                "workspace_id": self.workspace_id,
+                "audience_id": self.audience_id,
+                "external_user_id": self.external_user_id,
+                "user_version": self.user_version,
+                "at": super::format_millis(self.at),
+                "reason": self.reason,
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "audience_tests.rs"]
+mod tests;
