@@ -51,4 +51,4 @@ STREAM_RETRIES = int(os.environ.get("VF_STREAM_RETRIES", "2"))
 # minute for the audiences function), so that timers come due in seconds.
 TICK_SECONDS = float(os.environ.get("VF_TICK_SECONDS", "5"))
 DEV_WORKSPACE = "dev"
-DEV_SCOPES = "users:write,users:read,users:read_pii,users:delete"
+DEV_SCOPES = "users:write,users:read,users:read_pii,users:delete,audiences:write,audiences:read"
