@@ -37,8 +37,10 @@ from faithful import FunctionConfig, Spawner  # noqa: E402
 from faithful.runtime_api import ExecutionEnvironment  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
+# Every variable of src/config.rs (Resources::ENV_VARS), and the SDK's.
 FUNCTION_VARIABLES = ("USERS_TABLE", "IDEMPOTENCY_TABLE", "API_KEYS_TABLE", "RATE_LIMITS_TABLE",
                       "UPSERT_QUEUE_URL", "EVENT_BUS_NAME", "METRICS_NAMESPACE", "DEFAULT_RATE_LIMIT",
+                      "AUDIENCES_TABLE", "AUDIENCE_MEMBERS_TABLE", "AUDIENCE_BUILD_QUEUE_URL",
                       "AWS_ENDPOINT_URL", "AWS_REGION", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
                       "SSL_CERT_FILE")
 
