@@ -3,11 +3,11 @@
 //! journal (so a test can check the order of calls), and fails on demand.
 
 use super::ports::*;
-use crate::app::rate_limit::{burst, pair_limit};
 use crate::domain::audience::MembershipEvent;
 use crate::domain::auth::ApiKeyRecord;
 use crate::domain::change::ChangeEvent;
 use crate::domain::idempotency::{judge, Claim, KeyRecord, LOCK_MS};
+use crate::domain::rate_limit::{burst, pair_limit};
 use crate::domain::{Stamp, UpsertMessage};
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};

@@ -1,4 +1,4 @@
-//! What the use cases need from the world, as small traits. `crate::aws` implements
+//! What the use cases need from the world, as small traits. The AWS adapters implement
 //! them over DynamoDB, SQS and EventBridge; `app::fakes` in memory, for the use-case
 //! tests.
 

@@ -16,6 +16,7 @@
 
 use super::ports::{Counter, Counters, PortError};
 use super::{AppError, Caller};
+use crate::domain::rate_limit::{burst, pair_limit};
 use std::collections::HashMap;
 use std::sync::Mutex;
 
@@ -23,16 +24,6 @@ use std::sync::Mutex;
 pub enum RateDecision {
     Allowed,
     Limited { retry_after_secs: u64 },
-}
-
-/// The most one calendar second admits: the rate plus a tenth.
-pub fn burst(rate: u32) -> u64 {
-    u64::from(rate) + u64::from(rate / 10)
-}
-
-/// The most two consecutive seconds admit together.
-pub fn pair_limit(rate: u32) -> u64 {
-    2 * u64::from(rate)
 }
 
 impl Counter {

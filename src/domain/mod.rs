@@ -9,6 +9,7 @@ pub mod change;
 pub mod idempotency;
 mod message;
 mod profile;
+pub mod rate_limit;
 mod view;
 
 pub use message::{

@@ -7,10 +7,10 @@ use reqwest::Method;
 use serde_json::{json, Value};
 use std::time::Duration;
 use vibefollow_users::app::ports::IdempotencyKeys;
-use vibefollow_users::app::rate_limit::burst;
 use vibefollow_users::contract::body_hash;
 use vibefollow_users::domain::auth::Scope;
 use vibefollow_users::domain::idempotency::Claim;
+use vibefollow_users::domain::rate_limit::burst;
 use vibefollow_users::domain::Stamp;
 
 fn now_ms() -> i64 {

@@ -5,7 +5,7 @@ use super::{
     TTL_ATTRIBUTE,
 };
 use crate::app::ports::{Counter, Counters, PortError};
-use crate::app::rate_limit::{burst, pair_limit};
+use crate::domain::rate_limit::{burst, pair_limit};
 use aws_sdk_dynamodb::types::ReturnValuesOnConditionCheckFailure;
 use aws_sdk_dynamodb::Client;
 
