@@ -3,8 +3,11 @@
 //! during them), time, deletes, and the events each step puts on the bus.
 
 use super::*;
+use crate::app::evaluate::{Evaluate, BUILD_PAGE};
 use crate::app::fakes::*;
 use crate::app::ports::PENDING_GRACE_MS;
+use crate::app::ports::{StoredUser, UserImage};
+use crate::app::publish::StreamChange;
 use crate::contract::{parse_audience, parse_upsert};
 use crate::domain::audience::{AUDIENCE_ENTERED, AUDIENCE_EXITED};
 use proptest::prelude::*;

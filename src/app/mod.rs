@@ -5,6 +5,7 @@
 pub mod accept;
 pub mod apply;
 pub mod audiences;
+pub mod evaluate;
 #[cfg(test)]
 pub(crate) mod fakes;
 mod idempotent;

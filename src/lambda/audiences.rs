@@ -3,7 +3,7 @@
 //! settled), the build queue (one task per message), and the schedule (a tick). One log
 //! line per invocation.
 
-use crate::app::audiences::Evaluate;
+use crate::app::evaluate::Evaluate;
 use crate::app::ports::{
     Audiences, BuildQueue, BuildTask, EventBus, Memberships, Users, WorkspaceUsers,
 };

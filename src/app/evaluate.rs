@@ -1,0 +1,615 @@
+//! The audiences function's use cases (contract, "Audiences"): settling users against
+//! their workspace's rules when they change (the users table's stream), when a build
+//! reaches them (the build queue) and when time crosses a rule's edge (the schedule).
+//! How it stays exact: `docs/audiences.md`.
+
+use super::audiences::member_of;
+use super::ports::{
+    Audiences, BuildQueue, BuildRecord, BuildStep, BuildTask, Definitions, EventBus, Memberships,
+    PortError, Standing, StoredUser, UserAudiences, UserImage, Users, WorkspaceUsers,
+};
+use super::publish::StreamChange;
+use super::{call_groups, AppError};
+use crate::domain::audience::{MembershipEvent, Reason};
+use crate::domain::change::ChangeEvent;
+use crate::domain::read_fields;
+use futures::stream::{self, StreamExt};
+use std::collections::HashMap;
+
+/// Users a build looks at per task (a keys-only index page and its batch reads).
+pub const BUILD_PAGE: usize = 200;
+/// Member entries dropped per task after a delete.
+const DROP_PAGE: usize = 500;
+/// Users settled at once by one invocation.
+const SETTLING_LANES: usize = 8;
+/// Commits that may find something moved before a user is left for the retry.
+const COMMIT_ATTEMPTS: usize = 8;
+/// Users one tick settles (the rest are due at the next).
+const TICK_USERS: usize = 2_000;
+
+/// One user to settle: the latest of it known, and the version events name.
+struct Subject<'a> {
+    /// Where the caller's outcomes go (a record's index, a page's position).
+    index: usize,
+    workspace_id: &'a str,
+    external_user_id: &'a str,
+    /// As stored; `None`: no item.
+    user: Option<StoredUser>,
+    /// The version events name: the item's, or the last one it had.
+    version: u64,
+    /// Read just now (a build's page, a tick's read), not a stream record that a newer
+    /// write may have passed.
+    fresh: bool,
+    reason: Reason,
+}
+
+/// What a stream batch did.
+#[derive(Debug, PartialEq)]
+pub struct Settled<'a> {
+    /// Users settled.
+    pub users: usize,
+    /// Membership events put on the bus.
+    pub events: usize,
+    /// The first record not done, from which the batch must be delivered again.
+    pub first_failure: Option<&'a str>,
+}
+
+/// What a build task did.
+#[derive(Debug, PartialEq)]
+pub struct Built {
+    pub users: usize,
+    pub events: usize,
+    /// The task that goes on from here, queued.
+    pub next: Option<BuildTask>,
+}
+
+/// Each subject's outcome, by its index: the events it put, or why it is not settled.
+type Outcomes = Vec<(usize, Result<usize, AppError>)>;
+
+/// The audiences function's use cases.
+pub struct Evaluate<S, U, B, E> {
+    store: S,
+    users: U,
+    builds: B,
+    bus: E,
+}
+
+impl<S, U, B, E> Evaluate<S, U, B, E>
+where
+    S: Audiences + Memberships + Sync,
+    U: Users + WorkspaceUsers + Sync,
+    B: BuildQueue,
+    E: EventBus + Sync,
+{
+    pub fn new(store: S, users: U, builds: B, bus: E) -> Self {
+        Self {
+            store,
+            users,
+            builds,
+            bus,
+        }
+    }
+
+    /// Settles the users a batch of the users table's stream changed, each by the
+    /// last of its records (the latest version the batch knows), against the rules of
+    /// its workspace read once for the batch.
+    pub async fn changes<'a, Err: std::fmt::Display>(
+        &self,
+        records: &[StreamChange<'a, Err>],
+        now: impl Fn() -> i64 + Sync,
+    ) -> Settled<'a> {
+        let mut latest: HashMap<(&str, &str), (usize, &UserImage, &UserImage)> = HashMap::new();
+        let mut poison = None;
+        for (index, record) in records.iter().enumerate() {
+            match &record.images {
+                Ok((old, new)) => {
+                    if let Some((workspace_id, user)) = new.as_ref().or(old.as_ref()) {
+                        let key = (workspace_id.as_str(), user.external_user_id.as_str());
+                        latest.insert(key, (index, old, new));
+                    }
+                }
+                Err(err) => {
+                    tracing::error!(sequence_number = %record.position, error = %err, "unreadable stream record");
+                    poison = Some(index);
+                    break;
+                }
+            }
+        }
+        let mut workspaces = HashMap::new();
+        let mut outcomes = Vec::new();
+        let mut subjects = Vec::new();
+        for ((workspace_id, user_id), (index, old, new)) in &latest {
+            if !workspaces.contains_key(workspace_id) {
+                workspaces.insert(*workspace_id, self.store.list(workspace_id).await);
+            }
+            match &workspaces[workspace_id] {
+                Ok(definitions) if definitions.audiences.is_empty() => {
+                    outcomes.push((*index, Ok(0)))
+                }
+                Ok(_) => subjects.push(Subject {
+                    index: *index,
+                    workspace_id,
+                    external_user_id: user_id,
+                    user: new.as_ref().map(|(_, user)| user.clone()),
+                    version: new
+                        .as_ref()
+                        .or(old.as_ref())
+                        .map_or(0, |(_, user)| user.version),
+                    fresh: false,
+                    reason: Reason::Change,
+                }),
+                Err(err) => outcomes.push((*index, Err(AppError::Port(err.clone())))),
+            }
+        }
+        let definitions = workspaces
+            .into_iter()
+            .filter_map(|(workspace_id, found)| Some((workspace_id, found.ok()?)))
+            .collect();
+        outcomes.extend(self.settle_all(subjects, definitions, &now).await);
+        let mut events = 0;
+        let mut first_failure = poison;
+        for (index, outcome) in outcomes {
+            match outcome {
+                Ok(put) => events += put,
+                Err(err) => {
+                    tracing::warn!(sequence_number = %records[index].position, error = %err, "user not settled");
+                    first_failure = Some(first_failure.map_or(index, |f| f.min(index)));
+                }
+            }
+        }
+        Settled {
+            users: latest.len(),
+            events,
+            first_failure: first_failure.map(|index| records[index].position),
+        }
+    }
+
+    /// One page of a build (or of a delete's drop), and the next task queued.
+    pub async fn build(
+        &self,
+        task: &BuildTask,
+        now: impl Fn() -> i64 + Sync,
+    ) -> Result<Built, AppError> {
+        let workspace_id = task.workspace_id.as_str();
+        if task.drop {
+            let after = self
+                .store
+                .drop_members(
+                    workspace_id,
+                    &task.audience_id,
+                    task.rule_rev,
+                    task.cursor.as_deref(),
+                    DROP_PAGE,
+                )
+                .await?;
+            let next = after.map(|cursor| BuildTask {
+                cursor: Some(cursor),
+                ..task.clone()
+            });
+            return self.then(next, 0, 0).await;
+        }
+        let definitions = self.store.list(workspace_id).await?;
+        let current = definitions.audiences.iter().any(|a| {
+            a.audience_id == task.audience_id && a.rule_rev == task.rule_rev && a.building.is_some()
+        });
+        if !current {
+            // Replaced, deleted or done: a newer task (or none) carries on.
+            return self.then(None, 0, 0).await;
+        }
+        let (page, to) = self
+            .users
+            .page(workspace_id, task.cursor.as_deref(), BUILD_PAGE)
+            .await?;
+        let users = page.len();
+        let subjects = page
+            .iter()
+            .enumerate()
+            .map(|(index, user)| Subject {
+                index,
+                workspace_id,
+                external_user_id: &user.external_user_id,
+                user: Some(user.clone()),
+                version: user.version,
+                fresh: true,
+                reason: Reason::Build,
+            })
+            .collect();
+        let mut events = 0;
+        let definitions = HashMap::from([(workspace_id, definitions)]);
+        for (_, outcome) in self.settle_all(subjects, definitions, &now).await {
+            events += outcome?;
+        }
+        let step = BuildStep {
+            from: task.cursor.clone(),
+            to: to.clone(),
+            scanned: users as u64,
+        };
+        let record = self
+            .store
+            .record_build(workspace_id, &task.audience_id, task.rule_rev, &step)
+            .await?;
+        // A redelivered task whose page was recorded before queues the next again (its
+        // first try may have failed to); one that the build has moved past stops.
+        let goes_on = match record {
+            BuildRecord::Recorded => true,
+            BuildRecord::AlreadyAt(at) => at.is_some() && at == to,
+            BuildRecord::Replaced => false,
+        };
+        let next = to.filter(|_| goes_on).map(|cursor| BuildTask {
+            cursor: Some(cursor),
+            ..task.clone()
+        });
+        self.then(next, users, events).await
+    }
+
+    async fn then(
+        &self,
+        next: Option<BuildTask>,
+        users: usize,
+        events: usize,
+    ) -> Result<Built, AppError> {
+        if let Some(task) = &next {
+            self.builds.send(task).await?;
+        }
+        Ok(Built {
+            users,
+            events,
+            next,
+        })
+    }
+
+    /// Settles the users due by `until_ms` (a rule's edge, or events left to publish),
+    /// each when its moment comes: `wait_until` sleeps to it (the clock is `now`).
+    /// Returns how many users it settled and the events it put.
+    pub async fn tick<W, F>(
+        &self,
+        until_ms: i64,
+        now: impl Fn() -> i64 + Sync,
+        wait_until: W,
+    ) -> Result<(usize, usize), AppError>
+    where
+        W: Fn(i64) -> F + Sync,
+        F: std::future::Future<Output = ()> + Send,
+    {
+        let due = self.store.due(until_ms, TICK_USERS).await?;
+        let mut workspaces: HashMap<&str, Definitions> = HashMap::new();
+        let mut events = 0;
+        let mut first_error = None;
+        // In order of their moments; a user settled before its moment would keep its
+        // answer until the next change.
+        let mut rest = due.as_slice();
+        while let Some(((_, first_due), _)) = rest.split_first() {
+            wait_until(*first_due).await;
+            let at = now();
+            let ready = rest
+                .iter()
+                .take_while(|(_, due_at)| *due_at <= at)
+                .count()
+                .max(1);
+            let (batch, later) = rest.split_at(ready);
+            rest = later;
+            for ((workspace_id, _), _) in batch {
+                if !workspaces.contains_key(workspace_id.as_str()) {
+                    workspaces.insert(workspace_id, self.store.list(workspace_id).await?);
+                }
+            }
+            let reads =
+                batch
+                    .iter()
+                    .enumerate()
+                    .map(|(index, ((workspace_id, user_id), _))| async move {
+                        let user = self.users.get(workspace_id, user_id).await?;
+                        Ok::<_, AppError>(Subject {
+                            index,
+                            workspace_id,
+                            external_user_id: user_id,
+                            version: user.as_ref().map_or(0, |u| u.version),
+                            user,
+                            fresh: true,
+                            reason: Reason::Time,
+                        })
+                    });
+            let mut subjects = Vec::new();
+            for read in stream::iter(reads)
+                .buffer_unordered(SETTLING_LANES)
+                .collect::<Vec<_>>()
+                .await
+            {
+                match read {
+                    Ok(subject) => subjects.push(subject),
+                    Err(err) => first_error = first_error.or(Some(err)),
+                }
+            }
+            let definitions = subjects
+                .iter()
+                .map(|s| (s.workspace_id, workspaces[s.workspace_id].clone()))
+                .collect();
+            for (_, outcome) in self.settle_all(subjects, definitions, &now).await {
+                match outcome {
+                    Ok(put) => events += put,
+                    // Still due: the next tick settles it.
+                    Err(err) => first_error = first_error.or(Some(err)),
+                }
+            }
+        }
+        match first_error {
+            Some(err) => Err(err),
+            None => Ok((due.len(), events)),
+        }
+    }
+
+    /// Settles users together: each one's commit, then every commit's decisions carried
+    /// out at once (one bus call per ten events, not one per user), then a check per
+    /// workspace that its rules did not move meanwhile: if they did, its users are
+    /// decided again under them (a build that passed them before their commits landed
+    /// would not).
+    async fn settle_all<'a>(
+        &self,
+        subjects: Vec<Subject<'a>>,
+        mut definitions: HashMap<&'a str, Definitions>,
+        now: &(impl Fn() -> i64 + Sync),
+    ) -> Outcomes {
+        let mut outcomes = Vec::with_capacity(subjects.len());
+        let mut round: Vec<(Subject, usize)> =
+            subjects.into_iter().map(|subject| (subject, 0)).collect();
+        for attempt in 1..=COMMIT_ATTEMPTS {
+            let settling = round.into_iter().map(|(mut subject, put)| {
+                let rules = definitions[subject.workspace_id].clone();
+                async move {
+                    let settled = self.settle(&mut subject, rules, now).await;
+                    (subject, put, settled)
+                }
+            });
+            let settled: Vec<_> = stream::iter(settling)
+                .buffer_unordered(SETTLING_LANES)
+                .collect()
+                .await;
+            let mut committed = Vec::new();
+            for (subject, put, settled) in settled {
+                match settled {
+                    Ok((carried, Some(state))) => committed.push((subject, put + carried, state)),
+                    Ok((carried, None)) => outcomes.push((subject.index, Ok(put + carried))),
+                    Err(err) => outcomes.push((subject.index, Err(err))),
+                }
+            }
+            let states: Vec<_> = committed
+                .iter()
+                .map(|(s, _, state)| (s.workspace_id, s.external_user_id, state))
+                .collect();
+            let (carried, moved) = tokio::join!(
+                self.carry_out_all(&states),
+                self.moved_rules(
+                    committed.iter().map(|(s, _, _)| s.workspace_id),
+                    &definitions
+                )
+            );
+            round = Vec::new();
+            for ((subject, put, _), carried) in committed.into_iter().zip(carried) {
+                match (carried, moved.get(subject.workspace_id)) {
+                    (Err(err), _) => outcomes.push((subject.index, Err(err))),
+                    (_, Some(Err(err))) => outcomes.push((subject.index, Err(err.clone().into()))),
+                    (Ok(carried), Some(Ok(_))) if attempt < COMMIT_ATTEMPTS => {
+                        round.push((subject, put + carried))
+                    }
+                    (Ok(_), Some(Ok(_))) => outcomes.push((subject.index, Err(contended()))),
+                    (Ok(carried), None) => outcomes.push((subject.index, Ok(put + carried))),
+                }
+            }
+            for (workspace_id, found) in moved {
+                if let Ok(found) = found {
+                    definitions.insert(workspace_id, found);
+                }
+            }
+            if round.is_empty() {
+                break;
+            }
+        }
+        outcomes
+    }
+
+    /// The workspaces among `workspaces` whose rules moved from `definitions`, each
+    /// with its rules now (or why they could not be read).
+    async fn moved_rules<'a>(
+        &self,
+        workspaces: impl Iterator<Item = &'a str>,
+        definitions: &HashMap<&'a str, Definitions>,
+    ) -> HashMap<&'a str, Result<Definitions, PortError>> {
+        let workspaces: std::collections::BTreeSet<&str> = workspaces.collect();
+        let mut moved = HashMap::new();
+        for workspace_id in workspaces {
+            match self.store.revision(workspace_id).await {
+                Ok(revision) if revision == definitions[workspace_id].revision => {}
+                Ok(_) => {
+                    moved.insert(workspace_id, self.store.list(workspace_id).await);
+                }
+                Err(err) => {
+                    moved.insert(workspace_id, Err(err));
+                }
+            }
+        }
+        moved
+    }
+
+    /// Brings one user's memberships to the rules over its latest state and commits
+    /// them: the events a crashed evaluation left pending it put first (their count),
+    /// and the commit whose decisions are still to carry out, if anything changed.
+    async fn settle(
+        &self,
+        subject: &mut Subject<'_>,
+        mut definitions: Definitions,
+        now: &(impl Fn() -> i64 + Sync),
+    ) -> Result<(usize, Option<UserAudiences>), AppError> {
+        let (workspace_id, user_id) = (subject.workspace_id, subject.external_user_id);
+        let mut put = 0;
+        let mut read = None;
+        for _ in 0..COMMIT_ATTEMPTS {
+            let mut state = match read.take() {
+                Some(state) => state,
+                None => self.store.standing(workspace_id, user_id).await?,
+            };
+            if !state.pending.is_empty() {
+                put += self
+                    .carry_out_all(&[(workspace_id, user_id, &state)])
+                    .await
+                    .remove(0)?;
+                state.pending.clear();
+            }
+            // A user with no item keeps the version it was last decided at.
+            let decided_at = match subject.user {
+                Some(_) => subject.version,
+                None => subject.version.max(state.user_version),
+            };
+            // Decided at a later version already, this one is stale: commits never go
+            // back in version.
+            if decided_at < state.user_version {
+                return Ok((put, None));
+            }
+            let Some(next) = decide(subject, decided_at, &definitions, &state, now()) else {
+                return Ok((put, None));
+            };
+            // A record's image decides only if the user is still at it: an older
+            // record redelivered after a newer one that changed nothing must not.
+            if !subject.fresh {
+                subject.user = self.users.get(workspace_id, user_id).await?;
+                subject.version = subject.user.as_ref().map_or(subject.version, |u| u.version);
+                subject.fresh = true;
+                read = Some(state);
+                continue;
+            }
+            if self.store.commit(workspace_id, user_id, &next).await? {
+                return Ok((put, Some(next)));
+            }
+            // The user, its memberships or the rules moved: read them again (the latest
+            // user decides, whichever record, page or tick brought it here).
+            let (user, found) = tokio::join!(
+                self.users.get(workspace_id, user_id),
+                self.store.list(workspace_id)
+            );
+            subject.user = user?;
+            subject.version = subject.user.as_ref().map_or(subject.version, |u| u.version);
+            subject.fresh = true;
+            definitions = found?;
+        }
+        Err(contended())
+    }
+
+    /// Carries out the decisions of commits: member-list entries, the events on the bus
+    /// together, then each commit forgets its own. Each commit's events put, or why not
+    /// (its decisions stay pending, and the next evaluation puts them with the same ids).
+    async fn carry_out_all(
+        &self,
+        commits: &[(&str, &str, &UserAudiences)],
+    ) -> Vec<Result<usize, AppError>> {
+        let applying = commits
+            .iter()
+            .map(|(workspace_id, user_id, state)| async move {
+                if state.pending.is_empty() {
+                    return Ok(());
+                }
+                self.store
+                    .apply(workspace_id, user_id, state.rev, &state.pending)
+                    .await
+            });
+        let applied: Vec<Result<(), PortError>> = stream::iter(applying)
+            .buffered(SETTLING_LANES)
+            .collect()
+            .await;
+        let events: Vec<(usize, ChangeEvent)> = commits
+            .iter()
+            .zip(&applied)
+            .enumerate()
+            .filter(|(_, (_, applied))| applied.is_ok())
+            .flat_map(|(at, ((_, _, state), _))| {
+                state.pending.iter().map(move |e| (at, e.to_event()))
+            })
+            .collect();
+        let mut refused = vec![false; commits.len()];
+        let sizes = events.iter().map(|(_, event)| E::entry_size(event));
+        for group in call_groups(sizes, E::MAX_ENTRIES_PER_CALL, E::MAX_BYTES_PER_CALL) {
+            let call: Vec<&ChangeEvent> = group.iter().map(|&i| &events[i].1).collect();
+            match self.bus.put(&call).await {
+                Ok(not_put) => not_put
+                    .into_iter()
+                    .for_each(|i| refused[events[group[i]].0] = true),
+                Err(_) => group.iter().for_each(|&i| refused[events[i].0] = true),
+            }
+        }
+        let clearing = commits.iter().zip(applied).zip(refused).map(
+            |(((workspace_id, user_id, state), applied), refused)| async move {
+                applied?;
+                if refused {
+                    return Err(PortError::Unavailable("membership events refused".into()).into());
+                }
+                if !state.pending.is_empty() {
+                    self.store
+                        .clear_pending(workspace_id, user_id, state.rev, state.next_due)
+                        .await?;
+                }
+                Ok(state.pending.len())
+            },
+        );
+        stream::iter(clearing)
+            .buffered(SETTLING_LANES)
+            .collect()
+            .await
+    }
+}
+
+fn contended() -> AppError {
+    PortError::Unavailable("contended memberships".into()).into()
+}
+
+/// What one user's memberships must become under the rules at `now_ms`, decided at
+/// user `version`: the next state, its flips pending, or `None` if nothing changes.
+fn decide(
+    subject: &Subject,
+    version: u64,
+    definitions: &Definitions,
+    state: &UserAudiences,
+    now_ms: i64,
+) -> Option<UserAudiences> {
+    let user = subject.user.as_ref().filter(|u| u.profile.exists());
+    let fields = user.map(|u| read_fields(&u.profile)).unwrap_or_default();
+    let mut next = UserAudiences {
+        rev: state.rev + 1,
+        user_version: version,
+        members: state.members.clone(),
+        pending: Vec::new(),
+        next_due: None,
+    };
+    for audience in &definitions.audiences {
+        let was = member_of(state, audience).is_some();
+        let is = user.is_some() && audience.rule.matches(&fields, now_ms);
+        if user.is_some() {
+            let due = audience.rule.next_change_after(&fields, now_ms);
+            next.next_due = next.next_due.into_iter().chain(due).min();
+        }
+        if was == is {
+            continue;
+        }
+        if is {
+            let standing = Standing {
+                entered_at: now_ms,
+                rule_rev: audience.rule_rev,
+            };
+            next.members.insert(audience.audience_id.clone(), standing);
+        } else {
+            next.members.remove(&audience.audience_id);
+        }
+        next.pending.push(MembershipEvent {
+            entered: is,
+            workspace_id: subject.workspace_id.to_owned(),
+            audience_id: audience.audience_id.clone(),
+            external_user_id: subject.external_user_id.to_owned(),
+            user_version: version,
+            rule_rev: audience.rule_rev,
+            at: now_ms,
+            reason: if user.is_none() {
+                Reason::Erase
+            } else {
+                subject.reason
+            },
+        });
+    }
+    (!next.pending.is_empty() || next.next_due != state.next_due).then_some(next)
+}
