@@ -258,7 +258,7 @@ async fn an_older_record_never_decides_over_a_newer_version() {
 }
 
 #[tokio::test]
-async fn a_batch_shares_its_bus_calls_and_reads_the_rules_twice_per_workspace() {
+async fn a_batch_shares_its_bus_calls_and_reads_only_the_rules_revision() {
     let w = world();
     w.define("trials", trials(), T0).await;
     w.build(T0).await;
@@ -274,10 +274,11 @@ async fn a_batch_shares_its_bus_calls_and_reads_the_rules_twice_per_workspace() 
     assert_eq!(w.bus.calls.lock().unwrap().len() - puts_before, 3);
     let calls = w.store.journal.calls()[calls_before..].to_vec();
     let count = |name: &str| calls.iter().filter(|c| *c == name).count();
-    // The rules read once for the batch and their revision once after its commits.
+    // The rules held since the build read them (same revision): their revision read
+    // once for the batch and once after its commits, the rules themselves not at all.
     assert_eq!(
         (count("audiences.list"), count("audiences.revision")),
-        (1, 1)
+        (0, 2)
     );
     // Per user: its standing, its commit, its list entry, forgetting its events (and a
     // read of the user, that a record's image is still the user: the users port's).
@@ -354,10 +355,9 @@ async fn a_definition_that_moves_between_read_and_commit_is_decided_again() {
         let found = definitions.get_mut(WS).unwrap();
         let (audience, _) = found.audiences.get_mut("trials").unwrap();
         if audience.rule_rev == 1 {
-            audience.rule = crate::domain::audience::parse_rule(
-                &json!({"field": "plan", "op": "eq", "value": "pro"}),
-            )
-            .unwrap();
+            audience.rule =
+                crate::contract::parse_rule(&json!({"field": "plan", "op": "eq", "value": "pro"}))
+                    .unwrap();
             audience.rule_rev = 2;
             found.revision = 2;
         }
@@ -698,4 +698,108 @@ proptest! {
             Ok(())
         })?;
     }
+}
+
+#[tokio::test]
+async fn time_alone_moving_a_user_in_out_and_in_again_gives_each_move_its_own_id() {
+    let w = world();
+    let hour = 3_600_000;
+    let window = |field: &str| json!({"field": field, "op": "within_last", "value": "PT1H"});
+    w.define("recent", json!({"any": [window("a"), window("b")]}), T0)
+        .await;
+    w.build(T0).await;
+    let at = |ms: i64| crate::domain::format_millis(ms).unwrap();
+    // `a` comes into its window in an hour and leaves it an hour later; `b` an hour after.
+    let record = w.write(
+        "u1",
+        Some(json!({"a": at(T0 + hour), "b": at(T0 + 3 * hour)})),
+        T0,
+    );
+    w.deliver(&[record], T0 + 1).await;
+    let version = w.users.user(WS, "u1").unwrap().version;
+    let mut now = T0 + 1;
+    while let Some(due) = w.store.state(WS, "u1").next_due {
+        now = due;
+        w.evaluate.tick(now, || now, |_| async {}).await.unwrap();
+    }
+    let moves: Vec<(String, u64, String)> = w
+        .bus
+        .accepted()
+        .iter()
+        .filter(|e| e.source == "vibefollow.audiences")
+        .map(|e| {
+            let d = &e.detail;
+            let id = d["id"].as_str().unwrap().to_owned();
+            (
+                e.detail_type.to_owned(),
+                d["user_version"].as_u64().unwrap(),
+                id,
+            )
+        })
+        .collect();
+    let kinds: Vec<&str> = moves.iter().map(|(kind, _, _)| kind.as_str()).collect();
+    assert_eq!(
+        kinds,
+        [
+            AUDIENCE_ENTERED,
+            AUDIENCE_EXITED,
+            AUDIENCE_ENTERED,
+            AUDIENCE_EXITED
+        ]
+    );
+    assert!(
+        moves.iter().all(|(_, v, _)| *v == version),
+        "one user_version"
+    );
+    let ids: std::collections::BTreeSet<&str> =
+        moves.iter().map(|(_, _, id)| id.as_str()).collect();
+    assert_eq!(ids.len(), 4, "an id per move: {moves:?}");
+    assert!(now >= T0 + 4 * hour);
+}
+
+#[tokio::test]
+async fn rules_are_read_once_per_revision_across_batches_and_again_when_they_move() {
+    let w = world();
+    w.define("trials", trials(), T0).await;
+    // A fresh instance (a cold start): nothing held yet.
+    let evaluate = Evaluate::new(
+        w.store.clone(),
+        w.users.clone(),
+        w.builds.clone(),
+        w.bus.clone(),
+    );
+    let lists = || {
+        let calls = w.store.journal.calls();
+        calls.iter().filter(|c| *c == "audiences.list").count()
+    };
+    let deliver = |user: &str, at: i64| {
+        let record = w.write(user, Some(json!({"plan": "trial"})), at);
+        let change = StreamChange::<String> {
+            position: "0",
+            images: Ok(record),
+        };
+        let evaluate = &evaluate;
+        async move {
+            evaluate
+                .changes(&[change], || at)
+                .await
+                .first_failure
+                .is_none()
+        }
+    };
+    let before = lists();
+    for (i, user) in ["u1", "u2", "u3"].into_iter().enumerate() {
+        assert!(deliver(user, T0 + 1 + i as i64).await);
+    }
+    assert_eq!(lists() - before, 1, "read once for three batches");
+    w.define(
+        "pros",
+        json!({"field": "plan", "op": "eq", "value": "pro"}),
+        T0 + 10,
+    )
+    .await;
+    let before = lists();
+    assert!(deliver("u4", T0 + 11).await);
+    assert!(deliver("u5", T0 + 12).await);
+    assert_eq!(lists() - before, 1, "and once more after the rules moved");
 }

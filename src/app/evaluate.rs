@@ -9,12 +9,14 @@ use super::ports::{
     PortError, Standing, StoredUser, UserAudiences, UserImage, Users, WorkspaceUsers,
 };
 use super::publish::StreamChange;
+use super::rule_cache::RuleCache;
 use super::{call_groups, AppError};
 use crate::domain::audience::{MembershipEvent, Reason};
 use crate::domain::change::ChangeEvent;
 use crate::domain::read_fields;
 use futures::stream::{self, StreamExt};
 use std::collections::HashMap;
+use std::sync::Arc;
 
 /// Users a build looks at per task (a keys-only index page and its batch reads).
 pub const BUILD_PAGE: usize = 200;
@@ -72,6 +74,7 @@ pub struct Evaluate<S, U, B, E> {
     users: U,
     builds: B,
     bus: E,
+    rules: RuleCache,
 }
 
 impl<S, U, B, E> Evaluate<S, U, B, E>
@@ -87,7 +90,28 @@ where
             users,
             builds,
             bus,
+            rules: RuleCache::default(),
         }
+    }
+
+    /// A workspace's rules now: its revision read (one small item), the rules held at
+    /// that revision, or read and held when they moved.
+    async fn rules(&self, workspace_id: &str) -> Result<Arc<Definitions>, PortError> {
+        let revision = self.store.revision(workspace_id).await?;
+        self.rules_at(workspace_id, revision).await
+    }
+
+    async fn rules_at(
+        &self,
+        workspace_id: &str,
+        revision: u64,
+    ) -> Result<Arc<Definitions>, PortError> {
+        if let Some(held) = self.rules.get(workspace_id, revision) {
+            return Ok(held);
+        }
+        let read = Arc::new(self.store.list(workspace_id).await?);
+        self.rules.put(workspace_id, read.clone());
+        Ok(read)
     }
 
     /// Settles the users a batch of the users table's stream changed, each by the
@@ -120,7 +144,7 @@ where
         let mut subjects = Vec::new();
         for ((workspace_id, user_id), (index, old, new)) in &latest {
             if !workspaces.contains_key(workspace_id) {
-                workspaces.insert(*workspace_id, self.store.list(workspace_id).await);
+                workspaces.insert(*workspace_id, self.rules(workspace_id).await);
             }
             match &workspaces[workspace_id] {
                 Ok(definitions) if definitions.audiences.is_empty() => {
@@ -188,7 +212,9 @@ where
             });
             return self.then(next, 0, 0).await;
         }
-        let definitions = self.store.list(workspace_id).await?;
+        // Read whole: whether the build is still going is not part of the revision.
+        let definitions = Arc::new(self.store.list(workspace_id).await?);
+        self.rules.put(workspace_id, definitions.clone());
         let current = definitions.audiences.iter().any(|a| {
             a.audience_id == task.audience_id && a.rule_rev == task.rule_rev && a.building.is_some()
         });
@@ -272,7 +298,7 @@ where
         F: std::future::Future<Output = ()> + Send,
     {
         let due = self.store.due(until_ms, TICK_USERS).await?;
-        let mut workspaces: HashMap<&str, Definitions> = HashMap::new();
+        let mut workspaces: HashMap<&str, Arc<Definitions>> = HashMap::new();
         let mut events = 0;
         let mut first_error = None;
         // In order of their moments; a user settled before its moment would keep its
@@ -290,7 +316,7 @@ where
             rest = later;
             for ((workspace_id, _), _) in batch {
                 if !workspaces.contains_key(workspace_id.as_str()) {
-                    workspaces.insert(workspace_id, self.store.list(workspace_id).await?);
+                    workspaces.insert(workspace_id, self.rules(workspace_id).await?);
                 }
             }
             let reads =
@@ -346,7 +372,7 @@ where
     async fn settle_all<'a>(
         &self,
         subjects: Vec<Subject<'a>>,
-        mut definitions: HashMap<&'a str, Definitions>,
+        mut definitions: HashMap<&'a str, Arc<Definitions>>,
         now: &(impl Fn() -> i64 + Sync),
     ) -> Outcomes {
         let mut outcomes = Vec::with_capacity(subjects.len());
@@ -412,15 +438,15 @@ where
     async fn moved_rules<'a>(
         &self,
         workspaces: impl Iterator<Item = &'a str>,
-        definitions: &HashMap<&'a str, Definitions>,
-    ) -> HashMap<&'a str, Result<Definitions, PortError>> {
+        definitions: &HashMap<&'a str, Arc<Definitions>>,
+    ) -> HashMap<&'a str, Result<Arc<Definitions>, PortError>> {
         let workspaces: std::collections::BTreeSet<&str> = workspaces.collect();
         let mut moved = HashMap::new();
         for workspace_id in workspaces {
             match self.store.revision(workspace_id).await {
                 Ok(revision) if revision == definitions[workspace_id].revision => {}
-                Ok(_) => {
-                    moved.insert(workspace_id, self.store.list(workspace_id).await);
+                Ok(revision) => {
+                    moved.insert(workspace_id, self.rules_at(workspace_id, revision).await);
                 }
                 Err(err) => {
                     moved.insert(workspace_id, Err(err));
@@ -436,7 +462,7 @@ where
     async fn settle(
         &self,
         subject: &mut Subject<'_>,
-        mut definitions: Definitions,
+        mut definitions: Arc<Definitions>,
         now: &(impl Fn() -> i64 + Sync),
     ) -> Result<(usize, Option<UserAudiences>), AppError> {
         let (workspace_id, user_id) = (subject.workspace_id, subject.external_user_id);
@@ -483,7 +509,7 @@ where
             // user decides, whichever record, page or tick brought it here).
             let (user, found) = tokio::join!(
                 self.users.get(workspace_id, user_id),
-                self.store.list(workspace_id)
+                self.rules(workspace_id)
             );
             subject.user = user?;
             subject.version = subject.user.as_ref().map_or(subject.version, |u| u.version);
@@ -609,6 +635,7 @@ fn decide(
             } else {
                 subject.reason
             },
+            commit: next.rev,
         });
     }
     (!next.pending.is_empty() || next.next_due != state.next_due).then_some(next)

@@ -13,6 +13,7 @@ pub mod ports;
 pub mod publish;
 pub mod rate_limit;
 pub mod read;
+mod rule_cache;
 
 use crate::contract::RequestError;
 use ports::PortError;

@@ -1,7 +1,7 @@
 //! Audience requests: the definition a `PUT` carries, and the members query.
 
-use super::{body_hash, BodyError, ErrorCode, FieldError, RequestError};
-use crate::domain::audience::{parse_rule, Rule};
+use super::{body_hash, parse_rule, BodyError, ErrorCode, FieldError, RequestError};
+use crate::domain::audience::Rule;
 use base64::Engine;
 use serde_json::Value;
 

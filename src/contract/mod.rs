@@ -7,6 +7,7 @@ mod email;
 mod error;
 mod numbers;
 mod request;
+mod rule;
 mod segment;
 mod validate;
 
@@ -23,6 +24,9 @@ pub use error::{
 pub use request::{
     checked_body, decoded_body, email_query, idempotency_key, BodyLimit, RequestError, BATCH_BODY,
     SEGMENT_BATCH_BODY, SEGMENT_IDENTIFY_BODY, UPSERT_BODY,
+};
+pub use rule::{
+    parse_rule, MAX_CONDITIONS, MAX_DEPTH, MAX_DURATION_MS, MAX_LIST_VALUES, MAX_RULE_STRING_CHARS,
 };
 pub use segment::{
     parse_segment_batch, parse_segment_identify, segment_write_key, SegmentMessages,

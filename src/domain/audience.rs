@@ -1,19 +1,12 @@
 //! Audiences (contract, "Audiences — the downstream view, live"): a rule over a user's
-//! profile as a read shows it. Parsing with errors at the rule's paths, evaluation at
-//! an instant, and the next instant at which a time-relative rule could change its
-//! mind about a user. Pure.
+//! profile as a read shows it, its evaluation at an instant, and the next instant at
+//! which a time-relative rule could change its mind about a user. Pure. Rules are
+//! parsed from JSON by the contract (`contract::parse_rule`).
 
-use crate::contract::{ErrorCode, FieldError};
 use serde_json::{Map, Value};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
-/// At most this many conditions in one rule…
-pub const MAX_CONDITIONS: usize = 50;
-/// …nested at most this deep (a condition alone is depth 1).
-pub const MAX_DEPTH: usize = 5;
-/// The longest window of `within_last` / `not_within_last`.
-pub const MAX_DURATION_MS: i64 = 3650 * 24 * 3_600_000;
 /// At most this many audiences in one workspace.
 pub const MAX_AUDIENCES: usize = 100;
 
@@ -61,279 +54,6 @@ pub enum Op {
     NotWithinLast(i64),
 }
 
-/// Parses a rule, reporting every problem at its path under `rule`.
-pub fn parse_rule(value: &Value) -> Result<Rule, Vec<FieldError>> {
-    let mut parser = Parser::default();
-    let rule = parser.rule(value, "rule", 1);
-    if parser.conditions > MAX_CONDITIONS {
-        parser.errors.push(FieldError::new(
-            ErrorCode::TooMany,
-            "rule",
-            format!("a rule holds at most {MAX_CONDITIONS} conditions"),
-        ));
-    }
-    match rule {
-        Some(rule) if parser.errors.is_empty() => Ok(rule),
-        _ => Err(parser.errors),
-    }
-}
-
-#[derive(Default)]
-struct Parser {
-    errors: Vec<FieldError>,
-    conditions: usize,
-}
-
-impl Parser {
-    fn fail(&mut self, code: ErrorCode, at: &str, message: impl Into<String>) -> Option<Rule> {
-        self.errors.push(FieldError::new(code, at, message));
-        None
-    }
-
-    fn rule(&mut self, value: &Value, at: &str, depth: usize) -> Option<Rule> {
-        if depth > MAX_DEPTH {
-            return self.fail(
-                ErrorCode::TooDeep,
-                at,
-                format!("a rule nests at most {MAX_DEPTH} deep"),
-            );
-        }
-        let Value::Object(members) = value else {
-            return self.fail(
-                ErrorCode::InvalidType,
-                at,
-                format!("{at} must be an object"),
-            );
-        };
-        for group in ["all", "any"] {
-            if let Some(items) = members.get(group) {
-                if members.len() > 1 {
-                    return self.fail(
-                        ErrorCode::InvalidFormat,
-                        at,
-                        format!("{at} must hold `{group}` alone"),
-                    );
-                }
-                let Value::Array(items) = items else {
-                    let path = format!("{at}.{group}");
-                    return self.fail(
-                        ErrorCode::InvalidType,
-                        &path,
-                        format!("{path} must be an array"),
-                    );
-                };
-                if items.is_empty() {
-                    let path = format!("{at}.{group}");
-                    return self.fail(ErrorCode::Empty, &path, format!("{path} must not be empty"));
-                }
-                let parsed: Vec<Option<Rule>> = items
-                    .iter()
-                    .enumerate()
-                    .map(|(i, item)| self.rule(item, &format!("{at}.{group}[{i}]"), depth + 1))
-                    .collect();
-                let parsed: Option<Vec<Rule>> = parsed.into_iter().collect();
-                return parsed.map(|rules| match group {
-                    "all" => Rule::All(rules),
-                    _ => Rule::Any(rules),
-                });
-            }
-        }
-        if let Some(inner) = members.get("not") {
-            if members.len() > 1 {
-                return self.fail(
-                    ErrorCode::InvalidFormat,
-                    at,
-                    format!("{at} must hold `not` alone"),
-                );
-            }
-            let inner = self.rule(inner, &format!("{at}.not"), depth + 1)?;
-            return Some(Rule::Not(Box::new(inner)));
-        }
-        self.condition(members, at)
-    }
-
-    fn condition(&mut self, members: &Map<String, Value>, at: &str) -> Option<Rule> {
-        self.conditions += 1;
-        let errors_before = self.errors.len();
-        for name in members.keys() {
-            if !matches!(name.as_str(), "field" | "path" | "op" | "value") {
-                let path = format!("{at}.{name}");
-                self.fail(
-                    ErrorCode::UnknownField,
-                    &path,
-                    format!("unknown member `{name}`"),
-                );
-            }
-        }
-        let field = match members.get("field") {
-            Some(Value::String(field)) if !field.is_empty() => Some(field.clone()),
-            Some(_) => {
-                let path = format!("{at}.field");
-                self.fail(
-                    ErrorCode::InvalidType,
-                    &path,
-                    format!("{path} must be a trait name or `email`"),
-                );
-                None
-            }
-            None => {
-                let path = format!("{at}.field");
-                self.fail(ErrorCode::Required, &path, format!("{path} is required"));
-                None
-            }
-        };
-        let path = match members.get("path") {
-            None => Some(Vec::new()),
-            Some(Value::Array(items)) if items.iter().all(Value::is_string) => Some(
-                items
-                    .iter()
-                    .filter_map(|i| i.as_str().map(str::to_owned))
-                    .collect(),
-            ),
-            Some(_) => {
-                let path = format!("{at}.path");
-                self.fail(
-                    ErrorCode::InvalidType,
-                    &path,
-                    format!("{path} must be an array of member names"),
-                );
-                None
-            }
-        };
-        let op = self.op(members, at);
-        if self.errors.len() > errors_before {
-            return None;
-        }
-        Some(Rule::Condition(Condition {
-            field: field?,
-            path: path?,
-            op: op?,
-        }))
-    }
-
-    fn op(&mut self, members: &Map<String, Value>, at: &str) -> Option<Op> {
-        let op_at = format!("{at}.op");
-        let value_at = format!("{at}.value");
-        let Some(op) = members.get("op").and_then(Value::as_str) else {
-            let code = if members.contains_key("op") {
-                ErrorCode::InvalidType
-            } else {
-                ErrorCode::Required
-            };
-            self.fail(code, &op_at, format!("{op_at} is required: one of {OPS}"));
-            return None;
-        };
-        let value = members.get("value");
-        let wrong = |parser: &mut Self, expected: &str| {
-            let code = if value.is_none() {
-                ErrorCode::Required
-            } else {
-                ErrorCode::InvalidType
-            };
-            parser.fail(
-                code,
-                &value_at,
-                format!("{value_at} must be {expected} for `{op}`"),
-            );
-            None
-        };
-        let scalar = |v: Option<&Value>| v.filter(|v| !v.is_null()).cloned();
-        match op {
-            "eq" | "ne" | "contains" => match scalar(value) {
-                Some(v) => Some(match op {
-                    "eq" => Op::Eq(v),
-                    "ne" => Op::Ne(v),
-                    _ => Op::Contains(v),
-                }),
-                None => wrong(self, "a value"),
-            },
-            "in" | "not_in" => match value {
-                Some(Value::Array(items)) => Some(if op == "in" {
-                    Op::In(items.clone())
-                } else {
-                    Op::NotIn(items.clone())
-                }),
-                _ => wrong(self, "an array"),
-            },
-            "exists" | "not_exists" => {
-                if value.is_some() {
-                    self.fail(
-                        ErrorCode::UnknownField,
-                        &value_at,
-                        format!("`{op}` takes no value"),
-                    );
-                    return None;
-                }
-                Some(if op == "exists" {
-                    Op::Exists
-                } else {
-                    Op::NotExists
-                })
-            }
-            "gt" | "gte" | "lt" | "lte" => match value {
-                Some(v @ Value::Number(_)) => Some(ordered(op, v.clone())),
-                Some(v @ Value::String(text)) if instant_ms(text).is_some() => {
-                    Some(ordered(op, v.clone()))
-                }
-                _ => wrong(self, "a number or an RFC 3339 date-time"),
-            },
-            "starts_with" | "ends_with" => match value {
-                Some(Value::String(text)) => Some(if op == "starts_with" {
-                    Op::StartsWith(text.clone())
-                } else {
-                    Op::EndsWith(text.clone())
-                }),
-                _ => wrong(self, "a string"),
-            },
-            "within_last" | "not_within_last" => {
-                match value.and_then(Value::as_str).map(duration_ms) {
-                    Some(Some(ms)) if ms <= MAX_DURATION_MS => Some(if op == "within_last" {
-                        Op::WithinLast(ms)
-                    } else {
-                        Op::NotWithinLast(ms)
-                    }),
-                    Some(Some(_)) => {
-                        self.fail(
-                            ErrorCode::OutOfRange,
-                            &value_at,
-                            format!("{value_at} is at most P3650D"),
-                        );
-                        None
-                    }
-                    Some(None) => {
-                        self.fail(
-                            ErrorCode::InvalidFormat,
-                            &value_at,
-                            format!("{value_at} must be an ISO 8601 duration such as P7D or PT12H"),
-                        );
-                        None
-                    }
-                    None => wrong(self, "an ISO 8601 duration"),
-                }
-            }
-            _ => {
-                self.fail(
-                    ErrorCode::InvalidFormat,
-                    &op_at,
-                    format!("unknown op `{op}`: one of {OPS}"),
-                );
-                None
-            }
-        }
-    }
-}
-
-const OPS: &str = "eq, ne, in, not_in, exists, not_exists, gt, gte, lt, lte, contains, starts_with, ends_with, within_last, not_within_last";
-
-fn ordered(op: &str, value: Value) -> Op {
-    match op {
-        "gt" => Op::Gt(value),
-        "gte" => Op::Gte(value),
-        "lt" => Op::Lt(value),
-        _ => Op::Lte(value),
-    }
-}
-
 /// An ISO 8601 duration of days, hours, minutes and seconds (`P7D`, `PT12H`,
 /// `P1DT2H30M`), in ms. Years, months and weeks vary in length: not taken.
 pub fn duration_ms(text: &str) -> Option<i64> {
@@ -370,7 +90,7 @@ pub fn duration_ms(text: &str) -> Option<i64> {
     (parts > 0).then_some(total)
 }
 
-fn instant_ms(text: &str) -> Option<i64> {
+pub(crate) fn instant_ms(text: &str) -> Option<i64> {
     let parsed = OffsetDateTime::parse(text, &Rfc3339).ok()?;
     i64::try_from(parsed.unix_timestamp_nanos() / 1_000_000).ok()
 }
@@ -533,13 +253,24 @@ pub struct MembershipEvent {
     /// Epoch ms.
     pub at: i64,
     pub reason: Reason,
+    /// The revision of the user's memberships whose commit decided this move: one per
+    /// move, so time moving a user in, out and in again at one `user_version` gives
+    /// three ids. 0 in decisions left pending by a version that did not record it.
+    #[serde(default)]
+    pub commit: u64,
 }
 
 impl MembershipEvent {
-    /// The same for every delivery of this decision: consumers drop duplicates by it.
+    /// The same for every delivery of this decision, and different for every move:
+    /// consumers drop duplicates by it.
     pub fn id(&self) -> String {
         use sha2::{Digest, Sha256};
         let mut hasher = Sha256::new();
+        // A decision left pending without its commit keeps the id its first delivery had.
+        if self.commit > 0 {
+            hasher.update(self.commit.to_string().as_bytes());
+            hasher.update([0]);
+        }
         for part in [
             self.workspace_id.as_str(),
             &self.audience_id,

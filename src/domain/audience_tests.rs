@@ -2,6 +2,7 @@
 //! against a plain evaluator of the JSON rule.
 
 use super::*;
+use crate::contract::parse_rule;
 use proptest::prelude::*;
 use serde_json::json;
 
@@ -13,60 +14,6 @@ fn rule(value: Value) -> Rule {
 
 fn fields(value: Value) -> Fields {
     value.as_object().unwrap().clone()
-}
-
-fn refused(value: Value) -> Vec<(ErrorCode, String)> {
-    parse_rule(&value)
-        .expect_err("refused")
-        .into_iter()
-        .map(|e| (e.code, e.field.unwrap_or_default()))
-        .collect()
-}
-
-#[test]
-fn bad_rules_are_refused_at_their_path() {
-    assert_eq!(
-        refused(
-            json!({"all": [{"field": "plan", "op": "eq", "value": "a"}, {"field": "plan", "op": "eq", "value": "b"}, {"field": "x", "op": "like", "value": 1}]})
-        ),
-        [(ErrorCode::InvalidFormat, "rule.all[2].op".to_owned())]
-    );
-    assert_eq!(
-        refused(json!({"field": "plan", "op": "in", "value": "pro"})),
-        [(ErrorCode::InvalidType, "rule.value".to_owned())]
-    );
-    assert_eq!(
-        refused(json!({"field": "seen", "op": "within_last", "value": "7 days"})),
-        [(ErrorCode::InvalidFormat, "rule.value".to_owned())]
-    );
-    assert_eq!(
-        refused(json!({"field": "seen", "op": "within_last", "value": "P3651D"})),
-        [(ErrorCode::OutOfRange, "rule.value".to_owned())]
-    );
-    let deep = json!({"not": {"not": {"not": {"not": {"not": {"field": "a", "op": "exists"}}}}}});
-    assert_eq!(
-        refused(deep),
-        [(ErrorCode::TooDeep, "rule.not.not.not.not.not".to_owned())]
-    );
-    let many: Vec<Value> = (0..51)
-        .map(|_| json!({"field": "a", "op": "exists"}))
-        .collect();
-    assert_eq!(
-        refused(json!({"any": many})),
-        [(ErrorCode::TooMany, "rule".to_owned())]
-    );
-    assert_eq!(
-        refused(json!({"field": "a", "op": "exists", "value": 1})),
-        [(ErrorCode::UnknownField, "rule.value".to_owned())]
-    );
-    assert_eq!(
-        refused(json!({"all": []})),
-        [(ErrorCode::Empty, "rule.all".to_owned())]
-    );
-    assert_eq!(
-        refused(json!("plan")),
-        [(ErrorCode::InvalidType, "rule".to_owned())]
-    );
 }
 
 #[test]

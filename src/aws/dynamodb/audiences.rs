@@ -15,7 +15,8 @@ use crate::app::ports::{
     Audience, Audiences, BuildRecord, BuildStep, Definitions, Memberships, PortError, Standing,
     UserAudiences, UserKey,
 };
-use crate::domain::audience::{parse_rule, MembershipEvent};
+use crate::contract::parse_rule;
+use crate::domain::audience::MembershipEvent;
 use aws_sdk_dynamodb::error::SdkError;
 use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
 use aws_sdk_dynamodb::types::{
@@ -698,6 +699,7 @@ mod tests {
                 rule_rev: 2,
                 at: 5,
                 reason: Reason::Change,
+                commit: 3,
             }],
             next_due: Some(99),
         };
