@@ -41,6 +41,7 @@ class Index:
     def __init__(self, description, table_keys):
         self.name = description["IndexName"]
         self.keys = [k["AttributeName"] for k in description["KeySchema"]]
+        self.partition_key = next(k["AttributeName"] for k in description["KeySchema"] if k["KeyType"] == "HASH")
         projection = description["Projection"]
         self.projection = projection["ProjectionType"]
         self.included = set(projection.get("NonKeyAttributes", []))
@@ -57,23 +58,44 @@ class Index:
 
     def writes(self, before, after):
         """Write units this index bills when `before` becomes `after`."""
+        return sum(units for _, units in self.entry_writes(before, after))
+
+    def entry_writes(self, before, after):
+        """The index entries written when `before` becomes `after`, as (entry, write
+        units): what the per-key throughput limits charge to each entry's partition."""
         old, new = self.entry(before), self.entry(after)
         if old is None and new is None:
-            return 0
+            return []
         old_size = item_size(old) + INDEX_ENTRY_OVERHEAD if old is not None else 0
         new_size = item_size(new) + INDEX_ENTRY_OVERHEAD if new is not None else 0
         if old is None:
-            return write_units(new_size)
+            return [(new, write_units(new_size))]
         if new is None:
-            return write_units(old_size)
+            return [(old, write_units(old_size))]
         if any(old.get(key) != new.get(key) for key in self.keys):
-            return write_units(old_size) + write_units(new_size)
-        return write_units(max(old_size, new_size)) if old != new else 0
+            return [(old, write_units(old_size)), (new, write_units(new_size))]
+        return [(new, write_units(max(old_size, new_size)))] if old != new else []
 
 
 def table_writes(before, after):
     sizes = [item_size(item) for item in (before, after) if item is not None]
     return write_units(max(sizes, default=0))
+
+
+def items_read(items, consistent, together=False):
+    """Read units of the items one call read. `together`: a Query's items are summed
+    before rounding; otherwise each item bills on its own (and no item still bills one
+    read)."""
+    sizes = [item_size(item) for item in items]
+    if together or not sizes:
+        return read_units(sum(sizes), consistent)
+    return sum(read_units(size, consistent) for size in sizes)
+
+
+def condition_failed(status, answer):
+    """Whether DynamoDB's answer is a conditional write whose condition did not hold
+    (billed, unlike other refusals)."""
+    return status == 400 and "ConditionalCheckFailed" in answer.get("__type", "")
 
 
 class Ledger:
@@ -107,12 +129,7 @@ class Ledger:
             self._table(table)["write"] += table_writes(before, None)
 
     def read(self, table, items, consistent, together=False):
-        """`together`: a Query's items are summed before rounding; otherwise each item
-        bills on its own (and no item still bills one read)."""
-        sizes = [item_size(item) for item in items]
-        if together or not sizes:
-            units = read_units(sum(sizes), consistent)
-        else:
-            units = sum(read_units(size, consistent) for size in sizes)
+        """The items one call read (see items_read)."""
+        units = items_read(items, consistent, together)
         with self.lock:
             self._table(table)["read"] += units

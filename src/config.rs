@@ -27,6 +27,9 @@ pub struct Resources {
     pub audience_members_table: String,
     /// `AUDIENCE_BUILD_QUEUE_URL`: the SQS queue of audience build tasks.
     pub audience_build_queue_url: String,
+    /// `AUDIENCE_RETRY_QUEUE_URL`: the SQS queue of users parked after their
+    /// evaluation failed, settled again apart from their batch.
+    pub audience_retry_queue_url: String,
     /// `METRICS_NAMESPACE` (optional, default `VibeFollow/Users`): the CloudWatch
     /// namespace of the functions' embedded metrics, one per stack.
     pub metrics_namespace: String,
@@ -45,7 +48,7 @@ fn var(name: &'static str) -> Result<String, MissingVar> {
 
 impl Resources {
     /// Every variable `from_env` reads; template.yaml must set exactly these.
-    pub const ENV_VARS: [&'static str; 11] = [
+    pub const ENV_VARS: [&'static str; 12] = [
         "USERS_TABLE",
         "IDEMPOTENCY_TABLE",
         "API_KEYS_TABLE",
@@ -57,6 +60,7 @@ impl Resources {
         "AUDIENCES_TABLE",
         "AUDIENCE_MEMBERS_TABLE",
         "AUDIENCE_BUILD_QUEUE_URL",
+        "AUDIENCE_RETRY_QUEUE_URL",
     ];
 
     pub fn from_env() -> Result<Self, MissingVar> {
@@ -70,6 +74,7 @@ impl Resources {
             audiences_table: var("AUDIENCES_TABLE")?,
             audience_members_table: var("AUDIENCE_MEMBERS_TABLE")?,
             audience_build_queue_url: var("AUDIENCE_BUILD_QUEUE_URL")?,
+            audience_retry_queue_url: var("AUDIENCE_RETRY_QUEUE_URL")?,
             default_rate_limit: var("DEFAULT_RATE_LIMIT")
                 .ok()
                 .and_then(|v| v.parse().ok())

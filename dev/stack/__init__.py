@@ -5,6 +5,7 @@
     template.py    template.yaml: resources and their local names, functions' settings
     resources.py   tables, queues, buses and the event sink created in moto
     proxy.py       the proxy before moto: DynamoDB's limits, injected faults, capacity units
+    throughput.py  AWS's per-key and per-service throughput limits, scaled (VF_SCALE)
     bridges.py     the functions' event sources: SQS → consumer and audience builds →
                    audiences, users stream → changes and audiences (event source
                    mappings), the audiences schedule (a ticker)

@@ -1,5 +1,6 @@
 """The proxy between the functions and moto: refuses what DynamoDB would refuse for its
-limits, injects the faults tests ask for, and counts DynamoDB capacity units."""
+limits, injects the faults tests ask for, counts DynamoDB capacity units and (VF_SCALE)
+throttles what AWS's throughput limits, scaled down, would."""
 import json
 import random
 import sys
@@ -12,6 +13,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import capacity
 from dynamodb_limits import violation
 
+from . import throughput
 from .output import log
 from .settings import REGION
 
@@ -49,10 +51,23 @@ class FaultProxy:
     item sizes, numbers, empty names: see dynamodb_limits.py) is answered with
     DynamoDB's ValidationException and not forwarded, since moto would store it;
     `GET /__faults` counts these as `refused_by_limits`. `key_schemas` maps each table
-    name to its (partition key, sort key or None) attribute names.
+    name to its (partition key, sort key or None) attribute names, `indexes` to its
+    global secondary indexes (capacity.Index).
+
+    With `scale` (VF_SCALE, e.g. 0.01), AWS's throughput limits times that factor hold
+    after any fault: per partition key value of a table or index, 1,000 write and 3,000
+    read units a second (0.01: 10 and 30), and 10,000 PutEvents a second
+    (throughput.py). A call past them is answered as AWS answers it, not forwarded: 400
+    ProvisionedThroughputExceededException (EventBridge: ThrottlingException), which
+    the SDK retries; a batch's throttled items come back unprocessed, a transaction is
+    canceled with ThrottlingError. Writes then cost a read of the item first, as when
+    counting. `GET /__throughput` reports the calls throttled per table or index, the
+    hot keys (past their limit in more than one second) and the 20 busiest keys; no
+    item contents (index key values as a digest). `DELETE /__throughput` starts afresh.
+    Without `scale` nothing is throttled.
     """
 
-    def __init__(self, port, upstream, key_schemas=None, indexes=None):
+    def __init__(self, port, upstream, key_schemas=None, indexes=None, scale=None):
         self.faults = {}
         self.calls = {}
         self.injected = {"fail": 0, "stall": 0}
@@ -61,6 +76,8 @@ class FaultProxy:
         self.upstream = upstream
         self.indexes = indexes or {}
         self.ledger = None  # a capacity.Ledger while counting
+        self.scale = scale
+        self.throughput = self.new_throughput()
         self.lock = threading.Lock()
         proxy = self
 
@@ -103,6 +120,10 @@ class FaultProxy:
                     self.body()
                     proxy.ledger = None
                     return self.answer(204, b"")
+                if self.path == "/__throughput":
+                    self.body()
+                    proxy.throughput = proxy.new_throughput()
+                    return self.answer(204, b"")
                 self.forward()
 
             def do_GET(self):
@@ -116,6 +137,11 @@ class FaultProxy:
                     ledger = proxy.ledger
                     tables = json.dumps(ledger.report() if ledger else {}).encode()
                     return self.answer(200, tables, [("Content-Type", "application/json")])
+                if self.path == "/__throughput":
+                    limits = proxy.throughput
+                    report = limits.report() if limits else {"scale": None, "throttled": {}, "hot_keys": [],
+                                                             "busiest": []}
+                    return self.answer(200, json.dumps(report).encode(), [("Content-Type", "application/json")])
                 self.forward()
 
             def do_POST(self):
@@ -150,16 +176,29 @@ class FaultProxy:
                     time.sleep(int(faults.get("delay_ms", 3000)) / 1000)
                 headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "content-length")}
                 counted = proxy.ledger is not None and target.startswith("DynamoDB_20120810.")
-                before = proxy.item_before(target, payload) if counted else None  # never raises
-                status, data, got = proxy.send(self.command, self.path, payload, headers)
+                limits = proxy.throughput if throughput.limited(target) else None
+                before = proxy.item_before(target, payload) if counted or limits else None  # never raises
+                admission = proxy.admit(limits, target, payload, before) if limits else None
+                if admission and admission.refusal:
+                    return self.answer(400, json.dumps(admission.refusal).encode(),
+                                       [("Content-Type", json_content_type(target))])
+                forwarded = admission.forwarded(payload) if admission else payload
+                status, data, got = proxy.send(self.command, self.path, forwarded, headers)
+                if admission:
+                    data = admission.answered(status, data)
                 passed = [(k, v) for k, v in got.items()
                           if k.lower() not in ("content-length", "transfer-encoding", "connection", "date", "server")]
                 self.answer(status, data, passed)
-                if counted:
-                    proxy.count(target, payload, before, status, data)
+                if counted or admission:
+                    proxy.after_answer(target, payload, before, status, data, counted, limits, admission)
 
         self.server = QuietServer(("127.0.0.1", port), Handler)
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def new_throughput(self):
+        """Fresh throughput limits (all keys idle, nothing reported), or None without
+        a scale."""
+        return throughput.Throughput(self.scale, self.key_schemas, self.indexes) if self.scale else None
 
     def send(self, method, path, payload, headers):
         request = urllib.request.Request(self.upstream + path, data=payload or None, method=method, headers=headers)
@@ -196,15 +235,40 @@ class FaultProxy:
         partition, sort = self.key_schemas.get(request["TableName"], ("pk", None))
         return {name: request["Item"][name] for name in (partition, sort) if name}
 
-    def count(self, target, payload, before, status, data):
-        try:
-            self.count_call(target.rpartition(".")[2], json.loads(payload), before, status, data)
-        except (ValueError, KeyError, TypeError, AttributeError, OSError) as e:
-            log(f"capacity: {target} not counted: {e!r}")
+    def item_after(self, operation, request, status):
+        """The item a successful single-item write left (an UpdateItem's read back);
+        None for anything else."""
+        if status != 200 or operation not in ("PutItem", "UpdateItem"):
+            return None
+        if operation == "PutItem":
+            return request["Item"]
+        return self.current_item(request["TableName"], request["Key"])
 
-    def count_call(self, operation, request, before, status, data):
-        answer = json.loads(data or b"{}")
-        failed_condition = status == 400 and "ConditionalCheckFailed" in answer.get("__type", "")
+    def admit(self, limits, target, payload, before):
+        """The throughput limits' admission of a call, or None (admitted, nothing
+        charged) for a body they cannot read: moto answers it."""
+        try:
+            return limits.admit(target, json.loads(payload), before)
+        except (ValueError, KeyError, TypeError, AttributeError, StopIteration) as e:
+            log(f"throughput: {target} not charged: {e!r}")
+            return None
+
+    def after_answer(self, target, payload, before, status, data, counted, limits, admission):
+        """What follows an answer: the capacity count, the throughput charge settled
+        (both with the item a write left, read once). Never fails the call: a failure
+        is only logged."""
+        try:
+            operation, request, answer = target.rpartition(".")[2], json.loads(payload), json.loads(data or b"{}")
+            after = self.item_after(operation, request, status)
+            if counted:
+                self.count_call(operation, request, before, after, status, answer)
+            if admission:
+                limits.settle(admission, status, answer, after)
+        except (ValueError, KeyError, TypeError, AttributeError, OSError) as e:
+            log(f"capacity and throughput: {target} not counted: {e!r}")
+
+    def count_call(self, operation, request, before, after, status, answer):
+        failed_condition = capacity.condition_failed(status, answer)
         ledger = self.ledger
         if ledger is None or (status != 200 and not failed_condition):
             return
@@ -212,12 +276,6 @@ class FaultProxy:
             table = request["TableName"]
             if failed_condition:
                 return ledger.failed_condition(table, before)
-            if operation == "PutItem":
-                after = request["Item"]
-            elif operation == "UpdateItem":
-                after = self.current_item(table, request["Key"])
-            else:
-                after = None
             ledger.write(table, before, after)
         elif operation == "GetItem":
             item = answer.get("Item")
@@ -244,3 +302,9 @@ class FaultProxy:
 
     def close(self):
         self.server.shutdown()
+        self.server.server_close()
+
+
+def json_content_type(target):
+    """The JSON protocol of a call: DynamoDB's 1.0, EventBridge's (and SQS's) 1.1."""
+    return "application/x-amz-json-1.0" if target.startswith("DynamoDB_20120810.") else "application/x-amz-json-1.1"

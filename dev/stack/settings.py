@@ -50,5 +50,22 @@ STREAM_RETRIES = int(os.environ.get("VF_STREAM_RETRIES", "2"))
 # A function with a Schedule event source is invoked this often (AWS: its rate, a
 # minute for the audiences function), so that timers come due in seconds.
 TICK_SECONDS = float(os.environ.get("VF_TICK_SECONDS", "5"))
+
+
+def _scale(text):
+    """VF_SCALE's factor: a number > 0, or the stack refuses to start."""
+    try:
+        scale = float(text)
+    except ValueError:
+        scale = 0.0
+    if not 0 < scale < float("inf"):
+        raise SystemExit(f"[stack] VF_SCALE must be a number > 0, not {text!r}")
+    return scale
+
+
+# VF_SCALE: AWS's per-key and per-service throughput limits times this factor (0.01:
+# 10 write units a second per partition key), enforced by the proxy (throughput.py);
+# unset, none are.
+THROUGHPUT_SCALE = _scale(os.environ["VF_SCALE"]) if os.environ.get("VF_SCALE") else None
 DEV_WORKSPACE = "dev"
 DEV_SCOPES = "users:write,users:read,users:read_pii,users:delete,audiences:write,audiences:read"

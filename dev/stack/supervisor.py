@@ -24,7 +24,7 @@ from .resources import create_resources
 from .settings import (API_INSTANCES, API_PORT, API_URL, AUDIENCES_INSTANCES, CHANGES_INSTANCES,
                        CONSUMER_INSTANCES, DEV_SCOPES, DEV_WORKSPACE, EMULATOR_PORT, EMULATOR_URL, ENTRY,
                        ENV_FILE, FAULT_PROXY_PORT, LOGS, PIDS_FILE, REGION, RELEASE, ROOT, RUNTIME,
-                       STACK_NAME, VENV_BIN)
+                       STACK_NAME, THROUGHPUT_SCALE, VENV_BIN)
 from .template import event_sources, function_environment, function_settings, load_template, queue_url
 
 # Lambda's image keeps its CA certificates in one bundle; Debian's /etc/ssl/certs also
@@ -109,7 +109,10 @@ class Stack:
         names, schemas, indexes = create_resources(self.template, self.event_sink)
         self.names = names
         env = function_environment(self.template, names)
-        self.proxy = FaultProxy(FAULT_PROXY_PORT, EMULATOR_URL, schemas, indexes)
+        self.proxy = FaultProxy(FAULT_PROXY_PORT, EMULATOR_URL, schemas, indexes, THROUGHPUT_SCALE)
+        if THROUGHPUT_SCALE:
+            log(f"AWS's throughput limits × {THROUGHPUT_SCALE} (VF_SCALE): GET "
+                f"http://127.0.0.1:{FAULT_PROXY_PORT}/__throughput for the throttled calls and hot keys")
         env.update({
             "AWS_ENDPOINT_URL": f"http://127.0.0.1:{FAULT_PROXY_PORT}", "AWS_REGION": REGION,
             "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
@@ -117,6 +120,7 @@ class Stack:
             "VF_USERS_STREAM_ARN": names["UsersTable.StreamArn"],
             "VF_CHANGES_FAILURE_QUEUE_URL": names["ChangesFailureQueue"],
             "VF_AUDIENCE_BUILD_DLQ_URL": names["AudienceBuildDeadLetterQueue"],
+            "VF_AUDIENCE_PARKED_QUEUE_URL": names["AudienceParkedQueue"],
             "AWS_LAMBDA_LOG_LEVEL": self.log_level,
         })
         if "EventSink" in names:
@@ -125,8 +129,11 @@ class Stack:
             env["SSL_CERT_FILE"] = str(CA_BUNDLE)
         ENV_FILE.write_text("".join(f"{k}={v}\n" for k, v in env.items()))
         self.env = env
-        log(f"building the functions{' (release)' if RELEASE else ''}; the first time takes a few minutes")
-        subprocess.run(build_command(), cwd=ROOT, check=True)
+        if os.environ.get("VF_SKIP_BUILD") == "1":
+            log("VF_SKIP_BUILD=1: running the functions as last built")
+        else:
+            log(f"building the functions{' (release)' if RELEASE else ''}; the first time takes a few minutes")
+            subprocess.run(build_command(), cwd=ROOT, check=True)
         self.start_functions()
         self.bridge = None
         self.start_event_sources()
@@ -163,21 +170,23 @@ class Stack:
         """What invokes the functions besides the API, each a process of its own with a
         log of the same name: the queue bridges, the stream bridge, the ticker."""
         self.start_bridge()
-        self.start_queue_bridge("audiences-bridge", "audiences")
+        for source in event_sources(self.template, self.names, "SQS", "audiences"):
+            self.start_queue_bridge(f"audiences-{source.event.lower()}-bridge", source)
         self.start_stream_bridge()
         self.start_ticker()
 
     def start_bridge(self, log_mode="w"):
         """The SQS → consumer bridge runs as its own process, so that the drill can kill
         it mid-batch as a crashed poller would die."""
-        self.bridge = self.start_queue_bridge("bridge", "consumer", log_mode)
+        [source] = event_sources(self.template, self.names, "SQS", "consumer")
+        self.bridge = self.start_queue_bridge("bridge", source, log_mode)
 
-    def start_queue_bridge(self, name, function, log_mode="w"):
-        """The bridge from `function`'s SQS event source (its queue and batch size, as
-        the template says) to `function`."""
-        [source] = event_sources(self.template, self.names, "SQS", function)
+    def start_queue_bridge(self, name, source, log_mode="w"):
+        """The bridge from an SQS event source of the template (its queue and batch
+        size, as the template says) to its function."""
         return self.spawn(name, [sys.executable, str(ENTRY), "bridge", queue_url(source.properties["Queue"]),
-                                 function, str(source.properties.get("BatchSize", 10))], log_mode=log_mode)
+                                 source.function, str(source.properties.get("BatchSize", 10))],
+                          log_mode=log_mode)
 
     def start_stream_bridge(self, log_mode="w"):
         """One process reads the users stream for every function it is an event source

@@ -10,7 +10,7 @@ use super::ports::{
 use super::rate_limit::RateLimiter;
 use super::{AppError, Caller};
 use crate::contract::{
-    body_hash, is_storable_user_id, members_cursor, AudienceDefinition, MembersPage, RequestError,
+    body_hash, is_storable_user_id, AudienceDefinition, Page, Paged, RequestError,
 };
 use crate::domain::audience::{is_audience_id, MAX_AUDIENCES};
 use crate::domain::Stamp;
@@ -27,6 +27,13 @@ pub struct AudienceView {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Members {
     pub members: Vec<(String, i64)>,
+    pub next_cursor: Option<String>,
+}
+
+/// A page of the workspace's audiences, and the cursor of the next.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AudiencesPage {
+    pub audiences: Vec<Audience>,
     pub next_cursor: Option<String>,
 }
 
@@ -101,6 +108,8 @@ where
                     since_rev: previous.map_or(rule_rev, |p| p.since_rev),
                     building: Some(0),
                     updated_at: now_ms,
+                    // A new audience starts counting; a replaced one keeps its way.
+                    counted: previous.is_none_or(|p| p.counted),
                 };
                 if self
                     .store
@@ -221,18 +230,51 @@ where
         self.view(&caller.workspace_id, audience).await
     }
 
-    /// Every audience of the workspace, by id, without counts: a count reads the whole
-    /// member list, so it is paid for one audience at a time (`get`).
-    pub async fn list(&self, caller: &Caller, now_ms: i64) -> Result<Vec<Audience>, AppError> {
+    /// The workspace's audiences, by id, a page at a time, without counts (`get` has
+    /// each one's).
+    pub async fn list(
+        &self,
+        caller: &Caller,
+        page: Result<Page, RequestError>,
+        now_ms: i64,
+    ) -> Result<AudiencesPage, AppError> {
         self.limiter.admit(caller, now_ms, 1).await?;
-        Ok(self.store.list(&caller.workspace_id).await?.audiences)
+        let page = page?;
+        let mut audiences: Vec<Audience> = self
+            .store
+            .list(&caller.workspace_id)
+            .await?
+            .audiences
+            .into_iter()
+            .filter(|a| {
+                page.after
+                    .as_ref()
+                    .is_none_or(|after| a.audience_id > *after)
+            })
+            .take(page.limit + 1)
+            .collect();
+        let more = audiences.len() > page.limit;
+        audiences.truncate(page.limit);
+        let next_cursor = more
+            .then(|| {
+                audiences
+                    .last()
+                    .map(|a| Paged::Audiences.cursor(&a.audience_id))
+            })
+            .flatten();
+        Ok(AudiencesPage {
+            audiences,
+            next_cursor,
+        })
     }
 
     async fn view(&self, workspace_id: &str, audience: Audience) -> Result<AudienceView, AppError> {
-        let members = self
-            .store
-            .count(workspace_id, (&audience.audience_id, audience.since_rev))
-            .await?;
+        let started = (audience.audience_id.as_str(), audience.since_rev);
+        let members = if audience.counted {
+            self.store.count(workspace_id, started).await?
+        } else {
+            self.store.count_listed(workspace_id, started).await?
+        };
         Ok(AudienceView { audience, members })
     }
 
@@ -240,7 +282,7 @@ where
         &self,
         caller: &Caller,
         audience_id: &str,
-        page: Result<MembersPage, RequestError>,
+        page: Result<Page, RequestError>,
         now_ms: i64,
     ) -> Result<Members, AppError> {
         self.limiter.admit(caller, now_ms, 1).await?;
@@ -264,7 +306,10 @@ where
             )
             .await?;
         let next_cursor = more
-            .then(|| members.last().map(|(id, _)| members_cursor(id)))
+            .then(|| {
+                let paged = Paged::Members { audience_id };
+                members.last().map(|(id, _)| paged.cursor(id))
+            })
             .flatten();
         Ok(Members {
             members,

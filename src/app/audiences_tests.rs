@@ -318,7 +318,13 @@ async fn events_left_pending_by_a_refused_put_go_out_on_the_next_evaluation_with
     let trial = w.write("u1", Some(json!({"plan": "trial"})), T0 + 1);
     w.bus.faults.fail("bus.put", unavailable(), 1);
     let (_, failed) = w.deliver(std::slice::from_ref(&trial), T0 + 2).await;
-    assert_eq!(failed.as_deref(), Some("0"), "the record is retried");
+    assert_eq!(failed, None, "the batch is done…");
+    let parked = w.builds.take_parked();
+    assert_eq!(
+        parked,
+        [(WS.to_owned(), "u1".to_owned())],
+        "…the user parked"
+    );
     assert_eq!(
         w.store.listed(WS, "trials"),
         ["u1"],
@@ -335,8 +341,11 @@ async fn events_left_pending_by_a_refused_put_go_out_on_the_next_evaluation_with
             .len(),
         1
     );
-    // The retry publishes the pending event and decides nothing new.
-    assert_eq!(w.deliver(&[trial], T0 + 3).await, (1, None));
+    // The retry publishes the pending event and decides nothing new; so would a
+    // redelivery of the record.
+    let retried = w.evaluate.retry(&parked, || T0 + 3).await;
+    assert!(matches!(retried[..], [Ok(1)]), "{retried:?}");
+    assert_eq!(w.deliver(&[trial], T0 + 3).await, (0, None));
     assert!(w.store.state(WS, "u1").pending.is_empty());
     assert_eq!(w.events(), [entered("trials", "u1", "change")]);
     assert!(w.store.due(T0 + 3, 10).await.unwrap().is_empty());
@@ -583,8 +592,10 @@ async fn members_page_in_id_order_and_a_member_present_throughout_is_listed_once
         .map(|i| w.write(&format!("u{i:02}"), Some(json!({"plan": "trial"})), T0))
         .collect();
     w.deliver(&records, T0 + 1).await;
-    let page =
-        |cursor: Option<String>| crate::contract::members_query(Some("10"), cursor.as_deref());
+    let paged = crate::contract::Paged::Members {
+        audience_id: "trials",
+    };
+    let page = |cursor: Option<String>| paged.query(Some("10"), cursor.as_deref());
     let mut seen = Vec::new();
     let mut cursor = None;
     loop {
@@ -695,6 +706,11 @@ proptest! {
                     prop_assert_eq!(kinds.len() % 2 == 1, listed);
                 }
             }
+            // The kept count is the list's, whatever the order.
+            for audience in ["paying", "trials"] {
+                let view = w.curate.get(&caller(), audience, T0 + 300).await.unwrap();
+                prop_assert_eq!(view.members as usize, w.store.listed(WS, audience).len());
+            }
             Ok(())
         })?;
     }
@@ -802,4 +818,102 @@ async fn rules_are_read_once_per_revision_across_batches_and_again_when_they_mov
     assert!(deliver("u4", T0 + 11).await);
     assert!(deliver("u5", T0 + 12).await);
     assert_eq!(lists() - before, 1, "and once more after the rules moved");
+}
+
+#[tokio::test]
+async fn a_user_whose_evaluation_keeps_failing_is_parked_and_the_rest_of_its_batch_goes_on() {
+    let w = world();
+    w.define("trials", trials(), T0).await;
+    w.build(T0).await;
+    let poisoned = (WS.to_owned(), "u2".to_owned());
+    w.store.poisoned.lock().unwrap().insert(poisoned.clone());
+    let records: Vec<Record> = ["u1", "u2", "u3"]
+        .iter()
+        .map(|user| w.write(user, Some(json!({"plan": "trial"})), T0 + 1))
+        .collect();
+    // The batch is done: the others settled, the poisoned one parked by id.
+    assert_eq!(w.deliver(&records, T0 + 2).await, (2, None));
+    assert_eq!(w.store.listed(WS, "trials"), ["u1", "u3"]);
+    let parked = w.builds.take_parked();
+    assert_eq!(parked, std::slice::from_ref(&poisoned));
+    // Settled again apart from the batch: still failing, then, once it reads, settled.
+    let retried = w.evaluate.retry(&parked, || T0 + 3).await;
+    assert!(matches!(retried[..], [Err(_)]), "{retried:?}");
+    w.store.poisoned.lock().unwrap().clear();
+    let retried = w.evaluate.retry(&parked, || T0 + 4).await;
+    assert!(matches!(retried[..], [Ok(1)]), "{retried:?}");
+    assert_eq!(w.store.listed(WS, "trials"), ["u1", "u2", "u3"]);
+    assert_eq!(w.events().last(), Some(&entered("trials", "u2", "change")));
+}
+
+#[tokio::test]
+async fn a_user_that_cannot_even_be_parked_holds_its_batch_from_its_record_on() {
+    let w = world();
+    w.define("trials", trials(), T0).await;
+    w.build(T0).await;
+    w.store
+        .poisoned
+        .lock()
+        .unwrap()
+        .insert((WS.to_owned(), "u2".to_owned()));
+    w.builds.faults.fail("parked.park", unavailable(), 1);
+    let records: Vec<Record> = ["u1", "u2", "u3"]
+        .iter()
+        .map(|user| w.write(user, Some(json!({"plan": "trial"})), T0 + 1))
+        .collect();
+    let (_, first_failure) = w.deliver(&records, T0 + 2).await;
+    assert_eq!(first_failure.as_deref(), Some("1"), "from u2's record on");
+    assert!(w.builds.take_parked().is_empty());
+}
+
+#[tokio::test]
+async fn a_build_parks_the_users_it_cannot_settle_and_goes_on() {
+    let w = world();
+    for user in ["u1", "u2", "u3"] {
+        w.write(user, Some(json!({"plan": "trial"})), T0);
+    }
+    w.store
+        .poisoned
+        .lock()
+        .unwrap()
+        .insert((WS.to_owned(), "u2".to_owned()));
+    w.define("trials", trials(), T0 + 1).await;
+    w.build(T0 + 2).await;
+    assert_eq!(w.store.listed(WS, "trials"), ["u1", "u3"]);
+    assert_eq!(w.builds.take_parked(), [(WS.to_owned(), "u2".to_owned())]);
+    let view = w.curate.get(&caller(), "trials", T0 + 3).await.unwrap();
+    assert_eq!(view.audience.building, None, "the build is done");
+    assert_eq!(view.members, 2);
+}
+
+#[tokio::test]
+async fn audiences_list_a_page_at_a_time_and_refuse_a_cursor_no_page_gave() {
+    let w = world();
+    let ids: Vec<String> = (0..25).map(|i| format!("a{i:02}")).collect();
+    for id in &ids {
+        w.define(id, trials(), T0).await;
+    }
+    let paged = crate::contract::Paged::Audiences;
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let page = paged.query(Some("10"), cursor.as_deref());
+        let got = w.curate.list(&caller(), page, T0).await.unwrap();
+        assert!(got.audiences.len() <= 10);
+        seen.extend(got.audiences.into_iter().map(|a| a.audience_id));
+        match got.next_cursor {
+            Some(next) => cursor = Some(next),
+            None => break,
+        }
+    }
+    assert_eq!(seen, ids);
+    let members_cursor = crate::contract::Paged::Members { audience_id: "a01" }.cursor("u1");
+    let refused = w
+        .curate
+        .list(&caller(), paged.query(None, Some(&members_cursor)), T0)
+        .await;
+    assert!(
+        matches!(refused, Err(AppError::Request(RequestError::Query(_)))),
+        "{refused:?}"
+    );
 }

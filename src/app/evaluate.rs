@@ -6,7 +6,8 @@
 use super::audiences::member_of;
 use super::ports::{
     Audiences, BuildQueue, BuildRecord, BuildStep, BuildTask, Definitions, EventBus, Memberships,
-    PortError, Standing, StoredUser, UserAudiences, UserImage, Users, WorkspaceUsers,
+    ParkedUsers, PortError, Standing, StoredUser, UserAudiences, UserImage, UserKey, Users,
+    WorkspaceUsers,
 };
 use super::publish::StreamChange;
 use super::rule_cache::RuleCache;
@@ -52,7 +53,10 @@ pub struct Settled<'a> {
     pub users: usize,
     /// Membership events put on the bus.
     pub events: usize,
-    /// The first record not done, from which the batch must be delivered again.
+    /// Users not settled, parked to be settled apart from the batch.
+    pub parked: usize,
+    /// The first record not done, from which the batch must be delivered again: an
+    /// unreadable record, or users that could not even be parked.
     pub first_failure: Option<&'a str>,
 }
 
@@ -61,6 +65,8 @@ pub struct Settled<'a> {
 pub struct Built {
     pub users: usize,
     pub events: usize,
+    /// Users of the page not settled, parked: the build goes on without them.
+    pub parked: usize,
     /// The task that goes on from here, queued.
     pub next: Option<BuildTask>,
 }
@@ -81,7 +87,7 @@ impl<S, U, B, E> Evaluate<S, U, B, E>
 where
     S: Audiences + Memberships + Sync,
     U: Users + WorkspaceUsers + Sync,
-    B: BuildQueue,
+    B: BuildQueue + ParkedUsers,
     E: EventBus + Sync,
 {
     pub fn new(store: S, users: U, builds: B, bus: E) -> Self {
@@ -170,22 +176,125 @@ where
             .filter_map(|(workspace_id, found)| Some((workspace_id, found.ok()?)))
             .collect();
         outcomes.extend(self.settle_all(subjects, definitions, &now).await);
-        let mut events = 0;
+        let keys: HashMap<usize, (&str, &str)> = latest
+            .iter()
+            .map(|(key, (index, _, _))| (*index, *key))
+            .collect();
+        let (events, failed) = self.tally(outcomes, |index| records[index].position);
         let mut first_failure = poison;
-        for (index, outcome) in outcomes {
-            match outcome {
-                Ok(put) => events += put,
-                Err(err) => {
-                    tracing::warn!(sequence_number = %records[index].position, error = %err, "user not settled");
-                    first_failure = Some(first_failure.map_or(index, |f| f.min(index)));
-                }
-            }
+        let parked = failed.len();
+        let failed_keys: Vec<(&str, &str)> = failed.iter().map(|index| keys[index]).collect();
+        if let Err(err) = self.park(&failed_keys).await {
+            tracing::error!(error = %err, users = parked, "users not parked");
+            first_failure = failed.into_iter().chain(first_failure).min();
         }
         Settled {
             users: latest.len(),
             events,
+            parked,
             first_failure: first_failure.map(|index| records[index].position),
         }
+    }
+
+    /// The events put, and the indices of the subjects not settled (each logged with
+    /// where it came from).
+    fn tally<P: std::fmt::Display>(
+        &self,
+        outcomes: Outcomes,
+        origin: impl Fn(usize) -> P,
+    ) -> (usize, Vec<usize>) {
+        let mut events = 0;
+        let mut failed = Vec::new();
+        for (index, outcome) in outcomes {
+            match outcome {
+                Ok(put) => events += put,
+                Err(err) => {
+                    tracing::warn!(origin = %origin(index), error = %err, "user not settled");
+                    failed.push(index);
+                }
+            }
+        }
+        failed.sort_unstable();
+        (events, failed)
+    }
+
+    async fn park(&self, users: &[(&str, &str)]) -> Result<(), PortError> {
+        if users.is_empty() {
+            return Ok(());
+        }
+        let keys: Vec<UserKey> = users
+            .iter()
+            .map(|(workspace_id, user_id)| ((*workspace_id).to_owned(), (*user_id).to_owned()))
+            .collect();
+        self.builds.park(&keys).await
+    }
+
+    /// Settles parked users again, each from a fresh read: each one's outcome, in
+    /// order (the events it put, or why it is still not settled).
+    pub async fn retry(
+        &self,
+        users: &[UserKey],
+        now: impl Fn() -> i64 + Sync,
+    ) -> Vec<Result<usize, AppError>> {
+        let keys = users
+            .iter()
+            .map(|(workspace_id, user_id)| (workspace_id.as_str(), user_id.as_str()));
+        let (subjects, mut outcomes) = self.fresh_subjects(keys, Reason::Change).await;
+        let mut definitions = HashMap::new();
+        let mut ready = Vec::new();
+        for subject in subjects {
+            let workspace_id = subject.workspace_id;
+            if !definitions.contains_key(workspace_id) {
+                definitions.insert(workspace_id, self.rules(workspace_id).await);
+            }
+            match &definitions[workspace_id] {
+                Ok(_) => ready.push(subject),
+                Err(err) => outcomes.push((subject.index, Err(err.clone().into()))),
+            }
+        }
+        let definitions = definitions
+            .into_iter()
+            .filter_map(|(workspace_id, found)| Some((workspace_id, found.ok()?)))
+            .collect();
+        outcomes.extend(self.settle_all(ready, definitions, &now).await);
+        outcomes.sort_by_key(|(index, _)| *index);
+        outcomes.into_iter().map(|(_, outcome)| outcome).collect()
+    }
+
+    /// Subjects read fresh from the users table, by their index in `keys`; the reads
+    /// that failed as outcomes.
+    async fn fresh_subjects<'a>(
+        &self,
+        keys: impl Iterator<Item = (&'a str, &'a str)>,
+        reason: Reason,
+    ) -> (Vec<Subject<'a>>, Outcomes) {
+        let reads = keys
+            .enumerate()
+            .map(|(index, (workspace_id, user_id))| async move {
+                let user = self.users.get(workspace_id, user_id).await;
+                (index, workspace_id, user_id, user)
+            });
+        let mut subjects = Vec::new();
+        let mut failed = Vec::new();
+        for (index, workspace_id, external_user_id, user) in stream::iter(reads)
+            .buffer_unordered(SETTLING_LANES)
+            .collect::<Vec<_>>()
+            .await
+        {
+            match user {
+                Ok(user) => subjects.push(Subject {
+                    index,
+                    workspace_id,
+                    external_user_id,
+                    version: user.as_ref().map_or(0, |u| u.version),
+                    user,
+                    fresh: true,
+                    reason,
+                }),
+                Err(err) => failed.push((index, Err(err.into()))),
+            }
+        }
+        (subjects, failed)
     }
 
     /// One page of a build (or of a delete's drop), and the next task queued.
@@ -210,7 +319,7 @@ where
                 cursor: Some(cursor),
                 ..task.clone()
             });
-            return self.then(next, 0, 0).await;
+            return self.then(next, 0, 0, 0).await;
         }
         // Read whole: whether the build is still going is not part of the revision.
         let definitions = Arc::new(self.store.list(workspace_id).await?);
@@ -220,7 +329,7 @@ where
         });
         if !current {
             // Replaced, deleted or done: a newer task (or none) carries on.
-            return self.then(None, 0, 0).await;
+            return self.then(None, 0, 0, 0).await;
         }
         let (page, to) = self
             .users
@@ -240,11 +349,14 @@ where
                 reason: Reason::Build,
             })
             .collect();
-        let mut events = 0;
         let definitions = HashMap::from([(workspace_id, definitions)]);
-        for (_, outcome) in self.settle_all(subjects, definitions, &now).await {
-            events += outcome?;
-        }
+        let outcomes = self.settle_all(subjects, definitions, &now).await;
+        let (events, failed) = self.tally(outcomes, |index| format!("build page user {index}"));
+        let failed_keys: Vec<(&str, &str)> = failed
+            .iter()
+            .map(|&index| (workspace_id, page[index].external_user_id.as_str()))
+            .collect();
+        self.park(&failed_keys).await?;
         let step = BuildStep {
             from: task.cursor.clone(),
             to: to.clone(),
@@ -265,7 +377,7 @@ where
             cursor: Some(cursor),
             ..task.clone()
         });
-        self.then(next, users, events).await
+        self.then(next, users, events, failed.len()).await
     }
 
     async fn then(
@@ -273,6 +385,7 @@ where
         next: Option<BuildTask>,
         users: usize,
         events: usize,
+        parked: usize,
     ) -> Result<Built, AppError> {
         if let Some(task) = &next {
             self.builds.send(task).await?;
@@ -280,6 +393,7 @@ where
         Ok(Built {
             users,
             events,
+            parked,
             next,
         })
     }
@@ -319,32 +433,12 @@ where
                     workspaces.insert(workspace_id, self.rules(workspace_id).await?);
                 }
             }
-            let reads =
-                batch
-                    .iter()
-                    .enumerate()
-                    .map(|(index, ((workspace_id, user_id), _))| async move {
-                        let user = self.users.get(workspace_id, user_id).await?;
-                        Ok::<_, AppError>(Subject {
-                            index,
-                            workspace_id,
-                            external_user_id: user_id,
-                            version: user.as_ref().map_or(0, |u| u.version),
-                            user,
-                            fresh: true,
-                            reason: Reason::Time,
-                        })
-                    });
-            let mut subjects = Vec::new();
-            for read in stream::iter(reads)
-                .buffer_unordered(SETTLING_LANES)
-                .collect::<Vec<_>>()
-                .await
-            {
-                match read {
-                    Ok(subject) => subjects.push(subject),
-                    Err(err) => first_error = first_error.or(Some(err)),
-                }
+            let keys = batch
+                .iter()
+                .map(|((workspace_id, user_id), _)| (workspace_id.as_str(), user_id.as_str()));
+            let (subjects, unread) = self.fresh_subjects(keys, Reason::Time).await;
+            for (_, outcome) in unread {
+                first_error = first_error.or(outcome.err());
             }
             let definitions = subjects
                 .iter()
@@ -629,6 +723,7 @@ fn decide(
             external_user_id: subject.external_user_id.to_owned(),
             user_version: version,
             rule_rev: audience.rule_rev,
+            since_rev: audience.since_rev,
             at: now_ms,
             reason: if user.is_none() {
                 Reason::Erase

@@ -462,6 +462,9 @@ pub struct ListEntry {
     pub rev: u64,
 }
 
+/// An audience's member count: (workspace, audience, the revision it started at).
+pub type CountKey = (String, String, u64);
+
 /// What a test runs before each commit, as another writer would.
 pub type CommitRace = Box<dyn FnMut(&MemoryAudiences) + Send>;
 
@@ -476,6 +479,10 @@ pub struct MemoryAudiences {
     pub faults: Faults,
     /// Runs before each commit, as another writer would (a test's race).
     pub before_commit: Arc<Mutex<Option<CommitRace>>>,
+    /// Member counts by (workspace, audience, revision it started at), kept by `apply`.
+    pub counts: Arc<Mutex<HashMap<CountKey, i64>>>,
+    /// Users whose memberships cannot be read: every evaluation of them fails.
+    pub poisoned: Arc<Mutex<std::collections::HashSet<UserKey>>>,
 }
 
 impl MemoryAudiences {
@@ -606,6 +613,10 @@ impl Memberships for MemoryAudiences {
         external_user_id: &str,
     ) -> Result<UserAudiences, PortError> {
         self.call("memberships.standing")?;
+        let key = (workspace_id.to_owned(), external_user_id.to_owned());
+        if lock(&self.poisoned).contains(&key) {
+            return Err(PortError::Refused("ValidationException".into()));
+        }
         Ok(self.state(workspace_id, external_user_id))
     }
 
@@ -638,18 +649,31 @@ impl Memberships for MemoryAudiences {
     ) -> Result<(), PortError> {
         self.call("memberships.apply")?;
         let mut lists = lock(&self.lists);
+        let mut counts = lock(&self.counts);
         for decision in decisions {
             let list = lists
                 .entry((workspace_id.to_owned(), decision.audience_id.clone()))
                 .or_default();
+            let found = list.get(external_user_id);
+            if found.is_some_and(|e| e.rev >= rev) {
+                continue;
+            }
+            let was_member =
+                found.is_some_and(|e| e.entered_at.is_some() && e.rule_rev >= decision.since_rev);
+            if was_member != decision.entered {
+                let audience = (
+                    workspace_id.to_owned(),
+                    decision.audience_id.clone(),
+                    decision.since_rev,
+                );
+                *counts.entry(audience).or_default() += if decision.entered { 1 } else { -1 };
+            }
             let entry = ListEntry {
                 entered_at: decision.entered.then_some(decision.at),
                 rule_rev: decision.rule_rev,
                 rev,
             };
-            if list.get(external_user_id).is_none_or(|e| e.rev < rev) {
-                list.insert(external_user_id.to_owned(), entry);
-            }
+            list.insert(external_user_id.to_owned(), entry);
         }
         Ok(())
     }
@@ -691,8 +715,24 @@ impl Memberships for MemoryAudiences {
         Ok((members, more))
     }
 
-    async fn count(&self, workspace_id: &str, audience: (&str, u64)) -> Result<u64, PortError> {
+    async fn count(
+        &self,
+        workspace_id: &str,
+        (audience_id, since_rev): (&str, u64),
+    ) -> Result<u64, PortError> {
         self.call("memberships.count")?;
+        let key = (workspace_id.to_owned(), audience_id.to_owned(), since_rev);
+        let count = lock(&self.counts).get(&key).copied().unwrap_or(0);
+        // Never below zero: a count that went there is a bug the tests must see.
+        u64::try_from(count).map_err(|_| PortError::Refused("negative count".into()))
+    }
+
+    async fn count_listed(
+        &self,
+        workspace_id: &str,
+        audience: (&str, u64),
+    ) -> Result<u64, PortError> {
+        self.call("memberships.count_listed")?;
         let (members, _) = self
             .members(workspace_id, audience, usize::MAX - 1, None)
             .await?;
@@ -755,16 +795,30 @@ impl Memberships for MemoryAudiences {
     }
 }
 
-/// The build queue: tasks as sent.
+/// The audiences function's queues: build tasks as sent, and parked users.
 #[derive(Clone, Default)]
 pub struct MemoryBuilds {
     pub tasks: Arc<Mutex<VecDeque<BuildTask>>>,
+    pub parked: Arc<Mutex<VecDeque<UserKey>>>,
     pub faults: Faults,
 }
 
 impl MemoryBuilds {
     pub fn take(&self) -> Option<BuildTask> {
         lock(&self.tasks).pop_front()
+    }
+
+    /// The users parked so far, taken off the queue.
+    pub fn take_parked(&self) -> Vec<UserKey> {
+        lock(&self.parked).drain(..).collect()
+    }
+}
+
+impl ParkedUsers for MemoryBuilds {
+    async fn park(&self, users: &[UserKey]) -> Result<(), PortError> {
+        self.faults.check("parked.park")?;
+        lock(&self.parked).extend(users.iter().cloned());
+        Ok(())
     }
 }
 

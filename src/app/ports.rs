@@ -235,6 +235,9 @@ pub struct Audience {
     /// Users the build of `rule_rev` has looked at; `None` once it is done.
     pub building: Option<u64>,
     pub updated_at: i64,
+    /// Its member count is kept beside its member list since it started; an audience
+    /// that started before counts were kept is counted by reading its list.
+    pub counted: bool,
 }
 
 /// A workspace's audiences and the revision of its definitions, which every define
@@ -377,7 +380,8 @@ pub trait Memberships {
     ) -> impl Future<Output = Result<bool, PortError>> + Send;
 
     /// Writes the member-list entries of the decisions of commit `rev` (an entry, or
-    /// its removal), each only over an entry an older commit wrote: carrying the same
+    /// its removal), each only over an entry an older commit wrote, and moves the
+    /// audience's member count with each entry that changes sides: carrying the same
     /// decisions out twice, or late, changes nothing.
     fn apply(
         &self,
@@ -406,7 +410,17 @@ pub trait Memberships {
         after: Option<&str>,
     ) -> impl Future<Output = Result<(Vec<(String, i64)>, bool), PortError>> + Send;
 
+    /// The member count kept with the member list (for an audience that is
+    /// [`Audience::counted`]): a few small reads, whatever the count.
     fn count(
+        &self,
+        workspace_id: &str,
+        audience: (&str, u64),
+    ) -> impl Future<Output = Result<u64, PortError>> + Send;
+
+    /// The member count by reading the whole member list: for an audience that started
+    /// before counts were kept.
+    fn count_listed(
         &self,
         workspace_id: &str,
         audience: (&str, u64),
@@ -450,6 +464,14 @@ pub struct BuildTask {
 
 pub trait BuildQueue {
     fn send(&self, task: &BuildTask) -> impl Future<Output = Result<(), PortError>> + Send;
+}
+
+/// Users whose evaluation failed, parked by id (not by a stream position) to be settled
+/// again apart from the batch that met them; those that keep failing end where an
+/// operator sees and redrives them (`docs/runbooks.md`, `AudienceParkedAlarm`).
+pub trait ParkedUsers {
+    /// Once it returns `Ok`, every user is durably parked.
+    fn park(&self, users: &[UserKey]) -> impl Future<Output = Result<(), PortError>> + Send;
 }
 
 /// The users of one workspace, page by page (for builds).

@@ -94,6 +94,7 @@ mod tests {
                 since_rev: 1,
                 building: None,
                 updated_at: 0,
+                counted: true,
             }],
         })
     }

@@ -2,7 +2,9 @@
 //! characters a body may hold, how many messages one body and one call carry.
 
 use crate::app::call_groups;
-use crate::app::ports::{BuildQueue, BuildTask, PortError, Unsent, UpsertQueue};
+use crate::app::ports::{
+    BuildQueue, BuildTask, ParkedUsers, PortError, Unsent, UpsertQueue, UserKey,
+};
 use crate::domain::{UpsertMessage, MESSAGE_VERSION};
 use aws_sdk_sqs::types::SendMessageBatchRequestEntry;
 use aws_sdk_sqs::Client;
@@ -253,11 +255,88 @@ impl BuildQueue for SqsQueue {
     }
 }
 
+/// The audiences function's two queues: build tasks, and parked users to settle again.
+#[derive(Clone)]
+pub struct AudienceQueues {
+    pub builds: SqsQueue,
+    pub retries: SqsQueue,
+}
+
+impl BuildQueue for AudienceQueues {
+    async fn send(&self, task: &BuildTask) -> Result<(), PortError> {
+        BuildQueue::send(&self.builds, task).await
+    }
+}
+
+/// A parked user as an SQS body (no other body reads as one).
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ParkedUser<'a> {
+    workspace_id: std::borrow::Cow<'a, str>,
+    external_user_id: std::borrow::Cow<'a, str>,
+}
+
+/// The user a parked user's body names, or `None` if it names none.
+pub fn decode_parked(body: &str) -> Option<UserKey> {
+    let parked: ParkedUser = serde_json::from_str(body).ok()?;
+    Some((
+        parked.workspace_id.into_owned(),
+        parked.external_user_id.into_owned(),
+    ))
+}
+
+impl ParkedUsers for AudienceQueues {
+    async fn park(&self, users: &[UserKey]) -> Result<(), PortError> {
+        let bodies: Vec<String> = users
+            .iter()
+            .map(|(workspace_id, user_id)| {
+                let parked = ParkedUser {
+                    workspace_id: workspace_id.into(),
+                    external_user_id: user_id.into(),
+                };
+                serde_json::to_string(&parked).map(sqs_safe)
+            })
+            .collect::<Result<_, _>>()
+            .map_err(|_| PortError::Refused("parked user not encoded".into()))?;
+        let bodies: Vec<&str> = bodies.iter().map(String::as_str).collect();
+        match self.retries.send_bodies(&bodies).await {
+            (unsent, _) if unsent.is_empty() => Ok(()),
+            (_, error) => Err(error.unwrap_or_else(|| PortError::Unavailable("not parked".into()))),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::domain::{Changes, ProfileField, Stamp, MESSAGE_VERSION};
     use serde_json::json;
+
+    #[test]
+    fn a_parked_user_reads_back_as_written_and_nothing_else_reads_as_one() {
+        let body = serde_json::to_string(&ParkedUser {
+            workspace_id: "ws".into(),
+            external_user_id: "usr \u{fffe} \"42\"".into(),
+        })
+        .map(sqs_safe)
+        .unwrap();
+        assert!(!body.contains('\u{fffe}'), "SQS-safe");
+        assert_eq!(
+            decode_parked(&body),
+            Some(("ws".to_owned(), "usr \u{fffe} \"42\"".to_owned()))
+        );
+        let upsert = r#"{"workspace_id":"ws","external_user_id":"u","v":1}"#;
+        for other in [
+            "",
+            "[]",
+            "{}",
+            r#"{"workspace_id":"ws"}"#,
+            r#"{"workspace_id":1,"external_user_id":"u"}"#,
+            upsert,
+        ] {
+            assert_eq!(decode_parked(other), None, "{other}");
+        }
+    }
 
     #[test]
     fn message_round_trips_with_removals() {

@@ -1,5 +1,6 @@
 //! Audience requests: the definition a `PUT` carries, and the members query.
 
+use super::validate::MAX_USER_ID_BYTES;
 use super::{body_hash, parse_rule, BodyError, ErrorCode, FieldError, RequestError};
 use crate::domain::audience::Rule;
 use base64::Engine;
@@ -94,45 +95,116 @@ pub fn parse_audience(body: &[u8]) -> Result<AudienceDefinition, BodyError> {
     }
 }
 
-/// A members page request: how many, and after which member.
+/// A page request: how many, and after which item (a member's user id, or an
+/// audience id).
 #[derive(Debug, Clone, PartialEq)]
-pub struct MembersPage {
+pub struct Page {
     pub limit: usize,
     pub after: Option<String>,
 }
 
-/// `limit` (1–1,000, default 100) and `cursor` (as a page gave it).
-pub fn members_query(
-    limit: Option<&str>,
-    cursor: Option<&str>,
-) -> Result<MembersPage, RequestError> {
-    let invalid = |field: &str, message: &str| {
-        RequestError::Query(FieldError::new(ErrorCode::InvalidFormat, field, message))
-    };
-    let limit = match limit {
-        None => DEFAULT_MEMBERS_PAGE,
-        Some(text) => text
-            .parse::<usize>()
-            .ok()
-            .filter(|n| (1..=MAX_MEMBERS_PAGE).contains(n))
-            .ok_or_else(|| invalid("limit", "limit must be a whole number from 1 to 1000"))?,
-    };
-    let after = match cursor {
-        None | Some("") => None,
-        Some(cursor) => Some(
-            base64::engine::general_purpose::URL_SAFE_NO_PAD
-                .decode(cursor)
-                .ok()
-                .and_then(|bytes| String::from_utf8(bytes).ok())
-                .ok_or_else(|| invalid("cursor", "cursor is not one a page gave"))?,
-        ),
-    };
-    Ok(MembersPage { limit, after })
+/// Audiences per page of `GET /api/v1/audiences`: the default and the most.
+pub const MAX_AUDIENCES_PAGE: usize = 100;
+
+/// What a cursor pages through: an audience's members, or the workspace's audiences.
+#[derive(Debug, Clone, Copy)]
+pub enum Paged<'a> {
+    Members { audience_id: &'a str },
+    Audiences,
 }
 
-/// The cursor of the page after the member `last`.
-pub fn members_cursor(last: &str) -> String {
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(last)
+impl Paged<'_> {
+    /// What a cursor of these pages is bound to: another audience's cursor is not one.
+    fn scope(&self) -> String {
+        match self {
+            Paged::Members { audience_id } => format!("members\0{audience_id}"),
+            Paged::Audiences => "audiences".to_owned(),
+        }
+    }
+
+    fn limits(&self) -> (usize, usize) {
+        match self {
+            Paged::Members { .. } => (DEFAULT_MEMBERS_PAGE, MAX_MEMBERS_PAGE),
+            Paged::Audiences => (MAX_AUDIENCES_PAGE, MAX_AUDIENCES_PAGE),
+        }
+    }
+
+    fn is_item(&self, after: &str) -> bool {
+        match self {
+            Paged::Members { .. } => super::is_storable_user_id(after),
+            Paged::Audiences => crate::domain::audience::is_audience_id(after),
+        }
+    }
+
+    /// The cursor of the page after `last`: the item, and a check that ties it to
+    /// these pages (a cursor no page gave, another audience's, or one cut or altered in
+    /// transit is refused, never taken as given). Not a secret: a cursor only says where
+    /// to go on within what the caller may read anyway.
+    pub fn cursor(&self, last: &str) -> String {
+        let check = cursor_check(&self.scope(), last);
+        let mut bytes = check.to_vec();
+        bytes.extend_from_slice(last.as_bytes());
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+    }
+
+    /// `limit` (1 to the most, a default when absent) and `cursor` (as a page gave it).
+    pub fn query(&self, limit: Option<&str>, cursor: Option<&str>) -> Result<Page, RequestError> {
+        let invalid = |field: &str, message: String| {
+            RequestError::Query(FieldError::new(ErrorCode::InvalidFormat, field, message))
+        };
+        let (default, most) = self.limits();
+        let limit = match limit {
+            None => default,
+            Some(text) => text
+                .parse::<usize>()
+                .ok()
+                .filter(|n| (1..=most).contains(n))
+                .ok_or_else(|| {
+                    invalid(
+                        "limit",
+                        format!("limit must be a whole number from 1 to {most}"),
+                    )
+                })?,
+        };
+        let after = match cursor {
+            None | Some("") => None,
+            Some(cursor) => Some(
+                self.after(cursor)
+                    .ok_or_else(|| invalid("cursor", "cursor is not one a page gave".into()))?,
+            ),
+        };
+        Ok(Page { limit, after })
+    }
+
+    fn after(&self, cursor: &str) -> Option<String> {
+        // The longest cursor a page gives: a 255-byte user id and the check, encoded.
+        if cursor.len() > MAX_CURSOR_CHARS {
+            return None;
+        }
+        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(cursor)
+            .ok()?;
+        let (check, last) = bytes.split_at_checked(CURSOR_CHECK_BYTES)?;
+        let last = String::from_utf8(last.to_vec()).ok()?;
+        (self.is_item(&last) && check == cursor_check(&self.scope(), &last)).then_some(last)
+    }
+}
+
+/// Bytes of a cursor's check: enough that a cursor no page gave passes one in 2^64.
+const CURSOR_CHECK_BYTES: usize = 8;
+const MAX_CURSOR_CHARS: usize = 4 * (CURSOR_CHECK_BYTES + MAX_USER_ID_BYTES + 2) / 3;
+
+fn cursor_check(scope: &str, last: &str) -> [u8; CURSOR_CHECK_BYTES] {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::new()
+        .chain_update(b"vibefollow cursor\0")
+        .chain_update(scope.as_bytes())
+        .chain_update(b"\0")
+        .chain_update(last.as_bytes())
+        .finalize();
+    let mut check = [0; CURSOR_CHECK_BYTES];
+    check.copy_from_slice(&digest[..CURSOR_CHECK_BYTES]);
+    check
 }
 
 #[cfg(test)]
@@ -160,32 +232,64 @@ mod tests {
     }
 
     #[test]
-    fn pages_take_a_bounded_limit_and_the_cursor_they_gave() {
+    fn pages_take_a_bounded_limit_and_only_the_cursor_they_gave() {
+        let trials = Paged::Members {
+            audience_id: "trials",
+        };
         assert_eq!(
-            members_query(None, None).unwrap(),
-            MembersPage {
+            trials.query(None, None).unwrap(),
+            Page {
                 limit: 100,
                 after: None
             }
         );
-        let cursor = members_cursor("usr/42 é");
+        let cursor = trials.cursor("usr/42 é");
         assert_eq!(
-            members_query(Some("1000"), Some(&cursor)).unwrap(),
-            MembersPage {
+            trials.query(Some("1000"), Some(&cursor)).unwrap(),
+            Page {
                 limit: 1000,
                 after: Some("usr/42 é".into())
             }
         );
-        for (limit, cursor) in [
-            (Some("0"), None),
-            (Some("1001"), None),
-            (Some("x"), None),
-            (None, Some("!!")),
+        let longest = trials.cursor(&"u".repeat(MAX_USER_ID_BYTES));
+        assert!(trials.query(None, Some(&longest)).is_ok());
+        let pros = Paged::Members {
+            audience_id: "pros",
+        };
+        let plain = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode("usr_1");
+        let mut altered = cursor.clone();
+        altered.pop();
+        for (limit, cursor, paged) in [
+            (Some("0"), None, trials),
+            (Some("1001"), None, trials),
+            (Some("x"), None, trials),
+            (None, Some("!!"), trials),
+            (None, Some(plain.as_str()), trials),
+            (None, Some(altered.as_str()), trials),
+            // Another audience's cursor, and the audiences list's.
+            (None, Some(cursor.as_str()), pros),
+            (None, Some(cursor.as_str()), Paged::Audiences),
+            (Some("101"), None, Paged::Audiences),
         ] {
-            assert!(
-                members_query(limit, cursor).is_err(),
-                "{limit:?} {cursor:?}"
-            );
+            let refused = paged.query(limit, cursor).unwrap_err();
+            let RequestError::Query(error) = refused else {
+                panic!("{limit:?} {cursor:?}: {refused:?}")
+            };
+            assert_eq!(error.code, ErrorCode::InvalidFormat);
+            let field = if limit.is_some() { "limit" } else { "cursor" };
+            assert_eq!(error.field.as_deref(), Some(field));
         }
+        // Long enough to pass DynamoDB's key limit once decoded: refused before it.
+        let huge = "A".repeat(2_000);
+        assert!(trials.query(None, Some(&huge)).is_err());
+        let list = Paged::Audiences.cursor("trials");
+        assert_eq!(
+            Paged::Audiences
+                .query(None, Some(&list))
+                .unwrap()
+                .after
+                .as_deref(),
+            Some("trials")
+        );
     }
 }

@@ -12,8 +12,7 @@ mod segment;
 mod validate;
 
 pub use audience::{
-    members_cursor, members_query, parse_audience, AudienceDefinition, MembersPage,
-    MAX_MEMBERS_PAGE,
+    parse_audience, AudienceDefinition, Page, Paged, MAX_AUDIENCES_PAGE, MAX_MEMBERS_PAGE,
 };
 pub use batch::{parse_batch, ValidBatch, MAX_BATCH_BODY_BYTES, MAX_BATCH_USERS};
 pub use email::{normalize_email, parse_email};

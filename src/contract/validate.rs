@@ -14,7 +14,7 @@ use time::{OffsetDateTime, UtcOffset};
 /// The contract's body limit, checked on the raw bytes before any parsing.
 pub const MAX_BODY_BYTES: usize = 32 * 1024;
 /// The contract's limit on `external_user_id`; reads of longer ids answer 404.
-const MAX_USER_ID_BYTES: usize = 255;
+pub(crate) const MAX_USER_ID_BYTES: usize = 255;
 const MAX_TRAITS: usize = 256;
 const MAX_TRAIT_NAME_BYTES: usize = 256;
 const MAX_TRAIT_DEPTH: usize = 16;

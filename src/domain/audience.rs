@@ -253,6 +253,11 @@ pub struct MembershipEvent {
     /// Epoch ms.
     pub at: i64,
     pub reason: Reason,
+    /// The revision the audience started at (its member count's, and which list
+    /// entries are its own). 0 in decisions left pending by a version that did not
+    /// record it.
+    #[serde(default)]
+    pub since_rev: u64,
     /// The revision of the user's memberships whose commit decided this move: one per
     /// move, so time moving a user in, out and in again at one `user_version` gives
     /// three ids. 0 in decisions left pending by a version that did not record it.

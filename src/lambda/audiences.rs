@@ -1,15 +1,16 @@
-//! The audiences function's edge. Three event sources, one function: the users
-//! table's stream (live changes: a partial batch response names the first record not
-//! settled), the build queue (one task per message), and the schedule (a tick). One log
-//! line per invocation.
+//! The audiences function's edge. Four event sources, one function: the users table's
+//! stream (live changes: a partial batch response names the first record not settled),
+//! the build queue (one task per message), the retry queue (users parked when their
+//! evaluation failed, one per message) and the schedule (a tick). One log line per
+//! invocation.
 
 use crate::app::evaluate::Evaluate;
 use crate::app::ports::{
-    Audiences, BuildQueue, BuildTask, EventBus, Memberships, Users, WorkspaceUsers,
+    Audiences, BuildQueue, BuildTask, EventBus, Memberships, ParkedUsers, Users, WorkspaceUsers,
 };
 use crate::aws::dynamodb::{AudienceStore, UserStore};
 use crate::aws::eventbridge::EventBridgeBus;
-use crate::aws::sqs::SqsQueue;
+use crate::aws::sqs::{decode_parked, AudienceQueues, SqsQueue};
 use crate::clock::now_millis;
 use crate::config::Resources;
 use aws_lambda_events::dynamodb::Event as StreamEvent;
@@ -37,9 +38,17 @@ pub enum InvocationError {
 
 pub struct AudiencesFunction<S, U, B, E> {
     evaluate: Evaluate<S, U, B, E>,
+    /// The retry queue's name: its records are parked users, every other queue's are
+    /// build tasks.
+    retry_queue: String,
 }
 
-impl AudiencesFunction<AudienceStore, UserStore, SqsQueue, EventBridgeBus> {
+/// A queue's name: the last part of its URL or ARN.
+fn queue_name(url_or_arn: &str) -> &str {
+    url_or_arn.rsplit(['/', ':']).next().unwrap_or_default()
+}
+
+impl AudiencesFunction<AudienceStore, UserStore, AudienceQueues, EventBridgeBus> {
     pub fn on_aws(sdk: &aws_config::SdkConfig, resources: &Resources) -> Self {
         let dynamodb = aws_sdk_dynamodb::Client::new(sdk);
         let store = AudienceStore::new(
@@ -48,17 +57,19 @@ impl AudiencesFunction<AudienceStore, UserStore, SqsQueue, EventBridgeBus> {
             &resources.audience_members_table,
         );
         let users = UserStore::new(dynamodb, &resources.users_table);
-        let builds = SqsQueue::new(
-            aws_sdk_sqs::Client::new(sdk),
-            &resources.audience_build_queue_url,
-        );
+        let sqs = aws_sdk_sqs::Client::new(sdk);
+        let queues = AudienceQueues {
+            builds: SqsQueue::new(sqs.clone(), &resources.audience_build_queue_url),
+            retries: SqsQueue::new(sqs, &resources.audience_retry_queue_url),
+        };
         let bus = EventBridgeBus::new(
             aws_sdk_eventbridge::Client::new(sdk),
             &resources.event_bus_name,
         );
-        AudiencesFunction {
-            evaluate: Evaluate::new(store, users, builds, bus),
-        }
+        AudiencesFunction::new(
+            Evaluate::new(store, users, queues, bus),
+            &resources.audience_retry_queue_url,
+        )
     }
 }
 
@@ -66,9 +77,16 @@ impl<S, U, B, E> AudiencesFunction<S, U, B, E>
 where
     S: Audiences + Memberships + Sync,
     U: Users + WorkspaceUsers + Sync,
-    B: BuildQueue,
+    B: BuildQueue + ParkedUsers,
     E: EventBus + Sync,
 {
+    pub fn new(evaluate: Evaluate<S, U, B, E>, retry_queue_url: &str) -> Self {
+        Self {
+            evaluate,
+            retry_queue: queue_name(retry_queue_url).to_owned(),
+        }
+    }
+
     /// Handles one invocation; `deadline_ms` is Lambda's for it (epoch ms).
     pub async fn handle(&self, event: Value, deadline_ms: i64) -> Result<Value, InvocationError> {
         let started = Instant::now();
@@ -86,8 +104,16 @@ where
                     .await
             }
             "aws:sqs" => {
-                self.builds(serde_json::from_value(event).map_err(unreadable)?, started)
-                    .await
+                let retries = event
+                    .pointer("/Records/0/eventSourceARN")
+                    .and_then(Value::as_str)
+                    .is_some_and(|arn| queue_name(arn) == self.retry_queue);
+                let event = serde_json::from_value(event).map_err(unreadable)?;
+                if retries {
+                    self.retries(event, started).await
+                } else {
+                    self.builds(event, started).await
+                }
             }
             _ if event["detail-type"] == "Scheduled Event" => {
                 self.tick(deadline_ms, started).await?
@@ -104,6 +130,7 @@ where
             records = records.len(),
             users = settled.users,
             events = settled.events,
+            parked = settled.parked,
             failed = settled.first_failure.is_some(),
             latency_ms = started.elapsed().as_secs_f64() * 1000.0,
             "audiences"
@@ -115,7 +142,7 @@ where
     /// failed and comes back, and after its receives goes to the dead-letter queue.
     async fn builds(&self, event: SqsEvent, started: Instant) -> Value {
         let mut failed = Vec::new();
-        let (mut users, mut events) = (0, 0);
+        let (mut users, mut events, mut parked) = (0, 0, 0);
         for record in &event.records {
             let id = record.message_id.clone().unwrap_or_default();
             let task: Option<BuildTask> = record
@@ -131,6 +158,7 @@ where
                 Ok(built) => {
                     users += built.users;
                     events += built.events;
+                    parked += built.parked;
                 }
                 Err(err) => {
                     tracing::warn!(message_id = %id, error = %err, "build task not done");
@@ -142,6 +170,46 @@ where
             source = "builds",
             records = event.records.len(),
             users,
+            events,
+            parked,
+            failed = failed.len(),
+            latency_ms = started.elapsed().as_secs_f64() * 1000.0,
+            "audiences"
+        );
+        serde_json::to_value(super::sqs_response(failed)).unwrap_or(Value::Null)
+    }
+
+    /// Parked users, settled again; one not settled is reported failed and comes back
+    /// after the queue's visibility timeout, and after its receives rests in the parked
+    /// queue (`AudienceParkedAlarm`).
+    async fn retries(&self, event: SqsEvent, started: Instant) -> Value {
+        let mut failed = Vec::new();
+        let mut users = Vec::new();
+        for record in &event.records {
+            let id = record.message_id.clone().unwrap_or_default();
+            match record.body.as_deref().and_then(decode_parked) {
+                Some(user) => users.push((id, user)),
+                None => {
+                    tracing::error!(message_id = %id, "unreadable parked user");
+                    failed.push(id);
+                }
+            }
+        }
+        let keys: Vec<_> = users.iter().map(|(_, user)| user.clone()).collect();
+        let outcomes = self.evaluate.retry(&keys, now_millis).await;
+        let mut events = 0;
+        for ((id, _), outcome) in users.into_iter().zip(outcomes) {
+            match outcome {
+                Ok(put) => events += put,
+                Err(err) => {
+                    tracing::warn!(message_id = %id, error = %err, "parked user not settled");
+                    failed.push(id);
+                }
+            }
+        }
+        tracing::info!(
+            source = "retries",
+            records = event.records.len(),
             events,
             failed = failed.len(),
             latency_ms = started.elapsed().as_secs_f64() * 1000.0,

@@ -4,7 +4,8 @@
 //! alone, deletes. Latency figures come from `dev/audience_latency.py`.
 
 use crate::support::{
-    error_of, percent_encode, until_working, user_when, Stack, Subscription, ALL_SCOPES,
+    clear_faults, error_of, percent_encode, set_faults, until_working, user_when, vfctl_json,
+    Stack, Subscription, ALL_SCOPES,
 };
 use reqwest::{Method, Response};
 use serde_json::{json, Value};
@@ -612,4 +613,122 @@ async fn deleting_an_audience_drops_its_members() {
         (out.count == 0).then_some(())
     })
     .await;
+}
+
+#[tokio::test]
+#[ignore = "needs the local stack: run `make test`"]
+async fn a_user_whose_evaluation_keeps_failing_is_parked_shown_and_redriven_while_the_rest_go_on() {
+    let stack = Stack::alone().await;
+    let key = stack.key(&ALL_SCOPES).await;
+    let trial = json!({"field": "plan", "op": "eq", "value": "trial"});
+    stack.define_ready(&key, &[("trials", trial)]).await;
+    let poison = format!("poison-{}", stack.workspace);
+    // Every read of the poisoned user's memberships (and of the user) is refused.
+    let refused = json!({"operations": ["DynamoDB_20120810.GetItem"], "status": 400,
+        "code": "ValidationException", "matching": poison});
+    set_faults(&stack, &refused).await;
+    for user in [poison.as_str(), "fine-1", "fine-2"] {
+        let body = json!({"external_user_id": user, "traits": {"plan": "trial"}});
+        stack.accept(&key, &body).await;
+    }
+    // The rest of its batches go on…
+    let fine: BTreeSet<String> = ["fine-1", "fine-2"].map(String::from).into();
+    stack.members_when(&key, "trials", &fine).await;
+    // …and the poisoned user, retried apart from them, comes to rest in the parked queue,
+    // where `vfctl` shows it by id.
+    let parked = |status: &Value| {
+        status["users"].as_array().into_iter().flatten().any(|u| {
+            u["workspace_id"] == stack.workspace.as_str()
+                && u["external_user_id"] == poison.as_str()
+        })
+    };
+    until_working(&stack, WORKERS, "the poisoned user parked", || async {
+        parked(&vfctl_json(&["dlq", "status", "--queue", "parked"])).then_some(())
+    })
+    .await;
+    clear_faults(&stack).await;
+    let redriven = vfctl_json(&["dlq", "redrive", "--queue", "parked"]);
+    assert!(redriven["messages"].as_u64() >= Some(1), "{redriven}");
+    let all: BTreeSet<String> = [poison.as_str(), "fine-1", "fine-2"]
+        .map(String::from)
+        .into();
+    stack.members_when(&key, "trials", &all).await;
+    assert!(!parked(&vfctl_json(&[
+        "dlq", "status", "--queue", "parked"
+    ])));
+}
+
+#[tokio::test]
+#[ignore = "needs the local stack: run `make test`"]
+async fn member_counts_stay_exact_whatever_order_decisions_are_carried_out_in() {
+    use vibefollow_users::app::ports::Memberships;
+    use vibefollow_users::aws::dynamodb::AudienceStore;
+    use vibefollow_users::domain::audience::{MembershipEvent, Reason};
+    let stack = Stack::new().await;
+    let store = AudienceStore::new(
+        stack.dynamodb.clone(),
+        &stack.resources.audiences_table,
+        &stack.resources.audience_members_table,
+    );
+    let (audience, since_rev) = ("counted", 3);
+    let decision = |user: &str, rev: u64| MembershipEvent {
+        // Commits alternate: in at 1, out at 2, in at 3…
+        entered: rev % 2 == 1,
+        workspace_id: stack.workspace.clone(),
+        audience_id: audience.into(),
+        external_user_id: user.into(),
+        user_version: rev,
+        rule_rev: since_rev,
+        since_rev,
+        at: rev as i64,
+        reason: Reason::Change,
+        commit: rev,
+    };
+    // Each user's decisions carried out late, twice and out of order (a fixed shuffle).
+    let mut members = BTreeSet::new();
+    let mut applying = Vec::new();
+    for u in 0..12u64 {
+        let user = format!("u{u:02}");
+        let last = 1 + u % 5;
+        if last % 2 == 1 {
+            members.insert(user.clone());
+        }
+        let mut revs: Vec<u64> = (1..=last).collect();
+        revs.rotate_left((u % last) as usize);
+        revs.push(1 + u % last);
+        applying.push((user, revs));
+    }
+    let workspace = stack.workspace.as_str();
+    let applied = applying.iter().map(|(user, revs)| {
+        let store = &store;
+        let decision = &decision;
+        async move {
+            for rev in revs {
+                store
+                    .apply(workspace, user, *rev, &[decision(user, *rev)])
+                    .await
+                    .expect("applied");
+            }
+        }
+    });
+    futures::future::join_all(applied).await;
+    let count = store
+        .count(&stack.workspace, (audience, since_rev))
+        .await
+        .unwrap();
+    assert_eq!(count, members.len() as u64);
+    let (listed, more) = store
+        .members(&stack.workspace, (audience, since_rev), 100, None)
+        .await
+        .unwrap();
+    assert!(!more);
+    let listed: BTreeSet<String> = listed.into_iter().map(|(id, _)| id).collect();
+    assert_eq!(listed, members);
+    assert_eq!(
+        store
+            .count_listed(&stack.workspace, (audience, since_rev))
+            .await
+            .unwrap(),
+        count
+    );
 }

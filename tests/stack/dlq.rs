@@ -2,24 +2,10 @@
 //! the cause is fixed, a redrive brings them back and they are applied.
 
 use crate::support::{
-    clear_faults, dead_letters_with, set_faults, until_consumed, user_when, vfctl, Stack,
+    clear_faults, dead_letters_with, set_faults, until_consumed, user_when, vfctl_json, Stack,
     ALL_SCOPES,
 };
-use serde_json::{json, Value};
-
-fn vfctl_json(args: &[&str]) -> Value {
-    let output = vfctl()
-        .arg("--local")
-        .args(args)
-        .output()
-        .expect("run vfctl");
-    assert!(
-        output.status.success(),
-        "vfctl {args:?}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    serde_json::from_slice(&output.stdout).expect("JSON on stdout")
-}
+use serde_json::json;
 
 #[tokio::test]
 #[ignore = "needs the local stack: run `make test`"]

@@ -490,6 +490,21 @@ pub fn vfctl() -> std::process::Command {
     std::process::Command::new(binary)
 }
 
+/// `vfctl --local <args>`, which must succeed, and the JSON it prints.
+pub fn vfctl_json(args: &[&str]) -> Value {
+    let output = vfctl()
+        .arg("--local")
+        .args(args)
+        .output()
+        .expect("run vfctl");
+    assert!(
+        output.status.success(),
+        "vfctl {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).expect("JSON on stdout")
+}
+
 /// The events of one workspace, as a downstream view would subscribe to them.
 pub struct Subscription {
     queue_url: String,

@@ -364,6 +364,17 @@ const CALLS: &[(&str, &str, &str)] = &[
         "AudienceBuildQueue",
         "sqs:DeleteMessage",
     ),
+    ("AudiencesFunction", "AudienceRetryQueue", "sqs:SendMessage"), // ParkedUsers::park
+    (
+        "AudiencesFunction",
+        "AudienceRetryQueue",
+        "sqs:ReceiveMessage",
+    ),
+    (
+        "AudiencesFunction",
+        "AudienceRetryQueue",
+        "sqs:DeleteMessage",
+    ),
     ("AudiencesFunction", "ChangeEventBus", "events:PutEvents"), // membership events
     (
         "AudiencesFunction",

@@ -1,7 +1,10 @@
-//! `vfctl dlq`: the dead-letter queue of the upsert queue. What waits there was answered
-//! 202 and is not applied yet; SQS deletes it 14 days after it was first enqueued.
-//! Re-applying an upsert is harmless (the merge is order-proof and idempotent), so a
-//! redrive may repeat a message without changing anything.
+//! `vfctl dlq`: the stack's dead-letter queues, each beside the queue its messages came
+//! from (`docs/runbooks.md` says when to redrive each). Upserts: answered 202 and not
+//! applied yet. Build pages: an audience stays building. Parked users: their audiences
+//! keep the state before their last change. SQS deletes a message 14 days after it was
+//! first enqueued. Carrying any of them out again is harmless (merges, builds and
+//! settlements are idempotent), so a redrive may repeat a message without changing
+//! anything.
 
 use aws_sdk_sqs::types::{
     ChangeMessageVisibilityBatchRequestEntry, DeleteMessageBatchRequestEntry,
@@ -11,6 +14,7 @@ use aws_sdk_sqs::Client;
 use serde::Serialize;
 use std::time::Duration;
 use vibefollow_users::app::ports::PortError;
+use vibefollow_users::aws::sqs::decode_parked;
 
 /// SQS keeps a message this long after it was first enqueued (template.yaml:
 /// MessageRetentionPeriod of both queues; a dead-lettered message keeps its age).
@@ -19,12 +23,22 @@ const RETENTION: Duration = Duration::from_secs(14 * 24 * 60 * 60);
 const MOST_INSPECTED: usize = 10_000;
 /// How long inspected messages stay hidden before they are released again.
 const INSPECT_VISIBILITY_SECS: i32 = 30;
+/// Parked users a status shows, at most.
+const MOST_SHOWN: usize = 100;
 
 /// The dead-letter queue and the queue its messages came from.
 pub struct DeadLetters {
     client: Client,
     dlq_url: String,
     queue_url: String,
+    /// Its messages are parked users, ids only: a status shows them.
+    shows_users: bool,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ParkedUser {
+    pub workspace_id: String,
+    pub external_user_id: String,
 }
 
 #[derive(Debug, Serialize)]
@@ -36,6 +50,9 @@ pub struct Status {
     pub oldest_expires_in_hours: Option<f64>,
     /// Whether more messages wait than a status read looks at.
     pub inspected_all: bool,
+    /// The parked queue's users (the first 100 looked at).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub users: Option<Vec<ParkedUser>>,
 }
 
 #[derive(Debug, Serialize)]
@@ -50,17 +67,18 @@ pub struct Redriven {
 }
 
 impl DeadLetters {
-    pub fn new(client: Client, dlq_url: String, queue_url: String) -> Self {
+    pub fn new(client: Client, dlq_url: String, queue_url: String, shows_users: bool) -> Self {
         Self {
             client,
             dlq_url,
             queue_url,
+            shows_users,
         }
     }
 
     pub async fn status(&self, now_ms: i64) -> Result<Status, PortError> {
         let messages = self.depth(&self.dlq_url).await?;
-        let (oldest, inspected) = self.oldest_sent_at().await?;
+        let (oldest, inspected, users) = self.inspect().await?;
         let expires_in = oldest.map(|sent| {
             let expires_ms = sent + RETENTION.as_millis() as i64;
             ((expires_ms - now_ms) as f64 / 3_600_000.0 * 10.0).round() / 10.0
@@ -70,6 +88,7 @@ impl DeadLetters {
             oldest_sent_at_ms: oldest,
             oldest_expires_in_hours: expires_in,
             inspected_all: inspected < MOST_INSPECTED,
+            users: self.shows_users.then_some(users),
         })
     }
 
@@ -166,10 +185,12 @@ impl DeadLetters {
     }
 
     /// The earliest first-enqueue time among the messages, looked at by receiving them
-    /// (hidden for a moment, then released) and how many were looked at.
-    async fn oldest_sent_at(&self) -> Result<(Option<i64>, usize), PortError> {
+    /// (hidden for a moment, then released), how many were looked at, and the first
+    /// parked users among them.
+    async fn inspect(&self) -> Result<(Option<i64>, usize, Vec<ParkedUser>), PortError> {
         let mut oldest: Option<i64> = None;
         let mut inspected = 0;
+        let mut users = Vec::new();
         let mut handles = Vec::new();
         while inspected < MOST_INSPECTED {
             let received = self
@@ -195,10 +216,19 @@ impl DeadLetters {
                     (a, b) => a.or(b),
                 };
                 handles.extend(message.receipt_handle().map(str::to_owned));
+                let parked = message.body().and_then(decode_parked);
+                if let Some((workspace_id, external_user_id)) = parked {
+                    if users.len() < MOST_SHOWN {
+                        users.push(ParkedUser {
+                            workspace_id,
+                            external_user_id,
+                        });
+                    }
+                }
             }
         }
         self.release(&handles).await?;
-        Ok((oldest, inspected))
+        Ok((oldest, inspected, users))
     }
 
     /// Makes inspected messages visible again at once.

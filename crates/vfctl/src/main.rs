@@ -50,7 +50,8 @@ enum Command {
     /// Change events of the local stack.
     #[command(subcommand)]
     Events(EventsCommand),
-    /// The dead-letter queue: upserts answered 202 that the consumer could not apply.
+    /// The dead-letter queues: upserts the consumer could not apply, audience build
+    /// pages, users whose audiences could not be settled (parked).
     #[command(subcommand)]
     Dlq(DlqCommand),
 }
@@ -58,13 +59,54 @@ enum Command {
 #[derive(Subcommand)]
 enum DlqCommand {
     /// How many messages wait and when the oldest was enqueued (SQS deletes it 14 days
-    /// after), as JSON. It looks at the messages to find the oldest: each is hidden for
-    /// a moment and released again.
-    Status,
-    /// Moves every message back to the upsert queue (SQS's message-move task, or
+    /// after), as JSON; for `--queue parked`, the users too (ids only). It looks at the
+    /// messages to find the oldest: each is hidden for a moment and released again.
+    Status {
+        #[arg(long, value_enum, default_value_t = DeadLetterQueue::Upserts)]
+        queue: DeadLetterQueue,
+    },
+    /// Moves every message back to the queue it came from (SQS's message-move task, or
     /// receive-send-delete where the service has none, as locally); fix the cause
-    /// first. Applying a message again is harmless: the merge is idempotent.
-    Redrive,
+    /// first. Carrying a message out again is harmless: each is idempotent.
+    Redrive {
+        #[arg(long, value_enum, default_value_t = DeadLetterQueue::Upserts)]
+        queue: DeadLetterQueue,
+    },
+}
+
+/// A dead-letter queue of the stack.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum DeadLetterQueue {
+    /// Upserts answered 202 that the consumer could not apply.
+    Upserts,
+    /// Audience build pages that failed five times (the audience stays building).
+    Builds,
+    /// Users whose audience memberships could not be settled five times.
+    Parked,
+}
+
+impl DeadLetterQueue {
+    /// The dead-letter queue and the queue it redrives to: each as (the local stack's
+    /// variable, the deployed stack's output).
+    fn resources(self) -> [(&'static str, &'static str); 2] {
+        match self {
+            DeadLetterQueue::Upserts => [
+                ("DLQ_URL", "DeadLetterQueueUrl"),
+                ("UPSERT_QUEUE_URL", "UpsertQueueUrl"),
+            ],
+            DeadLetterQueue::Builds => [
+                (
+                    "VF_AUDIENCE_BUILD_DLQ_URL",
+                    "AudienceBuildDeadLetterQueueUrl",
+                ),
+                ("AUDIENCE_BUILD_QUEUE_URL", "AudienceBuildQueueUrl"),
+            ],
+            DeadLetterQueue::Parked => [
+                ("VF_AUDIENCE_PARKED_QUEUE_URL", "AudienceParkedQueueUrl"),
+                ("AUDIENCE_RETRY_QUEUE_URL", "AudienceRetryQueueUrl"),
+            ],
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -193,14 +235,17 @@ async fn run(cli: Cli) -> Result<(), String> {
             }
         }
         Command::Dlq(command) => {
-            let dlq = target.resource("DLQ_URL", "DeadLetterQueueUrl").await?;
-            let queue = target
-                .resource("UPSERT_QUEUE_URL", "UpsertQueueUrl")
-                .await?;
-            let dead = DeadLetters::new(aws_sdk_sqs::Client::new(&target.sdk), dlq, queue);
+            let (DlqCommand::Status { queue: which } | DlqCommand::Redrive { queue: which }) =
+                command;
+            let [(dlq_var, dlq_output), (queue_var, queue_output)] = which.resources();
+            let dlq = target.resource(dlq_var, dlq_output).await?;
+            let queue = target.resource(queue_var, queue_output).await?;
+            let shows_users = matches!(which, DeadLetterQueue::Parked);
+            let sqs = aws_sdk_sqs::Client::new(&target.sdk);
+            let dead = DeadLetters::new(sqs, dlq, queue, shows_users);
             let answer = match command {
-                DlqCommand::Status => dead.status(now_millis()).await.map(|s| json!(s)),
-                DlqCommand::Redrive => dead.redrive().await.map(|r| json!(r)),
+                DlqCommand::Status { .. } => dead.status(now_millis()).await.map(|s| json!(s)),
+                DlqCommand::Redrive { .. } => dead.redrive().await.map(|r| json!(r)),
             };
             let answer =
                 answer.map_err(|e| format!("the dead-letter queue did not answer: {e}"))?;

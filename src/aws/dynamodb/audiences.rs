@@ -6,7 +6,10 @@
 //! (the user's standings, pending decisions, next due instant, optimistic `rev`), and
 //! `pk` = `a#<workspace>#<audience>`, `sk` = user (the member list, in id order: each
 //! entry carries the `rev` of the state commit that wrote it, and a removal leaves a
-//! `gone` entry for a day, so that a decision carried out late never undoes a newer one).
+//! `gone` entry for a day, so that a decision carried out late never undoes a newer one),
+//! and `pk` = `n#<workspace>#<audience>#<since_rev>#<shard>`, `sk` = `count` (the member
+//! count, in 16 shards by user so that no one key takes every change of a large
+//! audience: each moves in the same transaction as the entry that changes sides).
 
 use super::{
     condition, get_n, get_s, n, s, workspace_key, Condition, Item, PARTITION_KEY, TTL_ATTRIBUTE,
@@ -19,6 +22,7 @@ use crate::contract::parse_rule;
 use crate::domain::audience::MembershipEvent;
 use aws_sdk_dynamodb::error::SdkError;
 use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
+use aws_sdk_dynamodb::types::KeysAndAttributes;
 use aws_sdk_dynamodb::types::{
     AttributeValue, Delete, Put, ReturnValuesOnConditionCheckFailure, Select, TransactWriteItem,
     Update,
@@ -34,6 +38,16 @@ const DEFINITIONS: &str = "#definitions";
 const STATE: &str = "state";
 /// A list entry that is a member now, of the audience that started at `:since`.
 const MEMBER: &str = "attribute_not_exists(gone) AND rule_rev >= :since";
+/// An entry an older commit (`rev < :rev`) wrote: a member of the audience…
+const WAS_MEMBER: &str = "rev < :rev AND attribute_not_exists(gone) AND rule_rev >= :since";
+/// …or not one (no entry, a `gone` one, or one of a deleted audience of the same id).
+const WAS_NOT_MEMBER: &str =
+    "attribute_not_exists(pk) OR (rev < :rev AND (attribute_exists(gone) OR rule_rev < :since))";
+/// Member counts spread over this many keys per audience.
+const COUNT_SHARDS: u64 = 16;
+const COUNT: &str = "count";
+/// Tries of one entry's write when its entry changes between the two conditions.
+const ENTRY_ATTEMPTS: usize = 4;
 /// The sparse index of state items by the instant they are due.
 pub const DUE_INDEX: &str = "due";
 /// Due items spread over this many index partitions.
@@ -115,6 +129,10 @@ impl AudienceStore {
                             )
                         });
                     match refusal {
+                        // Throttled: worth retrying, as any throttled call.
+                        Some(code @ ("ThrottlingError" | "ProvisionedThroughputExceeded")) => {
+                            Err(PortError::Unavailable(code.to_owned()))
+                        }
                         Some(code) => Err(PortError::Refused(code.to_owned())),
                         None => Ok(false),
                     }
@@ -141,6 +159,10 @@ fn built<T>(result: Result<T, aws_sdk_dynamodb::error::BuildError>) -> Result<T,
     result.map_err(|_| PortError::Refused("request not built".into()))
 }
 
+fn negative_count() -> PortError {
+    PortError::Refused("negative member count".into())
+}
+
 fn audience_from_item(item: &Item) -> Option<Audience> {
     let rule_json: serde_json::Value = serde_json::from_str(get_s(item, "rule")?).ok()?;
     Some(Audience {
@@ -152,11 +174,13 @@ fn audience_from_item(item: &Item) -> Option<Audience> {
         since_rev: get_n(item, "since_rev")?,
         building: get_n(item, "building"),
         updated_at: get_n(item, "updated_at")?,
+        counted: item.get("counted").and_then(|v| v.as_bool().ok()) == Some(&true),
     })
 }
 
-fn due_shard(workspace_id: &str, external_user_id: &str) -> String {
-    // Stable across builds and machines (not `DefaultHasher`'s random keys): FNV-1a.
+/// Which of `shards` a user's items go to: stable across builds and machines (not
+/// `DefaultHasher`'s random keys), FNV-1a.
+fn user_shard(workspace_id: &str, external_user_id: &str, shards: u64) -> u64 {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
     for byte in workspace_id
         .bytes()
@@ -165,7 +189,22 @@ fn due_shard(workspace_id: &str, external_user_id: &str) -> String {
     {
         hash = (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3);
     }
-    (hash % DUE_SHARDS).to_string()
+    hash % shards
+}
+
+fn due_shard(workspace_id: &str, external_user_id: &str) -> String {
+    user_shard(workspace_id, external_user_id, DUE_SHARDS).to_string()
+}
+
+/// The key of one shard of an audience's member count.
+fn count_key(workspace_id: &str, (audience_id, since_rev): (&str, u64), shard: u64) -> Item {
+    AudienceStore::key(
+        format!(
+            "n#{}#{since_rev}#{shard}",
+            workspace_key(workspace_id, audience_id)
+        ),
+        COUNT,
+    )
 }
 
 fn state_item(
@@ -311,6 +350,9 @@ impl Audiences for AudienceStore {
         if let Some(scanned) = audience.building {
             item.insert("building".into(), n(scanned));
         }
+        if audience.counted {
+            item.insert("counted".into(), AttributeValue::Bool(true));
+        }
         let put = Put::builder()
             .table_name(&self.audiences)
             .set_item(Some(item));
@@ -434,29 +476,10 @@ impl Memberships for AudienceStore {
         let expires_at = crate::clock::now_millis() / 1000 + GONE_TTL_SECS;
         for chunk in decisions.chunks(LIST_LANES) {
             let writes = chunk.iter().map(|decision| {
-                let mut entry = Self::key(
-                    Self::list_pk(workspace_id, &decision.audience_id),
-                    external_user_id,
-                );
-                entry.insert("rev".into(), n(rev));
-                entry.insert("rule_rev".into(), n(decision.rule_rev));
-                if decision.entered {
-                    entry.insert("entered_at".into(), n(decision.at));
-                } else {
-                    entry.insert("gone".into(), AttributeValue::Bool(true));
-                    entry.insert(TTL_ATTRIBUTE.into(), n(expires_at));
-                }
-                self.client
-                    .put_item()
-                    .table_name(&self.members)
-                    .set_item(Some(entry))
-                    .condition_expression("attribute_not_exists(pk) OR rev < :rev")
-                    .expression_attribute_values(":rev", n(rev))
-                    .send()
+                self.apply_one(workspace_id, external_user_id, rev, decision, expires_at)
             });
-            // An entry a newer commit wrote stays as it is.
             for written in join_all(writes).await {
-                condition(written)?;
+                written?;
             }
         }
         Ok(())
@@ -521,7 +544,44 @@ impl Memberships for AudienceStore {
         Ok((members, more))
     }
 
-    async fn count(
+    async fn count(&self, workspace_id: &str, audience: (&str, u64)) -> Result<u64, PortError> {
+        let keys = (0..COUNT_SHARDS).map(|shard| count_key(workspace_id, audience, shard));
+        let mut wanted = KeysAndAttributes::builder()
+            .set_keys(Some(keys.collect()))
+            .consistent_read(true);
+        let mut count: i64 = 0;
+        // BatchGetItem may leave keys unprocessed (throttled): asked again until none.
+        for _ in 0..COUNT_SHARDS {
+            let out = self
+                .client
+                .batch_get_item()
+                .request_items(&self.members, built(wanted.build())?)
+                .send()
+                .await?;
+            let items = out
+                .responses
+                .into_iter()
+                .flatten()
+                .flat_map(|(_, items)| items);
+            count += items
+                .map(|item| get_n::<i64>(&item, "n").unwrap_or(0))
+                .sum::<i64>();
+            match out
+                .unprocessed_keys
+                .and_then(|mut left| left.remove(&self.members))
+            {
+                Some(left) => {
+                    wanted = KeysAndAttributes::builder()
+                        .set_keys(Some(left.keys))
+                        .consistent_read(true)
+                }
+                None => return u64::try_from(count).map_err(|_| negative_count()),
+            }
+        }
+        Err(PortError::Unavailable("count shards unprocessed".into()))
+    }
+
+    async fn count_listed(
         &self,
         workspace_id: &str,
         (audience_id, since_rev): (&str, u64),
@@ -634,6 +694,87 @@ impl Memberships for AudienceStore {
 }
 
 impl AudienceStore {
+    /// One decision's member-list entry, written only over an entry an older commit
+    /// wrote. An entry that changes sides moves the member count in the same
+    /// transaction; one already on the decision's side (a later decision carried out
+    /// first) is written alone.
+    async fn apply_one(
+        &self,
+        workspace_id: &str,
+        external_user_id: &str,
+        rev: u64,
+        decision: &MembershipEvent,
+        expires_at: i64,
+    ) -> Result<(), PortError> {
+        let mut entry = Self::key(
+            Self::list_pk(workspace_id, &decision.audience_id),
+            external_user_id,
+        );
+        entry.insert("rev".into(), n(rev));
+        entry.insert("rule_rev".into(), n(decision.rule_rev));
+        let (flips, stays) = if decision.entered {
+            entry.insert("entered_at".into(), n(decision.at));
+            (WAS_NOT_MEMBER, WAS_MEMBER)
+        } else {
+            entry.insert("gone".into(), AttributeValue::Bool(true));
+            entry.insert(TTL_ATTRIBUTE.into(), n(expires_at));
+            (WAS_MEMBER, WAS_NOT_MEMBER)
+        };
+        let values = Item::from([
+            (":rev".to_owned(), n(rev)),
+            (":since".to_owned(), n(decision.since_rev)),
+        ]);
+        let audience = (decision.audience_id.as_str(), decision.since_rev);
+        let shard = user_shard(workspace_id, external_user_id, COUNT_SHARDS);
+        let count = Update::builder()
+            .table_name(&self.members)
+            .set_key(Some(count_key(workspace_id, audience, shard)))
+            .update_expression("ADD n :delta")
+            .expression_attribute_values(":delta", n(if decision.entered { 1 } else { -1 }));
+        for _ in 0..ENTRY_ATTEMPTS {
+            let flip = Put::builder()
+                .table_name(&self.members)
+                .set_item(Some(entry.clone()))
+                .condition_expression(flips)
+                .set_expression_attribute_values(Some(values.clone()));
+            let flipped = self
+                .transact(vec![
+                    TransactWriteItem::builder()
+                        .put(built(flip.build())?)
+                        .build(),
+                    TransactWriteItem::builder()
+                        .update(built(count.clone().build())?)
+                        .build(),
+                ])
+                .await?;
+            if flipped {
+                return Ok(());
+            }
+            let stay = self
+                .client
+                .put_item()
+                .table_name(&self.members)
+                .set_item(Some(entry.clone()))
+                .condition_expression(stays)
+                .set_expression_attribute_values(Some(values.clone()))
+                .return_values_on_condition_check_failure(
+                    ReturnValuesOnConditionCheckFailure::AllOld,
+                )
+                .send()
+                .await;
+            match condition(stay)? {
+                Condition::Held => return Ok(()),
+                // A newer commit wrote the entry: it stays as it is.
+                Condition::Failed(Some(found)) if get_n::<u64>(&found, "rev") >= Some(rev) => {
+                    return Ok(())
+                }
+                // It changed sides between the two writes: again.
+                Condition::Failed(_) => {}
+            }
+        }
+        Err(PortError::Unavailable("contended member entry".into()))
+    }
+
     /// Up to `limit` entries of an audience's list after `after`, and whether more
     /// follow: members only (of the audience that started at `since_rev`) when
     /// `since_rev` is given, else every entry (`gone` ones and older audiences' too).
@@ -699,6 +840,7 @@ mod tests {
                 rule_rev: 2,
                 at: 5,
                 reason: Reason::Change,
+                since_rev: 1,
                 commit: 3,
             }],
             next_due: Some(99),

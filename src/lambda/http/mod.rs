@@ -27,10 +27,10 @@ use crate::aws::sqs::SqsQueue;
 use crate::clock::now_millis;
 use crate::config::Resources;
 use crate::contract::{
-    checked_body, decoded_body, email_query, idempotency_key, is_storable_user_id, members_query,
-    parse_audience, parse_batch, parse_segment_batch, parse_segment_identify, parse_upsert,
-    segment_write_key, BodyError, BodyLimit, ErrorCode, RequestError, BATCH_BODY,
-    SEGMENT_BATCH_BODY, SEGMENT_IDENTIFY_BODY, UPSERT_BODY,
+    checked_body, decoded_body, email_query, idempotency_key, is_storable_user_id, parse_audience,
+    parse_batch, parse_segment_batch, parse_segment_identify, parse_upsert, segment_write_key,
+    BodyError, BodyLimit, ErrorCode, Paged, RequestError, BATCH_BODY, SEGMENT_BATCH_BODY,
+    SEGMENT_IDENTIFY_BODY, UPSERT_BODY,
 };
 use crate::domain::audience::is_audience_id;
 use crate::domain::auth::{
@@ -320,17 +320,24 @@ where
                 Success::Data(audience_view(view.audience, Some(view.members)))
             }
             Route::ListAudiences => {
-                let audiences = curate.list(caller, now_ms).await?;
-                Success::Data(
-                    audiences
+                let query = request.query_string_parameters_ref();
+                let page = Paged::Audiences.query(
+                    query.and_then(|q| q.first("limit")),
+                    query.and_then(|q| q.first("cursor")),
+                );
+                let listed = curate.list(caller, page, now_ms).await?;
+                Success::Page {
+                    data: listed
+                        .audiences
                         .into_iter()
                         .map(|a| audience_view(a, None))
                         .collect(),
-                )
+                    next_cursor: listed.next_cursor,
+                }
             }
             Route::AudienceMembers(id) => {
                 let query = request.query_string_parameters_ref();
-                let page = members_query(
+                let page = Paged::Members { audience_id: id }.query(
                     query.and_then(|q| q.first("limit")),
                     query.and_then(|q| q.first("cursor")),
                 );
