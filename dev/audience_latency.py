@@ -30,18 +30,14 @@ import argparse
 import json
 import os
 import sys
-import threading
 import time
-import urllib.error
-import urllib.request
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import boto3
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import stack  # noqa: E402
+from live import Subscriber, call, quantile  # noqa: E402
 
 OUT = stack.ROOT / "target" / "bench" / "audience_latency.json"
 SENDERS = 16
@@ -70,59 +66,6 @@ OTHER_RULES = [
 
 def log(message):
     print(f"[audience-latency] {message}", file=sys.stderr, flush=True)
-
-
-def quantile(values, q):
-    ordered = sorted(values)
-    return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 1) if ordered else None
-
-
-def call(api, method, path, key, body=None):
-    data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(f"{api}{path}", data=data, method=method, headers={
-        "Authorization": f"Bearer {key}", "Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(request, timeout=10) as response:
-            return response.status, json.loads(response.read() or b"null")
-    except urllib.error.HTTPError as e:
-        return e.code, None
-
-
-class Subscriber(threading.Thread):
-    """The workspace's audience events, as a subscriber's queue receives them."""
-
-    def __init__(self, env, workspace):
-        super().__init__(daemon=True)
-        session = boto3.session.Session(region_name=env["AWS_REGION"], aws_access_key_id="test",
-                                        aws_secret_access_key="test")
-        endpoint = env["AWS_ENDPOINT_URL"]
-        self.sqs = session.client("sqs", endpoint_url=endpoint)
-        events = session.client("events", endpoint_url=endpoint)
-        name = f"latency-{workspace}"[:64]
-        self.url = self.sqs.create_queue(QueueName=name)["QueueUrl"]
-        arn = self.sqs.get_queue_attributes(QueueUrl=self.url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
-        bus = env["EVENT_BUS_NAME"]
-        events.put_rule(Name=name, EventBusName=bus, EventPattern=json.dumps(
-            {"source": ["vibefollow.audiences"], "detail": {"workspace_id": [workspace]}}))
-        events.put_targets(Rule=name, EventBusName=bus, Targets=[{"Id": "q", "Arn": arn}])
-        self.entered = {}
-        self.lock = threading.Lock()
-        self.stop = threading.Event()
-
-    def run(self):
-        while not self.stop.is_set():
-            got = self.sqs.receive_message(QueueUrl=self.url, MaxNumberOfMessages=10,
-                                           WaitTimeSeconds=1).get("Messages", [])
-            now = time.monotonic()
-            for message in got:
-                event = json.loads(message["Body"])
-                detail = event["detail"]
-                if event["detail-type"] == "Audience Entered" and detail["audience_id"] == "trials":
-                    with self.lock:
-                        self.entered.setdefault(detail["external_user_id"], now)
-            if got:
-                self.sqs.delete_message_batch(QueueUrl=self.url, Entries=[
-                    {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(got)])
 
 
 def visible(api, key, user, deadline):
@@ -158,16 +101,15 @@ def run_rate(api, key, subscriber, rate, seconds):
     last_sent = time.monotonic()
     deadline = last_sent + 60
     while time.monotonic() < deadline:
-        with subscriber.lock:
-            if all(u in subscriber.entered for u in accepted):
-                break
+        if all(u in subscriber.arrivals("Audience Entered", "trials") for u in accepted):
+            break
         time.sleep(0.1)
     for user, future in polls:
         seen[user] = future.result()
     pollers.shutdown()
-    with subscriber.lock:
-        arrived = {u: subscriber.entered[u] - t for u, t in accepted.items() if u in subscriber.entered}
-        last_event = max((subscriber.entered[u] for u in accepted if u in subscriber.entered), default=last_sent)
+    entered = subscriber.arrivals("Audience Entered", "trials")
+    arrived = {u: entered[u] - t for u, t in accepted.items() if u in entered}
+    last_event = max((entered[u] for u in accepted if u in entered), default=last_sent)
     latencies = [ms * 1000 for ms in arrived.values()]
     reads = [(seen[u] - accepted[u]) * 1000 for u in seen if seen[u] is not None]
     return {

@@ -30,6 +30,8 @@ from stack.supervisor import wait_for
 
 BUILDS_URL = "http://127.0.0.1:4566/123456789012/vibefollow-local-audience-builds"
 RETRIES_URL = "http://127.0.0.1:4566/123456789012/vibefollow-local-audience-retries"
+TIME_URL = "http://127.0.0.1:4566/123456789012/vibefollow-local-audience-time"
+STREAM_FAILURES_URL = "http://127.0.0.1:4566/123456789012/vibefollow-local-audience-stream-failures"
 STREAM_ARN = "arn:aws:dynamodb:us-east-1:123456789012:table/vibefollow-local-users/stream/2025-01-01T00:00:00.000"
 
 # A custom runtime standing for the audiences function: it appends every event to
@@ -492,8 +494,10 @@ class Wiring(unittest.TestCase):
         self.assertEqual(spawned, {
             "bridge": ["bridge", self.env["UPSERT_QUEUE_URL"], "consumer", "10"],
             "audiences-builds-bridge": ["bridge", BUILDS_URL, "audiences", "1"],
+            "audiences-timemoves-bridge": ["bridge", TIME_URL, "audiences", "1"],
             "audiences-retries-bridge": ["bridge", RETRIES_URL, "audiences", "10"],
-            "stream-bridge": ["stream-bridge", STREAM_ARN, f"changes={failures}", f"audiences={failures}"],
+            "audiences-streamfailures-bridge": ["bridge", STREAM_FAILURES_URL, "audiences", "1"],
+            "stream-bridge": ["stream-bridge", STREAM_ARN, f"changes={failures}", f"audiences={STREAM_FAILURES_URL}"],
             "ticker": ["ticker", "audiences=vibefollow-local-tick"],
         })
         self.assertEqual(stack.bridge, spawned["bridge"], "the drill kills and restarts the consumer's bridge")
@@ -521,7 +525,8 @@ class Wiring(unittest.TestCase):
         """Sources the stack would not run fail here rather than go silently unbridged."""
         kinds = {kind: {(s.function, s.event) for s in template.event_sources(self.template, self.names, kind)}
                  for kind in ("SQS", "DynamoDB", "Schedule")}
-        self.assertEqual(kinds, {"SQS": {("consumer", "Upserts"), ("audiences", "Builds"), ("audiences", "Retries")},
+        self.assertEqual(kinds, {"SQS": {("consumer", "Upserts"), ("audiences", "Builds"), ("audiences", "TimeMoves"),
+                                         ("audiences", "Retries"), ("audiences", "StreamFailures")},
                                  "DynamoDB": {("changes", "UserWrites"), ("audiences", "UserWrites")},
                                  "Schedule": {("audiences", "Tick")}})
         handled = {f["Type"] for r in self.template["Resources"].values() if r["Type"] == "AWS::Serverless::Function"

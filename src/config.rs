@@ -30,6 +30,16 @@ pub struct Resources {
     /// `AUDIENCE_RETRY_QUEUE_URL`: the SQS queue of users parked after their
     /// evaluation failed, settled again apart from their batch.
     pub audience_retry_queue_url: String,
+    /// `AUDIENCE_TIME_QUEUE_URL`: the SQS queue of time tasks, one per partition of the
+    /// users due, sent by the schedule's tick.
+    pub audience_time_queue_url: String,
+    /// `AUDIENCE_STREAM_FAILURE_QUEUE_URL`: the audiences stream mapping's on-failure
+    /// destination, whose positions the function reads again.
+    pub audience_stream_failure_queue_url: String,
+    /// `AUDIENCE_TICK_SECONDS` (optional, default 60): how often the schedule ticks
+    /// (template.yaml: `rate(1 minute)`); a tick's time tasks settle what falls due
+    /// before the next.
+    pub audience_tick_seconds: u64,
     /// `METRICS_NAMESPACE` (optional, default `VibeFollow/Users`): the CloudWatch
     /// namespace of the functions' embedded metrics, one per stack.
     pub metrics_namespace: String,
@@ -48,7 +58,7 @@ fn var(name: &'static str) -> Result<String, MissingVar> {
 
 impl Resources {
     /// Every variable `from_env` reads; template.yaml must set exactly these.
-    pub const ENV_VARS: [&'static str; 12] = [
+    pub const ENV_VARS: [&'static str; 15] = [
         "USERS_TABLE",
         "IDEMPOTENCY_TABLE",
         "API_KEYS_TABLE",
@@ -61,6 +71,9 @@ impl Resources {
         "AUDIENCE_MEMBERS_TABLE",
         "AUDIENCE_BUILD_QUEUE_URL",
         "AUDIENCE_RETRY_QUEUE_URL",
+        "AUDIENCE_TIME_QUEUE_URL",
+        "AUDIENCE_TICK_SECONDS",
+        "AUDIENCE_STREAM_FAILURE_QUEUE_URL",
     ];
 
     pub fn from_env() -> Result<Self, MissingVar> {
@@ -75,6 +88,13 @@ impl Resources {
             audience_members_table: var("AUDIENCE_MEMBERS_TABLE")?,
             audience_build_queue_url: var("AUDIENCE_BUILD_QUEUE_URL")?,
             audience_retry_queue_url: var("AUDIENCE_RETRY_QUEUE_URL")?,
+            audience_time_queue_url: var("AUDIENCE_TIME_QUEUE_URL")?,
+            audience_stream_failure_queue_url: var("AUDIENCE_STREAM_FAILURE_QUEUE_URL")?,
+            audience_tick_seconds: var("AUDIENCE_TICK_SECONDS")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .filter(|seconds| *seconds > 0)
+                .unwrap_or(60),
             default_rate_limit: var("DEFAULT_RATE_LIMIT")
                 .ok()
                 .and_then(|v| v.parse().ok())

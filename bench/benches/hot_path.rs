@@ -144,11 +144,65 @@ fn batch_of_100(c: &mut Criterion) {
     group.finish();
 }
 
+/// One user's evaluation against a workspace's rules at the bounds: 100 audiences, each
+/// a rule as large as a `PUT` takes (32 KiB), `any` of 50 conditions that are all false
+/// (so every one is evaluated). The costliest condition is a substring search: a
+/// 450-character needle that almost matches everywhere in a 30 KB trait. Lists cost a
+/// lookup each (`ValueSet`), whatever their length. What a stream record of the worst
+/// workspace costs in CPU, beside the compile its revision costs once per instance.
+fn audience_evaluation_at_the_bounds(c: &mut Criterion) {
+    use vibefollow_users::contract::parse_rule;
+    const NOW: i64 = 1_800_000_000_000;
+    let needle = format!("{}x", "y".repeat(449));
+    let list: Vec<String> = (0..1_000).map(|i| format!("v{i:03}")).collect();
+    let condition = |i: usize| match i % 10 {
+        // One list of 1,000 values per rule: as many as 32 KiB holds beside the rest.
+        0 if i == 0 => json!({"field": "email", "op": "in", "value": list}),
+        _ => json!({"field": "bio", "op": "contains", "value": needle}),
+    };
+    let rules: Vec<serde_json::Value> = (0..100)
+        .map(|_| json!({"any": (0..50).map(condition).collect::<Vec<_>>()}))
+        .collect();
+    let largest = rules.iter().map(|r| r.to_string().len()).max().unwrap_or(0);
+    assert!(largest <= 32 * 1024, "a rule of {largest} bytes");
+    let mut fields = serde_json::Map::new();
+    fields.insert(
+        "email".into(),
+        json!(format!("{}@acme.io", "J".repeat(240))),
+    );
+    fields.insert("bio".into(), json!("y".repeat(30_000)));
+    let mut group = c.benchmark_group("audiences at the bounds (100 rules × 50 conditions)");
+    group.sample_size(10);
+    group.bench_function("compile the workspace's rules (once per revision)", |b| {
+        b.iter(|| {
+            rules
+                .iter()
+                .map(|rule| parse_rule(black_box(rule)).unwrap())
+                .collect::<Vec<_>>()
+        })
+    });
+    let compiled: Vec<_> = rules.iter().map(|rule| parse_rule(rule).unwrap()).collect();
+    assert!(
+        compiled.iter().all(|rule| !rule.matches(&fields, NOW)),
+        "all evaluated"
+    );
+    group.bench_function("evaluate one user (per change)", |b| {
+        b.iter(|| {
+            compiled
+                .iter()
+                .filter(|rule| rule.matches(black_box(&fields), NOW))
+                .count()
+        })
+    });
+    group.finish();
+}
+
 criterion_group!(
     benches,
     api_hot_path,
     consumer_merge,
     full_profile_merge,
-    batch_of_100
+    batch_of_100,
+    audience_evaluation_at_the_bounds
 );
 criterion_main!(benches);

@@ -7,7 +7,7 @@ import threading
 import time
 import urllib.request
 
-from .settings import FAULTS_URL, FLEET_URL, SEED
+from .settings import FAULTS_URL, FLEET_URL, PARKED_USER, SEED, WORKSPACE
 
 DYNAMODB = "DynamoDB_20120810."
 SQS = "AmazonSQS."
@@ -28,6 +28,10 @@ FAULTS = [
         "operations": [DYNAMODB + "BatchGetItem", DYNAMODB + "PutItem"], "status": 400,
         "code": "ThrottlingException", "probability": 0.7}, 3),
 ]
+# Beside every window, all load long: the parked user's membership reads fail, so the
+# audiences function parks it (its state item's key, quoted: user-3, not user-30).
+STANDING = [{"operations": [DYNAMODB + "GetItem"], "status": 400, "code": "ValidationException",
+             "matching": f'u#{WORKSPACE}#{PARKED_USER}"'}]
 POISON = ["this is not JSON", '{"version":9,"workspace_id":"drill-a"}', "[]",
           '{"version":1,"workspace_id":"drill-a","external_user_id":"u"}']
 
@@ -48,12 +52,16 @@ class Chaos(threading.Thread):
         self.last_fault_cleared = time.monotonic()
 
     def set_faults(self, faults):
-        request = urllib.request.Request(FAULTS_URL, data=json.dumps(faults).encode(), method="PUT")
-        urllib.request.urlopen(request, timeout=5).read()
+        put_faults([*STANDING, faults])
 
     def clear_faults(self):
-        urllib.request.urlopen(urllib.request.Request(FAULTS_URL, method="DELETE"), timeout=5).read()
+        """Ends a window: the standing fault stays until `release`."""
+        put_faults(STANDING)
         self.last_fault_cleared = time.monotonic()
+
+    @staticmethod
+    def release():
+        urllib.request.urlopen(urllib.request.Request(FAULTS_URL, method="DELETE"), timeout=5).read()
 
     def run(self):
         rng = random.Random(SEED)
@@ -97,6 +105,11 @@ class Chaos(threading.Thread):
                 self.function_kills += len(killed.get("killed", []))
                 if killed.get("killed"):
                     break
+
+
+def put_faults(faults):
+    request = urllib.request.Request(FAULTS_URL, data=json.dumps(faults).encode(), method="PUT")
+    urllib.request.urlopen(request, timeout=5).read()
 
 
 def fleet(method, path="", body=None):

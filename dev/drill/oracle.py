@@ -340,6 +340,9 @@ def verify(env, aws, keys, load):
         "audiences: Entered/Exited replayed per (audience, user) = the members":
             audience_check["events_replay_to_members"],
         "audiences: per (audience, user) events alternate in version order": audience_check["events_alternate"],
+        "audiences: a user whose evaluation kept failing was parked, then redriven and settled":
+            load["parked"]["parked"] >= 1 and load["parked"]["redriven"] >= 1
+            and audience_check["members_equal_rules"],
     }
     return {
         "config": {"clients": CLIENTS, "upserts_per_client": UPSERTS, "users": USERS, "seed": SEED,
@@ -371,7 +374,7 @@ def verify(env, aws, keys, load):
                       for name, f in instances.items()},
         "recovery_seconds": round(recovery_seconds, 1),
         "events": events,
-        "audiences": audience_check,
+        "audiences": {**audience_check, "parked": load["parked"]},
         "logs": logs,
         "checks": checks,
     }

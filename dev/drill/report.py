@@ -40,7 +40,7 @@ to regenerate this page (figures vary a little from run to run with timing).
 | load phase | {req['load_seconds']} s |
 | recovery (last fault cleared → queue drained, every user correct) | {summary['recovery_seconds']} s |
 | change events (this workspace) | {summary['events']['events']} received, {summary['events']['duplicates_dropped']} duplicates dropped by id, {summary['events']['user_deleted']} × User Deleted; replayed per user in version order they rebuild {summary['events']['users_rebuilt']} of {summary['events']['users']} users |
-| audiences (this workspace) | {summary['audiences']['audiences']} defined before the load; members at the end {summary['audiences']['members']}; {summary['audiences']['events']} distinct Entered/Exited events |
+| audiences (this workspace) | {summary['audiences']['audiences']} defined before the load; members at the end {summary['audiences']['members']}; {summary['audiences']['events']} distinct Entered/Exited events; parked user `{summary['audiences']['parked']['user']}`: {summary['audiences']['parked']['parked']} parked, {summary['audiences']['parked']['redriven']} redriven |
 | log scan (functions, bridge) | {summary['logs']['api_keys']} API keys, {summary['logs']['email_addresses']} email addresses |
 
 ## Checks
@@ -80,6 +80,10 @@ to regenerate this page (figures vary a little from run to run with timing).
   equal a Python evaluation of its rule over the users as reads show them; and the
   `Audience Entered`/`Exited` events at the sink, de-duplicated by id and replayed per
   (audience, user) in user-version order, must alternate and end in that same membership.
+  All load long, one user's membership reads fail (a standing fault): the audiences
+  function parks it by id and goes on; after the load the drill waits for it in the
+  parked queue, lifts the fault and runs `vfctl dlq redrive --queue parked`, and the
+  user's memberships are checked with everyone's.
 - The oracle is independent of the Rust code: the drill reads each accepted request's stamp
   (`accepted_at`, request id) from its Idempotency-Key record, applies the accepted bodies and
   erasures in stamp order in Python, and compares values and per-field stamps with the users table.

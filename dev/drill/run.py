@@ -25,6 +25,7 @@ def drill(the_stack):
             "audiences": the_stack.create_key(WORKSPACE, "audiences:write,audiences:read")}
     audiences.define(keys["audiences"])
     load = run_load(the_stack, aws, keys)
+    load["parked"] = audiences.redrive_parked(the_stack, aws["sqs"], load["chaos"])
     return verify(the_stack.env, aws, keys, load)
 
 

@@ -17,6 +17,9 @@ CLIENT_TIMEOUT = 2.5
 # Longer than any injected fault, so that an accepted upsert is never given up on.
 GIVE_UP_AFTER = 120
 WORKSPACE, OTHER_WORKSPACE = "drill-a", "drill-b"
+# A user of the load whose audience memberships cannot be read while the load runs (a
+# standing fault): the audiences function parks it, the drill redrives it afterwards.
+PARKED_USER = "user-3"
 USERS_URL = f"{stack.API_URL}/api/v1/users"
 OUT = stack.ROOT / "target" / "drill"
 REPORT = stack.ROOT / "docs" / "reliability.md"

@@ -35,8 +35,10 @@ class FaultProxy:
     that error; `"action": "stall", "delay_ms": 3000` holds them that long and then
     forwards them; `"probability": 0.3` affects only that share of the calls;
     `"matching": "text"` only the calls whose payload contains that text; `"message"`
-    sets the failure's message (AWS messages can quote the data they refuse).
-    `DELETE /__faults` clears it; `GET /__faults` counts calls per operation and the
+    sets the failure's message (AWS messages can quote the data they refuse). A JSON
+    array of such objects sets several at once (the first that applies to a call
+    answers it): the drill keeps one standing fault beside its changing ones.
+    `DELETE /__faults` clears them; `GET /__faults` counts calls per operation and the
     faults injected. Both SDK protocols this service uses (DynamoDB and SQS JSON) name
     the operation in `X-Amz-Target`.
 
@@ -68,7 +70,7 @@ class FaultProxy:
     """
 
     def __init__(self, port, upstream, key_schemas=None, indexes=None, scale=None):
-        self.faults = {}
+        self.faults = []
         self.calls = {}
         self.injected = {"fail": 0, "stall": 0}
         self.refused_by_limits = 0
@@ -103,7 +105,8 @@ class FaultProxy:
 
             def do_PUT(self):
                 if self.path == "/__faults":
-                    proxy.faults = json.loads(self.body())
+                    faults = json.loads(self.body())
+                    proxy.faults = faults if isinstance(faults, list) else [faults]
                     return self.answer(204, b"")
                 if self.path == "/__capacity":
                     self.body()
@@ -114,7 +117,7 @@ class FaultProxy:
             def do_DELETE(self):
                 if self.path == "/__faults":
                     self.body()
-                    proxy.faults = {}
+                    proxy.faults = []
                     return self.answer(204, b"")
                 if self.path == "/__capacity":
                     self.body()
@@ -151,11 +154,11 @@ class FaultProxy:
                 payload = self.body()
                 target = self.headers.get("X-Amz-Target", "")
                 refusal = proxy.refusal(target, payload)
-                faults = proxy.faults
-                hit = (not refusal and target and target in faults.get("operations", [])
-                       and faults.get("matching", "").encode() in payload
-                       and random.random() < float(faults.get("probability", 1)))
-                action = faults.get("action", "fail") if hit else None
+                faults = next((f for f in proxy.faults
+                               if not refusal and target and target in f.get("operations", [])
+                               and f.get("matching", "").encode() in payload
+                               and random.random() < float(f.get("probability", 1))), {})
+                action = faults.get("action", "fail") if faults else None
                 with proxy.lock:
                     proxy.calls[target] = proxy.calls.get(target, 0) + 1
                     if refusal:

@@ -24,7 +24,7 @@ from .resources import create_resources
 from .settings import (API_INSTANCES, API_PORT, API_URL, AUDIENCES_INSTANCES, CHANGES_INSTANCES,
                        CONSUMER_INSTANCES, DEV_SCOPES, DEV_WORKSPACE, EMULATOR_PORT, EMULATOR_URL, ENTRY,
                        ENV_FILE, FAULT_PROXY_PORT, LOGS, PIDS_FILE, REGION, RELEASE, ROOT, RUNTIME,
-                       STACK_NAME, THROUGHPUT_SCALE, VENV_BIN)
+                       STACK_NAME, THROUGHPUT_SCALE, TICK_SECONDS, VENV_BIN)
 from .template import event_sources, function_environment, function_settings, load_template, queue_url
 
 # Lambda's image keeps its CA certificates in one bundle; Debian's /etc/ssl/certs also
@@ -121,6 +121,9 @@ class Stack:
             "VF_CHANGES_FAILURE_QUEUE_URL": names["ChangesFailureQueue"],
             "VF_AUDIENCE_BUILD_DLQ_URL": names["AudienceBuildDeadLetterQueue"],
             "VF_AUDIENCE_PARKED_QUEUE_URL": names["AudienceParkedQueue"],
+            "VF_AUDIENCE_STREAM_FAILURE_DLQ_URL": names["AudienceStreamFailureDeadLetterQueue"],
+            # The ticker's interval (VF_TICK_SECONDS), not the template's minute.
+            "AUDIENCE_TICK_SECONDS": str(max(1, round(TICK_SECONDS))),
             "AWS_LAMBDA_LOG_LEVEL": self.log_level,
         })
         if "EventSink" in names:

@@ -6,7 +6,7 @@ use super::*;
 use crate::app::evaluate::{Evaluate, BUILD_PAGE};
 use crate::app::fakes::*;
 use crate::app::ports::PENDING_GRACE_MS;
-use crate::app::ports::{StoredUser, UserImage};
+use crate::app::ports::{StoredUser, UserImage, UserKey};
 use crate::app::publish::StreamChange;
 use crate::contract::{parse_audience, parse_upsert};
 use crate::domain::audience::{AUDIENCE_ENTERED, AUDIENCE_EXITED};
@@ -115,6 +115,43 @@ impl World {
         (settled.events, settled.first_failure.map(str::to_owned))
     }
 
+    /// The users due by `until`, in every partition.
+    async fn due(&self, until: i64) -> Vec<UserKey> {
+        let mut due = Vec::new();
+        for shard in 0..MemoryAudiences::DUE_SHARDS {
+            let (page, _) = self.store.due(shard, until, None, 1_000).await.unwrap();
+            due.extend(page.into_iter().map(|(key, _)| key));
+        }
+        due
+    }
+
+    /// A tick by `until`, and each time task it sent run in turn: the users settled and
+    /// the events put, in all.
+    async fn tick<W, F>(
+        &self,
+        until: i64,
+        now: impl Fn() -> i64 + Sync,
+        wait_until: W,
+    ) -> (usize, usize)
+    where
+        W: Fn(i64) -> F + Sync,
+        F: std::future::Future<Output = ()> + Send,
+    {
+        let sent = self.evaluate.tick(until).await.unwrap();
+        let tasks = self.builds.take_time();
+        assert_eq!(tasks.len(), sent);
+        let mut settled = (0, 0);
+        for task in tasks {
+            let (users, events) = self
+                .evaluate
+                .settle_due(&task, &now, &wait_until)
+                .await
+                .unwrap();
+            settled = (settled.0 + users, settled.1 + events);
+        }
+        settled
+    }
+
     /// `(type, audience, user, reason)` of every membership event the bus took.
     fn events(&self) -> Vec<(String, String, String, String)> {
         self.bus
@@ -168,6 +205,15 @@ fn exited(audience: &str, user: &str, reason: &str) -> (String, String, String, 
         user.into(),
         reason.into(),
     )
+}
+
+/// A world with audience `new`: users whose `signupDate` is within the last 7 days.
+async fn signed_up_within_a_week() -> World {
+    let w = world();
+    let rule = json!({"field": "signupDate", "op": "within_last", "value": "P7D"});
+    w.define("new", rule, T0).await;
+    w.build(T0).await;
+    w
 }
 
 fn trials() -> Value {
@@ -332,15 +378,8 @@ async fn events_left_pending_by_a_refused_put_go_out_on_the_next_evaluation_with
     );
     assert_eq!(w.store.state(WS, "u1").pending.len(), 1);
     // Due once their grace is over: a tick would carry them out if no change came.
-    assert!(w.store.due(T0 + 2, 10).await.unwrap().is_empty());
-    assert_eq!(
-        w.store
-            .due(T0 + 2 + PENDING_GRACE_MS, 10)
-            .await
-            .unwrap()
-            .len(),
-        1
-    );
+    assert!(w.due(T0 + 2).await.is_empty());
+    assert_eq!(w.due(T0 + 2 + PENDING_GRACE_MS).await.len(), 1);
     // The retry publishes the pending event and decides nothing new; so would a
     // redelivery of the record.
     let retried = w.evaluate.retry(&parked, || T0 + 3).await;
@@ -348,7 +387,7 @@ async fn events_left_pending_by_a_refused_put_go_out_on_the_next_evaluation_with
     assert_eq!(w.deliver(&[trial], T0 + 3).await, (0, None));
     assert!(w.store.state(WS, "u1").pending.is_empty());
     assert_eq!(w.events(), [entered("trials", "u1", "change")]);
-    assert!(w.store.due(T0 + 3, 10).await.unwrap().is_empty());
+    assert!(w.due(T0 + 3).await.is_empty());
 }
 
 #[tokio::test]
@@ -467,14 +506,7 @@ async fn a_replaced_rule_stops_the_old_build_and_builds_the_new() {
 
 #[tokio::test]
 async fn time_moves_a_user_out_of_a_within_last_window_with_no_write() {
-    let w = world();
-    w.define(
-        "new",
-        json!({"field": "signupDate", "op": "within_last", "value": "P7D"}),
-        T0,
-    )
-    .await;
-    w.build(T0).await;
+    let w = signed_up_within_a_week().await;
     let signup = crate::domain::format_millis(T0).unwrap();
     let record = w.write("u1", Some(json!({"signupDate": signup})), T0 + 1);
     w.deliver(&[record], T0 + 2).await;
@@ -482,11 +514,10 @@ async fn time_moves_a_user_out_of_a_within_last_window_with_no_write() {
     let edge = T0 + 7 * DAY + 1;
     assert_eq!(w.store.state(WS, "u1").next_due, Some(edge));
     // Before the edge, nothing is due; a tick that covers it waits for the moment.
-    assert!(w.store.due(edge - 1, 10).await.unwrap().is_empty());
+    assert!(w.due(edge - 1).await.is_empty());
     let waited = std::sync::Mutex::new(Vec::new());
     let clock = std::sync::atomic::AtomicI64::new(edge - 30_000);
     let (users, events) = w
-        .evaluate
         .tick(
             edge + 10_000,
             || clock.load(std::sync::atomic::Ordering::SeqCst),
@@ -496,8 +527,7 @@ async fn time_moves_a_user_out_of_a_within_last_window_with_no_write() {
                 async {}
             },
         )
-        .await
-        .unwrap();
+        .await;
     assert_eq!((users, events), (1, 1));
     assert_eq!(*waited.lock().unwrap(), [edge]);
     assert!(w.store.listed(WS, "new").is_empty());
@@ -736,7 +766,7 @@ async fn time_alone_moving_a_user_in_out_and_in_again_gives_each_move_its_own_id
     let mut now = T0 + 1;
     while let Some(due) = w.store.state(WS, "u1").next_due {
         now = due;
-        w.evaluate.tick(now, || now, |_| async {}).await.unwrap();
+        w.tick(now, || now, |_| async {}).await;
     }
     let moves: Vec<(String, u64, String)> = w
         .bus
@@ -916,4 +946,81 @@ async fn audiences_list_a_page_at_a_time_and_refuse_a_cursor_no_page_gave() {
         matches!(refused, Err(AppError::Request(RequestError::Query(_)))),
         "{refused:?}"
     );
+}
+
+#[tokio::test]
+async fn time_moves_fan_out_one_task_per_partition_with_no_cap_on_a_minute() {
+    let w = signed_up_within_a_week().await;
+    let signup = crate::domain::format_millis(T0).unwrap();
+    // More users at one edge than a tick used to settle in a minute (2,000).
+    let users = 2_500;
+    let records: Vec<Record> = (0..users)
+        .map(|i| {
+            w.write(
+                &format!("u{i:04}"),
+                Some(json!({"signupDate": signup})),
+                T0 + 1,
+            )
+        })
+        .collect();
+    for batch in records.chunks(100) {
+        w.deliver(batch, T0 + 2).await;
+    }
+    assert_eq!(w.store.listed(WS, "new").len(), users);
+    let edge = T0 + 7 * DAY + 1;
+    let sent = w.evaluate.tick(edge + 1).await.unwrap();
+    let tasks = w.builds.take_time();
+    assert_eq!(sent, MemoryAudiences::DUE_SHARDS as usize);
+    let mut largest = 0;
+    for task in &tasks {
+        let (settled, events) = w
+            .evaluate
+            .settle_due(task, || edge + 1, |_| async {})
+            .await
+            .unwrap();
+        assert_eq!(settled, events, "each user due moved out");
+        largest = largest.max(settled);
+    }
+    assert!(w.store.listed(WS, "new").is_empty(), "all moved out");
+    // Spread over the partitions: a user waits only for those due before it in its own.
+    assert!(largest < users / 2, "{largest} of {users} in one partition");
+    assert!(w.due(edge + 1).await.is_empty());
+}
+
+/// A stream read again: the users each range's records wrote.
+struct ReplayedStream(Vec<UserKey>);
+
+impl crate::app::ports::StreamReplay for ReplayedStream {
+    async fn users_in(
+        &self,
+        _: &crate::app::ports::StreamRange,
+    ) -> Result<Vec<UserKey>, crate::app::ports::PortError> {
+        Ok(self.0.clone())
+    }
+}
+
+#[tokio::test]
+async fn records_a_failure_destination_names_are_turned_back_into_users_to_settle() {
+    let w = world();
+    w.define("trials", trials(), T0).await;
+    w.build(T0).await;
+    // The record never settled (its batch kept failing, or aged out of the stream).
+    w.write("u1", Some(json!({"plan": "trial"})), T0 + 1);
+    let range = crate::app::ports::StreamRange {
+        stream_arn: "arn".into(),
+        shard_id: "shard".into(),
+        first: "100".into(),
+        last: "200".into(),
+    };
+    let replay = ReplayedStream(vec![(WS.to_owned(), "u1".to_owned())]);
+    w.builds.faults.fail("parked.park", unavailable(), 1);
+    assert!(
+        w.evaluate.recover(&replay, &range).await.is_err(),
+        "comes back"
+    );
+    assert_eq!(w.evaluate.recover(&replay, &range).await.unwrap(), 1);
+    let parked = w.builds.take_parked();
+    let retried = w.evaluate.retry(&parked, || T0 + 2).await;
+    assert!(matches!(retried[..], [Ok(1)]), "{retried:?}");
+    assert_eq!(w.store.listed(WS, "trials"), ["u1"]);
 }

@@ -6,8 +6,8 @@
 use super::audiences::member_of;
 use super::ports::{
     Audiences, BuildQueue, BuildRecord, BuildStep, BuildTask, Definitions, EventBus, Memberships,
-    ParkedUsers, PortError, Standing, StoredUser, UserAudiences, UserImage, UserKey, Users,
-    WorkspaceUsers,
+    ParkedUsers, PortError, Standing, StoredUser, StreamRange, StreamReplay, TimeTask, TimeTasks,
+    UserAudiences, UserImage, UserKey, Users, WorkspaceUsers,
 };
 use super::publish::StreamChange;
 use super::rule_cache::RuleCache;
@@ -25,10 +25,13 @@ pub const BUILD_PAGE: usize = 200;
 const DROP_PAGE: usize = 500;
 /// Users settled at once by one invocation.
 const SETTLING_LANES: usize = 8;
+/// `PutEvents` calls in flight at once (a batch entering many audiences puts thousands
+/// of events).
+const BUS_LANES: usize = 16;
 /// Commits that may find something moved before a user is left for the retry.
 const COMMIT_ATTEMPTS: usize = 8;
-/// Users one tick settles (the rest are due at the next).
-const TICK_USERS: usize = 2_000;
+/// Users due read at once by a time task (it reads page after page).
+const DUE_PAGE: usize = 200;
 
 /// One user to settle: the latest of it known, and the version events name.
 struct Subject<'a> {
@@ -87,7 +90,7 @@ impl<S, U, B, E> Evaluate<S, U, B, E>
 where
     S: Audiences + Memberships + Sync,
     U: Users + WorkspaceUsers + Sync,
-    B: BuildQueue + ParkedUsers,
+    B: BuildQueue + ParkedUsers + TimeTasks,
     E: EventBus + Sync,
 {
     pub fn new(store: S, users: U, builds: B, bus: E) -> Self {
@@ -145,13 +148,12 @@ where
                 }
             }
         }
-        let mut workspaces = HashMap::new();
+        let workspaces = self
+            .rules_of(latest.keys().map(|(workspace_id, _)| *workspace_id))
+            .await;
         let mut outcomes = Vec::new();
         let mut subjects = Vec::new();
         for ((workspace_id, user_id), (index, old, new)) in &latest {
-            if !workspaces.contains_key(workspace_id) {
-                workspaces.insert(*workspace_id, self.rules(workspace_id).await);
-            }
             match &workspaces[workspace_id] {
                 Ok(definitions) if definitions.audiences.is_empty() => {
                     outcomes.push((*index, Ok(0)))
@@ -229,6 +231,19 @@ where
         self.builds.park(&keys).await
     }
 
+    /// Records the stream's failure destination names (a batch that kept failing, or
+    /// aged out): their users, read again from the stream, are parked to be settled from
+    /// a fresh read, as users that failed in a batch are. Returns how many.
+    pub async fn recover(
+        &self,
+        replay: &impl StreamReplay,
+        range: &StreamRange,
+    ) -> Result<usize, AppError> {
+        let users = replay.users_in(range).await?;
+        self.builds.park(&users).await?;
+        Ok(users.len())
+    }
+
     /// Settles parked users again, each from a fresh read: each one's outcome, in
     /// order (the events it put, or why it is still not settled).
     pub async fn retry(
@@ -240,14 +255,10 @@ where
             .iter()
             .map(|(workspace_id, user_id)| (workspace_id.as_str(), user_id.as_str()));
         let (subjects, mut outcomes) = self.fresh_subjects(keys, Reason::Change).await;
-        let mut definitions = HashMap::new();
+        let definitions = self.rules_of(subjects.iter().map(|s| s.workspace_id)).await;
         let mut ready = Vec::new();
         for subject in subjects {
-            let workspace_id = subject.workspace_id;
-            if !definitions.contains_key(workspace_id) {
-                definitions.insert(workspace_id, self.rules(workspace_id).await);
-            }
-            match &definitions[workspace_id] {
+            match &definitions[subject.workspace_id] {
                 Ok(_) => ready.push(subject),
                 Err(err) => outcomes.push((subject.index, Err(err.clone().into()))),
             }
@@ -398,12 +409,26 @@ where
         })
     }
 
-    /// Settles the users due by `until_ms` (a rule's edge, or events left to publish),
-    /// each when its moment comes: `wait_until` sleeps to it (the clock is `now`).
-    /// Returns how many users it settled and the events it put.
-    pub async fn tick<W, F>(
+    /// The schedule's tick: one time task per partition of the users due, so that the
+    /// users due by `until_ms` are settled by as many invocations as there are
+    /// partitions, each without a cap ([`Evaluate::settle_due`]). Returns the tasks sent.
+    pub async fn tick(&self, until_ms: i64) -> Result<usize, AppError> {
+        let tasks: Vec<TimeTask> = (0..S::DUE_SHARDS)
+            .map(|shard| TimeTask { shard, until_ms })
+            .collect();
+        self.builds.send_time(&tasks).await?;
+        Ok(tasks.len())
+    }
+
+    /// Settles the users of one partition due by `until_ms` (a rule's edge, or events
+    /// left to publish), page after page, each when its moment comes: `wait_until`
+    /// sleeps to it (the clock is `now`). A user another workspace's edge put in the
+    /// same partition waits only for those due before it in this one partition.
+    /// Returns how many users it settled and the events it put; a user not settled
+    /// stays due, and the next tick's task settles it.
+    pub async fn settle_due<W, F>(
         &self,
-        until_ms: i64,
+        task: &TimeTask,
         now: impl Fn() -> i64 + Sync,
         wait_until: W,
     ) -> Result<(usize, usize), AppError>
@@ -411,50 +436,62 @@ where
         W: Fn(i64) -> F + Sync,
         F: std::future::Future<Output = ()> + Send,
     {
-        let due = self.store.due(until_ms, TICK_USERS).await?;
-        let mut workspaces: HashMap<&str, Arc<Definitions>> = HashMap::new();
-        let mut events = 0;
+        let mut workspaces: HashMap<String, Arc<Definitions>> = HashMap::new();
+        let (mut users, mut events) = (0, 0);
         let mut first_error = None;
-        // In order of their moments; a user settled before its moment would keep its
-        // answer until the next change.
-        let mut rest = due.as_slice();
-        while let Some(((_, first_due), _)) = rest.split_first() {
-            wait_until(*first_due).await;
-            let at = now();
-            let ready = rest
-                .iter()
-                .take_while(|(_, due_at)| *due_at <= at)
-                .count()
-                .max(1);
-            let (batch, later) = rest.split_at(ready);
-            rest = later;
-            for ((workspace_id, _), _) in batch {
-                if !workspaces.contains_key(workspace_id.as_str()) {
-                    workspaces.insert(workspace_id, self.rules(workspace_id).await?);
+        let mut after = None;
+        loop {
+            let (due, more) = self
+                .store
+                .due(task.shard, task.until_ms, after.as_ref(), DUE_PAGE)
+                .await?;
+            users += due.len();
+            // In order of their moments; a user settled before its moment would keep its
+            // answer until the next change.
+            let mut rest = due.as_slice();
+            while let Some(((_, first_due), _)) = rest.split_first() {
+                wait_until(*first_due).await;
+                let at = now();
+                let ready = rest
+                    .iter()
+                    .take_while(|(_, due_at)| *due_at <= at)
+                    .count()
+                    .max(1);
+                let (batch, later) = rest.split_at(ready);
+                rest = later;
+                for ((workspace_id, _), _) in batch {
+                    if !workspaces.contains_key(workspace_id) {
+                        let rules = self.rules(workspace_id).await?;
+                        workspaces.insert(workspace_id.clone(), rules);
+                    }
+                }
+                let keys = batch
+                    .iter()
+                    .map(|((workspace_id, user_id), _)| (workspace_id.as_str(), user_id.as_str()));
+                let (subjects, unread) = self.fresh_subjects(keys, Reason::Time).await;
+                for (_, outcome) in unread {
+                    first_error = first_error.or(outcome.err());
+                }
+                let definitions = subjects
+                    .iter()
+                    .map(|s| (s.workspace_id, workspaces[s.workspace_id].clone()))
+                    .collect();
+                for (_, outcome) in self.settle_all(subjects, definitions, &now).await {
+                    match outcome {
+                        Ok(put) => events += put,
+                        // Still due: the next tick settles it.
+                        Err(err) => first_error = first_error.or(Some(err)),
+                    }
                 }
             }
-            let keys = batch
-                .iter()
-                .map(|((workspace_id, user_id), _)| (workspace_id.as_str(), user_id.as_str()));
-            let (subjects, unread) = self.fresh_subjects(keys, Reason::Time).await;
-            for (_, outcome) in unread {
-                first_error = first_error.or(outcome.err());
-            }
-            let definitions = subjects
-                .iter()
-                .map(|s| (s.workspace_id, workspaces[s.workspace_id].clone()))
-                .collect();
-            for (_, outcome) in self.settle_all(subjects, definitions, &now).await {
-                match outcome {
-                    Ok(put) => events += put,
-                    // Still due: the next tick settles it.
-                    Err(err) => first_error = first_error.or(Some(err)),
-                }
+            match (more, due.last()) {
+                (true, Some(last)) => after = Some(last.clone()),
+                _ => break,
             }
         }
         match first_error {
             Some(err) => Err(err),
-            None => Ok((due.len(), events)),
+            None => Ok((users, events)),
         }
     }
 
@@ -535,19 +572,34 @@ where
         definitions: &HashMap<&'a str, Arc<Definitions>>,
     ) -> HashMap<&'a str, Result<Arc<Definitions>, PortError>> {
         let workspaces: std::collections::BTreeSet<&str> = workspaces.collect();
-        let mut moved = HashMap::new();
-        for workspace_id in workspaces {
+        let checks = workspaces.into_iter().map(|workspace_id| async move {
             match self.store.revision(workspace_id).await {
-                Ok(revision) if revision == definitions[workspace_id].revision => {}
-                Ok(revision) => {
-                    moved.insert(workspace_id, self.rules_at(workspace_id, revision).await);
-                }
-                Err(err) => {
-                    moved.insert(workspace_id, Err(err));
-                }
+                Ok(revision) if revision == definitions[workspace_id].revision => None,
+                Ok(revision) => Some((workspace_id, self.rules_at(workspace_id, revision).await)),
+                Err(err) => Some((workspace_id, Err(err))),
             }
-        }
-        moved
+        });
+        stream::iter(checks)
+            .buffer_unordered(SETTLING_LANES)
+            .filter_map(|moved| async move { moved })
+            .collect()
+            .await
+    }
+
+    /// The rules of each workspace named, read at once (each its revision, and its
+    /// definitions only when they moved), or why they could not be.
+    async fn rules_of<'a>(
+        &self,
+        workspaces: impl Iterator<Item = &'a str>,
+    ) -> HashMap<&'a str, Result<Arc<Definitions>, PortError>> {
+        let workspaces: std::collections::BTreeSet<&str> = workspaces.collect();
+        let reads = workspaces
+            .into_iter()
+            .map(|workspace_id| async move { (workspace_id, self.rules(workspace_id).await) });
+        stream::iter(reads)
+            .buffer_unordered(SETTLING_LANES)
+            .collect()
+            .await
     }
 
     /// Brings one user's memberships to the rules over its latest state and commits
@@ -645,9 +697,17 @@ where
             .collect();
         let mut refused = vec![false; commits.len()];
         let sizes = events.iter().map(|(_, event)| E::entry_size(event));
-        for group in call_groups(sizes, E::MAX_ENTRIES_PER_CALL, E::MAX_BYTES_PER_CALL) {
+        // The calls at once: each user's events of a commit are in one call or another,
+        // and subscribers order a user's moves by `user_version` and `at` (EventBridge
+        // keeps no order anyway).
+        let groups = call_groups(sizes, E::MAX_ENTRIES_PER_CALL, E::MAX_BYTES_PER_CALL);
+        let calls = groups.iter().map(|group| {
             let call: Vec<&ChangeEvent> = group.iter().map(|&i| &events[i].1).collect();
-            match self.bus.put(&call).await {
+            async move { (group, self.bus.put(&call).await) }
+        });
+        let puts: Vec<_> = stream::iter(calls).buffered(BUS_LANES).collect().await;
+        for (group, put) in puts {
+            match put {
                 Ok(not_put) => not_put
                     .into_iter()
                     .for_each(|i| refused[events[group[i]].0] = true),

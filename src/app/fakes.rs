@@ -606,7 +606,17 @@ impl Audiences for MemoryAudiences {
     }
 }
 
+/// The partition of the users due a user is in (a few, so that tests cross them).
+fn due_shard((workspace_id, user_id): &UserKey) -> u32 {
+    let bytes = workspace_id.bytes().chain(user_id.bytes());
+    bytes.fold(0u32, |hash, b| {
+        hash.wrapping_mul(31).wrapping_add(u32::from(b))
+    }) % MemoryAudiences::DUE_SHARDS
+}
+
 impl Memberships for MemoryAudiences {
+    const DUE_SHARDS: u32 = 4;
+
     async fn standing(
         &self,
         workspace_id: &str,
@@ -739,18 +749,28 @@ impl Memberships for MemoryAudiences {
         Ok(members.len() as u64)
     }
 
-    async fn due(&self, until_ms: i64, limit: usize) -> Result<Vec<(UserKey, i64)>, PortError> {
+    async fn due(
+        &self,
+        shard: u32,
+        until_ms: i64,
+        after: Option<&(UserKey, i64)>,
+        limit: usize,
+    ) -> Result<(Vec<(UserKey, i64)>, bool), PortError> {
         self.call("memberships.due")?;
         let mut due: Vec<(UserKey, i64)> = lock(&self.states)
             .iter()
+            .filter(|(key, _)| due_shard(key) == shard)
             .filter_map(|(key, state)| {
                 let at = state.due_at()?;
                 (at <= until_ms).then(|| (key.clone(), at))
             })
+            // As the index orders them: by instant, then by key.
+            .filter(|(key, at)| after.is_none_or(|(k, a)| (at, key) > (a, k)))
             .collect();
-        due.sort_by_key(|(_, at)| *at);
+        due.sort_by(|(k1, a1), (k2, a2)| (a1, k1).cmp(&(a2, k2)));
+        let more = due.len() > limit;
         due.truncate(limit);
-        Ok(due)
+        Ok((due, more))
     }
 
     async fn drop_members(
@@ -795,17 +815,31 @@ impl Memberships for MemoryAudiences {
     }
 }
 
-/// The audiences function's queues: build tasks as sent, and parked users.
+/// The audiences function's queues: build tasks as sent, parked users, time tasks.
 #[derive(Clone, Default)]
 pub struct MemoryBuilds {
     pub tasks: Arc<Mutex<VecDeque<BuildTask>>>,
     pub parked: Arc<Mutex<VecDeque<UserKey>>>,
+    pub time: Arc<Mutex<VecDeque<TimeTask>>>,
     pub faults: Faults,
+}
+
+impl TimeTasks for MemoryBuilds {
+    async fn send_time(&self, tasks: &[TimeTask]) -> Result<(), PortError> {
+        self.faults.check("time.send")?;
+        lock(&self.time).extend(tasks.iter().copied());
+        Ok(())
+    }
 }
 
 impl MemoryBuilds {
     pub fn take(&self) -> Option<BuildTask> {
         lock(&self.tasks).pop_front()
+    }
+
+    /// The time tasks sent so far, taken off the queue.
+    pub fn take_time(&self) -> Vec<TimeTask> {
+        lock(&self.time).drain(..).collect()
     }
 
     /// The users parked so far, taken off the queue.

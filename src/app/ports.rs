@@ -361,6 +361,9 @@ impl UserAudiences {
 /// Memberships: each user's state (one item, written whole and conditionally) and each
 /// audience's member list (entries written after, from the state's pending decisions).
 pub trait Memberships {
+    /// The partitions users due are spread over, by user: a time task each.
+    const DUE_SHARDS: u32;
+
     /// A consistent read of a user's memberships (default when none).
     fn standing(
         &self,
@@ -427,12 +430,16 @@ pub trait Memberships {
     ) -> impl Future<Output = Result<u64, PortError>> + Send;
 
     /// Users with something to do by `until_ms` (a rule's edge, or decisions to carry
-    /// out), the earliest first: `((workspace, user), due_at)`.
+    /// out) in partition `shard` of [`Memberships::DUE_SHARDS`], the earliest first,
+    /// after `after` (the last of the page before): `((workspace, user), due_at)`, and
+    /// whether more follow.
     fn due(
         &self,
+        shard: u32,
         until_ms: i64,
+        after: Option<&(UserKey, i64)>,
         limit: usize,
-    ) -> impl Future<Output = Result<Vec<(UserKey, i64)>, PortError>> + Send;
+    ) -> impl Future<Output = Result<(Vec<(UserKey, i64)>, bool), PortError>> + Send;
 
     /// Removes up to `limit` entries of an audience deleted at revision `rule_rev`
     /// (list entries, and the users' standings, both only from that revision or
@@ -464,6 +471,38 @@ pub struct BuildTask {
 
 pub trait BuildQueue {
     fn send(&self, task: &BuildTask) -> impl Future<Output = Result<(), PortError>> + Send;
+}
+
+/// Records of the users table's stream that a reader never settled, as a failure
+/// destination names them: one shard's records from `first` to `last` (sequence
+/// numbers, inclusive).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamRange {
+    pub stream_arn: String,
+    pub shard_id: String,
+    pub first: String,
+    pub last: String,
+}
+
+/// The users table's stream, read again by position (it keeps records 24 hours).
+pub trait StreamReplay {
+    /// The users the records of `range` wrote, each once.
+    fn users_in(
+        &self,
+        range: &StreamRange,
+    ) -> impl Future<Output = Result<Vec<UserKey>, PortError>> + Send;
+}
+
+/// One partition of the users due, to settle by `until_ms`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TimeTask {
+    pub shard: u32,
+    pub until_ms: i64,
+}
+
+/// The time tasks' queue: each task is settled by an invocation of its own.
+pub trait TimeTasks {
+    fn send_time(&self, tasks: &[TimeTask]) -> impl Future<Output = Result<(), PortError>> + Send;
 }
 
 /// Users whose evaluation failed, parked by id (not by a stream position) to be settled

@@ -4,6 +4,7 @@
 pub mod dynamodb;
 pub mod eventbridge;
 pub mod sqs;
+pub mod streams;
 
 use crate::app::ports::PortError;
 use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};

@@ -3,7 +3,8 @@
 
 use crate::app::call_groups;
 use crate::app::ports::{
-    BuildQueue, BuildTask, ParkedUsers, PortError, Unsent, UpsertQueue, UserKey,
+    BuildQueue, BuildTask, ParkedUsers, PortError, TimeTask, TimeTasks, Unsent, UpsertQueue,
+    UserKey,
 };
 use crate::domain::{UpsertMessage, MESSAGE_VERSION};
 use aws_sdk_sqs::types::SendMessageBatchRequestEntry;
@@ -155,6 +156,15 @@ impl SqsQueue {
         (unsent, first_error)
     }
 
+    /// Sends every body, or fails (bodies already sent stay sent).
+    async fn send_all_bodies(&self, bodies: &[String]) -> Result<(), PortError> {
+        let bodies: Vec<&str> = bodies.iter().map(String::as_str).collect();
+        match self.send_bodies(&bodies).await {
+            (unsent, _) if unsent.is_empty() => Ok(()),
+            (_, error) => Err(error.unwrap_or_else(|| PortError::Unavailable("not sent".into()))),
+        }
+    }
+
     /// One call, then again for the entries SQS refused within it.
     async fn send_group(
         &self,
@@ -255,11 +265,47 @@ impl BuildQueue for SqsQueue {
     }
 }
 
-/// The audiences function's two queues: build tasks, and parked users to settle again.
+/// The audiences function's queues: build tasks, parked users to settle again, and time
+/// tasks.
 #[derive(Clone)]
 pub struct AudienceQueues {
     pub builds: SqsQueue,
     pub retries: SqsQueue,
+    pub time: SqsQueue,
+}
+
+/// A time task as an SQS body.
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TimeBody {
+    shard: u32,
+    until_ms: i64,
+}
+
+/// The time task a body holds, or `None` if it holds none.
+pub fn decode_time(body: &str) -> Option<TimeTask> {
+    let task: TimeBody = serde_json::from_str(body).ok()?;
+    Some(TimeTask {
+        shard: task.shard,
+        until_ms: task.until_ms,
+    })
+}
+
+impl TimeTasks for AudienceQueues {
+    async fn send_time(&self, tasks: &[TimeTask]) -> Result<(), PortError> {
+        let bodies: Vec<String> = tasks
+            .iter()
+            .map(|task| {
+                let body = TimeBody {
+                    shard: task.shard,
+                    until_ms: task.until_ms,
+                };
+                serde_json::to_string(&body)
+            })
+            .collect::<Result<_, _>>()
+            .map_err(|_| PortError::Refused("time task not encoded".into()))?;
+        self.time.send_all_bodies(&bodies).await
+    }
 }
 
 impl BuildQueue for AudienceQueues {
@@ -298,11 +344,7 @@ impl ParkedUsers for AudienceQueues {
             })
             .collect::<Result<_, _>>()
             .map_err(|_| PortError::Refused("parked user not encoded".into()))?;
-        let bodies: Vec<&str> = bodies.iter().map(String::as_str).collect();
-        match self.retries.send_bodies(&bodies).await {
-            (unsent, _) if unsent.is_empty() => Ok(()),
-            (_, error) => Err(error.unwrap_or_else(|| PortError::Unavailable("not parked".into()))),
-        }
+        self.retries.send_all_bodies(&bodies).await
     }
 }
 
@@ -335,6 +377,28 @@ mod tests {
             upsert,
         ] {
             assert_eq!(decode_parked(other), None, "{other}");
+        }
+    }
+
+    #[test]
+    fn a_time_task_reads_back_as_written_and_nothing_else_reads_as_one() {
+        let task = TimeTask {
+            shard: 63,
+            until_ms: 1_800_000_000_000,
+        };
+        let body = serde_json::to_string(&TimeBody {
+            shard: task.shard,
+            until_ms: task.until_ms,
+        })
+        .unwrap();
+        assert_eq!(decode_time(&body), Some(task));
+        for other in [
+            "",
+            "{}",
+            r#"{"shard":1}"#,
+            r#"{"workspace_id":"ws","external_user_id":"u"}"#,
+        ] {
+            assert_eq!(decode_time(other), None, "{other}");
         }
     }
 

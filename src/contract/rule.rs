@@ -3,7 +3,7 @@
 //! one evaluation cheap (`docs/audiences.md`, "Cost of one evaluation").
 
 use super::{ErrorCode, FieldError};
-use crate::domain::audience::{duration_ms, instant_ms, Condition, Op, Rule};
+use crate::domain::audience::{duration_ms, instant_ms, Condition, Needle, Op, Rule, ValueSet};
 use serde_json::{Map, Value};
 
 /// At most this many conditions in one rule…
@@ -223,7 +223,7 @@ impl Parser {
                 Some(v) => Some(match op {
                     "eq" => Op::Eq(v),
                     "ne" => Op::Ne(v),
-                    _ => Op::Contains(v),
+                    _ => Op::Contains(Box::new(Needle::new(v))),
                 }),
                 None => wrong(self, "a value"),
             },
@@ -237,9 +237,9 @@ impl Parser {
                     None
                 }
                 Some(Value::Array(items)) => Some(if op == "in" {
-                    Op::In(items.clone())
+                    Op::In(ValueSet::new(items))
                 } else {
-                    Op::NotIn(items.clone())
+                    Op::NotIn(ValueSet::new(items))
                 }),
                 _ => wrong(self, "an array"),
             },

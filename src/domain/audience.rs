@@ -3,7 +3,9 @@
 //! which a time-relative rule could change its mind about a user. Pure. Rules are
 //! parsed from JSON by the contract (`contract::parse_rule`).
 
+use memchr::memmem::Finder;
 use serde_json::{Map, Value};
+use std::collections::HashSet;
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
@@ -39,19 +41,86 @@ pub struct Condition {
 pub enum Op {
     Eq(Value),
     Ne(Value),
-    In(Vec<Value>),
-    NotIn(Vec<Value>),
+    In(ValueSet),
+    NotIn(ValueSet),
     Exists,
     NotExists,
     Gt(Value),
     Gte(Value),
     Lt(Value),
     Lte(Value),
-    Contains(Value),
+    Contains(Box<Needle>),
     StartsWith(String),
     EndsWith(String),
     WithinLast(i64),
     NotWithinLast(i64),
+}
+
+/// The values of an `in` / `not_in` list, held for one lookup per evaluation instead of
+/// a comparison per value (a list holds up to 1,000): each value in its canonical JSON,
+/// and the strings also lower-cased, for `email`.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ValueSet {
+    exact: HashSet<String>,
+    folded: HashSet<String>,
+}
+
+impl ValueSet {
+    pub fn new(values: &[Value]) -> Self {
+        Self {
+            exact: values.iter().map(Value::to_string).collect(),
+            folded: values
+                .iter()
+                .filter_map(Value::as_str)
+                .map(str::to_lowercase)
+                .collect(),
+        }
+    }
+
+    /// Whether `value` is one of the values: equal as JSON, or for `fold_case` (the
+    /// `email` field) a string equal to one of the strings ignoring case.
+    fn contains(&self, value: &Value, fold_case: bool) -> bool {
+        match value {
+            Value::String(text) if fold_case => self.folded.contains(&text.to_lowercase()),
+            value => self.exact.contains(&value.to_string()),
+        }
+    }
+}
+
+/// What `contains` looks for: an element of an array trait, or for a string its
+/// substring searcher, built once per rule (and its case-folded twin for `email`).
+#[derive(Debug, Clone)]
+pub struct Needle {
+    value: Value,
+    exact: Option<Finder<'static>>,
+    folded: Option<Finder<'static>>,
+}
+
+impl PartialEq for Needle {
+    fn eq(&self, other: &Self) -> bool {
+        self.value == other.value
+    }
+}
+
+impl Needle {
+    pub fn new(value: Value) -> Self {
+        let text = value.as_str();
+        Self {
+            exact: text.map(|t| Finder::new(t).into_owned()),
+            folded: text.map(|t| Finder::new(&t.to_lowercase()).into_owned()),
+            value,
+        }
+    }
+
+    /// Whether `text` holds the needle (ignoring case for `fold_case`); never for a
+    /// needle that is not a string.
+    fn in_text(&self, text: &str, fold_case: bool) -> bool {
+        match (fold_case, &self.exact, &self.folded) {
+            (true, _, Some(folded)) => folded.find(text.to_lowercase().as_bytes()).is_some(),
+            (false, Some(exact), _) => exact.find(text.as_bytes()).is_some(),
+            _ => false,
+        }
+    }
 }
 
 /// An ISO 8601 duration of days, hours, minutes and seconds (`P7D`, `PT12H`,
@@ -158,18 +227,15 @@ impl Condition {
             Op::NotExists => false,
             Op::Eq(expected) => equal(value, expected),
             Op::Ne(expected) => !equal(value, expected),
-            Op::In(items) => items.iter().any(|item| equal(value, item)),
-            Op::NotIn(items) => !items.iter().any(|item| equal(value, item)),
+            Op::In(items) => items.contains(value, email),
+            Op::NotIn(items) => !items.contains(value, email),
             Op::Gt(bound) => compare(value, bound).is_some_and(|o| o.is_gt()),
             Op::Gte(bound) => compare(value, bound).is_some_and(|o| o.is_ge()),
             Op::Lt(bound) => compare(value, bound).is_some_and(|o| o.is_lt()),
             Op::Lte(bound) => compare(value, bound).is_some_and(|o| o.is_le()),
-            Op::Contains(part) => match (value, part) {
-                (Value::String(text), Value::String(part)) if email => {
-                    text.to_lowercase().contains(&part.to_lowercase())
-                }
-                (Value::String(text), Value::String(part)) => text.contains(part.as_str()),
-                (Value::Array(items), part) => items.iter().any(|item| equal(item, part)),
+            Op::Contains(needle) => match value {
+                Value::String(text) => needle.in_text(text, email),
+                Value::Array(items) => items.iter().any(|item| equal(item, &needle.value)),
                 _ => false,
             },
             Op::StartsWith(prefix) => value.as_str().is_some_and(|text| {

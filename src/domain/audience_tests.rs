@@ -86,13 +86,26 @@ fn reference(rule: &Value, user: &Value) -> bool {
         return op == "not_exists";
     };
     let number = |v: &Value| v.as_f64();
+    // `email` compares strings ignoring case; everything else exactly.
+    let email = field == "email";
+    let fold = |text: &str| {
+        if email {
+            text.to_lowercase()
+        } else {
+            text.to_owned()
+        }
+    };
+    let equal = |a: &Value, b: &Value| match (a, b) {
+        (Value::String(a), Value::String(b)) => fold(a) == fold(b),
+        _ => a == b,
+    };
     match op {
         "exists" => true,
         "not_exists" => false,
-        "eq" => value == expected,
-        "ne" => value != expected,
-        "in" => expected.as_array().unwrap().contains(value),
-        "not_in" => !expected.as_array().unwrap().contains(value),
+        "eq" => equal(value, expected),
+        "ne" => !equal(value, expected),
+        "in" => expected.as_array().unwrap().iter().any(|e| equal(value, e)),
+        "not_in" => !expected.as_array().unwrap().iter().any(|e| equal(value, e)),
         "gt" | "gte" | "lt" | "lte" => match (number(value), number(expected)) {
             (Some(a), Some(b)) if value.is_number() => match op {
                 "gt" => a > b,
@@ -103,18 +116,20 @@ fn reference(rule: &Value, user: &Value) -> bool {
             _ => false,
         },
         "contains" => match value {
-            Value::String(text) => expected.as_str().is_some_and(|p| text.contains(p)),
-            Value::Array(items) => items.contains(expected),
+            Value::String(text) => expected
+                .as_str()
+                .is_some_and(|p| fold(text).contains(&fold(p))),
+            Value::Array(items) => items.iter().any(|item| equal(item, expected)),
             _ => false,
         },
         "starts_with" => value
             .as_str()
             .zip(expected.as_str())
-            .is_some_and(|(t, p)| t.starts_with(p)),
+            .is_some_and(|(t, p)| fold(t).starts_with(&fold(p))),
         "ends_with" => value
             .as_str()
             .zip(expected.as_str())
-            .is_some_and(|(t, p)| t.ends_with(p)),
+            .is_some_and(|(t, p)| fold(t).ends_with(&fold(p))),
         _ => unreachable!("{op}"),
     }
 }
@@ -122,14 +137,14 @@ fn reference(rule: &Value, user: &Value) -> bool {
 fn arb_value() -> impl Strategy<Value = Value> {
     prop_oneof![
         (0..4i64).prop_map(Value::from),
-        "(a|ab|b|ba)".prop_map(Value::from),
+        "(a|ab|b|ba|A|aB)".prop_map(Value::from),
         Just(json!(["a", 1])),
         Just(Value::Bool(true)),
     ]
 }
 
 fn arb_condition() -> impl Strategy<Value = Value> {
-    let field = proptest::sample::select(vec!["x", "y", "z"]);
+    let field = proptest::sample::select(vec!["x", "y", "z", "email"]);
     let op = proptest::sample::select(vec![
         "eq",
         "ne",
@@ -178,7 +193,7 @@ proptest! {
     #[test]
     fn evaluation_equals_the_plain_reading_of_the_rule(
         rule_json in arb_rule(),
-        user in proptest::collection::btree_map(proptest::sample::select(vec!["x", "y", "z"]), arb_value(), 0..3),
+        user in proptest::collection::btree_map(proptest::sample::select(vec!["x", "y", "z", "email"]), arb_value(), 0..4),
     ) {
         let user = Value::Object(user.into_iter().map(|(k, v)| (k.to_owned(), v)).collect());
         let parsed = rule(rule_json.clone());

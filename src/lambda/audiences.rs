@@ -1,16 +1,20 @@
-//! The audiences function's edge. Four event sources, one function: the users table's
+//! The audiences function's edge. Six event sources, one function: the users table's
 //! stream (live changes: a partial batch response names the first record not settled),
 //! the build queue (one task per message), the retry queue (users parked when their
-//! evaluation failed, one per message) and the schedule (a tick). One log line per
-//! invocation.
+//! evaluation failed, one per message), the schedule (a tick, which sends a time task
+//! per partition of the users due), the time queue (one such task per invocation) and
+//! the stream's failure destination (stream positions whose users are parked). One log
+//! line per invocation.
 
 use crate::app::evaluate::Evaluate;
 use crate::app::ports::{
-    Audiences, BuildQueue, BuildTask, EventBus, Memberships, ParkedUsers, Users, WorkspaceUsers,
+    Audiences, BuildQueue, BuildTask, EventBus, Memberships, ParkedUsers, StreamReplay, TimeTask,
+    TimeTasks, Users, WorkspaceUsers,
 };
 use crate::aws::dynamodb::{AudienceStore, UserStore};
 use crate::aws::eventbridge::EventBridgeBus;
-use crate::aws::sqs::{decode_parked, AudienceQueues, SqsQueue};
+use crate::aws::sqs::{decode_parked, decode_time, AudienceQueues, SqsQueue};
+use crate::aws::streams::{decode_failure, StreamReader};
 use crate::clock::now_millis;
 use crate::config::Resources;
 use aws_lambda_events::dynamodb::Event as StreamEvent;
@@ -18,10 +22,7 @@ use aws_lambda_events::sqs::SqsEvent;
 use serde_json::Value;
 use std::time::{Duration, Instant};
 
-/// A tick settles what falls due before the next one (the schedule runs every
-/// minute)…
-const TICK_HORIZON_MS: i64 = 55_000;
-/// …and stops waiting this long before the invocation's deadline.
+/// A time task stops waiting this long before its invocation's deadline.
 const TICK_DEADLINE_MARGIN_MS: i64 = 5_000;
 
 /// Why an invocation failed (a function error: Lambda's `Errors` metric counts it).
@@ -31,16 +32,25 @@ pub enum InvocationError {
     /// read: the source retries it whole, then hands it to its failure destination.
     #[error("unreadable event")]
     Unreadable,
-    /// A tick that did not settle every user due (they stay due for the next).
+    /// A tick whose time tasks were not sent, or a time task that did not settle every
+    /// user due (they stay due for the next tick's).
     #[error("tick incomplete")]
     Tick,
 }
 
-pub struct AudiencesFunction<S, U, B, E> {
+pub struct AudiencesFunction<S, U, B, E, R> {
     evaluate: Evaluate<S, U, B, E>,
-    /// The retry queue's name: its records are parked users, every other queue's are
-    /// build tasks.
+    /// The users stream, read again for the positions its failure destination names.
+    replay: R,
+    /// The retry queue's name: its records are parked users…
     retry_queue: String,
+    /// …the time queue's, time tasks…
+    time_queue: String,
+    /// …the stream failure queue's, stream positions; every other queue's are build
+    /// tasks.
+    failure_queue: String,
+    /// A tick's time tasks settle what falls due before the next tick.
+    tick_ms: i64,
 }
 
 /// A queue's name: the last part of its URL or ARN.
@@ -48,7 +58,7 @@ fn queue_name(url_or_arn: &str) -> &str {
     url_or_arn.rsplit(['/', ':']).next().unwrap_or_default()
 }
 
-impl AudiencesFunction<AudienceStore, UserStore, AudienceQueues, EventBridgeBus> {
+impl AudiencesFunction<AudienceStore, UserStore, AudienceQueues, EventBridgeBus, StreamReader> {
     pub fn on_aws(sdk: &aws_config::SdkConfig, resources: &Resources) -> Self {
         let dynamodb = aws_sdk_dynamodb::Client::new(sdk);
         let store = AudienceStore::new(
@@ -60,30 +70,35 @@ impl AudiencesFunction<AudienceStore, UserStore, AudienceQueues, EventBridgeBus>
         let sqs = aws_sdk_sqs::Client::new(sdk);
         let queues = AudienceQueues {
             builds: SqsQueue::new(sqs.clone(), &resources.audience_build_queue_url),
-            retries: SqsQueue::new(sqs, &resources.audience_retry_queue_url),
+            retries: SqsQueue::new(sqs.clone(), &resources.audience_retry_queue_url),
+            time: SqsQueue::new(sqs, &resources.audience_time_queue_url),
         };
         let bus = EventBridgeBus::new(
             aws_sdk_eventbridge::Client::new(sdk),
             &resources.event_bus_name,
         );
-        AudiencesFunction::new(
-            Evaluate::new(store, users, queues, bus),
-            &resources.audience_retry_queue_url,
-        )
+        let replay = StreamReader::new(aws_sdk_dynamodbstreams::Client::new(sdk));
+        AudiencesFunction::new(Evaluate::new(store, users, queues, bus), replay, resources)
     }
 }
 
-impl<S, U, B, E> AudiencesFunction<S, U, B, E>
+impl<S, U, B, E, R> AudiencesFunction<S, U, B, E, R>
 where
+    R: StreamReplay + Sync,
     S: Audiences + Memberships + Sync,
     U: Users + WorkspaceUsers + Sync,
-    B: BuildQueue + ParkedUsers,
+    B: BuildQueue + ParkedUsers + TimeTasks,
     E: EventBus + Sync,
 {
-    pub fn new(evaluate: Evaluate<S, U, B, E>, retry_queue_url: &str) -> Self {
+    pub fn new(evaluate: Evaluate<S, U, B, E>, replay: R, resources: &Resources) -> Self {
         Self {
             evaluate,
-            retry_queue: queue_name(retry_queue_url).to_owned(),
+            replay,
+            failure_queue: queue_name(&resources.audience_stream_failure_queue_url).to_owned(),
+            retry_queue: queue_name(&resources.audience_retry_queue_url).to_owned(),
+            time_queue: queue_name(&resources.audience_time_queue_url).to_owned(),
+            tick_ms: i64::try_from(resources.audience_tick_seconds.saturating_mul(1000))
+                .unwrap_or(i64::MAX),
         }
     }
 
@@ -104,20 +119,24 @@ where
                     .await
             }
             "aws:sqs" => {
-                let retries = event
+                let queue = event
                     .pointer("/Records/0/eventSourceARN")
                     .and_then(Value::as_str)
-                    .is_some_and(|arn| queue_name(arn) == self.retry_queue);
+                    .map(queue_name)
+                    .unwrap_or_default()
+                    .to_owned();
                 let event = serde_json::from_value(event).map_err(unreadable)?;
-                if retries {
+                if queue == self.retry_queue {
                     self.retries(event, started).await
+                } else if queue == self.time_queue {
+                    self.time_tasks(event, deadline_ms, started).await?
+                } else if queue == self.failure_queue {
+                    self.recoveries(event, started).await
                 } else {
                     self.builds(event, started).await
                 }
             }
-            _ if event["detail-type"] == "Scheduled Event" => {
-                self.tick(deadline_ms, started).await?
-            }
+            _ if event["detail-type"] == "Scheduled Event" => self.tick(started).await?,
             _ => return Err(InvocationError::Unreadable),
         })
     }
@@ -218,33 +237,109 @@ where
         serde_json::to_value(super::sqs_response(failed)).unwrap_or(Value::Null)
     }
 
-    /// The schedule's tick: users due before the next tick are settled at their
-    /// moment (waiting for it), so time moves them within seconds, not a minute.
-    async fn tick(&self, deadline_ms: i64, started: Instant) -> Result<Value, InvocationError> {
-        let now = now_millis();
-        let until = (now + TICK_HORIZON_MS).min(deadline_ms - TICK_DEADLINE_MARGIN_MS);
-        let wait_until = |at: i64| async move {
-            let wait = at.saturating_sub(now_millis()).max(0);
-            tokio::time::sleep(Duration::from_millis(wait as u64)).await;
-        };
-        let outcome = self
-            .evaluate
-            .tick(until.max(now), now_millis, wait_until)
-            .await;
-        let (users, events, error) = match &outcome {
-            Ok((users, events)) => (*users, *events, None),
-            Err(err) => (0, 0, Some(err.to_string())),
-        };
+    /// Stream batches the failure destination names (records that kept failing, or
+    /// aged out): their users read again from the stream and parked, to be settled from
+    /// a fresh read. A message not done comes back, and after its receives rests in the
+    /// failure queue's dead-letter queue (`AudienceStreamFailureAlarm`).
+    async fn recoveries(&self, event: SqsEvent, started: Instant) -> Value {
+        let mut failed = Vec::new();
+        let mut users = 0;
+        for record in &event.records {
+            let id = record.message_id.clone().unwrap_or_default();
+            let Some(range) = record.body.as_deref().and_then(decode_failure) else {
+                tracing::error!(message_id = %id, "unreadable stream failure");
+                failed.push(id);
+                continue;
+            };
+            match self.evaluate.recover(&self.replay, &range).await {
+                Ok(parked) => users += parked,
+                Err(err) => {
+                    tracing::warn!(message_id = %id, error = %err, "stream failure not recovered");
+                    failed.push(id);
+                }
+            }
+        }
         tracing::info!(
-            source = "schedule",
-            users,
-            events,
-            error = error.as_deref(),
+            source = "stream failures",
+            records = event.records.len(),
+            parked = users,
+            failed = failed.len(),
             latency_ms = started.elapsed().as_secs_f64() * 1000.0,
             "audiences"
         );
-        outcome
-            .map(|_| Value::Null)
-            .map_err(|_| InvocationError::Tick)
+        serde_json::to_value(super::sqs_response(failed)).unwrap_or(Value::Null)
+    }
+
+    /// The schedule's tick: a time task per partition of the users due, for what falls
+    /// due before the next tick.
+    async fn tick(&self, started: Instant) -> Result<Value, InvocationError> {
+        let sent = self.evaluate.tick(now_millis() + self.tick_ms).await;
+        tracing::info!(
+            source = "schedule",
+            tasks = sent.as_ref().ok(),
+            error = sent.as_ref().err().map(ToString::to_string),
+            latency_ms = started.elapsed().as_secs_f64() * 1000.0,
+            "audiences"
+        );
+        sent.map(|_| Value::Null).map_err(|_| InvocationError::Tick)
+    }
+
+    /// Time tasks (the queue delivers one at a time): the users of a partition due
+    /// before the task's end are settled at their moment (waiting for it), so time
+    /// moves them within seconds, not a minute. A task not done fails the invocation:
+    /// its users stay due, and the next tick's task settles them.
+    async fn time_tasks(
+        &self,
+        event: SqsEvent,
+        deadline_ms: i64,
+        started: Instant,
+    ) -> Result<Value, InvocationError> {
+        let (mut users, mut events, mut failed) = (0, 0, 0);
+        for record in &event.records {
+            let Some(task) = record.body.as_deref().and_then(decode_time) else {
+                tracing::error!(message_id = ?record.message_id, "unreadable time task");
+                failed += 1;
+                continue;
+            };
+            let now = now_millis();
+            let task = TimeTask {
+                until_ms: task
+                    .until_ms
+                    .min(deadline_ms - TICK_DEADLINE_MARGIN_MS)
+                    .max(now),
+                ..task
+            };
+            let wait_until = |at: i64| async move {
+                let wait = at.saturating_sub(now_millis()).max(0);
+                tokio::time::sleep(Duration::from_millis(wait as u64)).await;
+            };
+            match self
+                .evaluate
+                .settle_due(&task, now_millis, wait_until)
+                .await
+            {
+                Ok((settled, put)) => {
+                    users += settled;
+                    events += put;
+                }
+                Err(err) => {
+                    tracing::warn!(shard = task.shard, error = %err, "time task not done");
+                    failed += 1;
+                }
+            }
+        }
+        tracing::info!(
+            source = "time",
+            records = event.records.len(),
+            users,
+            events,
+            failed,
+            latency_ms = started.elapsed().as_secs_f64() * 1000.0,
+            "audiences"
+        );
+        if failed > 0 {
+            return Err(InvocationError::Tick);
+        }
+        Ok(Value::Null)
     }
 }

@@ -732,3 +732,38 @@ async fn member_counts_stay_exact_whatever_order_decisions_are_carried_out_in() 
         count
     );
 }
+
+#[tokio::test]
+#[ignore = "needs the local stack: run `make test`"]
+async fn a_stream_batch_that_kept_failing_is_read_again_and_its_users_settled() {
+    let stack = Stack::alone().await;
+    let key = stack.key(&ALL_SCOPES).await;
+    let trial = json!({"field": "plan", "op": "eq", "value": "trial"});
+    stack.define_ready(&key, &[("trials", trial)]).await;
+    let user = format!("lost-{}", stack.workspace);
+    // Its evaluation fails and it cannot even be parked: its stream batch fails until
+    // the records go to the failure destination, whose positions cannot be parked
+    // either, until they rest in that queue's dead-letter queue.
+    let faults = json!({"operations": ["DynamoDB_20120810.GetItem", "AmazonSQS.SendMessageBatch"],
+        "status": 500, "code": "InternalServerError", "matching": user});
+    set_faults(&stack, &faults).await;
+    let body = json!({"external_user_id": user, "traits": {"plan": "trial"}});
+    stack.accept(&key, &body).await;
+    let waiting =
+        || vfctl_json(&["dlq", "status", "--queue", "stream-failures"])["messages"].as_u64();
+    until_working(
+        &stack,
+        WORKERS,
+        "the positions in the dead-letter queue",
+        || async { (waiting() >= Some(1)).then_some(()) },
+    )
+    .await;
+    clear_faults(&stack).await;
+    let redriven = vfctl_json(&["dlq", "redrive", "--queue", "stream-failures"]);
+    assert!(redriven["messages"].as_u64() >= Some(1), "{redriven}");
+    // Read again from the stream, parked, settled: nothing a failure destination names
+    // is only logged.
+    let members: BTreeSet<String> = [user].into();
+    stack.members_when(&key, "trials", &members).await;
+    assert_eq!(waiting(), Some(0));
+}

@@ -364,6 +364,12 @@ const CALLS: &[(&str, &str, &str)] = &[
         "AudienceBuildQueue",
         "sqs:DeleteMessage",
     ),
+    ("AudiencesFunction", "AudienceTimeQueue", "sqs:SendMessage"), // TimeTasks::send_time
+    (
+        "AudiencesFunction",
+        "AudienceTimeQueue",
+        "sqs:ReceiveMessage",
+    ),
     ("AudiencesFunction", "AudienceRetryQueue", "sqs:SendMessage"), // ParkedUsers::park
     (
         "AudiencesFunction",
@@ -383,8 +389,13 @@ const CALLS: &[(&str, &str, &str)] = &[
     ),
     (
         "AudiencesFunction",
-        "ChangesFailureQueue",
+        "AudienceStreamFailureQueue",
         "sqs:SendMessage",
+    ), // the stream mapping's on-failure destination
+    (
+        "AudiencesFunction",
+        "AudienceStreamFailureQueue",
+        "sqs:ReceiveMessage",
     ),
     (
         "AudiencesFunction",

@@ -51,7 +51,8 @@ enum Command {
     #[command(subcommand)]
     Events(EventsCommand),
     /// The dead-letter queues: upserts the consumer could not apply, audience build
-    /// pages, users whose audiences could not be settled (parked).
+    /// pages, users whose audiences could not be settled (parked), stream positions the
+    /// audiences function could not read again.
     #[command(subcommand)]
     Dlq(DlqCommand),
 }
@@ -83,6 +84,9 @@ enum DeadLetterQueue {
     Builds,
     /// Users whose audience memberships could not be settled five times.
     Parked,
+    /// Positions of stream records the audiences function never settled, which it could
+    /// not read again five times (the stream keeps records 24 hours).
+    StreamFailures,
 }
 
 impl DeadLetterQueue {
@@ -104,6 +108,16 @@ impl DeadLetterQueue {
             DeadLetterQueue::Parked => [
                 ("VF_AUDIENCE_PARKED_QUEUE_URL", "AudienceParkedQueueUrl"),
                 ("AUDIENCE_RETRY_QUEUE_URL", "AudienceRetryQueueUrl"),
+            ],
+            DeadLetterQueue::StreamFailures => [
+                (
+                    "VF_AUDIENCE_STREAM_FAILURE_DLQ_URL",
+                    "AudienceStreamFailureDeadLetterQueueUrl",
+                ),
+                (
+                    "AUDIENCE_STREAM_FAILURE_QUEUE_URL",
+                    "AudienceStreamFailureQueueUrl",
+                ),
             ],
         }
     }

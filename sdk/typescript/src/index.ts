@@ -467,10 +467,20 @@ class Audiences {
     return answer.data;
   }
 
-  /** Every audience of the workspace (at most 100), by audience id. */
-  async list(): Promise<Audience[]> {
-    const answer = await this.transport.send<{ data: Audience[] }>({ method: 'GET', path: '/api/v1/audiences' });
-    return answer.data;
+  /** Every audience of the workspace (at most 100), by audience id: the pages walked in turn. */
+  async list(): Promise<AudienceSummary[]> {
+    const audiences: AudienceSummary[] = [];
+    let cursor: string | null = null;
+    do {
+      const search: string = cursor === null ? '' : `?cursor=${encodeURIComponent(cursor)}`;
+      const answer: { data: AudienceSummary[]; next_cursor?: string | null } = await this.transport.send({
+        method: 'GET',
+        path: `/api/v1/audiences${search}`,
+      });
+      audiences.push(...answer.data);
+      cursor = answer.next_cursor ?? null;
+    } while (cursor !== null);
+    return audiences;
   }
 
   /**

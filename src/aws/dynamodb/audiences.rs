@@ -50,8 +50,11 @@ const COUNT: &str = "count";
 const ENTRY_ATTEMPTS: usize = 4;
 /// The sparse index of state items by the instant they are due.
 pub const DUE_INDEX: &str = "due";
-/// Due items spread over this many index partitions.
-const DUE_SHARDS: u64 = 10;
+/// Due items spread over this many index partitions, by user: each a time task of its
+/// own, so that no global limit caps the time moves of a minute and no one key of the
+/// index takes them all (`docs/scale.md`). Items written when there were 10 are in the
+/// first 10.
+const DUE_SHARDS: u32 = 64;
 /// Conditional writes of member-list entries in flight at once.
 const LIST_LANES: usize = 16;
 /// How long a removed member's `gone` entry stays: far longer than an invocation that
@@ -193,7 +196,7 @@ fn user_shard(workspace_id: &str, external_user_id: &str, shards: u64) -> u64 {
 }
 
 fn due_shard(workspace_id: &str, external_user_id: &str) -> String {
-    user_shard(workspace_id, external_user_id, DUE_SHARDS).to_string()
+    user_shard(workspace_id, external_user_id, u64::from(DUE_SHARDS)).to_string()
 }
 
 /// The key of one shard of an audience's member count.
@@ -429,6 +432,8 @@ impl Audiences for AudienceStore {
 }
 
 impl Memberships for AudienceStore {
+    const DUE_SHARDS: u32 = DUE_SHARDS;
+
     async fn standing(
         &self,
         workspace_id: &str,
@@ -609,32 +614,43 @@ impl Memberships for AudienceStore {
         }
     }
 
-    async fn due(&self, until_ms: i64, limit: usize) -> Result<Vec<(UserKey, i64)>, PortError> {
-        let shards = (0..DUE_SHARDS).map(|shard| {
-            self.client
-                .query()
-                .table_name(&self.members)
-                .index_name(DUE_INDEX)
-                .key_condition_expression("due_shard = :shard AND due_at <= :until")
-                .expression_attribute_values(":shard", s(shard.to_string()))
-                .expression_attribute_values(":until", n(until_ms))
-                .limit(limit as i32)
-                .send()
+    async fn due(
+        &self,
+        shard: u32,
+        until_ms: i64,
+        after: Option<&(UserKey, i64)>,
+        limit: usize,
+    ) -> Result<(Vec<(UserKey, i64)>, bool), PortError> {
+        let start = after.map(|((workspace_id, user_id), at)| {
+            let mut key = Self::state_key(workspace_id, user_id);
+            key.insert("due_shard".into(), s(shard.to_string()));
+            key.insert("due_at".into(), n(*at));
+            key
         });
-        let mut due = Vec::new();
-        for out in join_all(shards).await {
-            for item in out?.items() {
-                let user = get_s(item, PARTITION_KEY)
-                    .and_then(|pk| pk.strip_prefix("u#"))
-                    .and_then(|key| key.split_once('#'));
-                if let (Some((workspace_id, user_id)), Some(at)) = (user, get_n(item, "due_at")) {
-                    due.push(((workspace_id.to_owned(), user_id.to_owned()), at));
-                }
-            }
-        }
-        due.sort_by_key(|(_, at)| *at);
-        due.truncate(limit);
-        Ok(due)
+        let out = self
+            .client
+            .query()
+            .table_name(&self.members)
+            .index_name(DUE_INDEX)
+            .key_condition_expression("due_shard = :shard AND due_at <= :until")
+            .expression_attribute_values(":shard", s(shard.to_string()))
+            .expression_attribute_values(":until", n(until_ms))
+            .set_exclusive_start_key(start)
+            .limit(i32::try_from(limit).unwrap_or(i32::MAX))
+            .send()
+            .await?;
+        let due = out
+            .items()
+            .iter()
+            .filter_map(|item| {
+                let (workspace_id, user_id) = get_s(item, PARTITION_KEY)?
+                    .strip_prefix("u#")?
+                    .split_once('#')?;
+                let at = get_n(item, "due_at")?;
+                Some(((workspace_id.to_owned(), user_id.to_owned()), at))
+            })
+            .collect();
+        Ok((due, out.last_evaluated_key.is_some()))
     }
 
     async fn drop_members(
@@ -856,10 +872,13 @@ mod tests {
         let item = state_item("ws", "u#1", &state).unwrap();
         assert!(!item.contains_key("due_at") && !item.contains_key("due_shard"));
         // Shards are stable and spread.
-        let shards: std::collections::BTreeSet<String> = (0..200)
+        let shards: std::collections::BTreeSet<String> = (0..2_000)
             .map(|i| due_shard("ws", &format!("u{i}")))
             .collect();
         assert_eq!(shards.len(), DUE_SHARDS as usize);
+        assert!(shards
+            .iter()
+            .all(|s| s.parse::<u32>().is_ok_and(|s| s < DUE_SHARDS)));
         assert_eq!(due_shard("ws", "u1"), due_shard("ws", "u1"));
     }
 }
