@@ -167,7 +167,7 @@ impl Paged<'_> {
                 })?,
         };
         let after = match cursor {
-            None | Some("") => None,
+            None => None,
             Some(cursor) => Some(
                 self.after(cursor)
                     .ok_or_else(|| invalid("cursor", "cursor is not one a page gave".into()))?,
@@ -264,6 +264,7 @@ mod tests {
             (Some("1001"), None, trials),
             (Some("x"), None, trials),
             (None, Some("!!"), trials),
+            (None, Some(""), trials),
             (None, Some(plain.as_str()), trials),
             (None, Some(altered.as_str()), trials),
             // Another audience's cursor, and the audiences list's.
