@@ -343,3 +343,161 @@ where
         Ok(Value::Null)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The edge over in-memory ports, fed the literal sample events of `events/`: each
+    //! source reaches its use case, and each answer is what its source expects.
+
+    use super::*;
+    use crate::app::fakes::{unavailable, MemoryAudiences, MemoryBuilds, MemoryBus, MemoryUsers};
+    use crate::app::ports::{PortError, StreamRange, UserKey};
+    use serde_json::json;
+
+    /// A stream read again: the users of any range, or a failure.
+    struct Replay(Result<Vec<UserKey>, PortError>);
+
+    impl StreamReplay for Replay {
+        async fn users_in(&self, _: &StreamRange) -> Result<Vec<UserKey>, PortError> {
+            self.0.clone()
+        }
+    }
+
+    type Function =
+        AudiencesFunction<MemoryAudiences, MemoryUsers, MemoryBuilds, MemoryBus, Replay>;
+
+    fn resources() -> Resources {
+        let queue =
+            |name: &str| format!("http://127.0.0.1:4566/123456789012/vibefollow-local-{name}");
+        Resources {
+            users_table: "users".into(),
+            idempotency_table: "idempotency".into(),
+            api_keys_table: "api-keys".into(),
+            rate_limits_table: "rate-limits".into(),
+            upsert_queue_url: queue("upserts"),
+            default_rate_limit: 100,
+            event_bus_name: "bus".into(),
+            audiences_table: "audiences".into(),
+            audience_members_table: "audience-members".into(),
+            audience_build_queue_url: queue("audience-builds"),
+            audience_retry_queue_url: queue("audience-retries"),
+            audience_time_queue_url: queue("audience-time"),
+            audience_stream_failure_queue_url: queue("audience-stream-failures"),
+            audience_tick_seconds: 60,
+            metrics_namespace: "VibeFollow/test".into(),
+        }
+    }
+
+    fn function(replay: Replay) -> (Function, MemoryAudiences, MemoryBuilds) {
+        let (store, builds) = (MemoryAudiences::default(), MemoryBuilds::default());
+        let evaluate = Evaluate::new(
+            store.clone(),
+            MemoryUsers::default(),
+            builds.clone(),
+            MemoryBus::default(),
+        );
+        (
+            AudiencesFunction::new(evaluate, replay, &resources()),
+            store,
+            builds,
+        )
+    }
+
+    fn sample(name: &str) -> Value {
+        let path = format!("{}/events/{name}", env!("CARGO_MANIFEST_DIR"));
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+    }
+
+    const DEADLINE: i64 = i64::MAX;
+
+    #[tokio::test]
+    async fn a_tick_sends_a_time_task_per_partition_of_the_users_due() {
+        let (function, _, builds) = function(Replay(Ok(Vec::new())));
+        let before = now_millis();
+        let answer = function
+            .handle(sample("schedule-tick.json"), DEADLINE)
+            .await;
+        assert_eq!(answer.unwrap(), Value::Null);
+        let tasks = builds.take_time();
+        assert_eq!(tasks.len(), MemoryAudiences::DUE_SHARDS as usize);
+        // Up to the next tick: the schedule's minute.
+        assert!(tasks.iter().all(|t| t.until_ms >= before + 60_000));
+    }
+
+    #[tokio::test]
+    async fn a_time_task_reads_its_partition_and_fails_the_invocation_when_it_cannot() {
+        let (function, store, _) = function(Replay(Ok(Vec::new())));
+        let answer = function
+            .handle(sample("sqs-audience-time.json"), DEADLINE)
+            .await;
+        assert_eq!(answer.unwrap(), Value::Null);
+        assert_eq!(store.journal.calls(), ["memberships.due"]);
+        store.faults.fail("memberships.due", unavailable(), 1);
+        let answer = function
+            .handle(sample("sqs-audience-time.json"), DEADLINE)
+            .await;
+        assert!(matches!(answer, Err(InvocationError::Tick)));
+    }
+
+    #[tokio::test]
+    async fn parked_users_are_settled_again_and_an_unreadable_one_reported() {
+        let (function, _, _) = function(Replay(Ok(Vec::new())));
+        let answer = function
+            .handle(sample("sqs-audience-retries.json"), DEADLINE)
+            .await;
+        assert_eq!(
+            answer.unwrap(),
+            json!({"batchItemFailures": [{"itemIdentifier": "6f1c2a8e-7b1d-4c0e-9a55-2d9f7a1e0202"}]})
+        );
+    }
+
+    #[tokio::test]
+    async fn a_stream_failure_parks_the_users_of_its_records_or_comes_back() {
+        let user = ("dev".to_owned(), "usr_42".to_owned());
+        let (function, _, builds) = function(Replay(Ok(vec![user.clone()])));
+        let answer = function
+            .handle(sample("sqs-audience-stream-failure.json"), DEADLINE)
+            .await;
+        assert_eq!(answer.unwrap(), json!({"batchItemFailures": []}));
+        assert_eq!(builds.take_parked(), [user]);
+        let (function, _, builds) = function_failing_replay();
+        let answer = function
+            .handle(sample("sqs-audience-stream-failure.json"), DEADLINE)
+            .await;
+        assert_eq!(
+            answer.unwrap(),
+            json!({"batchItemFailures": [{"itemIdentifier": "6f1c2a8e-7b1d-4c0e-9a55-2d9f7a1e0301"}]})
+        );
+        assert!(builds.take_parked().is_empty());
+    }
+
+    fn function_failing_replay() -> (Function, MemoryAudiences, MemoryBuilds) {
+        function(Replay(Err(PortError::Refused(
+            "TrimmedDataAccessException".into(),
+        ))))
+    }
+
+    #[tokio::test]
+    async fn a_stream_batch_reports_its_unreadable_record_and_settles_the_rest() {
+        let (function, store, _) = function(Replay(Ok(Vec::new())));
+        let answer = function
+            .handle(sample("dynamodb-stream.json"), DEADLINE)
+            .await;
+        assert_eq!(
+            answer.unwrap(),
+            json!({"batchItemFailures": [{"itemIdentifier": "300"}]})
+        );
+        // The readable records' workspace was looked at (no audiences: nothing more).
+        assert!(store
+            .journal
+            .calls()
+            .contains(&"audiences.revision".to_owned()));
+    }
+
+    #[tokio::test]
+    async fn an_event_of_no_source_of_this_function_is_refused() {
+        let (function, _, _) = function(Replay(Ok(Vec::new())));
+        let answer = function.handle(json!({"hello": "world"}), DEADLINE).await;
+        assert!(matches!(answer, Err(InvocationError::Unreadable)));
+    }
+}
