@@ -7,7 +7,7 @@ CHECK_STAMP := $(CHECK_VENV)/.installed
 # SAM, cfn-lint, checkov and cargo-lambda (+ zig for arm64) from .venv-check.
 CHECK_ENV := PATH="$(CURDIR)/$(CHECK_VENV)/bin:$$PATH" AWS_DEFAULT_REGION=$${AWS_DEFAULT_REGION:-us-east-1} SAM_CLI_TELEMETRY=0
 
-.PHONY: dev test bench bench-full bench-profiles flood audience-latency drill fuzz check build-arm64 deploy deploy-prod venv fmt clean
+.PHONY: dev test bench bench-full bench-profiles flood audience-latency scale drill fuzz check build-arm64 deploy deploy-prod venv fmt clean
 
 $(STAMP): dev/requirements.txt
 	python3 -m venv $(VENV)
@@ -47,6 +47,15 @@ bench-full: $(STAMP)
 ## measures a build over that many users instead.
 audience-latency: $(STAMP)
 	$(PY) dev/stack.py run -- $(PY) dev/audience_latency.py $(if $(BUILD),--build $(BUILD))
+
+## Scale (docs/scale.md): the target's load shape × SCALE (default 0.001: 10 upserts/s over
+## 10 light workspaces and a heavy one, an import, 100 audiences, time edges, a poison user)
+## against a stack whose proxy holds AWS's per-key and PutEvents limits × SCALE; SECONDS a
+## phase (default 180; ~25 min in all on 2 cores). Ends with `scale: lost …, hot keys …`;
+## writes target/scale/summary.json and docs/scale.md's Measured section (dev/scale.py).
+SCALE ?= 0.001
+scale: $(STAMP)
+	VF_SCALE=$(SCALE) $(PY) dev/stack.py run -- $(PY) dev/scale.py $(if $(SECONDS),--seconds $(SECONDS))
 
 ## A flood of 2,000 requests with random bad keys beside a steady valid load: the valid
 ## requests' latency alone, under the flood and after it, the key cache's hits (dev/flood.py).

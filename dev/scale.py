@@ -94,18 +94,27 @@ MIN_LIGHT_WORKSPACES = 10
 FLIP_SHARE = 0.1
 # What the run paces to its keys' limits runs at this share of them.
 KEY_MARGIN = 0.9
-# Write units an imported user puts on the hottest key it touches: its transactional
-# entry in the member list of `imported` (docs/scale.md, "member list").
-IMPORT_UNITS_PER_USER = 2
+# Write units a new user puts on the hottest key it touches: its transactional entry in
+# the member list of an audience every such user enters (docs/scale.md, "member list").
+LIST_ENTRY_UNITS = 2
+# Write units a request puts on its workspace's rate-limit counter when its second is a
+# new window, as it is for any workspace under one request a second: the lease's
+# conditional update fails (billed) and the window's put follows (counters.rs).
+COUNTER_UNITS_PER_REQUEST = 2
+# A light workspace keeps to this share of its counter's request budget (room for the
+# jitter of arrivals): so many light workspaces that each stays under it.
+LIGHT_BUDGET_SHARE = 0.5
+# The driver's own requests of setup and checks keep to this share of it.
+SETUP_BUDGET_SHARE = 2 / 3
 # A heavy pool user is updated at most once in this many seconds (a user's own keys —
 # its item, its state — take 1,000 × f units a second).
-POOL_GAP_S = 10
+POOL_GAP_S = 4
 # Light `recent`: within the last 10 minutes; a time-moving light user signed up 10
 # minutes minus LEAD_S ago, so that it leaves the window LEAD_S after its upsert.
 LIGHT_WINDOW_S, LEAD_S = 600, 90
 # The heavy workspace's edge: `within_last` / `not_within_last` 2 hours; its crossing
-# users cross EDGE_AFTER_S into phase 2 (or a quarter of it), spread over a minute.
-HEAVY_WINDOW_S, EDGE_AFTER_S, EDGE_SPREAD_S = 7_200, 30, 60
+# users cross it within a minute in the middle of phase 2 (edge_offset).
+HEAVY_WINDOW_S, EDGE_SPREAD_S = 7_200, 60
 # The contract's bounds.
 TIME_MOVE_BOUND_S = 60
 LIGHT_P99_BOUND = 1.5
@@ -113,12 +122,15 @@ LIGHT_P99_BOUND = 1.5
 EMULATOR_KNEE_PER_S = 10
 # Waits. A request is retried (same Idempotency-Key) for this long; the gap between the
 # phases lets phase 1's events land before its throughput report is read.
-GIVE_UP_S = 60
+GIVE_UP_S = 120
+# The load's clients retry as the TypeScript SDK does (maxRetries 3), then give up: a
+# final 429 or 503 accepted nothing.
+CLIENT_ATTEMPTS = 4
 PHASE_GAP_S = 20
 SETUP_SETTLE_S = 60
 PARK_TIMEOUT_S = 150
 CHECK_S = 60
-SENDERS = 64
+SENDERS = 48
 
 LIGHT_RULES = {
     "trial": {"field": "plan", "op": "eq", "value": "trial"},
@@ -133,15 +145,21 @@ IMPORT_RULES = {
     "imported-recent": {"field": "signupDate", "op": "within_last", "value": "P7D"},
 }
 BUCKETS = 60
+TIME_AUDIENCES = ("h-recent", "h-old", "h-decade", "h-day", "h-old-day", "h-seen-week", "h-lapsed", "h-renewed",
+                  "h-fresh-trial", "h-trial-ending")
 POOL_SIGNUP = "2020-06-01T00:00:00Z"
 OLD_SIGNUP = "2025-01-01T00:00:00Z"
 
 
-def heavy_rules():
-    """The heavy workspace's 100 audiences: 60 buckets (its updates move users from one
-    to the next), 10 time-relative ones (its edge among them), 30 of every other op."""
+def heavy_rules(count=HEAVY_AUDIENCES):
+    """The heavy workspace's audiences (100): 60 buckets (its updates move users from one
+    to the next), 10 time-relative ones (its edge among them), 30 of every other op.
+    Fewer (a quick run): fewer buckets (at least 8) and others."""
     window = f"PT{HEAVY_WINDOW_S // 3600}H"
-    rules = {f"b{k:02d}": {"field": "bucket", "op": "eq", "value": k} for k in range(BUCKETS)}
+    buckets = min(BUCKETS, max(8, count - 40))
+    if count < buckets + 10:
+        raise ValueError(f"the heavy workspace needs at least {buckets + 10} audiences, not {count}")
+    rules = {f"b{k:02d}": {"field": "bucket", "op": "eq", "value": k} for k in range(buckets)}
     rules.update({
         "h-recent": {"field": "signupDate", "op": "within_last", "value": window},
         "h-old": {"field": "signupDate", "op": "not_within_last", "value": window},
@@ -181,30 +199,37 @@ def heavy_rules():
     })
     for plan in ("team", "starter", "legacy", "partner", "edu", "nonprofit", "internal", "churned", "paused",
                  "cohort-x"):
-        if len(rules) < HEAVY_AUDIENCES:
-            rules[f"h-plan-{plan}"] = {"field": "plan", "op": "eq", "value": plan}
-    assert len(rules) == HEAVY_AUDIENCES, len(rules)
-    return rules
+        rules[f"h-plan-{plan}"] = {"field": "plan", "op": "eq", "value": plan}
+    first = [a for a in rules if a.startswith("b") or a in TIME_AUDIENCES]
+    return {a: rules[a] for a in first + [a for a in rules if a not in first][:count - len(first)]}
+
+
+def bucket_count(rules):
+    return sum(1 for a in rules if a[0] == "b" and a[1:].isdigit())
 
 
 # --- the plan: pure -------------------------------------------------------------------
 
-def load_plan(factor, seconds, import_rate=None):
+def load_plan(factor, seconds, import_rate=None, heavy_audiences=HEAVY_AUDIENCES):
     """What the run sends at `factor` for phases of `seconds` (rates a second)."""
     if not factor > 0 or not seconds > 0:
         raise ValueError(f"factor and seconds must be > 0, not {factor!r}, {seconds!r}")
     total = TARGET_UPSERTS_PER_S * factor
     heavy = TARGET_HEAVY_PER_S * factor
     light = total - heavy
-    workspaces = max(MIN_LIGHT_WORKSPACES, round((TARGET_WORKSPACES - 1) * factor))
     write_limit = WRITE_UNITS_PER_KEY * factor
-    import_pace = import_rate or KEY_MARGIN * write_limit / IMPORT_UNITS_PER_USER
+    requests = KEY_MARGIN * write_limit / COUNTER_UNITS_PER_REQUEST  # a workspace's requests a second
+    workspaces = max(MIN_LIGHT_WORKSPACES, round((TARGET_WORKSPACES - 1) * factor),
+                     math.ceil(light / (LIGHT_BUDGET_SHARE * requests) - 1e-9))
+    new_users = KEY_MARGIN * write_limit / LIST_ENTRY_UNITS
+    import_pace = import_rate or new_users
     import_planned = round(TARGET_IMPORT_USERS * factor)
     time_moves = TARGET_TIME_MOVES_PER_HOUR * factor / 3600
     return {
         "factor": factor, "seconds": seconds, "upserts_per_s": round(total, 6),
         "within_emulator_knee": total <= EMULATOR_KNEE_PER_S,
         "limits": {"write_units_per_key_per_s": round(write_limit, 6),
+                   "requests_per_workspace_per_s": round(requests, 6),
                    "read_units_per_key_per_s": round(READ_UNITS_PER_KEY * factor, 6),
                    "put_events_per_s": max(1.0, PUT_EVENTS_PER_SECOND * factor)},
         "light": {"workspaces": workspaces, "rate_per_s": round(light, 6),
@@ -213,7 +238,7 @@ def load_plan(factor, seconds, import_rate=None):
         "heavy": {"rate_per_s": round(heavy, 6), "flip_share": FLIP_SHARE,
                   "pool_users": max(10, math.ceil(heavy * POOL_GAP_S)),
                   "edge_users": max(1, round(TARGET_EDGE_USERS_PER_MINUTE * factor)),
-                  "new_users_per_s": round(KEY_MARGIN * write_limit, 6), "audiences": HEAVY_AUDIENCES},
+                  "new_users_per_s": round(new_users, 6), "audiences": heavy_audiences},
         "import": {"planned_users": import_planned, "rate_per_s": round(import_pace, 6),
                    "users": min(import_planned, int(import_pace * seconds)),
                    "batch_users": max(1, min(BATCH_USERS, round(BATCH_USERS * factor))),
@@ -232,10 +257,38 @@ def picked(i, share):
     return math.floor((i + 1) * share + 1e-9) > math.floor(i * share + 1e-9)
 
 
+def ambiguous(status):
+    """Whether a final answer leaves it open if the write was accepted: none came, 409
+    (an earlier attempt still in flight) or a 5xx other than 503 ("nothing was
+    accepted", as 429)."""
+    return status is None or status == 409 or (status >= 500 and status != 503)
+
+
 def backoff(attempt, base=0.5, cap=8.0):
     """Seconds to wait after the `attempt`-th failed try: exponential, capped, full
     jitter from half of it."""
     return min(cap, base * 2 ** (attempt - 1)) * (0.5 + random.random() / 2)
+
+
+class Pacer:
+    """At most `rate` calls a second, whatever thread makes them: `wait()` before each."""
+
+    def __init__(self, rate, clock=time.monotonic, sleep=time.sleep):
+        self.gap, self.clock, self.sleep = 1 / rate, clock, sleep
+        self.next = clock()
+        self.lock = threading.Lock()
+
+    def wait(self):
+        with self.lock:
+            at = max(self.next, self.clock())
+            self.next = at + self.gap
+        self.sleep(max(0.0, at - self.clock()))
+
+
+def edge_offset(seconds):
+    """How far into phase 2 the first edge is: the spread of edges centred in the phase
+    (room for setup to end off its plan), at least 5 s and at most 60 s in."""
+    return min(60.0, max(5.0, (seconds - EDGE_SPREAD_S) / 2))
 
 
 def iso(ms):
@@ -414,8 +467,9 @@ class Run:
         self.heavy, self.importer = f"sh{run}", f"si{run}"
         self.poison = f"poison-{run}"
         self.classes = {**{w: "light" for w in self.light}, self.heavy: "heavy", self.importer: "import"}
-        self.rules = {**{w: LIGHT_RULES for w in self.light}, self.heavy: heavy_rules(),
+        self.rules = {**{w: LIGHT_RULES for w in self.light}, self.heavy: heavy_rules(plan["heavy"]["audiences"]),
                       self.importer: IMPORT_RULES}
+        self.bucket_count = bucket_count(self.rules[self.heavy])
         self.keys, self.subscribers = {}, {}
         self.lock = threading.Lock()
         self.bodies = {}  # (workspace, user) -> accepted bodies, in order
@@ -425,6 +479,11 @@ class Run:
         self.edges = []  # (workspace, audience, user, detail-type, edge ms, class)
         self.moving = {}  # (workspace, user) -> (edge ms, class) of light users leaving `recent`
         self.user_locks = {}
+        # Each request to a workspace takes a lease on its rate-limit counter: a
+        # workspace's requests of setup and checks keep to 90 % of that key.
+        # (Two thirds of it: the api's own retries of a throttled counter write add to it.)
+        self.pacers = {w: Pacer(SETUP_BUDGET_SHARE * plan["limits"]["requests_per_workspace_per_s"])
+                       for w in self.classes}
         self.buckets = {}
         self.poison_report = {}
         self.figures = {"setup": {}}
@@ -440,17 +499,22 @@ class Run:
             for name, n in more.items():
                 counts[name] += n
 
-    def send(self, workspace, method, path, body, cls=None):
-        """One request with its retries (same Idempotency-Key) until answered or
-        GIVE_UP_S: (status, answer, accepted monotonic or None)."""
+    def send(self, workspace, method, path, body, cls=None, keyed=True, paced=False, give_up=GIVE_UP_S,
+             attempts_at_most=None):
+        """One request with its retries (the same Idempotency-Key when `keyed`) until
+        answered, `give_up` s or `attempts_at_most`: (status, answer, accepted monotonic
+        or None). `paced`: every attempt waits its turn in the workspace's request budget
+        (setup, checks)."""
         key = self.keys[workspace]
-        idempotency_key = str(uuid.uuid4())
+        idempotency_key = str(uuid.uuid4()) if keyed else None
         started = time.monotonic()
         attempts = 0
         while True:
+            if paced:
+                self.pacers[workspace].wait()
             status, answer = call(self.api, method, path, key, body, idempotency_key)
             attempts += 1
-            if not retried(status) or time.monotonic() - started > GIVE_UP_S:
+            if not retried(status) or time.monotonic() - started > give_up or attempts == attempts_at_most:
                 break
             # Backing off as the SDK does: each attempt costs the workspace's rate-limit
             # counter and the Idempotency-Key record a write, on keys of 1,000 × f units/s.
@@ -459,25 +523,29 @@ class Run:
             self.count(cls, sent=1, retried=int(attempts > 1), accepted=int(status in (202, 207)))
         return status, answer, time.monotonic() if status in (202, 207) else None
 
-    def upsert(self, workspace, body, cls, measure=None):
+    def upsert(self, workspace, body, cls, measure=None, paced=False, attempts_at_most=None):
         """A keyed single upsert; `measure`: the audience its `Entered` is timed into."""
         user = body["external_user_id"]
-        status, _, accepted = self.send(workspace, "POST", "/api/v1/users", body, cls)
+        status, _, accepted = self.send(workspace, "POST", "/api/v1/users", body, cls, paced=paced,
+                                        attempts_at_most=attempts_at_most)
         with self.lock:
             if status == 202:
                 self.bodies.setdefault((workspace, user), []).append(body)
                 if measure:
                     self.measured.append({"class": cls, "workspace": workspace, "audience": measure, "user": user,
                                           "accepted": accepted})
-            elif status is None or retried(status):
+            elif ambiguous(status):
                 self.unanswered.add((workspace, user))
-            else:
+            elif not retried(status):
                 log(f"{workspace}/{user}: answered {status}")
         return status == 202
 
     # --- setup ------------------------------------------------------------------------
 
     def setup(self):
+        """Keys, subscribers, every workspace's audiences; the heavy workspace's users
+        while its last audiences are defined (those users match none of them: a build
+        over users entering its audience at once would be a burst on one member list)."""
         started = time.monotonic()
         scale = proxy("GET", "/__throughput")["scale"]
         if not scale or abs(scale - self.plan["factor"]) > 1e-12:
@@ -487,95 +555,150 @@ class Run:
         for workspace in self.classes:
             self.keys[workspace] = create_key(workspace, scopes)
         log(f"{len(self.keys)} workspaces: {len(self.light)} light, {self.heavy} (heavy), {self.importer} (import)")
-        for workspace in self.classes:
-            # Straight to moto: the subscribers' long polls are not the stack's calls.
-            self.subscribers[workspace] = Subscriber(self.env, workspace, prefix="scale",
-                                                     endpoint=stack.EMULATOR_URL)
-            self.subscribers[workspace].start()
-        defined = time.monotonic()
-        with ThreadPoolExecutor(len(self.classes)) as pool:
-            list(pool.map(self.define, self.classes))
-        self.figures["setup"]["audiences_ready_s"] = round(time.monotonic() - defined, 1)
-        log(f"{sum(len(r) for r in self.rules.values())} audiences ready in "
-            f"{self.figures['setup']['audiences_ready_s']} s")
-        self.create_heavy_users()
+        # One subscriber for the light workspaces (a rule naming them all), one for each
+        # other; straight to moto: their long polls are not the stack's calls.
+        light = Subscriber(self.env, self.light, prefix="scale", endpoint=stack.EMULATOR_URL, name=self.light[0])
+        self.subscribers = {w: light for w in self.light}
+        for workspace in (self.heavy, self.importer):
+            self.subscribers[workspace] = Subscriber(self.env, workspace, prefix="scale", endpoint=stack.EMULATOR_URL)
+        for subscriber in set(self.subscribers.values()):
+            subscriber.start()
+        pool, crossing = self.setup_users()
+        first = [a for a in self.rules[self.heavy] if any(
+            matches(self.rules[self.heavy][a], fields, time.time() * 1000) for fields in pool + crossing)]
+        order = first + [a for a in self.rules[self.heavy] if a not in first]
+        self.defining = {"done": 0, "first": len(first), "started": time.monotonic(), "all_put": None}
+        log(f"defining {sum(len(r) for r in self.rules.values())} audiences ({len(order)} in {self.heavy}, "
+            f"one after another on its partition key: the {len(first)} its users match first)")
+        with ThreadPoolExecutor(len(self.classes)) as defines:
+            futures = [defines.submit(self.define, w, order if w == self.heavy else list(self.rules[w]))
+                       for w in self.classes]
+            self.create_heavy_users(pool, crossing, futures[list(self.classes).index(self.heavy)])
+            for future in futures:
+                future.result()  # each bounded by its own waits
+        self.figures["setup"]["audiences_ready_s"] = round(time.monotonic() - self.defining["started"], 1)
+        self.wait_for_setup_users()
         self.figures["setup"]["seconds"] = round(time.monotonic() - started, 1)
         self.figures["setup"]["throughput"] = proxy("GET", "/__throughput")
         proxy("DELETE", "/__throughput")
 
-    def define(self, workspace):
+    def define(self, workspace, audiences):
         """The workspace's audiences, one after another (they share a partition key),
-        then ready; bounded by GIVE_UP_S an audience."""
-        for audience, rule in self.rules[workspace].items():
+        then ready. No Idempotency-Key: a PUT replaces, and a keyed attempt the proxy
+        throttles would hold its key for 30 s."""
+        for audience in audiences:
             status, answer, _ = self.send(workspace, "PUT", f"/api/v1/audiences/{audience}",
-                                          {"name": audience, "rule": rule})
+                                          {"name": audience, "rule": self.rules[workspace][audience]}, keyed=False,
+                                          paced=True, give_up=5 * GIVE_UP_S)
             if status != 202:
                 raise SystemExit(f"[scale] defining {workspace}/{audience} answered {status}: {answer}")
-        deadline = time.monotonic() + GIVE_UP_S + 5 * len(self.rules[workspace])
+            if workspace == self.heavy:
+                self.defining["done"] += 1
+        if workspace == self.heavy:
+            self.defining["all_put"] = time.monotonic()
+        # The list reads the workspace's whole partition (3,000 × f read units a second).
+        pause = 10 if len(audiences) > 10 else 3
+        deadline = time.monotonic() + GIVE_UP_S + 5 * len(audiences)
         while time.monotonic() < deadline:
+            self.pacers[workspace].wait()
             status, answer = call(self.api, "GET", "/api/v1/audiences", self.keys[workspace])
-            if status == 200 and len(answer["data"]) == len(self.rules[workspace]) and all(
+            if status == 200 and len(answer["data"]) == len(audiences) and all(
                     a["status"] == "ready" for a in answer["data"]):
                 return
-            time.sleep(5)  # the list reads the workspace's whole partition: not too often
+            time.sleep(pause)
         raise SystemExit(f"[scale] the audiences of {workspace} were not ready in time")
 
-    def create_heavy_users(self):
-        """The heavy workspace's pool (its updates' users) and its edge-crossing users,
-        one at a time at 90 % of the workspace's index key; then phase 1 starts at a
-        planned instant, so that the edges fall EDGE_AFTER_S into phase 2."""
-        pool, crossing = self.plan["heavy"]["pool_users"], self.plan["heavy"]["edge_users"]
+    def setup_users(self):
+        """The fields of the heavy workspace's pool users and of its edge-crossing users
+        (their `signupDate` is set when they are sent)."""
+        pool = [{"plan": "pro", "bucket": i % self.bucket_count, "seats": 5, "signupDate": POOL_SIGNUP, "lastPage": "/"}
+                for i in range(self.plan["heavy"]["pool_users"])]
+        crossing = [{"plan": "cohort", "seats": 1, "signupDate": iso(time.time() * 1000 - 3_600_000)}]
+        return pool, crossing * self.plan["heavy"]["edge_users"]
+
+    def heavy_defines_eta(self):
+        """When the heavy workspace's audiences will all be put, at the pace so far."""
+        d = self.defining
+        if d["all_put"] is not None:
+            return d["all_put"]
+        left = len(self.rules[self.heavy]) - d["done"]
+        each = (time.monotonic() - d["started"]) / max(1, d["done"])
+        return time.monotonic() + left * each
+
+    def create_heavy_users(self, pool, crossing, heavy_defines):
+        """Once the audiences they match are put: the pool, then the edge-crossing users,
+        while the others are defined; one at a time at 90 % of their hottest key (two
+        units a user on the member list of an audience they all enter). Phase 1 is
+        planned SETUP_SETTLE_S after both (the defines' end estimated at their pace so
+        far, plus a quarter), the edges in the middle of phase 2."""
         pace = self.plan["heavy"]["new_users_per_s"]
         seconds = self.plan["seconds"]
+        while self.defining["done"] < self.defining["first"] and not heavy_defines.done():
+            time.sleep(1)
+        jobs = []
+        for i, fields in enumerate(pool):
+            self.buckets[f"p{i:03d}"] = fields["bucket"]
+            jobs.append((i / pace, "setup", self.upsert, (
+                self.heavy, {"external_user_id": f"p{i:03d}", "traits": fields}, "setup", f"b{fields['bucket']:02d}",
+                True)))
+        self.dispatch(jobs, time.monotonic())
+        # They share the workspace's request budget with the defines.
+        cohort_s = len(crossing) / (SETUP_BUDGET_SHARE * self.plan["limits"]["requests_per_workspace_per_s"] * 0.7)
         started = time.monotonic()
-        self.phase1_at = started + (pool + crossing) / pace + SETUP_SETTLE_S
-        phase2_wall = time.time() + (self.phase1_at - started) + seconds + PHASE_GAP_S
-        first_edge = phase2_wall + min(EDGE_AFTER_S, seconds / 4)
-        log(f"{pool} pool users and {crossing} users crossing an edge in {EDGE_SPREAD_S} s "
-            f"(from {min(EDGE_AFTER_S, seconds / 4):.0f} s into phase 2), at {pace} new users/s")
-        for i in range(pool):
-            self.buckets[f"p{i:03d}"] = i % BUCKETS
-        jobs = [(i / pace, self.upsert, (self.heavy, {"external_user_id": f"p{i:03d}", "traits": {
-            "plan": "pro", "bucket": i % BUCKETS, "seats": 5, "signupDate": POOL_SIGNUP, "lastPage": "/"}},
-            "setup", f"b{i % BUCKETS:02d}")) for i in range(pool)]
-        for i in range(crossing):
-            edge_ms = round((first_edge + i * EDGE_SPREAD_S / crossing) * 1000)
+        eta = self.heavy_defines_eta()
+        setup_s = max(cohort_s, 1.25 * (eta - started) + 20) + SETUP_SETTLE_S
+        # Phase 2 starts no earlier than planned here (phase 1 as soon as setup is done).
+        self.phase2_wall = time.time() + setup_s + seconds + PHASE_GAP_S
+        first_edge = self.phase2_wall + edge_offset(seconds)
+        log(f"{len(pool)} pool users sent; now {len(crossing)} users that will cross an edge within "
+            f"{EDGE_SPREAD_S} s ({edge_offset(seconds):.0f} s into phase 2), at most {pace} new users/s; "
+            f"phase 1 in about {setup_s:.0f} s")
+        jobs = []
+        for i, fields in enumerate(crossing):
+            edge_ms = round((first_edge + i * EDGE_SPREAD_S / len(crossing)) * 1000)
             user = f"c{i:05d}"
-            body = {"external_user_id": user, "traits": {"plan": "cohort", "seats": 1,
-                                                          "signupDate": iso(edge_ms - HEAVY_WINDOW_S * 1000)}}
-            jobs.append(((pool + i) / pace, self.upsert, (self.heavy, body, "setup", "h-recent")))
+            body = {"external_user_id": user, "traits": dict(fields, signupDate=iso(edge_ms - HEAVY_WINDOW_S * 1000))}
+            jobs.append((i / pace, "setup", self.upsert, (self.heavy, body, "setup", "h-recent", True)))
             self.edges += [(self.heavy, "h-recent", user, "Audience Exited", edge_ms, "heavy"),
                            (self.heavy, "h-old", user, "Audience Entered", edge_ms, "heavy")]
         self.dispatch(jobs, started)
-        setup_measured = [m for m in self.measured if m["class"] == "setup"]
-        self.wait_for(setup_measured, self.phase1_at)
-        arrived = sum(self.arrival(m) is not None for m in setup_measured)
-        self.figures["setup"]["heavy_users"] = {"sent": pool + crossing, "accepted": len(setup_measured),
-                                                "evaluated": arrived,
-                                                "seconds": round(time.monotonic() - started, 1)}
-        if time.monotonic() > self.phase1_at:
-            log(f"setup ran {time.monotonic() - self.phase1_at:.0f} s past its plan: the edges move up")
-        time.sleep(max(0.0, self.phase1_at - time.monotonic()))
+
+    def wait_for_setup_users(self):
+        measured = [m for m in self.measured if m["class"] == "setup"]
+        self.wait_for(measured, time.monotonic() + SETUP_SETTLE_S + 60)
+        self.figures["setup"]["heavy_users"] = {
+            "sent": self.counts.get("setup", {}).get("sent", 0), "accepted": len(measured),
+            "evaluated": sum(self.arrival(m) is not None for m in measured)}
 
     # --- the load ---------------------------------------------------------------------
 
     def dispatch(self, jobs, start):
-        """Runs (offset s, fn, args) jobs at start + offset, on SENDERS threads; returns
-        once all are done. Late starts (all senders busy) are measured."""
-        lateness = []
-        with ThreadPoolExecutor(SENDERS) as pool:
-            for offset, fn, args in sorted(jobs, key=lambda job: job[0]):
+        """Runs (offset s, sender, fn, args) jobs at start + offset, each sender (a class
+        of the load) on threads of its own, so that one class's retries never hold up
+        another's sends; returns once all are done. Late starts are measured."""
+        lateness = {}
+        pools = {sender: ThreadPoolExecutor(SENDERS) for sender in {job[1] for job in jobs}}
+        try:
+            for offset, sender, fn, args in sorted(jobs, key=lambda job: job[0]):
+                # A job starts when its sender runs it: lateness is measured there.
+                pools[sender].submit(self.guarded, start + offset, lateness.setdefault(sender, []), fn, *args)
                 delay = start + offset - time.monotonic()
-                if delay > 0:
-                    time.sleep(delay)
-                else:
-                    lateness.append(-delay)
-                pool.submit(self.guarded, fn, *args)
-        return {"jobs": len(jobs), "started_late_over_1s": sum(s > 1 for s in lateness),
-                "max_start_lag_s": round(max(lateness, default=0.0), 1)}
+                if delay > 1:
+                    time.sleep(delay - 1)
+        finally:
+            for pool in pools.values():
+                pool.shutdown(wait=True)
+        return {sender: {"jobs": sum(job[1] == sender for job in jobs),
+                         "started_late_over_1s": sum(s > 1 for s in late),
+                         "max_start_lag_s": round(max(late, default=0.0), 1)} for sender, late in lateness.items()}
 
     @staticmethod
-    def guarded(fn, *args):
+    def guarded(at, lateness, fn, *args):
+        delay = at - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+        else:
+            lateness.append(-delay)
         try:
             fn(*args)
         except Exception as e:  # one request's failure is counted by its class, not fatal
@@ -587,12 +710,14 @@ class Run:
         jobs = []
         for w, workspace in enumerate(self.light):
             for i, offset in enumerate(schedule(rate, seconds, w / (len(self.light) * rate))):
-                jobs.append((offset, self.light_upsert, (workspace, f"{phase}{i:05d}", i, cls)))
+                # Flips and time moves picked over all light upserts in send order.
+                index = i * len(self.light) + w
+                jobs.append((offset, "light", self.light_upsert, (workspace, f"{phase}{w:03d}-{i:05d}", index, cls)))
         return jobs
 
     def light_upsert(self, workspace, user, index, cls):
         body, flip, edge = light_body(user, index, self.plan["light"], round(time.time() * 1000))
-        if self.upsert(workspace, body, cls, "trial" if flip else None) and edge:
+        if self.upsert(workspace, body, cls, "trial" if flip else None, attempts_at_most=CLIENT_ATTEMPTS) and edge:
             with self.lock:
                 self.moving[(workspace, user)] = (edge, cls)
 
@@ -609,9 +734,9 @@ class Run:
         with lock:  # a user's writes in order: its expected state is their order
             traits = {"lastPage": f"/p{i}"}
             if flip:
-                traits["bucket"] = (self.buckets[user] + 1) % BUCKETS
+                traits["bucket"] = (self.buckets[user] + 1) % self.bucket_count
             if self.upsert(self.heavy, {"external_user_id": user, "traits": traits}, "heavy",
-                           f"b{traits['bucket']:02d}" if flip else None) and flip:
+                           f"b{traits['bucket']:02d}" if flip else None, attempts_at_most=CLIENT_ATTEMPTS) and flip:
                 self.buckets[user] = traits["bucket"]
 
     def import_batch(self, first, count):
@@ -633,7 +758,7 @@ class Run:
                         self.bodies.setdefault((self.importer, user), []).append(entry)
                         self.measured.append({"class": "import", "workspace": self.importer, "audience": "imported",
                                               "user": user, "accepted": accepted})
-                    elif status not in (202, 207):
+                    elif ambiguous(status):
                         self.unanswered.add((self.importer, user))
             if status != 207 or not rejected:
                 return
@@ -643,7 +768,7 @@ class Run:
         imp = self.plan["import"]
         batch = imp["batch_users"]
         starts = list(range(0, imp["users"], batch))
-        return [(i * batch / imp["rate_per_s"], self.import_batch, (first, min(batch, imp["users"] - first)))
+        return [(i * batch / imp["rate_per_s"], "import", self.import_batch, (first, min(batch, imp["users"] - first)))
                 for i, first in enumerate(starts) if i * batch / imp["rate_per_s"] < seconds]
 
     def run_poison(self, at):
@@ -659,8 +784,9 @@ class Run:
             body = {"external_user_id": self.poison, "traits": {"plan": "pro", "bucket": 7, "seats": 5,
                                                                 "signupDate": POOL_SIGNUP}}
             report["accepted"] = self.upsert(self.heavy, body, "poison")
+            report["accepted_after_s"] = round(time.monotonic() - started, 1)
             parked = None
-            deadline = started + PARK_TIMEOUT_S
+            deadline = time.monotonic() + PARK_TIMEOUT_S
             while time.monotonic() < deadline:
                 status = json.loads(vfctl("dlq", "status", "--queue", "parked"))
                 users = status.get("users") or []
@@ -689,14 +815,18 @@ class Run:
             f"for {seconds} s")
         self.figures["phase1"] = {"dispatch": self.dispatch(self.light_jobs("a", "light_alone", seconds), start1)}
         self.figures["phase1"]["seconds"] = round(time.monotonic() - start1, 1)
-        start2 = start1 + seconds + PHASE_GAP_S
+        start2 = max(start1 + seconds + PHASE_GAP_S, time.monotonic() + self.phase2_wall - time.time())
+        if start2 > start1 + seconds + PHASE_GAP_S + 1:
+            log(f"waiting {start2 - start1 - seconds:.0f} s for phase 2: the edges were planned for it")
+        elif time.time() > self.phase2_wall + 5:
+            log(f"phase 2 starts {time.time() - self.phase2_wall:.0f} s after its plan: the edges come earlier in it")
         time.sleep(max(0.0, start2 - time.monotonic()))
         self.figures["phase1"]["throughput"] = proxy("GET", "/__throughput")
         proxy("DELETE", "/__throughput")
         start2 = time.monotonic()
         heavy = self.plan["heavy"]["rate_per_s"]
         jobs = self.light_jobs("b", "light_beside_heavy", seconds)
-        jobs += [(offset, self.heavy_update, (i,)) for i, offset in enumerate(schedule(heavy, seconds))]
+        jobs += [(offset, "heavy", self.heavy_update, (i,)) for i, offset in enumerate(schedule(heavy, seconds))]
         jobs += self.import_jobs(seconds)
         log(f"phase 2: the same beside the heavy workspace ({heavy}/s), the import "
             f"({self.plan['import']['users']} users at {self.plan['import']['rate_per_s']}/s), "
@@ -711,8 +841,8 @@ class Run:
 
     def arrival(self, measured):
         """When the measured upsert's `Entered` reached its subscriber (monotonic), or None."""
-        at = self.subscribers[measured["workspace"]].first.get(
-            ("Audience Entered", measured["audience"], measured["user"]))
+        at = self.subscribers[measured["workspace"]].arrival(
+            "Audience Entered", measured["workspace"], measured["audience"], measured["user"])
         return at if at is not None and at >= measured["accepted"] - 1 else None
 
     def wait_for(self, measured, deadline):
@@ -728,7 +858,7 @@ class Run:
             moving = dict(self.moving)
         entered = {}
         for workspace in {workspace for workspace, _ in moving}:
-            for _, wall, e in self.subscribers[workspace].received():
+            for _, wall, e in self.subscribers[workspace].received(workspace):
                 if e["detail-type"] == "Audience Entered" and e["detail"]["audience_id"] == "recent":
                     entered.setdefault((workspace, e["detail"]["external_user_id"]), wall)
         for (workspace, user), (edge_ms, cls) in moving.items():
@@ -750,6 +880,9 @@ class Run:
         drained = time.monotonic()
         poison.join(max(1.0, limit - time.monotonic() + PARK_TIMEOUT_S))
         measured = [m for m in self.measured if m["class"] != "setup"]
+        if self.poison_report.get("redriven_at"):  # its standings, settled after the redrive
+            measured.append({"workspace": self.heavy, "audience": "b07", "user": self.poison,
+                             "accepted": self.poison_report["redriven_at"]})
         self.wait_for(measured, limit)
         while time.monotonic() < max(limit, edge_deadline):
             moves, edges = self.received_time_moves(), self.expected_edges()
@@ -765,7 +898,7 @@ class Run:
         `reason: time` events received."""
         moves = {}
         for workspace, subscriber in self.subscribers.items():
-            for _, wall, e in subscriber.received():
+            for _, wall, e in subscriber.received(workspace):
                 d = e["detail"]
                 if d.get("reason") == "time":
                     moves.setdefault((workspace, d["audience_id"], d["external_user_id"], e["detail-type"]),
@@ -774,15 +907,17 @@ class Run:
 
     # --- checks -----------------------------------------------------------------------
 
-    def listed(self, workspace):
-        """{audience: [users]} the API lists (retried on 429/5xx, bounded)."""
+    def listed(self, workspace, audiences):
+        """{audience: [users]} the API lists (retried on 429/5xx, bounded), each request
+        in the workspace's request budget."""
         listed = {}
-        for audience in self.rules[workspace]:
+        for audience in audiences:
             users, cursor = [], None
             while True:
                 query = urllib.parse.urlencode({"limit": 1000, **({"cursor": cursor} if cursor else {})})
                 deadline = time.monotonic() + GIVE_UP_S
                 while True:
+                    self.pacers[workspace].wait()
                     status, page = call(self.api, "GET", f"/api/v1/audiences/{audience}/members?{query}",
                                         self.keys[workspace])
                     if not retried(status) or time.monotonic() > deadline:
@@ -808,17 +943,42 @@ class Run:
             unanswered = set(self.unanswered)
         while True:
             now_ms = round(time.time() * 1000)
-            wrong, events = {}, {}
+            expected, replayed, events = {}, {}, {}
             for workspace, rules in self.rules.items():
-                expected = expected_members(rules, users.get(workspace, {}), now_ms)
-                replayed, alternating, count = replay([e for _, _, e in self.subscribers[workspace].received()],
-                                                      list(rules))
-                ignore = {u for w, u in unanswered if w == workspace}
-                wrong[workspace] = wrong_memberships(expected, self.listed(workspace), replayed, ignore)
+                expected[workspace] = expected_members(rules, users.get(workspace, {}), now_ms)
+                replayed[workspace], alternating, count = replay(
+                    [e for _, _, e in self.subscribers[workspace].received(workspace)], list(rules))
                 events[workspace] = {"events": count, "alternate": alternating}
+            # Through the API: every audience someone should be in or has events for; the
+            # others (most of the heavy workspace's 100, at its budget of requests) are
+            # confirmed empty in the members table itself.
+            asked = {w: [a for a in rules if expected[w][a] or replayed[w].get(a) or len(rules) <= 10]
+                     for w, rules in self.rules.items()}
+            with ThreadPoolExecutor(len(self.rules)) as pool:
+                listed = dict(zip(self.rules, pool.map(self.listed, self.rules, asked.values())))
+            wrong = {}
+            for workspace, rules in self.rules.items():
+                for audience in rules:
+                    if audience not in listed[workspace]:
+                        listed[workspace][audience] = self.stored_members(workspace, audience)
+                ignore = {u for w, u in unanswered if w == workspace}
+                wrong[workspace] = wrong_memberships(expected[workspace], listed[workspace], replayed[workspace],
+                                                     ignore)
             if not any(wrong.values()) or time.monotonic() > deadline:
                 return wrong, events
             time.sleep(3)
+
+    def stored_members(self, workspace, audience):
+        """An audience's members as its member list holds them (entries not `gone`)."""
+        members, start = [], {}
+        while True:
+            page = self.dynamodb.query(TableName=self.env["AUDIENCE_MEMBERS_TABLE"], ConsistentRead=True,
+                                       KeyConditionExpression="pk = :pk",
+                                       ExpressionAttributeValues={":pk": {"S": f"a#{workspace}#{audience}"}}, **start)
+            members += [item["sk"]["S"] for item in page["Items"] if not item.get("gone", {}).get("BOOL")]
+            if "LastEvaluatedKey" not in page:
+                return members
+            start = {"ExclusiveStartKey": page["LastEvaluatedKey"]}
 
     def stored(self):
         items, start = [], {}
@@ -877,9 +1037,13 @@ class Run:
         every_move = [(f"{w}/{a}", u, k, at) for (w, a, u, k), at in moves.items()]
         poison = {k: v for k, v in self.poison_report.items() if k != "redriven_at"}
         redriven = self.poison_report.get("redriven_at")
-        settled = self.subscribers[self.heavy].first.get(("Audience Entered", "b07", self.poison))
+        settled = self.subscribers[self.heavy].arrival("Audience Entered", self.heavy, "b07", self.poison)
         poison["settled_after_redrive_s"] = round(settled - redriven, 1) if settled and redriven else None
         distinct_hot = {(h["table"], h["key"], h["kind"]) for h in hot}
+        try:
+            parked = json.loads(vfctl("dlq", "status", "--queue", "parked"))
+        except Exception as e:
+            parked = {"error": repr(e)}
         return {
             "plan": self.plan,
             "workspaces": {"light": self.light, "heavy": self.heavy, "import": self.importer},
@@ -887,11 +1051,14 @@ class Run:
             "lost_memberships": {w: p[:5] for w, p in wrong.items() if p},
             "lost_upserts": lost_upserts[:20], "lost_upserts_count": len(lost_upserts),
             "unanswered_upserts": len(self.unanswered),
+            "refused_upserts": {cls: c["sent"] - c["accepted"] for cls, c in counts.items()},
             "hot_keys": sorted(distinct_hot), "hot_key_detail": hot,
             "time_moves": time_moves(every_edge, every_move),
             "classes": classes,
             "events": events,
             "poison": poison,
+            "parked_at_end": {"messages": parked.get("messages"), "users": parked.get("users", [])[:20],
+                              **({"error": parked["error"]} if "error" in parked else {})},
             "queues_at_end": {name: depth(self.sqs, self.env[name]) for name in (
                 "UPSERT_QUEUE_URL", "DLQ_URL", "AUDIENCE_BUILD_QUEUE_URL", "VF_AUDIENCE_BUILD_DLQ_URL",
                 "AUDIENCE_RETRY_QUEUE_URL", "VF_AUDIENCE_PARKED_QUEUE_URL", "VF_CHANGES_FAILURE_QUEUE_URL")
@@ -901,7 +1068,7 @@ class Run:
             "dispatch": {"phase1": self.figures["phase1"]["dispatch"], "phase2": self.figures["phase2"]["dispatch"]},
             "busiest": {p: self.figures[p]["throughput"]["busiest"][:10] for p in ("phase1", "phase2")},
             "drain_s": self.figures.get("drain_s"),
-            "subscriber_errors": sum(s.errors for s in self.subscribers.values()),
+            "subscriber_errors": sum(s.errors for s in set(self.subscribers.values())),
             "run_seconds": round(time.monotonic() - started),
         }
 
@@ -952,7 +1119,7 @@ local stack (2 cores, moto); {datetime.now(timezone.utc).strftime('%Y-%m-%d')}, 
 
 Load: {plan['upserts_per_s']} upserts/s, {plan['light']['workspaces']} light workspaces at
 {plan['light']['rate_per_workspace_per_s']}/s each, the heavy one at {plan['heavy']['rate_per_s']}/s (updates of
-{plan['heavy']['pool_users']} users; {HEAVY_AUDIENCES} audiences), one change in ten flipping an audience (those are
+{plan['heavy']['pool_users']} users; {plan['heavy']['audiences']} audiences), one change in ten flipping an audience (those are
 measured: accepted → `Audience Entered` at a subscriber). The import: {summary['classes']['import']['sent']} batches,
 {plan['import']['users']} of the planned {plan['import']['planned_users']} users, paced at
 {plan['import']['rate_per_s']} users/s (90 % of its hottest key: 2 units a user in one member list); the whole
@@ -987,13 +1154,15 @@ def main():
     parser.add_argument("--seconds", type=float, default=float(os.environ.get("VF_SCALE_SECONDS", DEFAULT_SECONDS)))
     parser.add_argument("--import-rate", type=float, help="import users a second (default: paced to its hottest key)")
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--heavy-audiences", type=int, default=HEAVY_AUDIENCES,
+                        help="audiences of the heavy workspace (fewer: a quicker setup, for trying the run out)")
     parser.add_argument("--no-doc", action="store_true", help="do not write docs/scale.md's Measured section")
     args = parser.parse_args()
     factor = float(os.environ.get("VF_SCALE") or DEFAULT_FACTOR)
     env = os.environ if "VF_API_URL" in os.environ else stack.read_env_file()
     if not env["VF_API_URL"].startswith(("http://127.0.0.1:", "http://localhost:")):
         raise SystemExit(f"scale.py runs against a local stack only, not {env['VF_API_URL']}")
-    plan = load_plan(factor, args.seconds, args.import_rate)
+    plan = load_plan(factor, args.seconds, args.import_rate, args.heavy_audiences)
     if not plan["within_emulator_knee"]:
         log(f"{plan['upserts_per_s']} upserts/s is past the emulator's knee (~{EMULATOR_KNEE_PER_S}/s): "
             "latencies will be the emulator's")
@@ -1007,7 +1176,7 @@ def main():
         wrong, events = run.membership()
         summary = run.summary(wrong, events, started)
     finally:
-        for subscriber in run.subscribers.values():
+        for subscriber in set(run.subscribers.values()):
             subscriber.stop.set()
         try:
             proxy("DELETE", "/__faults")

@@ -23,14 +23,17 @@ class Plan(unittest.TestCase):
         self.assertTrue(plan["within_emulator_knee"])
         self.assertEqual(plan["heavy"]["rate_per_s"], 3.0)
         self.assertEqual(plan["light"]["rate_per_s"], 7.0)
-        self.assertEqual(plan["light"]["workspaces"], 10)
-        self.assertAlmostEqual(plan["light"]["rate_per_workspace_per_s"], 0.7)
+        # Each request costs its workspace's rate-limit counter 2 units (a new window each
+        # second): 0.45 requests/s a workspace at 1 unit/s; light ones keep to half that.
+        self.assertAlmostEqual(plan["limits"]["requests_per_workspace_per_s"], 0.45)
+        self.assertEqual(plan["light"]["workspaces"], 32)
+        self.assertAlmostEqual(plan["light"]["rate_per_workspace_per_s"], 0.21875)
         self.assertEqual(plan["heavy"]["audiences"], 100)
         self.assertEqual(plan["heavy"]["edge_users"], 100)  # 100,000 in a minute × 0.001
         self.assertEqual(plan["import"]["planned_users"], 10_000)
         self.assertEqual(plan["time_moves"]["per_hour"], 1_000)
         self.assertEqual(plan["limits"], {"write_units_per_key_per_s": 1.0, "read_units_per_key_per_s": 3.0,
-                                          "put_events_per_s": 10.0})
+                                          "put_events_per_s": 10.0, "requests_per_workspace_per_s": 0.45})
 
     def test_the_import_is_paced_to_its_hottest_key_and_sends_what_fits_in_the_phase(self):
         plan = scale.load_plan(0.001, 180)["import"]
@@ -45,8 +48,8 @@ class Plan(unittest.TestCase):
     def test_rates_and_counts_follow_the_factor_durations_do_not(self):
         small, large = scale.load_plan(0.001, 60), scale.load_plan(0.01, 60)
         self.assertAlmostEqual(large["upserts_per_s"], 10 * small["upserts_per_s"])
-        self.assertEqual(large["light"]["workspaces"], 100)
-        self.assertAlmostEqual(large["light"]["rate_per_workspace_per_s"], small["light"]["rate_per_workspace_per_s"])
+        self.assertEqual(large["light"]["workspaces"], 100)  # 9,999 × 0.01: each at 0.7/s, as on AWS
+        self.assertAlmostEqual(large["light"]["rate_per_workspace_per_s"], 0.7)
         self.assertEqual(large["heavy"]["edge_users"], 1_000)
         self.assertEqual(large["import"]["batch_users"], 10)
         self.assertEqual(large["import"]["whole_import_s"], small["import"]["whole_import_s"])
@@ -58,6 +61,8 @@ class Plan(unittest.TestCase):
             plan = scale.load_plan(factor, 60)
             self.assertGreaterEqual(plan["light"]["workspaces"], 10)
             self.assertLess(plan["light"]["rate_per_workspace_per_s"], plan["heavy"]["rate_per_s"])
+            self.assertLessEqual(plan["light"]["rate_per_workspace_per_s"],
+                                 0.5 * plan["limits"]["requests_per_workspace_per_s"] + 1e-9)
 
     def test_a_bad_factor_or_length_is_refused(self):
         for factor, seconds in ((0, 60), (-1, 60), (0.001, 0)):
@@ -99,6 +104,39 @@ class Plan(unittest.TestCase):
         self.assertFalse(matches(recent, body["traits"], edge + 1))
         still = next(b for b, _, e in bodies if not e)
         self.assertFalse(matches(recent, still["traits"], NOW))
+
+
+class Pacing(unittest.TestCase):
+    def test_a_pacer_spaces_calls_by_its_rate_from_any_thread(self):
+        now = [100.0]
+        slept = []
+
+        def sleep(seconds):
+            slept.append(round(seconds, 6))
+            now[0] += seconds
+
+        pacer = scale.Pacer(0.9, clock=lambda: now[0], sleep=sleep)
+        for _ in range(3):
+            pacer.wait()
+        self.assertEqual(slept, [0.0, round(1 / 0.9, 6), round(1 / 0.9, 6)])
+        now[0] += 10  # idle: no credit is saved up beyond the next slot
+        pacer.wait()
+        self.assertEqual(slept[-1], 0.0)
+
+    def test_the_edges_sit_in_the_middle_of_phase_2(self):
+        self.assertEqual(scale.edge_offset(180), 60)
+        self.assertEqual(scale.edge_offset(120), 30)
+        self.assertEqual(scale.edge_offset(20), 5)
+        self.assertEqual(scale.edge_offset(600), 60)
+
+    def test_only_an_answer_that_may_have_been_accepted_is_ambiguous(self):
+        self.assertEqual([s for s in (None, 202, 207, 400, 409, 422, 429, 500, 502, 503, 504) if scale.ambiguous(s)],
+                         [None, 409, 500, 502, 504])
+
+    def test_backoff_grows_and_is_capped(self):
+        for attempt, (low, high) in ((1, (0.25, 0.5)), (2, (0.5, 1.0)), (5, (4.0, 8.0)), (12, (4.0, 8.0))):
+            waits = [scale.backoff(attempt) for _ in range(50)]
+            self.assertTrue(all(low <= w <= high for w in waits), (attempt, min(waits), max(waits)))
 
 
 class Percentiles(unittest.TestCase):
