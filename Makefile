@@ -48,11 +48,12 @@ bench-full: $(STAMP)
 audience-latency: $(STAMP)
 	$(PY) dev/stack.py run -- $(PY) dev/audience_latency.py $(if $(BUILD),--build $(BUILD))
 
-## Scale (docs/scale.md): the target's load shape × SCALE (default 0.001: 10 upserts/s over
-## 10 light workspaces and a heavy one, an import, 100 audiences, time edges, a poison user)
-## against a stack whose proxy holds AWS's per-key and PutEvents limits × SCALE; SECONDS a
-## phase (default 180; ~25 min in all on 2 cores). Ends with `scale: lost …, hot keys …`;
-## writes target/scale/summary.json and docs/scale.md's Measured section (dev/scale.py).
+## Scale (docs/scale.md): the target's load shape × SCALE (default 0.001: 10 upserts/s, 3 of
+## them in one heavy workspace with 100 audiences, the rest over 32 light ones; an import,
+## time edges, a poison user) against a stack whose proxy holds AWS's per-key and PutEvents
+## limits × SCALE; SECONDS a phase (default 180; ~30 min in all on 2 cores, half of it the
+## heavy workspace's setup). Ends with `scale: lost …, hot keys …`; writes
+## target/scale/summary.json and docs/scale.md's Measured section (dev/scale.py).
 SCALE ?= 0.001
 scale: $(STAMP)
 	VF_SCALE=$(SCALE) $(PY) dev/stack.py run -- $(PY) dev/scale.py $(if $(SECONDS),--seconds $(SECONDS))

@@ -75,27 +75,29 @@ def create_key(workspace, scopes, rate_limit=None):
 
 
 class Subscriber(threading.Thread):
-    """One workspace's audience events as a subscriber's queue receives them: every
-    event with the moment it arrived (monotonic and wall clock), and the first arrival
-    of each (detail-type, audience, user). Start it before the workspace has users."""
+    """One workspace's audience events (or several workspaces', `workspace` a list) as
+    a subscriber's queue receives them: every event with the moment it arrived
+    (monotonic and wall clock), and the first arrival of each (detail-type, workspace,
+    audience, user). Start it before the workspaces have users."""
 
-    def __init__(self, env, workspace, prefix="latency", endpoint=None):
+    def __init__(self, env, workspace, prefix="latency", endpoint=None, name=None):
         super().__init__(daemon=True)
         session = boto3.session.Session(region_name=env["AWS_REGION"], aws_access_key_id="test",
                                         aws_secret_access_key="test")
         endpoint = endpoint or env["AWS_ENDPOINT_URL"]
         self.sqs = session.client("sqs", endpoint_url=endpoint)
         events = session.client("events", endpoint_url=endpoint)
-        name = f"{prefix}-{workspace}"[:64]
-        self.workspace = workspace
+        workspaces = [workspace] if isinstance(workspace, str) else list(workspace)
+        name = f"{prefix}-{name or workspaces[0]}"[:64]
+        self.workspace = workspaces[0]
         self.url = self.sqs.create_queue(QueueName=name)["QueueUrl"]
         arn = self.sqs.get_queue_attributes(QueueUrl=self.url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
         bus = env["EVENT_BUS_NAME"]
         events.put_rule(Name=name, EventBusName=bus, EventPattern=json.dumps(
-            {"source": [AUDIENCE_SOURCE], "detail": {"workspace_id": [workspace]}}))
+            {"source": [AUDIENCE_SOURCE], "detail": {"workspace_id": workspaces}}))
         events.put_targets(Rule=name, EventBusName=bus, Targets=[{"Id": "q", "Arn": arn}])
         self.events = []  # (arrived monotonic, arrived wall-clock s, envelope)
-        self.first = {}  # (detail-type, audience id, user) -> arrived monotonic
+        self.first = {}  # (detail-type, workspace, audience id, user) -> arrived monotonic
         self.lock = threading.Lock()
         self.stop = threading.Event()
         self.errors = 0
@@ -115,21 +117,29 @@ class Subscriber(threading.Thread):
                     event = json.loads(message["Body"])
                     detail = event["detail"]
                     self.events.append((now, wall, event))
-                    self.first.setdefault((event["detail-type"], detail["audience_id"], detail["external_user_id"]),
-                                          now)
+                    self.first.setdefault((event["detail-type"], detail["workspace_id"], detail["audience_id"],
+                                           detail["external_user_id"]), now)
             if got:
                 try:
                     stack.delete_messages(self.sqs, self.url, got)
                 except Exception:  # a message not deleted comes again: events are de-duplicated by id
                     self.errors += 1
 
-    def arrivals(self, detail_type, audience_id):
-        """{user: first arrival (monotonic)} of the events of that type and audience."""
+    def arrivals(self, detail_type, audience_id, workspace=None):
+        """{user: first arrival (monotonic)} of the events of that type and audience (of
+        the first workspace unless told)."""
+        workspace = workspace or self.workspace
         with self.lock:
-            return {user: at for (kind, audience, user), at in self.first.items()
-                    if kind == detail_type and audience == audience_id}
+            return {user: at for (kind, w, audience, user), at in self.first.items()
+                    if kind == detail_type and audience == audience_id and w == workspace}
 
-    def received(self):
-        """Every event so far, as (arrived monotonic, arrived wall-clock s, envelope)."""
+    def arrival(self, detail_type, workspace, audience_id, user):
+        """The first arrival (monotonic) of one event, or None."""
         with self.lock:
-            return list(self.events)
+            return self.first.get((detail_type, workspace, audience_id, user))
+
+    def received(self, workspace=None):
+        """Every event so far (of `workspace` if told), as (arrived monotonic, arrived
+        wall-clock s, envelope)."""
+        with self.lock:
+            return [e for e in self.events if workspace is None or e[2]["detail"]["workspace_id"] == workspace]

@@ -4,49 +4,63 @@ VF_SCALE, against a local stack whose proxy holds AWS's per-key and PutEvents li
 times the same factor (dev/stack/throughput.py); then the checks.
 
     VF_SCALE=0.001 dev/stack.py run -- dev/scale.py [--seconds N] [--import-rate USERS_PER_S]
+                                                    [--heavy-audiences N] [--no-doc]
+    dev/scale.py --doc-from target/scale/summary.json   (the docs section alone)
 
 The plan from the factor f (`load_plan`; 0.001 by default): 10,000 × f accepted upserts
 a second as keyed single POSTs, 3,000 × f of them in one heavy workspace and the rest
-spread over max(10, 9,999 × f) light ones; an import of 10 million × f users into a
-workspace of its own through `POST /api/v1/users/batch`; 100 audiences in the heavy
-workspace (ten of them time-relative), three in each light one; a million × f time moves
-an hour (light users whose `signupDate` leaves a `within_last` window while the run
-goes on) and 100,000 × f users of the heavy workspace crossing a window's edge in the
-same minute; one poison user. As docs/scale.md assumes, one change in ten flips an
+spread over light ones; an import of 10 million × f users into a workspace of its own
+through `POST /api/v1/users/batch`; 100 audiences in the heavy workspace (ten of them
+time-relative), three in each light one; a million × f time moves an hour (light users
+whose `signupDate` leaves a `within_last` window while the run goes on) and 100,000 × f
+users of the heavy workspace crossing a window's edge in the same minute; one poison
+user, in a workspace of its own. As docs/scale.md assumes, one change in ten flips an
 audience: those are the upserts whose latency is measured (accepted 202 → its `Audience
-Entered` at a subscriber: an EventBridge rule per workspace into an SQS queue).
+Entered` at a subscriber: an EventBridge rule into an SQS queue).
 
 Rates scale with f, durations do not: a limit and the load on it both shrink by f, so
-anything paced by a per-key limit takes as long as on AWS. The import is therefore paced
-as docs/scale.md says an import must be until its fixes land, at 90 % of its hottest
-key (each imported user writes a transactional entry, 2 units, into the member list of
-the audience every imported user enters: 0.45 users/s at 0.001), and sends what fits in
-the phase; `--import-rate` sends faster (the API admits 10,000 × f users/s).
+anything paced by a per-key limit takes as long as on AWS. Three consequences:
+- every request takes a lease on its workspace's rate-limit counter, two write units
+  when its second opens a new window (a failed conditional update, then a put): a
+  workspace gets 1,000 × f / 2 requests a second. The light workspaces are therefore
+  at least 9,999 × f and so many that each keeps to half of that (32 at 0.22 upserts/s
+  at 0.001; on AWS each light workspace's 0.7/s is far below its limits);
+- the import is paced as docs/scale.md says an import must be until its fixes land, at
+  90 % of its hottest key (each imported user writes a transactional entry, 2 units,
+  into the member list of the audience every imported user enters: 0.45 users/s at
+  0.001), and sends what fits in the phase; `--import-rate` sends faster;
+- setup is slow: a define costs ~6 units on its workspace's audiences partition, so the
+  heavy workspace's 100 audiences take ~12 minutes at 0.001 (the driver's own requests
+  keep to the workspace's request budget, the defines first).
 
-1. Setup: keys, a subscriber per workspace, the audiences (ready), the heavy workspace's
-   users (a pool its updates go to, and the users that will cross an edge), each
-   workspace's users created at 90 % of its `workspace-users` index key. The proxy's
-   throughput report is then cleared: setup's throttling is not the load's.
+1. Setup: keys, the subscribers, the audiences (ready), the heavy workspace's users (a
+   pool its updates go to, and the users that will cross an edge), created at 90 % of
+   their hottest key once the audiences they match are put, while the rest are. The
+   proxy's throughput report is then cleared: setup's throttling is not the load's.
 2. Phase 1, `--seconds`: the light workspaces alone. Then the throughput report.
-3. Phase 2, as long: the same light load beside the heavy workspace (updates of its
-   pool), the import, the edge crossings, and a poison user, whose evaluation the proxy
-   makes fail (`PUT /__faults`: its GetItem calls answer ValidationException) until the
-   audiences function parks it (retry queue, then its dead-letter queue "parked");
-   then the fault is cleared and `vfctl --local dlq redrive --queue parked` sends it back.
+3. Phase 2, as long (starting no earlier than the edges were planned for): the same
+   light load beside the heavy workspace (updates of its pool), the import, the edge
+   crossings, and the poison user, whose evaluation the proxy makes fail (`PUT
+   /__faults`: its GetItem calls answer ValidationException) until the audiences
+   function parks it (retry queue, then its dead-letter queue "parked"); then the fault
+   is cleared and `vfctl --local dlq redrive --queue parked` sends it back.
 4. Drain (bounded), the throughput report, then the checks:
    - lost: every accepted upsert applied (users table), and per (workspace, audience,
-     user) the members the API lists = the events replayed = the rule evaluated by a
-     reference evaluator (dev/drill/audiences.py) over the accepted writes;
+     user) the members the API lists (or, for audiences nobody should be in, the
+     member list itself) = the events replayed = the rule evaluated by a reference
+     evaluator (dev/drill/audiences.py) over the accepted writes;
    - hot keys: keys the proxy saw past their scaled limit in more than one second;
    - light p99 beside the heavy workspace ≤ 1.5 × light p99 alone;
    - time moves: every `reason: time` event of an edge crossing arrives ≤ 60 s after
-     its instant.
+     its instant (and none is missing).
 
-Ends with `scale: lost N, hot keys N, light p99 MS (alone MS), time moves late N`, writes
-target/scale/summary.json (per workspace class: light alone, light beside heavy, heavy,
-import) and the "Measured" section of docs/scale.md. Exit status 1 when a check fails.
-Loopback only; every wait is bounded by counts and timeouts that scale with the work.
-VF_VFCTL names a built vfctl to run instead of `cargo run -q --bin vfctl --`.
+The load's clients retry as the TypeScript SDK does (3 retries, backoff); a final 429 or
+503 accepted nothing. Ends with `scale: lost N, hot keys N, light p99 MS (alone MS),
+time moves late N`, writes target/scale/summary.json (per workspace class: light alone,
+light beside heavy, heavy, import) and the "Measured" section of docs/scale.md. Exit
+status 1 when a check fails. Loopback only; every wait is bounded by counts and
+timeouts that scale with the work. VF_VFCTL names a built vfctl to run instead of
+`cargo run -q --bin vfctl --`.
 """
 import argparse
 import hashlib
@@ -54,6 +68,7 @@ import json
 import math
 import os
 import random
+import subprocess
 import sys
 import threading
 import time
@@ -105,7 +120,11 @@ COUNTER_UNITS_PER_REQUEST = 2
 # jitter of arrivals): so many light workspaces that each stays under it.
 LIGHT_BUDGET_SHARE = 0.5
 # The driver's own requests of setup and checks keep to this share of it.
-SETUP_BUDGET_SHARE = 2 / 3
+SETUP_BUDGET_SHARE = 0.8
+# Write units a define puts on its workspace's audiences partition: the transaction
+# (the audience and the revision, 2 units each) and its build's records. The next define
+# waits for them, rather than spend the workspace's request budget on refused attempts.
+DEFINE_UNITS = 6
 # A heavy pool user is updated at most once in this many seconds (a user's own keys —
 # its item, its state — take 1,000 × f units a second).
 POOL_GAP_S = 4
@@ -144,6 +163,8 @@ IMPORT_RULES = {
                              {"field": "plan", "op": "eq", "value": "pro"}]},
     "imported-recent": {"field": "signupDate", "op": "within_last", "value": "P7D"},
 }
+POISON_RULES = {"b07": {"field": "bucket", "op": "eq", "value": 7},
+                "paying": {"field": "plan", "op": "in", "value": ["pro", "enterprise"]}}
 BUCKETS = 60
 TIME_AUDIENCES = ("h-recent", "h-old", "h-decade", "h-day", "h-old-day", "h-seen-week", "h-lapsed", "h-renewed",
                   "h-fresh-trial", "h-trial-ending")
@@ -271,18 +292,28 @@ def backoff(attempt, base=0.5, cap=8.0):
 
 
 class Pacer:
-    """At most `rate` calls a second, whatever thread makes them: `wait()` before each."""
+    """At most `rate` calls a second, whatever thread makes them: `wait()` before each.
+    An `urgent` caller takes the next free slot before any other caller waiting."""
 
-    def __init__(self, rate, clock=time.monotonic, sleep=time.sleep):
-        self.gap, self.clock, self.sleep = 1 / rate, clock, sleep
+    def __init__(self, rate, clock=time.monotonic):
+        self.gap, self.clock = 1 / rate, clock
         self.next = clock()
-        self.lock = threading.Lock()
+        self.urgent = 0
+        self.turn = threading.Condition()
 
-    def wait(self):
-        with self.lock:
-            at = max(self.next, self.clock())
-            self.next = at + self.gap
-        self.sleep(max(0.0, at - self.clock()))
+    def wait(self, urgent=False):
+        with self.turn:
+            if urgent:
+                self.urgent += 1
+            while True:
+                now = self.clock()
+                if (urgent or not self.urgent) and now >= self.next:
+                    self.next = max(self.next, now) + self.gap
+                    if urgent:
+                        self.urgent -= 1
+                    self.turn.notify_all()
+                    return
+                self.turn.wait(max(0.01, self.next - now) if urgent or not self.urgent else None)
 
 
 def edge_offset(seconds):
@@ -465,10 +496,13 @@ class Run:
         run = random.Random(seed).choice("abcdefghjkmnpqrstuvwxyz") + uuid.uuid4().hex[:5]
         self.light = [f"sl{run}-{i:03d}" for i in range(plan["light"]["workspaces"])]
         self.heavy, self.importer = f"sh{run}", f"si{run}"
-        self.poison = f"poison-{run}"
-        self.classes = {**{w: "light" for w in self.light}, self.heavy: "heavy", self.importer: "import"}
+        # The poison user has a workspace of its own: the heavy one's requests are
+        # throttled (its rate-limit counter), and its upsert must get through.
+        self.poisoned, self.poison = f"sp{run}", f"poison-{run}"
+        self.classes = {**{w: "light" for w in self.light}, self.heavy: "heavy", self.importer: "import",
+                        self.poisoned: "poison"}
         self.rules = {**{w: LIGHT_RULES for w in self.light}, self.heavy: heavy_rules(plan["heavy"]["audiences"]),
-                      self.importer: IMPORT_RULES}
+                      self.importer: IMPORT_RULES, self.poisoned: POISON_RULES}
         self.bucket_count = bucket_count(self.rules[self.heavy])
         self.keys, self.subscribers = {}, {}
         self.lock = threading.Lock()
@@ -481,11 +515,12 @@ class Run:
         self.user_locks = {}
         # Each request to a workspace takes a lease on its rate-limit counter: a
         # workspace's requests of setup and checks keep to 90 % of that key.
-        # (Two thirds of it: the api's own retries of a throttled counter write add to it.)
+        # (A share of it: the api's own retries of a throttled counter write add to it.)
         self.pacers = {w: Pacer(SETUP_BUDGET_SHARE * plan["limits"]["requests_per_workspace_per_s"])
                        for w in self.classes}
         self.buckets = {}
         self.poison_report = {}
+        self.unlisted = []  # audiences whose members the API did not list (read from the table)
         self.figures = {"setup": {}}
         self.session = stack.emulator_session()
         self.sqs = self.session.client("sqs", endpoint_url=stack.EMULATOR_URL)
@@ -511,7 +546,7 @@ class Run:
         attempts = 0
         while True:
             if paced:
-                self.pacers[workspace].wait()
+                self.pacers[workspace].wait(urgent=paced == "urgent")
             status, answer = call(self.api, method, path, key, body, idempotency_key)
             attempts += 1
             if not retried(status) or time.monotonic() - started > give_up or attempts == attempts_at_most:
@@ -559,7 +594,7 @@ class Run:
         # other; straight to moto: their long polls are not the stack's calls.
         light = Subscriber(self.env, self.light, prefix="scale", endpoint=stack.EMULATOR_URL, name=self.light[0])
         self.subscribers = {w: light for w in self.light}
-        for workspace in (self.heavy, self.importer):
+        for workspace in (self.heavy, self.importer, self.poisoned):
             self.subscribers[workspace] = Subscriber(self.env, workspace, prefix="scale", endpoint=stack.EMULATOR_URL)
         for subscriber in set(self.subscribers.values()):
             subscriber.start()
@@ -589,18 +624,19 @@ class Run:
         for audience in audiences:
             status, answer, _ = self.send(workspace, "PUT", f"/api/v1/audiences/{audience}",
                                           {"name": audience, "rule": self.rules[workspace][audience]}, keyed=False,
-                                          paced=True, give_up=5 * GIVE_UP_S)
+                                          paced="urgent", give_up=5 * GIVE_UP_S)
             if status != 202:
                 raise SystemExit(f"[scale] defining {workspace}/{audience} answered {status}: {answer}")
             if workspace == self.heavy:
                 self.defining["done"] += 1
+            time.sleep(DEFINE_UNITS / self.plan["limits"]["write_units_per_key_per_s"])
         if workspace == self.heavy:
             self.defining["all_put"] = time.monotonic()
         # The list reads the workspace's whole partition (3,000 × f read units a second).
         pause = 10 if len(audiences) > 10 else 3
         deadline = time.monotonic() + GIVE_UP_S + 5 * len(audiences)
         while time.monotonic() < deadline:
-            self.pacers[workspace].wait()
+            self.pacers[workspace].wait(urgent=True)
             status, answer = call(self.api, "GET", "/api/v1/audiences", self.keys[workspace])
             if status == 200 and len(answer["data"]) == len(audiences) and all(
                     a["status"] == "ready" for a in answer["data"]):
@@ -783,17 +819,23 @@ class Run:
             started = time.monotonic()
             body = {"external_user_id": self.poison, "traits": {"plan": "pro", "bucket": 7, "seats": 5,
                                                                 "signupDate": POOL_SIGNUP}}
-            report["accepted"] = self.upsert(self.heavy, body, "poison")
+            report["accepted"] = self.upsert(self.poisoned, body, "poison")
             report["accepted_after_s"] = round(time.monotonic() - started, 1)
-            parked = None
+            parked, slow = None, 0
             deadline = time.monotonic() + PARK_TIMEOUT_S
             while time.monotonic() < deadline:
-                status = json.loads(vfctl("dlq", "status", "--queue", "parked"))
+                try:
+                    status = json.loads(vfctl("dlq", "status", "--queue", "parked", timeout=60))
+                except subprocess.TimeoutExpired:  # it looks at every message: slow when many wait
+                    slow += 1
+                    continue
                 users = status.get("users") or []
                 if any(u["external_user_id"] == self.poison for u in users):
                     parked = users
+                    report["parked_messages"] = status.get("messages")
                     break
                 time.sleep(3)
+            report["status_timeouts"] = slow
             report["parked_after_s"] = round(time.monotonic() - started, 1) if parked is not None else None
             report["others_parked"] = [u for u in parked or [] if u["external_user_id"] != self.poison]
             report["injected_failures"] = proxy("GET", "/__faults")["injected"]["fail"]
@@ -802,7 +844,7 @@ class Run:
         finally:
             proxy("DELETE", "/__faults")
         try:
-            report["redrive"] = json.loads(vfctl("dlq", "redrive", "--queue", "parked"))
+            report["redrive"] = json.loads(vfctl("dlq", "redrive", "--queue", "parked", timeout=600))
             report["redriven_at"] = time.monotonic()
         except Exception as e:
             report["redrive_error"] = repr(e)
@@ -881,7 +923,7 @@ class Run:
         poison.join(max(1.0, limit - time.monotonic() + PARK_TIMEOUT_S))
         measured = [m for m in self.measured if m["class"] != "setup"]
         if self.poison_report.get("redriven_at"):  # its standings, settled after the redrive
-            measured.append({"workspace": self.heavy, "audience": "b07", "user": self.poison,
+            measured.append({"workspace": self.poisoned, "audience": "b07", "user": self.poison,
                              "accepted": self.poison_report["redriven_at"]})
         self.wait_for(measured, limit)
         while time.monotonic() < max(limit, edge_deadline):
@@ -924,7 +966,10 @@ class Run:
                         break
                     time.sleep(0.5)
                 if status != 200:
-                    raise SystemExit(f"[scale] members of {workspace}/{audience} answered {status}")
+                    log(f"members of {workspace}/{audience} answered {status}: read from its member list instead")
+                    self.unlisted.append(f"{workspace}/{audience}")
+                    users = self.stored_members(workspace, audience)
+                    break
                 users += [m["external_user_id"] for m in page["data"]]
                 cursor = page.get("next_cursor")
                 if not cursor:
@@ -1037,20 +1082,22 @@ class Run:
         every_move = [(f"{w}/{a}", u, k, at) for (w, a, u, k), at in moves.items()]
         poison = {k: v for k, v in self.poison_report.items() if k != "redriven_at"}
         redriven = self.poison_report.get("redriven_at")
-        settled = self.subscribers[self.heavy].arrival("Audience Entered", self.heavy, "b07", self.poison)
+        settled = self.subscribers[self.poisoned].arrival("Audience Entered", self.poisoned, "b07", self.poison)
         poison["settled_after_redrive_s"] = round(settled - redriven, 1) if settled and redriven else None
         distinct_hot = {(h["table"], h["key"], h["kind"]) for h in hot}
         try:
-            parked = json.loads(vfctl("dlq", "status", "--queue", "parked"))
+            parked = json.loads(vfctl("dlq", "status", "--queue", "parked", timeout=180))
         except Exception as e:
             parked = {"error": repr(e)}
         return {
             "plan": self.plan,
-            "workspaces": {"light": self.light, "heavy": self.heavy, "import": self.importer},
+            "workspaces": {"light": self.light, "heavy": self.heavy, "import": self.importer,
+                           "poison": self.poisoned},
             "lost": sum(len(p) for p in wrong.values()) + len(lost_upserts),
             "lost_memberships": {w: p[:5] for w, p in wrong.items() if p},
             "lost_upserts": lost_upserts[:20], "lost_upserts_count": len(lost_upserts),
             "unanswered_upserts": len(self.unanswered),
+            "members_not_listed_by_the_api": self.unlisted,
             "refused_upserts": {cls: c["sent"] - c["accepted"] for cls, c in counts.items()},
             "hot_keys": sorted(distinct_hot), "hot_key_detail": hot,
             "time_moves": time_moves(every_edge, every_move),
@@ -1098,9 +1145,17 @@ def measured_section(summary):
         rows.append(f"| {title} | {c['sent']} | {c['accepted']} | {c['entered']} of {c['measured']} | "
                     f"{c['p50_ms']} | {c['p99_ms']} | {c['lost']} | {moves['late']} of {moves['expected']} | "
                     f"{len(c['hot_keys'])} |")
-    hot = "\n".join(f"- {h['phase']}: {h['what']} (`{h['table']}`, {h['kind']}): {h['seconds_over']} s over, "
-                    f"peak {h['max_demand_per_s']:g} units/s against {h['limit_per_s']:g}"
-                    for h in summary["hot_key_detail"]) or "- none"
+    hot = "\n".join(f"- phase {g['phase'][-1]}, {g['whose']}: {g['what']} ({g['kind']}): {g['keys']} "
+                    f"key{'s' if g['keys'] > 1 else ''}, up to {g['seconds_over']} s over, peak "
+                    f"{g['max_demand_per_s']:g} units/s against {g['limit_per_s']:g}"
+                    for g in grouped_hot_keys(summary)) or "- none"
+    limit = plan["limits"]["write_units_per_key_per_s"]
+    burst = "" if limit >= PER_REQUEST_BURST_UNITS else (
+        f"\nAt this factor a key takes {limit:g} write unit{'s' if limit != 1 else ''} a second, less than some single "
+        f"requests write to one key within a second (each {PER_REQUEST_BURST_UNITS} units: a rate-limit counter's "
+        "new window, a failed conditional update and a put; an Idempotency-Key's claim and mark; a member-list "
+        "entry, transactional; a user's audience state, its commit and its clear), so such keys are throttled and "
+        "counted over their limit whatever the load: those hot keys are the factor's, not the load's.\n")
     throttled = "; ".join(f"phase {p[-1]}: " + (", ".join(f"`{t}` {n}" for t, n in sorted(
         summary["classes"][c]["throttled"].items())) or "none")
         for p, c in (("phase1", "light_alone"), ("phase2", "heavy")))
@@ -1133,9 +1188,31 @@ Hot keys (past their scaled limit in more than one second):
 
 {hot}
 
+{burst}
 Throttled calls: {throttled}. Setup (not counted above): {summary['setup'].get('seconds')} s, of which
-{summary['setup'].get('audiences_ready_s')} s for the audiences to be ready.
+{summary['setup'].get('audiences_ready_s')} s for the audiences to be ready. Users parked at the end:
+{summary.get('parked_at_end', {}).get('messages')}.
 """
+
+
+PER_REQUEST_BURST_UNITS = 2
+
+
+def grouped_hot_keys(summary):
+    """Hot keys grouped by phase, kind of key and whose (a workspace class, or "shared"):
+    how many keys, the most seconds over, the busiest second."""
+    classes = {w: cls for cls, ws in summary["workspaces"].items() for w in ([ws] if isinstance(ws, str) else ws)}
+    groups = {}
+    for h in summary["hot_key_detail"]:
+        whose = classes.get(h["workspace"], "shared")
+        what = h["what"].replace(f"workspace {h['workspace']}", "its workspace") if h["workspace"] else h["what"]
+        group = groups.setdefault((h["phase"], whose, what, h["kind"]), {
+            "phase": h["phase"], "whose": whose, "what": what, "kind": h["kind"], "keys": 0, "seconds_over": 0,
+            "max_demand_per_s": 0, "limit_per_s": h["limit_per_s"]})
+        group["keys"] += 1
+        group["seconds_over"] = max(group["seconds_over"], h["seconds_over"])
+        group["max_demand_per_s"] = max(group["max_demand_per_s"], h["max_demand_per_s"])
+    return sorted(groups.values(), key=lambda g: (g["phase"], -g["seconds_over"]))
 
 
 def with_measured(text, section):
@@ -1157,7 +1234,12 @@ def main():
     parser.add_argument("--heavy-audiences", type=int, default=HEAVY_AUDIENCES,
                         help="audiences of the heavy workspace (fewer: a quicker setup, for trying the run out)")
     parser.add_argument("--no-doc", action="store_true", help="do not write docs/scale.md's Measured section")
+    parser.add_argument("--doc-from", metavar="SUMMARY", help="only write docs/scale.md's Measured section from a "
+                        "summary.json (no stack needed)")
     args = parser.parse_args()
+    if args.doc_from:
+        write_doc(json.loads(Path(args.doc_from).read_text()))
+        return 0
     factor = float(os.environ.get("VF_SCALE") or DEFAULT_FACTOR)
     env = os.environ if "VF_API_URL" in os.environ else stack.read_env_file()
     if not env["VF_API_URL"].startswith(("http://127.0.0.1:", "http://localhost:")):

@@ -3,6 +3,8 @@ percentiles, the reference evaluation it compares the members with (time-relativ
 included), the comparisons (members, replayed events, stored users, time moves), what a
 hot key is, the final line and the checks."""
 import hashlib
+import threading
+import time
 import unittest
 
 import scale
@@ -108,20 +110,39 @@ class Plan(unittest.TestCase):
 
 class Pacing(unittest.TestCase):
     def test_a_pacer_spaces_calls_by_its_rate_from_any_thread(self):
-        now = [100.0]
-        slept = []
-
-        def sleep(seconds):
-            slept.append(round(seconds, 6))
-            now[0] += seconds
-
-        pacer = scale.Pacer(0.9, clock=lambda: now[0], sleep=sleep)
-        for _ in range(3):
-            pacer.wait()
-        self.assertEqual(slept, [0.0, round(1 / 0.9, 6), round(1 / 0.9, 6)])
-        now[0] += 10  # idle: no credit is saved up beyond the next slot
+        pacer = scale.Pacer(20)
+        started = time.monotonic()
+        threads = [threading.Thread(target=pacer.wait) for _ in range(5)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        self.assertGreaterEqual(time.monotonic() - started, 4 / 20 - 0.01)  # five slots, 50 ms apart
+        time.sleep(0.2)  # idle: no credit is saved up
+        started = time.monotonic()
         pacer.wait()
-        self.assertEqual(slept[-1], 0.0)
+        pacer.wait()
+        self.assertGreaterEqual(time.monotonic() - started, 1 / 20 - 0.01)
+
+    def test_an_urgent_caller_goes_before_those_waiting(self):
+        pacer = scale.Pacer(10)
+        order = []
+        pacer.wait()
+
+        def call(name, urgent):
+            pacer.wait(urgent)
+            order.append(name)
+
+        normal = [threading.Thread(target=call, args=(f"n{i}", False)) for i in range(3)]
+        for t in normal:
+            t.start()
+        time.sleep(0.02)
+        urgent = threading.Thread(target=call, args=("u", True))
+        urgent.start()
+        for t in normal + [urgent]:
+            t.join()
+        self.assertEqual(order[0], "u")
+        self.assertEqual(sorted(order[1:]), ["n0", "n1", "n2"])
 
     def test_the_edges_sit_in_the_middle_of_phase_2(self):
         self.assertEqual(scale.edge_offset(180), 60)
@@ -343,6 +364,41 @@ class Report(unittest.TestCase):
         failed = scale.failed_checks(self.summary(lost=1, hot=[("t", "k", "write")], beside=601.0, missing=1))
         self.assertEqual(len(failed), 4)
         self.assertEqual(len(scale.failed_checks(self.summary(alone=None))), 1)
+
+    def test_hot_keys_are_grouped_by_kind_and_whose(self):
+        def hot(phase, workspace, what, over, peak):
+            return {"phase": phase, "workspace": workspace, "what": what, "kind": "write", "seconds_over": over,
+                    "max_demand_per_s": peak, "limit_per_s": 1.0}
+        summary = {"workspaces": {"light": ["l1", "l2"], "heavy": "h"}, "hot_key_detail": [
+            hot("phase1", "l1", "rate-limits: a workspace's rate-limit counter", 5, 3.0),
+            hot("phase1", "l2", "rate-limits: a workspace's rate-limit counter", 9, 2.0),
+            hot("phase2", "h", "users index workspace-users: the key of workspace h", 40, 4.0),
+            hot("phase2", None, "audience-members index due: shard 3 (all workspaces)", 2, 2.0)]}
+        groups = scale.grouped_hot_keys(summary)
+        self.assertEqual([(g["phase"], g["whose"], g["what"], g["keys"], g["seconds_over"], g["max_demand_per_s"])
+                          for g in groups], [
+            ("phase1", "light", "rate-limits: a workspace's rate-limit counter", 2, 9, 3.0),
+            ("phase2", "heavy", "users index workspace-users: the key of its workspace", 1, 40, 4.0),
+            ("phase2", "shared", "audience-members index due: shard 3 (all workspaces)", 1, 2, 2.0)])
+
+    def test_the_measured_section_renders_a_summary(self):
+        moves = {"expected": 2, "arrived": 2, "missing": 0, "late": 0, "early": 0, "p50_s": 0.4, "p99_s": 0.9,
+                 "max_s": 0.9, "unexpected": 0}
+        cls = {"sent": 10, "accepted": 10, "retried": 0, "measured": 1, "entered": 1, "p50_ms": 300.0,
+               "p99_ms": 400.0, "max_ms": 400.0, "lost": 0, "time_moves": moves, "hot_keys": [],
+               "throttled": {"t": 3}, "run_seconds": 20}
+        summary = {"plan": scale.load_plan(0.001, 20), "lost": 0, "hot_keys": [], "hot_key_detail": [],
+                   "workspaces": {"light": ["l1"], "heavy": "h", "import": "i", "poison": "p"},
+                   "classes": {c: dict(cls) for c in ("light_alone", "light_beside_heavy", "heavy", "import")},
+                   "time_moves": moves, "poison": {"parked_after_s": 8.0, "settled_after_redrive_s": 1.5},
+                   "setup": {"seconds": 600, "audiences_ready_s": 500}, "parked_at_end": {"messages": 0},
+                   "run_seconds": 900}
+        section = scale.measured_section(summary)
+        self.assertTrue(section.startswith("## Measured\n"))
+        self.assertIn("    scale: lost 0, hot keys 0, light p99 400 (alone 400), time moves late 0", section)
+        self.assertIn("| light, beside the heavy one | 10 | 10 | 1 of 1 | 300.0 | 400.0 | 0 | 0 of 2 | 0 |", section)
+        self.assertIn("less than some single requests write to one key", section)  # 1 unit/s at 0.001
+        self.assertNotIn("less than some single", scale.measured_section(dict(summary, plan=scale.load_plan(0.01, 20))))
 
     def test_the_measured_section_replaces_only_itself_at_the_end(self):
         doc = "# Scale\n\ntext\n\n## Scaling AWS down locally\n\nmore\n"
