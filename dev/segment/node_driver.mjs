@@ -1,11 +1,15 @@
 #!/usr/bin/env node
-// Drive the VibeFollow Segment-compatible API with @segment/analytics-node, unchanged.
+// Drive the VibeFollow Segment-compatible API with a Node library that speaks Segment's
+// protocol, unchanged: @segment/analytics-node (--library segment, the default) or
+// RudderStack's @rudderstack/rudder-sdk-node (--library rudderstack).
 //
 //   (cd dev/segment && npm ci)     # once
-//   node dev/segment/node_driver.mjs BASE_URL WRITE_KEY [RUN_ID]
+//   node dev/segment/node_driver.mjs BASE_URL WRITE_KEY [RUN_ID] [--library segment|rudderstack] [--gzip|--no-gzip]
 //
-// (or SEGMENT_BASE_URL / SEGMENT_WRITE_KEY / SEGMENT_RUN_ID in the environment;
-// SEGMENT_PROXY_PORT, SEGMENT_DRIVER_TIMEOUT in seconds, default 90).
+// (or SEGMENT_BASE_URL / SEGMENT_WRITE_KEY / SEGMENT_RUN_ID / SEGMENT_LIBRARY /
+// SEGMENT_GZIP=1|0 in the environment; SEGMENT_PROXY_PORT, SEGMENT_DRIVER_TIMEOUT in
+// seconds, default 90). Without --gzip/--no-gzip the library's own default applies
+// (Segment's never compresses; RudderStack's compresses by default).
 //
 // The library is pointed at a small recording proxy that this script runs on
 // 127.0.0.1 (first free port in 18081-18099, searched from 18090); the proxy
@@ -16,8 +20,11 @@
 //   b  one batch: identify of a third user, a track, an anonymous-only identify, flush
 //   c  identify of a fourth user; the proxy forwards the first attempt to the API and
 //      then answers 503 to the library, which retries the identical batch (same
-//      messageIds, X-Retry-Count: 1) after a 1-2 s backoff — so the API receives the
-//      same batch twice; flush
+//      messageIds; Segment's: X-Retry-Count: 1 after a 1-2 s backoff; RudderStack's:
+//      no such header, after ~0.2 s) — so the API receives the same batch twice; flush
+//
+// RudderStack's library sends the first message of a new instance at once, on its
+// own, so its phases go out as two batches: the first message, then the rest.
 //
 // Prints one JSON line: what was sent (user ids, message ids), every request the
 // proxy saw with the API's status and the status handed to the library, and the
@@ -29,29 +36,126 @@ import http from 'node:http'
 import zlib from 'node:zlib'
 import { createRequire } from 'node:module'
 import { randomUUID } from 'node:crypto'
+import { parseArgs } from 'node:util'
 
 const require = createRequire(import.meta.url)
 const PORTS = [...Array(19).keys()].map((i) => 18081 + ((i + 9) % 19)) // 18090..18099, then 18081..18089
+const USAGE = 'usage: node_driver.mjs BASE_URL WRITE_KEY [RUN_ID] [--library segment|rudderstack] [--gzip|--no-gzip]'
 
 function fail(code, message) {
   process.stderr.write(`node_driver: ${message}\n`)
   process.exit(code)
 }
 
-const [argBase, argKey, argRun] = process.argv.slice(2)
+// What differs between the libraries that speak Segment's protocol; the phases, the
+// proxy and the report are shared. `create` gets { writeKey, host, flushAt,
+// flushInterval, gzip, onError }; `call` reports (err, { messageId, timestamp }) once
+// the message's batch is delivered or given up; `close` flushes within `ms`.
+const LIBRARIES = {
+  segment: {
+    family: 'segment',
+    module: '@segment/analytics-node',
+    name: '@segment/analytics-node', // its context.library.name
+    gzip: false, // it cannot compress at all
+    retryHeader: '1', // X-Retry-Count on the first retry
+    batchesOf: (ids) => [ids],
+    load: async () => (await import('@segment/analytics-node')).Analytics,
+    create: (Analytics, o) => {
+      if (o.gzip) fail(2, '@segment/analytics-node cannot gzip')
+      const analytics = new Analytics({
+        writeKey: o.writeKey,
+        host: o.host,
+        // one batch per phase: the publisher sends as soon as it holds every message
+        flushAt: o.flushAt,
+        flushInterval: o.flushInterval,
+        maxRetries: 3,
+        httpRequestTimeout: requestTimeoutMs,
+        maxTotalBackoffDuration: 30,
+        maxRateLimitDuration: 30,
+      })
+      // delivery failures also reach the per-call callbacks; keep the rest
+      analytics.on('error', (e) => {
+        if (e?.code !== 'delivery_failure') o.onError(`${e?.code}: ${e?.reason}`)
+      })
+      return analytics
+    },
+    call: (analytics, method, params, report) =>
+      analytics[method](params, (err, ctx) => report(err, { messageId: ctx?.event?.messageId, timestamp: ctx?.event?.timestamp })),
+    close: (analytics, ms) => analytics.closeAndFlush({ timeout: ms }),
+  },
+  // Sends identify traits as both traits and context.traits, gzips by default (with
+  // Content-Type application/x-www-form-urlencoded), no X-Retry-Count (README.md).
+  rudderstack: {
+    family: 'rudderstack',
+    module: '@rudderstack/rudder-sdk-node',
+    name: 'analytics-node',
+    gzip: true,
+    retryHeader: null,
+    // the first message of a new instance goes at once, alone; the rest wait for flushAt
+    batchesOf: (ids) => (ids.length > 1 ? [ids.slice(0, 1), ids.slice(1)] : [ids]),
+    load: async () => require('@rudderstack/rudder-sdk-node'),
+    create: (Analytics, o) =>
+      new Analytics(o.writeKey, {
+        dataPlaneUrl: o.host,
+        flushAt: o.flushAt,
+        flushInterval: o.flushInterval,
+        retryCount: 3,
+        timeout: requestTimeoutMs,
+        gzip: o.gzip,
+        // 'info' (its default) logs with console.info, on stdout where the report goes
+        logLevel: 'error',
+      }),
+    // Its callback gets the whole batch (a gzipped Buffer when gzip is on), not the
+    // message: find the message in it.
+    call: (analytics, method, params, report) =>
+      analytics[method](params, (err, data) => {
+        const m = batchOf(data).find(
+          (m) => m?.type === method && (m.userId ?? null) === (params.userId ?? null) && (m.anonymousId ?? null) === (params.anonymousId ?? null)
+        )
+        report(err, { messageId: m?.messageId, timestamp: m?.timestamp ?? m?.originalTimestamp })
+      }),
+    // flush() has no timeout of its own
+    close: (analytics, ms) => Promise.race([analytics.flush(), new Promise((r) => setTimeout(r, ms))]),
+  },
+}
+
+function batchOf(data) {
+  try {
+    const body = Buffer.isBuffer(data) ? JSON.parse(zlib.gunzipSync(data).toString('utf8')) : JSON.parse(JSON.stringify(data))
+    return Array.isArray(body?.batch) ? body.batch : []
+  } catch {
+    return []
+  }
+}
+
+let args
+try {
+  args = parseArgs({
+    args: process.argv.slice(2),
+    options: { library: { type: 'string' }, gzip: { type: 'boolean' }, 'no-gzip': { type: 'boolean' } },
+    allowPositionals: true,
+  })
+} catch (e) {
+  fail(2, `${e.message}\n${USAGE}`)
+}
+const [argBase, argKey, argRun] = args.positionals
 const baseUrl = (argBase ?? process.env.SEGMENT_BASE_URL ?? '').replace(/\/+$/, '')
 const writeKey = argKey ?? process.env.SEGMENT_WRITE_KEY
 const runId = (argRun ?? process.env.SEGMENT_RUN_ID ?? randomUUID().replace(/-/g, '').slice(0, 12)).toLowerCase()
 const overallMs = Number(process.env.SEGMENT_DRIVER_TIMEOUT ?? 90) * 1000
 const requestTimeoutMs = 10000
-if (!baseUrl || !writeKey) fail(2, 'usage: node_driver.mjs BASE_URL WRITE_KEY [RUN_ID]')
+if (!baseUrl || !writeKey) fail(2, USAGE)
+const family = args.values.library ?? (process.env.SEGMENT_LIBRARY || 'segment')
+const lib = Object.hasOwn(LIBRARIES, family) ? LIBRARIES[family] : fail(2, `--library must be one of ${Object.keys(LIBRARIES).join(', ')}`)
+const envGzip = { 1: true, 0: false }[process.env.SEGMENT_GZIP ?? '']
+const gzip = args.values['no-gzip'] ? false : args.values.gzip ? true : envGzip ?? lib.gzip
 
 let Analytics, pkg
 try {
-  ;({ Analytics } = await import('@segment/analytics-node'))
-  pkg = require('@segment/analytics-node/package.json')
+  Analytics = await lib.load()
+  pkg = require(`${lib.module}/package.json`)
 } catch (e) {
-  fail(2, `@segment/analytics-node is not installed (run npm ci in dev/segment): ${e.message}`)
+  fail(2, `${lib.module} is not installed (run npm ci in dev/segment): ${e.message}`)
 }
 
 // ---- recording proxy ---------------------------------------------------------------
@@ -76,6 +180,7 @@ async function handle(req, res) {
   const entry = {
     path: req.url,
     x_retry_count: req.headers['x-retry-count'] ?? null,
+    content_type: req.headers['content-type'] ?? null,
     content_encoding: req.headers['content-encoding'] ?? null,
     authorization_scheme: (req.headers.authorization ?? '').split(' ')[0] || null,
     body_bytes: raw.length,
@@ -185,20 +290,13 @@ const traits = (n, email) => ({
 async function runPhase(name, calls, failAfterForward = 0) {
   rec.phase = name
   rec.failAfterForward = failAfterForward
-  const analytics = new Analytics({
+  const analytics = lib.create(Analytics, {
     writeKey,
     host: proxyUrl,
-    // one batch per phase: the publisher sends as soon as it holds every message
     flushAt: calls.length,
     flushInterval: 10000,
-    maxRetries: 3,
-    httpRequestTimeout: requestTimeoutMs,
-    maxTotalBackoffDuration: 30,
-    maxRateLimitDuration: 30,
-  })
-  analytics.on('error', (e) => {
-    // delivery failures also reach the per-call callbacks below; keep the rest
-    if (e?.code !== 'delivery_failure') errors.push({ phase: name, error: `${e?.code}: ${e?.reason}` })
+    gzip,
+    onError: (error) => errors.push({ phase: name, error }),
   })
   const out = []
   const done = calls.map(
@@ -207,9 +305,9 @@ async function runPhase(name, calls, failAfterForward = 0) {
         const idx = out.length
         out.push({ type: method, userId: params.userId ?? null, anonymousId: params.anonymousId ?? null, event: params.event ?? null, email: params.traits?.email })
         try {
-          analytics[method](params, (err, ctx) => {
-            Object.assign(out[idx], { messageId: ctx?.event?.messageId ?? null, timestamp: ctx?.event?.timestamp ?? null })
-            if (err) errors.push({ phase: name, error: String(err?.message ?? err), messageId: ctx?.event?.messageId ?? null })
+          lib.call(analytics, method, params, (err, { messageId, timestamp }) => {
+            Object.assign(out[idx], { messageId: messageId ?? null, timestamp: timestamp ?? null })
+            if (err) errors.push({ phase: name, error: String(err?.message ?? err), messageId: messageId ?? null })
             resolve(true)
           })
         } catch (e) {
@@ -220,7 +318,7 @@ async function runPhase(name, calls, failAfterForward = 0) {
   )
   sent[name] = out
   const left = Math.max(0, deadline - Date.now())
-  await analytics.closeAndFlush({ timeout: left || 1 })
+  await lib.close(analytics, left || 1)
   // closeAndFlush resolves on timeout too (and aborts); give the callbacks a moment to report
   const settled = await Promise.race([
     Promise.all(done).then(() => true),
@@ -256,28 +354,32 @@ server.close()
 server.closeAllConnections?.()
 
 // ---- did each phase have the shape it is meant to test? ------------------------------
+// (the same checks as python_driver.py's phase_checks)
+const same = (a, b) => JSON.stringify(a) === JSON.stringify(b)
+// the batches of a phase's requests, each run of identical resends (a retry) folded into one
+const foldResends = (idLists) => idLists.filter((ids, i) => i === 0 || !same(ids, idLists[i - 1]))
 const checks = {}
 for (const [name, msgs] of Object.entries(sent)) {
-  const want = JSON.stringify(msgs.map((m) => m.messageId))
-  const reqs = rec.log.filter((r) => r.phase === name)
-  checks[`${name}_one_batch`] = reqs.length > 0 && reqs.every((r) => JSON.stringify(r.message_ids) === want)
+  const want = lib.batchesOf(msgs.map((m) => m.messageId))
+  const reqs = rec.log.filter((r) => r.phase === name).map((r) => r.message_ids)
+  checks[`${name}_batched`] = reqs.length > 0 && same(foldResends(reqs), want)
 }
 const cReqs = rec.log.filter((r) => r.phase === 'c')
 checks.c_retried_identical_batch =
   cReqs.length === 2 &&
   cReqs[0].client_status === 503 &&
-  cReqs[1].x_retry_count === '1' &&
-  JSON.stringify(cReqs[0].message_ids) === JSON.stringify(cReqs[1].message_ids)
+  cReqs[1].x_retry_count === lib.retryHeader &&
+  same(cReqs[0].message_ids, cReqs[1].message_ids)
 
 const all = Object.values(sent).flat()
 const code = timedOut ? 4 : errors.length ? 1 : Object.values(checks).every(Boolean) ? 0 : 3
 const result = {
   driver: 'node',
-  library: { package: pkg.name, version: pkg.version, name: '@segment/analytics-node', node: process.version },
+  library: { family: lib.family, package: pkg.name, version: pkg.version, name: lib.name, node: process.version },
   run_id: runId,
   base_url: baseUrl,
   proxy: proxyUrl,
-  gzip: false,
+  gzip,
   user_ids: all.filter((m) => m.type === 'identify' && m.userId).map((m) => m.userId),
   anonymous_ids: all.filter((m) => m.anonymousId).map((m) => m.anonymousId),
   sent,

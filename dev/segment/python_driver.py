@@ -1,9 +1,14 @@
 #!/usr/bin/env python3
-"""Drive the VibeFollow Segment-compatible API with segment-analytics-python, unchanged.
+"""Drive the VibeFollow Segment-compatible API with a Python library that speaks
+Segment's protocol, unchanged: segment-analytics-python (--library segment, the
+default) or RudderStack's rudder-sdk-python (--library rudderstack).
 
-    .venv/bin/python dev/segment/python_driver.py BASE_URL WRITE_KEY [RUN_ID] [--gzip]
+    .venv/bin/python dev/segment/python_driver.py BASE_URL WRITE_KEY [RUN_ID]
+        [--library segment|rudderstack] [--gzip | --no-gzip]
 
-(or SEGMENT_BASE_URL / SEGMENT_WRITE_KEY / SEGMENT_RUN_ID in the environment).
+(or SEGMENT_BASE_URL / SEGMENT_WRITE_KEY / SEGMENT_RUN_ID / SEGMENT_LIBRARY /
+SEGMENT_GZIP=1|0 in the environment). Without --gzip/--no-gzip the library's own
+default applies (Segment's: off; RudderStack's: on).
 
 The library is pointed at a small recording proxy that this script runs on
 127.0.0.1 (first free port in 18081-18099, or --proxy-port / SEGMENT_PROXY_PORT);
@@ -14,7 +19,8 @@ answered. Three phases, one library Client each:
   b  one batch: identify of a third user, a track, an anonymous-only identify, flush
   c  identify of a fourth user; the proxy forwards the first attempt to the API and
      then answers 503 to the library, which retries the identical batch (same
-     messageIds) — so the API receives the same batch twice; flush
+     messageIds; X-Retry-Count: 1 from Segment's library, no such header from
+     RudderStack's) — so the API receives the same batch twice; flush
 
 Prints one JSON line: what was sent (user ids, message ids), every request the
 proxy saw with the API's status and the status handed to the library, and the
@@ -27,6 +33,7 @@ error (on_error) or a delivery was not acknowledged; 2 usage / setup error;
 import argparse
 import datetime as dt
 import gzip as gziplib
+import importlib
 import json
 import os
 import sys
@@ -35,11 +42,92 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import metadata
 
 PORT_RANGE = range(18081, 18100)
 HOP_BY_HOP = {"connection", "keep-alive", "proxy-connection", "transfer-encoding", "te", "trailer", "upgrade", "host", "content-length"}
+
+
+@dataclass(frozen=True)
+class Library:
+    """What differs between the libraries that speak Segment's protocol; the phases,
+    the proxy and the report are shared. Their Client takes the same core arguments
+    (write_key, host, gzip, on_error, max_retries, timeout, upload_size,
+    upload_interval) and has the same identify/track/flush."""
+
+    family: str
+    package: str  # the distribution on PyPI
+    module: str  # has Client; MODULE.version has VERSION
+    name: str  # what the library writes in context.library.name
+    gzip: bool  # the library's default
+    retry_header: object  # X-Retry-Count on the first retry (None: the library sends none)
+    traits_path: tuple  # where an identify message carries its traits
+    client_options: dict = field(default_factory=dict)  # bounds only this library has
+
+    def load(self):
+        client = importlib.import_module(self.module).Client
+        return client, importlib.import_module(self.module + ".version").VERSION
+
+    def traits(self, msg):
+        for key in self.traits_path:
+            msg = msg.get(key) if isinstance(msg, dict) else None
+        return msg if isinstance(msg, dict) else None
+
+
+LIBRARIES = {
+    "segment": Library(
+        family="segment",
+        package="segment-analytics-python",
+        module="segment.analytics",
+        name="analytics-python",
+        gzip=False,
+        retry_header="1",
+        traits_path=("traits",),
+        client_options={"max_total_backoff_duration": 30, "max_rate_limit_duration": 30},
+    ),
+    # Puts identify traits only in context.traits, gzips by default, sends no
+    # X-Retry-Count and has no backoff or rate-limit budget to bound (README.md).
+    "rudderstack": Library(
+        family="rudderstack",
+        package="rudder-sdk-python",
+        module="rudderstack.analytics",
+        name="analytics-python",
+        gzip=True,
+        retry_header=None,
+        traits_path=("context", "traits"),
+    ),
+}
+
+
+def fold_resends(message_ids_per_request):
+    """The batches of a phase's requests, each run of identical resends (a retry) folded
+    into one."""
+    batches = []
+    for ids in message_ids_per_request:
+        if not batches or batches[-1] != ids:
+            batches.append(ids)
+    return batches
+
+
+def phase_checks(sent, log, retry_header, batches_of=lambda ids: [ids]):
+    """Did each phase have the shape it is meant to test? `sent`: phase → the messages
+    the library was given, in order; `log`: the proxy's requests; `batches_of`: how the
+    library groups a fresh client's messages (by default all in one batch)."""
+    checks = {}
+    for name, msgs in sent.items():
+        want = batches_of([m["messageId"] for m in msgs])
+        reqs = [r["message_ids"] for r in log if r["phase"] == name]
+        checks[name + "_batched"] = bool(reqs) and fold_resends(reqs) == want
+    c_reqs = [r for r in log if r["phase"] == "c"]
+    checks["c_retried_identical_batch"] = (
+        len(c_reqs) == 2
+        and c_reqs[0]["client_status"] == 503
+        and c_reqs[1]["x_retry_count"] == retry_header
+        and c_reqs[0]["message_ids"] == c_reqs[1]["message_ids"]
+    )
+    return checks
 
 
 class Recorder:
@@ -83,6 +171,7 @@ def make_handler(rec):
             entry = {
                 "path": self.path,
                 "x_retry_count": self.headers.get("X-Retry-Count"),
+                "content_type": self.headers.get("Content-Type"),
                 "content_encoding": self.headers.get("Content-Encoding"),
                 "authorization_scheme": (self.headers.get("Authorization") or "").split(" ")[0] or None,
                 "body_bytes": len(raw),
@@ -155,7 +244,11 @@ def main():
     ap.add_argument("base_url", nargs="?", default=os.environ.get("SEGMENT_BASE_URL"))
     ap.add_argument("write_key", nargs="?", default=os.environ.get("SEGMENT_WRITE_KEY"))
     ap.add_argument("run_id", nargs="?", default=os.environ.get("SEGMENT_RUN_ID"))
-    ap.add_argument("--gzip", action="store_true", default=os.environ.get("SEGMENT_GZIP") == "1", help="Client(gzip=True)")
+    ap.add_argument("--library", choices=sorted(LIBRARIES), default=os.environ.get("SEGMENT_LIBRARY") or "segment",
+                    help="which family's library drives the API (default segment)")
+    env_gzip = {"1": True, "0": False}.get(os.environ.get("SEGMENT_GZIP", ""))
+    ap.add_argument("--gzip", action=argparse.BooleanOptionalAction, default=env_gzip,
+                    help="Client(gzip=...); default: the library's own default")
     ap.add_argument("--proxy-port", type=int, default=int(os.environ.get("SEGMENT_PROXY_PORT") or 0))
     ap.add_argument("--timeout", type=float, default=float(os.environ.get("SEGMENT_DRIVER_TIMEOUT") or 90), help="overall seconds")
     ap.add_argument("--request-timeout", type=float, default=10.0, help="seconds per HTTP request")
@@ -165,12 +258,16 @@ def main():
         print("python_driver: BASE_URL and WRITE_KEY are required", file=sys.stderr)
         return 2
     run_id = (args.run_id or uuid.uuid4().hex[:12]).lower()
+    if args.library not in LIBRARIES:
+        print("python_driver: --library must be one of %s" % ", ".join(sorted(LIBRARIES)), file=sys.stderr)
+        return 2
+    lib = LIBRARIES[args.library]
+    gzip = lib.gzip if args.gzip is None else args.gzip
 
     try:
-        from segment.analytics import Client
-        from segment.analytics.version import VERSION
+        Client, VERSION = lib.load()
     except ImportError as e:
-        print("python_driver: segment-analytics-python is not installed: %s" % e, file=sys.stderr)
+        print("python_driver: %s is not installed: %s" % (lib.package, e), file=sys.stderr)
         return 2
 
     deadline = time.monotonic() + args.timeout
@@ -211,23 +308,23 @@ def main():
         client = Client(
             write_key=args.write_key,
             host=proxy_url,
-            gzip=args.gzip,
+            gzip=gzip,
             on_error=on_error,
             max_retries=3,
             timeout=args.request_timeout,
             # One batch per phase: the consumer sends as soon as it holds every message.
             upload_size=len(calls),
             upload_interval=10,
-            max_total_backoff_duration=30,
-            max_rate_limit_duration=30,
+            **lib.client_options,
         )
         out = []
         for method, kwargs in calls:
             ok, msg = getattr(client, method)(**kwargs)
             if not ok:
                 phase_errors.append({"phase": name, "error": "enqueue refused (queue full)"})
+            traits = lib.traits(msg) if msg.get("type") == "identify" else None
             out.append({k: msg.get(k) for k in ("type", "userId", "anonymousId", "event", "messageId", "timestamp")}
-                       | ({"email": msg["traits"].get("email")} if msg.get("traits") else {}))
+                       | ({"email": traits.get("email")} if traits else {}))
         sent[name] = out
         flusher = threading.Thread(target=client.flush, daemon=True)
         flusher.start()
@@ -267,28 +364,16 @@ def main():
     with rec.lock:
         log = list(rec.log)
 
-    # Did each phase have the shape it is meant to test?
-    checks = {}
-    for name, msgs in sent.items():
-        want = [m["messageId"] for m in msgs]
-        reqs = [r for r in log if r["phase"] == name]
-        checks[name + "_one_batch"] = bool(reqs) and all(r["message_ids"] == want for r in reqs)
-    c_reqs = [r for r in log if r["phase"] == "c"]
-    checks["c_retried_identical_batch"] = (
-        len(c_reqs) == 2
-        and c_reqs[0]["client_status"] == 503
-        and c_reqs[1]["x_retry_count"] == "1"
-        and c_reqs[0]["message_ids"] == c_reqs[1]["message_ids"]
-    )
+    checks = phase_checks(sent, log, lib.retry_header)
 
     result = {
         "driver": "python",
-        "library": {"package": "segment-analytics-python", "version": metadata.version("segment-analytics-python"),
-                    "name": "analytics-python", "module_version": VERSION},
+        "library": {"family": lib.family, "package": lib.package, "version": metadata.version(lib.package),
+                    "name": lib.name, "module_version": VERSION},
         "run_id": run_id,
         "base_url": args.base_url,
         "proxy": proxy_url,
-        "gzip": args.gzip,
+        "gzip": gzip,
         "user_ids": [m["userId"] for p in sent.values() for m in p if m["type"] == "identify" and m.get("userId")],
         "anonymous_ids": [m["anonymousId"] for p in sent.values() for m in p if m.get("anonymousId")],
         "sent": sent,
