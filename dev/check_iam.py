@@ -28,7 +28,14 @@ Findings (Allow statements only; a Deny narrows access, whatever its scope):
   `arn:${AWS::Partition}:sqs:${AWS::Region}:${AWS::AccountId}:*` do not;
 - a resource built by an intrinsic the checker cannot read (Fn::ImportValue, …);
 - `NotAction` or `NotResource` (allow everything but …), an action with a wildcard
-  (`sqs:*`), and in a resource policy a principal `*` without a condition.
+  (`sqs:*`), and in a resource policy a principal `*` without a condition;
+- `dynamodb:Query` on a table or index the code never queries. The queries are read
+  from the code itself (`.query().table_name(&self.<field>)…[.index_name(INDEX)]` in
+  src/, STORE_TABLES naming each store field's table): a Query on a table's ARN lets a
+  role page through the table by key, one on an index ARN only that index, so a role
+  whose code queries only an index gets that index alone. Both ways round: a query of
+  the code that no role may make is a finding too (it would fail on AWS with
+  AccessDenied, which moto never says).
 
 A resource given as `!Ref` / `!GetAtt` of a resource of the template, or of a parameter
 (an ARN the deployer names), is one resource and passes.
@@ -74,6 +81,26 @@ PSEUDO_PARAMETERS = {
 
 WILDCARD = re.compile(r"[*?]")
 SUB_REFERENCE = re.compile(r"\$\{([^}!][^}]*)\}")
+
+# The table behind each DynamoDB store's field, (file under src/aws/dynamodb, field): the
+# field holds the name config::Resources reads from the environment variable the
+# template sets to that table (Globals.Function.Environment).
+STORE_TABLES = {
+    ("users.rs", "table"): "UsersTable",
+    ("audiences.rs", "audiences"): "AudiencesTable",
+    ("audiences.rs", "members"): "AudienceMembersTable",
+}
+# Indexes a role may query though the current code does not: the code being replaced
+# during the email index upgrade (KeepLegacyEmailIndex) still queries the old one.
+LEGACY_QUERIES = frozenset({("UsersTable", "email-index")})
+# A DynamoDB Query as the stores write it, up to its `.send()`.
+QUERY_START = re.compile(r"\.query\(\)\s*\.table_name\(")
+QUERY_CALL = re.compile(r"\.query\(\)\s*\.table_name\(&?self\.(\w+)\)(.*?)\.send\(\)", re.S)
+INDEX_NAME = re.compile(r"\.index_name\((\w+|\"[^\"]*\")\)")
+STR_CONST = re.compile(r"\bconst\s+(\w+)\s*:\s*&str\s*=\s*\"([^\"]*)\"")
+# A Query resource: a table's ARN, or one of its indexes.
+# (An index name with a wildcard, every index it matches, is never one the code queries.)
+QUERY_TARGET = re.compile(r"^\$\{(\w+)\.Arn\}(?:/index/([\w.*?-]+))?$")
 
 
 class ManagedPolicyNames(dict):
@@ -303,8 +330,80 @@ def findings(cfn):
     return out
 
 
-def check(path):
-    return findings(translate(load_template(path)))
+def code_queries(source=ROOT / "src"):
+    """Every (table, index or None) the code queries, from the Rust sources under
+    `source`. A query of a store field STORE_TABLES does not name raises: the check must
+    learn its table rather than pass it by."""
+    queried = set()
+    for path in sorted(Path(source).rglob("*.rs")):
+        text = path.read_text()
+        constants = dict(STR_CONST.findall(text))
+        calls = QUERY_CALL.findall(text)
+        if len(calls) != len(QUERY_START.findall(text)):
+            raise ValueError(f"{path}: a Query whose table is not `&self.<field>` (or that is "
+                             "never sent): dev/check_iam.py cannot tell which table it reads")
+        for field, chain in calls:
+            table = STORE_TABLES.get((path.name, field))
+            if table is None:
+                raise ValueError(f"{path}: a Query of self.{field}, whose table STORE_TABLES "
+                                 "(dev/check_iam.py) does not name")
+            index = INDEX_NAME.search(chain)
+            if index is None:
+                queried.add((table, None))
+                continue
+            name = index.group(1)
+            if name.startswith('"'):
+                queried.add((table, name.strip('"')))
+            elif name in constants:
+                queried.add((table, constants[name]))
+            else:
+                raise ValueError(f"{path}: index {name} is not a string constant of the file")
+    return queried
+
+
+def query_target(value, resources):
+    """(table, index or None) of a Query statement's resource, or None if it is neither
+    a table's ARN nor one of its indexes."""
+    text = sub_text(value, resources)
+    match = QUERY_TARGET.match(text or "")
+    return (match.group(1), match.group(2)) if match else None
+
+
+def shown_target(target):
+    table, index = target
+    return f"{table} itself" if index is None else f"{table} index {index}"
+
+
+def query_findings(cfn, queried):
+    """Query grants the code does not need, and queries of the code no role may make."""
+    resources = set(cfn.get("Resources", {}))
+    out, granted = [], set()
+    for logical, resource in sorted(cfn.get("Resources", {}).items()):
+        if resource.get("Type") != "AWS::IAM::Role":
+            continue
+        for policy in flat((resource.get("Properties") or {}).get("Policies")):
+            if not isinstance(policy, dict):
+                continue
+            for statement in document_statements(policy.get("PolicyDocument")):
+                if statement.get("Effect") != "Allow" or "dynamodb:Query" not in flat(statement.get("Action")):
+                    continue
+                for value in flat(statement.get("Resource")):
+                    target = query_target(value, resources)
+                    if target is None:
+                        continue  # not a table of the stack: the rules above judge it
+                    granted.add(target)
+                    if target not in queried and target not in LEGACY_QUERIES:
+                        code = ", ".join(sorted(shown_target(q) for q in queried if q[0] == target[0]))
+                        out.append(f"{logical}: dynamodb:Query on {shown_target(target)}, which the code "
+                                   f"never queries (it queries: {code or 'nothing of that table'})")
+    for target in sorted(queried - granted, key=str):
+        out.append(f"the code queries {shown_target(target)}, but no role may (AccessDenied on AWS)")
+    return out
+
+
+def check(path, source=ROOT / "src"):
+    cfn = translate(load_template(path))
+    return findings(cfn) + query_findings(cfn, code_queries(source))
 
 
 def main(argv):
@@ -315,13 +414,17 @@ def main(argv):
         print(f"check_iam: {e}: run it with .venv-check/bin/python (make check installs it)",
               file=sys.stderr)
         return 2
+    except ValueError as e:  # the code's queries could not be read
+        print(f"check_iam: {e}", file=sys.stderr)
+        return 2
     for line in found:
         print(f"{path.name}: {line}")
     if found:
-        print(f"check_iam: {len(found)} finding(s): IAM broader than the stack's own resources",
-              file=sys.stderr)
+        print(f"check_iam: {len(found)} finding(s): IAM broader than the stack's own resources "
+              "or than the code's queries, or a query no role may make", file=sys.stderr)
         return 1
-    print(f"check_iam: {path.name}: every IAM statement names the stack's own resources")
+    print(f"check_iam: {path.name}: every IAM statement names the stack's own resources, "
+          "every Query grant a table or index the code queries")
     return 0
 
 

@@ -172,5 +172,104 @@ class CheckIam(unittest.TestCase):
         self.assertTrue(lines[0].startswith("template.json: ConsumerFunctionRole: "), lines)
 
 
+# Rust as the stores write their queries (src/aws/dynamodb/*.rs).
+USERS_RS = """
+pub const EMAIL_INDEX: &str = "email-lookup";
+async fn find(&self) {
+    let out = self
+        .client
+        .query()
+        .table_name(&self.table)
+        .index_name(EMAIL_INDEX)
+        .key_condition_expression("email_key = :k")
+        .send()
+        .await?;
+}
+"""
+AUDIENCES_RS = """
+async fn list(&self) {
+    let out = self.client.query().table_name(&self.audiences)
+        .key_condition_expression("pk = :pk").send().await?;
+}
+"""
+
+
+class CodeQueries(unittest.TestCase):
+    """What the checker reads of the code: runs without the translator."""
+
+    def queries(self, files):
+        with tempfile.TemporaryDirectory() as folder:
+            for name, text in files.items():
+                path = Path(folder) / "aws" / "dynamodb" / name
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text(text)
+            return check_iam.code_queries(folder)
+
+    def test_tables_and_indexes_are_read_from_the_stores(self):
+        self.assertEqual(self.queries({"users.rs": USERS_RS, "audiences.rs": AUDIENCES_RS}),
+                         {("UsersTable", "email-lookup"), ("AudiencesTable", None)})
+
+    def test_the_projects_queries(self):
+        self.assertEqual(check_iam.code_queries(), {
+            ("UsersTable", "email-lookup"), ("UsersTable", "workspace-users"),
+            ("AudiencesTable", None), ("AudienceMembersTable", None), ("AudienceMembersTable", "due")})
+
+    def test_a_query_the_checker_cannot_place_is_an_error_not_a_pass(self):
+        for name, text in (
+                ("users.rs", USERS_RS.replace("&self.table", "&self.other")),  # an unknown field
+                ("users.rs", USERS_RS.replace("&self.table", "table")),  # not a store field
+                ("users.rs", USERS_RS.replace("EMAIL_INDEX)", "index)")),  # not a constant
+                ("other.rs", USERS_RS)):  # a store STORE_TABLES does not know
+            with self.subTest(text=text), self.assertRaises(ValueError):
+                self.queries({name: text})
+
+
+@unittest.skipUnless(HAVE_TRANSLATOR, "the SAM translator is in .venv-check (make check)")
+class QueryGrants(unittest.TestCase):
+    def setUp(self):
+        self.template = check_iam.load_template(ROOT / "template.yaml")
+
+    def statements(self, role):
+        return self.template["Resources"][role]["Properties"]["Policies"][0]["PolicyDocument"]["Statement"]
+
+    def findings(self):
+        return check_iam.query_findings(check_iam.translate(self.template), check_iam.code_queries())
+
+    def test_the_project_template_grants_exactly_the_code_queries(self):
+        self.assertEqual(self.findings(), [])
+
+    def test_a_query_on_a_table_the_code_reads_only_through_an_index_fails(self):
+        # What the api's and the audiences function's roles held before: Query on the
+        # users table itself, beside the index they do query.
+        for role in ("ApiFunctionRole", "AudiencesFunctionRole"):
+            with self.subTest(role=role):
+                self.setUp()
+                self.statements(role).append(allow(["dynamodb:Query"], [{"Fn::GetAtt": ["UsersTable", "Arn"]}]))
+                found = self.findings()
+                self.assertEqual(len(found), 1, found)
+                self.assertTrue(found[0].startswith(f"{role}: dynamodb:Query on UsersTable itself"), found)
+
+    def test_a_query_on_an_index_the_code_never_queries_or_on_every_index_fails(self):
+        self.statements("ApiFunctionRole").append(allow(["dynamodb:Query"], [
+            {"Fn::Sub": "${AudienceMembersTable.Arn}/index/by-name"},
+            {"Fn::Sub": "${UsersTable.Arn}/index/*"}]))
+        found = self.findings()
+        self.assertEqual(len(found), 2, found)
+        self.assertIn("ApiFunctionRole: dynamodb:Query on AudienceMembersTable index by-name", found[0])
+        self.assertIn("ApiFunctionRole: dynamodb:Query on UsersTable index *", found[1])
+
+    def test_a_query_of_the_code_no_role_may_make_fails(self):
+        statements = self.statements("AudiencesFunctionRole")
+        statements[:] = [s for s in statements
+                         if s.get("Action") != ["dynamodb:Query"]
+                         or s.get("Resource") != [{"Fn::Sub": "${UsersTable.Arn}/index/workspace-users"}]]
+        self.assertEqual(self.findings(), [
+            "the code queries UsersTable index workspace-users, but no role may (AccessDenied on AWS)"])
+
+    def test_the_legacy_email_index_may_be_queried_during_the_upgrade(self):
+        self.template["Parameters"]["KeepLegacyEmailIndex"]["Default"] = "true"
+        self.assertEqual(self.findings(), [])
+
+
 if __name__ == "__main__":
     unittest.main()

@@ -8,7 +8,8 @@ audiences function, in-memory fakes for the queue and the stream. What they chec
   one that fails or hangs neither stalls nor repeats the other's deliveries; what fails
   for good reaches the failure queue naming its function;
 - the ticker sends EventBridge's scheduled event on a fixed grid, one at a time, a JSON
-  line each;
+  line each, and one it could not deliver to the schedule's dead-letter queue as
+  EventBridge would;
 - the stack wires all of it from template.yaml: the fleet, the build, the processes."""
 import http.client
 import json
@@ -32,6 +33,7 @@ BUILDS_URL = "http://127.0.0.1:4566/123456789012/vibefollow-local-audience-build
 RETRIES_URL = "http://127.0.0.1:4566/123456789012/vibefollow-local-audience-retries"
 TIME_URL = "http://127.0.0.1:4566/123456789012/vibefollow-local-audience-time"
 STREAM_FAILURES_URL = "http://127.0.0.1:4566/123456789012/vibefollow-local-audience-stream-failures"
+TICKS_DLQ_URL = "http://127.0.0.1:4566/123456789012/vibefollow-local-audience-ticks-dlq"
 STREAM_ARN = "arn:aws:dynamodb:us-east-1:123456789012:table/vibefollow-local-users/stream/2025-01-01T00:00:00.000"
 
 # A custom runtime standing for the audiences function: it appends every event to
@@ -399,13 +401,59 @@ class Ticker(FakeAudiences):
         entry = bridges.send_tick("audiences", event, 0, crash)
         self.assertEqual((entry["status"], entry["error"]), ("function error", "Runtime.ExitError"))
         entry = bridges.send_tick("nobody", event, 0)
-        self.assertEqual(entry["status"], "invocation failed")
+        self.assertEqual((entry["status"], entry["error_code"]), ("invocation failed", "NO_RESOURCE"))
         self.assertIn("404", entry["error"])
 
         def cut_short(function, event, timeout):
             raise http.client.IncompleteRead(b"{")
 
         self.assertEqual(bridges.send_tick("audiences", event, 0, cut_short)["status"], "invocation failed")
+
+    def test_a_tick_that_could_not_be_delivered_goes_to_the_dead_letter_queue_as_eventbridge_puts_it(self):
+        sent = []
+
+        class Sqs:
+            def send_message(self, **message):
+                sent.append(message)
+
+        def unreachable(function, event, timeout):
+            raise ConnectionRefusedError(111, "Connection refused")
+
+        dead_letter = lambda event, entry: bridges.dead_letter_tick(Sqs(), TICKS_DLQ_URL, event, entry)  # noqa: E731
+        lines, stop = [], threading.Event()
+        with mock.patch.object(bridges, "emit", lambda line: (lines.append(json.loads(line)), stop.set())):
+            bridges.tick("audiences", "vibefollow-local-tick", 0.01, stop, unreachable, dead_letter)
+        [line] = lines
+        self.assertEqual((line["status"], line["error_code"], line["dead_lettered"]),
+                         ("invocation failed", "CONNECTION_FAILURE", True))
+        [message] = sent
+        self.assertEqual(message["QueueUrl"], TICKS_DLQ_URL)
+        event = json.loads(message["MessageBody"])
+        self.assertEqual((event["id"], event["detail-type"], event["resources"]),
+                         (line["id"], "Scheduled Event", [RULE_ARN]))
+        self.assertEqual({name: value["StringValue"] for name, value in message["MessageAttributes"].items()}, {
+            "RULE_ARN": RULE_ARN, "TARGET_ARN": "arn:aws:lambda:us-east-1:123456789012:function:audiences",
+            "ERROR_CODE": "CONNECTION_FAILURE", "ERROR_MESSAGE": line["error"],
+            "EXHAUSTED_RETRY_CONDITION": "MaximumRetryAttempts", "RETRY_ATTEMPTS": "0"})
+
+    def test_a_function_error_is_not_dead_lettered_nor_is_a_tick_of_a_schedule_without_a_queue(self):
+        dead_lettered, lines, stop = [], [], threading.Event()
+
+        def crash(function, event, timeout):
+            return "Unhandled", {"errorType": "Crash"}
+
+        with mock.patch.object(bridges, "emit", lambda line: (lines.append(json.loads(line)), stop.set())):
+            bridges.tick("audiences", "vibefollow-local-tick", 0.01, stop, crash,
+                         lambda event, entry: dead_lettered.append(event))
+        self.assertEqual((lines[0]["status"], dead_lettered), ("function error", []))
+        self.assertNotIn("dead_lettered", lines[0])
+
+    def test_a_dead_letter_queue_that_fails_is_a_line_not_the_tickers_end(self):
+        def refuse(event, entry):
+            raise OSError("moto is down")
+
+        entry = {"status": "invocation failed", "error": "x", "error_code": "CONNECTION_FAILURE"}
+        self.assertFalse(bridges.deliver_dead_letter(refuse, {"id": "e"}, entry))
 
 
 class TickLoop(unittest.TestCase):
@@ -498,7 +546,7 @@ class Wiring(unittest.TestCase):
             "audiences-retries-bridge": ["bridge", RETRIES_URL, "audiences", "10"],
             "audiences-streamfailures-bridge": ["bridge", STREAM_FAILURES_URL, "audiences", "1"],
             "stream-bridge": ["stream-bridge", STREAM_ARN, f"changes={failures}", f"audiences={STREAM_FAILURES_URL}"],
-            "ticker": ["ticker", "audiences=vibefollow-local-tick"],
+            "ticker": ["ticker", f"audiences=vibefollow-local-tick,{TICKS_DLQ_URL}"],
         })
         self.assertEqual(stack.bridge, spawned["bridge"], "the drill kills and restarts the consumer's bridge")
 
@@ -508,13 +556,45 @@ class Wiring(unittest.TestCase):
                 (["bridge", BUILDS_URL], "bridge", (BUILDS_URL,)),
                 (["stream-bridge", STREAM_ARN, "changes=q1", "audiences=q2"], "stream_bridge",
                  (STREAM_ARN, [("changes", "q1"), ("audiences", "q2")])),
-                (["ticker", "audiences=vibefollow-local-tick"], "ticker", ([("audiences", "vibefollow-local-tick")],))):
+                (["ticker", "audiences=vibefollow-local-tick"], "ticker", ([("audiences", "vibefollow-local-tick")],)),
+                (["ticker", f"audiences=vibefollow-local-tick,{TICKS_DLQ_URL}"], "ticker",
+                 ([("audiences", f"vibefollow-local-tick,{TICKS_DLQ_URL}")],))):
             with self.subTest(argv=argv), mock.patch.object(cli, name) as started:
                 self.assertEqual(cli.main(argv), 0)
                 started.assert_called_once_with(*args)
         with mock.patch("sys.stderr"):
             for argv in (["stream-bridge", STREAM_ARN, "q1"], ["ticker"], ["ticker", "audiences"]):
                 self.assertEqual(cli.main(argv), 2)
+
+    def test_the_ticks_dead_letter_queue_exists_locally_named_as_the_other_queues(self):
+        names, _, queues = template.local_resources(self.template)
+        self.assertIn("AudienceTickDeadLetterQueue", queues)
+        self.assertEqual(names["AudienceTickDeadLetterQueue"], TICKS_DLQ_URL)
+        # Named as the others: the stack's name, then the template's, `-dlq` last.
+        dead_letter_queues = sorted(names[f"{q}.QueueName"] for q in queues if q.endswith("DeadLetterQueue"))
+        self.assertEqual(dead_letter_queues, ["vibefollow-local-audience-builds-dlq",
+                                              "vibefollow-local-audience-stream-failures-dlq",
+                                              "vibefollow-local-audience-ticks-dlq", "vibefollow-local-upserts-dlq"])
+        [tick] = template.event_sources(self.template, names, "Schedule", "audiences")
+        self.assertEqual(template.queue_url(tick.properties["DeadLetterConfig"]["Arn"]), TICKS_DLQ_URL)
+
+    def test_the_stack_creates_the_ticks_dead_letter_queue_and_names_it_to_the_tools(self):
+        created = []
+
+        class Client:
+            def __getattr__(self, name):
+                return lambda **args: (created.append((name, args)), {
+                    "TableNames": [], "Table": {"LatestStreamArn": STREAM_ARN}, "QueueUrl": "u"})[1]
+
+        class Session:
+            def client(self, service, endpoint_url=None):
+                return Client()
+
+        with mock.patch.object(resources, "emulator_session", Session):
+            names = resources.create_resources(self.template)[0]
+        queues = [args["QueueName"] for name, args in created if name == "create_queue"]
+        self.assertIn("vibefollow-local-audience-ticks-dlq", queues)
+        self.assertEqual(supervisor.failure_queue_variables(names)["VF_AUDIENCE_TICK_DLQ_URL"], TICKS_DLQ_URL)
 
     def test_the_local_sink_takes_change_and_audience_events(self):
         pattern = EventPattern.load(json.dumps(resources.EVERY_EVENT))

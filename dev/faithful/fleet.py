@@ -2,6 +2,7 @@
 import json
 import random
 import re
+import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -25,6 +26,17 @@ class FunctionConfig:
     max_instances: int = 4
     timeout_s: float = 30
     memory_mb: int = 128
+
+
+class FrontServer(QuietServer):
+    """The HTTP front: API Gateway holds every client connection however busy it is,
+    where http.server listens with a backlog of 5 (request_queue_size), so a burst that
+    arrives while its accept loop waits for the CPU (a busy 2-core machine) would be
+    dropped past 5 connections: connects that time out, or are reset. Listening with the
+    system's largest backlog (the kernel caps it at net.core.somaxconn, 4096 on Linux
+    since 5.4, 128 before) holds the burst until the loop accepts it; one daemon thread
+    per connection then serves it (QuietServer), so a slow function holds only its own."""
+    request_queue_size = max(socket.SOMAXCONN, 128)
 
 
 class FleetError(Exception):
@@ -260,7 +272,7 @@ class Fleet:
     def start(self):
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            self.server = QuietServer((self.host, self.port), front_handler(self))
+            self.server = FrontServer((self.host, self.port), front_handler(self))
         except OSError as e:
             raise FleetError(f"cannot listen on {self.host}:{self.port}: {e}") from None
         self.port = self.server.server_address[1]

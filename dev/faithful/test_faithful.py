@@ -3,6 +3,8 @@
 A fake `bootstrap` in Python drives the fleet through the Runtime API."""
 import base64
 import json
+import selectors
+import socket
 import sys
 import tempfile
 import threading
@@ -227,6 +229,58 @@ class FleetTest(unittest.TestCase):
             event = json.load(response)
         self.assertNotIn("queryStringParameters", event)
         self.assertEqual((base64.b64decode(event["body"]), event["isBase64Encoded"]), (b"\xff\x00", True))
+
+    def test_the_front_holds_a_burst_of_connections_while_it_is_busy(self):
+        # API Gateway holds every client's connection however busy its integration is. A
+        # front that accepts slowly (its accept loop starved of CPU on a busy 2-core
+        # machine) leans on the kernel's accept queue: with Python's default backlog of 5
+        # the rest of a burst is dropped (connects time out, or reset). Here the accept loop
+        # is stopped outright until every connection of the burst is established, or a
+        # bound passes: the listen backlog alone has to hold them.
+        burst = 64
+        fleet = self.start(min_instances=1, max_instances=8)
+        accepting, held = threading.Event(), threading.Event()
+        process_request = fleet.server.process_request
+
+        def busy_then_process(request, client_address):
+            if not held.is_set():
+                held.set()
+                accepting.wait(10)
+            process_request(request, client_address)
+
+        fleet.server.process_request = busy_then_process
+        sockets = []
+        self.addCleanup(lambda: [s.close() for s in sockets])
+        selector = selectors.DefaultSelector()
+        self.addCleanup(selector.close)
+        try:
+            for _ in range(burst):
+                client = socket.socket()
+                client.setblocking(False)
+                client.connect_ex(("127.0.0.1", fleet.port))
+                sockets.append(client)
+                selector.register(client, selectors.EVENT_WRITE)
+            # Established = writable with no error; wait on progress, with a bound.
+            established, deadline = set(), time.monotonic() + 3
+            while len(established) < burst and time.monotonic() < deadline:
+                for key, _ in selector.select(timeout=0.1):
+                    selector.unregister(key.fileobj)
+                    self.assertEqual(key.fileobj.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR), 0)
+                    established.add(key.fileobj)
+            self.assertEqual(len(established), burst, "connections the front's listen backlog did not hold")
+            self.assertTrue(held.wait(5), "the front never accepted")
+        finally:
+            accepting.set()
+        # Now served, each its answer, none reset: a slow function (20 ms, 8 instances).
+        for client in sockets:
+            client.setblocking(True)
+            client.settimeout(10)
+            client.sendall(b"GET /slow HTTP/1.1\r\nHost: faithful\r\nX-Sleep-Ms: 20\r\nConnection: close\r\n\r\n")
+        answers = []
+        for client in sockets:
+            with client.makefile("rb") as response:
+                answers.append(response.readline().split(b" ")[1])
+        self.assertEqual(answers, [b"201"] * burst)
 
     def test_start_reports_a_binary_that_fails_init(self):
         self.bootstrap = self.write_script("failing", FAILING_BOOTSTRAP)

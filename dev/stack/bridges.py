@@ -8,16 +8,19 @@ functions as on AWS; all invoke the functions through the Invoke API on API_URL:
                    a reader each with its own position, retries, bisect and on-failure
                    handling (`dev/stack.py stream-bridge …`)
     ticker         a schedule → its function (audiences): EventBridge's scheduled event
-                   every VF_TICK_SECONDS (`dev/stack.py ticker …`)
+                   every VF_TICK_SECONDS, a tick it could not deliver to the schedule's
+                   dead-letter queue (`dev/stack.py ticker …`)
 
 Each writes one JSON line per batch or tick to its log, and `[stack] …` lines for what
 went wrong."""
 import datetime
+import functools
 import http.client
 import json
 import os
 import threading
 import time
+import urllib.error
 import urllib.request
 import uuid
 
@@ -308,22 +311,38 @@ TICK_INVOKE_TIMEOUT = 600
 
 
 def ticker(schedules, interval=None):
-    """Invokes each function of `schedules`, (function, rule name) pairs, with
+    """Invokes each function of `schedules`, (function, target) pairs, with
     EventBridge's scheduled event every `interval` seconds (VF_TICK_SECONDS), a thread
-    each."""
-    run_threads([(f"tick-{function}", tick, (function, rule, interval or TICK_SECONDS, threading.Event()))
-                 for function, rule in schedules])
+    each. A target is the rule's name, or `RULE_NAME,DEAD_LETTER_QUEUE_URL` when the
+    schedule has a dead-letter queue (its DeadLetterConfig)."""
+    sqs = None
+    calls = []
+    for function, target in schedules:
+        rule, _, dead_letter_url = target.partition(",")
+        dead_letter = None
+        if dead_letter_url:
+            sqs = sqs or emulator_session().client("sqs", endpoint_url=EMULATOR_URL)
+            dead_letter = functools.partial(dead_letter_tick, sqs, dead_letter_url)
+        calls.append((f"tick-{function}", tick, (function, rule, interval or TICK_SECONDS, threading.Event(), invoke,
+                                                 dead_letter)))
+    run_threads(calls)
 
 
-def tick(function, rule, interval, stop, invoke=invoke):
+def tick(function, rule, interval, stop, invoke=invoke, dead_letter=None):
     """Every `interval` seconds on a fixed grid until `stop` is set, one invocation at a
     time and one JSON line each. A tick that comes due while the previous one runs is
     sent as soon as it ends; any more are skipped and counted (`missed`): a 5 s tick of
-    a function that may run 60 s would pile up, which rate(1 minute) does not on AWS."""
+    a function that may run 60 s would pile up, which rate(1 minute) does not on AWS.
+    A tick that could not be delivered (`invocation failed`) goes to `dead_letter`
+    (event, entry), when the schedule has a dead-letter queue."""
     rule_arn = f"arn:aws:events:{REGION}:{ACCOUNT}:rule/{rule}"
     due, missed = time.monotonic() + interval, 0
     while not stop.wait(max(due - time.monotonic(), 0)):
-        emit(json.dumps(send_tick(function, scheduled_event(rule_arn, utc_now()), missed, invoke)))
+        event = scheduled_event(rule_arn, utc_now())
+        entry = send_tick(function, event, missed, invoke)
+        if dead_letter and entry["status"] == "invocation failed":
+            entry["dead_lettered"] = deliver_dead_letter(dead_letter, event, entry)
+        emit(json.dumps(entry))
         due += interval
         missed = max(int((time.monotonic() - due) // interval), 0)
         due += missed * interval
@@ -338,16 +357,55 @@ def scheduled_event(rule_arn, at):
 
 def send_tick(function, event, missed, invoke=invoke):
     """Invokes `function` with one scheduled event; the tick's log entry. As EventBridge
-    does not wait for the answer, nothing is retried: the next tick comes."""
+    does not wait for the answer, nothing is retried: the next tick comes. An invocation
+    that failed carries EventBridge's `error_code` for it."""
     started = time.monotonic()
     entry = {"tick": event["time"], "function": function, "id": event["id"]}
     try:
         error, payload = invoke(function, event, TICK_INVOKE_TIMEOUT)
     except INVOKE_FAILURES as e:
-        entry.update(status="invocation failed", error=str(e) or type(e).__name__)
+        entry.update(status="invocation failed", error=str(e) or type(e).__name__, error_code=delivery_error(e))
     else:
         entry.update(status="function error" if error else "ok")
         if error:
             entry["error"] = payload.get("errorType", error) if isinstance(payload, dict) else error
     entry.update(ms=round((time.monotonic() - started) * 1000), missed=missed)
     return entry
+
+
+def delivery_error(failure):
+    """The ERROR_CODE EventBridge gives a target call that failed so."""
+    if isinstance(failure, urllib.error.HTTPError):
+        return {404: "NO_RESOURCE", 403: "NO_PERMISSIONS", 429: "THROTTLING"}.get(failure.code, "SDK_CLIENT_ERROR")
+    if isinstance(failure, TimeoutError) or isinstance(getattr(failure, "reason", None), TimeoutError):
+        return "TIMEOUT"
+    if isinstance(failure, (ConnectionError, urllib.error.URLError, http.client.HTTPException)):
+        return "CONNECTION_FAILURE"
+    return "SDK_CLIENT_ERROR"
+
+
+def deliver_dead_letter(dead_letter, event, entry):
+    """Hands a tick to its dead-letter queue: whether it got there (a failure is a line,
+    not the ticker's end)."""
+    try:
+        dead_letter(event, entry)
+        return True
+    except Exception as e:  # noqa: BLE001 (moto down, …): the tick's line says so
+        log(f"tick {event['id']} not dead-lettered: {e}")
+        return False
+
+
+def dead_letter_tick(sqs, queue_url, event, entry):
+    """What EventBridge puts in a rule target's dead-letter queue: the event as it would
+    have been sent, with the attributes it documents. Locally the tick is not retried
+    first (the next one is seconds away), so the retry policy counts as exhausted at 0."""
+    attributes = {
+        "RULE_ARN": event["resources"][0],
+        "TARGET_ARN": function_arn(entry["function"]),
+        "ERROR_CODE": entry["error_code"],
+        "ERROR_MESSAGE": entry["error"][:1000],
+        "EXHAUSTED_RETRY_CONDITION": "MaximumRetryAttempts",
+        "RETRY_ATTEMPTS": "0",
+    }
+    sqs.send_message(QueueUrl=queue_url, MessageBody=json.dumps(event), MessageAttributes={
+        name: {"DataType": "String", "StringValue": value} for name, value in attributes.items()})

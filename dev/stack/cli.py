@@ -14,9 +14,9 @@ sink queue through a rule.
                                the stack starts one per queue
     stack.py stream-bridge STREAM_ARN FUNCTION=FAILURE_QUEUE_URL...
                                the users stream → functions bridge alone (the same)
-    stack.py ticker FUNCTION=RULE_NAME...
-                               a scheduled event to each FUNCTION every VF_TICK_SECONDS
-                               (the same)
+    stack.py ticker FUNCTION=RULE_NAME[,DEAD_LETTER_QUEUE_URL]...
+                               a scheduled event to each FUNCTION every VF_TICK_SECONDS,
+                               one it cannot deliver to the queue (the same)
 
 Tables and queues are created from template.yaml, so local and AWS share one schema.
 VF_RUNTIME=watch runs the functions under `cargo lambda watch` instead (debug builds,

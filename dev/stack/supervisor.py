@@ -62,6 +62,20 @@ def tool_env(extra=None):
     return env
 
 
+def failure_queue_variables(names):
+    """The stack's failure and dead-letter queues, by the variables the tools and tests
+    read them from (`vfctl --local dlq`, the drill): the ones the functions are not
+    given (they only ever send to them through a redrive policy or a destination)."""
+    return {
+        "DLQ_URL": names["UpsertDeadLetterQueue"],
+        "VF_CHANGES_FAILURE_QUEUE_URL": names["ChangesFailureQueue"],
+        "VF_AUDIENCE_BUILD_DLQ_URL": names["AudienceBuildDeadLetterQueue"],
+        "VF_AUDIENCE_PARKED_QUEUE_URL": names["AudienceParkedQueue"],
+        "VF_AUDIENCE_STREAM_FAILURE_DLQ_URL": names["AudienceStreamFailureDeadLetterQueue"],
+        "VF_AUDIENCE_TICK_DLQ_URL": names["AudienceTickDeadLetterQueue"],
+    }
+
+
 class Stack:
     def __init__(self, reload, log_level="TRACE", event_sink=False):
         # Tests and the drill run the functions at the most verbose level the template
@@ -116,12 +130,8 @@ class Stack:
         env.update({
             "AWS_ENDPOINT_URL": f"http://127.0.0.1:{FAULT_PROXY_PORT}", "AWS_REGION": REGION,
             "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
-            "DLQ_URL": names["UpsertDeadLetterQueue"], "VF_RUNTIME": RUNTIME,
-            "VF_USERS_STREAM_ARN": names["UsersTable.StreamArn"],
-            "VF_CHANGES_FAILURE_QUEUE_URL": names["ChangesFailureQueue"],
-            "VF_AUDIENCE_BUILD_DLQ_URL": names["AudienceBuildDeadLetterQueue"],
-            "VF_AUDIENCE_PARKED_QUEUE_URL": names["AudienceParkedQueue"],
-            "VF_AUDIENCE_STREAM_FAILURE_DLQ_URL": names["AudienceStreamFailureDeadLetterQueue"],
+            "VF_RUNTIME": RUNTIME, "VF_USERS_STREAM_ARN": names["UsersTable.StreamArn"],
+            **failure_queue_variables(names),
             # The ticker's interval (VF_TICK_SECONDS), not the template's minute.
             "AUDIENCE_TICK_SECONDS": str(max(1, round(TICK_SECONDS))),
             "AWS_LAMBDA_LOG_LEVEL": self.log_level,
@@ -201,8 +211,11 @@ class Stack:
                    log_mode=log_mode)
 
     def start_ticker(self, log_mode="w"):
-        """EventBridge's schedules (audiences: rate(1 minute)), every VF_TICK_SECONDS."""
+        """EventBridge's schedules (audiences: rate(1 minute)), every VF_TICK_SECONDS, each
+        with its dead-letter queue if the template gives it one."""
         schedules = [f"{s.function}={STACK_NAME}-{s.event.lower()}"
+                     + (f",{queue_url(s.properties['DeadLetterConfig']['Arn'])}" if "DeadLetterConfig" in s.properties
+                        else "")
                      for s in event_sources(self.template, self.names, "Schedule")]
         self.spawn("ticker", [sys.executable, str(ENTRY), "ticker", *schedules], log_mode=log_mode)
 

@@ -3,7 +3,10 @@
 
 use crate::support::Stack;
 use std::collections::BTreeSet;
-use vibefollow_users::aws::dynamodb::{EMAIL_INDEX, EMAIL_KEY, PARTITION_KEY, TTL_ATTRIBUTE};
+use vibefollow_users::app::ports::Memberships;
+use vibefollow_users::aws::dynamodb::{
+    AudienceStore, EMAIL_INDEX, EMAIL_KEY, PARTITION_KEY, TTL_ATTRIBUTE,
+};
 use vibefollow_users::config::Resources;
 use vibefollow_users::domain::idempotency::LOCK_MS;
 use yaml_rust2::{Yaml, YamlLoader};
@@ -440,4 +443,138 @@ fn function_policies_allow_every_call_the_code_makes() {
         });
         assert!(allowed, "{function} may not {action} on {target}");
     }
+}
+
+/// Query grants name only what each function's code queries (CALLS): the users table is
+/// queried through its indexes alone, so no role may query the table itself (a Query on
+/// a table's ARN pages through the table by key; one on an index's ARN, that index only).
+/// dev/check_iam.py (make check) reads the queries from the code, table by table.
+#[test]
+fn query_grants_name_only_the_tables_and_indexes_the_code_queries() {
+    let template = template();
+    for function in [
+        "ApiFunction",
+        "ConsumerFunction",
+        "ChangesFunction",
+        "AudiencesFunction",
+    ] {
+        let queried: Vec<&str> = CALLS
+            .iter()
+            .filter(|(f, _, action)| *f == function && *action == "dynamodb:Query")
+            .map(|(_, target, _)| *target)
+            .collect();
+        let role = format!("{function}Role");
+        let statements = resource(&template, &role)["Policies"][0]["PolicyDocument"]["Statement"]
+            .as_vec()
+            .unwrap_or_else(|| panic!("{role} has no policy statements"));
+        for statement in statements {
+            let actions = statement["Action"].as_vec().cloned().unwrap_or_default();
+            if !actions.iter().any(|a| a.as_str() == Some("dynamodb:Query")) {
+                continue;
+            }
+            for granted in statement["Resource"].as_vec().cloned().unwrap_or_default() {
+                // `!If [KeepLegacyEmailIndex, index, AWS::NoValue]`: the index that the
+                // code being replaced during the upgrade queries.
+                if granted[0].as_str() == Some("KeepLegacyEmailIndex") {
+                    assert_eq!(
+                        granted[1].as_str(),
+                        Some("${UsersTable.Arn}/index/email-index"),
+                        "{role}"
+                    );
+                    continue;
+                }
+                let text = granted
+                    .as_str()
+                    .unwrap_or_else(|| panic!("{role}: a Query resource {granted:?}"));
+                let target = text.trim_start_matches("${");
+                let target = target.strip_suffix(".Arn").unwrap_or(target);
+                assert!(
+                    queried.contains(&target),
+                    "{role} may Query {text}, which its code never queries"
+                );
+            }
+        }
+    }
+}
+
+/// Every queue's event source mapping runs a bounded number of batches at once
+/// (`ScalingConfig.MaximumConcurrency`, at least Lambda's lowest, 2): without one, a
+/// backlog scales its function to the account's whole concurrency. A bound given as a
+/// parameter holds at its default and at its lowest allowed value.
+#[test]
+fn every_queue_mapping_bounds_its_concurrency() {
+    let template = template();
+    let mut mappings = 0;
+    for (name, declared) in template["Resources"].as_hash().unwrap() {
+        if declared["Type"].as_str() != Some("AWS::Serverless::Function") {
+            continue;
+        }
+        let name = name.as_str().unwrap();
+        let Some(events) = declared["Properties"]["Events"].as_hash() else {
+            continue;
+        };
+        for (event, source) in events {
+            if source["Type"].as_str() != Some("SQS") {
+                continue;
+            }
+            mappings += 1;
+            let event = event.as_str().unwrap();
+            let bound = &source["Properties"]["ScalingConfig"]["MaximumConcurrency"];
+            let lowest = match bound {
+                Yaml::Integer(n) => *n,
+                Yaml::String(parameter) => {
+                    let parameter = &template["Parameters"][parameter.as_str()];
+                    assert!(!parameter.is_badvalue(), "{name}.{event}: {bound:?}");
+                    assert!(int(&parameter["Default"]) >= 2, "{name}.{event}: {bound:?}");
+                    int(&parameter["MinValue"])
+                }
+                _ => panic!("{name}.{event}: no ScalingConfig.MaximumConcurrency"),
+            };
+            assert!(lowest >= 2, "{name}.{event}: Lambda's lowest bound is 2");
+        }
+    }
+    assert!(mappings >= 5, "only {mappings} queue mappings found");
+}
+
+/// The tick sends a time task per partition of the users due: the time queue's mapping
+/// runs them all at once, so none waits for another.
+#[test]
+fn time_tasks_run_side_by_side() {
+    let template = template();
+    let time_moves = &resource(&template, "AudiencesFunction")["Events"]["TimeMoves"];
+    assert!(
+        int(&time_moves["Properties"]["ScalingConfig"]["MaximumConcurrency"])
+            >= i64::from(<AudienceStore as Memberships>::DUE_SHARDS)
+    );
+}
+
+/// A tick the schedule cannot hand to the function is retried at most until the next
+/// tick replaces it, then kept in a dead-letter queue an alarm watches, not dropped unseen.
+#[test]
+fn a_tick_the_schedule_cannot_deliver_is_dead_lettered_and_alarmed() {
+    let template = template();
+    let tick = &resource(&template, "AudiencesFunction")["Events"]["Tick"];
+    assert_eq!(tick["Type"].as_str(), Some("Schedule"));
+    let tick_seconds: i64 = template["Globals"]["Function"]["Environment"]["Variables"]
+        ["AUDIENCE_TICK_SECONDS"]
+        .as_str()
+        .and_then(|s| s.parse().ok())
+        .expect("AUDIENCE_TICK_SECONDS");
+    let retry = &tick["Properties"]["RetryPolicy"];
+    assert!(int(&retry["MaximumEventAgeInSeconds"]) <= tick_seconds);
+    assert!(int(&retry["MaximumRetryAttempts"]) >= 1);
+    assert_eq!(
+        tick["Properties"]["DeadLetterConfig"]["Arn"].as_str(),
+        Some("AudienceTickDeadLetterQueue.Arn")
+    );
+    let alarmed = template["Resources"]
+        .as_hash()
+        .unwrap()
+        .values()
+        .any(|declared| {
+            declared["Type"].as_str() == Some("AWS::CloudWatch::Alarm")
+                && declared["Properties"]["Dimensions"][0]["Value"].as_str()
+                    == Some("AudienceTickDeadLetterQueue.QueueName")
+        });
+    assert!(alarmed, "no alarm watches the tick's dead-letter queue");
 }
