@@ -14,6 +14,9 @@ cleared, the drill waits for the queue to drain and checks:
 - nothing applied twice in effect: no stored field carries an older or unknown stamp;
 - every non-202 changed nothing: no marker stored, no stamp from a refused request;
 - every retried request eventually got its 202;
+- every 500 met was API Gateway's for an api instance the drill killed mid-request
+  (answers.py tells it from the service's own `internal`, which fails, by body and the
+  faithful front's X-Faithful-Outcome / X-Faithful-Death headers);
 - the DLQ holds exactly the poison messages;
 - cross-workspace reads, writes and Idempotency-Keys are refused or isolated;
 - the function and bridge logs hold no API key and no email address.
@@ -26,6 +29,7 @@ check fails. Bounded: VF_DRILL_CLIENTS (8) × VF_DRILL_UPSERTS (50), VF_DRILL_US
 
     settings.py  the drill's size, seed, deadline, workspaces and URLs (VF_DRILL_ variables)
     load.py      the clients: upsert bodies, requests with retries, the refused probes
+    answers.py   each attempt's kind: a 5xx is the service's envelope or API Gateway's (killed?)
     chaos.py     the faults, bridge kills, function-instance kills and poison messages
     oracle.py    the checks: expected vs stored state, change events, cross-workspace, logs
     report.py    docs/reliability.md and target/drill/summary.json

@@ -1,6 +1,6 @@
 """The drill's load: clients that upsert and erase over shared users with
 Idempotency-Keys and retries (after a timeout, 409, 429, 5xx), and probes that must be
-refused."""
+refused. Every attempt is recorded by its kind (answers.py: a 5xx says who answered it)."""
 import json
 import random
 import threading
@@ -10,14 +10,15 @@ import urllib.parse
 import urllib.request
 import uuid
 
+from .answers import attempt_kind
 from .settings import (CLIENT_TIMEOUT, DELETE_SHARE, ECHO_SHARE, GIVE_UP_AFTER, SEED, UPSERTS,
                        USERS_URL)
 
 
 def post(key, body, idempotency_key=None, content_type="application/json", timeout=CLIENT_TIMEOUT,
          method="POST", path=""):
-    """(status, headers) of one request (a POST unless told otherwise); status None when it
-    timed out or failed to connect."""
+    """(status, headers, body) of one request (a POST unless told otherwise); status None
+    when it timed out or failed to connect."""
     headers = {"Authorization": f"Bearer {key}", "Content-Type": content_type}
     if idempotency_key:
         headers["Idempotency-Key"] = idempotency_key
@@ -25,13 +26,11 @@ def post(key, body, idempotency_key=None, content_type="application/json", timeo
     request = urllib.request.Request(USERS_URL + path, data=data, method=method, headers=headers)
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
-            response.read()
-            return response.status, response.headers
+            return response.status, response.headers, response.read()
     except urllib.error.HTTPError as e:
-        e.read()
-        return e.code, e.headers
+        return e.code, e.headers, e.read()
     except OSError:
-        return None, {}
+        return None, {}, b""
 
 
 def get(key, path):
@@ -99,13 +98,13 @@ def post_until_answered(key, body, idempotency_key, rng, content_type="applicati
                         timeout=CLIENT_TIMEOUT, **request):
     """Retries with the same key and body after a timeout, 409, 429 or 5xx, honouring
     Retry-After with jitter, as the SDK does. (status, headers, attempts); status None
-    when it gave up."""
+    when it gave up; attempts: each one's kind (answers.attempt_kind)."""
     attempts = []
     started = time.monotonic()
     while time.monotonic() - started < GIVE_UP_AFTER:
-        status, headers = post(key, body, idempotency_key, content_type=content_type, timeout=timeout,
-                               **request)
-        attempts.append(status or "timeout")
+        status, headers, answer = post(key, body, idempotency_key, content_type=content_type,
+                                       timeout=timeout, **request)
+        attempts.append(attempt_kind(status, headers, answer))
         if status is not None and status < 500 and status not in (409, 429):
             return status, headers, attempts
         retry_after = headers.get("Retry-After")
@@ -121,9 +120,9 @@ def probes(key, read_only_key):
 
     def probe(expected, marker, body, use_key=key, content_type="application/json"):
         # Over the rate limit or during a fault the answer is 429/5xx first: retried.
-        status, _, _ = post_until_answered(use_key, body, str(uuid.uuid4()), rng,
-                                           content_type=content_type, timeout=30)
-        found.append({"expected": expected, "status": status, "marker": marker})
+        status, _, attempts = post_until_answered(use_key, body, str(uuid.uuid4()), rng,
+                                                  content_type=content_type, timeout=30)
+        found.append({"expected": expected, "status": status, "marker": marker, "attempts": attempts})
 
     for i in range(3):
         marker = f"probe_{uuid.uuid4().hex}"

@@ -12,6 +12,7 @@ def write_report(summary):
     inst = summary["instances"]
     causes = ", ".join(f"{v} × {k}" for k, v in req["retry_causes"].items() if v)
     repeat_causes = ", ".join(f"{v} × {k}" for k, v in req["repeat_retry_causes"].items() if v)
+    server_errors = ", ".join(f"{v} × {k}" for k, v in req["server_errors"].items())
     rows = "\n".join(f"| {name} | {'pass' if ok else '**FAIL**'} |" for name, ok in summary["checks"].items())
     windows = "\n".join(f"- {what} ({seconds} s)" for what, _, seconds in FAULTS)
     REPORT.write_text(f"""# Reliability
@@ -29,6 +30,7 @@ to regenerate this page (figures vary a little from run to run with timing).
 | lost | {out['lost']} |
 | applied twice in effect (stale or foreign stamps) | {out['stale_or_duplicated_fields'] + out['fields_with_foreign_stamps']} of {out['fields_checked']} stored fields |
 | upserts that needed retries | {req['retried_upserts']} ({causes}) |
+| 5xx answers (requests, repeats, probes), by who answered | {server_errors or 'none'}; 500s not from an instance the drill killed: {req['unexplained_500s']} |
 | refused probes (422/401/403/415/413) | {req['probes']}, none stored |
 | fault windows | {faults['windows']}: {faults['calls_failed']} AWS calls failed, {faults['calls_stalled']} stalled |
 | repeated at once after a 202 (another instance, the first frozen) | {req['repeated_after_202']}: {req['repeats_replayed']} answered as replays, {req['repeats_409']} × 409 (retries of the repeats: {repeat_causes or 'none'}) |
@@ -64,11 +66,21 @@ to regenerate this page (figures vary a little from run to run with timing).
   After {int(ECHO_SHARE * 100)} % of the 202s the client repeats the request at once: it must be replayed.
 - The SQS → consumer bridge is a process of its own; the drill SIGKILLs it (often mid-batch)
   and restarts it. It also SIGKILLs function instances without warning (a busy api
-  instance: its client loses the connection; a consumer instance: its batch is not
+  instance: its client gets API Gateway's 500; a consumer instance: its batch is not
   deleted); the next events cold-start new ones. Received messages stay invisible for 4 s locally
   (`VF_BRIDGE_VISIBILITY_SECONDS`), and a failed message comes back after 3 s
   (`VF_BRIDGE_RETRY_SECONDS`), so five receives span longer than any fault window; on AWS both
   are the queue's 180 s visibility timeout.
+- A 500 during the drill: when the drill kills a busy api instance, its client gets API
+  Gateway's own `500 {{"message":"Internal Server Error"}}`, the answer AWS gives when an
+  invocation crashes. The local front keeps that status and body and adds
+  `X-Faithful-Outcome: Runtime.ExitError` and `X-Faithful-Death: killed`, so those 500s are
+  counted exactly, as `killed`, and retried like any 5xx. The service's own 500 is its
+  envelope `{{"errors":[{{"code":"internal",…}}]}}`: a bug, and it fails the drill, as does any
+  other 500 (an instance that exited by itself, a gateway 500 no kill explains). A 503 is
+  the service's `unavailable` (a dependency failed, `Retry-After: 1`) or API Gateway's
+  `{{"message":"Service Unavailable"}}` for a function past its timeout (no `Retry-After`):
+  retried and counted, not a failure by itself (`dev/drill/answers.py`).
 - About {int(DELETE_SHARE * 100)} % of the requests erase their user (`DELETE`) instead of upserting it.
 - Change events: the drill drains the stack's event sink (a rule on the change bus) and, for
   each user, drops duplicate ids, applies `User Changed` (set `new`, remove when there is no

@@ -409,17 +409,31 @@ def front_handler(fleet):
                 return self.gateway_error(api_gateway.INTERNAL_SERVER_ERROR, request_id)
             if not outcome.ok:
                 failure = api_gateway.SERVICE_UNAVAILABLE if outcome.timed_out else api_gateway.INTERNAL_SERVER_ERROR
-                return self.gateway_error(failure, request_id, outcome.instance)
+                return self.gateway_error(failure, request_id, outcome)
             try:
                 status, headers, payload = api_gateway.http_response(outcome.payload)
             except api_gateway.MalformedResponse:
-                return self.gateway_error(api_gateway.INTERNAL_SERVER_ERROR, request_id, outcome.instance)
+                return self.gateway_error(api_gateway.INTERNAL_SERVER_ERROR, request_id, outcome)
             self.answer(status, payload, [*headers, ("Apigw-Requestid", request_id),
                                           ("X-Faithful-Instance", outcome.instance)])
 
-        def gateway_error(self, failure, request_id, instance=None):
+        def gateway_error(self, failure, request_id, outcome=None):
+            """API Gateway's own status and body, as on AWS. Headers AWS does not send say
+            what happened: the instance, Lambda's error type and, when the runtime
+            SIGKILLed the instance mid-event, why (`killed`, `timeout`)."""
             status, document = failure
-            instance_header = [("X-Faithful-Instance", instance)] if instance else []
-            self.answer_json(status, document, [("Apigw-Requestid", request_id), *instance_header])
+            headers = [("Apigw-Requestid", request_id)]
+            if outcome:
+                headers.append(("X-Faithful-Instance", outcome.instance))
+                if outcome.error_type:
+                    headers.append(("X-Faithful-Outcome", header_value(outcome.error_type)))
+                if outcome.death:
+                    headers.append(("X-Faithful-Death", outcome.death))
+            self.answer_json(status, document, headers)
 
     return Front
+
+
+def header_value(text):
+    """A function's own error type, safe in a header: one line of ASCII."""
+    return " ".join(text.split()).encode("ascii", "replace").decode()[:200]

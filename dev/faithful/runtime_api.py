@@ -56,6 +56,9 @@ class Outcome:
     payload: bytes = b""
     error_type: str | None = None
     error_message: str = ""
+    # Why the runtime SIGKILLed the instance during this event ("killed": a kill asked
+    # for, "timeout", "stopped"); None when it did not (a process that exited by itself).
+    death: str | None = None
 
     @property
     def ok(self):
@@ -280,7 +283,7 @@ class ExecutionEnvironment:
 
     def exit_outcome(self, request_id):
         message = f"RequestId: {request_id} Error: Runtime exited with error: {self.exit_description()}"
-        return Outcome(self.name, error_type=EXIT_ERROR, error_message=message)
+        return Outcome(self.name, error_type=EXIT_ERROR, error_message=message, death=self.death_reason)
 
     def copy_output(self):
         """Appends the process's output to the shared log, one write per whole line, so
@@ -326,7 +329,8 @@ class ExecutionEnvironment:
             answered = self.changed.wait_for(lambda: invocation.outcome is not None, timeout_s)
             if not answered:
                 invocation.outcome = Outcome(self.name, error_type=TIMEOUT_ERROR,
-                                             error_message=f"Task timed out after {timeout_s:.2f} seconds")
+                                             error_message=f"Task timed out after {timeout_s:.2f} seconds",
+                                             death="timeout")
             self.current = None
         if not answered:
             self.kill("timeout")

@@ -23,7 +23,7 @@ from faithful import Fleet, FleetError, FunctionConfig  # noqa: E402
 # posted (work left running after answering); `linger_ms` delays the next `/next` after
 # answering (so only a freeze on the answer itself stops the marker); `wait_for` waits up
 # to 2 s for a file to appear before answering. An API Gateway event is echoed back in an
-# HTTP response.
+# HTTP response; one with an `X-Exit` header makes the process exit (a crash) instead.
 FAKE_BOOTSTRAP = '''#!{python}
 import base64, json, os, threading, time, urllib.error, urllib.request
 
@@ -60,6 +60,8 @@ while True:
         event = json.load(response)
     sleep_ms = event.get("sleep_ms") or int(event.get("headers", {{}}).get("x-sleep-ms", 0))
     time.sleep(sleep_ms / 1000)
+    if "x-exit" in event.get("headers", {{}}):
+        os._exit(1)
     if "requestContext" in event:
         answer = echo(event)
     else:
@@ -188,8 +190,37 @@ class FleetTest(unittest.TestCase):
                 f"{self.fleet.url}/slow", headers={"X-Sleep-Ms": "3000"}), timeout=10)
         self.assertEqual(gateway.exception.code, 503)
         self.assertEqual(json.load(gateway.exception), {"message": "Service Unavailable"})
+        self.assertEqual(gateway.exception.headers["X-Faithful-Outcome"], "Sandbox.Timedout")
+        self.assertEqual(gateway.exception.headers["X-Faithful-Death"], "timeout")
         stats = self.stats()
         self.assertEqual((stats["timeouts"], stats["alive"], stats["cold_starts"]), (2, 0, 2))
+
+    def gateway_failure(self, headers):
+        """(status, headers, JSON body) of an HTTP request whose invocation fails."""
+        with self.assertRaises(urllib.error.HTTPError) as failure:
+            urllib.request.urlopen(urllib.request.Request(f"{self.fleet.url}/x", headers=headers), timeout=10)
+        return failure.exception.code, failure.exception.headers, json.load(failure.exception)
+
+    def test_a_killed_or_crashed_instance_answers_api_gateways_500_and_says_which(self):
+        self.start(min_instances=1)
+        results = []
+        busy = threading.Thread(target=lambda: results.append(self.gateway_failure({"X-Sleep-Ms": "3000"})))
+        busy.start()
+        self.wait_until(lambda: self.stats()["busy"] == 1)
+        killed = self.control("POST", "/__fleet/kill", {"function": "fn", "state": "busy", "count": 1})["killed"]
+        busy.join()
+        status, headers, body = results[0]
+        # API Gateway's status and body, as on AWS; what happened in headers AWS does not send.
+        self.assertEqual((status, body), (500, {"message": "Internal Server Error"}))
+        self.assertEqual([headers["X-Faithful-Instance"]], killed)
+        self.assertEqual(headers["X-Faithful-Outcome"], "Runtime.ExitError")
+        self.assertEqual(headers["X-Faithful-Death"], "killed")
+
+        status, headers, body = self.gateway_failure({"X-Exit": "1"})
+        self.assertEqual((status, body), (500, {"message": "Internal Server Error"}))
+        self.assertEqual(headers["X-Faithful-Outcome"], "Runtime.ExitError")
+        self.assertIsNone(headers["X-Faithful-Death"], "an instance that died by itself was not killed")
+        self.assertEqual(self.stats()["crashes"], 1)
 
     def test_an_answer_over_six_megabytes_fails_as_lambda_fails_it(self):
         self.start(min_instances=1)
