@@ -49,9 +49,36 @@ fn configured_filter(directives: &str) -> Targets {
         .unwrap_or_else(|_| Targets::new().with_default(Level::INFO))
 }
 
+/// What a log line may say of a JSON error: its kind and where, never its text, which
+/// can quote the data (`invalid type: string "jane@acme.io"`).
+pub fn json_fault(error: &serde_json::Error) -> String {
+    format!(
+        "{:?} at line {} column {}",
+        error.classify(),
+        error.line(),
+        error.column()
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_json_error_is_logged_by_kind_and_place_never_by_the_data_it_quotes() {
+        let error = serde_json::from_str::<u64>(r#""jane@acme.io""#).unwrap_err();
+        assert!(
+            error.to_string().contains("jane@acme.io"),
+            "serde_json quotes it"
+        );
+        let logged = json_fault(&error);
+        assert!(!logged.contains("jane"), "{logged}");
+        assert_eq!(logged, "Data at line 1 column 14");
+        let unread = crate::aws::sqs::decode(r#"{"workspace_id":"jane@acme.io","v":"x"}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(!unread.contains("jane"), "{unread}");
+    }
 
     #[test]
     fn no_configuration_lets_the_runtime_log_raw_events() {

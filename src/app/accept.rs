@@ -237,8 +237,9 @@ impl<K: IdempotencyKeys, Q: UpsertQueue, C: Counters> Accept<K, Q, C> {
         let messages: Vec<UpsertMessage> = upserts
             .into_iter()
             .map(|(index, upsert)| {
-                // Later entries of the batch win: their stamps sort after earlier ones'.
-                let request_id = format!("{}.{index:04}", stamp.request_id);
+                // Later entries of the batch win: their stamps sort after earlier ones'
+                // (five digits: a Segment batch holds up to 16,000 messages).
+                let request_id = format!("{}.{index:05}", stamp.request_id);
                 let entry_stamp =
                     Stamp::new(stamp.accepted_at, request_id).at_source(upsert.timestamp);
                 UpsertMessage::new(

@@ -3,7 +3,7 @@
 
 use super::*;
 use crate::app::fakes::*;
-use crate::contract::{parse_batch, parse_upsert};
+use crate::contract::{parse_batch, parse_segment_batch, parse_upsert};
 use crate::domain::idempotency::KeyRecord;
 use crate::domain::idempotency::LOCK_MS;
 use serde_json::{json, Value};
@@ -265,6 +265,28 @@ async fn a_failed_send_releases_the_key_and_answers_unavailable() {
 }
 
 #[tokio::test]
+async fn a_failed_send_whose_key_cannot_be_given_back_still_answers_unavailable() {
+    // The release fails as a refusal would (a 500 if it were the answer): the send's
+    // 503 stands, and the key frees itself when its lock runs out.
+    let w = world();
+    w.queue.faults.fail("queue.send", unavailable(), 1);
+    w.keys.faults.fail("keys.release", refused(), 1);
+    let failed = w.send(plan("pro"), Some("k"), T0, "r1").await;
+    assert!(
+        matches!(failed, Err(AppError::Port(PortError::Unavailable(_)))),
+        "{failed:?}"
+    );
+    let meanwhile = w.send(plan("pro"), Some("k"), T0 + 5, "r2").await;
+    assert!(
+        matches!(meanwhile, Err(AppError::IdempotencyKeyInUse)),
+        "{meanwhile:?}"
+    );
+    let later = w.send(plan("pro"), Some("k"), T0 + LOCK_MS + 5, "r3").await;
+    assert_eq!(later.unwrap(), one(false));
+    assert_eq!(w.queue.messages().len(), 1);
+}
+
+#[tokio::test]
 async fn a_failed_send_after_a_takeover_reopens_the_key_and_keeps_the_original_stamp() {
     let w = world();
     w.abandoned(&plan("pro"));
@@ -424,9 +446,32 @@ async fn later_entries_of_a_batch_sort_after_earlier_ones() {
         .await
         .unwrap();
     let sent = w.queue.messages();
-    assert_eq!(sent[0].stamp, stamp(T0, "r1.0000"));
-    assert_eq!(sent[1].stamp, stamp(T0, "r1.0001"));
+    assert_eq!(sent[0].stamp, stamp(T0, "r1.00000"));
+    assert_eq!(sent[1].stamp, stamp(T0, "r1.00001"));
     assert!(sent[0].stamp < sent[1].stamp);
+}
+
+#[tokio::test]
+async fn entry_ten_thousand_sorts_after_entry_two_thousand() {
+    // A Segment batch can pass 10,000 messages; "10000" must not sort before "2000".
+    let w = world();
+    let messages: Vec<Value> = (0..10_001)
+        .map(|i| json!({"type": "identify", "userId": "u1", "traits": {"plan": format!("p{i}")}}))
+        .collect();
+    let body = json!({ "batch": messages }).to_string();
+    let segment = parse_segment_batch(body.as_bytes(), NOW).unwrap();
+    let checked = Ok(Checked {
+        write: Write::Batch(segment.batch),
+        idempotency_key: None,
+    });
+    w.accept
+        .accept(&caller(1_000), checked, stamp(T0, "r1"))
+        .await
+        .unwrap();
+    let sent = w.queue.messages();
+    assert_eq!(sent.len(), 10_001);
+    assert!(sent[2_000].stamp < sent[10_000].stamp);
+    assert!(sent.windows(2).all(|pair| pair[0].stamp < pair[1].stamp));
 }
 
 #[tokio::test]

@@ -46,6 +46,15 @@ pub struct Curate<S, U, B, K, C> {
     limiter: Arc<RateLimiter<C>>,
 }
 
+/// A definition changes by a write conditional on the workspace's revision; one that
+/// another writer outran reads again, at most this many times in all, then answers 503
+/// with `Retry-After` rather than spin while others keep defining.
+const MAX_DEFINITION_ATTEMPTS: usize = 5;
+
+fn outrun() -> AppError {
+    PortError::Unavailable("definitions kept changing".into()).into()
+}
+
 impl<S, U, B, K, C> Curate<S, U, B, K, C>
 where
     S: Audiences + Memberships,
@@ -89,7 +98,9 @@ where
         let now_ms = stamp.accepted_at;
         let define = |_| async move {
             let workspace_id = caller.workspace_id.as_str();
+            let mut attempts = 0..MAX_DEFINITION_ATTEMPTS;
             let audience = loop {
+                attempts.next().ok_or_else(outrun)?;
                 let found = self.store.list(workspace_id).await?;
                 let previous = found
                     .audiences
@@ -148,7 +159,9 @@ where
         let hash = body_hash(&serde_json::json!(["DELETE", audience_id]));
         let delete = |_| async move {
             let workspace_id = caller.workspace_id.as_str();
+            let mut attempts = 0..MAX_DEFINITION_ATTEMPTS;
             let dropped_at = loop {
+                attempts.next().ok_or_else(outrun)?;
                 let found = self.store.list(workspace_id).await?;
                 if !found.audiences.iter().any(|a| a.audience_id == audience_id) {
                     // As for users: deleting what is not there is done already.

@@ -1024,3 +1024,52 @@ async fn records_a_failure_destination_names_are_turned_back_into_users_to_settl
     assert!(matches!(retried[..], [Ok(1)]), "{retried:?}");
     assert_eq!(w.store.listed(WS, "trials"), ["u1"]);
 }
+
+#[tokio::test]
+async fn a_definition_outrun_again_and_again_answers_unavailable_instead_of_spinning() {
+    let w = world();
+    let body = json!({"name": "t", "rule": trials()}).to_string();
+    let definition = || parse_audience(body.as_bytes()).map_err(RequestError::from);
+    // Outrun four times: the fifth attempt lands.
+    *w.store.outrun.lock().unwrap() = MAX_DEFINITION_ATTEMPTS - 1;
+    let stamp = Stamp::new(T0, "put-1");
+    assert!(w
+        .curate
+        .define(&caller(), "t", definition(), None, stamp)
+        .await
+        .is_ok());
+    assert_eq!(
+        w.store.journal.count("audiences.define"),
+        MAX_DEFINITION_ATTEMPTS
+    );
+    // Outrun on every attempt: a bounded number of tries, then 503 (Retry-After).
+    for (call, change) in ["audiences.define", "audiences.delete"]
+        .into_iter()
+        .enumerate()
+    {
+        *w.store.outrun.lock().unwrap() = usize::MAX;
+        let before = w.store.journal.count(change);
+        let stamp = Stamp::new(T0 + 1 + call as i64, format!("r-{call}"));
+        let refused = if call == 0 {
+            w.curate
+                .define(&caller(), "t", definition(), None, stamp)
+                .await
+        } else {
+            w.curate.delete(&caller(), "t", None, stamp).await
+        };
+        assert!(
+            matches!(refused, Err(AppError::Port(PortError::Unavailable(_)))),
+            "{change}: {refused:?}"
+        );
+        assert_eq!(
+            w.store.journal.count(change) - before,
+            MAX_DEFINITION_ATTEMPTS
+        );
+    }
+    *w.store.outrun.lock().unwrap() = 0;
+    assert!(
+        w.builds.take().is_some(),
+        "the landed definition's build only"
+    );
+    assert!(w.builds.take().is_none());
+}

@@ -30,6 +30,11 @@ impl Journal {
     pub fn calls(&self) -> Vec<String> {
         lock(&self.0).clone()
     }
+
+    /// How many times `call` was made.
+    pub fn count(&self, call: &str) -> usize {
+        lock(&self.0).iter().filter(|c| *c == call).count()
+    }
 }
 
 /// Failures a test lines up for a port's calls, by call name, in order; a call with
@@ -483,6 +488,9 @@ pub struct MemoryAudiences {
     pub counts: Arc<Mutex<HashMap<CountKey, i64>>>,
     /// Users whose memberships cannot be read: every evaluation of them fails.
     pub poisoned: Arc<Mutex<std::collections::HashSet<UserKey>>>,
+    /// Definition writes (define, delete) that another writer outruns: each moves the
+    /// revision first and fails its condition, until none are left.
+    pub outrun: Arc<Mutex<usize>>,
 }
 
 impl MemoryAudiences {
@@ -500,6 +508,17 @@ impl MemoryAudiences {
                 members.map(|(id, _)| id.clone()).collect()
             })
             .unwrap_or_default()
+    }
+
+    /// Whether another writer moved the workspace's revision first (see `outrun`).
+    fn outrun(&self, found: &mut MemoryDefinitions) -> bool {
+        let mut outrun = lock(&self.outrun);
+        if *outrun == 0 {
+            return false;
+        }
+        *outrun -= 1;
+        found.revision += 1;
+        true
     }
 
     pub fn state(&self, workspace_id: &str, user_id: &str) -> UserAudiences {
@@ -551,7 +570,7 @@ impl Audiences for MemoryAudiences {
         self.call("audiences.define")?;
         let mut definitions = lock(&self.definitions);
         let found = definitions.entry(workspace_id.to_owned()).or_default();
-        if found.revision != revision {
+        if self.outrun(found) || found.revision != revision {
             return Ok(false);
         }
         found.revision = audience.rule_rev;
@@ -570,7 +589,7 @@ impl Audiences for MemoryAudiences {
         self.call("audiences.delete")?;
         let mut definitions = lock(&self.definitions);
         let found = definitions.entry(workspace_id.to_owned()).or_default();
-        if found.revision != revision {
+        if self.outrun(found) || found.revision != revision {
             return Ok(false);
         }
         found.revision += 1;

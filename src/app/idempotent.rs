@@ -99,8 +99,12 @@ where
     let unsent = match write(stamp).await {
         Ok(unsent) => unsent,
         Err(err) => {
-            // Nothing was written: the key goes back as it was found.
-            ours.give_back(&claim).await?;
+            // Nothing was written: the key goes back as it was found. Should that fail
+            // too, the write's own error is the answer (a 503 the client retries); the
+            // key frees itself when its lock runs out.
+            if let Err(kept) = ours.give_back(&claim).await {
+                tracing::warn!(request_id = %ours.request_id, error = %kept, "idempotency key not given back");
+            }
             return Err(err);
         }
     };

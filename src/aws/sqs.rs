@@ -28,7 +28,7 @@ const MAX_PACKED_MESSAGES: usize = 50;
 /// A body the consumer cannot read: it is reported failed and reaches the DLQ.
 #[derive(Debug, thiserror::Error)]
 pub enum BodyError {
-    #[error("body is not a valid upsert message")]
+    #[error("body is not a valid upsert message ({})", crate::telemetry::json_fault(.0))]
     Malformed(#[from] serde_json::Error),
     #[error("message version {0} is not supported (expected 1 to {MESSAGE_VERSION})")]
     UnsupportedVersion(u32),

@@ -1,5 +1,6 @@
 //! Audience requests: the definition a `PUT` carries, and the members query.
 
+use super::json::{in_body_order, read_object, ReadObject};
 use super::validate::MAX_USER_ID_BYTES;
 use super::{body_hash, parse_rule, BodyError, ErrorCode, FieldError, RequestError};
 use crate::domain::audience::Rule;
@@ -24,12 +25,24 @@ pub struct AudienceDefinition {
 }
 
 pub fn parse_audience(body: &[u8]) -> Result<AudienceDefinition, BodyError> {
-    let value: Value = serde_json::from_slice(body)
-        .map_err(|e| BodyError::InvalidJson(format!("body is not valid JSON: {e}")))?;
-    let body_hash = body_hash(&value);
-    let Value::Object(mut members) = value else {
-        return Err(BodyError::InvalidJson("body must be a JSON object".into()));
-    };
+    // As every body: a member named twice is refused, and so is a number a rule could
+    // only hold rounded.
+    let ReadObject {
+        mut members,
+        unstorable,
+        text,
+    } = read_object(body)?;
+    if !unstorable.is_empty() {
+        let inexact = unstorable
+            .into_iter()
+            .map(|path| {
+                let message = format!("{path} is not a number a rule holds exactly (within DynamoDB's range, digit for digit in a 64-bit integer or a double)");
+                (path.clone(), FieldError::new(ErrorCode::InvalidNumber, path, message))
+            })
+            .collect();
+        return Err(BodyError::Invalid(in_body_order(inexact, &text)));
+    }
+    let body_hash = body_hash(&members);
     let mut errors = FieldError::unknown_members(members.keys(), &["name", "rule"]);
     let name = match members.remove("name") {
         Some(Value::String(name)) if name.trim().is_empty() => {
@@ -229,6 +242,35 @@ mod tests {
             parse_audience(b"[]"),
             Err(BodyError::InvalidJson(_))
         ));
+    }
+
+    #[test]
+    fn a_member_named_twice_or_a_rounded_number_is_refused_at_its_path() {
+        let refused = |body: &str| match parse_audience(body.as_bytes()) {
+            Err(BodyError::Invalid(errors)) => errors
+                .into_iter()
+                .map(|e| (e.code, e.field.unwrap_or_default()))
+                .collect::<Vec<_>>(),
+            other => panic!("{body}: {other:?}"),
+        };
+        assert_eq!(
+            refused(r#"{"name":"a","name":"b","rule":{"field":"p","op":"exists"}}"#),
+            [(ErrorCode::DuplicateField, "name".to_owned())]
+        );
+        assert_eq!(
+            refused(r#"{"name":"a","rule":{"field":"p","field":"q","op":"exists"}}"#),
+            [(ErrorCode::DuplicateField, "rule.field".to_owned())]
+        );
+        assert_eq!(
+            refused(
+                r#"{"name":"a","rule":{"field":"n","op":"gt","value":0.12345678901234567890123}}"#
+            ),
+            [(ErrorCode::InvalidNumber, "rule.value".to_owned())]
+        );
+        assert_eq!(
+            refused(r#"{"name":"a","rule":{"field":"n","op":"gt","value":1e400}}"#),
+            [(ErrorCode::InvalidNumber, "rule.value".to_owned())]
+        );
     }
 
     #[test]

@@ -94,6 +94,13 @@ pub struct ErrorEnvelope<'a> {
     pub errors: &'a [FieldError],
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub errors_truncated: bool,
+    /// The first error's code and message again, at the top: on Segment's routes only,
+    /// where RudderStack's libraries read them there (and, not finding them, retry a
+    /// refusal for minutes).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub code: Option<ErrorCode>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message: Option<&'a str>,
 }
 
 /// One refused upsert of a batch, as the 207 lists it.
@@ -121,9 +128,14 @@ pub const MAX_ERRORS: usize = 100;
 pub const MAX_ENTRY_ERRORS: usize = 20;
 /// …and an error answer stays under 1 MiB (a 32 KiB body can name 32 KiB paths).
 pub const MAX_ERROR_ANSWER_BYTES: usize = 1024 * 1024 - 16 * 1024;
-/// A 207 stays well under Lambda's 6 MB answer, which carries it as a JSON string:
-/// escaping at most doubles it.
-pub const MAX_BATCH_ANSWER_BYTES: usize = 5 * 1024 * 1024 / 2;
+/// Segment's `dropped` lists at most this many messages.
+pub const MAX_DROPPED: usize = 100;
+/// Bytes an entry of a list of refused entries adds besides its errors:
+/// `{"index":…,"errors":[],"errors_truncated":true},`.
+const ENTRY_BYTES: usize = 64;
+/// The message of an error shortened to fit an answer: its code and field still say
+/// what is wrong.
+const SHORTENED: &str = "refused: see code and field";
 
 /// Bytes an error adds to an answer: its JSON and a comma.
 fn answer_bytes(error: &FieldError) -> usize {
@@ -147,15 +159,22 @@ pub fn bound(mut errors: Vec<FieldError>, most: usize, bytes: usize) -> (Vec<Fie
     (errors, truncated)
 }
 
-/// Bounds a 207's entries: each lists at most `MAX_ENTRY_ERRORS`, and if the whole
-/// would pass `MAX_BATCH_ANSWER_BYTES`, entries keep fewer, down to their first error
-/// (every refused entry is always listed, with a reason: a client resends by index).
+/// Bounds a 207's entries to an error answer's bytes (`MAX_ERROR_ANSWER_BYTES`): each
+/// lists at most `MAX_ENTRY_ERRORS`, and fewer when the whole would not fit, down to
+/// its first error — every refused entry is always listed with a reason, since a client
+/// resends by index. Should even the first errors not fit (a thousand entries naming
+/// long paths), their messages are shortened: the paths come from a body of at most
+/// 512 KiB, so codes and fields alone always fit.
 pub fn bound_rejected(rejected: &mut [Rejected]) {
-    let reserved: usize = rejected
-        .iter()
-        .map(|r| r.errors.first().map_or(0, answer_bytes))
-        .sum();
-    let mut room = MAX_BATCH_ANSWER_BYTES.saturating_sub(reserved);
+    let first = |r: &Rejected| ENTRY_BYTES + r.errors.first().map_or(0, answer_bytes);
+    let mut reserved: usize = rejected.iter().map(first).sum();
+    if reserved > MAX_ERROR_ANSWER_BYTES {
+        for error in rejected.iter_mut().filter_map(|r| r.errors.first_mut()) {
+            error.message = SHORTENED.into();
+        }
+        reserved = rejected.iter().map(first).sum();
+    }
+    let mut room = MAX_ERROR_ANSWER_BYTES.saturating_sub(reserved);
     for entry in rejected.iter_mut() {
         let mut kept = entry.errors.len().min(1);
         for error in entry.errors.iter().take(MAX_ENTRY_ERRORS).skip(1) {
@@ -169,6 +188,33 @@ pub fn bound_rejected(rejected: &mut [Rejected]) {
         entry.errors_truncated |= kept < entry.errors.len();
         entry.errors.truncate(kept);
     }
+}
+
+/// Bounds Segment's `dropped` (contract: the first 100, then `dropped_truncated`): at
+/// most `MAX_DROPPED` entries, each with at most `MAX_ENTRY_ERRORS` errors, listed
+/// while the answer stays under `MAX_ERROR_ANSWER_BYTES`; `extra` is what an entry
+/// adds besides its errors (its `messageId`). Returns how many were left out.
+pub fn bound_dropped(dropped: &mut Vec<Rejected>, extra: impl Fn(&Rejected) -> usize) -> usize {
+    let mut room = MAX_ERROR_ANSWER_BYTES;
+    let mut listed = 0;
+    for entry in dropped.iter_mut().take(MAX_DROPPED) {
+        let base = ENTRY_BYTES + extra(entry);
+        let Some(budget) = room.checked_sub(base) else {
+            break;
+        };
+        let (errors, truncated) =
+            bound(std::mem::take(&mut entry.errors), MAX_ENTRY_ERRORS, budget);
+        if errors.is_empty() {
+            break;
+        }
+        room -= base + errors.iter().map(answer_bytes).sum::<usize>();
+        entry.errors = errors;
+        entry.errors_truncated |= truncated;
+        listed += 1;
+    }
+    let left_out = dropped.len() - listed;
+    dropped.truncate(listed);
+    left_out
 }
 
 #[cfg(test)]
@@ -196,6 +242,8 @@ mod tests {
         let envelope = ErrorEnvelope {
             errors: &kept,
             errors_truncated: truncated,
+            code: None,
+            message: None,
         };
         let size = serde_json::to_string(&envelope).unwrap().len();
         assert!(
@@ -205,27 +253,71 @@ mod tests {
         );
     }
 
+    fn answer_size(entries: &[Rejected]) -> usize {
+        serde_json::to_string(&serde_json::json!({"data": {"accepted": 0, "rejected": entries}}))
+            .unwrap()
+            .len()
+    }
+
     #[test]
-    fn a_batch_lists_every_refused_entry_with_at_most_twenty_errors_in_bounded_bytes() {
-        let mut small: Vec<Rejected> = (0..1_000)
-            .map(|i| Rejected::new(i, errors(30, 1)))
+    fn a_batch_lists_every_refused_entry_in_an_answer_under_a_mebibyte() {
+        // The worst batch: 1,000 refused entries, each with 20 errors and more.
+        let mut worst: Vec<Rejected> = (0..1_000)
+            .map(|i| Rejected::new(i, errors(30, 40)))
             .collect();
-        bound_rejected(&mut small);
-        assert!(small
+        bound_rejected(&mut worst);
+        assert!(worst
             .iter()
-            .all(|r| r.errors.len() == 20 && r.errors_truncated));
-        // As if 16 entries each named 30 KB paths 30 times: every entry is still there.
-        let mut big: Vec<Rejected> = (0..16)
-            .map(|i| Rejected::new(i, errors(30, 30_000)))
+            .all(|r| !r.errors.is_empty() && r.errors.len() <= 20));
+        assert!(worst.iter().all(|r| r.errors_truncated));
+        assert!(
+            answer_size(&worst) < 1024 * 1024,
+            "{} bytes",
+            answer_size(&worst)
+        );
+        // Long paths in every entry (a 512 KiB body's worth): first errors shortened.
+        let mut long: Vec<Rejected> = (0..1_000)
+            .map(|i| Rejected::new(i, errors(3, 500)))
             .collect();
-        bound_rejected(&mut big);
-        let size = serde_json::to_string(&big).unwrap().len();
-        assert!(big
+        bound_rejected(&mut long);
+        assert_eq!(long.len(), 1_000);
+        assert!(long
             .iter()
-            .all(|r| !r.errors.is_empty() && r.errors_truncated));
-        assert!(size <= MAX_BATCH_ANSWER_BYTES + 16 * 70_000, "{size} bytes");
+            .all(|r| r.errors[0].field.is_some() && r.errors[0].message == SHORTENED));
+        assert!(
+            answer_size(&long) < 1024 * 1024,
+            "{} bytes",
+            answer_size(&long)
+        );
         let mut few = vec![Rejected::new(3, errors(2, 1))];
         bound_rejected(&mut few);
         assert_eq!((few[0].errors.len(), few[0].errors_truncated), (2, false));
+        assert!(
+            few[0].errors[0].message.contains("DynamoDB"),
+            "short answers keep their messages"
+        );
+    }
+
+    #[test]
+    fn segments_dropped_lists_the_first_hundred_in_bounded_bytes_and_counts_the_rest() {
+        let mut dropped: Vec<Rejected> = (0..250_000)
+            .map(|i| Rejected::new(i, errors(1, 1)))
+            .collect();
+        assert_eq!(bound_dropped(&mut dropped, |_| 40), 249_900);
+        assert_eq!(dropped.len(), 100);
+        assert_eq!(dropped[99].index, 99);
+        // Entries of 32 KB paths: the bytes end the list first.
+        let mut big: Vec<Rejected> = (0..100)
+            .map(|i| Rejected::new(i, errors(30, 30_000)))
+            .collect();
+        let left_out = bound_dropped(&mut big, |_| 40);
+        assert!(left_out > 0 && left_out + big.len() == 100);
+        assert!(
+            answer_size(&big) < 1024 * 1024,
+            "{} bytes",
+            answer_size(&big)
+        );
+        let mut none = Vec::new();
+        assert_eq!(bound_dropped(&mut none, |_| 40), 0);
     }
 }

@@ -5,6 +5,7 @@ mod audience;
 mod batch;
 mod email;
 mod error;
+mod json;
 mod numbers;
 mod request;
 mod rule;
@@ -17,8 +18,8 @@ pub use audience::{
 pub use batch::{parse_batch, ValidBatch, MAX_BATCH_BODY_BYTES, MAX_BATCH_USERS};
 pub use email::{normalize_email, parse_email};
 pub use error::{
-    bound, bound_rejected, ErrorCode, ErrorEnvelope, FieldError, Rejected, MAX_ERRORS,
-    MAX_ERROR_ANSWER_BYTES,
+    bound, bound_dropped, bound_rejected, ErrorCode, ErrorEnvelope, FieldError, Rejected,
+    MAX_ERRORS, MAX_ERROR_ANSWER_BYTES,
 };
 pub use request::{
     checked_body, decoded_body, email_query, idempotency_key, BodyLimit, RequestError, BATCH_BODY,
@@ -28,7 +29,7 @@ pub use rule::{
     parse_rule, MAX_CONDITIONS, MAX_DEPTH, MAX_DURATION_MS, MAX_LIST_VALUES, MAX_RULE_STRING_CHARS,
 };
 pub use segment::{
-    parse_segment_batch, parse_segment_identify, segment_write_key, SegmentMessages,
+    body_write_key, parse_segment_batch, parse_segment_identify, SegmentMessages,
     MAX_SEGMENT_BATCH_BYTES, MAX_SEGMENT_MESSAGE_BYTES,
 };
 pub use validate::{

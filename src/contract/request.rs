@@ -30,26 +30,37 @@ pub enum RequestError {
     InvalidAudienceId,
 }
 
-/// A route's body limit, checked on the raw bytes, and what its 413 says.
+/// A route's body: the media types it takes, its limit (checked on the raw bytes), and
+/// what its 413 says.
 pub struct BodyLimit {
+    media_types: &'static [&'static str],
     bytes: usize,
     refusal: &'static str,
 }
 
+const JSON: &[&str] = &["application/json"];
+/// Segment's routes also take the label RudderStack's Node library puts on its gzipped
+/// JSON (axios names a binary body so); the body is read as JSON all the same.
+const SEGMENT_MEDIA_TYPES: &[&str] = &["application/json", "application/x-www-form-urlencoded"];
+
 pub const UPSERT_BODY: BodyLimit = BodyLimit {
+    media_types: JSON,
     bytes: MAX_BODY_BYTES,
     refusal: "body is over 32 KiB (32,768 bytes)",
 };
 pub const BATCH_BODY: BodyLimit = BodyLimit {
+    media_types: JSON,
     bytes: MAX_BATCH_BODY_BYTES,
     refusal: "body is over 512 KiB (524,288 bytes)",
 };
 /// Segment's limits: one message per identify, 500 KB per batch.
 pub const SEGMENT_IDENTIFY_BODY: BodyLimit = BodyLimit {
+    media_types: SEGMENT_MEDIA_TYPES,
     bytes: super::MAX_SEGMENT_MESSAGE_BYTES,
     refusal: "a message is over 32 KB",
 };
 pub const SEGMENT_BATCH_BODY: BodyLimit = BodyLimit {
+    media_types: SEGMENT_MEDIA_TYPES,
     bytes: super::MAX_SEGMENT_BATCH_BYTES,
     refusal: "a batch is over 500 KB (512,000 bytes)",
 };
@@ -61,7 +72,7 @@ pub fn checked_body<T>(
     limit: &BodyLimit,
     parse: impl FnOnce(&[u8]) -> Result<T, BodyError>,
 ) -> Result<T, RequestError> {
-    if !is_json_content_type(content_type) {
+    if !is_media_type(content_type, limit.media_types) {
         return Err(RequestError::UnsupportedMediaType);
     }
     if body.len() > limit.bytes {
@@ -79,7 +90,7 @@ pub fn idempotency_key(header: Option<&[u8]>) -> Result<Option<String>, RequestE
 }
 
 /// The body as sent, or inflated when `Content-Encoding: gzip` (a Segment library may
-/// compress), refused past the route's limit either way.
+/// compress), refused past the route's limit when inflated (never inflated past it).
 pub fn decoded_body<'a>(
     content_encoding: Option<&[u8]>,
     body: &'a [u8],
@@ -101,12 +112,15 @@ pub fn decoded_body<'a>(
     Ok(std::borrow::Cow::Owned(inflated))
 }
 
-/// `application/json`, parameters such as `charset` allowed.
-fn is_json_content_type(header: Option<&[u8]>) -> bool {
+/// One of `media_types`, parameters such as `charset` allowed.
+fn is_media_type(header: Option<&[u8]>, media_types: &[&str]) -> bool {
     header
         .and_then(|v| std::str::from_utf8(v).ok())
         .and_then(|v| v.split(';').next())
-        .is_some_and(|media| media.trim().eq_ignore_ascii_case("application/json"))
+        .is_some_and(|media| {
+            let media = media.trim();
+            media_types.iter().any(|m| media.eq_ignore_ascii_case(m))
+        })
 }
 
 /// The `email` query parameter of a lookup, trimmed and checked.
@@ -149,6 +163,20 @@ mod tests {
             Err(RequestError::UnsupportedMediaType)
         );
         assert_eq!(check(None, body), Err(RequestError::UnsupportedMediaType));
+        let form = Some(b"application/x-www-form-urlencoded".as_slice());
+        assert_eq!(check(form, body), Err(RequestError::UnsupportedMediaType));
+        let segment = |content_type| {
+            checked_body(content_type, b"{}", &SEGMENT_BATCH_BODY, |_| Ok(())).map(|_| ())
+        };
+        assert_eq!(
+            segment(form),
+            Ok(()),
+            "RudderStack's Node library labels its gzip so"
+        );
+        assert_eq!(
+            segment(Some(b"text/plain")),
+            Err(RequestError::UnsupportedMediaType)
+        );
         assert!(matches!(
             check(Some(b"application/json"), &[b'x'; 40_000]),
             Err(RequestError::PayloadTooLarge(_))

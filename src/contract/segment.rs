@@ -11,9 +11,14 @@
 //! `timestamp` → `timestamp` (source time), corrected for the sender's clock by
 //! `sentAt` as Segment does. `anonymousId`, `context`, `integrations` are not stored.
 
-use super::{parse_upsert, BodyError, ErrorCode, FieldError, ValidBatch, MAX_BODY_BYTES};
+use super::json::{in_body_order, number_literal, read_object, ReadObject};
+use super::validate::validate_members;
+use super::{BodyError, ErrorCode, FieldError, ValidBatch, ValidUpsert, MAX_BODY_BYTES};
+use serde::de::{Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::value::RawValue;
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value};
+use std::collections::HashSet;
+use std::fmt;
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
@@ -21,6 +26,10 @@ use time::OffsetDateTime;
 /// fills a batch to ~475,000 bytes and its last message may pass that) and one message.
 pub const MAX_SEGMENT_BATCH_BYTES: usize = 512_000;
 pub const MAX_SEGMENT_MESSAGE_BYTES: usize = MAX_BODY_BYTES;
+/// Messages in one batch: more than 500 KB holds of storable identifies (the smallest,
+/// `{"type":"identify","userId":"1"}` and a comma, takes 34 bytes: 15,058 of them). A
+/// batch of more is refused whole before any per-message work (422 `too_many`).
+pub const MAX_SEGMENT_MESSAGES: usize = 16_000;
 
 /// The messages of a Segment request, as a batch of upserts (a message that is not a
 /// storable identify is a refused entry), and each message's `messageId`.
@@ -32,14 +41,18 @@ pub struct SegmentMessages {
 
 /// `POST /v1/identify`: one message.
 pub fn parse_segment_identify(body: &[u8], now_ms: i64) -> Result<SegmentMessages, BodyError> {
-    let message = object(body)?;
-    let sent_at = sent_at(&message);
-    Ok(messages(
-        vec![(message, body.len())],
-        sent_at,
-        now_ms,
-        false,
-    ))
+    let read = match read_object(body) {
+        Err(BodyError::InvalidJson(refused)) => return Err(BodyError::InvalidJson(refused)),
+        // A member named twice drops the message, as in a batch.
+        read => read,
+    };
+    let sent_at = read
+        .as_ref()
+        .ok()
+        .and_then(|read| read.members.get("sentAt"))
+        .and_then(instant_ms);
+    let (entry, message_id) = message(body, read, false, sent_at, now_ms);
+    Ok(one_batch(vec![entry], vec![message_id]))
 }
 
 /// `POST /v1/batch`: `{"batch": [...]}`.
@@ -47,7 +60,7 @@ pub fn parse_segment_batch(body: &[u8], now_ms: i64) -> Result<SegmentMessages, 
     #[derive(serde::Deserialize)]
     struct Envelope<'a> {
         #[serde(borrow)]
-        batch: Option<Vec<&'a RawValue>>,
+        batch: Option<Messages<'a>>,
         #[serde(rename = "sentAt")]
         sent_at: Option<Value>,
     }
@@ -55,64 +68,113 @@ pub fn parse_segment_batch(body: &[u8], now_ms: i64) -> Result<SegmentMessages, 
         BodyError::InvalidJson(if e.is_data() {
             "body must be a JSON object with a batch array".into()
         } else {
-            format!("body is not valid JSON: {e}")
+            // Codes and positions only: serde_json's text can quote the body.
+            format!(
+                "body is not valid JSON (line {}, column {})",
+                e.line(),
+                e.column()
+            )
         })
     })?;
-    let Some(raw) = envelope.batch else {
+    let Some(Messages { raw, count }) = envelope.batch else {
         let missing = FieldError::new(ErrorCode::Required, "batch", "batch is required");
         return Err(BodyError::Invalid(vec![missing]));
     };
+    if count > MAX_SEGMENT_MESSAGES {
+        let message = format!("a batch holds at most {MAX_SEGMENT_MESSAGES} messages");
+        let too_many = FieldError::new(ErrorCode::TooMany, "batch", message);
+        return Err(BodyError::Invalid(vec![too_many]));
+    }
     let sent_at = envelope.sent_at.as_ref().and_then(instant_ms);
-    let parsed = raw
-        .iter()
-        .map(|message| {
-            let size = message.get().len();
-            let value = serde_json::from_str(message.get()).unwrap_or(Value::Null);
-            (value, size)
-        })
-        .collect();
-    Ok(messages(parsed, sent_at, now_ms, true))
-}
-
-/// The `writeKey` member a request may carry instead of an `Authorization` header.
-pub fn segment_write_key(body: &[u8]) -> Option<String> {
-    #[derive(serde::Deserialize)]
-    struct WithKey {
-        #[serde(rename = "writeKey")]
-        write_key: Option<String>,
-    }
-    serde_json::from_slice::<WithKey>(body).ok()?.write_key
-}
-
-fn object(body: &[u8]) -> Result<Value, BodyError> {
-    let value: Value = serde_json::from_slice(body)
-        .map_err(|e| BodyError::InvalidJson(format!("body is not valid JSON: {e}")))?;
-    if !value.is_object() {
-        return Err(BodyError::InvalidJson("body must be a JSON object".into()));
-    }
-    Ok(value)
-}
-
-fn messages(
-    parsed: Vec<(Value, usize)>,
-    batch_sent_at: Option<i64>,
-    now_ms: i64,
-    typed: bool,
-) -> SegmentMessages {
-    let mut message_ids = Vec::with_capacity(parsed.len());
-    let entries = parsed
+    let (entries, message_ids) = raw
         .into_iter()
-        .map(|(message, size)| {
-            message_ids.push(
-                message
-                    .get("messageId")
-                    .and_then(Value::as_str)
-                    .map(str::to_owned),
-            );
-            let sent_at = sent_at(&message).or(batch_sent_at);
-            identify(message, size, typed, sent_at, now_ms)
+        .map(|raw| {
+            let raw = raw.get().as_bytes();
+            message(raw, read_object(raw), true, sent_at, now_ms)
         })
-        .collect();
+        .unzip();
+    Ok(one_batch(entries, message_ids))
+}
+
+/// A batch's messages as written, up to `MAX_SEGMENT_MESSAGES` kept; `count` of all.
+struct Messages<'a> {
+    raw: Vec<&'a RawValue>,
+    count: usize,
+}
+
+impl<'de: 'a, 'a> serde::Deserialize<'de> for Messages<'a> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Counting;
+        impl<'de> Visitor<'de> for Counting {
+            type Value = Messages<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("an array of messages")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut items: A) -> Result<Self::Value, A::Error> {
+                let mut messages = Messages {
+                    raw: Vec::new(),
+                    count: 0,
+                };
+                while messages.count < MAX_SEGMENT_MESSAGES {
+                    match items.next_element::<&RawValue>()? {
+                        Some(raw) => messages.raw.push(raw),
+                        None => return Ok(messages),
+                    }
+                    messages.count += 1;
+                }
+                // Past the bound the rest is only counted, never kept.
+                while items.next_element::<IgnoredAny>()?.is_some() {
+                    messages.count += 1;
+                }
+                Ok(messages)
+            }
+        }
+        deserializer.deserialize_seq(Counting)
+    }
+}
+
+/// The `writeKey` member of a request that has no `Authorization` header. Such a body
+/// comes from anyone: it is read no further than Segment's 500 KB (a larger one, or
+/// one that inflates past it, has no key), and not built into a document.
+pub fn body_write_key(content_encoding: Option<&[u8]>, body: &[u8]) -> Option<String> {
+    if body.len() > MAX_SEGMENT_BATCH_BYTES {
+        return None;
+    }
+    let body = super::decoded_body(content_encoding, body, &super::SEGMENT_BATCH_BODY).ok()?;
+    segment_write_key(&body)
+}
+
+/// The `writeKey` member of a body, found without building the document: the read
+/// stops at that member.
+fn segment_write_key(body: &[u8]) -> Option<String> {
+    struct WriteKey<'k>(&'k mut Option<String>);
+    impl<'de> Visitor<'de> for WriteKey<'_> {
+        type Value = ();
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a JSON object")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut members: A) -> Result<(), A::Error> {
+            while let Some(name) = members.next_key::<std::borrow::Cow<'de, str>>()? {
+                if name == "writeKey" {
+                    *self.0 = members.next_value::<Option<String>>()?;
+                    // Ends the read here: the parser's complaint about the members
+                    // left unread is ignored below.
+                    return Ok(());
+                }
+                members.next_value::<IgnoredAny>()?;
+            }
+            Ok(())
+        }
+    }
+    let mut key = None;
+    let _ = serde_json::Deserializer::from_slice(body).deserialize_map(WriteKey(&mut key));
+    key
+}
+
+fn one_batch(
+    entries: Vec<Result<ValidUpsert, Vec<FieldError>>>,
+    message_ids: Vec<Option<String>>,
+) -> SegmentMessages {
     SegmentMessages {
         batch: ValidBatch {
             entries,
@@ -124,148 +186,281 @@ fn messages(
     }
 }
 
-/// One message as an upsert, validated as `POST /api/v1/users` validates it; errors
-/// name the message's own fields.
-fn identify(
-    message: Value,
-    size: usize,
+/// One message (`raw`, as `read_object` read it) as an upsert, validated as `POST
+/// /api/v1/users` validates one; errors name the message's own fields, in its order.
+fn message(
+    raw: &[u8],
+    read: Result<ReadObject, BodyError>,
     typed: bool,
-    sent_at: Option<i64>,
+    batch_sent_at: Option<i64>,
     now_ms: i64,
-) -> Result<super::ValidUpsert, Vec<FieldError>> {
-    let refuse =
-        |code, field: &str, message: &str| Err(vec![FieldError::new(code, field, message)]);
-    let Value::Object(mut message) = message else {
-        return refuse(
-            ErrorCode::InvalidType,
-            "body",
-            "a message must be a JSON object",
-        );
+) -> (Result<ValidUpsert, Vec<FieldError>>, Option<String>) {
+    let refuse = |code, field: &str, message: &str| vec![FieldError::new(code, field, message)];
+    let ReadObject {
+        mut members,
+        unstorable,
+        text,
+    } = match read {
+        Ok(read) => read,
+        Err(BodyError::Invalid(duplicates)) => return (Err(duplicates), message_id_of(raw)),
+        Err(BodyError::InvalidJson(_)) => {
+            let refused = refuse(
+                ErrorCode::InvalidType,
+                "body",
+                "a message must be a JSON object",
+            );
+            return (Err(refused), None);
+        }
     };
-    if size > MAX_SEGMENT_MESSAGE_BYTES {
-        return refuse(ErrorCode::TooLong, "body", "a message is over 32 KB");
+    let message_id = match members.get("messageId") {
+        Some(Value::String(id)) => Some(id.clone()),
+        _ => None,
+    };
+    if raw.len() > MAX_SEGMENT_MESSAGE_BYTES {
+        let refused = refuse(ErrorCode::TooLong, "body", "a message is over 32 KB");
+        return (Err(refused), message_id);
     }
-    let kind = message.get("type").and_then(Value::as_str);
+    let kind = members.get("type").and_then(Value::as_str);
     if typed && kind != Some("identify") || !typed && kind.is_some_and(|k| k != "identify") {
-        return refuse(
+        let refused = refuse(
             ErrorCode::UnsupportedType,
             "type",
             "only identify messages are stored here",
         );
+        return (Err(refused), message_id);
     }
-    let user_id = match message.remove("userId") {
-        Some(Value::String(id)) if !id.is_empty() => id,
-        Some(Value::Number(id)) => id.to_string(),
-        _ => {
-            return refuse(
-                ErrorCode::Required,
-                "userId",
-                "userId is required (anonymous identifies are not stored)",
-            )
-        }
+    let user_id = match members.remove("userId") {
+        // Its digits as sent, whatever a double or the read made of them.
+        Some(Value::Number(_)) => integer_user_id(number_literal(raw, &text, "userId")),
+        other => user_id(other),
     };
-    let (body, renamed) = upsert_body(user_id, &mut message, sent_at, now_ms);
-    let bytes = serde_json::to_vec(&body).unwrap_or_default();
-    match parse_upsert(&bytes, now_ms) {
-        Ok(upsert) => Ok(upsert),
-        Err(BodyError::Invalid(errors)) => Err(errors
-            .into_iter()
-            .map(|mut error| {
-                error.field = error.field.map(|field| segment_field(&field, &renamed));
-                error
-            })
-            .collect()),
-        Err(BodyError::InvalidJson(message)) => refuse(ErrorCode::InvalidJson, "body", &message),
+    // Numbers that would be stored (in traits) are stored exactly or not at all;
+    // those elsewhere (context, integrations) are never stored.
+    let mut inexact: Vec<(String, FieldError)> = unstorable
+        .into_iter()
+        .filter(|path| is_trait_path(path))
+        .map(|path| {
+            let message = format!("{path} is not a number this service stores exactly (within DynamoDB's range, held digit for digit by a 64-bit integer or a double); send it as a string");
+            (path.clone(), FieldError::new(ErrorCode::InvalidNumber, path, message))
+        })
+        .collect();
+    if !inexact.is_empty() {
+        inexact.sort_by(|a, b| a.0.cmp(&b.0));
+        return (Err(in_body_order(inexact, &text)), message_id);
+    }
+    let user_id = match user_id {
+        Ok(id) => id,
+        Err(refused) => return (Err(vec![refused]), message_id),
+    };
+    let sent_at = members.get("sentAt").and_then(instant_ms).or(batch_sent_at);
+    let upsert = Upsert::of(user_id, members, sent_at, now_ms);
+    let checked =
+        validate_members(upsert.members, HashSet::new(), now_ms, String::new()).map_err(|errors| {
+            let named = errors
+                .into_iter()
+                .map(|(location, mut error)| {
+                    error.field = error.field.map(|field| upsert.names.field(&field));
+                    (upsert.names.field(&location), error)
+                })
+                .collect();
+            in_body_order(named, &text)
+        });
+    (checked, message_id)
+}
+
+/// Whether a message path is stored: under `traits` or `context.traits`.
+fn is_trait_path(path: &str) -> bool {
+    ["traits", "context.traits"].iter().any(|stored| {
+        path.strip_prefix(stored)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with(['.', '[']))
+    })
+}
+
+/// The `external_user_id` of a message whose `userId` is not a number: a non-empty
+/// string.
+fn user_id(user_id: Option<Value>) -> Result<String, FieldError> {
+    match user_id {
+        Some(Value::String(id)) if !id.is_empty() => Ok(id),
+        _ => Err(FieldError::new(
+            ErrorCode::Required,
+            "userId",
+            "userId is required (anonymous identifies are not stored)",
+        )),
     }
 }
 
-/// Our body for a message, and the traits renamed on the way (ours → Segment's).
-fn upsert_body(
-    user_id: String,
-    message: &mut Map<String, Value>,
-    sent_at: Option<i64>,
-    now_ms: i64,
-) -> (Value, Vec<(&'static str, &'static str)>) {
-    let mut renamed = Vec::new();
-    let mut traits = match message.remove("traits") {
-        Some(Value::Object(traits)) => traits,
-        _ => Map::new(),
-    };
-    let mut body = json!({ "external_user_id": user_id });
-    if let Some(email) = traits.remove("email") {
-        body["email"] = email;
+/// A numeric `userId`: an integer, by its exact digits as sent (as a double, ids past
+/// 2^53 would merge; Segment's libraries send strings, hand-written clients may not).
+fn integer_user_id(literal: Option<&str>) -> Result<String, FieldError> {
+    literal
+        .filter(|digits| {
+            let unsigned = digits.strip_prefix('-').unwrap_or(digits);
+            !unsigned.is_empty() && unsigned.bytes().all(|b| b.is_ascii_digit())
+        })
+        .map(str::to_owned)
+        .ok_or_else(|| {
+            FieldError::new(
+                ErrorCode::InvalidType,
+                "userId",
+                "userId must be a string or an integer",
+            )
+        })
+}
+
+/// The `messageId` of a message that could not be read whole (a member named twice).
+fn message_id_of(raw: &[u8]) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Id {
+        #[serde(rename = "messageId")]
+        message_id: Option<String>,
     }
-    let mut rename = |traits: &mut Map<String, Value>, from: &'static str, to: &'static str| {
-        if !traits.contains_key(to) {
-            if let Some(value) = traits.remove(from) {
-                traits.insert(to.to_owned(), value);
-                renamed.push((to, from));
+    serde_json::from_slice::<Id>(raw).ok()?.message_id
+}
+
+/// A message as the members of our upsert body, and how to name our fields as the
+/// message named them.
+struct Upsert {
+    members: Map<String, Value>,
+    names: Names,
+}
+
+/// Which of our traits came from where in the message.
+#[derive(Default)]
+struct Names {
+    /// Traits renamed on the way (ours → the message's).
+    renamed: Vec<(&'static str, &'static str)>,
+    /// Traits the message gave in `context.traits` only (RudderStack's libraries put
+    /// an identify's traits there).
+    from_context: HashSet<String>,
+}
+
+impl Upsert {
+    fn of(
+        user_id: String,
+        mut message: Map<String, Value>,
+        sent_at: Option<i64>,
+        now_ms: i64,
+    ) -> Upsert {
+        let mut names = Names::default();
+        // `traits` wins over `context.traits` member by member.
+        let mut traits = match message.get_mut("context").and_then(|c| c.get_mut("traits")) {
+            Some(Value::Object(context)) => std::mem::take(context),
+            _ => Map::new(),
+        };
+        names.from_context = traits.keys().cloned().collect();
+        if let Some(Value::Object(given)) = message.remove("traits") {
+            for (name, value) in given {
+                names.from_context.remove(&name);
+                traits.insert(name, value);
             }
         }
-    };
-    // A date that is not a date-time (`2024-05-01`, or one without an offset) stays
-    // the custom trait `createdAt` rather than drop the message.
-    if traits
-        .get("createdAt")
-        .is_some_and(|v| instant_ms(v).is_some())
-    {
-        rename(&mut traits, "createdAt", "signupDate");
-    }
-    rename(&mut traits, "title", "role");
-    if let Some(Value::Object(mut company)) = traits.remove("company") {
-        if let Some(name) = company.remove("name") {
-            traits.insert("company".into(), name);
-            renamed.push(("company", "company.name"));
+        let mut members = Map::new();
+        members.insert("external_user_id".into(), Value::String(user_id));
+        if let Some(email) = traits.remove("email") {
+            members.insert("email".into(), email);
         }
-        if !company.is_empty() {
-            traits.insert("companyDetails".into(), Value::Object(company));
+        names.map_traits(&mut traits);
+        if !traits.is_empty() {
+            members.insert("traits".into(), Value::Object(traits));
         }
-    }
-    if !traits.contains_key("name") {
-        let part = |key| traits.get(key).and_then(Value::as_str).map(str::to_owned);
-        let full: Vec<String> = [part("firstName"), part("lastName")]
-            .into_iter()
-            .flatten()
-            .collect();
-        if !full.is_empty() {
-            traits.insert("name".into(), Value::String(full.join(" ")));
+        // RudderStack's Node library sends `originalTimestamp` instead.
+        let timestamp = message
+            .remove("timestamp")
+            .or_else(|| message.remove("originalTimestamp"));
+        if let Some(timestamp) = timestamp {
+            members.insert("timestamp".into(), source_time(timestamp, sent_at, now_ms));
         }
+        Upsert { members, names }
     }
-    if !traits.is_empty() {
-        body["traits"] = Value::Object(traits);
-    }
-    if let Some(timestamp) = message.get("timestamp") {
-        body["timestamp"] = match (instant_ms(timestamp), sent_at) {
-            // Segment's correction of the sender's clock: the time between the event
-            // and the send, counted back from the arrival.
-            (Some(at), Some(sent)) => json!(format_ms(now_ms - (sent - at))),
-            _ => timestamp.clone(),
-        };
-    }
-    (body, renamed)
 }
 
-/// A field of our body as the message names it.
-fn segment_field(field: &str, renamed: &[(&'static str, &'static str)]) -> String {
-    match field {
-        "external_user_id" => "userId".into(),
-        "email" => "traits.email".into(),
-        _ => {
-            if let Some(name) = field.strip_prefix("traits.") {
-                let (head, rest) = name
-                    .split_once(['.', '['])
-                    .map_or((name, ""), |(h, _)| (h, &name[h.len()..]));
-                if let Some((_, from)) = renamed.iter().find(|(to, _)| *to == head) {
-                    return format!("traits.{from}{rest}");
+impl Names {
+    /// Segment's reserved traits onto ours.
+    fn map_traits(&mut self, traits: &mut Map<String, Value>) {
+        let mut rename = |traits: &mut Map<String, Value>, from: &'static str, to: &'static str| {
+            if !traits.contains_key(to) {
+                if let Some(value) = traits.remove(from) {
+                    traits.insert(to.to_owned(), value);
+                    self.renamed.push((to, from));
                 }
             }
-            field.to_owned()
+        };
+        // A date that is not a date-time (`2024-05-01`, or one without an offset) stays
+        // the custom trait `createdAt` rather than drop the message.
+        if traits
+            .get("createdAt")
+            .is_some_and(|v| instant_ms(v).is_some())
+        {
+            rename(traits, "createdAt", "signupDate");
+        }
+        rename(traits, "title", "role");
+        if let Some(Value::Object(mut company)) = traits.remove("company") {
+            if let Some(name) = company.remove("name") {
+                traits.insert("company".into(), name);
+                self.renamed.push(("company", "company.name"));
+            }
+            if !company.is_empty() {
+                traits.insert("companyDetails".into(), Value::Object(company));
+                self.renamed.push(("companyDetails", "company"));
+            }
+        }
+        if !traits.contains_key("name") {
+            let part = |key| traits.get(key).and_then(Value::as_str).map(str::to_owned);
+            let full: Vec<String> = [part("firstName"), part("lastName")]
+                .into_iter()
+                .flatten()
+                .collect();
+            if !full.is_empty() {
+                traits.insert("name".into(), Value::String(full.join(" ")));
+            }
+        }
+    }
+
+    /// A field of our body as the message names it.
+    fn field(&self, ours: &str) -> String {
+        let traits = |name: &str| {
+            let head = name.split(['.', '[']).next().unwrap_or(name);
+            if self.from_context.contains(head) {
+                format!("context.traits.{name}")
+            } else {
+                format!("traits.{name}")
+            }
+        };
+        match ours {
+            "external_user_id" => "userId".into(),
+            "email" => traits("email"),
+            _ => match ours.strip_prefix("traits.") {
+                Some(name) => {
+                    let (head, rest) = name
+                        .split_once(['.', '['])
+                        .map_or((name, ""), |(h, _)| (h, &name[h.len()..]));
+                    match self.renamed.iter().find(|(to, _)| *to == head) {
+                        Some((_, from)) => traits(&format!("{from}{rest}")),
+                        None => traits(name),
+                    }
+                }
+                None => ours.to_owned(),
+            },
         }
     }
 }
 
-fn sent_at(message: &Value) -> Option<i64> {
-    message.get("sentAt").and_then(instant_ms)
+/// A message's `timestamp` as the source time of its upsert, corrected for the
+/// sender's clock by `sentAt` as Segment does (the time between the event and the
+/// send, counted back from the arrival) — but never later than the sender said: a
+/// retry that resends an old `sentAt` would otherwise move its source time to now,
+/// past writes that really came after it.
+fn source_time(timestamp: Value, sent_at: Option<i64>, now_ms: i64) -> Value {
+    match (instant_ms(&timestamp), sent_at) {
+        (Some(at), Some(sent)) => {
+            let corrected = now_ms.saturating_sub(sent.saturating_sub(at));
+            if corrected < at {
+                return Value::String(format_ms(corrected));
+            }
+            timestamp
+        }
+        _ => timestamp,
+    }
 }
 
 fn instant_ms(value: &Value) -> Option<i64> {
@@ -281,8 +476,20 @@ fn format_ms(ms: i64) -> String {
 mod tests {
     use super::*;
     use crate::domain::ProfileField;
+    use serde_json::json;
 
     const NOW: i64 = 1_800_000_000_000;
+
+    /// The first error of each of the first `n` messages, as (code, field).
+    fn first_errors(parsed: &SegmentMessages, n: usize) -> Vec<(ErrorCode, Option<String>)> {
+        parsed.batch.entries[..n]
+            .iter()
+            .map(|e| {
+                let error = &e.as_ref().unwrap_err()[0];
+                (error.code, error.field.clone())
+            })
+            .collect()
+    }
 
     fn batch(messages: Value) -> SegmentMessages {
         parse_segment_batch(json!({ "batch": messages }).to_string().as_bytes(), NOW).unwrap()
@@ -327,13 +534,7 @@ mod tests {
             {"type": "identify", "userId": "u3", "traits": {"title": 7}},
             {"type": "identify", "userId": "u4"},
         ]));
-        let refused: Vec<(ErrorCode, Option<String>)> = parsed.batch.entries[..4]
-            .iter()
-            .map(|e| {
-                let error = &e.as_ref().unwrap_err()[0];
-                (error.code, error.field.clone())
-            })
-            .collect();
+        let refused = first_errors(&parsed, 4);
         assert_eq!(
             refused,
             [
@@ -374,7 +575,7 @@ mod tests {
     #[test]
     fn the_write_key_may_travel_in_the_body_and_an_identify_alone_is_typeless() {
         let body = br#"{"userId":"u1","writeKey":"sk_test_abc","traits":{"plan":"pro"}}"#;
-        assert_eq!(segment_write_key(body).as_deref(), Some("sk_test_abc"));
+        assert_eq!(body_write_key(None, body).as_deref(), Some("sk_test_abc"));
         let parsed = parse_segment_identify(body, NOW).unwrap();
         assert!(
             parsed.batch.entries[0].is_ok(),
@@ -389,5 +590,212 @@ mod tests {
             parse_segment_batch(b"[", NOW),
             Err(BodyError::InvalidJson(_))
         ));
+    }
+
+    #[test]
+    fn numbers_are_stored_exactly_or_the_message_is_dropped_with_a_reason() {
+        let body = r#"{"batch":[
+            {"type":"identify","userId":"u1","traits":{"tiny":1e-400}},
+            {"type":"identify","userId":"u2","traits":{"long":0.123456789012345678901}},
+            {"type":"identify","userId":"u3","context":{"traits":{"big":123456789012345678901234}}},
+            {"type":"identify","userId":"u4","traits":{"n":12.5,"m":18446744073709551615},
+             "context":{"screen":{"density":1e-400}}}
+        ]}"#;
+        let parsed = parse_segment_batch(body.as_bytes(), NOW).unwrap();
+        let refused = first_errors(&parsed, 3);
+        assert_eq!(
+            refused,
+            [
+                (ErrorCode::InvalidNumber, Some("traits.tiny".into())),
+                (ErrorCode::InvalidNumber, Some("traits.long".into())),
+                (ErrorCode::InvalidNumber, Some("context.traits.big".into())),
+            ]
+        );
+        // Exact numbers are kept as sent; one never stored (context) drops nothing.
+        let kept = parsed.batch.entries[3].as_ref().unwrap();
+        assert_eq!(kept.changes.traits["n"], Some(json!(12.5)));
+        assert_eq!(
+            kept.changes.traits["m"],
+            Some(json!(18446744073709551615u64))
+        );
+    }
+
+    #[test]
+    fn a_numeric_user_id_keeps_its_exact_digits_and_ids_never_merge() {
+        let body = r#"{"batch":[
+            {"type":"identify","userId":123456789012345678901234567890},
+            {"type":"identify","userId":123456789012345678901234567891},
+            {"type":"identify","userId":42},
+            {"type":"identify","userId":-7},
+            {"type":"identify","userId":1.5},
+            {"type":"identify","userId":1e3}
+        ]}"#;
+        let parsed = parse_segment_batch(body.as_bytes(), NOW).unwrap();
+        let ids: Vec<String> = parsed.batch.entries[..4]
+            .iter()
+            .map(|e| e.as_ref().unwrap().external_user_id.clone())
+            .collect();
+        assert_eq!(
+            ids,
+            [
+                "123456789012345678901234567890",
+                "123456789012345678901234567891",
+                "42",
+                "-7"
+            ]
+        );
+        for refused in &parsed.batch.entries[4..] {
+            let error = &refused.as_ref().unwrap_err()[0];
+            assert_eq!(
+                (error.code, error.field.as_deref()),
+                (ErrorCode::InvalidType, Some("userId"))
+            );
+        }
+    }
+
+    #[test]
+    fn a_member_named_twice_drops_its_message_alone() {
+        let body = r#"{"batch":[
+            {"type":"identify","userId":"u1","messageId":"m1","traits":{"plan":"a","plan":"b"}},
+            {"type":"identify","userId":"u2","userId":"u3"},
+            {"type":"identify","userId":"u4","traits":{"plan":"pro"}}
+        ]}"#;
+        let parsed = parse_segment_batch(body.as_bytes(), NOW).unwrap();
+        let first = parsed.batch.entries[0].as_ref().unwrap_err();
+        assert_eq!(
+            (first[0].code, first[0].field.as_deref()),
+            (ErrorCode::DuplicateField, Some("traits.plan"))
+        );
+        assert_eq!(parsed.message_ids[0].as_deref(), Some("m1"));
+        let second = parsed.batch.entries[1].as_ref().unwrap_err();
+        assert_eq!(second[0].field.as_deref(), Some("userId"));
+        assert!(parsed.batch.entries[2].is_ok());
+        let identify = br#"{"userId":"u1","traits":{"plan":"a","plan":"b"}}"#;
+        let one = parse_segment_identify(identify, NOW).unwrap();
+        assert_eq!(
+            one.batch.entries[0].as_ref().unwrap_err()[0].code,
+            ErrorCode::DuplicateField
+        );
+    }
+
+    #[test]
+    fn traits_in_context_are_an_identifys_traits_as_rudderstack_sends_them() {
+        // rudder-sdk-python: the traits only in context.traits; rudder-sdk-node: both.
+        let parsed = batch(json!([
+            {"type": "identify", "userId": "u1",
+             "context": {"traits": {"email": "a@b.io", "plan": "pro", "title": 7}, "library": {"name": "x"}}},
+            {"type": "identify", "userId": "u2",
+             "traits": {"plan": "team"},
+             "context": {"traits": {"plan": "old", "seats": 3, "company": {"name": "Acme"}}}},
+        ]));
+        let refused = parsed.batch.entries[0].as_ref().unwrap_err();
+        assert_eq!(refused[0].field.as_deref(), Some("context.traits.title"));
+        let both = parsed.batch.entries[1].as_ref().unwrap();
+        assert_eq!(
+            both.changes.profile[&ProfileField::Plan].as_deref(),
+            Some("team")
+        );
+        assert_eq!(
+            both.changes.profile[&ProfileField::Company].as_deref(),
+            Some("Acme")
+        );
+        assert_eq!(both.changes.traits["seats"], Some(json!(3)));
+        let only = batch(json!([{"type": "identify", "userId": "u1",
+            "context": {"traits": {"email": "a@b.io", "plan": "pro"}}}]));
+        let upsert = only.batch.entries[0].as_ref().unwrap();
+        assert_eq!(
+            upsert.changes.profile[&ProfileField::Email].as_deref(),
+            Some("a@b.io")
+        );
+        assert_eq!(
+            upsert.changes.profile[&ProfileField::Plan].as_deref(),
+            Some("pro")
+        );
+    }
+
+    #[test]
+    fn original_timestamp_is_the_source_time_when_there_is_no_timestamp() {
+        let event = NOW - 2_000;
+        let parsed = batch(json!([
+            {"type": "identify", "userId": "u1", "originalTimestamp": format_ms(event),
+             "sentAt": format_ms(event + 500)},
+            {"type": "identify", "userId": "u2", "originalTimestamp": format_ms(event - 1),
+             "timestamp": format_ms(event)},
+        ]));
+        let times: Vec<Option<i64>> = parsed
+            .batch
+            .entries
+            .iter()
+            .map(|e| e.as_ref().unwrap().timestamp)
+            .collect();
+        assert_eq!(times, [Some(event), Some(event)]);
+    }
+
+    #[test]
+    fn a_stale_sent_at_never_moves_a_source_time_later() {
+        // A retry that resends the batch of an hour ago, its sentAt unchanged.
+        let event = NOW - 3_600_000;
+        let body = json!({"sentAt": format_ms(event + 500), "batch": [
+            {"type": "identify", "userId": "u1", "timestamp": format_ms(event)}
+        ]});
+        let parsed = parse_segment_batch(body.to_string().as_bytes(), NOW).unwrap();
+        assert_eq!(
+            parsed.batch.entries[0].as_ref().unwrap().timestamp,
+            Some(event)
+        );
+    }
+
+    #[test]
+    fn a_batch_of_more_messages_than_500_kb_can_store_is_refused_whole() {
+        let body = format!("{{\"batch\":[{}1]}}", "1,".repeat(MAX_SEGMENT_MESSAGES));
+        let Err(BodyError::Invalid(errors)) = parse_segment_batch(body.as_bytes(), NOW) else {
+            panic!("refused whole");
+        };
+        assert_eq!(
+            (errors[0].code, errors[0].field.as_deref()),
+            (ErrorCode::TooMany, Some("batch"))
+        );
+        let body = format!("{{\"batch\":[{}1]}}", "1,".repeat(MAX_SEGMENT_MESSAGES - 1));
+        let parsed = parse_segment_batch(body.as_bytes(), NOW).unwrap();
+        assert_eq!(parsed.batch.entries.len(), MAX_SEGMENT_MESSAGES);
+    }
+
+    #[test]
+    fn the_write_key_is_found_without_reading_past_it() {
+        let key = |body: &str| segment_write_key(body.as_bytes());
+        assert_eq!(
+            key(r#"{"writeKey":"k1","batch":[{"a":1}]}"#).as_deref(),
+            Some("k1")
+        );
+        assert_eq!(
+            key(r#"{"batch":[],"writeKey":"k2"}"#).as_deref(),
+            Some("k2")
+        );
+        // What follows the key is never read: not even its syntax.
+        assert_eq!(
+            key(r#"{"writeKey":"k3","batch":[ not json"#).as_deref(),
+            Some("k3")
+        );
+        assert_eq!(key(r#"{"batch":[]}"#), None);
+        assert_eq!(key("[1]"), None);
+        assert_eq!(key(r#"{"writeKey":7}"#), None);
+        // A body from anyone is read no further than 500 KB, inflated or not.
+        let padded = format!(
+            r#"{{"batch":[],"pad":"{}","writeKey":"k4"}}"#,
+            "x".repeat(MAX_SEGMENT_BATCH_BYTES)
+        );
+        assert_eq!(body_write_key(None, padded.as_bytes()), None);
+        let bomb = {
+            use std::io::Write;
+            let mut gzip = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+            gzip.write_all(padded.as_bytes()).unwrap();
+            gzip.finish().unwrap()
+        };
+        assert!(bomb.len() < 10_000);
+        assert_eq!(body_write_key(Some(b"gzip"), &bomb), None);
+        assert_eq!(
+            body_write_key(None, br#"{"writeKey":"k5"}"#).as_deref(),
+            Some("k5")
+        );
     }
 }

@@ -21,16 +21,20 @@ pub enum Scope {
     UsersDelete,
     AudiencesWrite,
     AudiencesRead,
+    /// Segment's routes only: the write key of a library that may run where others see
+    /// it (docs/segment.md, "A leaked write key"). `users:write` covers them too.
+    SegmentWrite,
 }
 
 impl Scope {
-    pub const ALL: [Scope; 6] = [
+    pub const ALL: [Scope; 7] = [
         Scope::UsersWrite,
         Scope::UsersRead,
         Scope::UsersReadPii,
         Scope::UsersDelete,
         Scope::AudiencesWrite,
         Scope::AudiencesRead,
+        Scope::SegmentWrite,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -41,6 +45,7 @@ impl Scope {
             Scope::UsersDelete => "users:delete",
             Scope::AudiencesWrite => "audiences:write",
             Scope::AudiencesRead => "audiences:read",
+            Scope::SegmentWrite => "segment:write",
         }
     }
 }
@@ -80,6 +85,7 @@ pub struct ApiKeyRecord {
 impl ApiKeyRecord {
     pub fn allows(&self, scope: Scope) -> bool {
         self.scopes.contains(&scope)
+            || scope == Scope::SegmentWrite && self.scopes.contains(&Scope::UsersWrite)
     }
 }
 
@@ -243,5 +249,26 @@ mod tests {
     fn scopes_parse_from_their_wire_names() {
         assert_eq!("users:read_pii".parse(), Ok(Scope::UsersReadPii));
         assert!("users:admin".parse::<Scope>().is_err());
+        assert_eq!("segment:write".parse(), Ok(Scope::SegmentWrite));
+    }
+
+    #[test]
+    fn a_segment_key_serves_segments_routes_only_and_users_write_covers_them() {
+        let key = |scopes: Vec<Scope>| ApiKeyRecord {
+            key_id: "k".into(),
+            workspace_id: "w".into(),
+            scopes,
+            rate_limit: None,
+            created_at: 0,
+            revoked: false,
+        };
+        let segment = key(vec![Scope::SegmentWrite]);
+        assert!(segment.allows(Scope::SegmentWrite));
+        assert!(Scope::ALL
+            .iter()
+            .filter(|s| **s != Scope::SegmentWrite)
+            .all(|s| !segment.allows(*s)));
+        assert!(key(vec![Scope::UsersWrite]).allows(Scope::SegmentWrite));
+        assert!(!key(vec![Scope::UsersRead]).allows(Scope::SegmentWrite));
     }
 }

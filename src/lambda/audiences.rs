@@ -110,7 +110,8 @@ where
             .and_then(Value::as_str)
             .unwrap_or_default();
         let unreadable = |err: serde_json::Error| {
-            tracing::error!(error = %err, "unreadable event");
+            let error = crate::telemetry::json_fault(&err);
+            tracing::error!(error, "unreadable event");
             InvocationError::Unreadable
         };
         Ok(match source {
@@ -352,6 +353,7 @@ mod tests {
     use super::*;
     use crate::app::fakes::{unavailable, MemoryAudiences, MemoryBuilds, MemoryBus, MemoryUsers};
     use crate::app::ports::{PortError, StreamRange, UserKey};
+    use crate::lambda::samples::{resources, sample};
     use serde_json::json;
 
     /// A stream read again: the users of any range, or a failure.
@@ -366,28 +368,6 @@ mod tests {
     type Function =
         AudiencesFunction<MemoryAudiences, MemoryUsers, MemoryBuilds, MemoryBus, Replay>;
 
-    fn resources() -> Resources {
-        let queue =
-            |name: &str| format!("http://127.0.0.1:4566/123456789012/vibefollow-local-{name}");
-        Resources {
-            users_table: "users".into(),
-            idempotency_table: "idempotency".into(),
-            api_keys_table: "api-keys".into(),
-            rate_limits_table: "rate-limits".into(),
-            upsert_queue_url: queue("upserts"),
-            default_rate_limit: 100,
-            event_bus_name: "bus".into(),
-            audiences_table: "audiences".into(),
-            audience_members_table: "audience-members".into(),
-            audience_build_queue_url: queue("audience-builds"),
-            audience_retry_queue_url: queue("audience-retries"),
-            audience_time_queue_url: queue("audience-time"),
-            audience_stream_failure_queue_url: queue("audience-stream-failures"),
-            audience_tick_seconds: 60,
-            metrics_namespace: "VibeFollow/test".into(),
-        }
-    }
-
     fn function(replay: Replay) -> (Function, MemoryAudiences, MemoryBuilds) {
         let (store, builds) = (MemoryAudiences::default(), MemoryBuilds::default());
         let evaluate = Evaluate::new(
@@ -401,11 +381,6 @@ mod tests {
             store,
             builds,
         )
-    }
-
-    fn sample(name: &str) -> Value {
-        let path = format!("{}/events/{name}", env!("CARGO_MANIFEST_DIR"));
-        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
     }
 
     const DEADLINE: i64 = i64::MAX;

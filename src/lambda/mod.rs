@@ -53,3 +53,70 @@ fn sqs_response(failed: impl IntoIterator<Item = String>) -> SqsBatchResponse {
         .collect();
     response
 }
+
+/// What the edges' tests share: the sample events of `events/` (each edge's tests are
+/// fed them as Lambda would), and the resources of a stack.
+#[cfg(test)]
+pub(crate) mod samples {
+    use crate::config::Resources;
+
+    /// `events/<name>`, as `T` (an event type, or a JSON value).
+    pub fn sample<T: serde::de::DeserializeOwned>(name: &str) -> T {
+        let path = format!("{}/events/{name}", env!("CARGO_MANIFEST_DIR"));
+        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{path}: {e}"))
+    }
+
+    /// `events/<name>` as its raw text.
+    pub fn sample_text(name: &str) -> String {
+        let path = format!("{}/events/{name}", env!("CARGO_MANIFEST_DIR"));
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
+    }
+
+    pub fn resources() -> Resources {
+        let queue =
+            |name: &str| format!("http://127.0.0.1:4566/123456789012/vibefollow-local-{name}");
+        Resources {
+            users_table: "users".into(),
+            idempotency_table: "idempotency".into(),
+            api_keys_table: "api-keys".into(),
+            rate_limits_table: "rate-limits".into(),
+            upsert_queue_url: queue("upserts"),
+            default_rate_limit: 100,
+            event_bus_name: "bus".into(),
+            audiences_table: "audiences".into(),
+            audience_members_table: "audience-members".into(),
+            audience_build_queue_url: queue("audience-builds"),
+            audience_retry_queue_url: queue("audience-retries"),
+            audience_time_queue_url: queue("audience-time"),
+            audience_stream_failure_queue_url: queue("audience-stream-failures"),
+            audience_tick_seconds: 60,
+            metrics_namespace: "VibeFollow/test".into(),
+        }
+    }
+
+    /// Every file of `events/` is some edge test's input here, so that a sample that
+    /// drifts from what the code reads fails under plain `cargo test`.
+    #[test]
+    fn every_sample_event_feeds_an_edge_test() {
+        let root = env!("CARGO_MANIFEST_DIR");
+        let edges: String = [
+            "mod.rs",
+            "sqs.rs",
+            "stream.rs",
+            "audiences.rs",
+            "http/mod.rs",
+        ]
+        .iter()
+        .map(|file| std::fs::read_to_string(format!("{root}/src/lambda/{file}")).unwrap())
+        .collect();
+        let samples = std::fs::read_dir(format!("{root}/events")).unwrap();
+        for sample in samples {
+            let name = sample.unwrap().file_name().into_string().unwrap();
+            assert!(
+                edges.contains(&format!("\"{name}\"")),
+                "events/{name} feeds no edge test"
+            );
+        }
+    }
+}

@@ -83,3 +83,53 @@ impl<U: Users> Consumer<U> {
         super::sqs_response(failed)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::app::fakes::{unavailable, MemoryUsers};
+    use crate::domain::ProfileField;
+    use crate::lambda::samples::sample;
+
+    fn consumer() -> (Consumer<MemoryUsers>, MemoryUsers) {
+        let users = MemoryUsers::default();
+        (
+            Consumer::new(Apply::new(users.clone()), "VibeFollow/test"),
+            users,
+        )
+    }
+
+    fn failed(answer: &SqsBatchResponse) -> Vec<&str> {
+        let ids = answer.batch_item_failures.iter();
+        ids.map(|f| f.item_identifier.as_str()).collect()
+    }
+
+    #[tokio::test]
+    async fn a_batch_is_applied_in_stamp_order_and_an_unreadable_body_reported() {
+        let (consumer, users) = consumer();
+        let answer = consumer.handle(sample("sqs-upserts.json")).await;
+        assert_eq!(failed(&answer), ["0b9e1d5c-1a52-4bde-9a55-7c6b1a3e0003"]);
+        let user = users.user("dev", "usr_42").expect("applied");
+        // The second message was accepted earlier: the first one's plan wins.
+        let plan = user.profile.profile.get(&ProfileField::Plan);
+        assert_eq!(plan.map(String::as_str), Some("trial"));
+    }
+
+    #[tokio::test]
+    async fn a_batch_the_table_refuses_comes_back_whole() {
+        let (consumer, users) = consumer();
+        users.faults.fail("users.get_many", unavailable(), 1);
+        let answer = consumer.handle(sample("sqs-upserts.json")).await;
+        let mut ids = failed(&answer);
+        ids.sort_unstable();
+        assert_eq!(
+            ids,
+            [
+                "0b9e1d5c-1a52-4bde-9a55-7c6b1a3e0001",
+                "0b9e1d5c-1a52-4bde-9a55-7c6b1a3e0002",
+                "0b9e1d5c-1a52-4bde-9a55-7c6b1a3e0003"
+            ]
+        );
+        assert!(users.user("dev", "usr_42").is_none());
+    }
+}

@@ -45,3 +45,42 @@ impl<B: EventBus> Changes<B> {
         super::stream_response(published.first_failure)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::app::fakes::{unavailable, MemoryBus};
+    use crate::lambda::samples::sample;
+
+    fn changes() -> (Changes<MemoryBus>, MemoryBus) {
+        let bus = MemoryBus::default();
+        (Changes::new(Publish::new(bus.clone())), bus)
+    }
+
+    fn first_failure(answer: &DynamoDbEventResponse) -> Vec<Option<&str>> {
+        let failures = answer.batch_item_failures.iter();
+        failures.map(|f| f.item_identifier.as_deref()).collect()
+    }
+
+    #[tokio::test]
+    async fn a_stream_batch_publishes_its_changes_up_to_an_unreadable_record() {
+        let (changes, bus) = changes();
+        let answer = changes.handle(sample("dynamodb-stream.json")).await;
+        // Records 100 and 200 published in order; 300 cannot be read: retried from it.
+        assert_eq!(first_failure(&answer), [Some("300")]);
+        let published = bus.accepted();
+        assert!(!published.is_empty());
+        assert!(published
+            .iter()
+            .all(|e| e.detail["external_user_id"] == "usr_42"));
+    }
+
+    #[tokio::test]
+    async fn a_bus_that_fails_names_the_first_record_not_published() {
+        let (changes, bus) = changes();
+        bus.faults.fail("bus.put", unavailable(), 10);
+        let answer = changes.handle(sample("dynamodb-stream.json")).await;
+        assert_eq!(first_failure(&answer), [Some("100")]);
+        assert!(bus.accepted().is_empty());
+    }
+}

@@ -339,6 +339,33 @@ async fn bad_rules_and_ids_get_clear_answers_never_a_500() {
             "{body}"
         );
     }
+    // A member named twice, or a number a rule could hold only rounded: as on /users.
+    for (body, code, field) in [
+        (
+            r#"{"name":"x","rule":{"field":"p","op":"eq","value":1,"value":2}}"#,
+            "duplicate_field",
+            "rule.value",
+        ),
+        (
+            r#"{"name":"x","rule":{"field":"p","op":"gt","value":1e-400}}"#,
+            "invalid_number",
+            "rule.value",
+        ),
+    ] {
+        let response = stack
+            .request(Method::PUT, "/api/v1/audiences/a", Some(&key))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .expect("PUT audience");
+        let (status, codes, fields) = error_of(response).await;
+        assert_eq!(
+            (status, codes[0].as_str(), fields[0].as_str()),
+            (422, code, field),
+            "{body}"
+        );
+    }
     let good = json!({"name": "x", "rule": {"field": "plan", "op": "exists"}});
     let (status, codes, fields) = error_of(stack.put_audience(&key, "a b", &good).await).await;
     assert_eq!(

@@ -315,8 +315,9 @@ async fn a_batch_counts_one_request_per_started_hundred_users() {
     );
 }
 
-/// 466 KB of entries that each name 256 unstorable numbers: the 207 lists every refused
-/// entry with at most 20 errors, stays far under Lambda's 6 MB, and the valid entry
+/// The worst batches: 1,000 refused entries that each name 30 unknown members, and
+/// 466 KB of entries that each name 256 unstorable numbers. The 207 lists every refused
+/// entry with 1 to 20 errors, stays under an error answer's 1 MiB, and the valid entry
 /// beside them is applied.
 #[tokio::test]
 #[ignore = "needs the local stack: run `make test`"]
@@ -326,26 +327,35 @@ async fn the_worst_batch_is_answered_within_lambdas_limits() {
     let numbers: serde_json::Map<String, Value> = (0..256)
         .map(|i| (format!("n{i:03}"), json!(1e300)))
         .collect();
-    let mut entries = vec![json!({"external_user_id": "fine", "traits": {"plan": "ok"}})];
-    let mut body = json!({ "users": entries }).to_string();
+    let unknown: serde_json::Map<String, Value> =
+        (0..30).map(|i| (format!("x{i:02}"), json!(1))).collect();
+    let fine = json!({"external_user_id": "fine", "traits": {"plan": "ok"}});
+    let mut many = vec![fine.clone()];
+    many.extend((1..1_000).map(|_| Value::Object(unknown.clone())));
+    let mut wide = vec![fine];
+    let mut body = json!({ "users": wide }).to_string();
     while body.len() < 466 * 1024 {
-        let id = format!("worst-{}", entries.len());
-        entries.push(json!({"external_user_id": id, "traits": numbers}));
-        body = json!({ "users": entries }).to_string();
+        let id = format!("worst-{}", wide.len());
+        wide.push(json!({"external_user_id": id, "traits": numbers}));
+        body = json!({ "users": wide }).to_string();
     }
-    let refused = entries.len() - 1;
-    let response = post_batch(&stack, &key, body, None).await;
-    assert_eq!(response.status(), 207);
-    let text = response.text().await.unwrap();
-    assert!(text.len() < 3 * 1024 * 1024, "{} bytes", text.len());
-    let answer: Value = serde_json::from_str(&text).unwrap();
-    let rejected = answer["data"]["rejected"].as_array().unwrap();
-    assert_eq!(
-        (answer["data"]["accepted"].as_u64(), rejected.len()),
-        (Some(1), refused)
-    );
-    assert!(rejected
-        .iter()
-        .all(|r| r["errors"].as_array().unwrap().len() == 20 && r["errors_truncated"] == true));
+    for entries in [many, wide] {
+        let refused = entries.len() - 1;
+        let body = json!({ "users": entries }).to_string();
+        let response = post_batch(&stack, &key, body, None).await;
+        assert_eq!(response.status(), 207);
+        let text = response.text().await.unwrap();
+        assert!(text.len() < 1024 * 1024, "{} bytes", text.len());
+        let answer: Value = serde_json::from_str(&text).unwrap();
+        let rejected = answer["data"]["rejected"].as_array().unwrap();
+        assert_eq!(
+            (answer["data"]["accepted"].as_u64(), rejected.len()),
+            (Some(1), refused)
+        );
+        assert!(rejected.iter().all(|r| {
+            let listed = r["errors"].as_array().unwrap().len();
+            (1..=20).contains(&listed) && r["errors_truncated"] == true
+        }));
+    }
     user_when(&stack, &key, "fine", |u| u["traits"]["plan"] == "ok").await;
 }

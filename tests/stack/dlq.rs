@@ -53,3 +53,19 @@ async fn dead_letters_are_counted_and_applied_after_a_redrive() {
     }
     assert_eq!(dead_letters_with(&stack, &marker).await, 0);
 }
+
+/// Ticks EventBridge could not deliver: shown, never redriven (a tick carries nothing;
+/// the next one settles whatever is due).
+#[tokio::test]
+#[ignore = "needs the local stack: run `make test`"]
+async fn missed_ticks_are_shown_and_a_redrive_of_them_says_why_not() {
+    let status = vfctl_json(&["dlq", "status", "--queue", "ticks"]);
+    assert!(status["messages"].is_u64(), "{status}");
+    let refused = crate::support::vfctl()
+        .args(["--local", "dlq", "redrive", "--queue", "ticks"])
+        .output()
+        .expect("run vfctl");
+    assert!(!refused.status.success());
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(said.contains("nothing to redrive"), "{said}");
+}

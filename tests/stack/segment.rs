@@ -122,6 +122,116 @@ async fn the_write_key_may_travel_in_the_body_and_every_other_check_applies() {
     assert!(statuses.contains(&429), "{statuses:?}");
 }
 
+#[tokio::test]
+#[ignore = "needs the local stack: run `make test`"]
+async fn hostile_input_on_segments_routes_is_answered_in_bounds_and_stored_exactly() {
+    let stack = Stack::new().await;
+    let key = stack.key(&ALL_SCOPES).await;
+    let auth = basic(&key);
+    // 15,000 messages that are not messages: 200, the first 100 listed, the rest counted.
+    let ones = format!("{{\"batch\":[{}1]}}", "1,".repeat(14_999));
+    let raw = |body: String, content_type: &str, authorization: Option<&str>| {
+        let mut request = stack
+            .request(Method::POST, "/v1/batch", None)
+            .header("content-type", content_type.to_owned())
+            .body(body);
+        if let Some(authorization) = authorization {
+            request = request.header("authorization", authorization.to_owned());
+        }
+        request.send()
+    };
+    let response = raw(ones, "application/json", Some(&auth)).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let answer = response.bytes().await.unwrap();
+    assert!(answer.len() < 1024 * 1024, "{} bytes", answer.len());
+    let answer: Value = serde_json::from_slice(&answer).unwrap();
+    assert_eq!(answer["dropped"].as_array().unwrap().len(), 100);
+    assert_eq!(answer["dropped_truncated"], 14_900);
+    // More messages than 500 KB can hold of storable ones: refused whole, before any
+    // per-message work, with the code at the top as RudderStack's libraries read it.
+    let flood = format!("{{\"batch\":[{}1]}}", "1,".repeat(200_000));
+    let refused = raw(flood, "application/json", Some(&auth)).await.unwrap();
+    assert_eq!(refused.status(), 422);
+    let refused: Value = refused.json().await.unwrap();
+    assert_eq!(
+        (
+            refused["code"].as_str(),
+            refused["errors"][0]["field"].as_str()
+        ),
+        (Some("too_many"), Some("batch"))
+    );
+    // No key in the headers: a body past 500 KB is not read for one.
+    let far = format!(
+        r#"{{"batch":[],"pad":"{}","writeKey":"{key}"}}"#,
+        "x".repeat(520_000)
+    );
+    let anonymous = raw(far, "application/json", None).await.unwrap();
+    assert_eq!(error_of(anonymous).await.0, 401);
+    // Numbers exact or dropped with a reason; ids past 64 bits never merge; a member
+    // named twice drops its message.
+    let body = r#"{"batch":[
+        {"type":"identify","userId":123456789012345678901234567890,"traits":{"plan":"a"}},
+        {"type":"identify","userId":123456789012345678901234567891,"traits":{"plan":"b"}},
+        {"type":"identify","userId":"seg-tiny","messageId":"t","traits":{"tiny":1e-400}},
+        {"type":"identify","userId":"seg-twice","messageId":"d","traits":{"plan":"a","plan":"b"}}
+    ]}"#;
+    let answer: Value = raw(body.to_owned(), "application/json", Some(&auth))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let dropped: Vec<(&str, &str, &str)> = answer["dropped"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| {
+            let error = &d["errors"][0];
+            (
+                d["messageId"].as_str().unwrap(),
+                error["code"].as_str().unwrap(),
+                error["field"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        dropped,
+        [
+            ("t", "invalid_number", "traits.tiny"),
+            ("d", "duplicate_field", "traits.plan")
+        ]
+    );
+    let a = user_when(&stack, &key, "123456789012345678901234567890", |_| true).await;
+    let b = user_when(&stack, &key, "123456789012345678901234567891", |_| true).await;
+    assert_eq!(
+        (a["traits"]["plan"].as_str(), b["traits"]["plan"].as_str()),
+        (Some("a"), Some("b"))
+    );
+    // RudderStack's Node library: gzip labelled as a form, the traits in context too.
+    let gzipped = {
+        use std::io::Write;
+        let body = json!({"batch": [{"type": "identify", "userId": "seg-rudder",
+            "context": {"traits": {"plan": "team"}}, "originalTimestamp": "2026-01-01T00:00:00Z"}]});
+        let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        encoder.write_all(body.to_string().as_bytes()).unwrap();
+        encoder.finish().unwrap()
+    };
+    let response = stack
+        .request(Method::POST, "/v1/batch", None)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .header("content-encoding", "gzip")
+        .header("authorization", auth.clone())
+        .body(gzipped)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    user_when(&stack, &key, "seg-rudder", |u| {
+        u["traits"]["plan"] == "team"
+    })
+    .await;
+}
+
 /// Runs one of the drivers of `dev/segment/` (a library that speaks Segment's protocol,
 /// from its registry, unchanged, pointed at this stack) and returns its JSON report.
 fn drive(command: &mut std::process::Command) -> Value {

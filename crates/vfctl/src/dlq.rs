@@ -30,7 +30,8 @@ const MOST_SHOWN: usize = 100;
 pub struct DeadLetters {
     client: Client,
     dlq_url: String,
-    queue_url: String,
+    /// None for a queue fed by no queue (ticks): status only.
+    queue_url: Option<String>,
     /// Its messages are parked users, ids only: a status shows them.
     shows_users: bool,
 }
@@ -67,7 +68,12 @@ pub struct Redriven {
 }
 
 impl DeadLetters {
-    pub fn new(client: Client, dlq_url: String, queue_url: String, shows_users: bool) -> Self {
+    pub fn new(
+        client: Client,
+        dlq_url: String,
+        queue_url: Option<String>,
+        shows_users: bool,
+    ) -> Self {
         Self {
             client,
             dlq_url,
@@ -95,9 +101,12 @@ impl DeadLetters {
     /// Moves every message back to the upsert queue: with SQS's message-move task
     /// where the service has it, otherwise by receiving, sending and deleting.
     pub async fn redrive(&self) -> Result<Redriven, PortError> {
+        let Some(queue_url) = &self.queue_url else {
+            return Err(PortError::Refused("no queue to redrive to".into()));
+        };
         let waiting = self.depth(&self.dlq_url).await?;
         let dlq_arn = self.arn(&self.dlq_url).await?;
-        let queue_arn = self.arn(&self.queue_url).await?;
+        let queue_arn = self.arn(queue_url).await?;
         let task = self
             .client
             .start_message_move_task()
@@ -115,13 +124,13 @@ impl DeadLetters {
             // already running: move them here, one batch at a time.
             Err(err) => Ok(Redriven {
                 method: "receive-send-delete",
-                messages: self.move_one_by_one().await?,
+                messages: self.move_one_by_one(queue_url).await?,
                 move_task_refused: Some(PortError::from(err).into_code()),
             }),
         }
     }
 
-    async fn move_one_by_one(&self) -> Result<u64, PortError> {
+    async fn move_one_by_one(&self, queue_url: &str) -> Result<u64, PortError> {
         let mut moved = 0;
         loop {
             let received = self
@@ -150,7 +159,7 @@ impl DeadLetters {
             let sent = self
                 .client
                 .send_message_batch()
-                .queue_url(&self.queue_url)
+                .queue_url(queue_url)
                 .set_entries(Some(entries))
                 .send()
                 .await?;

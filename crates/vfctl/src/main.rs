@@ -87,41 +87,51 @@ enum DeadLetterQueue {
     /// Positions of stream records the audiences function never settled, which it could
     /// not read again five times (the stream keeps records 24 hours).
     StreamFailures,
+    /// Ticks EventBridge could not deliver to the audiences function. Status only: a
+    /// tick carries nothing, and the next one that arrives settles whatever is due.
+    Ticks,
 }
 
 impl DeadLetterQueue {
-    /// The dead-letter queue and the queue it redrives to: each as (the local stack's
-    /// variable, the deployed stack's output).
-    fn resources(self) -> [(&'static str, &'static str); 2] {
+    /// The dead-letter queue and the queue it redrives to (none for ticks): each as (the
+    /// local stack's variable, the deployed stack's output).
+    fn resources(self) -> (Resource, Option<Resource>) {
         match self {
-            DeadLetterQueue::Upserts => [
+            DeadLetterQueue::Upserts => (
                 ("DLQ_URL", "DeadLetterQueueUrl"),
-                ("UPSERT_QUEUE_URL", "UpsertQueueUrl"),
-            ],
-            DeadLetterQueue::Builds => [
+                Some(("UPSERT_QUEUE_URL", "UpsertQueueUrl")),
+            ),
+            DeadLetterQueue::Builds => (
                 (
                     "VF_AUDIENCE_BUILD_DLQ_URL",
                     "AudienceBuildDeadLetterQueueUrl",
                 ),
-                ("AUDIENCE_BUILD_QUEUE_URL", "AudienceBuildQueueUrl"),
-            ],
-            DeadLetterQueue::Parked => [
+                Some(("AUDIENCE_BUILD_QUEUE_URL", "AudienceBuildQueueUrl")),
+            ),
+            DeadLetterQueue::Parked => (
                 ("VF_AUDIENCE_PARKED_QUEUE_URL", "AudienceParkedQueueUrl"),
-                ("AUDIENCE_RETRY_QUEUE_URL", "AudienceRetryQueueUrl"),
-            ],
-            DeadLetterQueue::StreamFailures => [
+                Some(("AUDIENCE_RETRY_QUEUE_URL", "AudienceRetryQueueUrl")),
+            ),
+            DeadLetterQueue::StreamFailures => (
                 (
                     "VF_AUDIENCE_STREAM_FAILURE_DLQ_URL",
                     "AudienceStreamFailureDeadLetterQueueUrl",
                 ),
-                (
+                Some((
                     "AUDIENCE_STREAM_FAILURE_QUEUE_URL",
                     "AudienceStreamFailureQueueUrl",
-                ),
-            ],
+                )),
+            ),
+            DeadLetterQueue::Ticks => (
+                ("VF_AUDIENCE_TICK_DLQ_URL", "AudienceTickDeadLetterQueueUrl"),
+                None,
+            ),
         }
     }
 }
+
+/// A resource as (the local stack's variable, the deployed stack's output).
+type Resource = (&'static str, &'static str);
 
 #[derive(Subcommand)]
 enum EventsCommand {
@@ -191,7 +201,7 @@ struct CreateArgs {
     #[arg(long, value_parser = workspace_id)]
     workspace: String,
     /// Comma-separated: users:write, users:read, users:read_pii, users:delete, audiences:write,
-    /// audiences:read.
+    /// audiences:read, segment:write (Segment's routes only: for a library's write key).
     #[arg(long, value_delimiter = ',', required = true)]
     scopes: Vec<Scope>,
     /// Requests per second for the workspace (at most 1.1x in one second, 2x over two).
@@ -251,9 +261,15 @@ async fn run(cli: Cli) -> Result<(), String> {
         Command::Dlq(command) => {
             let (DlqCommand::Status { queue: which } | DlqCommand::Redrive { queue: which }) =
                 command;
-            let [(dlq_var, dlq_output), (queue_var, queue_output)] = which.resources();
+            let ((dlq_var, dlq_output), source) = which.resources();
             let dlq = target.resource(dlq_var, dlq_output).await?;
-            let queue = target.resource(queue_var, queue_output).await?;
+            let queue = match (source, &command) {
+                (Some((var, output)), _) => Some(target.resource(var, output).await?),
+                (None, DlqCommand::Status { .. }) => None,
+                (None, DlqCommand::Redrive { .. }) => return Err(
+                    "a missed tick has nothing to redrive: the next tick settles whatever is due. Fix the cause (docs/runbooks.md, AudienceTickDeadLetterAlarm), check that ticks arrive, then purge the queue".into(),
+                ),
+            };
             let shows_users = matches!(which, DeadLetterQueue::Parked);
             let sqs = aws_sdk_sqs::Client::new(&target.sdk);
             let dead = DeadLetters::new(sqs, dlq, queue, shows_users);

@@ -119,29 +119,32 @@ impl AudienceStore {
             .await;
         match result {
             Ok(_) => Ok(true),
-            Err(SdkError::ServiceError(failure)) => match failure.into_err() {
-                TransactWriteItemsError::TransactionCanceledException(canceled) => {
-                    let refusal = canceled
-                        .cancellation_reasons()
-                        .iter()
-                        .filter_map(|reason| reason.code())
-                        .find(|code| {
-                            !matches!(
-                                *code,
-                                "None" | "ConditionalCheckFailed" | "TransactionConflict"
-                            )
-                        });
-                    match refusal {
-                        // Throttled: worth retrying, as any throttled call.
-                        Some(code @ ("ThrottlingError" | "ProvisionedThroughputExceeded")) => {
-                            Err(PortError::Unavailable(code.to_owned()))
+            Err(SdkError::ServiceError(failure)) => {
+                let status = failure.raw().status().as_u16();
+                match failure.into_err() {
+                    TransactWriteItemsError::TransactionCanceledException(canceled) => {
+                        let refusal = canceled
+                            .cancellation_reasons()
+                            .iter()
+                            .filter_map(|reason| reason.code())
+                            .find(|code| {
+                                !matches!(
+                                    *code,
+                                    "None" | "ConditionalCheckFailed" | "TransactionConflict"
+                                )
+                            });
+                        match refusal {
+                            // Throttled: worth retrying, as any throttled call.
+                            Some(code @ ("ThrottlingError" | "ProvisionedThroughputExceeded")) => {
+                                Err(PortError::Unavailable(code.to_owned()))
+                            }
+                            Some(code) => Err(PortError::Refused(code.to_owned())),
+                            None => Ok(false),
                         }
-                        Some(code) => Err(PortError::Refused(code.to_owned())),
-                        None => Ok(false),
                     }
+                    other => Err(crate::aws::service_error(&other, status)),
                 }
-                other => Err(crate::aws::service_error(&other)),
-            },
+            }
             Err(err) => Err(err.into()),
         }
     }

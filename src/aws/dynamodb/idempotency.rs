@@ -161,15 +161,18 @@ impl IdempotencyKeys for IdempotencyStore {
         key: &str,
         request_id: &str,
     ) -> Result<(), PortError> {
-        self.client
+        let result = self
+            .client
             .delete_item()
             .table_name(&self.table)
             .key(PARTITION_KEY, s(workspace_key(workspace_id, key)))
             .condition_expression("request_id = :rid")
             .expression_attribute_values(":rid", s(request_id))
             .send()
-            .await?;
-        Ok(())
+            .await;
+        // Not ours any more (taken over), or gone already (the SDK's retry of a delete
+        // that was applied): nothing to give back either way.
+        condition(result).map(|_| ())
     }
 }
 

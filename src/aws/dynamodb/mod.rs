@@ -17,6 +17,7 @@ pub use stream::{stream_image, ImageError};
 pub use users::{UserStore, EMAIL_INDEX, EMAIL_KEY, WORKSPACE_USERS_INDEX};
 
 use crate::app::ports::PortError;
+use aws_sdk_dynamodb::config::http::HttpResponse;
 use aws_sdk_dynamodb::error::SdkError;
 use aws_sdk_dynamodb::operation::delete_item::DeleteItemError;
 use aws_sdk_dynamodb::operation::put_item::PutItemError;
@@ -113,22 +114,25 @@ conditional_error!(PutItemError, UpdateItemError, DeleteItemError);
 
 /// The outcome of a conditional write: held, or failed (with the item if asked for);
 /// any other failure is an error.
-pub(crate) fn condition<T, E: ConditionalError, R>(
-    result: Result<T, SdkError<E, R>>,
+pub(crate) fn condition<T, E: ConditionalError>(
+    result: Result<T, SdkError<E, HttpResponse>>,
 ) -> Result<Condition, PortError> {
     match result {
         Ok(_) => Ok(Condition::Held),
-        Err(SdkError::ServiceError(failure)) => match failure.into_err().failed_condition() {
-            Ok(item) => Ok(Condition::Failed(item)),
-            Err(other) => Err(crate::aws::service_error(&other)),
-        },
+        Err(SdkError::ServiceError(failure)) => {
+            let status = failure.raw().status().as_u16();
+            match failure.into_err().failed_condition() {
+                Ok(item) => Ok(Condition::Failed(item)),
+                Err(other) => Err(crate::aws::service_error(&other, status)),
+            }
+        }
         Err(err) => Err(err.into()),
     }
 }
 
 /// Whether a conditional write was applied.
-pub(crate) fn condition_held<T, E: ConditionalError, R>(
-    result: Result<T, SdkError<E, R>>,
+pub(crate) fn condition_held<T, E: ConditionalError>(
+    result: Result<T, SdkError<E, HttpResponse>>,
 ) -> Result<bool, PortError> {
     Ok(matches!(condition(result)?, Condition::Held))
 }

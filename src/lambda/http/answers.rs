@@ -8,8 +8,8 @@ use crate::app::ports::PortError;
 use crate::app::read::Found;
 use crate::app::AppError;
 use crate::contract::{
-    bound, bound_rejected, BodyError, ErrorCode, ErrorEnvelope, FieldError, Rejected, RequestError,
-    MAX_ERRORS, MAX_ERROR_ANSWER_BYTES,
+    bound, bound_dropped, bound_rejected, BodyError, ErrorCode, ErrorEnvelope, FieldError,
+    Rejected, RequestError, MAX_ERRORS, MAX_ERROR_ANSWER_BYTES,
 };
 use crate::domain::auth::{CredentialError, Scope};
 use crate::domain::format_millis;
@@ -321,23 +321,28 @@ pub fn success_response(success: Success, request_id: &str) -> Response<Body> {
             mut dropped,
             message_ids,
         } => {
-            bound_rejected(&mut dropped);
+            let message_id = |index: usize| message_ids.get(index).cloned().flatten();
+            let id_bytes = |entry: &Rejected| {
+                serde_json::to_string(&message_id(entry.index)).map_or(0, |id| id.len())
+            };
+            let left_out = bound_dropped(&mut dropped, id_bytes);
             let dropped: Vec<Value> = dropped
                 .into_iter()
                 .map(|entry| {
-                    let message_id = message_ids.get(entry.index).cloned().flatten();
-                    let mut listed = json!({"index": entry.index, "messageId": message_id, "errors": entry.errors});
+                    let mut listed = json!({"index": entry.index, "messageId": message_id(entry.index), "errors": entry.errors});
                     if entry.errors_truncated {
                         listed["errors_truncated"] = json!(true);
                     }
                     listed
                 })
                 .collect();
-            let body = if dropped.is_empty() {
-                json!({ "success": true })
-            } else {
-                json!({ "success": true, "dropped": dropped })
-            };
+            let mut body = json!({ "success": true });
+            if !dropped.is_empty() {
+                body["dropped"] = json!(dropped);
+            }
+            if left_out > 0 {
+                body["dropped_truncated"] = json!(left_out);
+            }
             json_response(StatusCode::OK, body.to_string(), request_id)
         }
         Success::Found(Found { users, truncated }) => {
@@ -386,11 +391,16 @@ fn marked_replayed(mut response: Response<Body>, replayed: bool) -> Response<Bod
     response
 }
 
-pub fn error_response(answer: ErrorAnswer, request_id: &str) -> Response<Body> {
+/// An error answer; `first_on_top` repeats the first error's code and message at the
+/// envelope's top (Segment's routes).
+pub fn error_response(answer: ErrorAnswer, request_id: &str, first_on_top: bool) -> Response<Body> {
     let (errors, errors_truncated) = bound(answer.errors, MAX_ERRORS, MAX_ERROR_ANSWER_BYTES);
+    let first = errors.first().filter(|_| first_on_top);
     let body = serde_json::to_string(&ErrorEnvelope {
         errors: &errors,
         errors_truncated,
+        code: first.map(|error| error.code),
+        message: first.map(|error| error.message.as_str()),
     })
     .unwrap_or_else(|_| {
         r#"{"errors":[{"code":"internal","message":"internal error"}]}"#.to_owned()

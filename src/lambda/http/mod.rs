@@ -27,8 +27,8 @@ use crate::aws::sqs::SqsQueue;
 use crate::clock::now_millis;
 use crate::config::Resources;
 use crate::contract::{
-    checked_body, decoded_body, email_query, idempotency_key, is_storable_user_id, parse_audience,
-    parse_batch, parse_segment_batch, parse_segment_identify, parse_upsert, segment_write_key,
+    body_write_key, checked_body, decoded_body, email_query, idempotency_key, is_storable_user_id,
+    parse_audience, parse_batch, parse_segment_batch, parse_segment_identify, parse_upsert,
     BodyError, BodyLimit, ErrorCode, Paged, RequestError, BATCH_BODY, SEGMENT_BATCH_BODY,
     SEGMENT_IDENTIFY_BODY, UPSERT_BODY,
 };
@@ -42,8 +42,9 @@ use answers::{audience_view, entries, error_response, success_response, Success}
 use keys::{KeyCache, Lookup};
 use lambda_http::http::{header, HeaderMap};
 use lambda_http::{Body, Request, RequestExt, Response};
+use std::future::Future;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant, SystemTime};
 
 /// Everything the api function needs, built once per cold start.
 pub struct Api<K, I, Q, C, U, S, B> {
@@ -140,8 +141,14 @@ where
             .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
         let mut trace = Trace::default();
         let route = Route::of(request.method(), request.uri().path());
+        let deadline = request
+            .lambda_context_ref()
+            .map(|context| context.deadline());
         let result = match &route {
-            Ok(route) => self.serve(route, &request, &request_id, &mut trace).await,
+            Ok(route) => {
+                let serving = self.serve(route, &request, &request_id, &mut trace);
+                within_deadline(deadline, serving).await
+            }
             Err(err) => Err(err.clone().into()),
         };
         let (response, detail, outcome, code) = match result {
@@ -178,7 +185,9 @@ where
                     Outcome::Refused
                 };
                 let code = answer.errors.first().map(|error| error.code);
-                (error_response(answer, &request_id), detail, outcome, code)
+                let segment = matches!(route, Ok(Route::SegmentIdentify | Route::SegmentBatch));
+                let response = error_response(answer, &request_id, segment);
+                (response, detail, outcome, code)
             }
         };
         let code = code
@@ -413,13 +422,9 @@ where
     ) -> Result<ApiKeyRecord, ApiError> {
         let key = match header(headers, header::AUTHORIZATION) {
             Some(authorization) => write_key(Some(authorization))?,
-            None => {
-                let encoding = header(headers, header::CONTENT_ENCODING);
-                let body = decoded_body(encoding, body, &SEGMENT_BATCH_BODY).unwrap_or_default();
-                segment_write_key(&body)
-                    .filter(|key| is_key_shaped(key))
-                    .ok_or(CredentialError::Missing)?
-            }
+            None => body_write_key(header(headers, header::CONTENT_ENCODING), body)
+                .filter(|key| is_key_shaped(key))
+                .ok_or(CredentialError::Missing)?,
         };
         self.key_record(&key, trace).await
     }
@@ -438,6 +443,33 @@ where
         trace.key_cached = Some(lookup == Lookup::Cached);
         record.ok_or(ApiError::InvalidApiKey)
     }
+}
+
+/// A request answers this long before Lambda's deadline at the latest: AWS calls still
+/// running then are dropped, and the client gets a 503 with `Retry-After` (what the
+/// contract promises when AWS is slow) rather than the platform's timeout, which has no
+/// envelope and no `Retry-After`. What the request claimed stays safe: an
+/// Idempotency-Key left claimed frees itself when its lock runs out.
+const ANSWER_BEFORE_DEADLINE: Duration = Duration::from_millis(1_000);
+
+/// `serving`'s answer, or 503 once the invocation's deadline is near.
+async fn within_deadline<T>(
+    deadline: Option<SystemTime>,
+    serving: impl Future<Output = Result<T, ApiError>>,
+) -> Result<T, ApiError> {
+    let Some(deadline) = deadline else {
+        return serving.await;
+    };
+    let left = deadline
+        .duration_since(SystemTime::now())
+        .unwrap_or_default()
+        .saturating_sub(ANSWER_BEFORE_DEADLINE);
+    tokio::time::timeout(left, serving)
+        .await
+        .unwrap_or_else(|_| {
+            let late = PortError::Unavailable("answered before the invocation's deadline".into());
+            Err(late.into())
+        })
 }
 
 fn header(headers: &HeaderMap, name: impl header::AsHeaderName) -> Option<&[u8]> {
@@ -472,4 +504,190 @@ fn checked_erase(headers: &HeaderMap, external_user_id: &str) -> Result<Checked,
         },
         idempotency_key: idempotency_key(header(headers, "idempotency-key"))?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::app::fakes::{
+        MemoryApiKeys, MemoryAudiences, MemoryBuilds, MemoryCounters, MemoryKeys, MemoryQueue,
+        MemoryUsers,
+    };
+    use crate::app::ports::StoredUser;
+    use crate::lambda::samples::sample_text;
+    use lambda_http::http::StatusCode;
+    use serde_json::{json, Value};
+
+    type TestApi = Api<
+        MemoryApiKeys,
+        MemoryKeys,
+        MemoryQueue,
+        Arc<MemoryCounters>,
+        MemoryUsers,
+        MemoryAudiences,
+        MemoryBuilds,
+    >;
+
+    /// The key the sample requests of `events/` carry.
+    const SAMPLE_KEY: &str = "sk_test_REPLACEWITHYOURDEVKEY000000";
+
+    struct World {
+        api: TestApi,
+        queue: MemoryQueue,
+        users: MemoryUsers,
+    }
+
+    /// The api over in-memory ports, the sample key belonging to workspace `dev`.
+    fn world(scopes: &[Scope]) -> World {
+        let keys = MemoryApiKeys::default();
+        let record = ApiKeyRecord {
+            key_id: "key-1".into(),
+            workspace_id: "dev".into(),
+            scopes: scopes.to_vec(),
+            rate_limit: None,
+            created_at: 0,
+            revoked: false,
+        };
+        keys.0.lock().unwrap().insert(key_hash(SAMPLE_KEY), record);
+        let (queue, users) = (MemoryQueue::default(), MemoryUsers::default());
+        let limiter = Arc::new(RateLimiter::new(Arc::new(MemoryCounters::default())));
+        let api = Api {
+            keys: KeyCache::new(keys),
+            accept: Accept::new(MemoryKeys::default(), queue.clone(), Arc::clone(&limiter)),
+            read: Read::new(users.clone(), Arc::clone(&limiter)),
+            curate: Curate::new(
+                MemoryAudiences::default(),
+                users.clone(),
+                MemoryBuilds::default(),
+                MemoryKeys::default(),
+                limiter,
+            ),
+            default_rate_limit: 100,
+            metrics_namespace: "VibeFollow/test".into(),
+        };
+        World { api, queue, users }
+    }
+
+    /// A sample API Gateway event of `events/`, changed by `edit`, as Lambda hands it.
+    fn request(name: &str, edit: impl FnOnce(&mut Value)) -> Request {
+        let mut event: Value = serde_json::from_str(&sample_text(name)).unwrap();
+        edit(&mut event);
+        lambda_http::request::from_str(&event.to_string()).unwrap()
+    }
+
+    /// The sample POST sent to `path` with `body`.
+    fn post(path: &str, body: String) -> Request {
+        request("apigw-post-user.json", |event| {
+            event["rawPath"] = json!(path);
+            event["requestContext"]["http"]["path"] = json!(path);
+            event["body"] = json!(body);
+        })
+    }
+
+    async fn answer(api: &TestApi, request: Request) -> (StatusCode, Value, HeaderMap) {
+        let response = api.handle(request).await;
+        let body = serde_json::from_slice(response.body()).unwrap_or(Value::Null);
+        (response.status(), body, response.headers().clone())
+    }
+
+    #[tokio::test]
+    async fn the_sample_post_is_accepted_for_the_keys_workspace_and_its_get_reads_it() {
+        let w = world(&[Scope::UsersWrite, Scope::UsersRead]);
+        let (status, body, _) = answer(&w.api, request("apigw-post-user.json", |_| {})).await;
+        assert_eq!(
+            (status, body),
+            (StatusCode::ACCEPTED, json!({"data": {"accepted": true}}))
+        );
+        let sent = w.queue.messages();
+        assert_eq!(sent.len(), 1);
+        assert_eq!(
+            (
+                sent[0].workspace_id.as_str(),
+                sent[0].external_user_id.as_str()
+            ),
+            ("dev", "usr_42")
+        );
+        // Applied as the consumer would: the sample GET reads it, without the email.
+        let mut user = StoredUser::new("usr_42");
+        user.profile.apply_message(&sent[0]);
+        user.version = 1;
+        let key = ("dev".to_owned(), "usr_42".to_owned());
+        w.users.users.lock().unwrap().insert(key, user);
+        let (status, body, _) = answer(&w.api, request("apigw-get-user.json", |_| {})).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body["data"]["external_user_id"], "usr_42");
+        assert_eq!(body["data"]["traits"]["favoriteColor"], "teal");
+        assert!(body["data"].get("email").is_none(), "{body}");
+    }
+
+    #[tokio::test]
+    async fn refusals_come_in_the_contracts_envelope() {
+        let w = world(&[Scope::UsersRead]);
+        let anonymous = request("apigw-post-user.json", |event| {
+            event["headers"]
+                .as_object_mut()
+                .unwrap()
+                .remove("authorization");
+        });
+        let (status, body, headers) = answer(&w.api, anonymous).await;
+        assert_eq!(
+            (status, body["errors"][0]["code"].as_str()),
+            (StatusCode::UNAUTHORIZED, Some("missing_authorization"))
+        );
+        assert!(headers.contains_key("www-authenticate"));
+        let (status, body, _) = answer(&w.api, request("apigw-post-user.json", |_| {})).await;
+        assert_eq!(
+            (status, body["errors"][0]["code"].as_str()),
+            (StatusCode::FORBIDDEN, Some("insufficient_scope"))
+        );
+        let (status, _, _) = answer(&w.api, post("/api/v1/nowhere", "{}".into())).await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        assert!(w.queue.messages().is_empty());
+    }
+
+    #[tokio::test]
+    async fn segments_hostile_batches_are_answered_in_bounds() {
+        let w = world(&[Scope::SegmentWrite]);
+        // Not messages at all: 200, the first 100 listed, the rest counted.
+        let ones = format!("{{\"batch\":[{}1]}}", "1,".repeat(14_999));
+        let (status, body, _) = answer(&w.api, post("/v1/batch", ones)).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body["dropped"].as_array().map(Vec::len), Some(100));
+        assert_eq!(body["dropped_truncated"], 14_900);
+        // More than 500 KB holds: refused whole, the code at the top as well.
+        let flood = format!("{{\"batch\":[{}1]}}", "1,".repeat(200_000));
+        let (status, body, _) = answer(&w.api, post("/v1/batch", flood)).await;
+        assert_eq!(
+            (status, body["code"].as_str()),
+            (StatusCode::UNPROCESSABLE_ENTITY, Some("too_many"))
+        );
+        // A segment:write key serves Segment's routes only.
+        let (status, _, _) = answer(&w.api, request("apigw-post-user.json", |_| {})).await;
+        assert_eq!(status, StatusCode::FORBIDDEN);
+        assert!(w.queue.messages().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_request_answers_503_with_retry_after_before_the_invocations_deadline() {
+        // At the margin already: a call that would still be running is dropped now.
+        let near = SystemTime::now() + ANSWER_BEFORE_DEADLINE;
+        let stalled = std::future::pending::<Result<(), ApiError>>();
+        let answer = within_deadline(Some(near), stalled)
+            .await
+            .unwrap_err()
+            .answer();
+        assert_eq!(answer.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(answer
+            .headers
+            .iter()
+            .any(|(name, _)| *name == "retry-after"));
+        // Time left: the answer is the request's own.
+        let far = SystemTime::now() + Duration::from_secs(600);
+        assert!(within_deadline(Some(far), async { Ok::<_, ApiError>(7) })
+            .await
+            .is_ok());
+        assert!(within_deadline(None, async { Ok::<_, ApiError>(7) })
+            .await
+            .is_ok());
+    }
 }

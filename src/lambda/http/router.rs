@@ -127,9 +127,8 @@ impl Route {
 
     pub fn scope(&self) -> Scope {
         match self {
-            Route::Upsert | Route::Batch | Route::SegmentIdentify | Route::SegmentBatch => {
-                Scope::UsersWrite
-            }
+            Route::Upsert | Route::Batch => Scope::UsersWrite,
+            Route::SegmentIdentify | Route::SegmentBatch => Scope::SegmentWrite,
             Route::GetUser(_) | Route::UserAudiences(_) => Scope::UsersRead,
             Route::PutAudience(_) | Route::DeleteAudience(_) => Scope::AudiencesWrite,
             Route::ListAudiences | Route::GetAudience(_) | Route::AudienceMembers(_) => {
