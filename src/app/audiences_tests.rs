@@ -96,7 +96,7 @@ impl World {
                 next.profile.erase(&Stamp::new(at, format!("e{at}")));
             }
         }
-        next.version += 1;
+        next.version = crate::domain::next_version(next.version, at);
         lock_insert(&self.users, WS, next.clone());
         (old.map(|o| (WS.to_owned(), o)), Some((WS.to_owned(), next)))
     }
@@ -255,7 +255,8 @@ async fn a_change_that_matches_enters_and_one_that_stops_matching_exits() {
     // The events carry the user's version and a stable id, and no PII.
     let bus = w.bus.accepted();
     let detail = &bus[0].detail;
-    assert_eq!(detail["user_version"], json!(1));
+    // A new user's versions start from the clock, as the table starts them.
+    assert_eq!(detail["user_version"], json!(T0 + 1));
     assert_eq!(detail["at"], json!("2027-01-15T08:00:00.002Z"));
     assert!(detail.get("email").is_none() && detail.get("traits").is_none());
 }
@@ -1072,4 +1073,157 @@ async fn a_definition_outrun_again_and_again_answers_unavailable_instead_of_spin
         "the landed definition's build only"
     );
     assert!(w.builds.take().is_none());
+}
+
+impl World {
+    /// The faults of the fake that serves `call` (`users.…`, `builds.…`, `memberships.…`).
+    fn faults_of(&self, call: &str) -> &Faults {
+        match call.split('.').next() {
+            Some("users") => &self.users.faults,
+            Some("builds" | "time" | "parked") => &self.builds.faults,
+            Some("bus") => &self.bus.faults,
+            _ => &self.store.faults,
+        }
+    }
+
+    /// The membership events the bus took, once per event id (what a subscriber that
+    /// drops repeats by id sees).
+    fn events_by_id(&self) -> Vec<(String, String, String, String)> {
+        let mut seen = std::collections::HashSet::new();
+        let events = self.bus.accepted();
+        let ids = events
+            .iter()
+            .filter(|e| e.source == "vibefollow.audiences")
+            .map(|e| e.detail["id"].as_str().unwrap_or_default().to_owned());
+        let kept: Vec<bool> = ids.map(|id| seen.insert(id)).collect();
+        self.events()
+            .into_iter()
+            .zip(kept)
+            .filter_map(|(event, first)| first.then_some(event))
+            .collect()
+    }
+}
+
+/// Lined up for longer than any retry inside one invocation.
+const STANDING_FAULTS: usize = 50;
+
+/// Each call that settling a user makes, refused (a bad item, a bug) or failing
+/// (throttled): the user is parked by id and the rest of its batch settles; once the
+/// call works again, the parked user's retry leaves the memberships the rules say, each
+/// move put under one event id.
+#[tokio::test]
+async fn a_settling_step_that_fails_parks_its_user_and_the_retry_finishes_the_move() {
+    let calls = [
+        "memberships.standing",
+        "users.get",
+        "memberships.commit",
+        "memberships.apply",
+        "memberships.clear_pending",
+    ];
+    for call in calls {
+        for error in [unavailable(), refused()] {
+            let w = world();
+            w.define("trials", trials(), T0).await;
+            w.build(T0).await;
+            let before = w.write("u1", Some(json!({"plan": "trial"})), T0 + 1);
+            w.faults_of(call).fail(call, error.clone(), STANDING_FAULTS);
+            let (_, first_failure) = w.deliver(&[before], T0 + 2).await;
+            assert_eq!(first_failure, None, "{call} {error}: the batch goes on");
+            let parked = w.builds.take_parked();
+            assert_eq!(parked, [(WS.to_owned(), "u1".to_owned())], "{call} {error}");
+            // The call works again.
+            w.faults_of(call).clear();
+            let retried = w.evaluate.retry(&parked, || T0 + 3).await;
+            assert!(
+                retried.iter().all(Result::is_ok),
+                "{call} {error}: {retried:?}"
+            );
+            assert_eq!(w.store.listed(WS, "trials"), ["u1"], "{call} {error}");
+            assert_eq!(
+                w.events_by_id(),
+                [entered("trials", "u1", "change")],
+                "{call} {error}"
+            );
+            assert!(w.store.state(WS, "u1").pending.is_empty(), "{call} {error}");
+        }
+    }
+}
+
+/// A build whose page read, page record or next task fails, refused or failing: the
+/// task fails whole (SQS delivers it again), and its redelivery finishes the build with
+/// every member listed once.
+#[tokio::test]
+async fn a_build_step_that_fails_fails_its_task_and_the_redelivery_finishes_the_build() {
+    for call in ["users.page", "audiences.record_build", "builds.send"] {
+        for error in [unavailable(), refused()] {
+            let w = world();
+            let users = BUILD_PAGE + 5;
+            for i in 0..users {
+                w.write(&format!("u{i:04}"), Some(json!({"plan": "trial"})), T0);
+            }
+            w.define("trials", trials(), T0 + 1).await;
+            let first = w.builds.take().expect("the first task");
+            w.faults_of(call).fail(call, error.clone(), 1);
+            let failed = w.evaluate.build(&first, || T0 + 2).await;
+            assert!(failed.is_err(), "{call} {error}");
+            // Redelivered, then the rest of the build.
+            w.evaluate.build(&first, || T0 + 3).await.unwrap();
+            w.build(T0 + 4).await;
+            assert_eq!(w.store.listed(WS, "trials").len(), users, "{call} {error}");
+            assert_eq!(w.events_by_id().len(), users, "{call} {error}");
+        }
+    }
+}
+
+/// A tick whose time tasks cannot be sent, and a time task whose partition cannot be
+/// read, refused or failing: the invocation fails and the users stay due, so the next
+/// tick moves them.
+#[tokio::test]
+async fn a_tick_or_a_time_task_that_fails_leaves_its_users_due_for_the_next() {
+    for call in ["time.send", "memberships.due"] {
+        for error in [unavailable(), refused()] {
+            let w = world();
+            w.define(
+                "recent",
+                json!({"field": "signupDate", "op": "within_last", "value": "P1D"}),
+                T0,
+            )
+            .await;
+            w.build(T0).await;
+            let signup = crate::domain::format_millis(T0).unwrap();
+            let record = w.write("u1", Some(json!({"signupDate": signup})), T0 + 1);
+            w.deliver(&[record], T0 + 2).await;
+            assert_eq!(w.store.listed(WS, "recent"), ["u1"]);
+            let after_edge = T0 + DAY + 1;
+            w.faults_of(call).fail(call, error.clone(), 1);
+            let failed = match call {
+                "time.send" => w.evaluate.tick(after_edge).await.map(|_| ()),
+                _ => {
+                    w.evaluate.tick(after_edge).await.unwrap();
+                    let tasks = w.builds.take_time();
+                    let mut first_error = None;
+                    for task in &tasks {
+                        let settled = w
+                            .evaluate
+                            .settle_due(task, || after_edge, |_| async {})
+                            .await;
+                        first_error = first_error.or(settled.err());
+                    }
+                    first_error.map_or(Ok(()), Err)
+                }
+            };
+            assert!(failed.is_err(), "{call} {error}");
+            assert_eq!(
+                w.due(after_edge).await.len(),
+                1,
+                "{call} {error}: still due"
+            );
+            w.tick(after_edge, || after_edge, |_| async {}).await;
+            assert!(w.store.listed(WS, "recent").is_empty(), "{call} {error}");
+            assert_eq!(
+                w.events_by_id().last(),
+                Some(&exited("recent", "u1", "time"))
+            );
+        }
+    }
 }

@@ -51,6 +51,11 @@ impl Faults {
             .extend(std::iter::repeat_n(error, count));
     }
 
+    /// Nothing lined up any more: every call succeeds.
+    pub fn clear(&self) {
+        lock(&self.0).clear();
+    }
+
     fn check(&self, call: &str) -> Result<(), PortError> {
         match lock(&self.0).get_mut(call).and_then(VecDeque::pop_front) {
             Some(error) => Err(error),
@@ -210,7 +215,10 @@ impl UpsertQueue for MemoryQueue {
 
 /// The rate counters, with the DynamoDB store's conditional rules.
 #[derive(Default)]
-pub struct MemoryCounters(Mutex<HashMap<String, Counter>>);
+pub struct MemoryCounters {
+    counters: Mutex<HashMap<String, Counter>>,
+    pub faults: Faults,
+}
 
 impl Counters for Arc<MemoryCounters> {
     async fn take(
@@ -220,7 +228,8 @@ impl Counters for Arc<MemoryCounters> {
         tokens: u64,
         rate: u32,
     ) -> Result<Result<(), Option<Counter>>, PortError> {
-        let mut counters = lock(&self.0);
+        self.faults.check("counters.take")?;
+        let mut counters = lock(&self.counters);
         let found = counters.get(workspace_id).copied();
         match counters.get_mut(workspace_id) {
             Some(c)
@@ -242,7 +251,8 @@ impl Counters for Arc<MemoryCounters> {
         window: i64,
         tokens: u64,
     ) -> Result<bool, PortError> {
-        let mut counters = lock(&self.0);
+        self.faults.check("counters.start_window")?;
+        let mut counters = lock(&self.counters);
         // As the DynamoDB condition: the same window with the same tokens taken.
         let current = counters.get(workspace_id).map(|c| (c.window, c.used));
         if current != found.map(|c| (c.window, c.used)) {
@@ -335,7 +345,8 @@ impl Users for MemoryUsers {
             return Ok(WriteOutcome::Conflict);
         }
         let mut written = user.clone();
-        written.version += 1;
+        // As the table does: a new user's versions start from the clock.
+        written.version = crate::domain::next_version(user.version, crate::clock::now_millis());
         users.insert(key, written);
         Ok(WriteOutcome::Written)
     }
@@ -369,21 +380,23 @@ impl Users for MemoryUsers {
 
 /// API keys by hash, and how many reads they served.
 #[derive(Clone, Default)]
-pub struct MemoryApiKeys(
-    pub Arc<Mutex<HashMap<String, ApiKeyRecord>>>,
-    Arc<Mutex<usize>>,
-);
+pub struct MemoryApiKeys {
+    pub records: Arc<Mutex<HashMap<String, ApiKeyRecord>>>,
+    reads: Arc<Mutex<usize>>,
+    pub faults: Faults,
+}
 
 impl MemoryApiKeys {
     pub fn reads(&self) -> usize {
-        *lock(&self.1)
+        *lock(&self.reads)
     }
 }
 
 impl ApiKeys for MemoryApiKeys {
     async fn get(&self, hash: &str) -> Result<Option<ApiKeyRecord>, PortError> {
-        *lock(&self.1) += 1;
-        Ok(lock(&self.0).get(hash).cloned())
+        self.faults.check("api_keys.get")?;
+        *lock(&self.reads) += 1;
+        Ok(lock(&self.records).get(hash).cloned())
     }
 }
 
@@ -415,6 +428,11 @@ impl EventBus for MemoryBus {
 
     async fn put(&self, events: &[&ChangeEvent]) -> Result<Vec<usize>, PortError> {
         self.faults.check("bus.put")?;
+        // EventBridge refuses a call past its limits whole.
+        let bytes: usize = events.iter().map(|event| Self::entry_size(event)).sum();
+        if events.len() > Self::MAX_ENTRIES_PER_CALL || bytes > Self::MAX_BYTES_PER_CALL {
+            return Err(PortError::Refused("ValidationException".into()));
+        }
         let refused = lock(&self.refusals).pop_front().unwrap_or_default();
         let taken = events
             .iter()
@@ -442,7 +460,8 @@ impl WorkspaceUsers for MemoryUsers {
             .map(|(_, user)| user.clone())
             .collect();
         users.sort_by(|a, b| a.external_user_id.cmp(&b.external_user_id));
-        let more = users.len() > limit;
+        // As DynamoDB's `Limit`: a full page ends with a cursor, even when nothing follows.
+        let more = users.len() >= limit;
         users.truncate(limit);
         let next = more
             .then(|| users.last().map(|u| u.external_user_id.clone()))
@@ -787,7 +806,8 @@ impl Memberships for MemoryAudiences {
             .filter(|(key, at)| after.is_none_or(|(k, a)| (at, key) > (a, k)))
             .collect();
         due.sort_by(|(k1, a1), (k2, a2)| (a1, k1).cmp(&(a2, k2)));
-        let more = due.len() > limit;
+        // As DynamoDB's `Limit`: a full page says more may follow, even when none does.
+        let more = due.len() >= limit;
         due.truncate(limit);
         Ok((due, more))
     }

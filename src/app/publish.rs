@@ -14,14 +14,20 @@
 use super::call_groups;
 use super::ports::{EventBus, StoredUser, UserImage};
 use crate::domain::change::{change_event, ChangeEvent, Image};
-use futures::future::join_all;
+use futures::future::{join_all, BoxFuture};
+use std::sync::Arc;
+use std::time::Duration;
 
 /// Tries of one call's refused entries before the record is reported failed.
 const PUT_ATTEMPTS: usize = 3;
 /// PutEvents calls in flight at once (each user's events stay in one lane, in order).
 const LANES: usize = 4;
 /// Backoff before a call's second and third tries (throttling is the usual refusal).
-const RETRY_BASE: std::time::Duration = std::time::Duration::from_millis(50);
+const RETRY_BASE: Duration = Duration::from_millis(50);
+
+/// How a retry waits out its backoff: the runtime's timer in the function, a test's
+/// own clock in tests.
+pub type Backoff = Arc<dyn Fn(Duration) -> BoxFuture<'static, ()> + Send + Sync>;
 
 /// One record of the users table's stream: its position in the shard, and the user
 /// before and after the write, or why the record cannot be read.
@@ -41,11 +47,17 @@ pub struct Published<'a> {
 
 pub struct Publish<B> {
     bus: B,
+    backoff: Backoff,
 }
 
 impl<B: EventBus> Publish<B> {
+    /// Waits out backoffs on tokio's timer.
     pub fn new(bus: B) -> Self {
-        Self { bus }
+        Self::with_backoff(bus, Arc::new(|wait| Box::pin(tokio::time::sleep(wait))))
+    }
+
+    pub fn with_backoff(bus: B, backoff: Backoff) -> Self {
+        Self { bus, backoff }
     }
 
     /// Publishes the events of a batch of stream records, in stream order.
@@ -102,7 +114,7 @@ impl<B: EventBus> Publish<B> {
             let mut waiting: Vec<usize> = call.into_iter().map(|i| lane[i]).collect();
             for attempt in 0..PUT_ATTEMPTS {
                 if attempt > 0 {
-                    tokio::time::sleep(RETRY_BASE * 2u32.pow(attempt as u32)).await;
+                    (self.backoff)(RETRY_BASE * 2u32.pow(attempt as u32)).await;
                 }
                 let batch: Vec<&ChangeEvent> = waiting.iter().map(|&i| &events[i].1).collect();
                 waiting = match self.bus.put(&batch).await {

@@ -109,11 +109,24 @@ fn what_a_partly_refused_call_sends_again() {
 async fn events_the_bus_keeps_refusing_make_their_record_the_first_failure() {
     let bus = MemoryBus::default();
     bus.faults.fail("bus.put", unavailable(), PUT_ATTEMPTS);
-    let publish = Publish::new(bus.clone());
+    // The waits between tries, as the publisher asks for them (none taken here).
+    let waits = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let asked = Arc::clone(&waits);
+    let backoff: Backoff = Arc::new(move |wait| {
+        asked.lock().unwrap().push(wait);
+        Box::pin(async {})
+    });
+    let publish = Publish::with_backoff(bus.clone(), backoff);
     let records = history("u1", &["a", "b"]);
     let published = publish.publish(&changes(&records)).await;
     assert_eq!(published.first_failure, Some("u1-0"));
     assert!(bus.accepted().is_empty());
+    let ms = |ms| std::time::Duration::from_millis(ms);
+    assert_eq!(
+        *waits.lock().unwrap(),
+        [ms(100), ms(200)],
+        "backoff doubles"
+    );
 }
 
 #[tokio::test]

@@ -15,5 +15,5 @@ mod view;
 pub use message::{
     trait_of_path, trait_path, Changes, ProfileField, Stamp, UpsertMessage, MESSAGE_VERSION,
 };
-pub use profile::{OnceWrite, OnceWrites, RejectReason, RejectedTrait, UserProfile};
+pub use profile::{next_version, OnceWrite, OnceWrites, RejectReason, RejectedTrait, UserProfile};
 pub use view::{format_millis, read_fields, user_view};

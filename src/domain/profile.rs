@@ -5,6 +5,18 @@ use super::{trait_of_path, trait_path, Changes, ProfileField, Stamp, UpsertMessa
 use serde_json::Value;
 use std::collections::BTreeMap;
 
+/// The version a write gives a user's item: one past the version read. A new item
+/// (read as 0) starts from the time in ms, so that a user created again after its
+/// tombstone expired keeps counting past its earlier life: change events and audience
+/// decisions are ordered by version.
+pub fn next_version(read: u64, now_ms: i64) -> u64 {
+    if read == 0 {
+        u64::try_from(now_ms).unwrap_or(1).max(1)
+    } else {
+        read + 1
+    }
+}
+
 /// A stored user profile with the stamp of the upsert that last set or removed each
 /// field. It equals the accepted writes applied one by one in stamp order — `traits`
 /// and `email` overwrite, `null` removes, `set_once` sets what is absent at that point,

@@ -9,7 +9,7 @@ use crate::app::ports::{
 use crate::contract::{normalize_email, MAX_EMAIL_MATCHES};
 use crate::domain::budget::{parse_stamp, stamp_text};
 use crate::domain::{
-    OnceWrite, OnceWrites, ProfileField, RejectReason, RejectedTrait, UserProfile,
+    next_version, OnceWrite, OnceWrites, ProfileField, RejectReason, RejectedTrait, UserProfile,
 };
 use aws_sdk_dynamodb::types::{AttributeValue, KeysAndAttributes};
 use aws_sdk_dynamodb::Client;
@@ -262,7 +262,10 @@ fn item_from_user(workspace_id: &str, user: &StoredUser) -> Result<Item, PortErr
         ),
         ("workspace_id".to_owned(), s(workspace_id)),
         ("external_user_id".to_owned(), s(&user.external_user_id)),
-        ("version".to_owned(), n(next_version(user.version))),
+        (
+            "version".to_owned(),
+            n(next_version(user.version, crate::clock::now_millis())),
+        ),
     ]);
     for (field, value) in &profile.profile {
         item.insert(field.attribute().to_owned(), s(value));
@@ -323,19 +326,6 @@ fn item_from_user(workspace_id: &str, user: &StoredUser) -> Result<Item, PortErr
         item.insert("updated_at".to_owned(), n(updated_at));
     }
     Ok(item)
-}
-
-/// The version a write gives the item: one past the version read. A new item starts
-/// from the time in ms, so that a user created again after its tombstone expired keeps
-/// counting past its earlier life (change events are ordered by version).
-fn next_version(read: u64) -> u64 {
-    if read == 0 {
-        u64::try_from(crate::clock::now_millis())
-            .unwrap_or(1)
-            .max(1)
-    } else {
-        read + 1
-    }
 }
 
 /// The `set_once` writes a field keeps: `{key: {"applies": BOOL, "writes": [{"stamp",

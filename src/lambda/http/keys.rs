@@ -92,7 +92,11 @@ mod tests {
     #[tokio::test]
     async fn a_flood_of_unknown_keys_never_evicts_the_keys_that_work() {
         let store = MemoryApiKeys::default();
-        store.0.lock().unwrap().insert("good".into(), record("ws"));
+        store
+            .records
+            .lock()
+            .unwrap()
+            .insert("good".into(), record("ws"));
         let cache = KeyCache::new(store.clone());
         assert_eq!(cache.active_key("good").await.unwrap().1, Lookup::Read);
         for i in 0..3 * UNKNOWN_ENTRIES.get() {
@@ -120,7 +124,7 @@ mod tests {
             revoked: true,
             ..record("ws")
         };
-        store.0.lock().unwrap().insert("gone".into(), revoked);
+        store.records.lock().unwrap().insert("gone".into(), revoked);
         let cache = KeyCache::new(store);
         assert_eq!(
             cache.active_key("gone").await.unwrap(),

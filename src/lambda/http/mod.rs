@@ -535,6 +535,8 @@ mod tests {
         api: TestApi,
         queue: MemoryQueue,
         users: MemoryUsers,
+        api_keys: MemoryApiKeys,
+        counters: Arc<MemoryCounters>,
     }
 
     /// The api over in-memory ports, the sample key belonging to workspace `dev`.
@@ -548,11 +550,15 @@ mod tests {
             created_at: 0,
             revoked: false,
         };
-        keys.0.lock().unwrap().insert(key_hash(SAMPLE_KEY), record);
+        keys.records
+            .lock()
+            .unwrap()
+            .insert(key_hash(SAMPLE_KEY), record);
         let (queue, users) = (MemoryQueue::default(), MemoryUsers::default());
-        let limiter = Arc::new(RateLimiter::new(Arc::new(MemoryCounters::default())));
+        let counters = Arc::new(MemoryCounters::default());
+        let limiter = Arc::new(RateLimiter::new(Arc::clone(&counters)));
         let api = Api {
-            keys: KeyCache::new(keys),
+            keys: KeyCache::new(keys.clone()),
             accept: Accept::new(MemoryKeys::default(), queue.clone(), Arc::clone(&limiter)),
             read: Read::new(users.clone(), Arc::clone(&limiter)),
             curate: Curate::new(
@@ -565,7 +571,13 @@ mod tests {
             default_rate_limit: 100,
             metrics_namespace: "VibeFollow/test".into(),
         };
-        World { api, queue, users }
+        World {
+            api,
+            queue,
+            users,
+            api_keys: keys,
+            counters,
+        }
     }
 
     /// A sample API Gateway event of `events/`, changed by `edit`, as Lambda hands it.
@@ -643,6 +655,29 @@ mod tests {
         let (status, _, _) = answer(&w.api, post("/api/v1/nowhere", "{}".into())).await;
         assert_eq!(status, StatusCode::NOT_FOUND);
         assert!(w.queue.messages().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_key_store_or_rate_counter_that_fails_is_a_503_with_retry_after() {
+        let w = world(&[Scope::UsersWrite]);
+        w.api_keys
+            .faults
+            .fail("api_keys.get", crate::app::fakes::unavailable(), 1);
+        let (status, _, headers) = answer(&w.api, request("apigw-post-user.json", |_| {})).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(headers.contains_key("retry-after"));
+        w.counters
+            .faults
+            .fail("counters.take", crate::app::fakes::unavailable(), 10);
+        w.counters.faults.fail(
+            "counters.start_window",
+            crate::app::fakes::unavailable(),
+            10,
+        );
+        let (status, _, headers) = answer(&w.api, request("apigw-post-user.json", |_| {})).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(headers.contains_key("retry-after"));
+        assert!(w.queue.messages().is_empty(), "nothing accepted");
     }
 
     #[tokio::test]
