@@ -5,11 +5,11 @@
 use super::*;
 use crate::app::evaluate::{Evaluate, BUILD_PAGE};
 use crate::app::fakes::*;
-use crate::app::ports::PENDING_GRACE_MS;
 use crate::app::ports::{StoredUser, UserImage, UserKey};
 use crate::app::publish::StreamChange;
 use crate::contract::{parse_audience, parse_upsert};
 use crate::domain::audience::{AUDIENCE_ENTERED, AUDIENCE_EXITED};
+use crate::domain::membership::PENDING_GRACE_MS;
 use proptest::prelude::*;
 use serde_json::{json, Value};
 
@@ -332,7 +332,7 @@ async fn a_batch_shares_its_bus_calls_and_reads_only_the_rules_revision() {
     for per_user in [
         "memberships.standing",
         "memberships.commit",
-        "memberships.apply",
+        "memberships.write_entries",
         "memberships.clear_pending",
     ] {
         assert_eq!(count(per_user), 25, "{per_user}");
@@ -1117,7 +1117,7 @@ async fn a_settling_step_that_fails_parks_its_user_and_the_retry_finishes_the_mo
         "memberships.standing",
         "users.get",
         "memberships.commit",
-        "memberships.apply",
+        "memberships.write_entries",
         "memberships.clear_pending",
     ];
     for call in calls {

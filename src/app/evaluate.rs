@@ -3,18 +3,17 @@
 //! reaches them (the build queue) and when time crosses a rule's edge (the schedule).
 //! How it stays exact: `docs/audiences.md`.
 
-use super::audiences::member_of;
 use super::ports::{
     Audiences, BuildQueue, BuildRecord, BuildStep, BuildTask, Definitions, EventBus, Memberships,
-    ParkedUsers, PortError, Standing, StoredUser, StreamRange, StreamReplay, TimeTask, TimeTasks,
+    ParkedUsers, PortError, StoredUser, StreamRange, StreamReplay, TimeTask, TimeTasks,
     UserAudiences, UserImage, UserKey, Users, WorkspaceUsers,
 };
 use super::publish::StreamChange;
 use super::rule_cache::RuleCache;
 use super::{call_groups, AppError};
-use crate::domain::audience::{MembershipEvent, Reason};
+use crate::domain::audience::Reason;
 use crate::domain::change::ChangeEvent;
-use crate::domain::read_fields;
+use crate::domain::membership::{decide, Decision};
 use futures::stream::{self, StreamExt};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -636,7 +635,14 @@ where
             if decided_at < state.user_version {
                 return Ok((put, None));
             }
-            let Some(next) = decide(subject, decided_at, &definitions, &state, now()) else {
+            let decision = Decision {
+                workspace_id,
+                external_user_id: user_id,
+                profile: subject.user.as_ref().map(|user| &user.profile),
+                version: decided_at,
+                reason: subject.reason,
+            };
+            let Some(next) = decide(&decision, &definitions, &state, now()) else {
                 return Ok((put, None));
             };
             // A record's image decides only if the user is still at it: an older
@@ -679,7 +685,7 @@ where
                     return Ok(());
                 }
                 self.store
-                    .apply(workspace_id, user_id, state.rev, &state.pending)
+                    .write_entries(workspace_id, user_id, state.rev, &state.pending)
                     .await
             });
         let applied: Vec<Result<(), PortError>> = stream::iter(applying)
@@ -737,61 +743,4 @@ where
 
 fn contended() -> AppError {
     PortError::Unavailable("contended memberships".into()).into()
-}
-
-/// What one user's memberships must become under the rules at `now_ms`, decided at
-/// user `version`: the next state, its flips pending, or `None` if nothing changes.
-fn decide(
-    subject: &Subject,
-    version: u64,
-    definitions: &Definitions,
-    state: &UserAudiences,
-    now_ms: i64,
-) -> Option<UserAudiences> {
-    let user = subject.user.as_ref().filter(|u| u.profile.exists());
-    let fields = user.map(|u| read_fields(&u.profile)).unwrap_or_default();
-    let mut next = UserAudiences {
-        rev: state.rev + 1,
-        user_version: version,
-        members: state.members.clone(),
-        pending: Vec::new(),
-        next_due: None,
-    };
-    for audience in &definitions.audiences {
-        let was = member_of(state, audience).is_some();
-        let is = user.is_some() && audience.rule.matches(&fields, now_ms);
-        if user.is_some() {
-            let due = audience.rule.next_change_after(&fields, now_ms);
-            next.next_due = next.next_due.into_iter().chain(due).min();
-        }
-        if was == is {
-            continue;
-        }
-        if is {
-            let standing = Standing {
-                entered_at: now_ms,
-                rule_rev: audience.rule_rev,
-            };
-            next.members.insert(audience.audience_id.clone(), standing);
-        } else {
-            next.members.remove(&audience.audience_id);
-        }
-        next.pending.push(MembershipEvent {
-            entered: is,
-            workspace_id: subject.workspace_id.to_owned(),
-            audience_id: audience.audience_id.clone(),
-            external_user_id: subject.external_user_id.to_owned(),
-            user_version: version,
-            rule_rev: audience.rule_rev,
-            since_rev: audience.since_rev,
-            at: now_ms,
-            reason: if user.is_none() {
-                Reason::Erase
-            } else {
-                subject.reason
-            },
-            commit: next.rev,
-        });
-    }
-    (!next.pending.is_empty() || next.next_due != state.next_due).then_some(next)
 }

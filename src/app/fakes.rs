@@ -688,14 +688,14 @@ impl Memberships for MemoryAudiences {
         Ok(true)
     }
 
-    async fn apply(
+    async fn write_entries(
         &self,
         workspace_id: &str,
         external_user_id: &str,
         rev: u64,
         decisions: &[MembershipEvent],
     ) -> Result<(), PortError> {
-        self.call("memberships.apply")?;
+        self.call("memberships.write_entries")?;
         let mut lists = lock(&self.lists);
         let mut counts = lock(&self.counts);
         for decision in decisions {

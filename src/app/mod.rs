@@ -4,7 +4,7 @@
 
 pub mod accept;
 pub mod apply;
-pub mod audiences;
+pub mod curate;
 pub mod evaluate;
 #[cfg(test)]
 pub(crate) mod fakes;

@@ -2,10 +2,11 @@
 //! them over DynamoDB, SQS and EventBridge; `app::fakes` in memory, for the use-case
 //! tests.
 
-use crate::domain::audience::{MembershipEvent, Rule};
+use crate::domain::audience::MembershipEvent;
 use crate::domain::auth::ApiKeyRecord;
 use crate::domain::change::ChangeEvent;
 use crate::domain::idempotency::Claim;
+pub use crate::domain::membership::{Audience, Definitions, Standing, UserAudiences};
 use crate::domain::{Stamp, UpsertMessage, UserProfile};
 use std::collections::HashMap;
 use std::future::Future;
@@ -219,36 +220,6 @@ pub trait EventBus {
     ) -> impl Future<Output = Result<Vec<usize>, PortError>> + Send;
 }
 
-/// An audience as stored.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Audience {
-    pub audience_id: String,
-    pub name: String,
-    /// The rule as defined (what reads show), and parsed.
-    pub rule_json: serde_json::Value,
-    pub rule: Rule,
-    /// The workspace's definitions revision this rule was written at.
-    pub rule_rev: u64,
-    /// The revision this audience started at: standings from before (an audience of
-    /// the same id, deleted) are not its members.
-    pub since_rev: u64,
-    /// Users the build of `rule_rev` has looked at; `None` once it is done.
-    pub building: Option<u64>,
-    pub updated_at: i64,
-    /// Its member count is kept beside its member list since it started; an audience
-    /// that started before counts were kept is counted by reading its list.
-    pub counted: bool,
-}
-
-/// A workspace's audiences and the revision of its definitions, which every define
-/// and delete moves on.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Definitions {
-    pub revision: u64,
-    /// In id order.
-    pub audiences: Vec<Audience>,
-}
-
 /// Audience definitions, by workspace. Reads are strongly consistent.
 pub trait Audiences {
     fn list(
@@ -315,49 +286,6 @@ pub enum BuildRecord {
     Replaced,
 }
 
-/// A user's standing in one audience it is a member of.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Standing {
-    /// When it entered (epoch ms).
-    pub entered_at: i64,
-    /// The audience's revision when it entered.
-    pub rule_rev: u64,
-}
-
-/// One user's memberships: the audiences it is in, the user version they were last
-/// decided at, the decisions not yet carried out (member-list entries to write and
-/// events to put on the bus: an outbox), and when a time-relative rule will next
-/// change its mind.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct UserAudiences {
-    /// Optimistic lock: 0 when nothing is stored yet.
-    pub rev: u64,
-    /// The user version of the latest decision: an older version never decides again.
-    pub user_version: u64,
-    pub members: std::collections::BTreeMap<String, Standing>,
-    /// The decisions of commit `rev` not yet carried out.
-    pub pending: Vec<MembershipEvent>,
-    pub next_due: Option<i64>,
-}
-
-/// How long a committed decision may wait to be carried out by the evaluation that
-/// made it before a tick carries it out instead. It takes milliseconds; a tick sooner
-/// would only race it. Longer than a tick's horizon (55 s), so that no tick waits for
-/// a user whose decisions are in flight: only those left by a crash fall due.
-pub const PENDING_GRACE_MS: i64 = 60_000;
-
-impl UserAudiences {
-    /// When a tick must look at the user: its pending decisions once their grace is
-    /// over, else the next instant a rule changes its mind (`None`: never).
-    pub fn due_at(&self) -> Option<i64> {
-        let stranded = self
-            .pending
-            .first()
-            .map(|decision| decision.at + PENDING_GRACE_MS);
-        stranded.or(self.next_due)
-    }
-}
-
 /// Memberships: each user's state (one item, written whole and conditionally) and each
 /// audience's member list (entries written after, from the state's pending decisions).
 pub trait Memberships {
@@ -386,7 +314,7 @@ pub trait Memberships {
     /// its removal), each only over an entry an older commit wrote, and moves the
     /// audience's member count with each entry that changes sides: carrying the same
     /// decisions out twice, or late, changes nothing.
-    fn apply(
+    fn write_entries(
         &self,
         workspace_id: &str,
         external_user_id: &str,
@@ -456,16 +384,14 @@ pub trait Memberships {
 
 /// A build task: the next page of a workspace's users for one revision of an
 /// audience, or the next page of a deleted audience's members to drop.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct BuildTask {
     pub workspace_id: String,
     pub audience_id: String,
     pub rule_rev: u64,
     /// Where the previous page ended; `None` for the first.
-    #[serde(default)]
     pub cursor: Option<String>,
     /// Drop the members instead (the audience was deleted at `rule_rev`).
-    #[serde(default)]
     pub drop: bool,
 }
 

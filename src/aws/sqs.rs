@@ -27,7 +27,7 @@ const MAX_PACKED_MESSAGES: usize = 50;
 
 /// A body the consumer cannot read: it is reported failed and reaches the DLQ.
 #[derive(Debug, thiserror::Error)]
-pub enum BodyError {
+pub enum MessageError {
     #[error("body is not a valid upsert message ({})", crate::telemetry::json_fault(.0))]
     Malformed(#[from] serde_json::Error),
     #[error("message version {0} is not supported (expected 1 to {MESSAGE_VERSION})")]
@@ -43,20 +43,20 @@ pub fn encode(message: &UpsertMessage) -> String {
 
 /// The messages of one SQS body: one message, or a JSON array of them (a batch's
 /// upserts packed by [`pack`]).
-pub fn decode(body: &str) -> Result<Vec<UpsertMessage>, BodyError> {
+pub fn decode(body: &str) -> Result<Vec<UpsertMessage>, MessageError> {
     let messages: Vec<UpsertMessage> = if body.trim_start().starts_with('[') {
         serde_json::from_str(body)?
     } else {
         vec![serde_json::from_str(body)?]
     };
     if messages.is_empty() {
-        return Err(BodyError::Empty);
+        return Err(MessageError::Empty);
     }
     if let Some(other) = messages
         .iter()
         .find(|m| !(1..=MESSAGE_VERSION).contains(&m.version))
     {
-        return Err(BodyError::UnsupportedVersion(other.version));
+        return Err(MessageError::UnsupportedVersion(other.version));
     }
     Ok(messages)
 }
@@ -245,9 +245,40 @@ impl UpsertQueue for SqsQueue {
 /// within a second; changes after the definition are evaluated live).
 const BUILD_START_DELAY_SECS: i32 = 2;
 
+/// A build task as an SQS body.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct BuildBody<'a> {
+    workspace_id: std::borrow::Cow<'a, str>,
+    audience_id: std::borrow::Cow<'a, str>,
+    rule_rev: u64,
+    #[serde(default)]
+    cursor: Option<std::borrow::Cow<'a, str>>,
+    #[serde(default)]
+    drop: bool,
+}
+
+/// The build task a body holds, or `None` if it holds none.
+pub fn decode_build(body: &str) -> Option<BuildTask> {
+    let task: BuildBody = serde_json::from_str(body).ok()?;
+    Some(BuildTask {
+        workspace_id: task.workspace_id.into_owned(),
+        audience_id: task.audience_id.into_owned(),
+        rule_rev: task.rule_rev,
+        cursor: task.cursor.map(std::borrow::Cow::into_owned),
+        drop: task.drop,
+    })
+}
+
 impl BuildQueue for SqsQueue {
     async fn send(&self, task: &BuildTask) -> Result<(), PortError> {
-        let body = serde_json::to_string(task)
+        let body = BuildBody {
+            workspace_id: task.workspace_id.as_str().into(),
+            audience_id: task.audience_id.as_str().into(),
+            rule_rev: task.rule_rev,
+            cursor: task.cursor.as_deref().map(Into::into),
+            drop: task.drop,
+        };
+        let body = serde_json::to_string(&body)
             .map_err(|_| PortError::Refused("build task not encoded".into()))?;
         let first_page = task.cursor.is_none() && !task.drop;
         self.client
@@ -353,6 +384,33 @@ mod tests {
     use super::*;
     use crate::domain::{Changes, ProfileField, Stamp, MESSAGE_VERSION};
     use serde_json::json;
+
+    #[test]
+    fn build_tasks_read_as_written_and_as_bodies_in_flight_were() {
+        let task = BuildTask {
+            workspace_id: "ws".into(),
+            audience_id: "trials".into(),
+            rule_rev: 7,
+            cursor: Some("u-9".into()),
+            drop: false,
+        };
+        let body = BuildBody {
+            workspace_id: "ws".into(),
+            audience_id: "trials".into(),
+            rule_rev: 7,
+            cursor: Some("u-9".into()),
+            drop: false,
+        };
+        assert_eq!(
+            decode_build(&serde_json::to_string(&body).unwrap()),
+            Some(task)
+        );
+        // A first page sent before cursor and drop were optional.
+        let old = r#"{"workspace_id":"ws","audience_id":"a","rule_rev":1}"#;
+        let first = decode_build(old).unwrap();
+        assert_eq!((first.cursor, first.drop), (None, false));
+        assert_eq!(decode_build(r#"{"shard":1,"until_ms":2}"#), None);
+    }
 
     #[test]
     fn a_parked_user_reads_back_as_written_and_nothing_else_reads_as_one() {
@@ -481,13 +539,13 @@ mod tests {
 
     #[test]
     fn packed_bodies_that_hold_nothing_or_garbage_are_refused() {
-        assert!(matches!(decode("[]"), Err(BodyError::Empty)));
-        assert!(matches!(decode(" [1]"), Err(BodyError::Malformed(_))));
+        assert!(matches!(decode("[]"), Err(MessageError::Empty)));
+        assert!(matches!(decode(" [1]"), Err(MessageError::Malformed(_))));
         let one = encode(&numbered(1, 1)[0]);
         let old = one.replace(&format!("\"version\":{MESSAGE_VERSION}"), "\"version\":9");
         assert!(matches!(
             decode(&format!("[{one},{old}]")),
-            Err(BodyError::UnsupportedVersion(9))
+            Err(MessageError::UnsupportedVersion(9))
         ));
     }
 
@@ -511,7 +569,7 @@ mod tests {
         let body = r#"{"version":9,"workspace_id":"w","external_user_id":"u","stamp":{"accepted_at":1,"request_id":"r"},"changes":{}}"#;
         assert!(matches!(
             decode(body),
-            Err(BodyError::UnsupportedVersion(9))
+            Err(MessageError::UnsupportedVersion(9))
         ));
     }
 }

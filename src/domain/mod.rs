@@ -7,6 +7,7 @@ pub mod auth;
 pub mod budget;
 pub mod change;
 pub mod idempotency;
+pub mod membership;
 mod message;
 mod profile;
 pub mod rate_limit;

@@ -8,12 +8,12 @@
 
 use crate::app::evaluate::Evaluate;
 use crate::app::ports::{
-    Audiences, BuildQueue, BuildTask, EventBus, Memberships, ParkedUsers, StreamReplay, TimeTask,
-    TimeTasks, Users, WorkspaceUsers,
+    Audiences, BuildQueue, EventBus, Memberships, ParkedUsers, StreamReplay, TimeTask, TimeTasks,
+    Users, WorkspaceUsers,
 };
 use crate::aws::dynamodb::{AudienceStore, UserStore};
 use crate::aws::eventbridge::EventBridgeBus;
-use crate::aws::sqs::{decode_parked, decode_time, AudienceQueues, SqsQueue};
+use crate::aws::sqs::{decode_build, decode_parked, decode_time, AudienceQueues, SqsQueue};
 use crate::aws::streams::{decode_failure, StreamReader};
 use crate::clock::now_millis;
 use crate::config::Resources;
@@ -165,10 +165,7 @@ where
         let (mut users, mut events, mut parked) = (0, 0, 0);
         for record in &event.records {
             let id = record.message_id.clone().unwrap_or_default();
-            let task: Option<BuildTask> = record
-                .body
-                .as_deref()
-                .and_then(|b| serde_json::from_str(b).ok());
+            let task = record.body.as_deref().and_then(decode_build);
             let Some(task) = task else {
                 tracing::error!(message_id = %id, "unreadable build task");
                 failed.push(id);

@@ -10,23 +10,23 @@ use aws_lambda_events::dynamodb::Event;
 use aws_lambda_events::streams::DynamoDbEventResponse;
 use std::time::Instant;
 
-pub struct Changes<B> {
+pub struct ChangesFunction<B> {
     publish: Publish<B>,
 }
 
-impl Changes<EventBridgeBus> {
+impl ChangesFunction<EventBridgeBus> {
     /// EventBridge has no call that is harmless with `events:PutEvents` alone, so the
     /// first batch opens the connection.
     pub fn on_aws(sdk: &aws_config::SdkConfig, resources: &Resources) -> Self {
         let client = aws_sdk_eventbridge::Client::new(sdk);
-        Changes::new(Publish::new(EventBridgeBus::new(
+        ChangesFunction::new(Publish::new(EventBridgeBus::new(
             client,
             &resources.event_bus_name,
         )))
     }
 }
 
-impl<B: EventBus> Changes<B> {
+impl<B: EventBus> ChangesFunction<B> {
     pub fn new(publish: Publish<B>) -> Self {
         Self { publish }
     }
@@ -52,9 +52,9 @@ mod tests {
     use crate::app::fakes::{unavailable, MemoryBus};
     use crate::lambda::samples::sample;
 
-    fn changes() -> (Changes<MemoryBus>, MemoryBus) {
+    fn changes() -> (ChangesFunction<MemoryBus>, MemoryBus) {
         let bus = MemoryBus::default();
-        (Changes::new(Publish::new(bus.clone())), bus)
+        (ChangesFunction::new(Publish::new(bus.clone())), bus)
     }
 
     fn first_failure(answer: &DynamoDbEventResponse) -> Vec<Option<&str>> {

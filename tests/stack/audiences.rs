@@ -732,7 +732,7 @@ async fn member_counts_stay_exact_whatever_order_decisions_are_carried_out_in() 
         async move {
             for rev in revs {
                 store
-                    .apply(workspace, user, *rev, &[decision(user, *rev)])
+                    .write_entries(workspace, user, *rev, &[decision(user, *rev)])
                     .await
                     .expect("applied");
             }

@@ -1,11 +1,13 @@
 use lambda_runtime::{run, service_fn, Error, LambdaEvent};
 use vibefollow_users::aws_lambda_events::dynamodb::Event;
-use vibefollow_users::{aws::sdk_config, config::Resources, lambda::stream::Changes, telemetry};
+use vibefollow_users::{
+    aws::sdk_config, config::Resources, lambda::stream::ChangesFunction, telemetry,
+};
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Error> {
     telemetry::init();
-    let changes = Changes::on_aws(&sdk_config().await, &Resources::from_env()?);
+    let changes = ChangesFunction::on_aws(&sdk_config().await, &Resources::from_env()?);
     let changes = &changes;
     run(service_fn(move |event: LambdaEvent<Event>| async move {
         Ok::<_, Error>(changes.handle(event.payload).await)

@@ -20,6 +20,7 @@ use crate::app::ports::{
 };
 use crate::contract::parse_rule;
 use crate::domain::audience::MembershipEvent;
+use crate::domain::membership::GONE_KEPT_SECS;
 use aws_sdk_dynamodb::error::SdkError;
 use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
 use aws_sdk_dynamodb::types::KeysAndAttributes;
@@ -57,9 +58,6 @@ pub const DUE_INDEX: &str = "due";
 const DUE_SHARDS: u32 = 64;
 /// Conditional writes of member-list entries in flight at once.
 const LIST_LANES: usize = 16;
-/// How long a removed member's `gone` entry stays: far longer than an invocation that
-/// could still carry out an older decision lives (Lambda's timeout is 15 minutes at most).
-const GONE_TTL_SECS: i64 = 24 * 60 * 60;
 
 #[derive(Clone)]
 pub struct AudienceStore {
@@ -474,17 +472,17 @@ impl Memberships for AudienceStore {
         Ok(matches!(condition(put.send().await)?, Condition::Held))
     }
 
-    async fn apply(
+    async fn write_entries(
         &self,
         workspace_id: &str,
         external_user_id: &str,
         rev: u64,
         decisions: &[MembershipEvent],
     ) -> Result<(), PortError> {
-        let expires_at = crate::clock::now_millis() / 1000 + GONE_TTL_SECS;
+        let expires_at = crate::clock::now_millis() / 1000 + GONE_KEPT_SECS;
         for chunk in decisions.chunks(LIST_LANES) {
             let writes = chunk.iter().map(|decision| {
-                self.apply_one(workspace_id, external_user_id, rev, decision, expires_at)
+                self.write_entry(workspace_id, external_user_id, rev, decision, expires_at)
             });
             for written in join_all(writes).await {
                 written?;
@@ -717,7 +715,7 @@ impl AudienceStore {
     /// wrote. An entry that changes sides moves the member count in the same
     /// transaction; one already on the decision's side (a later decision carried out
     /// first) is written alone.
-    async fn apply_one(
+    async fn write_entry(
         &self,
         workspace_id: &str,
         external_user_id: &str,
@@ -835,8 +833,8 @@ impl AudienceStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::app::ports::PENDING_GRACE_MS;
     use crate::domain::audience::Reason;
+    use crate::domain::membership::PENDING_GRACE_MS;
 
     #[test]
     fn a_state_item_reads_back_as_written_and_is_due_while_events_are_pending() {

@@ -12,7 +12,7 @@ pub use router::{Route, RouteError};
 
 use crate::app::accept::Accepted;
 use crate::app::accept::{Accept, Checked, Write};
-use crate::app::audiences::Curate;
+use crate::app::curate::Curate;
 use crate::app::ports::PortError;
 use crate::app::ports::{
     ApiKeys, Audiences, BuildQueue, Counters, IdempotencyKeys, Memberships, UpsertQueue, Users,

@@ -5,7 +5,7 @@
 use super::idempotent::{once, Request};
 use super::ports::{
     Audience, Audiences, BuildQueue, BuildTask, Counters, IdempotencyKeys, Memberships, PortError,
-    Standing, UserAudiences, Users,
+    Users,
 };
 use super::rate_limit::RateLimiter;
 use super::{AppError, Caller};
@@ -13,6 +13,7 @@ use crate::contract::{
     body_hash, is_storable_user_id, AudienceDefinition, Page, Paged, RequestError,
 };
 use crate::domain::audience::{is_audience_id, MAX_AUDIENCES};
+use crate::domain::membership::member_of;
 use crate::domain::Stamp;
 use std::sync::Arc;
 
@@ -360,15 +361,6 @@ where
             })
             .collect())
     }
-}
-
-/// The user's standing in this audience, if it is a member (of this audience, not of
-/// a deleted one of the same id).
-pub(super) fn member_of<'a>(state: &'a UserAudiences, audience: &Audience) -> Option<&'a Standing> {
-    state
-        .members
-        .get(&audience.audience_id)
-        .filter(|standing| standing.rule_rev >= audience.since_rev)
 }
 
 #[cfg(test)]
