@@ -7,7 +7,7 @@ use serde_json::{json, Value};
 use std::future::Future;
 use std::time::{Duration, Instant};
 use vibefollow_users::app::ports::{StoredUser, Users};
-use vibefollow_users::aws::dynamodb::api_keys::item_from_record;
+use vibefollow_users::aws::dynamodb::ApiKeyStore;
 use vibefollow_users::aws::dynamodb::{IdempotencyStore, RateLimitStore, UserStore, PARTITION_KEY};
 use vibefollow_users::aws_sdk_eventbridge;
 use vibefollow_users::config::Resources;
@@ -125,11 +125,8 @@ impl Stack {
             created_at: 0,
             revoked: false,
         };
-        self.dynamodb
-            .put_item()
-            .table_name(&self.resources.api_keys_table)
-            .set_item(Some(item_from_record(&hash, &record)))
-            .send()
+        ApiKeyStore::new(self.dynamodb.clone(), &self.resources.api_keys_table)
+            .put(&hash, &record)
             .await
             .expect("create key");
         key

@@ -13,8 +13,7 @@ use serde_json::json;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use vibefollow_users::app::ports::{IdempotencyKeys, PortError, UpsertQueue};
-use vibefollow_users::aws::dynamodb::api_keys::item_from_record;
-use vibefollow_users::aws::dynamodb::IdempotencyStore;
+use vibefollow_users::aws::dynamodb::{ApiKeyStore, IdempotencyStore};
 use vibefollow_users::aws::sqs::SqsQueue;
 use vibefollow_users::config::Resources;
 use vibefollow_users::domain::auth::{generate_key, key_hash, key_id, ApiKeyRecord, Scope};
@@ -83,11 +82,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         created_at: 0,
         revoked: false,
     };
-    dynamodb
-        .put_item()
-        .table_name(&resources.api_keys_table)
-        .set_item(Some(item_from_record(&hash, &record_of_key)))
-        .send()
+    ApiKeyStore::new(dynamodb.clone(), &resources.api_keys_table)
+        .put(&hash, &record_of_key)
         .await?;
 
     // The raw rate first, then let the consumer drain the queue: moto's SendMessage

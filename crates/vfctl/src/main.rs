@@ -5,19 +5,20 @@
 use aws_sdk_cloudformation::error::{DisplayErrorContext, ProvideErrorMetadata};
 use clap::{Args, Parser, Subcommand};
 use dlq::DeadLetters;
+use error::CommandError;
 use import::{import, CsvOptions, ImportOptions};
-use keys::KeyTable;
 use serde_json::json;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use vibefollow_users::aws::dynamodb::ApiKeyStore;
 use vibefollow_users::aws::sdk_config;
 use vibefollow_users::clock::now_millis;
 use vibefollow_users::domain::auth::{generate_key, key_hash, key_id, ApiKeyRecord, Scope};
 use vibefollow_users::domain::format_millis;
 
 mod dlq;
+mod error;
 mod import;
-mod keys;
 
 /// Written by `dev/stack.py` while the local stack runs (in `VF_LOCAL_DIR` if set).
 const LOCAL_ENV_FILE: &str = "stack.env";
@@ -226,7 +227,7 @@ async fn main() -> ExitCode {
     }
 }
 
-async fn run(cli: Cli) -> Result<(), String> {
+async fn run(cli: Cli) -> Result<(), CommandError> {
     if cli.local {
         load_local_env()?;
     }
@@ -251,7 +252,7 @@ async fn run(cli: Cli) -> Result<(), String> {
             let table = target
                 .resource("API_KEYS_TABLE", "ApiKeysTableName")
                 .await?;
-            let store = KeyTable::new(aws_sdk_dynamodb::Client::new(&target.sdk), table);
+            let store = ApiKeyStore::new(aws_sdk_dynamodb::Client::new(&target.sdk), table);
             match command {
                 KeysCommand::Create(args) => create(&store, args).await,
                 KeysCommand::List { workspace } => list(&store, &workspace).await,
@@ -277,8 +278,7 @@ async fn run(cli: Cli) -> Result<(), String> {
                 DlqCommand::Status { .. } => dead.status(now_millis()).await.map(|s| json!(s)),
                 DlqCommand::Redrive { .. } => dead.redrive().await.map(|r| json!(r)),
             };
-            let answer =
-                answer.map_err(|e| format!("the dead-letter queue did not answer: {e}"))?;
+            let answer = answer.map_err(CommandError::aws("the dead-letter queue"))?;
             println!("{answer}");
             Ok(())
         }
@@ -298,19 +298,19 @@ impl Target {
     /// A resource named by environment variable `variable` (the local stack sets them),
     /// or by the stack's output `output`. An explicit --stack wins over a name left in
     /// the environment.
-    async fn resource(&self, variable: &str, output: &str) -> Result<String, String> {
+    async fn resource(&self, variable: &str, output: &str) -> Result<String, CommandError> {
         match (&self.stack, std::env::var(variable)) {
             (Some(stack), _) => stack_output(&self.sdk, stack, output).await,
             (None, Ok(name)) => Ok(name),
-            (None, Err(_)) if self.local => {
-                Err(format!("the local stack's environment names no {variable}"))
-            }
+            (None, Err(_)) if self.local => Err(CommandError::Setup(format!(
+                "the local stack's environment names no {variable}"
+            ))),
             (None, Err(_)) => stack_output(&self.sdk, &default_stack_name()?, output).await,
         }
     }
 }
 
-async fn create(store: &KeyTable, args: CreateArgs) -> Result<(), String> {
+async fn create(store: &ApiKeyStore, args: CreateArgs) -> Result<(), CommandError> {
     let key = generate_key(args.test);
     let hash = key_hash(&key);
     let mut scopes = args.scopes;
@@ -324,7 +324,10 @@ async fn create(store: &KeyTable, args: CreateArgs) -> Result<(), String> {
         created_at: now_millis(),
         revoked: false,
     };
-    store.put(&hash, &record).await.map_err(|e| e.to_string())?;
+    store
+        .put(&hash, &record)
+        .await
+        .map_err(CommandError::aws("the keys table"))?;
     eprintln!(
         "created {} for workspace {}",
         record.key_id, record.workspace_id
@@ -333,8 +336,11 @@ async fn create(store: &KeyTable, args: CreateArgs) -> Result<(), String> {
     Ok(())
 }
 
-async fn list(store: &KeyTable, workspace: &str) -> Result<(), String> {
-    let mut keys = store.list(workspace).await.map_err(|e| e.to_string())?;
+async fn list(store: &ApiKeyStore, workspace: &str) -> Result<(), CommandError> {
+    let mut keys = store
+        .list(workspace)
+        .await
+        .map_err(CommandError::aws("the keys table"))?;
     keys.sort_by_key(|k| k.created_at);
     println!(
         "{:<22} {:<40} {:>10} {:<25} revoked",
@@ -356,27 +362,35 @@ async fn list(store: &KeyTable, workspace: &str) -> Result<(), String> {
     Ok(())
 }
 
-async fn revoke(store: &KeyTable, key: &str) -> Result<(), String> {
+async fn revoke(store: &ApiKeyStore, key: &str) -> Result<(), CommandError> {
     let target = if key.starts_with("sk_") {
         key_hash(key)
     } else {
         key.to_owned()
     };
-    if store.revoke(&target).await.map_err(|e| e.to_string())? {
+    let revoked = store
+        .revoke(&target)
+        .await
+        .map_err(CommandError::aws("the keys table"))?;
+    if revoked {
         eprintln!("revoked; refused everywhere within 60 seconds");
         Ok(())
     } else {
-        Err("no such key".into())
+        Err(CommandError::Setup("no such key".into()))
     }
 }
 
-async fn import_file(args: ImportArgs, local: bool) -> Result<(), String> {
+async fn import_file(args: ImportArgs, local: bool) -> Result<(), CommandError> {
     let url = match (args.url, local) {
         (Some(url), _) => url,
         (None, true) => {
             std::env::var("VF_API_URL").unwrap_or_else(|_| "http://127.0.0.1:9000".into())
         }
-        (None, false) => return Err("no API URL: pass --url or set VIBEFOLLOW_BASE_URL".into()),
+        (None, false) => {
+            return Err(CommandError::Setup(
+                "no API URL: pass --url or set VIBEFOLLOW_BASE_URL".into(),
+            ))
+        }
     };
     let summary = import(ImportOptions {
         file: args.file.clone(),
@@ -409,7 +423,7 @@ async fn import_file(args: ImportArgs, local: bool) -> Result<(), String> {
     Ok(())
 }
 
-async fn tail_events(local: bool, count: Option<usize>) -> Result<(), String> {
+async fn tail_events(local: bool, count: Option<usize>) -> Result<(), CommandError> {
     if !local {
         return Err("events tail reads the local stack's sink (--local); on AWS, add a rule on the bus named by the stack's EventBusName output".into());
     }
@@ -425,7 +439,7 @@ async fn tail_events(local: bool, count: Option<usize>) -> Result<(), String> {
             .wait_time_seconds(1)
             .send()
             .await
-            .map_err(|e| format!("cannot read the sink: {}", DisplayErrorContext(&e)))?;
+            .map_err(|e| CommandError::aws("the event sink")(e.into()))?;
         for message in received.messages() {
             if count.is_some_and(|count| printed >= count) {
                 break;
@@ -438,9 +452,7 @@ async fn tail_events(local: bool, count: Option<usize>) -> Result<(), String> {
                     .receipt_handle(handle)
                     .send()
                     .await
-                    .map_err(|e| {
-                        format!("cannot delete from the sink: {}", DisplayErrorContext(&e))
-                    })?;
+                    .map_err(|e| CommandError::aws("the event sink")(e.into()))?;
             }
         }
     }
@@ -466,7 +478,7 @@ fn key_or_key_id(key: &str) -> Result<String, String> {
 }
 
 /// `stack_name` of samconfig.toml's default environment, as `sam deploy` uses it.
-fn default_stack_name() -> Result<String, String> {
+fn default_stack_name() -> Result<String, CommandError> {
     let text = std::fs::read_to_string("samconfig.toml")
         .map_err(|_| "no --stack given and no samconfig.toml here to take the default from")?;
     let config: toml::Table = text
@@ -487,7 +499,7 @@ async fn stack_output(
     sdk: &aws_config::SdkConfig,
     stack: &str,
     output: &str,
-) -> Result<String, String> {
+) -> Result<String, CommandError> {
     let region = sdk
         .region()
         .map_or("(no region)".to_owned(), ToString::to_string);
@@ -513,11 +525,13 @@ async fn stack_output(
         .and_then(|o| o.output_value())
         .map(str::to_owned)
         .ok_or_else(|| {
-            format!("stack {stack} has no output {output}: is it a VibeFollow Users stack?")
+            let message =
+                format!("stack {stack} has no output {output}: is it a VibeFollow Users stack?");
+            CommandError::Setup(message)
         })
 }
 
-fn load_local_env() -> Result<(), String> {
+fn load_local_env() -> Result<(), CommandError> {
     let dir = std::env::var("VF_LOCAL_DIR").unwrap_or_else(|_| ".local".to_owned());
     let path = format!("{dir}/{LOCAL_ENV_FILE}");
     let text = std::fs::read_to_string(&path)

@@ -1,5 +1,5 @@
 //! API keys by the SHA-256 of the key (`pk`). The functions only read them; `vfctl`
-//! writes them with [`item_from_record`].
+//! creates, lists and revokes them through the same store.
 
 use super::{get_by_key, get_n, get_s, n, s, Item, PARTITION_KEY};
 use crate::app::ports::{ApiKeys, PortError};
@@ -24,6 +24,84 @@ impl ApiKeyStore {
     pub async fn open_connection(&self) -> Result<(), PortError> {
         super::open_connection(&self.client, &self.table).await
     }
+
+    /// Stores a new key; a hash that exists already is an error, never overwritten.
+    pub async fn put(&self, hash: &str, record: &ApiKeyRecord) -> Result<(), PortError> {
+        self.client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item_from_record(hash, record)))
+            .condition_expression("attribute_not_exists(pk)")
+            .send()
+            .await?;
+        Ok(())
+    }
+
+    /// All keys of a workspace. An admin operation on a small table: a filtered scan.
+    pub async fn list(&self, workspace_id: &str) -> Result<Vec<ApiKeyRecord>, PortError> {
+        Ok(self
+            .scan("workspace_id = :v", workspace_id)
+            .await?
+            .iter()
+            .filter_map(record_from_item)
+            .collect())
+    }
+
+    /// Marks a key revoked, by its key id or hash; returns whether one was found.
+    pub async fn revoke(&self, key_id_or_hash: &str) -> Result<bool, PortError> {
+        let hashes: Vec<String> = if key_id_or_hash.starts_with("key_") {
+            self.scan("key_id = :v", key_id_or_hash)
+                .await?
+                .iter()
+                .filter_map(|item| item.get(PARTITION_KEY)?.as_s().ok().cloned())
+                .collect()
+        } else {
+            vec![key_id_or_hash.to_owned()]
+        };
+        let mut found = false;
+        for hash in hashes {
+            let result = self
+                .client
+                .update_item()
+                .table_name(&self.table)
+                .key(PARTITION_KEY, AttributeValue::S(hash))
+                .update_expression("SET revoked = :t")
+                .condition_expression("attribute_exists(pk)")
+                .expression_attribute_values(":t", AttributeValue::Bool(true))
+                .send()
+                .await;
+            match result {
+                Ok(_) => found = true,
+                Err(err)
+                    if err
+                        .as_service_error()
+                        .is_some_and(|e| e.is_conditional_check_failed_exception()) => {}
+                Err(err) => return Err(err.into()),
+            }
+        }
+        Ok(found)
+    }
+
+    async fn scan(&self, filter: &str, value: &str) -> Result<Vec<Item>, PortError> {
+        let mut items = Vec::new();
+        let mut start = None;
+        loop {
+            let out = self
+                .client
+                .scan()
+                .table_name(&self.table)
+                .filter_expression(filter)
+                .expression_attribute_values(":v", AttributeValue::S(value.to_owned()))
+                .set_exclusive_start_key(start)
+                .send()
+                .await?;
+            items.extend(out.items().iter().cloned());
+            start = out.last_evaluated_key().cloned();
+            if start.is_none() {
+                return Ok(items);
+            }
+        }
+    }
 }
 
 impl ApiKeys for ApiKeyStore {
@@ -34,7 +112,7 @@ impl ApiKeys for ApiKeyStore {
 }
 
 /// The item of a key with this hash.
-pub fn item_from_record(hash: &str, record: &ApiKeyRecord) -> Item {
+fn item_from_record(hash: &str, record: &ApiKeyRecord) -> Item {
     let scopes = record
         .scopes
         .iter()
@@ -55,7 +133,7 @@ pub fn item_from_record(hash: &str, record: &ApiKeyRecord) -> Item {
 }
 
 /// The key an item holds; `None` for an item that is not a key.
-pub fn record_from_item(item: &Item) -> Option<ApiKeyRecord> {
+fn record_from_item(item: &Item) -> Option<ApiKeyRecord> {
     let hash = get_s(item, PARTITION_KEY)?;
     let scopes = item
         .get("scopes")?

@@ -1,7 +1,7 @@
 //! DynamoDB adapters: items ⇄ domain types, SDK errors → port errors, a failed
 //! condition as a type. No business rule lives here.
 
-pub mod api_keys;
+mod api_keys;
 mod attributes;
 mod audiences;
 mod counters;

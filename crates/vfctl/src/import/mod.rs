@@ -13,6 +13,7 @@ mod source;
 
 pub use source::{CsvOptions, Format};
 
+use crate::error::CommandError;
 use futures::stream::{self, StreamExt};
 use indicatif::{ProgressBar, ProgressStyle};
 use plan::{idempotency_key, Batch, Entry};
@@ -63,7 +64,7 @@ struct Done {
     rejected: Vec<Value>,
 }
 
-pub async fn import(options: ImportOptions) -> Result<Summary, String> {
+pub async fn import(options: ImportOptions) -> Result<Summary, CommandError> {
     let started = Instant::now();
     let (file_sha256, lines) = fingerprint(&options.file)?;
     let format = Format::of(&options.file);
@@ -71,7 +72,7 @@ pub async fn import(options: ImportOptions) -> Result<Summary, String> {
     let file_sha256 = if options.csv == CsvOptions::default() {
         file_sha256
     } else {
-        let described = serde_json::to_string(&options.csv).map_err(|e| e.to_string())?;
+        let described = serde_json::to_string(&options.csv).unwrap_or_default();
         hex::encode(Sha256::digest(format!("{file_sha256}\n{described}")))
     };
     let mut checkpoint = Checkpoint::open(
@@ -80,9 +81,8 @@ pub async fn import(options: ImportOptions) -> Result<Summary, String> {
         options.batch_size,
     )?;
     let mut rejected_file = RejectedFile::open(&sibling(&options.file, "rejected.ndjson"))?;
-    let reader = BufReader::new(
-        File::open(&options.file).map_err(|e| format!("{}: {e}", options.file.display()))?,
-    );
+    let reader =
+        BufReader::new(File::open(&options.file).map_err(CommandError::file(&options.file))?);
     let records = source::records(reader, format, &options.csv)?;
     let total = if format == Format::Csv {
         lines.saturating_sub(1)
@@ -93,7 +93,7 @@ pub async fn import(options: ImportOptions) -> Result<Summary, String> {
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(60))
         .build()
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| CommandError::Setup(format!("no HTTP client: {e}")))?;
     let endpoint = format!("{}/api/v1/users/batch", options.url.trim_end_matches('/'));
     let done_before = checkpoint.done.clone();
     let skipped = std::cell::Cell::new((0, 0));
@@ -147,14 +147,14 @@ fn sibling(file: &Path, suffix: &str) -> PathBuf {
 }
 
 /// The file's SHA-256 and its number of non-blank lines (for progress).
-fn fingerprint(path: &Path) -> Result<(String, usize), String> {
-    let mut file = File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+fn fingerprint(path: &Path) -> Result<(String, usize), CommandError> {
+    let mut file = File::open(path).map_err(CommandError::file(path))?;
     let mut hasher = Sha256::new();
     let mut buffer = vec![0; 1 << 16];
     let mut lines = 0;
     let mut blank = true;
     loop {
-        let read = file.read(&mut buffer).map_err(|e| e.to_string())?;
+        let read = file.read(&mut buffer).map_err(CommandError::file(path))?;
         if read == 0 {
             break;
         }
@@ -181,7 +181,7 @@ struct Sender<'a> {
 }
 
 impl Sender<'_> {
-    async fn send(&self, batch: Batch) -> Result<Done, String> {
+    async fn send(&self, batch: Batch) -> Result<Done, CommandError> {
         let mut rejected: Vec<Value> = batch
             .refused
             .iter()
@@ -213,10 +213,10 @@ impl Sender<'_> {
                     .as_u64()
                     .and_then(|i| pending.get(i as usize))
                 else {
-                    return Err(format!(
+                    return Err(CommandError::Api(format!(
                         "batch {}: the API answered an index it was not sent",
                         batch.index
-                    ));
+                    )));
                 };
                 refused_now.push(refused["index"].as_u64().unwrap_or_default() as usize);
                 let errors = &refused["errors"];
@@ -253,7 +253,11 @@ impl Sender<'_> {
 
     /// One request until it is answered 202 or 207: 429, 409 and 5xx and network
     /// errors are retried (Retry-After when given); any other answer stops the run.
-    async fn post(&self, idempotency_key: &str, body: String) -> Result<(Value, bool), String> {
+    async fn post(
+        &self,
+        idempotency_key: &str,
+        body: String,
+    ) -> Result<(Value, bool), CommandError> {
         let mut last_error = String::new();
         for attempt in 0..MAX_ATTEMPTS {
             let sent = self
@@ -284,19 +288,22 @@ impl Sender<'_> {
             match status {
                 202 | 207 => {
                     let answer = serde_json::from_str(&text)
-                        .map_err(|e| format!("answer is not JSON: {e}"))?;
+                        .map_err(|e| CommandError::Api(format!("answer is not JSON: {e}")))?;
                     return Ok((answer, replayed));
                 }
                 409 | 429 | 500..=599 => {
                     last_error = format!("HTTP {status}: {text}");
                     tokio::time::sleep(backoff(attempt, retry_after)).await;
                 }
-                _ => return Err(format!("the API refused a batch (HTTP {status}): {text}")),
+                _ => {
+                    let refused = format!("the API refused a batch (HTTP {status}): {text}");
+                    return Err(CommandError::Api(refused));
+                }
             }
         }
-        Err(format!(
+        Err(CommandError::Api(format!(
             "gave up after {MAX_ATTEMPTS} attempts; run again to resume. Last: {last_error}"
-        ))
+        )))
     }
 }
 
@@ -372,22 +379,23 @@ fn rejection(entry: &Entry, errors: &Value, index: u64) -> Value {
 /// `FILE.checkpoint`: a header naming the file and batch size, then one line per
 /// batch whose answer was handled.
 struct Checkpoint {
+    path: PathBuf,
     file: File,
     done: BTreeSet<usize>,
 }
 
 impl Checkpoint {
-    fn open(path: &Path, file_sha256: &str, batch_size: usize) -> Result<Self, String> {
+    fn open(path: &Path, file_sha256: &str, batch_size: usize) -> Result<Self, CommandError> {
         let header = json!({"file_sha256": file_sha256, "batch_size": batch_size});
         let mut done = BTreeSet::new();
         if let Ok(existing) = File::open(path) {
             let mut lines = BufReader::new(existing).lines().map_while(Result::ok);
             let found: Option<Value> = lines.next().and_then(|l| serde_json::from_str(&l).ok());
             if found.as_ref() != Some(&header) {
-                return Err(format!(
+                return Err(CommandError::Setup(format!(
                     "{} belongs to another file or batch size: delete it to start over",
                     path.display()
-                ));
+                )));
             }
             // A line cut short by a kill is simply not a record.
             done.extend(lines.filter_map(|l| {
@@ -400,18 +408,22 @@ impl Checkpoint {
             .create(true)
             .append(true)
             .open(path)
-            .map_err(|e| format!("{}: {e}", path.display()))?;
+            .map_err(CommandError::file(path))?;
         if done.is_empty() && file.metadata().map(|m| m.len() == 0).unwrap_or(true) {
-            writeln!(file, "{header}").map_err(|e| e.to_string())?;
+            writeln!(file, "{header}").map_err(CommandError::file(path))?;
         }
-        Ok(Self { file, done })
+        Ok(Self {
+            path: path.to_owned(),
+            file,
+            done,
+        })
     }
 
-    fn record(&mut self, done: &Done) -> Result<(), String> {
+    fn record(&mut self, done: &Done) -> Result<(), CommandError> {
         let line = json!({"batch": done.index, "accepted": done.accepted, "rejected": done.rejected.len()});
         writeln!(self.file, "{line}")
             .and_then(|()| self.file.sync_data())
-            .map_err(|e| e.to_string())?;
+            .map_err(CommandError::file(&self.path))?;
         self.done.insert(done.index);
         Ok(())
     }
@@ -420,12 +432,13 @@ impl Checkpoint {
 /// `FILE.rejected.ndjson`, appended to; a line already listed (a batch resent after
 /// a kill) is not listed twice.
 struct RejectedFile {
+    path: PathBuf,
     file: File,
     listed: BTreeSet<u64>,
 }
 
 impl RejectedFile {
-    fn open(path: &Path) -> Result<Self, String> {
+    fn open(path: &Path) -> Result<Self, CommandError> {
         let listed = File::open(path)
             .map(|existing| {
                 BufReader::new(existing)
@@ -439,18 +452,24 @@ impl RejectedFile {
             .create(true)
             .append(true)
             .open(path)
-            .map_err(|e| format!("{}: {e}", path.display()))?;
-        Ok(Self { file, listed })
+            .map_err(CommandError::file(path))?;
+        Ok(Self {
+            path: path.to_owned(),
+            file,
+            listed,
+        })
     }
 
-    fn write(&mut self, rejected: &[Value]) -> Result<(), String> {
+    fn write(&mut self, rejected: &[Value]) -> Result<(), CommandError> {
         for entry in rejected {
             let line = entry["line"].as_u64().unwrap_or_default();
             if self.listed.insert(line) {
-                writeln!(self.file, "{entry}").map_err(|e| e.to_string())?;
+                writeln!(self.file, "{entry}").map_err(CommandError::file(&self.path))?;
             }
         }
-        self.file.sync_data().map_err(|e| e.to_string())
+        self.file
+            .sync_data()
+            .map_err(CommandError::file(&self.path))
     }
 }
 

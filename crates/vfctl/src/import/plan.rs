@@ -3,6 +3,7 @@
 //! Idempotency-Key derived from the file's content and the batch's position.
 
 use super::source::{LocalRefusal, Record};
+use crate::error::CommandError;
 use vibefollow_users::contract::{MAX_BATCH_BODY_BYTES, MAX_BATCH_USERS, MAX_BODY_BYTES};
 
 /// Bytes of `{"users":[]}` around the entries.
@@ -50,9 +51,9 @@ pub fn idempotency_key(file_sha256: &str, batch_size: usize, index: usize) -> St
 
 /// Cuts records into batches of at most `batch_size` users and the route's byte limit.
 pub fn batches(
-    records: impl Iterator<Item = Result<Record, String>>,
+    records: impl Iterator<Item = Result<Record, CommandError>>,
     batch_size: usize,
-) -> impl Iterator<Item = Result<Batch, String>> {
+) -> impl Iterator<Item = Result<Batch, CommandError>> {
     let batch_size = batch_size.clamp(1, MAX_BATCH_USERS);
     let mut records = records.peekable();
     let mut index = 0;
@@ -106,7 +107,7 @@ pub fn batches(
 mod tests {
     use super::*;
 
-    fn record(line: usize, body: String) -> Result<Record, String> {
+    fn record(line: usize, body: String) -> Result<Record, CommandError> {
         Ok(Record {
             line,
             body: Ok(body),

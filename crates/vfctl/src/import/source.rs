@@ -2,6 +2,7 @@
 //! `external_user_id,email,<trait>…` whose trait columns may carry a type
 //! (`seats:number`, `active:boolean`, `tags:json`; `:string` or none for text).
 
+use crate::error::CommandError;
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 use std::io::BufRead;
@@ -46,7 +47,7 @@ impl Format {
     }
 }
 
-pub type Records = Box<dyn Iterator<Item = Result<Record, String>>>;
+pub type Records = Box<dyn Iterator<Item = Result<Record, CommandError>>>;
 
 /// How CSV columns map onto the body beyond their names: a column of source times
 /// (each row's `timestamp`) and trait columns that go to `set_once`.
@@ -60,19 +61,22 @@ pub fn records(
     reader: impl BufRead + 'static,
     format: Format,
     csv: &CsvOptions,
-) -> Result<Records, String> {
+) -> Result<Records, CommandError> {
     match format {
         Format::Ndjson => Ok(Box::new(ndjson(reader))),
         Format::Csv => csv_records(reader, csv),
     }
 }
 
-fn ndjson(reader: impl BufRead) -> impl Iterator<Item = Result<Record, String>> {
+fn ndjson(reader: impl BufRead) -> impl Iterator<Item = Result<Record, CommandError>> {
     reader
         .split(b'\n')
         .enumerate()
         .filter_map(|(index, line)| match line {
-            Err(err) => Some(Err(format!("line {}: {err}", index + 1))),
+            Err(err) => Some(Err(CommandError::Input(format!(
+                "line {}: {err}",
+                index + 1
+            )))),
             Ok(line) if line.trim_ascii().is_empty() => None,
             Ok(line) => Some(Ok(Record {
                 line: index + 1,
@@ -116,7 +120,7 @@ enum Column {
     },
 }
 
-fn column(header: &str, options: &CsvOptions) -> Result<Column, String> {
+fn column(header: &str, options: &CsvOptions) -> Result<Column, CommandError> {
     if options.timestamp_column.as_deref() == Some(header) {
         return Ok(Column::Timestamp);
     }
@@ -129,11 +133,12 @@ fn column(header: &str, options: &CsvOptions) -> Result<Column, String> {
     };
     match name {
         "external_user_id" | "email" if kind != Kind::Text => {
-            Err(format!("column {header}: {name} is always text"))
+            let message = format!("column {header}: {name} is always text");
+            Err(CommandError::Input(message))
         }
         "external_user_id" => Ok(Column::ExternalUserId),
         "email" => Ok(Column::Email),
-        "" => Err("a column has no name".into()),
+        "" => Err(CommandError::Input("a column has no name".into())),
         _ => Ok(Column::Trait {
             name: name.to_owned(),
             kind,
@@ -145,11 +150,14 @@ fn column(header: &str, options: &CsvOptions) -> Result<Column, String> {
     }
 }
 
-fn csv_records(reader: impl BufRead + 'static, options: &CsvOptions) -> Result<Records, String> {
+fn csv_records(
+    reader: impl BufRead + 'static,
+    options: &CsvOptions,
+) -> Result<Records, CommandError> {
     let mut reader = csv::ReaderBuilder::new().flexible(true).from_reader(reader);
     let headers = reader
         .headers()
-        .map_err(|e| format!("CSV header: {e}"))?
+        .map_err(|e| CommandError::Input(format!("CSV header: {e}")))?
         .clone();
     let columns = headers
         .iter()
@@ -164,14 +172,12 @@ fn csv_records(reader: impl BufRead + 'static, options: &CsvOptions) -> Result<R
             .any(|h| h == name || h.rsplit_once(':').is_some_and(|(n, _)| n == name))
     };
     if let Some(missing) = options.timestamp_column.iter().find(|c| !named(c)) {
-        return Err(format!(
-            "--timestamp-column {missing}: no such column in the header"
-        ));
+        let message = format!("--timestamp-column {missing}: no such column in the header");
+        return Err(CommandError::Setup(message));
     }
     if let Some(missing) = options.once_columns.iter().find(|c| !named(c)) {
-        return Err(format!(
-            "--once-columns {missing}: no such column in the header"
-        ));
+        let message = format!("--once-columns {missing}: no such column in the header");
+        return Err(CommandError::Setup(message));
     }
     if options
         .once_columns
@@ -183,7 +189,7 @@ fn csv_records(reader: impl BufRead + 'static, options: &CsvOptions) -> Result<R
         );
     }
     Ok(Box::new(reader.into_records().map(move |row| {
-        let row = row.map_err(|e| format!("CSV: {e}"))?;
+        let row = row.map_err(|e| CommandError::Input(format!("CSV: {e}")))?;
         let line = row.position().map_or(0, |p| p.line() as usize);
         Ok(Record {
             line,
@@ -380,7 +386,7 @@ mod tests {
             ..CsvOptions::default()
         };
         let refused = records(std::io::Cursor::new(text), Format::Csv, &missing);
-        assert!(refused.is_err_and(|e| e.contains("--timestamp-column when")));
+        assert!(refused.is_err_and(|e| e.to_string().contains("--timestamp-column when")));
     }
 
     #[test]
