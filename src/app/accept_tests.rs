@@ -287,6 +287,25 @@ async fn a_failed_send_whose_key_cannot_be_given_back_still_answers_unavailable(
 }
 
 #[tokio::test]
+async fn a_takeover_another_request_wins_first_is_in_flight_and_sends_nothing() {
+    let w = world();
+    w.abandoned(&plan("pro"));
+    *w.keys.outrun_takeovers.lock().unwrap() = 1;
+    let outrun = w.send(plan("pro"), Some("k"), T0 + LOCK_MS, "r1").await;
+    assert!(
+        matches!(outrun, Err(AppError::IdempotencyKeyInUse)),
+        "{outrun:?}"
+    );
+    assert!(w.queue.messages().is_empty());
+    // The winner's lock runs out too: the next retry takes over, with the first stamp.
+    let later = w
+        .send(plan("pro"), Some("k"), T0 + 2 * LOCK_MS + 1, "r2")
+        .await;
+    assert_eq!(later.unwrap(), one(false));
+    assert_eq!(w.queue.messages()[0].stamp, stamp(T0, "r0"));
+}
+
+#[tokio::test]
 async fn a_failed_send_after_a_takeover_reopens_the_key_and_keeps_the_original_stamp() {
     let w = world();
     w.abandoned(&plan("pro"));

@@ -78,6 +78,9 @@ pub struct MemoryKeys {
     pub records: Arc<Mutex<HashMap<String, KeyRecord>>>,
     pub journal: Journal,
     pub faults: Faults,
+    /// Takeovers of an abandoned key that another request wins first (the store's
+    /// read and its conditional takeover are two calls): each finds the key in flight.
+    pub outrun_takeovers: Arc<Mutex<usize>>,
 }
 
 impl MemoryKeys {
@@ -111,7 +114,12 @@ impl IdempotencyKeys for MemoryKeys {
         };
         let verdict = judge(found, body_hash, now_ms);
         if matches!(verdict, Claim::Abandoned(_)) {
+            let mut outrun = lock(&self.outrun_takeovers);
             found.lock_until = now_ms + LOCK_MS;
+            if *outrun > 0 {
+                *outrun -= 1;
+                return Ok(Claim::InFlight);
+            }
         }
         Ok(verdict)
     }

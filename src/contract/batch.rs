@@ -2,7 +2,8 @@
 //! sent, to the single-upsert parser, so an entry is validated exactly as a POST of it
 //! would be; its errors come back with paths under `users[i]`.
 
-use super::validate::{body_hash, parse_upsert, BodyError, ValidUpsert, MAX_BODY_BYTES};
+use super::idempotency::body_hash;
+use super::validate::{parse_upsert, BodyError, ValidUpsert, MAX_BODY_BYTES};
 use super::{ErrorCode, FieldError};
 use serde_json::value::RawValue;
 use serde_json::Value;

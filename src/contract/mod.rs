@@ -5,6 +5,7 @@ mod audience;
 mod batch;
 mod email;
 mod error;
+mod idempotency;
 mod json;
 mod numbers;
 mod request;
@@ -21,6 +22,7 @@ pub use error::{
     bound, bound_dropped, bound_rejected, ErrorCode, ErrorEnvelope, FieldError, Rejected,
     MAX_ERRORS, MAX_ERROR_ANSWER_BYTES,
 };
+pub use idempotency::{body_hash, erase_hash, validate_idempotency_key};
 pub use request::{
     checked_body, decoded_body, email_query, idempotency_key, BodyLimit, RequestError, BATCH_BODY,
     SEGMENT_BATCH_BODY, SEGMENT_IDENTIFY_BODY, UPSERT_BODY,
@@ -32,10 +34,7 @@ pub use segment::{
     body_write_key, parse_segment_batch, parse_segment_identify, SegmentMessages,
     MAX_SEGMENT_BATCH_BYTES, MAX_SEGMENT_MESSAGE_BYTES,
 };
-pub use validate::{
-    body_hash, erase_hash, is_storable_user_id, parse_upsert, validate_idempotency_key, BodyError,
-    ValidUpsert, MAX_BODY_BYTES,
-};
+pub use validate::{is_storable_user_id, parse_upsert, BodyError, ValidUpsert, MAX_BODY_BYTES};
 
 /// An email lookup answers at most this many users (contract, "Reads").
 pub const MAX_EMAIL_MATCHES: usize = 100;

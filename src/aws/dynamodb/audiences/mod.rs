@@ -1,0 +1,327 @@
+//! The audiences and audience-members tables (`docs/audiences.md`, "Tables").
+//!
+//! Audiences: `pk` = workspace, `sk` = audience id, and one item `sk` = `#definitions`
+//! holding the workspace's definitions revision, which every define and delete moves
+//! on in the same transaction. Members: `pk` = `u#<workspace>#<user>`, `sk` = `state`
+//! (the user's standings, pending decisions, next due instant, optimistic `rev`), and
+//! `pk` = `a#<workspace>#<audience>`, `sk` = user (the member list, in id order: each
+//! entry carries the `rev` of the state commit that wrote it, and a removal leaves a
+//! `gone` entry for a day, so that a decision carried out late never undoes a newer one),
+//! and `pk` = `n#<workspace>#<audience>#<since_rev>#<shard>`, `sk` = `count` (the member
+//! count, in 16 shards by user so that no one key takes every change of a large
+//! audience: each moves in the same transaction as the entry that changes sides).
+
+mod items;
+mod memberships;
+
+use items::{audience_from_item, count_key, due_shard, state_from_item, state_item, user_shard};
+
+use super::{
+    condition, get_n, get_s, n, s, workspace_key, Condition, Item, PARTITION_KEY, TTL_ATTRIBUTE,
+};
+use crate::app::ports::{
+    Audience, Audiences, BuildRecord, BuildStep, Definitions, Memberships, PortError, Standing,
+    UserAudiences, UserKey,
+};
+use crate::contract::parse_rule;
+use crate::domain::audience::MembershipEvent;
+use crate::domain::membership::GONE_KEPT_SECS;
+use aws_sdk_dynamodb::error::SdkError;
+use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
+use aws_sdk_dynamodb::types::KeysAndAttributes;
+use aws_sdk_dynamodb::types::{
+    AttributeValue, Delete, Put, ReturnValuesOnConditionCheckFailure, Select, TransactWriteItem,
+    Update,
+};
+use aws_sdk_dynamodb::Client;
+use futures::future::join_all;
+use std::collections::BTreeMap;
+
+const SORT_KEY: &str = "sk";
+/// The definitions revision's item in a workspace's partition (audience ids never
+/// start with `#`).
+const DEFINITIONS: &str = "#definitions";
+const STATE: &str = "state";
+/// A list entry that is a member now, of the audience that started at `:since`.
+const MEMBER: &str = "attribute_not_exists(gone) AND rule_rev >= :since";
+/// An entry an older commit (`rev < :rev`) wrote: a member of the audience…
+const WAS_MEMBER: &str = "rev < :rev AND attribute_not_exists(gone) AND rule_rev >= :since";
+/// …or not one (no entry, a `gone` one, or one of a deleted audience of the same id).
+const WAS_NOT_MEMBER: &str =
+    "attribute_not_exists(pk) OR (rev < :rev AND (attribute_exists(gone) OR rule_rev < :since))";
+/// Member counts spread over this many keys per audience.
+const COUNT_SHARDS: u64 = 16;
+const COUNT: &str = "count";
+/// Tries of one entry's write when its entry changes between the two conditions.
+const ENTRY_ATTEMPTS: usize = 4;
+/// The sparse index of state items by the instant they are due.
+pub const DUE_INDEX: &str = "due";
+/// Due items spread over this many index partitions, by user: each a time task of its
+/// own, so that no global limit caps the time moves of a minute and no one key of the
+/// index takes them all (`docs/scale.md`). Items written when there were 10 are in the
+/// first 10.
+const DUE_SHARDS: u32 = 64;
+/// Conditional writes of member-list entries in flight at once.
+const LIST_LANES: usize = 16;
+
+#[derive(Clone)]
+pub struct AudienceStore {
+    client: Client,
+    audiences: String,
+    members: String,
+}
+
+impl AudienceStore {
+    pub fn new(client: Client, audiences: &str, members: &str) -> Self {
+        Self {
+            client,
+            audiences: audiences.to_owned(),
+            members: members.to_owned(),
+        }
+    }
+
+    fn key(pk: String, sk: &str) -> Item {
+        Item::from([
+            (PARTITION_KEY.to_owned(), s(pk)),
+            (SORT_KEY.to_owned(), s(sk)),
+        ])
+    }
+
+    /// The definitions revision moved from `revision` to `to`, as a transaction item.
+    fn move_revision(
+        &self,
+        workspace_id: &str,
+        revision: u64,
+        to: u64,
+    ) -> Result<TransactWriteItem, PortError> {
+        let update = Update::builder()
+            .table_name(&self.audiences)
+            .set_key(Some(Self::key(workspace_id.to_owned(), DEFINITIONS)))
+            .update_expression("SET revision = :to")
+            .expression_attribute_values(":to", n(to));
+        let update = if revision == 0 {
+            update.condition_expression("attribute_not_exists(pk)")
+        } else {
+            update
+                .condition_expression("revision = :from")
+                .expression_attribute_values(":from", n(revision))
+        };
+        Ok(TransactWriteItem::builder()
+            .update(built(update.build())?)
+            .build())
+    }
+
+    /// Runs a transaction; `false` when a condition failed or another transaction
+    /// held an item (both mean: read again).
+    async fn transact(&self, items: Vec<TransactWriteItem>) -> Result<bool, PortError> {
+        let result = self
+            .client
+            .transact_write_items()
+            .set_transact_items(Some(items))
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(true),
+            Err(SdkError::ServiceError(failure)) => {
+                let status = failure.raw().status().as_u16();
+                match failure.into_err() {
+                    TransactWriteItemsError::TransactionCanceledException(canceled) => {
+                        let refusal = canceled
+                            .cancellation_reasons()
+                            .iter()
+                            .filter_map(|reason| reason.code())
+                            .find(|code| {
+                                !matches!(
+                                    *code,
+                                    "None" | "ConditionalCheckFailed" | "TransactionConflict"
+                                )
+                            });
+                        match refusal {
+                            // Throttled: worth retrying, as any throttled call.
+                            Some(code @ ("ThrottlingError" | "ProvisionedThroughputExceeded")) => {
+                                Err(PortError::Unavailable(code.to_owned()))
+                            }
+                            Some(code) => Err(PortError::Refused(code.to_owned())),
+                            None => Ok(false),
+                        }
+                    }
+                    other => Err(crate::aws::service_error(&other, status)),
+                }
+            }
+            Err(err) => Err(err.into()),
+        }
+    }
+
+    fn state_key(workspace_id: &str, external_user_id: &str) -> Item {
+        Self::key(
+            format!("u#{}", workspace_key(workspace_id, external_user_id)),
+            STATE,
+        )
+    }
+
+    fn list_pk(workspace_id: &str, audience_id: &str) -> String {
+        format!("a#{}", workspace_key(workspace_id, audience_id))
+    }
+}
+
+fn built<T>(result: Result<T, aws_sdk_dynamodb::error::BuildError>) -> Result<T, PortError> {
+    result.map_err(|_| PortError::Refused("request not built".into()))
+}
+
+fn negative_count() -> PortError {
+    PortError::Refused("negative member count".into())
+}
+
+impl Audiences for AudienceStore {
+    async fn list(&self, workspace_id: &str) -> Result<Definitions, PortError> {
+        let mut found = Definitions::default();
+        let mut start = None;
+        loop {
+            let out = self
+                .client
+                .query()
+                .table_name(&self.audiences)
+                .key_condition_expression("pk = :pk")
+                .expression_attribute_values(":pk", s(workspace_id))
+                .consistent_read(true)
+                .set_exclusive_start_key(start)
+                .send()
+                .await?;
+            for item in out.items() {
+                if get_s(item, SORT_KEY) == Some(DEFINITIONS) {
+                    found.revision = get_n(item, "revision").unwrap_or(0);
+                } else if let Some(audience) = audience_from_item(item) {
+                    found.audiences.push(audience);
+                }
+            }
+            start = out.last_evaluated_key;
+            if start.is_none() {
+                return Ok(found);
+            }
+        }
+    }
+
+    async fn revision(&self, workspace_id: &str) -> Result<u64, PortError> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.audiences)
+            .set_key(Some(Self::key(workspace_id.to_owned(), DEFINITIONS)))
+            .consistent_read(true)
+            .send()
+            .await?;
+        Ok(out
+            .item
+            .as_ref()
+            .and_then(|item| get_n(item, "revision"))
+            .unwrap_or(0))
+    }
+
+    async fn get(
+        &self,
+        workspace_id: &str,
+        audience_id: &str,
+    ) -> Result<Option<Audience>, PortError> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.audiences)
+            .set_key(Some(Self::key(workspace_id.to_owned(), audience_id)))
+            .consistent_read(true)
+            .send()
+            .await?;
+        Ok(out.item.as_ref().and_then(audience_from_item))
+    }
+
+    async fn define(
+        &self,
+        workspace_id: &str,
+        audience: &Audience,
+        revision: u64,
+    ) -> Result<bool, PortError> {
+        let mut item = Self::key(workspace_id.to_owned(), &audience.audience_id);
+        item.insert("name".into(), s(&audience.name));
+        item.insert("rule".into(), s(audience.rule_json.to_string()));
+        item.insert("rule_rev".into(), n(audience.rule_rev));
+        item.insert("since_rev".into(), n(audience.since_rev));
+        item.insert("updated_at".into(), n(audience.updated_at));
+        if let Some(scanned) = audience.building {
+            item.insert("building".into(), n(scanned));
+        }
+        if audience.counted {
+            item.insert("counted".into(), AttributeValue::Bool(true));
+        }
+        let put = Put::builder()
+            .table_name(&self.audiences)
+            .set_item(Some(item));
+        self.transact(vec![
+            self.move_revision(workspace_id, revision, audience.rule_rev)?,
+            TransactWriteItem::builder()
+                .put(built(put.build())?)
+                .build(),
+        ])
+        .await
+    }
+
+    async fn delete(
+        &self,
+        workspace_id: &str,
+        audience_id: &str,
+        revision: u64,
+    ) -> Result<bool, PortError> {
+        let delete = Delete::builder()
+            .table_name(&self.audiences)
+            .set_key(Some(Self::key(workspace_id.to_owned(), audience_id)));
+        self.transact(vec![
+            self.move_revision(workspace_id, revision, revision + 1)?,
+            TransactWriteItem::builder()
+                .delete(built(delete.build())?)
+                .build(),
+        ])
+        .await
+    }
+
+    async fn record_build(
+        &self,
+        workspace_id: &str,
+        audience_id: &str,
+        rule_rev: u64,
+        step: &BuildStep,
+    ) -> Result<BuildRecord, PortError> {
+        let update = self
+            .client
+            .update_item()
+            .table_name(&self.audiences)
+            .set_key(Some(Self::key(workspace_id.to_owned(), audience_id)))
+            .expression_attribute_values(":rev", n(rule_rev))
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld);
+        let update = match &step.from {
+            Some(from) => update
+                .condition_expression("rule_rev = :rev AND attribute_exists(building) AND build_cursor = :from")
+                .expression_attribute_values(":from", s(from)),
+            None => update.condition_expression(
+                "rule_rev = :rev AND attribute_exists(building) AND attribute_not_exists(build_cursor)",
+            ),
+        };
+        let update = match &step.to {
+            Some(to) => update
+                .update_expression("SET building = building + :n, build_cursor = :to")
+                .expression_attribute_values(":n", n(step.scanned))
+                .expression_attribute_values(":to", s(to)),
+            None => update.update_expression("REMOVE building, build_cursor"),
+        };
+        match condition(update.send().await)? {
+            Condition::Held => Ok(BuildRecord::Recorded),
+            Condition::Failed(item) => {
+                let item = item.filter(|item| get_n::<u64>(item, "rule_rev") == Some(rule_rev));
+                Ok(match item {
+                    None => BuildRecord::Replaced,
+                    Some(item) if !item.contains_key("building") => BuildRecord::AlreadyAt(None),
+                    Some(item) => {
+                        BuildRecord::AlreadyAt(get_s(&item, "build_cursor").map(str::to_owned))
+                    }
+                })
+            }
+        }
+    }
+}
