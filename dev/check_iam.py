@@ -82,13 +82,14 @@ PSEUDO_PARAMETERS = {
 WILDCARD = re.compile(r"[*?]")
 SUB_REFERENCE = re.compile(r"\$\{([^}!][^}]*)\}")
 
-# The table behind each DynamoDB store's field, (file under src/aws/dynamodb, field): the
-# field holds the name config::Resources reads from the environment variable the
-# template sets to that table (Globals.Function.Environment).
+# The table behind each DynamoDB store's field, (store, field): a store is a file under
+# src/aws/dynamodb (`users` for users.rs) or a folder there (`audiences` for
+# audiences/*.rs); the field holds the name config::Resources reads from the environment
+# variable the template sets to that table (Globals.Function.Environment).
 STORE_TABLES = {
-    ("users.rs", "table"): "UsersTable",
-    ("audiences.rs", "audiences"): "AudiencesTable",
-    ("audiences.rs", "members"): "AudienceMembersTable",
+    ("users", "table"): "UsersTable",
+    ("audiences", "audiences"): "AudiencesTable",
+    ("audiences", "members"): "AudienceMembersTable",
 }
 # Indexes a role may query though the current code does not: the code being replaced
 # during the email index upgrade (KeepLegacyEmailIndex) still queries the old one.
@@ -330,20 +331,30 @@ def findings(cfn):
     return out
 
 
+def store_of(path):
+    """The store a source file belongs to: its stem, or its folder under `dynamodb/`."""
+    return path.parent.name if path.parent.parent.name == "dynamodb" else path.stem
+
+
 def code_queries(source=ROOT / "src"):
     """Every (table, index or None) the code queries, from the Rust sources under
     `source`. A query of a store field STORE_TABLES does not name raises: the check must
-    learn its table rather than pass it by."""
+    learn its table rather than pass it by. Index constants are a store's (any of its
+    files)."""
+    paths = sorted(Path(source).rglob("*.rs"))
+    texts = {path: path.read_text() for path in paths}
+    constants = {}
+    for path, text in texts.items():
+        constants.setdefault(store_of(path), {}).update(STR_CONST.findall(text))
     queried = set()
-    for path in sorted(Path(source).rglob("*.rs")):
-        text = path.read_text()
-        constants = dict(STR_CONST.findall(text))
+    for path, text in texts.items():
         calls = QUERY_CALL.findall(text)
         if len(calls) != len(QUERY_START.findall(text)):
             raise ValueError(f"{path}: a Query whose table is not `&self.<field>` (or that is "
                              "never sent): dev/check_iam.py cannot tell which table it reads")
+        store = store_of(path)
         for field, chain in calls:
-            table = STORE_TABLES.get((path.name, field))
+            table = STORE_TABLES.get((store, field))
             if table is None:
                 raise ValueError(f"{path}: a Query of self.{field}, whose table STORE_TABLES "
                                  "(dev/check_iam.py) does not name")
@@ -354,10 +365,10 @@ def code_queries(source=ROOT / "src"):
             name = index.group(1)
             if name.startswith('"'):
                 queried.add((table, name.strip('"')))
-            elif name in constants:
-                queried.add((table, constants[name]))
+            elif name in constants[store]:
+                queried.add((table, constants[store][name]))
             else:
-                raise ValueError(f"{path}: index {name} is not a string constant of the file")
+                raise ValueError(f"{path}: index {name} is not a string constant of its store")
     return queried
 
 

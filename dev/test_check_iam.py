@@ -209,6 +209,13 @@ class CodeQueries(unittest.TestCase):
         self.assertEqual(self.queries({"users.rs": USERS_RS, "audiences.rs": AUDIENCES_RS}),
                          {("UsersTable", "email-lookup"), ("AudiencesTable", None)})
 
+    def test_a_store_may_be_a_folder_whose_files_share_its_constants(self):
+        constants = 'pub const DUE_INDEX: &str = "due";\n'
+        split = AUDIENCES_RS.replace("&self.audiences", "&self.members").replace(
+            '.key_condition_expression', '.index_name(DUE_INDEX).key_condition_expression')
+        files = {"audiences/mod.rs": constants, "audiences/memberships.rs": split}
+        self.assertEqual(self.queries(files), {("AudienceMembersTable", "due")})
+
     def test_the_projects_queries(self):
         self.assertEqual(check_iam.code_queries(), {
             ("UsersTable", "email-lookup"), ("UsersTable", "workspace-users"),
