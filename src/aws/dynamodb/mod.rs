@@ -1,5 +1,12 @@
 //! DynamoDB adapters: items ⇄ domain types, SDK errors → port errors, a failed
 //! condition as a type. No business rule lives here.
+//!
+//! Items are mapped by hand, not with serde_dynamo (which only turns the stream's
+//! images into the SDK's items, `stream.rs`): every read here is lenient on purpose —
+//! an attribute missing or of another type reads as absent and the item still reads (a
+//! hand edit, an older layout, or a newer one during a deploy never stops a function),
+//! which derived deserializers would refuse whole; numbers are written and read as their
+//! exact text (`attributes.rs`), never through a double.
 
 mod api_keys;
 mod attributes;

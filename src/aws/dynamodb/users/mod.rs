@@ -1,0 +1,257 @@
+//! The users table (`docs/architecture.md`): one item per user, written whole with a
+//! condition on its version; the email index and the workspace index it pages.
+
+mod item;
+
+use super::attributes::{from_attribute, to_attribute};
+use super::{
+    condition_held, get_by_key, get_n, get_s, n, s, workspace_key, Item, PARTITION_KEY,
+    TTL_ATTRIBUTE,
+};
+use crate::app::ports::{
+    EmailMatches, PortError, StoredUser, UserKey, Users, WorkspaceUsers, WriteOutcome,
+};
+use crate::contract::{normalize_email, MAX_EMAIL_MATCHES};
+use crate::domain::budget::{parse_stamp, stamp_text};
+use crate::domain::{
+    next_version, OnceWrite, OnceWrites, ProfileField, RejectReason, RejectedTrait, UserProfile,
+};
+use aws_sdk_dynamodb::types::{AttributeValue, KeysAndAttributes};
+use aws_sdk_dynamodb::Client;
+pub(super) use item::stored_user;
+use item::{email_key, item_from_user, user_from_item};
+use serde_json::Value;
+use std::collections::{BTreeMap, HashMap};
+
+/// BatchGetItem's limit on keys per call.
+const MAX_BATCH_GET: usize = 100;
+/// How long a tombstone outlives its erasure: longer than a message can wait in the
+/// queue (14 days) and then the dead-letter queue (14 more), both counted from acceptance.
+pub const TOMBSTONE_TTL_SECS: i64 = 30 * 24 * 60 * 60;
+
+/// The GSI that finds users by lower-cased email within a workspace. It projects keys
+/// only and sorts by `pk`, so a lookup reads the first matches by external_user_id
+/// and then the items themselves by key: users writes are not copied into the index.
+pub const EMAIL_INDEX: &str = "email-lookup";
+/// The index's partition key: workspace#lower-cased email.
+pub const EMAIL_KEY: &str = "email_key";
+
+/// The users table: one item per (workspace, external_user_id) under
+/// `pk` = workspace#external_user_id, so a large workspace spreads over partitions.
+#[derive(Clone)]
+pub struct UserStore {
+    client: Client,
+    table: String,
+}
+
+impl UserStore {
+    pub fn new(client: Client, table: impl Into<String>) -> Self {
+        Self {
+            client,
+            table: table.into(),
+        }
+    }
+
+    pub async fn open_connection(&self) -> Result<(), PortError> {
+        super::open_connection(&self.client, &self.table).await
+    }
+}
+
+impl Users for UserStore {
+    /// A strongly consistent read of one user.
+    async fn get(
+        &self,
+        workspace_id: &str,
+        external_user_id: &str,
+    ) -> Result<Option<StoredUser>, PortError> {
+        let key = workspace_key(workspace_id, external_user_id);
+        let item = get_by_key(&self.client, &self.table, key, true).await?;
+        Ok(item.as_ref().and_then(user_from_item))
+    }
+
+    /// Strongly consistent reads of many users in one call per 100 keys (BatchGetItem).
+    /// Keys DynamoDB leaves unprocessed are read one by one.
+    async fn get_many(
+        &self,
+        keys: &[(&str, &str)],
+    ) -> Result<HashMap<UserKey, StoredUser>, PortError> {
+        let mut found = HashMap::new();
+        for chunk in keys.chunks(MAX_BATCH_GET) {
+            let request_keys = chunk
+                .iter()
+                .map(|(workspace_id, id)| {
+                    Item::from([(PARTITION_KEY.to_owned(), s(workspace_key(workspace_id, id)))])
+                })
+                .collect::<Vec<_>>();
+            let keys_and_attributes = KeysAndAttributes::builder()
+                .set_keys(Some(request_keys))
+                .consistent_read(true)
+                .build()
+                .map_err(|e| PortError::Refused(e.to_string()))?;
+            let out = self
+                .client
+                .batch_get_item()
+                .request_items(&self.table, keys_and_attributes)
+                .send()
+                .await?;
+            for item in out
+                .responses()
+                .and_then(|r| r.get(&self.table))
+                .into_iter()
+                .flatten()
+            {
+                if let (Some(workspace_id), Some(user)) =
+                    (get_s(item, "workspace_id"), user_from_item(item))
+                {
+                    found.insert(
+                        (workspace_id.to_owned(), user.external_user_id.clone()),
+                        user,
+                    );
+                }
+            }
+            let unprocessed = out
+                .unprocessed_keys()
+                .and_then(|u| u.get(&self.table))
+                .map(|k| k.keys().to_vec())
+                .unwrap_or_default();
+            for key in unprocessed {
+                let Some((workspace_id, id)) =
+                    get_s(&key, PARTITION_KEY).and_then(|pk| pk.split_once('#'))
+                else {
+                    continue;
+                };
+                if let Some(user) = self.get(workspace_id, id).await? {
+                    found.insert((workspace_id.to_owned(), id.to_owned()), user);
+                }
+            }
+        }
+        Ok(found)
+    }
+
+    /// Writes the whole item if its version is still the one that was read.
+    async fn put(&self, workspace_id: &str, user: &StoredUser) -> Result<WriteOutcome, PortError> {
+        let request = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item_from_user(workspace_id, user)?));
+        let request = if user.version == 0 {
+            request.condition_expression("attribute_not_exists(pk)")
+        } else {
+            request
+                .condition_expression("version = :read_version")
+                .expression_attribute_values(":read_version", n(user.version))
+        };
+        Ok(if condition_held(request.send().await)? {
+            WriteOutcome::Written
+        } else {
+            WriteOutcome::Conflict
+        })
+    }
+
+    /// Users of a workspace whose email matches, ignoring case: the first
+    /// `MAX_EMAIL_MATCHES` by external_user_id, however many index pages that takes.
+    async fn find_by_email(
+        &self,
+        workspace_id: &str,
+        email: &str,
+    ) -> Result<EmailMatches, PortError> {
+        let wanted = email_key(workspace_id, email);
+        let mut ids: Vec<String> = Vec::new();
+        let mut start = None;
+        loop {
+            let out = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .index_name(EMAIL_INDEX)
+                .key_condition_expression("email_key = :k")
+                .expression_attribute_values(":k", s(&wanted))
+                .limit((MAX_EMAIL_MATCHES + 1 - ids.len()) as i32)
+                .set_exclusive_start_key(start)
+                .send()
+                .await?;
+            let prefix = workspace_key(workspace_id, "");
+            ids.extend(out.items().iter().filter_map(|item| {
+                Some(
+                    get_s(item, PARTITION_KEY)?
+                        .strip_prefix(&prefix)?
+                        .to_owned(),
+                )
+            }));
+            start = out.last_evaluated_key;
+            if start.is_none() || ids.len() > MAX_EMAIL_MATCHES {
+                break;
+            }
+        }
+        let truncated = ids.len() > MAX_EMAIL_MATCHES;
+        ids.truncate(MAX_EMAIL_MATCHES);
+        let keys: Vec<(&str, &str)> = ids.iter().map(|id| (workspace_id, id.as_str())).collect();
+        let mut found = self.get_many(&keys).await?;
+        // The index lags the table: keep only users whose email still matches.
+        let users = ids
+            .iter()
+            .filter_map(|id| found.remove(&(workspace_id.to_owned(), id.clone())))
+            .filter(|user| {
+                user.profile
+                    .profile
+                    .get(&ProfileField::Email)
+                    .is_some_and(|stored| email_key(workspace_id, stored) == wanted)
+            })
+            .collect();
+        Ok(EmailMatches { users, truncated })
+    }
+}
+
+/// The GSI of a workspace's users by key (keys only), for audience builds.
+pub const WORKSPACE_USERS_INDEX: &str = "workspace-users";
+
+impl WorkspaceUsers for UserStore {
+    /// A page of the index, then the items by key (strongly consistent): the index is
+    /// written when a user is created and sorts by `pk`, the cursor.
+    async fn page(
+        &self,
+        workspace_id: &str,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<(Vec<StoredUser>, Option<String>), PortError> {
+        let start = cursor.map(|pk| {
+            Item::from([
+                ("workspace_id".to_owned(), s(workspace_id)),
+                (PARTITION_KEY.to_owned(), s(pk)),
+            ])
+        });
+        let out = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .index_name(WORKSPACE_USERS_INDEX)
+            .key_condition_expression("workspace_id = :w")
+            .expression_attribute_values(":w", s(workspace_id))
+            .set_exclusive_start_key(start)
+            .limit(limit as i32)
+            .send()
+            .await?;
+        let ids: Vec<&str> = out
+            .items()
+            .iter()
+            .filter_map(|item| {
+                get_s(item, PARTITION_KEY)?
+                    .split_once('#')
+                    .map(|(_, id)| id)
+            })
+            .collect();
+        let keys: Vec<(&str, &str)> = ids.iter().map(|id| (workspace_id, *id)).collect();
+        let mut found = self.get_many(&keys).await?;
+        let users = ids
+            .iter()
+            .filter_map(|id| found.remove(&(workspace_id.to_owned(), (*id).to_owned())))
+            .collect();
+        let next = out
+            .last_evaluated_key
+            .as_ref()
+            .and_then(|key| get_s(key, PARTITION_KEY))
+            .map(str::to_owned);
+        Ok((users, next))
+    }
+}
