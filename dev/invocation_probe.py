@@ -26,6 +26,7 @@ then B A, …: both see the same machine in the same minute), and adds their sum
 import argparse
 import json
 import os
+import re
 import statistics
 import sys
 import time
@@ -37,12 +38,21 @@ from faithful import FunctionConfig, Spawner  # noqa: E402
 from faithful.runtime_api import ExecutionEnvironment  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-# Every variable of src/config.rs (Resources::ENV_VARS), and the SDK's.
-FUNCTION_VARIABLES = ("USERS_TABLE", "IDEMPOTENCY_TABLE", "API_KEYS_TABLE", "RATE_LIMITS_TABLE",
-                      "UPSERT_QUEUE_URL", "EVENT_BUS_NAME", "METRICS_NAMESPACE", "DEFAULT_RATE_LIMIT",
-                      "AUDIENCES_TABLE", "AUDIENCE_MEMBERS_TABLE", "AUDIENCE_BUILD_QUEUE_URL",
-                      "AWS_ENDPOINT_URL", "AWS_REGION", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
-                      "SSL_CERT_FILE")
+SDK_VARIABLES = ("AWS_ENDPOINT_URL", "AWS_REGION", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
+                 "SSL_CERT_FILE")
+
+
+def config_variables(source=ROOT / "src" / "config.rs"):
+    """The variables the functions read (src/config.rs, `Resources::ENV_VARS`), from the
+    source itself, so that a variable added there is passed here too."""
+    found = re.search(r"ENV_VARS: \[&'static str; \d+\] = \[(.*?)\];", source.read_text(), re.S)
+    if found is None:
+        raise SystemExit(f"{source}: no Resources::ENV_VARS")
+    return tuple(re.findall(r'"([A-Z0-9_]+)"', found.group(1)))
+
+
+# Every variable of src/config.rs, and the SDK's.
+FUNCTION_VARIABLES = config_variables() + SDK_VARIABLES
 
 
 def user_body(k, run):

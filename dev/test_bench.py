@@ -132,3 +132,12 @@ class CostTable(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class ProbeEnvironment(unittest.TestCase):
+    def test_the_probe_passes_every_variable_the_functions_read(self):
+        import invocation_probe
+        names = invocation_probe.config_variables()
+        self.assertIn("AUDIENCE_RETRY_QUEUE_URL", names)
+        self.assertIn("USERS_TABLE", names)
+        self.assertTrue(set(names) <= set(invocation_probe.FUNCTION_VARIABLES))

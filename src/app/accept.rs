@@ -238,7 +238,7 @@ impl<K: IdempotencyKeys, Q: UpsertQueue, C: Counters> Accept<K, Q, C> {
             .into_iter()
             .map(|(index, upsert)| {
                 // Later entries of the batch win: their stamps sort after earlier ones'
-                // (five digits: a Segment batch holds up to 16,000 messages).
+                // (five digits: a Segment batch holds up to 16,600 messages).
                 let request_id = format!("{}.{index:05}", stamp.request_id);
                 let entry_stamp =
                     Stamp::new(stamp.accepted_at, request_id).at_source(upsert.timestamp);

@@ -151,6 +151,7 @@ impl BodyPaths {
         let recorder = PathRecorder {
             path: &mut path,
             paths: self,
+            root: true,
         };
         // The body already parsed once; a failure here only leaves paths incomplete.
         let _ = recorder.deserialize(&mut serde_json::Deserializer::from_slice(body));
@@ -160,6 +161,9 @@ impl BodyPaths {
 struct PathRecorder<'a> {
     path: &'a mut String,
     paths: &'a mut BodyPaths,
+    /// The document itself: its members' paths have no leading `.` (a member named
+    /// `""` must not make its children's paths those of top-level members).
+    root: bool,
 }
 
 impl PathRecorder<'_> {
@@ -172,6 +176,7 @@ impl PathRecorder<'_> {
         PathRecorder {
             path: self.path,
             paths: self.paths,
+            root: false,
         }
     }
 
@@ -234,7 +239,7 @@ impl<'de> Visitor<'de> for PathRecorder<'_> {
         let len = self.path.len();
         let mut names = HashSet::new();
         while let Some(name) = members.next_key::<Cow<'de, str>>()? {
-            if len > 0 {
+            if !self.root {
                 self.path.push('.');
             }
             self.path.push_str(&name);

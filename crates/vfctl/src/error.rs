@@ -19,7 +19,7 @@ pub enum CommandError {
     #[error("{0}")]
     Input(String),
     /// A resource of the stack did not answer (a kind or an AWS code, never its text).
-    #[error("{what} did not answer: {source}")]
+    #[error("{what}: {source}")]
     Aws {
         what: &'static str,
         #[source]
