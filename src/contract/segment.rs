@@ -342,6 +342,8 @@ struct Names {
     /// Traits the message gave in `context.traits` only (RudderStack's libraries put
     /// an identify's traits there).
     from_context: HashSet<String>,
+    /// The source time came from `originalTimestamp` (RudderStack's Node library).
+    original_timestamp: bool,
 }
 
 impl Upsert {
@@ -374,9 +376,10 @@ impl Upsert {
             members.insert("traits".into(), Value::Object(traits));
         }
         // RudderStack's Node library sends `originalTimestamp` instead.
-        let timestamp = message
-            .remove("timestamp")
-            .or_else(|| message.remove("originalTimestamp"));
+        let timestamp = message.remove("timestamp").or_else(|| {
+            names.original_timestamp = message.contains_key("originalTimestamp");
+            message.remove("originalTimestamp")
+        });
         if let Some(timestamp) = timestamp {
             members.insert("timestamp".into(), source_time(timestamp, sent_at, now_ms));
         }
@@ -439,6 +442,7 @@ impl Names {
         match ours {
             "external_user_id" => "userId".into(),
             "email" => traits("email"),
+            "timestamp" if self.original_timestamp => "originalTimestamp".into(),
             _ => match ours.strip_prefix("traits.") {
                 Some(name) => {
                     let (head, rest) = name
@@ -755,6 +759,16 @@ mod tests {
             .map(|e| e.as_ref().unwrap().timestamp)
             .collect();
         assert_eq!(times, [Some(event), Some(event)]);
+        // A bad one is named as the message named it.
+        let late =
+            batch(json!([{"type": "identify", "userId": "u1", "originalTimestamp": "soon"}]));
+        let refused = late.batch.entries[0].as_ref().unwrap_err();
+        assert_eq!(refused[0].field.as_deref(), Some("originalTimestamp"));
+        assert!(
+            refused[0].message.starts_with("originalTimestamp "),
+            "{}",
+            refused[0].message
+        );
     }
 
     #[test]
