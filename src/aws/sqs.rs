@@ -386,6 +386,14 @@ mod tests {
     use serde_json::json;
 
     #[test]
+    fn an_unreadable_body_is_told_by_kind_and_place_never_by_its_data() {
+        let unread = decode(r#"{"workspace_id":"jane@acme.io","v":"x"}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(!unread.contains("jane"), "{unread}");
+    }
+
+    #[test]
     fn build_tasks_read_as_written_and_as_bodies_in_flight_were() {
         let task = BuildTask {
             workspace_id: "ws".into(),
