@@ -100,6 +100,8 @@ TARGET_IMPORT_USERS = 10_000_000
 TARGET_TIME_MOVES_PER_HOUR = 1_000_000
 TARGET_EDGE_USERS_PER_MINUTE = 100_000
 HEAVY_AUDIENCES = 100
+# Shards of a member list (LIST_SHARDS in src/aws/dynamodb/audiences/mod.rs).
+LIST_SHARDS = 16
 BATCH_USERS = 1_000  # the batch route's most users a request
 
 DEFAULT_FACTOR = 0.001
@@ -1014,16 +1016,20 @@ class Run:
             time.sleep(3)
 
     def stored_members(self, workspace, audience):
-        """An audience's members as its member list holds them (entries not `gone`)."""
-        members, start = [], {}
-        while True:
-            page = self.dynamodb.query(TableName=self.env["AUDIENCE_MEMBERS_TABLE"], ConsistentRead=True,
-                                       KeyConditionExpression="pk = :pk",
-                                       ExpressionAttributeValues={":pk": {"S": f"a#{workspace}#{audience}"}}, **start)
-            members += [item["sk"]["S"] for item in page["Items"] if not item.get("gone", {}).get("BOOL")]
-            if "LastEvaluatedKey" not in page:
-                return members
-            start = {"ExclusiveStartKey": page["LastEvaluatedKey"]}
+        """An audience's members as its member list holds them (entries not `gone`): its
+        one list, or its 16 shards (src/aws/dynamodb/audiences/mod.rs)."""
+        members = []
+        for pk in [f"a#{workspace}#{audience}"] + [f"a#{workspace}#{audience}#{n}" for n in range(LIST_SHARDS)]:
+            start = {}
+            while True:
+                page = self.dynamodb.query(TableName=self.env["AUDIENCE_MEMBERS_TABLE"], ConsistentRead=True,
+                                           KeyConditionExpression="pk = :pk",
+                                           ExpressionAttributeValues={":pk": {"S": pk}}, **start)
+                members += [item["sk"]["S"] for item in page["Items"] if not item.get("gone", {}).get("BOOL")]
+                if "LastEvaluatedKey" not in page:
+                    break
+                start = {"ExclusiveStartKey": page["LastEvaluatedKey"]}
+        return members
 
     def stored(self):
         items, start = [], {}

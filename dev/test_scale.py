@@ -334,6 +334,8 @@ class Report(unittest.TestCase):
                          {"what": "audience-members: a user's audience state", "workspace": "sh1"})
         self.assertEqual(self.label("mem-t", "a#sl1-000#trial"),
                          {"what": "audience-members: an audience's member list", "workspace": "sl1-000"})
+        self.assertEqual(self.label("mem-t", "a#sh1#b01#15"),
+                         {"what": "audience-members: an audience's member list", "workspace": "sh1"})
         self.assertEqual(self.label("mem-t", "n#sh1#b01#3#7")["what"], "audience-members: a member-count shard")
         self.assertEqual(self.label("aud-t", "sh1"),
                          {"what": "audiences: a workspace's audience definitions", "workspace": "sh1"})

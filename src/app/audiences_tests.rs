@@ -588,6 +588,69 @@ async fn a_deleted_audience_drops_its_members_and_a_new_one_of_that_id_starts_em
 }
 
 #[tokio::test]
+async fn a_new_audience_lists_in_shards_and_one_that_started_with_one_list_keeps_it() {
+    let w = world();
+    w.define("new", trials(), T0).await;
+    w.define("old", trials(), T0).await;
+    // "old" as audiences started before lists were sharded (and counted).
+    if let Some((audience, _)) = w
+        .store
+        .definitions
+        .lock()
+        .unwrap()
+        .get_mut(WS)
+        .and_then(|d| d.audiences.get_mut("old"))
+    {
+        (audience.sharded, audience.counted) = (false, false);
+    }
+    let records: Vec<Record> = (0..3)
+        .map(|i| w.write(&format!("u{i}"), Some(json!({"plan": "trial"})), T0))
+        .collect();
+    w.deliver(&records, T0 + 1).await;
+    w.build(T0 + 1).await;
+    let list = |audience: &str, sharded: bool| {
+        let key = (WS.to_owned(), audience.to_owned(), sharded);
+        w.store
+            .lists
+            .lock()
+            .unwrap()
+            .get(&key)
+            .map_or(0, |list| list.len())
+    };
+    assert_eq!([list("new", true), list("old", false)], [3, 3]);
+    assert_eq!([list("new", false), list("old", true)], [0, 0]);
+    // Replaced, each keeps its way: its members are read where they are.
+    w.define("old", json!({"field": "plan", "op": "exists"}), T0 + 2)
+        .await;
+    w.build(T0 + 2).await;
+    for audience in ["new", "old"] {
+        let page = crate::contract::Paged::Members {
+            audience_id: audience,
+        }
+        .query(None, None);
+        let got = w.curate.members(&caller(), audience, page, T0 + 3).await;
+        assert_eq!(got.unwrap().members.len(), 3, "{audience}");
+    }
+    let count = w
+        .curate
+        .get(&caller(), "old", T0 + 3)
+        .await
+        .unwrap()
+        .members;
+    assert_eq!(count, 3);
+    // Deleted, each list is dropped in its own layout.
+    for audience in ["new", "old"] {
+        let stamp = Stamp::new(T0 + 4, format!("del-{audience}"));
+        w.curate
+            .delete(&caller(), audience, None, stamp)
+            .await
+            .unwrap();
+    }
+    w.build(T0 + 4).await;
+    assert_eq!([list("new", true), list("old", false)], [0, 0]);
+}
+
+#[tokio::test]
 async fn a_workspace_holds_at_most_100_audiences_and_a_replay_defines_nothing_again() {
     let w = world();
     for i in 0..100 {

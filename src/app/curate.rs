@@ -122,6 +122,7 @@ where
                     updated_at: now_ms,
                     // A new audience starts counting; a replaced one keeps its way.
                     counted: previous.is_none_or(|p| p.counted),
+                    sharded: previous.is_none_or(|p| p.sharded),
                 };
                 if self
                     .store
@@ -132,13 +133,8 @@ where
                 }
             };
             // Changes see the rule from now on; the build brings every existing user to it.
-            self.start(
-                workspace_id,
-                &audience.audience_id,
-                audience.rule_rev,
-                false,
-            )
-            .await?;
+            self.start(workspace_id, &audience.audience_id, audience.rule_rev, None)
+                .await?;
             Ok(Vec::new())
         };
         self.once(caller, stamp, &hash, idempotency_key, define)
@@ -161,22 +157,27 @@ where
         let delete = |_| async move {
             let workspace_id = caller.workspace_id.as_str();
             let mut attempts = 0..MAX_DEFINITION_ATTEMPTS;
-            let dropped_at = loop {
+            let (dropped_at, sharded) = loop {
                 attempts.next().ok_or_else(outrun)?;
                 let found = self.store.list(workspace_id).await?;
-                if !found.audiences.iter().any(|a| a.audience_id == audience_id) {
+                let Some(sharded) = found
+                    .audiences
+                    .iter()
+                    .find(|a| a.audience_id == audience_id)
+                    .map(|a| a.sharded)
+                else {
                     // As for users: deleting what is not there is done already.
                     return Ok(Vec::new());
-                }
+                };
                 if self
                     .store
                     .delete(workspace_id, audience_id, found.revision)
                     .await?
                 {
-                    break found.revision + 1;
+                    break (found.revision + 1, sharded);
                 }
             };
-            self.start(workspace_id, audience_id, dropped_at, true)
+            self.start(workspace_id, audience_id, dropped_at, Some(sharded))
                 .await?;
             Ok(Vec::new())
         };
@@ -184,20 +185,22 @@ where
             .await
     }
 
-    /// Queues the first task of a build (or of a drop).
+    /// Queues the first task of a build, or of a drop (`dropped`: whether the deleted
+    /// audience's list was sharded).
     async fn start(
         &self,
         workspace_id: &str,
         audience_id: &str,
         rule_rev: u64,
-        drop: bool,
+        dropped: Option<bool>,
     ) -> Result<(), PortError> {
         let task = BuildTask {
             workspace_id: workspace_id.to_owned(),
             audience_id: audience_id.to_owned(),
             rule_rev,
             cursor: None,
-            drop,
+            drop: dropped.is_some(),
+            sharded: dropped.unwrap_or(false),
         };
         self.builds.send(&task).await
     }
@@ -312,12 +315,7 @@ where
             .ok_or(AppError::AudienceNotFound)?;
         let (members, more) = self
             .store
-            .members(
-                workspace_id,
-                (audience_id, audience.since_rev),
-                page.limit,
-                page.after.as_deref(),
-            )
+            .members(workspace_id, &audience, page.limit, page.after.as_deref())
             .await?;
         let next_cursor = more
             .then(|| {

@@ -496,6 +496,8 @@ pub struct ListEntry {
 
 /// An audience's member count: (workspace, audience, the revision it started at).
 pub type CountKey = (String, String, u64);
+/// A member list: workspace, audience, and whether it is sharded.
+pub type ListKey = (String, String, bool);
 
 /// What a test runs before each commit, as another writer would.
 pub type CommitRace = Box<dyn FnMut(&MemoryAudiences) + Send>;
@@ -505,8 +507,9 @@ pub type CommitRace = Box<dyn FnMut(&MemoryAudiences) + Send>;
 pub struct MemoryAudiences {
     pub definitions: Arc<Mutex<HashMap<String, MemoryDefinitions>>>,
     pub states: Arc<Mutex<HashMap<UserKey, UserAudiences>>>,
-    /// Member lists by (workspace, audience), by user.
-    pub lists: Arc<Mutex<HashMap<UserKey, std::collections::BTreeMap<String, ListEntry>>>>,
+    /// Member lists by (workspace, audience, sharded), by user: a list read or dropped
+    /// in the other layout than it was written in is not found, as in DynamoDB.
+    pub lists: Arc<Mutex<HashMap<ListKey, std::collections::BTreeMap<String, ListEntry>>>>,
     pub journal: Journal,
     pub faults: Faults,
     /// Runs before each commit, as another writer would (a test's race).
@@ -526,15 +529,40 @@ impl MemoryAudiences {
         self.faults.check(name)
     }
 
-    /// The members of an audience as listed (of any revision).
+    /// The members of an audience as listed (of any revision, in either layout).
     pub fn listed(&self, workspace_id: &str, audience_id: &str) -> Vec<String> {
-        lock(&self.lists)
-            .get(&(workspace_id.to_owned(), audience_id.to_owned()))
-            .map(|list| {
-                let members = list.iter().filter(|(_, e)| e.entered_at.is_some());
-                members.map(|(id, _)| id.clone()).collect()
-            })
-            .unwrap_or_default()
+        let lists = lock(&self.lists);
+        let layouts = [false, true]
+            .map(|sharded| lists.get(&(workspace_id.to_owned(), audience_id.to_owned(), sharded)));
+        let mut members: Vec<String> = layouts
+            .into_iter()
+            .flatten()
+            .flat_map(|list| list.iter().filter(|(_, e)| e.entered_at.is_some()))
+            .map(|(id, _)| id.clone())
+            .collect();
+        members.sort();
+        members
+    }
+
+    /// Members of the list `list` that started at `since_rev`, in id order after `after`.
+    fn list_members(
+        &self,
+        list: &ListKey,
+        since_rev: u64,
+        limit: usize,
+        after: Option<&str>,
+    ) -> (Vec<(String, i64)>, bool) {
+        let lists = lock(&self.lists);
+        let mut members: Vec<(String, i64)> = lists
+            .get(list)
+            .into_iter()
+            .flatten()
+            .filter(|(id, e)| after.is_none_or(|a| id.as_str() > a) && e.rule_rev >= since_rev)
+            .filter_map(|(id, e)| Some((id.clone(), e.entered_at?)))
+            .collect();
+        let more = members.len() > limit;
+        members.truncate(limit);
+        (members, more)
     }
 
     /// Whether another writer moved the workspace's revision first (see `outrun`).
@@ -708,7 +736,11 @@ impl Memberships for MemoryAudiences {
         let mut counts = lock(&self.counts);
         for decision in decisions {
             let list = lists
-                .entry((workspace_id.to_owned(), decision.audience_id.clone()))
+                .entry((
+                    workspace_id.to_owned(),
+                    decision.audience_id.clone(),
+                    decision.sharded,
+                ))
                 .or_default();
             let found = list.get(external_user_id);
             if found.is_some_and(|e| e.rev >= rev) {
@@ -753,22 +785,17 @@ impl Memberships for MemoryAudiences {
     async fn members(
         &self,
         workspace_id: &str,
-        (audience_id, since_rev): (&str, u64),
+        audience: &Audience,
         limit: usize,
         after: Option<&str>,
     ) -> Result<(Vec<(String, i64)>, bool), PortError> {
         self.call("memberships.members")?;
-        let lists = lock(&self.lists);
-        let mut members: Vec<(String, i64)> = lists
-            .get(&(workspace_id.to_owned(), audience_id.to_owned()))
-            .into_iter()
-            .flatten()
-            .filter(|(id, e)| after.is_none_or(|a| id.as_str() > a) && e.rule_rev >= since_rev)
-            .filter_map(|(id, e)| Some((id.clone(), e.entered_at?)))
-            .collect();
-        let more = members.len() > limit;
-        members.truncate(limit);
-        Ok((members, more))
+        let list = (
+            workspace_id.to_owned(),
+            audience.audience_id.clone(),
+            audience.sharded,
+        );
+        Ok(self.list_members(&list, audience.since_rev, limit, after))
     }
 
     async fn count(
@@ -786,12 +813,12 @@ impl Memberships for MemoryAudiences {
     async fn count_listed(
         &self,
         workspace_id: &str,
-        audience: (&str, u64),
+        (audience_id, since_rev): (&str, u64),
     ) -> Result<u64, PortError> {
         self.call("memberships.count_listed")?;
-        let (members, _) = self
-            .members(workspace_id, audience, usize::MAX - 1, None)
-            .await?;
+        // Only audiences that started before counts were kept, all of them one list.
+        let list = (workspace_id.to_owned(), audience_id.to_owned(), false);
+        let (members, _) = self.list_members(&list, since_rev, usize::MAX - 1, None);
         Ok(members.len() as u64)
     }
 
@@ -825,11 +852,12 @@ impl Memberships for MemoryAudiences {
         workspace_id: &str,
         audience_id: &str,
         rule_rev: u64,
+        sharded: bool,
         after: Option<&str>,
         limit: usize,
     ) -> Result<Option<String>, PortError> {
         self.call("memberships.drop_members")?;
-        let list_key = (workspace_id.to_owned(), audience_id.to_owned());
+        let list_key = (workspace_id.to_owned(), audience_id.to_owned(), sharded);
         let mut lists = lock(&self.lists);
         let Some(list) = lists.get_mut(&list_key) else {
             return Ok(None);

@@ -331,12 +331,13 @@ pub trait Memberships {
         next_due: Option<i64>,
     ) -> impl Future<Output = Result<(), PortError>> + Send;
 
-    /// Members of the audience that started at `since_rev`, in user-id order after
-    /// `after`: `(id, entered_at)`, and whether more follow.
+    /// Members of the audience (of the one that started at its `since_rev`), in its
+    /// list's order after the member `after`: `(id, entered_at)`, and whether more
+    /// follow. A member present for the whole walk is listed once.
     fn members(
         &self,
         workspace_id: &str,
-        audience: (&str, u64),
+        audience: &Audience,
         limit: usize,
         after: Option<&str>,
     ) -> impl Future<Output = Result<(Vec<(String, i64)>, bool), PortError>> + Send;
@@ -377,6 +378,7 @@ pub trait Memberships {
         workspace_id: &str,
         audience_id: &str,
         rule_rev: u64,
+        sharded: bool,
         after: Option<&str>,
         limit: usize,
     ) -> impl Future<Output = Result<Option<String>, PortError>> + Send;
@@ -393,6 +395,8 @@ pub struct BuildTask {
     pub cursor: Option<String>,
     /// Drop the members instead (the audience was deleted at `rule_rev`).
     pub drop: bool,
+    /// The dropped audience's member list is sharded ([`Audience::sharded`]).
+    pub sharded: bool,
 }
 
 pub trait BuildQueue {

@@ -95,6 +95,7 @@ mod tests {
                 building: None,
                 updated_at: 0,
                 counted: true,
+                sharded: true,
             }],
         })
     }

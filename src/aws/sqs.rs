@@ -255,6 +255,8 @@ struct BuildBody<'a> {
     cursor: Option<std::borrow::Cow<'a, str>>,
     #[serde(default)]
     drop: bool,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    sharded: bool,
 }
 
 /// The build task a body holds, or `None` if it holds none.
@@ -266,6 +268,7 @@ pub fn decode_build(body: &str) -> Option<BuildTask> {
         rule_rev: task.rule_rev,
         cursor: task.cursor.map(std::borrow::Cow::into_owned),
         drop: task.drop,
+        sharded: task.sharded,
     })
 }
 
@@ -277,6 +280,7 @@ impl BuildQueue for SqsQueue {
             rule_rev: task.rule_rev,
             cursor: task.cursor.as_deref().map(Into::into),
             drop: task.drop,
+            sharded: task.sharded,
         };
         let body = serde_json::to_string(&body)
             .map_err(|_| PortError::Refused("build task not encoded".into()))?;
@@ -400,23 +404,31 @@ mod tests {
             audience_id: "trials".into(),
             rule_rev: 7,
             cursor: Some("u-9".into()),
-            drop: false,
+            drop: true,
+            sharded: true,
         };
         let body = BuildBody {
             workspace_id: "ws".into(),
             audience_id: "trials".into(),
             rule_rev: 7,
             cursor: Some("u-9".into()),
-            drop: false,
+            drop: true,
+            sharded: true,
         };
         assert_eq!(
             decode_build(&serde_json::to_string(&body).unwrap()),
             Some(task)
         );
-        // A first page sent before cursor and drop were optional.
+        // A first page sent before cursor and drop were optional, and a drop sent
+        // before lists were sharded (its list is one).
         let old = r#"{"workspace_id":"ws","audience_id":"a","rule_rev":1}"#;
         let first = decode_build(old).unwrap();
-        assert_eq!((first.cursor, first.drop), (None, false));
+        assert_eq!(
+            (first.cursor, first.drop, first.sharded),
+            (None, false, false)
+        );
+        let old_drop = r#"{"workspace_id":"ws","audience_id":"a","rule_rev":1,"drop":true}"#;
+        assert!(!decode_build(old_drop).unwrap().sharded);
         assert_eq!(decode_build(r#"{"shard":1,"until_ms":2}"#), None);
     }
 

@@ -329,6 +329,12 @@ pub struct MembershipEvent {
     /// three ids. 0 in decisions left pending by a version that did not record it.
     #[serde(default)]
     pub commit: u64,
+    /// The audience's member list is sharded ([`Audience::sharded`]); `false` in
+    /// decisions left pending before lists were, which were all one list.
+    ///
+    /// [`Audience::sharded`]: super::membership::Audience::sharded
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub sharded: bool,
 }
 
 impl MembershipEvent {

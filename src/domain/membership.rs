@@ -31,6 +31,10 @@ pub struct Audience {
     /// Its member count is kept beside its member list since it started; an audience
     /// that started before counts were kept is counted by reading its list.
     pub counted: bool,
+    /// Its member list (and count) is spread over shards by user since it started, so
+    /// that no one key takes every change of a large audience; an audience that started
+    /// before keeps its one list until defined anew.
+    pub sharded: bool,
 }
 
 /// A workspace's audiences and the revision of its definitions, which every define
@@ -158,6 +162,7 @@ pub fn decide(
                 subject.reason
             },
             commit: next.rev,
+            sharded: audience.sharded,
         });
     }
     (!next.pending.is_empty() || next.next_due != state.next_due).then_some(next)

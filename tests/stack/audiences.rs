@@ -597,6 +597,8 @@ async fn deleting_an_audience_drops_its_members() {
         )
         .await;
     stack.members_when(&key, "trials", &ids(&["u1"])).await;
+    // Its list is sharded (an audience defined now).
+    assert_eq!(list_entries(&stack, "trials").await, Some(1));
     let delete = stack
         .request(Method::DELETE, "/api/v1/audiences/trials", Some(&key))
         .send()
@@ -622,24 +624,32 @@ async fn deleting_an_audience_drops_its_members() {
         .await
         .unwrap();
     assert_eq!(again.status(), 202);
-    // The member list goes too (a task of the build queue).
-    let list = format!("a#{}#trials", stack.workspace);
+    // The member list goes too (a task of the build queue), every shard of it.
     until_working(&stack, WORKERS, "the member list dropped", || async {
+        (list_entries(&stack, "trials").await? == 0).then_some(())
+    })
+    .await;
+}
+
+/// Entries in the shards of an audience's member list, as stored.
+async fn list_entries(stack: &Stack, audience: &str) -> Option<i32> {
+    use vibefollow_users::aws_sdk_dynamodb::types::AttributeValue;
+    let mut entries = 0;
+    for shard in 0..16 {
+        let list = format!("a#{}#{audience}#{shard}", stack.workspace);
         let out = stack
             .dynamodb
             .query()
             .table_name(&stack.resources.audience_members_table)
             .key_condition_expression("pk = :pk")
-            .expression_attribute_values(
-                ":pk",
-                vibefollow_users::aws_sdk_dynamodb::types::AttributeValue::S(list.clone()),
-            )
+            .expression_attribute_values(":pk", AttributeValue::S(list))
+            .consistent_read(true)
             .send()
             .await
             .ok()?;
-        (out.count == 0).then_some(())
-    })
-    .await;
+        entries += out.count;
+    }
+    Some(entries)
 }
 
 #[tokio::test]
@@ -688,16 +698,23 @@ async fn a_user_whose_evaluation_keeps_failing_is_parked_shown_and_redriven_whil
 #[tokio::test]
 #[ignore = "needs the local stack: run `make test`"]
 async fn member_counts_stay_exact_whatever_order_decisions_are_carried_out_in() {
-    use vibefollow_users::app::ports::Memberships;
+    let stack = Stack::new().await;
+    // As audiences start now (a sharded list), and as they did before (one list).
+    for (audience, sharded) in [("counted", true), ("counted-one-list", false)] {
+        counts_and_pages_stay_exact(&stack, audience, sharded).await;
+    }
+}
+
+async fn counts_and_pages_stay_exact(stack: &Stack, audience: &str, sharded: bool) {
+    use vibefollow_users::app::ports::{Audience, Memberships};
     use vibefollow_users::aws::dynamodb::AudienceStore;
     use vibefollow_users::domain::audience::{MembershipEvent, Reason};
-    let stack = Stack::new().await;
     let store = AudienceStore::new(
         stack.dynamodb.clone(),
         &stack.resources.audiences_table,
         &stack.resources.audience_members_table,
     );
-    let (audience, since_rev) = ("counted", 3);
+    let since_rev = 3;
     let decision = |user: &str, rev: u64| MembershipEvent {
         // Commits alternate: in at 1, out at 2, in at 3…
         entered: rev % 2 == 1,
@@ -710,6 +727,7 @@ async fn member_counts_stay_exact_whatever_order_decisions_are_carried_out_in() 
         at: rev as i64,
         reason: Reason::Change,
         commit: rev,
+        sharded,
     };
     // Each user's decisions carried out late, twice and out of order (a fixed shuffle).
     let mut members = BTreeSet::new();
@@ -739,25 +757,41 @@ async fn member_counts_stay_exact_whatever_order_decisions_are_carried_out_in() 
         }
     });
     futures::future::join_all(applied).await;
-    let count = store
-        .count(&stack.workspace, (audience, since_rev))
-        .await
-        .unwrap();
+    let count = store.count(workspace, (audience, since_rev)).await.unwrap();
     assert_eq!(count, members.len() as u64);
-    let (listed, more) = store
-        .members(&stack.workspace, (audience, since_rev), 100, None)
-        .await
-        .unwrap();
-    assert!(!more);
-    let listed: BTreeSet<String> = listed.into_iter().map(|(id, _)| id).collect();
-    assert_eq!(listed, members);
-    assert_eq!(
-        store
-            .count_listed(&stack.workspace, (audience, since_rev))
+    let listed_count = members.len();
+    let rule_json = json!({"field": "plan", "op": "eq", "value": "trial"});
+    let definition = Audience {
+        audience_id: audience.into(),
+        name: audience.into(),
+        rule: vibefollow_users::contract::parse_rule(&rule_json).unwrap(),
+        rule_json,
+        rule_rev: since_rev,
+        since_rev,
+        building: None,
+        updated_at: 0,
+        counted: true,
+        sharded,
+    };
+    // Paged two at a time, across the list's shards: each member once, in id order.
+    let (mut listed, mut after) = (Vec::new(), None::<String>);
+    loop {
+        let (page, more) = store
+            .members(workspace, &definition, 2, after.as_deref())
             .await
-            .unwrap(),
-        count
-    );
+            .unwrap();
+        listed.extend(page.into_iter().map(|(id, _)| id));
+        after = listed.last().cloned();
+        if !more {
+            break;
+        }
+        assert!(listed.len() <= listed_count, "{listed:?}");
+    }
+    assert_eq!(listed, members.into_iter().collect::<Vec<_>>());
+    if !sharded {
+        let counted = store.count_listed(workspace, (audience, since_rev));
+        assert_eq!(counted.await.unwrap(), count);
+    }
 }
 
 #[tokio::test]

@@ -324,6 +324,7 @@ where
                     workspace_id,
                     &task.audience_id,
                     task.rule_rev,
+                    task.sharded,
                     task.cursor.as_deref(),
                     DROP_PAGE,
                 )

@@ -16,8 +16,14 @@ pub(super) fn audience_from_item(item: &Item) -> Option<Audience> {
         since_rev: get_n(item, "since_rev")?,
         building: get_n(item, "building"),
         updated_at: get_n(item, "updated_at")?,
-        counted: item.get("counted").and_then(|v| v.as_bool().ok()) == Some(&true),
+        counted: flag(item, "counted"),
+        sharded: flag(item, "sharded"),
     })
+}
+
+/// A flag set only when true (absent on items written before it existed).
+fn flag(item: &Item, name: &str) -> bool {
+    item.get(name).and_then(|v| v.as_bool().ok()) == Some(&true)
 }
 
 /// Which of `shards` a user's items go to: stable across builds and machines (not
@@ -149,6 +155,7 @@ mod tests {
                 reason: Reason::Change,
                 since_rev: 1,
                 commit: 3,
+                sharded: true,
             }],
             next_due: Some(99),
         };

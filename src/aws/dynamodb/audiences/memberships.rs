@@ -3,6 +3,7 @@
 //! due index a tick pages.
 
 use super::*;
+use std::collections::VecDeque;
 
 impl Memberships for AudienceStore {
     const DUE_SHARDS: u32 = DUE_SHARDS;
@@ -95,19 +96,22 @@ impl Memberships for AudienceStore {
     async fn members(
         &self,
         workspace_id: &str,
-        audience: (&str, u64),
+        audience: &Audience,
         limit: usize,
         after: Option<&str>,
     ) -> Result<(Vec<(String, i64)>, bool), PortError> {
+        let started = (audience.audience_id.as_str(), audience.since_rev);
         // One more than asked: whether another page follows.
-        let (entries, _) = self
-            .list_entries(
-                workspace_id,
-                (audience.0, Some(audience.1)),
-                after,
-                limit + 1,
-            )
-            .await?;
+        let entries = if audience.sharded {
+            self.merged_members(workspace_id, started, after, limit + 1)
+                .await?
+        } else {
+            let list = (started.0, false);
+            let (entries, _) = self
+                .list_entries(workspace_id, list, Some(started.1), after, limit + 1)
+                .await?;
+            entries
+        };
         let mut members: Vec<(String, i64)> = entries
             .iter()
             .filter_map(|item| {
@@ -123,13 +127,13 @@ impl Memberships for AudienceStore {
     }
 
     async fn count(&self, workspace_id: &str, audience: (&str, u64)) -> Result<u64, PortError> {
-        let keys = (0..COUNT_SHARDS).map(|shard| count_key(workspace_id, audience, shard));
+        let keys = (0..LIST_SHARDS).map(|shard| count_key(workspace_id, audience, shard));
         let mut wanted = KeysAndAttributes::builder()
             .set_keys(Some(keys.collect()))
             .consistent_read(true);
         let mut count: i64 = 0;
         // BatchGetItem may leave keys unprocessed (throttled): asked again until none.
-        for _ in 0..COUNT_SHARDS {
+        for _ in 0..LIST_SHARDS {
             let out = self
                 .client
                 .batch_get_item()
@@ -173,7 +177,11 @@ impl Memberships for AudienceStore {
                 .table_name(&self.members)
                 .key_condition_expression("pk = :pk")
                 .filter_expression(MEMBER)
-                .expression_attribute_values(":pk", s(Self::list_pk(workspace_id, audience_id)))
+                // Audiences that started before counts were kept: one list each.
+                .expression_attribute_values(
+                    ":pk",
+                    s(Self::list_pk(workspace_id, audience_id, None)),
+                )
                 .expression_attribute_values(":since", n(since_rev))
                 .select(Select::Count)
                 .set_exclusive_start_key(start)
@@ -231,11 +239,13 @@ impl Memberships for AudienceStore {
         workspace_id: &str,
         audience_id: &str,
         rule_rev: u64,
+        sharded: bool,
         after: Option<&str>,
         limit: usize,
     ) -> Result<Option<String>, PortError> {
+        let list = (audience_id, sharded);
         let (entries, more) = self
-            .list_entries(workspace_id, (audience_id, None), after, limit)
+            .list_entries(workspace_id, list, None, after, limit)
             .await?;
         let users: Vec<&str> = entries
             .iter()
@@ -262,10 +272,7 @@ impl Memberships for AudienceStore {
                     .client
                     .delete_item()
                     .table_name(&self.members)
-                    .set_key(Some(Self::key(
-                        Self::list_pk(workspace_id, audience_id),
-                        user_id,
-                    )))
+                    .set_key(Some(Self::entry_key(workspace_id, list, user_id)))
                     .condition_expression("rule_rev <= :rev")
                     .expression_attribute_values(":rev", n(rule_rev))
                     .send()
@@ -295,10 +302,8 @@ impl AudienceStore {
         decision: &MembershipEvent,
         expires_at: i64,
     ) -> Result<(), PortError> {
-        let mut entry = Self::key(
-            Self::list_pk(workspace_id, &decision.audience_id),
-            external_user_id,
-        );
+        let list = (decision.audience_id.as_str(), decision.sharded);
+        let mut entry = Self::entry_key(workspace_id, list, external_user_id);
         entry.insert("rev".into(), n(rev));
         entry.insert("rule_rev".into(), n(decision.rule_rev));
         let (flips, stays) = if decision.entered {
@@ -314,7 +319,7 @@ impl AudienceStore {
             (":since".to_owned(), n(decision.since_rev)),
         ]);
         let audience = (decision.audience_id.as_str(), decision.since_rev);
-        let shard = user_shard(workspace_id, external_user_id, COUNT_SHARDS);
+        let shard = user_shard(workspace_id, external_user_id, LIST_SHARDS);
         let count = Update::builder()
             .table_name(&self.members)
             .set_key(Some(count_key(workspace_id, audience, shard)))
@@ -364,40 +369,164 @@ impl AudienceStore {
         Err(PortError::Unavailable("contended member entry".into()))
     }
 
-    /// Up to `limit` entries of an audience's list after `after`, and whether more
-    /// follow: members only (of the audience that started at `since_rev`) when
-    /// `since_rev` is given, else every entry (`gone` ones and older audiences' too).
+    /// A user's entry in an audience's member list (`(audience, sharded)`).
+    fn entry_key(workspace_id: &str, (audience_id, sharded): (&str, bool), user: &str) -> Item {
+        let shard = sharded.then(|| user_shard(workspace_id, user, LIST_SHARDS));
+        Self::key(Self::list_pk(workspace_id, audience_id, shard), user)
+    }
+
+    /// Up to `limit` entries of an audience's list (`(audience, sharded)`) after the
+    /// entry of `after`, shard after shard, and whether more may follow: members only
+    /// (of the audience that started at `since_rev`) when `since_rev` is given, else
+    /// every entry (`gone` ones and older audiences' too). A user's entry is always in
+    /// the same shard, so `after` alone says where to go on from.
     async fn list_entries(
         &self,
         workspace_id: &str,
-        (audience_id, since_rev): (&str, Option<u64>),
-        after: Option<&str>,
+        (audience_id, sharded): (&str, bool),
+        since_rev: Option<u64>,
+        mut after: Option<&str>,
         limit: usize,
     ) -> Result<(Vec<Item>, bool), PortError> {
-        let pk = Self::list_pk(workspace_id, audience_id);
+        let shards: Vec<Option<u64>> = if sharded {
+            let first = after.map_or(0, |user| user_shard(workspace_id, user, LIST_SHARDS));
+            (first..LIST_SHARDS).map(Some).collect()
+        } else {
+            vec![None]
+        };
         let mut entries = Vec::new();
-        let mut start = after.map(|after| Self::key(pk.clone(), after));
-        loop {
-            let query = self
-                .client
-                .query()
-                .table_name(&self.members)
-                .key_condition_expression("pk = :pk")
-                .expression_attribute_values(":pk", s(&pk))
-                .set_exclusive_start_key(start)
-                .limit((limit - entries.len()) as i32);
-            let query = match since_rev {
-                Some(since) => query
-                    .filter_expression(MEMBER)
-                    .expression_attribute_values(":since", n(since)),
-                None => query,
-            };
-            let out = query.send().await?;
-            entries.extend(out.items.unwrap_or_default());
-            start = out.last_evaluated_key;
-            if start.is_none() || entries.len() == limit {
-                return Ok((entries, start.is_some()));
+        for (walked, shard) in shards.iter().enumerate() {
+            let mut from = ListRead::after(
+                Self::list_pk(workspace_id, audience_id, *shard),
+                after.take(),
+            );
+            while let Some(read) = from {
+                let (items, next) = self
+                    .read_list(read, since_rev, limit - entries.len())
+                    .await?;
+                entries.extend(items);
+                from = next;
+                if entries.len() == limit {
+                    let last_shard = walked + 1 == shards.len();
+                    return Ok((entries, from.is_some() || !last_shard));
+                }
             }
         }
+        Ok((entries, false))
+    }
+
+    /// Up to `limit` members of a sharded list after the member `after`, in id order
+    /// across its shards: a merge that reads each shard a chunk at a time, so a page
+    /// reads its own entries and at most a chunk more per shard.
+    async fn merged_members(
+        &self,
+        workspace_id: &str,
+        (audience_id, since_rev): (&str, u64),
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Item>, PortError> {
+        let chunk = limit.div_ceil(LIST_SHARDS as usize) + MERGE_SLACK;
+        let mut shards: Vec<(VecDeque<Item>, Option<ListRead>)> = (0..LIST_SHARDS)
+            .map(|shard| {
+                let pk = Self::list_pk(workspace_id, audience_id, Some(shard));
+                (VecDeque::new(), ListRead::after(pk, after))
+            })
+            .collect();
+        let mut members = Vec::with_capacity(limit);
+        while members.len() < limit {
+            // A shard with nothing buffered may hold the next id: read it first.
+            let dry = shards
+                .iter_mut()
+                .filter(|(buffered, from)| buffered.is_empty() && from.is_some());
+            let reads = dry.map(|(buffered, from)| async move {
+                let read = from
+                    .take()
+                    .map(|read| self.read_list(read, Some(since_rev), chunk));
+                if let Some(read) = read {
+                    let (items, next) = read.await?;
+                    buffered.extend(items);
+                    *from = next;
+                }
+                Ok::<_, PortError>(())
+            });
+            for read in join_all(reads).await {
+                read?;
+            }
+            let next = shards
+                .iter()
+                .enumerate()
+                .filter_map(|(shard, (buffered, _))| {
+                    Some((
+                        get_s(buffered.front()?, SORT_KEY).unwrap_or_default(),
+                        shard,
+                    ))
+                })
+                .min();
+            match next {
+                Some((_, shard)) => members.extend(shards[shard].0.pop_front()),
+                None if shards.iter().all(|(_, from)| from.is_none()) => break,
+                // Every read of this round was all `gone` entries: read on.
+                None => {}
+            }
+        }
+        Ok(members)
+    }
+
+    /// One query of one member-list key, and where the next starts (`None`: the key is
+    /// read to its end): up to `limit` entries evaluated, members only (of the audience
+    /// that started at `since_rev`) when `since_rev` is given.
+    async fn read_list(
+        &self,
+        read: ListRead,
+        since_rev: Option<u64>,
+        limit: usize,
+    ) -> Result<(Vec<Item>, Option<ListRead>), PortError> {
+        let query = self
+            .client
+            .query()
+            .table_name(&self.members)
+            .expression_attribute_values(":pk", s(&read.pk))
+            .limit(i32::try_from(limit).unwrap_or(i32::MAX));
+        let query = match read.from {
+            ListFrom::Start => query.key_condition_expression("pk = :pk"),
+            // A user id that need not be in this key (a page's last, of another shard).
+            ListFrom::After(user) => query
+                .key_condition_expression("pk = :pk AND sk > :after")
+                .expression_attribute_values(":after", s(user)),
+            ListFrom::Resume(key) => query
+                .key_condition_expression("pk = :pk")
+                .set_exclusive_start_key(Some(key)),
+        };
+        let query = match since_rev {
+            Some(since) => query
+                .filter_expression(MEMBER)
+                .expression_attribute_values(":since", n(since)),
+            None => query,
+        };
+        let out = query.send().await?;
+        let next = out.last_evaluated_key.map(|key| ListRead {
+            pk: read.pk,
+            from: ListFrom::Resume(key),
+        });
+        Ok((out.items.unwrap_or_default(), next))
+    }
+}
+
+/// Where the next query of one member-list key starts.
+struct ListRead {
+    pk: String,
+    from: ListFrom,
+}
+
+enum ListFrom {
+    Start,
+    After(String),
+    Resume(Item),
+}
+
+impl ListRead {
+    fn after(pk: String, after: Option<&str>) -> Option<Self> {
+        let from = after.map_or(ListFrom::Start, |user| ListFrom::After(user.to_owned()));
+        Some(Self { pk, from })
     }
 }

@@ -4,12 +4,15 @@
 //! holding the workspace's definitions revision, which every define and delete moves
 //! on in the same transaction. Members: `pk` = `u#<workspace>#<user>`, `sk` = `state`
 //! (the user's standings, pending decisions, next due instant, optimistic `rev`), and
-//! `pk` = `a#<workspace>#<audience>`, `sk` = user (the member list, in id order: each
-//! entry carries the `rev` of the state commit that wrote it, and a removal leaves a
-//! `gone` entry for a day, so that a decision carried out late never undoes a newer one),
-//! and `pk` = `n#<workspace>#<audience>#<since_rev>#<shard>`, `sk` = `count` (the member
-//! count, in 16 shards by user so that no one key takes every change of a large
-//! audience: each moves in the same transaction as the entry that changes sides).
+//! `pk` = `a#<workspace>#<audience>#<shard>`, `sk` = user (the member list, in 16 shards
+//! by user so that no one key takes every change of a large audience, each in id order;
+//! an audience that started before lists were sharded keeps one list, `a#<workspace>#
+//! <audience>`, until defined anew. Each entry carries the `rev` of the state commit
+//! that wrote it, and a removal leaves a `gone` entry for a day, so that a decision
+//! carried out late never undoes a newer one), and `pk` =
+//! `n#<workspace>#<audience>#<since_rev>#<shard>`, `sk` = `count` (the member count, in
+//! the same 16 shards: each moves in the same transaction as the entry that changes
+//! sides).
 
 mod items;
 mod memberships;
@@ -49,8 +52,9 @@ const WAS_MEMBER: &str = "rev < :rev AND attribute_not_exists(gone) AND rule_rev
 /// …or not one (no entry, a `gone` one, or one of a deleted audience of the same id).
 const WAS_NOT_MEMBER: &str =
     "attribute_not_exists(pk) OR (rev < :rev AND (attribute_exists(gone) OR rule_rev < :since))";
-/// Member counts spread over this many keys per audience.
-const COUNT_SHARDS: u64 = 16;
+/// Member lists and their counts spread over this many keys per audience, by user
+/// ([`user_shard`]): 16 × 1,000 write units a second (`docs/scale.md`).
+const LIST_SHARDS: u64 = 16;
 const COUNT: &str = "count";
 /// Tries of one entry's write when its entry changes between the two conditions.
 const ENTRY_ATTEMPTS: usize = 4;
@@ -61,6 +65,8 @@ pub const DUE_INDEX: &str = "due";
 /// index takes them all (`docs/scale.md`). Items written when there were 10 are in the
 /// first 10.
 const DUE_SHARDS: u32 = 64;
+/// Entries a merged page reads ahead per shard, beyond its share of the page.
+const MERGE_SLACK: usize = 8;
 /// Conditional writes of member-list entries in flight at once.
 const LIST_LANES: usize = 16;
 
@@ -159,8 +165,13 @@ impl AudienceStore {
         )
     }
 
-    fn list_pk(workspace_id: &str, audience_id: &str) -> String {
-        format!("a#{}", workspace_key(workspace_id, audience_id))
+    /// The key of an audience's member list, or of one of its shards.
+    fn list_pk(workspace_id: &str, audience_id: &str, shard: Option<u64>) -> String {
+        let list = workspace_key(workspace_id, audience_id);
+        match shard {
+            Some(shard) => format!("a#{list}#{shard}"),
+            None => format!("a#{list}"),
+        }
     }
 }
 
@@ -248,8 +259,10 @@ impl Audiences for AudienceStore {
         if let Some(scanned) = audience.building {
             item.insert("building".into(), n(scanned));
         }
-        if audience.counted {
-            item.insert("counted".into(), AttributeValue::Bool(true));
+        for (flag, set) in [("counted", audience.counted), ("sharded", audience.sharded)] {
+            if set {
+                item.insert(flag.into(), AttributeValue::Bool(true));
+            }
         }
         let put = Put::builder()
             .table_name(&self.audiences)
