@@ -79,6 +79,23 @@ pub struct Built {
 /// Each subject's outcome, by its index: the events it put, or why it is not settled.
 type Outcomes = Vec<(usize, Result<usize, AppError>)>;
 
+/// What [`Evaluate`] works on, each the ports it takes together: the audiences'
+/// definitions and memberships…
+pub trait MembershipStore: Audiences + Memberships + Sync {}
+impl<T: Audiences + Memberships + Sync> MembershipStore for T {}
+
+/// …the users…
+pub trait UserSource: Users + WorkspaceUsers + Sync {}
+impl<T: Users + WorkspaceUsers + Sync> UserSource for T {}
+
+/// …the queues of build tasks, parked users and time tasks…
+pub trait WorkQueues: BuildQueue + ParkedUsers + TimeTasks {}
+impl<T: BuildQueue + ParkedUsers + TimeTasks> WorkQueues for T {}
+
+/// …and the bus the membership events go on.
+pub trait Bus: EventBus + Sync {}
+impl<T: EventBus + Sync> Bus for T {}
+
 /// The audiences function's use cases.
 pub struct Evaluate<S, U, B, E> {
     store: S,
@@ -88,13 +105,7 @@ pub struct Evaluate<S, U, B, E> {
     rules: RuleCache,
 }
 
-impl<S, U, B, E> Evaluate<S, U, B, E>
-where
-    S: Audiences + Memberships + Sync,
-    U: Users + WorkspaceUsers + Sync,
-    B: BuildQueue + ParkedUsers + TimeTasks,
-    E: EventBus + Sync,
-{
+impl<S: MembershipStore, U: UserSource, B: WorkQueues, E: Bus> Evaluate<S, U, B, E> {
     pub fn new(store: S, users: U, builds: B, bus: E) -> Self {
         Self {
             store,
