@@ -11,6 +11,7 @@ mod numbers;
 mod request;
 mod rule;
 mod segment;
+mod traits;
 mod validate;
 
 pub use audience::{

@@ -193,7 +193,6 @@ impl Parser {
 
     fn op(&mut self, members: &Map<String, Value>, at: &str) -> Option<Op> {
         let op_at = format!("{at}.op");
-        let value_at = format!("{at}.value");
         let Some(op) = members.get("op").and_then(Value::as_str) else {
             let code = if members.contains_key("op") {
                 ErrorCode::InvalidType
@@ -203,102 +202,19 @@ impl Parser {
             self.fail(code, &op_at, format!("{op_at} is required: one of {OPS}"));
             return None;
         };
-        let value = members.get("value");
-        let wrong = |parser: &mut Self, expected: &str| {
-            let code = if value.is_none() {
-                ErrorCode::Required
-            } else {
-                ErrorCode::InvalidType
-            };
-            parser.fail(
-                code,
-                &value_at,
-                format!("{value_at} must be {expected} for `{op}`"),
-            );
-            None
+        let value_at = format!("{at}.value");
+        let operand = Operand {
+            op,
+            value: members.get("value"),
+            at: &value_at,
         };
-        let scalar = |v: Option<&Value>| v.filter(|v| !v.is_null()).cloned();
         match op {
-            "eq" | "ne" | "contains" => match scalar(value) {
-                Some(v) => Some(match op {
-                    "eq" => Op::Eq(v),
-                    "ne" => Op::Ne(v),
-                    _ => Op::Contains(Box::new(Needle::new(v))),
-                }),
-                None => wrong(self, "a value"),
-            },
-            "in" | "not_in" => match value {
-                Some(Value::Array(items)) if items.len() > MAX_LIST_VALUES => {
-                    self.fail(
-                        ErrorCode::TooMany,
-                        &value_at,
-                        format!("{value_at} holds at most {MAX_LIST_VALUES} values"),
-                    );
-                    None
-                }
-                Some(Value::Array(items)) => Some(if op == "in" {
-                    Op::In(ValueSet::new(items))
-                } else {
-                    Op::NotIn(ValueSet::new(items))
-                }),
-                _ => wrong(self, "an array"),
-            },
-            "exists" | "not_exists" => {
-                if value.is_some() {
-                    self.fail(
-                        ErrorCode::UnknownField,
-                        &value_at,
-                        format!("`{op}` takes no value"),
-                    );
-                    return None;
-                }
-                Some(if op == "exists" {
-                    Op::Exists
-                } else {
-                    Op::NotExists
-                })
-            }
-            "gt" | "gte" | "lt" | "lte" => match value {
-                Some(v @ Value::Number(_)) => Some(ordered(op, v.clone())),
-                Some(v @ Value::String(text)) if instant_ms(text).is_some() => {
-                    Some(ordered(op, v.clone()))
-                }
-                _ => wrong(self, "a number or an RFC 3339 date-time"),
-            },
-            "starts_with" | "ends_with" => match value {
-                Some(Value::String(text)) => Some(if op == "starts_with" {
-                    Op::StartsWith(text.clone())
-                } else {
-                    Op::EndsWith(text.clone())
-                }),
-                _ => wrong(self, "a string"),
-            },
-            "within_last" | "not_within_last" => {
-                match value.and_then(Value::as_str).map(duration_ms) {
-                    Some(Some(ms)) if ms <= MAX_DURATION_MS => Some(if op == "within_last" {
-                        Op::WithinLast(ms)
-                    } else {
-                        Op::NotWithinLast(ms)
-                    }),
-                    Some(Some(_)) => {
-                        self.fail(
-                            ErrorCode::OutOfRange,
-                            &value_at,
-                            format!("{value_at} is at most P3650D"),
-                        );
-                        None
-                    }
-                    Some(None) => {
-                        self.fail(
-                            ErrorCode::InvalidFormat,
-                            &value_at,
-                            format!("{value_at} must be an ISO 8601 duration such as P7D or PT12H"),
-                        );
-                        None
-                    }
-                    None => wrong(self, "an ISO 8601 duration"),
-                }
-            }
+            "eq" | "ne" | "contains" => self.any_value_op(&operand),
+            "in" | "not_in" => self.list_op(&operand),
+            "exists" | "not_exists" => self.presence_op(&operand),
+            "gt" | "gte" | "lt" | "lte" => self.ordered_op(&operand),
+            "starts_with" | "ends_with" => self.affix_op(&operand),
+            "within_last" | "not_within_last" => self.window_op(&operand),
             _ => {
                 self.fail(
                     ErrorCode::InvalidFormat,
@@ -309,6 +225,126 @@ impl Parser {
             }
         }
     }
+
+    /// The value is missing (required) or not what the op takes, which `expected` says.
+    fn wrong_value(&mut self, operand: &Operand<'_>, expected: &str) -> Option<Op> {
+        let Operand { op, value, at } = *operand;
+        let code = if value.is_none() {
+            ErrorCode::Required
+        } else {
+            ErrorCode::InvalidType
+        };
+        self.fail(code, at, format!("{at} must be {expected} for `{op}`"));
+        None
+    }
+
+    /// `eq`, `ne`, `contains`: any value but null.
+    fn any_value_op(&mut self, operand: &Operand<'_>) -> Option<Op> {
+        let Some(value) = operand.value.filter(|v| !v.is_null()).cloned() else {
+            return self.wrong_value(operand, "a value");
+        };
+        Some(match operand.op {
+            "eq" => Op::Eq(value),
+            "ne" => Op::Ne(value),
+            _ => Op::Contains(Box::new(Needle::new(value))),
+        })
+    }
+
+    /// `in`, `not_in`: an array of at most [`MAX_LIST_VALUES`] values.
+    fn list_op(&mut self, operand: &Operand<'_>) -> Option<Op> {
+        let at = operand.at;
+        match operand.value {
+            Some(Value::Array(items)) if items.len() > MAX_LIST_VALUES => {
+                self.fail(
+                    ErrorCode::TooMany,
+                    at,
+                    format!("{at} holds at most {MAX_LIST_VALUES} values"),
+                );
+                None
+            }
+            Some(Value::Array(items)) => Some(if operand.op == "in" {
+                Op::In(ValueSet::new(items))
+            } else {
+                Op::NotIn(ValueSet::new(items))
+            }),
+            _ => self.wrong_value(operand, "an array"),
+        }
+    }
+
+    /// `exists`, `not_exists`: no value.
+    fn presence_op(&mut self, operand: &Operand<'_>) -> Option<Op> {
+        let Operand { op, value, at } = *operand;
+        if value.is_some() {
+            self.fail(
+                ErrorCode::UnknownField,
+                at,
+                format!("`{op}` takes no value"),
+            );
+            return None;
+        }
+        Some(if op == "exists" {
+            Op::Exists
+        } else {
+            Op::NotExists
+        })
+    }
+
+    /// `gt`, `gte`, `lt`, `lte`: a number or an RFC 3339 date-time.
+    fn ordered_op(&mut self, operand: &Operand<'_>) -> Option<Op> {
+        match operand.value {
+            Some(v @ Value::Number(_)) => Some(ordered(operand.op, v.clone())),
+            Some(v @ Value::String(text)) if instant_ms(text).is_some() => {
+                Some(ordered(operand.op, v.clone()))
+            }
+            _ => self.wrong_value(operand, "a number or an RFC 3339 date-time"),
+        }
+    }
+
+    /// `starts_with`, `ends_with`: a string.
+    fn affix_op(&mut self, operand: &Operand<'_>) -> Option<Op> {
+        match operand.value {
+            Some(Value::String(text)) => Some(if operand.op == "starts_with" {
+                Op::StartsWith(text.clone())
+            } else {
+                Op::EndsWith(text.clone())
+            }),
+            _ => self.wrong_value(operand, "a string"),
+        }
+    }
+
+    /// `within_last`, `not_within_last`: an ISO 8601 duration of at most P3650D.
+    fn window_op(&mut self, operand: &Operand<'_>) -> Option<Op> {
+        let at = operand.at;
+        match operand.value.and_then(Value::as_str).map(duration_ms) {
+            Some(Some(ms)) if ms <= MAX_DURATION_MS => Some(if operand.op == "within_last" {
+                Op::WithinLast(ms)
+            } else {
+                Op::NotWithinLast(ms)
+            }),
+            Some(Some(_)) => {
+                self.fail(ErrorCode::OutOfRange, at, format!("{at} is at most P3650D"));
+                None
+            }
+            Some(None) => {
+                self.fail(
+                    ErrorCode::InvalidFormat,
+                    at,
+                    format!("{at} must be an ISO 8601 duration such as P7D or PT12H"),
+                );
+                None
+            }
+            None => self.wrong_value(operand, "an ISO 8601 duration"),
+        }
+    }
+}
+
+/// A condition's `op` and `value`, and the path errors about its value are reported at.
+#[derive(Clone, Copy)]
+struct Operand<'a> {
+    op: &'a str,
+    value: Option<&'a Value>,
+    /// `<condition>.value`.
+    at: &'a str,
 }
 
 const OPS: &str = "eq, ne, in, not_in, exists, not_exists, gt, gte, lt, lte, contains, starts_with, ends_with, within_last, not_within_last";

@@ -6,15 +6,20 @@
 //! settlements are idempotent), so a redrive may repeat a message without changing
 //! anything.
 
+use crate::cli::{DeadLetterQueue, DlqCommand};
+use crate::error::CommandError;
+use crate::target::Target;
 use aws_sdk_sqs::types::{
     ChangeMessageVisibilityBatchRequestEntry, DeleteMessageBatchRequestEntry,
     MessageSystemAttributeName, QueueAttributeName, SendMessageBatchRequestEntry,
 };
 use aws_sdk_sqs::Client;
 use serde::Serialize;
+use serde_json::json;
 use std::time::Duration;
 use vibefollow_users::app::ports::PortError;
 use vibefollow_users::aws::sqs::decode_parked;
+use vibefollow_users::clock::now_millis;
 
 /// SQS keeps a message this long after it was first enqueued (template.yaml:
 /// MessageRetentionPeriod of both queues; a dead-lettered message keeps its age).
@@ -25,6 +30,31 @@ const MOST_INSPECTED: usize = 10_000;
 const INSPECT_VISIBILITY_SECS: i32 = 30;
 /// Parked users a status shows, at most.
 const MOST_SHOWN: usize = 100;
+
+/// `vfctl dlq status|redrive`: finds the queues of `--queue` and runs the command on
+/// them; the answer goes to stdout as JSON.
+pub async fn run(target: &Target, command: DlqCommand) -> Result<(), CommandError> {
+    let (DlqCommand::Status { queue: which } | DlqCommand::Redrive { queue: which }) = command;
+    let ((dlq_var, dlq_output), source) = which.resources();
+    let dlq = target.resource(dlq_var, dlq_output).await?;
+    let queue = match (source, &command) {
+        (Some((var, output)), _) => Some(target.resource(var, output).await?),
+        (None, DlqCommand::Status { .. }) => None,
+        (None, DlqCommand::Redrive { .. }) => return Err(
+            "a missed tick has nothing to redrive: the next tick settles whatever is due. Fix the cause (docs/runbooks.md, AudienceTickDeadLetterAlarm), check that ticks arrive, then purge the queue".into(),
+        ),
+    };
+    let shows_users = matches!(which, DeadLetterQueue::Parked);
+    let sqs = Client::new(&target.sdk);
+    let dead = DeadLetters::new(sqs, dlq, queue, shows_users);
+    let answer = match command {
+        DlqCommand::Status { .. } => dead.status(now_millis()).await.map(|s| json!(s)),
+        DlqCommand::Redrive { .. } => dead.redrive().await.map(|r| json!(r)),
+    };
+    let answer = answer.map_err(CommandError::aws("the dead-letter queue"))?;
+    println!("{answer}");
+    Ok(())
+}
 
 /// The dead-letter queue and the queue its messages came from.
 pub struct DeadLetters {

@@ -3,6 +3,8 @@
 //! reaches them (the build queue) and when time crosses a rule's edge (the schedule).
 //! How it stays exact: `docs/audiences.md`.
 
+mod build;
+mod due;
 mod outbox;
 mod settle;
 
@@ -79,6 +81,23 @@ pub struct Built {
 /// Each subject's outcome, by its index: the events it put, or why it is not settled.
 type Outcomes = Vec<(usize, Result<usize, AppError>)>;
 
+/// What [`Evaluate`] works on, each the ports it takes together: the audiences'
+/// definitions and memberships…
+pub trait MembershipStore: Audiences + Memberships + Sync {}
+impl<T: Audiences + Memberships + Sync> MembershipStore for T {}
+
+/// …the users…
+pub trait UserSource: Users + WorkspaceUsers + Sync {}
+impl<T: Users + WorkspaceUsers + Sync> UserSource for T {}
+
+/// …the queues of build tasks, parked users and time tasks…
+pub trait WorkQueues: BuildQueue + ParkedUsers + TimeTasks {}
+impl<T: BuildQueue + ParkedUsers + TimeTasks> WorkQueues for T {}
+
+/// …and the bus the membership events go on.
+pub trait Bus: EventBus + Sync {}
+impl<T: EventBus + Sync> Bus for T {}
+
 /// The audiences function's use cases.
 pub struct Evaluate<S, U, B, E> {
     store: S,
@@ -88,13 +107,7 @@ pub struct Evaluate<S, U, B, E> {
     rules: RuleCache,
 }
 
-impl<S, U, B, E> Evaluate<S, U, B, E>
-where
-    S: Audiences + Memberships + Sync,
-    U: Users + WorkspaceUsers + Sync,
-    B: BuildQueue + ParkedUsers + TimeTasks,
-    E: EventBus + Sync,
-{
+impl<S: MembershipStore, U: UserSource, B: WorkQueues, E: Bus> Evaluate<S, U, B, E> {
     pub fn new(store: S, users: U, builds: B, bus: E) -> Self {
         Self {
             store,
@@ -308,194 +321,6 @@ where
             }
         }
         (subjects, failed)
-    }
-
-    /// One page of a build (or of a delete's drop), and the next task queued.
-    pub async fn build(
-        &self,
-        task: &BuildTask,
-        now: impl Fn() -> i64 + Sync,
-    ) -> Result<Built, AppError> {
-        let workspace_id = task.workspace_id.as_str();
-        if task.drop {
-            let after = self
-                .store
-                .drop_members(
-                    workspace_id,
-                    &task.audience_id,
-                    task.rule_rev,
-                    task.sharded,
-                    task.cursor.as_deref(),
-                    DROP_PAGE,
-                )
-                .await?;
-            let next = after.map(|cursor| BuildTask {
-                cursor: Some(cursor),
-                ..task.clone()
-            });
-            return self.then(next, 0, 0, 0).await;
-        }
-        // Read whole: whether the build is still going is not part of the revision.
-        let definitions = Arc::new(self.store.list(workspace_id).await?);
-        self.rules.put(workspace_id, definitions.clone());
-        let current = definitions.audiences.iter().any(|a| {
-            a.audience_id == task.audience_id && a.rule_rev == task.rule_rev && a.building.is_some()
-        });
-        if !current {
-            // Replaced, deleted or done: a newer task (or none) carries on.
-            return self.then(None, 0, 0, 0).await;
-        }
-        let (page, to) = self
-            .users
-            .page(workspace_id, task.cursor.as_deref(), BUILD_PAGE)
-            .await?;
-        let users = page.len();
-        let subjects = page
-            .iter()
-            .enumerate()
-            .map(|(index, user)| Subject {
-                index,
-                workspace_id,
-                external_user_id: &user.external_user_id,
-                user: Some(user.clone()),
-                version: user.version,
-                fresh: true,
-                reason: Reason::Build,
-            })
-            .collect();
-        let definitions = HashMap::from([(workspace_id, definitions)]);
-        let outcomes = self.settle_all(subjects, definitions, &now).await;
-        let (events, failed) = self.tally(outcomes, |index| format!("build page user {index}"));
-        let failed_keys: Vec<(&str, &str)> = failed
-            .iter()
-            .map(|&index| (workspace_id, page[index].external_user_id.as_str()))
-            .collect();
-        self.park(&failed_keys).await?;
-        let step = BuildStep {
-            from: task.cursor.clone(),
-            to: to.clone(),
-            scanned: users as u64,
-        };
-        let record = self
-            .store
-            .record_build(workspace_id, &task.audience_id, task.rule_rev, &step)
-            .await?;
-        // A redelivered task whose page was recorded before queues the next again (its
-        // first try may have failed to); one that the build has moved past stops.
-        let goes_on = match record {
-            BuildRecord::Recorded => true,
-            BuildRecord::AlreadyAt(at) => at.is_some() && at == to,
-            BuildRecord::Replaced => false,
-        };
-        let next = to.filter(|_| goes_on).map(|cursor| BuildTask {
-            cursor: Some(cursor),
-            ..task.clone()
-        });
-        self.then(next, users, events, failed.len()).await
-    }
-
-    async fn then(
-        &self,
-        next: Option<BuildTask>,
-        users: usize,
-        events: usize,
-        parked: usize,
-    ) -> Result<Built, AppError> {
-        if let Some(task) = &next {
-            self.builds.send(task).await?;
-        }
-        Ok(Built {
-            users,
-            events,
-            parked,
-            next,
-        })
-    }
-
-    /// The schedule's tick: one time task per partition of the users due, so that the
-    /// users due by `until_ms` are settled by as many invocations as there are
-    /// partitions, each without a cap ([`Evaluate::settle_due`]). Returns the tasks sent.
-    pub async fn tick(&self, until_ms: i64) -> Result<usize, AppError> {
-        let tasks: Vec<TimeTask> = (0..S::DUE_SHARDS)
-            .map(|shard| TimeTask { shard, until_ms })
-            .collect();
-        self.builds.send_time(&tasks).await?;
-        Ok(tasks.len())
-    }
-
-    /// Settles the users of one partition due by `until_ms` (a rule's edge, or events
-    /// left to publish), page after page, each when its moment comes: `wait_until`
-    /// sleeps to it (the clock is `now`). A user another workspace's edge put in the
-    /// same partition waits only for those due before it in this one partition.
-    /// Returns how many users it settled and the events it put; a user not settled
-    /// stays due, and the next tick's task settles it.
-    pub async fn settle_due<W, F>(
-        &self,
-        task: &TimeTask,
-        now: impl Fn() -> i64 + Sync,
-        wait_until: W,
-    ) -> Result<(usize, usize), AppError>
-    where
-        W: Fn(i64) -> F + Sync,
-        F: std::future::Future<Output = ()> + Send,
-    {
-        let mut workspaces: HashMap<String, Arc<Definitions>> = HashMap::new();
-        let (mut users, mut events) = (0, 0);
-        let mut first_error = None;
-        let mut after = None;
-        loop {
-            let (due, more) = self
-                .store
-                .due(task.shard, task.until_ms, after.as_ref(), DUE_PAGE)
-                .await?;
-            users += due.len();
-            // In order of their moments; a user settled before its moment would keep its
-            // answer until the next change.
-            let mut rest = due.as_slice();
-            while let Some(((_, first_due), _)) = rest.split_first() {
-                wait_until(*first_due).await;
-                let at = now();
-                let ready = rest
-                    .iter()
-                    .take_while(|(_, due_at)| *due_at <= at)
-                    .count()
-                    .max(1);
-                let (batch, later) = rest.split_at(ready);
-                rest = later;
-                for ((workspace_id, _), _) in batch {
-                    if !workspaces.contains_key(workspace_id) {
-                        let rules = self.rules(workspace_id).await?;
-                        workspaces.insert(workspace_id.clone(), rules);
-                    }
-                }
-                let keys = batch
-                    .iter()
-                    .map(|((workspace_id, user_id), _)| (workspace_id.as_str(), user_id.as_str()));
-                let (subjects, unread) = self.fresh_subjects(keys, Reason::Time).await;
-                for (_, outcome) in unread {
-                    first_error = first_error.or(outcome.err());
-                }
-                let definitions = subjects
-                    .iter()
-                    .map(|s| (s.workspace_id, workspaces[s.workspace_id].clone()))
-                    .collect();
-                for (_, outcome) in self.settle_all(subjects, definitions, &now).await {
-                    match outcome {
-                        Ok(put) => events += put,
-                        // Still due: the next tick settles it.
-                        Err(err) => first_error = first_error.or(Some(err)),
-                    }
-                }
-            }
-            match (more, due.last()) {
-                (true, Some(last)) => after = Some(last.clone()),
-                _ => break,
-            }
-        }
-        match first_error {
-            Some(err) => Err(err),
-            None => Ok((users, events)),
-        }
     }
 }
 

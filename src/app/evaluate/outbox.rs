@@ -4,13 +4,7 @@
 
 use super::*;
 
-impl<S, U, B, E> Evaluate<S, U, B, E>
-where
-    S: Audiences + Memberships + Sync,
-    U: Users + WorkspaceUsers + Sync,
-    B: BuildQueue + ParkedUsers + TimeTasks,
-    E: EventBus + Sync,
-{
+impl<S: MembershipStore, U: UserSource, B: WorkQueues, E: Bus> Evaluate<S, U, B, E> {
     /// Carries out the decisions of commits: member-list entries, the events on the bus
     /// together, then each commit forgets its own. Each commit's events put, or why not
     /// (its decisions stay pending, and the next evaluation puts them with the same ids).

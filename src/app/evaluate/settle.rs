@@ -4,13 +4,7 @@
 
 use super::*;
 
-impl<S, U, B, E> Evaluate<S, U, B, E>
-where
-    S: Audiences + Memberships + Sync,
-    U: Users + WorkspaceUsers + Sync,
-    B: BuildQueue + ParkedUsers + TimeTasks,
-    E: EventBus + Sync,
-{
+impl<S: MembershipStore, U: UserSource, B: WorkQueues, E: Bus> Evaluate<S, U, B, E> {
     /// Settles users together: each one's commit, then every commit's decisions carried
     /// out at once (one bus call per ten events, not one per user), then a check per
     /// workspace that its rules did not move meanwhile: if they did, its users are

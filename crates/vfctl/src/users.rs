@@ -1,0 +1,49 @@
+//! `vfctl users import`: the arguments into the importer's options, and its summary
+//! out (a line on stderr, the JSON on stdout).
+
+use crate::cli::ImportArgs;
+use crate::error::CommandError;
+use crate::import::{import, CsvOptions, ImportOptions};
+
+pub async fn import_file(args: ImportArgs, local: bool) -> Result<(), CommandError> {
+    let url = match (args.url, local) {
+        (Some(url), _) => url,
+        (None, true) => {
+            std::env::var("VF_API_URL").unwrap_or_else(|_| "http://127.0.0.1:9000".into())
+        }
+        (None, false) => {
+            return Err(CommandError::Setup(
+                "no API URL: pass --url or set VIBEFOLLOW_BASE_URL".into(),
+            ))
+        }
+    };
+    let summary = import(ImportOptions {
+        file: args.file.clone(),
+        url,
+        key: args.key,
+        concurrency: args.concurrency.into(),
+        batch_size: args.batch_size.into(),
+        csv: CsvOptions {
+            timestamp_column: args.timestamp_column,
+            once_columns: args.once_columns,
+        },
+    })
+    .await?;
+    eprintln!(
+        "imported {} users in {:.1} s ({} users/s): {} accepted, {} rejected{}; {} batches sent, {} done by an earlier run, {} replayed",
+        summary.users,
+        summary.seconds,
+        summary.users_per_second,
+        summary.accepted,
+        summary.rejected,
+        if summary.rejected > 0 { format!(" (see {}.rejected.ndjson)", args.file.display()) } else { String::new() },
+        summary.batches,
+        summary.skipped_batches,
+        summary.replayed_batches,
+    );
+    println!(
+        "{}",
+        serde_json::to_string(&summary).map_err(|e| e.to_string())?
+    );
+    Ok(())
+}

@@ -1,0 +1,93 @@
+//! The schedule: a tick sends one time task per partition of the users due, and each
+//! time task settles its partition's users when their moments come (a rule's edge, or
+//! events left to publish).
+
+use super::*;
+
+impl<S: MembershipStore, U: UserSource, B: WorkQueues, E: Bus> Evaluate<S, U, B, E> {
+    /// The schedule's tick: one time task per partition of the users due, so that the
+    /// users due by `until_ms` are settled by as many invocations as there are
+    /// partitions, each without a cap ([`Evaluate::settle_due`]). Returns the tasks sent.
+    pub async fn tick(&self, until_ms: i64) -> Result<usize, AppError> {
+        let tasks: Vec<TimeTask> = (0..S::DUE_SHARDS)
+            .map(|shard| TimeTask { shard, until_ms })
+            .collect();
+        self.builds.send_time(&tasks).await?;
+        Ok(tasks.len())
+    }
+
+    /// Settles the users of one partition due by `until_ms` (a rule's edge, or events
+    /// left to publish), page after page, each when its moment comes: `wait_until`
+    /// sleeps to it (the clock is `now`). A user another workspace's edge put in the
+    /// same partition waits only for those due before it in this one partition.
+    /// Returns how many users it settled and the events it put; a user not settled
+    /// stays due, and the next tick's task settles it.
+    pub async fn settle_due<W, F>(
+        &self,
+        task: &TimeTask,
+        now: impl Fn() -> i64 + Sync,
+        wait_until: W,
+    ) -> Result<(usize, usize), AppError>
+    where
+        W: Fn(i64) -> F + Sync,
+        F: std::future::Future<Output = ()> + Send,
+    {
+        let mut workspaces: HashMap<String, Arc<Definitions>> = HashMap::new();
+        let (mut users, mut events) = (0, 0);
+        let mut first_error = None;
+        let mut after = None;
+        loop {
+            let (due, more) = self
+                .store
+                .due(task.shard, task.until_ms, after.as_ref(), DUE_PAGE)
+                .await?;
+            users += due.len();
+            // In order of their moments; a user settled before its moment would keep its
+            // answer until the next change.
+            let mut rest = due.as_slice();
+            while let Some(((_, first_due), _)) = rest.split_first() {
+                wait_until(*first_due).await;
+                let at = now();
+                let ready = rest
+                    .iter()
+                    .take_while(|(_, due_at)| *due_at <= at)
+                    .count()
+                    .max(1);
+                let (batch, later) = rest.split_at(ready);
+                rest = later;
+                for ((workspace_id, _), _) in batch {
+                    if !workspaces.contains_key(workspace_id) {
+                        let rules = self.rules(workspace_id).await?;
+                        workspaces.insert(workspace_id.clone(), rules);
+                    }
+                }
+                let keys = batch
+                    .iter()
+                    .map(|((workspace_id, user_id), _)| (workspace_id.as_str(), user_id.as_str()));
+                let (subjects, unread) = self.fresh_subjects(keys, Reason::Time).await;
+                for (_, outcome) in unread {
+                    first_error = first_error.or(outcome.err());
+                }
+                let definitions = subjects
+                    .iter()
+                    .map(|s| (s.workspace_id, workspaces[s.workspace_id].clone()))
+                    .collect();
+                for (_, outcome) in self.settle_all(subjects, definitions, &now).await {
+                    match outcome {
+                        Ok(put) => events += put,
+                        // Still due: the next tick settles it.
+                        Err(err) => first_error = first_error.or(Some(err)),
+                    }
+                }
+            }
+            match (more, due.last()) {
+                (true, Some(last)) => after = Some(last.clone()),
+                _ => break,
+            }
+        }
+        match first_error {
+            Some(err) => Err(err),
+            None => Ok((users, events)),
+        }
+    }
+}
