@@ -15,6 +15,7 @@
 //! sides).
 
 mod items;
+mod lists;
 mod memberships;
 
 use items::{audience_from_item, count_key, due_shard, state_from_item, state_item, user_shard};
