@@ -2,6 +2,7 @@
 //! `dev/stack.py` locally).
 
 use crate::domain::auth::DEFAULT_RATE_LIMIT;
+use crate::domain::rate_limit::DEFAULT_SHARD_RATE;
 
 /// Names of the resources the functions use.
 #[derive(Debug, Clone)]
@@ -19,6 +20,11 @@ pub struct Resources {
     /// `DEFAULT_RATE_LIMIT` (optional, default 100): requests per second for keys
     /// created without `--rate-limit`.
     pub default_rate_limit: u32,
+    /// `RATE_LIMIT_SHARD_RATE` (optional, default 400): requests a second one shard of
+    /// a workspace's rate-limit counter hands out; a key of a higher rate spreads over
+    /// `ceil(rate / this)` shards (at most 16). 400 is sized to a DynamoDB partition's
+    /// 1,000 write units; the local stack scales it with `VF_SCALE`, as it scales them.
+    pub rate_limit_shard_rate: f64,
     /// `EVENT_BUS_NAME`: the EventBridge bus change events go to.
     pub event_bus_name: String,
     /// `AUDIENCES_TABLE`: audience definitions, and each workspace's definitions revision.
@@ -58,7 +64,7 @@ fn var(name: &'static str) -> Result<String, MissingVar> {
 
 impl Resources {
     /// Every variable `from_env` reads; template.yaml must set exactly these.
-    pub const ENV_VARS: [&'static str; 15] = [
+    pub const ENV_VARS: [&'static str; 16] = [
         "USERS_TABLE",
         "IDEMPOTENCY_TABLE",
         "API_KEYS_TABLE",
@@ -66,6 +72,7 @@ impl Resources {
         "UPSERT_QUEUE_URL",
         "EVENT_BUS_NAME",
         "DEFAULT_RATE_LIMIT",
+        "RATE_LIMIT_SHARD_RATE",
         "METRICS_NAMESPACE",
         "AUDIENCES_TABLE",
         "AUDIENCE_MEMBERS_TABLE",
@@ -100,6 +107,11 @@ impl Resources {
                 .and_then(|v| v.parse().ok())
                 .filter(|rate| *rate > 0)
                 .unwrap_or(DEFAULT_RATE_LIMIT),
+            rate_limit_shard_rate: var("RATE_LIMIT_SHARD_RATE")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .filter(|rate: &f64| rate.is_finite() && *rate > 0.0)
+                .unwrap_or(DEFAULT_SHARD_RATE),
             metrics_namespace: var("METRICS_NAMESPACE")
                 .unwrap_or_else(|_| crate::metrics::DEFAULT_NAMESPACE.to_owned()),
         })

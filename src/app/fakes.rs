@@ -7,7 +7,7 @@ use crate::domain::audience::MembershipEvent;
 use crate::domain::auth::ApiKeyRecord;
 use crate::domain::change::ChangeEvent;
 use crate::domain::idempotency::{judge, Claim, KeyRecord, LOCK_MS};
-use crate::domain::rate_limit::{burst, pair_limit};
+use crate::domain::rate_limit::Bounds;
 use crate::domain::{Stamp, UpsertMessage};
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -228,22 +228,29 @@ pub struct MemoryCounters {
     pub faults: Faults,
 }
 
+impl MemoryCounters {
+    /// A counter as stored (a workspace's, or a shard's).
+    pub fn counter(&self, key: &str) -> Option<Counter> {
+        lock(&self.counters).get(key).copied()
+    }
+}
+
 impl Counters for Arc<MemoryCounters> {
     async fn take(
         &self,
-        workspace_id: &str,
+        key: &str,
         window: i64,
         tokens: u64,
-        rate: u32,
+        bounds: Bounds,
     ) -> Result<Result<(), Option<Counter>>, PortError> {
         self.faults.check("counters.take")?;
         let mut counters = lock(&self.counters);
-        let found = counters.get(workspace_id).copied();
-        match counters.get_mut(workspace_id) {
+        let found = counters.get(key).copied();
+        match counters.get_mut(key) {
             Some(c)
                 if c.window == window
-                    && c.used + tokens <= burst(rate)
-                    && c.used + c.previous + tokens <= pair_limit(rate) =>
+                    && c.used + tokens <= bounds.second
+                    && c.used + c.previous + tokens <= bounds.pair =>
             {
                 c.used += tokens;
                 Ok(Ok(()))
@@ -254,7 +261,7 @@ impl Counters for Arc<MemoryCounters> {
 
     async fn start_window(
         &self,
-        workspace_id: &str,
+        key: &str,
         found: Option<Counter>,
         window: i64,
         tokens: u64,
@@ -262,7 +269,7 @@ impl Counters for Arc<MemoryCounters> {
         self.faults.check("counters.start_window")?;
         let mut counters = lock(&self.counters);
         // As the DynamoDB condition: the same window with the same tokens taken.
-        let current = counters.get(workspace_id).map(|c| (c.window, c.used));
+        let current = counters.get(key).map(|c| (c.window, c.used));
         if current != found.map(|c| (c.window, c.used)) {
             return Ok(false);
         }
@@ -270,7 +277,7 @@ impl Counters for Arc<MemoryCounters> {
             .filter(|c| c.window == window - 1)
             .map_or(0, |c| c.used);
         counters.insert(
-            workspace_id.to_owned(),
+            key.to_owned(),
             Counter {
                 window,
                 used: tokens,

@@ -7,6 +7,7 @@ use crate::domain::auth::ApiKeyRecord;
 use crate::domain::change::ChangeEvent;
 use crate::domain::idempotency::Claim;
 pub use crate::domain::membership::{Audience, Definitions, Standing, UserAudiences};
+use crate::domain::rate_limit::Bounds;
 use crate::domain::{Stamp, UpsertMessage, UserProfile};
 use std::collections::HashMap;
 use std::future::Future;
@@ -172,8 +173,8 @@ pub trait ApiKeys {
     ) -> impl Future<Output = Result<Option<ApiKeyRecord>, PortError>> + Send;
 }
 
-/// A workspace's shared rate counter: tokens handed out in `window` (epoch second) and
-/// in the window before it.
+/// A workspace's shared rate counter (or one shard of it): tokens handed out in
+/// `window` (epoch second) and in the window before it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Counter {
     pub window: i64,
@@ -183,21 +184,21 @@ pub struct Counter {
 
 /// The shared rate counters (conditional writes in DynamoDB).
 pub trait Counters {
-    /// Adds `tokens` to the counter if it is at `window` and still has room for them
-    /// under `rate`; otherwise changes nothing and returns the counter as found.
+    /// Adds `tokens` to the counter `key` if it is at `window` and still has room for
+    /// them within `bounds`; otherwise changes nothing and returns the counter as found.
     fn take(
         &self,
-        workspace_id: &str,
+        key: &str,
         window: i64,
         tokens: u64,
-        rate: u32,
+        bounds: Bounds,
     ) -> impl Future<Output = Result<Result<(), Option<Counter>>, PortError>> + Send;
 
     /// Moves the counter from `found` (as read) to `window` with `tokens` taken;
     /// `false` if another instance moved it first.
     fn start_window(
         &self,
-        workspace_id: &str,
+        key: &str,
         found: Option<Counter>,
         window: i64,
         tokens: u64,

@@ -1,4 +1,5 @@
-//! Per-workspace rate limit, shared by every api instance through one counter.
+//! Per-workspace rate limit, shared by every api instance through one counter, or
+//! through shards of it for a rate above what one partition key takes.
 //!
 //! Rule (contract, "Rate limit"): one calendar second admits at most `burst(rate)` =
 //! 1.1 × the rate, and two consecutive seconds together at most twice the rate. So
@@ -13,10 +14,18 @@
 //! one, at most a tenth of the rate): an instance that sees little traffic takes one
 //! token at a time and so never strands tokens that other instances need, however many
 //! instances share the workspace; a busy one makes one counter call per ten requests.
+//!
+//! A rate above `shard_rate` spreads the counter over shards (`<workspace>#<n>`, the
+//! first keeping the workspace's own key), each holding its part of both bounds (the
+//! parts sum to them, so the rule holds as a whole): a partition key takes 1,000
+//! writes a second, so one workspace's requests are not capped by one key. An instance
+//! leases from the shards in turn, and from the next one when one has no room left;
+//! only when every shard has none is a request refused.
 
 use super::ports::{Counter, Counters, PortError};
 use super::{AppError, Caller};
-use crate::domain::rate_limit::{burst, pair_limit};
+use crate::domain::rate_limit::{shard_count, Bounds, DEFAULT_SHARD_RATE};
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Mutex;
 
@@ -28,7 +37,7 @@ pub enum RateDecision {
 
 impl Counter {
     /// Tokens `window` may still hand out, given this counter as stored.
-    fn room_in(&self, window: i64, rate: u32) -> u64 {
+    fn room_in(&self, window: i64, bounds: Bounds) -> u64 {
         let (used, previous) = if self.window == window {
             (self.used, self.previous)
         } else if self.window == window - 1 {
@@ -36,9 +45,10 @@ impl Counter {
         } else {
             (0, 0)
         };
-        burst(rate)
+        bounds
+            .second
             .saturating_sub(used)
-            .min(pair_limit(rate).saturating_sub(used + previous))
+            .min(bounds.pair.saturating_sub(used + previous))
     }
 }
 
@@ -48,11 +58,13 @@ struct Local {
     window: i64,
     /// Leased tokens not yet spent in `window`.
     tokens: u64,
-    /// The counter had no room left in `window`.
-    exhausted: bool,
+    /// Shards (bits) with no room left in `window`.
+    exhausted: u32,
     /// Requests this instance saw in `window` and in the window before.
     seen: u64,
     seen_before: u64,
+    /// The shard the next lease tries first: leases go round the shards.
+    next_shard: u32,
 }
 
 impl Local {
@@ -66,15 +78,36 @@ impl Local {
             self = Local {
                 window,
                 seen_before,
+                next_shard: self.next_shard,
                 ..Local::default()
             };
         }
         self
     }
 
-    fn lease_size(&self, rate: u32) -> u64 {
-        let most = u64::from(rate / 10).max(1);
+    fn lease_size(&self, bounds: Bounds) -> u64 {
+        // A tenth of the shard's rate (half its pair bound).
+        let most = (bounds.pair / 20).max(1);
         (self.seen_before / 10).clamp(1, most)
+    }
+
+    /// The next shard of `shards` with room, if any, and the one after it for the
+    /// lease after.
+    fn shard_with_room(&mut self, shards: u32) -> Option<u32> {
+        let shard = (0..shards)
+            .map(|step| (self.next_shard + step) % shards)
+            .find(|shard| self.exhausted & (1 << shard) == 0)?;
+        self.next_shard = (shard + 1) % shards;
+        Some(shard)
+    }
+
+    /// Spends `cost` of the leased tokens, if there are as many.
+    fn spend(&mut self, cost: u64) -> bool {
+        let enough = self.tokens >= cost;
+        if enough {
+            self.tokens -= cost;
+        }
+        enough
     }
 }
 
@@ -99,13 +132,22 @@ pub struct RateLimiter<S> {
     /// By workspace and rate: keys of one workspace may carry different rates, and
     /// "no room left" holds for one rate only.
     local: Mutex<HashMap<(String, u32), Local>>,
+    /// Requests a second one counter shard hands out at most.
+    shard_rate: f64,
 }
 
 impl<S: Counters> RateLimiter<S> {
     pub fn new(store: S) -> Self {
+        Self::with_shard_rate(store, DEFAULT_SHARD_RATE)
+    }
+
+    /// As [`RateLimiter::new`], with counter shards of `shard_rate` requests a second
+    /// (`RATE_LIMIT_SHARD_RATE`; the local stack scales it as it scales AWS's limits).
+    pub fn with_shard_rate(store: S, shard_rate: f64) -> Self {
         Self {
             store,
             local: Mutex::new(HashMap::new()),
+            shard_rate,
         }
     }
 
@@ -119,39 +161,51 @@ impl<S: Counters> RateLimiter<S> {
         now_ms: i64,
     ) -> Result<RateDecision, PortError> {
         let window = now_ms.div_euclid(1000);
-        let lease_size = {
+        let shards = shard_count(rate, self.shard_rate);
+        let bounds = Bounds::of(rate);
+        let local_key = (workspace_id.to_owned(), rate);
+        {
             let mut all = self.lock();
-            let local = all.entry((workspace_id.to_owned(), rate)).or_default();
+            let local = all.entry(local_key.clone()).or_default();
             *local = local.at(window);
             local.seen += cost;
-            if local.exhausted {
-                return Ok(limited());
+        }
+        // Each shard at most once: the request is refused when none has room.
+        for _ in 0..shards {
+            let (shard, wanted) = {
+                let mut all = self.lock();
+                let local = all.entry(local_key.clone()).or_default();
+                *local = local.at(window);
+                if local.spend(cost) {
+                    return Ok(RateDecision::Allowed);
+                }
+                let Some(shard) = local.shard_with_room(shards) else {
+                    return Ok(limited());
+                };
+                let part = bounds.part(shards, shard);
+                (shard, local.lease_size(part).max(cost - local.tokens))
+            };
+            let part = bounds.part(shards, shard);
+            let key = counter_key(workspace_id, shard);
+            let granted = self.lease(&key, part, window, wanted).await?;
+            let mut all = self.lock();
+            let local = all.entry(local_key.clone()).or_default();
+            *local = local.at(window);
+            match granted {
+                // Tokens short of the cost stay leased, for this request's next shard
+                // or for smaller requests.
+                Lease::Granted(tokens) => local.tokens += tokens,
+                Lease::Exhausted => local.exhausted |= 1 << shard,
+                Lease::Contended => return Ok(limited()),
             }
-            if local.tokens >= cost {
-                local.tokens -= cost;
-                return Ok(RateDecision::Allowed);
-            }
-            local.lease_size(rate).max(cost - local.tokens)
-        };
-        let granted = self.lease(workspace_id, rate, window, lease_size).await?;
+        }
         let mut all = self.lock();
-        let local = all.entry((workspace_id.to_owned(), rate)).or_default();
+        let local = all.entry(local_key).or_default();
         *local = local.at(window);
-        Ok(match granted {
-            // Tokens short of the cost stay leased for smaller requests.
-            Lease::Granted(tokens) if local.tokens + tokens < cost => {
-                local.tokens += tokens;
-                limited()
-            }
-            Lease::Granted(tokens) => {
-                local.tokens = local.tokens + tokens - cost;
-                RateDecision::Allowed
-            }
-            Lease::Exhausted => {
-                local.exhausted = true;
-                limited()
-            }
-            Lease::Contended => limited(),
+        Ok(if local.spend(cost) {
+            RateDecision::Allowed
+        } else {
+            limited()
         })
     }
 
@@ -177,16 +231,16 @@ impl<S: Counters> RateLimiter<S> {
         }
     }
 
-    /// Takes up to `wanted` tokens of `window` from the counter.
+    /// Takes up to `wanted` tokens of `window` from the counter `key`.
     async fn lease(
         &self,
-        workspace_id: &str,
-        rate: u32,
+        key: &str,
+        bounds: Bounds,
         mut window: i64,
         mut wanted: u64,
     ) -> Result<Lease, PortError> {
         for _ in 0..MAX_ATTEMPTS {
-            let found = match self.store.take(workspace_id, window, wanted, rate).await? {
+            let found = match self.store.take(key, window, wanted, bounds).await? {
                 Ok(()) => return Ok(Lease::Granted(wanted)),
                 Err(found) => found,
             };
@@ -194,23 +248,19 @@ impl<S: Counters> RateLimiter<S> {
                 // Another instance's clock is ahead: its window is the current one.
                 Some(counter) if counter.window > window => window = counter.window,
                 Some(counter) if counter.window == window => {
-                    let room = counter.room_in(window, rate);
+                    let room = counter.room_in(window, bounds);
                     if room == 0 {
                         return Ok(Lease::Exhausted);
                     }
                     wanted = wanted.min(room);
                 }
                 stale => {
-                    let room = stale.map_or(burst(rate), |c| c.room_in(window, rate));
+                    let room = stale.map_or(bounds.second, |c| c.room_in(window, bounds));
                     if room == 0 {
                         return Ok(Lease::Exhausted);
                     }
                     wanted = wanted.min(room);
-                    if self
-                        .store
-                        .start_window(workspace_id, stale, window, wanted)
-                        .await?
-                    {
+                    if self.store.start_window(key, stale, window, wanted).await? {
                         return Ok(Lease::Granted(wanted));
                     }
                 }
@@ -226,6 +276,14 @@ impl<S: Counters> RateLimiter<S> {
     }
 }
 
+/// The key of a workspace's counter shard: the first is the workspace's own.
+fn counter_key(workspace_id: &str, shard: u32) -> Cow<'_, str> {
+    match shard {
+        0 => Cow::Borrowed(workspace_id),
+        n => Cow::Owned(format!("{workspace_id}#{n}")),
+    }
+}
+
 fn limited() -> RateDecision {
     RateDecision::Limited {
         retry_after_secs: 1,
@@ -236,6 +294,7 @@ fn limited() -> RateDecision {
 mod tests {
     use super::*;
     use crate::app::fakes::MemoryCounters;
+    use crate::domain::rate_limit::{burst, pair_limit};
     use std::sync::Arc;
 
     /// Admitted requests per second when `offered` requests/s, evenly spaced, go round
@@ -254,9 +313,21 @@ mod tests {
         seconds: i64,
         cost: u64,
     ) -> Vec<u64> {
+        simulate_sharded(instances, rate, offered, seconds, cost, DEFAULT_SHARD_RATE)
+    }
+
+    /// As [`simulate_costing`], with counter shards of `shard_rate`.
+    fn simulate_sharded(
+        instances: usize,
+        rate: u32,
+        offered: u32,
+        seconds: i64,
+        cost: u64,
+        shard_rate: f64,
+    ) -> Vec<u64> {
         let store = Arc::new(MemoryCounters::default());
         let fleet: Vec<_> = (0..instances)
-            .map(|_| RateLimiter::new(Arc::clone(&store)))
+            .map(|_| RateLimiter::with_shard_rate(Arc::clone(&store), shard_rate))
             .collect();
         let runtime = tokio::runtime::Builder::new_current_thread()
             .build()
@@ -377,8 +448,75 @@ mod tests {
             used: burst(5),
             previous: 0,
         };
-        assert_eq!(counter.room_in(10, 5), 0);
-        assert!(counter.room_in(11, 5) >= 4, "Retry-After: 1 must be honest");
-        assert_eq!(counter.room_in(13, 5), burst(5));
+        let bounds = Bounds::of(5);
+        assert_eq!(counter.room_in(10, bounds), 0);
+        assert!(
+            counter.room_in(11, bounds) >= 4,
+            "Retry-After: 1 must be honest"
+        );
+        assert_eq!(counter.room_in(13, bounds), burst(5));
+    }
+
+    /// Rates spread over 4 to 16 shards (a shard rate of 10 a second).
+    const SHARDED: [(u32, f64); 3] = [(40, 10.0), (100, 10.0), (200, 10.0)];
+
+    #[test]
+    fn a_sharded_counter_keeps_the_rule_below_and_above_the_rate() {
+        for (rate, shard_rate) in SHARDED {
+            assert!(shard_count(rate, shard_rate) >= 4);
+            for instances in [1, 10, 100] {
+                let offered = rate * 9 / 10;
+                let below = simulate_sharded(instances, rate, offered, 30, 1, shard_rate);
+                let share = below.iter().sum::<u64>() as f64 / f64::from(offered * 30);
+                assert!(share >= 0.99, "{rate}, {instances} instances: {below:?}");
+                let over = simulate_sharded(instances, rate, rate * 3, 30, 1, shard_rate);
+                let worst = *over.iter().min().unwrap();
+                let most = *over.iter().max().unwrap();
+                let worst_pair = over.windows(2).map(|p| p[0] + p[1]).max().unwrap();
+                assert!(
+                    worst as f64 >= 0.9 * f64::from(rate),
+                    "{rate}, {instances}: {over:?}"
+                );
+                assert!(most <= burst(rate), "{rate}, {instances}: {over:?}");
+                assert!(
+                    worst_pair <= pair_limit(rate),
+                    "{rate}, {instances}: {over:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_batch_costing_more_than_a_shard_holds_is_admitted_from_several() {
+        // 16 shards of about 7 tokens; batches of 10 at 90 % of the rate.
+        let (rate, shard_rate) = (100, 1.0);
+        assert_eq!(shard_count(rate, shard_rate), 16);
+        let admitted = simulate_sharded(1, rate, 9, 30, 10, shard_rate);
+        assert_eq!(admitted.iter().sum::<u64>(), 9 * 30 * 10, "{admitted:?}");
+    }
+
+    #[test]
+    fn leases_go_round_the_shards_and_a_full_one_is_passed_over() {
+        let store = Arc::new(MemoryCounters::default());
+        let limiter = RateLimiter::with_shard_rate(Arc::clone(&store), 10.0);
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let now_ms = 1_800_000_000_000;
+        // 40 a second over 4 shards of 11 a second: 44 admitted in one second, each
+        // shard's part taken, then none.
+        let admitted = (0..60)
+            .filter(|_| {
+                runtime
+                    .block_on(limiter.check("ws", 40, 1, now_ms))
+                    .unwrap()
+                    == RateDecision::Allowed
+            })
+            .count();
+        assert_eq!(admitted as u64, burst(40));
+        for shard in 0..4 {
+            let counter = store.counter(&counter_key("ws", shard)).unwrap();
+            assert_eq!(counter.used, 11, "shard {shard}");
+        }
     }
 }

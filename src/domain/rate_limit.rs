@@ -10,3 +10,76 @@ pub fn burst(rate: u32) -> u64 {
 pub fn pair_limit(rate: u32) -> u64 {
     2 * u64::from(rate)
 }
+
+/// Requests a second one shard of a workspace's counter hands out, on AWS: a partition
+/// takes 1,000 write units a second, and a shard costs one per lease (a request, at
+/// worst) and two per instance that opens its second, so 400 leaves room for hundreds
+/// of instances (`docs/scale.md`, "rate-limit counter").
+pub const DEFAULT_SHARD_RATE: f64 = 400.0;
+
+/// The most shards one workspace's counter spreads over.
+pub const MAX_SHARDS: u32 = 16;
+
+/// What one counter (a workspace's, or one shard of it) may hand out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bounds {
+    /// In one calendar second.
+    pub second: u64,
+    /// In two consecutive seconds together.
+    pub pair: u64,
+}
+
+impl Bounds {
+    /// A key's bounds at `rate` requests a second.
+    pub fn of(rate: u32) -> Self {
+        Self {
+            second: burst(rate),
+            pair: pair_limit(rate),
+        }
+    }
+
+    /// Shard `shard`'s part of these bounds over `shards`: the parts sum to them.
+    pub fn part(self, shards: u32, shard: u32) -> Self {
+        let split = |total: u64| {
+            let shards = u64::from(shards);
+            total / shards + u64::from(u64::from(shard) < total % shards)
+        };
+        Self {
+            second: split(self.second),
+            pair: split(self.pair),
+        }
+    }
+}
+
+/// The shards a key of `rate` spreads its counter over, each handing out about
+/// `shard_rate` requests a second at most, and at least one.
+pub fn shard_count(rate: u32, shard_rate: f64) -> u32 {
+    let wanted = (f64::from(rate) / shard_rate).ceil();
+    // `as` saturates (NaN to 0): any shard rate gives 1..=MAX_SHARDS.
+    (wanted as u32).clamp(1, MAX_SHARDS.min(rate).max(1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shard_parts_sum_to_the_bounds_and_each_hands_out_something() {
+        for rate in [1, 7, 100, 401, 3_000, 100_000] {
+            for shard_rate in [0.4, 10.0, DEFAULT_SHARD_RATE] {
+                let shards = shard_count(rate, shard_rate);
+                assert!((1..=MAX_SHARDS).contains(&shards));
+                let bounds = Bounds::of(rate);
+                let parts: Vec<Bounds> = (0..shards).map(|s| bounds.part(shards, s)).collect();
+                assert_eq!(parts.iter().map(|p| p.second).sum::<u64>(), bounds.second);
+                assert_eq!(parts.iter().map(|p| p.pair).sum::<u64>(), bounds.pair);
+                assert!(parts.iter().all(|p| p.second >= 1), "{rate} over {shards}");
+            }
+        }
+        assert_eq!(shard_count(100, DEFAULT_SHARD_RATE), 1);
+        assert_eq!(shard_count(3_000, DEFAULT_SHARD_RATE), 8);
+        assert_eq!(shard_count(100, 0.4), MAX_SHARDS);
+        assert_eq!(shard_count(5, 0.4), 5);
+        assert_eq!(shard_count(5, f64::NAN), 1);
+    }
+}

@@ -83,6 +83,7 @@ pub(crate) mod samples {
             rate_limits_table: "rate-limits".into(),
             upsert_queue_url: queue("upserts"),
             default_rate_limit: 100,
+            rate_limit_shard_rate: 400.0,
             event_bus_name: "bus".into(),
             audiences_table: "audiences".into(),
             audience_members_table: "audience-members".into(),

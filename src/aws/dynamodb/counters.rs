@@ -1,11 +1,12 @@
-//! The rate limiter's shared counters: one item per workspace.
+//! The rate limiter's shared counters: one item per workspace, or per shard of one
+//! (`<workspace>#<shard>`, shards past the first).
 
 use super::{
     condition, condition_held, get_by_key, get_n, n, s, Condition, Item, PARTITION_KEY,
     TTL_ATTRIBUTE,
 };
 use crate::app::ports::{Counter, Counters, PortError};
-use crate::domain::rate_limit::{burst, pair_limit};
+use crate::domain::rate_limit::Bounds;
 use aws_sdk_dynamodb::types::ReturnValuesOnConditionCheckFailure;
 use aws_sdk_dynamodb::Client;
 
@@ -13,7 +14,7 @@ use aws_sdk_dynamodb::Client;
 /// as an idle workspace.
 const COUNTER_TTL_SECS: i64 = 120;
 
-/// One counter per workspace (`pk` = workspace id): `window` (epoch second), `used`
+/// One counter per workspace or shard (`pk` = its key): `window` (epoch second), `used`
 /// (tokens handed out in it), `previous` (in the window before) and `pair` (their sum,
 /// kept so that one condition expression can check the two-second limit).
 #[derive(Clone)]
@@ -30,9 +31,9 @@ impl RateLimitStore {
         }
     }
 
-    /// The workspace's counter as stored (consistent read).
-    pub async fn counter(&self, workspace_id: &str) -> Result<Option<Counter>, PortError> {
-        let item = get_by_key(&self.client, &self.table, workspace_id.to_owned(), true).await?;
+    /// A counter as stored (consistent read): a workspace's is its id.
+    pub async fn counter(&self, key: &str) -> Result<Option<Counter>, PortError> {
+        let item = get_by_key(&self.client, &self.table, key.to_owned(), true).await?;
         Ok(item.as_ref().and_then(counter_from_item))
     }
 }
@@ -40,21 +41,21 @@ impl RateLimitStore {
 impl Counters for RateLimitStore {
     async fn take(
         &self,
-        workspace_id: &str,
+        key: &str,
         window: i64,
         tokens: u64,
-        rate: u32,
+        bounds: Bounds,
     ) -> Result<Result<(), Option<Counter>>, PortError> {
-        let max_used = burst(rate).checked_sub(tokens);
-        let max_pair = pair_limit(rate).checked_sub(tokens);
+        let max_used = bounds.second.checked_sub(tokens);
+        let max_pair = bounds.pair.checked_sub(tokens);
         let (Some(max_used), Some(max_pair)) = (max_used, max_pair) else {
-            return Ok(Err(self.counter(workspace_id).await?));
+            return Ok(Err(self.counter(key).await?));
         };
         let result = self
             .client
             .update_item()
             .table_name(&self.table)
-            .key(PARTITION_KEY, s(workspace_id))
+            .key(PARTITION_KEY, s(key))
             .update_expression("ADD used :tokens, pair :tokens")
             .condition_expression("#window = :window AND used <= :max_used AND pair <= :max_pair")
             .expression_attribute_names("#window", "window")
@@ -73,7 +74,7 @@ impl Counters for RateLimitStore {
 
     async fn start_window(
         &self,
-        workspace_id: &str,
+        key: &str,
         found: Option<Counter>,
         window: i64,
         tokens: u64,
@@ -85,7 +86,7 @@ impl Counters for RateLimitStore {
             .client
             .put_item()
             .table_name(&self.table)
-            .item(PARTITION_KEY, s(workspace_id))
+            .item(PARTITION_KEY, s(key))
             .item("window", n(window))
             .item("used", n(tokens))
             .item("previous", n(previous))

@@ -82,10 +82,10 @@ impl AwsApi {
             [dynamodb, sqs]
         })
         .await;
-        let limiter = Arc::new(RateLimiter::new(RateLimitStore::new(
-            dynamodb.clone(),
-            &resources.rate_limits_table,
-        )));
+        let limiter = Arc::new(RateLimiter::with_shard_rate(
+            RateLimitStore::new(dynamodb.clone(), &resources.rate_limits_table),
+            resources.rate_limit_shard_rate,
+        ));
         let users = UserStore::new(dynamodb.clone(), &resources.users_table);
         Api {
             keys: KeyCache::new(api_keys),

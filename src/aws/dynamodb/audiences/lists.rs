@@ -6,7 +6,11 @@ use std::collections::VecDeque;
 
 impl AudienceStore {
     /// A user's entry in an audience's member list (`(audience, sharded)`).
-    pub(super) fn entry_key(workspace_id: &str, (audience_id, sharded): (&str, bool), user: &str) -> Item {
+    pub(super) fn entry_key(
+        workspace_id: &str,
+        (audience_id, sharded): (&str, bool),
+        user: &str,
+    ) -> Item {
         let shard = sharded.then(|| user_shard(workspace_id, user, LIST_SHARDS));
         Self::key(Self::list_pk(workspace_id, audience_id, shard), user)
     }
