@@ -11,6 +11,7 @@ mod numbers;
 mod request;
 mod rule;
 mod segment;
+mod segment_mapping;
 mod traits;
 mod validate;
 
