@@ -18,6 +18,7 @@ use super::{BodyError, ErrorCode, FieldError, ValidBatch, ValidUpsert, MAX_BODY_
 use serde::de::{Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::value::RawValue;
 use serde_json::Value;
+use std::borrow::Cow;
 use std::collections::HashSet;
 use std::fmt;
 
@@ -137,20 +138,26 @@ impl<'de: 'a, 'a> serde::Deserialize<'de> for Messages<'a> {
     }
 }
 
-/// The `writeKey` member of a request that has no `Authorization` header. Such a body
-/// comes from anyone: it is read no further than Segment's 500 KB (a larger one, or
-/// one that inflates past it, has no key), and not built into a document.
-pub fn body_write_key(content_encoding: Option<&[u8]>, body: &[u8]) -> Option<String> {
+/// The body of a request that has no `Authorization` header, read for its `writeKey`:
+/// as sent, or inflated (once: the route reads these bytes, `decoded_within`). Such a
+/// body comes from anyone: it is read no further than Segment's 500 KB (a larger one,
+/// or one that inflates past it, is not read: it has no key).
+pub fn unauthenticated_body<'a>(
+    content_encoding: Option<&[u8]>,
+    body: &'a [u8],
+) -> Option<Cow<'a, [u8]>> {
     if body.len() > MAX_SEGMENT_BATCH_BYTES {
         return None;
     }
-    let body = super::decoded_body(content_encoding, body, &super::SEGMENT_BATCH_BODY).ok()?;
-    segment_write_key(&body)
+    super::decoded_body(content_encoding, body, &super::SEGMENT_BATCH_BODY).ok()
 }
 
-/// The `writeKey` member of a body, found without building the document: the read
-/// stops at that member.
-fn segment_write_key(body: &[u8]) -> Option<String> {
+/// The `writeKey` member of a body as `unauthenticated_body` read it (one over 500 KB
+/// has none), found without building the document: the read stops at that member.
+pub fn body_write_key(body: &[u8]) -> Option<String> {
+    if body.len() > MAX_SEGMENT_BATCH_BYTES {
+        return None;
+    }
     struct WriteKey<'k>(&'k mut Option<String>);
     impl<'de> Visitor<'de> for WriteKey<'_> {
         type Value = ();
@@ -158,7 +165,7 @@ fn segment_write_key(body: &[u8]) -> Option<String> {
             f.write_str("a JSON object")
         }
         fn visit_map<A: MapAccess<'de>>(self, mut members: A) -> Result<(), A::Error> {
-            while let Some(name) = members.next_key::<std::borrow::Cow<'de, str>>()? {
+            while let Some(name) = members.next_key::<Cow<'de, str>>()? {
                 if name == "writeKey" {
                     *self.0 = members.next_value::<Option<String>>()?;
                     // Ends the read here: the parser's complaint about the members
@@ -373,7 +380,7 @@ pub(super) mod tests {
     #[test]
     fn the_write_key_may_travel_in_the_body_and_an_identify_alone_is_typeless() {
         let body = br#"{"userId":"u1","writeKey":"sk_test_abc","traits":{"plan":"pro"}}"#;
-        assert_eq!(body_write_key(None, body).as_deref(), Some("sk_test_abc"));
+        assert_eq!(body_write_key(body).as_deref(), Some("sk_test_abc"));
         let parsed = parse_segment_identify(body, NOW).unwrap();
         assert!(
             parsed.batch.entries[0].is_ok(),
@@ -504,7 +511,7 @@ pub(super) mod tests {
 
     #[test]
     fn the_write_key_is_found_without_reading_past_it() {
-        let key = |body: &str| segment_write_key(body.as_bytes());
+        let key = |body: &str| body_write_key(body.as_bytes());
         assert_eq!(
             key(r#"{"writeKey":"k1","batch":[{"a":1}]}"#).as_deref(),
             Some("k1")
@@ -526,18 +533,26 @@ pub(super) mod tests {
             r#"{{"batch":[],"pad":"{}","writeKey":"k4"}}"#,
             "x".repeat(MAX_SEGMENT_BATCH_BYTES)
         );
-        assert_eq!(body_write_key(None, padded.as_bytes()), None);
-        let bomb = {
+        assert_eq!(unauthenticated_body(None, padded.as_bytes()), None);
+        assert_eq!(key(&padded), None);
+        let gzip = |body: &str| {
             use std::io::Write;
-            let mut gzip = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
-            gzip.write_all(padded.as_bytes()).unwrap();
-            gzip.finish().unwrap()
+            let mut encoder =
+                flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+            encoder.write_all(body.as_bytes()).unwrap();
+            encoder.finish().unwrap()
         };
+        let bomb = gzip(&padded);
         assert!(bomb.len() < 10_000);
-        assert_eq!(body_write_key(Some(b"gzip"), &bomb), None);
-        assert_eq!(
-            body_write_key(None, br#"{"writeKey":"k5"}"#).as_deref(),
-            Some("k5")
-        );
+        assert_eq!(unauthenticated_body(Some(b"gzip"), &bomb), None);
+        // Within it, read once: as sent, or inflated.
+        let sent = br#"{"writeKey":"k5"}"#;
+        let read = unauthenticated_body(None, sent).unwrap();
+        assert!(matches!(read, Cow::Borrowed(_)));
+        assert_eq!(body_write_key(&read).as_deref(), Some("k5"));
+        let sent = gzip(r#"{"writeKey":"k6"}"#);
+        let read = unauthenticated_body(Some(b"gzip"), &sent).unwrap();
+        assert!(matches!(read, Cow::Owned(_)));
+        assert_eq!(body_write_key(&read).as_deref(), Some("k6"));
     }
 }

@@ -465,7 +465,7 @@ mod tests {
     >;
 
     /// The key the sample requests of `events/` carry.
-    const SAMPLE_KEY: &str = "sk_test_REPLACEWITHYOURDEVKEY000000";
+    pub(super) const SAMPLE_KEY: &str = "sk_test_REPLACEWITHYOURDEVKEY000000";
 
     pub(super) struct World {
         pub(super) api: TestApi,
@@ -523,13 +523,18 @@ mod tests {
         lambda_http::request::from_str(&event.to_string()).unwrap()
     }
 
-    /// The sample POST sent to `path` with `body`.
-    pub(super) fn post(path: &str, body: String) -> Request {
+    /// The sample POST sent to `path`, changed by `edit`.
+    pub(super) fn sent_to(path: &str, edit: impl FnOnce(&mut Value)) -> Request {
         request("apigw-post-user.json", |event| {
             event["rawPath"] = json!(path);
             event["requestContext"]["http"]["path"] = json!(path);
-            event["body"] = json!(body);
+            edit(event);
         })
+    }
+
+    /// The sample POST sent to `path` with `body`.
+    pub(super) fn post(path: &str, body: String) -> Request {
+        sent_to(path, |event| event["body"] = json!(body))
     }
 
     pub(super) async fn answer(api: &TestApi, request: Request) -> (StatusCode, Value, HeaderMap) {
