@@ -11,6 +11,7 @@ mod numbers;
 mod request;
 mod rule;
 mod segment;
+mod segment_mapping;
 mod traits;
 mod validate;
 
@@ -25,15 +26,15 @@ pub use error::{
 };
 pub use idempotency::{body_hash, erase_hash, validate_idempotency_key};
 pub use request::{
-    checked_body, decoded_body, email_query, idempotency_key, BodyLimit, RequestError, BATCH_BODY,
-    SEGMENT_BATCH_BODY, SEGMENT_IDENTIFY_BODY, UPSERT_BODY,
+    checked_body, decoded_body, decoded_within, email_query, idempotency_key, BodyLimit,
+    RequestError, BATCH_BODY, SEGMENT_BATCH_BODY, SEGMENT_IDENTIFY_BODY, UPSERT_BODY,
 };
 pub use rule::{
     parse_rule, MAX_CONDITIONS, MAX_DEPTH, MAX_DURATION_MS, MAX_LIST_VALUES, MAX_RULE_STRING_CHARS,
 };
 pub use segment::{
-    body_write_key, parse_segment_batch, parse_segment_identify, SegmentMessages,
-    MAX_SEGMENT_BATCH_BYTES, MAX_SEGMENT_MESSAGE_BYTES,
+    body_write_key, parse_segment_batch, parse_segment_identify, unauthenticated_body,
+    SegmentMessages, MAX_SEGMENT_BATCH_BYTES, MAX_SEGMENT_MESSAGE_BYTES,
 };
 pub use validate::{is_storable_user_id, parse_upsert, BodyError, ValidUpsert, MAX_BODY_BYTES};
 

@@ -12,15 +12,15 @@
 //! `sentAt` as Segment does. `anonymousId`, `context`, `integrations` are not stored.
 
 use super::json::{in_body_order, number_literal, read_object, ReadObject};
+use super::segment_mapping::{instant_ms, Upsert};
 use super::validate::validate_members;
 use super::{BodyError, ErrorCode, FieldError, ValidBatch, ValidUpsert, MAX_BODY_BYTES};
 use serde::de::{Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::value::RawValue;
-use serde_json::{Map, Value};
+use serde_json::Value;
+use std::borrow::Cow;
 use std::collections::HashSet;
 use std::fmt;
-use time::format_description::well_known::Rfc3339;
-use time::OffsetDateTime;
 
 /// Segment's limits: a batch body (500 KB, as decimal kilobytes: analytics-python
 /// fills a batch to ~475,000 bytes and its last message may pass that) and one message.
@@ -138,20 +138,26 @@ impl<'de: 'a, 'a> serde::Deserialize<'de> for Messages<'a> {
     }
 }
 
-/// The `writeKey` member of a request that has no `Authorization` header. Such a body
-/// comes from anyone: it is read no further than Segment's 500 KB (a larger one, or
-/// one that inflates past it, has no key), and not built into a document.
-pub fn body_write_key(content_encoding: Option<&[u8]>, body: &[u8]) -> Option<String> {
+/// The body of a request that has no `Authorization` header, read for its `writeKey`:
+/// as sent, or inflated (once: the route reads these bytes, `decoded_within`). Such a
+/// body comes from anyone: it is read no further than Segment's 500 KB (a larger one,
+/// or one that inflates past it, is not read: it has no key).
+pub fn unauthenticated_body<'a>(
+    content_encoding: Option<&[u8]>,
+    body: &'a [u8],
+) -> Option<Cow<'a, [u8]>> {
     if body.len() > MAX_SEGMENT_BATCH_BYTES {
         return None;
     }
-    let body = super::decoded_body(content_encoding, body, &super::SEGMENT_BATCH_BODY).ok()?;
-    segment_write_key(&body)
+    super::decoded_body(content_encoding, body, &super::SEGMENT_BATCH_BODY).ok()
 }
 
-/// The `writeKey` member of a body, found without building the document: the read
-/// stops at that member.
-fn segment_write_key(body: &[u8]) -> Option<String> {
+/// The `writeKey` member of a body as `unauthenticated_body` read it (one over 500 KB
+/// has none), found without building the document: the read stops at that member.
+pub fn body_write_key(body: &[u8]) -> Option<String> {
+    if body.len() > MAX_SEGMENT_BATCH_BYTES {
+        return None;
+    }
     struct WriteKey<'k>(&'k mut Option<String>);
     impl<'de> Visitor<'de> for WriteKey<'_> {
         type Value = ();
@@ -159,7 +165,7 @@ fn segment_write_key(body: &[u8]) -> Option<String> {
             f.write_str("a JSON object")
         }
         fn visit_map<A: MapAccess<'de>>(self, mut members: A) -> Result<(), A::Error> {
-            while let Some(name) = members.next_key::<std::borrow::Cow<'de, str>>()? {
+            while let Some(name) = members.next_key::<Cow<'de, str>>()? {
                 if name == "writeKey" {
                     *self.0 = members.next_value::<Option<String>>()?;
                     // Ends the read here: the parser's complaint about the members
@@ -327,172 +333,12 @@ fn message_id_of(raw: &[u8]) -> Option<String> {
     serde_json::from_slice::<Id>(raw).ok()?.message_id
 }
 
-/// A message as the members of our upsert body, and how to name our fields as the
-/// message named them.
-struct Upsert {
-    members: Map<String, Value>,
-    names: Names,
-}
-
-/// Which of our traits came from where in the message.
-#[derive(Default)]
-struct Names {
-    /// Traits renamed on the way (ours → the message's).
-    renamed: Vec<(&'static str, &'static str)>,
-    /// Traits the message gave in `context.traits` only (RudderStack's libraries put
-    /// an identify's traits there).
-    from_context: HashSet<String>,
-    /// The source time came from `originalTimestamp` (RudderStack's Node library).
-    original_timestamp: bool,
-}
-
-impl Upsert {
-    fn of(
-        user_id: String,
-        mut message: Map<String, Value>,
-        sent_at: Option<i64>,
-        now_ms: i64,
-    ) -> Upsert {
-        let mut names = Names::default();
-        // `traits` wins over `context.traits` member by member.
-        let mut traits = match message.get_mut("context").and_then(|c| c.get_mut("traits")) {
-            Some(Value::Object(context)) => std::mem::take(context),
-            _ => Map::new(),
-        };
-        names.from_context = traits.keys().cloned().collect();
-        if let Some(Value::Object(given)) = message.remove("traits") {
-            for (name, value) in given {
-                names.from_context.remove(&name);
-                traits.insert(name, value);
-            }
-        }
-        let mut members = Map::new();
-        members.insert("external_user_id".into(), Value::String(user_id));
-        if let Some(email) = traits.remove("email") {
-            members.insert("email".into(), email);
-        }
-        names.map_traits(&mut traits);
-        if !traits.is_empty() {
-            members.insert("traits".into(), Value::Object(traits));
-        }
-        // RudderStack's Node library sends `originalTimestamp` instead.
-        let timestamp = message.remove("timestamp").or_else(|| {
-            names.original_timestamp = message.contains_key("originalTimestamp");
-            message.remove("originalTimestamp")
-        });
-        if let Some(timestamp) = timestamp {
-            members.insert("timestamp".into(), source_time(timestamp, sent_at, now_ms));
-        }
-        Upsert { members, names }
-    }
-}
-
-impl Names {
-    /// Segment's reserved traits onto ours.
-    fn map_traits(&mut self, traits: &mut Map<String, Value>) {
-        let mut rename = |traits: &mut Map<String, Value>, from: &'static str, to: &'static str| {
-            if !traits.contains_key(to) {
-                if let Some(value) = traits.remove(from) {
-                    traits.insert(to.to_owned(), value);
-                    self.renamed.push((to, from));
-                }
-            }
-        };
-        // A date that is not a date-time (`2024-05-01`, or one without an offset) stays
-        // the custom trait `createdAt` rather than drop the message.
-        if traits
-            .get("createdAt")
-            .is_some_and(|v| instant_ms(v).is_some())
-        {
-            rename(traits, "createdAt", "signupDate");
-        }
-        rename(traits, "title", "role");
-        if let Some(Value::Object(mut company)) = traits.remove("company") {
-            if let Some(name) = company.remove("name") {
-                traits.insert("company".into(), name);
-                self.renamed.push(("company", "company.name"));
-            }
-            if !company.is_empty() {
-                traits.insert("companyDetails".into(), Value::Object(company));
-                self.renamed.push(("companyDetails", "company"));
-            }
-        }
-        if !traits.contains_key("name") {
-            let part = |key| traits.get(key).and_then(Value::as_str).map(str::to_owned);
-            let full: Vec<String> = [part("firstName"), part("lastName")]
-                .into_iter()
-                .flatten()
-                .collect();
-            if !full.is_empty() {
-                traits.insert("name".into(), Value::String(full.join(" ")));
-            }
-        }
-    }
-
-    /// A field of our body as the message names it.
-    fn field(&self, ours: &str) -> String {
-        let traits = |name: &str| {
-            let head = name.split(['.', '[']).next().unwrap_or(name);
-            if self.from_context.contains(head) {
-                format!("context.traits.{name}")
-            } else {
-                format!("traits.{name}")
-            }
-        };
-        match ours {
-            "external_user_id" => "userId".into(),
-            "email" => traits("email"),
-            "timestamp" if self.original_timestamp => "originalTimestamp".into(),
-            _ => match ours.strip_prefix("traits.") {
-                Some(name) => {
-                    let (head, rest) = name
-                        .split_once(['.', '['])
-                        .map_or((name, ""), |(h, _)| (h, &name[h.len()..]));
-                    match self.renamed.iter().find(|(to, _)| *to == head) {
-                        Some((_, from)) => traits(&format!("{from}{rest}")),
-                        None => traits(name),
-                    }
-                }
-                None => ours.to_owned(),
-            },
-        }
-    }
-}
-
-/// A message's `timestamp` as the source time of its upsert, corrected for the
-/// sender's clock by `sentAt` as Segment does (the time between the event and the
-/// send, counted back from the arrival) — but never later than the sender said: a
-/// retry that resends an old `sentAt` would otherwise move its source time to now,
-/// past writes that really came after it.
-fn source_time(timestamp: Value, sent_at: Option<i64>, now_ms: i64) -> Value {
-    match (instant_ms(&timestamp), sent_at) {
-        (Some(at), Some(sent)) => {
-            let corrected = now_ms.saturating_sub(sent.saturating_sub(at));
-            if corrected < at {
-                return Value::String(format_ms(corrected));
-            }
-            timestamp
-        }
-        _ => timestamp,
-    }
-}
-
-fn instant_ms(value: &Value) -> Option<i64> {
-    let parsed = OffsetDateTime::parse(value.as_str()?, &Rfc3339).ok()?;
-    i64::try_from(parsed.unix_timestamp_nanos() / 1_000_000).ok()
-}
-
-fn format_ms(ms: i64) -> String {
-    crate::domain::format_millis(ms).unwrap_or_default()
-}
-
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
-    use crate::domain::ProfileField;
     use serde_json::json;
 
-    const NOW: i64 = 1_800_000_000_000;
+    pub(crate) const NOW: i64 = 1_800_000_000_000;
 
     /// The first error of each of the first `n` messages, as (code, field).
     fn first_errors(parsed: &SegmentMessages, n: usize) -> Vec<(ErrorCode, Option<String>)> {
@@ -505,38 +351,8 @@ mod tests {
             .collect()
     }
 
-    fn batch(messages: Value) -> SegmentMessages {
+    pub(crate) fn batch(messages: Value) -> SegmentMessages {
         parse_segment_batch(json!({ "batch": messages }).to_string().as_bytes(), NOW).unwrap()
-    }
-
-    #[test]
-    fn an_identify_maps_onto_an_upsert() {
-        let parsed = batch(json!([{
-            "type": "identify", "userId": "u1", "messageId": "m1",
-            "traits": {"email": "Jane@Acme.io", "createdAt": "2026-05-17T16:00:00+02:00",
-                       "company": {"name": "Acme", "id": 7}, "title": "CTO",
-                       "firstName": "Jane", "lastName": "Doe", "favoriteColor": "teal"},
-            "context": {"library": {"name": "x"}}, "integrations": {}, "anonymousId": "a1"
-        }]));
-        assert_eq!(parsed.message_ids, [Some("m1".to_owned())]);
-        let upsert = parsed.batch.entries[0].as_ref().unwrap();
-        assert_eq!(upsert.external_user_id, "u1");
-        let profile = &upsert.changes.profile;
-        assert_eq!(
-            profile[&ProfileField::Email].as_deref(),
-            Some("Jane@Acme.io")
-        );
-        assert_eq!(
-            profile[&ProfileField::SignupDate].as_deref(),
-            Some("2026-05-17T14:00:00Z")
-        );
-        assert_eq!(profile[&ProfileField::Company].as_deref(), Some("Acme"));
-        assert_eq!(profile[&ProfileField::Role].as_deref(), Some("CTO"));
-        assert_eq!(profile[&ProfileField::Name].as_deref(), Some("Jane Doe"));
-        let traits = &upsert.changes.traits;
-        assert_eq!(traits["companyDetails"], Some(json!({"id": 7})));
-        assert_eq!(traits["favoriteColor"], Some(json!("teal")));
-        assert!(!traits.contains_key("anonymousId") && !traits.contains_key("context"));
     }
 
     #[test]
@@ -562,34 +378,9 @@ mod tests {
     }
 
     #[test]
-    fn a_created_at_that_is_no_date_time_stays_a_custom_trait() {
-        let parsed = batch(
-            json!([{"type": "identify", "userId": "u1", "traits": {"createdAt": "2024-05-01"}}]),
-        );
-        let upsert = parsed.batch.entries[0].as_ref().unwrap();
-        assert!(upsert.changes.profile.is_empty());
-        assert_eq!(
-            upsert.changes.traits["createdAt"],
-            Some(json!("2024-05-01"))
-        );
-    }
-
-    #[test]
-    fn the_senders_clock_is_corrected_by_sent_at() {
-        // The sender's clock runs an hour ahead: its event happened 2 s before it sent.
-        let ahead = 3_600_000;
-        let body = json!({"sentAt": format_ms(NOW + ahead), "batch": [
-            {"type": "identify", "userId": "u1", "timestamp": format_ms(NOW + ahead - 2_000)}
-        ]});
-        let parsed = parse_segment_batch(body.to_string().as_bytes(), NOW).unwrap();
-        let upsert = parsed.batch.entries[0].as_ref().unwrap();
-        assert_eq!(upsert.timestamp, Some(NOW - 2_000));
-    }
-
-    #[test]
     fn the_write_key_may_travel_in_the_body_and_an_identify_alone_is_typeless() {
         let body = br#"{"userId":"u1","writeKey":"sk_test_abc","traits":{"plan":"pro"}}"#;
-        assert_eq!(body_write_key(None, body).as_deref(), Some("sk_test_abc"));
+        assert_eq!(body_write_key(body).as_deref(), Some("sk_test_abc"));
         let parsed = parse_segment_identify(body, NOW).unwrap();
         assert!(
             parsed.batch.entries[0].is_ok(),
@@ -704,88 +495,6 @@ mod tests {
     }
 
     #[test]
-    fn traits_in_context_are_an_identifys_traits_as_rudderstack_sends_them() {
-        // rudder-sdk-python: the traits only in context.traits; rudder-sdk-node: both.
-        let parsed = batch(json!([
-            {"type": "identify", "userId": "u1",
-             "context": {"traits": {"email": "a@b.io", "plan": "pro", "title": 7}, "library": {"name": "x"}}},
-            {"type": "identify", "userId": "u2",
-             "traits": {"plan": "team"},
-             "context": {"traits": {"plan": "old", "seats": 3, "company": {"name": "Acme"}}}},
-        ]));
-        let refused = parsed.batch.entries[0].as_ref().unwrap_err();
-        assert_eq!(refused[0].field.as_deref(), Some("context.traits.title"));
-        assert!(
-            refused[0].message.starts_with("context.traits.title "),
-            "{}",
-            refused[0].message
-        );
-        let both = parsed.batch.entries[1].as_ref().unwrap();
-        assert_eq!(
-            both.changes.profile[&ProfileField::Plan].as_deref(),
-            Some("team")
-        );
-        assert_eq!(
-            both.changes.profile[&ProfileField::Company].as_deref(),
-            Some("Acme")
-        );
-        assert_eq!(both.changes.traits["seats"], Some(json!(3)));
-        let only = batch(json!([{"type": "identify", "userId": "u1",
-            "context": {"traits": {"email": "a@b.io", "plan": "pro"}}}]));
-        let upsert = only.batch.entries[0].as_ref().unwrap();
-        assert_eq!(
-            upsert.changes.profile[&ProfileField::Email].as_deref(),
-            Some("a@b.io")
-        );
-        assert_eq!(
-            upsert.changes.profile[&ProfileField::Plan].as_deref(),
-            Some("pro")
-        );
-    }
-
-    #[test]
-    fn original_timestamp_is_the_source_time_when_there_is_no_timestamp() {
-        let event = NOW - 2_000;
-        let parsed = batch(json!([
-            {"type": "identify", "userId": "u1", "originalTimestamp": format_ms(event),
-             "sentAt": format_ms(event + 500)},
-            {"type": "identify", "userId": "u2", "originalTimestamp": format_ms(event - 1),
-             "timestamp": format_ms(event)},
-        ]));
-        let times: Vec<Option<i64>> = parsed
-            .batch
-            .entries
-            .iter()
-            .map(|e| e.as_ref().unwrap().timestamp)
-            .collect();
-        assert_eq!(times, [Some(event), Some(event)]);
-        // A bad one is named as the message named it.
-        let late =
-            batch(json!([{"type": "identify", "userId": "u1", "originalTimestamp": "soon"}]));
-        let refused = late.batch.entries[0].as_ref().unwrap_err();
-        assert_eq!(refused[0].field.as_deref(), Some("originalTimestamp"));
-        assert!(
-            refused[0].message.starts_with("originalTimestamp "),
-            "{}",
-            refused[0].message
-        );
-    }
-
-    #[test]
-    fn a_stale_sent_at_never_moves_a_source_time_later() {
-        // A retry that resends the batch of an hour ago, its sentAt unchanged.
-        let event = NOW - 3_600_000;
-        let body = json!({"sentAt": format_ms(event + 500), "batch": [
-            {"type": "identify", "userId": "u1", "timestamp": format_ms(event)}
-        ]});
-        let parsed = parse_segment_batch(body.to_string().as_bytes(), NOW).unwrap();
-        assert_eq!(
-            parsed.batch.entries[0].as_ref().unwrap().timestamp,
-            Some(event)
-        );
-    }
-
-    #[test]
     fn a_batch_of_more_messages_than_500_kb_can_store_is_refused_whole() {
         let body = format!("{{\"batch\":[{}1]}}", "1,".repeat(MAX_SEGMENT_MESSAGES));
         let Err(BodyError::Invalid(errors)) = parse_segment_batch(body.as_bytes(), NOW) else {
@@ -802,7 +511,7 @@ mod tests {
 
     #[test]
     fn the_write_key_is_found_without_reading_past_it() {
-        let key = |body: &str| segment_write_key(body.as_bytes());
+        let key = |body: &str| body_write_key(body.as_bytes());
         assert_eq!(
             key(r#"{"writeKey":"k1","batch":[{"a":1}]}"#).as_deref(),
             Some("k1")
@@ -824,18 +533,26 @@ mod tests {
             r#"{{"batch":[],"pad":"{}","writeKey":"k4"}}"#,
             "x".repeat(MAX_SEGMENT_BATCH_BYTES)
         );
-        assert_eq!(body_write_key(None, padded.as_bytes()), None);
-        let bomb = {
+        assert_eq!(unauthenticated_body(None, padded.as_bytes()), None);
+        assert_eq!(key(&padded), None);
+        let gzip = |body: &str| {
             use std::io::Write;
-            let mut gzip = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
-            gzip.write_all(padded.as_bytes()).unwrap();
-            gzip.finish().unwrap()
+            let mut encoder =
+                flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+            encoder.write_all(body.as_bytes()).unwrap();
+            encoder.finish().unwrap()
         };
+        let bomb = gzip(&padded);
         assert!(bomb.len() < 10_000);
-        assert_eq!(body_write_key(Some(b"gzip"), &bomb), None);
-        assert_eq!(
-            body_write_key(None, br#"{"writeKey":"k5"}"#).as_deref(),
-            Some("k5")
-        );
+        assert_eq!(unauthenticated_body(Some(b"gzip"), &bomb), None);
+        // Within it, read once: as sent, or inflated.
+        let sent = br#"{"writeKey":"k5"}"#;
+        let read = unauthenticated_body(None, sent).unwrap();
+        assert!(matches!(read, Cow::Borrowed(_)));
+        assert_eq!(body_write_key(&read).as_deref(), Some("k5"));
+        let sent = gzip(r#"{"writeKey":"k6"}"#);
+        let read = unauthenticated_body(Some(b"gzip"), &sent).unwrap();
+        assert!(matches!(read, Cow::Owned(_)));
+        assert_eq!(body_write_key(&read).as_deref(), Some("k6"));
     }
 }

@@ -6,6 +6,7 @@ pub mod audience;
 pub mod auth;
 pub mod budget;
 pub mod change;
+mod custom_traits;
 pub mod idempotency;
 pub mod membership;
 mod message;
@@ -13,8 +14,9 @@ mod profile;
 pub mod rate_limit;
 mod view;
 
+pub use custom_traits::{RejectReason, RejectedTrait};
 pub use message::{
     trait_of_path, trait_path, Changes, ProfileField, Stamp, UpsertMessage, MESSAGE_VERSION,
 };
-pub use profile::{next_version, OnceWrite, OnceWrites, RejectReason, RejectedTrait, UserProfile};
+pub use profile::{next_version, OnceWrite, OnceWrites, UserProfile};
 pub use view::{format_millis, read_fields, user_view};

@@ -6,6 +6,7 @@
 mod answers;
 mod keys;
 mod router;
+mod segment;
 
 pub use answers::{ApiError, ErrorAnswer};
 pub use router::{Route, RouteError};
@@ -27,15 +28,11 @@ use crate::aws::sqs::SqsQueue;
 use crate::clock::now_millis;
 use crate::config::Resources;
 use crate::contract::{
-    body_write_key, checked_body, decoded_body, email_query, idempotency_key, is_storable_user_id,
-    parse_audience, parse_batch, parse_segment_batch, parse_segment_identify, parse_upsert,
-    BodyError, BodyLimit, ErrorCode, Paged, RequestError, BATCH_BODY, SEGMENT_BATCH_BODY,
-    SEGMENT_IDENTIFY_BODY, UPSERT_BODY,
+    checked_body, email_query, idempotency_key, is_storable_user_id, parse_audience, parse_batch,
+    parse_upsert, BodyError, BodyLimit, Paged, RequestError, BATCH_BODY, UPSERT_BODY,
 };
 use crate::domain::audience::is_audience_id;
-use crate::domain::auth::{
-    bearer_key, is_key_shaped, key_hash, write_key, ApiKeyRecord, CredentialError, Scope,
-};
+use crate::domain::auth::{bearer_key, key_hash, ApiKeyRecord, Scope};
 use crate::domain::Stamp;
 use crate::metrics::{self, Outcome};
 use answers::{audience_view, entries, error_response, success_response, Success};
@@ -224,23 +221,12 @@ where
     ) -> Result<Success, ApiError> {
         let headers = request.headers();
         let body = request.body().as_ref();
-        let key = match route {
-            Route::SegmentIdentify | Route::SegmentBatch => {
-                self.authenticate_segment(headers, body, trace).await?
-            }
-            _ => self.authenticate(headers, trace).await?,
-        };
-        trace.workspace_id = Some(key.workspace_id.clone());
-        if !key.allows(route.scope()) {
-            return Err(ApiError::InsufficientScope(route.scope()));
+        if let Route::SegmentIdentify | Route::SegmentBatch = route {
+            return self.segment(route, headers, body, request_id, trace).await;
         }
-        let caller = Caller {
-            workspace_id: key.workspace_id.clone(),
-            rate: key.rate_limit.unwrap_or(self.default_rate_limit),
-        };
-        let now_ms = now_millis();
-        // What an accepted write is stamped with (contract: stamped at acceptance).
-        let stamp = Stamp::new(now_ms, request_id);
+        let key = self.authenticate(headers, trace).await?;
+        let (caller, stamp) = self.admit(&key, route, request_id, trace)?;
+        let now_ms = stamp.accepted_at;
         let checked = match route {
             Route::Upsert => {
                 let parse = |body: &[u8]| parse_upsert(body, now_ms);
@@ -262,11 +248,6 @@ where
                 return Ok(Success::Found(
                     self.read.by_email(&caller, email, now_ms).await?,
                 ));
-            }
-            Route::SegmentIdentify | Route::SegmentBatch => {
-                return self
-                    .segment(route, headers, body, &caller, stamp, trace)
-                    .await;
             }
             _ => return self.audiences(route, request, &caller, stamp, trace).await,
         };
@@ -364,71 +345,6 @@ where
         })
     }
 
-    /// Segment's routes: the messages as a batch of upserts (no Idempotency-Key: a
-    /// library's retry applies the same values again, which changes nothing).
-    async fn segment(
-        &self,
-        route: &Route,
-        headers: &HeaderMap,
-        body: &[u8],
-        caller: &Caller,
-        stamp: Stamp,
-        trace: &mut Trace,
-    ) -> Result<Success, ApiError> {
-        let now_ms = stamp.accepted_at;
-        let content_type = header(headers, header::CONTENT_TYPE);
-        let (limit, parse): (_, fn(&[u8], i64) -> _) = match route {
-            Route::SegmentIdentify => (&SEGMENT_IDENTIFY_BODY, parse_segment_identify),
-            _ => (&SEGMENT_BATCH_BODY, parse_segment_batch),
-        };
-        let parsed = decoded_body(header(headers, header::CONTENT_ENCODING), body, limit)
-            .and_then(|body| checked_body(content_type, &body, limit, |b| parse(b, now_ms)));
-        let (checked, message_ids) = match parsed {
-            Ok(messages) => {
-                trace.users = Some(messages.message_ids.len());
-                let checked = Checked {
-                    write: Write::Batch(messages.batch),
-                    idempotency_key: None,
-                };
-                (Ok(checked), messages.message_ids)
-            }
-            Err(refused) => (Err(refused), Vec::new()),
-        };
-        let Accepted::Batch { rejected, .. } = self.accept.accept(caller, checked, stamp).await?
-        else {
-            unreachable!("a batch is answered as a batch")
-        };
-        // What could not be enqueued is sent again by the library's retry of the whole
-        // request (it cannot resend one message).
-        if rejected
-            .iter()
-            .any(|r| r.errors[0].code == ErrorCode::Unavailable)
-        {
-            return Err(PortError::Unavailable("messages not enqueued".into()).into());
-        }
-        Ok(Success::Segment {
-            dropped: rejected,
-            message_ids,
-        })
-    }
-
-    /// A Segment library's key: HTTP Basic (the key as user name), a Bearer key, or a
-    /// `writeKey` member of the body.
-    async fn authenticate_segment(
-        &self,
-        headers: &HeaderMap,
-        body: &[u8],
-        trace: &mut Trace,
-    ) -> Result<ApiKeyRecord, ApiError> {
-        let key = match header(headers, header::AUTHORIZATION) {
-            Some(authorization) => write_key(Some(authorization))?,
-            None => body_write_key(header(headers, header::CONTENT_ENCODING), body)
-                .filter(|key| is_key_shaped(key))
-                .ok_or(CredentialError::Missing)?,
-        };
-        self.key_record(&key, trace).await
-    }
-
     async fn authenticate(
         &self,
         headers: &HeaderMap,
@@ -442,6 +358,26 @@ where
         let (record, lookup) = self.keys.active_key(&key_hash(key)).await?;
         trace.key_cached = Some(lookup == Lookup::Cached);
         record.ok_or(ApiError::InvalidApiKey)
+    }
+
+    /// The caller `key` speaks for, if it may use `route`, and what its write is
+    /// stamped with (contract: stamped at acceptance).
+    fn admit(
+        &self,
+        key: &ApiKeyRecord,
+        route: &Route,
+        request_id: &str,
+        trace: &mut Trace,
+    ) -> Result<(Caller, Stamp), ApiError> {
+        trace.workspace_id = Some(key.workspace_id.clone());
+        if !key.allows(route.scope()) {
+            return Err(ApiError::InsufficientScope(route.scope()));
+        }
+        let caller = Caller {
+            workspace_id: key.workspace_id.clone(),
+            rate: key.rate_limit.unwrap_or(self.default_rate_limit),
+        };
+        Ok((caller, Stamp::new(now_millis(), request_id)))
     }
 }
 
@@ -518,7 +454,7 @@ mod tests {
     use lambda_http::http::StatusCode;
     use serde_json::{json, Value};
 
-    type TestApi = Api<
+    pub(super) type TestApi = Api<
         MemoryApiKeys,
         MemoryKeys,
         MemoryQueue,
@@ -529,18 +465,18 @@ mod tests {
     >;
 
     /// The key the sample requests of `events/` carry.
-    const SAMPLE_KEY: &str = "sk_test_REPLACEWITHYOURDEVKEY000000";
+    pub(super) const SAMPLE_KEY: &str = "sk_test_REPLACEWITHYOURDEVKEY000000";
 
-    struct World {
-        api: TestApi,
-        queue: MemoryQueue,
+    pub(super) struct World {
+        pub(super) api: TestApi,
+        pub(super) queue: MemoryQueue,
         users: MemoryUsers,
         api_keys: MemoryApiKeys,
         counters: Arc<MemoryCounters>,
     }
 
     /// The api over in-memory ports, the sample key belonging to workspace `dev`.
-    fn world(scopes: &[Scope]) -> World {
+    pub(super) fn world(scopes: &[Scope]) -> World {
         let keys = MemoryApiKeys::default();
         let record = ApiKeyRecord {
             key_id: "key-1".into(),
@@ -581,22 +517,27 @@ mod tests {
     }
 
     /// A sample API Gateway event of `events/`, changed by `edit`, as Lambda hands it.
-    fn request(name: &str, edit: impl FnOnce(&mut Value)) -> Request {
+    pub(super) fn request(name: &str, edit: impl FnOnce(&mut Value)) -> Request {
         let mut event: Value = serde_json::from_str(&sample_text(name)).unwrap();
         edit(&mut event);
         lambda_http::request::from_str(&event.to_string()).unwrap()
     }
 
-    /// The sample POST sent to `path` with `body`.
-    fn post(path: &str, body: String) -> Request {
+    /// The sample POST sent to `path`, changed by `edit`.
+    pub(super) fn sent_to(path: &str, edit: impl FnOnce(&mut Value)) -> Request {
         request("apigw-post-user.json", |event| {
             event["rawPath"] = json!(path);
             event["requestContext"]["http"]["path"] = json!(path);
-            event["body"] = json!(body);
+            edit(event);
         })
     }
 
-    async fn answer(api: &TestApi, request: Request) -> (StatusCode, Value, HeaderMap) {
+    /// The sample POST sent to `path` with `body`.
+    pub(super) fn post(path: &str, body: String) -> Request {
+        sent_to(path, |event| event["body"] = json!(body))
+    }
+
+    pub(super) async fn answer(api: &TestApi, request: Request) -> (StatusCode, Value, HeaderMap) {
         let response = api.handle(request).await;
         let body = serde_json::from_slice(response.body()).unwrap_or(Value::Null);
         (response.status(), body, response.headers().clone())
@@ -678,28 +619,6 @@ mod tests {
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
         assert!(headers.contains_key("retry-after"));
         assert!(w.queue.messages().is_empty(), "nothing accepted");
-    }
-
-    #[tokio::test]
-    async fn segments_hostile_batches_are_answered_in_bounds() {
-        let w = world(&[Scope::SegmentWrite]);
-        // Not messages at all: 200, the first 100 listed, the rest counted.
-        let ones = format!("{{\"batch\":[{}1]}}", "1,".repeat(14_999));
-        let (status, body, _) = answer(&w.api, post("/v1/batch", ones)).await;
-        assert_eq!(status, StatusCode::OK);
-        assert_eq!(body["dropped"].as_array().map(Vec::len), Some(100));
-        assert_eq!(body["dropped_truncated"], 14_900);
-        // More than 500 KB holds: refused whole, the code at the top as well.
-        let flood = format!("{{\"batch\":[{}1]}}", "1,".repeat(200_000));
-        let (status, body, _) = answer(&w.api, post("/v1/batch", flood)).await;
-        assert_eq!(
-            (status, body["code"].as_str()),
-            (StatusCode::UNPROCESSABLE_ENTITY, Some("too_many"))
-        );
-        // A segment:write key serves Segment's routes only.
-        let (status, _, _) = answer(&w.api, request("apigw-post-user.json", |_| {})).await;
-        assert_eq!(status, StatusCode::FORBIDDEN);
-        assert!(w.queue.messages().is_empty());
     }
 
     #[tokio::test]
