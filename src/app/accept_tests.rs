@@ -3,7 +3,10 @@
 
 use super::*;
 use crate::app::fakes::*;
-use crate::contract::{parse_batch, parse_segment_batch, parse_upsert};
+use crate::contract::{
+    parse_batch, parse_segment_batch, parse_upsert, MAX_BATCH_BODY_BYTES, MAX_BATCH_USERS,
+    MAX_BODY_BYTES,
+};
 use crate::domain::idempotency::KeyRecord;
 use crate::domain::idempotency::LOCK_MS;
 use serde_json::{json, Value};
@@ -106,6 +109,50 @@ async fn the_key_is_marked_done_after_the_send_and_before_the_answer() {
     assert_eq!(sent.len(), 1);
     assert_eq!(sent[0].stamp, stamp(T0, "r1"));
     assert!(!sent[0].erase);
+}
+
+#[tokio::test]
+async fn the_largest_upserts_the_contract_takes_each_fit_one_queue_body() {
+    let w = world();
+    // A single upsert at the body limit, of characters JSON writes longest.
+    let filler = |room: usize| "\u{1}".repeat(room / 6);
+    let body = json!({"external_user_id": "u1", "traits": {"note": filler(MAX_BODY_BYTES - 100)}});
+    assert!(body.to_string().len() <= MAX_BODY_BYTES);
+    w.send(body, None, T0, "r1").await.unwrap();
+    // A full batch: a thousand users at the batch's limit.
+    let per_user = MAX_BATCH_BODY_BYTES / MAX_BATCH_USERS - 100;
+    let users = (0..MAX_BATCH_USERS)
+        .map(|i| json!({"external_user_id": format!("u{i}"), "traits": {"note": filler(per_user)}}))
+        .collect();
+    let accepted = w
+        .accept
+        .accept(&caller(100_000), batch(users, None), stamp(T0, "r2"))
+        .await
+        .unwrap();
+    assert!(matches!(accepted, Accepted::Batch { .. }), "{accepted:?}");
+    assert_eq!(w.queue.messages().len(), 1 + MAX_BATCH_USERS);
+    let largest = w
+        .queue
+        .messages()
+        .iter()
+        .map(|m| serde_json::to_vec(m).unwrap().len())
+        .max();
+    assert!(largest.unwrap() * 4 < SQS_BODY_BYTES, "{largest:?}");
+}
+
+#[tokio::test]
+async fn a_message_too_long_for_one_queue_body_is_refused_as_sqs_refuses_it() {
+    let queue = MemoryQueue::default();
+    let changes = crate::domain::Changes::default();
+    let long_id = "x".repeat(SQS_BODY_BYTES);
+    let message = crate::domain::UpsertMessage::new("ws", long_id, stamp(T0, "r1"), changes, true);
+    assert!(matches!(
+        queue.send(&message).await,
+        Err(PortError::Refused(_))
+    ));
+    let unsent = queue.send_all(std::slice::from_ref(&message)).await;
+    assert_eq!(unsent.messages, [0]);
+    assert!(queue.messages().is_empty());
 }
 
 #[tokio::test]

@@ -191,10 +191,23 @@ impl MemoryQueue {
     }
 }
 
+/// SQS's most bytes of one message body (the queues keep the default maximum).
+pub const SQS_BODY_BYTES: usize = 256 * 1024;
+
+/// A message SQS would refuse as too long is refused here too.
+fn fits_one_body(message: &UpsertMessage) -> Result<(), PortError> {
+    let bytes = serde_json::to_vec(message).map_or(usize::MAX, |body| body.len());
+    if bytes > SQS_BODY_BYTES {
+        return Err(PortError::Refused("InvalidParameterValue".into()));
+    }
+    Ok(())
+}
+
 impl UpsertQueue for MemoryQueue {
     async fn send(&self, message: &UpsertMessage) -> Result<(), PortError> {
         self.journal.note("queue.send");
         self.faults.check("queue.send")?;
+        fits_one_body(message)?;
         lock(&self.sent).push(message.clone());
         Ok(())
     }
@@ -210,11 +223,17 @@ impl UpsertQueue for MemoryQueue {
         let refuse = lock(&self.refuse).clone();
         let mut unsent = Unsent::default();
         for (index, message) in messages.iter().enumerate() {
-            if refuse.contains(&index) {
-                unsent.messages.push(index);
-                unsent.error = Some(unavailable());
+            let refused = if refuse.contains(&index) {
+                Err(unavailable())
             } else {
-                lock(&self.sent).push(message.clone());
+                fits_one_body(message)
+            };
+            match refused {
+                Ok(()) => lock(&self.sent).push(message.clone()),
+                Err(error) => {
+                    unsent.messages.push(index);
+                    unsent.error = Some(error);
+                }
             }
         }
         unsent
