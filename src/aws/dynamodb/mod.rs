@@ -124,12 +124,22 @@ conditional_error!(PutItemError, UpdateItemError, DeleteItemError);
 pub(crate) fn condition<T, E: ConditionalError>(
     result: Result<T, SdkError<E, HttpResponse>>,
 ) -> Result<Condition, PortError> {
+    Ok(match conditional(result)? {
+        Ok(_) => Condition::Held,
+        Err(found) => Condition::Failed(found),
+    })
+}
+
+/// A conditional write's output when its condition held, or the item as found.
+pub(crate) fn conditional<T, E: ConditionalError>(
+    result: Result<T, SdkError<E, HttpResponse>>,
+) -> Result<Result<T, Option<Item>>, PortError> {
     match result {
-        Ok(_) => Ok(Condition::Held),
+        Ok(output) => Ok(Ok(output)),
         Err(SdkError::ServiceError(failure)) => {
             let status = failure.raw().status().as_u16();
             match failure.into_err().failed_condition() {
-                Ok(item) => Ok(Condition::Failed(item)),
+                Ok(item) => Ok(Err(item)),
                 Err(other) => Err(crate::aws::service_error(&other, status)),
             }
         }
