@@ -20,15 +20,19 @@ Entered` at a subscriber: an EventBridge rule into an SQS queue).
 
 Rates scale with f, durations do not: a limit and the load on it both shrink by f, so
 anything paced by a per-key limit takes as long as on AWS. Three consequences:
-- every request takes a lease on its workspace's rate-limit counter, two write units
-  when its second opens a new window (a failed conditional update, then a put): a
-  workspace gets 1,000 × f / 2 requests a second. The light workspaces are therefore
-  at least 9,999 × f and so many that each keeps to half of that (32 at 0.22 upserts/s
-  at 0.001; on AWS each light workspace's 0.7/s is far below its limits);
-- the import is paced as docs/scale.md says an import must be until its fixes land, at
-  90 % of its hottest key (each imported user writes a transactional entry, 2 units,
-  into the member list of the audience every imported user enters: 0.45 users/s at
-  0.001), and sends what fits in the phase; `--import-rate` sends faster;
+- every request takes a lease on one shard of its workspace's rate-limit counter (a
+  rate-100 key has 16 at 0.001: RATE_LIMIT_SHARD_RATE is scaled too), up to two write
+  units when its second opens a new window (an instance's first lease there: a failed
+  conditional update, then a put; later ones open from what it saw, one unit). The plan
+  still sizes the light workspaces as if a workspace got only 1,000 × f / 2 requests a
+  second from one key: at least 9,999 × f, and so many that each keeps to half of that
+  (32 at 0.22 upserts/s at 0.001; on AWS each light workspace's 0.7/s is far below its
+  limits);
+- the import is paced at 90 % of what one key takes of it (each imported user writes a
+  transactional entry, 2 units, into the member list of the audience every imported
+  user enters; lists are 16 keys now, but the `workspace-users` index key takes every
+  new user of a workspace, 1 unit each, so the pace stays near one key's: 0.45 users/s
+  at 0.001), and sends what fits in the phase; `--import-rate` sends faster;
 - setup is slow: a define costs ~6 units on its workspace's audiences partition, so the
   heavy workspace's 100 audiences take ~12 minutes at 0.001 (the driver's own requests
   keep to the workspace's request budget, the defines first).
@@ -86,7 +90,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import stack  # noqa: E402
 from drill.audiences import matches, replay  # noqa: E402
 from live import Subscriber, call, create_key, quantile, retried, vfctl  # noqa: E402
-from stack.throughput import PUT_EVENTS_PER_SECOND, READ_UNITS_PER_KEY, WRITE_UNITS_PER_KEY  # noqa: E402
+from stack.throughput import (MIN_BURST_UNITS, PUT_EVENTS_PER_SECOND, READ_UNITS_PER_KEY,  # noqa: E402
+                              WRITE_UNITS_PER_KEY)
 
 OUT = stack.ROOT / "target" / "scale" / "summary.json"
 DOC = stack.ROOT / "docs" / "scale.md"
@@ -114,9 +119,9 @@ KEY_MARGIN = 0.9
 # Write units a new user puts on the hottest key it touches: its transactional entry in
 # the member list of an audience every such user enters (docs/scale.md, "member list").
 LIST_ENTRY_UNITS = 2
-# Write units a request puts on its workspace's rate-limit counter when its second is a
-# new window, as it is for any workspace under one request a second: the lease's
-# conditional update fails (billed) and the window's put follows (counters.rs).
+# Write units a request puts on its workspace's rate-limit counter, at most, when its
+# second is a new window: an instance's first lease fails its condition (billed) and the
+# window's put follows (app/rate_limit.rs, counters.rs).
 COUNTER_UNITS_PER_REQUEST = 2
 # A light workspace keeps to this share of its counter's request budget (room for the
 # jitter of arrivals): so many light workspaces that each stays under it.
@@ -1156,12 +1161,12 @@ def measured_section(summary):
                     f"{g['max_demand_per_s']:g} units/s against {g['limit_per_s']:g}"
                     for g in grouped_hot_keys(summary)) or "- none"
     limit = plan["limits"]["write_units_per_key_per_s"]
-    burst = "" if limit >= PER_REQUEST_BURST_UNITS else (
+    burst = "" if limit >= MIN_BURST_UNITS else (
         f"\nAt this factor a key takes {limit:g} write unit{'s' if limit != 1 else ''} a second, less than some single "
-        f"requests write to one key within a second (each {PER_REQUEST_BURST_UNITS} units: a rate-limit counter's "
-        "new window, a failed conditional update and a put; an Idempotency-Key's claim and mark; a member-list "
-        "entry, transactional; a user's audience state, its commit and its clear), so such keys are throttled and "
-        "counted over their limit whatever the load: those hot keys are the factor's, not the load's.\n")
+        f"requests write to one key at once ({MIN_BURST_UNITS} units: an Idempotency-Key's claim and mark, a "
+        "rate-limit counter's refused lease and open, a transactional member-list entry). A request is not scaled "
+        f"down with the load, so a key's bucket holds {MIN_BURST_UNITS} units (dev/stack/throughput.py): one "
+        "request's writes pass, and a key is hot only when it throttles in more than one second.\n")
     throttled = "; ".join(f"phase {p[-1]}: " + (", ".join(f"`{t}` {n}" for t, n in sorted(
         summary["classes"][c]["throttled"].items())) or "none")
         for p, c in (("phase1", "light_alone"), ("phase2", "heavy")))
@@ -1200,8 +1205,6 @@ Throttled calls: {throttled}. Setup (not counted above): {summary['setup'].get('
 {summary.get('parked_at_end', {}).get('messages')}.
 """
 
-
-PER_REQUEST_BURST_UNITS = 2
 
 
 def grouped_hot_keys(summary):

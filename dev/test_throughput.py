@@ -206,6 +206,22 @@ class Limits(unittest.TestCase):
         tiny = Throughput(0.00001, KEY_SCHEMAS, INDEXES, self.clock)
         self.assertEqual([tiny.admit("AWSEvents.PutEvents", {}).refusal is None for _ in range(2)], [True, False])
 
+    def test_one_request_s_writes_to_a_key_pass_at_any_factor_and_more_a_second_do_not(self):
+        tiny = Throughput(0.001, KEY_SCHEMAS, INDEXES, self.clock)  # 1 unit a second
+        admitted = lambda: tiny.admit("DynamoDB_20120810.PutItem", counter("ws")).refusal is None
+        # A claim and its mark, every other second, for a minute: never throttled.
+        for _ in range(30):
+            self.assertEqual([admitted(), admitted()], [True, True])
+            self.clock.advance(2)
+        self.assertEqual((tiny.report()["throttled"], tiny.report()["hot_keys"]), ({}, []))
+        # Two a second, sustained: throttled within seconds, and hot.
+        results = []
+        for _ in range(10):
+            results += [admitted(), admitted()]
+            self.clock.advance(1)
+        self.assertIn(False, results)
+        self.assertEqual([h["key"] for h in tiny.report()["hot_keys"]], ["ws"])
+
     def test_a_hot_key_is_over_its_limit_in_more_than_one_second(self):
         for _ in range(12):
             self.admit("PutItem", counter("ws"))
@@ -282,12 +298,13 @@ class ProxyWiring(unittest.TestCase):
             return json.loads(response.read() or b"null")
 
     def test_a_throttled_write_is_answered_as_dynamodb_does_and_reported(self):
-        self.start(scale=0.001)  # 1 write unit a second per key
-        self.assertEqual(self.call(DYNAMODB + "PutItem", counter("ws"))[0], 200)
+        self.start(scale=0.001)  # 1 write unit a second per key, 2 held (one request's)
+        for _ in range(2):
+            self.assertEqual(self.call(DYNAMODB + "PutItem", counter("ws"))[0], 200)
         status, content_type, error = self.call(DYNAMODB + "PutItem", counter("ws"))
         self.assertEqual((status, content_type, error["__type"]),
                          (400, "application/x-amz-json-1.0", PROVISIONED_THROUGHPUT_EXCEEDED))
-        self.assertEqual([target for target, _ in FakeMoto.received].count(DYNAMODB + "PutItem"), 1)
+        self.assertEqual([target for target, _ in FakeMoto.received].count(DYNAMODB + "PutItem"), 2)
         self.assertEqual(self.report()["throttled"], {"counters": 1})
         self.report("DELETE")
         self.assertEqual(self.report()["throttled"], {})

@@ -14,9 +14,13 @@ limits, times the scale:
 - PutEvents, 10,000 requests a second per account in us-east-1 (see
   PUT_EVENTS_PER_SECOND), at least 1 a second here whatever the scale.
 
-Each limit is a token bucket holding at most one second's worth. AWS keeps up to 300 s
-of a table's unused capacity as burst, but a partition's 1,000/3,000 a second are a hard
-ceiling, and that ceiling is what this models. A call larger than a second's worth (a
+Each limit is a token bucket holding at most one second's worth, or one request's
+writes to one key when that is more (MIN_BURST_UNITS, 2: an Idempotency-Key's claim and
+mark, a rate-limit counter's refused lease and open, a transactional member-list
+entry). AWS keeps up to 300 s of a table's unused capacity as burst, but a partition's
+1,000/3,000 a second are a hard ceiling, and that ceiling is what this models; a
+request is not scaled down with the load, so at a factor where a key takes less than
+one request's writes a second (1 unit at 0.001) the bucket still holds one request's. A call larger than a second's worth (a
 20 KB item at 0.01) passes on a full bucket and leaves it in debt for the next seconds;
 at scale 1 no call is (an item is at most 400 KB: 400 units).
 
@@ -48,7 +52,8 @@ ThrottlingError the reason of each action on a throttled partition, None the oth
 PutEvents past its rate: 400 ThrottlingException.
 
 Every bucket also keeps the demand it saw per second (units asked, throttled or not) for
-the report: the seconds in which demand passed the limit, and its busiest second.
+the report: its busiest second, and the seconds in which it throttled a call (demand
+past what the bucket could serve: its rate, and what it had kept).
 """
 import hashlib
 import json
@@ -64,6 +69,10 @@ from .settings import ACCOUNT, REGION
 # throughput exceeded (hot partitions)" and AWS re:Post, "on-demand table throttling".
 WRITE_UNITS_PER_KEY = 1000
 READ_UNITS_PER_KEY = 3000
+# What a key's bucket holds at least, in units: one request's writes to one key (its
+# Idempotency-Key's claim and mark; a rate-limit counter's refused lease and open; a
+# transactional member-list entry), which a factor scales no smaller.
+MIN_BURST_UNITS = 2
 # EventBridge User Guide, "Amazon EventBridge quotas": "PutEvents throttle limit in
 # transactions per second", us-east-1: 10,000 per second (adjustable; a request carries
 # up to 10 entries).
@@ -95,38 +104,45 @@ def limited(target):
 
 
 class Bucket:
-    """One limit of `rate` units a second: the units it can still serve (at most a
-    second's worth, negative in debt), and the demand it saw per second."""
-    __slots__ = ("rate", "tokens", "updated", "second", "demand", "peak", "seconds_over")
+    """One limit of `rate` units a second: the units it can still serve (at most
+    `capacity`, a second's worth or one request's writes, negative in debt), the demand
+    it saw per second, and the seconds in which it throttled."""
+    __slots__ = ("rate", "capacity", "tokens", "updated", "second", "demand", "throttling", "peak",
+                 "seconds_over")
 
-    def __init__(self, rate, now):
-        self.rate, self.tokens, self.updated = rate, rate, now
-        self.second, self.demand, self.peak, self.seconds_over = int(now), 0.0, 0.0, 0
+    def __init__(self, rate, now, least=0.0):
+        self.rate, self.capacity, self.updated = rate, max(rate, least), now
+        self.tokens = self.capacity
+        self.second, self.demand, self.throttling, self.peak, self.seconds_over = int(now), 0.0, False, 0.0, 0
 
     def refill(self, now):
-        self.tokens = min(self.rate, self.tokens + (now - self.updated) * self.rate)
+        self.tokens = min(self.capacity, self.tokens + (now - self.updated) * self.rate)
         self.updated = now
 
     def can_pay(self, units):
-        """A call larger than a second's worth needs a full bucket (see the module's
+        """A call larger than the bucket holds needs a full bucket (see the module's
         docstring)."""
-        return self.tokens >= min(units, self.rate)
+        return self.tokens >= min(units, self.capacity)
 
     def take(self, units):
-        """Takes `units` (gives them back when negative, up to a second's worth)."""
-        self.tokens = min(self.rate, self.tokens - units)
+        """Takes `units` (gives them back when negative, up to what it holds)."""
+        self.tokens = min(self.capacity, self.tokens - units)
 
     def demanded(self, units, now):
         second = int(now)
         if second != self.second:
             self.peak, self.seconds_over = self.summary()
-            self.second, self.demand = second, 0.0
+            self.second, self.demand, self.throttling = second, 0.0, False
         self.demand = max(0.0, self.demand + units)
 
+    def throttled(self):
+        """It could not serve a call in the current second."""
+        self.throttling = True
+
     def summary(self):
-        """(the busiest second's demand, the seconds whose demand passed the rate),
-        the current second included."""
-        return max(self.peak, self.demand), self.seconds_over + (self.demand > self.rate)
+        """(the busiest second's demand, the seconds in which it throttled), the
+        current second included."""
+        return max(self.peak, self.demand), self.seconds_over + self.throttling
 
 
 class Admission:
@@ -270,6 +286,7 @@ class Throughput:
             bucket.refill(now)
             bucket.demanded(units, now)
             if not bucket.can_pay(units):
+                bucket.throttled()
                 short.add(bucket_id)
         return short
 
@@ -284,7 +301,9 @@ class Throughput:
     def _bucket(self, bucket_id, now):
         bucket = self.buckets.get(bucket_id)
         if bucket is None:
-            bucket = self.buckets[bucket_id] = Bucket(self.rates[bucket_id[2]], now)
+            kind = bucket_id[2]
+            least = MIN_BURST_UNITS if kind in ("read", "write") else 0
+            bucket = self.buckets[bucket_id] = Bucket(self.rates[kind], now, least)
         return bucket
 
     # --- what calls cost ------------------------------------------------------------
@@ -414,8 +433,7 @@ class Throughput:
 
     def report(self):
         """GET /__throughput: throttled calls (and batch items) per table or index,
-        the hot keys (demand past the limit in more than one second) and the busiest
-        keys. Index key values can be item contents (the email index's are emails):
+        the hot keys (throttling in more than one second) and the busiest keys. Index key values can be item contents (the email index's are emails):
         they are shown as a digest."""
         with self.lock:
             rows = [(bucket_id, bucket.rate, *bucket.summary()) for bucket_id, bucket in self.buckets.items()]

@@ -27,6 +27,7 @@ use super::{AppError, Caller};
 use crate::domain::rate_limit::{shard_count, Bounds, DEFAULT_SHARD_RATE, MAX_SHARDS};
 use std::borrow::Cow;
 use std::collections::HashMap;
+use std::hash::{BuildHasher, RandomState};
 use std::sync::Mutex;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -139,6 +140,8 @@ pub struct RateLimiter<S> {
     local: Mutex<HashMap<(String, u32), Local>>,
     /// Requests a second one counter shard hands out at most.
     shard_rate: f64,
+    /// This instance's own: where its leases start on each workspace's shards.
+    seed: RandomState,
 }
 
 impl<S: Counters> RateLimiter<S> {
@@ -153,6 +156,7 @@ impl<S: Counters> RateLimiter<S> {
             store,
             local: Mutex::new(HashMap::new()),
             shard_rate,
+            seed: RandomState::new(),
         }
     }
 
@@ -169,53 +173,80 @@ impl<S: Counters> RateLimiter<S> {
         let shards = shard_count(rate, self.shard_rate);
         let bounds = Bounds::of(rate);
         let local_key = (workspace_id.to_owned(), rate);
-        {
-            let mut all = self.lock();
-            let local = all.entry(local_key.clone()).or_default();
-            *local = local.at(window);
-            local.seen += cost;
-        }
+        let local = |change: &mut dyn FnMut(&mut Local)| {
+            self.with_local(&local_key, window, shards, change);
+        };
+        local(&mut |local| local.seen += cost);
         // Each shard at most once: the request is refused when none has room.
         for _ in 0..shards {
-            let (shard, wanted, known) = {
-                let mut all = self.lock();
-                let local = all.entry(local_key.clone()).or_default();
-                *local = local.at(window);
-                if local.spend(cost) {
-                    return Ok(RateDecision::Allowed);
-                }
-                let Some(shard) = local.shard_with_room(shards) else {
-                    return Ok(limited());
+            let mut next = Err(limited());
+            local(&mut |local| {
+                next = if local.spend(cost) {
+                    Err(RateDecision::Allowed)
+                } else if let Some(shard) = local.shard_with_room(shards) {
+                    let wanted = local.lease_size(bounds.part(shards, shard));
+                    Ok((
+                        shard,
+                        wanted.max(cost - local.tokens),
+                        local.known[shard as usize],
+                    ))
+                } else {
+                    Err(limited())
                 };
-                let part = bounds.part(shards, shard);
-                let wanted = local.lease_size(part).max(cost - local.tokens);
-                (shard, wanted, local.known[shard as usize])
+            });
+            let (shard, wanted, known) = match next {
+                Ok(lease) => lease,
+                Err(decision) => return Ok(decision),
             };
             let part = bounds.part(shards, shard);
             let key = counter_key(workspace_id, shard);
             let (granted, seen) = self.lease(&key, part, window, wanted, known).await?;
-            let mut all = self.lock();
-            let local = all.entry(local_key.clone()).or_default();
-            *local = local.at(window);
-            if seen.is_some() {
-                local.known[shard as usize] = seen;
-            }
-            match granted {
-                // Tokens short of the cost stay leased, for this request's next shard
-                // or for smaller requests.
-                Lease::Granted(tokens) => local.tokens += tokens,
-                Lease::Exhausted => local.exhausted |= 1 << shard,
-                Lease::Contended => return Ok(limited()),
+            let mut contended = false;
+            local(&mut |local| {
+                if seen.is_some() {
+                    local.known[shard as usize] = seen;
+                }
+                match granted {
+                    // Tokens short of the cost stay leased, for this request's next
+                    // shard or for smaller requests.
+                    Lease::Granted(tokens) => local.tokens += tokens,
+                    Lease::Exhausted => local.exhausted |= 1 << shard,
+                    Lease::Contended => contended = true,
+                }
+            });
+            if contended {
+                return Ok(limited());
             }
         }
-        let mut all = self.lock();
-        let local = all.entry(local_key).or_default();
-        *local = local.at(window);
-        Ok(if local.spend(cost) {
+        let mut spent = false;
+        local(&mut |local| spent = local.spend(cost));
+        Ok(if spent {
             RateDecision::Allowed
         } else {
             limited()
         })
+    }
+
+    /// Runs `change` on this instance's view of a workspace at `window`. A view starts
+    /// its leases at a shard of its own, so that instances starting together do not
+    /// all begin on the first.
+    fn with_local(
+        &self,
+        key: &(String, u32),
+        window: i64,
+        shards: u32,
+        change: &mut dyn FnMut(&mut Local),
+    ) {
+        let mut all = self
+            .local
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let local = all.entry(key.clone()).or_insert_with(|| Local {
+            next_shard: (self.seed.hash_one(&key.0) % u64::from(shards)) as u32,
+            ..Local::default()
+        });
+        *local = local.at(window);
+        change(local);
     }
 
     /// The rate-limit step of the contract's order of checks, for a request that counts
@@ -297,12 +328,6 @@ impl<S: Counters> RateLimiter<S> {
             }
         }
         Ok((Lease::Contended, None))
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(String, u32), Local>> {
-        self.local
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
@@ -564,6 +589,26 @@ mod tests {
             (counter.window, counter.used, counter.previous),
             (start_ms / 1000 + 3, 2, 1)
         );
+    }
+
+    #[test]
+    fn instances_starting_together_begin_on_shards_of_their_own() {
+        let store = Arc::new(MemoryCounters::default());
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let now_ms = 1_800_000_000_000;
+        // 16 shards; 16 cold instances, one request each in the same second.
+        for _ in 0..16 {
+            let limiter = RateLimiter::with_shard_rate(Arc::clone(&store), 1.0);
+            let decision = limiter.check("ws", 100, 1, now_ms);
+            assert_eq!(runtime.block_on(decision).unwrap(), RateDecision::Allowed);
+        }
+        let touched = (0..16)
+            .filter(|shard| store.counter(&counter_key("ws", *shard)).is_some())
+            .count();
+        // All on one shard would be one in 16^15; the first shard alone, the old way.
+        assert!(touched > 1, "{touched} shard(s) took all 16 first leases");
     }
 
     /// Rates spread over 4 to 16 shards (a shard rate of 10 a second).

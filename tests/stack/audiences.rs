@@ -828,3 +828,82 @@ async fn a_stream_batch_that_kept_failing_is_read_again_and_its_users_settled() 
     stack.members_when(&key, "trials", &members).await;
     assert_eq!(waiting(), Some(0));
 }
+
+#[tokio::test]
+#[ignore = "needs the local stack: run `make test`"]
+async fn the_definitions_revision_is_read_from_copies_kept_with_it_or_made_from_it() {
+    use vibefollow_users::app::ports::Audiences;
+    use vibefollow_users::aws::dynamodb::AudienceStore;
+    use vibefollow_users::aws_sdk_dynamodb::types::AttributeValue;
+    let stack = Stack::new().await;
+    let key = stack.key(&ALL_SCOPES).await;
+    let store = AudienceStore::new(
+        stack.dynamodb.clone(),
+        &stack.resources.audiences_table,
+        &stack.resources.audience_members_table,
+    );
+    let workspace = stack.workspace.as_str();
+    let trial = json!({"field": "plan", "op": "eq", "value": "trial"});
+    stack.define(&key, "trials", trial).await;
+    let copy = |k: u32| {
+        let table = &stack.resources.audiences_table;
+        let pk = AttributeValue::S(format!("{workspace}#{k}"));
+        let sk = AttributeValue::S("#definitions".into());
+        (table, pk, sk)
+    };
+    let copies = || async {
+        let mut revisions = Vec::new();
+        for k in 1..4 {
+            let (table, pk, sk) = copy(k);
+            let out = stack
+                .dynamodb
+                .get_item()
+                .table_name(table)
+                .key("pk", pk)
+                .key("sk", sk)
+                .consistent_read(true)
+                .send()
+                .await
+                .unwrap();
+            revisions.push(
+                out.item
+                    .and_then(|i| i.get("revision")?.as_n().ok()?.parse::<u64>().ok()),
+            );
+        }
+        revisions
+    };
+    // Written with the revision, in the define's transaction.
+    assert_eq!(copies().await, [Some(1); 3]);
+    for _ in 0..8 {
+        assert_eq!(store.revision(workspace).await.unwrap(), 1);
+    }
+    // A workspace from before copies were kept: every read answers its revision, and
+    // the copies are made from it.
+    for k in 1..4 {
+        let (table, pk, sk) = copy(k);
+        stack
+            .dynamodb
+            .delete_item()
+            .table_name(table)
+            .key("pk", pk)
+            .key("sk", sk)
+            .send()
+            .await
+            .unwrap();
+    }
+    assert_eq!(copies().await, [None; 3]);
+    for _ in 0..8 {
+        assert_eq!(store.revision(workspace).await.unwrap(), 1);
+    }
+    assert_eq!(copies().await, [Some(1); 3]);
+    // The next define moves them all.
+    stack
+        .define(
+            &key,
+            "pros",
+            json!({"field": "plan", "op": "eq", "value": "pro"}),
+        )
+        .await;
+    assert_eq!(copies().await, [Some(2); 3]);
+    assert_eq!(store.revision(workspace).await.unwrap(), 2);
+}

@@ -2,7 +2,7 @@
 //!
 //! Audiences: `pk` = workspace, `sk` = audience id, and one item `sk` = `#definitions`
 //! holding the workspace's definitions revision, which every define and delete moves
-//! on in the same transaction. Members: `pk` = `u#<workspace>#<user>`, `sk` = `state`
+//! on in the same transaction, with its copies (`revision.rs`). Members: `pk` = `u#<workspace>#<user>`, `sk` = `state`
 //! (the user's standings, pending decisions, next due instant, optimistic `rev`), and
 //! `pk` = `a#<workspace>#<audience>#<shard>`, `sk` = user (the member list, in 16 shards
 //! by user so that no one key takes every change of a large audience, each in id order;
@@ -17,6 +17,7 @@
 mod items;
 mod lists;
 mod memberships;
+mod revision;
 
 use items::{audience_from_item, count_key, due_shard, state_from_item, state_item, user_shard};
 
@@ -92,30 +93,6 @@ impl AudienceStore {
             (PARTITION_KEY.to_owned(), s(pk)),
             (SORT_KEY.to_owned(), s(sk)),
         ])
-    }
-
-    /// The definitions revision moved from `revision` to `to`, as a transaction item.
-    fn move_revision(
-        &self,
-        workspace_id: &str,
-        revision: u64,
-        to: u64,
-    ) -> Result<TransactWriteItem, PortError> {
-        let update = Update::builder()
-            .table_name(&self.audiences)
-            .set_key(Some(Self::key(workspace_id.to_owned(), DEFINITIONS)))
-            .update_expression("SET revision = :to")
-            .expression_attribute_values(":to", n(to));
-        let update = if revision == 0 {
-            update.condition_expression("attribute_not_exists(pk)")
-        } else {
-            update
-                .condition_expression("revision = :from")
-                .expression_attribute_values(":from", n(revision))
-        };
-        Ok(TransactWriteItem::builder()
-            .update(built(update.build())?)
-            .build())
     }
 
     /// Runs a transaction; `false` when a condition failed or another transaction
@@ -214,19 +191,7 @@ impl Audiences for AudienceStore {
     }
 
     async fn revision(&self, workspace_id: &str) -> Result<u64, PortError> {
-        let out = self
-            .client
-            .get_item()
-            .table_name(&self.audiences)
-            .set_key(Some(Self::key(workspace_id.to_owned(), DEFINITIONS)))
-            .consistent_read(true)
-            .send()
-            .await?;
-        Ok(out
-            .item
-            .as_ref()
-            .and_then(|item| get_n(item, "revision"))
-            .unwrap_or(0))
+        self.current_revision(workspace_id).await
     }
 
     async fn get(
@@ -268,13 +233,13 @@ impl Audiences for AudienceStore {
         let put = Put::builder()
             .table_name(&self.audiences)
             .set_item(Some(item));
-        self.transact(vec![
-            self.move_revision(workspace_id, revision, audience.rule_rev)?,
+        let mut items = self.move_revision(workspace_id, revision, audience.rule_rev)?;
+        items.push(
             TransactWriteItem::builder()
                 .put(built(put.build())?)
                 .build(),
-        ])
-        .await
+        );
+        self.transact(items).await
     }
 
     async fn delete(
@@ -286,13 +251,13 @@ impl Audiences for AudienceStore {
         let delete = Delete::builder()
             .table_name(&self.audiences)
             .set_key(Some(Self::key(workspace_id.to_owned(), audience_id)));
-        self.transact(vec![
-            self.move_revision(workspace_id, revision, revision + 1)?,
+        let mut items = self.move_revision(workspace_id, revision, revision + 1)?;
+        items.push(
             TransactWriteItem::builder()
                 .delete(built(delete.build())?)
                 .build(),
-        ])
-        .await
+        );
+        self.transact(items).await
     }
 
     async fn record_build(
