@@ -261,7 +261,7 @@ impl Counters for Arc<MemoryCounters> {
         window: i64,
         tokens: u64,
         bounds: Bounds,
-    ) -> Result<Result<Counter, Option<Counter>>, PortError> {
+    ) -> Result<Result<(), Option<Counter>>, PortError> {
         self.faults.check("counters.take")?;
         let mut counters = lock(&self.counters);
         let found = counters.get(key).copied();
@@ -272,7 +272,7 @@ impl Counters for Arc<MemoryCounters> {
                     && c.used + c.previous + tokens <= bounds.pair =>
             {
                 c.used += tokens;
-                Ok(Ok(*c))
+                Ok(Ok(()))
             }
             _ => Ok(Err(found)),
         }

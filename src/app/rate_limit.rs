@@ -24,7 +24,7 @@
 
 use super::ports::{Counter, Counters, PortError};
 use super::{AppError, Caller};
-use crate::domain::rate_limit::{shard_count, Bounds, DEFAULT_SHARD_RATE, MAX_SHARDS};
+use crate::domain::rate_limit::{shard_count, Bounds, DEFAULT_SHARD_RATE};
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
@@ -66,10 +66,6 @@ struct Local {
     seen_before: u64,
     /// The shard the next lease tries first: leases go round the shards.
     next_shard: u32,
-    /// Each shard as this instance last saw it (kept across windows): a shard last
-    /// seen in an older window is opened from it at once, one write when no other
-    /// instance moved it since, instead of a refused lease and then the open.
-    known: [Option<Counter>; MAX_SHARDS as usize],
 }
 
 impl Local {
@@ -84,7 +80,6 @@ impl Local {
                 window,
                 seen_before,
                 next_shard: self.next_shard,
-                known: self.known,
                 ..Local::default()
             };
         }
@@ -185,27 +180,20 @@ impl<S: Counters> RateLimiter<S> {
                     Err(RateDecision::Allowed)
                 } else if let Some(shard) = local.shard_with_room(shards) {
                     let wanted = local.lease_size(bounds.part(shards, shard));
-                    Ok((
-                        shard,
-                        wanted.max(cost - local.tokens),
-                        local.known[shard as usize],
-                    ))
+                    Ok((shard, wanted.max(cost - local.tokens)))
                 } else {
                     Err(limited())
                 };
             });
-            let (shard, wanted, known) = match next {
+            let (shard, wanted) = match next {
                 Ok(lease) => lease,
                 Err(decision) => return Ok(decision),
             };
             let part = bounds.part(shards, shard);
             let key = counter_key(workspace_id, shard);
-            let (granted, seen) = self.lease(&key, part, window, wanted, known).await?;
+            let granted = self.lease(&key, part, window, wanted).await?;
             let mut contended = false;
             local(&mut |local| {
-                if seen.is_some() {
-                    local.known[shard as usize] = seen;
-                }
                 match granted {
                     // Tokens short of the cost stay leased, for this request's next
                     // shard or for smaller requests.
@@ -271,36 +259,17 @@ impl<S: Counters> RateLimiter<S> {
         }
     }
 
-    /// Takes up to `wanted` tokens of `window` from the counter `key`, which this
-    /// instance last saw as `known`; and the counter as seen now, if it was.
+    /// Takes up to `wanted` tokens of `window` from the counter `key`.
     async fn lease(
         &self,
         key: &str,
         bounds: Bounds,
         mut window: i64,
         mut wanted: u64,
-        known: Option<Counter>,
-    ) -> Result<(Lease, Option<Counter>), PortError> {
-        // Last seen in an older window: open this one from it. Others' leases since
-        // only lower the room, so none by it is none at all.
-        let mut stale = known.filter(|counter| counter.window < window);
+    ) -> Result<Lease, PortError> {
         for _ in 0..MAX_ATTEMPTS {
-            if let Some(found) = stale.take() {
-                let room = found.room_in(window, bounds);
-                if room == 0 {
-                    return Ok((Lease::Exhausted, Some(found)));
-                }
-                wanted = wanted.min(room);
-                if self
-                    .store
-                    .start_window(key, Some(found), window, wanted)
-                    .await?
-                {
-                    return Ok((Lease::Granted(wanted), Some(opened(found, window, wanted))));
-                }
-            }
             let found = match self.store.take(key, window, wanted, bounds).await? {
-                Ok(now) => return Ok((Lease::Granted(wanted), Some(now))),
+                Ok(()) => return Ok(Lease::Granted(wanted)),
                 Err(found) => found,
             };
             match found {
@@ -309,39 +278,23 @@ impl<S: Counters> RateLimiter<S> {
                 Some(counter) if counter.window == window => {
                     let room = counter.room_in(window, bounds);
                     if room == 0 {
-                        return Ok((Lease::Exhausted, Some(counter)));
+                        return Ok(Lease::Exhausted);
                     }
                     wanted = wanted.min(room);
                 }
-                Some(counter) => stale = Some(counter),
-                None => {
-                    wanted = wanted.min(bounds.second);
-                    if self.store.start_window(key, None, window, wanted).await? {
-                        let granted = Counter {
-                            window,
-                            used: wanted,
-                            previous: 0,
-                        };
-                        return Ok((Lease::Granted(wanted), Some(granted)));
+                stale => {
+                    let room = stale.map_or(bounds.second, |c| c.room_in(window, bounds));
+                    if room == 0 {
+                        return Ok(Lease::Exhausted);
+                    }
+                    wanted = wanted.min(room);
+                    if self.store.start_window(key, stale, window, wanted).await? {
+                        return Ok(Lease::Granted(wanted));
                     }
                 }
             }
         }
-        Ok((Lease::Contended, None))
-    }
-}
-
-/// A counter found at `found` once `window` is opened from it with `tokens` taken.
-fn opened(found: Counter, window: i64, tokens: u64) -> Counter {
-    let previous = if found.window == window - 1 {
-        found.used
-    } else {
-        0
-    };
-    Counter {
-        window,
-        used: tokens,
-        previous,
+        Ok(Lease::Contended)
     }
 }
 
@@ -524,71 +477,6 @@ mod tests {
             "Retry-After: 1 must be honest"
         );
         assert_eq!(counter.room_in(13, bounds), burst(5));
-    }
-
-    /// The counters, counting the writes made to them.
-    #[derive(Default)]
-    struct Writes {
-        counters: Arc<MemoryCounters>,
-        made: Mutex<Vec<&'static str>>,
-    }
-
-    impl Counters for Arc<Writes> {
-        async fn take(
-            &self,
-            key: &str,
-            window: i64,
-            tokens: u64,
-            bounds: Bounds,
-        ) -> Result<Result<Counter, Option<Counter>>, PortError> {
-            self.made.lock().unwrap().push("take");
-            self.counters.take(key, window, tokens, bounds).await
-        }
-
-        async fn start_window(
-            &self,
-            key: &str,
-            found: Option<Counter>,
-            window: i64,
-            tokens: u64,
-        ) -> Result<bool, PortError> {
-            self.made.lock().unwrap().push("open");
-            self.counters.start_window(key, found, window, tokens).await
-        }
-    }
-
-    #[test]
-    fn a_lone_instance_opens_each_second_of_a_shard_with_one_write() {
-        let writes = Arc::new(Writes::default());
-        let limiter = RateLimiter::new(Arc::clone(&writes));
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .build()
-            .unwrap();
-        let start_ms = 1_800_000_000_000;
-        for second in 0..3 {
-            let decision = limiter.check("ws", 100, 1, start_ms + second * 1000);
-            assert_eq!(runtime.block_on(decision).unwrap(), RateDecision::Allowed);
-        }
-        // The first second: a refused lease (nothing stored) and the open; then each
-        // second opens at once from the counter as this instance left it.
-        assert_eq!(
-            *writes.made.lock().unwrap(),
-            ["take", "open", "open", "open"]
-        );
-        // Another instance opened the next second first: this one's open is refused
-        // (the one write more that contention costs) and its lease goes on.
-        let other = RateLimiter::new(Arc::clone(&writes));
-        let taken = other.check("ws", 100, 1, start_ms + 3000);
-        assert_eq!(runtime.block_on(taken).unwrap(), RateDecision::Allowed);
-        writes.made.lock().unwrap().clear();
-        let decision = limiter.check("ws", 100, 1, start_ms + 3000);
-        assert_eq!(runtime.block_on(decision).unwrap(), RateDecision::Allowed);
-        assert_eq!(*writes.made.lock().unwrap(), ["open", "take"]);
-        let counter = writes.counters.counter("ws").unwrap();
-        assert_eq!(
-            (counter.window, counter.used, counter.previous),
-            (start_ms / 1000 + 3, 2, 1)
-        );
     }
 
     #[test]

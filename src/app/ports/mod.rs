@@ -187,15 +187,14 @@ pub struct Counter {
 /// The shared rate counters (conditional writes in DynamoDB).
 pub trait Counters {
     /// Adds `tokens` to the counter `key` if it is at `window` and still has room for
-    /// them within `bounds`, and returns it as it is then; otherwise changes nothing
-    /// and returns the counter as found.
+    /// them within `bounds`; otherwise changes nothing and returns the counter as found.
     fn take(
         &self,
         key: &str,
         window: i64,
         tokens: u64,
         bounds: Bounds,
-    ) -> impl Future<Output = Result<Result<Counter, Option<Counter>>, PortError>> + Send;
+    ) -> impl Future<Output = Result<Result<(), Option<Counter>>, PortError>> + Send;
 
     /// Moves the counter from `found` (as read) to `window` with `tokens` taken;
     /// `false` if another instance moved it first.

@@ -2,11 +2,12 @@
 //! (`<workspace>#<shard>`, shards past the first).
 
 use super::{
-    condition_held, conditional, get_by_key, get_n, n, s, Item, PARTITION_KEY, TTL_ATTRIBUTE,
+    condition, condition_held, get_by_key, get_n, n, s, Condition, Item, PARTITION_KEY,
+    TTL_ATTRIBUTE,
 };
 use crate::app::ports::{Counter, Counters, PortError};
 use crate::domain::rate_limit::Bounds;
-use aws_sdk_dynamodb::types::{ReturnValue, ReturnValuesOnConditionCheckFailure};
+use aws_sdk_dynamodb::types::ReturnValuesOnConditionCheckFailure;
 use aws_sdk_dynamodb::Client;
 
 /// A counter outlives the window that reads it as "previous"; an expired one counts
@@ -44,7 +45,7 @@ impl Counters for RateLimitStore {
         window: i64,
         tokens: u64,
         bounds: Bounds,
-    ) -> Result<Result<Counter, Option<Counter>>, PortError> {
+    ) -> Result<Result<(), Option<Counter>>, PortError> {
         let max_used = bounds.second.checked_sub(tokens);
         let max_pair = bounds.pair.checked_sub(tokens);
         let (Some(max_used), Some(max_pair)) = (max_used, max_pair) else {
@@ -62,24 +63,12 @@ impl Counters for RateLimitStore {
             .expression_attribute_values(":window", n(window))
             .expression_attribute_values(":max_used", n(max_used))
             .expression_attribute_values(":max_pair", n(max_pair))
-            .return_values(ReturnValue::UpdatedNew)
             .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
             .send()
             .await;
-        Ok(match conditional(result)? {
-            Ok(updated) => {
-                // Only a guess for the next window's open (a wrong one fails its
-                // condition): read leniently.
-                let attributes = updated.attributes.unwrap_or_default();
-                let used = get_n(&attributes, "used").unwrap_or(u64::MAX);
-                let pair = get_n(&attributes, "pair").unwrap_or(used);
-                Ok(Counter {
-                    window,
-                    used,
-                    previous: pair.saturating_sub(used),
-                })
-            }
-            Err(found) => Err(found.as_ref().and_then(counter_from_item)),
+        Ok(match condition(result)? {
+            Condition::Held => Ok(()),
+            Condition::Failed(found) => Err(found.as_ref().and_then(counter_from_item)),
         })
     }
 

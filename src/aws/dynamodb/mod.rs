@@ -124,22 +124,12 @@ conditional_error!(PutItemError, UpdateItemError, DeleteItemError);
 pub(crate) fn condition<T, E: ConditionalError>(
     result: Result<T, SdkError<E, HttpResponse>>,
 ) -> Result<Condition, PortError> {
-    Ok(match conditional(result)? {
-        Ok(_) => Condition::Held,
-        Err(found) => Condition::Failed(found),
-    })
-}
-
-/// A conditional write's output when its condition held, or the item as found.
-pub(crate) fn conditional<T, E: ConditionalError>(
-    result: Result<T, SdkError<E, HttpResponse>>,
-) -> Result<Result<T, Option<Item>>, PortError> {
     match result {
-        Ok(output) => Ok(Ok(output)),
+        Ok(_) => Ok(Condition::Held),
         Err(SdkError::ServiceError(failure)) => {
             let status = failure.raw().status().as_u16();
             match failure.into_err().failed_condition() {
-                Ok(item) => Ok(Err(item)),
+                Ok(item) => Ok(Condition::Failed(item)),
                 Err(other) => Err(crate::aws::service_error(&other, status)),
             }
         }
