@@ -229,10 +229,17 @@ impl<S: Counters> RateLimiter<S> {
             .local
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let local = all.entry(key.clone()).or_insert_with(|| Local {
-            next_shard: (self.seed.hash_one(&key.0) % u64::from(shards)) as u32,
-            ..Local::default()
-        });
+        // The key is copied once per workspace and rate, not on every step of a request.
+        if !all.contains_key(key) {
+            let first = Local {
+                next_shard: (self.seed.hash_one(&key.0) % u64::from(shards)) as u32,
+                ..Local::default()
+            };
+            all.insert(key.clone(), first);
+        }
+        let Some(local) = all.get_mut(key) else {
+            return;
+        };
         *local = local.at(window);
         change(local);
     }
