@@ -38,9 +38,9 @@ class FaultProxy:
     sets the failure's message (AWS messages can quote the data they refuse). A JSON
     array of such objects sets several at once (the first that applies to a call
     answers it): the drill keeps one standing fault beside its changing ones.
-    `DELETE /__faults` clears them; `GET /__faults` counts calls per operation and the
-    faults injected. Both SDK protocols this service uses (DynamoDB and SQS JSON) name
-    the operation in `X-Amz-Target`.
+    `DELETE /__faults` clears them; `GET /__faults` counts calls per operation (SQS's
+    also per `"<operation> <QueueUrl>"`) and the faults injected. Both SDK protocols
+    this service uses (DynamoDB and SQS JSON) name the operation in `X-Amz-Target`.
 
     `PUT /__capacity` starts counting the capacity units DynamoDB on-demand would bill
     for the calls that pass (capacity.py; it reads each written item before and after,
@@ -159,8 +159,14 @@ class FaultProxy:
                                and f.get("matching", "").encode() in payload
                                and random.random() < float(f.get("probability", 1))), {})
                 action = faults.get("action", "fail") if faults else None
+                queue = target.startswith("AmazonSQS.") and sqs_queue_url(payload)
                 with proxy.lock:
                     proxy.calls[target] = proxy.calls.get(target, 0) + 1
+                    if queue:
+                        # Per queue too: a test counting one queue's sends is not moved
+                        # by what the tick or the stream send meanwhile.
+                        per_queue = f"{target} {queue}"
+                        proxy.calls[per_queue] = proxy.calls.get(per_queue, 0) + 1
                     if refusal:
                         proxy.refused_by_limits += 1
                     if action:
@@ -306,6 +312,14 @@ class FaultProxy:
     def close(self):
         self.server.shutdown()
         self.server.server_close()
+
+
+def sqs_queue_url(payload):
+    """The QueueUrl an SQS JSON call names, or None."""
+    try:
+        return json.loads(payload).get("QueueUrl")
+    except (ValueError, AttributeError):
+        return None
 
 
 def json_content_type(target):

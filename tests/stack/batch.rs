@@ -2,7 +2,9 @@
 //! with indices and prefixed fields, whole-batch refusals, idempotent replay of a 207,
 //! `unavailable` entries under a fault, rate accounting) and the cost in SQS calls.
 
-use crate::support::{aws_calls, clear_faults, error_of, set_faults, user_when, Stack, ALL_SCOPES};
+use crate::support::{
+    clear_faults, error_of, set_faults, upsert_queue_calls, user_when, Stack, ALL_SCOPES,
+};
 use reqwest::{Method, Response};
 use serde_json::{json, Value};
 use vibefollow_users::domain::auth::Scope;
@@ -40,8 +42,8 @@ fn users(count: usize, prefix: &str) -> Vec<Value> {
 }
 
 async fn sqs_sends(stack: &Stack) -> u64 {
-    aws_calls(stack, "AmazonSQS.SendMessage").await
-        + aws_calls(stack, "AmazonSQS.SendMessageBatch").await
+    upsert_queue_calls(stack, "AmazonSQS.SendMessage").await
+        + upsert_queue_calls(stack, "AmazonSQS.SendMessageBatch").await
 }
 
 #[tokio::test]

@@ -2,7 +2,7 @@
 //! its answer arrives (`dev/faithful`), and the client's retry reaches another
 //! instance at once. This binary has one test: it counts the stack's SendMessage calls.
 
-use crate::support::{aws_calls, fleet, instance_of, Stack, ALL_SCOPES};
+use crate::support::{fleet, instance_of, upsert_queue_calls, Stack, ALL_SCOPES};
 use reqwest::Method;
 use serde_json::json;
 
@@ -22,7 +22,7 @@ async fn a_retry_after_a_frozen_202_is_replayed_at_another_instance() {
         Some(json!({"function": "api", "instances": 2 * CLIENTS})),
     )
     .await;
-    let sends_before = aws_calls(&stack, "AmazonSQS.SendMessage").await;
+    let sends_before = upsert_queue_calls(&stack, "AmazonSQS.SendMessage").await;
     let clients = (0..CLIENTS).map(|client| {
         let (stack, key) = (&stack, &key);
         async move {
@@ -51,7 +51,7 @@ async fn a_retry_after_a_frozen_202_is_replayed_at_another_instance() {
         }
     });
     let in_use: usize = futures::future::join_all(clients).await.into_iter().sum();
-    let sends = aws_calls(&stack, "AmazonSQS.SendMessage").await - sends_before;
+    let sends = upsert_queue_calls(&stack, "AmazonSQS.SendMessage").await - sends_before;
     eprintln!("{PAIRS} pairs: {in_use} × 409, {sends} SendMessage calls");
     assert_eq!(in_use, 0, "retries after a 202 answered 409");
     assert_eq!(sends, PAIRS as u64, "SendMessage calls ≠ accepted upserts");

@@ -425,6 +425,13 @@ pub async fn aws_calls(stack: &Stack, operation: &str) -> u64 {
     report["calls"][operation].as_u64().unwrap_or(0)
 }
 
+/// Calls of an SQS `operation` that named the upsert queue: the api's sends, without
+/// what the tick or the stream send to other queues meanwhile.
+pub async fn upsert_queue_calls(stack: &Stack, operation: &str) -> u64 {
+    let queue = &stack.resources.upsert_queue_url;
+    aws_calls(stack, &format!("{operation} {queue}")).await
+}
+
 /// The instance of the faithful runtime that answered.
 pub fn instance_of(response: &Response) -> String {
     response
