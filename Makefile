@@ -52,11 +52,11 @@ audience-latency: $(STAMP)
 ## them in one heavy workspace with 100 audiences, the rest over 32 light ones; an import,
 ## time edges, a poison user) against a stack whose proxy holds AWS's per-key and PutEvents
 ## limits × SCALE; SECONDS a phase (default 180; ~30 min in all on 2 cores, half of it the
-## heavy workspace's setup). Ends with `scale: lost …, hot keys …`; writes
+## heavy workspace's setup; the tick every 60 s, as on AWS). Ends with `scale: lost …, hot keys …`; writes
 ## target/scale/summary.json and docs/scale.md's Measured section (dev/scale.py).
 SCALE ?= 0.001
 scale: $(STAMP)
-	VF_SCALE=$(SCALE) $(PY) dev/stack.py run -- $(PY) dev/scale.py $(if $(SECONDS),--seconds $(SECONDS))
+	VF_SCALE=$(SCALE) VF_TICK_SECONDS=60 $(PY) dev/stack.py run -- $(PY) dev/scale.py $(if $(SECONDS),--seconds $(SECONDS))
 
 ## A flood of 2,000 requests with random bad keys beside a steady valid load: the valid
 ## requests' latency alone, under the flood and after it, the key cache's hits (dev/flood.py).

@@ -96,7 +96,9 @@ STORE_TABLES = {
 LEGACY_QUERIES = frozenset({("UsersTable", "email-index")})
 # A DynamoDB Query as the stores write it, up to its `.send()`.
 QUERY_START = re.compile(r"\.query\(\)\s*\.table_name\(")
-QUERY_CALL = re.compile(r"\.query\(\)\s*\.table_name\(&?self\.(\w+)\)(.*?)\.send\(\)", re.S)
+# A query's chain, to its index (when it names one: a query whose index depends on a
+# value is built in arms, one per index, and sent once) or else to its send.
+QUERY_CALL = re.compile(r"\.query\(\)\s*\.table_name\(&?self\.(\w+)\)(.*?(?:\.index_name\([^)]*\)|\.send\(\)))", re.S)
 INDEX_NAME = re.compile(r"\.index_name\((\w+|\"[^\"]*\")\)")
 STR_CONST = re.compile(r"\bconst\s+(\w+)\s*:\s*&str\s*=\s*\"([^\"]*)\"")
 # A Query resource: a table's ARN, or one of its indexes.

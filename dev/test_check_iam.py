@@ -216,9 +216,24 @@ class CodeQueries(unittest.TestCase):
         files = {"audiences/mod.rs": constants, "audiences/memberships.rs": split}
         self.assertEqual(self.queries(files), {("AudienceMembersTable", "due")})
 
+    def test_a_query_built_in_arms_names_each_arms_index(self):
+        arms = '''
+pub const OLD_INDEX: &str = "old";
+pub const NEW_INDEX: &str = "new";
+async fn page(&self) {
+    let query = match listing {
+        Old => self.client.query().table_name(&self.table).index_name(OLD_INDEX),
+        New => self.client.query().table_name(&self.table).index_name(NEW_INDEX),
+    };
+    let out = query.key_condition_expression("#k = :k").send().await?;
+}
+'''
+        self.assertEqual(self.queries({"users/mod.rs": arms}), {("UsersTable", "old"), ("UsersTable", "new")})
+
     def test_the_projects_queries(self):
         self.assertEqual(check_iam.code_queries(), {
             ("UsersTable", "email-lookup"), ("UsersTable", "workspace-users"),
+            ("UsersTable", "workspace-shard-users"),
             ("AudiencesTable", None), ("AudienceMembersTable", None), ("AudienceMembersTable", "due")})
 
     def test_a_query_the_checker_cannot_place_is_an_error_not_a_pass(self):

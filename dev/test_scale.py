@@ -292,9 +292,10 @@ class Oracle(unittest.TestCase):
         self.assertFalse(alternating)
 
     def test_every_accepted_upsert_is_in_the_users_table(self):
-        items = [{"workspace_id": "w", "external_user_id": "a1", "traits": {}},
-                 {"workspace_id": "w", "external_user_id": "p1", "traits": {"lastPage": "/p3"}},
-                 {"workspace_id": "w", "external_user_id": "p2", "traits": {"lastPage": "/p1"}},
+        # The workspace is the key's first part, whichever way the user is listed.
+        items = [{"pk": "w#a1", "workspace_shard": "w#3", "external_user_id": "a1", "traits": {}},
+                 {"pk": "w#p1", "workspace_id": "w", "external_user_id": "p1", "traits": {"lastPage": "/p3"}},
+                 {"pk": "w#p2", "workspace_shard": "w#0", "external_user_id": "p2", "traits": {"lastPage": "/p1"}},
                  {"pk": "not a user"}]
         expected = {("w", "a1"): {"plan": "free"}, ("w", "p1"): {"lastPage": "/p3"},
                     ("w", "p2"): {"lastPage": "/p2"}, ("w", "a2"): {"plan": "trial"}}

@@ -46,6 +46,11 @@ pub struct Resources {
     /// (template.yaml: `rate(1 minute)`); a tick's time tasks settle what falls due
     /// before the next.
     pub audience_tick_seconds: u64,
+    /// `DUE_SETTLE_RATE` (optional, default 400): users a second one time task settles
+    /// from its partition of the due index. Each moves its index entry once (2 write
+    /// units): 800 of a partition's 1,000, the rest left to the stream's settles. The
+    /// local stack scales it with `VF_SCALE`, as it scales them.
+    pub due_settle_rate: f64,
     /// `METRICS_NAMESPACE` (optional, default `VibeFollow/Users`): the CloudWatch
     /// namespace of the functions' embedded metrics, one per stack.
     pub metrics_namespace: String,
@@ -62,9 +67,20 @@ fn var(name: &'static str) -> Result<String, MissingVar> {
         .ok_or(MissingVar(name))
 }
 
+/// A rate a second, from `name`: finite and above zero, or none.
+fn positive_rate(name: &'static str) -> Option<f64> {
+    var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|rate: &f64| rate.is_finite() && *rate > 0.0)
+}
+
+/// `DUE_SETTLE_RATE`'s default (see [`Resources::due_settle_rate`]).
+pub const DEFAULT_DUE_SETTLE_RATE: f64 = 400.0;
+
 impl Resources {
     /// Every variable `from_env` reads; template.yaml must set exactly these.
-    pub const ENV_VARS: [&'static str; 16] = [
+    pub const ENV_VARS: [&'static str; 17] = [
         "USERS_TABLE",
         "IDEMPOTENCY_TABLE",
         "API_KEYS_TABLE",
@@ -80,6 +96,7 @@ impl Resources {
         "AUDIENCE_RETRY_QUEUE_URL",
         "AUDIENCE_TIME_QUEUE_URL",
         "AUDIENCE_TICK_SECONDS",
+        "DUE_SETTLE_RATE",
         "AUDIENCE_STREAM_FAILURE_QUEUE_URL",
     ];
 
@@ -107,11 +124,9 @@ impl Resources {
                 .and_then(|v| v.parse().ok())
                 .filter(|rate| *rate > 0)
                 .unwrap_or(DEFAULT_RATE_LIMIT),
-            rate_limit_shard_rate: var("RATE_LIMIT_SHARD_RATE")
-                .ok()
-                .and_then(|v| v.parse().ok())
-                .filter(|rate: &f64| rate.is_finite() && *rate > 0.0)
+            rate_limit_shard_rate: positive_rate("RATE_LIMIT_SHARD_RATE")
                 .unwrap_or(DEFAULT_SHARD_RATE),
+            due_settle_rate: positive_rate("DUE_SETTLE_RATE").unwrap_or(DEFAULT_DUE_SETTLE_RATE),
             metrics_namespace: var("METRICS_NAMESPACE")
                 .unwrap_or_else(|_| crate::metrics::DEFAULT_NAMESPACE.to_owned()),
         })

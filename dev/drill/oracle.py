@@ -268,7 +268,7 @@ def bridge_deliveries():
 
 def stored_users(dynamodb, env):
     return {i["external_user_id"]["S"]: stored_state(i) for i in scan(dynamodb, env["USERS_TABLE"])
-            if i["workspace_id"]["S"] == WORKSPACE}
+            if i["pk"]["S"].split("#", 1)[0] == WORKSPACE}
 
 
 def verify(env, aws, keys, load):

@@ -134,8 +134,10 @@ class Stack:
             **failure_queue_variables(names),
             # The ticker's interval (VF_TICK_SECONDS), not the template's minute.
             "AUDIENCE_TICK_SECONDS": str(max(1, round(TICK_SECONDS))),
-            # A counter shard is sized to a partition's write units: scaled as they are.
-            **({"RATE_LIMIT_SHARD_RATE": str(400 * THROUGHPUT_SCALE)} if THROUGHPUT_SCALE else {}),
+            # A counter shard and a time task's pace are sized to a partition's write
+            # units: scaled as they are.
+            **({"RATE_LIMIT_SHARD_RATE": str(400 * THROUGHPUT_SCALE),
+                "DUE_SETTLE_RATE": str(400 * THROUGHPUT_SCALE)} if THROUGHPUT_SCALE else {}),
             "AWS_LAMBDA_LOG_LEVEL": self.log_level,
         })
         if "EventSink" in names:

@@ -5,7 +5,7 @@
 use super::*;
 use crate::app::evaluate::{Evaluate, BUILD_PAGE};
 use crate::app::fakes::*;
-use crate::app::ports::{StoredUser, UserImage, UserKey};
+use crate::app::ports::{StoredUser, TimeTask, UserImage, UserKey};
 use crate::app::publish::StreamChange;
 use crate::contract::{parse_audience, parse_upsert};
 use crate::domain::audience::{AUDIENCE_ENTERED, AUDIENCE_EXITED};
@@ -144,7 +144,7 @@ impl World {
         for task in tasks {
             let (users, events) = self
                 .evaluate
-                .settle_due(&task, &now, &wait_until)
+                .settle_due(&task, f64::INFINITY, &now, &wait_until)
                 .await
                 .unwrap();
             settled = (settled.0 + users, settled.1 + events);
@@ -1039,7 +1039,7 @@ async fn time_moves_fan_out_one_task_per_partition_with_no_cap_on_a_minute() {
     for task in &tasks {
         let (settled, events) = w
             .evaluate
-            .settle_due(task, || edge + 1, |_| async {})
+            .settle_due(task, f64::INFINITY, || edge + 1, |_| async {})
             .await
             .unwrap();
         assert_eq!(settled, events, "each user due moved out");
@@ -1049,6 +1049,115 @@ async fn time_moves_fan_out_one_task_per_partition_with_no_cap_on_a_minute() {
     // Spread over the partitions: a user waits only for those due before it in its own.
     assert!(largest < users / 2, "{largest} of {users} in one partition");
     assert!(w.due(edge + 1).await.is_empty());
+}
+
+/// However many users one edge brings to a partition, a time task starts at most
+/// `users_per_s` a second (a second's worth at once) and stops at its end: the rest
+/// stay due, and the next tick's task goes on at the same pace.
+#[tokio::test]
+async fn a_time_task_settles_its_partition_at_its_pace_and_leaves_the_rest_due() {
+    use std::sync::atomic::{AtomicI64, Ordering::SeqCst};
+    let w = signed_up_within_a_week().await;
+    let signup = crate::domain::format_millis(T0).unwrap();
+    let records: Vec<Record> = (0..200)
+        .map(|i| {
+            w.write(
+                &format!("u{i:03}"),
+                Some(json!({"signupDate": signup})),
+                T0 + 1,
+            )
+        })
+        .collect();
+    w.deliver(&records, T0 + 2).await;
+    let edge = T0 + 7 * DAY + 1;
+    w.evaluate.tick(edge).await.unwrap();
+    let task = w.builds.take_time().remove(0);
+    let due_in_partition = || async {
+        let (due, _) = w.store.due(task.shard, edge, None, 1_000).await.unwrap();
+        due.len()
+    };
+    let due = due_in_partition().await;
+    assert!(due > 10, "{due} users in the partition");
+    let (per_second, clock) = (4.0, AtomicI64::new(edge));
+    let now = || clock.load(SeqCst);
+    // Each start's instant and the events put before it (one per user started).
+    let starts = std::sync::Mutex::new(Vec::new());
+    let wait_until = |at: i64| {
+        clock.fetch_max(at, SeqCst);
+        starts.lock().unwrap().push((now(), w.bus.accepted().len()));
+        async {}
+    };
+    let paced = |starts: &[(i64, usize)]| {
+        let (first_at, first_put) = starts[0];
+        for &(at, put) in starts {
+            let allowed = per_second * (at - first_at) as f64 / 1000.0;
+            assert!((put - first_put) as f64 <= allowed, "{starts:?}");
+        }
+    };
+    let first = TimeTask {
+        until_ms: edge + 2_000,
+        ..task
+    };
+    let (settled, _) = w
+        .evaluate
+        .settle_due(&first, per_second, now, wait_until)
+        .await
+        .unwrap();
+    assert_eq!(settled, 12, "at its start, 1 s and 2 s later: 4 each");
+    assert_eq!(due_in_partition().await, due - 12);
+    paced(&starts.lock().unwrap());
+    // The next tick's task, a minute later.
+    starts.lock().unwrap().clear();
+    clock.store(edge + 60_000, SeqCst);
+    let next = TimeTask {
+        until_ms: edge + 120_000,
+        ..task
+    };
+    let (rest, _) = w
+        .evaluate
+        .settle_due(&next, per_second, now, wait_until)
+        .await
+        .unwrap();
+    assert_eq!(settled + rest, due);
+    assert_eq!(due_in_partition().await, 0);
+    paced(&starts.lock().unwrap());
+}
+
+/// A time task's commit leaves the user's due entry where it found it (one index
+/// move per settle, when its events are cleared): events it could not put are due at
+/// once, for the next tick, not after the grace an evaluation in flight gets.
+#[tokio::test]
+async fn a_time_settle_whose_events_were_refused_is_due_again_for_the_next_tick() {
+    let w = signed_up_within_a_week().await;
+    let signup = crate::domain::format_millis(T0).unwrap();
+    let record = w.write("u1", Some(json!({"signupDate": signup})), T0 + 1);
+    w.deliver(&[record], T0 + 2).await;
+    let edge = T0 + 7 * DAY + 1;
+    let found = w.due(edge).await;
+    assert_eq!(found.len(), 1);
+    w.bus.faults.fail("bus.put", unavailable(), 1);
+    w.evaluate.tick(edge + 1).await.unwrap();
+    let mut failed = 0;
+    for task in w.builds.take_time() {
+        let settled = w
+            .evaluate
+            .settle_due(&task, f64::INFINITY, || edge + 1, |_| async {});
+        failed += usize::from(settled.await.is_err());
+    }
+    assert_eq!(failed, 1);
+    assert_eq!(
+        w.store.state(WS, "u1").pending.len(),
+        1,
+        "the exit committed"
+    );
+    assert_eq!(w.due(edge).await, found, "due where the task found it");
+    w.tick(edge + 2, || edge + 2, |_| async {}).await;
+    assert!(w.store.state(WS, "u1").pending.is_empty());
+    assert_eq!(
+        w.events(),
+        [entered("new", "u1", "change"), exited("new", "u1", "time")]
+    );
+    assert!(w.due(edge + 2 + PENDING_GRACE_MS).await.is_empty());
 }
 
 /// A stream read again: the users each range's records wrote.
@@ -1268,7 +1377,7 @@ async fn a_tick_or_a_time_task_that_fails_leaves_its_users_due_for_the_next() {
                     for task in &tasks {
                         let settled = w
                             .evaluate
-                            .settle_due(task, || after_edge, |_| async {})
+                            .settle_due(task, f64::INFINITY, || after_edge, |_| async {})
                             .await;
                         first_error = first_error.or(settled.err());
                     }

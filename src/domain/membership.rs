@@ -69,6 +69,10 @@ pub struct UserAudiences {
     /// The decisions of commit `rev` not yet carried out.
     pub pending: Vec<MembershipEvent>,
     pub next_due: Option<i64>,
+    /// The instant a time task found the user due at, kept as its due instant while the
+    /// decisions of that settle are in flight (not stored): the due index entry then
+    /// moves once per settle, to `next_due` when they are cleared, instead of twice.
+    pub found_due: Option<i64>,
 }
 
 /// How long a committed decision may wait to be carried out by the evaluation that
@@ -79,12 +83,15 @@ pub const PENDING_GRACE_MS: i64 = 60_000;
 
 impl UserAudiences {
     /// When a tick must look at the user: its pending decisions once their grace is
-    /// over, else the next instant a rule changes its mind (`None`: never).
+    /// over (or, from a time task, at the instant it found the user due: already past,
+    /// and no other task pages that partition until the next tick), else the next
+    /// instant a rule changes its mind (`None`: never).
     pub fn due_at(&self) -> Option<i64> {
         let stranded = self
             .pending
             .first()
-            .map(|decision| decision.at + PENDING_GRACE_MS);
+            .map(|decision| decision.at + PENDING_GRACE_MS)
+            .map(|graced| self.found_due.map_or(graced, |found| found.min(graced)));
         stranded.or(self.next_due)
     }
 }
@@ -127,6 +134,9 @@ pub fn decide(
         members: state.members.clone(),
         pending: Vec::new(),
         next_due: None,
+        found_due: (subject.reason == Reason::Time)
+            .then(|| state.due_at())
+            .flatten(),
     };
     for audience in &definitions.audiences {
         let was = member_of(state, audience).is_some();

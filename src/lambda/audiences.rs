@@ -51,6 +51,8 @@ pub struct AudiencesFunction<S, U, B, E, R> {
     failure_queue: String,
     /// A tick's time tasks settle what falls due before the next tick.
     tick_ms: i64,
+    /// Users a second a time task settles (`DUE_SETTLE_RATE`).
+    due_settle_rate: f64,
 }
 
 /// A queue's name: the last part of its URL or ARN.
@@ -99,6 +101,7 @@ where
             time_queue: queue_name(&resources.audience_time_queue_url).to_owned(),
             tick_ms: i64::try_from(resources.audience_tick_seconds.saturating_mul(1000))
                 .unwrap_or(i64::MAX),
+            due_settle_rate: resources.due_settle_rate,
         }
     }
 
@@ -313,7 +316,7 @@ where
             };
             match self
                 .evaluate
-                .settle_due(&task, now_millis, wait_until)
+                .settle_due(&task, self.due_settle_rate, now_millis, wait_until)
                 .await
             {
                 Ok((settled, put)) => {

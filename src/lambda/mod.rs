@@ -92,6 +92,7 @@ pub(crate) mod samples {
             audience_time_queue_url: queue("audience-time"),
             audience_stream_failure_queue_url: queue("audience-stream-failures"),
             audience_tick_seconds: 60,
+            due_settle_rate: 400.0,
             metrics_namespace: "VibeFollow/test".into(),
         }
     }

@@ -907,3 +907,93 @@ async fn the_definitions_revision_is_read_from_copies_kept_with_it_or_made_from_
     assert_eq!(copies().await, [Some(2); 3]);
     assert_eq!(store.revision(workspace).await.unwrap(), 2);
 }
+
+/// A workspace's users are listed in 16 shards, and those created before the shards
+/// stay in the one key they were listed under, a write leaving them there: a build
+/// pages the old key and then every shard, finding each user once.
+#[tokio::test]
+#[ignore = "needs the local stack: run `make test`"]
+async fn a_build_finds_users_listed_before_the_shards_and_in_every_shard_once() {
+    use vibefollow_users::app::ports::WorkspaceUsers;
+    use vibefollow_users::aws_sdk_dynamodb::types::AttributeValue;
+    let stack = Stack::new().await;
+    let key = stack.key(&ALL_SCOPES).await;
+    let ids: Vec<String> = (0..40).map(|i| format!("s{i:02}")).collect();
+    let users: Vec<Value> = ids
+        .iter()
+        .map(|id| json!({"external_user_id": id, "traits": {"plan": "trial"}}))
+        .collect();
+    let response = stack
+        .request(Method::POST, "/api/v1/users/batch", Some(&key))
+        .json(&json!({ "users": users }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202);
+    for id in &ids {
+        user_when(&stack, &key, id, |u| u["traits"]["plan"] == "trial").await;
+    }
+    // A quarter as items written before the shards: listed under the workspace alone.
+    let item_of = |id: &str| {
+        let pk = AttributeValue::S(format!("{}#{id}", stack.workspace));
+        (stack.resources.users_table.clone(), pk)
+    };
+    for id in ids.iter().step_by(4) {
+        let (table, pk) = item_of(id);
+        stack
+            .dynamodb
+            .update_item()
+            .table_name(table)
+            .key("pk", pk)
+            .update_expression("REMOVE workspace_shard SET workspace_id = :w")
+            .expression_attribute_values(":w", AttributeValue::S(stack.workspace.clone()))
+            .send()
+            .await
+            .unwrap();
+    }
+    // Written again, such a user stays where it is listed.
+    stack
+        .accept(
+            &key,
+            &json!({"external_user_id": "s00", "traits": {"plan": "pro"}}),
+        )
+        .await;
+    user_when(&stack, &key, "s00", |u| u["traits"]["plan"] == "pro").await;
+    let (table, pk) = item_of("s00");
+    let item = stack
+        .dynamodb
+        .get_item()
+        .table_name(table)
+        .key("pk", pk)
+        .consistent_read(true)
+        .send()
+        .await
+        .unwrap()
+        .item
+        .unwrap();
+    assert!(item.contains_key("workspace_id") && !item.contains_key("workspace_shard"));
+    // Paged in small pages: every user once.
+    let store = stack.users();
+    let (mut found, mut cursor, mut pages) = (Vec::new(), None, 0);
+    loop {
+        let (page, next) = store
+            .page(&stack.workspace, cursor.as_deref(), 7)
+            .await
+            .unwrap();
+        found.extend(page.into_iter().map(|u| u.external_user_id));
+        pages += 1;
+        assert!(pages <= 40, "the pages never end");
+        match next {
+            Some(next) => cursor = Some(next),
+            None => break,
+        }
+    }
+    found.sort();
+    assert_eq!(found, ids);
+    // And the audiences function's build does the same.
+    let all_trials = json!({"field": "plan", "op": "eq", "value": "trial"});
+    stack.define(&key, "trials", all_trials).await;
+    stack.ready(&key, "trials").await;
+    let expected: BTreeSet<String> = ids.iter().skip(1).cloned().collect();
+    stack.members_when(&key, "trials", &expected).await;
+}

@@ -88,7 +88,7 @@ async fn erasure_is_accepted_whether_or_not_the_user_exists_and_leaves_no_pii() 
             "pk",
             "stamps",
             "version",
-            "workspace_id"
+            "workspace_shard"
         ]
     );
     assert!(

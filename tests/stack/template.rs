@@ -97,10 +97,12 @@ fn audience_tables_are_keyed_and_indexed_as_the_code_reads_them() {
         Some(vibefollow_users::aws::dynamodb::DUE_INDEX)
     );
     let users = declared_indexes(&template, "UsersTable");
-    assert!(users
-        .iter()
-        .any(|i| i["IndexName"].as_str()
-            == Some(vibefollow_users::aws::dynamodb::WORKSPACE_USERS_INDEX)));
+    for index in [
+        vibefollow_users::aws::dynamodb::WORKSPACE_USERS_INDEX,
+        vibefollow_users::aws::dynamodb::UNSHARDED_USERS_INDEX,
+    ] {
+        assert!(users.iter().any(|i| i["IndexName"].as_str() == Some(index)));
+    }
 }
 
 #[test]
@@ -320,9 +322,14 @@ const CALLS: &[(&str, &str, &str)] = &[
     ("AudiencesFunction", "UsersTable", "dynamodb:BatchGetItem"), // WorkspaceUsers::page
     (
         "AudiencesFunction",
-        "UsersTable.Arn}/index/workspace-users",
+        "UsersTable.Arn}/index/workspace-shard-users",
         "dynamodb:Query",
     ), // WorkspaceUsers::page
+    (
+        "AudiencesFunction",
+        "UsersTable.Arn}/index/workspace-users",
+        "dynamodb:Query",
+    ), // WorkspaceUsers::page: users from before the shards
     ("AudiencesFunction", "AudiencesTable", "dynamodb:Query"), // list
     ("AudiencesFunction", "AudiencesTable", "dynamodb:UpdateItem"), // record_build
     ("AudiencesFunction", "AudiencesTable", "dynamodb:GetItem"), // revision

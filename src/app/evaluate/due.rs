@@ -19,12 +19,14 @@ impl<S: MembershipStore, U: UserSource, B: WorkQueues, E: Bus> Evaluate<S, U, B,
     /// Settles the users of one partition due by `until_ms` (a rule's edge, or events
     /// left to publish), page after page, each when its moment comes: `wait_until`
     /// sleeps to it (the clock is `now`). A user another workspace's edge put in the
-    /// same partition waits only for those due before it in this one partition.
-    /// Returns how many users it settled and the events it put; a user not settled
-    /// stays due, and the next tick's task settles it.
+    /// same partition waits only for those due before it in this one partition, and
+    /// no more than `users_per_s` start a second ([`Pace`]). Returns how many users it
+    /// settled and the events it put; a user not settled (failed, or not reached by
+    /// `until_ms` at that pace) stays due, and the next tick's task settles it.
     pub async fn settle_due<W, F>(
         &self,
         task: &TimeTask,
+        users_per_s: f64,
         now: impl Fn() -> i64 + Sync,
         wait_until: W,
     ) -> Result<(usize, usize), AppError>
@@ -36,25 +38,26 @@ impl<S: MembershipStore, U: UserSource, B: WorkQueues, E: Bus> Evaluate<S, U, B,
         let (mut users, mut events) = (0, 0);
         let mut first_error = None;
         let mut after = None;
-        loop {
+        let mut pace = Pace::new(users_per_s, now());
+        'pages: loop {
             let (due, more) = self
                 .store
                 .due(task.shard, task.until_ms, after.as_ref(), DUE_PAGE)
                 .await?;
-            users += due.len();
             // In order of their moments; a user settled before its moment would keep its
             // answer until the next change.
             let mut rest = due.as_slice();
             while let Some(((_, first_due), _)) = rest.split_first() {
-                wait_until(*first_due).await;
+                let start = pace.free_at.max(*first_due);
+                if start > task.until_ms {
+                    break 'pages;
+                }
+                wait_until(start).await;
                 let at = now();
-                let ready = rest
-                    .iter()
-                    .take_while(|(_, due_at)| *due_at <= at)
-                    .count()
-                    .max(1);
-                let (batch, later) = rest.split_at(ready);
+                let ready = rest.iter().take_while(|(_, due_at)| *due_at <= at).count();
+                let (batch, later) = rest.split_at(pace.take(at, ready));
                 rest = later;
+                users += batch.len();
                 for ((workspace_id, _), _) in batch {
                     if !workspaces.contains_key(workspace_id) {
                         let rules = self.rules(workspace_id).await?;
@@ -89,5 +92,34 @@ impl<S: MembershipStore, U: UserSource, B: WorkQueues, E: Bus> Evaluate<S, U, B,
             Some(err) => Err(err),
             None => Ok((users, events)),
         }
+    }
+}
+
+/// When a time task's settles start: at most `per_second` users a second, a second's
+/// worth at most at once, so that its partition of the due index (each settle moves
+/// the user's entry once: two write units) stays under the partition's limit however
+/// many users one edge brings. Idle time banks nothing.
+struct Pace {
+    gap_ms: f64,
+    burst: usize,
+    /// The earliest instant the next user may start.
+    free_at: i64,
+}
+
+impl Pace {
+    fn new(per_second: f64, now: i64) -> Self {
+        Self {
+            gap_ms: 1000.0 / per_second,
+            burst: per_second.floor().clamp(1.0, usize::MAX as f64) as usize,
+            free_at: now,
+        }
+    }
+
+    /// How many of the `ready` users start at `at` (at least one); the next start
+    /// waits for them.
+    fn take(&mut self, at: i64, ready: usize) -> usize {
+        let starting = ready.clamp(1, self.burst);
+        self.free_at = at + (starting as f64 * self.gap_ms).ceil() as i64;
+        starting
     }
 }

@@ -42,6 +42,10 @@ pub struct StoredUser {
     pub profile: UserProfile,
     /// 0 for a user that has no item yet.
     pub version: u64,
+    /// Created before its workspace's users were listed in shards: the store keeps it
+    /// where it is listed (moving it would write that workspace's one key once per
+    /// user, the very load the shards take off it). `false` for a new user.
+    pub listed_unsharded: bool,
 }
 
 impl StoredUser {
@@ -51,6 +55,7 @@ impl StoredUser {
             external_user_id: external_user_id.to_owned(),
             profile: UserProfile::default(),
             version: 0,
+            listed_unsharded: false,
         }
     }
 }

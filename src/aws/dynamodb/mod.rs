@@ -21,7 +21,7 @@ pub use audiences::{AudienceStore, DUE_INDEX};
 pub use counters::RateLimitStore;
 pub use idempotency::IdempotencyStore;
 pub use stream::{stream_image, ImageError};
-pub use users::{UserStore, EMAIL_INDEX, EMAIL_KEY, WORKSPACE_USERS_INDEX};
+pub use users::{UserStore, EMAIL_INDEX, EMAIL_KEY, UNSHARDED_USERS_INDEX, WORKSPACE_USERS_INDEX};
 
 use crate::app::ports::PortError;
 use aws_sdk_dynamodb::config::http::HttpResponse;
@@ -147,4 +147,18 @@ pub(crate) fn condition_held<T, E: ConditionalError>(
 /// Partition key of per-workspace items: workspace ids never contain `#`.
 pub(crate) fn workspace_key(workspace_id: &str, id: &str) -> String {
     format!("{workspace_id}#{id}")
+}
+
+/// Which of `shards` a user's items go to: stable across builds and machines (not
+/// `DefaultHasher`'s random keys), FNV-1a.
+fn user_shard(workspace_id: &str, external_user_id: &str, shards: u64) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in workspace_id
+        .bytes()
+        .chain([b'#'])
+        .chain(external_user_id.bytes())
+    {
+        hash = (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3);
+    }
+    hash % shards
 }

@@ -26,20 +26,6 @@ fn flag(item: &Item, name: &str) -> bool {
     item.get(name).and_then(|v| v.as_bool().ok()) == Some(&true)
 }
 
-/// Which of `shards` a user's items go to: stable across builds and machines (not
-/// `DefaultHasher`'s random keys), FNV-1a.
-pub(super) fn user_shard(workspace_id: &str, external_user_id: &str, shards: u64) -> u64 {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in workspace_id
-        .bytes()
-        .chain([b'#'])
-        .chain(external_user_id.bytes())
-    {
-        hash = (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3);
-    }
-    hash % shards
-}
-
 pub(super) fn due_shard(workspace_id: &str, external_user_id: &str) -> String {
     user_shard(workspace_id, external_user_id, u64::from(DUE_SHARDS)).to_string()
 }
@@ -123,6 +109,7 @@ pub(super) fn state_from_item(item: &Item) -> UserAudiences {
         members,
         pending,
         next_due: get_n(item, "next_due"),
+        found_due: None,
     }
 }
 
@@ -158,10 +145,18 @@ mod tests {
                 sharded: true,
             }],
             next_due: Some(99),
+            found_due: None,
         };
         let item = state_item("ws", "u#1", &state).unwrap();
         assert_eq!(state_from_item(&item), state);
         assert_eq!(get_n::<i64>(&item, "due_at"), Some(5 + PENDING_GRACE_MS));
+        // A time task's commit stays where the task found it: the index entry unmoved.
+        let found = UserAudiences {
+            found_due: Some(4),
+            ..state.clone()
+        };
+        let item = state_item("ws", "u#1", &found).unwrap();
+        assert_eq!(get_n::<i64>(&item, "due_at"), Some(4));
         assert_eq!(get_s(&item, PARTITION_KEY), Some("u#ws#u#1"));
         state.pending.clear();
         let item = state_item("ws", "u#1", &state).unwrap();

@@ -19,10 +19,11 @@ mod lists;
 mod memberships;
 mod revision;
 
-use items::{audience_from_item, count_key, due_shard, state_from_item, state_item, user_shard};
+use items::{audience_from_item, count_key, due_shard, state_from_item, state_item};
 
 use super::{
-    condition, get_n, get_s, n, s, workspace_key, Condition, Item, PARTITION_KEY, TTL_ATTRIBUTE,
+    condition, get_n, get_s, n, s, user_shard, workspace_key, Condition, Item, PARTITION_KEY,
+    TTL_ATTRIBUTE,
 };
 use crate::app::ports::{
     Audience, Audiences, BuildRecord, BuildStep, Definitions, Memberships, PortError, Standing,

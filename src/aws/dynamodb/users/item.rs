@@ -17,7 +17,7 @@ pub(super) fn item_from_user(workspace_id: &str, user: &StoredUser) -> Result<It
             PARTITION_KEY.to_owned(),
             s(workspace_key(workspace_id, &user.external_user_id)),
         ),
-        ("workspace_id".to_owned(), s(workspace_id)),
+        listing(workspace_id, user),
         ("external_user_id".to_owned(), s(&user.external_user_id)),
         (
             "version".to_owned(),
@@ -143,12 +143,27 @@ fn once_from_attribute(attribute: Option<&AttributeValue>) -> BTreeMap<String, O
         .collect()
 }
 
+/// Where a build finds the user: a shard of its workspace's users, or, for a user
+/// created before the shards, the one key it is already listed under.
+fn listing(workspace_id: &str, user: &StoredUser) -> (String, AttributeValue) {
+    if user.listed_unsharded {
+        return (UNSHARDED_KEY.to_owned(), s(workspace_id));
+    }
+    let shard = user_shard(workspace_id, &user.external_user_id, WORKSPACE_SHARDS);
+    (
+        WORKSPACE_SHARD_KEY.to_owned(),
+        s(shard_key(workspace_id, shard)),
+    )
+}
+
 /// The workspace and user an item holds (a stream image, say).
 pub(in crate::aws::dynamodb) fn stored_user(item: &Item) -> Option<(String, StoredUser)> {
-    Some((
-        get_s(item, "workspace_id")?.to_owned(),
-        user_from_item(item)?,
-    ))
+    Some((workspace_of(item)?.to_owned(), user_from_item(item)?))
+}
+
+/// The workspace of an item: its key's first part (workspace ids hold no `#`).
+pub(super) fn workspace_of(item: &Item) -> Option<&str> {
+    Some(get_s(item, PARTITION_KEY)?.split_once('#')?.0)
 }
 
 pub(super) fn user_from_item(item: &Item) -> Option<StoredUser> {
@@ -199,6 +214,7 @@ pub(super) fn user_from_item(item: &Item) -> Option<StoredUser> {
             updated_at: get_n(item, "updated_at"),
         },
         version: get_n(item, "version").unwrap_or(0),
+        listed_unsharded: item.contains_key(UNSHARDED_KEY),
     })
 }
 
@@ -232,6 +248,7 @@ mod tests {
             external_user_id: "usr#1".into(),
             profile,
             version: 3,
+            listed_unsharded: false,
         };
         let item = item_from_user("ws", &user).unwrap();
         assert_eq!(get_s(&item, EMAIL_KEY), Some("ws#jane@acme.io"));
@@ -246,6 +263,37 @@ mod tests {
         let first = user_from_item(&item_from_user("ws", &created).unwrap()).unwrap();
         assert!(first.version > 1_700_000_000_000, "{}", first.version);
         assert_eq!(back.profile, user.profile);
+    }
+
+    #[test]
+    fn a_new_user_is_listed_in_a_shard_and_one_from_before_stays_where_it_is() {
+        let user = StoredUser::new("u1");
+        let item = item_from_user("ws", &user).unwrap();
+        let shard = get_s(&item, WORKSPACE_SHARD_KEY).unwrap();
+        assert!(
+            shard
+                .strip_prefix("ws#")
+                .and_then(|n| n.parse::<u64>().ok())
+                .is_some_and(|n| n < WORKSPACE_SHARDS),
+            "{shard}"
+        );
+        assert!(!item.contains_key(UNSHARDED_KEY));
+        assert_eq!(stored_user(&item).unwrap().0, "ws");
+        // An item from before the shards: read as such, and written back unmoved.
+        let mut before = item.clone();
+        before.remove(WORKSPACE_SHARD_KEY);
+        before.insert(UNSHARDED_KEY.to_owned(), s("ws"));
+        let (workspace_id, old) = stored_user(&before).unwrap();
+        assert!(old.listed_unsharded);
+        let rewritten = item_from_user(&workspace_id, &old).unwrap();
+        assert_eq!(get_s(&rewritten, UNSHARDED_KEY), Some("ws"));
+        assert!(!rewritten.contains_key(WORKSPACE_SHARD_KEY));
+        // Spread over every shard.
+        let shards: std::collections::BTreeSet<String> = (0..1_000)
+            .map(|i| item_from_user("ws", &StoredUser::new(&format!("u{i}"))).unwrap())
+            .filter_map(|item| get_s(&item, WORKSPACE_SHARD_KEY).map(str::to_owned))
+            .collect();
+        assert_eq!(shards.len() as u64, WORKSPACE_SHARDS);
     }
 
     /// DynamoDB's item size: names + values; numbers ~1 byte per two digits + 1; lists
@@ -319,6 +367,7 @@ mod tests {
             external_user_id: "u".repeat(255),
             profile,
             version: 7,
+            listed_unsharded: false,
         }
     }
 

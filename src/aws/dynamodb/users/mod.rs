@@ -5,7 +5,7 @@ mod item;
 
 use super::attributes::{from_attribute, to_attribute};
 use super::{
-    condition_held, get_by_key, get_n, get_s, n, s, workspace_key, Item, PARTITION_KEY,
+    condition_held, get_by_key, get_n, get_s, n, s, user_shard, workspace_key, Item, PARTITION_KEY,
     TTL_ATTRIBUTE,
 };
 use crate::app::ports::{
@@ -19,7 +19,7 @@ use crate::domain::{
 use aws_sdk_dynamodb::types::{AttributeValue, KeysAndAttributes};
 use aws_sdk_dynamodb::Client;
 pub(super) use item::stored_user;
-use item::{email_key, item_from_user, user_from_item};
+use item::{email_key, item_from_user, user_from_item, workspace_of};
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap};
 
@@ -100,8 +100,7 @@ impl Users for UserStore {
                 .into_iter()
                 .flatten()
             {
-                if let (Some(workspace_id), Some(user)) =
-                    (get_s(item, "workspace_id"), user_from_item(item))
+                if let (Some(workspace_id), Some(user)) = (workspace_of(item), user_from_item(item))
                 {
                     found.insert(
                         (workspace_id.to_owned(), user.external_user_id.clone()),
@@ -203,55 +202,177 @@ impl Users for UserStore {
     }
 }
 
-/// The GSI of a workspace's users by key (keys only), for audience builds.
-pub const WORKSPACE_USERS_INDEX: &str = "workspace-users";
+/// The GSI of a workspace's users by key (keys only), for audience builds: under
+/// `workspace_shard` = `<workspace>#<n>`, one of [`WORKSPACE_SHARDS`] by user, so that
+/// no one key takes every new user of a workspace (an import: 16 × 1,000 a second).
+pub const WORKSPACE_USERS_INDEX: &str = "workspace-shard-users";
+/// Its partition key.
+const WORKSPACE_SHARD_KEY: &str = "workspace_shard";
+/// Shards of a workspace's users.
+const WORKSPACE_SHARDS: u64 = 16;
+/// The GSI users created before the shards stay listed in, under `workspace_id` (one
+/// key a workspace, no longer written for new users): builds page it first.
+pub const UNSHARDED_USERS_INDEX: &str = "workspace-users";
+/// Its partition key.
+const UNSHARDED_KEY: &str = "workspace_id";
+
+fn shard_key(workspace_id: &str, shard: u64) -> String {
+    format!("{workspace_id}#{shard}")
+}
+
+/// A workspace's users are listed under one key from before the shards, then its
+/// shards: a build pages them in that order. A user listed unsharded stays there, so
+/// whichever way it is listed a build finds it once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Listing {
+    Unsharded,
+    Shard(u64),
+}
+
+impl Listing {
+    fn next(self) -> Option<Self> {
+        match self {
+            Listing::Unsharded => Some(Listing::Shard(0)),
+            Listing::Shard(n) if n + 1 < WORKSPACE_SHARDS => Some(Listing::Shard(n + 1)),
+            Listing::Shard(_) => None,
+        }
+    }
+
+    /// (its index's key attribute, the key's value).
+    fn key(self, workspace_id: &str) -> (&'static str, String) {
+        match self {
+            Listing::Unsharded => (UNSHARDED_KEY, workspace_id.to_owned()),
+            Listing::Shard(n) => (WORKSPACE_SHARD_KEY, shard_key(workspace_id, n)),
+        }
+    }
+}
+
+/// A build's cursor: where in which listing the last page ended. `#<n>|<pk>` in shard
+/// n (`pk` empty: from its start), a bare `pk` in the unsharded one (the only form
+/// before the shards, so a task queued by then goes on where it was).
+fn parse_cursor(cursor: Option<&str>) -> (Listing, Option<&str>) {
+    let Some(cursor) = cursor else {
+        return (Listing::Unsharded, None);
+    };
+    let sharded = cursor
+        .strip_prefix('#')
+        .and_then(|rest| rest.split_once('|'))
+        .and_then(|(n, pk)| Some((n.parse::<u64>().ok()?, pk)));
+    match sharded {
+        Some((n, pk)) => (Listing::Shard(n), Some(pk).filter(|pk| !pk.is_empty())),
+        None => (Listing::Unsharded, Some(cursor).filter(|pk| !pk.is_empty())),
+    }
+}
+
+fn cursor_text(listing: Listing, after: Option<&str>) -> String {
+    let after = after.unwrap_or_default();
+    match listing {
+        Listing::Unsharded => after.to_owned(),
+        Listing::Shard(n) => format!("#{n}|{after}"),
+    }
+}
 
 impl WorkspaceUsers for UserStore {
-    /// A page of the index, then the items by key (strongly consistent): the index is
-    /// written when a user is created and sorts by `pk`, the cursor.
+    /// A page of the listing the cursor is in (the next one with users, when it ends
+    /// with none), then the items by key (strongly consistent): an index entry is
+    /// written when a user is created, sorted by `pk`.
     async fn page(
         &self,
         workspace_id: &str,
         cursor: Option<&str>,
         limit: usize,
     ) -> Result<(Vec<StoredUser>, Option<String>), PortError> {
-        let start = cursor.map(|pk| {
-            Item::from([
-                ("workspace_id".to_owned(), s(workspace_id)),
-                (PARTITION_KEY.to_owned(), s(pk)),
-            ])
-        });
-        let out = self
-            .client
-            .query()
-            .table_name(&self.table)
-            .index_name(WORKSPACE_USERS_INDEX)
-            .key_condition_expression("workspace_id = :w")
-            .expression_attribute_values(":w", s(workspace_id))
-            .set_exclusive_start_key(start)
-            .limit(limit as i32)
-            .send()
-            .await?;
-        let ids: Vec<&str> = out
-            .items()
-            .iter()
-            .filter_map(|item| {
-                get_s(item, PARTITION_KEY)?
-                    .split_once('#')
-                    .map(|(_, id)| id)
-            })
-            .collect();
-        let keys: Vec<(&str, &str)> = ids.iter().map(|id| (workspace_id, *id)).collect();
-        let mut found = self.get_many(&keys).await?;
-        let users = ids
-            .iter()
-            .filter_map(|id| found.remove(&(workspace_id.to_owned(), (*id).to_owned())))
-            .collect();
-        let next = out
-            .last_evaluated_key
-            .as_ref()
-            .and_then(|key| get_s(key, PARTITION_KEY))
-            .map(str::to_owned);
-        Ok((users, next))
+        let (mut listing, after) = parse_cursor(cursor);
+        let mut after = after.map(str::to_owned);
+        loop {
+            let (key, value) = listing.key(workspace_id);
+            let start = after.map(|pk| {
+                Item::from([
+                    (key.to_owned(), s(&value)),
+                    (PARTITION_KEY.to_owned(), s(pk)),
+                ])
+            });
+            // Each index named as a constant (dev/check_iam.py reads them).
+            let query = match listing {
+                Listing::Unsharded => self
+                    .client
+                    .query()
+                    .table_name(&self.table)
+                    .index_name(UNSHARDED_USERS_INDEX),
+                Listing::Shard(_) => self
+                    .client
+                    .query()
+                    .table_name(&self.table)
+                    .index_name(WORKSPACE_USERS_INDEX),
+            };
+            let out = query
+                .key_condition_expression("#key = :key")
+                .expression_attribute_names("#key", key)
+                .expression_attribute_values(":key", s(value))
+                .set_exclusive_start_key(start)
+                .limit(limit as i32)
+                .send()
+                .await?;
+            let ids: Vec<&str> = out
+                .items()
+                .iter()
+                .filter_map(|item| {
+                    get_s(item, PARTITION_KEY)?
+                        .split_once('#')
+                        .map(|(_, id)| id)
+                })
+                .collect();
+            let next = match out
+                .last_evaluated_key()
+                .and_then(|k| get_s(k, PARTITION_KEY))
+            {
+                Some(pk) => Some((listing, Some(pk.to_owned()))),
+                None => listing.next().map(|next| (next, None)),
+            };
+            if ids.is_empty() {
+                match next {
+                    Some((next, from)) => {
+                        (listing, after) = (next, from);
+                        continue;
+                    }
+                    None => return Ok((Vec::new(), None)),
+                }
+            }
+            let keys: Vec<(&str, &str)> = ids.iter().map(|id| (workspace_id, *id)).collect();
+            let mut found = self.get_many(&keys).await?;
+            let users = ids
+                .iter()
+                .filter_map(|id| found.remove(&(workspace_id.to_owned(), (*id).to_owned())))
+                .collect();
+            let next = next.map(|(listing, from)| cursor_text(listing, from.as_deref()));
+            return Ok((users, next));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cursor_reads_back_where_it_was_and_one_from_before_the_shards_is_unsharded() {
+        for (listing, after) in [
+            (Listing::Shard(0), None),
+            (Listing::Shard(15), Some("ws#a|b#c")),
+            (Listing::Unsharded, Some("ws#u1")),
+        ] {
+            let text = cursor_text(listing, after);
+            assert_eq!(parse_cursor(Some(&text)), (listing, after), "{text}");
+        }
+        assert_eq!(parse_cursor(None), (Listing::Unsharded, None));
+        // A bare pk (a task queued before the shards), whatever its user id holds.
+        assert_eq!(
+            parse_cursor(Some("ws#u|7")),
+            (Listing::Unsharded, Some("ws#u|7"))
+        );
+        let order: Vec<Listing> =
+            std::iter::successors(Some(Listing::Unsharded), |l| l.next()).collect();
+        assert_eq!(order.len() as u64, 1 + WORKSPACE_SHARDS);
+        assert_eq!(order[1], Listing::Shard(0));
     }
 }
