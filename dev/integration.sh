@@ -27,11 +27,14 @@ schemathesis() {
   # that the local emulator itself cannot carry (see dev/schemathesis_hooks.py). One
   # worker: with two threads, hypothesis' lambda descriptions (ast.parse) meet CPython
   # 3.11's "AST constructor recursion depth mismatch" now and then, a runtime error of
-  # the tool, not of the API.
+  # the tool, not of the API. use_after_free is left out too: DELETE answers 202 and the
+  # erasure is applied by the consumer (contract, "DELETE …"), so a read in the next
+  # milliseconds may still find the user; that it goes, and stays gone, is
+  # tests/stack/erase.rs.
   SCHEMATHESIS_HOOKS=dev.schemathesis_hooks .venv/bin/schemathesis --config-file dev/schemathesis.toml run openapi.yaml \
     --url "$VF_API_URL" \
     --header "Authorization: Bearer $key" \
-    --checks all --exclude-checks positive_data_acceptance \
+    --checks all --exclude-checks positive_data_acceptance,use_after_free \
     --max-examples "${VF_SCHEMATHESIS_EXAMPLES:-60}" \
     --seed 1 --generation-deterministic \
     --workers 1 --no-color --warnings off
