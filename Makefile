@@ -49,7 +49,7 @@ audience-latency: $(STAMP)
 	$(PY) dev/stack.py run -- $(PY) dev/audience_latency.py $(if $(BUILD),--build $(BUILD))
 
 ## Scale (docs/scale.md): the target's load shape × SCALE (default 0.001: 10 upserts/s, 3 of
-## them in one heavy workspace with 100 audiences, the rest over 32 light ones; an import,
+## them in one heavy workspace with 100 audiences, the rest over 16 light ones; an import,
 ## time edges, a poison user) against a stack whose proxy holds AWS's per-key and PutEvents
 ## limits × SCALE; SECONDS a phase (default 180; ~30 min in all on 2 cores, half of it the
 ## heavy workspace's setup; the tick every 60 s, as on AWS). Ends with `scale: lost …, hot keys …`; writes

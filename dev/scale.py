@@ -21,13 +21,11 @@ Entered` at a subscriber: an EventBridge rule into an SQS queue).
 Rates scale with f, durations do not: a limit and the load on it both shrink by f, so
 anything paced by a per-key limit takes as long as on AWS. Three consequences:
 - every request takes a lease on one shard of its workspace's rate-limit counter (a
-  rate-100 key has 16 at 0.001: RATE_LIMIT_SHARD_RATE is scaled too), up to two write
-  units when its second opens a new window (an instance's first lease there: a failed
-  conditional update, then a put; later ones open from what it saw, one unit). The plan
-  still sizes the light workspaces as if a workspace got only 1,000 × f / 2 requests a
-  second from one key: at least 9,999 × f, and so many that each keeps to half of that
-  (32 at 0.22 upserts/s at 0.001; on AWS each light workspace's 0.7/s is far below its
-  limits);
+  rate-100 key has 16 at 0.001: RATE_LIMIT_SHARD_RATE is scaled too), one write unit,
+  also when it opens its second. The plan still sizes the light workspaces as if a
+  workspace got only 1,000 × f requests a second from one key: at least 9,999 × f, and
+  so many that each keeps to half of that (16 at 0.44 upserts/s at 0.001; on AWS each
+  light workspace's 0.7/s is far below its limits);
 - the import is paced at 90 % of what one key would take of it (each imported user
   writes a transactional entry, 2 units, into the member list of the audience every
   imported user enters: 0.45 users/s at 0.001). Lists and the `workspace-shard-users`
@@ -120,10 +118,9 @@ KEY_MARGIN = 0.9
 # Write units a new user puts on the hottest key it touches: its transactional entry in
 # the member list of an audience every such user enters (docs/scale.md, "member list").
 LIST_ENTRY_UNITS = 2
-# Write units a request puts on its workspace's rate-limit counter, at most, when its
-# second is a new window: an instance's first lease fails its condition (billed) and the
-# window's put follows (app/rate_limit.rs, counters.rs).
-COUNTER_UNITS_PER_REQUEST = 2
+# Write units a request puts on its workspace's rate-limit counter, at most: one lease,
+# also when it opens its second (app/rate_limit.rs, counters.rs).
+COUNTER_UNITS_PER_REQUEST = 1
 # A light workspace keeps to this share of its counter's request budget (room for the
 # jitter of arrivals): so many light workspaces that each stays under it.
 LIGHT_BUDGET_SHARE = 0.5
@@ -1167,7 +1164,7 @@ def measured_section(summary):
     burst = "" if limit >= MIN_BURST_UNITS else (
         f"\nAt this factor a key takes {limit:g} write unit{'s' if limit != 1 else ''} a second, less than some single "
         f"requests write to one key at once ({MIN_BURST_UNITS} units: an Idempotency-Key's claim and mark, a "
-        "rate-limit counter's refused lease and open, a transactional member-list entry). A request is not scaled "
+        "transactional member-list entry). A request is not scaled "
         f"down with the load, so a key's bucket holds {MIN_BURST_UNITS} units (dev/stack/throughput.py): one "
         "request's writes pass, and a key is hot only when it throttles in more than one second.\n")
     throttled = "; ".join(f"phase {p[-1]}: " + (", ".join(f"`{t}` {n}" for t, n in sorted(

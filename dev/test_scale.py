@@ -25,17 +25,18 @@ class Plan(unittest.TestCase):
         self.assertTrue(plan["within_emulator_knee"])
         self.assertEqual(plan["heavy"]["rate_per_s"], 3.0)
         self.assertEqual(plan["light"]["rate_per_s"], 7.0)
-        # Each request costs its workspace's rate-limit counter 2 units (a new window each
-        # second): 0.45 requests/s a workspace at 1 unit/s; light ones keep to half that.
-        self.assertAlmostEqual(plan["limits"]["requests_per_workspace_per_s"], 0.45)
-        self.assertEqual(plan["light"]["workspaces"], 32)
-        self.assertAlmostEqual(plan["light"]["rate_per_workspace_per_s"], 0.21875)
+        # Each request costs its workspace's rate-limit counter 1 unit (a lease, opening
+        # its second or not): 0.9 requests/s a workspace at 1 unit/s, as if it had one
+        # shard; light ones keep to half that.
+        self.assertAlmostEqual(plan["limits"]["requests_per_workspace_per_s"], 0.9)
+        self.assertEqual(plan["light"]["workspaces"], 16)
+        self.assertAlmostEqual(plan["light"]["rate_per_workspace_per_s"], 0.4375)
         self.assertEqual(plan["heavy"]["audiences"], 100)
         self.assertEqual(plan["heavy"]["edge_users"], 100)  # 100,000 in a minute × 0.001
         self.assertEqual(plan["import"]["planned_users"], 10_000)
         self.assertEqual(plan["time_moves"]["per_hour"], 1_000)
         self.assertEqual(plan["limits"], {"write_units_per_key_per_s": 1.0, "read_units_per_key_per_s": 3.0,
-                                          "put_events_per_s": 10.0, "requests_per_workspace_per_s": 0.45})
+                                          "put_events_per_s": 10.0, "requests_per_workspace_per_s": 0.9})
 
     def test_the_import_is_paced_to_its_hottest_key_and_sends_what_fits_in_the_phase(self):
         plan = scale.load_plan(0.001, 180)["import"]

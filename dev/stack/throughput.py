@@ -16,8 +16,7 @@ limits, times the scale:
 
 Each limit is a token bucket holding at most one second's worth, or one request's
 writes to one key when that is more (MIN_BURST_UNITS, 2: an Idempotency-Key's claim and
-mark, a rate-limit counter's refused lease and open, a transactional member-list
-entry). AWS keeps up to 300 s of a table's unused capacity as burst, but a partition's
+mark, a transactional member-list entry). AWS keeps up to 300 s of a table's unused capacity as burst, but a partition's
 1,000/3,000 a second are a hard ceiling, and that ceiling is what this models; a
 request is not scaled down with the load, so at a factor where a key takes less than
 one request's writes a second (1 unit at 0.001) the bucket still holds one request's. A call larger than a second's worth (a
@@ -70,8 +69,8 @@ from .settings import ACCOUNT, REGION
 WRITE_UNITS_PER_KEY = 1000
 READ_UNITS_PER_KEY = 3000
 # What a key's bucket holds at least, in units: one request's writes to one key (its
-# Idempotency-Key's claim and mark; a rate-limit counter's refused lease and open; a
-# transactional member-list entry), which a factor scales no smaller.
+# Idempotency-Key's claim and mark; a transactional member-list entry), which a factor
+# scales no smaller.
 MIN_BURST_UNITS = 2
 # EventBridge User Guide, "Amazon EventBridge quotas": "PutEvents throttle limit in
 # transactions per second", us-east-1: 10,000 per second (adjustable; a request carries

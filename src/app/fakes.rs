@@ -244,6 +244,7 @@ impl UpsertQueue for MemoryQueue {
 #[derive(Default)]
 pub struct MemoryCounters {
     counters: Mutex<HashMap<String, Counter>>,
+    writes: Mutex<u64>,
     pub faults: Faults,
 }
 
@@ -251,6 +252,11 @@ impl MemoryCounters {
     /// A counter as stored (a workspace's, or a shard's).
     pub fn counter(&self, key: &str) -> Option<Counter> {
         lock(&self.counters).get(key).copied()
+    }
+
+    /// Writes made so far, refused ones included (DynamoDB bills a failed condition).
+    pub fn writes(&self) -> u64 {
+        *lock(&self.writes)
     }
 }
 
@@ -263,47 +269,26 @@ impl Counters for Arc<MemoryCounters> {
         bounds: Bounds,
     ) -> Result<Result<(), Option<Counter>>, PortError> {
         self.faults.check("counters.take")?;
+        *lock(&self.writes) += 1;
         let mut counters = lock(&self.counters);
         let found = counters.get(key).copied();
-        match counters.get_mut(key) {
-            Some(c)
-                if c.window == window
-                    && c.used + tokens <= bounds.second
-                    && c.used + c.previous + tokens <= bounds.pair =>
-            {
-                c.used += tokens;
-                Ok(Ok(()))
-            }
-            _ => Ok(Err(found)),
+        // As the DynamoDB item holds it: `window`'s tokens and the window's before.
+        let (used, previous) = match found {
+            Some(c) if c.window > window => return Ok(Err(found)),
+            Some(c) if c.window == window => (c.used, c.previous),
+            Some(c) if c.window == window - 1 => (0, c.used),
+            _ => (0, 0),
+        };
+        if used + tokens > bounds.second || used + previous + tokens > bounds.pair {
+            return Ok(Err(found));
         }
-    }
-
-    async fn start_window(
-        &self,
-        key: &str,
-        found: Option<Counter>,
-        window: i64,
-        tokens: u64,
-    ) -> Result<bool, PortError> {
-        self.faults.check("counters.start_window")?;
-        let mut counters = lock(&self.counters);
-        // As the DynamoDB condition: the same window with the same tokens taken.
-        let current = counters.get(key).map(|c| (c.window, c.used));
-        if current != found.map(|c| (c.window, c.used)) {
-            return Ok(false);
-        }
-        let previous = found
-            .filter(|c| c.window == window - 1)
-            .map_or(0, |c| c.used);
-        counters.insert(
-            key.to_owned(),
-            Counter {
-                window,
-                used: tokens,
-                previous,
-            },
-        );
-        Ok(true)
+        let counter = Counter {
+            window,
+            used: used + tokens,
+            previous,
+        };
+        counters.insert(key.to_owned(), counter);
+        Ok(Ok(()))
     }
 }
 

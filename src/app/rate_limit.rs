@@ -266,7 +266,9 @@ impl<S: Counters> RateLimiter<S> {
         }
     }
 
-    /// Takes up to `wanted` tokens of `window` from the counter `key`.
+    /// Takes up to `wanted` tokens of `window` from the counter `key`: one write,
+    /// whether or not it opens the window; another only when fewer tokens are left
+    /// than wanted, or another instance's clock is ahead.
     async fn lease(
         &self,
         key: &str,
@@ -282,22 +284,12 @@ impl<S: Counters> RateLimiter<S> {
             match found {
                 // Another instance's clock is ahead: its window is the current one.
                 Some(counter) if counter.window > window => window = counter.window,
-                Some(counter) if counter.window == window => {
-                    let room = counter.room_in(window, bounds);
+                found => {
+                    let room = found.map_or(bounds.second, |c| c.room_in(window, bounds));
                     if room == 0 {
                         return Ok(Lease::Exhausted);
                     }
                     wanted = wanted.min(room);
-                }
-                stale => {
-                    let room = stale.map_or(bounds.second, |c| c.room_in(window, bounds));
-                    if room == 0 {
-                        return Ok(Lease::Exhausted);
-                    }
-                    wanted = wanted.min(room);
-                    if self.store.start_window(key, stale, window, wanted).await? {
-                        return Ok(Lease::Granted(wanted));
-                    }
                 }
             }
         }
@@ -375,6 +367,27 @@ mod tests {
             }
         }
         admitted
+    }
+
+    /// A lease is one counter write, also the first of a second (it opens it), so a
+    /// quiet workspace, whose every request leases, costs one write a request.
+    #[test]
+    fn a_lease_is_one_counter_write_even_when_it_opens_its_second() {
+        let store = Arc::new(MemoryCounters::default());
+        let limiter = RateLimiter::new(Arc::clone(&store));
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let start_ms = 1_800_000_000_000;
+        for i in 0..20 {
+            // One request every 1.5 s: every second is a new one for the counter.
+            let now_ms = start_ms + i * 1_500;
+            let decision = runtime
+                .block_on(limiter.check("ws", 100, 1, now_ms))
+                .unwrap();
+            assert_eq!(decision, RateDecision::Allowed);
+        }
+        assert_eq!(store.writes(), 20);
     }
 
     #[test]

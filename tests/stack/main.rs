@@ -19,6 +19,7 @@ mod lambda_freeze;
 mod logs;
 mod metrics;
 mod profile_limits;
+mod rate_counter;
 mod sample_events;
 mod segment;
 mod source_time;

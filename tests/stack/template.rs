@@ -270,7 +270,6 @@ fn access_logs_record_the_route_key_never_the_raw_path() {
 const CALLS: &[(&str, &str, &str)] = &[
     ("ApiFunction", "ApiKeysTable", "dynamodb:GetItem"), // ApiKeyStore::get, open_connection
     ("ApiFunction", "RateLimitsTable", "dynamodb:UpdateItem"), // RateLimitStore::take
-    ("ApiFunction", "RateLimitsTable", "dynamodb:PutItem"), // RateLimitStore::start_window
     ("ApiFunction", "IdempotencyTable", "dynamodb:PutItem"), // claim
     ("ApiFunction", "IdempotencyTable", "dynamodb:UpdateItem"), // take_over, complete, reopen
     ("ApiFunction", "IdempotencyTable", "dynamodb:DeleteItem"), // release

@@ -189,10 +189,12 @@ pub struct Counter {
     pub previous: u64,
 }
 
-/// The shared rate counters (conditional writes in DynamoDB).
+/// The shared rate counters (one conditional write a lease in DynamoDB).
 pub trait Counters {
-    /// Adds `tokens` to the counter `key` if it is at `window` and still has room for
-    /// them within `bounds`; otherwise changes nothing and returns the counter as found.
+    /// Adds `tokens` to `window` of the counter `key` if they fit `bounds` (the second
+    /// alone, and with the window before), opening `window` if this is its first lease;
+    /// otherwise changes nothing and returns the counter as found. A window that the
+    /// counter has already moved past takes nothing.
     fn take(
         &self,
         key: &str,
@@ -200,16 +202,6 @@ pub trait Counters {
         tokens: u64,
         bounds: Bounds,
     ) -> impl Future<Output = Result<Result<(), Option<Counter>>, PortError>> + Send;
-
-    /// Moves the counter from `found` (as read) to `window` with `tokens` taken;
-    /// `false` if another instance moved it first.
-    fn start_window(
-        &self,
-        key: &str,
-        found: Option<Counter>,
-        window: i64,
-        tokens: u64,
-    ) -> impl Future<Output = Result<bool, PortError>> + Send;
 }
 
 /// The change-event bus. Its calls take a bounded number of events and bytes.

@@ -1,22 +1,38 @@
 //! The rate limiter's shared counters: one item per workspace, or per shard of one
 //! (`<workspace>#<shard>`, shards past the first).
 
-use super::{
-    condition, condition_held, get_by_key, get_n, n, s, Condition, Item, PARTITION_KEY,
-    TTL_ATTRIBUTE,
-};
+use super::{condition, get_by_key, get_n, n, s, Condition, Item, PARTITION_KEY, TTL_ATTRIBUTE};
 use crate::app::ports::{Counter, Counters, PortError};
 use crate::domain::rate_limit::Bounds;
-use aws_sdk_dynamodb::types::ReturnValuesOnConditionCheckFailure;
+use aws_sdk_dynamodb::types::{ReturnValue, ReturnValuesOnConditionCheckFailure};
 use aws_sdk_dynamodb::Client;
+
+/// Before a counter's key: counters of this layout are items of their own, so an
+/// instance of the previous layout (a lease, then a put to open a second) never
+/// rewrites one during a deploy; its items expire a minute or two after.
+const LAYOUT: &str = "c#";
+
+fn item_key(key: &str) -> String {
+    format!("{LAYOUT}{key}")
+}
 
 /// A counter outlives the window that reads it as "previous"; an expired one counts
 /// as an idle workspace.
 const COUNTER_TTL_SECS: i64 = 120;
 
-/// One counter per workspace or shard (`pk` = its key): `window` (epoch second), `used`
-/// (tokens handed out in it), `previous` (in the window before) and `pair` (their sum,
-/// kept so that one condition expression can check the two-second limit).
+/// A lease removes the counts of this many windows before its own: what a gap in a
+/// shard's traffic left behind, up to that long.
+const WINDOWS_CLEARED: i64 = 10;
+/// Counts left from before a longer gap that an item may hold before a lease clears
+/// them in a write of their own (they are read back with every lease, for free).
+const LEFT_BEHIND_CLEARED: usize = 8;
+
+/// One counter per workspace or shard (`pk` = its key): `window` (the latest epoch
+/// second leased from), and per second `w`, `c<w>` (tokens handed out in it) and `s<w>`
+/// (with the second before, so that one condition checks the two-second bound). A
+/// lease is one conditional update, whether or not it opens its second: the second's
+/// counts start from what is absent (`if_not_exists`), so no instance needs to know
+/// where the counter stands, and a second the counter has moved past takes nothing.
 #[derive(Clone)]
 pub struct RateLimitStore {
     client: Client,
@@ -33,8 +49,36 @@ impl RateLimitStore {
 
     /// A counter as stored (consistent read): a workspace's is its id.
     pub async fn counter(&self, key: &str) -> Result<Option<Counter>, PortError> {
-        let item = get_by_key(&self.client, &self.table, key.to_owned(), true).await?;
+        let item = get_by_key(&self.client, &self.table, item_key(key), true).await?;
         Ok(item.as_ref().and_then(counter_from_item))
+    }
+
+    /// Removes counts a gap left behind, once there are enough of them to matter.
+    async fn clear_left_behind(
+        &self,
+        key: String,
+        item: &Item,
+        window: i64,
+    ) -> Result<(), PortError> {
+        let left: Vec<&String> = item
+            .keys()
+            .filter(|name| second_of(name).is_some_and(|w| w < window - WINDOWS_CLEARED))
+            .collect();
+        if left.len() < LEFT_BEHIND_CLEARED {
+            return Ok(());
+        }
+        let names: Vec<String> = (0..left.len()).map(|i| format!("#l{i}")).collect();
+        let request = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key(PARTITION_KEY, s(key))
+            .update_expression(format!("REMOVE {}", names.join(", ")))
+            .set_expression_attribute_names(Some(
+                names.into_iter().zip(left.into_iter().cloned()).collect(),
+            ));
+        request.send().await?;
+        Ok(())
     }
 }
 
@@ -51,65 +95,76 @@ impl Counters for RateLimitStore {
         let (Some(max_used), Some(max_pair)) = (max_used, max_pair) else {
             return Ok(Err(self.counter(key).await?));
         };
-        let result = self
+        let count = |w: i64| format!("c{w}");
+        let pair = |w: i64| format!("s{w}");
+        let cleared = (2..=WINDOWS_CLEARED).map(|back| format!("#c{back}, #s{back}"));
+        let key = item_key(key);
+        let mut request = self
             .client
             .update_item()
             .table_name(&self.table)
-            .key(PARTITION_KEY, s(key))
-            .update_expression("ADD used :tokens, pair :tokens")
-            .condition_expression("#window = :window AND used <= :max_used AND pair <= :max_pair")
+            .key(PARTITION_KEY, s(&key))
+            .update_expression(format!(
+                "SET #window = :window, #used = if_not_exists(#used, :zero) + :tokens, \
+                 #pair = if_not_exists(#pair, if_not_exists(#before, :zero)) + :tokens, \
+                 #expires = :expires REMOVE {}",
+                cleared.collect::<Vec<_>>().join(", ")
+            ))
+            // A second in the past takes nothing; the second alone; the second with
+            // the one before (its count as this second's first lease finds it).
+            .condition_expression(
+                "(attribute_not_exists(#window) OR #window <= :window) \
+                 AND (attribute_not_exists(#used) OR #used <= :max_used) \
+                 AND (#pair <= :max_pair OR (attribute_not_exists(#pair) \
+                      AND (attribute_not_exists(#before) OR #before <= :max_pair)))",
+            )
             .expression_attribute_names("#window", "window")
-            .expression_attribute_values(":tokens", n(tokens))
+            .expression_attribute_names("#used", count(window))
+            .expression_attribute_names("#pair", pair(window))
+            .expression_attribute_names("#before", count(window - 1))
+            .expression_attribute_names("#expires", TTL_ATTRIBUTE)
             .expression_attribute_values(":window", n(window))
+            .expression_attribute_values(":tokens", n(tokens))
+            .expression_attribute_values(":zero", n(0))
             .expression_attribute_values(":max_used", n(max_used))
             .expression_attribute_values(":max_pair", n(max_pair))
-            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
-            .send()
-            .await;
-        Ok(match condition(result)? {
-            Condition::Held => Ok(()),
-            Condition::Failed(found) => Err(found.as_ref().and_then(counter_from_item)),
-        })
-    }
-
-    async fn start_window(
-        &self,
-        key: &str,
-        found: Option<Counter>,
-        window: i64,
-        tokens: u64,
-    ) -> Result<bool, PortError> {
-        let previous = found
-            .filter(|c| c.window == window - 1)
-            .map_or(0, |c| c.used);
-        let request = self
-            .client
-            .put_item()
-            .table_name(&self.table)
-            .item(PARTITION_KEY, s(key))
-            .item("window", n(window))
-            .item("used", n(tokens))
-            .item("previous", n(previous))
-            .item("pair", n(previous + tokens))
-            .item(TTL_ATTRIBUTE, n(window + COUNTER_TTL_SECS));
-        // Only from the state that was read, tokens included: a lease taken in the old
-        // window since then must not vanish from the two-second sum.
-        let request = match found {
-            None => request.condition_expression("attribute_not_exists(pk)"),
-            Some(counter) => request
-                .condition_expression("#window = :found AND used = :found_used")
-                .expression_attribute_names("#window", "window")
-                .expression_attribute_values(":found", n(counter.window))
-                .expression_attribute_values(":found_used", n(counter.used)),
+            .expression_attribute_values(":expires", n(window + COUNTER_TTL_SECS))
+            .return_values(ReturnValue::AllNew)
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld);
+        // The second before this one's stays: a later first lease of this second reads it.
+        for back in 2..=WINDOWS_CLEARED {
+            request = request
+                .expression_attribute_names(format!("#c{back}"), count(window - back))
+                .expression_attribute_names(format!("#s{back}"), pair(window - back + 1));
+        }
+        let out = match request.send().await {
+            Ok(out) => out,
+            Err(err) => {
+                return Ok(match condition::<(), _>(Err(err))? {
+                    Condition::Held => Ok(()),
+                    Condition::Failed(found) => Err(found.as_ref().and_then(counter_from_item)),
+                })
+            }
         };
-        condition_held(request.send().await)
+        if let Some(item) = out.attributes() {
+            self.clear_left_behind(key, item, window).await?;
+        }
+        Ok(Ok(()))
     }
 }
 
+/// The second a count or pair attribute (`c<w>`, `s<w>`) is of.
+fn second_of(name: &str) -> Option<i64> {
+    name.strip_prefix(['c', 's'])?.parse().ok()
+}
+
 fn counter_from_item(item: &Item) -> Option<Counter> {
+    let window: i64 = get_n(item, "window")?;
+    let used: u64 = get_n(item, &format!("c{window}")).unwrap_or(0);
+    let pair: u64 = get_n(item, &format!("s{window}")).unwrap_or(used);
     Some(Counter {
-        window: get_n(item, "window")?,
-        used: get_n(item, "used")?,
-        previous: get_n(item, "previous").unwrap_or(0),
+        window,
+        used,
+        previous: pair.saturating_sub(used),
     })
 }

@@ -610,11 +610,6 @@ mod tests {
         w.counters
             .faults
             .fail("counters.take", crate::app::fakes::unavailable(), 10);
-        w.counters.faults.fail(
-            "counters.start_window",
-            crate::app::fakes::unavailable(),
-            10,
-        );
         let (status, _, headers) = answer(&w.api, request("apigw-post-user.json", |_| {})).await;
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
         assert!(headers.contains_key("retry-after"));
