@@ -450,10 +450,16 @@ def label(row, tables, workspaces):
         for workspace in workspaces:
             if key == digest(workspace):
                 return {"what": f"{role} index {index}: the key of workspace {workspace}", "workspace": workspace}
+            for n in range(16):
+                if key == digest(f"{workspace}#{n}"):
+                    return {"what": f"{role} index {index}: shard {n} of workspace {workspace}",
+                            "workspace": workspace}
         shards = {digest(str(n)): n for n in range(64)}
         if key in shards:
             return {"what": f"{role} index {index}: shard {shards[key]} (all workspaces)", "workspace": None}
         return {"what": f"{role} index {index}", "workspace": None}
+    if role == "rate-limits":
+        key = key.removeprefix("c#")  # the counters' layout (counters.rs)
     parts = key.split("#")
     prefix = parts[0] if role == "audience-members" and len(parts) > 2 else None
     workspace = parts[1] if prefix else parts[0]

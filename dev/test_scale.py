@@ -342,6 +342,10 @@ class Report(unittest.TestCase):
         self.assertEqual(self.label("aud-t", "sh1"),
                          {"what": "audiences: a workspace's audience definitions", "workspace": "sh1"})
         self.assertEqual(self.label("rl-t", "sh1")["what"], "rate-limits: a workspace's rate-limit counter")
+        self.assertEqual(self.label("rl-t", "c#sh1#3"),
+                         {"what": "rate-limits: a workspace's rate-limit counter", "workspace": "sh1"})
+        self.assertEqual(self.label("users-t/index/workspace-shard-users", digest("sh1#12")),
+                         {"what": "users index workspace-shard-users: shard 12 of workspace sh1", "workspace": "sh1"})
         self.assertEqual(self.label("users-t", "sl1-000#a00001")["workspace"], "sl1-000")
         self.assertEqual(self.label("users-t/index/workspace-users", digest("sh1")),
                          {"what": "users index workspace-users: the key of workspace sh1", "workspace": "sh1"})

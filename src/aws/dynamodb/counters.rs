@@ -1,7 +1,10 @@
 //! The rate limiter's shared counters: one item per workspace, or per shard of one
 //! (`<workspace>#<shard>`, shards past the first).
 
-use super::{condition, get_by_key, get_n, n, s, Condition, Item, PARTITION_KEY, TTL_ATTRIBUTE};
+use super::{
+    condition, condition_held, get_by_key, get_n, n, s, Condition, Item, PARTITION_KEY,
+    TTL_ATTRIBUTE,
+};
 use crate::app::ports::{Counter, Counters, PortError};
 use crate::domain::rate_limit::Bounds;
 use aws_sdk_dynamodb::types::{ReturnValue, ReturnValuesOnConditionCheckFailure};
@@ -74,10 +77,16 @@ impl RateLimitStore {
             .table_name(&self.table)
             .key(PARTITION_KEY, s(key))
             .update_expression(format!("REMOVE {}", names.join(", ")))
+            // Not on an item expired since: an update would make a new one of the key.
+            .condition_expression("attribute_exists(#window)")
             .set_expression_attribute_names(Some(
-                names.into_iter().zip(left.into_iter().cloned()).collect(),
+                names
+                    .into_iter()
+                    .zip(left.into_iter().cloned())
+                    .chain([("#window".to_owned(), "window".to_owned())])
+                    .collect(),
             ));
-        request.send().await?;
+        condition_held(request.send().await)?;
         Ok(())
     }
 }
