@@ -32,10 +32,11 @@ const LEFT_BEHIND_CLEARED: usize = 8;
 
 /// One counter per workspace or shard (`pk` = its key): `window` (the latest epoch
 /// second leased from), and per second `w`, `c<w>` (tokens handed out in it) and `s<w>`
-/// (with the second before, so that one condition checks the two-second bound). A
-/// lease is one conditional update, whether or not it opens its second: the second's
-/// counts start from what is absent (`if_not_exists`), so no instance needs to know
-/// where the counter stands, and a second the counter has moved past takes nothing.
+/// (with the second before's: a lease adds to its second's pair and to the next's, so
+/// that one condition checks the two-second bound). A lease is one conditional update,
+/// whether or not it opens its second: a second's counts start from what is absent
+/// (`if_not_exists`), so no instance needs to know where the counter stands, and a
+/// second the counter has moved past takes nothing.
 #[derive(Clone)]
 pub struct RateLimitStore {
     client: Client,
@@ -106,7 +107,7 @@ impl Counters for RateLimitStore {
         };
         let count = |w: i64| format!("c{w}");
         let pair = |w: i64| format!("s{w}");
-        let cleared = (2..=WINDOWS_CLEARED).map(|back| format!("#c{back}, #s{back}"));
+        let cleared = (1..=WINDOWS_CLEARED).map(|back| format!("#c{back}, #s{back}"));
         let key = item_key(key);
         let mut request = self
             .client
@@ -115,22 +116,23 @@ impl Counters for RateLimitStore {
             .key(PARTITION_KEY, s(&key))
             .update_expression(format!(
                 "SET #window = :window, #used = if_not_exists(#used, :zero) + :tokens, \
-                 #pair = if_not_exists(#pair, if_not_exists(#before, :zero)) + :tokens, \
+                 #pair = if_not_exists(#pair, :zero) + :tokens, \
+                 #next = if_not_exists(#next, :zero) + :tokens, \
                  #expires = :expires REMOVE {}",
                 cleared.collect::<Vec<_>>().join(", ")
             ))
             // A second in the past takes nothing; the second alone; the second with
-            // the one before (its count as this second's first lease finds it).
+            // the one before.
             .condition_expression(
                 "(attribute_not_exists(#window) OR #window <= :window) \
                  AND (attribute_not_exists(#used) OR #used <= :max_used) \
-                 AND (#pair <= :max_pair OR (attribute_not_exists(#pair) \
-                      AND (attribute_not_exists(#before) OR #before <= :max_pair)))",
+                 AND (attribute_not_exists(#pair) OR #pair <= :max_pair)",
             )
             .expression_attribute_names("#window", "window")
             .expression_attribute_names("#used", count(window))
             .expression_attribute_names("#pair", pair(window))
-            .expression_attribute_names("#before", count(window - 1))
+            // A second's tokens count towards the next one's pair as they are leased.
+            .expression_attribute_names("#next", pair(window + 1))
             .expression_attribute_names("#expires", TTL_ATTRIBUTE)
             .expression_attribute_values(":window", n(window))
             .expression_attribute_values(":tokens", n(tokens))
@@ -140,11 +142,10 @@ impl Counters for RateLimitStore {
             .expression_attribute_values(":expires", n(window + COUNTER_TTL_SECS))
             .return_values(ReturnValue::AllNew)
             .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld);
-        // The second before this one's stays: a later first lease of this second reads it.
-        for back in 2..=WINDOWS_CLEARED {
+        for back in 1..=WINDOWS_CLEARED {
             request = request
                 .expression_attribute_names(format!("#c{back}"), count(window - back))
-                .expression_attribute_names(format!("#s{back}"), pair(window - back + 1));
+                .expression_attribute_names(format!("#s{back}"), pair(window - back));
         }
         let out = match request.send().await {
             Ok(out) => out,
