@@ -168,11 +168,15 @@ async fn email_lookup_answers_every_match_up_to_100_then_truncates() {
     for chunk in bodies.chunks(10) {
         futures::future::join_all(chunk.iter().map(|body| stack.accept(&key, body))).await;
     }
+    // Complete once every upsert is applied: 100 answered of the 105 is not enough (the
+    // other 5 may not be in yet), truncation says all 105 are.
     let (shared, many) = crate::support::until_consumed(&stack, "every match found", || async {
         let shared = stack.users_with_email(&key, "shared@example.com").await;
         let many = stack.users_with_email(&key, "many@example.com").await;
-        let complete =
-            shared["data"].as_array()?.len() == 40 && many["data"].as_array()?.len() == 100;
+        let complete = shared["data"].as_array()?.len() == 40
+            && many["data"].as_array()?.len() == 100
+            && many["truncated"] == true
+            && many["data"][99]["external_user_id"] == "many099";
         complete.then_some((shared, many))
     })
     .await;
