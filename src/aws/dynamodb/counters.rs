@@ -30,6 +30,21 @@ const WINDOWS_CLEARED: i64 = 10;
 /// them in a write of their own (they are read back with every lease, for free).
 const LEFT_BEHIND_CLEARED: usize = 8;
 
+/// A lease's update expression: the same for every second (only what its names stand
+/// for moves), so it is written once, not on every lease.
+static LEASE_UPDATE: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    let cleared: Vec<String> = (1..=WINDOWS_CLEARED)
+        .map(|back| format!("#c{back}, #s{back}"))
+        .collect();
+    format!(
+        "SET #window = :window, #used = if_not_exists(#used, :zero) + :tokens, \
+         #pair = if_not_exists(#pair, :zero) + :tokens, \
+         #next = if_not_exists(#next, :zero) + :tokens, \
+         #expires = :expires REMOVE {}",
+        cleared.join(", ")
+    )
+});
+
 /// One counter per workspace or shard (`pk` = its key): `window` (the latest epoch
 /// second leased from), and per second `w`, `c<w>` (tokens handed out in it) and `s<w>`
 /// (with the second before's: a lease adds to its second's pair and to the next's, so
@@ -107,20 +122,13 @@ impl Counters for RateLimitStore {
         };
         let count = |w: i64| format!("c{w}");
         let pair = |w: i64| format!("s{w}");
-        let cleared = (1..=WINDOWS_CLEARED).map(|back| format!("#c{back}, #s{back}"));
         let key = item_key(key);
         let mut request = self
             .client
             .update_item()
             .table_name(&self.table)
             .key(PARTITION_KEY, s(&key))
-            .update_expression(format!(
-                "SET #window = :window, #used = if_not_exists(#used, :zero) + :tokens, \
-                 #pair = if_not_exists(#pair, :zero) + :tokens, \
-                 #next = if_not_exists(#next, :zero) + :tokens, \
-                 #expires = :expires REMOVE {}",
-                cleared.collect::<Vec<_>>().join(", ")
-            ))
+            .update_expression(LEASE_UPDATE.as_str())
             // A second in the past takes nothing; the second alone; the second with
             // the one before.
             .condition_expression(
