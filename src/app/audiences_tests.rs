@@ -450,7 +450,20 @@ async fn a_build_brings_existing_users_in_page_by_page_and_is_then_ready() {
     w.builds.take();
     let view = w.curate.get(&caller(), "trials", T0 + 2).await.unwrap();
     assert_eq!(view.audience.building, Some(BUILD_PAGE as u64));
+    // Pages read the rules by revision, held between pages: the definitions (their
+    // workspace's one key) are not read again while they stand.
+    let reads = |name: &str| {
+        w.store
+            .journal
+            .calls()
+            .iter()
+            .filter(|c| *c == name)
+            .count()
+    };
+    let (lists, revisions) = (reads("audiences.list"), reads("audiences.revision"));
     assert_eq!(w.build(T0 + 3).await, 2);
+    assert_eq!(reads("audiences.list"), lists);
+    assert!(reads("audiences.revision") > revisions);
     let view = w.curate.get(&caller(), "trials", T0 + 3).await.unwrap();
     assert_eq!((view.audience.building, view.members), (None, 150));
     assert_eq!(w.events().len(), 150);

@@ -707,13 +707,8 @@ async fn member_counts_stay_exact_whatever_order_decisions_are_carried_out_in() 
 
 async fn counts_and_pages_stay_exact(stack: &Stack, audience: &str, sharded: bool) {
     use vibefollow_users::app::ports::{Audience, Memberships};
-    use vibefollow_users::aws::dynamodb::AudienceStore;
     use vibefollow_users::domain::audience::{MembershipEvent, Reason};
-    let store = AudienceStore::new(
-        stack.dynamodb.clone(),
-        &stack.resources.audiences_table,
-        &stack.resources.audience_members_table,
-    );
+    let store = stack.audiences();
     let since_rev = 3;
     let decision = |user: &str, rev: u64| MembershipEvent {
         // Commits alternate: in at 1, out at 2, in at 3…
@@ -833,15 +828,10 @@ async fn a_stream_batch_that_kept_failing_is_read_again_and_its_users_settled() 
 #[ignore = "needs the local stack: run `make test`"]
 async fn the_definitions_revision_is_read_from_copies_kept_with_it_or_made_from_it() {
     use vibefollow_users::app::ports::Audiences;
-    use vibefollow_users::aws::dynamodb::AudienceStore;
     use vibefollow_users::aws_sdk_dynamodb::types::AttributeValue;
     let stack = Stack::new().await;
     let key = stack.key(&ALL_SCOPES).await;
-    let store = AudienceStore::new(
-        stack.dynamodb.clone(),
-        &stack.resources.audiences_table,
-        &stack.resources.audience_members_table,
-    );
+    let store = stack.audiences();
     let workspace = stack.workspace.as_str();
     let trial = json!({"field": "plan", "op": "eq", "value": "trial"});
     stack.define(&key, "trials", trial).await;

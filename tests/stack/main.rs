@@ -7,6 +7,7 @@ mod support;
 
 mod audiences;
 mod batch;
+mod build_progress;
 mod change_events;
 mod consumer_and_reads;
 mod dlq;

@@ -8,7 +8,9 @@ use std::future::Future;
 use std::time::{Duration, Instant};
 use vibefollow_users::app::ports::{StoredUser, Users};
 use vibefollow_users::aws::dynamodb::ApiKeyStore;
-use vibefollow_users::aws::dynamodb::{IdempotencyStore, RateLimitStore, UserStore, PARTITION_KEY};
+use vibefollow_users::aws::dynamodb::{
+    AudienceStore, IdempotencyStore, RateLimitStore, UserStore, PARTITION_KEY,
+};
 use vibefollow_users::aws_sdk_eventbridge;
 use vibefollow_users::config::Resources;
 use vibefollow_users::domain::auth::{generate_key, key_hash, key_id, ApiKeyRecord, Scope};
@@ -79,6 +81,14 @@ impl Stack {
 
     pub fn users(&self) -> UserStore {
         UserStore::new(self.dynamodb.clone(), &self.resources.users_table)
+    }
+
+    pub fn audiences(&self) -> AudienceStore {
+        AudienceStore::new(
+            self.dynamodb.clone(),
+            &self.resources.audiences_table,
+            &self.resources.audience_members_table,
+        )
     }
 
     pub fn idempotency(&self) -> IdempotencyStore {

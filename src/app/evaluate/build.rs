@@ -30,14 +30,16 @@ impl<S: MembershipStore, U: UserSource, B: WorkQueues, E: Bus> Evaluate<S, U, B,
             });
             return self.then(next, 0, 0, 0).await;
         }
-        // Read whole: whether the build is still going is not part of the revision.
-        let definitions = Arc::new(self.store.list(workspace_id).await?);
-        self.rules.put(workspace_id, definitions.clone());
-        let current = definitions.audiences.iter().any(|a| {
-            a.audience_id == task.audience_id && a.rule_rev == task.rule_rev && a.building.is_some()
-        });
+        // The rules as of now (the revision read, the rules held at it): a page reads
+        // no definition, so that builds do not take their workspace's definitions key.
+        // Whether the build is done is its record's to say (below).
+        let definitions = self.rules(workspace_id).await?;
+        let current = definitions
+            .audiences
+            .iter()
+            .any(|a| a.audience_id == task.audience_id && a.rule_rev == task.rule_rev);
         if !current {
-            // Replaced, deleted or done: a newer task (or none) carries on.
+            // Replaced or deleted: a newer task (or none) carries on.
             return self.then(None, 0, 0, 0).await;
         }
         let (page, to) = self

@@ -29,7 +29,7 @@ use aws_sdk_dynamodb::error::SdkError;
 use aws_sdk_dynamodb::operation::delete_item::DeleteItemError;
 use aws_sdk_dynamodb::operation::put_item::PutItemError;
 use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
-use aws_sdk_dynamodb::types::AttributeValue;
+use aws_sdk_dynamodb::types::{AttributeValue, KeysAndAttributes};
 use aws_sdk_dynamodb::Client;
 use std::collections::HashMap;
 
@@ -39,6 +39,9 @@ pub const PARTITION_KEY: &str = "pk";
 pub const TTL_ATTRIBUTE: &str = "expires_at";
 
 pub type Item = HashMap<String, AttributeValue>;
+
+/// BatchGetItem's limit on keys per call.
+pub(crate) const MAX_BATCH_GET: usize = 100;
 
 pub(crate) fn s(value: impl Into<String>) -> AttributeValue {
     AttributeValue::S(value.into())
@@ -75,6 +78,41 @@ pub(crate) async fn get_by_key(
         .send()
         .await?;
     Ok(out.item)
+}
+
+/// Items by key, strongly consistent, at most [`MAX_BATCH_GET`] keys: BatchGetItem leaves keys
+/// unprocessed when throttled, so those are asked again, up to `keys.len()` times.
+pub(crate) async fn batch_get_consistent(
+    client: &Client,
+    table: &str,
+    keys: Vec<Item>,
+) -> Result<Vec<Item>, PortError> {
+    let attempts = keys.len();
+    let mut found = Vec::with_capacity(keys.len());
+    let mut wanted = keys;
+    for _ in 0..attempts {
+        let request = KeysAndAttributes::builder()
+            .set_keys(Some(wanted))
+            .consistent_read(true)
+            .build()
+            .map_err(|_| PortError::Refused("request not built".into()))?;
+        let out = client
+            .batch_get_item()
+            .request_items(table, request)
+            .send()
+            .await?;
+        found.extend(
+            out.responses
+                .into_iter()
+                .flatten()
+                .flat_map(|(_, items)| items),
+        );
+        match out.unprocessed_keys.and_then(|mut left| left.remove(table)) {
+            Some(left) if !left.keys.is_empty() => wanted = left.keys,
+            _ => return Ok(found),
+        }
+    }
+    Err(PortError::Unavailable("keys left unprocessed".into()))
 }
 
 /// A read of a key no item has: it opens the connection to DynamoDB, resolves the

@@ -127,39 +127,12 @@ impl Memberships for AudienceStore {
 
     async fn count(&self, workspace_id: &str, audience: (&str, u64)) -> Result<u64, PortError> {
         let keys = (0..LIST_SHARDS).map(|shard| count_key(workspace_id, audience, shard));
-        let mut wanted = KeysAndAttributes::builder()
-            .set_keys(Some(keys.collect()))
-            .consistent_read(true);
-        let mut count: i64 = 0;
-        // BatchGetItem may leave keys unprocessed (throttled): asked again until none.
-        for _ in 0..LIST_SHARDS {
-            let out = self
-                .client
-                .batch_get_item()
-                .request_items(&self.members, built(wanted.build())?)
-                .send()
-                .await?;
-            let items = out
-                .responses
-                .into_iter()
-                .flatten()
-                .flat_map(|(_, items)| items);
-            count += items
-                .map(|item| get_n::<i64>(&item, "n").unwrap_or(0))
-                .sum::<i64>();
-            match out
-                .unprocessed_keys
-                .and_then(|mut left| left.remove(&self.members))
-            {
-                Some(left) => {
-                    wanted = KeysAndAttributes::builder()
-                        .set_keys(Some(left.keys))
-                        .consistent_read(true)
-                }
-                None => return u64::try_from(count).map_err(|_| negative_count()),
-            }
-        }
-        Err(PortError::Unavailable("count shards unprocessed".into()))
+        let shards = batch_get_consistent(&self.client, &self.members, keys.collect()).await?;
+        let count: i64 = shards
+            .iter()
+            .map(|item| get_n::<i64>(item, "n").unwrap_or(0))
+            .sum();
+        u64::try_from(count).map_err(|_| negative_count())
     }
 
     async fn count_listed(

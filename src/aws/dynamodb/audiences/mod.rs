@@ -22,8 +22,8 @@ mod revision;
 use items::{audience_from_item, count_key, due_shard, state_from_item, state_item};
 
 use super::{
-    condition, get_n, get_s, n, s, user_shard, workspace_key, Condition, Item, PARTITION_KEY,
-    TTL_ATTRIBUTE,
+    batch_get_consistent, condition, get_n, get_s, n, s, user_shard, workspace_key, Condition,
+    Item, MAX_BATCH_GET, PARTITION_KEY, TTL_ATTRIBUTE,
 };
 use crate::app::ports::{
     Audience, Audiences, BuildRecord, BuildStep, Definitions, Memberships, PortError, Standing,
@@ -34,20 +34,25 @@ use crate::domain::audience::MembershipEvent;
 use crate::domain::membership::GONE_KEPT_SECS;
 use aws_sdk_dynamodb::error::SdkError;
 use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
-use aws_sdk_dynamodb::types::KeysAndAttributes;
 use aws_sdk_dynamodb::types::{
     AttributeValue, Delete, Put, ReturnValuesOnConditionCheckFailure, Select, TransactWriteItem,
     Update,
 };
 use aws_sdk_dynamodb::Client;
 use futures::future::join_all;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 const SORT_KEY: &str = "sk";
 /// The definitions revision's item in a workspace's partition (audience ids never
 /// start with `#`).
 const DEFINITIONS: &str = "#definitions";
 const STATE: &str = "state";
+/// A build's progress (`rule_rev`, `building`: users looked at, absent once done,
+/// `build_cursor`) is an item of its own, `pk` = `b#<workspace>#<audience>`, so that
+/// pages never write (nor read) the workspace's definitions key, which every define
+/// and every rules read of the workspace takes (`docs/scale.md`). A build started
+/// before kept its progress on the definition, and ends there (`record_build`).
+const PROGRESS: &str = "build";
 /// A list entry that is a member now, of the audience that started at `:since`.
 const MEMBER: &str = "attribute_not_exists(gone) AND rule_rev >= :since";
 /// An entry an older commit (`rev < :rev`) wrote: a member of the audience…
@@ -137,6 +142,117 @@ impl AudienceStore {
         }
     }
 
+    fn progress_key(workspace_id: &str, audience_id: &str) -> Item {
+        Self::key(
+            format!("b#{}", workspace_key(workspace_id, audience_id)),
+            PROGRESS,
+        )
+    }
+
+    /// Shows each building audience's progress as its build's item holds it (the
+    /// definition holds only that it is building, or a build started before progress
+    /// had items of its own).
+    async fn with_progress(
+        &self,
+        workspace_id: &str,
+        audiences: &mut [Audience],
+    ) -> Result<(), PortError> {
+        let building: HashMap<String, usize> = audiences
+            .iter()
+            .enumerate()
+            .filter(|(_, a)| a.building.is_some())
+            .map(|(i, a)| {
+                (
+                    format!("b#{}", workspace_key(workspace_id, &a.audience_id)),
+                    i,
+                )
+            })
+            .collect();
+        let keys: Vec<Item> = building
+            .keys()
+            .map(|pk| Self::key(pk.clone(), PROGRESS))
+            .collect();
+        for keys in keys.chunks(MAX_BATCH_GET) {
+            let found = batch_get_consistent(&self.client, &self.audiences, keys.to_vec()).await?;
+            for item in found {
+                let Some(audience) = get_s(&item, PARTITION_KEY)
+                    .and_then(|pk| building.get(pk))
+                    .map(|&i| &mut audiences[i])
+                    .filter(|a| get_n(&item, "rule_rev") == Some(a.rule_rev))
+                else {
+                    continue;
+                };
+                audience.building = get_n(&item, "building");
+            }
+        }
+        Ok(())
+    }
+
+    /// Records a build step on the item at `key` (the build's progress, or the
+    /// definition of a build started before); `None` when there is no item.
+    async fn record_step(
+        &self,
+        key: Item,
+        rule_rev: u64,
+        step: &BuildStep,
+    ) -> Result<Option<BuildRecord>, PortError> {
+        let update = self
+            .client
+            .update_item()
+            .table_name(&self.audiences)
+            .set_key(Some(key))
+            .expression_attribute_values(":rev", n(rule_rev))
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld);
+        let update = match &step.from {
+            Some(from) => update
+                .condition_expression("rule_rev = :rev AND attribute_exists(building) AND build_cursor = :from")
+                .expression_attribute_values(":from", s(from)),
+            None => update.condition_expression(
+                "rule_rev = :rev AND attribute_exists(building) AND attribute_not_exists(build_cursor)",
+            ),
+        };
+        let update = match &step.to {
+            Some(to) => update
+                .update_expression("SET building = building + :n, build_cursor = :to")
+                .expression_attribute_values(":n", n(step.scanned))
+                .expression_attribute_values(":to", s(to)),
+            None => update.update_expression("REMOVE building, build_cursor"),
+        };
+        Ok(match condition(update.send().await)? {
+            Condition::Held => Some(BuildRecord::Recorded),
+            Condition::Failed(None) => None,
+            Condition::Failed(Some(item)) if get_n::<u64>(&item, "rule_rev") != Some(rule_rev) => {
+                Some(BuildRecord::Replaced)
+            }
+            Condition::Failed(Some(item)) if !item.contains_key("building") => {
+                Some(BuildRecord::AlreadyAt(None))
+            }
+            Condition::Failed(Some(item)) => Some(BuildRecord::AlreadyAt(
+                get_s(&item, "build_cursor").map(str::to_owned),
+            )),
+        })
+    }
+
+    /// Marks the definition of `rule_rev` ready once its build is done (again after a
+    /// retry: nothing if it is ready or replaced).
+    async fn mark_ready(
+        &self,
+        workspace_id: &str,
+        audience_id: &str,
+        rule_rev: u64,
+    ) -> Result<(), PortError> {
+        let update = self
+            .client
+            .update_item()
+            .table_name(&self.audiences)
+            .set_key(Some(Self::key(workspace_id.to_owned(), audience_id)))
+            .update_expression("REMOVE building, build_cursor")
+            .condition_expression("rule_rev = :rev AND attribute_exists(building)")
+            .expression_attribute_values(":rev", n(rule_rev));
+        condition(update.send().await)?;
+        Ok(())
+    }
+
     fn state_key(workspace_id: &str, external_user_id: &str) -> Item {
         Self::key(
             format!("u#{}", workspace_key(workspace_id, external_user_id)),
@@ -186,6 +302,8 @@ impl Audiences for AudienceStore {
             }
             start = out.last_evaluated_key;
             if start.is_none() {
+                self.with_progress(workspace_id, &mut found.audiences)
+                    .await?;
                 return Ok(found);
             }
         }
@@ -208,7 +326,14 @@ impl Audiences for AudienceStore {
             .consistent_read(true)
             .send()
             .await?;
-        Ok(out.item.as_ref().and_then(audience_from_item))
+        let mut audience: Vec<Audience> = out
+            .item
+            .as_ref()
+            .and_then(audience_from_item)
+            .into_iter()
+            .collect();
+        self.with_progress(workspace_id, &mut audience).await?;
+        Ok(audience.pop())
     }
 
     async fn define(
@@ -240,6 +365,19 @@ impl Audiences for AudienceStore {
                 .put(built(put.build())?)
                 .build(),
         );
+        if let Some(scanned) = audience.building {
+            let mut progress = Self::progress_key(workspace_id, &audience.audience_id);
+            progress.insert("rule_rev".into(), n(audience.rule_rev));
+            progress.insert("building".into(), n(scanned));
+            let put = Put::builder()
+                .table_name(&self.audiences)
+                .set_item(Some(progress));
+            items.push(
+                TransactWriteItem::builder()
+                    .put(built(put.build())?)
+                    .build(),
+            );
+        }
         self.transact(items).await
     }
 
@@ -252,12 +390,17 @@ impl Audiences for AudienceStore {
         let delete = Delete::builder()
             .table_name(&self.audiences)
             .set_key(Some(Self::key(workspace_id.to_owned(), audience_id)));
+        let progress = Delete::builder()
+            .table_name(&self.audiences)
+            .set_key(Some(Self::progress_key(workspace_id, audience_id)));
         let mut items = self.move_revision(workspace_id, revision, revision + 1)?;
-        items.push(
-            TransactWriteItem::builder()
-                .delete(built(delete.build())?)
-                .build(),
-        );
+        for delete in [delete, progress] {
+            items.push(
+                TransactWriteItem::builder()
+                    .delete(built(delete.build())?)
+                    .build(),
+            );
+        }
         self.transact(items).await
     }
 
@@ -268,40 +411,21 @@ impl Audiences for AudienceStore {
         rule_rev: u64,
         step: &BuildStep,
     ) -> Result<BuildRecord, PortError> {
-        let update = self
-            .client
-            .update_item()
-            .table_name(&self.audiences)
-            .set_key(Some(Self::key(workspace_id.to_owned(), audience_id)))
-            .expression_attribute_values(":rev", n(rule_rev))
-            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld);
-        let update = match &step.from {
-            Some(from) => update
-                .condition_expression("rule_rev = :rev AND attribute_exists(building) AND build_cursor = :from")
-                .expression_attribute_values(":from", s(from)),
-            None => update.condition_expression(
-                "rule_rev = :rev AND attribute_exists(building) AND attribute_not_exists(build_cursor)",
-            ),
+        let progress = Self::progress_key(workspace_id, audience_id);
+        let Some(record) = self.record_step(progress, rule_rev, step).await? else {
+            // No progress item: a build started before they were kept (or a deleted
+            // audience) records on the definition, as it did.
+            let definition = Self::key(workspace_id.to_owned(), audience_id);
+            let record = self.record_step(definition, rule_rev, step).await?;
+            return Ok(record.unwrap_or(BuildRecord::Replaced));
         };
-        let update = match &step.to {
-            Some(to) => update
-                .update_expression("SET building = building + :n, build_cursor = :to")
-                .expression_attribute_values(":n", n(step.scanned))
-                .expression_attribute_values(":to", s(to)),
-            None => update.update_expression("REMOVE building, build_cursor"),
-        };
-        match condition(update.send().await)? {
-            Condition::Held => Ok(BuildRecord::Recorded),
-            Condition::Failed(item) => {
-                let item = item.filter(|item| get_n::<u64>(item, "rule_rev") == Some(rule_rev));
-                Ok(match item {
-                    None => BuildRecord::Replaced,
-                    Some(item) if !item.contains_key("building") => BuildRecord::AlreadyAt(None),
-                    Some(item) => {
-                        BuildRecord::AlreadyAt(get_s(&item, "build_cursor").map(str::to_owned))
-                    }
-                })
-            }
+        let done = matches!(
+            (&record, &step.to),
+            (BuildRecord::Recorded, None) | (BuildRecord::AlreadyAt(None), _)
+        );
+        if done {
+            self.mark_ready(workspace_id, audience_id, rule_rev).await?;
         }
+        Ok(record)
     }
 }

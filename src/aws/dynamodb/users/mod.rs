@@ -5,8 +5,8 @@ mod item;
 
 use super::attributes::{from_attribute, to_attribute};
 use super::{
-    condition_held, get_by_key, get_n, get_s, n, s, user_shard, workspace_key, Item, PARTITION_KEY,
-    TTL_ATTRIBUTE,
+    condition_held, get_by_key, get_n, get_s, n, s, user_shard, workspace_key, Item, MAX_BATCH_GET,
+    PARTITION_KEY, TTL_ATTRIBUTE,
 };
 use crate::app::ports::{
     EmailMatches, PortError, StoredUser, UserKey, Users, WorkspaceUsers, WriteOutcome,
@@ -23,8 +23,6 @@ use item::{email_key, item_from_user, user_from_item, workspace_of};
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap};
 
-/// BatchGetItem's limit on keys per call.
-const MAX_BATCH_GET: usize = 100;
 /// How long a tombstone outlives its erasure: longer than a message can wait in the
 /// queue (14 days) and then the dead-letter queue (14 more), both counted from acceptance.
 pub const TOMBSTONE_TTL_SECS: i64 = 30 * 24 * 60 * 60;
