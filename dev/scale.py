@@ -1168,11 +1168,11 @@ def measured_section(summary):
                     for g in grouped_hot_keys(summary)) or "- none"
     limit = plan["limits"]["write_units_per_key_per_s"]
     burst = "" if limit >= MIN_BURST_UNITS else (
-        f"\nAt this factor a key takes {limit:g} write unit{'s' if limit != 1 else ''} a second, less than some single "
-        f"requests write to one key at once ({MIN_BURST_UNITS} units: an Idempotency-Key's claim and mark, a "
-        "transactional member-list entry). A request is not scaled "
-        f"down with the load, so a key's bucket holds {MIN_BURST_UNITS} units (dev/stack/throughput.py): one "
-        "request's writes pass, and a key is hot only when it throttles in more than one second.\n")
+        f"\nAt this factor a key takes {limit:g} write unit{'s' if limit != 1 else ''} a second: one request "
+        "writes up to 2 to one key, and requests are neither scaled down nor smoothed with the load, so a few "
+        f"arriving in one second are chance. A key's bucket holds {MIN_BURST_UNITS} units (a second's worth at "
+        "0.01; dev/stack/throughput.py): a key held above its scaled rate for longer still throttles, and a key is "
+        "hot when it throttles in more than one second.\n")
     throttled = "; ".join(f"phase {p[-1]}: " + (", ".join(f"`{t}` {n}" for t, n in sorted(
         summary["classes"][c]["throttled"].items())) or "none")
         for p, c in (("phase1", "light_alone"), ("phase2", "heavy")))

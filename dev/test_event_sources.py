@@ -162,6 +162,48 @@ class QueueBridge(FakeAudiences):
         self.assertEqual(self.events(), [])
 
 
+class ThreadSafeQueue(FakeQueue):
+    def __init__(self, bodies):
+        super().__init__(bodies)
+        self.lock = threading.Lock()
+
+    def receive_message(self, **asked):
+        with self.lock:
+            return super().receive_message(**asked)
+
+    def delete_message_batch(self, **asked):
+        with self.lock:
+            return super().delete_message_batch(**asked)
+
+
+class QueuePollers(unittest.TestCase):
+    def test_pollers_grow_while_all_are_busy_up_to_the_most_and_added_ones_stop_when_the_queue_is_empty(self):
+        queue = ThreadSafeQueue([f"task-{i}" for i in range(9)])
+        busy, most_busy, lock, release = [0], [0], threading.Lock(), threading.Event()
+
+        def invoke(function, event, ids, what):
+            with lock:
+                busy[0] += 1
+                most_busy[0] = max(most_busy[0], busy[0])
+            release.wait(30)
+            with lock:
+                busy[0] -= 1
+            return []
+
+        with mock.patch.object(bridges, "emulator_session") as session, \
+                mock.patch.object(bridges, "batch_item_failures", invoke), \
+                mock.patch.object(bridges, "emit"):
+            session.return_value.client.return_value = queue
+            pollers = bridges.Pollers(TIME_URL, "audiences", 1, most=4)
+            threading.Thread(target=pollers.run, daemon=True).start()
+            wait_for(lambda: most_busy[0] == 4, "four batches at once", 10)
+            self.assertEqual(pollers.running, 4, "no more pollers than the most")
+            release.set()
+            wait_for(lambda: len(queue.deleted) == 9, "every task done", 10)
+            wait_for(lambda: pollers.running == bridges.BRIDGE_POLLERS, "the added pollers gone", 10)
+        self.assertEqual(most_busy[0], 4)
+
+
 class BatchItemFailures(unittest.TestCase):
     """What an event source mapping makes of a function's answer (AWS's rules)."""
 
@@ -524,7 +566,7 @@ class Wiring(unittest.TestCase):
         self.assertEqual(set(functions), {"api", "consumer", "changes", "audiences"})
         audiences = functions["audiences"]
         self.assertEqual(audiences.binary, str(ROOT / "target" / "release" / "audiences"))
-        self.assertEqual((audiences.min_instances, audiences.max_instances), (1, 2))
+        self.assertEqual((audiences.min_instances, audiences.max_instances), (1, 80))
         self.assertEqual((audiences.timeout_s, audiences.memory_mb), (60, 128))
         self.assertIs(audiences.env, functions["changes"].env)
         command = supervisor.build_command()
@@ -540,11 +582,13 @@ class Wiring(unittest.TestCase):
         stack.start_event_sources()
         failures = "http://127.0.0.1:4566/123456789012/vibefollow-local-changes-failures"
         self.assertEqual(spawned, {
-            "bridge": ["bridge", self.env["UPSERT_QUEUE_URL"], "consumer", "10"],
-            "audiences-builds-bridge": ["bridge", BUILDS_URL, "audiences", "1"],
-            "audiences-timemoves-bridge": ["bridge", TIME_URL, "audiences", "1"],
-            "audiences-retries-bridge": ["bridge", RETRIES_URL, "audiences", "10"],
-            "audiences-streamfailures-bridge": ["bridge", STREAM_FAILURES_URL, "audiences", "1"],
+            # A MaximumConcurrency the template gives as a number is the bridge's most
+            # pollers; one it takes from a parameter leaves the local default (2).
+            "bridge": ["bridge", self.env["UPSERT_QUEUE_URL"], "consumer", "10", "2"],
+            "audiences-builds-bridge": ["bridge", BUILDS_URL, "audiences", "1", "2"],
+            "audiences-timemoves-bridge": ["bridge", TIME_URL, "audiences", "1", "64"],
+            "audiences-retries-bridge": ["bridge", RETRIES_URL, "audiences", "10", "5"],
+            "audiences-streamfailures-bridge": ["bridge", STREAM_FAILURES_URL, "audiences", "1", "2"],
             "stream-bridge": ["stream-bridge", STREAM_ARN, f"changes={failures}", f"audiences={STREAM_FAILURES_URL}"],
             "ticker": ["ticker", f"audiences=vibefollow-local-tick,{TICKS_DLQ_URL}"],
         })
@@ -553,6 +597,7 @@ class Wiring(unittest.TestCase):
     def test_the_command_line_starts_each_event_source(self):
         for argv, name, args in (
                 (["bridge", BUILDS_URL, "audiences", "1"], "bridge", (BUILDS_URL, "audiences", 1)),
+                (["bridge", TIME_URL, "audiences", "1", "64"], "bridge", (TIME_URL, "audiences", 1, 64)),
                 (["bridge", BUILDS_URL], "bridge", (BUILDS_URL,)),
                 (["stream-bridge", STREAM_ARN, "changes=q1", "audiences=q2"], "stream_bridge",
                  (STREAM_ARN, [("changes", "q1"), ("audiences", "q2")])),

@@ -405,7 +405,7 @@ class Report(unittest.TestCase):
         self.assertTrue(section.startswith("## Measured\n"))
         self.assertIn("    scale: lost 0, hot keys 0, light p99 400 (alone 400), time moves late 0", section)
         self.assertIn("| light, beside the heavy one | 10 | 10 | 1 of 1 | 300.0 | 400.0 | 0 | 0 of 2 | 0 |", section)
-        self.assertIn("less than some single requests write to one key", section)  # 1 unit/s at 0.001
+        self.assertIn("a few arriving in one second are chance", section)  # 1 unit/s at 0.001
         self.assertNotIn("less than some single", scale.measured_section(dict(summary, plan=scale.load_plan(0.01, 20))))
 
     def test_the_measured_section_replaces_only_itself_at_the_end(self):

@@ -13,7 +13,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from capacity import Index
 from stack.proxy import FaultProxy
-from stack.throughput import PROVISIONED_THROUGHPUT_EXCEEDED, TRANSACTION_CANCELED, Throughput
+from stack.throughput import MIN_BURST_UNITS, PROVISIONED_THROUGHPUT_EXCEEDED, TRANSACTION_CANCELED, Throughput
 
 DYNAMODB = "DynamoDB_20120810."
 KEY_SCHEMAS = {"users": ("pk", None), "counters": ("pk", None), "members": ("pk", "sk")}
@@ -206,17 +206,18 @@ class Limits(unittest.TestCase):
         tiny = Throughput(0.00001, KEY_SCHEMAS, INDEXES, self.clock)
         self.assertEqual([tiny.admit("AWSEvents.PutEvents", {}).refusal is None for _ in range(2)], [True, False])
 
-    def test_one_request_s_writes_to_a_key_pass_at_any_factor_and_more_a_second_do_not(self):
+    def test_a_few_coincident_requests_pass_at_any_factor_and_a_sustained_excess_does_not(self):
         tiny = Throughput(0.001, KEY_SCHEMAS, INDEXES, self.clock)  # 1 unit a second
         admitted = lambda: tiny.admit("DynamoDB_20120810.PutItem", counter("ws")).refusal is None
-        # A claim and its mark, every other second, for a minute: never throttled.
+        # Four requests of two writes at once (a claim and its mark each), every ten
+        # seconds, for five minutes: never throttled.
         for _ in range(30):
-            self.assertEqual([admitted(), admitted()], [True, True])
-            self.clock.advance(2)
+            self.assertEqual([admitted() for _ in range(8)], [True] * 8)
+            self.clock.advance(10)
         self.assertEqual((tiny.report()["throttled"], tiny.report()["hot_keys"]), ({}, []))
-        # Two a second, sustained: throttled within seconds, and hot.
+        # Two a second, sustained: throttled once the bucket is spent, and hot.
         results = []
-        for _ in range(10):
+        for _ in range(2 * MIN_BURST_UNITS):
             results += [admitted(), admitted()]
             self.clock.advance(1)
         self.assertIn(False, results)
@@ -298,21 +299,21 @@ class ProxyWiring(unittest.TestCase):
             return json.loads(response.read() or b"null")
 
     def test_a_throttled_write_is_answered_as_dynamodb_does_and_reported(self):
-        self.start(scale=0.001)  # 1 write unit a second per key, 2 held (one request's)
-        for _ in range(2):
+        self.start(scale=0.001)  # 1 write unit a second per key, MIN_BURST_UNITS held
+        for _ in range(MIN_BURST_UNITS):
             self.assertEqual(self.call(DYNAMODB + "PutItem", counter("ws"))[0], 200)
         status, content_type, error = self.call(DYNAMODB + "PutItem", counter("ws"))
         self.assertEqual((status, content_type, error["__type"]),
                          (400, "application/x-amz-json-1.0", PROVISIONED_THROUGHPUT_EXCEEDED))
-        self.assertEqual([target for target, _ in FakeMoto.received].count(DYNAMODB + "PutItem"), 2)
+        self.assertEqual([target for target, _ in FakeMoto.received].count(DYNAMODB + "PutItem"), MIN_BURST_UNITS)
         self.assertEqual(self.report()["throttled"], {"counters": 1})
         self.report("DELETE")
         self.assertEqual(self.report()["throttled"], {})
         self.assertEqual(self.call(DYNAMODB + "PutItem", counter("ws"))[0], 200, "reset: the key is idle again")
 
     def test_a_partly_throttled_batch_reaches_moto_without_its_throttled_keys(self):
-        self.start(scale=0.001)  # 3 read units a second per key
-        for _ in range(3):
+        self.start(scale=0.001)  # 3 read units a second per key, MIN_BURST_UNITS held
+        for _ in range(MIN_BURST_UNITS):
             self.call(DYNAMODB + "GetItem", {"TableName": "users", "Key": {"pk": s("ws#hot")}, "ConsistentRead": True})
         asked = {"Keys": [{"pk": s("ws#hot")}, {"pk": s("ws#cold")}]}
         status, _, answer = self.call(DYNAMODB + "BatchGetItem", {"RequestItems": {"users": asked}})

@@ -13,6 +13,7 @@ functions as on AWS; all invoke the functions through the Invoke API on API_URL:
 
 Each writes one JSON line per batch or tick to its log, and `[stack] …` lines for what
 went wrong."""
+import contextlib
 import datetime
 import functools
 import http.client
@@ -81,29 +82,66 @@ def batch_item_failures(function, event, ids, who, timeout=60):
 
 # --- an SQS queue → its function --------------------------------------------------------
 
-def bridge(queue_url, function="consumer", batch_size=10):
+def bridge(queue_url, function="consumer", batch_size=10, most=BRIDGE_POLLERS):
     """Polls the queue and invokes `function` as Lambda's event source mapping does:
     several pollers at once (so batches run on several instances), batches of up to
-    `batch_size`, and only the messages not in batchItemFailures are deleted. Received
+    `batch_size`, and only the messages not in batchItemFailures are deleted. Like the
+    mapping, it scales with its queue: BRIDGE_POLLERS always poll, and while every
+    poller is busy with a batch another starts, up to `most` (the mapping's
+    ScalingConfig.MaximumConcurrency: 64 time tasks sleep to their users' moments side
+    by side, as on AWS); an added poller stops at its first empty poll. Received
     messages stay invisible for the queue's visibility timeout, or for
     VF_BRIDGE_VISIBILITY_SECONDS (the drill shortens it so that batches of a killed
     bridge come back in seconds)."""
-    run_threads([(f"poll-{function}", poll, (queue_url, function, batch_size))] * BRIDGE_POLLERS)
+    Pollers(queue_url, function, batch_size, max(most, BRIDGE_POLLERS)).run()
 
 
-def poll(queue_url, function, batch_size):
-    sqs = emulator_session().client("sqs", endpoint_url=EMULATOR_URL)
-    visibility = os.environ.get("VF_BRIDGE_VISIBILITY_SECONDS")
-    extra = {"VisibilityTimeout": int(visibility)} if visibility else {}
-    while True:
+class Pollers:
+    """A queue's pollers: BRIDGE_POLLERS for good, more while all are busy."""
+
+    def __init__(self, queue_url, function, batch_size, most):
+        self.queue_url, self.function, self.batch_size, self.most = queue_url, function, batch_size, most
+        self.sqs = emulator_session().client("sqs", endpoint_url=EMULATOR_URL)  # boto3 clients are thread-safe
+        visibility = os.environ.get("VF_BRIDGE_VISIBILITY_SECONDS")
+        self.extra = {"VisibilityTimeout": int(visibility)} if visibility else {}
+        self.lock = threading.Lock()
+        self.running = BRIDGE_POLLERS
+        self.busy = 0
+
+    def run(self):
+        run_threads([(f"poll-{self.function}", self.poll, (False,))] * BRIDGE_POLLERS)
+
+    def poll(self, added):
+        while True:
+            try:
+                received = poll_once(self.sqs, self.queue_url, self.function, self.batch_size, self.extra,
+                                     on_batch=self.working)
+            except Exception as e:  # the emulator is stopping or restarting
+                log(f"{self.function} bridge: {e}")
+                time.sleep(0.5)
+                continue
+            if added and not received:
+                with self.lock:
+                    self.running -= 1
+                return
+
+    @contextlib.contextmanager
+    def working(self):
+        with self.lock:
+            self.busy += 1
+            grow = self.busy >= self.running and self.running < self.most
+            if grow:
+                self.running += 1
+        if grow:
+            threading.Thread(target=self.poll, args=(True,), name=f"poll-{self.function}+", daemon=True).start()
         try:
-            poll_once(sqs, queue_url, function, batch_size, extra)
-        except Exception as e:  # the emulator is stopping or restarting
-            log(f"{function} bridge: {e}")
-            time.sleep(0.5)
+            yield
+        finally:
+            with self.lock:
+                self.busy -= 1
 
 
-def poll_once(sqs, queue_url, function, batch_size, extra=None):
+def poll_once(sqs, queue_url, function, batch_size, extra=None, on_batch=contextlib.nullcontext):
     """One long poll and, if it received messages, one invocation with them: the
     messages the function finished are deleted, the others are visible again after
     VF_BRIDGE_RETRY_SECONDS (after the queue's maxReceiveCount receives, moto moves them
@@ -118,8 +156,9 @@ def poll_once(sqs, queue_url, function, batch_size, extra=None):
     emit(json.dumps({"batch": len(received), "redelivered": redelivered, "function": function}))
     arn = queue_arn(queue_url)
     ids = [m["MessageId"] for m in received]
-    failures = batch_item_failures(function, {"Records": [sqs_record(m, arn) for m in received]}, ids,
-                                   f"{function} bridge")
+    with on_batch():
+        failures = batch_item_failures(function, {"Records": [sqs_record(m, arn) for m in received]}, ids,
+                                       f"{function} bridge")
     failed = set(ids if failures is None else failures)
     done = [m for m in received if m["MessageId"] not in failed]
     for chunk in (done[i:i + 10] for i in range(0, len(done), 10)):

@@ -9,8 +9,8 @@ sink queue through a rule.
 
     stack.py up              run until Ctrl-C (what `make dev` does)
     stack.py run -- CMD...   start the stack (or reuse a running one), run CMD, stop
-    stack.py bridge QUEUE_URL [FUNCTION [BATCH_SIZE]]
-                               an SQS → function bridge alone (default: consumer, 10);
+    stack.py bridge QUEUE_URL [FUNCTION [BATCH_SIZE [MOST_POLLERS]]]
+                               an SQS → function bridge alone (default: consumer, 10, 2);
                                the stack starts one per queue
     stack.py stream-bridge STREAM_ARN FUNCTION=FAILURE_QUEUE_URL...
                                the users stream → functions bridge alone (the same)
@@ -33,8 +33,8 @@ def main(argv):
     if command == ["up"]:
         up()
         return 0
-    if command == ["bridge"] and 1 <= len(args) <= 3:
-        bridge(args[0], *args[1:2], *(int(n) for n in args[2:3]))
+    if command == ["bridge"] and 1 <= len(args) <= 4:
+        bridge(args[0], *args[1:2], *(int(n) for n in args[2:4]))
         return 0
     if command == ["stream-bridge"] and len(args) >= 2 and pairs(args[1:]):
         stream_bridge(args[0], pairs(args[1:]))

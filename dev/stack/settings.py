@@ -39,7 +39,11 @@ RELEASE = RUNTIME == "faithful" or os.environ.get("VF_RELEASE") == "1"
 API_INSTANCES = (int(os.environ.get("VF_API_MIN", "4")), int(os.environ.get("VF_API_MAX", "24")))
 CONSUMER_INSTANCES = (2, 4)
 CHANGES_INSTANCES = (1, 2)
-AUDIENCES_INSTANCES = (1, 2)
+# The audiences function runs as many instances at once as its event sources ask, as
+# on AWS: the template's MaximumConcurrency of each queue (64 time tasks, which sleep to
+# their users' moments, 5 retries, 2 stream failures, the builds) beside the stream's
+# readers, so that a stream batch never waits for an instance a time task holds.
+AUDIENCES_INSTANCES = (1, 80)
 # Concurrent SQS pollers of the bridge: Lambda's event source mapping polls with several.
 BRIDGE_POLLERS = int(os.environ.get("VF_BRIDGE_POLLERS", "2"))
 # The local queue every change event is delivered to (a rule on the change bus).

@@ -21,7 +21,7 @@ from .bridges import batch_item_failures
 from .output import log
 from .proxy import FaultProxy
 from .resources import create_resources
-from .settings import (API_INSTANCES, API_PORT, API_URL, AUDIENCES_INSTANCES, CHANGES_INSTANCES,
+from .settings import (API_INSTANCES, API_PORT, API_URL, AUDIENCES_INSTANCES, BRIDGE_POLLERS, CHANGES_INSTANCES,
                        CONSUMER_INSTANCES, DEV_SCOPES, DEV_WORKSPACE, EMULATOR_PORT, EMULATOR_URL, ENTRY,
                        ENV_FILE, FAULT_PROXY_PORT, LOGS, PIDS_FILE, REGION, RELEASE, ROOT, RUNTIME,
                        STACK_NAME, THROUGHPUT_SCALE, TICK_SECONDS, VENV_BIN)
@@ -199,10 +199,13 @@ class Stack:
         self.bridge = self.start_queue_bridge("bridge", source, log_mode)
 
     def start_queue_bridge(self, name, source, log_mode="w"):
-        """The bridge from an SQS event source of the template (its queue and batch
-        size, as the template says) to its function."""
+        """The bridge from an SQS event source of the template (its queue, batch size
+        and ScalingConfig.MaximumConcurrency when a number, as the template says) to
+        its function."""
+        most = source.properties.get("ScalingConfig", {}).get("MaximumConcurrency")
         return self.spawn(name, [sys.executable, str(ENTRY), "bridge", queue_url(source.properties["Queue"]),
-                                 source.function, str(source.properties.get("BatchSize", 10))],
+                                 source.function, str(source.properties.get("BatchSize", 10)),
+                                 str(most if isinstance(most, int) else BRIDGE_POLLERS)],
                           log_mode=log_mode)
 
     def start_stream_bridge(self, log_mode="w"):

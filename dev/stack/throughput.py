@@ -14,14 +14,19 @@ limits, times the scale:
 - PutEvents, 10,000 requests a second per account in us-east-1 (see
   PUT_EVENTS_PER_SECOND), at least 1 a second here whatever the scale.
 
-Each limit is a token bucket holding at most one second's worth, or one request's
-writes to one key when that is more (MIN_BURST_UNITS, 2: an Idempotency-Key's claim and
-mark, a transactional member-list entry). AWS keeps up to 300 s of a table's unused capacity as burst, but a partition's
-1,000/3,000 a second are a hard ceiling, and that ceiling is what this models; a
-request is not scaled down with the load, so at a factor where a key takes less than
-one request's writes a second (1 unit at 0.001) the bucket still holds one request's. A call larger than a second's worth (a
-20 KB item at 0.01) passes on a full bucket and leaves it in debt for the next seconds;
-at scale 1 no call is (an item is at most 400 KB: 400 units).
+Each limit is a token bucket holding at most one second's worth, or MIN_BURST_UNITS (10)
+when that is more. AWS keeps up to 300 s of a table's unused capacity as burst, but a
+partition's 1,000/3,000 a second are a hard ceiling, and that ceiling is what this
+models. The floor is what scaling down itself needs: requests are not scaled down with
+the load (an Idempotency-Key's claim and mark write 2 units to one key, a
+transactional member-list entry 2), and arrivals are not smoothed with it. A key that
+averages 150 writes a second at the target sees ±10 % in a second; scaled to 0.001 it
+averages 0.15, and two or three in one second (20 times its mean) are chance, not
+load. So below 0.01 a key's bucket holds what it holds at 0.01, ten units (ten seconds
+of its rate at 0.001): a key held above its scaled rate for longer still throttles, a
+coincidence of a few requests does not. A call larger than the bucket (a 20 KB item at
+0.01) passes on a full bucket and leaves it in debt for the next seconds; at scale 1 no
+call is (an item is at most 400 KB: 400 units).
 
 What a call is charged, and when:
 - a read is admitted if its partition can pay the least it can cost (one item of 0
@@ -68,10 +73,10 @@ from .settings import ACCOUNT, REGION
 # throughput exceeded (hot partitions)" and AWS re:Post, "on-demand table throttling".
 WRITE_UNITS_PER_KEY = 1000
 READ_UNITS_PER_KEY = 3000
-# What a key's bucket holds at least, in units: one request's writes to one key (its
-# Idempotency-Key's claim and mark; a transactional member-list entry), which a factor
-# scales no smaller.
-MIN_BURST_UNITS = 2
+# What a key's bucket holds at least, in units: a second's worth at 0.01, so that at
+# smaller factors a few coincident requests (not scaled down with the load) are not
+# read as a hot key (see above).
+MIN_BURST_UNITS = 10
 # EventBridge User Guide, "Amazon EventBridge quotas": "PutEvents throttle limit in
 # transactions per second", us-east-1: 10,000 per second (adjustable; a request carries
 # up to 10 entries).
