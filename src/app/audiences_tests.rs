@@ -83,7 +83,12 @@ impl World {
 
     /// Writes a user's traits (merged), or erases it (`None`): the new version's record.
     fn write(&self, user: &str, traits: Option<Value>, at: i64) -> Record {
-        let old = self.users.user(WS, user);
+        self.write_in(WS, user, traits, at)
+    }
+
+    /// [`World::write`] in another workspace.
+    fn write_in(&self, workspace_id: &str, user: &str, traits: Option<Value>, at: i64) -> Record {
+        let old = self.users.user(workspace_id, user);
         let mut next = old.clone().unwrap_or_else(|| StoredUser::new(user));
         match traits {
             Some(traits) => {
@@ -97,8 +102,9 @@ impl World {
             }
         }
         next.version = crate::domain::next_version(next.version, at);
-        lock_insert(&self.users, WS, next.clone());
-        (old.map(|o| (WS.to_owned(), o)), Some((WS.to_owned(), next)))
+        lock_insert(&self.users, workspace_id, next.clone());
+        let image = |user| (workspace_id.to_owned(), user);
+        (old.map(image), Some(image(next)))
     }
 
     async fn deliver(&self, records: &[Record], at: i64) -> (usize, Option<String>) {
@@ -111,7 +117,10 @@ impl World {
                 images: Ok(images.clone()),
             })
             .collect();
-        let settled = self.evaluate.changes(&changes, || at).await;
+        let settled = self
+            .evaluate
+            .changes(&changes, || at, std::future::pending())
+            .await;
         (settled.events, settled.first_failure.map(str::to_owned))
     }
 
@@ -904,7 +913,7 @@ async fn rules_are_read_once_per_revision_across_batches_and_again_when_they_mov
         let evaluate = &evaluate;
         async move {
             evaluate
-                .changes(&[change], || at)
+                .changes(&[change], || at, std::future::pending())
                 .await
                 .first_failure
                 .is_none()
@@ -951,6 +960,54 @@ async fn a_user_whose_evaluation_keeps_failing_is_parked_and_the_rest_of_its_bat
     assert!(matches!(retried[..], [Ok(1)]), "{retried:?}");
     assert_eq!(w.store.listed(WS, "trials"), ["u1", "u2", "u3"]);
     assert_eq!(w.events().last(), Some(&entered("trials", "u2", "change")));
+}
+
+#[tokio::test]
+async fn a_workspace_whose_rules_are_not_read_in_time_is_parked_and_the_rest_of_its_batch_goes_on()
+{
+    let w = world();
+    let light = Caller {
+        workspace_id: "light".into(),
+        rate: 10_000,
+    };
+    for caller in [caller(), light] {
+        let body = json!({"name": "trials", "rule": trials()}).to_string();
+        let definition = parse_audience(body.as_bytes()).map_err(RequestError::from);
+        let stamp = Stamp::new(T0, format!("put-{}", caller.workspace_id));
+        w.curate
+            .define(&caller, "trials", definition, None, stamp)
+            .await
+            .unwrap();
+    }
+    w.build(T0).await;
+    // The heavy workspace's rules cannot be read (its key throttled) when the batch's
+    // wait for them is over (here at once: only reads that need no wait are in time).
+    w.store.stalled.lock().unwrap().insert(WS.to_owned());
+    let records = [
+        w.write("h1", Some(json!({"plan": "trial"})), T0 + 1),
+        w.write_in("light", "l1", Some(json!({"plan": "trial"})), T0 + 1),
+    ];
+    let changes: Vec<StreamChange<String>> = records
+        .iter()
+        .map(|images| StreamChange {
+            position: "0",
+            images: Ok(images.clone()),
+        })
+        .collect();
+    let settled = w
+        .evaluate
+        .changes(&changes, || T0 + 2, std::future::ready(()))
+        .await;
+    assert_eq!((settled.users, settled.parked), (2, 1));
+    assert_eq!(settled.first_failure, None, "the batch is done");
+    assert_eq!(w.store.listed("light", "trials"), ["l1"]);
+    let parked = w.builds.take_parked();
+    assert_eq!(parked, [(WS.to_owned(), "h1".to_owned())]);
+    // Once its rules read, the parked user is settled by id.
+    w.store.stalled.lock().unwrap().clear();
+    let retried = w.evaluate.retry(&parked, || T0 + 3).await;
+    assert!(matches!(retried[..], [Ok(1)]), "{retried:?}");
+    assert_eq!(w.store.listed(WS, "trials"), ["h1"]);
 }
 
 #[tokio::test]

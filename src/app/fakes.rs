@@ -532,6 +532,9 @@ pub struct MemoryAudiences {
     /// Definition writes (define, delete) that another writer outruns: each moves the
     /// revision first and fails its condition, until none are left.
     pub outrun: Arc<Mutex<usize>>,
+    /// Workspaces whose revision reads never answer, as a throttled key's reads retried
+    /// with backoff take seconds.
+    pub stalled: Arc<Mutex<std::collections::HashSet<String>>>,
 }
 
 impl MemoryAudiences {
@@ -610,6 +613,10 @@ impl Audiences for MemoryAudiences {
 
     async fn revision(&self, workspace_id: &str) -> Result<u64, PortError> {
         self.call("audiences.revision")?;
+        let stalled = lock(&self.stalled).contains(workspace_id);
+        if stalled {
+            std::future::pending::<()>().await;
+        }
         Ok(lock(&self.definitions)
             .get(workspace_id)
             .map_or(0, |d| d.revision))

@@ -36,6 +36,11 @@ const BUS_LANES: usize = 16;
 const COMMIT_ATTEMPTS: usize = 8;
 /// Users due read at once by a time task (it reads page after page).
 const DUE_PAGE: usize = 200;
+/// How long a stream batch waits for the rules of the workspaces it names: the users of
+/// a workspace whose rules are not read by then (a throttled key, retried with backoff)
+/// are parked and settled by id from the retry queue, so that one tenant's reads never
+/// hold the others' changes (`docs/scale.md`, item 10).
+pub const RULES_WAIT_MS: u64 = 2_000;
 
 /// One user to settle: the latest of it known, and the version events name.
 struct Subject<'a> {
@@ -140,11 +145,13 @@ impl<S: MembershipStore, U: UserSource, B: WorkQueues, E: Bus> Evaluate<S, U, B,
 
     /// Settles the users a batch of the users table's stream changed, each by the
     /// last of its records (the latest version the batch knows), against the rules of
-    /// its workspace read once for the batch.
+    /// its workspace read once for the batch; the users of a workspace whose rules are
+    /// not read when `rules_due` completes are parked ([`RULES_WAIT_MS`]).
     pub async fn changes<'a, Err: std::fmt::Display>(
         &self,
         records: &[StreamChange<'a, Err>],
         now: impl Fn() -> i64 + Sync,
+        rules_due: impl std::future::Future<Output = ()>,
     ) -> Settled<'a> {
         let mut latest: HashMap<(&str, &str), (usize, &UserImage, &UserImage)> = HashMap::new();
         let mut poison = None;
@@ -164,7 +171,10 @@ impl<S: MembershipStore, U: UserSource, B: WorkQueues, E: Bus> Evaluate<S, U, B,
             }
         }
         let workspaces = self
-            .rules_of(latest.keys().map(|(workspace_id, _)| *workspace_id))
+            .rules_by(
+                latest.keys().map(|(workspace_id, _)| *workspace_id),
+                rules_due,
+            )
             .await;
         let mut outcomes = Vec::new();
         let mut subjects = Vec::new();

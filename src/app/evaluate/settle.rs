@@ -3,6 +3,7 @@
 //! its retry.
 
 use super::*;
+use futures::future::{select, Either};
 
 impl<S: MembershipStore, U: UserSource, B: WorkQueues, E: Bus> Evaluate<S, U, B, E> {
     /// Settles users together: each one's commit, then every commit's decisions carried
@@ -110,6 +111,34 @@ impl<S: MembershipStore, U: UserSource, B: WorkQueues, E: Bus> Evaluate<S, U, B,
             .buffer_unordered(SETTLING_LANES)
             .collect()
             .await
+    }
+
+    /// [`Evaluate::rules_of`], but only what is read when `due` completes: a workspace
+    /// still being read then is answered `Unavailable`, and its read dropped.
+    pub(super) async fn rules_by<'a>(
+        &self,
+        workspaces: impl Iterator<Item = &'a str>,
+        due: impl std::future::Future<Output = ()>,
+    ) -> HashMap<&'a str, Result<Arc<Definitions>, PortError>> {
+        let workspaces: std::collections::BTreeSet<&str> = workspaces.collect();
+        let reads = workspaces
+            .iter()
+            .map(|&workspace_id| async move { (workspace_id, self.rules(workspace_id).await) });
+        let mut reads = std::pin::pin!(stream::iter(reads).buffer_unordered(SETTLING_LANES));
+        let mut due = std::pin::pin!(due);
+        let mut found = HashMap::with_capacity(workspaces.len());
+        // A read that is ready comes first, so that one answered at the deadline counts.
+        while let Either::Left((Some((workspace_id, rules)), _)) =
+            select(reads.next(), due.as_mut()).await
+        {
+            found.insert(workspace_id, rules);
+        }
+        for &workspace_id in &workspaces {
+            found
+                .entry(workspace_id)
+                .or_insert_with(|| Err(PortError::Unavailable("rules not read in time".into())));
+        }
+        found
     }
 
     /// Brings one user's memberships to the rules over its latest state and commits

@@ -1,9 +1,11 @@
 //! A workspace's definitions revision and its copies. Every stream batch reads the
 //! revision of each workspace it names (and again after its commits), so a busy
-//! workspace's reads would all land on one partition key: the revision is kept in
-//! `REVISION_COPIES` items, the revision item itself (`pk` = workspace) and copies
-//! (`pk` = `<workspace>#<k>`, `sk` = `#definitions`), moved together in the define's or
-//! delete's transaction, and each read takes the next one in turn (`docs/scale.md`).
+//! workspace's reads would all land on one partition key: the revision item itself
+//! (`pk` = workspace, beside the definitions) has `COPIES` copies (`pk` =
+//! `<workspace>#<k>`, `sk` = `#definitions`), moved together in the define's or
+//! delete's transaction, and each read takes the next copy in turn, never the revision
+//! item: the definitions' key is left to the reads of the definitions themselves
+//! (`docs/scale.md`, item 10).
 //!
 //! A workspace that has not defined since copies were kept has none: a read that finds
 //! its copy missing reads the revision item and writes the copies from it, each only
@@ -13,8 +15,10 @@
 use super::*;
 use std::sync::atomic::{AtomicU32, Ordering};
 
-/// Items holding a workspace's definitions revision: 4 × 3,000 read units a second.
-const REVISION_COPIES: u32 = 4;
+/// Copies of a workspace's definitions revision that reads take: 7 × 3,000 read units a
+/// second. (Workspaces from when there were 3 have the others made by their first
+/// reads, below.)
+const COPIES: u32 = 7;
 
 /// The copy the next read takes, shared by the instance's reads.
 static NEXT_COPY: AtomicU32 = AtomicU32::new(0);
@@ -51,7 +55,7 @@ impl AudienceStore {
         let mut items = vec![TransactWriteItem::builder()
             .update(built(update.build())?)
             .build()];
-        for copy in 1..REVISION_COPIES {
+        for copy in 1..=COPIES {
             let mut item = Self::revision_key(workspace_id, copy);
             item.insert("revision".into(), n(to));
             let put = Put::builder()
@@ -68,13 +72,9 @@ impl AudienceStore {
 
     /// The workspace's definitions revision (strongly consistent), from the next copy.
     pub(super) async fn current_revision(&self, workspace_id: &str) -> Result<u64, PortError> {
-        let copy = NEXT_COPY.fetch_add(1, Ordering::Relaxed) % REVISION_COPIES;
+        let copy = 1 + NEXT_COPY.fetch_add(1, Ordering::Relaxed) % COPIES;
         if let Some(revision) = self.read_revision(workspace_id, copy).await? {
             return Ok(revision);
-        }
-        if copy == 0 {
-            // Never defined.
-            return Ok(0);
         }
         let revision = self.read_revision(workspace_id, 0).await?.unwrap_or(0);
         self.copy_revision(workspace_id, revision).await?;
@@ -99,7 +99,7 @@ impl AudienceStore {
     /// Writes the copies a workspace lacks, from `revision` as its revision item holds
     /// it (0: none, so that a workspace with no audiences reads one item too).
     async fn copy_revision(&self, workspace_id: &str, revision: u64) -> Result<(), PortError> {
-        let writes = (1..REVISION_COPIES).map(|copy| async move {
+        let writes = (1..=COPIES).map(|copy| async move {
             let write = self
                 .client
                 .update_item()
