@@ -142,11 +142,12 @@ impl AudienceStore {
         }
     }
 
+    fn progress_pk(workspace_id: &str, audience_id: &str) -> String {
+        format!("b#{}", workspace_key(workspace_id, audience_id))
+    }
+
     fn progress_key(workspace_id: &str, audience_id: &str) -> Item {
-        Self::key(
-            format!("b#{}", workspace_key(workspace_id, audience_id)),
-            PROGRESS,
-        )
+        Self::key(Self::progress_pk(workspace_id, audience_id), PROGRESS)
     }
 
     /// Shows each building audience's progress as its build's item holds it (the
@@ -161,12 +162,7 @@ impl AudienceStore {
             .iter()
             .enumerate()
             .filter(|(_, a)| a.building.is_some())
-            .map(|(i, a)| {
-                (
-                    format!("b#{}", workspace_key(workspace_id, &a.audience_id)),
-                    i,
-                )
-            })
+            .map(|(i, a)| (Self::progress_pk(workspace_id, &a.audience_id), i))
             .collect();
         let keys: Vec<Item> = building
             .keys()
@@ -326,14 +322,12 @@ impl Audiences for AudienceStore {
             .consistent_read(true)
             .send()
             .await?;
-        let mut audience: Vec<Audience> = out
-            .item
-            .as_ref()
-            .and_then(audience_from_item)
-            .into_iter()
-            .collect();
-        self.with_progress(workspace_id, &mut audience).await?;
-        Ok(audience.pop())
+        let mut audience = out.item.as_ref().and_then(audience_from_item);
+        if let Some(audience) = audience.as_mut() {
+            self.with_progress(workspace_id, std::slice::from_mut(audience))
+                .await?;
+        }
+        Ok(audience)
     }
 
     async fn define(
