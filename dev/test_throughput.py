@@ -299,7 +299,9 @@ class ProxyWiring(unittest.TestCase):
             return json.loads(response.read() or b"null")
 
     def test_a_throttled_write_is_answered_as_dynamodb_does_and_reported(self):
-        self.start(scale=0.001)  # 1 write unit a second per key, MIN_BURST_UNITS held
+        # 0.01 write units a second per key, MIN_BURST_UNITS held: the bucket takes 100 s
+        # to earn a unit back, so a slow machine's calls cannot refill it between them.
+        self.start(scale=0.00001)
         for _ in range(MIN_BURST_UNITS):
             self.assertEqual(self.call(DYNAMODB + "PutItem", counter("ws"))[0], 200)
         status, content_type, error = self.call(DYNAMODB + "PutItem", counter("ws"))
@@ -312,7 +314,8 @@ class ProxyWiring(unittest.TestCase):
         self.assertEqual(self.call(DYNAMODB + "PutItem", counter("ws"))[0], 200, "reset: the key is idle again")
 
     def test_a_partly_throttled_batch_reaches_moto_without_its_throttled_keys(self):
-        self.start(scale=0.001)  # 3 read units a second per key, MIN_BURST_UNITS held
+        # 0.03 read units a second per key, MIN_BURST_UNITS held: 33 s to earn a unit back.
+        self.start(scale=0.00001)
         for _ in range(MIN_BURST_UNITS):
             self.call(DYNAMODB + "GetItem", {"TableName": "users", "Key": {"pk": s("ws#hot")}, "ConsistentRead": True})
         asked = {"Keys": [{"pk": s("ws#hot")}, {"pk": s("ws#cold")}]}
