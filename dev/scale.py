@@ -463,6 +463,11 @@ def label(row, tables, workspaces):
     parts = key.split("#")
     prefix = parts[0] if role == "audience-members" and len(parts) > 2 else None
     workspace = parts[1] if prefix else parts[0]
+    if role == "audiences" and len(parts) > 1:  # audiences/copies.rs, a build's progress
+        workspace = parts[1] if parts[0] == "b" else parts[0]
+        what = "an audience's build progress" if parts[0] == "b" else \
+            f"copy {parts[1]} of a workspace's audience definitions"
+        return {"what": f"{role}: {what}", "workspace": workspace if workspace in workspaces else None}
     what = {"u": "a user's audience state", "a": "an audience's member list",
             "n": "a member-count shard"}.get(prefix) if prefix else {
         "users": "a user item", "audiences": "a workspace's audience definitions",

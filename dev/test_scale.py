@@ -341,6 +341,10 @@ class Report(unittest.TestCase):
         self.assertEqual(self.label("mem-t", "n#sh1#b01#3#7")["what"], "audience-members: a member-count shard")
         self.assertEqual(self.label("aud-t", "sh1"),
                          {"what": "audiences: a workspace's audience definitions", "workspace": "sh1"})
+        self.assertEqual(self.label("aud-t", "sh1#12"),
+                         {"what": "audiences: copy 12 of a workspace's audience definitions", "workspace": "sh1"})
+        self.assertEqual(self.label("aud-t", "b#sh1#b01"),
+                         {"what": "audiences: an audience's build progress", "workspace": "sh1"})
         self.assertEqual(self.label("rl-t", "sh1")["what"], "rate-limits: a workspace's rate-limit counter")
         self.assertEqual(self.label("rl-t", "c#sh1#3"),
                          {"what": "rate-limits: a workspace's rate-limit counter", "workspace": "sh1"})

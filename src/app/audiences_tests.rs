@@ -333,7 +333,7 @@ async fn a_batch_shares_its_bus_calls_and_reads_only_the_rules_revision() {
     // The rules held since the build read them (same revision): their revision read
     // once for the batch and once after its commits, the rules themselves not at all.
     assert_eq!(
-        (count("audiences.list"), count("audiences.revision")),
+        (count("audiences.rules"), count("audiences.revision")),
         (0, 2)
     );
     // Per user: its standing, its commit, its list entry, forgetting its events (and a
@@ -469,9 +469,9 @@ async fn a_build_brings_existing_users_in_page_by_page_and_is_then_ready() {
             .filter(|c| *c == name)
             .count()
     };
-    let (lists, revisions) = (reads("audiences.list"), reads("audiences.revision"));
+    let (lists, revisions) = (reads("audiences.rules"), reads("audiences.revision"));
     assert_eq!(w.build(T0 + 3).await, 2);
-    assert_eq!(reads("audiences.list"), lists);
+    assert_eq!(reads("audiences.rules"), lists);
     assert!(reads("audiences.revision") > revisions);
     let view = w.curate.get(&caller(), "trials", T0 + 3).await.unwrap();
     assert_eq!((view.audience.building, view.members), (None, 150));
@@ -902,7 +902,7 @@ async fn rules_are_read_once_per_revision_across_batches_and_again_when_they_mov
     );
     let lists = || {
         let calls = w.store.journal.calls();
-        calls.iter().filter(|c| *c == "audiences.list").count()
+        calls.iter().filter(|c| *c == "audiences.rules").count()
     };
     let deliver = |user: &str, at: i64| {
         let record = w.write(user, Some(json!({"plan": "trial"})), at);
@@ -962,9 +962,8 @@ async fn a_user_whose_evaluation_keeps_failing_is_parked_and_the_rest_of_its_bat
     assert_eq!(w.events().last(), Some(&entered("trials", "u2", "change")));
 }
 
-#[tokio::test]
-async fn a_workspace_whose_rules_are_not_read_in_time_is_parked_and_the_rest_of_its_batch_goes_on()
-{
+/// Two workspaces with a "trials" audience each, built; the heavy one is `WS`.
+async fn heavy_and_light() -> World {
     let w = world();
     let light = Caller {
         workspace_id: "light".into(),
@@ -980,9 +979,13 @@ async fn a_workspace_whose_rules_are_not_read_in_time_is_parked_and_the_rest_of_
             .unwrap();
     }
     w.build(T0).await;
-    // The heavy workspace's rules cannot be read (its key throttled) when the batch's
-    // wait for them is over (here at once: only reads that need no wait are in time).
-    w.store.stalled.lock().unwrap().insert(WS.to_owned());
+    w
+}
+
+/// A stream batch with a trial user of each workspace, settled with no wait (only what
+/// needs none is in time), then the heavy one's parked user retried once nothing is
+/// stalled: it is settled by id, with one `Audience Entered`.
+async fn the_light_goes_on_and_the_heavy_is_parked(w: &World) {
     let records = [
         w.write("h1", Some(json!({"plan": "trial"})), T0 + 1),
         w.write_in("light", "l1", Some(json!({"plan": "trial"})), T0 + 1),
@@ -1003,11 +1006,35 @@ async fn a_workspace_whose_rules_are_not_read_in_time_is_parked_and_the_rest_of_
     assert_eq!(w.store.listed("light", "trials"), ["l1"]);
     let parked = w.builds.take_parked();
     assert_eq!(parked, [(WS.to_owned(), "h1".to_owned())]);
-    // Once its rules read, the parked user is settled by id.
     w.store.stalled.lock().unwrap().clear();
     let retried = w.evaluate.retry(&parked, || T0 + 3).await;
     assert!(matches!(retried[..], [Ok(1)]), "{retried:?}");
     assert_eq!(w.store.listed(WS, "trials"), ["h1"]);
+    let entered_h1 = w
+        .events()
+        .iter()
+        .filter(|e| **e == entered("trials", "h1", "change"))
+        .count();
+    assert_eq!(entered_h1, 1, "entered once: the dropped work put no event");
+}
+
+#[tokio::test]
+async fn a_workspace_whose_rules_are_not_read_in_its_share_of_the_batch_is_parked_and_the_rest_goes_on(
+) {
+    let w = heavy_and_light().await;
+    // The heavy workspace's rules cannot be read (its key throttled).
+    w.store.stall(WS, "audiences.revision");
+    the_light_goes_on_and_the_heavy_is_parked(&w).await;
+}
+
+#[tokio::test]
+async fn a_workspace_not_settled_in_its_share_of_the_batch_is_parked_its_commit_carried_out_by_the_retry(
+) {
+    let w = heavy_and_light().await;
+    // The heavy workspace's member lists cannot be written (their keys throttled): its
+    // user is committed, its decisions pending, when the batch stops waiting for it.
+    w.store.stall(WS, "memberships.write_entries");
+    the_light_goes_on_and_the_heavy_is_parked(&w).await;
 }
 
 #[tokio::test]

@@ -532,15 +532,41 @@ pub struct MemoryAudiences {
     /// Definition writes (define, delete) that another writer outruns: each moves the
     /// revision first and fails its condition, until none are left.
     pub outrun: Arc<Mutex<usize>>,
-    /// Workspaces whose revision reads never answer, as a throttled key's reads retried
-    /// with backoff take seconds.
-    pub stalled: Arc<Mutex<std::collections::HashSet<String>>>,
+    /// Calls (by name) that never answer for a workspace, as a throttled key's calls
+    /// retried with backoff take seconds: its revision reads, its member-list writes.
+    pub stalled: Arc<Mutex<std::collections::HashSet<(String, &'static str)>>>,
 }
 
 impl MemoryAudiences {
     fn call(&self, name: &str) -> Result<(), PortError> {
         self.journal.note(name);
         self.faults.check(name)
+    }
+
+    fn definitions_of(&self, workspace_id: &str) -> Definitions {
+        let found = lock(&self.definitions)
+            .get(workspace_id)
+            .cloned()
+            .unwrap_or_default();
+        Definitions {
+            revision: found.revision,
+            audiences: found.audiences.into_values().map(|(a, _)| a).collect(),
+        }
+    }
+
+    /// Makes `call` never answer for `workspace_id` (until `stalled` is cleared).
+    pub fn stall(&self, workspace_id: &str, call: &'static str) {
+        lock(&self.stalled).insert((workspace_id.to_owned(), call));
+    }
+
+    /// A workspace's call, noted, then held forever if stalled, or failed if a fault is set.
+    async fn call_for(&self, workspace_id: &str, name: &'static str) -> Result<(), PortError> {
+        let stalled = lock(&self.stalled).contains(&(workspace_id.to_owned(), name));
+        if stalled {
+            self.journal.note(name);
+            std::future::pending::<()>().await;
+        }
+        self.call(name)
     }
 
     /// The members of an audience as listed (of any revision, in either layout).
@@ -601,22 +627,21 @@ impl MemoryAudiences {
 impl Audiences for MemoryAudiences {
     async fn list(&self, workspace_id: &str) -> Result<Definitions, PortError> {
         self.call("audiences.list")?;
-        let found = lock(&self.definitions)
-            .get(workspace_id)
-            .cloned()
-            .unwrap_or_default();
-        Ok(Definitions {
-            revision: found.revision,
-            audiences: found.audiences.into_values().map(|(a, _)| a).collect(),
-        })
+        Ok(self.definitions_of(workspace_id))
+    }
+
+    async fn rules(&self, workspace_id: &str) -> Result<Definitions, PortError> {
+        self.call("audiences.rules")?;
+        let mut found = self.definitions_of(workspace_id);
+        // What the store keeps for evaluation has no build progress.
+        for audience in &mut found.audiences {
+            audience.building = None;
+        }
+        Ok(found)
     }
 
     async fn revision(&self, workspace_id: &str) -> Result<u64, PortError> {
-        self.call("audiences.revision")?;
-        let stalled = lock(&self.stalled).contains(workspace_id);
-        if stalled {
-            std::future::pending::<()>().await;
-        }
+        self.call_for(workspace_id, "audiences.revision").await?;
         Ok(lock(&self.definitions)
             .get(workspace_id)
             .map_or(0, |d| d.revision))
@@ -749,7 +774,8 @@ impl Memberships for MemoryAudiences {
         rev: u64,
         decisions: &[MembershipEvent],
     ) -> Result<(), PortError> {
-        self.call("memberships.write_entries")?;
+        self.call_for(workspace_id, "memberships.write_entries")
+            .await?;
         let mut lists = lock(&self.lists);
         let mut counts = lock(&self.counts);
         for decision in decisions {

@@ -6,7 +6,7 @@
 //! the stream's failure destination (stream positions whose users are parked). One log
 //! line per invocation.
 
-use crate::app::evaluate::{Evaluate, RULES_WAIT_MS};
+use crate::app::evaluate::{Evaluate, WORKSPACE_SHARE_MS};
 use crate::app::ports::{
     Audiences, BuildQueue, EventBus, Memberships, ParkedUsers, StreamReplay, TimeTask, TimeTasks,
     Users, WorkspaceUsers,
@@ -147,8 +147,8 @@ where
 
     async fn changes(&self, event: StreamEvent, started: Instant) -> Value {
         let records = super::stream_changes(&event);
-        let rules_due = tokio::time::sleep(Duration::from_millis(RULES_WAIT_MS));
-        let settled = self.evaluate.changes(&records, now_millis, rules_due).await;
+        let due = tokio::time::sleep(Duration::from_millis(WORKSPACE_SHARE_MS));
+        let settled = self.evaluate.changes(&records, now_millis, due).await;
         tracing::info!(
             source = "stream",
             records = records.len(),

@@ -40,6 +40,17 @@ impl Stack {
         );
     }
 
+    /// Deletes an audience, which must be accepted.
+    async fn delete_audience(&self, key: &str, id: &str) {
+        let path = format!("/api/v1/audiences/{}", percent_encode(id));
+        let response = self
+            .request(Method::DELETE, &path, Some(key))
+            .send()
+            .await
+            .expect("DELETE audience");
+        assert_eq!(response.status(), 202, "{id}");
+    }
+
     /// Defines each audience, then waits until every one is ready.
     async fn define_ready(&self, key: &str, audiences: &[(&str, Value)]) {
         for (id, rule) in audiences {
@@ -824,94 +835,145 @@ async fn a_stream_batch_that_kept_failing_is_read_again_and_its_users_settled() 
     assert_eq!(waiting(), Some(0));
 }
 
+/// What copy `k` of a workspace's definitions holds: its revision, whether it is whole,
+/// and the audiences in it.
+#[derive(Debug, PartialEq)]
+struct Copy {
+    revision: Option<u64>,
+    whole: bool,
+    audiences: Vec<String>,
+}
+
+/// Copies of a workspace's definitions the store keeps (`copies.rs`).
+const COPIES: u32 = 32;
+
 #[tokio::test]
 #[ignore = "needs the local stack: run `make test`"]
-async fn the_definitions_revision_is_read_from_copies_kept_with_it_or_made_from_it() {
+async fn the_definitions_and_their_revision_are_read_from_copies_kept_with_them_or_filled_from_them(
+) {
     use vibefollow_users::app::ports::Audiences;
     use vibefollow_users::aws_sdk_dynamodb::types::AttributeValue;
     let stack = Stack::new().await;
     let key = stack.key(&ALL_SCOPES).await;
     let store = stack.audiences();
     let workspace = stack.workspace.as_str();
-    let trial = json!({"field": "plan", "op": "eq", "value": "trial"});
-    stack.define(&key, "trials", trial).await;
-    let copy = |k: u32| {
-        let table = &stack.resources.audiences_table;
-        let pk = AttributeValue::S(format!("{workspace}#{k}"));
-        let sk = AttributeValue::S("#definitions".into());
-        (table, pk, sk)
+    let table = stack.resources.audiences_table.as_str();
+    stack
+        .define(
+            &key,
+            "trials",
+            json!({"field": "plan", "op": "eq", "value": "trial"}),
+        )
+        .await;
+    let dynamodb = &stack.dynamodb;
+    let partition = move |pk: String| async move {
+        let out = dynamodb
+            .query()
+            .table_name(table)
+            .key_condition_expression("pk = :pk")
+            .expression_attribute_values(":pk", AttributeValue::S(pk))
+            .consistent_read(true)
+            .send()
+            .await
+            .unwrap();
+        out.items.unwrap_or_default()
     };
     let copies = || async {
-        let mut revisions = Vec::new();
-        for k in 1..=7 {
-            let (table, pk, sk) = copy(k);
-            let out = stack
-                .dynamodb
-                .get_item()
-                .table_name(table)
-                .key("pk", pk)
-                .key("sk", sk)
-                .consistent_read(true)
-                .send()
-                .await
-                .unwrap();
-            revisions.push(
-                out.item
-                    .and_then(|i| i.get("revision")?.as_n().ok()?.parse::<u64>().ok()),
-            );
+        let mut found = Vec::new();
+        for k in 1..=COPIES {
+            let mut copy = Copy {
+                revision: None,
+                whole: false,
+                audiences: Vec::new(),
+            };
+            for item in partition(format!("{workspace}#{k}")).await {
+                let sk = item["sk"].as_s().unwrap().clone();
+                if sk == "#definitions" {
+                    copy.revision = item["revision"].as_n().ok().and_then(|n| n.parse().ok());
+                    copy.whole = item.get("whole").is_some_and(|w| w.as_bool() == Ok(&true));
+                } else {
+                    assert!(
+                        !item.contains_key("building"),
+                        "no build progress in a copy"
+                    );
+                    copy.audiences.push(sk);
+                }
+            }
+            found.push(copy);
         }
-        revisions
+        found
     };
-    // Written with the revision, in the define's transaction.
-    assert_eq!(copies().await, [Some(1); 7]);
-    for _ in 0..14 {
-        assert_eq!(store.revision(workspace).await.unwrap(), 1);
-    }
-    // Reads take the copies, never the revision item on the definitions' key: moved
-    // alone (as no define moves it), it is not what they answer.
-    let revision_item = || {
-        let table = &stack.resources.audiences_table;
-        let pk = AttributeValue::S(workspace.to_owned());
-        let sk = AttributeValue::S("#definitions".into());
-        (table, pk, sk)
+    let each = |revision: u64, audiences: &[&str]| {
+        (0..COPIES)
+            .map(|_| Copy {
+                revision: Some(revision),
+                whole: true,
+                audiences: audiences.iter().map(|a| (*a).to_owned()).collect(),
+            })
+            .collect::<Vec<_>>()
     };
+    let rules = || async {
+        let mut answers = BTreeSet::new();
+        for _ in 0..2 * COPIES {
+            let rules = store.rules(workspace).await.unwrap();
+            let ids: Vec<String> = rules
+                .audiences
+                .iter()
+                .map(|a| a.audience_id.clone())
+                .collect();
+            assert!(rules.audiences.iter().all(|a| a.building.is_none()));
+            answers.insert((rules.revision, ids));
+        }
+        answers
+    };
+    let revisions = || async {
+        let mut answers = BTreeSet::new();
+        for _ in 0..2 * COPIES {
+            answers.insert(store.revision(workspace).await.unwrap());
+        }
+        answers
+    };
+    // Written with the definition, in the define's transaction: whole from the first.
+    assert_eq!(copies().await, each(1, &["trials"]));
+    assert_eq!(rules().await, [(1, vec!["trials".to_owned()])].into());
+    assert_eq!(revisions().await, [1].into());
+    // Reads take the copies, never the workspace's own key: its revision item moved
+    // alone (as no define moves it) is not what they answer.
     let set_revision_item = |revision: u64| {
-        let (table, pk, sk) = revision_item();
         stack
             .dynamodb
             .update_item()
             .table_name(table)
-            .key("pk", pk)
-            .key("sk", sk)
+            .key("pk", AttributeValue::S(workspace.to_owned()))
+            .key("sk", AttributeValue::S("#definitions".into()))
             .update_expression("SET revision = :r")
             .expression_attribute_values(":r", AttributeValue::N(revision.to_string()))
             .send()
     };
     set_revision_item(99).await.unwrap();
-    for _ in 0..14 {
-        assert_eq!(store.revision(workspace).await.unwrap(), 1);
-    }
+    assert_eq!(revisions().await, [1].into());
+    assert_eq!(rules().await, [(1, vec!["trials".to_owned()])].into());
     set_revision_item(1).await.unwrap();
-    // A workspace from before copies were kept: every read answers its revision, and
-    // the copies are made from it.
-    for k in 1..=7 {
-        let (table, pk, sk) = copy(k);
-        stack
-            .dynamodb
-            .delete_item()
-            .table_name(table)
-            .key("pk", pk)
-            .key("sk", sk)
-            .send()
-            .await
-            .unwrap();
+    // A workspace from before copies were kept: every read answers from the originals,
+    // and the copies are made from them.
+    for k in 1..=COPIES {
+        for item in partition(format!("{workspace}#{k}")).await {
+            stack
+                .dynamodb
+                .delete_item()
+                .table_name(table)
+                .key("pk", item["pk"].clone())
+                .key("sk", item["sk"].clone())
+                .send()
+                .await
+                .unwrap();
+        }
     }
-    // (The stack's own readers may already be making them again.)
-    for _ in 0..14 {
-        assert_eq!(store.revision(workspace).await.unwrap(), 1);
-    }
-    assert_eq!(copies().await, [Some(1); 7]);
-    // The next define moves them all.
+    // (The stack's own readers may already be filling them again.)
+    assert_eq!(revisions().await, [1].into());
+    assert_eq!(rules().await, [(1, vec!["trials".to_owned()])].into());
+    assert_eq!(copies().await, each(1, &["trials"]));
+    // The next define and delete move them all.
     stack
         .define(
             &key,
@@ -919,8 +981,15 @@ async fn the_definitions_revision_is_read_from_copies_kept_with_it_or_made_from_
             json!({"field": "plan", "op": "eq", "value": "pro"}),
         )
         .await;
-    assert_eq!(copies().await, [Some(2); 7]);
-    assert_eq!(store.revision(workspace).await.unwrap(), 2);
+    assert_eq!(copies().await, each(2, &["pros", "trials"]));
+    assert_eq!(
+        rules().await,
+        [(2, vec!["pros".to_owned(), "trials".to_owned()])].into()
+    );
+    stack.delete_audience(&key, "trials").await;
+    assert_eq!(copies().await, each(3, &["pros"]));
+    assert_eq!(rules().await, [(3, vec!["pros".to_owned()])].into());
+    assert_eq!(revisions().await, [3].into());
 }
 
 /// A workspace's users are listed in 16 shards, and those created before the shards

@@ -20,7 +20,7 @@ use crate::domain::audience::Reason;
 use crate::domain::change::ChangeEvent;
 use crate::domain::membership::{decide, Decision};
 use futures::stream::{self, StreamExt};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 /// Users a build looks at per task (a keys-only index page and its batch reads).
@@ -36,11 +36,12 @@ const BUS_LANES: usize = 16;
 const COMMIT_ATTEMPTS: usize = 8;
 /// Users due read at once by a time task (it reads page after page).
 const DUE_PAGE: usize = 200;
-/// How long a stream batch waits for the rules of the workspaces it names: the users of
-/// a workspace whose rules are not read by then (a throttled key, retried with backoff)
-/// are parked and settled by id from the retry queue, so that one tenant's reads never
-/// hold the others' changes (`docs/scale.md`, item 10).
-pub const RULES_WAIT_MS: u64 = 2_000;
+/// How long a stream batch gives the workspaces it names, settled side by side: the
+/// users of a workspace not settled by then (its rules' key throttled, its member lists'
+/// writes retried with backoff, or more work than a shard should wait for) are parked
+/// and settled by id from the retry queue, so that one tenant never holds the others'
+/// changes, nor the shard's next batch (`docs/scale.md`, item 10).
+pub const WORKSPACE_SHARE_MS: u64 = 500;
 
 /// One user to settle: the latest of it known, and the version events name.
 struct Subject<'a> {
@@ -138,20 +139,20 @@ impl<S: MembershipStore, U: UserSource, B: WorkQueues, E: Bus> Evaluate<S, U, B,
         if let Some(held) = self.rules.get(workspace_id, revision) {
             return Ok(held);
         }
-        let read = Arc::new(self.store.list(workspace_id).await?);
+        let read = Arc::new(self.store.rules(workspace_id).await?);
         self.rules.put(workspace_id, read.clone());
         Ok(read)
     }
 
     /// Settles the users a batch of the users table's stream changed, each by the
-    /// last of its records (the latest version the batch knows), against the rules of
-    /// its workspace read once for the batch; the users of a workspace whose rules are
-    /// not read when `rules_due` completes are parked ([`RULES_WAIT_MS`]).
+    /// last of its records (the latest version the batch knows), each workspace apart
+    /// against its rules: the users of a workspace not settled when `due` completes are
+    /// parked ([`WORKSPACE_SHARE_MS`]).
     pub async fn changes<'a, Err: std::fmt::Display>(
         &self,
         records: &[StreamChange<'a, Err>],
         now: impl Fn() -> i64 + Sync,
-        rules_due: impl std::future::Future<Output = ()>,
+        due: impl std::future::Future<Output = ()>,
     ) -> Settled<'a> {
         let mut latest: HashMap<(&str, &str), (usize, &UserImage, &UserImage)> = HashMap::new();
         let mut poison = None;
@@ -170,39 +171,22 @@ impl<S: MembershipStore, U: UserSource, B: WorkQueues, E: Bus> Evaluate<S, U, B,
                 }
             }
         }
-        let workspaces = self
-            .rules_by(
-                latest.keys().map(|(workspace_id, _)| *workspace_id),
-                rules_due,
-            )
-            .await;
-        let mut outcomes = Vec::new();
-        let mut subjects = Vec::new();
+        let mut workspaces: BTreeMap<&str, Vec<Subject>> = BTreeMap::new();
         for ((workspace_id, user_id), (index, old, new)) in &latest {
-            match &workspaces[workspace_id] {
-                Ok(definitions) if definitions.audiences.is_empty() => {
-                    outcomes.push((*index, Ok(0)))
-                }
-                Ok(_) => subjects.push(Subject {
-                    index: *index,
-                    workspace_id,
-                    external_user_id: user_id,
-                    user: new.as_ref().map(|(_, user)| user.clone()),
-                    version: new
-                        .as_ref()
-                        .or(old.as_ref())
-                        .map_or(0, |(_, user)| user.version),
-                    fresh: false,
-                    reason: Reason::Change,
-                }),
-                Err(err) => outcomes.push((*index, Err(AppError::Port(err.clone())))),
-            }
+            workspaces.entry(workspace_id).or_default().push(Subject {
+                index: *index,
+                workspace_id,
+                external_user_id: user_id,
+                user: new.as_ref().map(|(_, user)| user.clone()),
+                version: new
+                    .as_ref()
+                    .or(old.as_ref())
+                    .map_or(0, |(_, user)| user.version),
+                fresh: false,
+                reason: Reason::Change,
+            });
         }
-        let definitions = workspaces
-            .into_iter()
-            .filter_map(|(workspace_id, found)| Some((workspace_id, found.ok()?)))
-            .collect();
-        outcomes.extend(self.settle_all(subjects, definitions, &now).await);
+        let outcomes = self.settle_apart(workspaces, &now, due).await;
         let keys: HashMap<usize, (&str, &str)> = latest
             .iter()
             .map(|(key, (index, _, _))| (*index, *key))

@@ -4,6 +4,7 @@
 
 use super::*;
 use futures::future::{select, Either};
+use futures::stream::FuturesUnordered;
 
 impl<S: MembershipStore, U: UserSource, B: WorkQueues, E: Bus> Evaluate<S, U, B, E> {
     /// Settles users together: each one's commit, then every commit's decisions carried
@@ -113,32 +114,72 @@ impl<S: MembershipStore, U: UserSource, B: WorkQueues, E: Bus> Evaluate<S, U, B,
             .await
     }
 
-    /// [`Evaluate::rules_of`], but only what is read when `due` completes: a workspace
-    /// still being read then is answered `Unavailable`, and its read dropped.
-    pub(super) async fn rules_by<'a>(
+    /// Settles each workspace's users apart, side by side (its rules read, then
+    /// [`Evaluate::settle_all`]), and only what is settled when `due` completes: the
+    /// users of a workspace still at work then are answered `Unavailable`, and its work
+    /// dropped. Dropping is safe where it stops: a commit's decisions not yet carried out
+    /// stay pending in the user's state, and its next settling carries them out first.
+    pub(super) async fn settle_apart<'a>(
         &self,
-        workspaces: impl Iterator<Item = &'a str>,
+        workspaces: BTreeMap<&'a str, Vec<Subject<'a>>>,
+        now: &(impl Fn() -> i64 + Sync),
         due: impl std::future::Future<Output = ()>,
-    ) -> HashMap<&'a str, Result<Arc<Definitions>, PortError>> {
-        let workspaces: std::collections::BTreeSet<&str> = workspaces.collect();
-        let reads = workspaces
+    ) -> Outcomes {
+        let mut unsettled: HashMap<&str, Vec<usize>> = workspaces
             .iter()
-            .map(|&workspace_id| async move { (workspace_id, self.rules(workspace_id).await) });
-        let mut reads = std::pin::pin!(stream::iter(reads).buffer_unordered(SETTLING_LANES));
+            .map(|(workspace_id, subjects)| {
+                (*workspace_id, subjects.iter().map(|s| s.index).collect())
+            })
+            .collect();
+        let mut settling: FuturesUnordered<_> = workspaces
+            .into_iter()
+            .map(|(workspace_id, subjects)| async move {
+                (
+                    workspace_id,
+                    self.settle_workspace(workspace_id, subjects, now).await,
+                )
+            })
+            .collect();
         let mut due = std::pin::pin!(due);
-        let mut found = HashMap::with_capacity(workspaces.len());
-        // A read that is ready comes first, so that one answered at the deadline counts.
-        while let Either::Left((Some((workspace_id, rules)), _)) =
-            select(reads.next(), due.as_mut()).await
+        let mut outcomes = Vec::new();
+        // Work that is done comes first, so that a workspace settled at the deadline counts.
+        while let Either::Left((Some((workspace_id, settled)), _)) =
+            select(settling.next(), due.as_mut()).await
         {
-            found.insert(workspace_id, rules);
+            unsettled.remove(workspace_id);
+            outcomes.extend(settled);
         }
-        for &workspace_id in &workspaces {
-            found
-                .entry(workspace_id)
-                .or_insert_with(|| Err(PortError::Unavailable("rules not read in time".into())));
+        let late = || PortError::Unavailable("not settled in its share of the batch".into());
+        outcomes.extend(
+            unsettled
+                .into_values()
+                .flatten()
+                .map(|index| (index, Err(late().into()))),
+        );
+        outcomes
+    }
+
+    /// One workspace's users settled against its rules, read now (none to settle
+    /// against: nothing to decide).
+    async fn settle_workspace<'a>(
+        &self,
+        workspace_id: &'a str,
+        subjects: Vec<Subject<'a>>,
+        now: &(impl Fn() -> i64 + Sync),
+    ) -> Outcomes {
+        match self.rules(workspace_id).await {
+            Ok(rules) if rules.audiences.is_empty() => {
+                subjects.iter().map(|s| (s.index, Ok(0))).collect()
+            }
+            Ok(rules) => {
+                self.settle_all(subjects, HashMap::from([(workspace_id, rules)]), now)
+                    .await
+            }
+            Err(err) => subjects
+                .iter()
+                .map(|s| (s.index, Err(err.clone().into())))
+                .collect(),
         }
-        found
     }
 
     /// Brings one user's memberships to the rules over its latest state and commits

@@ -20,6 +20,13 @@ pub trait Audiences {
         audience_id: &str,
     ) -> impl Future<Output = Result<Option<Audience>, PortError>> + Send;
 
+    /// The definitions as evaluation takes them (no build progress: `building` is
+    /// `None`), read where every instance of a fleet can read them at once.
+    fn rules(
+        &self,
+        workspace_id: &str,
+    ) -> impl Future<Output = Result<Definitions, PortError>> + Send;
+
     /// The definitions revision alone: a cheap check that a list read is still current.
     fn revision(&self, workspace_id: &str) -> impl Future<Output = Result<u64, PortError>> + Send;
 

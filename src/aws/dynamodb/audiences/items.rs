@@ -22,7 +22,7 @@ pub(super) fn audience_from_item(item: &Item) -> Option<Audience> {
 }
 
 /// A flag set only when true (absent on items written before it existed).
-fn flag(item: &Item, name: &str) -> bool {
+pub(super) fn flag(item: &Item, name: &str) -> bool {
     item.get(name).and_then(|v| v.as_bool().ok()) == Some(&true)
 }
 

@@ -2,7 +2,7 @@
 //!
 //! Audiences: `pk` = workspace, `sk` = audience id, and one item `sk` = `#definitions`
 //! holding the workspace's definitions revision, which every define and delete moves
-//! on in the same transaction, with its copies (`revision.rs`). Members: `pk` = `u#<workspace>#<user>`, `sk` = `state`
+//! on in the same transaction, with the copies that evaluation reads (`copies.rs`). Members: `pk` = `u#<workspace>#<user>`, `sk` = `state`
 //! (the user's standings, pending decisions, next due instant, optimistic `rev`), and
 //! `pk` = `a#<workspace>#<audience>#<shard>`, `sk` = user (the member list, in 16 shards
 //! by user so that no one key takes every change of a large audience, each in id order;
@@ -14,12 +14,12 @@
 //! the same 16 shards: each moves in the same transaction as the entry that changes
 //! sides).
 
+mod copies;
 mod items;
 mod lists;
 mod memberships;
-mod revision;
 
-use items::{audience_from_item, count_key, due_shard, state_from_item, state_item};
+use items::{audience_from_item, count_key, due_shard, flag, state_from_item, state_item};
 
 use super::{
     batch_get_consistent, condition, get_n, get_s, n, s, user_shard, workspace_key, Condition,
@@ -276,33 +276,11 @@ fn negative_count() -> PortError {
 
 impl Audiences for AudienceStore {
     async fn list(&self, workspace_id: &str) -> Result<Definitions, PortError> {
-        let mut found = Definitions::default();
-        let mut start = None;
-        loop {
-            let out = self
-                .client
-                .query()
-                .table_name(&self.audiences)
-                .key_condition_expression("pk = :pk")
-                .expression_attribute_values(":pk", s(workspace_id))
-                .consistent_read(true)
-                .set_exclusive_start_key(start)
-                .send()
-                .await?;
-            for item in out.items() {
-                if get_s(item, SORT_KEY) == Some(DEFINITIONS) {
-                    found.revision = get_n(item, "revision").unwrap_or(0);
-                } else if let Some(audience) = audience_from_item(item) {
-                    found.audiences.push(audience);
-                }
-            }
-            start = out.last_evaluated_key;
-            if start.is_none() {
-                self.with_progress(workspace_id, &mut found.audiences)
-                    .await?;
-                return Ok(found);
-            }
-        }
+        self.originals(workspace_id).await
+    }
+
+    async fn rules(&self, workspace_id: &str) -> Result<Definitions, PortError> {
+        self.copied_rules(workspace_id).await
     }
 
     async fn revision(&self, workspace_id: &str) -> Result<u64, PortError> {
@@ -350,10 +328,11 @@ impl Audiences for AudienceStore {
                 item.insert(flag.into(), AttributeValue::Bool(true));
             }
         }
+        let mut items = self.move_revision(workspace_id, revision, audience.rule_rev)?;
+        items.extend(self.copy_definition(workspace_id, &item)?);
         let put = Put::builder()
             .table_name(&self.audiences)
             .set_item(Some(item));
-        let mut items = self.move_revision(workspace_id, revision, audience.rule_rev)?;
         items.push(
             TransactWriteItem::builder()
                 .put(built(put.build())?)
@@ -388,6 +367,7 @@ impl Audiences for AudienceStore {
             .table_name(&self.audiences)
             .set_key(Some(Self::progress_key(workspace_id, audience_id)));
         let mut items = self.move_revision(workspace_id, revision, revision + 1)?;
+        items.extend(self.drop_copies(workspace_id, audience_id)?);
         for delete in [delete, progress] {
             items.push(
                 TransactWriteItem::builder()
