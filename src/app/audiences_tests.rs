@@ -119,7 +119,12 @@ impl World {
             .collect();
         let settled = self
             .evaluate
-            .changes(&changes, || at, std::future::pending())
+            .changes(
+                &changes,
+                || at,
+                std::future::pending(),
+                std::future::pending,
+            )
             .await;
         (settled.events, settled.first_failure.map(str::to_owned))
     }
@@ -913,7 +918,12 @@ async fn rules_are_read_once_per_revision_across_batches_and_again_when_they_mov
         let evaluate = &evaluate;
         async move {
             evaluate
-                .changes(&[change], || at, std::future::pending())
+                .changes(
+                    &[change],
+                    || at,
+                    std::future::pending(),
+                    std::future::pending,
+                )
                 .await
                 .first_failure
                 .is_none()
@@ -997,9 +1007,12 @@ async fn the_light_goes_on_and_the_heavy_is_parked(w: &World) {
             images: Ok(images.clone()),
         })
         .collect();
+    // No wait for the batch as a whole; the share after the light one is settled is over
+    // at once.
+    let share = || std::future::ready(());
     let settled = w
         .evaluate
-        .changes(&changes, || T0 + 2, std::future::ready(()))
+        .changes(&changes, || T0 + 2, std::future::pending(), share)
         .await;
     assert_eq!((settled.users, settled.parked), (2, 1));
     assert_eq!(settled.first_failure, None, "the batch is done");
@@ -1025,6 +1038,40 @@ async fn a_workspace_whose_rules_are_not_read_in_its_share_of_the_batch_is_parke
     // The heavy workspace's rules cannot be read (its key throttled).
     w.store.stall(WS, "audiences.revision");
     the_light_goes_on_and_the_heavy_is_parked(&w).await;
+}
+
+#[tokio::test]
+async fn a_batch_whose_workspaces_are_all_slow_waits_for_them_until_its_own_bound() {
+    use futures::FutureExt;
+    let w = heavy_and_light().await;
+    w.store.stall(WS, "memberships.write_entries");
+    w.store.stall("light", "memberships.write_entries");
+    let records = [
+        w.write("h1", Some(json!({"plan": "trial"})), T0 + 1),
+        w.write_in("light", "l1", Some(json!({"plan": "trial"})), T0 + 1),
+    ];
+    let changes: Vec<StreamChange<String>> = records
+        .iter()
+        .map(|images| StreamChange {
+            position: "0",
+            images: Ok(images.clone()),
+        })
+        .collect();
+    // No workspace settled: the share (over at once) has not started, so the batch
+    // waits (slow everywhere is the store, not a tenant)…
+    let share = || std::future::ready(());
+    let waiting = w
+        .evaluate
+        .changes(&changes, || T0 + 2, std::future::pending(), share)
+        .now_or_never();
+    assert!(waiting.is_none(), "parked while no one was faster");
+    // …until its own bound: then both are parked.
+    let settled = w
+        .evaluate
+        .changes(&changes, || T0 + 2, std::future::ready(()), share)
+        .await;
+    assert_eq!((settled.users, settled.parked), (2, 2));
+    assert_eq!(settled.first_failure, None);
 }
 
 #[tokio::test]

@@ -6,7 +6,7 @@
 //! the stream's failure destination (stream positions whose users are parked). One log
 //! line per invocation.
 
-use crate::app::evaluate::{Evaluate, WORKSPACE_SHARE_MS};
+use crate::app::evaluate::{Evaluate, STREAM_BATCH_WAIT_MS, WORKSPACE_SHARE_MS};
 use crate::app::ports::{
     Audiences, BuildQueue, EventBus, Memberships, ParkedUsers, StreamReplay, TimeTask, TimeTasks,
     Users, WorkspaceUsers,
@@ -147,8 +147,12 @@ where
 
     async fn changes(&self, event: StreamEvent, started: Instant) -> Value {
         let records = super::stream_changes(&event);
-        let due = tokio::time::sleep(Duration::from_millis(WORKSPACE_SHARE_MS));
-        let settled = self.evaluate.changes(&records, now_millis, due).await;
+        let due = tokio::time::sleep(Duration::from_millis(STREAM_BATCH_WAIT_MS));
+        let share = || tokio::time::sleep(Duration::from_millis(WORKSPACE_SHARE_MS));
+        let settled = self
+            .evaluate
+            .changes(&records, now_millis, due, share)
+            .await;
         tracing::info!(
             source = "stream",
             records = records.len(),

@@ -36,12 +36,16 @@ const BUS_LANES: usize = 16;
 const COMMIT_ATTEMPTS: usize = 8;
 /// Users due read at once by a time task (it reads page after page).
 const DUE_PAGE: usize = 200;
-/// How long a stream batch gives the workspaces it names, settled side by side: the
-/// users of a workspace not settled by then (its rules' key throttled, its member lists'
-/// writes retried with backoff, or more work than a shard should wait for) are parked
-/// and settled by id from the retry queue, so that one tenant never holds the others'
-/// changes, nor the shard's next batch (`docs/scale.md`, item 10).
+/// How much longer than the others a workspace of a stream batch may take: once half of
+/// the batch's workspaces are settled, those still at work this much later (their rules'
+/// key throttled, their member lists' writes retried with backoff, or more work than a
+/// shard should wait for) are parked and settled by id from the retry queue, so that one
+/// tenant never holds the others' changes, nor the shard's next batch (`docs/scale.md`,
+/// item 10).
 pub const WORKSPACE_SHARE_MS: u64 = 500;
+/// How long a stream batch waits for any workspace (a batch of one slow tenant, or of
+/// slow ones only, still holds its shard no longer).
+pub const STREAM_BATCH_WAIT_MS: u64 = 5_000;
 
 /// One user to settle: the latest of it known, and the version events name.
 struct Subject<'a> {
@@ -146,13 +150,15 @@ impl<S: MembershipStore, U: UserSource, B: WorkQueues, E: Bus> Evaluate<S, U, B,
 
     /// Settles the users a batch of the users table's stream changed, each by the
     /// last of its records (the latest version the batch knows), each workspace apart
-    /// against its rules: the users of a workspace not settled when `due` completes are
-    /// parked ([`WORKSPACE_SHARE_MS`]).
-    pub async fn changes<'a, Err: std::fmt::Display>(
+    /// against its rules: the users of a workspace not settled when `due` completes, or
+    /// `share()` after half of the workspaces are, are parked ([`WORKSPACE_SHARE_MS`],
+    /// [`STREAM_BATCH_WAIT_MS`]).
+    pub async fn changes<'a, Err: std::fmt::Display, Share: std::future::Future<Output = ()>>(
         &self,
         records: &[StreamChange<'a, Err>],
         now: impl Fn() -> i64 + Sync,
         due: impl std::future::Future<Output = ()>,
+        share: impl FnOnce() -> Share,
     ) -> Settled<'a> {
         let mut latest: HashMap<(&str, &str), (usize, &UserImage, &UserImage)> = HashMap::new();
         let mut poison = None;
@@ -186,7 +192,7 @@ impl<S: MembershipStore, U: UserSource, B: WorkQueues, E: Bus> Evaluate<S, U, B,
                 reason: Reason::Change,
             });
         }
-        let outcomes = self.settle_apart(workspaces, &now, due).await;
+        let outcomes = self.settle_apart(workspaces, &now, due, share).await;
         let keys: HashMap<usize, (&str, &str)> = latest
             .iter()
             .map(|(key, (index, _, _))| (*index, *key))

@@ -3,7 +3,7 @@
 //! its retry.
 
 use super::*;
-use futures::future::{select, Either};
+use futures::future::{select, Either, Fuse, FutureExt};
 use futures::stream::FuturesUnordered;
 
 impl<S: MembershipStore, U: UserSource, B: WorkQueues, E: Bus> Evaluate<S, U, B, E> {
@@ -115,15 +115,20 @@ impl<S: MembershipStore, U: UserSource, B: WorkQueues, E: Bus> Evaluate<S, U, B,
     }
 
     /// Settles each workspace's users apart, side by side (its rules read, then
-    /// [`Evaluate::settle_all`]), and only what is settled when `due` completes: the
-    /// users of a workspace still at work then are answered `Unavailable`, and its work
-    /// dropped. Dropping is safe where it stops: a commit's decisions not yet carried out
-    /// stay pending in the user's state, and its next settling carries them out first.
-    pub(super) async fn settle_apart<'a>(
+    /// [`Evaluate::settle_all`]), and stops waiting for the rest when `due` completes or,
+    /// once half of the workspaces are settled, when the share `share()` starts has run:
+    /// a workspace slower than the others by that much holds none of them. The users of
+    /// a workspace still at work then are answered `Unavailable`, and its work dropped,
+    /// which is safe where it stops: a commit's decisions not yet carried out stay
+    /// pending in the user's state, and its next settling carries them out first. (When
+    /// every workspace is slow, the store itself is, and parking them would only add
+    /// to its load.)
+    pub(super) async fn settle_apart<'a, Share: std::future::Future<Output = ()>>(
         &self,
         workspaces: BTreeMap<&'a str, Vec<Subject<'a>>>,
         now: &(impl Fn() -> i64 + Sync),
         due: impl std::future::Future<Output = ()>,
+        share: impl FnOnce() -> Share,
     ) -> Outcomes {
         let mut unsettled: HashMap<&str, Vec<usize>> = workspaces
             .iter()
@@ -131,6 +136,7 @@ impl<S: MembershipStore, U: UserSource, B: WorkQueues, E: Bus> Evaluate<S, U, B,
                 (*workspace_id, subjects.iter().map(|s| s.index).collect())
             })
             .collect();
+        let half = workspaces.len().div_ceil(2);
         let mut settling: FuturesUnordered<_> = workspaces
             .into_iter()
             .map(|(workspace_id, subjects)| async move {
@@ -141,11 +147,25 @@ impl<S: MembershipStore, U: UserSource, B: WorkQueues, E: Bus> Evaluate<S, U, B,
             })
             .collect();
         let mut due = std::pin::pin!(due);
+        let mut share = Some(share);
+        let mut share_over = std::pin::pin!(Fuse::<Share>::terminated());
         let mut outcomes = Vec::new();
-        // Work that is done comes first, so that a workspace settled at the deadline counts.
-        while let Either::Left((Some((workspace_id, settled)), _)) =
-            select(settling.next(), due.as_mut()).await
-        {
+        let mut settled_workspaces = 0;
+        loop {
+            if settled_workspaces >= half {
+                if let Some(start) = share.take() {
+                    share_over.set(start().fuse());
+                }
+            }
+            // Work that is done comes first, so that a workspace settled at a deadline
+            // counts.
+            let deadline = select(due.as_mut(), share_over.as_mut());
+            let Either::Left((Some((workspace_id, settled)), _)) =
+                select(settling.next(), deadline).await
+            else {
+                break;
+            };
+            settled_workspaces += 1;
             unsettled.remove(workspace_id);
             outcomes.extend(settled);
         }

@@ -21,7 +21,9 @@
 //! define (nothing before it).
 
 use super::*;
+use std::hash::{BuildHasher, RandomState};
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::LazyLock;
 
 /// Copies of a workspace's definitions (and revision) that reads take: 32 × 3,000 read
 /// units a second (a whole fleet cold at once with the bounds' 3.2 MB of definitions:
@@ -33,8 +35,13 @@ const COPIES: u32 = 32;
 /// items and 4 MB a transaction: 99 definitions of at most 32 KiB).
 const FILL_CHUNK: usize = 99;
 
-/// The copy the next read takes, shared by the instance's reads.
-static NEXT_COPY: AtomicU32 = AtomicU32::new(0);
+/// The copy the next read takes, shared by the instance's reads. Each instance starts at
+/// a copy of its own (at random): a fleet started at once would otherwise read its first
+/// revision from copy 1 and its first rules from copy 2, all of it.
+static NEXT_COPY: LazyLock<AtomicU32> = LazyLock::new(|| {
+    // Truncation intended: any 32 bits of a random hash.
+    AtomicU32::new(RandomState::new().hash_one("copy") as u32)
+});
 
 /// What a query of one definitions partition found.
 struct Partition {
