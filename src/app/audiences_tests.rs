@@ -992,21 +992,25 @@ async fn heavy_and_light() -> World {
     w
 }
 
+/// A stream batch with a trial user of each workspace of [`heavy_and_light`].
+fn trial_in_each(w: &World) -> Vec<StreamChange<'static, String>> {
+    [
+        w.write("h1", Some(json!({"plan": "trial"})), T0 + 1),
+        w.write_in("light", "l1", Some(json!({"plan": "trial"})), T0 + 1),
+    ]
+    .into_iter()
+    .map(|images| StreamChange {
+        position: "0",
+        images: Ok(images),
+    })
+    .collect()
+}
+
 /// A stream batch with a trial user of each workspace, settled with no wait (only what
 /// needs none is in time), then the heavy one's parked user retried once nothing is
 /// stalled: it is settled by id, with one `Audience Entered`.
 async fn the_light_goes_on_and_the_heavy_is_parked(w: &World) {
-    let records = [
-        w.write("h1", Some(json!({"plan": "trial"})), T0 + 1),
-        w.write_in("light", "l1", Some(json!({"plan": "trial"})), T0 + 1),
-    ];
-    let changes: Vec<StreamChange<String>> = records
-        .iter()
-        .map(|images| StreamChange {
-            position: "0",
-            images: Ok(images.clone()),
-        })
-        .collect();
+    let changes = trial_in_each(w);
     // No wait for the batch as a whole; the share after the light one is settled is over
     // at once.
     let share = || std::future::ready(());
@@ -1046,17 +1050,7 @@ async fn a_batch_whose_workspaces_are_all_slow_waits_for_them_until_its_own_boun
     let w = heavy_and_light().await;
     w.store.stall(WS, "memberships.write_entries");
     w.store.stall("light", "memberships.write_entries");
-    let records = [
-        w.write("h1", Some(json!({"plan": "trial"})), T0 + 1),
-        w.write_in("light", "l1", Some(json!({"plan": "trial"})), T0 + 1),
-    ];
-    let changes: Vec<StreamChange<String>> = records
-        .iter()
-        .map(|images| StreamChange {
-            position: "0",
-            images: Ok(images.clone()),
-        })
-        .collect();
+    let changes = trial_in_each(&w);
     // No workspace settled: the share (over at once) has not started, so the batch
     // waits (slow everywhere is the store, not a tenant)…
     let share = || std::future::ready(());
