@@ -14,6 +14,7 @@ mod segment;
 mod segment_mapping;
 mod traits;
 mod validate;
+mod webhook;
 
 pub use audience::{
     parse_audience, AudienceDefinition, Page, Paged, MAX_AUDIENCES_PAGE, MAX_MEMBERS_PAGE,
@@ -37,6 +38,7 @@ pub use segment::{
     SegmentMessages, MAX_SEGMENT_BATCH_BYTES, MAX_SEGMENT_MESSAGE_BYTES,
 };
 pub use validate::{is_storable_user_id, parse_upsert, BodyError, ValidUpsert, MAX_BODY_BYTES};
+pub use webhook::{parse_webhook, WebhookDefinition, MAX_URL_BYTES, MAX_WEBHOOK_AUDIENCES};
 
 /// An email lookup answers at most this many users (contract, "Reads").
 pub const MAX_EMAIL_MATCHES: usize = 100;

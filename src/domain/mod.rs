@@ -1,5 +1,6 @@
 //! The business types and rules: API keys, the accepted write, the profile and its
-//! order-proof merge, the read view, the change diff, the Idempotency-Key rule. Pure:
+//! order-proof merge, the read view, the change diff, the Idempotency-Key rule, webhooks'
+//! address, signature and retry rules. Pure:
 //! no AWS, no I/O, no clock.
 
 pub mod audience;
@@ -13,6 +14,7 @@ mod message;
 mod profile;
 pub mod rate_limit;
 mod view;
+pub mod webhook;
 
 pub use custom_traits::{RejectReason, RejectedTrait};
 pub use message::{

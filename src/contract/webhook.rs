@@ -1,0 +1,222 @@
+//! Webhook requests: the endpoint a `PUT /api/v1/webhooks/{id}` subscribes.
+
+use super::json::{in_body_order, read_object, ReadObject};
+use super::{body_hash, BodyError, ErrorCode, FieldError};
+use crate::domain::audience::is_audience_id;
+use crate::domain::webhook::{address_allowed, EventType, Reach};
+use serde_json::Value;
+use std::collections::BTreeSet;
+use url::{Host, Url};
+
+/// A target URL of at most 2,048 bytes.
+pub const MAX_URL_BYTES: usize = 2_048;
+/// At most this many audiences narrow a webhook's audience events.
+pub const MAX_WEBHOOK_AUDIENCES: usize = 100;
+/// What `include` may name: the user's profile, read at each attempt.
+const INCLUDE_PROFILE: &str = "profile";
+
+/// A valid `PUT /api/v1/webhooks/{id}` body.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WebhookDefinition {
+    pub url: Url,
+    /// In the order the wire lists them in `EventType::ALL`, each once.
+    pub events: BTreeSet<EventType>,
+    /// Only these audiences' events, when given.
+    pub audiences: Option<BTreeSet<String>>,
+    /// `"include": ["profile"]`: bodies carry the user's profile (a key with
+    /// `users:read_pii` only; the use case checks the key).
+    pub include_profile: bool,
+    pub body_hash: String,
+}
+
+pub fn parse_webhook(body: &[u8], reach: Reach) -> Result<WebhookDefinition, BodyError> {
+    let ReadObject {
+        mut members, text, ..
+    } = read_object(body)?;
+    let body_hash = body_hash(&members);
+    let mut errors: Vec<(String, FieldError)> =
+        FieldError::unknown_members(members.keys(), &["url", "events", "audiences", "include"])
+            .into_iter()
+            .map(|error| (error.field.clone().unwrap_or_default(), error))
+            .collect();
+    let mut refuse = |code, path: String, message: String| {
+        errors.push((path.clone(), FieldError::new(code, path, message)));
+    };
+    let url = match members.remove("url") {
+        None | Some(Value::Null) => {
+            refuse(ErrorCode::Required, "url".into(), "url is required".into());
+            None
+        }
+        Some(Value::String(url)) => match target(&url, reach) {
+            Ok(url) => Some(url),
+            Err((code, message)) => {
+                refuse(code, "url".into(), message);
+                None
+            }
+        },
+        Some(_) => {
+            refuse(
+                ErrorCode::InvalidType,
+                "url".into(),
+                "url must be a string".into(),
+            );
+            None
+        }
+    };
+    let events = match strings(members.remove("events"), "events", &mut refuse) {
+        None => {
+            refuse(
+                ErrorCode::Required,
+                "events".into(),
+                "events is required".into(),
+            );
+            None
+        }
+        Some(names) if names.is_empty() => {
+            refuse(
+                ErrorCode::Empty,
+                "events".into(),
+                "events must name at least one event".into(),
+            );
+            None
+        }
+        Some(names) => {
+            let mut events = BTreeSet::new();
+            for (i, name) in names {
+                match EventType::parse(&name) {
+                    Some(event) => {
+                        events.insert(event);
+                    }
+                    None => refuse(
+                        ErrorCode::InvalidFormat,
+                        format!("events[{i}]"),
+                        format!("events[{i}] is not one of {}", event_names()),
+                    ),
+                }
+            }
+            Some(events)
+        }
+    };
+    let audiences = strings(members.remove("audiences"), "audiences", &mut refuse).map(|ids| {
+        if ids.len() > MAX_WEBHOOK_AUDIENCES {
+            refuse(
+                ErrorCode::TooMany,
+                "audiences".into(),
+                format!("audiences names at most {MAX_WEBHOOK_AUDIENCES} audiences"),
+            );
+        }
+        let mut audiences = BTreeSet::new();
+        for (i, id) in ids {
+            if is_audience_id(&id) {
+                audiences.insert(id);
+            } else {
+                refuse(
+                    ErrorCode::InvalidFormat,
+                    format!("audiences[{i}]"),
+                    "an audience id is 1 to 64 of A-Z, a-z, 0-9, _ and -".into(),
+                );
+            }
+        }
+        audiences
+    });
+    let include = strings(members.remove("include"), "include", &mut refuse).unwrap_or_default();
+    for (i, name) in &include {
+        if name != INCLUDE_PROFILE {
+            refuse(
+                ErrorCode::InvalidFormat,
+                format!("include[{i}]"),
+                format!("include[{i}] may only be \"{INCLUDE_PROFILE}\""),
+            );
+        }
+    }
+    match (url, events) {
+        (Some(url), Some(events)) if errors.is_empty() => Ok(WebhookDefinition {
+            url,
+            events,
+            audiences,
+            include_profile: !include.is_empty(),
+            body_hash,
+        }),
+        _ => Err(BodyError::Invalid(in_body_order(errors, &text))),
+    }
+}
+
+/// An array of strings at `field`, with each one's index; `None` when absent or null.
+fn strings(
+    value: Option<Value>,
+    field: &str,
+    refuse: &mut impl FnMut(ErrorCode, String, String),
+) -> Option<Vec<(usize, String)>> {
+    match value? {
+        Value::Null => None,
+        Value::Array(items) => Some(
+            items
+                .into_iter()
+                .enumerate()
+                .filter_map(|(i, item)| match item {
+                    Value::String(text) => Some((i, text)),
+                    _ => {
+                        refuse(
+                            ErrorCode::InvalidType,
+                            format!("{field}[{i}]"),
+                            format!("{field}[{i}] must be a string"),
+                        );
+                        None
+                    }
+                })
+                .collect(),
+        ),
+        _ => {
+            refuse(
+                ErrorCode::InvalidType,
+                field.into(),
+                format!("{field} must be an array of strings"),
+            );
+            Some(Vec::new())
+        }
+    }
+}
+
+fn event_names() -> String {
+    EventType::ALL.map(EventType::as_str).join(", ")
+}
+
+/// The target as the contract allows it: `https` (or `http` to loopback under the local
+/// switch), no credentials, at most 2,048 bytes, and a literal address only outside the
+/// refused ranges. A name is judged on each attempt, on the address it resolves to.
+fn target(text: &str, reach: Reach) -> Result<Url, (ErrorCode, String)> {
+    let not_allowed = |why: &str| (ErrorCode::InvalidFormat, format!("url {why}"));
+    if text.len() > MAX_URL_BYTES {
+        return Err((
+            ErrorCode::TooLong,
+            format!("url is over {MAX_URL_BYTES} bytes"),
+        ));
+    }
+    let url = Url::parse(text).map_err(|_| not_allowed("is not an absolute URL"))?;
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(not_allowed("must not carry credentials"));
+    }
+    let address = match url.host() {
+        None => return Err(not_allowed("has no host")),
+        Some(Host::Ipv4(v4)) => Some(v4.into()),
+        Some(Host::Ipv6(v6)) => Some(v6.into()),
+        Some(Host::Domain(_)) => None,
+    };
+    if let Some(address) = address {
+        if !address_allowed(address, reach) {
+            return Err(not_allowed(
+                "is a private, loopback, link-local or metadata address",
+            ));
+        }
+    }
+    let loopback = address.is_some_and(|address: std::net::IpAddr| address.is_loopback());
+    match url.scheme() {
+        "https" => Ok(url),
+        "http" if reach == Reach::PublicAndLoopback && loopback => Ok(url),
+        _ => Err(not_allowed("must be https")),
+    }
+}
+
+#[cfg(test)]
+#[path = "webhook_tests.rs"]
+mod tests;

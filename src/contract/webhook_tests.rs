@@ -1,0 +1,182 @@
+use super::*;
+use serde_json::json;
+
+fn parse(body: Value) -> Result<WebhookDefinition, BodyError> {
+    parse_webhook(body.to_string().as_bytes(), Reach::Public)
+}
+
+/// The (code, field) of each error of a refused body.
+fn refused(body: Value, reach: Reach) -> Vec<(ErrorCode, String)> {
+    refused_text(&body.to_string(), reach)
+}
+
+fn refused_text(body: &str, reach: Reach) -> Vec<(ErrorCode, String)> {
+    match parse_webhook(body.as_bytes(), reach) {
+        Err(BodyError::Invalid(errors)) => errors
+            .into_iter()
+            .map(|e| (e.code, e.field.unwrap_or_default()))
+            .collect(),
+        other => panic!("refused, not {other:?}"),
+    }
+}
+
+fn url_refused(url: &str, reach: Reach) -> Vec<(ErrorCode, String)> {
+    refused(json!({"url": url, "events": ["user.changed"]}), reach)
+}
+
+#[test]
+fn a_full_definition_is_read_with_each_event_once() {
+    let webhook = parse(json!({
+        "url": "https://hooks.example.com/vibefollow?team=1",
+        "events": ["audience.exited", "audience.entered", "audience.entered"],
+        "audiences": ["trial-ending", "churn_risk"],
+        "include": ["profile"],
+    }))
+    .unwrap();
+    assert_eq!(
+        webhook.url.as_str(),
+        "https://hooks.example.com/vibefollow?team=1"
+    );
+    assert_eq!(
+        webhook.events.into_iter().collect::<Vec<_>>(),
+        [EventType::AudienceEntered, EventType::AudienceExited]
+    );
+    assert_eq!(
+        webhook.audiences.unwrap().into_iter().collect::<Vec<_>>(),
+        ["churn_risk", "trial-ending"]
+    );
+    assert!(webhook.include_profile);
+}
+
+#[test]
+fn the_least_definition_includes_nothing_and_every_audience() {
+    let webhook =
+        parse(json!({"url": "https://93.184.215.14:8443/h", "events": ["user.deleted"]})).unwrap();
+    assert_eq!(webhook.audiences, None);
+    assert!(!webhook.include_profile);
+    let same =
+        parse(json!({"events": ["user.deleted"], "url": "https://93.184.215.14:8443/h"})).unwrap();
+    assert_eq!(
+        webhook.body_hash, same.body_hash,
+        "the hash ignores member order"
+    );
+}
+
+#[test]
+fn each_bad_member_is_refused_at_its_path_in_body_order() {
+    assert_eq!(
+        refused_text(
+            r#"{"events": [], "url": 5, "audiences": "all", "include": ["email", 3], "retries": 2}"#,
+            Reach::Public
+        ),
+        [
+            (ErrorCode::Empty, "events".into()),
+            (ErrorCode::InvalidType, "url".into()),
+            (ErrorCode::InvalidType, "audiences".into()),
+            (ErrorCode::InvalidFormat, "include[0]".into()),
+            (ErrorCode::InvalidType, "include[1]".into()),
+            (ErrorCode::UnknownField, "retries".into()),
+        ]
+    );
+    assert_eq!(
+        refused(json!({}), Reach::Public),
+        [
+            (ErrorCode::Required, "url".into()),
+            (ErrorCode::Required, "events".into())
+        ]
+    );
+    assert_eq!(
+        refused(
+            json!({"url": "https://a.example", "events": ["user.changed", "user.created"], "audiences": ["ok", "no spaces"]}),
+            Reach::Public
+        ),
+        // `json!` writes members by name: audiences first.
+        [
+            (ErrorCode::InvalidFormat, "audiences[1]".into()),
+            (ErrorCode::InvalidFormat, "events[1]".into()),
+        ]
+    );
+    let many: Vec<String> = (0..=MAX_WEBHOOK_AUDIENCES)
+        .map(|i| format!("a{i}"))
+        .collect();
+    assert_eq!(
+        refused(
+            json!({"url": "https://a.example", "events": ["audience.entered"], "audiences": many}),
+            Reach::Public
+        ),
+        [(ErrorCode::TooMany, "audiences".into())]
+    );
+}
+
+#[test]
+fn a_target_is_https_without_credentials_within_its_bound() {
+    let invalid_url = vec![(ErrorCode::InvalidFormat, "url".to_owned())];
+    for url in [
+        "http://hooks.example.com/h",
+        "ftp://hooks.example.com/h",
+        "hooks.example.com/h",
+        "https://user:pass@hooks.example.com/h",
+        "https://user@hooks.example.com/h",
+        "",
+    ] {
+        assert_eq!(url_refused(url, Reach::Public), invalid_url, "{url}");
+    }
+    let long = format!("https://a.example/{}", "x".repeat(MAX_URL_BYTES));
+    assert_eq!(
+        url_refused(&long, Reach::Public),
+        [(ErrorCode::TooLong, "url".into())]
+    );
+}
+
+#[test]
+fn a_literal_address_in_a_refused_range_is_refused_however_it_is_spelled() {
+    let invalid_url = vec![(ErrorCode::InvalidFormat, "url".to_owned())];
+    for url in [
+        "https://169.254.169.254/latest/meta-data/",
+        "https://[fd00:ec2::254]/",
+        "https://[::ffff:169.254.169.254]/",
+        "https://2852039166/",
+        "https://0xA9FEA9FE/",
+        "https://127.0.0.1:9001/2018-06-01/runtime/invocation/next",
+        "https://10.0.0.1/",
+        "https://[::1]/",
+        "https://0/",
+    ] {
+        assert_eq!(url_refused(url, Reach::Public), invalid_url, "{url}");
+    }
+}
+
+#[test]
+fn the_local_switch_allows_http_to_loopback_only() {
+    for url in [
+        "http://127.0.0.1:9911/hooks",
+        "http://[::1]:9911/",
+        "https://127.0.0.1/",
+    ] {
+        assert!(
+            parse_webhook(
+                json!({"url": url, "events": ["user.changed"]})
+                    .to_string()
+                    .as_bytes(),
+                Reach::PublicAndLoopback
+            )
+            .is_ok(),
+            "{url}"
+        );
+        assert!(
+            !url_refused(url, Reach::Public).is_empty(),
+            "{url} without the switch"
+        );
+    }
+    for url in [
+        "http://hooks.example.com/",
+        "http://10.0.0.1/",
+        "http://localhost:9911/",
+    ] {
+        assert_eq!(
+            url_refused(url, Reach::PublicAndLoopback),
+            [(ErrorCode::InvalidFormat, "url".into())],
+            "{url}"
+        );
+    }
+}
