@@ -2,6 +2,7 @@
 stack's API, percentiles, `vfctl --local`, and a subscriber to a workspace's audience
 events as a downstream view would have one (an EventBridge rule on the stack's bus into
 an SQS queue, long-polled by a thread)."""
+import functools
 import json
 import os
 import shlex
@@ -58,9 +59,18 @@ def vfctl_command():
     return shlex.split(given) if given else ["cargo", "run", "-q", "--bin", "vfctl", "--"]
 
 
+@functools.cache
+def built_vfctl():
+    """Builds vfctl once, without the bound of a call: on a fresh machine the first
+    build takes minutes, which is not a slow `vfctl` call."""
+    if not os.environ.get("VF_VFCTL"):
+        subprocess.run(["cargo", "build", "-q", "--bin", "vfctl"], cwd=stack.ROOT, check=True)
+
+
 def vfctl(*args, timeout=120):
     """`vfctl --local ARGS…` against the running local stack: its stdout, stripped.
     Raises on a failed run."""
+    built_vfctl()
     out = subprocess.run([*vfctl_command(), "--local", *args], cwd=stack.ROOT, capture_output=True, text=True,
                          timeout=timeout)
     if out.returncode != 0:
