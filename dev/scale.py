@@ -290,6 +290,16 @@ def ambiguous(status):
     return status is None or status == 409 or (status >= 500 and status != 503)
 
 
+def outcome(statuses):
+    """A request's answer from its attempts' statuses: the last one, or None (open) when
+    it accepted nothing but an earlier attempt may have been applied after its answer was
+    lost (a last 429 or 503 only says that the last attempt was not)."""
+    last = statuses[-1]
+    if last not in (202, 207) and any(ambiguous(s) for s in statuses):
+        return None
+    return last
+
+
 def backoff(attempt, base=0.5, cap=8.0):
     """Seconds to wait after the `attempt`-th failed try: exponential, capped, full
     jitter from half of it."""
@@ -561,17 +571,20 @@ class Run:
         key = self.keys[workspace]
         idempotency_key = str(uuid.uuid4()) if keyed else None
         started = time.monotonic()
-        attempts = 0
+        statuses = []
         while True:
             if paced:
                 self.pacers[workspace].wait(urgent=paced == "urgent")
             status, answer = call(self.api, method, path, key, body, idempotency_key)
-            attempts += 1
+            statuses.append(status)
+            attempts = len(statuses)
             if not retried(status) or time.monotonic() - started > give_up or attempts == attempts_at_most:
                 break
             # Backing off as the SDK does: each attempt costs the workspace's rate-limit
             # counter and the Idempotency-Key record a write, on keys of 1,000 × f units/s.
             time.sleep(backoff(attempts))
+        status = outcome(statuses)
+        answer = answer if status is not None else None
         if cls:
             self.count(cls, sent=1, retried=int(attempts > 1), accepted=int(status in (202, 207)))
         return status, answer, time.monotonic() if status in (202, 207) else None

@@ -155,6 +155,14 @@ class Pacing(unittest.TestCase):
         self.assertEqual([s for s in (None, 202, 207, 400, 409, 422, 429, 500, 502, 503, 504) if scale.ambiguous(s)],
                          [None, 409, 500, 502, 504])
 
+    def test_a_request_whose_earlier_attempt_may_have_been_applied_stays_open(self):
+        self.assertIsNone(scale.outcome([None, 503]))
+        self.assertIsNone(scale.outcome([409, 429]))
+        self.assertIsNone(scale.outcome([502, 400]))
+        self.assertEqual(scale.outcome([None, 202]), 202)
+        self.assertEqual(scale.outcome([503, 429, 503]), 503)
+        self.assertEqual(scale.outcome([422]), 422)
+
     def test_backoff_grows_and_is_capped(self):
         for attempt, (low, high) in ((1, (0.25, 0.5)), (2, (0.5, 1.0)), (5, (4.0, 8.0)), (12, (4.0, 8.0))):
             waits = [scale.backoff(attempt) for _ in range(50)]
