@@ -2,7 +2,7 @@
 
 use super::json::{in_body_order, read_object, ReadObject};
 use super::{body_hash, BodyError, ErrorCode, FieldError};
-use crate::domain::audience::is_audience_id;
+use crate::domain::audience::{is_audience_id, AUDIENCE_ID_RULE};
 use crate::domain::webhook::{address_allowed, EventType, Reach};
 use serde_json::Value;
 use std::collections::BTreeSet;
@@ -113,7 +113,7 @@ pub fn parse_webhook(body: &[u8], reach: Reach) -> Result<WebhookDefinition, Bod
                 refuse(
                     ErrorCode::InvalidFormat,
                     format!("audiences[{i}]"),
-                    "an audience id is 1 to 64 of A-Z, a-z, 0-9, _ and -".into(),
+                    AUDIENCE_ID_RULE.into(),
                 );
             }
         }

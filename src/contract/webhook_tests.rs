@@ -24,6 +24,17 @@ fn url_refused(url: &str, reach: Reach) -> Vec<(ErrorCode, String)> {
     refused(json!({"url": url, "events": ["user.changed"]}), reach)
 }
 
+/// Each of `urls` is refused with `invalid_format` on `url`, and nothing else.
+fn assert_invalid_urls(urls: &[&str], reach: Reach) {
+    for url in urls {
+        assert_eq!(
+            url_refused(url, reach),
+            [(ErrorCode::InvalidFormat, "url".to_owned())],
+            "{url}"
+        );
+    }
+}
+
 #[test]
 fn a_full_definition_is_read_with_each_event_once() {
     let webhook = parse(json!({
@@ -110,17 +121,17 @@ fn each_bad_member_is_refused_at_its_path_in_body_order() {
 
 #[test]
 fn a_target_is_https_without_credentials_within_its_bound() {
-    let invalid_url = vec![(ErrorCode::InvalidFormat, "url".to_owned())];
-    for url in [
-        "http://hooks.example.com/h",
-        "ftp://hooks.example.com/h",
-        "hooks.example.com/h",
-        "https://user:pass@hooks.example.com/h",
-        "https://user@hooks.example.com/h",
-        "",
-    ] {
-        assert_eq!(url_refused(url, Reach::Public), invalid_url, "{url}");
-    }
+    assert_invalid_urls(
+        &[
+            "http://hooks.example.com/h",
+            "ftp://hooks.example.com/h",
+            "hooks.example.com/h",
+            "https://user:pass@hooks.example.com/h",
+            "https://user@hooks.example.com/h",
+            "",
+        ],
+        Reach::Public,
+    );
     let long = format!("https://a.example/{}", "x".repeat(MAX_URL_BYTES));
     assert_eq!(
         url_refused(&long, Reach::Public),
@@ -130,20 +141,20 @@ fn a_target_is_https_without_credentials_within_its_bound() {
 
 #[test]
 fn a_literal_address_in_a_refused_range_is_refused_however_it_is_spelled() {
-    let invalid_url = vec![(ErrorCode::InvalidFormat, "url".to_owned())];
-    for url in [
-        "https://169.254.169.254/latest/meta-data/",
-        "https://[fd00:ec2::254]/",
-        "https://[::ffff:169.254.169.254]/",
-        "https://2852039166/",
-        "https://0xA9FEA9FE/",
-        "https://127.0.0.1:9001/2018-06-01/runtime/invocation/next",
-        "https://10.0.0.1/",
-        "https://[::1]/",
-        "https://0/",
-    ] {
-        assert_eq!(url_refused(url, Reach::Public), invalid_url, "{url}");
-    }
+    assert_invalid_urls(
+        &[
+            "https://169.254.169.254/latest/meta-data/",
+            "https://[fd00:ec2::254]/",
+            "https://[::ffff:169.254.169.254]/",
+            "https://2852039166/",
+            "https://0xA9FEA9FE/",
+            "https://127.0.0.1:9001/2018-06-01/runtime/invocation/next",
+            "https://10.0.0.1/",
+            "https://[::1]/",
+            "https://0/",
+        ],
+        Reach::Public,
+    );
 }
 
 #[test]
@@ -168,15 +179,12 @@ fn the_local_switch_allows_http_to_loopback_only() {
             "{url} without the switch"
         );
     }
-    for url in [
-        "http://hooks.example.com/",
-        "http://10.0.0.1/",
-        "http://localhost:9911/",
-    ] {
-        assert_eq!(
-            url_refused(url, Reach::PublicAndLoopback),
-            [(ErrorCode::InvalidFormat, "url".into())],
-            "{url}"
-        );
-    }
+    assert_invalid_urls(
+        &[
+            "http://hooks.example.com/",
+            "http://10.0.0.1/",
+            "http://localhost:9911/",
+        ],
+        Reach::PublicAndLoopback,
+    );
 }

@@ -12,6 +12,9 @@ use time::OffsetDateTime;
 /// At most this many audiences in one workspace.
 pub const MAX_AUDIENCES: usize = 100;
 
+/// What an audience id is, as error messages say it.
+pub const AUDIENCE_ID_RULE: &str = "an audience id is 1 to 64 of A-Z, a-z, 0-9, _ and -";
+
 /// An audience id: 1–64 of `[A-Za-z0-9_-]`.
 pub fn is_audience_id(id: &str) -> bool {
     (1..=64).contains(&id.len())

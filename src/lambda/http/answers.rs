@@ -166,7 +166,7 @@ impl ApiError {
                 one(
                     C::InvalidFormat,
                     "audience_id",
-                    "an audience id is 1 to 64 of A-Z, a-z, 0-9, _ and -",
+                    crate::domain::audience::AUDIENCE_ID_RULE,
                 ),
                 vec![],
             ),
