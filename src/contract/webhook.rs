@@ -63,7 +63,9 @@ pub fn parse_webhook(body: &[u8], reach: Reach) -> Result<WebhookDefinition, Bod
             None
         }
     };
-    let events = match strings(members.remove("events"), "events", &mut refuse) {
+    let events_value = members.remove("events");
+    let listed = matches!(events_value, Some(Value::Array(_)));
+    let events = match strings(events_value, "events", &mut refuse) {
         None => {
             refuse(
                 ErrorCode::Required,
@@ -72,6 +74,8 @@ pub fn parse_webhook(body: &[u8], reach: Reach) -> Result<WebhookDefinition, Bod
             );
             None
         }
+        // Not an array: refused as such already.
+        Some(_) if !listed => None,
         Some(names) if names.is_empty() => {
             refuse(
                 ErrorCode::Empty,

@@ -90,6 +90,14 @@ fn each_bad_member_is_refused_at_its_path_in_body_order() {
         ]
     );
     assert_eq!(
+        refused(
+            json!({"url": "https://a.example", "events": "all"}),
+            Reach::Public
+        ),
+        [(ErrorCode::InvalidType, "events".into())],
+        "a wrong type is one error, not also an empty list"
+    );
+    assert_eq!(
         refused(json!({}), Reach::Public),
         [
             (ErrorCode::Required, "url".into()),
