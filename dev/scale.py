@@ -1149,6 +1149,7 @@ class Run:
                 k: self.figures["setup"]["throughput"][k] for k in ("throttled", "hot_keys")}},
             "dispatch": {"phase1": self.figures["phase1"]["dispatch"], "phase2": self.figures["phase2"]["dispatch"]},
             "busiest": {p: self.figures[p]["throughput"]["busiest"][:10] for p in ("phase1", "phase2")},
+            "put_events": {p: self.figures[p]["throughput"].get("put_events") for p in ("phase1", "phase2")},
             "drain_s": self.figures.get("drain_s"),
             "subscriber_errors": sum(s.errors for s in set(self.subscribers.values())),
             "run_seconds": round(time.monotonic() - started),
@@ -1194,6 +1195,9 @@ def measured_section(summary):
     throttled = "; ".join(f"phase {p[-1]}: " + (", ".join(f"`{t}` {n}" for t, n in sorted(
         summary["classes"][c]["throttled"].items())) or "none")
         for p, c in (("phase1", "light_alone"), ("phase2", "heavy")))
+    calls = "; ".join(f"phase {p[-1]}: {c['calls']} calls of {c['entries']} entries "
+                      f"({c['entries'] / max(c['calls'], 1):.1f} a call)"
+                      for p, c in summary.get("put_events", {}).items() if c)
     t = summary["time_moves"]
     poison = summary["poison"]
     return f"""## Measured
@@ -1224,7 +1228,7 @@ Hot keys (past their scaled limit in more than one second):
 {hot}
 
 {burst}
-Throttled calls: {throttled}. Setup (not counted above): {summary['setup'].get('seconds')} s, of which
+Throttled calls: {throttled}. `PutEvents`: {calls or 'not counted'}. Setup (not counted above): {summary['setup'].get('seconds')} s, of which
 {summary['setup'].get('audiences_ready_s')} s for the audiences to be ready. Users parked at the end:
 {summary.get('parked_at_end', {}).get('messages')}.
 """

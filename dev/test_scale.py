@@ -412,8 +412,11 @@ class Report(unittest.TestCase):
                    "classes": {c: dict(cls) for c in ("light_alone", "light_beside_heavy", "heavy", "import")},
                    "time_moves": moves, "poison": {"parked_after_s": 8.0, "settled_after_redrive_s": 1.5},
                    "setup": {"seconds": 600, "audiences_ready_s": 500}, "parked_at_end": {"messages": 0},
+                   "put_events": {"phase1": {"calls": 40, "entries": 50}, "phase2": {"calls": 8, "entries": 80}},
                    "run_seconds": 900}
         section = scale.measured_section(summary)
+        self.assertIn("`PutEvents`: phase 1: 40 calls of 50 entries (1.2 a call); phase 2: 8 calls of 80 entries "
+                      "(10.0 a call)", section)
         self.assertTrue(section.startswith("## Measured\n"))
         self.assertIn("    scale: lost 0, hot keys 0, light p99 400 (alone 400), time moves late 0", section)
         self.assertIn("| light, beside the heavy one | 10 | 10 | 1 of 1 | 300.0 | 400.0 | 0 | 0 of 2 | 0 |", section)

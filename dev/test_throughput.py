@@ -206,6 +206,12 @@ class Limits(unittest.TestCase):
         tiny = Throughput(0.00001, KEY_SCHEMAS, INDEXES, self.clock)
         self.assertEqual([tiny.admit("AWSEvents.PutEvents", {}).refusal is None for _ in range(2)], [True, False])
 
+    def test_the_report_counts_put_events_calls_and_their_entries_throttled_or_not(self):
+        entries = lambda n: {"Entries": [{"Detail": "{}"}] * n}
+        for n in [10] * 100 + [3]:  # the 101st call is past the rate
+            self.admit("AWSEvents.PutEvents", entries(n))
+        self.assertEqual(self.limits.report()["put_events"], {"calls": 101, "entries": 1003})
+
     def test_a_few_coincident_requests_pass_at_any_factor_and_a_sustained_excess_does_not(self):
         tiny = Throughput(0.001, KEY_SCHEMAS, INDEXES, self.clock)  # 1 unit a second
         admitted = lambda: tiny.admit("DynamoDB_20120810.PutItem", counter("ws")).refusal is None

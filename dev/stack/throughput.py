@@ -199,6 +199,9 @@ class Throughput:
                       "requests": max(1.0, PUT_EVENTS_PER_SECOND * scale)}
         self.buckets = {}
         self.throttled = {}
+        # PutEvents calls and their entries: the account's rate counts calls, so how full
+        # they are says how far the callers are from it.
+        self.put_events = {"calls": 0, "entries": 0}
         self.lock = threading.Lock()
 
     # --- admission ----------------------------------------------------------------
@@ -211,6 +214,9 @@ class Throughput:
             now = self.clock()
             if operation in ("BatchGetItem", "BatchWriteItem"):
                 return self._admit_each(operation, request, now)
+            if target == PUT_EVENTS:
+                self.put_events["calls"] += 1
+                self.put_events["entries"] += len(request.get("Entries", []))
             parts = self._parts(target, operation, request, before)
             charges = _merged(parts)
             short = self._short(charges, now)
@@ -437,16 +443,18 @@ class Throughput:
 
     def report(self):
         """GET /__throughput: throttled calls (and batch items) per table or index,
-        the hot keys (throttling in more than one second) and the busiest keys. Index key values can be item contents (the email index's are emails):
+        the hot keys (throttling in more than one second), the busiest keys and the
+        PutEvents calls made (throttled ones too) with their entries. Index key values can be item contents (the email index's are emails):
         they are shown as a digest."""
         with self.lock:
             rows = [(bucket_id, bucket.rate, *bucket.summary()) for bucket_id, bucket in self.buckets.items()]
             throttled = dict(self.throttled)
+            put_events = dict(self.put_events)
         hot = [dict(_shown(bucket_id), seconds_over=over, max_demand_per_s=peak, limit_per_s=rate)
                for bucket_id, rate, peak, over in rows if over > 1]
         hot.sort(key=lambda row: (-row["seconds_over"], -row["max_demand_per_s"]))
         busiest = sorted(rows, key=lambda row: -row[2])[:BUSIEST_KEYS]
-        return {"scale": self.scale, "throttled": throttled, "hot_keys": hot,
+        return {"scale": self.scale, "throttled": throttled, "hot_keys": hot, "put_events": put_events,
                 "busiest": [dict(_shown(bucket_id), peak_per_s=peak, limit_per_s=rate)
                             for bucket_id, rate, peak, _ in busiest]}
 

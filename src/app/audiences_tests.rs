@@ -7,6 +7,7 @@ use crate::app::evaluate::{Evaluate, BUILD_PAGE};
 use crate::app::fakes::*;
 use crate::app::ports::{StoredUser, TimeTask, UserImage, UserKey};
 use crate::app::publish::StreamChange;
+use crate::app::{runtime_timer, Timer};
 use crate::contract::{parse_audience, parse_upsert};
 use crate::domain::audience::{AUDIENCE_ENTERED, AUDIENCE_EXITED};
 use crate::domain::membership::PENDING_GRACE_MS;
@@ -29,12 +30,23 @@ struct World {
 }
 
 fn world() -> World {
+    world_lingering(runtime_timer())
+}
+
+/// A world whose carry-outs' events wait `linger` for company.
+fn world_lingering(linger: Timer) -> World {
     let users = MemoryUsers::default();
     let store = MemoryAudiences::default();
     let (builds, bus) = (MemoryBuilds::default(), MemoryBus::default());
     let limiter = Arc::new(RateLimiter::new(Arc::new(MemoryCounters::default())));
     World {
-        evaluate: Evaluate::new(store.clone(), users.clone(), builds.clone(), bus.clone()),
+        evaluate: Evaluate::with_linger(
+            store.clone(),
+            users.clone(),
+            builds.clone(),
+            bus.clone(),
+            linger,
+        ),
         curate: Curate::new(
             store.clone(),
             users.clone(),
@@ -62,11 +74,20 @@ type Record = (UserImage, UserImage);
 impl World {
     /// Defines an audience at `at` (its build task queued, not run).
     async fn define(&self, id: &str, rule: Value, at: i64) {
+        self.define_in(WS, id, rule, at).await
+    }
+
+    /// [`World::define`] in another workspace.
+    async fn define_in(&self, workspace_id: &str, id: &str, rule: Value, at: i64) {
         let body = json!({"name": id, "rule": rule}).to_string();
         let definition = parse_audience(body.as_bytes()).map_err(RequestError::from);
-        let stamp = Stamp::new(at, format!("put-{id}-{at}"));
+        let stamp = Stamp::new(at, format!("put-{workspace_id}-{id}-{at}"));
+        let caller = Caller {
+            workspace_id: workspace_id.into(),
+            rate: 10_000,
+        };
         self.curate
-            .define(&caller(), id, definition, None, stamp)
+            .define(&caller, id, definition, None, stamp)
             .await
             .unwrap();
     }
@@ -786,7 +807,7 @@ proptest! {
         writes in prop::collection::vec(arb_writes(), 2),
         order in prop::collection::vec((0usize..100, 1usize..4), 1..30),
     ) {
-        let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
         runtime.block_on(async {
             let w = world();
             w.define("trials", trials(), T0).await;
@@ -975,18 +996,8 @@ async fn a_user_whose_evaluation_keeps_failing_is_parked_and_the_rest_of_its_bat
 /// Two workspaces with a "trials" audience each, built; the heavy one is `WS`.
 async fn heavy_and_light() -> World {
     let w = world();
-    let light = Caller {
-        workspace_id: "light".into(),
-        rate: 10_000,
-    };
-    for caller in [caller(), light] {
-        let body = json!({"name": "trials", "rule": trials()}).to_string();
-        let definition = parse_audience(body.as_bytes()).map_err(RequestError::from);
-        let stamp = Stamp::new(T0, format!("put-{}", caller.workspace_id));
-        w.curate
-            .define(&caller, "trials", definition, None, stamp)
-            .await
-            .unwrap();
+    for workspace_id in [WS, "light"] {
+        w.define_in(workspace_id, "trials", trials(), T0).await;
     }
     w.build(T0).await;
     w
@@ -1076,6 +1087,28 @@ async fn a_workspace_not_settled_in_its_share_of_the_batch_is_parked_its_commit_
     // user is committed, its decisions pending, when the batch stops waiting for it.
     w.store.stall(WS, "memberships.write_entries");
     the_light_goes_on_and_the_heavy_is_parked(&w).await;
+}
+
+#[tokio::test]
+async fn the_events_of_the_workspaces_of_a_batch_go_out_in_shared_calls() {
+    // No waiting for company: a call leaves when full, or when no one else is coming.
+    let w = world_lingering(Arc::new(|_| Box::pin(std::future::pending())));
+    let workspaces: Vec<String> = (0..12).map(|n| format!("ws{n:02}")).collect();
+    for workspace_id in &workspaces {
+        w.define_in(workspace_id, "trials", trials(), T0).await;
+    }
+    w.build(T0).await;
+    let records: Vec<Record> = workspaces
+        .iter()
+        .map(|ws| w.write_in(ws, "u1", Some(json!({"plan": "trial"})), T0 + 1))
+        .collect();
+    let (_, failed) = w.deliver(&records, T0 + 2).await;
+    assert_eq!(failed, None);
+    for workspace_id in &workspaces {
+        assert_eq!(w.store.listed(workspace_id, "trials"), ["u1"]);
+    }
+    let calls: Vec<usize> = w.bus.calls.lock().unwrap().iter().map(Vec::len).collect();
+    assert_eq!(calls, [10, 2], "12 workspaces' events in two calls, not 12");
 }
 
 #[tokio::test]

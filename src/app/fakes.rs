@@ -560,12 +560,15 @@ impl MemoryAudiences {
     }
 
     /// A workspace's call, noted, then held forever if stalled, or failed if a fault is set.
+    /// It answers after the task's other ready work has run, as a network call does, so
+    /// that the workspaces of a batch interleave as they do against DynamoDB.
     async fn call_for(&self, workspace_id: &str, name: &'static str) -> Result<(), PortError> {
         let stalled = lock(&self.stalled).contains(&(workspace_id.to_owned(), name));
         if stalled {
             self.journal.note(name);
             std::future::pending::<()>().await;
         }
+        tokio::task::yield_now().await;
         self.call(name)
     }
 

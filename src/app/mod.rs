@@ -16,7 +16,19 @@ pub mod read;
 mod rule_cache;
 
 use crate::contract::RequestError;
+use futures::future::BoxFuture;
 use ports::PortError;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How a use case waits (a retry's backoff, a call held for company): the runtime's
+/// timer in the functions, a test's own clock where a test needs one.
+pub type Timer = Arc<dyn Fn(Duration) -> BoxFuture<'static, ()> + Send + Sync>;
+
+/// Tokio's timer.
+pub fn runtime_timer() -> Timer {
+    Arc::new(|wait| Box::pin(tokio::time::sleep(wait)))
+}
 
 /// Why a use case did not do what was asked. `lambda::http::answers` maps each to the
 /// contract's envelope.

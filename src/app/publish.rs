@@ -11,11 +11,10 @@
 //! shard moves on. Events carry an id that a retry repeats, so a view drops the
 //! duplicates a retry publishes.
 
-use super::call_groups;
 use super::ports::{EventBus, StoredUser, UserImage};
+use super::{call_groups, runtime_timer, Timer};
 use crate::domain::change::{change_event, ChangeEvent, Image};
-use futures::future::{join_all, BoxFuture};
-use std::sync::Arc;
+use futures::future::join_all;
 use std::time::Duration;
 
 /// Tries of one call's refused entries before the record is reported failed.
@@ -24,10 +23,6 @@ const PUT_ATTEMPTS: usize = 3;
 const LANES: usize = 4;
 /// Backoff before a call's second and third tries (throttling is the usual refusal).
 const RETRY_BASE: Duration = Duration::from_millis(50);
-
-/// How a retry waits out its backoff: the runtime's timer in the function, a test's
-/// own clock in tests.
-pub type Backoff = Arc<dyn Fn(Duration) -> BoxFuture<'static, ()> + Send + Sync>;
 
 /// One record of the users table's stream: its position in the shard, and the user
 /// before and after the write, or why the record cannot be read.
@@ -47,16 +42,17 @@ pub struct Published<'a> {
 
 pub struct Publish<B> {
     bus: B,
-    backoff: Backoff,
+    /// How a retry waits out its backoff.
+    backoff: Timer,
 }
 
 impl<B: EventBus> Publish<B> {
     /// Waits out backoffs on tokio's timer.
     pub fn new(bus: B) -> Self {
-        Self::with_backoff(bus, Arc::new(|wait| Box::pin(tokio::time::sleep(wait))))
+        Self::with_backoff(bus, runtime_timer())
     }
 
-    pub fn with_backoff(bus: B, backoff: Backoff) -> Self {
+    pub fn with_backoff(bus: B, backoff: Timer) -> Self {
         Self { bus, backoff }
     }
 

@@ -6,6 +6,7 @@ use crate::app::fakes::*;
 use crate::domain::change::USER_CHANGED;
 use crate::domain::{Changes, ProfileField, Stamp};
 use std::convert::Infallible;
+use std::sync::Arc;
 
 /// The user `id` after setting `plan` at `at`, on top of `before`.
 fn user(id: &str, before: Option<&StoredUser>, at: i64, plan: &str) -> StoredUser {
@@ -112,7 +113,7 @@ async fn events_the_bus_keeps_refusing_make_their_record_the_first_failure() {
     // The waits between tries, as the publisher asks for them (none taken here).
     let waits = Arc::new(std::sync::Mutex::new(Vec::new()));
     let asked = Arc::clone(&waits);
-    let backoff: Backoff = Arc::new(move |wait| {
+    let backoff: Timer = Arc::new(move |wait| {
         asked.lock().unwrap().push(wait);
         Box::pin(async {})
     });

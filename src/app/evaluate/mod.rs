@@ -4,6 +4,7 @@
 //! How it stays exact: `docs/audiences.md`.
 
 mod build;
+mod calls;
 mod due;
 mod outbox;
 mod settle;
@@ -15,10 +16,11 @@ use super::ports::{
 };
 use super::publish::StreamChange;
 use super::rule_cache::RuleCache;
-use super::{call_groups, AppError};
+use super::{call_groups, runtime_timer, AppError, Timer};
 use crate::domain::audience::Reason;
 use crate::domain::change::ChangeEvent;
 use crate::domain::membership::{decide, Decision};
+use calls::SharedCalls;
 use futures::stream::{self, StreamExt};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -114,16 +116,26 @@ pub struct Evaluate<S, U, B, E> {
     users: U,
     builds: B,
     bus: E,
+    /// The bus calls the carry-outs in flight share.
+    calls: SharedCalls,
     rules: RuleCache,
 }
 
 impl<S: MembershipStore, U: UserSource, B: WorkQueues, E: Bus> Evaluate<S, U, B, E> {
+    /// Events wait for company on tokio's timer.
     pub fn new(store: S, users: U, builds: B, bus: E) -> Self {
+        Self::with_linger(store, users, builds, bus, runtime_timer())
+    }
+
+    /// `linger` waits out how long a carry-out's events wait for others' to share their
+    /// call ([`calls::SHARED_CALL_LINGER`]).
+    pub fn with_linger(store: S, users: U, builds: B, bus: E, linger: Timer) -> Self {
         Self {
             store,
             users,
             builds,
             bus,
+            calls: SharedCalls::new(linger),
             rules: RuleCache::default(),
         }
     }

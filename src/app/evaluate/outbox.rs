@@ -6,12 +6,14 @@ use super::*;
 
 impl<S: MembershipStore, U: UserSource, B: WorkQueues, E: Bus> Evaluate<S, U, B, E> {
     /// Carries out the decisions of commits: member-list entries, the events on the bus
-    /// together, then each commit forgets its own. Each commit's events put, or why not
+    /// together (in calls shared with the other carry-outs in flight), then each commit
+    /// forgets its own. Each commit's events put, or why not
     /// (its decisions stay pending, and the next evaluation puts them with the same ids).
     pub(super) async fn carry_out_all(
         &self,
         commits: &[(&str, &str, &UserAudiences)],
     ) -> Vec<Result<usize, AppError>> {
+        let coming = self.calls.coming();
         let applying = commits
             .iter()
             .map(|(workspace_id, user_id, state)| async move {
@@ -26,7 +28,7 @@ impl<S: MembershipStore, U: UserSource, B: WorkQueues, E: Bus> Evaluate<S, U, B,
             .buffered(SETTLING_LANES)
             .collect()
             .await;
-        let events: Vec<(usize, ChangeEvent)> = commits
+        let (commit_of, events): (Vec<usize>, Vec<ChangeEvent>) = commits
             .iter()
             .zip(&applied)
             .enumerate()
@@ -34,25 +36,15 @@ impl<S: MembershipStore, U: UserSource, B: WorkQueues, E: Bus> Evaluate<S, U, B,
             .flat_map(|(at, ((_, _, state), _))| {
                 state.pending.iter().map(move |e| (at, e.to_event()))
             })
-            .collect();
+            .unzip();
         let mut refused = vec![false; commits.len()];
-        let sizes = events.iter().map(|(_, event)| E::entry_size(event));
-        // The calls at once: each user's events of a commit are in one call or another,
-        // and subscribers order a user's moves by `user_version` and `at` (EventBridge
-        // keeps no order anyway).
-        let groups = call_groups(sizes, E::MAX_ENTRIES_PER_CALL, E::MAX_BYTES_PER_CALL);
-        let calls = groups.iter().map(|group| {
-            let call: Vec<&ChangeEvent> = group.iter().map(|&i| &events[i].1).collect();
-            async move { (group, self.bus.put(&call).await) }
-        });
-        let puts: Vec<_> = stream::iter(calls).buffered(BUS_LANES).collect().await;
-        for (group, put) in puts {
-            match put {
-                Ok(not_put) => not_put
-                    .into_iter()
-                    .for_each(|i| refused[events[group[i]].0] = true),
-                Err(_) => group.iter().for_each(|&i| refused[events[i].0] = true),
-            }
+        let put = self.calls.put(&self.bus, coming, events).await;
+        for (commit, _) in commit_of
+            .into_iter()
+            .zip(put)
+            .filter(|(_, refused)| *refused)
+        {
+            refused[commit] = true;
         }
         let clearing = commits.iter().zip(applied).zip(refused).map(
             |(((workspace_id, user_id, state), applied), refused)| async move {
