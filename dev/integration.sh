@@ -19,7 +19,7 @@ step "stack cleanup" .venv/bin/python -m unittest dev/stack_cleanup_test.py
 schemathesis() {
   local key
   key=$(cargo run -q --bin vfctl -- --local keys create --workspace schemathesis \
-    --scopes users:write,users:read,users:read_pii,users:delete,audiences:write,audiences:read --rate-limit 100000) || return 1
+    --scopes users:write,users:read,users:read_pii,users:delete,audiences:write,audiences:read,webhooks:write,webhooks:read --rate-limit 100000) || return 1
   # positive_data_acceptance is left out: the contract counts bytes (external_user_id,
   # trait lengths), nesting depth and DynamoDB number range, which JSON Schema cannot
   # state exactly, so some schema-valid data is rightly refused. Every other check runs,

@@ -234,7 +234,8 @@ async fn page(&self) {
         self.assertEqual(check_iam.code_queries(), {
             ("UsersTable", "email-lookup"), ("UsersTable", "workspace-users"),
             ("UsersTable", "workspace-shard-users"),
-            ("AudiencesTable", None), ("AudienceMembersTable", None), ("AudienceMembersTable", "due")})
+            ("AudiencesTable", None), ("AudienceMembersTable", None), ("AudienceMembersTable", "due"),
+            ("WebhooksTable", None)})
 
     def test_a_query_the_checker_cannot_place_is_an_error_not_a_pass(self):
         for name, text in (

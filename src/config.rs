@@ -51,6 +51,8 @@ pub struct Resources {
     /// units): 800 of a partition's 1,000, the rest left to the stream's settles. The
     /// local stack scales it with `VF_SCALE`, as it scales them.
     pub due_settle_rate: f64,
+    /// `WEBHOOKS_TABLE`: the webhook endpoints each workspace subscribes.
+    pub webhooks_table: String,
     /// `METRICS_NAMESPACE` (optional, default `VibeFollow/Users`): the CloudWatch
     /// namespace of the functions' embedded metrics, one per stack.
     pub metrics_namespace: String,
@@ -80,7 +82,7 @@ pub const DEFAULT_DUE_SETTLE_RATE: f64 = 400.0;
 
 impl Resources {
     /// Every variable `from_env` reads; template.yaml must set exactly these.
-    pub const ENV_VARS: [&'static str; 17] = [
+    pub const ENV_VARS: [&'static str; 18] = [
         "USERS_TABLE",
         "IDEMPOTENCY_TABLE",
         "API_KEYS_TABLE",
@@ -98,6 +100,7 @@ impl Resources {
         "AUDIENCE_TICK_SECONDS",
         "DUE_SETTLE_RATE",
         "AUDIENCE_STREAM_FAILURE_QUEUE_URL",
+        "WEBHOOKS_TABLE",
     ];
 
     pub fn from_env() -> Result<Self, MissingVar> {
@@ -114,6 +117,7 @@ impl Resources {
             audience_retry_queue_url: var("AUDIENCE_RETRY_QUEUE_URL")?,
             audience_time_queue_url: var("AUDIENCE_TIME_QUEUE_URL")?,
             audience_stream_failure_queue_url: var("AUDIENCE_STREAM_FAILURE_QUEUE_URL")?,
+            webhooks_table: var("WEBHOOKS_TABLE")?,
             audience_tick_seconds: var("AUDIENCE_TICK_SECONDS")
                 .ok()
                 .and_then(|v| v.parse().ok())

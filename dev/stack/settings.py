@@ -72,4 +72,4 @@ def _scale(text):
 # unset, none are.
 THROUGHPUT_SCALE = _scale(os.environ["VF_SCALE"]) if os.environ.get("VF_SCALE") else None
 DEV_WORKSPACE = "dev"
-DEV_SCOPES = "users:write,users:read,users:read_pii,users:delete,audiences:write,audiences:read"
+DEV_SCOPES = "users:write,users:read,users:read_pii,users:delete,audiences:write,audiences:read,webhooks:write,webhooks:read"

@@ -257,28 +257,8 @@ where
     ) -> Result<AudiencesPage, AppError> {
         self.limiter.admit(caller, now_ms, 1).await?;
         let page = page?;
-        let mut audiences: Vec<Audience> = self
-            .store
-            .list(&caller.workspace_id)
-            .await?
-            .audiences
-            .into_iter()
-            .filter(|a| {
-                page.after
-                    .as_ref()
-                    .is_none_or(|after| a.audience_id > *after)
-            })
-            .take(page.limit + 1)
-            .collect();
-        let more = audiences.len() > page.limit;
-        audiences.truncate(page.limit);
-        let next_cursor = more
-            .then(|| {
-                audiences
-                    .last()
-                    .map(|a| Paged::Audiences.cursor(&a.audience_id))
-            })
-            .flatten();
+        let all = self.store.list(&caller.workspace_id).await?.audiences;
+        let (audiences, next_cursor) = page.cut(all, |a| &a.audience_id, Paged::Audiences);
         Ok(AudiencesPage {
             audiences,
             next_cursor,

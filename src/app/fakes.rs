@@ -8,6 +8,7 @@ use crate::domain::auth::ApiKeyRecord;
 use crate::domain::change::ChangeEvent;
 use crate::domain::idempotency::{judge, Claim, KeyRecord, LOCK_MS};
 use crate::domain::rate_limit::Bounds;
+use crate::domain::webhook::Secret;
 use crate::domain::{Stamp, UpsertMessage};
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -983,5 +984,89 @@ impl BuildQueue for MemoryBuilds {
         self.faults.check("builds.send")?;
         lock(&self.tasks).push_back(task.clone());
         Ok(())
+    }
+}
+
+/// Webhook endpoints by workspace and id, with the DynamoDB store's rules: a new one
+/// only under the workspace's most, a replacement keeps its secrets and `created_at`.
+#[derive(Clone, Default)]
+pub struct MemoryWebhooks {
+    pub endpoints: Arc<Mutex<std::collections::BTreeMap<(String, String), Endpoint>>>,
+    pub journal: Journal,
+    pub faults: Faults,
+}
+
+impl MemoryWebhooks {
+    fn call(&self, name: &str) -> Result<(), PortError> {
+        self.journal.note(name);
+        self.faults.check(name)
+    }
+}
+
+impl Webhooks for MemoryWebhooks {
+    async fn endpoints(&self, workspace_id: &str) -> Result<Vec<Endpoint>, PortError> {
+        self.call("webhooks.endpoints")?;
+        Ok(lock(&self.endpoints)
+            .iter()
+            .filter(|((w, _), _)| w == workspace_id)
+            .map(|(_, endpoint)| endpoint.clone())
+            .collect())
+    }
+
+    async fn endpoint(
+        &self,
+        workspace_id: &str,
+        webhook_id: &str,
+    ) -> Result<Option<Endpoint>, PortError> {
+        self.call("webhooks.endpoint")?;
+        let key = (workspace_id.to_owned(), webhook_id.to_owned());
+        Ok(lock(&self.endpoints).get(&key).cloned())
+    }
+
+    async fn put(
+        &self,
+        workspace_id: &str,
+        endpoint: &Endpoint,
+        most: usize,
+    ) -> Result<Stored, PortError> {
+        self.call("webhooks.put")?;
+        let mut endpoints = lock(&self.endpoints);
+        let key = (workspace_id.to_owned(), endpoint.webhook_id.clone());
+        if let Some(found) = endpoints.get_mut(&key) {
+            *found = Endpoint {
+                secret: found.secret.clone(),
+                previous_secret: found.previous_secret.clone(),
+                created_at: found.created_at,
+                ..endpoint.clone()
+            };
+            return Ok(Stored::Replaced(found.clone()));
+        }
+        if endpoints.keys().filter(|(w, _)| w == workspace_id).count() >= most {
+            return Ok(Stored::Full);
+        }
+        endpoints.insert(key, endpoint.clone());
+        Ok(Stored::Created)
+    }
+
+    async fn rotate(
+        &self,
+        workspace_id: &str,
+        webhook_id: &str,
+        secret: &str,
+        previous_until: i64,
+    ) -> Result<Option<Endpoint>, PortError> {
+        self.call("webhooks.rotate")?;
+        let key = (workspace_id.to_owned(), webhook_id.to_owned());
+        Ok(lock(&self.endpoints).get_mut(&key).map(|found| {
+            let previous = std::mem::replace(&mut found.secret, Secret(secret.to_owned()));
+            found.previous_secret = Some((previous, previous_until));
+            found.clone()
+        }))
+    }
+
+    async fn delete(&self, workspace_id: &str, webhook_id: &str) -> Result<bool, PortError> {
+        self.call("webhooks.delete")?;
+        let key = (workspace_id.to_owned(), webhook_id.to_owned());
+        Ok(lock(&self.endpoints).remove(&key).is_some())
     }
 }

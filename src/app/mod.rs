@@ -14,6 +14,7 @@ pub mod publish;
 pub mod rate_limit;
 pub mod read;
 mod rule_cache;
+pub mod webhooks;
 
 use crate::contract::RequestError;
 use futures::future::BoxFuture;
@@ -46,6 +47,13 @@ pub enum AppError {
     AudienceNotFound,
     #[error("too many audiences")]
     TooManyAudiences,
+    #[error("no such webhook")]
+    WebhookNotFound,
+    #[error("too many webhooks")]
+    TooManyWebhooks,
+    /// `"include": ["profile"]` asked by a key that may not read profiles.
+    #[error("profile needs users:read_pii")]
+    ProfileNeedsPiiScope,
     #[error(transparent)]
     Port(#[from] PortError),
 }

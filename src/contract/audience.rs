@@ -4,6 +4,7 @@ use super::json::{in_body_order, read_object, ReadObject};
 use super::validate::MAX_USER_ID_BYTES;
 use super::{body_hash, parse_rule, BodyError, ErrorCode, FieldError, RequestError};
 use crate::domain::audience::Rule;
+use crate::domain::webhook::MAX_WEBHOOKS;
 use base64::Engine;
 use serde_json::Value;
 
@@ -116,14 +117,40 @@ pub struct Page {
     pub after: Option<String>,
 }
 
+impl Page {
+    /// This page of `items` (in id order, `id` each one's): those after `after`, at
+    /// most `limit`, and the cursor of the next page when there is more.
+    pub fn cut<T>(
+        &self,
+        items: impl IntoIterator<Item = T>,
+        id: impl Fn(&T) -> &String,
+        paged: Paged,
+    ) -> (Vec<T>, Option<String>) {
+        let mut page: Vec<T> = items
+            .into_iter()
+            .filter(|item| self.after.as_ref().is_none_or(|after| id(item) > after))
+            .take(self.limit + 1)
+            .collect();
+        let more = page.len() > self.limit;
+        page.truncate(self.limit);
+        let next = page
+            .last()
+            .filter(|_| more)
+            .map(|last| paged.cursor(id(last)));
+        (page, next)
+    }
+}
+
 /// Audiences per page of `GET /api/v1/audiences`: the default and the most.
 pub const MAX_AUDIENCES_PAGE: usize = 100;
 
-/// What a cursor pages through: an audience's members, or the workspace's audiences.
+/// What a cursor pages through: an audience's members, the workspace's audiences or
+/// its webhooks.
 #[derive(Debug, Clone, Copy)]
 pub enum Paged<'a> {
     Members { audience_id: &'a str },
     Audiences,
+    Webhooks,
 }
 
 impl Paged<'_> {
@@ -132,6 +159,7 @@ impl Paged<'_> {
         match self {
             Paged::Members { audience_id } => format!("members\0{audience_id}"),
             Paged::Audiences => "audiences".to_owned(),
+            Paged::Webhooks => "webhooks".to_owned(),
         }
     }
 
@@ -139,6 +167,8 @@ impl Paged<'_> {
         match self {
             Paged::Members { .. } => (DEFAULT_MEMBERS_PAGE, MAX_MEMBERS_PAGE),
             Paged::Audiences => (MAX_AUDIENCES_PAGE, MAX_AUDIENCES_PAGE),
+            // A workspace has at most 20: one page holds them all.
+            Paged::Webhooks => (MAX_WEBHOOKS, MAX_WEBHOOKS),
         }
     }
 
@@ -146,6 +176,7 @@ impl Paged<'_> {
         match self {
             Paged::Members { .. } => super::is_storable_user_id(after),
             Paged::Audiences => crate::domain::audience::is_audience_id(after),
+            Paged::Webhooks => crate::domain::webhook::is_webhook_id(after),
         }
     }
 

@@ -29,6 +29,9 @@ pub enum RequestError {
     /// An audience id that is not 1–64 of `[A-Za-z0-9_-]`, to define.
     #[error("invalid audience id")]
     InvalidAudienceId,
+    /// A webhook id that is not 1–64 of `[A-Za-z0-9_-]`, to subscribe.
+    #[error("invalid webhook id")]
+    InvalidWebhookId,
 }
 
 /// A route's body: the media types it takes, its limit (checked on the raw bytes), and

@@ -101,7 +101,16 @@ pub fn parse_webhook(body: &[u8], reach: Reach) -> Result<WebhookDefinition, Bod
             Some(events)
         }
     };
-    let audiences = strings(members.remove("audiences"), "audiences", &mut refuse).map(|ids| {
+    let audiences_value = members.remove("audiences");
+    let none_listed = matches!(&audiences_value, Some(Value::Array(ids)) if ids.is_empty());
+    let audiences = strings(audiences_value, "audiences", &mut refuse).map(|ids| {
+        if none_listed {
+            refuse(
+                ErrorCode::Empty,
+                "audiences".into(),
+                "audiences names at least one audience (leave it out for all of them)".into(),
+            );
+        }
         if ids.len() > MAX_WEBHOOK_AUDIENCES {
             refuse(
                 ErrorCode::TooMany,
@@ -190,13 +199,20 @@ fn event_names() -> String {
 /// refused ranges. A name is judged on each attempt, on the address it resolves to.
 fn target(text: &str, reach: Reach) -> Result<Url, (ErrorCode, String)> {
     let not_allowed = |why: &str| (ErrorCode::InvalidFormat, format!("url {why}"));
-    if text.len() > MAX_URL_BYTES {
-        return Err((
+    let too_long = || {
+        (
             ErrorCode::TooLong,
             format!("url is over {MAX_URL_BYTES} bytes"),
-        ));
+        )
+    };
+    if text.len() > MAX_URL_BYTES {
+        return Err(too_long());
     }
     let url = Url::parse(text).map_err(|_| not_allowed("is not an absolute URL"))?;
+    // Stored and shown as WHATWG writes it, whose percent-encoding can lengthen it.
+    if url.as_str().len() > MAX_URL_BYTES {
+        return Err(too_long());
+    }
     if !url.username().is_empty() || url.password().is_some() {
         return Err(not_allowed("must not carry credentials"));
     }

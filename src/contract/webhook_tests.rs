@@ -98,6 +98,14 @@ fn each_bad_member_is_refused_at_its_path_in_body_order() {
         "a wrong type is one error, not also an empty list"
     );
     assert_eq!(
+        refused(
+            json!({"url": "https://a.example", "events": ["audience.entered"], "audiences": []}),
+            Reach::Public
+        ),
+        [(ErrorCode::Empty, "audiences".into())],
+        "no audience is no audience event: absent is all of them"
+    );
+    assert_eq!(
         refused(json!({}), Reach::Public),
         [
             (ErrorCode::Required, "url".into()),
@@ -143,6 +151,13 @@ fn a_target_is_https_without_credentials_within_its_bound() {
     let long = format!("https://a.example/{}", "x".repeat(MAX_URL_BYTES));
     assert_eq!(
         url_refused(&long, Reach::Public),
+        [(ErrorCode::TooLong, "url".into())]
+    );
+    // Within the bound as sent, past it as stored: each space is written `%20`.
+    let spaced = format!("https://a.example/{}x", " ".repeat(700));
+    assert!(spaced.len() <= MAX_URL_BYTES);
+    assert_eq!(
+        url_refused(&spaced, Reach::Public),
         [(ErrorCode::TooLong, "url".into())]
     );
 }

@@ -24,10 +24,12 @@ pub enum Scope {
     /// Segment's routes only: the write key of a library that may run where others see
     /// it (docs/segment.md, "A leaked write key"). `users:write` covers them too.
     SegmentWrite,
+    WebhooksWrite,
+    WebhooksRead,
 }
 
 impl Scope {
-    pub const ALL: [Scope; 7] = [
+    pub const ALL: [Scope; 9] = [
         Scope::UsersWrite,
         Scope::UsersRead,
         Scope::UsersReadPii,
@@ -35,6 +37,8 @@ impl Scope {
         Scope::AudiencesWrite,
         Scope::AudiencesRead,
         Scope::SegmentWrite,
+        Scope::WebhooksWrite,
+        Scope::WebhooksRead,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -46,6 +50,8 @@ impl Scope {
             Scope::AudiencesWrite => "audiences:write",
             Scope::AudiencesRead => "audiences:read",
             Scope::SegmentWrite => "segment:write",
+            Scope::WebhooksWrite => "webhooks:write",
+            Scope::WebhooksRead => "webhooks:read",
         }
     }
 }

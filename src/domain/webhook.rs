@@ -126,6 +126,21 @@ fn embedded_v4(address: Ipv6Addr) -> Option<Ipv4Addr> {
     None
 }
 
+/// A workspace subscribes at most this many endpoints.
+pub const MAX_WEBHOOKS: usize = 20;
+
+/// What [`is_webhook_id`] takes, as a refusal says it.
+pub const WEBHOOK_ID_RULE: &str = "a webhook id is 1 to 64 of A-Z, a-z, 0-9, _ and -";
+
+/// A webhook id: the same rule as an audience id's (1–64 of `[A-Za-z0-9_-]`).
+pub fn is_webhook_id(id: &str) -> bool {
+    crate::domain::audience::is_audience_id(id)
+}
+
+/// After a rotation the previous secret signs this long too: receivers move to the new
+/// one meanwhile.
+pub const PREVIOUS_SECRET_SIGNS_FOR: Duration = Duration::from_secs(24 * 3600);
+
 /// A secret is `whsec_` and the base64 of this many random bytes (the specification
 /// asks for at least 24).
 pub const SECRET_BYTES: usize = 32;
@@ -138,6 +153,17 @@ pub fn secret_from(random: &[u8; SECRET_BYTES]) -> String {
         "{SECRET_PREFIX}{}",
         base64::engine::general_purpose::STANDARD.encode(random)
     )
+}
+
+/// A signing secret as stored (`whsec_…`): shown to its owner on creation and rotation
+/// only, so never in a debug print (nor, through one, a log line or a test's message).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(whsec_…)")
+    }
 }
 
 /// A secret that does not decode: only ever one this service did not make.

@@ -93,6 +93,7 @@ pub(crate) mod samples {
             audience_stream_failure_queue_url: queue("audience-stream-failures"),
             audience_tick_seconds: 60,
             due_settle_rate: 400.0,
+            webhooks_table: "webhooks".into(),
             metrics_namespace: "VibeFollow/test".into(),
         }
     }

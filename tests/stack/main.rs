@@ -27,3 +27,4 @@ mod source_time;
 mod template;
 mod upsert_contract;
 mod vfctl;
+mod webhooks;

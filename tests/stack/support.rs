@@ -16,7 +16,7 @@ use vibefollow_users::config::Resources;
 use vibefollow_users::domain::auth::{generate_key, key_hash, key_id, ApiKeyRecord, Scope};
 use vibefollow_users::domain::{Changes, Stamp, UpsertMessage, MESSAGE_VERSION};
 
-pub const ALL_SCOPES: [Scope; 7] = Scope::ALL;
+pub const ALL_SCOPES: [Scope; 9] = Scope::ALL;
 
 pub struct Stack {
     pub api: String,

@@ -316,6 +316,11 @@ const CALLS: &[(&str, &str, &str)] = &[
     ("ApiFunction", "AudienceMembersTable", "dynamodb:GetItem"), // standing
     ("ApiFunction", "AudienceMembersTable", "dynamodb:Query"), // members, count
     ("ApiFunction", "AudienceBuildQueue", "sqs:SendMessage"), // BuildQueue::send
+    ("ApiFunction", "WebhooksTable", "dynamodb:Query"),  // WebhookStore::endpoints
+    ("ApiFunction", "WebhooksTable", "dynamodb:GetItem"), // WebhookStore::endpoint
+    ("ApiFunction", "WebhooksTable", "dynamodb:UpdateItem"), // replace, rotate; the count
+    ("ApiFunction", "WebhooksTable", "dynamodb:PutItem"), // create
+    ("ApiFunction", "WebhooksTable", "dynamodb:DeleteItem"), // delete
     // …and the audiences function's evaluations.
     ("AudiencesFunction", "UsersTable", "dynamodb:GetItem"), // re-read after a conflict, tick
     ("AudiencesFunction", "UsersTable", "dynamodb:BatchGetItem"), // WorkspaceUsers::page

@@ -183,7 +183,8 @@ pub struct CreateArgs {
     #[arg(long, value_parser = workspace_id)]
     pub workspace: String,
     /// Comma-separated: users:write, users:read, users:read_pii, users:delete, audiences:write,
-    /// audiences:read, segment:write (Segment's routes only: for a library's write key).
+    /// audiences:read, webhooks:write, webhooks:read, segment:write (Segment's routes only:
+    /// for a library's write key).
     #[arg(long, value_delimiter = ',', required = true)]
     pub scopes: Vec<Scope>,
     /// Requests per second for the workspace (at most 1.1x in one second, 2x over two).

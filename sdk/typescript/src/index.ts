@@ -165,6 +165,9 @@ interface Attempt {
   path: string;
   body?: string;
   idempotencyKey?: string;
+  /** Retried only after a 429 (refused before anything was done): a call that must not
+   * happen twice and has no Idempotency-Key. */
+  atMostOnce?: boolean;
 }
 
 function isRetryable(status: number): boolean {
@@ -196,6 +199,43 @@ function backoffMs(attempt: number, retryAfter: string | null): number {
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
+/** What a webhook endpoint subscribes to (docs/api.md#webhooks). */
+export type WebhookEvent = 'user.changed' | 'user.deleted' | 'audience.entered' | 'audience.exited' | 'webhook.disabled';
+
+/** What `webhooks.put` sends. */
+export interface WebhookDefinition {
+  /** https, no credentials, at most 2,048 bytes, never a private or metadata address. */
+  url: string;
+  events: WebhookEvent[];
+  /** Only these audiences' events (at most 100); all of them when absent. */
+  audiences?: string[];
+  /** `['profile']`: bodies carry the user as a read shows it (the key needs `users:read_pii`). */
+  include?: 'profile'[];
+}
+
+/** A webhook endpoint as `webhooks.get()` and `webhooks.list()` show it: never its secret. */
+export interface Webhook {
+  webhook_id: string;
+  url: string;
+  events: WebhookEvent[];
+  audiences: string[] | null;
+  include: 'profile'[];
+  status: 'enabled';
+  created_at: string;
+  updated_at: string;
+}
+
+/** What `webhooks.put` resolves to: `secret` only when the endpoint is new. */
+export interface WebhookPutResult extends Webhook {
+  secret?: string;
+}
+
+/** What `webhooks.rotateSecret` resolves to: the new secret, and until when the previous one signs too. */
+export interface WebhookRotated extends Webhook {
+  secret: string;
+  previous_secret_expires_at: string;
+}
+
 class Transport {
   private readonly apiKey: string;
   private readonly baseUrl: string;
@@ -224,7 +264,7 @@ class Transport {
           signal: AbortSignal.timeout(this.timeoutMs),
         });
       } catch (cause) {
-        if (attempt < this.maxRetries) {
+        if (attempt < this.maxRetries && !request.atMostOnce) {
           await sleep(backoffMs(attempt, null));
           continue;
         }
@@ -233,7 +273,8 @@ class Transport {
       if (response.ok) {
         return (await response.json()) as T;
       }
-      if (isRetryable(response.status) && attempt < this.maxRetries) {
+      const retryable = request.atMostOnce ? response.status === 429 : isRetryable(response.status);
+      if (retryable && attempt < this.maxRetries) {
         await response.body?.cancel();
         await sleep(backoffMs(attempt, response.headers.get('retry-after')));
         continue;
@@ -527,13 +568,70 @@ class Audiences {
   }
 }
 
+function webhookPath(webhookId: string): string {
+  return `/api/v1/webhooks/${encodeURIComponent(webhookId)}`;
+}
+
+/** Webhooks (docs/api.md#webhooks): the workspace's own endpoints, sent its events signed. */
+class Webhooks {
+  constructor(private readonly transport: Transport) {}
+
+  /**
+   * Subscribes an endpoint, or replaces its settings (needs `webhooks:write`). A new one
+   * resolves with its `secret` (`whsec_…`), shown this once: keep it to verify
+   * deliveries. A put whose first answer was lost and that was retried resolves without
+   * it (the endpoint was created by the first attempt): call `rotateSecret` then.
+   */
+  async put(webhookId: string, definition: WebhookDefinition): Promise<WebhookPutResult> {
+    const answer = await this.transport.send<{ data: WebhookPutResult }>({
+      method: 'PUT',
+      path: webhookPath(webhookId),
+      body: JSON.stringify(definition),
+    });
+    return answer.data;
+  }
+
+  /** Reads one endpoint; rejects with a 404 `VibeFollowError` if there is none. */
+  async get(webhookId: string): Promise<Webhook> {
+    const answer = await this.transport.send<{ data: Webhook }>({ method: 'GET', path: webhookPath(webhookId) });
+    return answer.data;
+  }
+
+  /** Every endpoint of the workspace (at most 20), by id. */
+  async list(): Promise<Webhook[]> {
+    const answer = await this.transport.send<{ data: Webhook[] }>({ method: 'GET', path: '/api/v1/webhooks' });
+    return answer.data;
+  }
+
+  /** Unsubscribes an endpoint (needs `webhooks:write`); resolves whether or not it existed. */
+  async delete(webhookId: string): Promise<void> {
+    await this.transport.send({ method: 'DELETE', path: webhookPath(webhookId) });
+  }
+
+  /**
+   * Gives an endpoint a new secret (needs `webhooks:write`); the previous one keeps
+   * signing until `previous_secret_expires_at` (24 h). Never retried once sent: a
+   * second rotation would drop the secret your receiver still uses.
+   */
+  async rotateSecret(webhookId: string): Promise<WebhookRotated> {
+    const answer = await this.transport.send<{ data: WebhookRotated }>({
+      method: 'POST',
+      path: `${webhookPath(webhookId)}/rotate-secret`,
+      atMostOnce: true,
+    });
+    return answer.data;
+  }
+}
+
 export class VibeFollow {
   readonly users: Users;
   readonly audiences: Audiences;
+  readonly webhooks: Webhooks;
 
   constructor(options: VibeFollowOptions) {
     const transport = new Transport(options);
     this.users = new Users(transport);
     this.audiences = new Audiences(transport);
+    this.webhooks = new Webhooks(transport);
   }
 }

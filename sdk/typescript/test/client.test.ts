@@ -392,3 +392,64 @@ test('audience and user ids are URL-encoded in every path', async () => {
     await server.close();
   }
 });
+
+const webhook = {
+  webhook_id: 'crm',
+  url: 'https://hooks.acme.io/vibefollow',
+  events: ['user.changed', 'audience.entered'],
+  audiences: null,
+  include: [],
+  status: 'enabled',
+  created_at: '2026-12-07T10:00:00.000Z',
+  updated_at: '2026-12-07T10:00:00.000Z',
+};
+
+test('webhooks: each call\'s path, method and body; the secret only from put (new) and rotateSecret', async () => {
+  const rotated = { ...webhook, secret: 'whsec_bmV3', previous_secret_expires_at: '2026-12-08T10:00:00.000Z' };
+  const server = await stub([
+    reply(201, { data: { ...webhook, secret: 'whsec_b2xk' } }),
+    reply(200, { data: webhook }),
+    reply(200, { data: [webhook], next_cursor: null }),
+    reply(200, { data: rotated }),
+    accepted,
+  ]);
+  try {
+    const vf = new VibeFollow({ apiKey: KEY, baseUrl: server.baseUrl });
+    const definition = { url: webhook.url, events: ['user.changed', 'audience.entered'] as const, audiences: ['trials'] };
+    assert.deepEqual(await vf.webhooks.put('crm', { ...definition, events: [...definition.events] }), { ...webhook, secret: 'whsec_b2xk' });
+    assert.deepEqual(await vf.webhooks.get('crm'), webhook);
+    assert.deepEqual(await vf.webhooks.list(), [webhook]);
+    assert.deepEqual(await vf.webhooks.rotateSecret('crm'), rotated);
+    assert.equal(await vf.webhooks.delete('crm'), undefined);
+    assert.deepEqual(
+      server.seen.map((s) => `${s.method} ${s.url}`),
+      [
+        'PUT /api/v1/webhooks/crm',
+        'GET /api/v1/webhooks/crm',
+        'GET /api/v1/webhooks',
+        'POST /api/v1/webhooks/crm/rotate-secret',
+        'DELETE /api/v1/webhooks/crm',
+      ],
+    );
+    assert.deepEqual(JSON.parse(server.seen[0].body), { ...definition, events: [...definition.events] });
+    assert.equal(server.seen[0].headers['content-type'], 'application/json');
+  } finally {
+    await server.close();
+  }
+});
+
+test('webhooks.rotateSecret is never sent twice, unless refused by the rate limit first', async () => {
+  const unavailable = reply(503, { errors: [{ code: 'unavailable', message: 'x' }] }, { 'retry-after': '0' });
+  const limited = reply(429, { errors: [{ code: 'rate_limited', message: 'x' }] }, { 'retry-after': '0' });
+  const rotated = reply(200, { data: { ...webhook, secret: 'whsec_bmV3', previous_secret_expires_at: '2026-12-08T10:00:00.000Z' } });
+  const server = await stub([unavailable, limited, rotated]);
+  try {
+    const vf = new VibeFollow({ apiKey: KEY, baseUrl: server.baseUrl });
+    await assert.rejects(vf.webhooks.rotateSecret('crm'), (err: VibeFollowError) => err.status === 503);
+    assert.equal(server.seen.length, 1, 'a 503 may have rotated: not sent again');
+    assert.equal((await vf.webhooks.rotateSecret('crm')).secret, 'whsec_bmV3');
+    assert.equal(server.seen.length, 3, 'a 429 did nothing: sent again');
+  } finally {
+    await server.close();
+  }
+});

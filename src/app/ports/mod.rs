@@ -3,8 +3,10 @@
 //! tests.
 
 mod audiences;
+mod webhooks;
 
 pub use audiences::*;
+pub use webhooks::*;
 
 use crate::domain::auth::ApiKeyRecord;
 use crate::domain::change::ChangeEvent;

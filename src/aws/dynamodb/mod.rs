@@ -15,6 +15,7 @@ mod counters;
 mod idempotency;
 mod stream;
 mod users;
+mod webhooks;
 
 pub use api_keys::ApiKeyStore;
 pub use audiences::{AudienceStore, DUE_INDEX};
@@ -22,14 +23,16 @@ pub use counters::RateLimitStore;
 pub use idempotency::IdempotencyStore;
 pub use stream::{stream_image, ImageError};
 pub use users::{UserStore, EMAIL_INDEX, EMAIL_KEY, UNSHARDED_USERS_INDEX, WORKSPACE_USERS_INDEX};
+pub use webhooks::WebhookStore;
 
 use crate::app::ports::PortError;
 use aws_sdk_dynamodb::config::http::HttpResponse;
 use aws_sdk_dynamodb::error::SdkError;
 use aws_sdk_dynamodb::operation::delete_item::DeleteItemError;
 use aws_sdk_dynamodb::operation::put_item::PutItemError;
+use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
 use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
-use aws_sdk_dynamodb::types::{AttributeValue, KeysAndAttributes};
+use aws_sdk_dynamodb::types::{AttributeValue, KeysAndAttributes, TransactWriteItem};
 use aws_sdk_dynamodb::Client;
 use std::collections::HashMap;
 
@@ -180,6 +183,88 @@ pub(crate) fn condition_held<T, E: ConditionalError>(
     result: Result<T, SdkError<E, HttpResponse>>,
 ) -> Result<bool, PortError> {
     Ok(matches!(condition(result)?, Condition::Held))
+}
+
+/// A request the SDK's builder made, or why not (a required field missing: a bug).
+pub(crate) fn built<T>(
+    result: Result<T, aws_sdk_dynamodb::error::BuildError>,
+) -> Result<T, PortError> {
+    result.map_err(|_| PortError::Refused("request not built".into()))
+}
+
+/// Runs a transaction; `false` when a condition failed or another transaction
+/// held an item (both mean: read again).
+pub(crate) async fn transact(
+    client: &Client,
+    items: Vec<TransactWriteItem>,
+) -> Result<bool, PortError> {
+    Ok(transact_once(client, items).await? == Transacted::Done)
+}
+
+/// What a transaction did that DynamoDB did not refuse as an error.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Transacted {
+    Done,
+    /// The conditions that failed, by the index of their item.
+    ConditionFailed(Vec<usize>),
+    /// Another transaction held one of its items: nothing failed, try again.
+    Conflict,
+}
+
+/// Runs a transaction, telling a failed condition (and whose) from a conflict with
+/// another. (The SDK gives each call a `ClientRequestToken` its own retries reuse, so a
+/// retry of a transaction whose answer was lost succeeds again rather than failing on
+/// its own writes.)
+pub(crate) async fn transact_once(
+    client: &Client,
+    items: Vec<TransactWriteItem>,
+) -> Result<Transacted, PortError> {
+    let result = client
+        .transact_write_items()
+        .set_transact_items(Some(items))
+        .send()
+        .await;
+    let failure = match result {
+        Ok(_) => return Ok(Transacted::Done),
+        Err(SdkError::ServiceError(failure)) => failure,
+        Err(err) => return Err(err.into()),
+    };
+    let status = failure.raw().status().as_u16();
+    let canceled = match failure.into_err() {
+        TransactWriteItemsError::TransactionCanceledException(canceled) => canceled,
+        other => return Err(crate::aws::service_error(&other, status)),
+    };
+    let codes: Vec<&str> = canceled
+        .cancellation_reasons()
+        .iter()
+        .map(|reason| reason.code().unwrap_or("None"))
+        .collect();
+    let refusal = codes.iter().find(|code| {
+        !matches!(
+            **code,
+            "None" | "ConditionalCheckFailed" | "TransactionConflict"
+        )
+    });
+    match refusal {
+        // Throttled: worth retrying, as any throttled call.
+        Some(code @ (&"ThrottlingError" | &"ProvisionedThroughputExceeded")) => {
+            Err(PortError::Unavailable((*code).to_owned()))
+        }
+        Some(code) => Err(PortError::Refused((*code).to_owned())),
+        None => {
+            let failed: Vec<usize> = codes
+                .iter()
+                .enumerate()
+                .filter(|(_, code)| **code == "ConditionalCheckFailed")
+                .map(|(index, _)| index)
+                .collect();
+            Ok(if failed.is_empty() {
+                Transacted::Conflict
+            } else {
+                Transacted::ConditionFailed(failed)
+            })
+        }
+    }
 }
 
 /// Partition key of per-workspace items: workspace ids never contain `#`.

@@ -3,8 +3,8 @@
 
 use super::router::RouteError;
 use crate::app::accept::Accepted;
-use crate::app::ports::Audience;
 use crate::app::ports::PortError;
+use crate::app::ports::{Audience, Endpoint};
 use crate::app::read::Found;
 use crate::app::AppError;
 use crate::contract::{
@@ -13,6 +13,7 @@ use crate::contract::{
 };
 use crate::domain::auth::{CredentialError, Scope};
 use crate::domain::format_millis;
+use crate::domain::webhook::MAX_WEBHOOKS;
 use lambda_http::http::{header, HeaderValue, StatusCode};
 use lambda_http::{Body, Response};
 use serde_json::{json, Value};
@@ -52,6 +53,8 @@ pub enum Success {
     Accepted(Accepted),
     /// `200 {"data": …}`.
     Data(Value),
+    /// `201 {"data": …}`.
+    Created(Value),
     /// `200 {"data": […], "next_cursor": …}`.
     Page {
         data: Value,
@@ -184,6 +187,40 @@ impl ApiError {
                 ),
                 vec![],
             ),
+            ApiError::App(AppError::Request(RequestError::InvalidWebhookId)) => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                one(
+                    C::InvalidFormat,
+                    "webhook_id",
+                    crate::domain::webhook::WEBHOOK_ID_RULE,
+                ),
+                vec![],
+            ),
+            ApiError::App(AppError::WebhookNotFound) => (
+                StatusCode::NOT_FOUND,
+                one(C::NotFound, "webhook_id", "no such webhook"),
+                vec![],
+            ),
+            ApiError::App(AppError::TooManyWebhooks) => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                one(
+                    C::TooMany,
+                    "webhook_id",
+                    &format!(
+                        "the workspace has {MAX_WEBHOOKS} webhooks, the most it can have: delete one first"
+                    ),
+                ),
+                vec![],
+            ),
+            ApiError::App(AppError::ProfileNeedsPiiScope) => (
+                StatusCode::FORBIDDEN,
+                one(
+                    C::InsufficientScope,
+                    "include",
+                    "include [\"profile\"] needs an API key with the scope users:read_pii",
+                ),
+                vec![],
+            ),
             ApiError::App(AppError::Request(RequestError::PayloadTooLarge(message))) => (
                 StatusCode::PAYLOAD_TOO_LARGE,
                 one(C::PayloadTooLarge, "body", message),
@@ -301,6 +338,11 @@ pub fn success_response(success: Success, request_id: &str) -> Response<Body> {
             json!({ "data": data }).to_string(),
             request_id,
         ),
+        Success::Created(data) => json_response(
+            StatusCode::CREATED,
+            json!({ "data": data }).to_string(),
+            request_id,
+        ),
         Success::Page { data, next_cursor } => json_response(
             StatusCode::OK,
             json!({ "data": data, "next_cursor": next_cursor }).to_string(),
@@ -370,6 +412,32 @@ pub fn audience_view(audience: Audience, members: Option<u64>) -> Value {
     }
     if let Some(scanned) = audience.building {
         shown["build"] = json!({ "scanned": scanned });
+    }
+    shown
+}
+
+/// A webhook endpoint as the api shows it: never its secrets, which
+/// [`webhook_with_secret`] shows on creation and rotation only.
+pub fn webhook_view(endpoint: &Endpoint) -> Value {
+    json!({
+        "webhook_id": endpoint.webhook_id,
+        "url": endpoint.url,
+        "events": endpoint.events.iter().map(|e| e.as_str()).collect::<Vec<_>>(),
+        "audiences": endpoint.audiences,
+        "include": if endpoint.include_profile { vec!["profile"] } else { vec![] },
+        "status": "enabled",
+        "created_at": format_millis(endpoint.created_at),
+        "updated_at": format_millis(endpoint.updated_at),
+    })
+}
+
+/// [`webhook_view`] with the secret that signs from now on and, after a rotation, until
+/// when the previous one signs too.
+pub fn webhook_with_secret(endpoint: &Endpoint) -> Value {
+    let mut shown = webhook_view(endpoint);
+    shown["secret"] = json!(endpoint.secret.0);
+    if let Some((_, until)) = endpoint.previous_secret {
+        shown["previous_secret_expires_at"] = json!(format_millis(until));
     }
     shown
 }

@@ -17,25 +17,32 @@ use crate::app::curate::Curate;
 use crate::app::ports::PortError;
 use crate::app::ports::{
     ApiKeys, Audiences, BuildQueue, Counters, IdempotencyKeys, Memberships, UpsertQueue, Users,
+    Webhooks,
 };
 use crate::app::rate_limit::RateLimiter;
 use crate::app::read::Read;
+use crate::app::webhooks::Subscriptions;
 use crate::app::Caller;
 use crate::aws::dynamodb::{
-    ApiKeyStore, AudienceStore, IdempotencyStore, RateLimitStore, UserStore,
+    ApiKeyStore, AudienceStore, IdempotencyStore, RateLimitStore, UserStore, WebhookStore,
 };
 use crate::aws::sqs::SqsQueue;
 use crate::clock::now_millis;
 use crate::config::Resources;
 use crate::contract::{
     checked_body, email_query, idempotency_key, is_storable_user_id, parse_audience, parse_batch,
-    parse_upsert, BodyError, BodyLimit, Paged, RequestError, BATCH_BODY, UPSERT_BODY,
+    parse_upsert, parse_webhook, BodyError, BodyLimit, Paged, RequestError, BATCH_BODY,
+    UPSERT_BODY,
 };
 use crate::domain::audience::is_audience_id;
 use crate::domain::auth::{bearer_key, key_hash, ApiKeyRecord, Scope};
+use crate::domain::webhook::Reach;
 use crate::domain::Stamp;
 use crate::metrics::{self, Outcome};
-use answers::{audience_view, entries, error_response, success_response, Success};
+use answers::{
+    audience_view, entries, error_response, success_response, webhook_view, webhook_with_secret,
+    Success,
+};
 use keys::{KeyCache, Lookup};
 use lambda_http::http::{header, HeaderMap};
 use lambda_http::{Body, Request, RequestExt, Response};
@@ -44,11 +51,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 /// Everything the api function needs, built once per cold start.
-pub struct Api<K, I, Q, C, U, S, B> {
+pub struct Api<K, I, Q, C, U, S, B, W> {
     keys: KeyCache<K>,
     accept: Accept<I, Q, C>,
     read: Read<U, C>,
     curate: Curate<S, U, B, I, C>,
+    subscriptions: Subscriptions<W, C>,
     default_rate_limit: u32,
     metrics_namespace: String,
 }
@@ -62,6 +70,7 @@ pub type AwsApi = Api<
     UserStore,
     AudienceStore,
     SqsQueue,
+    WebhookStore,
 >;
 
 impl AwsApi {
@@ -100,7 +109,11 @@ impl AwsApi {
                 ),
                 users,
                 SqsQueue::new(sqs, &resources.audience_build_queue_url),
-                IdempotencyStore::new(dynamodb, &resources.idempotency_table),
+                IdempotencyStore::new(dynamodb.clone(), &resources.idempotency_table),
+                Arc::clone(&limiter),
+            ),
+            subscriptions: Subscriptions::new(
+                WebhookStore::new(dynamodb, &resources.webhooks_table),
                 limiter,
             ),
             default_rate_limit: resources.default_rate_limit,
@@ -120,7 +133,7 @@ struct Trace {
     key_cached: Option<bool>,
 }
 
-impl<K, I, Q, C, U, S, B> Api<K, I, Q, C, U, S, B>
+impl<K, I, Q, C, U, S, B, W> Api<K, I, Q, C, U, S, B, W>
 where
     K: ApiKeys,
     I: IdempotencyKeys,
@@ -129,6 +142,7 @@ where
     U: Users,
     S: Audiences + Memberships,
     B: BuildQueue,
+    W: Webhooks,
 {
     pub async fn handle(&self, request: Request) -> Response<Body> {
         let started = Instant::now();
@@ -153,9 +167,10 @@ where
                 let outcome = match &success {
                     Success::Accepted(accepted) if accepted.replayed() => Outcome::Replayed,
                     Success::Defined { replayed: true, .. } => Outcome::Replayed,
-                    Success::Accepted(_) | Success::Segment { .. } | Success::Defined { .. } => {
-                        Outcome::Accepted
-                    }
+                    Success::Accepted(_)
+                    | Success::Segment { .. }
+                    | Success::Defined { .. }
+                    | Success::Created(_) => Outcome::Accepted,
                     Success::Data(_) | Success::Page { .. } | Success::Found(_) => Outcome::Served,
                 };
                 if let Success::Segment {
@@ -248,6 +263,13 @@ where
                 return Ok(Success::Found(
                     self.read.by_email(&caller, email, now_ms).await?,
                 ));
+            }
+            Route::ListWebhooks
+            | Route::PutWebhook(_)
+            | Route::GetWebhook(_)
+            | Route::DeleteWebhook(_)
+            | Route::RotateWebhookSecret(_) => {
+                return self.webhooks(route, request, &caller, &key, now_ms).await;
             }
             _ => return self.audiences(route, request, &caller, stamp, trace).await,
         };
@@ -342,6 +364,58 @@ where
                 curate.of_user(caller, id, now_ms).await?,
             )),
             _ => unreachable!("the other routes are served above"),
+        })
+    }
+
+    /// The webhook routes.
+    async fn webhooks(
+        &self,
+        route: &Route,
+        request: &Request,
+        caller: &Caller,
+        key: &ApiKeyRecord,
+        now_ms: i64,
+    ) -> Result<Success, ApiError> {
+        let subscriptions = &self.subscriptions;
+        Ok(match route {
+            Route::PutWebhook(id) => {
+                let content_type = header(request.headers(), header::CONTENT_TYPE);
+                let parse = |body: &[u8]| parse_webhook(body, Reach::Public);
+                let definition =
+                    checked_body(content_type, request.body().as_ref(), &UPSERT_BODY, parse);
+                let reads_pii = key.allows(Scope::UsersReadPii);
+                let subscribed = subscriptions
+                    .put(caller, id, definition, reads_pii, now_ms)
+                    .await?;
+                if subscribed.created {
+                    Success::Created(webhook_with_secret(&subscribed.endpoint))
+                } else {
+                    Success::Data(webhook_view(&subscribed.endpoint))
+                }
+            }
+            Route::GetWebhook(id) => {
+                Success::Data(webhook_view(&subscriptions.get(caller, id, now_ms).await?))
+            }
+            Route::ListWebhooks => {
+                let query = request.query_string_parameters_ref();
+                let page = Paged::Webhooks.query(
+                    query.and_then(|q| q.first("limit")),
+                    query.and_then(|q| q.first("cursor")),
+                );
+                let listed = subscriptions.list(caller, page, now_ms).await?;
+                Success::Page {
+                    data: listed.endpoints.iter().map(webhook_view).collect(),
+                    next_cursor: listed.next_cursor,
+                }
+            }
+            Route::RotateWebhookSecret(id) => Success::Data(webhook_with_secret(
+                &subscriptions.rotate(caller, id, now_ms).await?,
+            )),
+            Route::DeleteWebhook(id) => {
+                subscriptions.delete(caller, id, now_ms).await?;
+                Success::Accepted(Accepted::One { replayed: false })
+            }
+            _ => unreachable!("the other routes are served elsewhere"),
         })
     }
 
@@ -447,7 +521,7 @@ mod tests {
     use super::*;
     use crate::app::fakes::{
         MemoryApiKeys, MemoryAudiences, MemoryBuilds, MemoryCounters, MemoryKeys, MemoryQueue,
-        MemoryUsers,
+        MemoryUsers, MemoryWebhooks,
     };
     use crate::app::ports::StoredUser;
     use crate::lambda::samples::sample_text;
@@ -462,6 +536,7 @@ mod tests {
         MemoryUsers,
         MemoryAudiences,
         MemoryBuilds,
+        MemoryWebhooks,
     >;
 
     /// The key the sample requests of `events/` carry.
@@ -502,8 +577,9 @@ mod tests {
                 users.clone(),
                 MemoryBuilds::default(),
                 MemoryKeys::default(),
-                limiter,
+                Arc::clone(&limiter),
             ),
+            subscriptions: Subscriptions::new(MemoryWebhooks::default(), limiter),
             default_rate_limit: 100,
             metrics_namespace: "VibeFollow/test".into(),
         };
@@ -596,6 +672,88 @@ mod tests {
         let (status, _, _) = answer(&w.api, post("/api/v1/nowhere", "{}".into())).await;
         assert_eq!(status, StatusCode::NOT_FOUND);
         assert!(w.queue.messages().is_empty());
+    }
+
+    /// The sample request sent with `method` to `path`, with `body`.
+    fn call(method: &str, path: &str, body: Value) -> Request {
+        sent_to(path, |event| {
+            event["requestContext"]["http"]["method"] = json!(method);
+            event["body"] = json!(body.to_string());
+        })
+    }
+
+    #[tokio::test]
+    async fn webhook_routes_show_the_secret_on_creation_and_rotation_only() {
+        let w = world(&[Scope::WebhooksWrite, Scope::WebhooksRead]);
+        let path = "/api/v1/webhooks/crm";
+        let hook = json!({"url": "https://hooks.example.com/", "events": ["user.changed"]});
+        let (status, created, _) = answer(&w.api, call("PUT", path, hook.clone())).await;
+        assert_eq!(status, StatusCode::CREATED, "{created}");
+        let secret = created["data"]["secret"].as_str().unwrap_or_default();
+        assert!(secret.starts_with("whsec_"), "{created}");
+        assert_eq!(created["data"]["include"], json!([]));
+        let (status, replaced, _) = answer(&w.api, call("PUT", path, hook)).await;
+        assert_eq!(status, StatusCode::OK);
+        let (status, read, _) = answer(&w.api, call("GET", path, Value::Null)).await;
+        assert_eq!((status, &read), (StatusCode::OK, &replaced));
+        assert!(read["data"].get("secret").is_none(), "{read}");
+        let (status, listed, _) =
+            answer(&w.api, call("GET", "/api/v1/webhooks", Value::Null)).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(listed, json!({"data": [read["data"]], "next_cursor": null}));
+        let rotate = "/api/v1/webhooks/crm/rotate-secret";
+        let (status, rotated, _) = answer(&w.api, call("POST", rotate, Value::Null)).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_ne!(rotated["data"]["secret"].as_str(), Some(secret));
+        assert!(rotated["data"]["previous_secret_expires_at"].is_string());
+        let (status, deleted, _) = answer(&w.api, call("DELETE", path, Value::Null)).await;
+        assert_eq!(
+            (status, deleted),
+            (StatusCode::ACCEPTED, json!({"data": {"accepted": true}}))
+        );
+        let (status, gone, _) = answer(&w.api, call("GET", path, Value::Null)).await;
+        assert_eq!(
+            (status, gone["errors"][0]["field"].as_str()),
+            (StatusCode::NOT_FOUND, Some("webhook_id"))
+        );
+    }
+
+    #[tokio::test]
+    async fn webhook_refusals_name_their_field() {
+        let w = world(&[Scope::WebhooksWrite]);
+        let refused = |method, path, body| {
+            let api = &w.api;
+            async move {
+                let (status, body, _) = answer(api, call(method, path, body)).await;
+                let error = &body["errors"][0];
+                (
+                    status.as_u16(),
+                    error["code"].clone(),
+                    error["field"].clone(),
+                )
+            }
+        };
+        let profile = json!({"url": "https://hooks.example.com/", "events": ["user.changed"], "include": ["profile"]});
+        assert_eq!(
+            refused("PUT", "/api/v1/webhooks/crm", profile).await,
+            (403, json!("insufficient_scope"), json!("include")),
+            "a key without users:read_pii"
+        );
+        let hook = json!({"url": "https://hooks.example.com/", "events": ["user.changed"]});
+        assert_eq!(
+            refused("PUT", "/api/v1/webhooks/a%20b", hook).await,
+            (422, json!("invalid_format"), json!("webhook_id"))
+        );
+        let private = json!({"url": "https://10.0.0.1/", "events": ["user.changed"]});
+        assert_eq!(
+            refused("PUT", "/api/v1/webhooks/crm", private).await,
+            (422, json!("invalid_format"), json!("url"))
+        );
+        assert_eq!(
+            refused("GET", "/api/v1/webhooks/crm", Value::Null).await,
+            (403, json!("insufficient_scope"), json!("Authorization")),
+            "reading takes webhooks:read"
+        );
     }
 
     #[tokio::test]

@@ -6,6 +6,7 @@ use percent_encoding::percent_decode_str;
 
 const USERS_PATH: &str = "/api/v1/users";
 const AUDIENCES_PATH: &str = "/api/v1/audiences";
+const WEBHOOKS_PATH: &str = "/api/v1/webhooks";
 /// `POST /api/v1/users/batch`; other methods on this path read or erase user `batch`.
 const BATCH: &str = "batch";
 
@@ -26,6 +27,12 @@ pub enum Route {
     AudienceMembers(String),
     /// `GET /api/v1/users/{id}/audiences`.
     UserAudiences(String),
+    ListWebhooks,
+    PutWebhook(String),
+    GetWebhook(String),
+    DeleteWebhook(String),
+    /// `POST /api/v1/webhooks/{id}/rotate-secret`.
+    RotateWebhookSecret(String),
 }
 
 /// One path segment, percent-decoded: not empty, no `/`.
@@ -62,6 +69,9 @@ impl Route {
         }
         if let Some(rest) = path.strip_prefix(AUDIENCES_PATH) {
             return Self::audiences(method, rest);
+        }
+        if let Some(rest) = path.strip_prefix(WEBHOOKS_PATH) {
+            return Self::webhooks(method, rest);
         }
         let rest = path.strip_prefix(USERS_PATH).ok_or(RouteError::NotFound)?;
         if let Some(user) = rest
@@ -125,6 +135,33 @@ impl Route {
         }
     }
 
+    /// `/api/v1/webhooks`, `…/{id}`, `…/{id}/rotate-secret`.
+    fn webhooks(method: &Method, rest: &str) -> Result<Route, RouteError> {
+        if matches!(rest, "" | "/") {
+            return match *method {
+                Method::GET => Ok(Route::ListWebhooks),
+                _ => Err(RouteError::MethodNotAllowed { allow: "GET" }),
+            };
+        }
+        let rest = rest.strip_prefix('/').ok_or(RouteError::NotFound)?;
+        if let Some(webhook) = rest.strip_suffix("/rotate-secret") {
+            let id = decoded(webhook).ok_or(RouteError::NotFound)?;
+            return match *method {
+                Method::POST => Ok(Route::RotateWebhookSecret(id)),
+                _ => Err(RouteError::MethodNotAllowed { allow: "POST" }),
+            };
+        }
+        let id = decoded(rest).ok_or(RouteError::NotFound)?;
+        match *method {
+            Method::PUT => Ok(Route::PutWebhook(id)),
+            Method::GET => Ok(Route::GetWebhook(id)),
+            Method::DELETE => Ok(Route::DeleteWebhook(id)),
+            _ => Err(RouteError::MethodNotAllowed {
+                allow: "GET, PUT, DELETE",
+            }),
+        }
+    }
+
     pub fn scope(&self) -> Scope {
         match self {
             Route::Upsert | Route::Batch => Scope::UsersWrite,
@@ -136,6 +173,10 @@ impl Route {
             }
             Route::FindByEmail => Scope::UsersReadPii,
             Route::DeleteUser(_) => Scope::UsersDelete,
+            Route::PutWebhook(_) | Route::DeleteWebhook(_) | Route::RotateWebhookSecret(_) => {
+                Scope::WebhooksWrite
+            }
+            Route::ListWebhooks | Route::GetWebhook(_) => Scope::WebhooksRead,
         }
     }
 
@@ -154,6 +195,11 @@ impl Route {
             Route::DeleteAudience(_) => "DELETE /api/v1/audiences/{id}",
             Route::AudienceMembers(_) => "GET /api/v1/audiences/{id}/members",
             Route::UserAudiences(_) => "GET /api/v1/users/{id}/audiences",
+            Route::ListWebhooks => "GET /api/v1/webhooks",
+            Route::PutWebhook(_) => "PUT /api/v1/webhooks/{id}",
+            Route::GetWebhook(_) => "GET /api/v1/webhooks/{id}",
+            Route::DeleteWebhook(_) => "DELETE /api/v1/webhooks/{id}",
+            Route::RotateWebhookSecret(_) => "POST /api/v1/webhooks/{id}/rotate-secret",
         }
     }
 }
@@ -243,7 +289,46 @@ mod tests {
                 allow: "GET, PUT, DELETE"
             })
         );
+        let webhooks = [
+            (Method::GET, "/api/v1/webhooks", Route::ListWebhooks),
+            (
+                Method::PUT,
+                "/api/v1/webhooks/crm",
+                Route::PutWebhook("crm".into()),
+            ),
+            (
+                Method::GET,
+                "/api/v1/webhooks/c%20rm",
+                Route::GetWebhook("c rm".into()),
+            ),
+            (
+                Method::DELETE,
+                "/api/v1/webhooks/crm",
+                Route::DeleteWebhook("crm".into()),
+            ),
+            (
+                Method::POST,
+                "/api/v1/webhooks/crm/rotate-secret",
+                Route::RotateWebhookSecret("crm".into()),
+            ),
+        ];
+        for (method, path, route) in webhooks {
+            assert_eq!(Route::of(&method, path), Ok(route), "{method} {path}");
+        }
+        assert_eq!(
+            Route::of(&Method::GET, "/api/v1/webhooks/crm/rotate-secret"),
+            Err(RouteError::MethodNotAllowed { allow: "POST" })
+        );
+        assert_eq!(
+            Route::of(&Method::POST, "/api/v1/webhooks/crm"),
+            Err(RouteError::MethodNotAllowed {
+                allow: "GET, PUT, DELETE"
+            })
+        );
         for path in [
+            "/api/v1/webhooksx",
+            "/api/v1/webhooks/a/b",
+            "/api/v1/webhooks//rotate-secret",
             "/api/v1/audiences/a/b",
             "/api/v1/audiences//members",
             "/api/v1/users//audiences",

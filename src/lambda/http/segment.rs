@@ -7,7 +7,7 @@ use super::{Api, ApiError, Route, Trace};
 use crate::app::accept::{Accepted, Checked, Write};
 use crate::app::ports::{
     ApiKeys, Audiences, BuildQueue, Counters, IdempotencyKeys, Memberships, PortError, UpsertQueue,
-    Users,
+    Users, Webhooks,
 };
 use crate::contract::{
     body_write_key, checked_body, decoded_body, decoded_within, parse_segment_batch,
@@ -22,7 +22,7 @@ use std::borrow::Cow;
 /// in a header.
 type ReadForKey<'b> = Option<Cow<'b, [u8]>>;
 
-impl<K, I, Q, C, U, S, B> Api<K, I, Q, C, U, S, B>
+impl<K, I, Q, C, U, S, B, W> Api<K, I, Q, C, U, S, B, W>
 where
     K: ApiKeys,
     I: IdempotencyKeys,
@@ -31,6 +31,7 @@ where
     U: Users,
     S: Audiences + Memberships,
     B: BuildQueue,
+    W: Webhooks,
 {
     /// Segment's routes: a library's key, then the messages as a batch of upserts (no
     /// Idempotency-Key: a library's retry applies the same values again, which changes

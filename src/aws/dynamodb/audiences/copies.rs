@@ -273,7 +273,7 @@ impl AudienceStore {
             for definition in chunk {
                 items.push(self.copy_put(workspace_id, copy, definition)?);
             }
-            if !self.transact(items).await? {
+            if !super::transact(&self.client, items).await? {
                 return Ok(());
             }
         }

@@ -303,16 +303,18 @@ impl AudienceStore {
                 .set_item(Some(entry.clone()))
                 .condition_expression(flips)
                 .set_expression_attribute_values(Some(values.clone()));
-            let flipped = self
-                .transact(vec![
+            let flipped = transact(
+                &self.client,
+                vec![
                     TransactWriteItem::builder()
                         .put(built(flip.build())?)
                         .build(),
                     TransactWriteItem::builder()
                         .update(built(count.clone().build())?)
                         .build(),
-                ])
-                .await?;
+                ],
+            )
+            .await?;
             if flipped {
                 return Ok(());
             }

@@ -22,8 +22,8 @@ mod memberships;
 use items::{audience_from_item, count_key, due_shard, flag, state_from_item, state_item};
 
 use super::{
-    batch_get_consistent, condition, get_n, get_s, n, s, user_shard, workspace_key, Condition,
-    Item, MAX_BATCH_GET, PARTITION_KEY, TTL_ATTRIBUTE,
+    batch_get_consistent, built, condition, get_n, get_s, n, s, transact, user_shard,
+    workspace_key, Condition, Item, MAX_BATCH_GET, PARTITION_KEY, TTL_ATTRIBUTE,
 };
 use crate::app::ports::{
     Audience, Audiences, BuildRecord, BuildStep, Definitions, Memberships, PortError, Standing,
@@ -32,8 +32,6 @@ use crate::app::ports::{
 use crate::contract::parse_rule;
 use crate::domain::audience::MembershipEvent;
 use crate::domain::membership::GONE_KEPT_SECS;
-use aws_sdk_dynamodb::error::SdkError;
-use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
 use aws_sdk_dynamodb::types::{
     AttributeValue, Delete, Put, ReturnValuesOnConditionCheckFailure, Select, TransactWriteItem,
     Update,
@@ -99,47 +97,6 @@ impl AudienceStore {
             (PARTITION_KEY.to_owned(), s(pk)),
             (SORT_KEY.to_owned(), s(sk)),
         ])
-    }
-
-    /// Runs a transaction; `false` when a condition failed or another transaction
-    /// held an item (both mean: read again).
-    async fn transact(&self, items: Vec<TransactWriteItem>) -> Result<bool, PortError> {
-        let result = self
-            .client
-            .transact_write_items()
-            .set_transact_items(Some(items))
-            .send()
-            .await;
-        match result {
-            Ok(_) => Ok(true),
-            Err(SdkError::ServiceError(failure)) => {
-                let status = failure.raw().status().as_u16();
-                match failure.into_err() {
-                    TransactWriteItemsError::TransactionCanceledException(canceled) => {
-                        let refusal = canceled
-                            .cancellation_reasons()
-                            .iter()
-                            .filter_map(|reason| reason.code())
-                            .find(|code| {
-                                !matches!(
-                                    *code,
-                                    "None" | "ConditionalCheckFailed" | "TransactionConflict"
-                                )
-                            });
-                        match refusal {
-                            // Throttled: worth retrying, as any throttled call.
-                            Some(code @ ("ThrottlingError" | "ProvisionedThroughputExceeded")) => {
-                                Err(PortError::Unavailable(code.to_owned()))
-                            }
-                            Some(code) => Err(PortError::Refused(code.to_owned())),
-                            None => Ok(false),
-                        }
-                    }
-                    other => Err(crate::aws::service_error(&other, status)),
-                }
-            }
-            Err(err) => Err(err.into()),
-        }
     }
 
     fn progress_pk(workspace_id: &str, audience_id: &str) -> String {
@@ -266,10 +223,6 @@ impl AudienceStore {
     }
 }
 
-fn built<T>(result: Result<T, aws_sdk_dynamodb::error::BuildError>) -> Result<T, PortError> {
-    result.map_err(|_| PortError::Refused("request not built".into()))
-}
-
 fn negative_count() -> PortError {
     PortError::Refused("negative member count".into())
 }
@@ -351,7 +304,7 @@ impl Audiences for AudienceStore {
                     .build(),
             );
         }
-        self.transact(items).await
+        transact(&self.client, items).await
     }
 
     async fn delete(
@@ -375,7 +328,7 @@ impl Audiences for AudienceStore {
                     .build(),
             );
         }
-        self.transact(items).await
+        transact(&self.client, items).await
     }
 
     async fn record_build(

@@ -1,0 +1,186 @@
+//! Webhooks (contract, "Webhooks"): the endpoints a workspace subscribes, the api's
+//! side. Delivery is built in the steps of `docs/webhooks.md` §7.
+
+use super::ports::{Counters, Endpoint, PortError, Stored, Webhooks};
+use super::rate_limit::RateLimiter;
+use super::{AppError, Caller};
+use crate::contract::{Page, Paged, RequestError, WebhookDefinition};
+use crate::domain::webhook::{
+    is_webhook_id, secret_from, Secret, MAX_WEBHOOKS, PREVIOUS_SECRET_SIGNS_FOR, SECRET_BYTES,
+};
+use std::sync::Arc;
+
+/// Where a new secret's random bytes come from: the OS's generator in the function, a
+/// script in tests.
+pub type Random = Arc<dyn Fn() -> Result<[u8; SECRET_BYTES], PortError> + Send + Sync>;
+
+/// The operating system's generator.
+pub fn os_random() -> Random {
+    Arc::new(|| {
+        use rand::TryRngCore;
+        let mut bytes = [0; SECRET_BYTES];
+        rand::rngs::OsRng
+            .try_fill_bytes(&mut bytes)
+            .map_err(|_| PortError::Unavailable("no random bytes".into()))?;
+        Ok(bytes)
+    })
+}
+
+/// What a `PUT` did: the endpoint, and whether it is new (then its secret is shown).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Subscribed {
+    pub endpoint: Endpoint,
+    pub created: bool,
+}
+
+/// A page of the workspace's endpoints, and the cursor of the next.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EndpointsPage {
+    pub endpoints: Vec<Endpoint>,
+    pub next_cursor: Option<String>,
+}
+
+/// The api's webhook calls.
+pub struct Subscriptions<W, C> {
+    store: W,
+    limiter: Arc<RateLimiter<C>>,
+    random: Random,
+}
+
+impl<W: Webhooks, C: Counters> Subscriptions<W, C> {
+    /// Secrets from the OS's generator.
+    pub fn new(store: W, limiter: Arc<RateLimiter<C>>) -> Self {
+        Self::with_random(store, limiter, os_random())
+    }
+
+    pub fn with_random(store: W, limiter: Arc<RateLimiter<C>>, random: Random) -> Self {
+        Self {
+            store,
+            limiter,
+            random,
+        }
+    }
+
+    /// Creates an endpoint (with a new secret) or replaces one's settings (its secrets
+    /// kept). `reads_pii`: whether the caller's key may read profiles, which
+    /// `"include": ["profile"]` sends.
+    pub async fn put(
+        &self,
+        caller: &Caller,
+        webhook_id: &str,
+        definition: Result<WebhookDefinition, RequestError>,
+        reads_pii: bool,
+        now_ms: i64,
+    ) -> Result<Subscribed, AppError> {
+        self.limiter.admit(caller, now_ms, 1).await?;
+        if !is_webhook_id(webhook_id) {
+            return Err(RequestError::InvalidWebhookId.into());
+        }
+        let definition = definition?;
+        if definition.include_profile && !reads_pii {
+            return Err(AppError::ProfileNeedsPiiScope);
+        }
+        let endpoint = Endpoint {
+            webhook_id: webhook_id.to_owned(),
+            url: definition.url.into(),
+            events: definition.events,
+            audiences: definition.audiences,
+            include_profile: definition.include_profile,
+            secret: Secret(self.new_secret()?),
+            previous_secret: None,
+            created_at: now_ms,
+            updated_at: now_ms,
+        };
+        match self
+            .store
+            .put(&caller.workspace_id, &endpoint, MAX_WEBHOOKS)
+            .await?
+        {
+            Stored::Created => Ok(Subscribed {
+                endpoint,
+                created: true,
+            }),
+            Stored::Replaced(endpoint) => Ok(Subscribed {
+                endpoint,
+                created: false,
+            }),
+            Stored::Full => Err(AppError::TooManyWebhooks),
+        }
+    }
+
+    pub async fn get(
+        &self,
+        caller: &Caller,
+        webhook_id: &str,
+        now_ms: i64,
+    ) -> Result<Endpoint, AppError> {
+        self.admit(caller, webhook_id, now_ms).await?;
+        self.store
+            .endpoint(&caller.workspace_id, webhook_id)
+            .await?
+            .ok_or(AppError::WebhookNotFound)
+    }
+
+    /// The workspace's endpoints by id, a page at a time.
+    pub async fn list(
+        &self,
+        caller: &Caller,
+        page: Result<Page, RequestError>,
+        now_ms: i64,
+    ) -> Result<EndpointsPage, AppError> {
+        self.limiter.admit(caller, now_ms, 1).await?;
+        let page = page?;
+        let all = self.store.endpoints(&caller.workspace_id).await?;
+        let (endpoints, next_cursor) = page.cut(all, |e| &e.webhook_id, Paged::Webhooks);
+        Ok(EndpointsPage {
+            endpoints,
+            next_cursor,
+        })
+    }
+
+    /// Gives an endpoint a new secret; the current one signs for
+    /// [`PREVIOUS_SECRET_SIGNS_FOR`] more.
+    pub async fn rotate(
+        &self,
+        caller: &Caller,
+        webhook_id: &str,
+        now_ms: i64,
+    ) -> Result<Endpoint, AppError> {
+        self.admit(caller, webhook_id, now_ms).await?;
+        let secret = self.new_secret()?;
+        let previous_until = now_ms + PREVIOUS_SECRET_SIGNS_FOR.as_millis() as i64;
+        self.store
+            .rotate(&caller.workspace_id, webhook_id, &secret, previous_until)
+            .await?
+            .ok_or(AppError::WebhookNotFound)
+    }
+
+    /// Deletes an endpoint; deleting one that is not there is done already.
+    pub async fn delete(
+        &self,
+        caller: &Caller,
+        webhook_id: &str,
+        now_ms: i64,
+    ) -> Result<(), AppError> {
+        self.admit(caller, webhook_id, now_ms).await?;
+        self.store.delete(&caller.workspace_id, webhook_id).await?;
+        Ok(())
+    }
+
+    /// The rate check, then an id no endpoint can have is one that is not there.
+    async fn admit(&self, caller: &Caller, webhook_id: &str, now_ms: i64) -> Result<(), AppError> {
+        self.limiter.admit(caller, now_ms, 1).await?;
+        if !is_webhook_id(webhook_id) {
+            return Err(AppError::WebhookNotFound);
+        }
+        Ok(())
+    }
+
+    fn new_secret(&self) -> Result<String, PortError> {
+        Ok(secret_from(&(self.random)()?))
+    }
+}
+
+#[cfg(test)]
+#[path = "webhooks_tests.rs"]
+mod tests;

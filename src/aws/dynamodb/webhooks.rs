@@ -1,0 +1,319 @@
+//! The webhooks table (`docs/webhooks.md` §5): a workspace's endpoints, `pk` =
+//! `w#<workspace>`, `sk` = `e#<webhook id>`, and their count, `sk` = `#count`, moved in
+//! the same transaction as an endpoint created or deleted, so that the most a workspace
+//! may have holds under concurrent `PUT`s.
+
+use super::{built, condition, get_n, get_s, n, s, transact_once, Item, Transacted, PARTITION_KEY};
+use crate::app::ports::{Endpoint, PortError, Stored, Webhooks};
+use crate::domain::webhook::{EventType, Secret};
+use aws_sdk_dynamodb::config::http::HttpResponse;
+use aws_sdk_dynamodb::error::SdkError;
+use aws_sdk_dynamodb::operation::update_item::{UpdateItemError, UpdateItemOutput};
+use aws_sdk_dynamodb::types::builders::UpdateBuilder;
+use aws_sdk_dynamodb::types::{
+    AttributeValue, Delete, Put, ReturnValue, TransactWriteItem, Update,
+};
+use aws_sdk_dynamodb::Client;
+use std::collections::BTreeSet;
+
+const SORT_KEY: &str = "sk";
+/// The workspace's endpoint count's item (endpoint items start with `e#`).
+const COUNT: &str = "#count";
+const ENDPOINT_PREFIX: &str = "e#";
+/// Tries of a `PUT` or `DELETE` whose endpoint, or whose workspace's count, another
+/// request writes meanwhile (then 503 with `Retry-After`).
+const PUT_ATTEMPTS: usize = 5;
+
+#[derive(Clone)]
+pub struct WebhookStore {
+    client: Client,
+    table: String,
+}
+
+impl WebhookStore {
+    pub fn new(client: Client, table: &str) -> Self {
+        Self {
+            client,
+            table: table.to_owned(),
+        }
+    }
+
+    fn workspace_pk(workspace_id: &str) -> String {
+        format!("w#{workspace_id}")
+    }
+
+    fn key(workspace_id: &str, sk: String) -> Item {
+        Item::from([
+            (
+                PARTITION_KEY.to_owned(),
+                s(Self::workspace_pk(workspace_id)),
+            ),
+            (SORT_KEY.to_owned(), s(sk)),
+        ])
+    }
+
+    fn endpoint_key(workspace_id: &str, webhook_id: &str) -> Item {
+        Self::key(workspace_id, format!("{ENDPOINT_PREFIX}{webhook_id}"))
+    }
+
+    /// Replaces the settings of an endpoint that is there; `None` if none is.
+    async fn replace(
+        &self,
+        workspace_id: &str,
+        endpoint: &Endpoint,
+    ) -> Result<Option<Endpoint>, PortError> {
+        let mut update = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(Self::endpoint_key(workspace_id, &endpoint.webhook_id)))
+            .condition_expression("attribute_exists(pk)")
+            .expression_attribute_values(":url", s(&endpoint.url))
+            .expression_attribute_values(":events", events_attribute(&endpoint.events))
+            .expression_attribute_values(":include", AttributeValue::Bool(endpoint.include_profile))
+            .expression_attribute_values(":at", n(endpoint.updated_at))
+            .return_values(ReturnValue::AllNew);
+        let expression = match &endpoint.audiences {
+            Some(audiences) => {
+                update = update.expression_attribute_values(":audiences", list(audiences));
+                "SET #url = :url, events = :events, include_profile = :include, updated_at = :at, audiences = :audiences"
+            }
+            None => "SET #url = :url, events = :events, include_profile = :include, updated_at = :at REMOVE audiences",
+        };
+        updated(
+            update
+                .update_expression(expression)
+                .expression_attribute_names("#url", "url")
+                .send()
+                .await,
+        )
+    }
+
+    /// Creates an endpoint and counts it, if the workspace has fewer than `most` (the
+    /// count's condition, item 1) and the endpoint is not there (item 0: created by a
+    /// concurrent `PUT`).
+    async fn create(
+        &self,
+        workspace_id: &str,
+        endpoint: &Endpoint,
+        most: usize,
+    ) -> Result<Transacted, PortError> {
+        let put = built(
+            Put::builder()
+                .table_name(&self.table)
+                .set_item(Some(endpoint_item(workspace_id, endpoint)))
+                .condition_expression("attribute_not_exists(pk)")
+                .build(),
+        )?;
+        let count = self
+            .count(workspace_id, 1)
+            .condition_expression("attribute_not_exists(endpoints) OR endpoints < :most")
+            .expression_attribute_values(":most", n(most));
+        let items = vec![
+            TransactWriteItem::builder().put(put).build(),
+            TransactWriteItem::builder()
+                .update(built(count.build())?)
+                .build(),
+        ];
+        transact_once(&self.client, items).await
+    }
+
+    /// The workspace's endpoint count moved by `by`, in an endpoint's transaction.
+    fn count(&self, workspace_id: &str, by: i64) -> UpdateBuilder {
+        Update::builder()
+            .table_name(&self.table)
+            .set_key(Some(Self::key(workspace_id, COUNT.to_owned())))
+            .update_expression("ADD endpoints :by")
+            .expression_attribute_values(":by", n(by))
+    }
+}
+
+/// An endpoint update's result: the endpoint as it is now, or `None` when its
+/// condition (that the endpoint is there) failed.
+fn updated(
+    result: Result<UpdateItemOutput, SdkError<UpdateItemError, HttpResponse>>,
+) -> Result<Option<Endpoint>, PortError> {
+    match result {
+        Ok(out) => Ok(out.attributes.as_ref().and_then(endpoint_from_item)),
+        Err(err) => condition(Err::<(), _>(err)).map(|_| None),
+    }
+}
+
+fn list(ids: &BTreeSet<String>) -> AttributeValue {
+    AttributeValue::L(ids.iter().map(s).collect())
+}
+
+fn events_attribute(events: &BTreeSet<EventType>) -> AttributeValue {
+    AttributeValue::L(events.iter().map(|event| s(event.as_str())).collect())
+}
+
+fn endpoint_item(workspace_id: &str, endpoint: &Endpoint) -> Item {
+    let mut item = WebhookStore::endpoint_key(workspace_id, &endpoint.webhook_id);
+    item.extend([
+        ("url".to_owned(), s(&endpoint.url)),
+        ("events".to_owned(), events_attribute(&endpoint.events)),
+        (
+            "include_profile".to_owned(),
+            AttributeValue::Bool(endpoint.include_profile),
+        ),
+        ("secret".to_owned(), s(&endpoint.secret.0)),
+        ("created_at".to_owned(), n(endpoint.created_at)),
+        ("updated_at".to_owned(), n(endpoint.updated_at)),
+    ]);
+    if let Some(audiences) = &endpoint.audiences {
+        item.insert("audiences".to_owned(), list(audiences));
+    }
+    if let Some((secret, until)) = &endpoint.previous_secret {
+        item.insert("previous_secret".to_owned(), s(&secret.0));
+        item.insert("previous_until".to_owned(), n(until));
+    }
+    item
+}
+
+/// Strings of a list attribute (anything else in it skipped).
+fn strings<'a>(item: &'a Item, name: &str) -> Option<impl Iterator<Item = &'a str> + 'a> {
+    let values = item.get(name)?.as_l().ok()?;
+    Some(
+        values
+            .iter()
+            .filter_map(|v| v.as_s().ok())
+            .map(String::as_str),
+    )
+}
+
+fn endpoint_from_item(item: &Item) -> Option<Endpoint> {
+    let previous_secret = get_s(item, "previous_secret")
+        .zip(get_n(item, "previous_until"))
+        .map(|(secret, until)| (Secret(secret.to_owned()), until));
+    Some(Endpoint {
+        webhook_id: get_s(item, SORT_KEY)?
+            .strip_prefix(ENDPOINT_PREFIX)?
+            .to_owned(),
+        url: get_s(item, "url")?.to_owned(),
+        events: strings(item, "events")?
+            .filter_map(EventType::parse)
+            .collect(),
+        audiences: strings(item, "audiences").map(|ids| ids.map(str::to_owned).collect()),
+        include_profile: item
+            .get("include_profile")
+            .and_then(|v| v.as_bool().ok())
+            .copied()
+            .unwrap_or(false),
+        secret: Secret(get_s(item, "secret")?.to_owned()),
+        previous_secret,
+        created_at: get_n(item, "created_at")?,
+        updated_at: get_n(item, "updated_at")?,
+    })
+}
+
+impl Webhooks for WebhookStore {
+    async fn endpoints(&self, workspace_id: &str) -> Result<Vec<Endpoint>, PortError> {
+        let mut endpoints = Vec::new();
+        let mut start = None;
+        loop {
+            let out = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .key_condition_expression("pk = :pk AND begins_with(sk, :endpoints)")
+                .expression_attribute_values(":pk", s(Self::workspace_pk(workspace_id)))
+                .expression_attribute_values(":endpoints", s(ENDPOINT_PREFIX))
+                .consistent_read(true)
+                .set_exclusive_start_key(start)
+                .send()
+                .await?;
+            endpoints.extend(out.items().iter().filter_map(endpoint_from_item));
+            match out.last_evaluated_key {
+                Some(key) => start = Some(key),
+                None => return Ok(endpoints),
+            }
+        }
+    }
+
+    async fn endpoint(
+        &self,
+        workspace_id: &str,
+        webhook_id: &str,
+    ) -> Result<Option<Endpoint>, PortError> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .set_key(Some(Self::endpoint_key(workspace_id, webhook_id)))
+            .consistent_read(true)
+            .send()
+            .await?;
+        Ok(out.item.as_ref().and_then(endpoint_from_item))
+    }
+
+    async fn put(
+        &self,
+        workspace_id: &str,
+        endpoint: &Endpoint,
+        most: usize,
+    ) -> Result<Stored, PortError> {
+        for _ in 0..PUT_ATTEMPTS {
+            if let Some(now) = self.replace(workspace_id, endpoint).await? {
+                return Ok(Stored::Replaced(now));
+            }
+            match self.create(workspace_id, endpoint, most).await? {
+                Transacted::Done => return Ok(Stored::Created),
+                // Created meanwhile by another request: replaced on the next round.
+                Transacted::ConditionFailed(failed) if failed.contains(&0) => {}
+                Transacted::ConditionFailed(_) => return Ok(Stored::Full),
+                // Another create or delete held the count: nothing failed, again.
+                Transacted::Conflict => {}
+            }
+        }
+        Err(PortError::Unavailable("endpoint kept changing".into()))
+    }
+
+    async fn rotate(
+        &self,
+        workspace_id: &str,
+        webhook_id: &str,
+        secret: &str,
+        previous_until: i64,
+    ) -> Result<Option<Endpoint>, PortError> {
+        let update = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(Self::endpoint_key(workspace_id, webhook_id)))
+            .condition_expression("attribute_exists(pk)")
+            .update_expression(
+                "SET previous_secret = secret, previous_until = :until, secret = :secret",
+            )
+            .expression_attribute_values(":until", n(previous_until))
+            .expression_attribute_values(":secret", s(secret))
+            .return_values(ReturnValue::AllNew);
+        updated(update.send().await)
+    }
+
+    async fn delete(&self, workspace_id: &str, webhook_id: &str) -> Result<bool, PortError> {
+        for _ in 0..PUT_ATTEMPTS {
+            let delete = built(
+                Delete::builder()
+                    .table_name(&self.table)
+                    .set_key(Some(Self::endpoint_key(workspace_id, webhook_id)))
+                    .condition_expression("attribute_exists(pk)")
+                    .build(),
+            )?;
+            let count = self.count(workspace_id, -1);
+            let items = vec![
+                TransactWriteItem::builder().delete(delete).build(),
+                TransactWriteItem::builder()
+                    .update(built(count.build())?)
+                    .build(),
+            ];
+            match transact_once(&self.client, items).await? {
+                Transacted::Done => return Ok(true),
+                // Not there: nothing to delete, nothing to count.
+                Transacted::ConditionFailed(_) => return Ok(false),
+                // Another create or delete held the count: again.
+                Transacted::Conflict => {}
+            }
+        }
+        Err(PortError::Unavailable("endpoint kept changing".into()))
+    }
+}

@@ -1,0 +1,319 @@
+//! Webhook endpoints against the local stack (`docs/webhooks.md` §7, step 2): created
+//! with a secret shown once, replaced keeping it, rotated, listed, deleted, at most 20
+//! per workspace under concurrent `PUT`s, and every refusal a clear answer. Delivery is
+//! not built yet.
+
+use crate::support::{error_of, Stack, ALL_SCOPES};
+use aws_sdk_dynamodb::types::AttributeValue;
+use futures::future::join_all;
+use reqwest::{Method, Response};
+use serde_json::{json, Value};
+use vibefollow_users::domain::auth::Scope;
+
+impl Stack {
+    async fn put_webhook(&self, key: &str, id: &str, body: &Value) -> Response {
+        self.request(Method::PUT, &format!("/api/v1/webhooks/{id}"), Some(key))
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .send()
+            .await
+            .expect("PUT webhook")
+    }
+
+    async fn webhook_call(&self, method: Method, key: &str, path: &str) -> (u16, Value) {
+        let response = self
+            .request(method, path, Some(key))
+            .send()
+            .await
+            .expect("webhook call");
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    /// An endpoint's secrets as stored: the current one and the previous one.
+    async fn stored_secrets(&self, id: &str) -> (Option<String>, Option<String>) {
+        let item = self
+            .dynamodb
+            .get_item()
+            .table_name(&self.resources.webhooks_table)
+            .key("pk", AttributeValue::S(format!("w#{}", self.workspace)))
+            .key("sk", AttributeValue::S(format!("e#{id}")))
+            .consistent_read(true)
+            .send()
+            .await
+            .expect("read endpoint")
+            .item
+            .unwrap_or_default();
+        let text = |name: &str| item.get(name).and_then(|v| v.as_s().ok()).cloned();
+        (text("secret"), text("previous_secret"))
+    }
+}
+
+fn hook(url: &str) -> Value {
+    json!({"url": url, "events": ["audience.entered", "user.changed"]})
+}
+
+#[tokio::test]
+#[ignore = "needs the local stack: run `make test`"]
+async fn an_endpoint_is_created_with_a_secret_shown_once_replaced_rotated_and_deleted() {
+    let stack = Stack::new().await;
+    let key = stack.key(&ALL_SCOPES).await;
+    let created = stack
+        .put_webhook(&key, "crm", &hook("https://hooks.example.com/a"))
+        .await;
+    assert_eq!(created.status(), 201);
+    let data = created.json::<Value>().await.unwrap()["data"].clone();
+    let secret = data["secret"]
+        .as_str()
+        .expect("secret on creation")
+        .to_owned();
+    assert!(
+        secret.starts_with("whsec_") && secret.len() == 6 + 44,
+        "{secret}"
+    );
+    assert_eq!(data["events"], json!(["user.changed", "audience.entered"]));
+    assert_eq!(
+        (data["status"].as_str(), data["audiences"].is_null()),
+        (Some("enabled"), true)
+    );
+
+    let replaced = stack
+        .put_webhook(&key, "crm", &json!({"url": "https://hooks.example.com/b", "events": ["user.deleted"], "audiences": ["trials"]}))
+        .await;
+    assert_eq!(replaced.status(), 200);
+    let data = replaced.json::<Value>().await.unwrap()["data"].clone();
+    assert!(
+        data.get("secret").is_none(),
+        "a replacement shows no secret: {data}"
+    );
+    assert_eq!(
+        (data["url"].as_str(), data["audiences"].clone()),
+        (Some("https://hooks.example.com/b"), json!(["trials"]))
+    );
+    assert_eq!(
+        stack.stored_secrets("crm").await,
+        (Some(secret.clone()), None),
+        "the secret is kept"
+    );
+
+    let (status, read) = stack
+        .webhook_call(Method::GET, &key, "/api/v1/webhooks/crm")
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(read["data"], data, "GET shows what PUT answered");
+
+    let (status, rotated) = stack
+        .webhook_call(Method::POST, &key, "/api/v1/webhooks/crm/rotate-secret")
+        .await;
+    assert_eq!(status, 200, "{rotated}");
+    let new_secret = rotated["data"]["secret"].as_str().unwrap().to_owned();
+    assert_ne!(new_secret, secret);
+    assert!(rotated["data"]["previous_secret_expires_at"].is_string());
+    assert_eq!(
+        stack.stored_secrets("crm").await,
+        (Some(new_secret), Some(secret))
+    );
+
+    let (status, _) = stack
+        .webhook_call(Method::DELETE, &key, "/api/v1/webhooks/crm")
+        .await;
+    assert_eq!(status, 202);
+    let (status, _) = stack
+        .webhook_call(Method::DELETE, &key, "/api/v1/webhooks/crm")
+        .await;
+    assert_eq!(status, 202, "deleting what is not there is done");
+    let (status, body) = stack
+        .webhook_call(Method::GET, &key, "/api/v1/webhooks/crm")
+        .await;
+    assert_eq!(
+        (status, body["errors"][0]["field"].as_str()),
+        (404, Some("webhook_id"))
+    );
+    let (status, _) = stack
+        .webhook_call(Method::POST, &key, "/api/v1/webhooks/crm/rotate-secret")
+        .await;
+    assert_eq!(status, 404);
+}
+
+#[tokio::test]
+#[ignore = "needs the local stack: run `make test`"]
+async fn a_workspace_keeps_at_most_twenty_endpoints_under_concurrent_puts() {
+    let stack = Stack::new().await;
+    let key = stack.key_with_rate(&ALL_SCOPES, 10_000).await;
+    let puts = (0..25).map(|n| {
+        let (stack, key) = (&stack, &key);
+        async move {
+            stack
+                .put_webhook(
+                    key,
+                    &format!("e{n:02}"),
+                    &hook("https://hooks.example.com/"),
+                )
+                .await
+        }
+    });
+    let mut created = 0;
+    for response in join_all(puts).await {
+        match response.status().as_u16() {
+            201 => created += 1,
+            _ => {
+                let (status, codes, fields) = error_of(response).await;
+                assert_eq!(
+                    (status, codes, fields),
+                    (
+                        422,
+                        vec!["too_many".to_owned()],
+                        vec!["webhook_id".to_owned()]
+                    )
+                );
+            }
+        }
+    }
+    assert_eq!(created, 20);
+    let (status, page) = stack
+        .webhook_call(Method::GET, &key, "/api/v1/webhooks")
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(page["data"].as_array().map(Vec::len), Some(20));
+    assert_eq!(page["next_cursor"], Value::Null, "one page holds them all");
+    let (_, first) = stack
+        .webhook_call(Method::GET, &key, "/api/v1/webhooks?limit=15")
+        .await;
+    let cursor = first["next_cursor"]
+        .as_str()
+        .expect("a second page")
+        .to_owned();
+    let (_, second) = stack
+        .webhook_call(
+            Method::GET,
+            &key,
+            &format!("/api/v1/webhooks?limit=15&cursor={cursor}"),
+        )
+        .await;
+    assert_eq!(second["data"].as_array().map(Vec::len), Some(5));
+
+    let existing = page["data"][0]["webhook_id"].as_str().unwrap().to_owned();
+    let replaced = stack
+        .put_webhook(&key, &existing, &hook("https://hooks.example.com/x"))
+        .await;
+    assert_eq!(
+        replaced.status(),
+        200,
+        "replacing one at the most is no new one"
+    );
+    let (status, _) = stack
+        .webhook_call(
+            Method::DELETE,
+            &key,
+            &format!("/api/v1/webhooks/{existing}"),
+        )
+        .await;
+    assert_eq!(status, 202);
+    let again = stack
+        .put_webhook(&key, "one-more", &hook("https://hooks.example.com/"))
+        .await;
+    assert_eq!(again.status(), 201, "a delete frees its place");
+}
+
+#[tokio::test]
+#[ignore = "needs the local stack: run `make test`"]
+async fn refused_endpoints_and_keys_get_clear_answers() {
+    let stack = Stack::new().await;
+    let key = stack.key(&ALL_SCOPES).await;
+    let refusals = [
+        (
+            "crm",
+            hook("http://hooks.example.com/"),
+            422,
+            "invalid_format",
+            "url",
+        ),
+        (
+            "crm",
+            hook("https://169.254.169.254/latest/meta-data/"),
+            422,
+            "invalid_format",
+            "url",
+        ),
+        (
+            "crm",
+            hook("https://2852039166/"),
+            422,
+            "invalid_format",
+            "url",
+        ),
+        (
+            "crm",
+            hook("https://user:pw@hooks.example.com/"),
+            422,
+            "invalid_format",
+            "url",
+        ),
+        (
+            "crm",
+            json!({"url": "https://hooks.example.com/", "events": []}),
+            422,
+            "empty",
+            "events",
+        ),
+        (
+            "crm",
+            json!({"url": "https://hooks.example.com/", "events": ["user.created"]}),
+            422,
+            "invalid_format",
+            "events[0]",
+        ),
+        (
+            "not%20an%20id",
+            hook("https://hooks.example.com/"),
+            422,
+            "invalid_format",
+            "webhook_id",
+        ),
+    ];
+    for (id, body, status, code, field) in refusals {
+        let answer = error_of(stack.put_webhook(&key, id, &body).await).await;
+        assert_eq!(
+            answer,
+            (status, vec![code.to_owned()], vec![field.to_owned()]),
+            "{body}"
+        );
+    }
+    let profile = json!({"url": "https://hooks.example.com/", "events": ["user.changed"], "include": ["profile"]});
+    let without_pii = stack
+        .key(&[Scope::WebhooksWrite, Scope::WebhooksRead])
+        .await;
+    let answer = error_of(stack.put_webhook(&without_pii, "crm", &profile).await).await;
+    assert_eq!(
+        answer,
+        (
+            403,
+            vec!["insufficient_scope".to_owned()],
+            vec!["include".to_owned()]
+        )
+    );
+    assert_eq!(
+        stack.put_webhook(&key, "crm", &profile).await.status(),
+        201,
+        "with users:read_pii"
+    );
+    let reader = stack.key(&[Scope::WebhooksRead]).await;
+    let answer = error_of(
+        stack
+            .put_webhook(&reader, "crm", &hook("https://hooks.example.com/"))
+            .await,
+    )
+    .await;
+    assert_eq!(answer.0, 403);
+    let (status, read) = stack
+        .webhook_call(Method::GET, &reader, "/api/v1/webhooks/crm")
+        .await;
+    assert_eq!(
+        (status, read["data"]["include"].clone()),
+        (200, json!(["profile"]))
+    );
+    let (status, _) = stack
+        .webhook_call(Method::GET, &key, "/api/v1/webhooks/not%20an%20id")
+        .await;
+    assert_eq!(status, 404);
+}
