@@ -4,6 +4,7 @@
 //! - `domain` and `contract`: the rules, pure (no AWS, no I/O);
 //! - `app`: the use cases over small ports (`app::ports`);
 //! - `aws`: the adapters that implement the ports over DynamoDB, SQS, EventBridge;
+//!   `net`: the one to the customers' own endpoints (webhooks);
 //! - `lambda`: the edges that turn Lambda events into use-case calls and back.
 //!
 //! The function binaries only wire these together.
@@ -16,6 +17,7 @@ pub mod contract;
 pub mod domain;
 pub mod lambda;
 pub mod metrics;
+pub mod net;
 pub mod telemetry;
 
 // Re-exported so the function crates wire with the exact versions the library uses.
