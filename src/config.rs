@@ -3,6 +3,7 @@
 
 use crate::domain::auth::DEFAULT_RATE_LIMIT;
 use crate::domain::rate_limit::DEFAULT_SHARD_RATE;
+use crate::domain::webhook::Reach;
 
 /// Names of the resources the functions use.
 #[derive(Debug, Clone)]
@@ -53,6 +54,11 @@ pub struct Resources {
     pub due_settle_rate: f64,
     /// `WEBHOOKS_TABLE`: the webhook endpoints each workspace subscribes.
     pub webhooks_table: String,
+    /// `WEBHOOK_ALLOW_LOCAL` (optional; `true` only on the local stack, never in the
+    /// template, hence not in [`Resources::ENV_VARS`]): webhooks may target
+    /// `http://127.0.0.1` (a listener on the developer's machine). Private ranges stay
+    /// refused either way.
+    pub webhook_reach: Reach,
     /// `METRICS_NAMESPACE` (optional, default `VibeFollow/Users`): the CloudWatch
     /// namespace of the functions' embedded metrics, one per stack.
     pub metrics_namespace: String,
@@ -118,6 +124,10 @@ impl Resources {
             audience_time_queue_url: var("AUDIENCE_TIME_QUEUE_URL")?,
             audience_stream_failure_queue_url: var("AUDIENCE_STREAM_FAILURE_QUEUE_URL")?,
             webhooks_table: var("WEBHOOKS_TABLE")?,
+            webhook_reach: match var("WEBHOOK_ALLOW_LOCAL").as_deref() {
+                Ok("true") => Reach::PublicAndLoopback,
+                _ => Reach::Public,
+            },
             audience_tick_seconds: var("AUDIENCE_TICK_SECONDS")
                 .ok()
                 .and_then(|v| v.parse().ok())

@@ -139,6 +139,9 @@ class Stack:
             **({"RATE_LIMIT_SHARD_RATE": str(400 * THROUGHPUT_SCALE),
                 "DUE_SETTLE_RATE": str(400 * THROUGHPUT_SCALE)} if THROUGHPUT_SCALE else {}),
             "AWS_LAMBDA_LOG_LEVEL": self.log_level,
+            # Webhooks may point at a listener on this machine (http://127.0.0.1); the
+            # template never sets it (src/config.rs).
+            "WEBHOOK_ALLOW_LOCAL": "true",
         })
         if "EventSink" in names:
             env["VF_EVENT_SINK_URL"] = names["EventSink"]

@@ -94,6 +94,7 @@ pub(crate) mod samples {
             audience_tick_seconds: 60,
             due_settle_rate: 400.0,
             webhooks_table: "webhooks".into(),
+            webhook_reach: crate::domain::webhook::Reach::Public,
             metrics_namespace: "VibeFollow/test".into(),
         }
     }

@@ -316,4 +316,21 @@ async fn refused_endpoints_and_keys_get_clear_answers() {
         .webhook_call(Method::GET, &key, "/api/v1/webhooks/not%20an%20id")
         .await;
     assert_eq!(status, 404);
+    // The local stack's switch (WEBHOOK_ALLOW_LOCAL): a listener on this machine, by
+    // its literal address only.
+    let local = stack
+        .put_webhook(&key, "local", &hook("http://127.0.0.1:8080/hook"))
+        .await;
+    assert_eq!(local.status(), 201);
+    let by_name = stack
+        .put_webhook(&key, "local", &hook("http://localhost:8080/"))
+        .await;
+    assert_eq!(
+        error_of(by_name).await,
+        (
+            422,
+            vec!["invalid_format".to_owned()],
+            vec!["url".to_owned()]
+        )
+    );
 }

@@ -57,6 +57,8 @@ pub struct Api<K, I, Q, C, U, S, B, W> {
     read: Read<U, C>,
     curate: Curate<S, U, B, I, C>,
     subscriptions: Subscriptions<W, C>,
+    /// Where webhooks may point (`WEBHOOK_ALLOW_LOCAL`).
+    webhook_reach: Reach,
     default_rate_limit: u32,
     metrics_namespace: String,
 }
@@ -116,6 +118,7 @@ impl AwsApi {
                 WebhookStore::new(dynamodb, &resources.webhooks_table),
                 limiter,
             ),
+            webhook_reach: resources.webhook_reach,
             default_rate_limit: resources.default_rate_limit,
             metrics_namespace: resources.metrics_namespace.clone(),
         }
@@ -380,7 +383,7 @@ where
         Ok(match route {
             Route::PutWebhook(id) => {
                 let content_type = header(request.headers(), header::CONTENT_TYPE);
-                let parse = |body: &[u8]| parse_webhook(body, Reach::Public);
+                let parse = |body: &[u8]| parse_webhook(body, self.webhook_reach);
                 let definition =
                     checked_body(content_type, request.body().as_ref(), &UPSERT_BODY, parse);
                 let reads_pii = key.allows(Scope::UsersReadPii);
@@ -580,6 +583,7 @@ mod tests {
                 Arc::clone(&limiter),
             ),
             subscriptions: Subscriptions::new(MemoryWebhooks::default(), limiter),
+            webhook_reach: Reach::Public,
             default_rate_limit: 100,
             metrics_namespace: "VibeFollow/test".into(),
         };
