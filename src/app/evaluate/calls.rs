@@ -9,7 +9,7 @@ use super::*;
 use crate::app::Timer;
 use futures::channel::oneshot;
 use futures::future::{select, Either};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 /// How long a carry-out's events wait for others' to share their call, at most (a
@@ -22,7 +22,8 @@ type Refused = Vec<bool>;
 
 /// A carry-out's events waiting for their call, and where its answer goes.
 struct Waiting {
-    events: Vec<ChangeEvent>,
+    /// Shared with the carry-out, which puts them itself if their call is dropped.
+    events: Arc<[ChangeEvent]>,
     answer: oneshot::Sender<Refused>,
 }
 
@@ -77,12 +78,15 @@ impl SharedCalls {
         if events.is_empty() {
             return Vec::new();
         }
-        let own = events.clone();
+        let own: Arc<[ChangeEvent]> = events.into();
         let (answer, mut answered) = oneshot::channel();
         let leave_now = {
             let mut gathering = self.gathering();
-            gathering.entries += events.len();
-            gathering.waiting.push(Waiting { events, answer });
+            gathering.entries += own.len();
+            gathering.waiting.push(Waiting {
+                events: Arc::clone(&own),
+                answer,
+            });
             gathering.entries >= E::MAX_ENTRIES_PER_CALL || gathering.coming == 0
         };
         if !leave_now {
@@ -115,7 +119,7 @@ impl SharedCalls {
             gathering.entries = 0;
             std::mem::take(&mut gathering.waiting)
         };
-        let events: Vec<&ChangeEvent> = waiting.iter().flat_map(|w| &w.events).collect();
+        let events: Vec<&ChangeEvent> = waiting.iter().flat_map(|w| w.events.iter()).collect();
         let mut refused = put_in_calls(bus, &events).await.into_iter();
         for Waiting { events, answer } in waiting {
             // A carry-out that stopped waiting has nothing to hear.
