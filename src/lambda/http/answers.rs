@@ -4,7 +4,6 @@
 use super::router::RouteError;
 use crate::app::accept::Accepted;
 use crate::app::ports::PortError;
-use crate::app::ports::{Audience, Endpoint};
 use crate::app::read::Found;
 use crate::app::AppError;
 use crate::contract::{
@@ -12,7 +11,6 @@ use crate::contract::{
     Rejected, RequestError, MAX_ERRORS, MAX_ERROR_ANSWER_BYTES,
 };
 use crate::domain::auth::{CredentialError, Scope};
-use crate::domain::format_millis;
 use crate::domain::webhook::MAX_WEBHOOKS;
 use lambda_http::http::{header, HeaderValue, StatusCode};
 use lambda_http::{Body, Response};
@@ -396,58 +394,6 @@ pub fn success_response(success: Success, request_id: &str) -> Response<Body> {
             json_response(StatusCode::OK, body.to_string(), request_id)
         }
     }
-}
-
-/// An audience as reads show it (contract, "Audiences"); the list leaves the count out.
-pub fn audience_view(audience: Audience, members: Option<u64>) -> Value {
-    let mut shown = json!({
-        "audience_id": audience.audience_id,
-        "name": audience.name,
-        "rule": audience.rule_json,
-        "status": if audience.building.is_some() { "building" } else { "ready" },
-        "updated_at": format_millis(audience.updated_at),
-    });
-    if let Some(members) = members {
-        shown["members"] = json!(members);
-    }
-    if let Some(scanned) = audience.building {
-        shown["build"] = json!({ "scanned": scanned });
-    }
-    shown
-}
-
-/// A webhook endpoint as the api shows it: never its secrets, which
-/// [`webhook_with_secret`] shows on creation and rotation only.
-pub fn webhook_view(endpoint: &Endpoint) -> Value {
-    json!({
-        "webhook_id": endpoint.webhook_id,
-        "url": endpoint.url,
-        "events": endpoint.events.iter().map(|e| e.as_str()).collect::<Vec<_>>(),
-        "audiences": endpoint.audiences,
-        "include": if endpoint.include_profile { vec!["profile"] } else { vec![] },
-        "status": "enabled",
-        "created_at": format_millis(endpoint.created_at),
-        "updated_at": format_millis(endpoint.updated_at),
-    })
-}
-
-/// [`webhook_view`] with the secret that signs from now on and, after a rotation, until
-/// when the previous one signs too.
-pub fn webhook_with_secret(endpoint: &Endpoint) -> Value {
-    let mut shown = webhook_view(endpoint);
-    shown["secret"] = json!(endpoint.secret.0);
-    if let Some((_, until)) = endpoint.previous_secret {
-        shown["previous_secret_expires_at"] = json!(format_millis(until));
-    }
-    shown
-}
-
-/// `[{<id_name>: …, "entered_at": …}]`: members of an audience, or a user's audiences.
-pub fn entries(id_name: &str, entries: Vec<(String, i64)>) -> Value {
-    entries
-        .into_iter()
-        .map(|(id, at)| json!({ id_name: id, "entered_at": format_millis(at) }))
-        .collect()
 }
 
 fn marked_replayed(mut response: Response<Body>, replayed: bool) -> Response<Body> {

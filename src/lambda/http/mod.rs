@@ -4,14 +4,15 @@
 //! rate limit → content type and size → JSON → schema → idempotency → enqueue.
 
 mod answers;
+mod audiences;
 mod keys;
 mod router;
 mod segment;
+mod webhooks;
 
 pub use answers::{ApiError, ErrorAnswer};
 pub use router::{Route, RouteError};
 
-use crate::app::accept::Accepted;
 use crate::app::accept::{Accept, Checked, Write};
 use crate::app::curate::Curate;
 use crate::app::ports::PortError;
@@ -30,19 +31,14 @@ use crate::aws::sqs::SqsQueue;
 use crate::clock::now_millis;
 use crate::config::Resources;
 use crate::contract::{
-    checked_body, email_query, idempotency_key, is_storable_user_id, parse_audience, parse_batch,
-    parse_upsert, parse_webhook, BodyError, BodyLimit, Paged, RequestError, BATCH_BODY,
-    UPSERT_BODY,
+    checked_body, email_query, idempotency_key, is_storable_user_id, parse_batch, parse_upsert,
+    BodyError, BodyLimit, RequestError, BATCH_BODY, UPSERT_BODY,
 };
-use crate::domain::audience::is_audience_id;
 use crate::domain::auth::{bearer_key, key_hash, ApiKeyRecord, Scope};
 use crate::domain::webhook::Reach;
 use crate::domain::Stamp;
 use crate::metrics::{self, Outcome};
-use answers::{
-    audience_view, entries, error_response, success_response, webhook_view, webhook_with_secret,
-    Success,
-};
+use answers::{error_response, success_response, Success};
 use keys::{KeyCache, Lookup};
 use lambda_http::http::{header, HeaderMap};
 use lambda_http::{Body, Request, RequestExt, Response};
@@ -286,140 +282,6 @@ where
         let accepted = self.accept.accept(&caller, checked, stamp).await?;
         trace.replayed = accepted.replayed();
         Ok(Success::Accepted(accepted))
-    }
-
-    /// The audience routes, and a user's audiences.
-    async fn audiences(
-        &self,
-        route: &Route,
-        request: &Request,
-        caller: &Caller,
-        stamp: Stamp,
-        trace: &mut Trace,
-    ) -> Result<Success, ApiError> {
-        let headers = request.headers();
-        let now_ms = stamp.accepted_at;
-        let curate = &self.curate;
-        Ok(match route {
-            Route::PutAudience(id) => {
-                // The same 32 KiB as an upsert: a rule of 50 conditions fits many times.
-                let key = idempotency_key(header(headers, "idempotency-key"))?;
-                let definition = if is_audience_id(id) {
-                    let content_type = header(headers, header::CONTENT_TYPE);
-                    checked_body(
-                        content_type,
-                        request.body().as_ref(),
-                        &UPSERT_BODY,
-                        parse_audience,
-                    )
-                } else {
-                    Err(RequestError::InvalidAudienceId)
-                };
-                let replayed = curate
-                    .define(caller, id, definition, key.as_deref(), stamp)
-                    .await?;
-                trace.replayed = replayed;
-                Success::Defined {
-                    audience_id: id.clone(),
-                    replayed,
-                }
-            }
-            Route::DeleteAudience(id) => {
-                let key = idempotency_key(header(headers, "idempotency-key"))?;
-                let replayed = curate.delete(caller, id, key.as_deref(), stamp).await?;
-                trace.replayed = replayed;
-                Success::Accepted(Accepted::One { replayed })
-            }
-            Route::GetAudience(id) => {
-                let view = curate.get(caller, id, now_ms).await?;
-                Success::Data(audience_view(view.audience, Some(view.members)))
-            }
-            Route::ListAudiences => {
-                let query = request.query_string_parameters_ref();
-                let page = Paged::Audiences.query(
-                    query.and_then(|q| q.first("limit")),
-                    query.and_then(|q| q.first("cursor")),
-                );
-                let listed = curate.list(caller, page, now_ms).await?;
-                Success::Page {
-                    data: listed
-                        .audiences
-                        .into_iter()
-                        .map(|a| audience_view(a, None))
-                        .collect(),
-                    next_cursor: listed.next_cursor,
-                }
-            }
-            Route::AudienceMembers(id) => {
-                let query = request.query_string_parameters_ref();
-                let page = Paged::Members { audience_id: id }.query(
-                    query.and_then(|q| q.first("limit")),
-                    query.and_then(|q| q.first("cursor")),
-                );
-                let members = curate.members(caller, id, page, now_ms).await?;
-                Success::Page {
-                    data: entries("external_user_id", members.members),
-                    next_cursor: members.next_cursor,
-                }
-            }
-            Route::UserAudiences(id) => Success::Data(entries(
-                "audience_id",
-                curate.of_user(caller, id, now_ms).await?,
-            )),
-            _ => unreachable!("the other routes are served above"),
-        })
-    }
-
-    /// The webhook routes.
-    async fn webhooks(
-        &self,
-        route: &Route,
-        request: &Request,
-        caller: &Caller,
-        key: &ApiKeyRecord,
-        now_ms: i64,
-    ) -> Result<Success, ApiError> {
-        let subscriptions = &self.subscriptions;
-        Ok(match route {
-            Route::PutWebhook(id) => {
-                let content_type = header(request.headers(), header::CONTENT_TYPE);
-                let parse = |body: &[u8]| parse_webhook(body, self.webhook_reach);
-                let definition =
-                    checked_body(content_type, request.body().as_ref(), &UPSERT_BODY, parse);
-                let reads_pii = key.allows(Scope::UsersReadPii);
-                let subscribed = subscriptions
-                    .put(caller, id, definition, reads_pii, now_ms)
-                    .await?;
-                if subscribed.created {
-                    Success::Created(webhook_with_secret(&subscribed.endpoint))
-                } else {
-                    Success::Data(webhook_view(&subscribed.endpoint))
-                }
-            }
-            Route::GetWebhook(id) => {
-                Success::Data(webhook_view(&subscriptions.get(caller, id, now_ms).await?))
-            }
-            Route::ListWebhooks => {
-                let query = request.query_string_parameters_ref();
-                let page = Paged::Webhooks.query(
-                    query.and_then(|q| q.first("limit")),
-                    query.and_then(|q| q.first("cursor")),
-                );
-                let listed = subscriptions.list(caller, page, now_ms).await?;
-                Success::Page {
-                    data: listed.endpoints.iter().map(webhook_view).collect(),
-                    next_cursor: listed.next_cursor,
-                }
-            }
-            Route::RotateWebhookSecret(id) => Success::Data(webhook_with_secret(
-                &subscriptions.rotate(caller, id, now_ms).await?,
-            )),
-            Route::DeleteWebhook(id) => {
-                subscriptions.delete(caller, id, now_ms).await?;
-                Success::Accepted(Accepted::One { replayed: false })
-            }
-            _ => unreachable!("the other routes are served elsewhere"),
-        })
     }
 
     async fn authenticate(
