@@ -1222,6 +1222,34 @@ async fn time_moves_fan_out_one_task_per_partition_with_no_cap_on_a_minute() {
     assert!(w.due(edge + 1).await.is_empty());
 }
 
+/// A tick sends a time task only to the partitions with someone due by its end: an
+/// idle one costs the tick one read, not an invocation. A partition whose read fails
+/// gets its task all the same (the task reads it again).
+#[tokio::test]
+async fn a_tick_sends_tasks_only_where_users_are_due() {
+    let w = signed_up_within_a_week().await;
+    let signup = crate::domain::format_millis(T0).unwrap();
+    let record = w.write("u1", Some(json!({"signupDate": signup})), T0 + 1);
+    w.deliver(&[record], T0 + 2).await;
+    let edge = T0 + 7 * DAY + 1;
+
+    assert_eq!(w.evaluate.tick(edge - 1).await.unwrap(), 0);
+    assert!(w.builds.take_time().is_empty(), "no one due: nothing sent");
+
+    assert_eq!(w.evaluate.tick(edge + 1).await.unwrap(), 1);
+    let tasks = w.builds.take_time();
+    let settled = w
+        .evaluate
+        .settle_due(&tasks[0], f64::INFINITY, || edge + 1, |_| async {})
+        .await
+        .unwrap();
+    assert_eq!(settled, (1, 1), "the one task is u1's partition's");
+
+    w.store.faults.fail("memberships.due", unavailable(), 1);
+    assert_eq!(w.evaluate.tick(edge + 2).await.unwrap(), 1);
+    assert_eq!(w.builds.take_time().len(), 1, "the unread partition's task");
+}
+
 /// However many users one edge brings to a partition, a time task starts at most
 /// `users_per_s` a second (a second's worth at once) and stops at its end: the rest
 /// stay due, and the next tick's task goes on at the same pace.
@@ -1538,12 +1566,15 @@ async fn a_tick_or_a_time_task_that_fails_leaves_its_users_due_for_the_next() {
             w.deliver(&[record], T0 + 2).await;
             assert_eq!(w.store.listed(WS, "recent"), ["u1"]);
             let after_edge = T0 + DAY + 1;
-            w.faults_of(call).fail(call, error.clone(), 1);
             let failed = match call {
-                "time.send" => w.evaluate.tick(after_edge).await.map(|_| ()),
+                "time.send" => {
+                    w.faults_of(call).fail(call, error.clone(), 1);
+                    w.evaluate.tick(after_edge).await.map(|_| ())
+                }
                 _ => {
                     w.evaluate.tick(after_edge).await.unwrap();
                     let tasks = w.builds.take_time();
+                    w.faults_of(call).fail(call, error.clone(), 1);
                     let mut first_error = None;
                     for task in &tasks {
                         let settled = w

@@ -1,18 +1,30 @@
-//! The schedule: a tick sends one time task per partition of the users due, and each
+//! The schedule: a tick sends one time task per partition with users due, and each
 //! time task settles its partition's users when their moments come (a rule's edge, or
 //! events left to publish).
 
 use super::*;
 
 impl<S: MembershipStore, U: UserSource, B: WorkQueues, E: Bus> Evaluate<S, U, B, E> {
-    /// The schedule's tick: one time task per partition of the users due, so that the
-    /// users due by `until_ms` are settled by as many invocations as there are
-    /// partitions, each without a cap ([`Evaluate::settle_due`]). Returns the tasks sent.
+    /// The schedule's tick: one time task per partition with users due by `until_ms`,
+    /// so that they are settled by as many invocations as there are such partitions,
+    /// each without a cap ([`Evaluate::settle_due`]). A partition with no one due gets
+    /// no task: an idle deployment (or an idle hour) costs a query a partition a tick,
+    /// not an invocation and a message each. One whose read fails gets its task anyway
+    /// (the task reads it again). Returns the tasks sent.
     pub async fn tick(&self, until_ms: i64) -> Result<usize, AppError> {
-        let tasks: Vec<TimeTask> = (0..S::DUE_SHARDS)
-            .map(|shard| TimeTask { shard, until_ms })
-            .collect();
-        self.builds.send_time(&tasks).await?;
+        let peeks = (0..S::DUE_SHARDS).map(|shard| async move {
+            let due = self.store.due(shard, until_ms, None, 1).await;
+            let anyone = due.map_or(true, |(users, _)| !users.is_empty());
+            anyone.then_some(TimeTask { shard, until_ms })
+        });
+        let tasks: Vec<TimeTask> = stream::iter(peeks)
+            .buffer_unordered(DUE_PEEKS_AT_ONCE)
+            .filter_map(std::future::ready)
+            .collect()
+            .await;
+        if !tasks.is_empty() {
+            self.builds.send_time(&tasks).await?;
+        }
         Ok(tasks.len())
     }
 

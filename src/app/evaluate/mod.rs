@@ -38,6 +38,8 @@ const BUS_LANES: usize = 16;
 const COMMIT_ATTEMPTS: usize = 8;
 /// Users due read at once by a time task (it reads page after page).
 const DUE_PAGE: usize = 200;
+/// Partitions of the due index the tick looks into at once (one query of one item each).
+const DUE_PEEKS_AT_ONCE: usize = 16;
 /// How much longer than the others a workspace of a stream batch may take: once half of
 /// the batch's workspaces are settled, those still at work this much later (their rules'
 /// key throttled, their member lists' writes retried with backoff, or more work than a
