@@ -200,11 +200,22 @@ class Limits(unittest.TestCase):
                          "a transactional write takes twice the units")
 
     def test_put_events_has_its_rate_and_at_least_one_a_second(self):
-        self.assertTrue(all(self.admitted("AWSEvents.PutEvents", {"Entries": []}) for _ in range(100)))
-        self.assertEqual(self.admit("AWSEvents.PutEvents", {"Entries": []}).refusal,
+        full = {"Entries": [{"Detail": "{}"}] * 10}
+        # 100 requests a second at 0.01, a full call of 10 entries charged 10 / 4.4.
+        self.assertTrue(all(self.admitted("AWSEvents.PutEvents", full) for _ in range(44)))
+        self.assertEqual(self.admit("AWSEvents.PutEvents", full).refusal,
                          {"__type": "ThrottlingException", "message": "Rate exceeded"})
         tiny = Throughput(0.00001, KEY_SCHEMAS, INDEXES, self.clock)
-        self.assertEqual([tiny.admit("AWSEvents.PutEvents", {}).refusal is None for _ in range(2)], [True, False])
+        one = {"Entries": [{"Detail": "{}"}]}
+        self.assertEqual([tiny.admit("AWSEvents.PutEvents", one).refusal is None for _ in range(5)],
+                         [True] * 4 + [False])
+
+    def test_put_events_calls_are_charged_by_their_entries_at_the_targets_packing(self):
+        one = {"Entries": [{"Detail": "{}"}]}
+        # Calls of one entry (a scaled-down batch's floor): 4.4 of them make one request,
+        # so a second's 100 requests (at 0.01) take 440 (439 if the sum rounds up).
+        passed = sum(self.admitted("AWSEvents.PutEvents", one) for _ in range(500))
+        self.assertIn(passed, (439, 440))
 
     def test_the_report_counts_put_events_calls_and_their_entries_throttled_or_not(self):
         entries = lambda n: {"Entries": [{"Detail": "{}"}] * n}
@@ -300,8 +311,10 @@ class ProxyWiring(unittest.TestCase):
             with e:
                 return e.code, e.headers["Content-Type"], json.loads(e.read())
 
-    def report(self, method="GET"):
-        with urllib.request.urlopen(urllib.request.Request(self.url + "/__throughput", method=method)) as response:
+    def report(self, method="GET", body=None):
+        data = json.dumps(body).encode() if body is not None else None
+        request = urllib.request.Request(self.url + "/__throughput", data=data, method=method)
+        with urllib.request.urlopen(request) as response:
             return json.loads(response.read() or b"null")
 
     def test_a_throttled_write_is_answered_as_dynamodb_does_and_reported(self):
@@ -319,6 +332,17 @@ class ProxyWiring(unittest.TestCase):
         self.assertEqual(self.report()["throttled"], {})
         self.assertEqual(self.call(DYNAMODB + "PutItem", counter("ws"))[0], 200, "reset: the key is idle again")
 
+    def test_the_scale_can_be_changed_and_starts_afresh(self):
+        self.start(scale=0.00001)
+        for _ in range(MIN_BURST_UNITS):
+            self.call(DYNAMODB + "PutItem", counter("ws"))
+        self.assertEqual(self.call(DYNAMODB + "PutItem", counter("ws"))[0], 400)
+        self.report("PUT", {"scale": 1})  # AWS's own limits: 1,000 units a second a key
+        self.assertEqual(self.report()["scale"], 1)
+        self.assertTrue(all(self.call(DYNAMODB + "PutItem", counter("ws"))[0] == 200 for _ in range(50)))
+        self.report("PUT", {"scale": 0.00001})
+        self.assertEqual(self.report()["throttled"], {}, "afresh")
+
     def test_a_partly_throttled_batch_reaches_moto_without_its_throttled_keys(self):
         # 0.03 read units a second per key, MIN_BURST_UNITS held: 33 s to earn a unit back.
         self.start(scale=0.00001)
@@ -331,9 +355,10 @@ class ProxyWiring(unittest.TestCase):
         self.assertEqual(FakeMoto.received[-1][1]["RequestItems"], {"users": {"Keys": [{"pk": s("ws#cold")}]}})
 
     def test_put_events_over_its_rate_is_a_throttling_exception(self):
-        self.start(scale=0.00001)  # at least 1 a second
-        self.assertEqual(self.call("AWSEvents.PutEvents", {"Entries": []})[0], 200)
-        self.assertEqual(self.call("AWSEvents.PutEvents", {"Entries": []}),
+        self.start(scale=0.00001)  # at least 1 a second; a call of 5 entries is more
+        five = {"Entries": [{"Detail": "{}"}] * 5}
+        self.assertEqual(self.call("AWSEvents.PutEvents", five)[0], 200)
+        self.assertEqual(self.call("AWSEvents.PutEvents", five),
                          (400, "application/x-amz-json-1.1",
                           {"__type": "ThrottlingException", "message": "Rate exceeded"}))
 

@@ -65,8 +65,10 @@ class FaultProxy:
     canceled with ThrottlingError. Writes then cost a read of the item first, as when
     counting. `GET /__throughput` reports the calls throttled per table or index, the
     hot keys (past their limit in more than one second) and the 20 busiest keys; no
-    item contents (index key values as a digest). `DELETE /__throughput` starts afresh.
-    Without `scale` nothing is throttled.
+    item contents (index key values as a digest). `DELETE /__throughput` starts afresh;
+    `PUT /__throughput` with `{"scale": 1}` starts afresh at another scale (make scale's
+    setup, a count of work rather than a rate, runs at AWS's own limits). Without
+    `scale` nothing is throttled.
     """
 
     def __init__(self, port, upstream, key_schemas=None, indexes=None, scale=None):
@@ -111,6 +113,10 @@ class FaultProxy:
                 if self.path == "/__capacity":
                     self.body()
                     proxy.ledger = capacity.Ledger(proxy.indexes)
+                    return self.answer(204, b"")
+                if self.path == "/__throughput":
+                    proxy.scale = json.loads(self.body())["scale"]
+                    proxy.throughput = proxy.new_throughput()
                     return self.answer(204, b"")
                 self.forward()
 
