@@ -13,6 +13,9 @@ use crate::domain::{Stamp, UpsertMessage};
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+mod lanes;
+pub use lanes::*;
+
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex
         .lock()

@@ -5,6 +5,7 @@
 pub mod accept;
 pub mod apply;
 pub mod curate;
+pub mod deliveries;
 pub mod evaluate;
 #[cfg(test)]
 pub(crate) mod fakes;

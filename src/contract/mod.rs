@@ -38,7 +38,10 @@ pub use segment::{
     SegmentMessages, MAX_SEGMENT_BATCH_BYTES, MAX_SEGMENT_MESSAGE_BYTES,
 };
 pub use validate::{is_storable_user_id, parse_upsert, BodyError, ValidUpsert, MAX_BODY_BYTES};
-pub use webhook::{parse_webhook, WebhookDefinition, MAX_URL_BYTES, MAX_WEBHOOK_AUDIENCES};
+pub use webhook::{
+    delivery_body, parse_webhook, webhook_event, WebhookDefinition, WebhookEvent, MAX_URL_BYTES,
+    MAX_WEBHOOK_AUDIENCES,
+};
 
 /// An email lookup answers at most this many users (contract, "Reads").
 pub const MAX_EMAIL_MATCHES: usize = 100;

@@ -2,7 +2,10 @@
 
 use super::json::{in_body_order, read_object, ReadObject};
 use super::{body_hash, BodyError, ErrorCode, FieldError};
-use crate::domain::audience::{is_audience_id, AUDIENCE_ID_RULE};
+use crate::domain::audience::{
+    is_audience_id, AUDIENCE_ENTERED, AUDIENCE_EXITED, AUDIENCE_ID_RULE,
+};
+use crate::domain::change::{USER_CHANGED, USER_DELETED};
 use crate::domain::webhook::{address_allowed, EventType, Reach};
 use serde_json::Value;
 use std::collections::BTreeSet;
@@ -235,6 +238,86 @@ fn target(text: &str, reach: Reach) -> Result<Url, (ErrorCode, String)> {
         "http" if reach == Reach::PublicAndLoopback && loopback => Ok(url),
         _ => Err(not_allowed("must be https")),
     }
+}
+
+/// What a bus event tells an endpoint: its type, whom and which audience it is about,
+/// and its data **without PII** (contract, "Webhooks"): ids, versions, the stamp, the
+/// *names* of changed fields, the audience and the reason; never an email or a value.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WebhookEvent {
+    pub event_type: EventType,
+    /// The bus event's id: the `webhook-id` is made of it.
+    pub event_id: String,
+    pub workspace_id: String,
+    pub external_user_id: String,
+    /// The audience of an audience event.
+    pub audience_id: Option<String>,
+    /// When it happened: a move's `at`, a write's source time or acceptance.
+    pub timestamp: String,
+    pub data: Value,
+}
+
+/// The webhook event of a bus event (`detail-type`, `detail`), or `None` for one no
+/// endpoint subscribes to or that lacks what a delivery names.
+pub fn webhook_event(detail_type: &str, detail: &Value) -> Option<WebhookEvent> {
+    let text = |name: &str| detail.get(name)?.as_str().map(str::to_owned);
+    let event_type = match detail_type {
+        USER_CHANGED => EventType::UserChanged,
+        USER_DELETED => EventType::UserDeleted,
+        AUDIENCE_ENTERED => EventType::AudienceEntered,
+        AUDIENCE_EXITED => EventType::AudienceExited,
+        _ => return None,
+    };
+    let external_user_id = text("external_user_id")?;
+    let mut data = serde_json::Map::new();
+    data.insert("external_user_id".into(), external_user_id.clone().into());
+    let (timestamp, audience_id) = match event_type {
+        EventType::AudienceEntered | EventType::AudienceExited => {
+            for name in ["audience_id", "user_version", "reason", "at"] {
+                data.insert(name.into(), detail.get(name)?.clone());
+            }
+            (text("at")?, Some(text("audience_id")?))
+        }
+        _ => {
+            let stamp = detail.get("stamp")?;
+            data.insert("version".into(), detail.get("version")?.clone());
+            data.insert("stamp".into(), stamp.clone());
+            if let Some(changed) = detail.get("changed").and_then(Value::as_object) {
+                let names: Vec<&String> = changed.keys().collect();
+                data.insert("changed".into(), serde_json::json!(names));
+            }
+            let at = stamp.get("timestamp").or_else(|| stamp.get("accepted_at"));
+            (at?.as_str()?.to_owned(), None)
+        }
+    };
+    Some(WebhookEvent {
+        event_type,
+        event_id: text("id")?,
+        workspace_id: text("workspace_id")?,
+        external_user_id,
+        audience_id,
+        timestamp,
+        data: Value::Object(data),
+    })
+}
+
+/// A delivery's body, signed as sent (`docs/webhooks.md` §4): `data` as the event
+/// gives it, the endpoint's id and the lane's `sequence` beside.
+pub fn delivery_body(
+    event_type: EventType,
+    timestamp: &str,
+    webhook_id: &str,
+    sequence: u64,
+    data: &Value,
+) -> String {
+    serde_json::json!({
+        "type": event_type.as_str(),
+        "timestamp": timestamp,
+        "webhook_id": webhook_id,
+        "sequence": sequence,
+        "data": data,
+    })
+    .to_string()
 }
 
 #[cfg(test)]

@@ -211,3 +211,61 @@ fn the_local_switch_allows_http_to_loopback_only() {
         Reach::PublicAndLoopback,
     );
 }
+
+#[test]
+fn a_user_change_tells_which_fields_changed_never_their_values() {
+    let detail = json!({
+        "id": "e1", "workspace_id": "ws", "external_user_id": "u1", "version": 3,
+        "stamp": {"accepted_at": "2027-01-15T08:00:00.000Z", "request_id": "r1",
+                  "timestamp": "2027-01-15T07:59:00.000Z"},
+        "changed": {"email": {"old": "a@b.io", "new": "c@d.io"}, "plan": {"new": "pro"}},
+    });
+    let event = webhook_event("User Changed", &detail).unwrap();
+    assert_eq!(event.event_type, EventType::UserChanged);
+    assert_eq!(
+        (event.event_id.as_str(), event.workspace_id.as_str()),
+        ("e1", "ws")
+    );
+    assert_eq!(
+        event.timestamp, "2027-01-15T07:59:00.000Z",
+        "the source's time"
+    );
+    assert_eq!(
+        event.data,
+        json!({"external_user_id": "u1", "version": 3, "stamp": detail["stamp"],
+               "changed": ["email", "plan"]})
+    );
+    assert!(!event.data.to_string().contains("@"), "no email");
+    assert!(!event.data.to_string().contains("pro\""), "no value");
+}
+
+#[test]
+fn an_audience_move_carries_its_audience_reason_and_moment() {
+    let detail = json!({
+        "id": "m1", "workspace_id": "ws", "audience_id": "trial-ending",
+        "external_user_id": "u1", "user_version": 4, "at": "2027-01-15T08:00:00.000Z",
+        "reason": "time",
+    });
+    let event = webhook_event("Audience Exited", &detail).unwrap();
+    assert_eq!(event.event_type, EventType::AudienceExited);
+    assert_eq!(event.audience_id.as_deref(), Some("trial-ending"));
+    assert_eq!(event.timestamp, "2027-01-15T08:00:00.000Z");
+    assert_eq!(
+        event.data,
+        json!({"external_user_id": "u1", "audience_id": "trial-ending", "user_version": 4,
+               "reason": "time", "at": "2027-01-15T08:00:00.000Z"})
+    );
+    let deleted = json!({"id": "d1", "workspace_id": "ws", "external_user_id": "u1",
+                         "version": 5, "stamp": {"accepted_at": "2027-01-15T08:00:00.000Z"}});
+    let event = webhook_event("User Deleted", &deleted).unwrap();
+    assert_eq!(
+        event.timestamp, "2027-01-15T08:00:00.000Z",
+        "acceptance without a source time"
+    );
+    assert_eq!(webhook_event("Webhook Disabled", &deleted), None);
+    assert_eq!(
+        webhook_event("Audience Entered", &deleted),
+        None,
+        "no audience named"
+    );
+}

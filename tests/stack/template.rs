@@ -136,6 +136,7 @@ fn expiring_tables_use_the_code_ttl_attribute() {
         "RateLimitsTable",
         "UsersTable",
         "AudienceMembersTable",
+        "WebhooksTable",
     ] {
         let ttl = &resource(&template, table)["TimeToLiveSpecification"];
         assert_eq!(

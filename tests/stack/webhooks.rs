@@ -1,13 +1,15 @@
 //! Webhook endpoints against the local stack (`docs/webhooks.md` §7, step 2): created
 //! with a secret shown once, replaced keeping it, rotated, listed, deleted, at most 20
-//! per workspace under concurrent `PUT`s, and every refusal a clear answer. Delivery is
-//! not built yet.
+//! per workspace under concurrent `PUT`s, and every refusal a clear answer; the lanes
+//! deliveries will wait in (step 3: the adapter's conditions). Delivery is not wired yet.
 
 use crate::support::{error_of, Stack, ALL_SCOPES};
 use aws_sdk_dynamodb::types::AttributeValue;
 use futures::future::join_all;
 use reqwest::{Method, Response};
 use serde_json::{json, Value};
+use vibefollow_users::app::ports::{Appended, Lane, Lanes};
+use vibefollow_users::aws::dynamodb::LaneStore;
 use vibefollow_users::domain::auth::Scope;
 
 impl Stack {
@@ -344,5 +346,131 @@ async fn refused_endpoints_and_keys_get_clear_answers() {
             vec!["invalid_format".to_owned()],
             vec!["url".to_owned()]
         )
+    );
+}
+
+impl Stack {
+    fn lanes(&self) -> LaneStore {
+        LaneStore::new(self.dynamodb.clone(), &self.resources.webhooks_table)
+    }
+
+    fn lane(&self, user: &str) -> Lane {
+        Lane {
+            workspace_id: self.workspace.clone(),
+            webhook_id: "crm".into(),
+            user_id: user.into(),
+        }
+    }
+}
+
+/// The lanes' adapter keeps DynamoDB's conditions as the use case's fakes do: slots in
+/// order, the lease taken by the append that finds it lapsed and let go by the worker
+/// that empties the lane, a worker's moves only from the head it read, sequences only
+/// upwards, and concurrent appends each in a slot of its own.
+#[tokio::test]
+#[ignore = "needs the local stack: run `make test`"]
+async fn lanes_keep_their_order_lease_and_sequence_in_dynamodb() {
+    let stack = Stack::new().await;
+    let other = stack.other_workspace().await;
+    let lanes = stack.lanes();
+    let ws = stack.workspace.as_str();
+    assert_eq!(lanes.sequence_block(ws, "crm", 100).await.unwrap(), 1);
+    assert_eq!(lanes.sequence_block(ws, "crm", 100).await.unwrap(), 101);
+    assert_eq!(
+        lanes
+            .sequence_block(&other.workspace, "crm", 100)
+            .await
+            .unwrap(),
+        1
+    );
+
+    let (lane, now, lease) = (stack.lane("u1"), 1_000, 61_000);
+    let append = |id: &'static str, sequence: u64, at: i64| {
+        let (lanes, lane) = (lanes.clone(), lane.clone());
+        async move {
+            lanes
+                .append(&lane, id, sequence, "{}", at, at + 60_000)
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(
+        append("msg_1", 1, now).await,
+        Appended::At {
+            slot: 1,
+            wake: true
+        }
+    );
+    assert_eq!(
+        append("msg_2", 2, now).await,
+        Appended::At {
+            slot: 2,
+            wake: false
+        }
+    );
+    assert_eq!(append("msg_0", 2, now).await, Appended::SequenceBehind);
+
+    let head = lanes.head(&lane).await.unwrap();
+    let next = head.next.expect("slot 1");
+    assert_eq!(
+        (next.slot, next.message_id.as_str(), head.attempts),
+        (1, "msg_1", 0)
+    );
+    assert!(lanes
+        .postpone(&lane, 1, 1, now + 5_000, lease)
+        .await
+        .unwrap());
+    assert!(
+        !lanes.postpone(&lane, 2, 1, now, lease).await.unwrap(),
+        "not the head"
+    );
+    let head = lanes.head(&lane).await.unwrap();
+    assert_eq!((head.attempts, head.next_at), (1, now + 5_000));
+
+    assert_eq!(
+        lanes.advance(&lane, 1, lease).await.unwrap(),
+        Some(true),
+        "slot 2 waits"
+    );
+    assert_eq!(
+        lanes.advance(&lane, 1, lease).await.unwrap(),
+        None,
+        "moved already"
+    );
+    assert_eq!(lanes.head(&lane).await.unwrap().attempts, 0);
+    assert_eq!(
+        lanes.advance(&lane, 2, lease).await.unwrap(),
+        Some(false),
+        "emptied"
+    );
+    assert_eq!(lanes.head(&lane).await.unwrap().next, None);
+    assert_eq!(
+        append("msg_3", 3, now).await,
+        Appended::At {
+            slot: 3,
+            wake: true
+        },
+        "the lease was let go"
+    );
+
+    let busy = stack.lane("u2");
+    let appends = (10..20u64).map(|sequence| {
+        let (lanes, busy) = (lanes.clone(), busy.clone());
+        async move { lanes.append(&busy, "msg", sequence, "{}", now, lease).await }
+    });
+    let mut slots: Vec<u64> = join_all(appends)
+        .await
+        .into_iter()
+        .filter_map(|appended| match appended {
+            Ok(Appended::At { slot, .. }) => Some(slot),
+            _ => None,
+        })
+        .collect();
+    slots.sort_unstable();
+    assert!(!slots.is_empty());
+    assert_eq!(
+        slots,
+        (1..=slots.len() as u64).collect::<Vec<_>>(),
+        "a slot each, none twice"
     );
 }

@@ -75,3 +75,124 @@ pub trait Webhooks {
         webhook_id: &str,
     ) -> impl Future<Output = Result<bool, PortError>> + Send;
 }
+
+/// One (endpoint, user) lane (`docs/webhooks.md` §2): the deliveries of one endpoint
+/// about one user, attempted one at a time, in the order they were appended.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Lane {
+    pub workspace_id: String,
+    pub webhook_id: String,
+    pub user_id: String,
+}
+
+/// A delivery waiting in its lane: what each attempt sends, signed afresh.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Queued {
+    /// Its place in the lane: 1, 2, … in the order appended.
+    pub slot: u64,
+    /// The `webhook-id` header.
+    pub message_id: String,
+    /// The body as every attempt sends it, its `sequence` in it.
+    pub body: String,
+}
+
+/// Where a lane stands: the first delivery not done, and how it has gone so far.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct LaneHead {
+    pub next: Option<Queued>,
+    /// Failed attempts of `next`.
+    pub attempts: usize,
+    /// When `next` may be attempted (ms since the epoch); 0: at once.
+    pub next_at: i64,
+}
+
+/// What an append did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Appended {
+    /// At `slot`. `wake`: no worker holds the lane (its lease had lapsed, now taken for
+    /// the appender): the appender wakes one.
+    At { slot: u64, wake: bool },
+    /// The lane holds a higher `sequence` already (another instance's newer block).
+    SequenceBehind,
+}
+
+/// The lanes, each changed atomically (one item's condition, or one transaction).
+/// A lane's lease says a worker holds it: an append wakes one only once it has lapsed,
+/// so a lost wake heals at the next append after it (and SQS delivers a wake again
+/// when its worker died).
+pub trait Lanes {
+    /// Takes a block of `count` sequence numbers of an endpoint; its first. A block
+    /// taken later starts higher.
+    fn sequence_block(
+        &self,
+        workspace_id: &str,
+        webhook_id: &str,
+        count: u64,
+    ) -> impl Future<Output = Result<u64, PortError>> + Send;
+
+    /// Appends a delivery with `sequence` at the lane's tail if the lane's last sequence
+    /// is lower; takes the lease until `lease_until` (ms) if it had lapsed by `now`.
+    fn append(
+        &self,
+        lane: &Lane,
+        message_id: &str,
+        sequence: u64,
+        body: &str,
+        now: i64,
+        lease_until: i64,
+    ) -> impl Future<Output = Result<Appended, PortError>> + Send;
+
+    fn head(&self, lane: &Lane) -> impl Future<Output = Result<LaneHead, PortError>> + Send;
+
+    /// Moves the lane past `slot` (delivered, or given up) if it is the lane's next;
+    /// `None` if it was not (another worker moved it). `Some(true)`: more wait, the
+    /// lease held until `lease_until`; `Some(false)`: none, the lease let go, so the
+    /// next append wakes a worker.
+    fn advance(
+        &self,
+        lane: &Lane,
+        slot: u64,
+        lease_until: i64,
+    ) -> impl Future<Output = Result<Option<bool>, PortError>> + Send;
+
+    /// Records `attempts` failed attempts of `slot` and when the next may start, the
+    /// lease held until `lease_until`, if `slot` is still the lane's next.
+    fn postpone(
+        &self,
+        lane: &Lane,
+        slot: u64,
+        attempts: usize,
+        next_at: i64,
+        lease_until: i64,
+    ) -> impl Future<Output = Result<bool, PortError>> + Send;
+}
+
+/// Wakes a lane's worker: the fast queue's message, delayed up to 15 minutes; longer
+/// waits a one-time schedule (`docs/webhooks.md` §1).
+pub trait Wakes {
+    fn wake(
+        &self,
+        lane: &Lane,
+        after: std::time::Duration,
+    ) -> impl Future<Output = Result<(), PortError>> + Send;
+}
+
+/// An endpoint's answer to an attempt.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reply {
+    pub status: u16,
+    /// `Retry-After`, as sent.
+    pub retry_after: Option<String>,
+}
+
+/// Sends one attempt (`net::WebhookClient` on AWS: SSRF guard, no redirect, 15 s).
+pub trait Sender {
+    /// POSTs `body` to `url`: the answer, or an error when none came (refused address,
+    /// DNS, connect, TLS, timeout), its kind in the error.
+    fn post(
+        &self,
+        url: &str,
+        headers: &[(&'static str, String)],
+        body: &str,
+    ) -> impl Future<Output = Result<Reply, PortError>> + Send;
+}

@@ -1,0 +1,310 @@
+//! Webhook delivery (`docs/webhooks.md` §1–2): each (endpoint, user) is a lane. The
+//! fan-out appends at a lane's tail; one worker at a time attempts its head, so a
+//! later event waits while an earlier one is retried, and a dead endpoint holds only
+//! its own lanes. Wakes (a queue's message, delayed for a retry) start the worker; a
+//! lane's lease says one holds it, so appends wake one only when none does.
+
+use super::ports::{Appended, Endpoint, Lane, Lanes, PortError, Queued, Sender, Wakes, Webhooks};
+use super::AppError;
+use crate::contract::{delivery_body, WebhookEvent};
+use crate::domain::webhook::{message_id, next_wait, outcome, signature, Outcome};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, UNIX_EPOCH};
+
+/// Sequence numbers an instance takes at once per endpoint: one write per hundred
+/// deliveries on the endpoint's counter, not one each (`docs/webhooks.md` §2).
+pub const SEQUENCE_BLOCK: u64 = 100;
+/// Deliveries one wake attempts before handing the rest of its lane to a fresh wake:
+/// an invocation's work stays bounded however long a lane grows.
+pub const DELIVERIES_PER_WAKE: usize = 10;
+/// How long a worker holds a lane without a word (an invocation's timeout and more):
+/// past it, the next append wakes another.
+pub const LANE_LEASE: Duration = Duration::from_secs(60);
+/// How long an instance keeps a workspace's endpoints: a new or deleted endpoint
+/// reaches the appends within this (`docs/webhooks.md` §5), and the heavy workspace's
+/// events read its endpoints once per instance this often, not once each.
+pub const ENDPOINTS_KEPT_FOR: Duration = Duration::from_secs(5);
+/// Appends a lane's newer sequence sends back before the append gives up (each takes
+/// a fresh block, higher than any the lane has seen; more than one is a race of three).
+const SEQUENCE_TRIES: usize = 3;
+
+/// Milliseconds since the epoch: the system's clock in the function, a test's own.
+pub type Clock = Arc<dyn Fn() -> i64 + Send + Sync>;
+/// A draw from `domain::webhook::JITTER`.
+pub type Jitter = Arc<dyn Fn() -> f64 + Send + Sync>;
+
+/// What a wake did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Drained {
+    pub delivered: usize,
+    /// Given up after the schedule's last attempt, or their endpoint deleted.
+    pub given_up: usize,
+    /// Failed attempts, each waiting for its next.
+    pub failed: usize,
+}
+
+/// Per workspace, its endpoints and when they were read (ms).
+type Subscribers = HashMap<String, (i64, Arc<[Endpoint]>)>;
+
+pub struct Deliveries<W, L, K, S> {
+    endpoints: W,
+    lanes: L,
+    wakes: K,
+    sender: S,
+    clock: Clock,
+    jitter: Jitter,
+    /// Per endpoint (workspace, webhook id), the sequence numbers left of this
+    /// instance's block: next, end.
+    blocks: Mutex<HashMap<(String, String), (u64, u64)>>,
+    subscribers: Mutex<Subscribers>,
+}
+
+impl<W: Webhooks, L: Lanes, K: Wakes, S: Sender> Deliveries<W, L, K, S> {
+    pub fn new(endpoints: W, lanes: L, wakes: K, sender: S, clock: Clock, jitter: Jitter) -> Self {
+        Self {
+            endpoints,
+            lanes,
+            wakes,
+            sender,
+            clock,
+            jitter,
+            blocks: Mutex::default(),
+            subscribers: Mutex::default(),
+        }
+    }
+
+    /// The fan-out: appends a bus event to the lane of each endpoint of its workspace
+    /// that subscribes to it. Returns how many. If one append fails the event fails
+    /// whole, and its intake message comes again: the lanes it reached get it twice,
+    /// with one `webhook-id`.
+    pub async fn fan_out(&self, event: &WebhookEvent) -> Result<usize, AppError> {
+        let endpoints = self.subscribers(&event.workspace_id).await?;
+        let lanes: Vec<Lane> = endpoints
+            .iter()
+            .filter(|endpoint| subscribes(endpoint, event))
+            .map(|endpoint| Lane {
+                workspace_id: event.workspace_id.clone(),
+                webhook_id: endpoint.webhook_id.clone(),
+                user_id: event.external_user_id.clone(),
+            })
+            .collect();
+        let appends = lanes.iter().map(|lane| self.enqueue(lane, event));
+        for appended in futures::future::join_all(appends).await {
+            appended?;
+        }
+        Ok(lanes.len())
+    }
+
+    /// The workspace's endpoints, as read at most [`ENDPOINTS_KEPT_FOR`] ago.
+    async fn subscribers(&self, workspace_id: &str) -> Result<Arc<[Endpoint]>, AppError> {
+        let now = (self.clock)();
+        let kept = self.subscribers_kept().get(workspace_id).cloned();
+        if let Some((read_at, endpoints)) = kept {
+            if now - read_at < millis(ENDPOINTS_KEPT_FOR) {
+                return Ok(endpoints);
+            }
+        }
+        let endpoints: Arc<[Endpoint]> = self.endpoints.endpoints(workspace_id).await?.into();
+        self.subscribers_kept()
+            .insert(workspace_id.to_owned(), (now, Arc::clone(&endpoints)));
+        Ok(endpoints)
+    }
+
+    fn subscribers_kept(&self) -> std::sync::MutexGuard<'_, Subscribers> {
+        self.subscribers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Appends `message` to its lane, the next `sequence` of the endpoint in its body,
+    /// and wakes the lane's worker if none holds it. Returns the slot. Appended twice
+    /// (the fan-out's message delivered again), it is delivered twice with one
+    /// `webhook-id`: receivers drop the repeat.
+    pub async fn enqueue(&self, lane: &Lane, message: &WebhookEvent) -> Result<u64, AppError> {
+        let id = message_id(&message.event_id);
+        let mut fresh_block = false;
+        for _ in 0..SEQUENCE_TRIES {
+            let sequence = self.next_sequence(lane, fresh_block).await?;
+            let body = delivery_body(
+                message.event_type,
+                &message.timestamp,
+                &lane.webhook_id,
+                sequence,
+                &message.data,
+            );
+            let now = (self.clock)();
+            let lease_until = now + millis(LANE_LEASE);
+            match self
+                .lanes
+                .append(lane, &id, sequence, &body, now, lease_until)
+                .await?
+            {
+                Appended::At { slot, wake } => {
+                    if wake {
+                        self.wakes.wake(lane, Duration::ZERO).await?;
+                    }
+                    return Ok(slot);
+                }
+                Appended::SequenceBehind => fresh_block = true,
+            }
+        }
+        Err(PortError::Unavailable("sequence blocks raced".into()).into())
+    }
+
+    /// A wake: attempts the lane's deliveries in order, at most
+    /// [`DELIVERIES_PER_WAKE`], until one fails (its next attempt timed by a delayed
+    /// wake) or none is left. A wake before the head's time sets its timer again (a
+    /// wake sent twice, or after its sender failed, so none is lost).
+    pub async fn drain(&self, lane: &Lane) -> Result<Drained, AppError> {
+        let mut drained = Drained::default();
+        for _ in 0..DELIVERIES_PER_WAKE {
+            let head = self.lanes.head(lane).await?;
+            let Some(next) = head.next else {
+                return Ok(drained);
+            };
+            let now = (self.clock)();
+            if head.next_at > now {
+                self.wakes.wake(lane, wait_until(now, head.next_at)).await?;
+                return Ok(drained);
+            }
+            let endpoint = self
+                .endpoints
+                .endpoint(&lane.workspace_id, &lane.webhook_id)
+                .await?;
+            let Some(endpoint) = endpoint else {
+                drained.given_up += 1;
+                if !self.advance(lane, next.slot).await? {
+                    return Ok(drained);
+                }
+                continue;
+            };
+            let failed = head.attempts + 1;
+            let wait = match self.attempt(&endpoint, &next, now).await {
+                Outcome::Delivered => {
+                    drained.delivered += 1;
+                    None
+                }
+                // Given up; disabling the endpoint at a 410 is `docs/webhooks.md` §7
+                // step 6.
+                Outcome::Gone => {
+                    drained.given_up += 1;
+                    None
+                }
+                // Before the schedule's last wait, the endpoint's `Retry-After` replaces
+                // the step; after it, the message is given up.
+                Outcome::Retry { after } => match next_wait(failed, (self.jitter)()) {
+                    Some(step) => Some(after.unwrap_or(step)),
+                    None => {
+                        drained.given_up += 1;
+                        None
+                    }
+                },
+            };
+            if let Some(wait) = wait {
+                drained.failed += 1;
+                let next_at = now + millis(wait);
+                let lease_until = next_at + millis(LANE_LEASE);
+                let postponed = self
+                    .lanes
+                    .postpone(lane, next.slot, failed, next_at, lease_until)
+                    .await?;
+                if postponed {
+                    self.wakes.wake(lane, wait).await?;
+                }
+                return Ok(drained);
+            }
+            if !self.advance(lane, next.slot).await? {
+                return Ok(drained);
+            }
+        }
+        // More wait: a fresh wake carries on.
+        self.wakes.wake(lane, Duration::ZERO).await?;
+        Ok(drained)
+    }
+
+    /// Moves the lane past `slot`; whether more wait for this worker.
+    async fn advance(&self, lane: &Lane, slot: u64) -> Result<bool, AppError> {
+        let lease_until = (self.clock)() + millis(LANE_LEASE);
+        let more = self.lanes.advance(lane, slot, lease_until).await?;
+        Ok(more == Some(true))
+    }
+
+    /// One attempt, signed now by the endpoint's secrets (the previous one too while it
+    /// still signs). No answer is a failed attempt.
+    async fn attempt(&self, endpoint: &Endpoint, next: &Queued, now: i64) -> Outcome {
+        let mut secrets = vec![endpoint.secret.0.as_str()];
+        if let Some((previous, until)) = &endpoint.previous_secret {
+            if *until > now {
+                secrets.push(previous.0.as_str());
+            }
+        }
+        let timestamp_s = now.div_euclid(1000);
+        let Ok(signed) = signature(&secrets, &next.message_id, timestamp_s, &next.body) else {
+            // A stored secret is always one the api made; were it not, no attempt can
+            // succeed, and the schedule gives the message up.
+            return Outcome::Retry { after: None };
+        };
+        let headers = [
+            ("content-type", "application/json".to_owned()),
+            ("webhook-id", next.message_id.clone()),
+            ("webhook-timestamp", timestamp_s.to_string()),
+            ("webhook-signature", signed),
+        ];
+        let at = UNIX_EPOCH + Duration::from_millis(u64::try_from(now).unwrap_or(0));
+        match self.sender.post(&endpoint.url, &headers, &next.body).await {
+            Ok(reply) => outcome(reply.status, reply.retry_after.as_deref(), at),
+            Err(_) => Outcome::Retry { after: None },
+        }
+    }
+
+    /// The endpoint's next sequence number from this instance's block, or from a new
+    /// block when `fresh` (a lane had seen a higher one) or the block is used up.
+    async fn next_sequence(&self, lane: &Lane, fresh: bool) -> Result<u64, AppError> {
+        let endpoint = (lane.workspace_id.clone(), lane.webhook_id.clone());
+        let cached = {
+            let mut blocks = self.blocks.lock().unwrap_or_else(PoisonError::into_inner);
+            match blocks.get_mut(&endpoint) {
+                Some((next, end)) if !fresh && *next < *end => {
+                    *next += 1;
+                    Some(*next - 1)
+                }
+                _ => None,
+            }
+        };
+        if let Some(sequence) = cached {
+            return Ok(sequence);
+        }
+        let first = self
+            .lanes
+            .sequence_block(&lane.workspace_id, &lane.webhook_id, SEQUENCE_BLOCK)
+            .await?;
+        self.blocks
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(endpoint, (first + 1, first + SEQUENCE_BLOCK));
+        Ok(first)
+    }
+}
+
+/// Whether an endpoint takes an event: its type subscribed, and for an audience event
+/// its audience among those the endpoint names, if it names any.
+fn subscribes(endpoint: &Endpoint, event: &WebhookEvent) -> bool {
+    let audience_taken = match (&endpoint.audiences, &event.audience_id) {
+        (Some(only), Some(audience)) => only.contains(audience),
+        _ => true,
+    };
+    endpoint.events.contains(&event.event_type) && audience_taken
+}
+
+fn millis(wait: Duration) -> i64 {
+    i64::try_from(wait.as_millis()).unwrap_or(i64::MAX)
+}
+
+fn wait_until(now: i64, at: i64) -> Duration {
+    Duration::from_millis(u64::try_from(at - now).unwrap_or(0))
+}
+
+#[cfg(test)]
+#[path = "deliveries_tests.rs"]
+mod tests;

@@ -1,0 +1,309 @@
+//! Webhook lanes in the webhooks table (`docs/webhooks.md` §2): a lane is the
+//! partition `l#<workspace>#<webhook id>#<user>`, its meta item `sk = "#"` (`tail`,
+//! `done`, `last_seq`, `attempts`, `next_at`, `lease_until`, and `v`, moved by every
+//! change so that an append's transaction holds only if nothing changed since it read
+//! the meta) and one item per delivery, `sk` = its slot in 12 digits. An endpoint's
+//! sequence blocks: `seq#<workspace>#<webhook id>`, `next`. Deliveries and metas expire
+//! (TTL `expires_at`), the metas a day after their last delivery.
+
+use super::{
+    built, condition_held, get_n, get_s, n, s, transact_once, Item, Transacted, PARTITION_KEY,
+    TTL_ATTRIBUTE,
+};
+use crate::app::ports::{Appended, Lane, LaneHead, Lanes, PortError, Queued};
+use aws_sdk_dynamodb::types::{Put, ReturnValue, TransactWriteItem, Update};
+use aws_sdk_dynamodb::Client;
+
+const SORT_KEY: &str = "sk";
+const META: &str = "#";
+/// A delivery is kept this long after it is appended (a week: the longest a message
+/// waits, 5 days of failures, and more); its lane's meta a day longer.
+const KEPT_FOR_S: i64 = 7 * 24 * 3600;
+const META_KEPT_FOR_S: i64 = KEPT_FOR_S + 24 * 3600;
+/// Appends that find the meta changed by another append or a worker since they read
+/// it, before the append gives up (the fan-out's message comes again).
+const APPEND_ATTEMPTS: usize = 5;
+
+#[derive(Clone)]
+pub struct LaneStore {
+    client: Client,
+    table: String,
+}
+
+/// A lane's meta, as read.
+#[derive(Default)]
+struct Meta {
+    /// `v`: `None` when the lane has no meta yet.
+    version: Option<u64>,
+    tail: u64,
+    done: u64,
+    last_sequence: u64,
+    attempts: usize,
+    next_at: i64,
+    lease_until: i64,
+}
+
+impl LaneStore {
+    pub fn new(client: Client, table: &str) -> Self {
+        Self {
+            client,
+            table: table.to_owned(),
+        }
+    }
+
+    fn key(pk: String, sk: String) -> Item {
+        Item::from([
+            (PARTITION_KEY.to_owned(), s(pk)),
+            (SORT_KEY.to_owned(), s(sk)),
+        ])
+    }
+
+    fn lane_pk(lane: &Lane) -> String {
+        format!(
+            "l#{}#{}#{}",
+            lane.workspace_id, lane.webhook_id, lane.user_id
+        )
+    }
+
+    fn meta_key(lane: &Lane) -> Item {
+        Self::key(Self::lane_pk(lane), META.to_owned())
+    }
+
+    fn slot_key(lane: &Lane, slot: u64) -> Item {
+        Self::key(Self::lane_pk(lane), format!("{slot:012}"))
+    }
+
+    async fn read(&self, key: Item) -> Result<Option<Item>, PortError> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .set_key(Some(key))
+            .consistent_read(true)
+            .send()
+            .await?;
+        Ok(out.item)
+    }
+
+    async fn meta(&self, lane: &Lane) -> Result<Meta, PortError> {
+        let Some(item) = self.read(Self::meta_key(lane)).await? else {
+            return Ok(Meta::default());
+        };
+        Ok(Meta {
+            version: get_n(&item, "v"),
+            tail: get_n(&item, "tail").unwrap_or(0),
+            done: get_n(&item, "done").unwrap_or(0),
+            last_sequence: get_n(&item, "last_seq").unwrap_or(0),
+            attempts: get_n(&item, "attempts").unwrap_or(0),
+            next_at: get_n(&item, "next_at").unwrap_or(0),
+            lease_until: get_n(&item, "lease_until").unwrap_or(0),
+        })
+    }
+
+    /// An update of the meta that moves `v`, keeps the meta a day past its deliveries,
+    /// and holds only while `done` is `slot - 1`.
+    fn meta_update(
+        &self,
+        lane: &Lane,
+        slot: u64,
+        set: &str,
+    ) -> aws_sdk_dynamodb::operation::update_item::builders::UpdateItemFluentBuilder {
+        self.client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(Self::meta_key(lane)))
+            .update_expression(format!("SET {set}, expires_at = :expires ADD v :one"))
+            .condition_expression("done = :before")
+            .expression_attribute_values(":before", n(slot.saturating_sub(1)))
+            .expression_attribute_values(":one", n(1))
+            .expression_attribute_values(":expires", n(expires_at(META_KEPT_FOR_S)))
+    }
+}
+
+/// Seconds since the epoch, `after` seconds from now: DynamoDB's TTL reads seconds.
+fn expires_at(after: i64) -> i64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| {
+            i64::try_from(since.as_secs()).unwrap_or(i64::MAX)
+        });
+    now.saturating_add(after)
+}
+
+impl Lanes for LaneStore {
+    async fn sequence_block(
+        &self,
+        workspace_id: &str,
+        webhook_id: &str,
+        count: u64,
+    ) -> Result<u64, PortError> {
+        let out = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(Self::key(
+                format!("seq#{workspace_id}#{webhook_id}"),
+                META.to_owned(),
+            )))
+            .update_expression("ADD #next :count")
+            .expression_attribute_names("#next", "next")
+            .expression_attribute_values(":count", n(count))
+            .return_values(ReturnValue::UpdatedNew)
+            .send()
+            .await?;
+        let next: u64 = out
+            .attributes
+            .as_ref()
+            .and_then(|item| get_n(item, "next"))
+            .ok_or_else(|| PortError::Refused("no sequence returned".into()))?;
+        Ok(next + 1 - count)
+    }
+
+    async fn append(
+        &self,
+        lane: &Lane,
+        message_id: &str,
+        sequence: u64,
+        body: &str,
+        now: i64,
+        lease_until: i64,
+    ) -> Result<Appended, PortError> {
+        for _ in 0..APPEND_ATTEMPTS {
+            let meta = self.meta(lane).await?;
+            if meta.last_sequence >= sequence {
+                return Ok(Appended::SequenceBehind);
+            }
+            let slot = meta.tail + 1;
+            let wake = meta.lease_until <= now;
+            let mut delivery = Self::slot_key(lane, slot);
+            delivery.extend([
+                ("message_id".to_owned(), s(message_id)),
+                ("body".to_owned(), s(body)),
+                ("sequence".to_owned(), n(sequence)),
+                (TTL_ATTRIBUTE.to_owned(), n(expires_at(KEPT_FOR_S))),
+            ]);
+            // A slot is reserved by the meta's condition: a delivery left over from a
+            // meta that expired first is overwritten.
+            let put = built(
+                Put::builder()
+                    .table_name(&self.table)
+                    .set_item(Some(delivery))
+                    .build(),
+            )?;
+            let lease = if wake { ", lease_until = :lease" } else { "" };
+            let mut update = Update::builder()
+                .table_name(&self.table)
+                .set_key(Some(Self::meta_key(lane)))
+                .update_expression(format!(
+                    "SET tail = :slot, last_seq = :seq, done = if_not_exists(done, :zero), expires_at = :expires{lease} ADD v :one"
+                ))
+                .expression_attribute_values(":slot", n(slot))
+                .expression_attribute_values(":seq", n(sequence))
+                .expression_attribute_values(":zero", n(0))
+                .expression_attribute_values(":expires", n(expires_at(META_KEPT_FOR_S)))
+                .expression_attribute_values(":one", n(1));
+            if wake {
+                update = update.expression_attribute_values(":lease", n(lease_until));
+            }
+            update = match meta.version {
+                Some(version) => update
+                    .condition_expression("v = :v")
+                    .expression_attribute_values(":v", n(version)),
+                None => update.condition_expression("attribute_not_exists(pk)"),
+            };
+            let items = vec![
+                TransactWriteItem::builder().put(put).build(),
+                TransactWriteItem::builder()
+                    .update(built(update.build())?)
+                    .build(),
+            ];
+            match transact_once(&self.client, items).await? {
+                Transacted::Done => return Ok(Appended::At { slot, wake }),
+                // Changed since read (an append, a worker): read it again.
+                Transacted::ConditionFailed(_) | Transacted::Conflict => {}
+            }
+        }
+        Err(PortError::Unavailable("lane kept changing".into()))
+    }
+
+    async fn head(&self, lane: &Lane) -> Result<LaneHead, PortError> {
+        let meta = self.meta(lane).await?;
+        if meta.tail <= meta.done {
+            return Ok(LaneHead::default());
+        }
+        let slot = meta.done + 1;
+        let next = self
+            .read(Self::slot_key(lane, slot))
+            .await?
+            .and_then(|item| {
+                Some(Queued {
+                    slot,
+                    message_id: get_s(&item, "message_id")?.to_owned(),
+                    body: get_s(&item, "body")?.to_owned(),
+                })
+            });
+        Ok(LaneHead {
+            next,
+            attempts: meta.attempts,
+            next_at: meta.next_at,
+        })
+    }
+
+    async fn advance(
+        &self,
+        lane: &Lane,
+        slot: u64,
+        lease_until: i64,
+    ) -> Result<Option<bool>, PortError> {
+        // The lane emptied: the lease let go, if no append came since.
+        let emptied = self
+            .meta_update(
+                lane,
+                slot,
+                "done = :slot, attempts = :zero, next_at = :zero, lease_until = :zero",
+            )
+            .condition_expression("done = :before AND tail = :slot")
+            .expression_attribute_values(":slot", n(slot))
+            .expression_attribute_values(":zero", n(0))
+            .send()
+            .await;
+        if condition_held(emptied)? {
+            return Ok(Some(false));
+        }
+        // More behind it (the tail only grows), or another worker moved it.
+        let moved = self
+            .meta_update(
+                lane,
+                slot,
+                "done = :slot, attempts = :zero, next_at = :zero, lease_until = :lease",
+            )
+            .expression_attribute_values(":slot", n(slot))
+            .expression_attribute_values(":zero", n(0))
+            .expression_attribute_values(":lease", n(lease_until))
+            .send()
+            .await;
+        Ok(condition_held(moved)?.then_some(true))
+    }
+
+    async fn postpone(
+        &self,
+        lane: &Lane,
+        slot: u64,
+        attempts: usize,
+        next_at: i64,
+        lease_until: i64,
+    ) -> Result<bool, PortError> {
+        let postponed = self
+            .meta_update(
+                lane,
+                slot,
+                "attempts = :attempts, next_at = :next, lease_until = :lease",
+            )
+            .expression_attribute_values(":attempts", n(attempts))
+            .expression_attribute_values(":next", n(next_at))
+            .expression_attribute_values(":lease", n(lease_until))
+            .send()
+            .await;
+        condition_held(postponed)
+    }
+}
