@@ -362,6 +362,17 @@ class ProxyWiring(unittest.TestCase):
                          (400, "application/x-amz-json-1.1",
                           {"__type": "ThrottlingException", "message": "Rate exceeded"}))
 
+    def test_a_lost_answer_reaches_moto_and_answers_an_error_as_many_times_as_asked(self):
+        self.start(scale=None)
+        fault = {"operations": [DYNAMODB + "UpdateItem"], "action": "lose", "times": 1, "matching": "ws#1"}
+        request = urllib.request.Request(self.url + "/__faults", data=json.dumps(fault).encode(), method="PUT")
+        urllib.request.urlopen(request).close()
+        update = {"TableName": "counters", "Key": {"pk": s("ws#1")}}
+        FakeMoto.received.clear()
+        self.assertEqual(self.call(DYNAMODB + "UpdateItem", update)[0], 503, "its answer lost")
+        self.assertEqual(len(FakeMoto.received), 1, "but applied")
+        self.assertEqual(self.call(DYNAMODB + "UpdateItem", update)[0], 200, "once only")
+
     def test_without_a_scale_nothing_is_throttled(self):
         self.start(scale=None)
         self.assertTrue(all(self.call(DYNAMODB + "PutItem", counter("ws"))[0] == 200 for _ in range(20)))

@@ -33,7 +33,10 @@ class FaultProxy:
     `PUT /__faults` with `{"operations": ["AmazonSQS.SendMessage", …], "status": 503,
     "code": "ServiceUnavailable"}` makes those operations (their `X-Amz-Target`) answer
     that error; `"action": "stall", "delay_ms": 3000` holds them that long and then
-    forwards them; `"probability": 0.3` affects only that share of the calls;
+    forwards them; `"action": "lose"` forwards them and answers that error instead of
+    moto's answer (a write applied whose answer was lost: the SDK's retry meets its own
+    write); `"times": 1` affects only that many calls; `"probability": 0.3` only that
+    share of the calls;
     `"matching": "text"` only the calls whose payload contains that text; `"message"`
     sets the failure's message (AWS messages can quote the data they refuse). A JSON
     array of such objects sets several at once (the first that applies to a call
@@ -74,7 +77,7 @@ class FaultProxy:
     def __init__(self, port, upstream, key_schemas=None, indexes=None, scale=None):
         self.faults = []
         self.calls = {}
-        self.injected = {"fail": 0, "stall": 0}
+        self.injected = {"fail": 0, "stall": 0, "lose": 0}
         self.refused_by_limits = 0
         self.key_schemas = key_schemas or {}
         self.upstream = upstream
@@ -160,10 +163,14 @@ class FaultProxy:
                 payload = self.body()
                 target = self.headers.get("X-Amz-Target", "")
                 refusal = proxy.refusal(target, payload)
-                faults = next((f for f in proxy.faults
-                               if not refusal and target and target in f.get("operations", [])
-                               and f.get("matching", "").encode() in payload
-                               and random.random() < float(f.get("probability", 1))), {})
+                with proxy.lock:
+                    faults = next((f for f in proxy.faults
+                                   if not refusal and target and target in f.get("operations", [])
+                                   and f.get("matching", "").encode() in payload
+                                   and f.get("times", 1) > 0
+                                   and random.random() < float(f.get("probability", 1))), {})
+                    if "times" in faults:
+                        faults["times"] -= 1
                 action = faults.get("action", "fail") if faults else None
                 queue = target.startswith("AmazonSQS.") and sqs_queue_url(payload)
                 with proxy.lock:
@@ -182,11 +189,7 @@ class FaultProxy:
                                         "message": refusal}).encode()
                     return self.answer(400, error, [("Content-Type", "application/x-amz-json-1.0")])
                 if action == "fail":
-                    error = json.dumps({"__type": faults.get("code", "ServiceUnavailable"),
-                                        "message": faults.get("message", "injected by the test fault proxy")}
-                                       ).encode()
-                    return self.answer(int(faults.get("status", 503)), error,
-                                       [("Content-Type", "application/x-amz-json-1.0")])
+                    return self.injected_error(faults)
                 if action == "stall":
                     time.sleep(int(faults.get("delay_ms", 3000)) / 1000)
                 headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "content-length")}
@@ -201,9 +204,16 @@ class FaultProxy:
                 status, data, got = proxy.send(self.command, self.path, forwarded, headers)
                 if admission:
                     data = admission.answered(status, data)
+                if action == "lose":
+                    return self.injected_error(faults)
                 passed = [(k, v) for k, v in got.items()
                           if k.lower() not in ("content-length", "transfer-encoding", "connection", "date", "server")]
                 self.answer(status, data, passed)
+
+            def injected_error(self, faults):
+                error = json.dumps({"__type": faults.get("code", "ServiceUnavailable"),
+                                    "message": faults.get("message", "injected by the test fault proxy")}).encode()
+                self.answer(int(faults.get("status", 503)), error, [("Content-Type", "application/x-amz-json-1.0")])
                 if counted or admission:
                     proxy.after_answer(target, payload, before, status, data, counted, limits, admission)
 

@@ -4,7 +4,9 @@
 //! its own lanes. Wakes (a queue's message, delayed for a retry) start the worker; a
 //! lane's lease says one holds it, so appends wake one only when none does.
 
-use super::ports::{Appended, Endpoint, Lane, Lanes, PortError, Queued, Sender, Wakes, Webhooks};
+use super::ports::{
+    Appended, Endpoint, Head, Lane, Lanes, PortError, Queued, Sender, Wakes, Webhooks,
+};
 use super::AppError;
 use crate::contract::{delivery_body, WebhookEvent};
 use crate::domain::webhook::{message_id, next_wait, outcome, signature, Outcome};
@@ -58,6 +60,8 @@ pub struct Deliveries<W, L, K, S> {
     /// instance's block: next, end.
     blocks: Mutex<HashMap<(String, String), (u64, u64)>>,
     subscribers: Mutex<Subscribers>,
+    /// [`DELIVERIES_PER_WAKE`]; fewer in tests, to run the hand-over often.
+    per_wake: usize,
 }
 
 impl<W: Webhooks, L: Lanes, K: Wakes, S: Sender> Deliveries<W, L, K, S> {
@@ -71,7 +75,13 @@ impl<W: Webhooks, L: Lanes, K: Wakes, S: Sender> Deliveries<W, L, K, S> {
             jitter,
             blocks: Mutex::default(),
             subscribers: Mutex::default(),
+            per_wake: DELIVERIES_PER_WAKE,
         }
+    }
+
+    #[cfg(test)]
+    pub(crate) fn with_per_wake(self, per_wake: usize) -> Self {
+        Self { per_wake, ..self }
     }
 
     /// The fan-out: appends a bus event to the lane of each endpoint of its workspace
@@ -158,10 +168,18 @@ impl<W: Webhooks, L: Lanes, K: Wakes, S: Sender> Deliveries<W, L, K, S> {
     /// wake sent twice, or after its sender failed, so none is lost).
     pub async fn drain(&self, lane: &Lane) -> Result<Drained, AppError> {
         let mut drained = Drained::default();
-        for _ in 0..DELIVERIES_PER_WAKE {
+        for _ in 0..self.per_wake {
             let head = self.lanes.head(lane).await?;
-            let Some(next) = head.next else {
-                return Ok(drained);
+            let next = match head.next {
+                None => return Ok(drained),
+                Some(Head::Waiting(next)) => next,
+                Some(Head::Expired(slot)) => {
+                    drained.given_up += 1;
+                    if !self.advance(lane, slot).await? {
+                        return Ok(drained);
+                    }
+                    continue;
+                }
             };
             let now = (self.clock)();
             if head.next_at > now {

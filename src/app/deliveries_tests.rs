@@ -42,7 +42,7 @@ fn endpoint() -> Endpoint {
     }
 }
 
-fn world_at(start: i64, interleaving: Interleaving) -> World {
+fn world_at(start: i64, interleaving: Interleaving, per_wake: usize) -> World {
     let webhooks = MemoryWebhooks::default();
     webhooks
         .endpoints
@@ -70,7 +70,8 @@ fn world_at(start: i64, interleaving: Interleaving) -> World {
         sender.clone(),
         Arc::new(move || clock.load(SeqCst)),
         Arc::new(|| 1.0),
-    );
+    )
+    .with_per_wake(per_wake);
     World {
         deliveries,
         webhooks,
@@ -82,7 +83,7 @@ fn world_at(start: i64, interleaving: Interleaving) -> World {
 }
 
 fn world() -> World {
-    world_at(T0, Interleaving::default())
+    world_at(T0, Interleaving::default(), DELIVERIES_PER_WAKE)
 }
 
 fn lane(user: &str) -> Lane {
@@ -163,7 +164,7 @@ async fn an_append_wakes_an_idle_lane_and_not_one_a_worker_holds() {
 #[tokio::test]
 async fn each_attempt_is_signed_as_standard_webhooks_verifies_it() {
     let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
-    let w = world_at(millis(now), Interleaving::default());
+    let w = world_at(millis(now), Interleaving::default(), DELIVERIES_PER_WAKE);
     w.enqueue("u1", 1).await;
     w.deliveries.drain(&lane("u1")).await.unwrap();
     let [sent] = w.sender.received().try_into().unwrap();
@@ -317,6 +318,20 @@ async fn a_long_lane_is_drained_a_bounded_number_at_a_time() {
 }
 
 #[tokio::test]
+async fn a_delivery_kept_past_its_expiry_is_passed_and_the_lane_goes_on() {
+    let w = world();
+    for n in 1..=3 {
+        w.enqueue("u1", n).await;
+    }
+    w.lanes.expire(&lane("u1"), 2);
+    let drained = w.deliveries.drain(&lane("u1")).await.unwrap();
+    assert_eq!((drained.delivered, drained.given_up), (2, 1));
+    assert_eq!(w.attempted(), ["msg_ev1", "msg_ev3"]);
+    let state = w.lanes.state(&lane("u1"));
+    assert_eq!((state.done, state.lease_until), (3, 0), "emptied, let go");
+}
+
+#[tokio::test]
 async fn sequences_increase_along_a_lane_whatever_block_each_instance_holds() {
     let w = world();
     let other = Deliveries::new(
@@ -441,36 +456,62 @@ enum Work {
     Wake(usize),
 }
 
+/// What goes wrong in a run of the property test, each drawn by proptest, in order of
+/// the calls it meets.
+#[derive(Debug)]
+struct Mishaps {
+    /// Attempts answered 500 (true) or 200.
+    failures: Vec<bool>,
+    /// Wakes not sent.
+    unsent_wakes: Vec<bool>,
+    /// Appends and advances applied whose answer was lost.
+    lost_appends: Vec<bool>,
+    lost_advances: Vec<bool>,
+    /// Per task: dies after so many polls.
+    crashes: Vec<Option<usize>>,
+    /// Per wake: delivered twice.
+    twice: Vec<bool>,
+}
+
+/// Lines up a fault of `call` where `pattern` says true, a pass where false.
+fn line_up(faults: &Faults, call: &str, pattern: &[bool]) {
+    for &fails in pattern {
+        match fails {
+            true => faults.fail(call, unavailable(), 1),
+            false => faults.pass(call, 1),
+        }
+    }
+}
+
 /// Runs the appends and every wake they lead to, in time, each batch of work due at
-/// one moment side by side (interleaved by `seed`), some workers dying after a few of
-/// their calls (`crashes`), some wakes sent twice; until nothing is left to do.
-fn run(
-    seed: u64,
-    appends: &[usize],
-    failures: &[bool],
-    wake_failures: usize,
-    crashes: &[usize],
-    twice: &[bool],
-) -> World {
+/// one moment side by side (interleaved by `seed`), with `mishaps`; until nothing is
+/// left to do. A lane wake hands on after 3 deliveries, so that the hand-over runs often.
+fn run(seed: u64, appends: &[usize], mishaps: &Mishaps) -> World {
     let rt = tokio::runtime::Builder::new_current_thread()
         .build()
         .unwrap();
-    let w = world_at(T0, Interleaving::seeded(seed));
+    let w = world_at(T0, Interleaving::seeded(seed), 3);
     w.sender.answer(
-        failures
+        mishaps
+            .failures
             .iter()
             .map(|&fail| replied(if fail { 500 } else { 200 })),
     );
-    w.wakes
-        .faults
-        .fail("wakes.wake", unavailable(), wake_failures);
+    line_up(&w.wakes.faults, "wakes.wake", &mishaps.unsent_wakes);
+    line_up(&w.lanes.lost_answers, "lanes.append", &mishaps.lost_appends);
+    line_up(
+        &w.lanes.lost_answers,
+        "lanes.advance",
+        &mishaps.lost_advances,
+    );
     let mut pending: BTreeMap<(i64, usize), Work> = BTreeMap::new();
     let mut order = 0;
     for (n, &user) in appends.iter().enumerate() {
         pending.insert((T0 + 10 * (n as i64 / 3), order), Work::Enqueue(user, n));
         order += 1;
     }
-    let (mut crashes, mut twice) = (crashes.iter().copied(), twice.iter().copied());
+    let mut crashes = mishaps.crashes.iter().copied();
+    let mut twice = mishaps.twice.iter().copied();
     let mut rounds = 0;
     rt.block_on(async {
         while let Some((&(at, _), _)) = pending.first_key_value() {
@@ -494,7 +535,7 @@ fn run(
                 std::iter::repeat_n(work, copies)
             });
             let outcomes = futures::future::join_all(tasks.map(|work| {
-                let crash_after = crashes.next();
+                let crash_after = crashes.next().flatten();
                 let w = &w;
                 async move {
                     let done = async {
@@ -558,20 +599,22 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(200))]
 
     /// Whatever the interleaving of appends and workers, duplicate wakes, failed
-    /// attempts, wakes not sent and workers dying mid-way: every message is delivered,
-    /// each lane's first deliveries come in the order it was appended, and no lane is
-    /// left with work and no worker.
+    /// attempts, wakes not sent, writes applied with their answers lost and workers
+    /// dying mid-way: every message is delivered, each lane's first deliveries come in
+    /// the order it was appended, and no lane is left with work and no worker.
     #[test]
     fn every_message_is_delivered_in_its_lanes_order_whatever_the_interleaving(
         seed in any::<u64>(),
-        appends in prop::collection::vec(0..3usize, 1..12),
+        appends in prop::collection::vec(0..3usize, 1..30),
         failures in prop::collection::vec(any::<bool>(), 0..7),
-        wake_failures in 0..3usize,
-        crashes in prop::collection::vec(prop::option::weighted(0.3, 0..12usize), 0..30),
-        twice in prop::collection::vec(any::<bool>(), 0..20),
+        unsent_wakes in prop::collection::vec(prop::bool::weighted(0.2), 0..40),
+        lost_appends in prop::collection::vec(prop::bool::weighted(0.2), 0..30),
+        lost_advances in prop::collection::vec(prop::bool::weighted(0.2), 0..30),
+        crashes in prop::collection::vec(prop::option::weighted(0.2, 0..12usize), 0..60),
+        twice in prop::collection::vec(any::<bool>(), 0..40),
     ) {
-        let crashes: Vec<usize> = crashes.into_iter().flatten().collect();
-        let w = run(seed, &appends, &failures, wake_failures, &crashes, &twice);
+        let mishaps = Mishaps { failures, unsent_wakes, lost_appends, lost_advances, crashes, twice };
+        let w = run(seed, &appends, &mishaps);
         let delivered: Vec<(String, String)> = w
             .sender
             .received()

@@ -41,18 +41,27 @@ impl Journal {
     }
 }
 
-/// Failures a test lines up for a port's calls, by call name, in order; a call with
-/// nothing lined up succeeds.
+/// Failures a test lines up for a port's calls, by call name, in order (a `None` lets
+/// its call pass); a call with nothing lined up succeeds.
 #[derive(Clone, Default)]
-pub struct Faults(Arc<Mutex<HashMap<String, VecDeque<PortError>>>>);
+pub struct Faults(Arc<Mutex<HashMap<String, VecDeque<Option<PortError>>>>>);
 
 impl Faults {
     /// The next `count` calls named `call` fail with `error`.
     pub fn fail(&self, call: &str, error: PortError, count: usize) {
+        self.line_up(call, std::iter::repeat_n(Some(error), count));
+    }
+
+    /// The next `count` calls named `call` pass (before what is lined up after them).
+    pub fn pass(&self, call: &str, count: usize) {
+        self.line_up(call, std::iter::repeat_n(None, count));
+    }
+
+    fn line_up(&self, call: &str, outcomes: impl IntoIterator<Item = Option<PortError>>) {
         lock(&self.0)
             .entry(call.to_owned())
             .or_default()
-            .extend(std::iter::repeat_n(error, count));
+            .extend(outcomes);
     }
 
     /// Nothing lined up any more: every call succeeds.
@@ -62,8 +71,8 @@ impl Faults {
 
     fn check(&self, call: &str) -> Result<(), PortError> {
         match lock(&self.0).get_mut(call).and_then(VecDeque::pop_front) {
-            Some(error) => Err(error),
-            None => Ok(()),
+            Some(Some(error)) => Err(error),
+            _ => Ok(()),
         }
     }
 }

@@ -419,11 +419,10 @@ pub async fn fleet(stack: &Stack, method: Method, path: &str, body: Option<Value
     response.json().await.unwrap_or(Value::Null)
 }
 
-/// How many calls of an AWS operation (`AmazonSQS.SendMessage`) went through the
-/// stack's proxy so far.
-pub async fn aws_calls(stack: &Stack, operation: &str) -> u64 {
+/// The stack's proxy's report: the calls per operation, the faults injected.
+pub async fn fault_report(stack: &Stack) -> Value {
     let url = std::env::var("VF_FAULT_PROXY_URL").expect("run through `make test`");
-    let report: Value = stack
+    stack
         .http
         .get(url)
         .send()
@@ -431,8 +430,15 @@ pub async fn aws_calls(stack: &Stack, operation: &str) -> u64 {
         .unwrap()
         .json()
         .await
-        .unwrap();
-    report["calls"][operation].as_u64().unwrap_or(0)
+        .unwrap()
+}
+
+/// How many calls of an AWS operation (`AmazonSQS.SendMessage`) went through the
+/// stack's proxy so far.
+pub async fn aws_calls(stack: &Stack, operation: &str) -> u64 {
+    fault_report(stack).await["calls"][operation]
+        .as_u64()
+        .unwrap_or(0)
 }
 
 /// Calls of an SQS `operation` that named the upsert queue: the api's sends, without

@@ -3,12 +3,12 @@
 //! per workspace under concurrent `PUT`s, and every refusal a clear answer; the lanes
 //! deliveries will wait in (step 3: the adapter's conditions). Delivery is not wired yet.
 
-use crate::support::{error_of, Stack, ALL_SCOPES};
+use crate::support::{clear_faults, error_of, fault_report, set_faults, Stack, ALL_SCOPES};
 use aws_sdk_dynamodb::types::AttributeValue;
 use futures::future::join_all;
 use reqwest::{Method, Response};
 use serde_json::{json, Value};
-use vibefollow_users::app::ports::{Appended, Lane, Lanes};
+use vibefollow_users::app::ports::{Appended, Head, Lane, Lanes};
 use vibefollow_users::aws::dynamodb::LaneStore;
 use vibefollow_users::domain::auth::Scope;
 
@@ -411,7 +411,9 @@ async fn lanes_keep_their_order_lease_and_sequence_in_dynamodb() {
     assert_eq!(append("msg_0", 2, now).await, Appended::SequenceBehind);
 
     let head = lanes.head(&lane).await.unwrap();
-    let next = head.next.expect("slot 1");
+    let Some(Head::Waiting(next)) = head.next else {
+        panic!("slot 1 waits: {head:?}");
+    };
     assert_eq!(
         (next.slot, next.message_id.as_str(), head.attempts),
         (1, "msg_1", 0)
@@ -433,9 +435,9 @@ async fn lanes_keep_their_order_lease_and_sequence_in_dynamodb() {
         "slot 2 waits"
     );
     assert_eq!(
-        lanes.advance(&lane, 1, lease).await.unwrap(),
+        lanes.advance(&lane, 1, lease + 1).await.unwrap(),
         None,
-        "moved already"
+        "moved already, by a worker of another lease"
     );
     assert_eq!(lanes.head(&lane).await.unwrap().attempts, 0);
     assert_eq!(
@@ -451,6 +453,20 @@ async fn lanes_keep_their_order_lease_and_sequence_in_dynamodb() {
             wake: true
         },
         "the lease was let go"
+    );
+    // Slot 3 expires (TTL) before its delivery: the head says so, for the worker to pass.
+    stack
+        .dynamodb
+        .delete_item()
+        .table_name(&stack.resources.webhooks_table)
+        .key("pk", AttributeValue::S(format!("l#{ws}#crm#u1")))
+        .key("sk", AttributeValue::S(format!("{:012}", 3)))
+        .send()
+        .await
+        .expect("expire slot 3");
+    assert_eq!(
+        lanes.head(&lane).await.unwrap().next,
+        Some(Head::Expired(3))
     );
 
     let busy = stack.lane("u2");
@@ -472,5 +488,45 @@ async fn lanes_keep_their_order_lease_and_sequence_in_dynamodb() {
         slots,
         (1..=slots.len() as u64).collect::<Vec<_>>(),
         "a slot each, none twice"
+    );
+}
+
+/// A worker's move applied whose answer was lost: the SDK's retry meets the move
+/// already made and fails its condition. The adapter knows the lease it set and goes
+/// on, so the lane is not left with work and no worker.
+#[tokio::test]
+#[ignore = "needs the local stack: run `make test`"]
+async fn a_lane_move_whose_answer_was_lost_is_known_as_its_own() {
+    let stack = Stack::alone().await;
+    let (lanes, lane) = (stack.lanes(), stack.lane("u1"));
+    for sequence in 1..=2 {
+        lanes
+            .append(&lane, "msg", sequence, "{}", 0, 60_000)
+            .await
+            .unwrap();
+    }
+    let lease = 987_654_321_987_i64; // the one call that carries it loses its answer
+    set_faults(
+        &stack,
+        &json!({"operations": ["DynamoDB_20120810.UpdateItem"], "action": "lose",
+                "times": 1, "matching": lease.to_string()}),
+    )
+    .await;
+    let moved = lanes.advance(&lane, 1, lease).await;
+    clear_faults(&stack).await;
+    let report = fault_report(&stack).await;
+    assert_eq!(
+        report["injected"]["lose"], 1,
+        "the answer was lost: {report}"
+    );
+    assert_eq!(
+        moved.unwrap(),
+        Some(true),
+        "its own move: slot 2 waits for it"
+    );
+    let head = lanes.head(&lane).await.unwrap();
+    assert!(
+        matches!(&head.next, Some(Head::Waiting(next)) if next.slot == 2),
+        "{head:?}"
     );
 }

@@ -4,7 +4,9 @@
 //! reproducible order of its choosing.
 
 use super::{lock, Faults, Journal};
-use crate::app::ports::{Appended, Lane, LaneHead, Lanes, PortError, Queued, Reply, Sender, Wakes};
+use crate::app::ports::{
+    Appended, Head, Lane, LaneHead, Lanes, PortError, Queued, Reply, Sender, Wakes,
+};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -48,7 +50,10 @@ pub struct MemoryLanes {
     pub lanes: Arc<Mutex<HashMap<Lane, LaneState>>>,
     pub sequences: Arc<Mutex<HashMap<String, u64>>>,
     pub journal: Journal,
+    /// Calls refused before they change anything.
     pub faults: Faults,
+    /// Calls applied whose answer is lost: the caller sees the error.
+    pub lost_answers: Faults,
     pub interleaving: Interleaving,
 }
 
@@ -61,6 +66,18 @@ impl MemoryLanes {
 
     pub fn state(&self, lane: &Lane) -> LaneState {
         lock(&self.lanes).get(lane).cloned().unwrap_or_default()
+    }
+
+    /// The delivery at `slot` expires (TTL), delivered or not.
+    pub fn expire(&self, lane: &Lane, slot: u64) {
+        if let Some(state) = lock(&self.lanes).get_mut(lane) {
+            state.queued.remove(&slot);
+        }
+    }
+
+    /// The answer of a call that was applied, or the error of one whose answer was lost.
+    fn answer<T>(&self, name: &str, applied: T) -> Result<T, PortError> {
+        self.lost_answers.check(name).map(|()| applied)
     }
 }
 
@@ -111,19 +128,27 @@ impl Lanes for MemoryLanes {
         if wake {
             state.lease_until = lease_until;
         }
-        Ok(Appended::At { slot, wake })
+        drop(lanes);
+        self.answer("lanes.append", Appended::At { slot, wake })
     }
 
     async fn head(&self, lane: &Lane) -> Result<LaneHead, PortError> {
         self.call("lanes.head").await?;
         let lanes = lock(&self.lanes);
-        Ok(lanes
-            .get(lane)
-            .map_or_else(LaneHead::default, |state| LaneHead {
-                next: state.queued.get(&(state.done + 1)).cloned(),
+        Ok(lanes.get(lane).map_or_else(LaneHead::default, |state| {
+            let slot = state.done + 1;
+            let next = (state.tail >= slot).then(|| {
+                state
+                    .queued
+                    .get(&slot)
+                    .map_or(Head::Expired(slot), |queued| Head::Waiting(queued.clone()))
+            });
+            LaneHead {
+                next,
                 attempts: state.attempts,
                 next_at: state.next_at,
-            }))
+            }
+        }))
     }
 
     async fn advance(
@@ -142,7 +167,8 @@ impl Lanes for MemoryLanes {
         state.next_at = 0;
         let more = state.tail > state.done;
         state.lease_until = if more { lease_until } else { 0 };
-        Ok(Some(more))
+        drop(lanes);
+        self.answer("lanes.advance", Some(more))
     }
 
     async fn postpone(
@@ -161,7 +187,8 @@ impl Lanes for MemoryLanes {
         state.attempts = attempts;
         state.next_at = next_at;
         state.lease_until = lease_until;
-        Ok(true)
+        drop(lanes);
+        self.answer("lanes.postpone", true)
     }
 }
 

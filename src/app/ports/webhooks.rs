@@ -96,10 +96,19 @@ pub struct Queued {
     pub body: String,
 }
 
-/// Where a lane stands: the first delivery not done, and how it has gone so far.
+/// A lane's first delivery not done.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Head {
+    Waiting(Queued),
+    /// Kept past its expiry (a week) before it could be delivered, and gone: its slot,
+    /// for the worker to pass.
+    Expired(u64),
+}
+
+/// Where a lane stands: its first delivery not done, and how that one has gone so far.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct LaneHead {
-    pub next: Option<Queued>,
+    pub next: Option<Head>,
     /// Failed attempts of `next`.
     pub attempts: usize,
     /// When `next` may be attempted (ms since the epoch); 0: at once.

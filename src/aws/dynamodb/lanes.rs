@@ -7,11 +7,13 @@
 //! (TTL `expires_at`), the metas a day after their last delivery.
 
 use super::{
-    built, condition_held, get_n, get_s, n, s, transact_once, Item, Transacted, PARTITION_KEY,
-    TTL_ATTRIBUTE,
+    built, condition, condition_held, get_n, get_s, n, s, transact_once, Condition, Item,
+    Transacted, PARTITION_KEY, TTL_ATTRIBUTE,
 };
-use crate::app::ports::{Appended, Lane, LaneHead, Lanes, PortError, Queued};
-use aws_sdk_dynamodb::types::{Put, ReturnValue, TransactWriteItem, Update};
+use crate::app::ports::{Appended, Head, Lane, LaneHead, Lanes, PortError, Queued};
+use aws_sdk_dynamodb::types::{
+    Put, ReturnValue, ReturnValuesOnConditionCheckFailure, TransactWriteItem, Update,
+};
 use aws_sdk_dynamodb::Client;
 
 const SORT_KEY: &str = "sk";
@@ -232,18 +234,17 @@ impl Lanes for LaneStore {
             return Ok(LaneHead::default());
         }
         let slot = meta.done + 1;
-        let next = self
-            .read(Self::slot_key(lane, slot))
-            .await?
-            .and_then(|item| {
-                Some(Queued {
-                    slot,
-                    message_id: get_s(&item, "message_id")?.to_owned(),
-                    body: get_s(&item, "body")?.to_owned(),
-                })
-            });
+        let item = self.read(Self::slot_key(lane, slot)).await?;
+        let queued = item.as_ref().and_then(|item| {
+            Some(Queued {
+                slot,
+                message_id: get_s(item, "message_id")?.to_owned(),
+                body: get_s(item, "body")?.to_owned(),
+            })
+        });
         Ok(LaneHead {
-            next,
+            // Expired (TTL) before it was delivered: the worker passes it.
+            next: Some(queued.map_or(Head::Expired(slot), Head::Waiting)),
             attempts: meta.attempts,
             next_at: meta.next_at,
         })
@@ -280,9 +281,21 @@ impl Lanes for LaneStore {
             .expression_attribute_values(":slot", n(slot))
             .expression_attribute_values(":zero", n(0))
             .expression_attribute_values(":lease", n(lease_until))
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
             .send()
             .await;
-        Ok(condition_held(moved)?.then_some(true))
+        Ok(match condition(moved)? {
+            Condition::Held => Some(true),
+            // This very update, applied and its answer lost, then failed by the SDK's
+            // retry: the lane holds the lease it set.
+            Condition::Failed(Some(found))
+                if get_n(&found, "done") == Some(slot)
+                    && get_n(&found, "lease_until") == Some(lease_until) =>
+            {
+                Some(get_n::<u64>(&found, "tail").unwrap_or(slot) > slot)
+            }
+            Condition::Failed(_) => None,
+        })
     }
 
     async fn postpone(
