@@ -48,7 +48,11 @@ async fn traffic_below_the_rate_is_admitted_across_20_instances() {
         "spread over {} instances only",
         instances.len()
     );
-    assert!(admitted >= 178, "{admitted}/180 admitted below the rate");
+    // What this guards against is gross: a limit split per instance (20 instances each
+    // taking 1/20 of it) refuses most of this traffic. A loaded 2-core machine stalls the
+    // test's own sends now and then and releases them together, a few in one second
+    // past the rate, which the limiter rightly refuses: up to 5 of 180 (it saw 3).
+    assert!(admitted >= 175, "{admitted}/180 admitted below the rate");
 }
 
 #[tokio::test]
