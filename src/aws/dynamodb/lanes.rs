@@ -11,6 +11,7 @@ use super::{
     Transacted, PARTITION_KEY, TTL_ATTRIBUTE,
 };
 use crate::app::ports::{Appended, Head, Lane, LaneHead, Lanes, PortError, Queued};
+use crate::clock::now_millis;
 use aws_sdk_dynamodb::types::{
     Put, ReturnValue, ReturnValuesOnConditionCheckFailure, TransactWriteItem, Update,
 };
@@ -124,12 +125,7 @@ impl LaneStore {
 
 /// Seconds since the epoch, `after` seconds from now: DynamoDB's TTL reads seconds.
 fn expires_at(after: i64) -> i64 {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |since| {
-            i64::try_from(since.as_secs()).unwrap_or(i64::MAX)
-        });
-    now.saturating_add(after)
+    (now_millis() / 1000).saturating_add(after)
 }
 
 impl Lanes for LaneStore {
