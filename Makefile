@@ -93,11 +93,11 @@ check: $(CHECK_STAMP)
 	$(CHECK_ENV) python dev/check_iam.py template.yaml
 	$(MAKE) build-arm64
 
-## sam build: the four functions as arm64 `bootstrap` binaries under .aws-sam/build.
+## sam build: the five functions as arm64 `bootstrap` binaries under .aws-sam/build.
 build-arm64: $(CHECK_STAMP)
 	rustup target add aarch64-unknown-linux-gnu
 	$(CHECK_ENV) sam build --beta-features
-	@for f in ApiFunction ConsumerFunction ChangesFunction AudiencesFunction; do \
+	@for f in ApiFunction ConsumerFunction ChangesFunction AudiencesFunction WebhooksFunction; do \
 	  file .aws-sam/build/$$f/bootstrap | grep -q 'ARM aarch64' || { echo "$$f: not an arm64 binary"; exit 1; }; \
 	  echo "$$f/bootstrap: $$(stat -c %s .aws-sam/build/$$f/bootstrap) bytes (arm64, stripped)"; \
 	done

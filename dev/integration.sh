@@ -8,9 +8,10 @@ cd "$(dirname "$0")/.."
 
 source dev/steps.sh
 
-# The Node libraries that speak Segment's protocol (Segment's and RudderStack's), for the
-# stack tests that drive them (the Python ones come with the venv, dev/requirements.txt).
+# The Node libraries the stack tests drive: Segment's and RudderStack's, and Standard
+# Webhooks' verifier (the Python ones come with the venv, dev/requirements.txt).
 step "segment libraries" bash -c 'cd dev/segment && npm ci --no-audit --no-fund --loglevel=error'
+step "webhook verifiers" bash -c 'cd dev/webhooks && npm ci --no-audit --no-fund --loglevel=error'
 step "stack tests" cargo test -p vibefollow-users --test stack --no-fail-fast -- --ignored
 
 # A stack killed with SIGKILL leaves nothing behind (starts a second stack of its own).

@@ -34,6 +34,7 @@ RETRIES_URL = "http://127.0.0.1:4566/123456789012/vibefollow-local-audience-retr
 TIME_URL = "http://127.0.0.1:4566/123456789012/vibefollow-local-audience-time"
 STREAM_FAILURES_URL = "http://127.0.0.1:4566/123456789012/vibefollow-local-audience-stream-failures"
 TICKS_DLQ_URL = "http://127.0.0.1:4566/123456789012/vibefollow-local-audience-ticks-dlq"
+WEBHOOK_INTAKE_URL = "http://127.0.0.1:4566/123456789012/vibefollow-local-webhook-intake"
 STREAM_ARN = "arn:aws:dynamodb:us-east-1:123456789012:table/vibefollow-local-users/stream/2025-01-01T00:00:00.000"
 
 # A custom runtime standing for the audiences function: it appends every event to
@@ -563,7 +564,7 @@ class Wiring(unittest.TestCase):
 
     def test_the_fleet_runs_the_audiences_release_binary_as_the_template_says(self):
         functions = {f.name: f for f in supervisor.fleet_functions(self.template, self.env)}
-        self.assertEqual(set(functions), {"api", "consumer", "changes", "audiences"})
+        self.assertEqual(set(functions), {"api", "consumer", "changes", "audiences", "webhooks"})
         audiences = functions["audiences"]
         self.assertEqual(audiences.binary, str(ROOT / "target" / "release" / "audiences"))
         self.assertEqual((audiences.min_instances, audiences.max_instances), (1, 80))
@@ -571,7 +572,7 @@ class Wiring(unittest.TestCase):
         self.assertIs(audiences.env, functions["changes"].env)
         command = supervisor.build_command()
         self.assertEqual([command[i + 1] for i, arg in enumerate(command) if arg == "--bin"],
-                         ["api", "consumer", "changes", "audiences"])
+                         ["api", "consumer", "changes", "audiences", "webhooks"])
 
     def test_every_event_source_is_a_process_of_the_stack(self):
         stack = supervisor.Stack(reload=False)
@@ -589,6 +590,8 @@ class Wiring(unittest.TestCase):
             "audiences-timemoves-bridge": ["bridge", TIME_URL, "audiences", "1", "64"],
             "audiences-retries-bridge": ["bridge", RETRIES_URL, "audiences", "10", "5"],
             "audiences-streamfailures-bridge": ["bridge", STREAM_FAILURES_URL, "audiences", "1", "2"],
+            "webhooks-intake-bridge": ["bridge", WEBHOOK_INTAKE_URL, "webhooks", "10", "2"],
+            "webhooks-wakes-bridge": ["bridge", self.env["WEBHOOK_WAKE_QUEUE_URL"], "webhooks", "10", "2"],
             "stream-bridge": ["stream-bridge", STREAM_ARN, f"changes={failures}", f"audiences={STREAM_FAILURES_URL}"],
             "ticker": ["ticker", f"audiences=vibefollow-local-tick,{TICKS_DLQ_URL}"],
         })
@@ -619,11 +622,15 @@ class Wiring(unittest.TestCase):
         dead_letter_queues = sorted(names[f"{q}.QueueName"] for q in queues if q.endswith("DeadLetterQueue"))
         self.assertEqual(dead_letter_queues, ["vibefollow-local-audience-builds-dlq",
                                               "vibefollow-local-audience-stream-failures-dlq",
-                                              "vibefollow-local-audience-ticks-dlq", "vibefollow-local-upserts-dlq"])
+                                              "vibefollow-local-audience-ticks-dlq", "vibefollow-local-upserts-dlq",
+                                              "vibefollow-local-webhook-intake-dlq",
+                                              "vibefollow-local-webhook-wakes-dlq"])
         [tick] = template.event_sources(self.template, names, "Schedule", "audiences")
         self.assertEqual(template.queue_url(tick.properties["DeadLetterConfig"]["Arn"]), TICKS_DLQ_URL)
 
-    def test_the_stack_creates_the_ticks_dead_letter_queue_and_names_it_to_the_tools(self):
+    def created_resources(self):
+        """What `create_resources` asks of the emulator (its calls, in order), and the
+        names it returns."""
         created = []
 
         class Client:
@@ -637,9 +644,27 @@ class Wiring(unittest.TestCase):
 
         with mock.patch.object(resources, "emulator_session", Session):
             names = resources.create_resources(self.template)[0]
+        return created, names
+
+    def test_the_stack_creates_the_ticks_dead_letter_queue_and_names_it_to_the_tools(self):
+        created, names = self.created_resources()
         queues = [args["QueueName"] for name, args in created if name == "create_queue"]
         self.assertIn("vibefollow-local-audience-ticks-dlq", queues)
         self.assertEqual(supervisor.failure_queue_variables(names)["VF_AUDIENCE_TICK_DLQ_URL"], TICKS_DLQ_URL)
+
+    def test_the_stack_creates_the_templates_rules_on_its_bus_with_their_queue_targets(self):
+        created, _ = self.created_resources()
+        [rule] = [args for name, args in created if name == "put_rule"]
+        [targets] = [args for name, args in created if name == "put_targets"]
+        self.assertEqual((rule["Name"], rule["EventBusName"]), ("WebhookEventsRule", "vibefollow-local-users"))
+        pattern = EventPattern.load(rule["EventPattern"])
+        self.assertTrue(pattern.matches_event({"source": "vibefollow.audiences", "detail-type": "Audience Entered",
+                                               "detail": {"webhooks": True}}))
+        self.assertFalse(pattern.matches_event({"source": "vibefollow.audiences", "detail-type": "Audience Entered",
+                                                "detail": {}}), "a workspace without webhooks")
+        self.assertFalse(pattern.matches_event({"source": "vibefollow.users", "detail-type": "Webhook Disabled",
+                                                "detail": {"webhooks": True}}))
+        self.assertEqual(targets["Targets"], [{"Id": "webhook-intake", "Arn": template.queue_arn(WEBHOOK_INTAKE_URL)}])
 
     def test_the_local_sink_takes_change_and_audience_events(self):
         pattern = EventPattern.load(json.dumps(resources.EVERY_EVENT))
@@ -651,7 +676,8 @@ class Wiring(unittest.TestCase):
         kinds = {kind: {(s.function, s.event) for s in template.event_sources(self.template, self.names, kind)}
                  for kind in ("SQS", "DynamoDB", "Schedule")}
         self.assertEqual(kinds, {"SQS": {("consumer", "Upserts"), ("audiences", "Builds"), ("audiences", "TimeMoves"),
-                                         ("audiences", "Retries"), ("audiences", "StreamFailures")},
+                                         ("audiences", "Retries"), ("audiences", "StreamFailures"),
+                                         ("webhooks", "Intake"), ("webhooks", "Wakes")},
                                  "DynamoDB": {("changes", "UserWrites"), ("audiences", "UserWrites")},
                                  "Schedule": {("audiences", "Tick")}})
         handled = {f["Type"] for r in self.template["Resources"].values() if r["Type"] == "AWS::Serverless::Function"

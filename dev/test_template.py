@@ -42,7 +42,7 @@ def events(kind):
 class ConcurrencyBounds(unittest.TestCase):
     def test_every_queue_mapping_runs_a_bounded_number_of_batches_by_default(self):
         mappings = events("SQS")
-        self.assertEqual(len(mappings), 5, sorted(mappings))
+        self.assertEqual(len(mappings), 7, sorted(mappings))
         for (function, event), properties in mappings.items():
             with self.subTest(function=function, event=event):
                 bound = properties.get("ScalingConfig", {}).get("MaximumConcurrency")

@@ -54,6 +54,9 @@ pub struct Resources {
     pub due_settle_rate: f64,
     /// `WEBHOOKS_TABLE`: the webhook endpoints each workspace subscribes.
     pub webhooks_table: String,
+    /// `WEBHOOK_WAKE_QUEUE_URL`: the SQS (fair) queue of wakes, each starting the
+    /// worker of one (endpoint, user) lane; a retry's wake is delayed.
+    pub webhook_wake_queue_url: String,
     /// `WEBHOOK_ALLOW_LOCAL` (optional; `true` only on the local stack, never in the
     /// template, hence not in [`Resources::ENV_VARS`]): webhooks may target
     /// `http://127.0.0.1` (a listener on the developer's machine). Private ranges stay
@@ -88,7 +91,7 @@ pub const DEFAULT_DUE_SETTLE_RATE: f64 = 400.0;
 
 impl Resources {
     /// Every variable `from_env` reads; template.yaml must set exactly these.
-    pub const ENV_VARS: [&'static str; 18] = [
+    pub const ENV_VARS: [&'static str; 19] = [
         "USERS_TABLE",
         "IDEMPOTENCY_TABLE",
         "API_KEYS_TABLE",
@@ -107,6 +110,7 @@ impl Resources {
         "DUE_SETTLE_RATE",
         "AUDIENCE_STREAM_FAILURE_QUEUE_URL",
         "WEBHOOKS_TABLE",
+        "WEBHOOK_WAKE_QUEUE_URL",
     ];
 
     pub fn from_env() -> Result<Self, MissingVar> {
@@ -124,6 +128,7 @@ impl Resources {
             audience_time_queue_url: var("AUDIENCE_TIME_QUEUE_URL")?,
             audience_stream_failure_queue_url: var("AUDIENCE_STREAM_FAILURE_QUEUE_URL")?,
             webhooks_table: var("WEBHOOKS_TABLE")?,
+            webhook_wake_queue_url: var("WEBHOOK_WAKE_QUEUE_URL")?,
             webhook_reach: match var("WEBHOOK_ALLOW_LOCAL").as_deref() {
                 Ok("true") => Reach::PublicAndLoopback,
                 _ => Reach::Public,

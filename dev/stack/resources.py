@@ -61,13 +61,24 @@ def create_resources(template, event_sink=False):
 
 
 def create_event_buses(session, names, template):
+    """The template's buses, then its rules on them (a rule's targets: the stack's queues)."""
     events = session.client("events", endpoint_url=EMULATOR_URL)
-    for logical, resource in template["Resources"].items():
+    resources = template["Resources"].items()
+    for logical, resource in resources:
         if resource["Type"] == "AWS::Events::EventBus":
             try:
                 events.create_event_bus(Name=names[logical])
             except events.exceptions.ResourceAlreadyExistsException:
                 pass
+    for logical, resource in resources:
+        if resource["Type"] == "AWS::Events::Rule":
+            props = resolve(resource["Properties"], names)
+            events.put_rule(Name=logical, EventBusName=props["EventBusName"],
+                            EventPattern=json.dumps(props["EventPattern"]))
+            # Retry policy and dead-letter queue are EventBridge's own delivery: moto
+            # sends at once or not at all.
+            events.put_targets(Rule=logical, EventBusName=props["EventBusName"],
+                               Targets=[{"Id": t["Id"], "Arn": t["Arn"]} for t in props["Targets"]])
 
 
 # Every event, whatever its source: change events (vibefollow.users), audience events

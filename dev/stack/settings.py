@@ -44,6 +44,8 @@ CHANGES_INSTANCES = (1, 2)
 # their users' moments, 5 retries, 2 stream failures, the builds) beside the stream's
 # readers, so that a stream batch never waits for an instance a time task holds.
 AUDIENCES_INSTANCES = (1, 80)
+# The webhooks function: its two queues' bridges (BRIDGE_POLLERS each) at once.
+WEBHOOKS_INSTANCES = (1, 4)
 # Concurrent SQS pollers of the bridge: Lambda's event source mapping polls with several.
 BRIDGE_POLLERS = int(os.environ.get("VF_BRIDGE_POLLERS", "2"))
 # The local queue every change event is delivered to (a rule on the change bus).

@@ -22,7 +22,7 @@ from .output import log
 from .proxy import FaultProxy
 from .resources import create_resources
 from .settings import (API_INSTANCES, API_PORT, API_URL, AUDIENCES_INSTANCES, BRIDGE_POLLERS, CHANGES_INSTANCES,
-                       CONSUMER_INSTANCES, DEV_SCOPES, DEV_WORKSPACE, EMULATOR_PORT, EMULATOR_URL, ENTRY,
+                       CONSUMER_INSTANCES, DEV_SCOPES, WEBHOOKS_INSTANCES, DEV_WORKSPACE, EMULATOR_PORT, EMULATOR_URL, ENTRY,
                        ENV_FILE, FAULT_PROXY_PORT, LOGS, PIDS_FILE, REGION, RELEASE, ROOT, RUNTIME,
                        STACK_NAME, THROUGHPUT_SCALE, TICK_SECONDS, VENV_BIN)
 from .template import event_sources, function_environment, function_settings, load_template, queue_url
@@ -37,7 +37,8 @@ CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 FUNCTIONS = (("api", "ApiFunction", API_INSTANCES),
              ("consumer", "ConsumerFunction", CONSUMER_INSTANCES),
              ("changes", "ChangesFunction", CHANGES_INSTANCES),
-             ("audiences", "AudiencesFunction", AUDIENCES_INSTANCES))
+             ("audiences", "AudiencesFunction", AUDIENCES_INSTANCES),
+             ("webhooks", "WebhooksFunction", WEBHOOKS_INSTANCES))
 
 
 def port_open(port):
@@ -190,8 +191,9 @@ class Stack:
         """What invokes the functions besides the API, each a process of its own with a
         log of the same name: the queue bridges, the stream bridge, the ticker."""
         self.start_bridge()
-        for source in event_sources(self.template, self.names, "SQS", "audiences"):
-            self.start_queue_bridge(f"audiences-{source.event.lower()}-bridge", source)
+        for function in ("audiences", "webhooks"):
+            for source in event_sources(self.template, self.names, "SQS", function):
+                self.start_queue_bridge(f"{function}-{source.event.lower()}-bridge", source)
         self.start_stream_bridge()
         self.start_ticker()
 

@@ -5,11 +5,12 @@
 //! lane's lease says one holds it, so appends wake one only when none does.
 
 use super::ports::{
-    Appended, Endpoint, Head, Lane, Lanes, PortError, Queued, Sender, Wakes, Webhooks,
+    Appended, Endpoint, Failed, Head, Lane, LaneHead, Lanes, NewDelivery, PortError, Queued,
+    Sender, Wakes, Webhooks,
 };
 use super::AppError;
-use crate::contract::{delivery_body, WebhookEvent};
-use crate::domain::webhook::{message_id, next_wait, outcome, signature, Outcome};
+use crate::contract::{delivery_body, with_sequence, WebhookEvent};
+use crate::domain::webhook::{message_id, next_wait, outcome, signature, Outcome, ATTEMPT_TIMEOUT};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, UNIX_EPOCH};
@@ -23,6 +24,9 @@ pub const DELIVERIES_PER_WAKE: usize = 10;
 /// How long a worker holds a lane without a word (an invocation's timeout and more):
 /// past it, the next append wakes another.
 pub const LANE_LEASE: Duration = Duration::from_secs(60);
+/// A wake hands its lane to a fresh one rather than start an attempt (up to
+/// `ATTEMPT_TIMEOUT`) with less than this much more of its invocation left.
+const DEADLINE_MARGIN: Duration = Duration::from_secs(3);
 /// How long an instance keeps a workspace's endpoints: a new or deleted endpoint
 /// reaches the appends within this (`docs/webhooks.md` §5), and the heavy workspace's
 /// events read its endpoints once per instance this often, not once each.
@@ -145,11 +149,13 @@ impl<W: Webhooks, L: Lanes, K: Wakes, S: Sender> Deliveries<W, L, K, S> {
             );
             let now = (self.clock)();
             let lease_until = now + millis(LANE_LEASE);
-            match self
-                .lanes
-                .append(lane, &id, sequence, &body, now, lease_until)
-                .await?
-            {
+            let delivery = NewDelivery {
+                message_id: &id,
+                sequence,
+                order: message.user_version,
+                body: &body,
+            };
+            match self.lanes.append(lane, delivery, now, lease_until).await? {
                 Appended::At { slot, wake } => {
                     if wake {
                         self.wakes.wake(lane, Duration::ZERO).await?;
@@ -165,25 +171,38 @@ impl<W: Webhooks, L: Lanes, K: Wakes, S: Sender> Deliveries<W, L, K, S> {
     /// A wake: attempts the lane's deliveries in order, at most
     /// [`DELIVERIES_PER_WAKE`], until one fails (its next attempt timed by a delayed
     /// wake) or none is left. A wake before the head's time sets its timer again (a
-    /// wake sent twice, or after its sender failed, so none is lost).
-    pub async fn drain(&self, lane: &Lane) -> Result<Drained, AppError> {
+    /// wake sent twice, or after its sender failed, so none is lost). The deliveries
+    /// behind the head are first put in the order of their users' versions: events
+    /// the bus or the intake queue swapped reach the endpoint as the user changed.
+    /// No attempt starts that could outlast `deadline_ms` (the invocation's): the lane
+    /// goes to a fresh wake instead, so a slow endpoint never times the batch out.
+    pub async fn drain(&self, lane: &Lane, deadline_ms: i64) -> Result<Drained, AppError> {
         let mut drained = Drained::default();
         for _ in 0..self.per_wake {
             let head = self.lanes.head(lane).await?;
-            let next = match head.next {
+            let next = match &head.next {
                 None => return Ok(drained),
-                Some(Head::Waiting(next)) => next,
+                Some(Head::Waiting(next)) => next.clone(),
                 Some(Head::Expired(slot)) => {
                     drained.given_up += 1;
-                    if !self.advance(lane, slot).await? {
+                    if !self.advance(lane, *slot).await? {
                         return Ok(drained);
                     }
                     continue;
                 }
             };
+            if let Some(arranged) = arrangement(&head, &next) {
+                // Arranged or not (the lane changed meanwhile), the head is read again.
+                self.lanes.arrange(lane, &head, &arranged).await?;
+                continue;
+            }
             let now = (self.clock)();
             if head.next_at > now {
                 self.wakes.wake(lane, wait_until(now, head.next_at)).await?;
+                return Ok(drained);
+            }
+            if now.saturating_add(millis(ATTEMPT_TIMEOUT + DEADLINE_MARGIN)) > deadline_ms {
+                self.wakes.wake(lane, Duration::ZERO).await?;
                 return Ok(drained);
             }
             let endpoint = self
@@ -223,10 +242,12 @@ impl<W: Webhooks, L: Lanes, K: Wakes, S: Sender> Deliveries<W, L, K, S> {
                 drained.failed += 1;
                 let next_at = now + millis(wait);
                 let lease_until = next_at + millis(LANE_LEASE);
-                let postponed = self
-                    .lanes
-                    .postpone(lane, next.slot, failed, next_at, lease_until)
-                    .await?;
+                let failed = Failed {
+                    attempts: failed,
+                    next_at,
+                    lease_until,
+                };
+                let postponed = self.lanes.postpone(lane, next.slot, failed).await?;
                 if postponed {
                     self.wakes.wake(lane, wait).await?;
                 }
@@ -303,6 +324,39 @@ impl<W: Webhooks, L: Lanes, K: Wakes, S: Sender> Deliveries<W, L, K, S> {
             .insert(endpoint, (first + 1, first + SEQUENCE_BLOCK));
         Ok(first)
     }
+}
+
+/// The deliveries to write so that those behind the head go in the order of their
+/// users' versions (appends keep theirs among equals); `None` when they do. The head
+/// stays where it is: a worker may have sent it (and died, or lost its answer) without
+/// the lane showing it. Slots and sequence numbers stay in place, so `sequence` still
+/// rises along the lane; the deliveries move between them, each body carrying its new
+/// slot's number.
+fn arrangement(head: &LaneHead, next: &Queued) -> Option<Vec<Queued>> {
+    // Only a run of slots with nothing missing (an expired delivery is passed in turn).
+    let run: Vec<&Queued> = (next.slot + 1..)
+        .zip(&head.behind)
+        .take_while(|(slot, queued)| queued.slot == *slot)
+        .map(|(_, queued)| queued)
+        .collect();
+    if run.windows(2).all(|pair| pair[0].order <= pair[1].order) {
+        return None;
+    }
+    let mut sorted = run.clone();
+    sorted.sort_by_key(|queued| queued.order);
+    // A body that does not read as one (never: this function wrote it) stays put.
+    run.iter()
+        .zip(sorted)
+        .filter(|(place, queued)| place.slot != queued.slot)
+        .map(|(place, queued)| {
+            Some(Queued {
+                slot: place.slot,
+                sequence: place.sequence,
+                body: with_sequence(&queued.body, place.sequence)?,
+                ..queued.clone()
+            })
+        })
+        .collect()
 }
 
 /// Whether an endpoint takes an event: its type subscribed, and for an audience event

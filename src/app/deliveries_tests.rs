@@ -1,7 +1,7 @@
 use super::*;
 use crate::app::fakes::*;
 use crate::app::ports::Reply;
-use crate::domain::webhook::{EventType, Secret, RETRY_WAITS};
+use crate::domain::webhook::{EventType, Secret, ATTEMPT_TIMEOUT, RETRY_WAITS};
 use lambda_http::http::{HeaderMap, HeaderValue};
 use proptest::prelude::*;
 use serde_json::json;
@@ -11,6 +11,8 @@ use std::sync::atomic::{AtomicI64, Ordering::SeqCst};
 use std::time::SystemTime;
 
 const T0: i64 = 1_800_000_000_000;
+/// A wake's invocation that never runs out of time.
+const NO_DEADLINE: i64 = i64::MAX;
 const WS: &str = "ws1";
 const WEBHOOK: &str = "wh1";
 const SECRET: &str = "whsec_AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
@@ -102,7 +104,16 @@ fn message(n: usize) -> WebhookEvent {
         external_user_id: "u1".into(),
         audience_id: Some("trial-ending".into()),
         timestamp: "2027-01-15T08:00:00.000Z".into(),
+        user_version: n as u64,
         data: json!({"audience_id": "trial-ending", "n": n}),
+    }
+}
+
+/// Message `n` of the user's version `version`.
+fn message_of_version(n: usize, version: u64) -> WebhookEvent {
+    WebhookEvent {
+        user_version: version,
+        ..message(n)
     }
 }
 
@@ -151,7 +162,7 @@ async fn an_append_wakes_an_idle_lane_and_not_one_a_worker_holds() {
     w.enqueue("u1", 2).await;
     assert_eq!(w.wakes.take(), [(lane("u1"), Duration::ZERO)], "one wake");
 
-    let drained = w.deliveries.drain(&lane("u1")).await.unwrap();
+    let drained = w.deliveries.drain(&lane("u1"), NO_DEADLINE).await.unwrap();
     assert_eq!(drained.delivered, 2);
     assert_eq!(w.attempted(), ids(1..=2));
     assert!(w.wakes.take().is_empty(), "the lane is done: no fresh wake");
@@ -162,11 +173,79 @@ async fn an_append_wakes_an_idle_lane_and_not_one_a_worker_holds() {
 }
 
 #[tokio::test]
+async fn events_that_reached_the_lane_swapped_go_out_in_the_user_s_order_behind_its_head() {
+    let w = world();
+    for (n, version) in [(1, 5), (2, 30), (3, 10), (4, 20)] {
+        w.deliveries
+            .enqueue(&lane("u1"), &message_of_version(n, version))
+            .await
+            .unwrap();
+    }
+    let drained = w.deliveries.drain(&lane("u1"), NO_DEADLINE).await.unwrap();
+    assert_eq!(drained.delivered, 4);
+    assert_eq!(w.attempted(), ["msg_ev1", "msg_ev3", "msg_ev4", "msg_ev2"]);
+    assert_eq!(
+        w.sequences(),
+        [1, 2, 3, 4],
+        "sequence still rises along the lane"
+    );
+    assert_eq!(w.lanes.state(&lane("u1")).arranged, 1, "one arrangement");
+}
+
+#[tokio::test]
+async fn the_head_keeps_its_place_it_may_have_been_sent() {
+    let w = world();
+    for (n, version) in [(1, 30), (2, 10)] {
+        w.deliveries
+            .enqueue(&lane("u1"), &message_of_version(n, version))
+            .await
+            .unwrap();
+    }
+    w.deliveries.drain(&lane("u1"), NO_DEADLINE).await.unwrap();
+    assert_eq!(w.attempted(), ["msg_ev1", "msg_ev2"]);
+}
+
+#[tokio::test]
+async fn a_retried_head_keeps_its_place_and_those_behind_it_are_ordered() {
+    let w = world();
+    w.sender.answer([replied(503)]);
+    w.deliveries
+        .enqueue(&lane("u1"), &message_of_version(1, 30))
+        .await
+        .unwrap();
+    w.deliveries.drain(&lane("u1"), NO_DEADLINE).await.unwrap();
+    for (n, version) in [(2, 50), (3, 40)] {
+        w.deliveries
+            .enqueue(&lane("u1"), &message_of_version(n, version))
+            .await
+            .unwrap();
+    }
+    w.advance(RETRY_WAITS[0].mul_f64(1.2));
+    w.deliveries.drain(&lane("u1"), NO_DEADLINE).await.unwrap();
+    assert_eq!(w.attempted(), ["msg_ev1", "msg_ev1", "msg_ev3", "msg_ev2"]);
+    assert_eq!(w.sequences(), [1, 1, 2, 3]);
+}
+
+#[tokio::test]
+async fn a_wake_short_of_time_for_an_attempt_hands_its_lane_to_a_fresh_one() {
+    let w = world();
+    w.enqueue("u1", 1).await;
+    w.wakes.take();
+    let deadline = T0 + millis(ATTEMPT_TIMEOUT + DEADLINE_MARGIN) - 1;
+    let drained = w.deliveries.drain(&lane("u1"), deadline).await.unwrap();
+    assert_eq!(drained, Drained::default());
+    assert!(w.sender.received().is_empty(), "no attempt started");
+    assert_eq!(w.wakes.take(), [(lane("u1"), Duration::ZERO)]);
+    let drained = w.deliveries.drain(&lane("u1"), deadline + 1).await.unwrap();
+    assert_eq!(drained.delivered, 1);
+}
+
+#[tokio::test]
 async fn each_attempt_is_signed_as_standard_webhooks_verifies_it() {
     let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
     let w = world_at(millis(now), Interleaving::default(), DELIVERIES_PER_WAKE);
     w.enqueue("u1", 1).await;
-    w.deliveries.drain(&lane("u1")).await.unwrap();
+    w.deliveries.drain(&lane("u1"), NO_DEADLINE).await.unwrap();
     let [sent] = w.sender.received().try_into().unwrap();
     assert_eq!(sent.url, URL);
     let mut headers = HeaderMap::new();
@@ -200,7 +279,7 @@ async fn the_previous_secret_signs_beside_the_new_one_until_it_expires() {
         .previous_secret = Some((Secret(OLD_SECRET.into()), T0 + 1_000));
     for n in 1..=2 {
         w.enqueue("u1", n).await;
-        w.deliveries.drain(&lane("u1")).await.unwrap();
+        w.deliveries.drain(&lane("u1"), NO_DEADLINE).await.unwrap();
         w.advance(Duration::from_secs(1));
     }
     let signatures: Vec<usize> = w
@@ -221,7 +300,7 @@ async fn a_later_event_waits_while_an_earlier_one_is_retried() {
     w.enqueue("u2", 3).await;
     w.wakes.take();
 
-    let drained = w.deliveries.drain(&lane("u1")).await.unwrap();
+    let drained = w.deliveries.drain(&lane("u1"), NO_DEADLINE).await.unwrap();
     assert_eq!((drained.delivered, drained.failed), (0, 1));
     assert_eq!(
         w.wakes.take(),
@@ -229,17 +308,17 @@ async fn a_later_event_waits_while_an_earlier_one_is_retried() {
         "the schedule's first step"
     );
     // Another user's lane is not held by it.
-    w.deliveries.drain(&lane("u2")).await.unwrap();
+    w.deliveries.drain(&lane("u2"), NO_DEADLINE).await.unwrap();
     assert_eq!(w.attempted(), ["msg_ev1", "msg_ev3"]);
 
     // The wake sent again early attempts nothing and keeps the timer.
     w.advance(Duration::from_secs(2));
-    let early = w.deliveries.drain(&lane("u1")).await.unwrap();
+    let early = w.deliveries.drain(&lane("u1"), NO_DEADLINE).await.unwrap();
     assert_eq!(early, Drained::default());
     assert_eq!(w.wakes.take(), [(lane("u1"), Duration::from_secs(3))]);
 
     w.advance(Duration::from_secs(3));
-    let drained = w.deliveries.drain(&lane("u1")).await.unwrap();
+    let drained = w.deliveries.drain(&lane("u1"), NO_DEADLINE).await.unwrap();
     assert_eq!(drained.delivered, 2);
     assert_eq!(w.attempted(), ["msg_ev1", "msg_ev3", "msg_ev1", "msg_ev2"]);
 }
@@ -253,7 +332,7 @@ async fn retry_after_replaces_the_schedules_step() {
     })]);
     w.enqueue("u1", 1).await;
     w.wakes.take();
-    w.deliveries.drain(&lane("u1")).await.unwrap();
+    w.deliveries.drain(&lane("u1"), NO_DEADLINE).await.unwrap();
     assert_eq!(w.wakes.take(), [(lane("u1"), Duration::from_secs(120))]);
     assert_eq!(w.lanes.state(&lane("u1")).next_at, T0 + 120_000);
 }
@@ -272,7 +351,7 @@ async fn the_schedule_gives_a_message_up_after_its_last_attempt_and_the_lane_goe
     let mut waits = Vec::new();
     let mut last = Drained::default();
     for _ in 0..attempts {
-        last = w.deliveries.drain(&lane("u1")).await.unwrap();
+        last = w.deliveries.drain(&lane("u1"), NO_DEADLINE).await.unwrap();
         if let Some((_, wait)) = w.wakes.take().pop() {
             waits.push(wait);
             w.advance(wait);
@@ -290,12 +369,12 @@ async fn a_gone_endpoints_message_and_a_deleted_endpoints_lane_are_given_up() {
     w.sender.answer([replied(410)]);
     w.enqueue("u1", 1).await;
     w.enqueue("u1", 2).await;
-    let drained = w.deliveries.drain(&lane("u1")).await.unwrap();
+    let drained = w.deliveries.drain(&lane("u1"), NO_DEADLINE).await.unwrap();
     assert_eq!((drained.given_up, drained.delivered), (1, 1));
 
     w.webhooks.endpoints.lock().unwrap().clear();
     w.enqueue("u1", 3).await;
-    let drained = w.deliveries.drain(&lane("u1")).await.unwrap();
+    let drained = w.deliveries.drain(&lane("u1"), NO_DEADLINE).await.unwrap();
     assert_eq!(drained.given_up, 1);
     assert_eq!(w.attempted().len(), 2, "no attempt to a deleted endpoint");
 }
@@ -307,14 +386,21 @@ async fn a_long_lane_is_drained_a_bounded_number_at_a_time() {
         w.enqueue("u1", n).await;
     }
     w.wakes.take();
-    let drained = w.deliveries.drain(&lane("u1")).await.unwrap();
+    let drained = w.deliveries.drain(&lane("u1"), NO_DEADLINE).await.unwrap();
     assert_eq!(drained.delivered, DELIVERIES_PER_WAKE);
     assert_eq!(
         w.wakes.take(),
         [(lane("u1"), Duration::ZERO)],
         "the rest to a fresh wake"
     );
-    assert_eq!(w.deliveries.drain(&lane("u1")).await.unwrap().delivered, 3);
+    assert_eq!(
+        w.deliveries
+            .drain(&lane("u1"), NO_DEADLINE)
+            .await
+            .unwrap()
+            .delivered,
+        3
+    );
 }
 
 #[tokio::test]
@@ -324,7 +410,7 @@ async fn a_delivery_kept_past_its_expiry_is_passed_and_the_lane_goes_on() {
         w.enqueue("u1", n).await;
     }
     w.lanes.expire(&lane("u1"), 2);
-    let drained = w.deliveries.drain(&lane("u1")).await.unwrap();
+    let drained = w.deliveries.drain(&lane("u1"), NO_DEADLINE).await.unwrap();
     assert_eq!((drained.delivered, drained.given_up), (2, 1));
     assert_eq!(w.attempted(), ["msg_ev1", "msg_ev3"]);
     let state = w.lanes.state(&lane("u1"));
@@ -346,7 +432,7 @@ async fn sequences_increase_along_a_lane_whatever_block_each_instance_holds() {
     w.enqueue("u0", 0).await;
     other.enqueue(&lane("u1"), &message(1)).await.unwrap();
     w.enqueue("u1", 2).await;
-    w.deliveries.drain(&lane("u1")).await.unwrap();
+    w.deliveries.drain(&lane("u1"), NO_DEADLINE).await.unwrap();
     assert_eq!(w.sequences(), [101, 201], "behind the lane, a fresh block");
     assert_eq!(w.lanes.journal.count("lanes.sequence_block"), 3);
 }
@@ -367,11 +453,11 @@ async fn a_wake_that_was_not_sent_is_sent_by_the_first_append_after_the_lease() 
     w.advance(LANE_LEASE);
     w.enqueue("u1", 1).await;
     assert_eq!(w.wakes.take(), [(lane("u1"), Duration::ZERO)]);
-    w.deliveries.drain(&lane("u1")).await.unwrap();
+    w.deliveries.drain(&lane("u1"), NO_DEADLINE).await.unwrap();
     assert_eq!(
         w.attempted(),
-        ["msg_ev1", "msg_ev2", "msg_ev1"],
-        "a repeat, dropped by id"
+        ["msg_ev1", "msg_ev1", "msg_ev2"],
+        "a repeat, dropped by id (of the user's first version: put before the second)"
     );
 }
 
@@ -542,12 +628,12 @@ fn run(seed: u64, appends: &[usize], mishaps: &Mishaps) -> World {
                         match &work {
                             Work::Enqueue(user, n) => w
                                 .deliveries
-                                .enqueue(&lane(&format!("u{user}")), &message(*n))
+                                .enqueue(&lane(&format!("u{user}")), &shuffled(*n))
                                 .await
                                 .map(|_| ()),
                             Work::Wake(user) => w
                                 .deliveries
-                                .drain(&lane(&format!("u{user}")))
+                                .drain(&lane(&format!("u{user}")), NO_DEADLINE)
                                 .await
                                 .map(|_| ()),
                         }
@@ -595,13 +681,20 @@ fn run(seed: u64, appends: &[usize], mishaps: &Mishaps) -> World {
     w
 }
 
+/// Message `n`, its user's version out of step with `n` (as the bus and the intake
+/// queue can swap events), so that workers arrange their lanes.
+fn shuffled(n: usize) -> WebhookEvent {
+    message_of_version(n, (n as u64 * 7) % 5)
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(200))]
 
     /// Whatever the interleaving of appends and workers, duplicate wakes, failed
     /// attempts, wakes not sent, writes applied with their answers lost and workers
-    /// dying mid-way: every message is delivered, each lane's first deliveries come in
-    /// the order it was appended, and no lane is left with work and no worker.
+    /// dying mid-way, events appended out of their users' order: every message is
+    /// delivered, each lane's first deliveries come in the lane's order (as appended,
+    /// then arranged), and no lane is left with work and no worker.
     #[test]
     fn every_message_is_delivered_in_its_lanes_order_whatever_the_interleaving(
         seed in any::<u64>(),

@@ -1004,6 +1004,9 @@ impl BuildQueue for MemoryBuilds {
 #[derive(Clone, Default)]
 pub struct MemoryWebhooks {
     pub endpoints: Arc<Mutex<std::collections::BTreeMap<(String, String), Endpoint>>>,
+    /// The workspaces listed as having webhooks: added by every `put`, never taken
+    /// out.
+    pub listed: Arc<Mutex<std::collections::HashSet<String>>>,
     pub journal: Journal,
     pub faults: Faults,
 }
@@ -1012,6 +1015,13 @@ impl MemoryWebhooks {
     fn call(&self, name: &str) -> Result<(), PortError> {
         self.journal.note(name);
         self.faults.check(name)
+    }
+}
+
+impl WebhookWorkspaces for MemoryWebhooks {
+    async fn with_webhooks(&self) -> Result<std::collections::HashSet<String>, PortError> {
+        self.call("webhooks.with_webhooks")?;
+        Ok(lock(&self.listed).clone())
     }
 }
 
@@ -1042,6 +1052,7 @@ impl Webhooks for MemoryWebhooks {
         most: usize,
     ) -> Result<Stored, PortError> {
         self.call("webhooks.put")?;
+        lock(&self.listed).insert(workspace_id.to_owned());
         let mut endpoints = lock(&self.endpoints);
         let key = (workspace_id.to_owned(), endpoint.webhook_id.clone());
         if let Some(found) = endpoints.get_mut(&key) {

@@ -15,6 +15,7 @@ pub mod publish;
 pub mod rate_limit;
 pub mod read;
 mod rule_cache;
+pub mod webhook_marks;
 pub mod webhooks;
 
 use crate::contract::RequestError;

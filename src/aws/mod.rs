@@ -70,6 +70,16 @@ pub(crate) fn service_error(err: &impl ProvideErrorMetadata, status: u16) -> Por
     }
 }
 
+/// FNV-1a of `bytes`: a hash the same on every machine and build (not
+/// `DefaultHasher`'s random keys), for shards and ids derived from keys.
+pub(crate) fn stable_hash(bytes: impl Iterator<Item = u8>) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in bytes {
+        hash = (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3);
+    }
+    hash
+}
+
 /// Init waits this long at most for the connections it opens (Lambda allows init 10 s;
 /// the SDK alone would retry an unreachable endpoint for longer).
 const OPEN_CONNECTIONS_WITHIN: Duration = Duration::from_secs(2);

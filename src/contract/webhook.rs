@@ -254,6 +254,9 @@ pub struct WebhookEvent {
     pub audience_id: Option<String>,
     /// When it happened: a move's `at`, a write's source time or acceptance.
     pub timestamp: String,
+    /// The user's version it is of (`version`, or a move's `user_version`): an
+    /// endpoint gets a user's events in this order.
+    pub user_version: u64,
     pub data: Value,
 }
 
@@ -290,9 +293,13 @@ pub fn webhook_event(detail_type: &str, detail: &Value) -> Option<WebhookEvent> 
             (at?.as_str()?.to_owned(), None)
         }
     };
+    let user_version = ["version", "user_version"]
+        .iter()
+        .find_map(|name| detail.get(*name)?.as_u64())?;
     Some(WebhookEvent {
         event_type,
         event_id: text("id")?,
+        user_version,
         workspace_id: text("workspace_id")?,
         external_user_id,
         audience_id,
@@ -318,6 +325,14 @@ pub fn delivery_body(
         "data": data,
     })
     .to_string()
+}
+
+/// A delivery body given another `sequence` (a lane's deliveries arranged); `None` if
+/// `body` is not one.
+pub fn with_sequence(body: &str, sequence: u64) -> Option<String> {
+    let mut body: Value = serde_json::from_str(body).ok()?;
+    *body.as_object_mut()?.get_mut("sequence")? = sequence.into();
+    Some(body.to_string())
 }
 
 #[cfg(test)]

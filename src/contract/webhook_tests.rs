@@ -222,6 +222,7 @@ fn a_user_change_tells_which_fields_changed_never_their_values() {
     });
     let event = webhook_event("User Changed", &detail).unwrap();
     assert_eq!(event.event_type, EventType::UserChanged);
+    assert_eq!(event.user_version, 3);
     assert_eq!(
         (event.event_id.as_str(), event.workspace_id.as_str()),
         ("e1", "ws")
@@ -248,6 +249,10 @@ fn an_audience_move_carries_its_audience_reason_and_moment() {
     });
     let event = webhook_event("Audience Exited", &detail).unwrap();
     assert_eq!(event.event_type, EventType::AudienceExited);
+    assert_eq!(
+        event.user_version, 4,
+        "a move is ordered by the user's version"
+    );
     assert_eq!(event.audience_id.as_deref(), Some("trial-ending"));
     assert_eq!(event.timestamp, "2027-01-15T08:00:00.000Z");
     assert_eq!(
@@ -268,4 +273,22 @@ fn an_audience_move_carries_its_audience_reason_and_moment() {
         None,
         "no audience named"
     );
+}
+
+#[test]
+fn a_body_moved_to_another_slot_carries_that_slot_s_sequence_and_nothing_else_changes() {
+    let data = json!({"external_user_id": "u1", "version": 3});
+    let body = delivery_body(
+        EventType::UserChanged,
+        "2027-01-15T08:00:00.000Z",
+        "crm",
+        7,
+        &data,
+    );
+    let moved: Value = serde_json::from_str(&with_sequence(&body, 9).unwrap()).unwrap();
+    let mut expected: Value = serde_json::from_str(&body).unwrap();
+    expected["sequence"] = json!(9);
+    assert_eq!(moved, expected);
+    assert_eq!(with_sequence("not json", 9), None);
+    assert_eq!(with_sequence("{}", 9), None, "not a delivery body");
 }

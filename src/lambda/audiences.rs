@@ -6,13 +6,14 @@
 //! the stream's failure destination (stream positions whose users are parked). One log
 //! line per invocation.
 
+use super::queue_name;
+use super::ProducerBus;
 use crate::app::evaluate::{Evaluate, STREAM_BATCH_WAIT_MS, WORKSPACE_SHARE_MS};
 use crate::app::ports::{
     Audiences, BuildQueue, EventBus, Memberships, ParkedUsers, StreamReplay, TimeTask, TimeTasks,
     Users, WorkspaceUsers,
 };
 use crate::aws::dynamodb::{AudienceStore, UserStore};
-use crate::aws::eventbridge::EventBridgeBus;
 use crate::aws::sqs::{decode_build, decode_parked, decode_time, AudienceQueues, SqsQueue};
 use crate::aws::streams::{decode_failure, StreamReader};
 use crate::clock::now_millis;
@@ -55,12 +56,7 @@ pub struct AudiencesFunction<S, U, B, E, R> {
     due_settle_rate: f64,
 }
 
-/// A queue's name: the last part of its URL or ARN.
-fn queue_name(url_or_arn: &str) -> &str {
-    url_or_arn.rsplit(['/', ':']).next().unwrap_or_default()
-}
-
-impl AudiencesFunction<AudienceStore, UserStore, AudienceQueues, EventBridgeBus, StreamReader> {
+impl AudiencesFunction<AudienceStore, UserStore, AudienceQueues, ProducerBus, StreamReader> {
     pub fn on_aws(sdk: &aws_config::SdkConfig, resources: &Resources) -> Self {
         let dynamodb = aws_sdk_dynamodb::Client::new(sdk);
         let store = AudienceStore::new(
@@ -75,10 +71,7 @@ impl AudiencesFunction<AudienceStore, UserStore, AudienceQueues, EventBridgeBus,
             retries: SqsQueue::new(sqs.clone(), &resources.audience_retry_queue_url),
             time: SqsQueue::new(sqs, &resources.audience_time_queue_url),
         };
-        let bus = EventBridgeBus::new(
-            aws_sdk_eventbridge::Client::new(sdk),
-            &resources.event_bus_name,
-        );
+        let bus = super::producer_bus(sdk, resources);
         let replay = StreamReader::new(aws_sdk_dynamodbstreams::Client::new(sdk));
         AudiencesFunction::new(Evaluate::new(store, users, queues, bus), replay, resources)
     }

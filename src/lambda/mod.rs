@@ -5,12 +5,40 @@ pub mod audiences;
 pub mod http;
 pub mod sqs;
 pub mod stream;
+pub mod webhooks;
 
 use crate::app::publish::StreamChange;
+use crate::app::webhook_marks::WebhookMarks;
+use crate::aws::dynamodb::WebhookStore;
 use crate::aws::dynamodb::{stream_image, ImageError};
+use crate::aws::eventbridge::EventBridgeBus;
+use crate::config::Resources;
 use aws_lambda_events::dynamodb::Event as StreamEvent;
 use aws_lambda_events::sqs::{BatchItemFailure, SqsBatchResponse};
 use aws_lambda_events::streams::{DynamoDbBatchItemFailure, DynamoDbEventResponse};
+
+/// The bus both producers (changes, audiences) put on: EventBridge, each event of a
+/// workspace with webhooks marked for the rule that feeds delivery.
+pub type ProducerBus = WebhookMarks<EventBridgeBus, WebhookStore>;
+
+fn producer_bus(sdk: &aws_config::SdkConfig, resources: &Resources) -> ProducerBus {
+    WebhookMarks::new(
+        EventBridgeBus::new(
+            aws_sdk_eventbridge::Client::new(sdk),
+            &resources.event_bus_name,
+        ),
+        WebhookStore::new(
+            aws_sdk_dynamodb::Client::new(sdk),
+            &resources.webhooks_table,
+        ),
+        std::sync::Arc::new(crate::clock::now_millis),
+    )
+}
+
+/// A queue's name: the last part of its URL or ARN.
+fn queue_name(url_or_arn: &str) -> &str {
+    url_or_arn.rsplit(['/', ':']).next().unwrap_or_default()
+}
 
 /// A users-stream event's records as the use cases read them: each one's position and
 /// its images.
@@ -94,6 +122,7 @@ pub(crate) mod samples {
             audience_tick_seconds: 60,
             due_settle_rate: 400.0,
             webhooks_table: "webhooks".into(),
+            webhook_wake_queue_url: queue("webhook-wakes"),
             webhook_reach: crate::domain::webhook::Reach::Public,
             metrics_namespace: "VibeFollow/test".into(),
         }
@@ -109,6 +138,7 @@ pub(crate) mod samples {
             "sqs.rs",
             "stream.rs",
             "audiences.rs",
+            "webhooks_tests.rs",
             "http/mod.rs",
         ]
         .iter()

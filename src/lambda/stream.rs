@@ -2,9 +2,9 @@
 //! events published, and the first record not done named in the answer, from which the
 //! event source mapping retries.
 
+use super::ProducerBus;
 use crate::app::ports::EventBus;
 use crate::app::publish::Publish;
-use crate::aws::eventbridge::EventBridgeBus;
 use crate::config::Resources;
 use aws_lambda_events::dynamodb::Event;
 use aws_lambda_events::streams::DynamoDbEventResponse;
@@ -14,15 +14,11 @@ pub struct ChangesFunction<B> {
     publish: Publish<B>,
 }
 
-impl ChangesFunction<EventBridgeBus> {
+impl ChangesFunction<ProducerBus> {
     /// EventBridge has no call that is harmless with `events:PutEvents` alone, so the
     /// first batch opens the connection.
     pub fn on_aws(sdk: &aws_config::SdkConfig, resources: &Resources) -> Self {
-        let client = aws_sdk_eventbridge::Client::new(sdk);
-        ChangesFunction::new(Publish::new(EventBridgeBus::new(
-            client,
-            &resources.event_bus_name,
-        )))
+        ChangesFunction::new(Publish::new(super::producer_bus(sdk, resources)))
     }
 }
 

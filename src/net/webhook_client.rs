@@ -9,6 +9,7 @@
 //! - no redirect is followed (a 3xx is the endpoint's answer, a failed attempt), no
 //!   proxy is used (it would be the address connected to), and each attempt has 15 s.
 
+use crate::app::ports::{PortError, Reply, Sender};
 use crate::domain::webhook::{address_allowed, Reach, ATTEMPT_TIMEOUT};
 use futures::future::BoxFuture;
 use reqwest::dns::{Addrs, Name, Resolve, Resolving};
@@ -105,7 +106,7 @@ impl WebhookClient {
     }
 
     /// POSTs `body` with `headers` to `url`, once.
-    pub async fn post(
+    pub async fn attempt(
         &self,
         url: &Url,
         headers: &[(&str, String)],
@@ -136,6 +137,27 @@ impl WebhookClient {
                 .and_then(|value| value.to_str().ok())
                 .map(str::to_owned),
             remote_addr: response.remote_addr(),
+        })
+    }
+}
+
+/// The port deliveries attempt through: an answer, or the kind of failure (never the
+/// error's text, which can quote the URL).
+impl Sender for WebhookClient {
+    async fn post(
+        &self,
+        url: &str,
+        headers: &[(&'static str, String)],
+        body: &str,
+    ) -> Result<Reply, PortError> {
+        let url = Url::parse(url).map_err(|_| PortError::Refused("url".into()))?;
+        let answered = self
+            .attempt(&url, headers, body.to_owned())
+            .await
+            .map_err(|err| PortError::Unavailable(err.to_string()))?;
+        Ok(Reply {
+            status: answered.status,
+            retry_after: answered.retry_after,
         })
     }
 }

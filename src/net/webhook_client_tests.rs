@@ -79,7 +79,7 @@ async fn a_name_resolving_to_the_metadata_service_is_refused() {
         "https://metadata.test/latest/meta-data/",
         "https://mixed.test/",
     ] {
-        let attempt = client.post(&url(target), &[], "{}".into()).await;
+        let attempt = client.attempt(&url(target), &[], "{}".into()).await;
         assert_eq!(
             attempt,
             Err(AttemptError::AddressRefused(METADATA)),
@@ -99,7 +99,7 @@ async fn a_refused_address_is_never_connected_to_whether_named_or_literal() {
         format!("https://127.0.0.1:{port}/"),
         format!("https://[::ffff:127.0.0.1]:{port}/"),
     ] {
-        let attempt = client.post(&url(&target), &[], "{}".into()).await;
+        let attempt = client.attempt(&url(&target), &[], "{}".into()).await;
         assert!(
             matches!(attempt, Err(AttemptError::AddressRefused(_))),
             "{target}: {attempt:?}"
@@ -109,7 +109,7 @@ async fn a_refused_address_is_never_connected_to_whether_named_or_literal() {
     // The local switch: loopback over http, as `make dev`'s listener.
     let local = WebhookClient::new(Reach::PublicAndLoopback, lookup).unwrap();
     let answered = local
-        .post(
+        .attempt(
             &url(&format!("http://local.test:{port}/hook")),
             &[("webhook-id", "msg_1".into())],
             "{}".into(),
@@ -126,7 +126,7 @@ async fn a_redirect_is_the_endpoints_answer_never_followed() {
     let (port, _) = listener("HTTP/1.1 302 Found\r\nlocation: http://169.254.169.254/").await;
     let client = WebhookClient::new(Reach::PublicAndLoopback, table(&[])).unwrap();
     let answered = client
-        .post(&url(&format!("http://127.0.0.1:{port}/")), &[], "{}".into())
+        .attempt(&url(&format!("http://127.0.0.1:{port}/")), &[], "{}".into())
         .await
         .unwrap();
     assert_eq!(answered.status, 302);
@@ -137,7 +137,7 @@ async fn retry_after_is_read_and_a_closed_port_is_a_connect_failure() {
     let (port, _) = listener("HTTP/1.1 429 Too Many Requests\r\nretry-after: 7").await;
     let client = WebhookClient::new(Reach::PublicAndLoopback, table(&[])).unwrap();
     let answered = client
-        .post(&url(&format!("http://127.0.0.1:{port}/")), &[], "{}".into())
+        .attempt(&url(&format!("http://127.0.0.1:{port}/")), &[], "{}".into())
         .await
         .unwrap();
     assert_eq!(
@@ -148,7 +148,7 @@ async fn retry_after_is_read_and_a_closed_port_is_a_connect_failure() {
     let port = closed.local_addr().unwrap().port();
     drop(closed);
     let attempt = client
-        .post(&url(&format!("http://127.0.0.1:{port}/")), &[], "{}".into())
+        .attempt(&url(&format!("http://127.0.0.1:{port}/")), &[], "{}".into())
         .await;
     assert_eq!(attempt, Err(AttemptError::Connect));
 }
@@ -157,7 +157,7 @@ async fn retry_after_is_read_and_a_closed_port_is_a_connect_failure() {
 async fn the_systems_resolver_is_guarded_too() {
     let client = WebhookClient::new(Reach::Public, system_lookup()).unwrap();
     let attempt = client
-        .post(&url("https://localhost:1/"), &[], "{}".into())
+        .attempt(&url("https://localhost:1/"), &[], "{}".into())
         .await;
     assert!(
         matches!(attempt, Err(AttemptError::AddressRefused(address)) if address.is_loopback()),

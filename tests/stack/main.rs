@@ -27,4 +27,5 @@ mod source_time;
 mod template;
 mod upsert_contract;
 mod vfctl;
+mod webhook_deliveries;
 mod webhooks;

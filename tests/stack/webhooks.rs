@@ -8,7 +8,7 @@ use aws_sdk_dynamodb::types::AttributeValue;
 use futures::future::join_all;
 use reqwest::{Method, Response};
 use serde_json::{json, Value};
-use vibefollow_users::app::ports::{Appended, Head, Lane, Lanes};
+use vibefollow_users::app::ports::{Appended, Failed, Head, Lane, Lanes, NewDelivery, Queued};
 use vibefollow_users::aws::dynamodb::LaneStore;
 use vibefollow_users::domain::auth::Scope;
 
@@ -350,17 +350,87 @@ async fn refused_endpoints_and_keys_get_clear_answers() {
 }
 
 impl Stack {
-    fn lanes(&self) -> LaneStore {
+    pub(crate) fn lanes(&self) -> LaneStore {
         LaneStore::new(self.dynamodb.clone(), &self.resources.webhooks_table)
     }
 
-    fn lane(&self, user: &str) -> Lane {
+    /// The lane of the endpoint `crm` for `user`.
+    pub(crate) fn lane(&self, user: &str) -> Lane {
         Lane {
             workspace_id: self.workspace.clone(),
             webhook_id: "crm".into(),
             user_id: user.into(),
         }
     }
+}
+
+/// A delivery to append, its user's version its sequence.
+fn delivery(message_id: &str, sequence: u64) -> NewDelivery<'_> {
+    NewDelivery {
+        message_id,
+        sequence,
+        order: sequence,
+        body: "{}",
+    }
+}
+
+fn failed(attempts: usize, next_at: i64, lease_until: i64) -> Failed {
+    Failed {
+        attempts,
+        next_at,
+        lease_until,
+    }
+}
+
+#[tokio::test]
+#[ignore = "needs the local stack: run `make test`"]
+async fn a_lanes_deliveries_are_arranged_only_as_they_were_read() {
+    let stack = Stack::new().await;
+    let lanes = stack.lanes();
+    let lane = stack.lane("u1");
+    for (id, sequence, order) in [("msg_1", 1, 5), ("msg_2", 2, 30), ("msg_3", 3, 10)] {
+        let delivery = NewDelivery {
+            order,
+            ..delivery(id, sequence)
+        };
+        lanes.append(&lane, delivery, 0, 60_000).await.unwrap();
+    }
+    let head = lanes.head(&lane).await.unwrap();
+    let orders: Vec<(u64, u64, u64)> = head
+        .behind
+        .iter()
+        .map(|q| (q.slot, q.sequence, q.order))
+        .collect();
+    assert_eq!(orders, [(2, 2, 30), (3, 3, 10)]);
+    let swapped = [
+        Queued {
+            slot: 2,
+            sequence: 2,
+            ..head.behind[1].clone()
+        },
+        Queued {
+            slot: 3,
+            sequence: 3,
+            ..head.behind[0].clone()
+        },
+    ];
+    lanes
+        .append(&lane, delivery("msg_4", 4), 0, 60_000)
+        .await
+        .unwrap();
+    assert!(
+        !lanes.arrange(&lane, &head, &swapped).await.unwrap(),
+        "the lane changed since it was read"
+    );
+    let head = lanes.head(&lane).await.unwrap();
+    assert!(lanes.arrange(&lane, &head, &swapped).await.unwrap());
+    let after = lanes.head(&lane).await.unwrap();
+    let ids: Vec<(&str, u64)> = after
+        .behind
+        .iter()
+        .map(|q| (q.message_id.as_str(), q.sequence))
+        .collect();
+    assert_eq!(ids, [("msg_3", 2), ("msg_2", 3), ("msg_4", 4)]);
 }
 
 /// The lanes' adapter keeps DynamoDB's conditions as the use case's fakes do: slots in
@@ -389,7 +459,7 @@ async fn lanes_keep_their_order_lease_and_sequence_in_dynamodb() {
         let (lanes, lane) = (lanes.clone(), lane.clone());
         async move {
             lanes
-                .append(&lane, id, sequence, "{}", at, at + 60_000)
+                .append(&lane, delivery(id, sequence), at, at + 60_000)
                 .await
                 .unwrap()
         }
@@ -419,11 +489,14 @@ async fn lanes_keep_their_order_lease_and_sequence_in_dynamodb() {
         (1, "msg_1", 0)
     );
     assert!(lanes
-        .postpone(&lane, 1, 1, now + 5_000, lease)
+        .postpone(&lane, 1, failed(1, now + 5_000, lease))
         .await
         .unwrap());
     assert!(
-        !lanes.postpone(&lane, 2, 1, now, lease).await.unwrap(),
+        !lanes
+            .postpone(&lane, 2, failed(1, now, lease))
+            .await
+            .unwrap(),
         "not the head"
     );
     let head = lanes.head(&lane).await.unwrap();
@@ -472,7 +545,11 @@ async fn lanes_keep_their_order_lease_and_sequence_in_dynamodb() {
     let busy = stack.lane("u2");
     let appends = (10..20u64).map(|sequence| {
         let (lanes, busy) = (lanes.clone(), busy.clone());
-        async move { lanes.append(&busy, "msg", sequence, "{}", now, lease).await }
+        async move {
+            lanes
+                .append(&busy, delivery("msg", sequence), now, lease)
+                .await
+        }
     });
     let mut slots: Vec<u64> = join_all(appends)
         .await
@@ -501,7 +578,7 @@ async fn a_lane_move_whose_answer_was_lost_is_known_as_its_own() {
     let (lanes, lane) = (stack.lanes(), stack.lane("u1"));
     for sequence in 1..=2 {
         lanes
-            .append(&lane, "msg", sequence, "{}", 0, 60_000)
+            .append(&lane, delivery("msg", sequence), 0, 60_000)
             .await
             .unwrap();
     }
@@ -529,4 +606,35 @@ async fn a_lane_move_whose_answer_was_lost_is_known_as_its_own() {
         matches!(&head.next, Some(Head::Waiting(next)) if next.slot == 2),
         "{head:?}"
     );
+}
+
+#[tokio::test]
+#[ignore = "needs the local stack: run `make test`"]
+async fn a_worker_s_move_that_meets_a_transaction_in_flight_is_tried_again() {
+    let stack = Stack::alone().await;
+    let (lanes, lane) = (stack.lanes(), stack.lane("u1"));
+    lanes
+        .append(&lane, delivery("msg", 1), 0, 60_000)
+        .await
+        .unwrap();
+    // DynamoDB's answer to a plain update of an item a transaction holds (400, not
+    // retried by the SDK), twice: the third try moves the lane.
+    let lease = 876_543_210_876_i64;
+    let failed_before = fault_report(&stack).await["injected"]["fail"]
+        .as_u64()
+        .unwrap_or(0);
+    set_faults(
+        &stack,
+        &json!({"operations": ["DynamoDB_20120810.UpdateItem"], "status": 400,
+                "code": "com.amazonaws.dynamodb.v20120810#TransactionConflictException",
+                "times": 2, "matching": lease.to_string()}),
+    )
+    .await;
+    let postponed = lanes.postpone(&lane, 1, failed(1, 5_000, lease)).await;
+    clear_faults(&stack).await;
+    let report = fault_report(&stack).await;
+    let failed_now = report["injected"]["fail"].as_u64().unwrap_or(0);
+    assert_eq!(failed_now - failed_before, 2, "{report}");
+    assert_eq!(postponed, Ok(true));
+    assert_eq!(lanes.head(&lane).await.unwrap().attempts, 1);
 }

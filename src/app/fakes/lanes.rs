@@ -5,7 +5,8 @@
 
 use super::{lock, Faults, Journal};
 use crate::app::ports::{
-    Appended, Head, Lane, LaneHead, Lanes, PortError, Queued, Reply, Sender, Wakes,
+    Appended, Failed, Head, Lane, LaneHead, Lanes, NewDelivery, PortError, Queued, Reply, Sender,
+    Wakes, READ_AHEAD,
 };
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -42,6 +43,9 @@ pub struct LaneState {
     pub attempts: usize,
     pub next_at: i64,
     pub lease_until: i64,
+    /// How many times its deliveries were arranged.
+    pub arranged: u64,
+    pub version: u64,
     pub queued: BTreeMap<u64, Queued>,
 }
 
@@ -101,27 +105,28 @@ impl Lanes for MemoryLanes {
     async fn append(
         &self,
         lane: &Lane,
-        message_id: &str,
-        sequence: u64,
-        body: &str,
+        delivery: NewDelivery<'_>,
         now: i64,
         lease_until: i64,
     ) -> Result<Appended, PortError> {
         self.call("lanes.append").await?;
         let mut lanes = lock(&self.lanes);
         let state = lanes.entry(lane.clone()).or_default();
-        if state.last_sequence >= sequence {
+        if state.last_sequence >= delivery.sequence {
             return Ok(Appended::SequenceBehind);
         }
         state.tail += 1;
-        state.last_sequence = sequence;
+        state.version += 1;
+        state.last_sequence = delivery.sequence;
         let slot = state.tail;
         state.queued.insert(
             slot,
             Queued {
                 slot,
-                message_id: message_id.to_owned(),
-                body: body.to_owned(),
+                message_id: delivery.message_id.to_owned(),
+                sequence: delivery.sequence,
+                order: delivery.order,
+                body: delivery.body.to_owned(),
             },
         );
         let wake = state.lease_until <= now;
@@ -143,12 +148,39 @@ impl Lanes for MemoryLanes {
                     .get(&slot)
                     .map_or(Head::Expired(slot), |queued| Head::Waiting(queued.clone()))
             });
+            let behind = state
+                .queued
+                .range(slot + 1..=slot + READ_AHEAD as u64)
+                .map(|(_, queued)| queued.clone())
+                .collect();
             LaneHead {
                 next,
+                behind,
                 attempts: state.attempts,
                 next_at: state.next_at,
+                version: state.version,
             }
         }))
+    }
+
+    async fn arrange(
+        &self,
+        lane: &Lane,
+        head: &LaneHead,
+        deliveries: &[Queued],
+    ) -> Result<bool, PortError> {
+        self.call("lanes.arrange").await?;
+        let mut lanes = lock(&self.lanes);
+        let Some(state) = lanes.get_mut(lane).filter(|s| s.version == head.version) else {
+            return Ok(false);
+        };
+        for queued in deliveries {
+            state.queued.insert(queued.slot, queued.clone());
+        }
+        state.arranged += 1;
+        state.version += 1;
+        drop(lanes);
+        self.answer("lanes.arrange", true)
     }
 
     async fn advance(
@@ -159,9 +191,10 @@ impl Lanes for MemoryLanes {
     ) -> Result<Option<bool>, PortError> {
         self.call("lanes.advance").await?;
         let mut lanes = lock(&self.lanes);
-        let Some(state) = lanes.get_mut(lane).filter(|state| state.done + 1 == slot) else {
+        let Some(state) = lanes.get_mut(lane).filter(|s| s.done + 1 == slot) else {
             return Ok(None);
         };
+        state.version += 1;
         state.done = slot;
         state.attempts = 0;
         state.next_at = 0;
@@ -171,22 +204,16 @@ impl Lanes for MemoryLanes {
         self.answer("lanes.advance", Some(more))
     }
 
-    async fn postpone(
-        &self,
-        lane: &Lane,
-        slot: u64,
-        attempts: usize,
-        next_at: i64,
-        lease_until: i64,
-    ) -> Result<bool, PortError> {
+    async fn postpone(&self, lane: &Lane, slot: u64, failed: Failed) -> Result<bool, PortError> {
         self.call("lanes.postpone").await?;
         let mut lanes = lock(&self.lanes);
-        let Some(state) = lanes.get_mut(lane).filter(|state| state.done + 1 == slot) else {
+        let Some(state) = lanes.get_mut(lane).filter(|s| s.done + 1 == slot) else {
             return Ok(false);
         };
-        state.attempts = attempts;
-        state.next_at = next_at;
-        state.lease_until = lease_until;
+        state.version += 1;
+        state.attempts = failed.attempts;
+        state.next_at = failed.next_at;
+        state.lease_until = failed.lease_until;
         drop(lanes);
         self.answer("lanes.postpone", true)
     }

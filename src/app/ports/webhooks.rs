@@ -2,7 +2,7 @@
 
 use super::PortError;
 use crate::domain::webhook::{EventType, Secret};
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet};
 use std::future::Future;
 
 /// An endpoint as stored (`docs/webhooks.md` §5).
@@ -49,7 +49,8 @@ pub trait Webhooks {
     ) -> impl Future<Output = Result<Option<Endpoint>, PortError>> + Send;
 
     /// Creates `endpoint` if the workspace has fewer than `most`, or replaces the
-    /// settings (url, events, audiences, include, `updated_at`) of the one with its id.
+    /// settings (url, events, audiences, include, `updated_at`) of the one with its id;
+    /// first lists the workspace among those with webhooks ([`WebhookWorkspaces`]).
     fn put(
         &self,
         workspace_id: &str,
@@ -76,6 +77,15 @@ pub trait Webhooks {
     ) -> impl Future<Output = Result<bool, PortError>> + Send;
 }
 
+/// The workspaces that have, or once had, a webhook endpoint: producers mark their
+/// events for the bus rule that feeds delivery, so the events of workspaces without one
+/// cost nothing downstream (`docs/webhooks.md` §5). `Webhooks::put` lists its workspace
+/// before it stores the endpoint, and none is ever taken out: that could race with a new
+/// endpoint and lose its events, and keeping it costs only a fan-out that finds none.
+pub trait WebhookWorkspaces {
+    fn with_webhooks(&self) -> impl Future<Output = Result<HashSet<String>, PortError>> + Send;
+}
+
 /// One (endpoint, user) lane (`docs/webhooks.md` §2): the deliveries of one endpoint
 /// about one user, attempted one at a time, in the order they were appended.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -88,12 +98,25 @@ pub struct Lane {
 /// A delivery waiting in its lane: what each attempt sends, signed afresh.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Queued {
-    /// Its place in the lane: 1, 2, … in the order appended.
+    /// Its place in the lane: 1, 2, … in the order appended, then arranged.
     pub slot: u64,
     /// The `webhook-id` header.
     pub message_id: String,
+    /// The endpoint's sequence number in `body`.
+    pub sequence: u64,
+    /// The user's version the event is of: a lane's deliveries go in this order.
+    pub order: u64,
     /// The body as every attempt sends it, its `sequence` in it.
     pub body: String,
+}
+
+/// A delivery to append; its slot is the lane's to give.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct NewDelivery<'a> {
+    pub message_id: &'a str,
+    pub sequence: u64,
+    pub order: u64,
+    pub body: &'a str,
 }
 
 /// A lane's first delivery not done.
@@ -109,11 +132,18 @@ pub enum Head {
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct LaneHead {
     pub next: Option<Head>,
+    /// The deliveries right behind `next`, in slot order (a few: [`READ_AHEAD`]).
+    pub behind: Vec<Queued>,
     /// Failed attempts of `next`.
     pub attempts: usize,
     /// When `next` may be attempted (ms since the epoch); 0: at once.
     pub next_at: i64,
+    /// The lane's version as read: any change since moves it.
+    pub version: u64,
 }
+
+/// Deliveries a head's read returns behind the head.
+pub const READ_AHEAD: usize = 9;
 
 /// What an append did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -139,19 +169,27 @@ pub trait Lanes {
         count: u64,
     ) -> impl Future<Output = Result<u64, PortError>> + Send;
 
-    /// Appends a delivery with `sequence` at the lane's tail if the lane's last sequence
-    /// is lower; takes the lease until `lease_until` (ms) if it had lapsed by `now`.
+    /// Appends a delivery at the lane's tail if the lane's last sequence is lower than
+    /// its own; takes the lease until `lease_until` (ms) if it had lapsed by `now`.
     fn append(
         &self,
         lane: &Lane,
-        message_id: &str,
-        sequence: u64,
-        body: &str,
+        delivery: NewDelivery<'_>,
         now: i64,
         lease_until: i64,
     ) -> impl Future<Output = Result<Appended, PortError>> + Send;
 
     fn head(&self, lane: &Lane) -> impl Future<Output = Result<LaneHead, PortError>> + Send;
+
+    /// Writes `deliveries` at their slots (a new order of some behind the head read with
+    /// `head`) if the lane has not changed since `head` was read. The head's slot is
+    /// never among them, so a worker's move of its head needs no other condition.
+    fn arrange(
+        &self,
+        lane: &Lane,
+        head: &LaneHead,
+        deliveries: &[Queued],
+    ) -> impl Future<Output = Result<bool, PortError>> + Send;
 
     /// Moves the lane past `slot` (delivered, or given up) if it is the lane's next;
     /// `None` if it was not (another worker moved it). `Some(true)`: more wait, the
@@ -164,16 +202,23 @@ pub trait Lanes {
         lease_until: i64,
     ) -> impl Future<Output = Result<Option<bool>, PortError>> + Send;
 
-    /// Records `attempts` failed attempts of `slot` and when the next may start, the
-    /// lease held until `lease_until`, if `slot` is still the lane's next.
+    /// Records the failed attempts of `slot` and when the next may start, if `slot` is
+    /// still the lane's next.
     fn postpone(
         &self,
         lane: &Lane,
         slot: u64,
-        attempts: usize,
-        next_at: i64,
-        lease_until: i64,
+        failed: Failed,
     ) -> impl Future<Output = Result<bool, PortError>> + Send;
+}
+
+/// A head's failed attempts, and when its next may start (ms), the lease held until
+/// `lease_until`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Failed {
+    pub attempts: usize,
+    pub next_at: i64,
+    pub lease_until: i64,
 }
 
 /// Wakes a lane's worker: the fast queue's message, delayed up to 15 minutes; longer

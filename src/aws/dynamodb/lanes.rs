@@ -1,8 +1,9 @@
 //! Webhook lanes in the webhooks table (`docs/webhooks.md` §2): a lane is the
 //! partition `l#<workspace>#<webhook id>#<user>`, its meta item `sk = "#"` (`tail`,
-//! `done`, `last_seq`, `attempts`, `next_at`, `lease_until`, and `v`, moved by every
-//! change so that an append's transaction holds only if nothing changed since it read
-//! the meta) and one item per delivery, `sk` = its slot in 12 digits. An endpoint's
+//! `done`, `last_seq`, `attempts`, `next_at`, `lease_until`, and `v`,
+//! moved by every change so that an append's or an arrangement's transaction holds
+//! only if nothing changed since it read the meta) and one item per delivery, `sk` =
+//! its slot in 12 digits (`message_id`, `sequence`, `ord`: the user's version, `body`). An endpoint's
 //! sequence blocks: `seq#<workspace>#<webhook id>`, `next`. Deliveries and metas expire
 //! (TTL `expires_at`), the metas a day after their last delivery.
 
@@ -10,7 +11,9 @@ use super::{
     built, condition, condition_held, get_n, get_s, n, s, transact_once, Condition, Item,
     Transacted, PARTITION_KEY, TTL_ATTRIBUTE,
 };
-use crate::app::ports::{Appended, Head, Lane, LaneHead, Lanes, PortError, Queued};
+use crate::app::ports::{
+    Appended, Failed, Head, Lane, LaneHead, Lanes, NewDelivery, PortError, Queued, READ_AHEAD,
+};
 use crate::clock::now_millis;
 use aws_sdk_dynamodb::types::{
     Put, ReturnValue, ReturnValuesOnConditionCheckFailure, TransactWriteItem, Update,
@@ -61,6 +64,15 @@ impl LaneStore {
         ])
     }
 
+    fn put(&self, item: Item) -> Result<Put, PortError> {
+        built(
+            Put::builder()
+                .table_name(&self.table)
+                .set_item(Some(item))
+                .build(),
+        )
+    }
+
     fn lane_pk(lane: &Lane) -> String {
         format!(
             "l#{}#{}#{}",
@@ -103,6 +115,41 @@ impl LaneStore {
         })
     }
 
+    /// The deliveries at slots `first` to `first + count - 1` that are there, in order.
+    async fn deliveries(
+        &self,
+        lane: &Lane,
+        first: u64,
+        count: u64,
+    ) -> Result<Vec<Queued>, PortError> {
+        let last = first + count - 1;
+        let out = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .key_condition_expression("pk = :pk AND sk BETWEEN :first AND :last")
+            .expression_attribute_values(":pk", s(Self::lane_pk(lane)))
+            .expression_attribute_values(":first", s(format!("{first:012}")))
+            .expression_attribute_values(":last", s(format!("{last:012}")))
+            .consistent_read(true)
+            .send()
+            .await?;
+        Ok(out.items().iter().filter_map(queued).collect())
+    }
+
+    /// A delivery's item at its slot.
+    fn delivery_item(lane: &Lane, queued: &Queued) -> Item {
+        let mut item = Self::slot_key(lane, queued.slot);
+        item.extend([
+            ("message_id".to_owned(), s(&queued.message_id)),
+            ("body".to_owned(), s(&queued.body)),
+            ("sequence".to_owned(), n(queued.sequence)),
+            ("ord".to_owned(), n(queued.order)),
+            (TTL_ATTRIBUTE.to_owned(), n(expires_at(KEPT_FOR_S))),
+        ]);
+        item
+    }
+
     /// An update of the meta that moves `v`, keeps the meta a day past its deliveries,
     /// and holds only while `done` is `slot - 1`.
     fn meta_update(
@@ -121,6 +168,39 @@ impl LaneStore {
             .expression_attribute_values(":one", n(1))
             .expression_attribute_values(":expires", n(expires_at(META_KEPT_FOR_S)))
     }
+}
+
+/// Tries of a worker's move that met an append's or an arrangement's transaction.
+const TRANSACTION_TRIES: usize = 3;
+
+/// A worker's move (a plain update of the meta) that meets a transaction in flight on
+/// the meta fails with `TransactionConflictException`, unapplied, and the SDK does not
+/// retry it: tried again here, so a busy lane's worker does not give its wake back (and
+/// send its head twice) for it.
+async fn past_transactions<T, F, Fut>(mut call: F) -> Result<T, PortError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, PortError>>,
+{
+    for _ in 1..TRANSACTION_TRIES {
+        match call().await {
+            Err(PortError::Refused(code) | PortError::Unavailable(code))
+                if code == "TransactionConflictException" => {}
+            done => return done,
+        }
+    }
+    call().await
+}
+
+/// A delivery as read, or `None` for an item that is not one.
+fn queued(item: &Item) -> Option<Queued> {
+    Some(Queued {
+        slot: get_s(item, SORT_KEY)?.parse().ok()?,
+        message_id: get_s(item, "message_id")?.to_owned(),
+        sequence: get_n(item, "sequence")?,
+        order: get_n(item, "ord").unwrap_or(0),
+        body: get_s(item, "body")?.to_owned(),
+    })
 }
 
 /// Seconds since the epoch, `after` seconds from now: DynamoDB's TTL reads seconds.
@@ -160,12 +240,11 @@ impl Lanes for LaneStore {
     async fn append(
         &self,
         lane: &Lane,
-        message_id: &str,
-        sequence: u64,
-        body: &str,
+        delivery: NewDelivery<'_>,
         now: i64,
         lease_until: i64,
     ) -> Result<Appended, PortError> {
+        let sequence = delivery.sequence;
         for _ in 0..APPEND_ATTEMPTS {
             let meta = self.meta(lane).await?;
             if meta.last_sequence >= sequence {
@@ -173,21 +252,16 @@ impl Lanes for LaneStore {
             }
             let slot = meta.tail + 1;
             let wake = meta.lease_until <= now;
-            let mut delivery = Self::slot_key(lane, slot);
-            delivery.extend([
-                ("message_id".to_owned(), s(message_id)),
-                ("body".to_owned(), s(body)),
-                ("sequence".to_owned(), n(sequence)),
-                (TTL_ATTRIBUTE.to_owned(), n(expires_at(KEPT_FOR_S))),
-            ]);
+            let queued = Queued {
+                slot,
+                message_id: delivery.message_id.to_owned(),
+                sequence,
+                order: delivery.order,
+                body: delivery.body.to_owned(),
+            };
             // A slot is reserved by the meta's condition: a delivery left over from a
             // meta that expired first is overwritten.
-            let put = built(
-                Put::builder()
-                    .table_name(&self.table)
-                    .set_item(Some(delivery))
-                    .build(),
-            )?;
+            let put = self.put(Self::delivery_item(lane, &queued))?;
             let lease = if wake { ", lease_until = :lease" } else { "" };
             let mut update = Update::builder()
                 .table_name(&self.table)
@@ -230,20 +304,52 @@ impl Lanes for LaneStore {
             return Ok(LaneHead::default());
         }
         let slot = meta.done + 1;
-        let item = self.read(Self::slot_key(lane, slot)).await?;
-        let queued = item.as_ref().and_then(|item| {
-            Some(Queued {
-                slot,
-                message_id: get_s(item, "message_id")?.to_owned(),
-                body: get_s(item, "body")?.to_owned(),
-            })
-        });
+        let count = (meta.tail - meta.done).min(READ_AHEAD as u64 + 1);
+        let mut read = self
+            .deliveries(lane, slot, count)
+            .await?
+            .into_iter()
+            .peekable();
+        let head = read.next_if(|queued| queued.slot == slot);
         Ok(LaneHead {
             // Expired (TTL) before it was delivered: the worker passes it.
-            next: Some(queued.map_or(Head::Expired(slot), Head::Waiting)),
+            next: Some(head.map_or(Head::Expired(slot), Head::Waiting)),
+            behind: read.collect(),
             attempts: meta.attempts,
             next_at: meta.next_at,
+            version: meta.version.unwrap_or(0),
         })
+    }
+
+    async fn arrange(
+        &self,
+        lane: &Lane,
+        head: &LaneHead,
+        deliveries: &[Queued],
+    ) -> Result<bool, PortError> {
+        let mut items = deliveries
+            .iter()
+            .map(|queued| {
+                let put = self.put(Self::delivery_item(lane, queued))?;
+                Ok(TransactWriteItem::builder().put(put).build())
+            })
+            .collect::<Result<Vec<_>, PortError>>()?;
+        let update = Update::builder()
+            .table_name(&self.table)
+            .set_key(Some(Self::meta_key(lane)))
+            .update_expression("ADD v :one")
+            .condition_expression("v = :v")
+            .expression_attribute_values(":v", n(head.version))
+            .expression_attribute_values(":one", n(1));
+        items.push(
+            TransactWriteItem::builder()
+                .update(built(update.build())?)
+                .build(),
+        );
+        Ok(matches!(
+            transact_once(&self.client, items).await?,
+            Transacted::Done
+        ))
     }
 
     async fn advance(
@@ -253,34 +359,44 @@ impl Lanes for LaneStore {
         lease_until: i64,
     ) -> Result<Option<bool>, PortError> {
         // The lane emptied: the lease let go, if no append came since.
-        let emptied = self
-            .meta_update(
-                lane,
-                slot,
-                "done = :slot, attempts = :zero, next_at = :zero, lease_until = :zero",
-            )
-            .condition_expression("done = :before AND tail = :slot")
-            .expression_attribute_values(":slot", n(slot))
-            .expression_attribute_values(":zero", n(0))
-            .send()
-            .await;
-        if condition_held(emptied)? {
+        let emptied = past_transactions(|| async {
+            let emptied = self
+                .meta_update(
+                    lane,
+                    slot,
+                    "done = :slot, attempts = :zero, next_at = :zero, lease_until = :zero",
+                )
+                .condition_expression("done = :before AND tail = :slot")
+                .expression_attribute_values(":slot", n(slot))
+                .expression_attribute_values(":zero", n(0))
+                .send()
+                .await;
+            condition_held(emptied)
+        })
+        .await?;
+        if emptied {
             return Ok(Some(false));
         }
         // More behind it (the tail only grows), or another worker moved it.
-        let moved = self
-            .meta_update(
-                lane,
-                slot,
-                "done = :slot, attempts = :zero, next_at = :zero, lease_until = :lease",
-            )
-            .expression_attribute_values(":slot", n(slot))
-            .expression_attribute_values(":zero", n(0))
-            .expression_attribute_values(":lease", n(lease_until))
-            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
-            .send()
-            .await;
-        Ok(match condition(moved)? {
+        let moved = past_transactions(|| async {
+            let moved = self
+                .meta_update(
+                    lane,
+                    slot,
+                    "done = :slot, attempts = :zero, next_at = :zero, lease_until = :lease",
+                )
+                .expression_attribute_values(":slot", n(slot))
+                .expression_attribute_values(":zero", n(0))
+                .expression_attribute_values(":lease", n(lease_until))
+                .return_values_on_condition_check_failure(
+                    ReturnValuesOnConditionCheckFailure::AllOld,
+                )
+                .send()
+                .await;
+            condition(moved)
+        })
+        .await?;
+        Ok(match moved {
             Condition::Held => Some(true),
             // This very update, applied and its answer lost, then failed by the SDK's
             // retry: the lane holds the lease it set.
@@ -294,25 +410,21 @@ impl Lanes for LaneStore {
         })
     }
 
-    async fn postpone(
-        &self,
-        lane: &Lane,
-        slot: u64,
-        attempts: usize,
-        next_at: i64,
-        lease_until: i64,
-    ) -> Result<bool, PortError> {
-        let postponed = self
-            .meta_update(
-                lane,
-                slot,
-                "attempts = :attempts, next_at = :next, lease_until = :lease",
-            )
-            .expression_attribute_values(":attempts", n(attempts))
-            .expression_attribute_values(":next", n(next_at))
-            .expression_attribute_values(":lease", n(lease_until))
-            .send()
-            .await;
-        condition_held(postponed)
+    async fn postpone(&self, lane: &Lane, slot: u64, failed: Failed) -> Result<bool, PortError> {
+        past_transactions(|| async {
+            let postponed = self
+                .meta_update(
+                    lane,
+                    slot,
+                    "attempts = :attempts, next_at = :next, lease_until = :lease",
+                )
+                .expression_attribute_values(":attempts", n(failed.attempts))
+                .expression_attribute_values(":next", n(failed.next_at))
+                .expression_attribute_values(":lease", n(failed.lease_until))
+                .send()
+                .await;
+            condition_held(postponed)
+        })
+        .await
     }
 }

@@ -277,13 +277,16 @@ pub(crate) fn workspace_key(workspace_id: &str, id: &str) -> String {
 /// Which of `shards` a user's items go to: stable across builds and machines (not
 /// `DefaultHasher`'s random keys), FNV-1a.
 fn user_shard(workspace_id: &str, external_user_id: &str, shards: u64) -> u64 {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in workspace_id
-        .bytes()
-        .chain([b'#'])
-        .chain(external_user_id.bytes())
-    {
-        hash = (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3);
-    }
-    hash % shards
+    stable_shard(
+        workspace_id
+            .bytes()
+            .chain([b'#'])
+            .chain(external_user_id.bytes()),
+        shards,
+    )
+}
+
+/// Which of `shards` a key (its bytes) goes to, the same on every machine.
+pub(crate) fn stable_shard(key: impl Iterator<Item = u8>, shards: u64) -> u64 {
+    super::stable_hash(key) % shards
 }

@@ -1,10 +1,15 @@
 //! The webhooks table (`docs/webhooks.md` §5): a workspace's endpoints, `pk` =
 //! `w#<workspace>`, `sk` = `e#<webhook id>`, and their count, `sk` = `#count`, moved in
 //! the same transaction as an endpoint created or deleted, so that the most a workspace
-//! may have holds under concurrent `PUT`s.
+//! may have holds under concurrent `PUT`s; and the workspaces with webhooks, `pk` =
+//! `hooks#<n>` (n < 16, by workspace), `sk` = `#`, a string set `workspaces` that every
+//! `PUT` adds its workspace to before it stores the endpoint.
 
-use super::{built, condition, get_n, get_s, n, s, transact_once, Item, Transacted, PARTITION_KEY};
-use crate::app::ports::{Endpoint, PortError, Stored, Webhooks};
+use super::{
+    batch_get_consistent, built, condition, get_n, get_s, n, s, stable_shard, transact_once, Item,
+    Transacted, PARTITION_KEY,
+};
+use crate::app::ports::{Endpoint, PortError, Stored, WebhookWorkspaces, Webhooks};
 use crate::domain::webhook::{EventType, Secret};
 use aws_sdk_dynamodb::config::http::HttpResponse;
 use aws_sdk_dynamodb::error::SdkError;
@@ -14,12 +19,16 @@ use aws_sdk_dynamodb::types::{
     AttributeValue, Delete, Put, ReturnValue, TransactWriteItem, Update,
 };
 use aws_sdk_dynamodb::Client;
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet};
 
 const SORT_KEY: &str = "sk";
 /// The workspace's endpoint count's item (endpoint items start with `e#`).
 const COUNT: &str = "#count";
 const ENDPOINT_PREFIX: &str = "e#";
+/// Items the workspaces with webhooks are spread over: each read by every producer
+/// instance every few seconds, so none grows past a few KB or takes every read.
+const WORKSPACE_SETS: u64 = 16;
+const WORKSPACES: &str = "workspaces";
 /// Tries of a `PUT` or `DELETE` whose endpoint, or whose workspace's count, another
 /// request writes meanwhile (then 503 with `Retry-After`).
 const PUT_ATTEMPTS: usize = 5;
@@ -116,6 +125,31 @@ impl WebhookStore {
                 .build(),
         ];
         transact_once(&self.client, items).await
+    }
+
+    /// Lists the workspace as one with webhooks (a set's `ADD`: the same however often).
+    async fn list_workspace(&self, workspace_id: &str) -> Result<(), PortError> {
+        let set = stable_shard(workspace_id.bytes(), WORKSPACE_SETS);
+        self.client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(Self::workspace_set_key(set)))
+            .update_expression("ADD #workspaces :workspace")
+            .expression_attribute_names("#workspaces", WORKSPACES)
+            .expression_attribute_values(
+                ":workspace",
+                AttributeValue::Ss(vec![workspace_id.to_owned()]),
+            )
+            .send()
+            .await?;
+        Ok(())
+    }
+
+    fn workspace_set_key(set: u64) -> Item {
+        Item::from([
+            (PARTITION_KEY.to_owned(), s(format!("hooks#{set}"))),
+            (SORT_KEY.to_owned(), s("#")),
+        ])
     }
 
     /// The workspace's endpoint count moved by `by`, in an endpoint's transaction.
@@ -252,6 +286,11 @@ impl Webhooks for WebhookStore {
         endpoint: &Endpoint,
         most: usize,
     ) -> Result<Stored, PortError> {
+        // Listed first, by every `PUT`: an endpoint is never stored for a workspace
+        // whose events are not marked for delivery (endpoints from before the list
+        // existed are listed by their next `PUT`). A `PUT` that then fails leaves the
+        // workspace listed: that costs fan-outs that find nothing, never an event.
+        self.list_workspace(workspace_id).await?;
         for _ in 0..PUT_ATTEMPTS {
             if let Some(now) = self.replace(workspace_id, endpoint).await? {
                 return Ok(Stored::Replaced(now));
@@ -315,5 +354,18 @@ impl Webhooks for WebhookStore {
             }
         }
         Err(PortError::Unavailable("endpoint kept changing".into()))
+    }
+}
+
+impl WebhookWorkspaces for WebhookStore {
+    async fn with_webhooks(&self) -> Result<HashSet<String>, PortError> {
+        let keys = (0..WORKSPACE_SETS).map(Self::workspace_set_key).collect();
+        let items = batch_get_consistent(&self.client, &self.table, keys).await?;
+        Ok(items
+            .iter()
+            .filter_map(|item| item.get(WORKSPACES)?.as_ss().ok())
+            .flatten()
+            .cloned()
+            .collect())
     }
 }

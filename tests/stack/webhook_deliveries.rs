@@ -1,0 +1,290 @@
+//! Webhook deliveries through the whole local stack (`docs/webhooks.md` §1–4): an
+//! upsert's change event goes from the bus through the intake queue, the fan-out and a
+//! lane to a listener on this machine, signed to Standard Webhooks: every delivery is
+//! verified by the specification's own libraries, from PyPI and npm, unchanged, across
+//! a rotation. A later event waits while an earlier one is retried (`Retry-After`);
+//! no body holds PII.
+
+use crate::support::{until_working, Stack, ALL_SCOPES};
+use reqwest::Method;
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use vibefollow_users::app::ports::Lanes;
+use vibefollow_users::app::webhook_marks::WORKSPACES_KEPT_FOR;
+
+/// A request as the listener received it: lower-case header names.
+#[derive(Debug, Clone)]
+struct Received {
+    headers: BTreeMap<String, String>,
+    body: String,
+}
+
+impl Received {
+    fn id(&self) -> &str {
+        self.headers.get("webhook-id").map_or("", String::as_str)
+    }
+
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or(Value::Null)
+    }
+}
+
+/// A customer's endpoint on loopback: answers 503 with `Retry-After: 1` while `down`,
+/// else 200; keeps what it received, in order.
+async fn listener(down: Arc<AtomicBool>) -> (u16, Arc<Mutex<Vec<Received>>>) {
+    let socket = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = socket.local_addr().unwrap().port();
+    let received = Arc::new(Mutex::new(Vec::new()));
+    let kept = Arc::clone(&received);
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = socket.accept().await {
+            let (kept, down) = (Arc::clone(&kept), Arc::clone(&down));
+            tokio::spawn(async move {
+                let Some(request) = read_request(&mut stream).await else {
+                    return;
+                };
+                kept.lock().unwrap().push(request);
+                let answer = if down.load(Ordering::SeqCst) {
+                    "HTTP/1.1 503 Service Unavailable\r\nretry-after: 1"
+                } else {
+                    "HTTP/1.1 200 OK"
+                };
+                let reply = format!("{answer}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+                let _ = stream.write_all(reply.as_bytes()).await;
+            });
+        }
+    });
+    (port, received)
+}
+
+/// One HTTP/1.1 request: its head, then as many body bytes as it announces.
+async fn read_request(stream: &mut tokio::net::TcpStream) -> Option<Received> {
+    let mut bytes = Vec::new();
+    let mut buffer = [0; 8192];
+    loop {
+        let read = stream.read(&mut buffer).await.ok()?;
+        if read == 0 {
+            return None;
+        }
+        bytes.extend_from_slice(&buffer[..read]);
+        let text = String::from_utf8_lossy(&bytes).into_owned();
+        let Some(end) = text.find("\r\n\r\n") else {
+            continue;
+        };
+        let headers: BTreeMap<String, String> = text[..end]
+            .lines()
+            .skip(1)
+            .filter_map(|line| line.split_once(':'))
+            .map(|(name, value)| (name.trim().to_lowercase(), value.trim().to_owned()))
+            .collect();
+        let length: usize = headers
+            .get("content-length")
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0);
+        if bytes.len() >= end + 4 + length {
+            let body = String::from_utf8_lossy(&bytes[end + 4..end + 4 + length]).into_owned();
+            return Some(Received { headers, body });
+        }
+    }
+}
+
+/// Runs a verifier of `dev/webhooks/` over `deliveries` signed with `secret`; its report.
+fn verified(command: &mut std::process::Command, secret: &str, deliveries: &[Received]) -> Value {
+    let input = json!({
+        "secret": secret,
+        "deliveries": deliveries.iter().map(|d| json!({"headers": d.headers, "body": d.body})).collect::<Vec<_>>(),
+    });
+    let mut child = command
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start the verifier");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.to_string().as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "refused: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// Both libraries verify every delivery with `secret`.
+fn both_libraries_verify(secret: &str, deliveries: &[Received]) {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let python = verified(
+        std::process::Command::new(format!("{root}/.venv/bin/python"))
+            .arg(format!("{root}/dev/webhooks/verify.py")),
+        secret,
+        deliveries,
+    );
+    let node = verified(
+        std::process::Command::new("node").arg(format!("{root}/dev/webhooks/verify.mjs")),
+        secret,
+        deliveries,
+    );
+    for report in [python, node] {
+        assert_eq!(
+            report["verified"].as_u64(),
+            Some(deliveries.len() as u64),
+            "{report}"
+        );
+        assert_eq!(report["library"]["version"], "1.3.0", "{report}");
+    }
+}
+
+/// The secret an answer of `status` shows.
+async fn secret_of(answer: reqwest::Response, status: u16) -> String {
+    assert_eq!(answer.status(), status);
+    let body: Value = answer.json().await.unwrap();
+    body["data"]["secret"].as_str().unwrap().to_owned()
+}
+
+/// What the listener received, once it holds `distinct` messages (by `webhook-id`).
+async fn until_received(
+    stack: &Stack,
+    received: &Arc<Mutex<Vec<Received>>>,
+    distinct: usize,
+) -> Vec<Received> {
+    until_working(
+        stack,
+        &["consumer", "changes", "webhooks"],
+        &format!("{distinct} webhook messages received"),
+        || async {
+            let all = received.lock().unwrap().clone();
+            let mut ids: Vec<&str> = all.iter().map(Received::id).collect();
+            ids.sort_unstable();
+            ids.dedup();
+            (ids.len() >= distinct).then(|| all.clone())
+        },
+    )
+    .await
+}
+
+#[tokio::test]
+#[ignore = "needs the local stack: run `make test`"]
+async fn changes_reach_the_customer_s_endpoint_signed_in_order_and_without_pii() {
+    let stack = Stack::new().await;
+    let key = stack.key(&ALL_SCOPES).await;
+    let down = Arc::new(AtomicBool::new(true));
+    let (port, received) = listener(Arc::clone(&down)).await;
+    let put = stack
+        .request(Method::PUT, "/api/v1/webhooks/crm", Some(&key))
+        .header("content-type", "application/json")
+        .body(
+            json!({"url": format!("http://127.0.0.1:{port}/hooks"), "events": ["user.changed"]})
+                .to_string(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let secret = secret_of(put, 201).await;
+    // The contract's bound for a new endpoint's workspace to be marked: every producer
+    // instance's list of workspaces with webhooks was read since the `PUT` (wall clock,
+    // the same on any machine).
+    tokio::time::sleep(WORKSPACES_KEPT_FOR).await;
+
+    // A change of one user, refused (503, Retry-After: 1) and retried while two more
+    // changes come: they wait in its lane, in the user's order whatever order the bus
+    // and the intake queue gave them.
+    let change = |step: u64| json!({"external_user_id": "u1", "email": "jane@acme.io", "traits": {"step": step}});
+    stack.accept(&key, &change(1)).await;
+    until_received(&stack, &received, 1).await;
+    for step in 2..=3 {
+        stack.accept(&key, &change(step)).await;
+    }
+    let lanes = stack.lanes();
+    until_working(
+        &stack,
+        &["consumer", "changes", "webhooks"],
+        "two changes waiting behind the first",
+        || async {
+            let head = lanes.head(&stack.lane("u1")).await.ok()?;
+            (head.behind.len() == 2).then_some(())
+        },
+    )
+    .await;
+    down.store(false, Ordering::SeqCst);
+    let all = until_working(&stack, &["webhooks"], "the endpoint recovered", || async {
+        let all = received.lock().unwrap().clone();
+        let others = all.iter().filter(|r| r.id() != all[0].id()).count();
+        (others == 2).then_some(all)
+    })
+    .await;
+
+    // The first was attempted until it was delivered, before any other was.
+    let retried = all.iter().take_while(|r| r.id() == all[0].id()).count();
+    assert!(retried >= 2, "{all:#?}");
+    let first_receipts: Vec<&Received> = all[retried - 1..].iter().collect();
+    let bodies: Vec<Value> = first_receipts.iter().map(|r| r.json()).collect();
+    let versions: Vec<i64> = bodies
+        .iter()
+        .map(|b| b["data"]["version"].as_i64().unwrap())
+        .collect();
+    let sequences: Vec<i64> = bodies
+        .iter()
+        .map(|b| b["sequence"].as_i64().unwrap())
+        .collect();
+    assert!(
+        versions.windows(2).all(|w| w[0] < w[1]),
+        "user versions in order: {versions:?}"
+    );
+    assert!(
+        sequences.windows(2).all(|w| w[0] < w[1]),
+        "sequences in order: {sequences:?}"
+    );
+    for (delivery, body) in first_receipts.iter().zip(&bodies) {
+        assert_eq!(body["type"], "user.changed");
+        assert_eq!(body["webhook_id"], "crm");
+        assert_eq!(body["data"]["external_user_id"], "u1");
+        assert!(
+            !delivery.body.contains("acme"),
+            "no email: {}",
+            delivery.body
+        );
+        assert_eq!(
+            delivery.headers.get("content-type").map(String::as_str),
+            Some("application/json")
+        );
+    }
+    both_libraries_verify(&secret, &all);
+
+    // After a rotation both secrets sign: receivers holding either verify.
+    let rotated = stack
+        .request(
+            Method::POST,
+            "/api/v1/webhooks/crm/rotate-secret",
+            Some(&key),
+        )
+        .send()
+        .await
+        .unwrap();
+    let new_secret = secret_of(rotated, 200).await;
+    stack
+        .accept(
+            &key,
+            &json!({"external_user_id": "u1", "traits": {"step": 4}}),
+        )
+        .await;
+    let all = until_received(&stack, &received, 4).await;
+    let after = &all[all.len() - 1..];
+    assert_eq!(after[0].json()["data"]["changed"], json!(["step"]));
+    assert_eq!(
+        after[0].headers["webhook-signature"].split(' ').count(),
+        2,
+        "two signatures during a rotation"
+    );
+    both_libraries_verify(&new_secret, after);
+    both_libraries_verify(&secret, after);
+}
