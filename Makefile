@@ -7,7 +7,7 @@ CHECK_STAMP := $(CHECK_VENV)/.installed
 # SAM, cfn-lint, checkov and cargo-lambda (+ zig for arm64) from .venv-check.
 CHECK_ENV := PATH="$(CURDIR)/$(CHECK_VENV)/bin:$$PATH" AWS_DEFAULT_REGION=$${AWS_DEFAULT_REGION:-us-east-1} SAM_CLI_TELEMETRY=0
 
-.PHONY: dev test bench bench-full bench-profiles flood audience-latency scale drill fuzz check build-arm64 deploy deploy-prod venv fmt clean
+.PHONY: dev test bench bench-full bench-profiles flood audience-latency webhook-latency scale drill fuzz check build-arm64 deploy deploy-prod venv fmt clean
 
 $(STAMP): dev/requirements.txt
 	python3 -m venv $(VENV)
@@ -47,6 +47,12 @@ bench-full: $(STAMP)
 ## measures a build over that many users instead.
 audience-latency: $(STAMP)
 	$(PY) dev/stack.py run -- $(PY) dev/audience_latency.py $(if $(BUILD),--build $(BUILD))
+
+## Webhooks: accepted upsert → delivery received by a listener on this machine,
+## p50/p90/p99 at 5 upserts/s for 60 s, each delivery verified with `standardwebhooks`
+## (dev/webhook_latency.py; VF_WEBHOOK_BENCH_RATE, VF_WEBHOOK_BENCH_SECONDS).
+webhook-latency: $(STAMP)
+	$(PY) dev/stack.py run -- $(PY) dev/webhook_latency.py
 
 ## Scale (docs/scale.md): the target's load shape × SCALE (default 0.001: 10 upserts/s, 3 of
 ## them in one heavy workspace with 100 audiences, the rest over 16 light ones; an import,

@@ -355,6 +355,16 @@ def api_answers():
     return False
 
 
+# How to have webhooks delivered to a listener on this machine (the local stack allows
+# http://127.0.0.1 targets; README "Webhooks").
+WEBHOOK_HINT = f"""Webhooks to a listener on this machine (any HTTP server on 127.0.0.1, say port 8787):
+
+    curl -X PUT {API_URL}/api/v1/webhooks/mine -H "Authorization: Bearer $VF_KEY" \\
+      -H 'content-type: application/json' \\
+      -d '{{"url": "http://127.0.0.1:8787/hooks", "events": ["user.changed", "audience.entered"]}}'
+"""
+
+
 def up():
     stack = Stack(reload=True, log_level=os.environ.get("VF_LOG_LEVEL", "INFO"), event_sink=True)
     # Ctrl-C even when started from a shell that ignores SIGINT for background jobs.
@@ -365,6 +375,7 @@ def up():
         key = stack.create_key()
         print(f"\nVibeFollow Users is running at {API_URL}/api/v1/users", flush=True)
         print(f"Dev API key (workspace '{DEV_WORKSPACE}', all scopes):\n\n    export VF_KEY={key}\n", flush=True)
+        print(WEBHOOK_HINT, flush=True)
         print("Press Ctrl-C to stop.", flush=True)
         while all(p.poll() is None for _, p in stack.processes):
             time.sleep(0.5)
