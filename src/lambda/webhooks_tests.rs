@@ -69,12 +69,16 @@ fn lane(user: &str) -> Lane {
     }
 }
 
-fn failed_ids(response: &SqsBatchResponse) -> Vec<&str> {
-    response
-        .batch_item_failures
-        .iter()
-        .map(|failure| failure.item_identifier.as_str())
-        .collect()
+impl Edge {
+    /// Handles `events/<sample>` with time to spare: the messages reported failed.
+    async fn failed(&self, sample_name: &str) -> Vec<String> {
+        let response = self.function.handle(sample(sample_name), i64::MAX).await;
+        response
+            .batch_item_failures
+            .into_iter()
+            .map(|failure| failure.item_identifier)
+            .collect()
+    }
 }
 
 /// The `webhook-id`s queued in a lane, in lane order.
@@ -90,14 +94,8 @@ fn queued(edge: &Edge, user: &str) -> Vec<String> {
 #[tokio::test]
 async fn bus_events_reach_their_lanes_in_order_and_an_unreadable_one_comes_back() {
     let edge = edge();
-    let response = edge
-        .function
-        .handle(sample("sqs-webhook-intake.json"), i64::MAX)
-        .await;
-    assert_eq!(
-        failed_ids(&response),
-        ["7a2d3b9f-8c2e-4d1f-ab66-3e0a8b2fi0004"]
-    );
+    let failed = edge.failed("sqs-webhook-intake.json").await;
+    assert_eq!(failed, ["7a2d3b9f-8c2e-4d1f-ab66-3e0a8b2fi0004"]);
     assert_eq!(queued(&edge, "usr_42"), ["msg_mv_01", "msg_ch_01"]);
     assert_eq!(queued(&edge, "usr_7"), ["msg_mv_02"]);
     let woken: BTreeSet<Lane> = edge.wakes.take().into_iter().map(|(l, _)| l).collect();
@@ -112,11 +110,7 @@ async fn a_user_s_later_events_come_back_with_the_one_that_failed_so_none_overta
         PortError::Unavailable("throttled".into()),
         1,
     );
-    let response = edge
-        .function
-        .handle(sample("sqs-webhook-intake.json"), i64::MAX)
-        .await;
-    let failed = failed_ids(&response);
+    let failed = edge.failed("sqs-webhook-intake.json").await;
     // usr_42's two events, or usr_7's one, met the failure (users go side by side).
     assert!(
         failed
@@ -140,18 +134,10 @@ async fn a_user_s_later_events_come_back_with_the_one_that_failed_so_none_overta
 #[tokio::test]
 async fn wakes_drain_each_lane_once_and_an_unreadable_one_comes_back() {
     let edge = edge();
-    edge.function
-        .handle(sample("sqs-webhook-intake.json"), i64::MAX)
-        .await;
+    edge.failed("sqs-webhook-intake.json").await;
     edge.wakes.take();
-    let response = edge
-        .function
-        .handle(sample("sqs-webhook-wakes.json"), i64::MAX)
-        .await;
-    assert_eq!(
-        failed_ids(&response),
-        ["7a2d3b9f-8c2e-4d1f-ab66-3e0a8b2fw0004"]
-    );
+    let failed = edge.failed("sqs-webhook-wakes.json").await;
+    assert_eq!(failed, ["7a2d3b9f-8c2e-4d1f-ab66-3e0a8b2fw0004"]);
     let mut sent: Vec<String> = edge
         .sender
         .received()
@@ -167,17 +153,11 @@ async fn wakes_drain_each_lane_once_and_an_unreadable_one_comes_back() {
 #[tokio::test]
 async fn a_lane_that_could_not_be_read_has_all_its_wakes_come_back() {
     let edge = edge();
-    edge.function
-        .handle(sample("sqs-webhook-intake.json"), i64::MAX)
-        .await;
+    edge.failed("sqs-webhook-intake.json").await;
     edge.lanes
         .faults
         .fail("lanes.head", PortError::Unavailable("throttled".into()), 2);
-    let response = edge
-        .function
-        .handle(sample("sqs-webhook-wakes.json"), i64::MAX)
-        .await;
-    let mut failed = failed_ids(&response);
+    let mut failed = edge.failed("sqs-webhook-wakes.json").await;
     failed.sort_unstable();
     assert_eq!(
         failed,
