@@ -7,7 +7,7 @@ CHECK_STAMP := $(CHECK_VENV)/.installed
 # SAM, cfn-lint, checkov and cargo-lambda (+ zig for arm64) from .venv-check.
 CHECK_ENV := PATH="$(CURDIR)/$(CHECK_VENV)/bin:$$PATH" AWS_DEFAULT_REGION=$${AWS_DEFAULT_REGION:-us-east-1} SAM_CLI_TELEMETRY=0
 
-.PHONY: dev test bench bench-full bench-profiles flood audience-latency webhook-latency scale drill fuzz check build-arm64 deploy deploy-prod venv fmt clean
+.PHONY: dev test bench bench-full bench-profiles flood audience-latency webhook-latency webhook-schedule scale drill fuzz check build-arm64 deploy deploy-prod venv fmt clean
 
 $(STAMP): dev/requirements.txt
 	python3 -m venv $(VENV)
@@ -53,6 +53,12 @@ audience-latency: $(STAMP)
 ## (dev/webhook_latency.py; VF_WEBHOOK_BENCH_RATE, VF_WEBHOOK_BENCH_SECONDS).
 webhook-latency: $(STAMP)
 	$(PY) dev/stack.py run -- $(PY) dev/webhook_latency.py
+
+## The webhook retry schedule and a 5-day disabling, time divided by WEBHOOK_TIME_FACTOR
+## (default 3600: 10 h → 10 s, 5 days → 2 min); about 3 minutes.
+WEBHOOK_TIME_FACTOR ?= 3600
+webhook-schedule: $(STAMP)
+	WEBHOOK_TIME_FACTOR=$(WEBHOOK_TIME_FACTOR) $(PY) dev/stack.py run -- $(PY) dev/webhook_schedule.py
 
 ## Scale (docs/scale.md): the target's load shape × SCALE (default 0.001: 10 upserts/s, 3 of
 ## them in one heavy workspace with 100 audiences, the rest over 16 light ones; an import,

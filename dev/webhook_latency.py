@@ -14,15 +14,14 @@ import os
 import sys
 import threading
 import time
-import urllib.request
 import uuid
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import stack  # noqa: E402
 from event_latency import quantile  # noqa: E402
+from webhook_listener import call, listen, subscribe  # noqa: E402
 
 RATE = int(os.environ.get("VF_WEBHOOK_BENCH_RATE", "5"))
 SECONDS = int(os.environ.get("VF_WEBHOOK_BENCH_SECONDS", "60"))
@@ -58,31 +57,6 @@ class Receipts:
                 self.first[user] = received
 
 
-def listen(receipts_box):
-    """A listener on 127.0.0.1 answering 204 to every POST, fed to `receipts_box[0]`."""
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self):  # noqa: N802 (http.server's name)
-            body = self.rfile.read(int(self.headers.get("Content-Length", 0))).decode()
-            self.send_response(204)
-            self.end_headers()
-            receipts_box[0].take({k.lower(): v for k, v in self.headers.items()}, body)
-
-        def log_message(self, *args):
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server
-
-
-def call(api, key, method, path, body):
-    request = urllib.request.Request(f"{api}{path}", data=json.dumps(body).encode(), method=method, headers={
-        "Authorization": f"Bearer {key}", "Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=10) as response:
-        return response.status, json.loads(response.read() or b"null")
-
-
 def summary(accepted_at, receipts):
     waited = [(receipts.first[user] - at) * 1000 for user, at in accepted_at.items() if user in receipts.first]
     return {
@@ -99,12 +73,13 @@ def main():
     workspace = f"webhook-bench-{uuid.uuid4().hex[:8]}"
     key = stack.create_key(workspace, "users:write,webhooks:write", 100000)
     box = [None]
-    server = listen(box)
-    status, created = call(api, key, "PUT", "/api/v1/webhooks/bench", {
-        "url": f"http://127.0.0.1:{server.server_port}/hooks", "events": ["user.changed"]})
-    if status != 201:
-        raise SystemExit(f"PUT webhook answered {status}")
-    box[0] = Receipts(created["data"]["secret"])
+
+    def answer(_path, headers, body):
+        box[0].take(headers, body)
+        return 204
+
+    server = listen(answer)
+    box[0] = Receipts(subscribe(api, key, server, "bench", ["user.changed"]))
     time.sleep(MARKED_WITHIN_S)
     accepted_at = {}
     started = time.monotonic()

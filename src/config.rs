@@ -62,6 +62,10 @@ pub struct Resources {
     /// `http://127.0.0.1` (a listener on the developer's machine). Private ranges stay
     /// refused either way.
     pub webhook_reach: Reach,
+    /// `WEBHOOK_TIME_FACTOR` (optional, default 1; local runs only, never in the
+    /// template): divides the retry schedule's waits and the five days of failures that
+    /// disable an endpoint, so tests run them in seconds (3,600: 10 h → 10 s).
+    pub webhook_time_factor: f64,
     /// `METRICS_NAMESPACE` (optional, default `VibeFollow/Users`): the CloudWatch
     /// namespace of the functions' embedded metrics, one per stack.
     pub metrics_namespace: String,
@@ -133,6 +137,11 @@ impl Resources {
                 Ok("true") => Reach::PublicAndLoopback,
                 _ => Reach::Public,
             },
+            webhook_time_factor: var("WEBHOOK_TIME_FACTOR")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .filter(|factor: &f64| factor.is_finite() && *factor >= 1.0)
+                .unwrap_or(1.0),
             audience_tick_seconds: var("AUDIENCE_TICK_SECONDS")
                 .ok()
                 .and_then(|v| v.parse().ok())

@@ -143,6 +143,9 @@ class Stack:
             # Webhooks may point at a listener on this machine (http://127.0.0.1); the
             # template never sets it (src/config.rs).
             "WEBHOOK_ALLOW_LOCAL": "true",
+            # Webhook retries and disabling compressed (make webhook-schedule); 1 unless
+            # given.
+            "WEBHOOK_TIME_FACTOR": os.environ.get("WEBHOOK_TIME_FACTOR", "1"),
         })
         if "EventSink" in names:
             env["VF_EVENT_SINK_URL"] = names["EventSink"]

@@ -5,12 +5,15 @@
 //! lane's lease says one holds it, so appends wake one only when none does.
 
 use super::ports::{
-    Appended, Endpoint, Failed, Head, Lane, LaneHead, Lanes, NewDelivery, PortError, Queued,
-    Sender, Wakes, Webhooks,
+    Appended, Disabled, Endpoint, Failed, Head, Lane, LaneHead, Lanes, NewDelivery, PortError,
+    Queued, Sender, Wakes, Webhooks,
 };
 use super::AppError;
-use crate::contract::{delivery_body, with_sequence, WebhookEvent};
-use crate::domain::webhook::{message_id, next_wait, outcome, signature, Outcome, ATTEMPT_TIMEOUT};
+use crate::contract::{delivery_body, disabled_event, with_sequence, WebhookEvent};
+use crate::domain::webhook::{
+    health_change, message_id, next_wait, outcome, signature, HealthChange, Outcome,
+    ATTEMPT_TIMEOUT, FAILING_DISABLES_AFTER,
+};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, UNIX_EPOCH};
@@ -44,7 +47,8 @@ pub type Jitter = Arc<dyn Fn() -> f64 + Send + Sync>;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Drained {
     pub delivered: usize,
-    /// Given up after the schedule's last attempt, or their endpoint deleted.
+    /// Given up after the schedule's last attempt, or their endpoint deleted or
+    /// disabled.
     pub given_up: usize,
     /// Failed attempts, each waiting for its next.
     pub failed: usize,
@@ -66,6 +70,9 @@ pub struct Deliveries<W, L, K, S> {
     subscribers: Mutex<Subscribers>,
     /// [`DELIVERIES_PER_WAKE`]; fewer in tests, to run the hand-over often.
     per_wake: usize,
+    /// Divides the schedule's waits and the failing allowance (`WEBHOOK_TIME_FACTOR`:
+    /// 1 on AWS; more locally, to run days of retries in minutes).
+    time_factor: f64,
 }
 
 impl<W: Webhooks, L: Lanes, K: Wakes, S: Sender> Deliveries<W, L, K, S> {
@@ -80,6 +87,15 @@ impl<W: Webhooks, L: Lanes, K: Wakes, S: Sender> Deliveries<W, L, K, S> {
             blocks: Mutex::default(),
             subscribers: Mutex::default(),
             per_wake: DELIVERIES_PER_WAKE,
+            time_factor: 1.0,
+        }
+    }
+
+    /// Waits divided by `factor` (at least 1).
+    pub fn with_time_factor(self, factor: f64) -> Self {
+        Self {
+            time_factor: factor.max(1.0),
+            ..self
         }
     }
 
@@ -209,29 +225,42 @@ impl<W: Webhooks, L: Lanes, K: Wakes, S: Sender> Deliveries<W, L, K, S> {
                 .endpoints
                 .endpoint(&lane.workspace_id, &lane.webhook_id)
                 .await?;
-            let Some(endpoint) = endpoint else {
-                drained.given_up += 1;
-                if !self.advance(lane, next.slot).await? {
-                    return Ok(drained);
+            // Gone or disabled: nothing more is sent to it, the lane is emptied (a
+            // `PUT` enabling it again starts afresh; `replay` resends what it missed).
+            let endpoint = match endpoint {
+                Some(endpoint) if endpoint.disabled.is_none() => endpoint,
+                gone_or_disabled => {
+                    if let Some(disabled) = gone_or_disabled.and_then(|e| e.disabled) {
+                        self.announce(lane, disabled).await?;
+                    }
+                    drained.given_up += 1;
+                    if !self.advance(lane, next.slot).await? {
+                        return Ok(drained);
+                    }
+                    continue;
                 }
-                continue;
             };
             let failed = head.attempts + 1;
-            let wait = match self.attempt(&endpoint, &next, now).await {
+            let outcome = self.attempt(&endpoint, &next, now).await;
+            let disabled = self.record_health(lane, &endpoint, outcome, now).await?;
+            let wait = match outcome {
                 Outcome::Delivered => {
                     drained.delivered += 1;
                     None
                 }
-                // Given up; disabling the endpoint at a 410 is `docs/webhooks.md` §7
-                // step 6.
+                // A 410, or the attempt that disabled a failing endpoint: given up.
                 Outcome::Gone => {
+                    drained.given_up += 1;
+                    None
+                }
+                Outcome::Retry { .. } if disabled => {
                     drained.given_up += 1;
                     None
                 }
                 // Before the schedule's last wait, the endpoint's `Retry-After` replaces
                 // the step; after it, the message is given up.
                 Outcome::Retry { after } => match next_wait(failed, (self.jitter)()) {
-                    Some(step) => Some(after.unwrap_or(step)),
+                    Some(step) => Some(after.unwrap_or(step.div_f64(self.time_factor))),
                     None => {
                         drained.given_up += 1;
                         None
@@ -260,6 +289,79 @@ impl<W: Webhooks, L: Lanes, K: Wakes, S: Sender> Deliveries<W, L, K, S> {
         // More wait: a fresh wake carries on.
         self.wakes.wake(lane, Duration::ZERO).await?;
         Ok(drained)
+    }
+
+    /// Writes what an attempt's `outcome` says of its endpoint's health (`docs/webhooks.md`
+    /// §1): a failing streak started or ended, or the endpoint disabled (a 410, or five
+    /// days with no 2xx), its disabling then announced. Whether this disabled it.
+    async fn record_health(
+        &self,
+        lane: &Lane,
+        endpoint: &Endpoint,
+        outcome: Outcome,
+        now: i64,
+    ) -> Result<bool, AppError> {
+        let (workspace_id, webhook_id) = (&lane.workspace_id, &lane.webhook_id);
+        let allowance = FAILING_DISABLES_AFTER.div_f64(self.time_factor);
+        match health_change(outcome, endpoint.failing_since, now, allowance) {
+            HealthChange::Unchanged => {}
+            HealthChange::Recovered => {
+                self.endpoints
+                    .mark_recovered(workspace_id, webhook_id)
+                    .await?
+            }
+            HealthChange::StartedFailing(since) => {
+                self.endpoints
+                    .mark_failing(workspace_id, webhook_id, since)
+                    .await?
+            }
+            HealthChange::Disable(reason) => {
+                // Not disabled here if another worker did first (it announces) or a
+                // 2xx ended the streak meanwhile (the message is retried as usual).
+                let disabled = self
+                    .endpoints
+                    .disable(
+                        workspace_id,
+                        webhook_id,
+                        reason,
+                        now,
+                        endpoint.failing_since,
+                    )
+                    .await?;
+                if disabled {
+                    let at = now;
+                    let announced = false;
+                    self.announce(
+                        lane,
+                        Disabled {
+                            reason,
+                            at,
+                            announced,
+                        },
+                    )
+                    .await?;
+                }
+                return Ok(disabled);
+            }
+        }
+        Ok(false)
+    }
+
+    /// Hands the endpoint's `webhook.disabled` to the lanes of the workspace's other
+    /// endpoints that take it, once per disabling: a worker that dies between the two
+    /// writes leaves it unannounced, and the next worker on any of its lanes appends it
+    /// again under the same id.
+    async fn announce(&self, lane: &Lane, disabled: Disabled) -> Result<(), AppError> {
+        if disabled.announced {
+            return Ok(());
+        }
+        let (workspace_id, webhook_id) = (&lane.workspace_id, &lane.webhook_id);
+        let event = disabled_event(workspace_id, webhook_id, disabled.reason, disabled.at);
+        self.fan_out(&event).await?;
+        self.endpoints
+            .mark_announced(workspace_id, webhook_id, disabled.at)
+            .await?;
+        Ok(())
     }
 
     /// Moves the lane past `slot`; whether more wait for this worker.
@@ -359,14 +461,14 @@ fn arrangement(head: &LaneHead, next: &Queued) -> Option<Vec<Queued>> {
         .collect()
 }
 
-/// Whether an endpoint takes an event: its type subscribed, and for an audience event
-/// its audience among those the endpoint names, if it names any.
+/// Whether an endpoint takes an event: enabled, its type subscribed, and for an
+/// audience event its audience among those the endpoint names, if it names any.
 fn subscribes(endpoint: &Endpoint, event: &WebhookEvent) -> bool {
     let audience_taken = match (&endpoint.audiences, &event.audience_id) {
         (Some(only), Some(audience)) => only.contains(audience),
         _ => true,
     };
-    endpoint.events.contains(&event.event_type) && audience_taken
+    endpoint.disabled.is_none() && endpoint.events.contains(&event.event_type) && audience_taken
 }
 
 fn millis(wait: Duration) -> i64 {

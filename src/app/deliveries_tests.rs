@@ -1,7 +1,8 @@
 use super::*;
 use crate::app::fakes::*;
 use crate::app::ports::Reply;
-use crate::domain::webhook::{EventType, Secret, ATTEMPT_TIMEOUT, RETRY_WAITS};
+use crate::contract::ENDPOINT_LANE;
+use crate::domain::webhook::{DisabledReason, EventType, Secret, ATTEMPT_TIMEOUT, RETRY_WAITS};
 use lambda_http::http::{HeaderMap, HeaderValue};
 use proptest::prelude::*;
 use serde_json::json;
@@ -41,6 +42,8 @@ fn endpoint() -> Endpoint {
         previous_secret: None,
         created_at: T0,
         updated_at: T0,
+        failing_since: None,
+        disabled: None,
     }
 }
 
@@ -364,19 +367,215 @@ async fn the_schedule_gives_a_message_up_after_its_last_attempt_and_the_lane_goe
 }
 
 #[tokio::test]
-async fn a_gone_endpoints_message_and_a_deleted_endpoints_lane_are_given_up() {
+async fn a_deleted_endpoints_lane_is_given_up_unsent() {
     let w = world();
+    w.enqueue("u1", 1).await;
+    w.webhooks.endpoints.lock().unwrap().clear();
+    w.enqueue("u1", 2).await;
+    let drained = w.deliveries.drain(&lane("u1"), NO_DEADLINE).await.unwrap();
+    assert_eq!(drained.given_up, 2);
+    assert!(w.attempted().is_empty(), "no attempt to a deleted endpoint");
+}
+
+const OPS: &str = "ops";
+const OPS_URL: &str = "https://ops.example.com/hooks";
+
+impl World {
+    /// A second endpoint of the workspace, taking `webhook.disabled` only.
+    fn add_ops_endpoint(&self) {
+        let ops = Endpoint {
+            webhook_id: OPS.into(),
+            url: OPS_URL.into(),
+            events: BTreeSet::from([EventType::WebhookDisabled]),
+            ..endpoint()
+        };
+        self.webhooks
+            .endpoints
+            .lock()
+            .unwrap()
+            .insert((WS.into(), OPS.into()), ops);
+    }
+
+    fn stored(&self) -> Endpoint {
+        let key = (WS.to_owned(), WEBHOOK.to_owned());
+        self.webhooks.endpoints.lock().unwrap()[&key].clone()
+    }
+
+    fn set_failing_since(&self, since: i64) {
+        let key = (WS.to_owned(), WEBHOOK.to_owned());
+        self.webhooks
+            .endpoints
+            .lock()
+            .unwrap()
+            .get_mut(&key)
+            .unwrap()
+            .failing_since = Some(since);
+    }
+
+    /// What the ops endpoint received, drained from its lane: (`webhook-id`, body).
+    async fn ops_received(&self) -> Vec<(String, Value)> {
+        let ops_lane = Lane {
+            workspace_id: WS.into(),
+            webhook_id: OPS.into(),
+            user_id: ENDPOINT_LANE.into(),
+        };
+        self.deliveries.drain(&ops_lane, NO_DEADLINE).await.unwrap();
+        self.sender
+            .received()
+            .iter()
+            .filter(|r| r.url == OPS_URL)
+            .map(|r| {
+                let id = r.header("webhook-id").unwrap_or_default().to_owned();
+                (id, serde_json::from_str(&r.body).unwrap())
+            })
+            .collect()
+    }
+}
+
+#[tokio::test]
+async fn a_410_disables_the_endpoint_at_once_its_lane_is_emptied_unsent_and_the_others_are_told() {
+    let w = world();
+    w.add_ops_endpoint();
     w.sender.answer([replied(410)]);
     w.enqueue("u1", 1).await;
     w.enqueue("u1", 2).await;
     let drained = w.deliveries.drain(&lane("u1"), NO_DEADLINE).await.unwrap();
-    assert_eq!((drained.given_up, drained.delivered), (1, 1));
+    assert_eq!((drained.given_up, drained.delivered), (2, 0));
+    assert_eq!(w.attempted(), ["msg_ev1"], "nothing sent after the 410");
+    let disabled = Disabled {
+        reason: DisabledReason::Gone,
+        at: T0,
+        announced: true,
+    };
+    assert_eq!(w.stored().disabled, Some(disabled));
 
-    w.webhooks.endpoints.lock().unwrap().clear();
+    let [(id, body)] = w.ops_received().await.try_into().unwrap();
+    assert_eq!(id, format!("msg_disabled_{WEBHOOK}_{T0}"));
+    assert_eq!(body["type"], "webhook.disabled");
+    assert_eq!(body["webhook_id"], OPS, "the receiving endpoint's id");
+    assert_eq!(
+        body["data"],
+        json!({"webhook_id": WEBHOOK, "reason": "gone", "disabled_at": "2027-01-15T08:00:00.000Z"})
+    );
+
+    // No new event is appended for it.
+    let appended = w.deliveries.fan_out(&message(3)).await.unwrap();
+    assert_eq!(appended, 0, "a disabled endpoint takes no event");
+}
+
+#[tokio::test]
+async fn five_days_without_a_2xx_disable_the_endpoint_and_a_2xx_ends_the_streak() {
+    let w = world();
+    w.add_ops_endpoint();
+    w.sender.answer([replied(500)]);
+    w.enqueue("u1", 1).await;
+    w.deliveries.drain(&lane("u1"), NO_DEADLINE).await.unwrap();
+    assert_eq!(w.stored().failing_since, Some(T0), "the streak starts");
+
+    w.advance(RETRY_WAITS[0].mul_f64(1.2));
+    w.deliveries.drain(&lane("u1"), NO_DEADLINE).await.unwrap();
+    assert_eq!(w.stored().failing_since, None, "a 2xx ends it");
+
+    let day = 24 * 3600 * 1000;
+    w.set_failing_since(w.now.load(SeqCst) - 5 * day + 1);
+    w.sender.answer([replied(500)]);
+    w.enqueue("u1", 2).await;
+    let drained = w.deliveries.drain(&lane("u1"), NO_DEADLINE).await.unwrap();
+    assert_eq!(
+        drained.failed, 1,
+        "a millisecond short of five days: retried"
+    );
+    assert_eq!(w.stored().disabled, None);
+
+    let wait = RETRY_WAITS[0].mul_f64(1.2);
+    w.advance(wait);
     w.enqueue("u1", 3).await;
+    w.sender.answer([replied(500)]);
+    let drained = w.deliveries.drain(&lane("u1"), NO_DEADLINE).await.unwrap();
+    assert_eq!((drained.given_up, drained.failed), (2, 0), "both given up");
+    let disabled = w.stored().disabled.expect("disabled");
+    assert_eq!(disabled.reason, DisabledReason::Failing);
+    assert_eq!(disabled.at, w.now.load(SeqCst));
+    let [(_, body)] = w.ops_received().await.try_into().unwrap();
+    assert_eq!(body["data"]["reason"], "failing");
+}
+
+#[tokio::test]
+async fn a_disabling_whose_announcement_was_not_noted_is_announced_again_under_its_id() {
+    let w = world();
+    w.add_ops_endpoint();
+    w.webhooks.faults.fail(
+        "webhooks.mark_announced",
+        PortError::Unavailable("down".into()),
+        1,
+    );
+    w.sender.answer([replied(410)]);
+    w.enqueue("u1", 1).await;
+    assert!(w.deliveries.drain(&lane("u1"), NO_DEADLINE).await.is_err());
+    assert!(!w.stored().disabled.unwrap().announced);
+
+    // The wake comes again: the endpoint is disabled, its disabling announced again.
     let drained = w.deliveries.drain(&lane("u1"), NO_DEADLINE).await.unwrap();
     assert_eq!(drained.given_up, 1);
-    assert_eq!(w.attempted().len(), 2, "no attempt to a deleted endpoint");
+    assert!(w.stored().disabled.unwrap().announced);
+    let received = w.ops_received().await;
+    assert_eq!(received.len(), 2, "appended twice");
+    assert_eq!(
+        received[0].0, received[1].0,
+        "under one id: the receiver drops the repeat"
+    );
+
+    // Announced: later lanes of the endpoint are emptied without another.
+    w.enqueue("u2", 2).await;
+    w.deliveries.drain(&lane("u2"), NO_DEADLINE).await.unwrap();
+    assert_eq!(w.ops_received().await.len(), 2);
+    let to_it = w.sender.received().iter().filter(|r| r.url == URL).count();
+    assert_eq!(to_it, 1, "one attempt in all to the disabled endpoint");
+}
+
+#[tokio::test]
+async fn a_put_enables_a_disabled_endpoint_again() {
+    let w = world();
+    w.sender.answer([replied(410)]);
+    w.enqueue("u1", 1).await;
+    w.deliveries.drain(&lane("u1"), NO_DEADLINE).await.unwrap();
+    assert!(w.stored().disabled.is_some());
+
+    w.webhooks.put(WS, &endpoint(), 20).await.unwrap();
+    assert_eq!(
+        (w.stored().disabled, w.stored().failing_since),
+        (None, None)
+    );
+    w.advance(ENDPOINTS_KEPT_FOR);
+    assert_eq!(w.deliveries.fan_out(&message(2)).await.unwrap(), 1);
+    w.deliveries.drain(&lane("u1"), NO_DEADLINE).await.unwrap();
+    assert_eq!(w.attempted(), ["msg_ev1", "msg_ev2"]);
+}
+
+#[tokio::test]
+async fn the_time_factor_divides_the_schedule_and_the_failing_allowance() {
+    let w = world_at(T0, Interleaving::default(), DELIVERIES_PER_WAKE);
+    let deliveries = w.deliveries.with_time_factor(3_600.0);
+    let w = World { deliveries, ..w };
+    w.sender.answer([replied(500)]);
+    w.enqueue("u1", 1).await;
+    w.wakes.take();
+    w.deliveries.drain(&lane("u1"), NO_DEADLINE).await.unwrap();
+    assert_eq!(
+        w.wakes.take(),
+        [(lane("u1"), RETRY_WAITS[0].div_f64(3_600.0))],
+        "5 s become 1.4 ms"
+    );
+
+    // Five days become two minutes.
+    w.set_failing_since(T0 - 120_000);
+    w.advance(Duration::from_secs(1));
+    w.sender.answer([replied(500)]);
+    w.deliveries.drain(&lane("u1"), NO_DEADLINE).await.unwrap();
+    assert_eq!(
+        w.stored().disabled.map(|d| d.reason),
+        Some(DisabledReason::Failing)
+    );
 }
 
 #[tokio::test]

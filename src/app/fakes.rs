@@ -8,7 +8,7 @@ use crate::domain::auth::ApiKeyRecord;
 use crate::domain::change::ChangeEvent;
 use crate::domain::idempotency::{judge, Claim, KeyRecord, LOCK_MS};
 use crate::domain::rate_limit::Bounds;
-use crate::domain::webhook::Secret;
+use crate::domain::webhook::{DisabledReason, Secret};
 use crate::domain::{Stamp, UpsertMessage};
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -1062,7 +1062,7 @@ impl Webhooks for MemoryWebhooks {
                 created_at: found.created_at,
                 ..endpoint.clone()
             };
-            return Ok(Stored::Replaced(found.clone()));
+            return Ok(Stored::Replaced(Box::new(found.clone())));
         }
         if endpoints.keys().filter(|(w, _)| w == workspace_id).count() >= most {
             return Ok(Stored::Full);
@@ -1091,5 +1091,83 @@ impl Webhooks for MemoryWebhooks {
         self.call("webhooks.delete")?;
         let key = (workspace_id.to_owned(), webhook_id.to_owned());
         Ok(lock(&self.endpoints).remove(&key).is_some())
+    }
+
+    async fn mark_failing(
+        &self,
+        workspace_id: &str,
+        webhook_id: &str,
+        since: i64,
+    ) -> Result<(), PortError> {
+        self.call("webhooks.mark_failing")?;
+        self.change(workspace_id, webhook_id, |found| {
+            found.failing_since.get_or_insert(since);
+            true
+        });
+        Ok(())
+    }
+
+    async fn mark_recovered(&self, workspace_id: &str, webhook_id: &str) -> Result<(), PortError> {
+        self.call("webhooks.mark_recovered")?;
+        self.change(workspace_id, webhook_id, |found| {
+            found.failing_since = None;
+            true
+        });
+        Ok(())
+    }
+
+    async fn disable(
+        &self,
+        workspace_id: &str,
+        webhook_id: &str,
+        reason: DisabledReason,
+        at: i64,
+        failing_since: Option<i64>,
+    ) -> Result<bool, PortError> {
+        self.call("webhooks.disable")?;
+        Ok(self.change(workspace_id, webhook_id, |found| {
+            let still_failing = failing_since.is_none() || found.failing_since == failing_since;
+            if found.disabled.is_some() || !still_failing {
+                return false;
+            }
+            found.disabled = Some(Disabled {
+                reason,
+                at,
+                announced: false,
+            });
+            true
+        }))
+    }
+
+    async fn mark_announced(
+        &self,
+        workspace_id: &str,
+        webhook_id: &str,
+        disabled_at: i64,
+    ) -> Result<(), PortError> {
+        self.call("webhooks.mark_announced")?;
+        self.change(workspace_id, webhook_id, |found| {
+            match &mut found.disabled {
+                Some(disabled) if disabled.at == disabled_at => {
+                    disabled.announced = true;
+                    true
+                }
+                _ => false,
+            }
+        });
+        Ok(())
+    }
+}
+
+impl MemoryWebhooks {
+    /// Applies `change` to the endpoint if it is there; whether it changed it.
+    fn change(
+        &self,
+        workspace_id: &str,
+        webhook_id: &str,
+        change: impl FnOnce(&mut Endpoint) -> bool,
+    ) -> bool {
+        let key = (workspace_id.to_owned(), webhook_id.to_owned());
+        lock(&self.endpoints).get_mut(&key).is_some_and(change)
     }
 }

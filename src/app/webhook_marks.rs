@@ -207,6 +207,8 @@ mod tests {
             previous_secret: None,
             created_at: T0,
             updated_at: T0,
+            failing_since: None,
+            disabled: None,
         };
         webhooks.put("ws1", &endpoint, 20).await.unwrap();
         assert_eq!(

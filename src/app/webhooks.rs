@@ -90,6 +90,8 @@ impl<W: Webhooks, C: Counters> Subscriptions<W, C> {
             previous_secret: None,
             created_at: now_ms,
             updated_at: now_ms,
+            failing_since: None,
+            disabled: None,
         };
         match self
             .store
@@ -101,7 +103,7 @@ impl<W: Webhooks, C: Counters> Subscriptions<W, C> {
                 created: true,
             }),
             Stored::Replaced(endpoint) => Ok(Subscribed {
-                endpoint,
+                endpoint: *endpoint,
                 created: false,
             }),
             Stored::Full => Err(AppError::TooManyWebhooks),

@@ -6,7 +6,8 @@ use crate::domain::audience::{
     is_audience_id, AUDIENCE_ENTERED, AUDIENCE_EXITED, AUDIENCE_ID_RULE,
 };
 use crate::domain::change::{USER_CHANGED, USER_DELETED};
-use crate::domain::webhook::{address_allowed, EventType, Reach};
+use crate::domain::format_millis;
+use crate::domain::webhook::{address_allowed, DisabledReason, EventType, Reach};
 use serde_json::Value;
 use std::collections::BTreeSet;
 use url::{Host, Url};
@@ -249,6 +250,7 @@ pub struct WebhookEvent {
     /// The bus event's id: the `webhook-id` is made of it.
     pub event_id: String,
     pub workspace_id: String,
+    /// Whose lane it goes in: [`ENDPOINT_LANE`] for an endpoint's own events.
     pub external_user_id: String,
     /// The audience of an audience event.
     pub audience_id: Option<String>,
@@ -306,6 +308,36 @@ pub fn webhook_event(detail_type: &str, detail: &Value) -> Option<WebhookEvent> 
         timestamp,
         data: Value::Object(data),
     })
+}
+
+/// The lane of an endpoint's own events (`webhook.disabled`) on each endpoint that
+/// takes them: no user's, as no user id is empty.
+pub const ENDPOINT_LANE: &str = "";
+
+/// `webhook.disabled` for the workspace's other endpoints: which endpoint, why and
+/// when. Its id is the same however often the disabling is announced (a worker that
+/// died before noting it announced), so receivers drop a repeat.
+pub fn disabled_event(
+    workspace_id: &str,
+    webhook_id: &str,
+    reason: DisabledReason,
+    at_ms: i64,
+) -> WebhookEvent {
+    let at = format_millis(at_ms).unwrap_or_default();
+    WebhookEvent {
+        event_type: EventType::WebhookDisabled,
+        event_id: format!("disabled_{webhook_id}_{at_ms}"),
+        workspace_id: workspace_id.to_owned(),
+        external_user_id: ENDPOINT_LANE.to_owned(),
+        audience_id: None,
+        timestamp: at.clone(),
+        user_version: u64::try_from(at_ms).unwrap_or(0),
+        data: serde_json::json!({
+            "webhook_id": webhook_id,
+            "reason": reason.as_str(),
+            "disabled_at": at,
+        }),
+    }
 }
 
 /// A delivery's body, signed as sent (`docs/webhooks.md` §4): `data` as the event

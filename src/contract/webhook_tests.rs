@@ -292,3 +292,26 @@ fn a_body_moved_to_another_slot_carries_that_slot_s_sequence_and_nothing_else_ch
     assert_eq!(with_sequence("not json", 9), None);
     assert_eq!(with_sequence("{}", 9), None, "not a delivery body");
 }
+
+#[test]
+fn a_disabling_is_announced_without_a_user_under_one_id_however_often() {
+    let event = disabled_event("ws1", "crm", DisabledReason::Gone, 1_800_000_000_123);
+    assert_eq!(event.event_type, EventType::WebhookDisabled);
+    assert_eq!(event.external_user_id, ENDPOINT_LANE);
+    assert_eq!(event.audience_id, None);
+    assert_eq!(event.timestamp, "2027-01-15T08:00:00.123Z");
+    assert_eq!(
+        event.data,
+        json!({"webhook_id": "crm", "reason": "gone", "disabled_at": "2027-01-15T08:00:00.123Z"})
+    );
+    assert_eq!(
+        event,
+        disabled_event("ws1", "crm", DisabledReason::Gone, 1_800_000_000_123),
+        "announced again, the same event"
+    );
+    assert_ne!(
+        event.event_id,
+        disabled_event("ws1", "crm", DisabledReason::Gone, 1_800_000_000_124).event_id,
+        "a later disabling is another event"
+    );
+}

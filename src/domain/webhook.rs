@@ -239,6 +239,64 @@ pub enum Outcome {
     Gone,
 }
 
+/// Why an endpoint was disabled, as the api and `webhook.disabled` say it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DisabledReason {
+    /// It answered 410 Gone.
+    Gone,
+    /// No 2xx for [`FAILING_DISABLES_AFTER`].
+    Failing,
+}
+
+impl DisabledReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DisabledReason::Gone => "gone",
+            DisabledReason::Failing => "failing",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<DisabledReason> {
+        [DisabledReason::Gone, DisabledReason::Failing]
+            .into_iter()
+            .find(|reason| reason.as_str() == name)
+    }
+}
+
+/// What an attempt's outcome changes in its endpoint's health.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HealthChange {
+    /// Nothing to write: still healthy, or still failing within the allowance.
+    Unchanged,
+    /// A 2xx after failures: the failing streak ends.
+    Recovered,
+    /// The first failure after a 2xx: the streak starts at this time (ms).
+    StartedFailing(i64),
+    Disable(DisabledReason),
+}
+
+/// The change an attempt's `outcome` at `now` (ms) makes to an endpoint failing since
+/// `failing_since` (none: healthy); `allowance` is [`FAILING_DISABLES_AFTER`], shorter
+/// under a test's time factor.
+pub fn health_change(
+    outcome: Outcome,
+    failing_since: Option<i64>,
+    now: i64,
+    allowance: Duration,
+) -> HealthChange {
+    let allowance = i64::try_from(allowance.as_millis()).unwrap_or(i64::MAX);
+    match (outcome, failing_since) {
+        (Outcome::Gone, _) => HealthChange::Disable(DisabledReason::Gone),
+        (Outcome::Delivered, None) => HealthChange::Unchanged,
+        (Outcome::Delivered, Some(_)) => HealthChange::Recovered,
+        (Outcome::Retry { .. }, None) => HealthChange::StartedFailing(now),
+        (Outcome::Retry { .. }, Some(since)) if now.saturating_sub(since) >= allowance => {
+            HealthChange::Disable(DisabledReason::Failing)
+        }
+        (Outcome::Retry { .. }, Some(_)) => HealthChange::Unchanged,
+    }
+}
+
 /// The outcome of an answer with `status` (a 3xx is a failure: redirects are never
 /// followed) and the `Retry-After` header's value, as of `now`.
 pub fn outcome(status: u16, retry_after: Option<&str>, now: SystemTime) -> Outcome {

@@ -205,3 +205,43 @@ fn an_answer_is_delivered_retried_or_gone() {
         }
     );
 }
+
+#[test]
+fn a_410_disables_at_once_and_five_days_of_failures_disable_too() {
+    let day = 24 * 3600 * 1000;
+    let now = 1_800_000_000_000;
+    let failed = Outcome::Retry { after: None };
+    let change = |outcome, since| health_change(outcome, since, now, FAILING_DISABLES_AFTER);
+    assert_eq!(
+        change(Outcome::Gone, None),
+        HealthChange::Disable(DisabledReason::Gone)
+    );
+    assert_eq!(
+        change(Outcome::Gone, Some(now - day)),
+        HealthChange::Disable(DisabledReason::Gone)
+    );
+    assert_eq!(change(Outcome::Delivered, None), HealthChange::Unchanged);
+    assert_eq!(
+        change(Outcome::Delivered, Some(now - 4 * day)),
+        HealthChange::Recovered
+    );
+    assert_eq!(change(failed, None), HealthChange::StartedFailing(now));
+    assert_eq!(
+        change(failed, Some(now - 5 * day + 1)),
+        HealthChange::Unchanged,
+        "a millisecond short of five days"
+    );
+    assert_eq!(
+        change(failed, Some(now - 5 * day)),
+        HealthChange::Disable(DisabledReason::Failing)
+    );
+    assert_eq!(
+        health_change(failed, Some(now - 2_000), now, Duration::from_secs(2)),
+        HealthChange::Disable(DisabledReason::Failing),
+        "a test's shorter allowance"
+    );
+    for reason in [DisabledReason::Gone, DisabledReason::Failing] {
+        assert_eq!(DisabledReason::parse(reason.as_str()), Some(reason));
+    }
+    assert_eq!(DisabledReason::parse("tired"), None);
+}

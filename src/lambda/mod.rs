@@ -124,6 +124,7 @@ pub(crate) mod samples {
             webhooks_table: "webhooks".into(),
             webhook_wake_queue_url: queue("webhook-wakes"),
             webhook_reach: crate::domain::webhook::Reach::Public,
+            webhook_time_factor: 1.0,
             metrics_namespace: "VibeFollow/test".into(),
         }
     }

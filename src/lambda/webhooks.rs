@@ -42,7 +42,8 @@ impl WebhooksFunction<WebhookStore, LaneStore, SqsQueue, WebhookClient> {
             WebhookClient::new(resources.webhook_reach, system_lookup())?,
             Arc::new(now_millis),
             Arc::new(|| rand::random_range(JITTER.0..=JITTER.1)),
-        );
+        )
+        .with_time_factor(resources.webhook_time_factor);
         Ok(Self::new(deliveries, resources))
     }
 }

@@ -34,6 +34,8 @@ fn edge() -> Edge {
         previous_secret: None,
         created_at: T0,
         updated_at: T0,
+        failing_since: None,
+        disabled: None,
     };
     webhooks
         .endpoints

@@ -156,10 +156,13 @@ fn functions_get_exactly_the_variables_the_code_reads() {
         .unwrap();
     let names: BTreeSet<&str> = variables.keys().filter_map(Yaml::as_str).collect();
     assert_eq!(names, Resources::ENV_VARS.into_iter().collect());
-    // The local stack's switch for webhooks to loopback is never deployed.
+    // The local runs' switches (webhooks to loopback, compressed time) are never
+    // deployed.
     let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/template.yaml"))
         .expect("template.yaml");
-    assert!(!text.contains("WEBHOOK_ALLOW_LOCAL"));
+    for local_only in ["WEBHOOK_ALLOW_LOCAL", "WEBHOOK_TIME_FACTOR"] {
+        assert!(!text.contains(local_only), "{local_only}");
+    }
 }
 
 #[test]

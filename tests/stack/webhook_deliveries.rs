@@ -3,17 +3,19 @@
 //! lane to a listener on this machine, signed to Standard Webhooks: every delivery is
 //! verified by the specification's own libraries, from PyPI and npm, unchanged, across
 //! a rotation. A later event waits while an earlier one is retried (`Retry-After`);
-//! no body holds PII.
+//! no body holds PII. A 410 disables an endpoint, and the workspace's other endpoint
+//! hears of it.
 
 use crate::support::{until_working, Stack, ALL_SCOPES};
 use reqwest::Method;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::io::Write;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
+use vibefollow_users::app::deliveries::ENDPOINTS_KEPT_FOR;
 use vibefollow_users::app::ports::Lanes;
 use vibefollow_users::app::webhook_marks::WORKSPACES_KEPT_FOR;
 
@@ -34,25 +36,25 @@ impl Received {
     }
 }
 
-/// A customer's endpoint on loopback: answers 503 with `Retry-After: 1` while `down`,
-/// else 200; keeps what it received, in order.
-async fn listener(down: Arc<AtomicBool>) -> (u16, Arc<Mutex<Vec<Received>>>) {
+/// A customer's endpoint on loopback: answers with `status` as it is at each request
+/// (200, 410, or 503 with `Retry-After: 1`); keeps what it received, in order.
+async fn listener(status: Arc<AtomicU16>) -> (u16, Arc<Mutex<Vec<Received>>>) {
     let socket = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = socket.local_addr().unwrap().port();
     let received = Arc::new(Mutex::new(Vec::new()));
     let kept = Arc::clone(&received);
     tokio::spawn(async move {
         while let Ok((mut stream, _)) = socket.accept().await {
-            let (kept, down) = (Arc::clone(&kept), Arc::clone(&down));
+            let (kept, status) = (Arc::clone(&kept), Arc::clone(&status));
             tokio::spawn(async move {
                 let Some(request) = read_request(&mut stream).await else {
                     return;
                 };
                 kept.lock().unwrap().push(request);
-                let answer = if down.load(Ordering::SeqCst) {
-                    "HTTP/1.1 503 Service Unavailable\r\nretry-after: 1"
-                } else {
-                    "HTTP/1.1 200 OK"
+                let answer = match status.load(Ordering::SeqCst) {
+                    503 => "HTTP/1.1 503 Service Unavailable\r\nretry-after: 1",
+                    410 => "HTTP/1.1 410 Gone",
+                    _ => "HTTP/1.1 200 OK",
                 };
                 let reply = format!("{answer}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
                 let _ = stream.write_all(reply.as_bytes()).await;
@@ -177,19 +179,9 @@ async fn until_received(
 async fn changes_reach_the_customer_s_endpoint_signed_in_order_and_without_pii() {
     let stack = Stack::new().await;
     let key = stack.key(&ALL_SCOPES).await;
-    let down = Arc::new(AtomicBool::new(true));
-    let (port, received) = listener(Arc::clone(&down)).await;
-    let put = stack
-        .request(Method::PUT, "/api/v1/webhooks/crm", Some(&key))
-        .header("content-type", "application/json")
-        .body(
-            json!({"url": format!("http://127.0.0.1:{port}/hooks"), "events": ["user.changed"]})
-                .to_string(),
-        )
-        .send()
-        .await
-        .unwrap();
-    let secret = secret_of(put, 201).await;
+    let status = Arc::new(AtomicU16::new(503));
+    let (port, received) = listener(Arc::clone(&status)).await;
+    let secret = stack.subscribe(&key, "crm", port, &["user.changed"]).await;
     // The contract's bound for a new endpoint's workspace to be marked: every producer
     // instance's list of workspaces with webhooks was read since the `PUT` (wall clock,
     // the same on any machine).
@@ -215,13 +207,27 @@ async fn changes_reach_the_customer_s_endpoint_signed_in_order_and_without_pii()
         },
     )
     .await;
-    down.store(false, Ordering::SeqCst);
+    let failing_since = until_working(&stack, &["webhooks"], "the streak recorded", || async {
+        let (_, shown) = stack.webhook(&key, "crm").await;
+        shown["data"]["failing_since"].as_str().map(str::to_owned)
+    })
+    .await;
+    assert!(failing_since.ends_with('Z'), "{failing_since}");
+    status.store(200, Ordering::SeqCst);
     let all = until_working(&stack, &["webhooks"], "the endpoint recovered", || async {
         let all = received.lock().unwrap().clone();
         let others = all.iter().filter(|r| r.id() != all[0].id()).count();
         (others == 2).then_some(all)
     })
     .await;
+
+    let (_, shown) = stack.webhook(&key, "crm").await;
+    assert_eq!(
+        shown["data"]["failing_since"],
+        Value::Null,
+        "a 2xx ended it"
+    );
+    assert_eq!(shown["data"]["status"], "enabled");
 
     // The first was attempted until it was delivered, before any other was.
     let retried = all.iter().take_while(|r| r.id() == all[0].id()).count();
@@ -287,4 +293,99 @@ async fn changes_reach_the_customer_s_endpoint_signed_in_order_and_without_pii()
     );
     both_libraries_verify(&new_secret, after);
     both_libraries_verify(&secret, after);
+}
+
+impl Stack {
+    /// `GET /api/v1/webhooks/{id}`: its status and body.
+    async fn webhook(&self, key: &str, id: &str) -> (u16, Value) {
+        let answer = self
+            .request(Method::GET, &format!("/api/v1/webhooks/{id}"), Some(key))
+            .send()
+            .await
+            .unwrap();
+        (answer.status().as_u16(), answer.json().await.unwrap())
+    }
+
+    /// `PUT`s endpoint `id` to the listener on `port` for `events`; its secret if new.
+    async fn subscribe(&self, key: &str, id: &str, port: u16, events: &[&str]) -> String {
+        let body = json!({"url": format!("http://127.0.0.1:{port}/hooks"), "events": events});
+        let answer = self.put_webhook(key, id, &body).await;
+        let status = answer.status().as_u16();
+        assert!(status == 200 || status == 201, "PUT {id}: {status}");
+        let shown: Value = answer.json().await.unwrap();
+        // Shown on creation only: a replacement keeps its secret.
+        shown["data"]["secret"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    }
+}
+
+#[tokio::test]
+#[ignore = "needs the local stack: run `make test`"]
+async fn a_410_disables_the_endpoint_at_once_and_the_workspace_s_other_endpoint_is_told() {
+    let stack = Stack::new().await;
+    let key = stack.key(&ALL_SCOPES).await;
+    let gone_status = Arc::new(AtomicU16::new(410));
+    let (gone_port, gone_received) = listener(Arc::clone(&gone_status)).await;
+    let (ops_port, ops_received) = listener(Arc::new(AtomicU16::new(200))).await;
+    stack
+        .subscribe(&key, "crm", gone_port, &["user.changed"])
+        .await;
+    let events = ["user.changed", "webhook.disabled"];
+    let ops_secret = stack.subscribe(&key, "ops", ops_port, &events).await;
+    tokio::time::sleep(WORKSPACES_KEPT_FOR).await;
+
+    let change = |step: u64| json!({"external_user_id": "u1", "traits": {"step": step}});
+    stack.accept(&key, &change(1)).await;
+    // ops: the change, then crm's disabling (its lane is not the user's: either order).
+    let told = until_received(&stack, &ops_received, 2).await;
+    let disabled = told
+        .iter()
+        .find(|r| r.json()["type"] == "webhook.disabled")
+        .expect("webhook.disabled")
+        .json();
+    assert_eq!(disabled["webhook_id"], "ops");
+    assert_eq!(disabled["data"]["webhook_id"], "crm");
+    assert_eq!(disabled["data"]["reason"], "gone");
+    both_libraries_verify(&ops_secret, &told);
+    let (status, shown) = stack.webhook(&key, "crm").await;
+    assert_eq!(status, 200);
+    assert_eq!(shown["data"]["status"], "disabled");
+    assert_eq!(shown["data"]["disabled_reason"], "gone");
+    assert_eq!(
+        shown["data"]["disabled_at"],
+        disabled["data"]["disabled_at"]
+    );
+
+    // While disabled, crm takes nothing: ops receiving change 2 shows it fanned out.
+    stack.accept(&key, &change(2)).await;
+    until_received(&stack, &ops_received, 3).await;
+
+    // A `PUT` enables it again; once every webhooks instance has read the endpoint
+    // afresh (wall clock, the same on any machine), the next change reaches it.
+    gone_status.store(200, Ordering::SeqCst);
+    stack
+        .subscribe(&key, "crm", gone_port, &["user.changed"])
+        .await;
+    let (_, shown) = stack.webhook(&key, "crm").await;
+    assert_eq!(shown["data"]["status"], "enabled");
+    assert_eq!(shown["data"]["disabled_reason"], Value::Null);
+    tokio::time::sleep(ENDPOINTS_KEPT_FOR).await;
+    stack.accept(&key, &change(3)).await;
+    let crm = until_received(&stack, &gone_received, 2).await;
+    let steps: Vec<Value> = crm
+        .iter()
+        .map(|r| r.json()["data"]["changed"].clone())
+        .collect();
+    assert_eq!(
+        crm.len(),
+        2,
+        "one attempt answered 410, then change 3: {steps:?}"
+    );
+    let versions: Vec<i64> = crm
+        .iter()
+        .map(|r| r.json()["data"]["version"].as_i64().unwrap())
+        .collect();
+    assert!(versions[0] < versions[1], "{versions:?}");
 }

@@ -8,12 +8,15 @@ use aws_sdk_dynamodb::types::AttributeValue;
 use futures::future::join_all;
 use reqwest::{Method, Response};
 use serde_json::{json, Value};
-use vibefollow_users::app::ports::{Appended, Failed, Head, Lane, Lanes, NewDelivery, Queued};
-use vibefollow_users::aws::dynamodb::LaneStore;
+use vibefollow_users::app::ports::{
+    Appended, Failed, Head, Lane, Lanes, NewDelivery, Queued, Webhooks,
+};
+use vibefollow_users::aws::dynamodb::{LaneStore, WebhookStore};
 use vibefollow_users::domain::auth::Scope;
+use vibefollow_users::domain::webhook::DisabledReason;
 
 impl Stack {
-    async fn put_webhook(&self, key: &str, id: &str, body: &Value) -> Response {
+    pub(crate) async fn put_webhook(&self, key: &str, id: &str, body: &Value) -> Response {
         self.request(Method::PUT, &format!("/api/v1/webhooks/{id}"), Some(key))
             .header("content-type", "application/json")
             .body(body.to_string())
@@ -637,4 +640,84 @@ async fn a_worker_s_move_that_meets_a_transaction_in_flight_is_tried_again() {
     assert_eq!(failed_now - failed_before, 2, "{report}");
     assert_eq!(postponed, Ok(true));
     assert_eq!(lanes.head(&lane).await.unwrap().attempts, 1);
+}
+
+#[tokio::test]
+#[ignore = "needs the local stack: run `make test`"]
+async fn an_endpoint_s_health_is_written_only_as_its_conditions_allow() {
+    let stack = Stack::new().await;
+    let key = stack.key(&ALL_SCOPES).await;
+    let put = stack
+        .put_webhook(&key, "crm", &hook("https://hooks.example.com/a"))
+        .await;
+    assert_eq!(put.status(), 201);
+    let store = WebhookStore::new(stack.dynamodb.clone(), &stack.resources.webhooks_table);
+    let ws = stack.workspace.as_str();
+    let read = || async { store.endpoint(ws, "crm").await.unwrap().unwrap() };
+
+    store.mark_failing(ws, "crm", 1_000).await.unwrap();
+    store.mark_failing(ws, "crm", 2_000).await.unwrap();
+    assert_eq!(
+        read().await.failing_since,
+        Some(1_000),
+        "a streak keeps its start"
+    );
+    assert!(
+        !store
+            .disable(ws, "crm", DisabledReason::Failing, 9_000, Some(2_000))
+            .await
+            .unwrap(),
+        "not the streak that was read"
+    );
+    store.mark_recovered(ws, "crm").await.unwrap();
+    assert_eq!(read().await.failing_since, None);
+    assert!(
+        !store
+            .disable(ws, "crm", DisabledReason::Failing, 9_000, Some(1_000))
+            .await
+            .unwrap(),
+        "a 2xx ended the streak"
+    );
+
+    store.mark_failing(ws, "crm", 3_000).await.unwrap();
+    assert!(store
+        .disable(ws, "crm", DisabledReason::Failing, 9_000, Some(3_000))
+        .await
+        .unwrap());
+    assert!(
+        !store
+            .disable(ws, "crm", DisabledReason::Gone, 9_500, None)
+            .await
+            .unwrap(),
+        "disabled once"
+    );
+    store.mark_announced(ws, "crm", 8_000).await.unwrap();
+    assert!(
+        !read().await.disabled.unwrap().announced,
+        "another disabling"
+    );
+    store.mark_announced(ws, "crm", 9_000).await.unwrap();
+    let disabled = read().await.disabled.unwrap();
+    assert_eq!(
+        (disabled.reason, disabled.at, disabled.announced),
+        (DisabledReason::Failing, 9_000, true)
+    );
+
+    let put = stack
+        .put_webhook(&key, "crm", &hook("https://hooks.example.com/a"))
+        .await;
+    assert_eq!(put.status(), 200);
+    let shown = put.json::<Value>().await.unwrap()["data"].clone();
+    assert_eq!(shown["status"], "enabled");
+    let enabled = read().await;
+    assert_eq!((enabled.disabled, enabled.failing_since), (None, None));
+
+    // An endpoint not there is not made by a health write.
+    store.mark_failing(ws, "nope", 1).await.unwrap();
+    store.mark_recovered(ws, "nope").await.unwrap();
+    assert!(!store
+        .disable(ws, "nope", DisabledReason::Gone, 1, None)
+        .await
+        .unwrap());
+    assert_eq!(store.endpoint(ws, "nope").await.unwrap(), None);
 }

@@ -1,7 +1,7 @@
 //! The webhooks' side of the ports: the endpoints each workspace subscribes.
 
 use super::PortError;
-use crate::domain::webhook::{EventType, Secret};
+use crate::domain::webhook::{DisabledReason, EventType, Secret};
 use std::collections::{BTreeSet, HashSet};
 use std::future::Future;
 
@@ -20,6 +20,19 @@ pub struct Endpoint {
     pub previous_secret: Option<(Secret, i64)>,
     pub created_at: i64,
     pub updated_at: i64,
+    /// Since when (ms) no attempt has had a 2xx; `None` while attempts succeed.
+    pub failing_since: Option<i64>,
+    /// Set once the endpoint is disabled; a `PUT` enables it again.
+    pub disabled: Option<Disabled>,
+}
+
+/// Why and when (ms) an endpoint was disabled, and whether its `webhook.disabled` has
+/// reached the lanes of the workspace's other endpoints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Disabled {
+    pub reason: DisabledReason,
+    pub at: i64,
+    pub announced: bool,
 }
 
 /// What storing an endpoint did.
@@ -29,7 +42,7 @@ pub enum Stored {
     Created,
     /// The endpoint was there: its settings replaced, its secrets and `created_at`
     /// kept. As it is now.
-    Replaced(Endpoint),
+    Replaced(Box<Endpoint>),
     /// A new endpoint, but the workspace has the most it may have.
     Full,
 }
@@ -75,6 +88,43 @@ pub trait Webhooks {
         workspace_id: &str,
         webhook_id: &str,
     ) -> impl Future<Output = Result<bool, PortError>> + Send;
+
+    /// Records the endpoint failing since `since`, unless a streak is recorded already
+    /// (or the endpoint is gone).
+    fn mark_failing(
+        &self,
+        workspace_id: &str,
+        webhook_id: &str,
+        since: i64,
+    ) -> impl Future<Output = Result<(), PortError>> + Send;
+
+    /// Ends the endpoint's failing streak (nothing if the endpoint is gone).
+    fn mark_recovered(
+        &self,
+        workspace_id: &str,
+        webhook_id: &str,
+    ) -> impl Future<Output = Result<(), PortError>> + Send;
+
+    /// Disables the endpoint for `reason` at `at` (ms), if it is there, enabled and,
+    /// when `failing_since` is given, still failing since then (a 2xx meanwhile ended
+    /// that streak). Whether this call disabled it.
+    fn disable(
+        &self,
+        workspace_id: &str,
+        webhook_id: &str,
+        reason: DisabledReason,
+        at: i64,
+        failing_since: Option<i64>,
+    ) -> impl Future<Output = Result<bool, PortError>> + Send;
+
+    /// Records that the `webhook.disabled` of the endpoint's disabling at `disabled_at`
+    /// reached the other endpoints' lanes (nothing if it was enabled again since).
+    fn mark_announced(
+        &self,
+        workspace_id: &str,
+        webhook_id: &str,
+        disabled_at: i64,
+    ) -> impl Future<Output = Result<(), PortError>> + Send;
 }
 
 /// The workspaces that have, or once had, a webhook endpoint: producers mark their

@@ -6,11 +6,11 @@
 //! `PUT` adds its workspace to before it stores the endpoint.
 
 use super::{
-    batch_get_consistent, built, condition, get_n, get_s, n, s, stable_shard, transact_once, Item,
-    Transacted, PARTITION_KEY,
+    batch_get_consistent, built, condition, condition_held, get_n, get_s, n, s, stable_shard,
+    transact_once, Item, Transacted, PARTITION_KEY,
 };
-use crate::app::ports::{Endpoint, PortError, Stored, WebhookWorkspaces, Webhooks};
-use crate::domain::webhook::{EventType, Secret};
+use crate::app::ports::{Disabled, Endpoint, PortError, Stored, WebhookWorkspaces, Webhooks};
+use crate::domain::webhook::{DisabledReason, EventType, Secret};
 use aws_sdk_dynamodb::config::http::HttpResponse;
 use aws_sdk_dynamodb::error::SdkError;
 use aws_sdk_dynamodb::operation::update_item::{UpdateItemError, UpdateItemOutput};
@@ -65,7 +65,8 @@ impl WebhookStore {
         Self::key(workspace_id, format!("{ENDPOINT_PREFIX}{webhook_id}"))
     }
 
-    /// Replaces the settings of an endpoint that is there; `None` if none is.
+    /// Replaces the settings of an endpoint that is there, and enables it again with no
+    /// failing streak; `None` if none is.
     async fn replace(
         &self,
         workspace_id: &str,
@@ -85,9 +86,9 @@ impl WebhookStore {
         let expression = match &endpoint.audiences {
             Some(audiences) => {
                 update = update.expression_attribute_values(":audiences", list(audiences));
-                "SET #url = :url, events = :events, include_profile = :include, updated_at = :at, audiences = :audiences"
+                "SET #url = :url, events = :events, include_profile = :include, updated_at = :at, audiences = :audiences REMOVE failing_since, disabled_reason, disabled_at, disabled_announced"
             }
-            None => "SET #url = :url, events = :events, include_profile = :include, updated_at = :at REMOVE audiences",
+            None => "SET #url = :url, events = :events, include_profile = :include, updated_at = :at REMOVE audiences, failing_since, disabled_reason, disabled_at, disabled_announced",
         };
         updated(
             update
@@ -150,6 +151,29 @@ impl WebhookStore {
             (PARTITION_KEY.to_owned(), s(format!("hooks#{set}"))),
             (SORT_KEY.to_owned(), s("#")),
         ])
+    }
+
+    /// A health update of an endpoint (`docs/webhooks.md` §1): `expression` on the
+    /// endpoint's item with `values`, if it is there and meets `condition`; whether it did.
+    async fn health(
+        &self,
+        workspace_id: &str,
+        webhook_id: &str,
+        expression: &str,
+        condition_expression: &str,
+        values: Vec<(&str, AttributeValue)>,
+    ) -> Result<bool, PortError> {
+        let update = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(Self::endpoint_key(workspace_id, webhook_id)))
+            .update_expression(expression)
+            .condition_expression(format!("attribute_exists(pk) AND ({condition_expression})"));
+        let update = values.into_iter().fold(update, |update, (name, value)| {
+            update.expression_attribute_values(name, value)
+        });
+        condition_held(update.send().await)
     }
 
     /// The workspace's endpoint count moved by `by`, in an endpoint's transaction.
@@ -237,6 +261,15 @@ fn endpoint_from_item(item: &Item) -> Option<Endpoint> {
         previous_secret,
         created_at: get_n(item, "created_at")?,
         updated_at: get_n(item, "updated_at")?,
+        failing_since: get_n(item, "failing_since"),
+        disabled: get_s(item, "disabled_reason")
+            .and_then(DisabledReason::parse)
+            .zip(get_n(item, "disabled_at"))
+            .map(|(reason, at)| Disabled {
+                reason,
+                at,
+                announced: item.contains_key("disabled_announced"),
+            }),
     })
 }
 
@@ -293,7 +326,7 @@ impl Webhooks for WebhookStore {
         self.list_workspace(workspace_id).await?;
         for _ in 0..PUT_ATTEMPTS {
             if let Some(now) = self.replace(workspace_id, endpoint).await? {
-                return Ok(Stored::Replaced(now));
+                return Ok(Stored::Replaced(Box::new(now)));
             }
             match self.create(workspace_id, endpoint, most).await? {
                 Transacted::Done => return Ok(Stored::Created),
@@ -354,6 +387,79 @@ impl Webhooks for WebhookStore {
             }
         }
         Err(PortError::Unavailable("endpoint kept changing".into()))
+    }
+
+    async fn mark_failing(
+        &self,
+        workspace_id: &str,
+        webhook_id: &str,
+        since: i64,
+    ) -> Result<(), PortError> {
+        self.health(
+            workspace_id,
+            webhook_id,
+            "SET failing_since = :since",
+            "attribute_not_exists(failing_since)",
+            vec![(":since", n(since))],
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn mark_recovered(&self, workspace_id: &str, webhook_id: &str) -> Result<(), PortError> {
+        self.health(
+            workspace_id,
+            webhook_id,
+            "REMOVE failing_since",
+            "attribute_exists(failing_since)",
+            vec![],
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn disable(
+        &self,
+        workspace_id: &str,
+        webhook_id: &str,
+        reason: DisabledReason,
+        at: i64,
+        failing_since: Option<i64>,
+    ) -> Result<bool, PortError> {
+        let mut values = vec![(":reason", s(reason.as_str())), (":at", n(at))];
+        let mut condition = "attribute_not_exists(disabled_at)".to_owned();
+        if let Some(since) = failing_since {
+            values.push((":since", n(since)));
+            condition.push_str(" AND failing_since = :since");
+        }
+        self.health(
+            workspace_id,
+            webhook_id,
+            "SET disabled_reason = :reason, disabled_at = :at",
+            &condition,
+            values,
+        )
+        .await
+    }
+
+    async fn mark_announced(
+        &self,
+        workspace_id: &str,
+        webhook_id: &str,
+        disabled_at: i64,
+    ) -> Result<(), PortError> {
+        self.health(
+            workspace_id,
+            webhook_id,
+            "SET disabled_announced = :yes",
+            "disabled_at = :at",
+            vec![
+                (":yes", AttributeValue::Bool(true)),
+                (":at", n(disabled_at)),
+            ],
+        )
+        .await?;
+        Ok(())
     }
 }
 
