@@ -220,7 +220,13 @@ export interface Webhook {
   events: WebhookEvent[];
   audiences: string[] | null;
   include: 'profile'[];
-  status: 'enabled';
+  /** `disabled` after a 410 or 5 days with no 2xx; a `put` enables it again. */
+  status: 'enabled' | 'disabled';
+  /** While attempts fail: since when (no 2xx). */
+  failing_since?: string;
+  /** When disabled: `gone` (it answered 410) or `failing` (5 days with no 2xx). */
+  disabled_reason?: 'gone' | 'failing';
+  disabled_at?: string;
   created_at: string;
   updated_at: string;
 }
