@@ -92,6 +92,7 @@ STORE_TABLES = {
     ("audiences", "members"): "AudienceMembersTable",
     ("webhooks", "table"): "WebhooksTable",
     ("lanes", "table"): "WebhooksTable",
+    ("delivery_log", "table"): "WebhooksTable",
 }
 # Indexes a role may query though the current code does not: the code being replaced
 # during the email index upgrade (KeepLegacyEmailIndex) still queries the old one.

@@ -5,8 +5,8 @@
 //! lane's lease says one holds it, so appends wake one only when none does.
 
 use super::ports::{
-    Appended, Disabled, Endpoint, Failed, Head, Lane, LaneHead, Lanes, NewDelivery, PortError,
-    Queued, Sender, Wakes, Webhooks,
+    Appended, DeliveryLog, DeliveryStatus, Disabled, Endpoint, Failed, Head, Lane, LaneHead, Lanes,
+    LoggedAttempt, NewDelivery, PortError, Queued, Sender, Wakes, Webhooks,
 };
 use super::AppError;
 use crate::contract::{delivery_body, disabled_event, with_sequence, WebhookEvent};
@@ -75,7 +75,17 @@ pub struct Deliveries<W, L, K, S> {
     time_factor: f64,
 }
 
-impl<W: Webhooks, L: Lanes, K: Wakes, S: Sender> Deliveries<W, L, K, S> {
+/// An attempt as it went: its outcome, and for the log the answer's status or why none
+/// came, and how long it took.
+struct Attempted {
+    outcome: Outcome,
+    http_status: Option<u16>,
+    error: Option<String>,
+    /// `None` when nothing was sent.
+    latency_ms: Option<i64>,
+}
+
+impl<W: Webhooks + DeliveryLog, L: Lanes, K: Wakes, S: Sender> Deliveries<W, L, K, S> {
     pub fn new(endpoints: W, lanes: L, wakes: K, sender: S, clock: Clock, jitter: Jitter) -> Self {
         Self {
             endpoints,
@@ -232,6 +242,13 @@ impl<W: Webhooks, L: Lanes, K: Wakes, S: Sender> Deliveries<W, L, K, S> {
                 gone_or_disabled => {
                     if let Some(disabled) = gone_or_disabled.and_then(|e| e.disabled) {
                         self.announce(lane, disabled).await?;
+                        let unsent = Attempted {
+                            outcome: Outcome::Gone,
+                            http_status: None,
+                            error: Some("disabled".into()),
+                            latency_ms: None,
+                        };
+                        self.log(lane, &next, now, unsent, None).await?;
                     }
                     drained.given_up += 1;
                     if !self.advance(lane, next.slot).await? {
@@ -241,7 +258,8 @@ impl<W: Webhooks, L: Lanes, K: Wakes, S: Sender> Deliveries<W, L, K, S> {
                 }
             };
             let failed = head.attempts + 1;
-            let outcome = self.attempt(&endpoint, &next, now).await;
+            let attempted = self.attempt(&endpoint, &next, now).await;
+            let outcome = attempted.outcome;
             let disabled = self.record_health(lane, &endpoint, outcome, now).await?;
             let wait = match outcome {
                 Outcome::Delivered => {
@@ -267,6 +285,7 @@ impl<W: Webhooks, L: Lanes, K: Wakes, S: Sender> Deliveries<W, L, K, S> {
                     }
                 },
             };
+            self.log(lane, &next, now, attempted, wait).await?;
             if let Some(wait) = wait {
                 drained.failed += 1;
                 let next_at = now + millis(wait);
@@ -371,9 +390,42 @@ impl<W: Webhooks, L: Lanes, K: Wakes, S: Sender> Deliveries<W, L, K, S> {
         Ok(more == Some(true))
     }
 
+    /// Writes an attempt (or a delivery given up unsent) to its endpoint's log; `wait`:
+    /// until its next attempt, if there is one.
+    async fn log(
+        &self,
+        lane: &Lane,
+        next: &Queued,
+        at: i64,
+        attempted: Attempted,
+        wait: Option<Duration>,
+    ) -> Result<(), AppError> {
+        let status = match (attempted.outcome, wait) {
+            (Outcome::Delivered, _) => DeliveryStatus::Delivered,
+            (_, Some(_)) => DeliveryStatus::Retrying,
+            (_, None) => DeliveryStatus::GivenUp,
+        };
+        let line = LoggedAttempt {
+            at,
+            message_id: next.message_id.clone(),
+            user_id: lane.user_id.clone(),
+            sequence: next.sequence,
+            body: next.body.clone(),
+            status,
+            http_status: attempted.http_status,
+            error: attempted.error,
+            latency_ms: attempted.latency_ms,
+            next_attempt_at: wait.map(|wait| at + millis(wait)),
+        };
+        self.endpoints
+            .record(&lane.workspace_id, &lane.webhook_id, &line)
+            .await?;
+        Ok(())
+    }
+
     /// One attempt, signed now by the endpoint's secrets (the previous one too while it
     /// still signs). No answer is a failed attempt.
-    async fn attempt(&self, endpoint: &Endpoint, next: &Queued, now: i64) -> Outcome {
+    async fn attempt(&self, endpoint: &Endpoint, next: &Queued, now: i64) -> Attempted {
         let mut secrets = vec![endpoint.secret.0.as_str()];
         if let Some((previous, until)) = &endpoint.previous_secret {
             if *until > now {
@@ -384,7 +436,12 @@ impl<W: Webhooks, L: Lanes, K: Wakes, S: Sender> Deliveries<W, L, K, S> {
         let Ok(signed) = signature(&secrets, &next.message_id, timestamp_s, &next.body) else {
             // A stored secret is always one the api made; were it not, no attempt can
             // succeed, and the schedule gives the message up.
-            return Outcome::Retry { after: None };
+            return Attempted {
+                outcome: Outcome::Retry { after: None },
+                http_status: None,
+                error: Some("secret".into()),
+                latency_ms: None,
+            };
         };
         let headers = [
             ("content-type", "application/json".to_owned()),
@@ -393,9 +450,21 @@ impl<W: Webhooks, L: Lanes, K: Wakes, S: Sender> Deliveries<W, L, K, S> {
             ("webhook-signature", signed),
         ];
         let at = UNIX_EPOCH + Duration::from_millis(u64::try_from(now).unwrap_or(0));
-        match self.sender.post(&endpoint.url, &headers, &next.body).await {
-            Ok(reply) => outcome(reply.status, reply.retry_after.as_deref(), at),
-            Err(_) => Outcome::Retry { after: None },
+        let answer = self.sender.post(&endpoint.url, &headers, &next.body).await;
+        let latency_ms = Some((self.clock)() - now);
+        match answer {
+            Ok(reply) => Attempted {
+                outcome: outcome(reply.status, reply.retry_after.as_deref(), at),
+                http_status: Some(reply.status),
+                error: None,
+                latency_ms,
+            },
+            Err(no_answer) => Attempted {
+                outcome: Outcome::Retry { after: None },
+                http_status: None,
+                error: Some(no_answer.into_code()),
+                latency_ms,
+            },
         }
     }
 

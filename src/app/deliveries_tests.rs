@@ -1,6 +1,6 @@
 use super::*;
 use crate::app::fakes::*;
-use crate::app::ports::Reply;
+use crate::app::ports::{DeliveryStatus, LoggedAttempt, Reply};
 use crate::contract::ENDPOINT_LANE;
 use crate::domain::webhook::{DisabledReason, EventType, Secret, ATTEMPT_TIMEOUT, RETRY_WAITS};
 use lambda_http::http::{HeaderMap, HeaderValue};
@@ -942,4 +942,132 @@ proptest! {
         let got: BTreeSet<String> = delivered.into_iter().map(|(_, id)| id).collect();
         prop_assert_eq!(got, expected, "every message delivered");
     }
+}
+
+impl World {
+    /// The endpoint's attempt log, oldest first.
+    fn logged(&self) -> Vec<LoggedAttempt> {
+        self.webhooks
+            .log
+            .lock()
+            .unwrap()
+            .values()
+            .cloned()
+            .collect()
+    }
+}
+
+#[tokio::test]
+async fn each_attempt_is_logged_with_its_answer_or_why_none_came_and_what_comes_next() {
+    let w = world();
+    w.sender.answer([
+        replied(500),
+        Err(PortError::Unavailable("timeout".into())),
+        replied(204),
+    ]);
+    w.enqueue("u1", 1).await;
+    w.deliveries.drain(&lane("u1"), NO_DEADLINE).await.unwrap();
+    let first_wait = RETRY_WAITS[0];
+    w.advance(first_wait);
+    w.deliveries.drain(&lane("u1"), NO_DEADLINE).await.unwrap();
+    w.advance(RETRY_WAITS[1]);
+    w.deliveries.drain(&lane("u1"), NO_DEADLINE).await.unwrap();
+
+    let logged = w.logged();
+    let seen: Vec<_> = logged
+        .iter()
+        .map(|l| {
+            (
+                l.at,
+                l.status,
+                l.http_status,
+                l.error.as_deref(),
+                l.next_attempt_at,
+            )
+        })
+        .collect();
+    let second = T0 + millis(first_wait);
+    let third = second + millis(RETRY_WAITS[1]);
+    assert_eq!(
+        seen,
+        [
+            (T0, DeliveryStatus::Retrying, Some(500), None, Some(second)),
+            (
+                second,
+                DeliveryStatus::Retrying,
+                None,
+                Some("timeout"),
+                Some(third)
+            ),
+            (third, DeliveryStatus::Delivered, Some(204), None, None),
+        ]
+    );
+    for line in &logged {
+        assert_eq!(
+            (line.message_id.as_str(), line.user_id.as_str()),
+            ("msg_ev1", "u1")
+        );
+        assert_eq!(line.sequence, 1);
+        assert_eq!(line.latency_ms, Some(0), "the test's clock stands still");
+        assert_eq!(line.body, w.sender.received()[0].body, "the body as sent");
+    }
+}
+
+#[tokio::test]
+async fn a_delivery_given_up_is_logged_so_and_one_given_up_unsent_says_why() {
+    let w = world();
+    w.sender.answer([replied(410)]);
+    w.enqueue("u1", 1).await;
+    w.enqueue("u1", 2).await;
+    w.deliveries.drain(&lane("u1"), NO_DEADLINE).await.unwrap();
+    let seen: Vec<_> = w
+        .logged()
+        .iter()
+        .map(|l| {
+            (
+                l.message_id.clone(),
+                l.status,
+                l.http_status,
+                l.error.clone(),
+                l.latency_ms,
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            (
+                "msg_ev1".into(),
+                DeliveryStatus::GivenUp,
+                Some(410),
+                None,
+                Some(0)
+            ),
+            (
+                "msg_ev2".into(),
+                DeliveryStatus::GivenUp,
+                None,
+                Some("disabled".into()),
+                None
+            ),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_log_that_cannot_be_written_fails_the_wake_and_the_attempt_is_made_again() {
+    let w = world();
+    w.webhooks
+        .faults
+        .fail("webhooks.record", PortError::Unavailable("down".into()), 1);
+    w.enqueue("u1", 1).await;
+    assert!(w.deliveries.drain(&lane("u1"), NO_DEADLINE).await.is_err());
+    let drained = w.deliveries.drain(&lane("u1"), NO_DEADLINE).await.unwrap();
+    assert_eq!(drained.delivered, 1);
+    assert_eq!(
+        w.attempted(),
+        ["msg_ev1", "msg_ev1"],
+        "sent again under its id"
+    );
+    assert_eq!(w.logged().len(), 1);
 }

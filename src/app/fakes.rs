@@ -8,7 +8,7 @@ use crate::domain::auth::ApiKeyRecord;
 use crate::domain::change::ChangeEvent;
 use crate::domain::idempotency::{judge, Claim, KeyRecord, LOCK_MS};
 use crate::domain::rate_limit::Bounds;
-use crate::domain::webhook::{DisabledReason, Secret};
+use crate::domain::webhook::{log_place, DisabledReason, Secret};
 use crate::domain::{Stamp, UpsertMessage};
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -999,6 +999,9 @@ impl BuildQueue for MemoryBuilds {
     }
 }
 
+/// Attempt logs by (workspace, webhook id, line's place).
+pub type AttemptLogs = std::collections::BTreeMap<(String, String, String), LoggedAttempt>;
+
 /// Webhook endpoints by workspace and id, with the DynamoDB store's rules: a new one
 /// only under the workspace's most, a replacement keeps its secrets and `created_at`.
 #[derive(Clone, Default)]
@@ -1007,6 +1010,7 @@ pub struct MemoryWebhooks {
     /// The workspaces listed as having webhooks: added by every `put`, never taken
     /// out.
     pub listed: Arc<Mutex<std::collections::HashSet<String>>>,
+    pub log: Arc<Mutex<AttemptLogs>>,
     pub journal: Journal,
     pub faults: Faults,
 }
@@ -1156,6 +1160,49 @@ impl Webhooks for MemoryWebhooks {
             }
         });
         Ok(())
+    }
+}
+
+impl DeliveryLog for MemoryWebhooks {
+    async fn record(
+        &self,
+        workspace_id: &str,
+        webhook_id: &str,
+        attempt: &LoggedAttempt,
+    ) -> Result<(), PortError> {
+        self.call("webhooks.record")?;
+        let place = log_place(attempt.at, &attempt.message_id);
+        let key = (workspace_id.to_owned(), webhook_id.to_owned(), place);
+        lock(&self.log).insert(key, attempt.clone());
+        Ok(())
+    }
+
+    async fn attempts(
+        &self,
+        workspace_id: &str,
+        webhook_id: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<LogPage, PortError> {
+        self.call("webhooks.attempts")?;
+        let log = lock(&self.log);
+        let mut older = log
+            .iter()
+            .rev()
+            .filter(|((w, h, place), _)| {
+                w == workspace_id
+                    && h == webhook_id
+                    && after.is_none_or(|after| place.as_str() < after)
+            })
+            .map(|((_, _, place), attempt)| (place.clone(), attempt.clone()));
+        let attempts: Vec<(String, LoggedAttempt)> = older.by_ref().take(limit).collect();
+        let more = older.next().is_some();
+        Ok(LogPage {
+            next_after: more
+                .then(|| attempts.last().map(|(place, _)| place.clone()))
+                .flatten(),
+            attempts: attempts.into_iter().map(|(_, attempt)| attempt).collect(),
+        })
     }
 }
 

@@ -1,7 +1,7 @@
 //! Webhooks (contract, "Webhooks"): the endpoints a workspace subscribes, the api's
 //! side. Delivery is built in the steps of `docs/webhooks.md` §7.
 
-use super::ports::{Counters, Endpoint, PortError, Stored, Webhooks};
+use super::ports::{Counters, DeliveryLog, Endpoint, LoggedAttempt, PortError, Stored, Webhooks};
 use super::rate_limit::RateLimiter;
 use super::{AppError, Caller};
 use crate::contract::{Page, Paged, RequestError, WebhookDefinition};
@@ -40,6 +40,13 @@ pub struct EndpointsPage {
     pub next_cursor: Option<String>,
 }
 
+/// A page of an endpoint's attempt log, newest first, and the cursor of the next.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AttemptsPage {
+    pub attempts: Vec<LoggedAttempt>,
+    pub next_cursor: Option<String>,
+}
+
 /// The api's webhook calls.
 pub struct Subscriptions<W, C> {
     store: W,
@@ -47,7 +54,7 @@ pub struct Subscriptions<W, C> {
     random: Random,
 }
 
-impl<W: Webhooks, C: Counters> Subscriptions<W, C> {
+impl<W: Webhooks + DeliveryLog, C: Counters> Subscriptions<W, C> {
     /// Secrets from the OS's generator.
     pub fn new(store: W, limiter: Arc<RateLimiter<C>>) -> Self {
         Self::with_random(store, limiter, os_random())
@@ -137,6 +144,36 @@ impl<W: Webhooks, C: Counters> Subscriptions<W, C> {
         Ok(EndpointsPage {
             endpoints,
             next_cursor,
+        })
+    }
+
+    /// A page of the endpoint's attempt log, newest first (30 days of it).
+    pub async fn deliveries(
+        &self,
+        caller: &Caller,
+        webhook_id: &str,
+        page: Result<Page, RequestError>,
+        now_ms: i64,
+    ) -> Result<AttemptsPage, AppError> {
+        self.admit(caller, webhook_id, now_ms).await?;
+        let page = page?;
+        let workspace_id = &caller.workspace_id;
+        if self
+            .store
+            .endpoint(workspace_id, webhook_id)
+            .await?
+            .is_none()
+        {
+            return Err(AppError::WebhookNotFound);
+        }
+        let found = self
+            .store
+            .attempts(workspace_id, webhook_id, page.after.as_deref(), page.limit)
+            .await?;
+        let paged = Paged::Deliveries { webhook_id };
+        Ok(AttemptsPage {
+            attempts: found.attempts,
+            next_cursor: found.next_after.map(|place| paged.cursor(&place)),
         })
     }
 

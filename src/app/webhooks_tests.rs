@@ -4,8 +4,9 @@
 
 use super::*;
 use crate::app::fakes::{unavailable, MemoryCounters, MemoryWebhooks};
+use crate::app::ports::{DeliveryLog, LoggedAttempt};
 use crate::contract::parse_webhook;
-use crate::domain::webhook::{EventType, Reach};
+use crate::domain::webhook::{log_place, EventType, Reach};
 use serde_json::{json, Value};
 use std::sync::Mutex;
 
@@ -342,5 +343,91 @@ async fn the_rate_limit_comes_first_and_failures_store_nothing() {
         *w.made.lock().unwrap(),
         1,
         "the failed put's secret was made, and not kept"
+    );
+}
+
+fn logged_at(at: i64, n: usize) -> LoggedAttempt {
+    LoggedAttempt {
+        at,
+        message_id: format!("msg_ev{n}"),
+        user_id: "u1".into(),
+        sequence: n as u64,
+        body: "{}".into(),
+        status: crate::app::ports::DeliveryStatus::Delivered,
+        http_status: Some(200),
+        error: None,
+        latency_ms: Some(80),
+        next_attempt_at: None,
+    }
+}
+
+#[tokio::test]
+async fn an_endpoint_s_attempt_log_is_read_newest_first_a_page_at_a_time() {
+    let w = world();
+    for id in ["crm", "ops"] {
+        w.put(id, entered_at("https://hooks.example.com/"), T0)
+            .await
+            .unwrap();
+    }
+    for n in 1..=5 {
+        let line = logged_at(T0 + n as i64, n);
+        w.store.record("ws", "crm", &line).await.unwrap();
+        w.store
+            .record("ws", "ops", &logged_at(T0, 100 + n))
+            .await
+            .unwrap();
+    }
+    let ws = caller("ws");
+    let crm = Paged::Deliveries { webhook_id: "crm" };
+    let page = |cursor: Option<String>| {
+        let query = crm.query(Some("2"), cursor.as_deref());
+        let subscriptions = &w.subscriptions;
+        let ws = &ws;
+        async move {
+            subscriptions
+                .deliveries(ws, "crm", query, T0)
+                .await
+                .unwrap()
+        }
+    };
+    let mut seen = Vec::new();
+    let mut cursor = None;
+    loop {
+        let found = page(cursor).await;
+        seen.extend(found.attempts.iter().map(|l| l.message_id.clone()));
+        cursor = found.next_cursor;
+        if cursor.is_none() {
+            break;
+        }
+    }
+    assert_eq!(
+        seen,
+        ["msg_ev5", "msg_ev4", "msg_ev3", "msg_ev2", "msg_ev1"]
+    );
+
+    let ops_cursor = Paged::Deliveries { webhook_id: "ops" }.cursor(&log_place(T0, "msg_ev103"));
+    assert!(
+        crm.query(None, Some(&ops_cursor)).is_err(),
+        "another endpoint's cursor is not one"
+    );
+    assert!(
+        crm.query(None, Some("MTIz")).is_err(),
+        "nor one no page gave"
+    );
+    let missing = w
+        .subscriptions
+        .deliveries(&ws, "gone", crm.query(None, None), T0)
+        .await;
+    assert!(
+        matches!(missing, Err(AppError::WebhookNotFound)),
+        "{missing:?}"
+    );
+    let elsewhere = w
+        .subscriptions
+        .deliveries(&caller("other"), "crm", crm.query(None, None), T0)
+        .await;
+    assert!(
+        matches!(elsewhere, Err(AppError::WebhookNotFound)),
+        "another workspace's endpoint is not there"
     );
 }

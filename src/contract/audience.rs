@@ -143,14 +143,18 @@ impl Page {
 
 /// Audiences per page of `GET /api/v1/audiences`: the default and the most.
 pub const MAX_AUDIENCES_PAGE: usize = 100;
+/// Lines of an attempt log a page holds unless `limit` says otherwise, and the most.
+pub const DEFAULT_DELIVERIES_PAGE: usize = 20;
+pub const MAX_DELIVERIES_PAGE: usize = 100;
 
-/// What a cursor pages through: an audience's members, the workspace's audiences or
-/// its webhooks.
+/// What a cursor pages through: an audience's members, the workspace's audiences, its
+/// webhooks or a webhook's attempt log.
 #[derive(Debug, Clone, Copy)]
 pub enum Paged<'a> {
     Members { audience_id: &'a str },
     Audiences,
     Webhooks,
+    Deliveries { webhook_id: &'a str },
 }
 
 impl Paged<'_> {
@@ -160,6 +164,7 @@ impl Paged<'_> {
             Paged::Members { audience_id } => format!("members\0{audience_id}"),
             Paged::Audiences => "audiences".to_owned(),
             Paged::Webhooks => "webhooks".to_owned(),
+            Paged::Deliveries { webhook_id } => format!("deliveries\0{webhook_id}"),
         }
     }
 
@@ -169,6 +174,7 @@ impl Paged<'_> {
             Paged::Audiences => (MAX_AUDIENCES_PAGE, MAX_AUDIENCES_PAGE),
             // A workspace has at most 20: one page holds them all.
             Paged::Webhooks => (MAX_WEBHOOKS, MAX_WEBHOOKS),
+            Paged::Deliveries { .. } => (DEFAULT_DELIVERIES_PAGE, MAX_DELIVERIES_PAGE),
         }
     }
 
@@ -177,6 +183,7 @@ impl Paged<'_> {
             Paged::Members { .. } => super::is_storable_user_id(after),
             Paged::Audiences => crate::domain::audience::is_audience_id(after),
             Paged::Webhooks => crate::domain::webhook::is_webhook_id(after),
+            Paged::Deliveries { .. } => crate::domain::webhook::is_log_place(after),
         }
     }
 

@@ -137,6 +137,22 @@ pub fn is_webhook_id(id: &str) -> bool {
     crate::domain::audience::is_audience_id(id)
 }
 
+/// An endpoint's attempt log keeps each line this long.
+pub const LOG_KEPT_FOR: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// A line's place in an attempt log: when it started (ms, 13 digits, so places sort as
+/// times do) and its message's `webhook-id`.
+pub fn log_place(at_ms: i64, message_id: &str) -> String {
+    format!("{at_ms:013}#{message_id}")
+}
+
+/// Whether `place` is one [`log_place`] makes.
+pub fn is_log_place(place: &str) -> bool {
+    place.split_once('#').is_some_and(|(at, id)| {
+        at.len() == 13 && at.bytes().all(|b| b.is_ascii_digit()) && id.starts_with("msg_")
+    })
+}
+
 /// After a rotation the previous secret signs this long too: receivers move to the new
 /// one meanwhile.
 pub const PREVIOUS_SECRET_SIGNS_FOR: Duration = Duration::from_secs(24 * 3600);

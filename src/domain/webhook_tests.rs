@@ -245,3 +245,22 @@ fn a_410_disables_at_once_and_five_days_of_failures_disable_too() {
     }
     assert_eq!(DisabledReason::parse("tired"), None);
 }
+
+#[test]
+fn a_log_place_sorts_as_its_time_and_only_a_made_one_is_one() {
+    let early = log_place(999_999_999_999, "msg_b");
+    let late = log_place(1_800_000_000_000, "msg_a");
+    assert_eq!(late, "1800000000000#msg_a");
+    assert!(early < late, "{early} < {late}");
+    assert!(is_log_place(&early) && is_log_place(&late));
+    for not_one in [
+        "",
+        "#msg_a",
+        "180000000000#msg_a",
+        "18000000000x0#msg_a",
+        "1800000000000#a",
+        "1800000000000",
+    ] {
+        assert!(!is_log_place(not_one), "{not_one}");
+    }
+}

@@ -5,7 +5,7 @@
 //! log line per batch.
 
 use crate::app::deliveries::{Deliveries, Drained};
-use crate::app::ports::{Lane, Lanes, Sender, Wakes, Webhooks};
+use crate::app::ports::{DeliveryLog, Lane, Lanes, Sender, Wakes, Webhooks};
 use crate::aws::dynamodb::{LaneStore, WebhookStore};
 use crate::aws::sqs::{decode_wake, SqsQueue};
 use crate::clock::now_millis;
@@ -58,7 +58,7 @@ struct Done {
 
 impl<W, L, K, S> WebhooksFunction<W, L, K, S>
 where
-    W: Webhooks + Sync,
+    W: Webhooks + DeliveryLog + Sync,
     L: Lanes + Sync,
     K: Wakes + Sync,
     S: Sender + Sync,

@@ -72,10 +72,11 @@ pub struct Answered {
     pub remote_addr: Option<SocketAddr>,
 }
 
-/// Why an attempt got no answer, by kind (never the error's text: it can quote the URL).
+/// Why an attempt got no answer, by kind (never the error's text: it can quote the URL),
+/// as the attempt log shows it.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum AttemptError {
-    #[error("address refused")]
+    #[error("address_refused")]
     AddressRefused(IpAddr),
     #[error("timeout")]
     Timeout,

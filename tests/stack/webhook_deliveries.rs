@@ -228,6 +228,29 @@ async fn changes_reach_the_customer_s_endpoint_signed_in_order_and_without_pii()
         "a 2xx ended it"
     );
     assert_eq!(shown["data"]["status"], "enabled");
+    // The attempt log, newest first: the first change's refusals, then its delivery.
+    let log_path = "/api/v1/webhooks/crm/deliveries?limit=100";
+    let (status, log) = stack.webhook_call(Method::GET, &key, log_path).await;
+    assert_eq!(status, 200, "{log}");
+    let first: Vec<&Value> = log["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|line| line["webhook_message_id"] == all[0].id())
+        .collect();
+    let last = first.last().unwrap();
+    assert_eq!(
+        (&last["status"], &last["http_status"]),
+        (&json!("retrying"), &json!(503)),
+        "its first attempt: {log}"
+    );
+    assert!(last["next_attempt_at"].is_string(), "{log}");
+    assert_eq!(
+        (&first[0]["status"], &first[0]["http_status"]),
+        (&json!("delivered"), &json!(200)),
+        "{log}"
+    );
+    assert!(first[0]["latency_ms"].as_i64().is_some(), "{log}");
 
     // The first was attempted until it was delivered, before any other was.
     let retried = all.iter().take_while(|r| r.id() == all[0].id()).count();
@@ -298,12 +321,8 @@ async fn changes_reach_the_customer_s_endpoint_signed_in_order_and_without_pii()
 impl Stack {
     /// `GET /api/v1/webhooks/{id}`: its status and body.
     async fn webhook(&self, key: &str, id: &str) -> (u16, Value) {
-        let answer = self
-            .request(Method::GET, &format!("/api/v1/webhooks/{id}"), Some(key))
-            .send()
-            .await
-            .unwrap();
-        (answer.status().as_u16(), answer.json().await.unwrap())
+        let path = format!("/api/v1/webhooks/{id}");
+        self.webhook_call(Method::GET, key, &path).await
     }
 
     /// `PUT`s endpoint `id` to the listener on `port` for `events`; its secret if new.

@@ -9,11 +9,12 @@ use futures::future::join_all;
 use reqwest::{Method, Response};
 use serde_json::{json, Value};
 use vibefollow_users::app::ports::{
-    Appended, Failed, Head, Lane, Lanes, NewDelivery, Queued, Webhooks,
+    Appended, DeliveryLog, DeliveryStatus, Failed, Head, Lane, Lanes, LoggedAttempt, NewDelivery,
+    Queued, Webhooks,
 };
 use vibefollow_users::aws::dynamodb::{LaneStore, WebhookStore};
 use vibefollow_users::domain::auth::Scope;
-use vibefollow_users::domain::webhook::DisabledReason;
+use vibefollow_users::domain::webhook::{log_place, DisabledReason};
 
 impl Stack {
     pub(crate) async fn put_webhook(&self, key: &str, id: &str, body: &Value) -> Response {
@@ -25,7 +26,7 @@ impl Stack {
             .expect("PUT webhook")
     }
 
-    async fn webhook_call(&self, method: Method, key: &str, path: &str) -> (u16, Value) {
+    pub(crate) async fn webhook_call(&self, method: Method, key: &str, path: &str) -> (u16, Value) {
         let response = self
             .request(method, path, Some(key))
             .send()
@@ -720,4 +721,52 @@ async fn an_endpoint_s_health_is_written_only_as_its_conditions_allow() {
         .await
         .unwrap());
     assert_eq!(store.endpoint(ws, "nope").await.unwrap(), None);
+}
+
+#[tokio::test]
+#[ignore = "needs the local stack: run `make test`"]
+async fn an_attempt_log_spread_over_its_partitions_pages_newest_first_without_a_gap() {
+    let stack = Stack::new().await;
+    let store = WebhookStore::new(stack.dynamodb.clone(), &stack.resources.webhooks_table);
+    let ws = stack.workspace.as_str();
+    let line = |n: i64| LoggedAttempt {
+        at: 1_800_000_000_000 + n / 3,
+        message_id: format!("msg_ev{n}"),
+        user_id: if n == 7 {
+            String::new()
+        } else {
+            format!("u{n}")
+        },
+        sequence: n as u64,
+        body: format!(r#"{{"type":"user.changed","sequence":{n}}}"#),
+        status: DeliveryStatus::Retrying,
+        http_status: (n % 2 == 0).then_some(503),
+        error: (n % 2 == 1).then(|| "timeout".to_owned()),
+        latency_ms: Some(n),
+        next_attempt_at: Some(1_800_000_005_000 + n),
+    };
+    let written: Vec<LoggedAttempt> = (0..25).map(line).collect();
+    join_all(written.iter().map(|l| store.record(ws, "crm", l))).await;
+    store.record(ws, "ops", &line(99)).await.unwrap();
+
+    let mut read = Vec::new();
+    let mut after = None;
+    loop {
+        let page = store
+            .attempts(ws, "crm", after.as_deref(), 10)
+            .await
+            .unwrap();
+        assert!(page.attempts.len() <= 10);
+        read.extend(page.attempts);
+        match page.next_after {
+            Some(next) => after = Some(next),
+            None => break,
+        }
+    }
+    let mut newest_first = written.clone();
+    newest_first.sort_by_key(|l| std::cmp::Reverse(log_place(l.at, &l.message_id)));
+    assert_eq!(
+        read, newest_first,
+        "every line once, newest first, as written"
+    );
 }

@@ -236,6 +236,23 @@ export interface WebhookPutResult extends Webhook {
   secret?: string;
 }
 
+/** A line of an endpoint's attempt log (`webhooks.deliveriesPage`). */
+export interface WebhookAttempt {
+  /** The delivery's `webhook-id` header. */
+  webhook_message_id: string;
+  type: WebhookEvent | null;
+  /** `null` for an endpoint's own event (`webhook.disabled`). */
+  external_user_id: string | null;
+  sequence: number;
+  status: 'delivered' | 'retrying' | 'given_up';
+  attempted_at: string;
+  http_status: number | null;
+  /** Why no answer came (`timeout`, `connect`, `address_refused`, `request`), or `disabled`: given up unsent. */
+  error: string | null;
+  latency_ms: number | null;
+  next_attempt_at: string | null;
+}
+
 /** What `webhooks.rotateSecret` resolves to: the new secret, and until when the previous one signs too. */
 export interface WebhookRotated extends Webhook {
   secret: string;
@@ -546,13 +563,9 @@ class Audiences {
     audienceId: string,
     options: AudienceMembersOptions = {},
   ): Promise<{ members: AudienceMember[]; nextCursor: string | null }> {
-    const query: string[] = [];
-    if (options.limit !== undefined) query.push(`limit=${encodeURIComponent(options.limit)}`);
-    if (options.cursor !== undefined) query.push(`cursor=${encodeURIComponent(options.cursor)}`);
-    const search = query.length > 0 ? `?${query.join('&')}` : '';
     const answer = await this.transport.send<{ data: AudienceMember[]; next_cursor: string | null }>({
       method: 'GET',
-      path: `${audiencePath(audienceId)}/members${search}`,
+      path: `${audiencePath(audienceId)}/members${pageSearch(options)}`,
     });
     return { members: answer.data, nextCursor: answer.next_cursor ?? null };
   }
@@ -572,6 +585,14 @@ class Audiences {
       cursor = page.nextCursor;
     }
   }
+}
+
+/** The query of a page's `limit` and `cursor`: `?limit=…&cursor=…`, or none. */
+function pageSearch(options: { limit?: number; cursor?: string }): string {
+  const query: string[] = [];
+  if (options.limit !== undefined) query.push(`limit=${encodeURIComponent(options.limit)}`);
+  if (options.cursor !== undefined) query.push(`cursor=${encodeURIComponent(options.cursor)}`);
+  return query.length > 0 ? `?${query.join('&')}` : '';
 }
 
 function webhookPath(webhookId: string): string {
@@ -626,6 +647,22 @@ class Webhooks {
       atMostOnce: true,
     });
     return answer.data;
+  }
+
+  /**
+   * One page of the endpoint's attempt log, newest first (30 days kept; needs
+   * `webhooks:read`): `nextCursor` is where the next, older page starts, `null` after
+   * the last.
+   */
+  async deliveriesPage(
+    webhookId: string,
+    options: { limit?: number; cursor?: string } = {},
+  ): Promise<{ attempts: WebhookAttempt[]; nextCursor: string | null }> {
+    const answer = await this.transport.send<{ data: WebhookAttempt[]; next_cursor: string | null }>({
+      method: 'GET',
+      path: `${webhookPath(webhookId)}/deliveries${pageSearch(options)}`,
+    });
+    return { attempts: answer.data, nextCursor: answer.next_cursor ?? null };
   }
 }
 

@@ -366,6 +366,25 @@ test('audiences.members: no limit by default, leaving the loop early stops the w
   }
 });
 
+test('webhooks.deliveriesPage: a page of the attempt log and where the next starts', async () => {
+  const line = {
+    webhook_message_id: 'msg_1', type: 'user.changed', external_user_id: 'u1', sequence: 3, status: 'retrying',
+    attempted_at: 't', http_status: 503, error: null, latency_ms: 40, next_attempt_at: 't2',
+  };
+  const server = await stub([reply(200, { data: [line], next_cursor: 'c/1' }), reply(200, { data: [], next_cursor: null })]);
+  try {
+    const vf = new VibeFollow({ apiKey: KEY, baseUrl: server.baseUrl });
+    assert.deepEqual(await vf.webhooks.deliveriesPage('crm', { limit: 1 }), { attempts: [line], nextCursor: 'c/1' });
+    assert.deepEqual(await vf.webhooks.deliveriesPage('crm', { cursor: 'c/1' }), { attempts: [], nextCursor: null });
+    assert.deepEqual(server.seen.map((s) => `${s.method} ${s.url}`), [
+      'GET /api/v1/webhooks/crm/deliveries?limit=1',
+      'GET /api/v1/webhooks/crm/deliveries?cursor=c%2F1',
+    ]);
+  } finally {
+    await server.close();
+  }
+});
+
 test('audience and user ids are URL-encoded in every path', async () => {
   const server = await stub([
     reply(202, { data: { audience_id: 'x', status: 'building' } }),

@@ -127,6 +127,82 @@ pub trait Webhooks {
     ) -> impl Future<Output = Result<(), PortError>> + Send;
 }
 
+/// What became of a delivery at an attempt, as the attempt log shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeliveryStatus {
+    Delivered,
+    /// Failed; attempted again at `next_attempt_at`.
+    Retrying,
+    /// The schedule's last attempt failed, the endpoint answered 410, or it was
+    /// disabled.
+    GivenUp,
+}
+
+impl DeliveryStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeliveryStatus::Delivered => "delivered",
+            DeliveryStatus::Retrying => "retrying",
+            DeliveryStatus::GivenUp => "given_up",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<DeliveryStatus> {
+        [Self::Delivered, Self::Retrying, Self::GivenUp]
+            .into_iter()
+            .find(|status| status.as_str() == name)
+    }
+}
+
+/// One line of an endpoint's attempt log (`docs/webhooks.md` §5): an attempt, or a
+/// delivery given up unsent (its endpoint disabled: no `http_status`, no latency).
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoggedAttempt {
+    /// When it started (ms); with `message_id`, its place in the log.
+    pub at: i64,
+    pub message_id: String,
+    pub user_id: String,
+    pub sequence: u64,
+    /// The body as sent (no PII: `include` bodies are not built yet).
+    pub body: String,
+    pub status: DeliveryStatus,
+    /// The endpoint's answer, if one came.
+    pub http_status: Option<u16>,
+    /// Why none came, by kind (`timeout`, `connect`, `address_refused`, …), or
+    /// `disabled` for a delivery given up unsent.
+    pub error: Option<String>,
+    pub latency_ms: Option<i64>,
+    pub next_attempt_at: Option<i64>,
+}
+
+/// A page of an attempt log, newest first, and where the next starts.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct LogPage {
+    pub attempts: Vec<LoggedAttempt>,
+    /// The last line's place (`Page::after` of the next page), when more are older.
+    pub next_after: Option<String>,
+}
+
+/// Each endpoint's attempt log, kept 30 days.
+pub trait DeliveryLog {
+    fn record(
+        &self,
+        workspace_id: &str,
+        webhook_id: &str,
+        attempt: &LoggedAttempt,
+    ) -> impl Future<Output = Result<(), PortError>> + Send;
+
+    /// Up to `limit` lines older than `after` (a line's place, as a page gave it), newest
+    /// first.
+    fn attempts(
+        &self,
+        workspace_id: &str,
+        webhook_id: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> impl Future<Output = Result<LogPage, PortError>> + Send;
+}
+
 /// The workspaces that have, or once had, a webhook endpoint: producers mark their
 /// events for the bus rule that feeds delivery, so the events of workspaces without one
 /// cost nothing downstream (`docs/webhooks.md` §5). `Webhooks::put` lists its workspace

@@ -12,6 +12,7 @@ mod api_keys;
 mod attributes;
 mod audiences;
 mod counters;
+mod delivery_log;
 mod idempotency;
 mod lanes;
 mod stream;

@@ -35,8 +35,8 @@ const PUT_ATTEMPTS: usize = 5;
 
 #[derive(Clone)]
 pub struct WebhookStore {
-    client: Client,
-    table: String,
+    pub(super) client: Client,
+    pub(super) table: String,
 }
 
 impl WebhookStore {

@@ -2,18 +2,18 @@
 //! use case (`app::curate`) called, the audience shown as the contract shows it.
 
 use super::answers::Success;
-use super::{header, idempotency_key, Api, ApiError, Route, Trace};
+use super::{header, idempotency_key, page_of, Api, ApiError, Route, Trace};
 use crate::app::accept::Accepted;
 use crate::app::ports::{
-    ApiKeys, Audience, Audiences, BuildQueue, Counters, IdempotencyKeys, Memberships, UpsertQueue,
-    Users, Webhooks,
+    ApiKeys, Audience, Audiences, BuildQueue, Counters, DeliveryLog, IdempotencyKeys, Memberships,
+    UpsertQueue, Users, Webhooks,
 };
 use crate::app::Caller;
 use crate::contract::{checked_body, parse_audience, Paged, RequestError, UPSERT_BODY};
 use crate::domain::audience::is_audience_id;
 use crate::domain::format_millis;
 use crate::domain::Stamp;
-use lambda_http::{Request, RequestExt};
+use lambda_http::Request;
 use serde_json::{json, Value};
 
 impl<K, I, Q, C, U, S, B, W> Api<K, I, Q, C, U, S, B, W>
@@ -25,7 +25,7 @@ where
     U: Users,
     S: Audiences + Memberships,
     B: BuildQueue,
-    W: Webhooks,
+    W: Webhooks + DeliveryLog,
 {
     /// The audience routes, and a user's audiences.
     pub(super) async fn audiences(
@@ -74,11 +74,7 @@ where
                 Success::Data(audience_view(view.audience, Some(view.members)))
             }
             Route::ListAudiences => {
-                let query = request.query_string_parameters_ref();
-                let page = Paged::Audiences.query(
-                    query.and_then(|q| q.first("limit")),
-                    query.and_then(|q| q.first("cursor")),
-                );
+                let page = page_of(request, Paged::Audiences);
                 let listed = curate.list(caller, page, now_ms).await?;
                 Success::Page {
                     data: listed
@@ -90,11 +86,7 @@ where
                 }
             }
             Route::AudienceMembers(id) => {
-                let query = request.query_string_parameters_ref();
-                let page = Paged::Members { audience_id: id }.query(
-                    query.and_then(|q| q.first("limit")),
-                    query.and_then(|q| q.first("cursor")),
-                );
+                let page = page_of(request, Paged::Members { audience_id: id });
                 let members = curate.members(caller, id, page, now_ms).await?;
                 Success::Page {
                     data: entries("external_user_id", members.members),

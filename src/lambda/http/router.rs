@@ -33,6 +33,8 @@ pub enum Route {
     DeleteWebhook(String),
     /// `POST /api/v1/webhooks/{id}/rotate-secret`.
     RotateWebhookSecret(String),
+    /// `GET /api/v1/webhooks/{id}/deliveries`: the attempt log.
+    WebhookDeliveries(String),
 }
 
 /// One path segment, percent-decoded: not empty, no `/`.
@@ -135,7 +137,7 @@ impl Route {
         }
     }
 
-    /// `/api/v1/webhooks`, `…/{id}`, `…/{id}/rotate-secret`.
+    /// `/api/v1/webhooks`, `…/{id}`, `…/{id}/rotate-secret`, `…/{id}/deliveries`.
     fn webhooks(method: &Method, rest: &str) -> Result<Route, RouteError> {
         if matches!(rest, "" | "/") {
             return match *method {
@@ -149,6 +151,13 @@ impl Route {
             return match *method {
                 Method::POST => Ok(Route::RotateWebhookSecret(id)),
                 _ => Err(RouteError::MethodNotAllowed { allow: "POST" }),
+            };
+        }
+        if let Some(webhook) = rest.strip_suffix("/deliveries") {
+            let id = decoded(webhook).ok_or(RouteError::NotFound)?;
+            return match *method {
+                Method::GET => Ok(Route::WebhookDeliveries(id)),
+                _ => Err(RouteError::MethodNotAllowed { allow: "GET" }),
             };
         }
         let id = decoded(rest).ok_or(RouteError::NotFound)?;
@@ -176,7 +185,9 @@ impl Route {
             Route::PutWebhook(_) | Route::DeleteWebhook(_) | Route::RotateWebhookSecret(_) => {
                 Scope::WebhooksWrite
             }
-            Route::ListWebhooks | Route::GetWebhook(_) => Scope::WebhooksRead,
+            Route::ListWebhooks | Route::GetWebhook(_) | Route::WebhookDeliveries(_) => {
+                Scope::WebhooksRead
+            }
         }
     }
 
@@ -200,6 +211,7 @@ impl Route {
             Route::GetWebhook(_) => "GET /api/v1/webhooks/{id}",
             Route::DeleteWebhook(_) => "DELETE /api/v1/webhooks/{id}",
             Route::RotateWebhookSecret(_) => "POST /api/v1/webhooks/{id}/rotate-secret",
+            Route::WebhookDeliveries(_) => "GET /api/v1/webhooks/{id}/deliveries",
         }
     }
 }
@@ -311,6 +323,11 @@ mod tests {
                 "/api/v1/webhooks/crm/rotate-secret",
                 Route::RotateWebhookSecret("crm".into()),
             ),
+            (
+                Method::GET,
+                "/api/v1/webhooks/crm/deliveries",
+                Route::WebhookDeliveries("crm".into()),
+            ),
         ];
         for (method, path, route) in webhooks {
             assert_eq!(Route::of(&method, path), Ok(route), "{method} {path}");
@@ -318,6 +335,10 @@ mod tests {
         assert_eq!(
             Route::of(&Method::GET, "/api/v1/webhooks/crm/rotate-secret"),
             Err(RouteError::MethodNotAllowed { allow: "POST" })
+        );
+        assert_eq!(
+            Route::of(&Method::POST, "/api/v1/webhooks/crm/deliveries"),
+            Err(RouteError::MethodNotAllowed { allow: "GET" })
         );
         assert_eq!(
             Route::of(&Method::POST, "/api/v1/webhooks/crm"),

@@ -6,8 +6,8 @@ use super::answers::Success;
 use super::{Api, ApiError, Route, Trace};
 use crate::app::accept::{Accepted, Checked, Write};
 use crate::app::ports::{
-    ApiKeys, Audiences, BuildQueue, Counters, IdempotencyKeys, Memberships, PortError, UpsertQueue,
-    Users, Webhooks,
+    ApiKeys, Audiences, BuildQueue, Counters, DeliveryLog, IdempotencyKeys, Memberships, PortError,
+    UpsertQueue, Users, Webhooks,
 };
 use crate::contract::{
     body_write_key, checked_body, decoded_body, decoded_within, parse_segment_batch,
@@ -31,7 +31,7 @@ where
     U: Users,
     S: Audiences + Memberships,
     B: BuildQueue,
-    W: Webhooks,
+    W: Webhooks + DeliveryLog,
 {
     /// Segment's routes: a library's key, then the messages as a batch of upserts (no
     /// Idempotency-Key: a library's retry applies the same values again, which changes

@@ -3,17 +3,17 @@
 //! rotation only).
 
 use super::answers::Success;
-use super::{header, Api, ApiError, Route};
+use super::{header, page_of, Api, ApiError, Route};
 use crate::app::accept::Accepted;
 use crate::app::ports::{
-    ApiKeys, Audiences, BuildQueue, Counters, Endpoint, IdempotencyKeys, Memberships, UpsertQueue,
-    Users, Webhooks,
+    ApiKeys, Audiences, BuildQueue, Counters, DeliveryLog, Endpoint, IdempotencyKeys,
+    LoggedAttempt, Memberships, UpsertQueue, Users, Webhooks,
 };
 use crate::app::Caller;
 use crate::contract::{checked_body, parse_webhook, Paged, UPSERT_BODY};
 use crate::domain::auth::{ApiKeyRecord, Scope};
 use crate::domain::format_millis;
-use lambda_http::{Request, RequestExt};
+use lambda_http::Request;
 use serde_json::{json, Value};
 
 impl<K, I, Q, C, U, S, B, W> Api<K, I, Q, C, U, S, B, W>
@@ -25,7 +25,7 @@ where
     U: Users,
     S: Audiences + Memberships,
     B: BuildQueue,
-    W: Webhooks,
+    W: Webhooks + DeliveryLog,
 {
     /// The webhook routes.
     pub(super) async fn webhooks(
@@ -57,11 +57,7 @@ where
                 Success::Data(webhook_view(&subscriptions.get(caller, id, now_ms).await?))
             }
             Route::ListWebhooks => {
-                let query = request.query_string_parameters_ref();
-                let page = Paged::Webhooks.query(
-                    query.and_then(|q| q.first("limit")),
-                    query.and_then(|q| q.first("cursor")),
-                );
+                let page = page_of(request, Paged::Webhooks);
                 let listed = subscriptions.list(caller, page, now_ms).await?;
                 Success::Page {
                     data: listed.endpoints.iter().map(webhook_view).collect(),
@@ -71,6 +67,14 @@ where
             Route::RotateWebhookSecret(id) => Success::Data(webhook_with_secret(
                 &subscriptions.rotate(caller, id, now_ms).await?,
             )),
+            Route::WebhookDeliveries(id) => {
+                let page = page_of(request, Paged::Deliveries { webhook_id: id });
+                let found = subscriptions.deliveries(caller, id, page, now_ms).await?;
+                Success::Page {
+                    data: found.attempts.iter().map(attempt_view).collect(),
+                    next_cursor: found.next_cursor,
+                }
+            }
             Route::DeleteWebhook(id) => {
                 subscriptions.delete(caller, id, now_ms).await?;
                 Success::Accepted(Accepted::One { replayed: false })
@@ -103,6 +107,25 @@ pub fn webhook_view(endpoint: &Endpoint) -> Value {
     shown
 }
 
+/// A line of an endpoint's attempt log as the api shows it: the delivery (its
+/// `webhook-id`, type, user, `sequence`), what became of it, and the attempt (its answer
+/// or why none came, how long it took, when the next is due).
+pub fn attempt_view(line: &LoggedAttempt) -> Value {
+    let body: Value = serde_json::from_str(&line.body).unwrap_or(Value::Null);
+    json!({
+        "webhook_message_id": line.message_id,
+        "type": body["type"],
+        "external_user_id": (!line.user_id.is_empty()).then_some(&line.user_id),
+        "sequence": line.sequence,
+        "status": line.status.as_str(),
+        "attempted_at": format_millis(line.at),
+        "http_status": line.http_status,
+        "error": line.error,
+        "latency_ms": line.latency_ms,
+        "next_attempt_at": line.next_attempt_at.and_then(format_millis),
+    })
+}
+
 /// [`webhook_view`] with the secret that signs from now on and, after a rotation, until
 /// when the previous one signs too.
 pub fn webhook_with_secret(endpoint: &Endpoint) -> Value {
@@ -117,7 +140,7 @@ pub fn webhook_with_secret(endpoint: &Endpoint) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::app::ports::Disabled;
+    use crate::app::ports::{DeliveryStatus, Disabled};
     use crate::domain::webhook::{DisabledReason, EventType, Secret};
 
     const T0: i64 = 1_800_000_000_000;
@@ -185,5 +208,52 @@ mod tests {
             "2027-01-15T08:00:00.001Z"
         );
         assert!(!with_secret.to_string().contains("whsec_previous"));
+    }
+
+    #[test]
+    fn a_log_line_shows_the_delivery_and_its_attempt() {
+        let body = r#"{"type":"user.changed","webhook_id":"crm","sequence":7,"data":{}}"#;
+        let line = LoggedAttempt {
+            at: T0,
+            message_id: "msg_ev1".into(),
+            user_id: "u1".into(),
+            sequence: 7,
+            body: body.into(),
+            status: DeliveryStatus::Retrying,
+            http_status: None,
+            error: Some("timeout".into()),
+            latency_ms: Some(15_000),
+            next_attempt_at: Some(T0 + 5_000),
+        };
+        assert_eq!(
+            attempt_view(&line),
+            json!({
+                "webhook_message_id": "msg_ev1",
+                "type": "user.changed",
+                "external_user_id": "u1",
+                "sequence": 7,
+                "status": "retrying",
+                "attempted_at": "2027-01-15T08:00:00.000Z",
+                "http_status": null,
+                "error": "timeout",
+                "latency_ms": 15_000,
+                "next_attempt_at": "2027-01-15T08:00:05.000Z",
+            })
+        );
+        let unsent = attempt_view(&LoggedAttempt {
+            user_id: String::new(),
+            status: DeliveryStatus::GivenUp,
+            error: Some("disabled".into()),
+            latency_ms: None,
+            next_attempt_at: None,
+            ..line
+        });
+        assert_eq!(
+            unsent["external_user_id"],
+            Value::Null,
+            "an endpoint's own event"
+        );
+        assert_eq!(unsent["status"], "given_up");
+        assert_eq!(unsent["latency_ms"], Value::Null);
     }
 }

@@ -1,0 +1,126 @@
+//! Each webhook endpoint's attempt log in the webhooks table (`docs/webhooks.md` §5):
+//! partitions `dl#<workspace>#<webhook id>#<n>`, n < 8 by the message's id (the heavy
+//! workspace's endpoint writes a few thousand lines a second: an eighth each stays under
+//! a partition's 1,000 write units), one item per line, `sk` its place (start in 13
+//! digits `#` `webhook-id`), kept 30 days (TTL `expires_at`). A page reads the 8
+//! partitions newest first, each up to one more than the page, and merges them.
+
+use super::{get_n, get_s, n, s, stable_shard, Item, WebhookStore, PARTITION_KEY, TTL_ATTRIBUTE};
+use crate::app::ports::{DeliveryLog, DeliveryStatus, LogPage, LoggedAttempt, PortError};
+use crate::domain::webhook::{log_place, LOG_KEPT_FOR};
+use aws_sdk_dynamodb::types::AttributeValue;
+use futures::future::try_join_all;
+
+const SORT_KEY: &str = "sk";
+/// Partitions an endpoint's log is spread over.
+const LOG_SHARDS: u64 = 8;
+
+fn log_pk(workspace_id: &str, webhook_id: &str, shard: u64) -> String {
+    format!("dl#{workspace_id}#{webhook_id}#{shard}")
+}
+
+fn line_item(workspace_id: &str, webhook_id: &str, line: &LoggedAttempt) -> Item {
+    let shard = stable_shard(line.message_id.bytes(), LOG_SHARDS);
+    let expires_at = line.at.div_euclid(1000) + LOG_KEPT_FOR.as_secs() as i64;
+    let mut item = Item::from([
+        (
+            PARTITION_KEY.to_owned(),
+            s(log_pk(workspace_id, webhook_id, shard)),
+        ),
+        (SORT_KEY.to_owned(), s(log_place(line.at, &line.message_id))),
+        ("at".to_owned(), n(line.at)),
+        ("message_id".to_owned(), s(&line.message_id)),
+        ("user".to_owned(), s(&line.user_id)),
+        ("sequence".to_owned(), n(line.sequence)),
+        ("body".to_owned(), s(&line.body)),
+        ("status".to_owned(), s(line.status.as_str())),
+        (TTL_ATTRIBUTE.to_owned(), n(expires_at)),
+    ]);
+    let optional = [
+        ("http_status", line.http_status.map(n)),
+        ("error", line.error.as_deref().map(s)),
+        ("latency_ms", line.latency_ms.map(n)),
+        ("next_attempt_at", line.next_attempt_at.map(n)),
+    ];
+    item.extend(
+        optional
+            .into_iter()
+            .filter_map(|(name, value)| Some((name.to_owned(), value?))),
+    );
+    item
+}
+
+fn line_from_item(item: &Item) -> Option<(String, LoggedAttempt)> {
+    let line = LoggedAttempt {
+        at: get_n(item, "at")?,
+        message_id: get_s(item, "message_id")?.to_owned(),
+        // A user id may be empty (an endpoint's own events): absent then, in DynamoDB.
+        user_id: get_s(item, "user").unwrap_or_default().to_owned(),
+        sequence: get_n(item, "sequence")?,
+        body: get_s(item, "body")?.to_owned(),
+        status: DeliveryStatus::parse(get_s(item, "status")?)?,
+        http_status: get_n(item, "http_status"),
+        error: get_s(item, "error").map(str::to_owned),
+        latency_ms: get_n(item, "latency_ms"),
+        next_attempt_at: get_n(item, "next_attempt_at"),
+    };
+    Some((get_s(item, SORT_KEY)?.to_owned(), line))
+}
+
+impl DeliveryLog for WebhookStore {
+    async fn record(
+        &self,
+        workspace_id: &str,
+        webhook_id: &str,
+        line: &LoggedAttempt,
+    ) -> Result<(), PortError> {
+        self.client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(line_item(workspace_id, webhook_id, line)))
+            .send()
+            .await?;
+        Ok(())
+    }
+
+    async fn attempts(
+        &self,
+        workspace_id: &str,
+        webhook_id: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<LogPage, PortError> {
+        let shards = (0..LOG_SHARDS).map(|shard| {
+            let mut query = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .expression_attribute_values(":pk", s(log_pk(workspace_id, webhook_id, shard)))
+                .scan_index_forward(false)
+                .limit(i32::try_from(limit + 1).unwrap_or(i32::MAX));
+            query = match after {
+                Some(after) => query
+                    .key_condition_expression("pk = :pk AND sk < :after")
+                    .expression_attribute_values(":after", AttributeValue::S(after.to_owned())),
+                None => query.key_condition_expression("pk = :pk"),
+            };
+            query.send()
+        });
+        let mut lines: Vec<(String, LoggedAttempt)> = try_join_all(shards)
+            .await?
+            .iter()
+            .flat_map(|out| out.items().iter().filter_map(line_from_item))
+            .collect();
+        // Each partition gave up to one more than the page: more than a page in all
+        // means older lines are left.
+        lines.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+        let more = lines.len() > limit;
+        lines.truncate(limit);
+        Ok(LogPage {
+            next_after: more
+                .then(|| lines.last().map(|(place, _)| place.clone()))
+                .flatten(),
+            attempts: lines.into_iter().map(|(_, line)| line).collect(),
+        })
+    }
+}
