@@ -5,14 +5,14 @@
 //! lane's lease says one holds it, so appends wake one only when none does.
 
 use super::ports::{
-    Appended, DeliveryLog, DeliveryStatus, Disabled, Endpoint, Failed, Head, Lane, LaneHead, Lanes,
-    LoggedAttempt, NewDelivery, PortError, Queued, Sender, Wakes, Webhooks,
+    Appended, DeliveryLog, DeliveryStatus, Disabled, Disabling, Endpoint, Failed, Head, Lane,
+    LaneHead, Lanes, LoggedAttempt, NewDelivery, PortError, Queued, Sender, Wakes, Webhooks,
 };
 use super::AppError;
 use crate::contract::{delivery_body, disabled_event, with_sequence, WebhookEvent};
 use crate::domain::webhook::{
-    health_change, message_id, next_wait, outcome, signature, HealthChange, Outcome,
-    ATTEMPT_TIMEOUT, FAILING_DISABLES_AFTER,
+    health_change, message_id, next_wait, outcome, signature, DisabledReason, HealthChange,
+    Outcome, ATTEMPT_TIMEOUT, FAILING_DISABLES_AFTER,
 };
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -52,6 +52,18 @@ pub struct Drained {
     pub given_up: usize,
     /// Failed attempts, each waiting for its next.
     pub failed: usize,
+    /// Attempts whose line the log did not take (throttled, say): delivery never waits
+    /// on its log.
+    pub unlogged: usize,
+}
+
+impl std::ops::AddAssign for Drained {
+    fn add_assign(&mut self, other: Drained) {
+        self.delivered += other.delivered;
+        self.given_up += other.given_up;
+        self.failed += other.failed;
+        self.unlogged += other.unlogged;
+    }
 }
 
 /// Per workspace, its endpoints and when they were read (ms).
@@ -248,7 +260,7 @@ impl<W: Webhooks + DeliveryLog, L: Lanes, K: Wakes, S: Sender> Deliveries<W, L, 
                             error: Some("disabled".into()),
                             latency_ms: None,
                         };
-                        self.log(lane, &next, now, unsent, None).await?;
+                        drained.unlogged += self.log(lane, &next, now, unsent, None).await;
                     }
                     drained.given_up += 1;
                     if !self.advance(lane, next.slot).await? {
@@ -285,7 +297,7 @@ impl<W: Webhooks + DeliveryLog, L: Lanes, K: Wakes, S: Sender> Deliveries<W, L, 
                     }
                 },
             };
-            self.log(lane, &next, now, attempted, wait).await?;
+            drained.unlogged += self.log(lane, &next, now, attempted, wait).await;
             if let Some(wait) = wait {
                 drained.failed += 1;
                 let next_at = now + millis(wait);
@@ -335,17 +347,20 @@ impl<W: Webhooks + DeliveryLog, L: Lanes, K: Wakes, S: Sender> Deliveries<W, L, 
                     .await?
             }
             HealthChange::Disable(reason) => {
-                // Not disabled here if another worker did first (it announces) or a
-                // 2xx ended the streak meanwhile (the message is retried as usual).
+                // Not disabled here if another worker did first (it announces), a `PUT`
+                // changed the endpoint, or a 2xx ended the streak meanwhile (then the
+                // message is retried as usual).
+                let disabling = Disabling {
+                    reason,
+                    at: now,
+                    updated_at: endpoint.updated_at,
+                    failing_since: endpoint
+                        .failing_since
+                        .filter(|_| reason == DisabledReason::Failing),
+                };
                 let disabled = self
                     .endpoints
-                    .disable(
-                        workspace_id,
-                        webhook_id,
-                        reason,
-                        now,
-                        endpoint.failing_since,
-                    )
+                    .disable(workspace_id, webhook_id, disabling)
                     .await?;
                 if disabled {
                     let at = now;
@@ -391,7 +406,9 @@ impl<W: Webhooks + DeliveryLog, L: Lanes, K: Wakes, S: Sender> Deliveries<W, L, 
     }
 
     /// Writes an attempt (or a delivery given up unsent) to its endpoint's log; `wait`:
-    /// until its next attempt, if there is one.
+    /// until its next attempt, if there is one. Best effort: 1 if the line could not be
+    /// written, counted in the batch's log line; the lane moves on regardless, so a
+    /// throttled log never holds a retry back or sends a delivery twice.
     async fn log(
         &self,
         lane: &Lane,
@@ -399,7 +416,7 @@ impl<W: Webhooks + DeliveryLog, L: Lanes, K: Wakes, S: Sender> Deliveries<W, L, 
         at: i64,
         attempted: Attempted,
         wait: Option<Duration>,
-    ) -> Result<(), AppError> {
+    ) -> usize {
         let status = match (attempted.outcome, wait) {
             (Outcome::Delivered, _) => DeliveryStatus::Delivered,
             (_, Some(_)) => DeliveryStatus::Retrying,
@@ -417,10 +434,11 @@ impl<W: Webhooks + DeliveryLog, L: Lanes, K: Wakes, S: Sender> Deliveries<W, L, 
             latency_ms: attempted.latency_ms,
             next_attempt_at: wait.map(|wait| at + millis(wait)),
         };
-        self.endpoints
+        let written = self
+            .endpoints
             .record(&lane.workspace_id, &lane.webhook_id, &line)
-            .await?;
-        Ok(())
+            .await;
+        usize::from(written.is_err())
     }
 
     /// One attempt, signed now by the endpoint's secrets (the previous one too while it

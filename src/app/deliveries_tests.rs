@@ -1,6 +1,6 @@
 use super::*;
 use crate::app::fakes::*;
-use crate::app::ports::{DeliveryStatus, LoggedAttempt, Reply};
+use crate::app::ports::{DeliveryStatus, Disabling, LoggedAttempt, Reply};
 use crate::contract::ENDPOINT_LANE;
 use crate::domain::webhook::{DisabledReason, EventType, Secret, ATTEMPT_TIMEOUT, RETRY_WAITS};
 use lambda_http::http::{HeaderMap, HeaderValue};
@@ -1055,19 +1055,56 @@ async fn a_delivery_given_up_is_logged_so_and_one_given_up_unsent_says_why() {
 }
 
 #[tokio::test]
-async fn a_log_that_cannot_be_written_fails_the_wake_and_the_attempt_is_made_again() {
+async fn a_log_that_cannot_be_written_holds_nothing_back_and_is_counted() {
     let w = world();
-    w.webhooks
-        .faults
-        .fail("webhooks.record", PortError::Unavailable("down".into()), 1);
+    let throttled = PortError::Unavailable("throttled".into());
+    w.webhooks.faults.fail("webhooks.record", throttled, 2);
+    w.sender.answer([replied(500)]);
     w.enqueue("u1", 1).await;
-    assert!(w.deliveries.drain(&lane("u1"), NO_DEADLINE).await.is_err());
     let drained = w.deliveries.drain(&lane("u1"), NO_DEADLINE).await.unwrap();
-    assert_eq!(drained.delivered, 1);
+    assert_eq!((drained.failed, drained.unlogged), (1, 1));
+    assert_eq!(
+        w.lanes.state(&lane("u1")).next_at,
+        T0 + millis(RETRY_WAITS[0]),
+        "the retry keeps its schedule"
+    );
+    w.advance(RETRY_WAITS[0]);
+    let drained = w.deliveries.drain(&lane("u1"), NO_DEADLINE).await.unwrap();
+    assert_eq!((drained.delivered, drained.unlogged), (1, 1));
     assert_eq!(
         w.attempted(),
         ["msg_ev1", "msg_ev1"],
-        "sent again under its id"
+        "one retry, no repeat"
     );
-    assert_eq!(w.logged().len(), 1);
+    assert!(w.logged().is_empty());
+}
+
+#[tokio::test]
+async fn a_410_disables_whatever_the_streak_and_five_days_only_the_streak_read() {
+    let w = world();
+    w.set_failing_since(T0 - 1_000);
+    w.sender.answer([replied(410)]);
+    w.enqueue("u1", 1).await;
+    w.deliveries.drain(&lane("u1"), NO_DEADLINE).await.unwrap();
+    let asked = w.webhooks.disablings.lock().unwrap().clone();
+    let gone = Disabling {
+        reason: DisabledReason::Gone,
+        at: T0,
+        updated_at: T0,
+        failing_since: None,
+    };
+    assert_eq!(
+        asked,
+        [gone],
+        "a 2xx ending the streak meanwhile does not keep a 410 from disabling"
+    );
+
+    let w = world();
+    let day = 24 * 3600 * 1000;
+    w.set_failing_since(T0 - 5 * day);
+    w.sender.answer([replied(500)]);
+    w.enqueue("u1", 1).await;
+    w.deliveries.drain(&lane("u1"), NO_DEADLINE).await.unwrap();
+    let asked = w.webhooks.disablings.lock().unwrap().clone();
+    assert_eq!(asked[0].failing_since, Some(T0 - 5 * day));
 }

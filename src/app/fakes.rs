@@ -8,7 +8,7 @@ use crate::domain::auth::ApiKeyRecord;
 use crate::domain::change::ChangeEvent;
 use crate::domain::idempotency::{judge, Claim, KeyRecord, LOCK_MS};
 use crate::domain::rate_limit::Bounds;
-use crate::domain::webhook::{log_place, DisabledReason, Secret};
+use crate::domain::webhook::{log_place, Secret};
 use crate::domain::{Stamp, UpsertMessage};
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -1011,6 +1011,8 @@ pub struct MemoryWebhooks {
     /// out.
     pub listed: Arc<Mutex<std::collections::HashSet<String>>>,
     pub log: Arc<Mutex<AttemptLogs>>,
+    /// Every disabling asked for, in order: what it required of the endpoint.
+    pub disablings: Arc<Mutex<Vec<Disabling>>>,
     pub journal: Journal,
     pub faults: Faults,
 }
@@ -1124,19 +1126,20 @@ impl Webhooks for MemoryWebhooks {
         &self,
         workspace_id: &str,
         webhook_id: &str,
-        reason: DisabledReason,
-        at: i64,
-        failing_since: Option<i64>,
+        disabling: Disabling,
     ) -> Result<bool, PortError> {
         self.call("webhooks.disable")?;
+        lock(&self.disablings).push(disabling);
         Ok(self.change(workspace_id, webhook_id, |found| {
-            let still_failing = failing_since.is_none() || found.failing_since == failing_since;
-            if found.disabled.is_some() || !still_failing {
+            let streak = disabling.failing_since;
+            let as_read = found.updated_at == disabling.updated_at
+                && (streak.is_none() || found.failing_since == streak);
+            if found.disabled.is_some() || !as_read {
                 return false;
             }
             found.disabled = Some(Disabled {
-                reason,
-                at,
+                reason: disabling.reason,
+                at: disabling.at,
                 announced: false,
             });
             true
@@ -1182,6 +1185,7 @@ impl DeliveryLog for MemoryWebhooks {
         workspace_id: &str,
         webhook_id: &str,
         after: Option<&str>,
+        not_before: i64,
         limit: usize,
     ) -> Result<LogPage, PortError> {
         self.call("webhooks.attempts")?;
@@ -1189,9 +1193,10 @@ impl DeliveryLog for MemoryWebhooks {
         let mut older = log
             .iter()
             .rev()
-            .filter(|((w, h, place), _)| {
+            .filter(|((w, h, place), line)| {
                 w == workspace_id
                     && h == webhook_id
+                    && line.at >= not_before
                     && after.is_none_or(|after| place.as_str() < after)
             })
             .map(|((_, _, place), attempt)| (place.clone(), attempt.clone()));

@@ -158,17 +158,15 @@ impl<W: Webhooks + DeliveryLog, C: Counters> Subscriptions<W, C> {
         self.admit(caller, webhook_id, now_ms).await?;
         let page = page?;
         let workspace_id = &caller.workspace_id;
-        if self
+        let endpoint = self
             .store
             .endpoint(workspace_id, webhook_id)
             .await?
-            .is_none()
-        {
-            return Err(AppError::WebhookNotFound);
-        }
+            .ok_or(AppError::WebhookNotFound)?;
+        let (after, since) = (page.after.as_deref(), endpoint.created_at);
         let found = self
             .store
-            .attempts(workspace_id, webhook_id, page.after.as_deref(), page.limit)
+            .attempts(workspace_id, webhook_id, after, since, page.limit)
             .await?;
         let paged = Paged::Deliveries { webhook_id };
         Ok(AttemptsPage {

@@ -369,6 +369,9 @@ async fn an_endpoint_s_attempt_log_is_read_newest_first_a_page_at_a_time() {
             .await
             .unwrap();
     }
+    // A line of an endpoint that had the id before this one: not shown.
+    let before = logged_at(T0 - 1, 99);
+    w.store.record("ws", "crm", &before).await.unwrap();
     for n in 1..=5 {
         let line = logged_at(T0 + n as i64, n);
         w.store.record("ws", "crm", &line).await.unwrap();

@@ -146,6 +146,15 @@ pub fn log_place(at_ms: i64, message_id: &str) -> String {
     format!("{at_ms:013}#{message_id}")
 }
 
+/// The places a page of a log reads, inclusive: from the first of `not_before_ms` up
+/// to `before` (a line's place: the caller drops that line itself) or the newest.
+pub fn log_place_bounds(not_before_ms: i64, before: Option<&str>) -> (String, String) {
+    // `~` sorts after every character of a webhook-id.
+    let newest = log_place(9_999_999_999_999, "~");
+    let from = format!("{:013}#", not_before_ms.max(0));
+    (from, before.map_or(newest, str::to_owned))
+}
+
 /// Whether `place` is one [`log_place`] makes.
 pub fn is_log_place(place: &str) -> bool {
     place.split_once('#').is_some_and(|(at, id)| {

@@ -92,6 +92,7 @@ where
             delivered = done.drained.delivered,
             given_up = done.drained.given_up,
             attempts_failed = done.drained.failed,
+            unlogged = done.drained.unlogged,
             failed = done.failed.len(),
             latency_ms = started.elapsed().as_secs_f64() * 1000.0,
             "webhooks"
@@ -169,11 +170,7 @@ where
         });
         for (drained, ids) in join_all(drains).await {
             match drained {
-                Ok(drained) => {
-                    done.drained.delivered += drained.delivered;
-                    done.drained.given_up += drained.given_up;
-                    done.drained.failed += drained.failed;
-                }
+                Ok(drained) => done.drained += drained,
                 Err(_) => done.failed.extend(ids),
             }
         }

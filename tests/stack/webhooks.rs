@@ -9,8 +9,8 @@ use futures::future::join_all;
 use reqwest::{Method, Response};
 use serde_json::{json, Value};
 use vibefollow_users::app::ports::{
-    Appended, DeliveryLog, DeliveryStatus, Failed, Head, Lane, Lanes, LoggedAttempt, NewDelivery,
-    Queued, Webhooks,
+    Appended, DeliveryLog, DeliveryStatus, Disabling, Failed, Head, Lane, Lanes, LoggedAttempt,
+    NewDelivery, Queued, Webhooks,
 };
 use vibefollow_users::aws::dynamodb::{LaneStore, WebhookStore};
 use vibefollow_users::domain::auth::Scope;
@@ -655,6 +655,13 @@ async fn an_endpoint_s_health_is_written_only_as_its_conditions_allow() {
     let store = WebhookStore::new(stack.dynamodb.clone(), &stack.resources.webhooks_table);
     let ws = stack.workspace.as_str();
     let read = || async { store.endpoint(ws, "crm").await.unwrap().unwrap() };
+    let updated = read().await.updated_at;
+    let disabling = |reason, at, updated_at, failing_since| Disabling {
+        reason,
+        at,
+        updated_at,
+        failing_since,
+    };
 
     store.mark_failing(ws, "crm", 1_000).await.unwrap();
     store.mark_failing(ws, "crm", 2_000).await.unwrap();
@@ -665,7 +672,11 @@ async fn an_endpoint_s_health_is_written_only_as_its_conditions_allow() {
     );
     assert!(
         !store
-            .disable(ws, "crm", DisabledReason::Failing, 9_000, Some(2_000))
+            .disable(
+                ws,
+                "crm",
+                disabling(DisabledReason::Failing, 9_000, updated, Some(2_000))
+            )
             .await
             .unwrap(),
         "not the streak that was read"
@@ -674,20 +685,43 @@ async fn an_endpoint_s_health_is_written_only_as_its_conditions_allow() {
     assert_eq!(read().await.failing_since, None);
     assert!(
         !store
-            .disable(ws, "crm", DisabledReason::Failing, 9_000, Some(1_000))
+            .disable(
+                ws,
+                "crm",
+                disabling(DisabledReason::Failing, 9_000, updated, Some(1_000))
+            )
             .await
             .unwrap(),
         "a 2xx ended the streak"
     );
 
     store.mark_failing(ws, "crm", 3_000).await.unwrap();
+    assert!(
+        !store
+            .disable(
+                ws,
+                "crm",
+                disabling(DisabledReason::Gone, 9_000, updated - 1, None)
+            )
+            .await
+            .unwrap(),
+        "a PUT changed the endpoint since it was read"
+    );
     assert!(store
-        .disable(ws, "crm", DisabledReason::Failing, 9_000, Some(3_000))
+        .disable(
+            ws,
+            "crm",
+            disabling(DisabledReason::Failing, 9_000, updated, Some(3_000))
+        )
         .await
         .unwrap());
     assert!(
         !store
-            .disable(ws, "crm", DisabledReason::Gone, 9_500, None)
+            .disable(
+                ws,
+                "crm",
+                disabling(DisabledReason::Gone, 9_500, updated, None)
+            )
             .await
             .unwrap(),
         "disabled once"
@@ -717,7 +751,11 @@ async fn an_endpoint_s_health_is_written_only_as_its_conditions_allow() {
     store.mark_failing(ws, "nope", 1).await.unwrap();
     store.mark_recovered(ws, "nope").await.unwrap();
     assert!(!store
-        .disable(ws, "nope", DisabledReason::Gone, 1, None)
+        .disable(
+            ws,
+            "nope",
+            disabling(DisabledReason::Gone, 1, updated, None)
+        )
         .await
         .unwrap());
     assert_eq!(store.endpoint(ws, "nope").await.unwrap(), None);
@@ -746,14 +784,25 @@ async fn an_attempt_log_spread_over_its_partitions_pages_newest_first_without_a_
         next_attempt_at: Some(1_800_000_005_000 + n),
     };
     let written: Vec<LoggedAttempt> = (0..25).map(line).collect();
-    join_all(written.iter().map(|l| store.record(ws, "crm", l))).await;
+    for recorded in join_all(written.iter().map(|l| store.record(ws, "crm", l))).await {
+        recorded.unwrap();
+    }
     store.record(ws, "ops", &line(99)).await.unwrap();
+    // Lines of an endpoint that had the id before: older than the present one.
+    let predecessor = |n: i64| LoggedAttempt {
+        at: 1_700_000_000_000 + n,
+        ..line(100 + n)
+    };
+    for n in 0..3 {
+        store.record(ws, "crm", &predecessor(n)).await.unwrap();
+    }
+    let created_at = 1_800_000_000_000;
 
     let mut read = Vec::new();
     let mut after = None;
     loop {
         let page = store
-            .attempts(ws, "crm", after.as_deref(), 10)
+            .attempts(ws, "crm", after.as_deref(), created_at, 10)
             .await
             .unwrap();
         assert!(page.attempts.len() <= 10);

@@ -247,7 +247,7 @@ export interface WebhookAttempt {
   status: 'delivered' | 'retrying' | 'given_up';
   attempted_at: string;
   http_status: number | null;
-  /** Why no answer came (`timeout`, `connect`, `address_refused`, `request`), or `disabled`: given up unsent. */
+  /** Why no answer came (`timeout`, `connect`, `address_refused`, `request`, `url`, `secret`), or `disabled`: given up unsent. */
   error: string | null;
   latency_ms: number | null;
   next_attempt_at: string | null;

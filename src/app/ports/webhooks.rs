@@ -26,6 +26,18 @@ pub struct Endpoint {
     pub disabled: Option<Disabled>,
 }
 
+/// An endpoint to disable, for `reason` at `at` (ms), and what must still hold of it as
+/// the worker read it: its settings unchanged since `updated_at` (a `PUT` may have
+/// pointed it elsewhere since the attempt that answered 410) and, for `failing`, the
+/// streak since `failing_since` unbroken (a 2xx on another lane may have ended it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Disabling {
+    pub reason: DisabledReason,
+    pub at: i64,
+    pub updated_at: i64,
+    pub failing_since: Option<i64>,
+}
+
 /// Why and when (ms) an endpoint was disabled, and whether its `webhook.disabled` has
 /// reached the lanes of the workspace's other endpoints.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -105,16 +117,13 @@ pub trait Webhooks {
         webhook_id: &str,
     ) -> impl Future<Output = Result<(), PortError>> + Send;
 
-    /// Disables the endpoint for `reason` at `at` (ms), if it is there, enabled and,
-    /// when `failing_since` is given, still failing since then (a 2xx meanwhile ended
-    /// that streak). Whether this call disabled it.
+    /// Disables the endpoint as `disabling` says, if it is there, enabled and still as
+    /// the worker read it. Whether this call disabled it.
     fn disable(
         &self,
         workspace_id: &str,
         webhook_id: &str,
-        reason: DisabledReason,
-        at: i64,
-        failing_since: Option<i64>,
+        disabling: Disabling,
     ) -> impl Future<Output = Result<bool, PortError>> + Send;
 
     /// Records that the `webhook.disabled` of the endpoint's disabling at `disabled_at`
@@ -192,13 +201,15 @@ pub trait DeliveryLog {
         attempt: &LoggedAttempt,
     ) -> impl Future<Output = Result<(), PortError>> + Send;
 
-    /// Up to `limit` lines older than `after` (a line's place, as a page gave it), newest
-    /// first.
+    /// Up to `limit` lines older than `after` (a line's place, as a page gave it) and
+    /// not before `not_before` (ms: an endpoint made again under the same id shows
+    /// none of its predecessor's), newest first.
     fn attempts(
         &self,
         workspace_id: &str,
         webhook_id: &str,
         after: Option<&str>,
+        not_before: i64,
         limit: usize,
     ) -> impl Future<Output = Result<LogPage, PortError>> + Send;
 }

@@ -3,12 +3,13 @@
 //! workspace's endpoint writes a few thousand lines a second: an eighth each stays under
 //! a partition's 1,000 write units), one item per line, `sk` its place (start in 13
 //! digits `#` `webhook-id`), kept 30 days (TTL `expires_at`). A page reads the 8
-//! partitions newest first, each up to one more than the page, and merges them.
+//! partitions newest first, each up to one more than the page, and merges them; a
+//! partition that stopped early (DynamoDB's 1 MB a reply) bounds the page at its oldest
+//! line, so none is passed over.
 
 use super::{get_n, get_s, n, s, stable_shard, Item, WebhookStore, PARTITION_KEY, TTL_ATTRIBUTE};
 use crate::app::ports::{DeliveryLog, DeliveryStatus, LogPage, LoggedAttempt, PortError};
-use crate::domain::webhook::{log_place, LOG_KEPT_FOR};
-use aws_sdk_dynamodb::types::AttributeValue;
+use crate::domain::webhook::{log_place, log_place_bounds, LOG_KEPT_FOR};
 use futures::future::try_join_all;
 
 const SORT_KEY: &str = "sk";
@@ -54,7 +55,7 @@ fn line_from_item(item: &Item) -> Option<(String, LoggedAttempt)> {
     let line = LoggedAttempt {
         at: get_n(item, "at")?,
         message_id: get_s(item, "message_id")?.to_owned(),
-        // A user id may be empty (an endpoint's own events): absent then, in DynamoDB.
+        // Empty for an endpoint's own events.
         user_id: get_s(item, "user").unwrap_or_default().to_owned(),
         sequence: get_n(item, "sequence")?,
         body: get_s(item, "body")?.to_owned(),
@@ -88,33 +89,43 @@ impl DeliveryLog for WebhookStore {
         workspace_id: &str,
         webhook_id: &str,
         after: Option<&str>,
+        not_before: i64,
         limit: usize,
     ) -> Result<LogPage, PortError> {
+        let (from, to) = log_place_bounds(not_before, after);
         let shards = (0..LOG_SHARDS).map(|shard| {
-            let mut query = self
-                .client
+            self.client
                 .query()
                 .table_name(&self.table)
+                .key_condition_expression("pk = :pk AND sk BETWEEN :from AND :to")
                 .expression_attribute_values(":pk", s(log_pk(workspace_id, webhook_id, shard)))
+                .expression_attribute_values(":from", s(&from))
+                .expression_attribute_values(":to", s(&to))
                 .scan_index_forward(false)
-                .limit(i32::try_from(limit + 1).unwrap_or(i32::MAX));
-            query = match after {
-                Some(after) => query
-                    .key_condition_expression("pk = :pk AND sk < :after")
-                    .expression_attribute_values(":after", AttributeValue::S(after.to_owned())),
-                None => query.key_condition_expression("pk = :pk"),
-            };
-            query.send()
+                .limit(i32::try_from(limit + 1).unwrap_or(i32::MAX))
+                .send()
         });
-        let mut lines: Vec<(String, LoggedAttempt)> = try_join_all(shards)
-            .await?
-            .iter()
-            .flat_map(|out| out.items().iter().filter_map(line_from_item))
-            .collect();
-        // Each partition gave up to one more than the page: more than a page in all
-        // means older lines are left.
+        let mut lines = Vec::new();
+        // Lines older than this may be missing: a partition that has more stopped
+        // (at its limit, or at DynamoDB's 1 MB a reply) at its oldest line given.
+        let mut floor: Option<String> = None;
+        for out in try_join_all(shards).await? {
+            let given: Vec<(String, LoggedAttempt)> =
+                out.items().iter().filter_map(line_from_item).collect();
+            if out.last_evaluated_key.is_some() {
+                let oldest = given.iter().map(|(place, _)| place.clone()).min();
+                floor = floor.max(oldest);
+            }
+            // The bound is inclusive: the line a cursor names was on its page.
+            lines.extend(
+                given
+                    .into_iter()
+                    .filter(|(place, _)| Some(place.as_str()) != after),
+            );
+        }
+        lines.retain(|(place, _)| floor.as_ref().is_none_or(|floor| place >= floor));
         lines.sort_unstable_by(|a, b| b.0.cmp(&a.0));
-        let more = lines.len() > limit;
+        let more = lines.len() > limit || floor.is_some();
         lines.truncate(limit);
         Ok(LogPage {
             next_after: more

@@ -9,7 +9,9 @@ use super::{
     batch_get_consistent, built, condition, condition_held, get_n, get_s, n, s, stable_shard,
     transact_once, Item, Transacted, PARTITION_KEY,
 };
-use crate::app::ports::{Disabled, Endpoint, PortError, Stored, WebhookWorkspaces, Webhooks};
+use crate::app::ports::{
+    Disabled, Disabling, Endpoint, PortError, Stored, WebhookWorkspaces, Webhooks,
+};
 use crate::domain::webhook::{DisabledReason, EventType, Secret};
 use aws_sdk_dynamodb::config::http::HttpResponse;
 use aws_sdk_dynamodb::error::SdkError;
@@ -422,13 +424,16 @@ impl Webhooks for WebhookStore {
         &self,
         workspace_id: &str,
         webhook_id: &str,
-        reason: DisabledReason,
-        at: i64,
-        failing_since: Option<i64>,
+        disabling: Disabling,
     ) -> Result<bool, PortError> {
-        let mut values = vec![(":reason", s(reason.as_str())), (":at", n(at))];
-        let mut condition = "attribute_not_exists(disabled_at)".to_owned();
-        if let Some(since) = failing_since {
+        let mut values = vec![
+            (":reason", s(disabling.reason.as_str())),
+            (":at", n(disabling.at)),
+            (":updated", n(disabling.updated_at)),
+        ];
+        let mut condition =
+            "attribute_not_exists(disabled_at) AND updated_at = :updated".to_owned();
+        if let Some(since) = disabling.failing_since {
             values.push((":since", n(since)));
             condition.push_str(" AND failing_since = :since");
         }
