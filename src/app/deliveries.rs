@@ -6,10 +6,13 @@
 
 use super::ports::{
     Appended, DeliveryLog, DeliveryStatus, Disabled, Disabling, Endpoint, Failed, Head, Lane,
-    LaneHead, Lanes, LoggedAttempt, NewDelivery, PortError, Queued, Sender, Wakes, Webhooks,
+    LaneHead, Lanes, LoggedAttempt, NewDelivery, PortError, Queued, Sender, Users, Wakes, Webhooks,
 };
 use super::AppError;
-use crate::contract::{delivery_body, disabled_event, with_sequence, WebhookEvent};
+use crate::contract::{
+    delivery_body, disabled_event, with_profile, with_sequence, WebhookEvent, ENDPOINT_LANE,
+};
+use crate::domain::user_view;
 use crate::domain::webhook::{
     health_change, message_id, next_wait, outcome, signature, DisabledReason, HealthChange,
     Outcome, ATTEMPT_TIMEOUT, FAILING_DISABLES_AFTER,
@@ -69,11 +72,13 @@ impl std::ops::AddAssign for Drained {
 /// Per workspace, its endpoints and when they were read (ms).
 type Subscribers = HashMap<String, (i64, Arc<[Endpoint]>)>;
 
-pub struct Deliveries<W, L, K, S> {
+pub struct Deliveries<W, L, K, S, U> {
     endpoints: W,
     lanes: L,
     wakes: K,
     sender: S,
+    /// The profiles `include: ["profile"]` sends, read at each attempt.
+    users: U,
     clock: Clock,
     jitter: Jitter,
     /// Per endpoint (workspace, webhook id), the sequence numbers left of this
@@ -97,13 +102,29 @@ struct Attempted {
     latency_ms: Option<i64>,
 }
 
-impl<W: Webhooks + DeliveryLog, L: Lanes, K: Wakes, S: Sender> Deliveries<W, L, K, S> {
-    pub fn new(endpoints: W, lanes: L, wakes: K, sender: S, clock: Clock, jitter: Jitter) -> Self {
+impl<W, L, K, S, U> Deliveries<W, L, K, S, U>
+where
+    W: Webhooks + DeliveryLog,
+    L: Lanes,
+    K: Wakes,
+    S: Sender,
+    U: Users,
+{
+    pub fn new(
+        endpoints: W,
+        lanes: L,
+        wakes: K,
+        sender: S,
+        users: U,
+        clock: Clock,
+        jitter: Jitter,
+    ) -> Self {
         Self {
             endpoints,
             lanes,
             wakes,
             sender,
+            users,
             clock,
             jitter,
             blocks: Mutex::default(),
@@ -270,7 +291,8 @@ impl<W: Webhooks + DeliveryLog, L: Lanes, K: Wakes, S: Sender> Deliveries<W, L, 
                 }
             };
             let failed = head.attempts + 1;
-            let attempted = self.attempt(&endpoint, &next, now).await;
+            let body = self.body_to_send(lane, &endpoint, &next).await?;
+            let attempted = self.attempt(&endpoint, &next.message_id, &body, now).await;
             let outcome = attempted.outcome;
             let disabled = self.record_health(lane, &endpoint, outcome, now).await?;
             let wait = match outcome {
@@ -441,9 +463,41 @@ impl<W: Webhooks + DeliveryLog, L: Lanes, K: Wakes, S: Sender> Deliveries<W, L, 
         usize::from(written.is_err())
     }
 
-    /// One attempt, signed now by the endpoint's secrets (the previous one too while it
-    /// still signs). No answer is a failed attempt.
-    async fn attempt(&self, endpoint: &Endpoint, next: &Queued, now: i64) -> Attempted {
+    /// The body an attempt sends: as queued, and for an endpoint that asked for it
+    /// (`include: ["profile"]`) with the user as a read shows it now, email and version
+    /// included (`null` once erased), in `data.profile`. The log keeps the body as
+    /// queued, so no table holds a profile a second time.
+    async fn body_to_send(
+        &self,
+        lane: &Lane,
+        endpoint: &Endpoint,
+        next: &Queued,
+    ) -> Result<String, AppError> {
+        // An endpoint's own events (`webhook.disabled`) are about no user.
+        if !endpoint.include_profile || lane.user_id == ENDPOINT_LANE {
+            return Ok(next.body.clone());
+        }
+        let user = self.users.get(&lane.workspace_id, &lane.user_id).await?;
+        let profile =
+            user.filter(|user| user.profile.exists())
+                .map_or(serde_json::Value::Null, |user| {
+                    let mut view = user_view(&user.external_user_id, &user.profile, true);
+                    view["version"] = user.version.into();
+                    view
+                });
+        // A queued body is always one `delivery_body` made; were it not, it goes as is.
+        Ok(with_profile(&next.body, profile).unwrap_or_else(|| next.body.clone()))
+    }
+
+    /// One attempt of `body`, signed now by the endpoint's secrets (the previous one
+    /// too while it still signs). No answer is a failed attempt.
+    async fn attempt(
+        &self,
+        endpoint: &Endpoint,
+        message_id: &str,
+        body: &str,
+        now: i64,
+    ) -> Attempted {
         let mut secrets = vec![endpoint.secret.0.as_str()];
         if let Some((previous, until)) = &endpoint.previous_secret {
             if *until > now {
@@ -451,7 +505,7 @@ impl<W: Webhooks + DeliveryLog, L: Lanes, K: Wakes, S: Sender> Deliveries<W, L, 
             }
         }
         let timestamp_s = now.div_euclid(1000);
-        let Ok(signed) = signature(&secrets, &next.message_id, timestamp_s, &next.body) else {
+        let Ok(signed) = signature(&secrets, message_id, timestamp_s, body) else {
             // A stored secret is always one the api made; were it not, no attempt can
             // succeed, and the schedule gives the message up.
             return Attempted {
@@ -463,12 +517,12 @@ impl<W: Webhooks + DeliveryLog, L: Lanes, K: Wakes, S: Sender> Deliveries<W, L, 
         };
         let headers = [
             ("content-type", "application/json".to_owned()),
-            ("webhook-id", next.message_id.clone()),
+            ("webhook-id", message_id.to_owned()),
             ("webhook-timestamp", timestamp_s.to_string()),
             ("webhook-signature", signed),
         ];
         let at = UNIX_EPOCH + Duration::from_millis(u64::try_from(now).unwrap_or(0));
-        let answer = self.sender.post(&endpoint.url, &headers, &next.body).await;
+        let answer = self.sender.post(&endpoint.url, &headers, body).await;
         let latency_ms = Some((self.clock)() - now);
         match answer {
             Ok(reply) => Attempted {

@@ -1,8 +1,9 @@
 use super::*;
 use crate::app::fakes::*;
-use crate::app::ports::{DeliveryStatus, Disabling, LoggedAttempt, Reply};
+use crate::app::ports::{DeliveryStatus, Disabling, LoggedAttempt, Reply, StoredUser};
 use crate::contract::ENDPOINT_LANE;
 use crate::domain::webhook::{DisabledReason, EventType, Secret, ATTEMPT_TIMEOUT, RETRY_WAITS};
+use crate::domain::{Changes, ProfileField, Stamp};
 use lambda_http::http::{HeaderMap, HeaderValue};
 use proptest::prelude::*;
 use serde_json::json;
@@ -20,7 +21,7 @@ const SECRET: &str = "whsec_AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
 const OLD_SECRET: &str = "whsec_BwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwc=";
 const URL: &str = "https://hooks.example.com/vibefollow";
 
-type Under = Deliveries<MemoryWebhooks, MemoryLanes, MemoryWakes, ScriptedSender>;
+type Under = Deliveries<MemoryWebhooks, MemoryLanes, MemoryWakes, ScriptedSender, MemoryUsers>;
 
 struct World {
     deliveries: Under,
@@ -28,6 +29,7 @@ struct World {
     lanes: MemoryLanes,
     wakes: MemoryWakes,
     sender: ScriptedSender,
+    users: MemoryUsers,
     now: Arc<AtomicI64>,
 }
 
@@ -68,11 +70,13 @@ fn world_at(start: i64, interleaving: Interleaving, per_wake: usize) -> World {
     };
     let now = Arc::new(AtomicI64::new(start));
     let clock = Arc::clone(&now);
+    let users = MemoryUsers::default();
     let deliveries = Deliveries::new(
         webhooks.clone(),
         lanes.clone(),
         wakes.clone(),
         sender.clone(),
+        users.clone(),
         Arc::new(move || clock.load(SeqCst)),
         Arc::new(|| 1.0),
     )
@@ -83,6 +87,7 @@ fn world_at(start: i64, interleaving: Interleaving, per_wake: usize) -> World {
         lanes,
         wakes,
         sender,
+        users,
         now,
     }
 }
@@ -401,15 +406,21 @@ impl World {
         self.webhooks.endpoints.lock().unwrap()[&key].clone()
     }
 
-    fn set_failing_since(&self, since: i64) {
+    /// Changes the stored endpoint as `change` says.
+    fn change_endpoint(&self, change: impl FnOnce(&mut Endpoint)) {
         let key = (WS.to_owned(), WEBHOOK.to_owned());
-        self.webhooks
-            .endpoints
-            .lock()
-            .unwrap()
-            .get_mut(&key)
-            .unwrap()
-            .failing_since = Some(since);
+        change(
+            self.webhooks
+                .endpoints
+                .lock()
+                .unwrap()
+                .get_mut(&key)
+                .unwrap(),
+        );
+    }
+
+    fn set_failing_since(&self, since: i64) {
+        self.change_endpoint(|endpoint| endpoint.failing_since = Some(since));
     }
 
     /// What the ops endpoint received, drained from its lane: (`webhook-id`, body).
@@ -624,6 +635,7 @@ async fn sequences_increase_along_a_lane_whatever_block_each_instance_holds() {
         w.lanes.clone(),
         w.wakes.clone(),
         w.sender.clone(),
+        w.users.clone(),
         Arc::new(|| T0),
         Arc::new(|| 1.0),
     );
@@ -1107,4 +1119,99 @@ async fn a_410_disables_whatever_the_streak_and_five_days_only_the_streak_read()
     w.deliveries.drain(&lane("u1"), NO_DEADLINE).await.unwrap();
     let asked = w.webhooks.disablings.lock().unwrap().clone();
     assert_eq!(asked[0].failing_since, Some(T0 - 5 * day));
+}
+
+impl World {
+    /// User `u1` of the workspace, at version 7, with an email and a plan.
+    fn store_user(&self) {
+        let mut user = StoredUser::new("u1");
+        let mut changes = Changes::default();
+        changes
+            .profile
+            .insert(ProfileField::Email, Some("jane@acme.io".into()));
+        changes
+            .profile
+            .insert(ProfileField::Plan, Some("trial".into()));
+        user.profile.apply(&Stamp::new(T0, "r1"), &changes);
+        user.version = 7;
+        let key = (WS.to_owned(), "u1".to_owned());
+        self.users.users.lock().unwrap().insert(key, user);
+    }
+
+    fn include_profile(&self) {
+        self.change_endpoint(|endpoint| endpoint.include_profile = true);
+    }
+
+    fn sent_bodies(&self) -> Vec<Value> {
+        let received = self.sender.received();
+        received
+            .iter()
+            .map(|r| serde_json::from_str(&r.body).unwrap())
+            .collect()
+    }
+}
+
+#[tokio::test]
+async fn an_endpoint_that_asked_for_the_profile_gets_it_as_read_at_each_attempt() {
+    // The wall clock: the specification's library checks the timestamp it verifies.
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
+    let w = world_at(millis(now), Interleaving::default(), DELIVERIES_PER_WAKE);
+    w.store_user();
+    w.include_profile();
+    w.sender.answer([replied(500)]);
+    w.enqueue("u1", 1).await;
+    w.deliveries.drain(&lane("u1"), NO_DEADLINE).await.unwrap();
+    // Erased before the retry: the retry says so.
+    w.users.users.lock().unwrap().clear();
+    w.advance(RETRY_WAITS[0]);
+    w.deliveries.drain(&lane("u1"), NO_DEADLINE).await.unwrap();
+
+    let [first, retry] = w.sent_bodies().try_into().unwrap();
+    let profile = &first["data"]["profile"];
+    assert_eq!(profile["email"], "jane@acme.io");
+    assert_eq!(profile["traits"]["plan"], "trial");
+    assert_eq!(profile["version"], 7);
+    assert_eq!(
+        first["data"]["audience_id"], "trial-ending",
+        "the event's data kept"
+    );
+    assert_eq!(retry["data"]["profile"], Value::Null, "erased: null");
+    for line in w.logged() {
+        assert!(
+            !line.body.contains("jane"),
+            "the log keeps no profile: {}",
+            line.body
+        );
+    }
+    // Signed as sent, profile included.
+    let sent = &w.sender.received()[0];
+    let mut headers = HeaderMap::new();
+    for (name, value) in &sent.headers {
+        headers.insert(*name, HeaderValue::from_str(value).unwrap());
+    }
+    let verified = standardwebhooks::Webhook::new(SECRET)
+        .unwrap()
+        .verify(sent.body.as_bytes(), &headers);
+    assert!(verified.is_ok(), "{verified:?}");
+}
+
+#[tokio::test]
+async fn no_profile_is_read_or_sent_unless_asked_for_nor_for_an_endpoint_s_own_event() {
+    let w = world();
+    w.store_user();
+    w.enqueue("u1", 1).await;
+    w.deliveries.drain(&lane("u1"), NO_DEADLINE).await.unwrap();
+    assert!(w.sent_bodies()[0]["data"].get("profile").is_none());
+    assert_eq!(w.users.journal.count("users.get"), 0, "no read");
+
+    w.include_profile();
+    let event = crate::contract::disabled_event(WS, "other", DisabledReason::Gone, T0);
+    let own = Lane {
+        user_id: ENDPOINT_LANE.into(),
+        ..lane("")
+    };
+    w.deliveries.enqueue(&own, &event).await.unwrap();
+    w.deliveries.drain(&own, NO_DEADLINE).await.unwrap();
+    assert!(w.sent_bodies()[1]["data"].get("profile").is_none());
+    assert_eq!(w.users.journal.count("users.get"), 0);
 }

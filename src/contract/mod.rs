@@ -39,8 +39,8 @@ pub use segment::{
 };
 pub use validate::{is_storable_user_id, parse_upsert, BodyError, ValidUpsert, MAX_BODY_BYTES};
 pub use webhook::{
-    delivery_body, disabled_event, parse_webhook, webhook_event, with_sequence, WebhookDefinition,
-    WebhookEvent, ENDPOINT_LANE, MAX_URL_BYTES, MAX_WEBHOOK_AUDIENCES,
+    delivery_body, disabled_event, parse_webhook, webhook_event, with_profile, with_sequence,
+    WebhookDefinition, WebhookEvent, ENDPOINT_LANE, MAX_URL_BYTES, MAX_WEBHOOK_AUDIENCES,
 };
 
 /// An email lookup answers at most this many users (contract, "Reads").

@@ -359,6 +359,16 @@ pub fn delivery_body(
     .to_string()
 }
 
+/// A delivery body with the user's `profile` in `data.profile` (`include:
+/// ["profile"]`); `None` if `body` is not one.
+pub fn with_profile(body: &str, profile: Value) -> Option<String> {
+    let mut body: Value = serde_json::from_str(body).ok()?;
+    body.get_mut("data")?
+        .as_object_mut()?
+        .insert("profile".into(), profile);
+    Some(body.to_string())
+}
+
 /// A delivery body given another `sequence` (a lane's deliveries arranged); `None` if
 /// `body` is not one.
 pub fn with_sequence(body: &str, sequence: u64) -> Option<String> {

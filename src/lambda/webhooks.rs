@@ -5,8 +5,8 @@
 //! log line per batch.
 
 use crate::app::deliveries::{Deliveries, Drained};
-use crate::app::ports::{DeliveryLog, Lane, Lanes, Sender, Wakes, Webhooks};
-use crate::aws::dynamodb::{LaneStore, WebhookStore};
+use crate::app::ports::{DeliveryLog, Lane, Lanes, Sender, Users, Wakes, Webhooks};
+use crate::aws::dynamodb::{LaneStore, UserStore, WebhookStore};
 use crate::aws::sqs::{decode_wake, SqsQueue};
 use crate::clock::now_millis;
 use crate::config::Resources;
@@ -20,13 +20,13 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
 
-pub struct WebhooksFunction<W, L, K, S> {
-    deliveries: Deliveries<W, L, K, S>,
+pub struct WebhooksFunction<W, L, K, S, U> {
+    deliveries: Deliveries<W, L, K, S, U>,
     /// The wake queue's name: its messages are lanes; every other queue's, bus events.
     wake_queue: String,
 }
 
-impl WebhooksFunction<WebhookStore, LaneStore, SqsQueue, WebhookClient> {
+impl WebhooksFunction<WebhookStore, LaneStore, SqsQueue, WebhookClient, UserStore> {
     pub fn on_aws(
         sdk: &aws_config::SdkConfig,
         resources: &Resources,
@@ -34,12 +34,13 @@ impl WebhooksFunction<WebhookStore, LaneStore, SqsQueue, WebhookClient> {
         let dynamodb = aws_sdk_dynamodb::Client::new(sdk);
         let deliveries = Deliveries::new(
             WebhookStore::new(dynamodb.clone(), &resources.webhooks_table),
-            LaneStore::new(dynamodb, &resources.webhooks_table),
+            LaneStore::new(dynamodb.clone(), &resources.webhooks_table),
             SqsQueue::new(
                 aws_sdk_sqs::Client::new(sdk),
                 &resources.webhook_wake_queue_url,
             ),
             WebhookClient::new(resources.webhook_reach, system_lookup())?,
+            UserStore::new(dynamodb, &resources.users_table),
             Arc::new(now_millis),
             Arc::new(|| rand::random_range(JITTER.0..=JITTER.1)),
         )
@@ -56,14 +57,15 @@ struct Done {
     failed: Vec<String>,
 }
 
-impl<W, L, K, S> WebhooksFunction<W, L, K, S>
+impl<W, L, K, S, U> WebhooksFunction<W, L, K, S, U>
 where
     W: Webhooks + DeliveryLog + Sync,
     L: Lanes + Sync,
     K: Wakes + Sync,
     S: Sender + Sync,
+    U: Users + Sync,
 {
-    pub fn new(deliveries: Deliveries<W, L, K, S>, resources: &Resources) -> Self {
+    pub fn new(deliveries: Deliveries<W, L, K, S, U>, resources: &Resources) -> Self {
         Self {
             deliveries,
             wake_queue: super::queue_name(&resources.webhook_wake_queue_url).to_owned(),

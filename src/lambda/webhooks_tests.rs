@@ -11,7 +11,8 @@ use std::collections::BTreeSet;
 
 const T0: i64 = 1_800_000_000_000;
 
-type Function = WebhooksFunction<MemoryWebhooks, MemoryLanes, MemoryWakes, ScriptedSender>;
+type Function =
+    WebhooksFunction<MemoryWebhooks, MemoryLanes, MemoryWakes, ScriptedSender, MemoryUsers>;
 
 struct Edge {
     function: Function,
@@ -52,6 +53,7 @@ fn edge() -> Edge {
         lanes.clone(),
         wakes.clone(),
         sender.clone(),
+        MemoryUsers::default(),
         Arc::new(|| T0),
         Arc::new(|| 1.0),
     );

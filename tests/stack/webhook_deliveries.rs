@@ -408,3 +408,37 @@ async fn a_410_disables_the_endpoint_at_once_and_the_workspace_s_other_endpoint_
         .collect();
     assert!(versions[0] < versions[1], "{versions:?}");
 }
+
+#[tokio::test]
+#[ignore = "needs the local stack: run `make test`"]
+async fn an_endpoint_that_asks_for_the_profile_gets_it_signed_as_read_at_the_attempt() {
+    let stack = Stack::new().await;
+    let key = stack.key(&ALL_SCOPES).await;
+    let (port, received) = listener(Arc::new(AtomicU16::new(200))).await;
+    let body = json!({
+        "url": format!("http://127.0.0.1:{port}/hooks"),
+        "events": ["user.changed"],
+        "include": ["profile"],
+    });
+    let put = stack.put_webhook(&key, "crm", &body).await;
+    let secret = secret_of(put, 201).await;
+    tokio::time::sleep(WORKSPACES_KEPT_FOR).await;
+
+    let change =
+        json!({"external_user_id": "u1", "email": "Jane@Acme.io", "traits": {"plan": "trial"}});
+    stack.accept(&key, &change).await;
+    let [delivery] = until_received(&stack, &received, 1)
+        .await
+        .try_into()
+        .unwrap();
+    let profile = &delivery.json()["data"]["profile"];
+    assert_eq!(profile["email"], "Jane@Acme.io", "{profile}");
+    assert_eq!(profile["traits"]["plan"], "trial");
+    assert_eq!(profile["version"], delivery.json()["data"]["version"]);
+    both_libraries_verify(&secret, &[delivery]);
+
+    let log_path = "/api/v1/webhooks/crm/deliveries";
+    let (status, log) = stack.webhook_call(Method::GET, &key, log_path).await;
+    assert_eq!(status, 200);
+    assert_eq!(log["data"][0]["status"], "delivered", "{log}");
+}
