@@ -30,6 +30,8 @@ pub const DELIVERIES_PER_WAKE: usize = 10;
 /// How long a worker holds a lane without a word (an invocation's timeout and more):
 /// past it, the next append wakes another.
 pub const LANE_LEASE: Duration = Duration::from_secs(60);
+/// How long an attempt whose profile could not be read waits for another try.
+const PROFILE_READ_RETRY: Duration = Duration::from_secs(5);
 /// A wake hands its lane to a fresh one rather than start an attempt (up to
 /// `ATTEMPT_TIMEOUT`) with less than this much more of its invocation left.
 const DEADLINE_MARGIN: Duration = Duration::from_secs(3);
@@ -58,6 +60,8 @@ pub struct Drained {
     /// Attempts whose line the log did not take (throttled, say): delivery never waits
     /// on its log.
     pub unlogged: usize,
+    /// Attempts put off because the profile they send could not be read.
+    pub deferred: usize,
 }
 
 impl std::ops::AddAssign for Drained {
@@ -66,6 +70,7 @@ impl std::ops::AddAssign for Drained {
         self.given_up += other.given_up;
         self.failed += other.failed;
         self.unlogged += other.unlogged;
+        self.deferred += other.deferred;
     }
 }
 
@@ -260,10 +265,6 @@ where
                 self.wakes.wake(lane, wait_until(now, head.next_at)).await?;
                 return Ok(drained);
             }
-            if now.saturating_add(millis(ATTEMPT_TIMEOUT + DEADLINE_MARGIN)) > deadline_ms {
-                self.wakes.wake(lane, Duration::ZERO).await?;
-                return Ok(drained);
-            }
             let endpoint = self
                 .endpoints
                 .endpoint(&lane.workspace_id, &lane.webhook_id)
@@ -291,7 +292,21 @@ where
                 }
             };
             let failed = head.attempts + 1;
-            let body = self.body_to_send(lane, &endpoint, &next).await?;
+            // A profile that cannot be read now puts the attempt off a few seconds:
+            // neither an attempt nor a failure of the endpoint.
+            let Ok(body) = self.body_to_send(lane, &endpoint, &next).await else {
+                drained.deferred += 1;
+                self.wakes.wake(lane, PROFILE_READ_RETRY).await?;
+                return Ok(drained);
+            };
+            // Judged after the reads, which take time (a throttled one seconds): no
+            // attempt starts that could outlast the invocation, and its timestamp and
+            // latency are its own.
+            let now = (self.clock)();
+            if now.saturating_add(millis(ATTEMPT_TIMEOUT + DEADLINE_MARGIN)) > deadline_ms {
+                self.wakes.wake(lane, Duration::ZERO).await?;
+                return Ok(drained);
+            }
             let attempted = self.attempt(&endpoint, &next.message_id, &body, now).await;
             let outcome = attempted.outcome;
             let disabled = self.record_health(lane, &endpoint, outcome, now).await?;
@@ -300,24 +315,29 @@ where
                     drained.delivered += 1;
                     None
                 }
-                // A 410, or the attempt that disabled a failing endpoint: given up.
-                Outcome::Gone => {
+                // The attempt that disabled the endpoint (a 410, or 5 days failing).
+                _ if disabled => {
                     drained.given_up += 1;
                     None
                 }
-                Outcome::Retry { .. } if disabled => {
-                    drained.given_up += 1;
-                    None
-                }
-                // Before the schedule's last wait, the endpoint's `Retry-After` replaces
-                // the step; after it, the message is given up.
-                Outcome::Retry { after } => match next_wait(failed, (self.jitter)()) {
-                    Some(step) => Some(after.unwrap_or(step.div_f64(self.time_factor))),
-                    None => {
-                        drained.given_up += 1;
-                        None
+                // Any other failure, a 410 that did not disable the endpoint among them
+                // (a `PUT` re-pointed it since it was read, or another worker disabled
+                // it: then the next wake gives the message up). Before the schedule's
+                // last wait, the endpoint's `Retry-After` replaces the step; after it, the
+                // message is given up.
+                Outcome::Gone | Outcome::Retry { .. } => {
+                    let after = match outcome {
+                        Outcome::Retry { after } => after,
+                        _ => None,
+                    };
+                    match next_wait(failed, (self.jitter)()) {
+                        Some(step) => Some(after.unwrap_or(step.div_f64(self.time_factor))),
+                        None => {
+                            drained.given_up += 1;
+                            None
+                        }
                     }
-                },
+                }
             };
             drained.unlogged += self.log(lane, &next, now, attempted, wait).await;
             if let Some(wait) = wait {

@@ -1215,3 +1215,39 @@ async fn no_profile_is_read_or_sent_unless_asked_for_nor_for_an_endpoint_s_own_e
     assert!(w.sent_bodies()[1]["data"].get("profile").is_none());
     assert_eq!(w.users.journal.count("users.get"), 0);
 }
+
+#[tokio::test]
+async fn a_410_that_did_not_disable_the_endpoint_is_retried_on_the_schedule() {
+    let w = world();
+    w.webhooks.put_before_disabling.store(true, SeqCst);
+    w.sender.answer([replied(410)]);
+    w.enqueue("u1", 1).await;
+    w.wakes.take();
+    let drained = w.deliveries.drain(&lane("u1"), NO_DEADLINE).await.unwrap();
+    assert_eq!((drained.failed, drained.given_up), (1, 0));
+    assert_eq!(w.stored().disabled, None, "re-pointed since: not disabled");
+    assert_eq!(w.wakes.take(), [(lane("u1"), RETRY_WAITS[0])]);
+    w.advance(RETRY_WAITS[0]);
+    let drained = w.deliveries.drain(&lane("u1"), NO_DEADLINE).await.unwrap();
+    assert_eq!(drained.delivered, 1, "the new URL takes it");
+}
+
+#[tokio::test]
+async fn a_profile_that_cannot_be_read_puts_the_attempt_off_without_counting_it() {
+    let w = world();
+    w.store_user();
+    w.include_profile();
+    w.users
+        .faults
+        .fail("users.get", PortError::Unavailable("throttled".into()), 1);
+    w.enqueue("u1", 1).await;
+    w.wakes.take();
+    let drained = w.deliveries.drain(&lane("u1"), NO_DEADLINE).await.unwrap();
+    assert_eq!(drained.deferred, 1);
+    assert!(w.sender.received().is_empty(), "nothing sent");
+    assert_eq!(w.wakes.take(), [(lane("u1"), PROFILE_READ_RETRY)]);
+    assert_eq!(w.lanes.state(&lane("u1")).attempts, 0, "not an attempt");
+    assert_eq!(w.stored().failing_since, None, "nor the endpoint's failure");
+    let drained = w.deliveries.drain(&lane("u1"), NO_DEADLINE).await.unwrap();
+    assert_eq!(drained.delivered, 1);
+}

@@ -1013,6 +1013,8 @@ pub struct MemoryWebhooks {
     pub log: Arc<Mutex<AttemptLogs>>,
     /// Every disabling asked for, in order: what it required of the endpoint.
     pub disablings: Arc<Mutex<Vec<Disabling>>>,
+    /// A `PUT` lands between a worker's read of the endpoint and its disabling (once).
+    pub put_before_disabling: Arc<std::sync::atomic::AtomicBool>,
     pub journal: Journal,
     pub faults: Faults,
 }
@@ -1130,7 +1132,13 @@ impl Webhooks for MemoryWebhooks {
     ) -> Result<bool, PortError> {
         self.call("webhooks.disable")?;
         lock(&self.disablings).push(disabling);
+        let put_meanwhile = self
+            .put_before_disabling
+            .swap(false, std::sync::atomic::Ordering::SeqCst);
         Ok(self.change(workspace_id, webhook_id, |found| {
+            if put_meanwhile {
+                found.updated_at += 1;
+            }
             let streak = disabling.failing_since;
             let as_read = found.updated_at == disabling.updated_at
                 && (streak.is_none() || found.failing_since == streak);

@@ -147,12 +147,15 @@ pub fn log_place(at_ms: i64, message_id: &str) -> String {
 }
 
 /// The places a page of a log reads, inclusive: from the first of `not_before_ms` up
-/// to `before` (a line's place: the caller drops that line itself) or the newest.
-pub fn log_place_bounds(not_before_ms: i64, before: Option<&str>) -> (String, String) {
+/// to `before` (a line's place: the caller drops that line itself) or the newest;
+/// `None` when nothing can be in between (a cursor older than `not_before_ms`: the
+/// page of an endpoint deleted since, whose id a new one took).
+pub fn log_place_bounds(not_before_ms: i64, before: Option<&str>) -> Option<(String, String)> {
     // `~` sorts after every character of a webhook-id.
     let newest = log_place(9_999_999_999_999, "~");
     let from = format!("{:013}#", not_before_ms.max(0));
-    (from, before.map_or(newest, str::to_owned))
+    let to = before.map_or(newest, str::to_owned);
+    (from <= to).then_some((from, to))
 }
 
 /// Whether `place` is one [`log_place`] makes.

@@ -253,13 +253,18 @@ fn a_log_place_sorts_as_its_time_and_only_a_made_one_is_one() {
     assert_eq!(late, "1800000000000#msg_a");
     assert!(early < late, "{early} < {late}");
     assert!(is_log_place(&early) && is_log_place(&late));
-    let (from, to) = log_place_bounds(999_999_999_999, None);
+    let (from, to) = log_place_bounds(999_999_999_999, None).unwrap();
     assert!(from <= early && early < to && late < to, "{from} {to}");
     assert!(
         from > log_place(999_999_999_998, "msg_z"),
         "older lines are left out"
     );
-    assert_eq!(log_place_bounds(0, Some(&late)).1, late);
+    assert_eq!(log_place_bounds(0, Some(&late)).unwrap().1, late);
+    assert_eq!(
+        log_place_bounds(1_800_000_000_001, Some(&late)),
+        None,
+        "a cursor older than the endpoint"
+    );
     for not_one in [
         "",
         "#msg_a",

@@ -95,6 +95,7 @@ where
             given_up = done.drained.given_up,
             attempts_failed = done.drained.failed,
             unlogged = done.drained.unlogged,
+            deferred = done.drained.deferred,
             failed = done.failed.len(),
             latency_ms = started.elapsed().as_secs_f64() * 1000.0,
             "webhooks"

@@ -172,7 +172,8 @@ pub struct LoggedAttempt {
     pub message_id: String,
     pub user_id: String,
     pub sequence: u64,
-    /// The body as sent (no PII: `include` bodies are not built yet).
+    /// The body as queued: as sent, but without the profile an `include` endpoint is
+    /// sent (no table keeps a profile twice).
     pub body: String,
     pub status: DeliveryStatus,
     /// The endpoint's answer, if one came.

@@ -92,7 +92,9 @@ impl DeliveryLog for WebhookStore {
         not_before: i64,
         limit: usize,
     ) -> Result<LogPage, PortError> {
-        let (from, to) = log_place_bounds(not_before, after);
+        let Some((from, to)) = log_place_bounds(not_before, after) else {
+            return Ok(LogPage::default());
+        };
         let shards = (0..LOG_SHARDS).map(|shard| {
             self.client
                 .query()
@@ -102,6 +104,8 @@ impl DeliveryLog for WebhookStore {
                 .expression_attribute_values(":from", s(&from))
                 .expression_attribute_values(":to", s(&to))
                 .scan_index_forward(false)
+                // A line written just now is on the page that follows it.
+                .consistent_read(true)
                 .limit(i32::try_from(limit + 1).unwrap_or(i32::MAX))
                 .send()
         });
