@@ -5,14 +5,13 @@
 //! `hooks#<n>` (n < 16, by workspace), `sk` = `#`, a string set `workspaces` that every
 //! `PUT` adds its workspace to before it stores the endpoint.
 
+mod item;
+
 use super::{
-    batch_get_consistent, built, condition, condition_held, get_n, get_s, n, s, stable_shard,
-    transact_once, Item, Transacted, PARTITION_KEY,
+    batch_get_consistent, built, condition, condition_held, n, s, stable_shard, transact_once,
+    Item, Transacted, PARTITION_KEY,
 };
-use crate::app::ports::{
-    Disabled, Disabling, Endpoint, PortError, Stored, WebhookWorkspaces, Webhooks,
-};
-use crate::domain::webhook::{DisabledReason, EventType, Secret};
+use crate::app::ports::{Disabling, Endpoint, PortError, Stored, WebhookWorkspaces, Webhooks};
 use aws_sdk_dynamodb::config::http::HttpResponse;
 use aws_sdk_dynamodb::error::SdkError;
 use aws_sdk_dynamodb::operation::update_item::{UpdateItemError, UpdateItemOutput};
@@ -21,7 +20,8 @@ use aws_sdk_dynamodb::types::{
     AttributeValue, Delete, Put, ReturnValue, TransactWriteItem, Update,
 };
 use aws_sdk_dynamodb::Client;
-use std::collections::{BTreeSet, HashSet};
+use item::{endpoint_from_item, endpoint_item, events_attribute, list};
+use std::collections::HashSet;
 
 const SORT_KEY: &str = "sk";
 /// The workspace's endpoint count's item (endpoint items start with `e#`).
@@ -197,82 +197,6 @@ fn updated(
         Ok(out) => Ok(out.attributes.as_ref().and_then(endpoint_from_item)),
         Err(err) => condition(Err::<(), _>(err)).map(|_| None),
     }
-}
-
-fn list(ids: &BTreeSet<String>) -> AttributeValue {
-    AttributeValue::L(ids.iter().map(s).collect())
-}
-
-fn events_attribute(events: &BTreeSet<EventType>) -> AttributeValue {
-    AttributeValue::L(events.iter().map(|event| s(event.as_str())).collect())
-}
-
-fn endpoint_item(workspace_id: &str, endpoint: &Endpoint) -> Item {
-    let mut item = WebhookStore::endpoint_key(workspace_id, &endpoint.webhook_id);
-    item.extend([
-        ("url".to_owned(), s(&endpoint.url)),
-        ("events".to_owned(), events_attribute(&endpoint.events)),
-        (
-            "include_profile".to_owned(),
-            AttributeValue::Bool(endpoint.include_profile),
-        ),
-        ("secret".to_owned(), s(&endpoint.secret.0)),
-        ("created_at".to_owned(), n(endpoint.created_at)),
-        ("updated_at".to_owned(), n(endpoint.updated_at)),
-    ]);
-    if let Some(audiences) = &endpoint.audiences {
-        item.insert("audiences".to_owned(), list(audiences));
-    }
-    if let Some((secret, until)) = &endpoint.previous_secret {
-        item.insert("previous_secret".to_owned(), s(&secret.0));
-        item.insert("previous_until".to_owned(), n(until));
-    }
-    item
-}
-
-/// Strings of a list attribute (anything else in it skipped).
-fn strings<'a>(item: &'a Item, name: &str) -> Option<impl Iterator<Item = &'a str> + 'a> {
-    let values = item.get(name)?.as_l().ok()?;
-    Some(
-        values
-            .iter()
-            .filter_map(|v| v.as_s().ok())
-            .map(String::as_str),
-    )
-}
-
-fn endpoint_from_item(item: &Item) -> Option<Endpoint> {
-    let previous_secret = get_s(item, "previous_secret")
-        .zip(get_n(item, "previous_until"))
-        .map(|(secret, until)| (Secret(secret.to_owned()), until));
-    Some(Endpoint {
-        webhook_id: get_s(item, SORT_KEY)?
-            .strip_prefix(ENDPOINT_PREFIX)?
-            .to_owned(),
-        url: get_s(item, "url")?.to_owned(),
-        events: strings(item, "events")?
-            .filter_map(EventType::parse)
-            .collect(),
-        audiences: strings(item, "audiences").map(|ids| ids.map(str::to_owned).collect()),
-        include_profile: item
-            .get("include_profile")
-            .and_then(|v| v.as_bool().ok())
-            .copied()
-            .unwrap_or(false),
-        secret: Secret(get_s(item, "secret")?.to_owned()),
-        previous_secret,
-        created_at: get_n(item, "created_at")?,
-        updated_at: get_n(item, "updated_at")?,
-        failing_since: get_n(item, "failing_since"),
-        disabled: get_s(item, "disabled_reason")
-            .and_then(DisabledReason::parse)
-            .zip(get_n(item, "disabled_at"))
-            .map(|(reason, at)| Disabled {
-                reason,
-                at,
-                announced: item.contains_key("disabled_announced"),
-            }),
-    })
 }
 
 impl Webhooks for WebhookStore {
