@@ -339,7 +339,9 @@ where
                     }
                 }
             };
-            drained.unlogged += self.log(lane, &next, now, attempted, wait).await;
+            // The log line is written beside the lane's move, not before it: the log
+            // is best effort and on no delivery's path.
+            let line = self.log(lane, &next, now, attempted, wait);
             if let Some(wait) = wait {
                 drained.failed += 1;
                 let next_at = now + millis(wait);
@@ -349,13 +351,17 @@ where
                     next_at,
                     lease_until,
                 };
-                let postponed = self.lanes.postpone(lane, next.slot, failed).await?;
-                if postponed {
+                let moved = self.lanes.postpone(lane, next.slot, failed);
+                let (unlogged, postponed) = futures::join!(line, moved);
+                drained.unlogged += unlogged;
+                if postponed? {
                     self.wakes.wake(lane, wait).await?;
                 }
                 return Ok(drained);
             }
-            if !self.advance(lane, next.slot).await? {
+            let (unlogged, more) = futures::join!(line, self.advance(lane, next.slot));
+            drained.unlogged += unlogged;
+            if !more? {
                 return Ok(drained);
             }
         }
