@@ -6,18 +6,20 @@
 
 use super::ports::{
     Appended, DeliveryLog, DeliveryStatus, Disabled, Disabling, Endpoint, Failed, Head, Lane,
-    LaneHead, Lanes, LoggedAttempt, NewDelivery, PortError, Queued, Sender, Users, Wakes, Webhooks,
+    LaneHead, Lanes, LoggedAttempt, NewDelivery, PortError, Queued, ReplayTask, ReplayTasks,
+    Sender, Users, Wakes, Webhooks,
 };
 use super::AppError;
 use crate::contract::{
-    delivery_body, disabled_event, with_profile, with_sequence, WebhookEvent, ENDPOINT_LANE,
+    delivery_body, delivery_order, disabled_event, with_profile, with_sequence, WebhookEvent,
+    ENDPOINT_LANE,
 };
 use crate::domain::user_view;
 use crate::domain::webhook::{
-    health_change, message_id, next_wait, outcome, signature, DisabledReason, HealthChange,
-    Outcome, ATTEMPT_TIMEOUT, FAILING_DISABLES_AFTER,
+    health_change, message_id, next_wait, outcome, signature, DisabledReason, EventType,
+    HealthChange, LogRange, Outcome, ATTEMPT_TIMEOUT, FAILING_DISABLES_AFTER,
 };
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -42,6 +44,9 @@ pub const ENDPOINTS_KEPT_FOR: Duration = Duration::from_secs(5);
 /// Appends a lane's newer sequence sends back before the append gives up (each takes
 /// a fresh block, higher than any the lane has seen; more than one is a race of three).
 const SEQUENCE_TRIES: usize = 3;
+
+/// Log lines a replay's page reads: each final one a lane append (a write or two).
+pub const REPLAY_PAGE: usize = 100;
 
 /// Milliseconds since the epoch: the system's clock in the function, a test's own.
 pub type Clock = Arc<dyn Fn() -> i64 + Send + Sync>;
@@ -72,6 +77,15 @@ impl std::ops::AddAssign for Drained {
         self.unlogged += other.unlogged;
         self.deferred += other.deferred;
     }
+}
+
+/// What a replay's page did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Replayed {
+    /// Deliveries appended again.
+    pub resent: usize,
+    /// Whether a next page was scheduled.
+    pub more: bool,
 }
 
 /// Per workspace, its endpoints and when they were read (ms).
@@ -107,11 +121,34 @@ struct Attempted {
     latency_ms: Option<i64>,
 }
 
+impl Attempted {
+    /// None made: the endpoint is disabled.
+    fn disabled() -> Self {
+        Attempted {
+            outcome: Outcome::Gone,
+            http_status: None,
+            error: Some("disabled".into()),
+            latency_ms: None,
+        }
+    }
+}
+
+/// The body of `message` on `lane` at `sequence`.
+fn event_body(lane: &Lane, message: &WebhookEvent, sequence: u64) -> String {
+    delivery_body(
+        message.event_type,
+        &message.timestamp,
+        &lane.webhook_id,
+        sequence,
+        &message.data,
+    )
+}
+
 impl<W, L, K, S, U> Deliveries<W, L, K, S, U>
 where
     W: Webhooks + DeliveryLog,
     L: Lanes,
-    K: Wakes,
+    K: Wakes + ReplayTasks,
     S: Sender,
     U: Users,
 {
@@ -152,26 +189,74 @@ where
         Self { per_wake, ..self }
     }
 
-    /// The fan-out: appends a bus event to the lane of each endpoint of its workspace
-    /// that subscribes to it. Returns how many. If one append fails the event fails
-    /// whole, and its intake message comes again: the lanes it reached get it twice,
-    /// with one `webhook-id`.
+    /// The fan-out: appends a bus event to the lane of each enabled endpoint of its
+    /// workspace that subscribes to it. Returns how many. A disabled one gets a line in
+    /// its log instead, given up unsent, so that a replay after a `PUT` enabling it
+    /// sends what it missed (best effort, as every line). If one append fails the
+    /// event fails whole, and its intake message comes again: the lanes it reached get
+    /// it twice, with one `webhook-id`.
     pub async fn fan_out(&self, event: &WebhookEvent) -> Result<usize, AppError> {
         let endpoints = self.subscribers(&event.workspace_id).await?;
-        let lanes: Vec<Lane> = endpoints
+        let lane = |endpoint: &Endpoint| Lane {
+            workspace_id: event.workspace_id.clone(),
+            webhook_id: endpoint.webhook_id.clone(),
+            user_id: event.external_user_id.clone(),
+        };
+        let (enabled, disabled): (Vec<&Endpoint>, Vec<&Endpoint>) = endpoints
             .iter()
             .filter(|endpoint| subscribes(endpoint, event))
-            .map(|endpoint| Lane {
-                workspace_id: event.workspace_id.clone(),
-                webhook_id: endpoint.webhook_id.clone(),
-                user_id: event.external_user_id.clone(),
-            })
-            .collect();
+            .partition(|endpoint| endpoint.disabled.is_none());
+        let lanes: Vec<Lane> = enabled.into_iter().map(lane).collect();
         let appends = lanes.iter().map(|lane| self.enqueue(lane, event));
-        for appended in futures::future::join_all(appends).await {
+        // An endpoint's own events (`webhook.disabled`) are not kept for a replay: one
+        // would be the endpoint's own disabling.
+        let missable = event.event_type != EventType::WebhookDisabled;
+        let missed = disabled
+            .into_iter()
+            .filter(|_| missable)
+            .map(|endpoint| self.miss(lane(endpoint), event));
+        let (appended, missed) = futures::join!(
+            futures::future::join_all(appends),
+            futures::future::join_all(missed)
+        );
+        for appended in appended {
             appended?;
         }
-        Ok(lanes.len())
+        let mut count = lanes.len();
+        for enabled_since in missed {
+            count += enabled_since?;
+        }
+        Ok(count)
+    }
+
+    /// `event` for an endpoint the kept list shows disabled: read again (a `PUT` may
+    /// have enabled it within the last [`ENDPOINTS_KEPT_FOR`]: then it is appended),
+    /// else logged given up unsent, for a replay. Returns how many it appended.
+    async fn miss(&self, lane: Lane, event: &WebhookEvent) -> Result<usize, AppError> {
+        let endpoint = self
+            .endpoints
+            .endpoint(&lane.workspace_id, &lane.webhook_id)
+            .await?;
+        match endpoint {
+            Some(endpoint) if endpoint.disabled.is_none() => {
+                self.enqueue(&lane, event).await?;
+                Ok(1)
+            }
+            Some(_) => {
+                let unsent = Queued {
+                    slot: 0,
+                    message_id: message_id(&event.event_id),
+                    sequence: 0,
+                    order: event.user_version,
+                    body: event_body(&lane, event, 0),
+                };
+                let now = (self.clock)();
+                self.log(&lane, &unsent, now, Attempted::disabled(), None)
+                    .await;
+                Ok(0)
+            }
+            None => Ok(0),
+        }
     }
 
     /// The workspace's endpoints, as read at most [`ENDPOINTS_KEPT_FOR`] ago.
@@ -201,22 +286,31 @@ where
     /// `webhook-id`: receivers drop the repeat.
     pub async fn enqueue(&self, lane: &Lane, message: &WebhookEvent) -> Result<u64, AppError> {
         let id = message_id(&message.event_id);
+        let body = |sequence| event_body(lane, message, sequence);
+        self.append_next(lane, &id, message.user_version, body)
+            .await
+    }
+
+    /// Appends delivery `id` to its lane, its body made with the endpoint's next
+    /// `sequence`, `order` placing it among the user's events, and wakes the lane's
+    /// worker if none holds it. Returns the slot.
+    async fn append_next(
+        &self,
+        lane: &Lane,
+        id: &str,
+        order: u64,
+        body: impl Fn(u64) -> String,
+    ) -> Result<u64, AppError> {
         let mut fresh_block = false;
         for _ in 0..SEQUENCE_TRIES {
             let sequence = self.next_sequence(lane, fresh_block).await?;
-            let body = delivery_body(
-                message.event_type,
-                &message.timestamp,
-                &lane.webhook_id,
-                sequence,
-                &message.data,
-            );
+            let body = body(sequence);
             let now = (self.clock)();
             let lease_until = now + millis(LANE_LEASE);
             let delivery = NewDelivery {
-                message_id: &id,
+                message_id: id,
                 sequence,
-                order: message.user_version,
+                order,
                 body: &body,
             };
             match self.lanes.append(lane, delivery, now, lease_until).await? {
@@ -230,6 +324,78 @@ where
             }
         }
         Err(PortError::Unavailable("sequence blocks raced".into()).into())
+    }
+
+    /// A replay's page (`POST …/{id}/replay`, `docs/webhooks.md` §5): the endpoint's
+    /// final log lines (`delivered`, `given_up`) in the task's range, oldest first, each
+    /// message appended again to its lane: the same `webhook-id` (a receiver that kept
+    /// it drops the repeat), the endpoint's next `sequence`, the user's version placing
+    /// it among what the lane holds. Then the next page is scheduled. Nothing is
+    /// resent to an endpoint deleted or disabled since. A page that fails comes again
+    /// whole: the lines it appended already are sent twice, under one `webhook-id`.
+    pub async fn replay(&self, task: &ReplayTask) -> Result<Replayed, AppError> {
+        let (workspace_id, webhook_id) = (&task.workspace_id, &task.webhook_id);
+        // The api clamped `since_ms` to the endpoint's creation: one created after it
+        // is another endpoint under the same id, which gets none of these.
+        match self.endpoints.endpoint(workspace_id, webhook_id).await? {
+            Some(endpoint)
+                if endpoint.disabled.is_none() && endpoint.created_at <= task.since_ms => {}
+            _ => return Ok(Replayed::default()),
+        }
+        let range = LogRange {
+            since_ms: task.since_ms,
+            until_ms: Some(task.until_ms),
+            after: task.after.clone(),
+            oldest_first: true,
+        };
+        let page = self
+            .endpoints
+            .attempts(workspace_id, webhook_id, &range, REPLAY_PAGE)
+            .await?;
+        let mut seen = HashSet::new();
+        let mut by_user: BTreeMap<&str, Vec<&LoggedAttempt>> = BTreeMap::new();
+        for line in &page.attempts {
+            let chosen = match task.only {
+                Some(only) => line.status == only,
+                None => line.status != DeliveryStatus::Retrying,
+            };
+            if chosen && seen.insert(&line.message_id) {
+                by_user.entry(&line.user_id).or_default().push(line);
+            }
+        }
+        // Users side by side, each one's lines in the order they were logged.
+        let users = by_user.into_iter().map(|(user_id, lines)| async move {
+            let lane = Lane {
+                workspace_id: workspace_id.clone(),
+                webhook_id: webhook_id.clone(),
+                user_id: user_id.to_owned(),
+            };
+            for line in &lines {
+                // An endpoint's own event names no version: it goes first.
+                let order = delivery_order(&line.body).unwrap_or(0);
+                let body = |sequence| {
+                    with_sequence(&line.body, sequence).unwrap_or_else(|| line.body.clone())
+                };
+                self.append_next(&lane, &line.message_id, order, body)
+                    .await?;
+            }
+            Ok::<_, AppError>(lines.len())
+        });
+        let mut resent = 0;
+        for appended in futures::future::join_all(users).await {
+            resent += appended?;
+        }
+        if let Some(after) = &page.next_after {
+            let next = ReplayTask {
+                after: Some(after.clone()),
+                ..task.clone()
+            };
+            self.wakes.schedule(&next).await?;
+        }
+        Ok(Replayed {
+            resent,
+            more: page.next_after.is_some(),
+        })
     }
 
     /// A wake: attempts the lane's deliveries in order, at most
@@ -276,12 +442,7 @@ where
                 gone_or_disabled => {
                     if let Some(disabled) = gone_or_disabled.and_then(|e| e.disabled) {
                         self.announce(lane, disabled).await?;
-                        let unsent = Attempted {
-                            outcome: Outcome::Gone,
-                            http_status: None,
-                            error: Some("disabled".into()),
-                            latency_ms: None,
-                        };
+                        let unsent = Attempted::disabled();
                         drained.unlogged += self.log(lane, &next, now, unsent, None).await;
                     }
                     drained.given_up += 1;
@@ -628,14 +789,14 @@ fn arrangement(head: &LaneHead, next: &Queued) -> Option<Vec<Queued>> {
         .collect()
 }
 
-/// Whether an endpoint takes an event: enabled, its type subscribed, and for an
-/// audience event its audience among those the endpoint names, if it names any.
+/// Whether an endpoint takes an event (enabled or not): its type subscribed, and for
+/// an audience event its audience among those the endpoint names, if it names any.
 fn subscribes(endpoint: &Endpoint, event: &WebhookEvent) -> bool {
     let audience_taken = match (&endpoint.audiences, &event.audience_id) {
         (Some(only), Some(audience)) => only.contains(audience),
         _ => true,
     };
-    endpoint.disabled.is_none() && endpoint.events.contains(&event.event_type) && audience_taken
+    endpoint.events.contains(&event.event_type) && audience_taken
 }
 
 fn millis(wait: Duration) -> i64 {

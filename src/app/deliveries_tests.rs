@@ -2,7 +2,9 @@ use super::*;
 use crate::app::fakes::*;
 use crate::app::ports::{DeliveryStatus, Disabling, LoggedAttempt, Reply, StoredUser};
 use crate::contract::ENDPOINT_LANE;
-use crate::domain::webhook::{DisabledReason, EventType, Secret, ATTEMPT_TIMEOUT, RETRY_WAITS};
+use crate::domain::webhook::{
+    log_place, DisabledReason, EventType, Secret, ATTEMPT_TIMEOUT, RETRY_WAITS,
+};
 use crate::domain::{Changes, ProfileField, Stamp};
 use lambda_http::http::{HeaderMap, HeaderValue};
 use proptest::prelude::*;
@@ -1250,4 +1252,309 @@ async fn a_profile_that_cannot_be_read_puts_the_attempt_off_without_counting_it(
     assert_eq!(w.stored().failing_since, None, "nor the endpoint's failure");
     let drained = w.deliveries.drain(&lane("u1"), NO_DEADLINE).await.unwrap();
     assert_eq!(drained.delivered, 1);
+}
+
+fn disabled_endpoint(reason: DisabledReason) -> Endpoint {
+    Endpoint {
+        disabled: Some(Disabled {
+            reason,
+            at: T0,
+            announced: true,
+        }),
+        ..endpoint()
+    }
+}
+
+fn replay_of(since_ms: i64, until_ms: i64, only: Option<DeliveryStatus>) -> ReplayTask {
+    ReplayTask {
+        replay_id: "rpl_1".into(),
+        workspace_id: WS.into(),
+        webhook_id: WEBHOOK.into(),
+        since_ms,
+        until_ms,
+        only,
+        after: None,
+    }
+}
+
+/// A line of the log as a worker writes it: message `n` of user `user` at `at`.
+fn logged_line(n: usize, user: &str, at: i64, status: DeliveryStatus) -> LoggedAttempt {
+    let data = json!({"external_user_id": user, "user_version": n});
+    LoggedAttempt {
+        at,
+        message_id: format!("msg_ev{n}"),
+        user_id: user.into(),
+        sequence: n as u64,
+        body: delivery_body(
+            EventType::AudienceEntered,
+            "2027-01-15T08:00:00.000Z",
+            WEBHOOK,
+            n as u64,
+            &data,
+        ),
+        status,
+        http_status: None,
+        error: None,
+        latency_ms: None,
+        next_attempt_at: None,
+    }
+}
+
+impl World {
+    fn log_lines(&self, lines: impl IntoIterator<Item = LoggedAttempt>) {
+        let mut log = self.webhooks.log.lock().unwrap();
+        for line in lines {
+            let place = log_place(line.at, &line.message_id);
+            log.insert((WS.into(), WEBHOOK.into(), place), line);
+        }
+    }
+
+    /// Runs a replay's pages until none is left; deliveries appended again, pages.
+    async fn replay_all(&self, task: ReplayTask) -> (usize, usize) {
+        let (mut resent, mut pages) = (0, 0);
+        let mut next = Some(task);
+        while let Some(task) = next {
+            let replayed = self.deliveries.replay(&task).await.unwrap();
+            resent += replayed.resent;
+            pages += 1;
+            next = self.wakes.replays.lock().unwrap().pop();
+            assert_eq!(next.is_some(), replayed.more);
+        }
+        (resent, pages)
+    }
+
+    async fn drain_users(&self, users: &[&str]) {
+        for user in users {
+            self.deliveries
+                .drain(&lane(user), NO_DEADLINE)
+                .await
+                .unwrap();
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_replay_sends_each_delivery_again_under_its_id_with_the_endpoint_s_next_sequence() {
+    let w = world();
+    w.sender.answer([replied(410)]);
+    w.enqueue("u1", 1).await;
+    w.enqueue("u1", 2).await;
+    w.drain_users(&["u1"]).await;
+    // Disabled by the 410 (both given up), enabled again by a PUT.
+    w.webhooks
+        .endpoints
+        .lock()
+        .unwrap()
+        .insert((WS.into(), WEBHOOK.into()), endpoint());
+    w.enqueue("u2", 3).await;
+    w.drain_users(&["u2"]).await;
+    let first = w.sender.received();
+    assert_eq!(w.attempted(), ["msg_ev1", "msg_ev3"]);
+
+    w.advance(Duration::from_secs(1));
+    let until = T0 + 1_000;
+    let (resent, pages) = w.replay_all(replay_of(T0, until, None)).await;
+    assert_eq!((resent, pages), (3, 1));
+    w.drain_users(&["u1", "u2"]).await;
+    let again = &w.sender.received()[first.len()..];
+    let ids: Vec<_> = again
+        .iter()
+        .map(|r| r.header("webhook-id").unwrap())
+        .collect();
+    assert_eq!(
+        ids,
+        ["msg_ev1", "msg_ev2", "msg_ev3"],
+        "each once, a user's in order"
+    );
+    let sequences = &w.sequences()[first.len()..];
+    assert!(
+        sequences
+            .iter()
+            .all(|s| *s > w.sequences()[..first.len()].iter().copied().max().unwrap()),
+        "{sequences:?}: the endpoint's next, not the old ones"
+    );
+    let body = |r: &Received| {
+        let mut body: Value = serde_json::from_str(&r.body).unwrap();
+        body["sequence"] = json!(0);
+        body
+    };
+    assert_eq!(
+        body(&again[0]),
+        body(&first[0]),
+        "the same body but its sequence"
+    );
+
+    // Only what was given up; the replay's own lines (after `until`) are not in it.
+    let (resent, _) = w
+        .replay_all(replay_of(T0, until, Some(DeliveryStatus::GivenUp)))
+        .await;
+    assert_eq!(resent, 2);
+}
+
+#[tokio::test]
+async fn a_replay_reads_its_range_a_page_at_a_time_oldest_first_and_its_outcome_only() {
+    let w = world();
+    let status = |n: usize| match n % 3 {
+        0 => DeliveryStatus::Delivered,
+        1 => DeliveryStatus::GivenUp,
+        _ => DeliveryStatus::Retrying,
+    };
+    let count = REPLAY_PAGE * 2 + 10;
+    w.log_lines(
+        (0..count).map(|n| logged_line(n, &format!("u{}", n % 7), T0 + n as i64, status(n))),
+    );
+    // The line of `until` itself, and one before `since`, are out of range.
+    let (since, until) = (T0 + 1, T0 + count as i64 - 1);
+    let (resent, pages) = w
+        .replay_all(replay_of(since, until, Some(DeliveryStatus::GivenUp)))
+        .await;
+    let given_up: Vec<usize> = (1..count - 1).filter(|n| n % 3 == 1).collect();
+    assert_eq!((resent, pages), (given_up.len(), 3));
+    let appended: BTreeSet<String> = w
+        .lanes
+        .waiting()
+        .into_iter()
+        .map(|queued| queued.message_id)
+        .collect();
+    let expected: BTreeSet<String> = given_up.iter().map(|n| format!("msg_ev{n}")).collect();
+    assert_eq!(appended, expected);
+
+    let w = world();
+    w.log_lines((0..count).map(|n| logged_line(n, "u1", T0 + n as i64, status(n))));
+    let (resent, _) = w.replay_all(replay_of(T0, T0 + count as i64, None)).await;
+    assert_eq!(
+        resent,
+        (0..count).filter(|n| n % 3 != 2).count(),
+        "delivered and given up, never retrying"
+    );
+    w.drain_users(&["u1"]).await;
+    let versions: Vec<u64> = w
+        .sender
+        .received()
+        .iter()
+        .map(|r| {
+            serde_json::from_str::<Value>(&r.body).unwrap()["data"]["user_version"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    assert!(
+        versions.windows(2).all(|v| v[0] < v[1]),
+        "{versions:?}: in the user's order"
+    );
+}
+
+#[tokio::test]
+async fn nothing_is_replayed_to_an_endpoint_disabled_or_deleted_since() {
+    let w = world();
+    w.log_lines([logged_line(1, "u1", T0, DeliveryStatus::Delivered)]);
+    let endpoints = Arc::clone(&w.webhooks.endpoints);
+    endpoints.lock().unwrap().insert(
+        (WS.into(), WEBHOOK.into()),
+        disabled_endpoint(DisabledReason::Gone),
+    );
+    let replayed = w
+        .deliveries
+        .replay(&replay_of(T0, T0 + 1, None))
+        .await
+        .unwrap();
+    assert_eq!(replayed, Replayed::default());
+    endpoints.lock().unwrap().clear();
+    let replayed = w
+        .deliveries
+        .replay(&replay_of(T0, T0 + 1, None))
+        .await
+        .unwrap();
+    assert_eq!(replayed, Replayed::default());
+    let made_again = Endpoint {
+        created_at: T0 + 1,
+        ..endpoint()
+    };
+    endpoints
+        .lock()
+        .unwrap()
+        .insert((WS.into(), WEBHOOK.into()), made_again);
+    let replayed = w
+        .deliveries
+        .replay(&replay_of(T0, T0 + 1, None))
+        .await
+        .unwrap();
+    assert_eq!(
+        replayed,
+        Replayed::default(),
+        "another endpoint under the same id"
+    );
+    assert!(w.lanes.waiting().is_empty() && w.wakes.replays.lock().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn a_replay_page_that_cannot_schedule_the_next_fails_whole_and_comes_again() {
+    let w = world();
+    w.log_lines(
+        (0..REPLAY_PAGE + 1)
+            .map(|n| logged_line(n, "u1", T0 + n as i64, DeliveryStatus::Delivered)),
+    );
+    w.wakes.faults.fail("wakes.replay", unavailable(), 1);
+    let task = replay_of(T0, T0 + 1_000, None);
+    assert!(w.deliveries.replay(&task).await.is_err());
+    assert_eq!(
+        w.lanes.waiting().len(),
+        REPLAY_PAGE,
+        "the failed page appended its lines"
+    );
+    let (resent, pages) = w.replay_all(task).await;
+    assert_eq!((resent, pages), (REPLAY_PAGE + 1, 2));
+    assert_eq!(
+        w.lanes.waiting().len(),
+        2 * REPLAY_PAGE + 1,
+        "the page again: its lines twice, under their ids"
+    );
+}
+
+#[tokio::test]
+async fn an_event_a_disabled_endpoint_missed_is_logged_so_a_replay_after_a_put_sends_it() {
+    let w = world();
+    let endpoints = Arc::clone(&w.webhooks.endpoints);
+    endpoints.lock().unwrap().insert(
+        (WS.into(), WEBHOOK.into()),
+        disabled_endpoint(DisabledReason::Failing),
+    );
+    assert_eq!(w.deliveries.fan_out(&message(5)).await.unwrap(), 0);
+    assert!(w.lanes.waiting().is_empty(), "nothing queued for it");
+    let missed: Vec<_> = w
+        .logged()
+        .into_iter()
+        .map(|l| (l.message_id, l.user_id, l.status, l.error))
+        .collect();
+    assert_eq!(
+        missed,
+        [(
+            "msg_ev5".to_owned(),
+            "u1".to_owned(),
+            DeliveryStatus::GivenUp,
+            Some("disabled".to_owned())
+        )]
+    );
+
+    endpoints
+        .lock()
+        .unwrap()
+        .insert((WS.into(), WEBHOOK.into()), endpoint());
+    w.advance(Duration::from_secs(1));
+    let (resent, _) = w
+        .replay_all(replay_of(T0, T0 + 1_000, Some(DeliveryStatus::GivenUp)))
+        .await;
+    assert_eq!(resent, 1);
+    // Within the endpoints kept, the fan-out still sees it disabled: read again, it is
+    // enabled and the event is queued, not missed.
+    assert_eq!(w.deliveries.fan_out(&message(6)).await.unwrap(), 1);
+    w.drain_users(&["u1"]).await;
+    assert_eq!(w.attempted(), ["msg_ev5", "msg_ev6"]);
+    assert_eq!(
+        w.logged()
+            .iter()
+            .filter(|l| l.error.as_deref() == Some("disabled"))
+            .count(),
+        1
+    );
 }

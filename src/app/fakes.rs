@@ -8,7 +8,7 @@ use crate::domain::auth::ApiKeyRecord;
 use crate::domain::change::ChangeEvent;
 use crate::domain::idempotency::{judge, Claim, KeyRecord, LOCK_MS};
 use crate::domain::rate_limit::Bounds;
-use crate::domain::webhook::{log_place, Secret};
+use crate::domain::webhook::{log_place, LogRange, Secret};
 use crate::domain::{Stamp, UpsertMessage};
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -954,6 +954,8 @@ impl Memberships for MemoryAudiences {
 #[derive(Clone, Default)]
 pub struct MemoryBuilds {
     pub tasks: Arc<Mutex<VecDeque<BuildTask>>>,
+    /// Replays the api scheduled (it shares the audiences' queue type in tests).
+    pub replays: Arc<Mutex<Vec<ReplayTask>>>,
     pub parked: Arc<Mutex<VecDeque<UserKey>>>,
     pub time: Arc<Mutex<VecDeque<TimeTask>>>,
     pub faults: Faults,
@@ -987,6 +989,14 @@ impl ParkedUsers for MemoryBuilds {
     async fn park(&self, users: &[UserKey]) -> Result<(), PortError> {
         self.faults.check("parked.park")?;
         lock(&self.parked).extend(users.iter().cloned());
+        Ok(())
+    }
+}
+
+impl ReplayTasks for MemoryBuilds {
+    async fn schedule(&self, task: &ReplayTask) -> Result<(), PortError> {
+        self.faults.check("replays.schedule")?;
+        lock(&self.replays).push(task.clone());
         Ok(())
     }
 }
@@ -1192,24 +1202,31 @@ impl DeliveryLog for MemoryWebhooks {
         &self,
         workspace_id: &str,
         webhook_id: &str,
-        after: Option<&str>,
-        not_before: i64,
+        range: &LogRange,
         limit: usize,
     ) -> Result<LogPage, PortError> {
         self.call("webhooks.attempts")?;
+        let Some((from, to)) = range.places() else {
+            return Ok(LogPage::default());
+        };
         let log = lock(&self.log);
-        let mut older = log
-            .iter()
-            .rev()
-            .filter(|((w, h, place), line)| {
-                w == workspace_id
-                    && h == webhook_id
-                    && line.at >= not_before
-                    && after.is_none_or(|after| place.as_str() < after)
-            })
-            .map(|((_, _, place), attempt)| (place.clone(), attempt.clone()));
-        let attempts: Vec<(String, LoggedAttempt)> = older.by_ref().take(limit).collect();
-        let more = older.next().is_some();
+        let lines = log.iter().filter(|((w, h, place), _)| {
+            w == workspace_id
+                && h == webhook_id
+                && (&from..=&to).contains(&place)
+                && Some(place) != range.after.as_ref()
+        });
+        let mut lines: Box<dyn Iterator<Item = _>> = if range.oldest_first {
+            Box::new(lines)
+        } else {
+            Box::new(lines.rev())
+        };
+        let attempts: Vec<(String, LoggedAttempt)> = lines
+            .by_ref()
+            .take(limit)
+            .map(|((_, _, place), attempt)| (place.clone(), attempt.clone()))
+            .collect();
+        let more = lines.next().is_some();
         Ok(LogPage {
             next_after: more
                 .then(|| attempts.last().map(|(place, _)| place.clone()))

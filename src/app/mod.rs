@@ -53,6 +53,9 @@ pub enum AppError {
     WebhookNotFound,
     #[error("too many webhooks")]
     TooManyWebhooks,
+    /// A replay asked of a disabled endpoint.
+    #[error("webhook disabled")]
+    WebhookDisabled,
     /// `"include": ["profile"]` asked by a key that may not read profiles.
     #[error("profile needs users:read_pii")]
     ProfileNeedsPiiScope,

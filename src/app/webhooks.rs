@@ -1,12 +1,16 @@
 //! Webhooks (contract, "Webhooks"): the endpoints a workspace subscribes, the api's
 //! side. Delivery is built in the steps of `docs/webhooks.md` §7.
 
-use super::ports::{Counters, DeliveryLog, Endpoint, LoggedAttempt, PortError, Stored, Webhooks};
+use super::ports::{
+    Counters, DeliveryLog, Endpoint, LoggedAttempt, PortError, ReplayTask, ReplayTasks, Stored,
+    Webhooks,
+};
 use super::rate_limit::RateLimiter;
 use super::{AppError, Caller};
-use crate::contract::{Page, Paged, RequestError, WebhookDefinition};
+use crate::contract::{Page, Paged, ReplayRequest, RequestError, WebhookDefinition};
 use crate::domain::webhook::{
-    is_webhook_id, secret_from, Secret, MAX_WEBHOOKS, PREVIOUS_SECRET_SIGNS_FOR, SECRET_BYTES,
+    is_webhook_id, secret_from, LogRange, Secret, MAX_WEBHOOKS, PREVIOUS_SECRET_SIGNS_FOR,
+    SECRET_BYTES,
 };
 use std::sync::Arc;
 
@@ -48,21 +52,24 @@ pub struct AttemptsPage {
 }
 
 /// The api's webhook calls.
-pub struct Subscriptions<W, C> {
+pub struct Subscriptions<W, C, R> {
     store: W,
+    /// Where a replay's first page waits for the webhooks function.
+    replays: R,
     limiter: Arc<RateLimiter<C>>,
     random: Random,
 }
 
-impl<W: Webhooks + DeliveryLog, C: Counters> Subscriptions<W, C> {
+impl<W: Webhooks + DeliveryLog, C: Counters, R: ReplayTasks> Subscriptions<W, C, R> {
     /// Secrets from the OS's generator.
-    pub fn new(store: W, limiter: Arc<RateLimiter<C>>) -> Self {
-        Self::with_random(store, limiter, os_random())
+    pub fn new(store: W, replays: R, limiter: Arc<RateLimiter<C>>) -> Self {
+        Self::with_random(store, replays, limiter, os_random())
     }
 
-    pub fn with_random(store: W, limiter: Arc<RateLimiter<C>>, random: Random) -> Self {
+    pub fn with_random(store: W, replays: R, limiter: Arc<RateLimiter<C>>, random: Random) -> Self {
         Self {
             store,
+            replays,
             limiter,
             random,
         }
@@ -124,8 +131,13 @@ impl<W: Webhooks + DeliveryLog, C: Counters> Subscriptions<W, C> {
         now_ms: i64,
     ) -> Result<Endpoint, AppError> {
         self.admit(caller, webhook_id, now_ms).await?;
+        self.found(&caller.workspace_id, webhook_id).await
+    }
+
+    /// The endpoint, or the error of one that is not there.
+    async fn found(&self, workspace_id: &str, webhook_id: &str) -> Result<Endpoint, AppError> {
         self.store
-            .endpoint(&caller.workspace_id, webhook_id)
+            .endpoint(workspace_id, webhook_id)
             .await?
             .ok_or(AppError::WebhookNotFound)
     }
@@ -158,21 +170,53 @@ impl<W: Webhooks + DeliveryLog, C: Counters> Subscriptions<W, C> {
         self.admit(caller, webhook_id, now_ms).await?;
         let page = page?;
         let workspace_id = &caller.workspace_id;
-        let endpoint = self
-            .store
-            .endpoint(workspace_id, webhook_id)
-            .await?
-            .ok_or(AppError::WebhookNotFound)?;
-        let (after, since) = (page.after.as_deref(), endpoint.created_at);
+        let endpoint = self.found(workspace_id, webhook_id).await?;
+        // An endpoint made again under an old id shows none of its predecessor's lines.
+        let range = LogRange {
+            since_ms: endpoint.created_at,
+            after: page.after,
+            ..LogRange::default()
+        };
         let found = self
             .store
-            .attempts(workspace_id, webhook_id, after, since, page.limit)
+            .attempts(workspace_id, webhook_id, &range, page.limit)
             .await?;
         let paged = Paged::Deliveries { webhook_id };
         Ok(AttemptsPage {
             attempts: found.attempts,
             next_cursor: found.next_after.map(|place| paged.cursor(&place)),
         })
+    }
+
+    /// Sends the endpoint's logged deliveries of a time range again, a page at a time
+    /// by the webhooks function (`Deliveries::replay`). Returns the replay's id. A
+    /// disabled endpoint is refused: it would give every one of them up unsent.
+    pub async fn replay(
+        &self,
+        caller: &Caller,
+        webhook_id: &str,
+        request: Result<ReplayRequest, RequestError>,
+        now_ms: i64,
+    ) -> Result<String, AppError> {
+        self.admit(caller, webhook_id, now_ms).await?;
+        let request = request?;
+        let workspace_id = &caller.workspace_id;
+        let endpoint = self.found(workspace_id, webhook_id).await?;
+        if endpoint.disabled.is_some() {
+            return Err(AppError::WebhookDisabled);
+        }
+        let replay_id = format!("rpl_{}", hex::encode(&(self.random)()?[..12]));
+        let task = ReplayTask {
+            replay_id: replay_id.clone(),
+            workspace_id: workspace_id.clone(),
+            webhook_id: webhook_id.to_owned(),
+            since_ms: request.since_ms.max(endpoint.created_at),
+            until_ms: request.until_ms,
+            only: request.only,
+            after: None,
+        };
+        self.replays.schedule(&task).await?;
+        Ok(replay_id)
     }
 
     /// Gives an endpoint a new secret; the current one signs for

@@ -3,7 +3,7 @@
 //! deleted; ids refused before anything is stored.
 
 use super::*;
-use crate::app::fakes::{unavailable, MemoryCounters, MemoryWebhooks};
+use crate::app::fakes::{unavailable, MemoryBuilds, MemoryCounters, MemoryWebhooks};
 use crate::app::ports::{DeliveryLog, LoggedAttempt};
 use crate::contract::parse_webhook;
 use crate::domain::webhook::{log_place, EventType, Reach};
@@ -14,7 +14,9 @@ const T0: i64 = 1_800_000_000_000;
 
 struct World {
     store: MemoryWebhooks,
-    subscriptions: Subscriptions<MemoryWebhooks, Arc<MemoryCounters>>,
+    subscriptions: Subscriptions<MemoryWebhooks, Arc<MemoryCounters>, MemoryBuilds>,
+    /// Replays scheduled.
+    replays: MemoryBuilds,
     /// Each secret's random bytes: 1s, then 2s, …
     made: Arc<Mutex<u8>>,
 }
@@ -29,9 +31,11 @@ fn world() -> World {
         *made += 1;
         Ok([*made; SECRET_BYTES])
     });
+    let replays = MemoryBuilds::default();
     World {
-        subscriptions: Subscriptions::with_random(store.clone(), limiter, random),
+        subscriptions: Subscriptions::with_random(store.clone(), replays.clone(), limiter, random),
         store,
+        replays,
         made,
     }
 }
@@ -325,6 +329,7 @@ async fn the_rate_limit_comes_first_and_failures_store_nothing() {
     );
     let no_random = Subscriptions::with_random(
         w.store.clone(),
+        MemoryBuilds::default(),
         Arc::new(RateLimiter::new(Arc::new(MemoryCounters::default()))),
         Arc::new(|| Err(PortError::Unavailable("no random bytes".into()))),
     );
@@ -432,5 +437,95 @@ async fn an_endpoint_s_attempt_log_is_read_newest_first_a_page_at_a_time() {
     assert!(
         matches!(elsewhere, Err(AppError::WebhookNotFound)),
         "another workspace's endpoint is not there"
+    );
+}
+
+#[tokio::test]
+async fn a_replay_is_scheduled_for_a_live_endpoint_from_its_creation_at_the_earliest() {
+    let w = world();
+    w.put("crm", entered_at("https://hooks.example.com/"), T0)
+        .await
+        .unwrap();
+    let ws = caller("ws");
+    let asked = |since_ms| {
+        Ok(ReplayRequest {
+            since_ms,
+            until_ms: T0 + 60_000,
+            only: Some(crate::app::ports::DeliveryStatus::GivenUp),
+        })
+    };
+    let replay_id = w
+        .subscriptions
+        .replay(&ws, "crm", asked(T0 - 3_600_000), T0 + 60_000)
+        .await
+        .unwrap();
+    assert!(
+        replay_id.starts_with("rpl_") && replay_id.len() == 4 + 24,
+        "{replay_id}"
+    );
+    let scheduled = w.replays.replays.lock().unwrap().clone();
+    assert_eq!(
+        scheduled,
+        [ReplayTask {
+            replay_id,
+            workspace_id: "ws".into(),
+            webhook_id: "crm".into(),
+            since_ms: T0,
+            until_ms: T0 + 60_000,
+            only: Some(crate::app::ports::DeliveryStatus::GivenUp),
+            after: None,
+        }],
+        "an endpoint made again under an old id replays none of its predecessor's"
+    );
+
+    let refused = |result: Result<String, AppError>| format!("{:?}", result.unwrap_err());
+    let unknown = w.subscriptions.replay(&ws, "nope", asked(T0), T0).await;
+    assert_eq!(refused(unknown), "WebhookNotFound");
+    let invalid = w
+        .subscriptions
+        .replay(&ws, "crm", Err(RequestError::InvalidWebhookId), T0)
+        .await;
+    assert!(matches!(invalid, Err(AppError::Request(_))));
+    w.store
+        .disable(
+            "ws",
+            "crm",
+            crate::app::ports::Disabling {
+                reason: crate::domain::webhook::DisabledReason::Gone,
+                at: T0,
+                updated_at: T0,
+                failing_since: None,
+            },
+        )
+        .await
+        .unwrap();
+    let disabled = w.subscriptions.replay(&ws, "crm", asked(T0), T0).await;
+    assert_eq!(refused(disabled), "WebhookDisabled");
+    assert_eq!(
+        w.replays.replays.lock().unwrap().len(),
+        1,
+        "nothing more scheduled"
+    );
+}
+
+#[tokio::test]
+async fn a_replay_that_cannot_be_scheduled_is_an_unavailable_answer() {
+    let w = world();
+    w.put("crm", entered_at("https://hooks.example.com/"), T0)
+        .await
+        .unwrap();
+    w.replays.faults.fail("replays.schedule", unavailable(), 1);
+    let asked = Ok(ReplayRequest {
+        since_ms: T0,
+        until_ms: T0 + 1,
+        only: None,
+    });
+    let failed = w
+        .subscriptions
+        .replay(&caller("ws"), "crm", asked, T0)
+        .await;
+    assert!(
+        matches!(failed, Err(AppError::Port(PortError::Unavailable(_)))),
+        "{failed:?}"
     );
 }

@@ -384,7 +384,7 @@ impl ParkedUsers for AudienceQueues {
 }
 
 mod wakes;
-pub use wakes::decode_wake;
+pub use wakes::{decode_wake, WakeMessage};
 
 #[cfg(test)]
 mod tests {

@@ -8,6 +8,7 @@ mod error;
 mod idempotency;
 mod json;
 mod numbers;
+mod replay;
 mod request;
 mod rule;
 mod segment;
@@ -26,6 +27,7 @@ pub use error::{
     MAX_ERRORS, MAX_ERROR_ANSWER_BYTES,
 };
 pub use idempotency::{body_hash, erase_hash, validate_idempotency_key};
+pub use replay::{parse_replay, ReplayRequest};
 pub use request::{
     checked_body, decoded_body, decoded_within, email_query, idempotency_key, BodyLimit,
     RequestError, BATCH_BODY, SEGMENT_BATCH_BODY, SEGMENT_IDENTIFY_BODY, UPSERT_BODY,
@@ -39,8 +41,9 @@ pub use segment::{
 };
 pub use validate::{is_storable_user_id, parse_upsert, BodyError, ValidUpsert, MAX_BODY_BYTES};
 pub use webhook::{
-    delivery_body, disabled_event, parse_webhook, webhook_event, with_profile, with_sequence,
-    WebhookDefinition, WebhookEvent, ENDPOINT_LANE, MAX_URL_BYTES, MAX_WEBHOOK_AUDIENCES,
+    delivery_body, delivery_order, disabled_event, parse_webhook, webhook_event, with_profile,
+    with_sequence, WebhookDefinition, WebhookEvent, ENDPOINT_LANE, MAX_URL_BYTES,
+    MAX_WEBHOOK_AUDIENCES,
 };
 
 /// An email lookup answers at most this many users (contract, "Reads").

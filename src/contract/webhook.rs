@@ -295,9 +295,7 @@ pub fn webhook_event(detail_type: &str, detail: &Value) -> Option<WebhookEvent> 
             (at?.as_str()?.to_owned(), None)
         }
     };
-    let user_version = ["version", "user_version"]
-        .iter()
-        .find_map(|name| detail.get(*name)?.as_u64())?;
+    let user_version = user_version_in(detail)?;
     Some(WebhookEvent {
         event_type,
         event_id: text("id")?,
@@ -308,6 +306,21 @@ pub fn webhook_event(detail_type: &str, detail: &Value) -> Option<WebhookEvent> 
         timestamp,
         data: Value::Object(data),
     })
+}
+
+/// The user's version an event's `detail` or a body's `data` is of: a write's
+/// `version`, or a move's `user_version`.
+fn user_version_in(value: &Value) -> Option<u64> {
+    ["version", "user_version"]
+        .iter()
+        .find_map(|name| value.get(*name)?.as_u64())
+}
+
+/// The user's version a delivery body is of, which orders its lane; `None` for an
+/// endpoint's own event (or a body that is not one).
+pub fn delivery_order(body: &str) -> Option<u64> {
+    let body: Value = serde_json::from_str(body).ok()?;
+    user_version_in(body.get("data")?)
 }
 
 /// The lane of an endpoint's own events (`webhook.disabled`) on each endpoint that

@@ -146,16 +146,63 @@ pub fn log_place(at_ms: i64, message_id: &str) -> String {
     format!("{at_ms:013}#{message_id}")
 }
 
-/// The places a page of a log reads, inclusive: from the first of `not_before_ms` up
-/// to `before` (a line's place: the caller drops that line itself) or the newest;
-/// `None` when nothing can be in between (a cursor older than `not_before_ms`: the
-/// page of an endpoint deleted since, whose id a new one took).
-pub fn log_place_bounds(not_before_ms: i64, before: Option<&str>) -> Option<(String, String)> {
-    // `~` sorts after every character of a webhook-id.
-    let newest = log_place(9_999_999_999_999, "~");
-    let from = format!("{:013}#", not_before_ms.max(0));
-    let to = before.map_or(newest, str::to_owned);
-    (from <= to).then_some((from, to))
+/// What became of a delivery at an attempt, as the attempt log shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeliveryStatus {
+    Delivered,
+    /// Failed; attempted again at `next_attempt_at`.
+    Retrying,
+    /// The schedule's last attempt failed, the endpoint answered 410, or it was
+    /// disabled.
+    GivenUp,
+}
+
+impl DeliveryStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeliveryStatus::Delivered => "delivered",
+            DeliveryStatus::Retrying => "retrying",
+            DeliveryStatus::GivenUp => "given_up",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<DeliveryStatus> {
+        [Self::Delivered, Self::Retrying, Self::GivenUp]
+            .into_iter()
+            .find(|status| status.as_str() == name)
+    }
+}
+
+/// Which lines of an attempt log a page reads: those that started in
+/// `[since_ms, until_ms)` (to the newest without `until_ms`), past `after` (the last
+/// line of the page before), newest or oldest first.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct LogRange {
+    pub since_ms: i64,
+    pub until_ms: Option<i64>,
+    pub after: Option<String>,
+    pub oldest_first: bool,
+}
+
+impl LogRange {
+    /// The places the page reads, inclusive (the line `after` names is among them: the
+    /// caller drops it); `None` when nothing can be in between (a cursor older than
+    /// `since_ms`: the page of an endpoint deleted since, whose id a new one took).
+    pub fn places(&self) -> Option<(String, String)> {
+        // A place of a time alone sorts before every line of that millisecond.
+        let time = |ms: i64| format!("{:013}#", ms.max(0));
+        let mut from = time(self.since_ms);
+        // `~` sorts after every character of a webhook-id.
+        let mut to = self
+            .until_ms
+            .map_or_else(|| log_place(9_999_999_999_999, "~"), time);
+        match &self.after {
+            Some(after) if self.oldest_first => from = from.max(after.clone()),
+            Some(after) => to = to.min(after.clone()),
+            None => {}
+        }
+        (from <= to).then_some((from, to))
+    }
 }
 
 /// Whether `place` is one [`log_place`] makes.

@@ -253,17 +253,37 @@ fn a_log_place_sorts_as_its_time_and_only_a_made_one_is_one() {
     assert_eq!(late, "1800000000000#msg_a");
     assert!(early < late, "{early} < {late}");
     assert!(is_log_place(&early) && is_log_place(&late));
-    let (from, to) = log_place_bounds(999_999_999_999, None).unwrap();
+    let newest_first = |since_ms, after: Option<&String>| LogRange {
+        since_ms,
+        after: after.cloned(),
+        ..LogRange::default()
+    };
+    let (from, to) = newest_first(999_999_999_999, None).places().unwrap();
     assert!(from <= early && early < to && late < to, "{from} {to}");
     assert!(
         from > log_place(999_999_999_998, "msg_z"),
         "older lines are left out"
     );
-    assert_eq!(log_place_bounds(0, Some(&late)).unwrap().1, late);
+    assert_eq!(newest_first(0, Some(&late)).places().unwrap().1, late);
     assert_eq!(
-        log_place_bounds(1_800_000_000_001, Some(&late)),
+        newest_first(1_800_000_000_001, Some(&late)).places(),
         None,
         "a cursor older than the endpoint"
+    );
+    let oldest_first = |after: Option<&String>| LogRange {
+        since_ms: 999_999_999_999,
+        until_ms: Some(1_800_000_000_000),
+        after: after.cloned(),
+        oldest_first: true,
+    };
+    let (from, to) = oldest_first(None).places().unwrap();
+    assert!(from <= early && early < to, "{from} {to}");
+    assert!(late > to, "a line of the until's millisecond is left out");
+    assert_eq!(oldest_first(Some(&early)).places().unwrap().0, early);
+    assert_eq!(
+        oldest_first(Some(&late)).places(),
+        None,
+        "a cursor past until"
     );
     for not_one in [
         "",

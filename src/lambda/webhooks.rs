@@ -5,9 +5,11 @@
 //! log line per batch.
 
 use crate::app::deliveries::{Deliveries, Drained};
-use crate::app::ports::{DeliveryLog, Lane, Lanes, Sender, Users, Wakes, Webhooks};
+use crate::app::ports::{
+    DeliveryLog, Lane, Lanes, ReplayTask, ReplayTasks, Sender, Users, Wakes, Webhooks,
+};
 use crate::aws::dynamodb::{LaneStore, UserStore, WebhookStore};
-use crate::aws::sqs::{decode_wake, SqsQueue};
+use crate::aws::sqs::{decode_wake, SqsQueue, WakeMessage};
 use crate::clock::now_millis;
 use crate::config::Resources;
 use crate::contract::{webhook_event, WebhookEvent};
@@ -53,6 +55,8 @@ impl WebhooksFunction<WebhookStore, LaneStore, SqsQueue, WebhookClient, UserStor
 #[derive(Default)]
 struct Done {
     appended: usize,
+    /// Deliveries a replay's page appended again.
+    resent: usize,
     drained: Drained,
     failed: Vec<String>,
 }
@@ -61,7 +65,7 @@ impl<W, L, K, S, U> WebhooksFunction<W, L, K, S, U>
 where
     W: Webhooks + DeliveryLog + Sync,
     L: Lanes + Sync,
-    K: Wakes + Sync,
+    K: Wakes + ReplayTasks + Sync,
     S: Sender + Sync,
     U: Users + Sync,
 {
@@ -91,6 +95,7 @@ where
             source = if wakes { "wakes" } else { "intake" },
             records = event.records.len(),
             appended = done.appended,
+            resent = done.resent,
             delivered = done.drained.delivered,
             given_up = done.drained.given_up,
             attempts_failed = done.drained.failed,
@@ -150,14 +155,16 @@ where
     }
 
     /// Wakes: each lane drained once however many of its wakes the batch holds (they
-    /// would only find it done), lanes side by side.
+    /// would only find it done), lanes side by side; and replays' pages, beside them.
     async fn wakes(&self, records: &[SqsMessage], deadline_ms: i64) -> Done {
         let mut done = Done::default();
         let mut by_lane: BTreeMap<Lane, Vec<String>> = BTreeMap::new();
+        let mut replays: Vec<(ReplayTask, String)> = Vec::new();
         for record in records {
             let id = record.message_id.clone().unwrap_or_default();
             match record.body.as_deref().and_then(decode_wake) {
-                Some(lane) => by_lane.entry(lane).or_default().push(id),
+                Some(WakeMessage::Lane(lane)) => by_lane.entry(lane).or_default().push(id),
+                Some(WakeMessage::Replay(task)) => replays.push((task, id)),
                 None => {
                     tracing::error!(message_id = %id, "unreadable wake");
                     done.failed.push(id);
@@ -171,10 +178,32 @@ where
             }
             (drained, ids)
         });
-        for (drained, ids) in join_all(drains).await {
+        let pages = replays.into_iter().map(|(task, id)| async move {
+            let replayed = self.deliveries.replay(&task).await;
+            match &replayed {
+                Ok(replayed) => tracing::info!(
+                    replay_id = %task.replay_id,
+                    resent = replayed.resent,
+                    more = replayed.more,
+                    "replay page"
+                ),
+                Err(err) => {
+                    tracing::warn!(replay_id = %task.replay_id, error = %err, "replay page failed")
+                }
+            }
+            (replayed, id)
+        });
+        let (drained, replayed) = futures::join!(join_all(drains), join_all(pages));
+        for (drained, ids) in drained {
             match drained {
                 Ok(drained) => done.drained += drained,
                 Err(_) => done.failed.extend(ids),
+            }
+        }
+        for (replayed, id) in replayed {
+            match replayed {
+                Ok(replayed) => done.resent += replayed.resent,
+                Err(_) => done.failed.push(id),
             }
         }
         done

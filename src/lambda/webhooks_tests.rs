@@ -4,7 +4,7 @@
 
 use super::*;
 use crate::app::fakes::*;
-use crate::app::ports::{Endpoint, PortError};
+use crate::app::ports::{DeliveryLog, DeliveryStatus, Endpoint, LoggedAttempt, PortError};
 use crate::domain::webhook::{EventType, Secret};
 use crate::lambda::samples::{resources, sample};
 use std::collections::BTreeSet;
@@ -16,6 +16,7 @@ type Function =
 
 struct Edge {
     function: Function,
+    webhooks: MemoryWebhooks,
     lanes: MemoryLanes,
     wakes: MemoryWakes,
     sender: ScriptedSender,
@@ -49,7 +50,7 @@ fn edge() -> Edge {
         ScriptedSender::default(),
     );
     let deliveries = Deliveries::new(
-        webhooks,
+        webhooks.clone(),
         lanes.clone(),
         wakes.clone(),
         sender.clone(),
@@ -59,6 +60,7 @@ fn edge() -> Edge {
     );
     Edge {
         function: WebhooksFunction::new(deliveries, &resources()),
+        webhooks,
         lanes,
         wakes,
         sender,
@@ -173,4 +175,37 @@ async fn a_lane_that_could_not_be_read_has_all_its_wakes_come_back() {
         ]
     );
     assert!(edge.sender.received().is_empty());
+}
+
+#[tokio::test]
+async fn a_replay_page_in_the_wake_queue_appends_its_lines_again_and_an_unreadable_one_comes_back()
+{
+    let edge = edge();
+    let line = |n: i64, status| LoggedAttempt {
+        at: T0 + n,
+        message_id: format!("msg_mv_0{n}"),
+        user_id: "usr_42".into(),
+        sequence: n as u64,
+        body: format!(
+            r#"{{"type":"audience.entered","sequence":{n},"data":{{"user_version":{n}}}}}"#
+        ),
+        status,
+        http_status: None,
+        error: Some("disabled".into()),
+        latency_ms: None,
+        next_attempt_at: None,
+    };
+    for (n, status) in [(1, DeliveryStatus::GivenUp), (2, DeliveryStatus::Delivered)] {
+        edge.webhooks
+            .record("dev", "crm", &line(n, status))
+            .await
+            .unwrap();
+    }
+    let failed = edge.failed("sqs-webhook-replay.json").await;
+    assert_eq!(failed, ["7a2d3b9f-8c2e-4d1f-ab66-3e0a8b2fr0002"]);
+    assert_eq!(
+        queued(&edge, "usr_42"),
+        ["msg_mv_01"],
+        "what was given up only"
+    );
 }

@@ -4,7 +4,7 @@
 //! verified by the specification's own libraries, from PyPI and npm, unchanged, across
 //! a rotation. A later event waits while an earlier one is retried (`Retry-After`);
 //! no body holds PII. A 410 disables an endpoint, and the workspace's other endpoint
-//! hears of it.
+//! hears of it; a replay sends what it missed.
 
 use crate::support::{until_working, Stack, ALL_SCOPES};
 use reqwest::Method;
@@ -18,6 +18,8 @@ use tokio::net::TcpListener;
 use vibefollow_users::app::deliveries::ENDPOINTS_KEPT_FOR;
 use vibefollow_users::app::ports::Lanes;
 use vibefollow_users::app::webhook_marks::WORKSPACES_KEPT_FOR;
+use vibefollow_users::clock::now_millis;
+use vibefollow_users::domain::format_millis;
 
 /// A request as the listener received it: lower-case header names.
 #[derive(Debug, Clone)]
@@ -348,7 +350,8 @@ async fn a_410_disables_the_endpoint_at_once_and_the_workspace_s_other_endpoint_
     let gone_status = Arc::new(AtomicU16::new(410));
     let (gone_port, gone_received) = listener(Arc::clone(&gone_status)).await;
     let (ops_port, ops_received) = listener(Arc::new(AtomicU16::new(200))).await;
-    stack
+    let since = format_millis(now_millis() - 1_000);
+    let crm_secret = stack
         .subscribe(&key, "crm", gone_port, &["user.changed"])
         .await;
     let events = ["user.changed", "webhook.disabled"];
@@ -407,6 +410,29 @@ async fn a_410_disables_the_endpoint_at_once_and_the_workspace_s_other_endpoint_
         .map(|r| r.json()["data"]["version"].as_i64().unwrap())
         .collect();
     assert!(versions[0] < versions[1], "{versions:?}");
+
+    // A replay of what crm was given up sends change 1 (answered 410) and change 2
+    // (missed while disabled) again, in order, under the ids ops got them by.
+    let replay = stack
+        .request(Method::POST, "/api/v1/webhooks/crm/replay", Some(&key))
+        .json(&json!({"since": since, "status": "given_up"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(replay.status().as_u16(), 202);
+    let crm = until_received(&stack, &gone_received, 3).await;
+    let ops_changes: Vec<String> = ops_received
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|r| r.json()["type"] == "user.changed")
+        .map(|r| r.id().to_owned())
+        .collect();
+    let replayed: Vec<&str> = crm[2..].iter().map(Received::id).collect();
+    assert_eq!(replayed, ops_changes[..2], "changes 1 and 2, once each");
+    let sequence = |r: &Received| r.json()["sequence"].as_u64().unwrap();
+    assert!(crm[2..].iter().all(|r| sequence(r) > sequence(&crm[1])));
+    both_libraries_verify(&crm_secret, &crm[2..]);
 }
 
 #[tokio::test]

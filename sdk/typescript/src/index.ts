@@ -664,6 +664,27 @@ class Webhooks {
     });
     return { attempts: answer.data, nextCursor: answer.next_cursor ?? null };
   }
+
+  /**
+   * Sends again every delivery whose last attempt started from `since` up to `until`
+   * (now when absent), or only those `delivered` or `given_up` (needs `webhooks:write`).
+   * Resolves with the replay's id once it started; the attempts show in
+   * `deliveriesPage`. Never retried once sent: a second replay would send each delivery
+   * once more (under the same `webhook-id`).
+   */
+  async replay(
+    webhookId: string,
+    range: { since: Date | string; until?: Date | string; status?: 'delivered' | 'given_up' },
+  ): Promise<{ replay_id: string }> {
+    const time = (at: Date | string | undefined) => (at instanceof Date ? at.toISOString() : at);
+    const answer = await this.transport.send<{ data: { replay_id: string } }>({
+      method: 'POST',
+      path: `${webhookPath(webhookId)}/replay`,
+      body: JSON.stringify({ since: time(range.since), until: time(range.until), status: range.status }),
+      atMostOnce: true,
+    });
+    return answer.data;
+  }
 }
 
 export class VibeFollow {

@@ -385,6 +385,24 @@ test('webhooks.deliveriesPage: a page of the attempt log and where the next star
   }
 });
 
+test('webhooks.replay: the range as RFC 3339, sent once', async () => {
+  const server = await stub([reply(202, { data: { replay_id: 'rpl_1' } }), reply(503, { errors: [] })]);
+  try {
+    const vf = new VibeFollow({ apiKey: KEY, baseUrl: server.baseUrl });
+    const since = new Date('2027-01-15T08:00:00Z');
+    assert.deepEqual(await vf.webhooks.replay('crm', { since, status: 'given_up' }), { replay_id: 'rpl_1' });
+    await assert.rejects(vf.webhooks.replay('crm', { since: '2027-01-15T08:00:00Z', until: since }));
+    assert.deepEqual(server.seen.map((s) => `${s.method} ${s.url}`), [
+      'POST /api/v1/webhooks/crm/replay',
+      'POST /api/v1/webhooks/crm/replay',
+    ], 'a 503 is not retried');
+    assert.deepEqual(JSON.parse(server.seen[0].body), { since: '2027-01-15T08:00:00.000Z', status: 'given_up' });
+    assert.deepEqual(JSON.parse(server.seen[1].body), { since: '2027-01-15T08:00:00Z', until: '2027-01-15T08:00:00.000Z' });
+  } finally {
+    await server.close();
+  }
+});
+
 test('audience and user ids are URL-encoded in every path', async () => {
   const server = await stub([
     reply(202, { data: { audience_id: 'x', status: 'building' } }),

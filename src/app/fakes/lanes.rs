@@ -5,8 +5,8 @@
 
 use super::{lock, Faults, Journal};
 use crate::app::ports::{
-    Appended, Failed, Head, Lane, LaneHead, Lanes, NewDelivery, PortError, Queued, Reply, Sender,
-    Wakes, READ_AHEAD,
+    Appended, Failed, Head, Lane, LaneHead, Lanes, NewDelivery, PortError, Queued, ReplayTask,
+    ReplayTasks, Reply, Sender, Wakes, READ_AHEAD,
 };
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -66,6 +66,14 @@ impl MemoryLanes {
         self.interleaving.turn().await;
         self.journal.note(name);
         self.faults.check(name)
+    }
+
+    /// Every delivery waiting in any lane.
+    pub fn waiting(&self) -> Vec<Queued> {
+        lock(&self.lanes)
+            .values()
+            .flat_map(|state| state.queued.values().cloned())
+            .collect()
     }
 
     pub fn state(&self, lane: &Lane) -> LaneState {
@@ -223,6 +231,8 @@ impl Lanes for MemoryLanes {
 #[derive(Clone, Default)]
 pub struct MemoryWakes {
     pub sent: Arc<Mutex<Vec<(Lane, Duration)>>>,
+    /// A replay's pages, as its worker scheduled them.
+    pub replays: Arc<Mutex<Vec<ReplayTask>>>,
     pub journal: Journal,
     pub faults: Faults,
     pub interleaving: Interleaving,
@@ -232,6 +242,15 @@ impl MemoryWakes {
     /// The wakes sent so far, taken.
     pub fn take(&self) -> Vec<(Lane, Duration)> {
         std::mem::take(&mut *lock(&self.sent))
+    }
+}
+
+impl ReplayTasks for MemoryWakes {
+    async fn schedule(&self, task: &ReplayTask) -> Result<(), PortError> {
+        self.journal.note("wakes.replay");
+        self.faults.check("wakes.replay")?;
+        lock(&self.replays).push(task.clone());
+        Ok(())
     }
 }
 

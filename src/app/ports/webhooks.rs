@@ -1,7 +1,8 @@
 //! The webhooks' side of the ports: the endpoints each workspace subscribes.
 
 use super::PortError;
-use crate::domain::webhook::{DisabledReason, EventType, Secret};
+pub use crate::domain::webhook::DeliveryStatus;
+use crate::domain::webhook::{DisabledReason, EventType, LogRange, Secret};
 use std::collections::{BTreeSet, HashSet};
 use std::future::Future;
 
@@ -136,33 +137,6 @@ pub trait Webhooks {
     ) -> impl Future<Output = Result<(), PortError>> + Send;
 }
 
-/// What became of a delivery at an attempt, as the attempt log shows it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DeliveryStatus {
-    Delivered,
-    /// Failed; attempted again at `next_attempt_at`.
-    Retrying,
-    /// The schedule's last attempt failed, the endpoint answered 410, or it was
-    /// disabled.
-    GivenUp,
-}
-
-impl DeliveryStatus {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            DeliveryStatus::Delivered => "delivered",
-            DeliveryStatus::Retrying => "retrying",
-            DeliveryStatus::GivenUp => "given_up",
-        }
-    }
-
-    pub fn parse(name: &str) -> Option<DeliveryStatus> {
-        [Self::Delivered, Self::Retrying, Self::GivenUp]
-            .into_iter()
-            .find(|status| status.as_str() == name)
-    }
-}
-
 /// One line of an endpoint's attempt log (`docs/webhooks.md` §5): an attempt, or a
 /// delivery given up unsent (its endpoint disabled: no `http_status`, no latency).
 #[derive(Debug, Clone, PartialEq)]
@@ -202,17 +176,34 @@ pub trait DeliveryLog {
         attempt: &LoggedAttempt,
     ) -> impl Future<Output = Result<(), PortError>> + Send;
 
-    /// Up to `limit` lines older than `after` (a line's place, as a page gave it) and
-    /// not before `not_before` (ms: an endpoint made again under the same id shows
-    /// none of its predecessor's), newest first.
+    /// Up to `limit` lines of `range`, in its order.
     fn attempts(
         &self,
         workspace_id: &str,
         webhook_id: &str,
-        after: Option<&str>,
-        not_before: i64,
+        range: &LogRange,
         limit: usize,
     ) -> impl Future<Output = Result<LogPage, PortError>> + Send;
+}
+
+/// A replay's next page (`POST /api/v1/webhooks/{id}/replay`): the final lines (each
+/// message's `delivered` or `given_up`) of the endpoint's log from `since_ms` to
+/// `until_ms`, oldest first, past `after`, sent again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplayTask {
+    pub replay_id: String,
+    pub workspace_id: String,
+    pub webhook_id: String,
+    pub since_ms: i64,
+    pub until_ms: i64,
+    /// Only the lines of this outcome; `None`: both.
+    pub only: Option<DeliveryStatus>,
+    pub after: Option<String>,
+}
+
+/// Where replays wait for the webhooks function: the wake queue.
+pub trait ReplayTasks {
+    fn schedule(&self, task: &ReplayTask) -> impl Future<Output = Result<(), PortError>> + Send;
 }
 
 /// The workspaces that have, or once had, a webhook endpoint: producers mark their

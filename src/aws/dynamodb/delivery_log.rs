@@ -3,13 +3,13 @@
 //! workspace's endpoint writes a few thousand lines a second: an eighth each stays under
 //! a partition's 1,000 write units), one item per line, `sk` its place (start in 13
 //! digits `#` `webhook-id`), kept 30 days (TTL `expires_at`). A page reads the 8
-//! partitions newest first, each up to one more than the page, and merges them; a
-//! partition that stopped early (DynamoDB's 1 MB a reply) bounds the page at its oldest
-//! line, so none is passed over.
+//! partitions in its order (newest first; a replay's oldest first), each up to one
+//! more than the page, and merges them; a partition that stopped early (DynamoDB's
+//! 1 MB a reply) bounds the page at its last line, so none is passed over.
 
 use super::{get_n, get_s, n, s, stable_shard, Item, WebhookStore, PARTITION_KEY, TTL_ATTRIBUTE};
 use crate::app::ports::{DeliveryLog, DeliveryStatus, LogPage, LoggedAttempt, PortError};
-use crate::domain::webhook::{log_place, log_place_bounds, LOG_KEPT_FOR};
+use crate::domain::webhook::{log_place, LogRange, LOG_KEPT_FOR};
 use futures::future::try_join_all;
 
 const SORT_KEY: &str = "sk";
@@ -88,11 +88,10 @@ impl DeliveryLog for WebhookStore {
         &self,
         workspace_id: &str,
         webhook_id: &str,
-        after: Option<&str>,
-        not_before: i64,
+        range: &LogRange,
         limit: usize,
     ) -> Result<LogPage, PortError> {
-        let Some((from, to)) = log_place_bounds(not_before, after) else {
+        let Some((from, to)) = range.places() else {
             return Ok(LogPage::default());
         };
         let shards = (0..LOG_SHARDS).map(|shard| {
@@ -103,33 +102,42 @@ impl DeliveryLog for WebhookStore {
                 .expression_attribute_values(":pk", s(log_pk(workspace_id, webhook_id, shard)))
                 .expression_attribute_values(":from", s(&from))
                 .expression_attribute_values(":to", s(&to))
-                .scan_index_forward(false)
+                .scan_index_forward(range.oldest_first)
                 // A line written just now is on the page that follows it.
                 .consistent_read(true)
                 .limit(i32::try_from(limit + 1).unwrap_or(i32::MAX))
                 .send()
         });
+        // The page's order: by place, newest first unless oldest first is asked.
+        let in_order = |a: &String, b: &String| {
+            if range.oldest_first {
+                a.cmp(b)
+            } else {
+                b.cmp(a)
+            }
+        };
+        let after = range.after.as_ref();
         let mut lines = Vec::new();
-        // Lines older than this may be missing: a partition that has more stopped
-        // (at its limit, or at DynamoDB's 1 MB a reply) at its oldest line given.
-        let mut floor: Option<String> = None;
+        // Lines past this may be missing: a partition that has more stopped (at its
+        // limit, or at DynamoDB's 1 MB a reply) at the last line it gave.
+        let mut bound: Option<String> = None;
         for out in try_join_all(shards).await? {
             let given: Vec<(String, LoggedAttempt)> =
                 out.items().iter().filter_map(line_from_item).collect();
             if out.last_evaluated_key.is_some() {
-                let oldest = given.iter().map(|(place, _)| place.clone()).min();
-                floor = floor.max(oldest);
+                let last = given.last().map(|(place, _)| place.clone());
+                bound = [bound, last].into_iter().flatten().min_by(in_order);
             }
             // The bound is inclusive: the line a cursor names was on its page.
-            lines.extend(
-                given
-                    .into_iter()
-                    .filter(|(place, _)| Some(place.as_str()) != after),
-            );
+            lines.extend(given.into_iter().filter(|(place, _)| Some(place) != after));
         }
-        lines.retain(|(place, _)| floor.as_ref().is_none_or(|floor| place >= floor));
-        lines.sort_unstable_by(|a, b| b.0.cmp(&a.0));
-        let more = lines.len() > limit || floor.is_some();
+        lines.retain(|(place, _)| {
+            bound
+                .as_ref()
+                .is_none_or(|bound| in_order(place, bound).is_le())
+        });
+        lines.sort_unstable_by(|a, b| in_order(&a.0, &b.0));
+        let more = lines.len() > limit || bound.is_some();
         lines.truncate(limit);
         Ok(LogPage {
             next_after: more

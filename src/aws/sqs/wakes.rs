@@ -1,8 +1,9 @@
 //! The wake queue's side of the SQS adapter: a wake names one (endpoint, user) lane;
-//! its delay is a retry's wait, its message group the endpoint.
+//! its delay is a retry's wait, its message group the endpoint. A replay's next page
+//! waits in the same queue, in its endpoint's group.
 
 use super::{sqs_safe, SqsQueue};
-use crate::app::ports::{Lane, PortError, Wakes};
+use crate::app::ports::{DeliveryStatus, Lane, PortError, ReplayTask, ReplayTasks, Wakes};
 
 /// The longest delay SQS gives a message. A lane's longer wait (30 min to 10 h) is a
 /// chain of wakes: each one early finds its lane not yet due and sets the rest
@@ -18,14 +19,52 @@ struct WakeBody<'a> {
     external_user_id: std::borrow::Cow<'a, str>,
 }
 
-/// The lane a wake's body names, or `None` if it names none.
-pub fn decode_wake(body: &str) -> Option<Lane> {
-    let wake: WakeBody = serde_json::from_str(body).ok()?;
-    Some(Lane {
-        workspace_id: wake.workspace_id.into_owned(),
-        webhook_id: wake.webhook_id.into_owned(),
-        user_id: wake.external_user_id.into_owned(),
-    })
+/// A replay's page as an SQS body.
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReplayBody {
+    replay_id: String,
+    workspace_id: String,
+    webhook_id: String,
+    since_ms: i64,
+    until_ms: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    only: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    after: Option<String>,
+}
+
+/// What a message of the wake queue asks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WakeMessage {
+    Lane(Lane),
+    Replay(ReplayTask),
+}
+
+/// What a wake queue's body asks, or `None` if it is neither a wake nor a replay.
+pub fn decode_wake(body: &str) -> Option<WakeMessage> {
+    if let Ok(wake) = serde_json::from_str::<WakeBody>(body) {
+        return Some(WakeMessage::Lane(Lane {
+            workspace_id: wake.workspace_id.into_owned(),
+            webhook_id: wake.webhook_id.into_owned(),
+            user_id: wake.external_user_id.into_owned(),
+        }));
+    }
+    let replay: ReplayBody = serde_json::from_str(body).ok()?;
+    let only = match replay.only.as_deref().map(DeliveryStatus::parse) {
+        None => None,
+        Some(Some(DeliveryStatus::Retrying) | None) => return None,
+        Some(status) => status,
+    };
+    Some(WakeMessage::Replay(ReplayTask {
+        replay_id: replay.replay_id,
+        workspace_id: replay.workspace_id,
+        webhook_id: replay.webhook_id,
+        since_ms: replay.since_ms,
+        until_ms: replay.until_ms,
+        only,
+        after: replay.after,
+    }))
 }
 
 /// Whole seconds SQS delays a wake due `after` from now: rounded up (a wake early by
@@ -35,15 +74,33 @@ fn delay_seconds(after: std::time::Duration) -> i32 {
     i32::try_from(seconds).unwrap_or(i32::MAX)
 }
 
-/// A lane's message group: its endpoint, as 16 hex digits of a hash of the workspace
-/// and webhook ids (together up to 129 characters, past SQS's 128 for a group id).
-fn endpoint_group(lane: &Lane) -> String {
-    let endpoint = lane
-        .workspace_id
-        .bytes()
-        .chain([b'#'])
-        .chain(lane.webhook_id.bytes());
+/// An endpoint's message group: 16 hex digits of a hash of the workspace and webhook
+/// ids (together up to 129 characters, past SQS's 128 for a group id).
+fn endpoint_group(workspace_id: &str, webhook_id: &str) -> String {
+    let endpoint = workspace_id.bytes().chain([b'#']).chain(webhook_id.bytes());
     format!("{:016x}", crate::aws::stable_hash(endpoint))
+}
+
+impl SqsQueue {
+    async fn send_to_endpoint_group(
+        &self,
+        body: Result<String, serde_json::Error>,
+        group: String,
+        delay_seconds: i32,
+    ) -> Result<(), PortError> {
+        let body = body
+            .map(sqs_safe)
+            .map_err(|_| PortError::Refused("wake not encoded".into()))?;
+        self.client
+            .send_message()
+            .queue_url(&self.url)
+            .message_body(body)
+            .message_group_id(group)
+            .delay_seconds(delay_seconds)
+            .send()
+            .await?;
+        Ok(())
+    }
 }
 
 impl Wakes for SqsQueue {
@@ -55,18 +112,39 @@ impl Wakes for SqsQueue {
             webhook_id: lane.webhook_id.as_str().into(),
             external_user_id: lane.user_id.as_str().into(),
         };
-        let body = serde_json::to_string(&body)
-            .map(sqs_safe)
-            .map_err(|_| PortError::Refused("wake not encoded".into()))?;
-        self.client
-            .send_message()
-            .queue_url(&self.url)
-            .message_body(body)
-            .message_group_id(endpoint_group(lane))
-            .delay_seconds(delay_seconds(after))
-            .send()
-            .await?;
-        Ok(())
+        let group = endpoint_group(&lane.workspace_id, &lane.webhook_id);
+        self.send_to_endpoint_group(serde_json::to_string(&body), group, delay_seconds(after))
+            .await
+    }
+}
+
+fn encode_replay(task: &ReplayTask) -> Result<String, serde_json::Error> {
+    serde_json::to_string(&ReplayBody {
+        replay_id: task.replay_id.clone(),
+        workspace_id: task.workspace_id.clone(),
+        webhook_id: task.webhook_id.clone(),
+        since_ms: task.since_ms,
+        until_ms: task.until_ms,
+        only: task.only.map(|status| status.as_str().to_owned()),
+        after: task.after.clone(),
+    })
+}
+
+/// How long a replay's first page waits: a log line is written when its attempt ends
+/// (up to 15 s after the start that places it), so an attempt in flight at the
+/// request has its line written by then.
+const REPLAY_START_DELAY_SECS: i32 = 20;
+
+impl ReplayTasks for SqsQueue {
+    async fn schedule(&self, task: &ReplayTask) -> Result<(), PortError> {
+        let group = endpoint_group(&task.workspace_id, &task.webhook_id);
+        let delay = if task.after.is_none() {
+            REPLAY_START_DELAY_SECS
+        } else {
+            0
+        };
+        self.send_to_endpoint_group(encode_replay(task), group, delay)
+            .await
     }
 }
 
@@ -86,43 +164,47 @@ mod tests {
     }
 
     #[test]
-    fn a_wake_names_its_lane_and_nothing_else_reads_as_one() {
+    fn a_wake_names_its_lane_a_replay_its_page_and_nothing_else_reads_as_either() {
         let lane = decode_wake(r#"{"workspace_id":"w","webhook_id":"h","external_user_id":"u"}"#);
         assert_eq!(
             lane,
-            Some(Lane {
+            Some(WakeMessage::Lane(Lane {
                 workspace_id: "w".into(),
                 webhook_id: "h".into(),
                 user_id: "u".into()
-            })
+            }))
         );
-        assert_eq!(
-            decode_wake(r#"{"workspace_id":"w","external_user_id":"u"}"#),
-            None
-        );
-        assert_eq!(decode_wake(r#"{"shard":1,"until_ms":2}"#), None);
+        let mut task = ReplayTask {
+            replay_id: "rpl_1".into(),
+            workspace_id: "w".into(),
+            webhook_id: "h".into(),
+            since_ms: 1,
+            until_ms: 2,
+            only: None,
+            after: None,
+        };
+        for _ in 0..2 {
+            let body = encode_replay(&task).unwrap();
+            assert_eq!(decode_wake(&body), Some(WakeMessage::Replay(task.clone())));
+            task.only = Some(DeliveryStatus::GivenUp);
+            task.after = Some("0000000000001#msg_a".into());
+        }
+        for neither in [
+            r#"{"workspace_id":"w","external_user_id":"u"}"#,
+            r#"{"shard":1,"until_ms":2}"#,
+            r#"{"replay_id":"r","workspace_id":"w","webhook_id":"h","since_ms":1,"until_ms":2,"only":"late"}"#,
+            r#"{"replay_id":"r","workspace_id":"w","webhook_id":"h","since_ms":1,"until_ms":2,"only":"retrying"}"#,
+        ] {
+            assert_eq!(decode_wake(neither), None, "{neither}");
+        }
     }
 
     #[test]
     fn an_endpoint_s_group_is_short_whatever_its_ids_and_apart_from_others() {
-        let lane = |workspace: &str, webhook: &str| Lane {
-            workspace_id: workspace.into(),
-            webhook_id: webhook.into(),
-            user_id: "u".into(),
-        };
-        let longest = endpoint_group(&lane(&"w".repeat(64), &"h".repeat(64)));
+        let longest = endpoint_group(&"w".repeat(64), &"h".repeat(64));
         assert_eq!(longest.len(), 16);
-        assert_eq!(
-            endpoint_group(&lane("ws1", "crm")),
-            endpoint_group(&lane("ws1", "crm"))
-        );
-        assert_ne!(
-            endpoint_group(&lane("ws1", "crm")),
-            endpoint_group(&lane("ws2", "crm"))
-        );
-        assert_ne!(
-            endpoint_group(&lane("ws1", "crm")),
-            endpoint_group(&lane("ws1#c", "rm"))
-        );
+        assert_eq!(endpoint_group("ws1", "crm"), endpoint_group("ws1", "crm"));
+        assert_ne!(endpoint_group("ws1", "crm"), endpoint_group("ws2", "crm"));
+        assert_ne!(endpoint_group("ws1", "crm"), endpoint_group("ws1#c", "rm"));
     }
 }

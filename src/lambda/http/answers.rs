@@ -53,6 +53,8 @@ pub enum Success {
     Data(Value),
     /// `201 {"data": …}`.
     Created(Value),
+    /// `202 {"data": …}`: work started that goes on after the answer.
+    Started(Value),
     /// `200 {"data": […], "next_cursor": …}`.
     Page {
         data: Value,
@@ -199,6 +201,15 @@ impl ApiError {
                 one(C::NotFound, "webhook_id", "no such webhook"),
                 vec![],
             ),
+            ApiError::App(AppError::WebhookDisabled) => (
+                StatusCode::CONFLICT,
+                one(
+                    C::Conflict,
+                    "webhook_id",
+                    "the webhook is disabled: a PUT enables it, then replay",
+                ),
+                vec![],
+            ),
             ApiError::App(AppError::TooManyWebhooks) => (
                 StatusCode::UNPROCESSABLE_ENTITY,
                 one(
@@ -338,6 +349,11 @@ pub fn success_response(success: Success, request_id: &str) -> Response<Body> {
         ),
         Success::Created(data) => json_response(
             StatusCode::CREATED,
+            json!({ "data": data }).to_string(),
+            request_id,
+        ),
+        Success::Started(data) => json_response(
+            StatusCode::ACCEPTED,
             json!({ "data": data }).to_string(),
             request_id,
         ),

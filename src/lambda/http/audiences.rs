@@ -6,7 +6,7 @@ use super::{header, idempotency_key, page_of, Api, ApiError, Route, Trace};
 use crate::app::accept::Accepted;
 use crate::app::ports::{
     ApiKeys, Audience, Audiences, BuildQueue, Counters, DeliveryLog, IdempotencyKeys, Memberships,
-    UpsertQueue, Users, Webhooks,
+    ReplayTasks, UpsertQueue, Users, Webhooks,
 };
 use crate::app::Caller;
 use crate::contract::{checked_body, parse_audience, Paged, RequestError, UPSERT_BODY};
@@ -24,7 +24,7 @@ where
     C: Counters,
     U: Users,
     S: Audiences + Memberships,
-    B: BuildQueue,
+    B: BuildQueue + ReplayTasks,
     W: Webhooks + DeliveryLog,
 {
     /// The audience routes, and a user's audiences.

@@ -18,7 +18,7 @@ use crate::app::curate::Curate;
 use crate::app::ports::PortError;
 use crate::app::ports::{
     ApiKeys, Audiences, BuildQueue, Counters, DeliveryLog, IdempotencyKeys, Memberships,
-    UpsertQueue, Users, Webhooks,
+    ReplayTasks, UpsertQueue, Users, Webhooks,
 };
 use crate::app::rate_limit::RateLimiter;
 use crate::app::read::Read;
@@ -52,7 +52,7 @@ pub struct Api<K, I, Q, C, U, S, B, W> {
     accept: Accept<I, Q, C>,
     read: Read<U, C>,
     curate: Curate<S, U, B, I, C>,
-    subscriptions: Subscriptions<W, C>,
+    subscriptions: Subscriptions<W, C, B>,
     /// Where webhooks may point (`WEBHOOK_ALLOW_LOCAL`).
     webhook_reach: Reach,
     default_rate_limit: u32,
@@ -106,12 +106,13 @@ impl AwsApi {
                     &resources.audience_members_table,
                 ),
                 users,
-                SqsQueue::new(sqs, &resources.audience_build_queue_url),
+                SqsQueue::new(sqs.clone(), &resources.audience_build_queue_url),
                 IdempotencyStore::new(dynamodb.clone(), &resources.idempotency_table),
                 Arc::clone(&limiter),
             ),
             subscriptions: Subscriptions::new(
                 WebhookStore::new(dynamodb, &resources.webhooks_table),
+                SqsQueue::new(sqs, &resources.webhook_wake_queue_url),
                 limiter,
             ),
             webhook_reach: resources.webhook_reach,
@@ -140,7 +141,7 @@ where
     C: Counters,
     U: Users,
     S: Audiences + Memberships,
-    B: BuildQueue,
+    B: BuildQueue + ReplayTasks,
     W: Webhooks + DeliveryLog,
 {
     pub async fn handle(&self, request: Request) -> Response<Body> {
@@ -169,7 +170,8 @@ where
                     Success::Accepted(_)
                     | Success::Segment { .. }
                     | Success::Defined { .. }
-                    | Success::Created(_) => Outcome::Accepted,
+                    | Success::Created(_)
+                    | Success::Started(_) => Outcome::Accepted,
                     Success::Data(_) | Success::Page { .. } | Success::Found(_) => Outcome::Served,
                 };
                 if let Success::Segment {
@@ -268,7 +270,8 @@ where
             | Route::GetWebhook(_)
             | Route::DeleteWebhook(_)
             | Route::RotateWebhookSecret(_)
-            | Route::WebhookDeliveries(_) => {
+            | Route::WebhookDeliveries(_)
+            | Route::ReplayWebhook(_) => {
                 return self.webhooks(route, request, &caller, &key, now_ms).await;
             }
             Route::ListAudiences
@@ -465,7 +468,11 @@ mod tests {
                 MemoryKeys::default(),
                 Arc::clone(&limiter),
             ),
-            subscriptions: Subscriptions::new(MemoryWebhooks::default(), limiter),
+            subscriptions: Subscriptions::new(
+                MemoryWebhooks::default(),
+                MemoryBuilds::default(),
+                limiter,
+            ),
             webhook_reach: Reach::Public,
             default_rate_limit: 100,
             metrics_namespace: "VibeFollow/test".into(),
@@ -608,6 +615,18 @@ mod tests {
         assert_eq!(
             (status, bad["errors"][0]["field"].as_str()),
             (StatusCode::UNPROCESSABLE_ENTITY, Some("cursor"))
+        );
+        let replay = "/api/v1/webhooks/crm/replay";
+        let since = json!({"since": crate::domain::format_millis(now_millis() - 60_000)});
+        let (status, started, _) = answer(&w.api, call("POST", replay, since)).await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{started}");
+        assert!(started["data"]["replay_id"]
+            .as_str()
+            .is_some_and(|id| id.starts_with("rpl_")));
+        let (status, bad, _) = answer(&w.api, call("POST", replay, json!({}))).await;
+        assert_eq!(
+            (status, bad["errors"][0]["field"].as_str()),
+            (StatusCode::UNPROCESSABLE_ENTITY, Some("since"))
         );
         let rotate = "/api/v1/webhooks/crm/rotate-secret";
         let (status, rotated, _) = answer(&w.api, call("POST", rotate, Value::Null)).await;

@@ -35,7 +35,12 @@ pub enum Route {
     RotateWebhookSecret(String),
     /// `GET /api/v1/webhooks/{id}/deliveries`: the attempt log.
     WebhookDeliveries(String),
+    /// `POST /api/v1/webhooks/{id}/replay`: logged deliveries sent again.
+    ReplayWebhook(String),
 }
+
+/// A webhook's action: its path's end, the one method it takes, its route.
+type WebhookAction = (&'static str, &'static str, fn(String) -> Route);
 
 /// One path segment, percent-decoded: not empty, no `/`.
 fn decoded(encoded: &str) -> Option<String> {
@@ -137,7 +142,8 @@ impl Route {
         }
     }
 
-    /// `/api/v1/webhooks`, `…/{id}`, `…/{id}/rotate-secret`, `…/{id}/deliveries`.
+    /// `/api/v1/webhooks`, `…/{id}`, `…/{id}/rotate-secret`, `…/{id}/deliveries`,
+    /// `…/{id}/replay`.
     fn webhooks(method: &Method, rest: &str) -> Result<Route, RouteError> {
         if matches!(rest, "" | "/") {
             return match *method {
@@ -146,19 +152,20 @@ impl Route {
             };
         }
         let rest = rest.strip_prefix('/').ok_or(RouteError::NotFound)?;
-        if let Some(webhook) = rest.strip_suffix("/rotate-secret") {
-            let id = decoded(webhook).ok_or(RouteError::NotFound)?;
-            return match *method {
-                Method::POST => Ok(Route::RotateWebhookSecret(id)),
-                _ => Err(RouteError::MethodNotAllowed { allow: "POST" }),
-            };
-        }
-        if let Some(webhook) = rest.strip_suffix("/deliveries") {
-            let id = decoded(webhook).ok_or(RouteError::NotFound)?;
-            return match *method {
-                Method::GET => Ok(Route::WebhookDeliveries(id)),
-                _ => Err(RouteError::MethodNotAllowed { allow: "GET" }),
-            };
+        let actions: [WebhookAction; 3] = [
+            ("/rotate-secret", "POST", Route::RotateWebhookSecret),
+            ("/deliveries", "GET", Route::WebhookDeliveries),
+            ("/replay", "POST", Route::ReplayWebhook),
+        ];
+        for (end, allow, route) in actions {
+            if let Some(webhook) = rest.strip_suffix(end) {
+                let id = decoded(webhook).ok_or(RouteError::NotFound)?;
+                return if method.as_str() == allow {
+                    Ok(route(id))
+                } else {
+                    Err(RouteError::MethodNotAllowed { allow })
+                };
+            }
         }
         let id = decoded(rest).ok_or(RouteError::NotFound)?;
         match *method {
@@ -182,9 +189,10 @@ impl Route {
             }
             Route::FindByEmail => Scope::UsersReadPii,
             Route::DeleteUser(_) => Scope::UsersDelete,
-            Route::PutWebhook(_) | Route::DeleteWebhook(_) | Route::RotateWebhookSecret(_) => {
-                Scope::WebhooksWrite
-            }
+            Route::PutWebhook(_)
+            | Route::DeleteWebhook(_)
+            | Route::RotateWebhookSecret(_)
+            | Route::ReplayWebhook(_) => Scope::WebhooksWrite,
             Route::ListWebhooks | Route::GetWebhook(_) | Route::WebhookDeliveries(_) => {
                 Scope::WebhooksRead
             }
@@ -212,6 +220,7 @@ impl Route {
             Route::DeleteWebhook(_) => "DELETE /api/v1/webhooks/{id}",
             Route::RotateWebhookSecret(_) => "POST /api/v1/webhooks/{id}/rotate-secret",
             Route::WebhookDeliveries(_) => "GET /api/v1/webhooks/{id}/deliveries",
+            Route::ReplayWebhook(_) => "POST /api/v1/webhooks/{id}/replay",
         }
     }
 }
@@ -328,12 +337,21 @@ mod tests {
                 "/api/v1/webhooks/crm/deliveries",
                 Route::WebhookDeliveries("crm".into()),
             ),
+            (
+                Method::POST,
+                "/api/v1/webhooks/crm/replay",
+                Route::ReplayWebhook("crm".into()),
+            ),
         ];
         for (method, path, route) in webhooks {
             assert_eq!(Route::of(&method, path), Ok(route), "{method} {path}");
         }
         assert_eq!(
             Route::of(&Method::GET, "/api/v1/webhooks/crm/rotate-secret"),
+            Err(RouteError::MethodNotAllowed { allow: "POST" })
+        );
+        assert_eq!(
+            Route::of(&Method::GET, "/api/v1/webhooks/crm/replay"),
             Err(RouteError::MethodNotAllowed { allow: "POST" })
         );
         assert_eq!(

@@ -7,7 +7,7 @@ use super::{Api, ApiError, Route, Trace};
 use crate::app::accept::{Accepted, Checked, Write};
 use crate::app::ports::{
     ApiKeys, Audiences, BuildQueue, Counters, DeliveryLog, IdempotencyKeys, Memberships, PortError,
-    UpsertQueue, Users, Webhooks,
+    ReplayTasks, UpsertQueue, Users, Webhooks,
 };
 use crate::contract::{
     body_write_key, checked_body, decoded_body, decoded_within, parse_segment_batch,
@@ -30,7 +30,7 @@ where
     C: Counters,
     U: Users,
     S: Audiences + Memberships,
-    B: BuildQueue,
+    B: BuildQueue + ReplayTasks,
     W: Webhooks + DeliveryLog,
 {
     /// Segment's routes: a library's key, then the messages as a batch of upserts (no

@@ -7,10 +7,10 @@ use super::{header, page_of, Api, ApiError, Route};
 use crate::app::accept::Accepted;
 use crate::app::ports::{
     ApiKeys, Audiences, BuildQueue, Counters, DeliveryLog, Endpoint, IdempotencyKeys,
-    LoggedAttempt, Memberships, UpsertQueue, Users, Webhooks,
+    LoggedAttempt, Memberships, ReplayTasks, UpsertQueue, Users, Webhooks,
 };
 use crate::app::Caller;
-use crate::contract::{checked_body, parse_webhook, Paged, UPSERT_BODY};
+use crate::contract::{checked_body, parse_replay, parse_webhook, Paged, UPSERT_BODY};
 use crate::domain::auth::{ApiKeyRecord, Scope};
 use crate::domain::format_millis;
 use lambda_http::Request;
@@ -24,7 +24,7 @@ where
     C: Counters,
     U: Users,
     S: Audiences + Memberships,
-    B: BuildQueue,
+    B: BuildQueue + ReplayTasks,
     W: Webhooks + DeliveryLog,
 {
     /// The webhook routes.
@@ -74,6 +74,14 @@ where
                     data: found.attempts.iter().map(attempt_view).collect(),
                     next_cursor: found.next_cursor,
                 }
+            }
+            Route::ReplayWebhook(id) => {
+                let content_type = header(request.headers(), header::CONTENT_TYPE);
+                let parse = |body: &[u8]| parse_replay(body, now_ms);
+                let asked =
+                    checked_body(content_type, request.body().as_ref(), &UPSERT_BODY, parse);
+                let replay_id = subscriptions.replay(caller, id, asked, now_ms).await?;
+                Success::Started(json!({ "replay_id": replay_id }))
             }
             Route::DeleteWebhook(id) => {
                 subscriptions.delete(caller, id, now_ms).await?;
