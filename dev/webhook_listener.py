@@ -8,15 +8,22 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 def listen(answer):
     """A listener on 127.0.0.1: each POST's path, lower-cased headers and body go to
-    `answer`, whose return is the status sent back. Returns the running server."""
+    `answer`, whose return is the status sent back, or (status, headers). Returns the
+    running server."""
 
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self):  # noqa: N802 (http.server's name)
             body = self.rfile.read(int(self.headers.get("Content-Length", 0))).decode()
-            status = answer(self.path, {k.lower(): v for k, v in self.headers.items()}, body)
-            self.send_response(status)
-            self.send_header("Content-Length", "0")
-            self.end_headers()
+            answered = answer(self.path, {k.lower(): v for k, v in self.headers.items()}, body)
+            status, headers = answered if isinstance(answered, tuple) else (answered, {})
+            try:
+                self.send_response(status)
+                for name, value in headers.items():
+                    self.send_header(name, value)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+            except OSError:
+                pass  # the client gave up waiting (a timeout the caller meant)
 
         def log_message(self, *args):
             pass

@@ -175,6 +175,11 @@ class EventCollector(threading.Thread):
         with self.lock:
             return list(self.audience_envelopes)
 
+    def all_events(self):
+        """This workspace's change and audience events, as collected so far."""
+        with self.lock:
+            return self.envelopes + self.audience_envelopes
+
     def run(self):
         while not self.stop.is_set():
             try:
@@ -318,6 +323,7 @@ def verify(env, aws, keys, load):
     events = load["collector"].check(views)
     log("waiting for the audiences to equal their rules over the final users")
     audience_check = audiences.check(keys["audiences"], views, load["collector"])
+    webhook_figures, webhook_checks = load["webhooks"].check(keys["webhooks"], load["collector"])
     load["collector"].stop.set()
     cross, cross_marker = cross_workspace(keys["write"], keys["other_workspace"], accepted, stored)
     all_items = scan(dynamodb, env["USERS_TABLE"])
@@ -369,6 +375,7 @@ def verify(env, aws, keys, load):
         "audiences: a user whose evaluation kept failing was parked, then redriven and settled":
             load["parked"]["parked"] >= 1 and load["parked"]["redriven"] >= 1
             and audience_check["members_equal_rules"],
+        **webhook_checks,
     }
     return {
         "config": {"clients": CLIENTS, "upserts_per_client": UPSERTS, "users": USERS, "seed": SEED,
@@ -409,6 +416,7 @@ def verify(env, aws, keys, load):
         "recovery_seconds": round(recovery_seconds, 1),
         "events": events,
         "audiences": {**audience_check, "parked": load["parked"]},
+        "webhooks": webhook_figures,
         "logs": logs,
         "checks": checks,
     }

@@ -5,6 +5,18 @@ from .chaos import FAULTS
 from .settings import DELETE_SHARE, ECHO_SHARE, OUT, REPORT
 
 
+def webhook_row(hooks):
+    steady, flaky, gone = hooks["steady"], hooks["flaky"], hooks["gone"]
+    return (f"{hooks['events_expected']} events to deliver ({hooks['events_unmarked']} unmarked); "
+            f"steady: {steady['delivered']} delivered, {steady['repeats']} repeats, {steady['missing']} missing; "
+            f"flaky: {flaky['delivered']} delivered in {flaky['attempts']} attempts "
+            f"({flaky['refused_or_timed_out']} refused or timed out), {flaky['repeats']} repeats, "
+            f"{flaky['missing']} missing; out of lane order: {steady['out_of_sequence'] + flaky['out_of_sequence']}; "
+            f"late (a newer version of the user sent first): {steady['late']} + {flaky['late']}; "
+            f"gone: {gone['status']} ({gone['disabled_reason']}) after {gone['attempts']} attempts, "
+            f"{gone['attempts_started_after_disabled']} attempts after")
+
+
 def write_report(summary):
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
@@ -43,6 +55,7 @@ to regenerate this page (figures vary a little from run to run with timing).
 | recovery (last fault cleared → queue drained, every user correct) | {summary['recovery_seconds']} s |
 | change events (this workspace) | {summary['events']['events']} received, {summary['events']['duplicates_dropped']} duplicates dropped by id, {summary['events']['user_deleted']} × User Deleted; replayed per user in version order they rebuild {summary['events']['users_rebuilt']} of {summary['events']['users']} users |
 | audiences (this workspace) | {summary['audiences']['audiences']} defined before the load; members at the end {summary['audiences']['members']}; {summary['audiences']['events']} distinct Entered/Exited events; parked user `{summary['audiences']['parked']['user']}`: {summary['audiences']['parked']['parked']} parked, {summary['audiences']['parked']['redriven']} redriven |
+| webhooks (this workspace) | {webhook_row(summary['webhooks'])} |
 | log scan (functions, bridge) | {summary['logs']['api_keys']} API keys, {summary['logs']['email_addresses']} email addresses |
 
 ## Checks
@@ -101,6 +114,20 @@ to regenerate this page (figures vary a little from run to run with timing).
   erasures in stamp order in Python, and compares values and per-field stamps with the users table.
   A field whose stored stamp is older than expected would be a lost or re-applied upsert; a
   stamp of no accepted request would be a refused request that changed something.
+- Webhooks (`dev/drill/webhooks.py`): three endpoints of the workspace on this machine,
+  subscribed before the load, the stack run with `WEBHOOK_TIME_FACTOR=3600` (the schedule's
+  minutes are seconds): `steady` answers 200; `flaky` refuses each message a few times by
+  a script its id draws (503, 500, 429 with `Retry-After: 1`, and twice no answer within the
+  service's 15 s), then 200; `gone` answers 200 five times, then 410. Every request is
+  verified with `standardwebhooks` from PyPI. After recovery, every bus event of the
+  workspace the rule took must have reached `steady` and `flaky` (a 2xx), none other,
+  repeats counted (receivers drop them by `webhook-id`); per (endpoint, user) the first
+  receipts must rise in `sequence` (lane order), and those whose version is below one
+  already received (an event that reached the service after a newer one of the user was
+  sent: an audience move evaluated after the next change) are counted as late; `gone`
+  must be disabled, no
+  attempt on it may have started after its `disabled_at`, and `steady` must have taken
+  one `webhook.disabled` about it.
 - Parser fuzzing is separate: `make fuzz` (in CI) runs the property tests over arbitrary
   bytes and JSON with more cases.
 """)

@@ -6,7 +6,7 @@ import time
 
 import stack
 
-from . import audiences
+from . import audiences, webhooks
 from .chaos import Chaos, fleet
 from .load import Client, probes
 from .oracle import EventCollector, verify
@@ -22,9 +22,13 @@ def drill(the_stack):
     keys = {"write": the_stack.create_key(WORKSPACE, stack.DEV_SCOPES, RATE_LIMIT),
             "read_only": the_stack.create_key(WORKSPACE, "users:read"),
             "other_workspace": the_stack.create_key(OTHER_WORKSPACE, stack.DEV_SCOPES),
-            "audiences": the_stack.create_key(WORKSPACE, "audiences:write,audiences:read")}
+            "audiences": the_stack.create_key(WORKSPACE, "audiences:write,audiences:read"),
+            "webhooks": the_stack.create_key(WORKSPACE, "webhooks:write,webhooks:read")}
     audiences.define(keys["audiences"])
+    endpoints = webhooks.Webhooks()
+    endpoints.subscribe(keys["webhooks"])
     load = run_load(the_stack, aws, keys)
+    load["webhooks"] = endpoints
     load["parked"] = audiences.redrive_parked(the_stack, aws["sqs"], load["chaos"])
     return verify(the_stack.env, aws, keys, load)
 
@@ -60,6 +64,9 @@ def run_load(the_stack, aws, keys):
 def main():
     os.environ.setdefault("VF_BRIDGE_RETRY_SECONDS", "3")
     os.environ.setdefault("VF_BRIDGE_VISIBILITY_SECONDS", "4")
+    # The webhook schedule's minutes in seconds: the flaky endpoint's retries within the
+    # drill (5 days failing would be 2 minutes: the flaky one never fails that long).
+    os.environ.setdefault("WEBHOOK_TIME_FACTOR", "3600")
     the_stack = stack.Stack(reload=False, event_sink=True)
     try:
         the_stack.start()

@@ -360,7 +360,12 @@ def api_answers():
 
 # How to have webhooks delivered to a listener on this machine (the local stack allows
 # http://127.0.0.1 targets; README "Webhooks").
-WEBHOOK_HINT = f"""Webhooks to a listener on this machine (any HTTP server on 127.0.0.1, say port 8787):
+WEBHOOK_HINT = f"""Webhooks to this machine: a listener that points endpoint 'mine' at itself and prints
+each delivery it verifies (Standard Webhooks), one JSON object a line:
+
+    VIBEFOLLOW_API_KEY=$VF_KEY cargo run -q --bin vfctl -- --local webhooks listen --register mine
+
+or any HTTP server of yours on 127.0.0.1, say port 8787:
 
     curl -X PUT {API_URL}/api/v1/webhooks/mine -H "Authorization: Bearer $VF_KEY" \\
       -H 'content-type: application/json' \\

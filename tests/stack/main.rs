@@ -28,4 +28,5 @@ mod template;
 mod upsert_contract;
 mod vfctl;
 mod webhook_deliveries;
+mod webhook_vfctl;
 mod webhooks;

@@ -32,6 +32,9 @@ pub enum Command {
     /// Change events of the local stack.
     #[command(subcommand)]
     Events(EventsCommand),
+    /// Webhook endpoints through the API, and a listener on this machine that prints
+    /// the deliveries it verifies.
+    Webhooks(WebhooksArgs),
     /// The dead-letter queues: upserts the consumer could not apply, audience build
     /// pages, users whose audiences could not be settled (parked), stream positions the
     /// audiences function could not read again.
@@ -137,15 +140,117 @@ pub enum UsersCommand {
     Import(ImportArgs),
 }
 
+/// Where the API is and the key to call it with (before or after the subcommand).
+#[derive(Args)]
+pub struct ApiArgs {
+    /// The API's base URL (with --local: the local stack's).
+    #[arg(long, global = true, env = "VIBEFOLLOW_BASE_URL")]
+    pub url: Option<String>,
+    /// An API key with the scopes the command needs (the environment variable keeps it
+    /// out of the process list).
+    #[arg(
+        long,
+        global = true,
+        env = "VIBEFOLLOW_API_KEY",
+        hide_env_values = true
+    )]
+    pub key: Option<String>,
+}
+
+#[derive(Args)]
+pub struct WebhooksArgs {
+    #[command(flatten)]
+    pub api: ApiArgs,
+    #[command(subcommand)]
+    pub command: WebhooksCommand,
+}
+
+/// Each prints the API's `data` as JSON (a list one object per line).
+#[derive(Subcommand)]
+pub enum WebhooksCommand {
+    /// The workspace's endpoints (webhooks:read).
+    List,
+    /// One endpoint, never its secret (webhooks:read).
+    Get { id: String },
+    /// Subscribe an endpoint or replace its settings (webhooks:write); a new one's
+    /// secret is printed this once.
+    Put {
+        id: String,
+        /// Where deliveries go: https (locally, http://127.0.0.1 too).
+        target: String,
+        /// Comma-separated: user.changed, user.deleted, audience.entered,
+        /// audience.exited, webhook.disabled.
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "user.changed,user.deleted,audience.entered,audience.exited,webhook.disabled"
+        )]
+        events: Vec<String>,
+        /// Only these audiences' events (comma-separated ids).
+        #[arg(long, value_delimiter = ',')]
+        audiences: Vec<String>,
+        /// Bodies carry the user's profile (a key that also holds users:read_pii).
+        #[arg(long)]
+        include_profile: bool,
+    },
+    /// Unsubscribe an endpoint (webhooks:write).
+    Delete { id: String },
+    /// A new signing secret, printed; the previous one signs 24 hours more
+    /// (webhooks:write).
+    RotateSecret { id: String },
+    /// The attempt log, newest first, one line per attempt (webhooks:read).
+    Deliveries {
+        id: String,
+        /// At most this many lines.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// Send a time range of the attempt log again (webhooks:write).
+    Replay {
+        id: String,
+        /// RFC 3339, within the last 30 days.
+        #[arg(long)]
+        since: String,
+        /// RFC 3339 (default: now).
+        #[arg(long)]
+        until: Option<String>,
+        /// Only the deliveries `delivered` or only those `given_up`.
+        #[arg(long, value_parser = ["delivered", "given_up"])]
+        status: Option<String>,
+    },
+    /// Listen on 127.0.0.1 and print each delivery whose signature verifies, one JSON
+    /// object per line (`webhook-id` and the body); answer 200, or 401 to one that does
+    /// not verify. With --register, the endpoint is first pointed here (a local stack
+    /// allows http://127.0.0.1) and its secret taken (a new one: rotated if it
+    /// existed).
+    Listen {
+        /// 0: any free port (with --register).
+        #[arg(long, default_value_t = 8787)]
+        port: u16,
+        /// The endpoint's secret (`whsec_…`); not needed with --register.
+        #[arg(
+            long,
+            env = "VIBEFOLLOW_WEBHOOK_SECRET",
+            hide_env_values = true,
+            required_unless_present = "register"
+        )]
+        secret: Option<String>,
+        /// The endpoint id to point at this listener, for every event type.
+        #[arg(long, value_name = "ID")]
+        register: Option<String>,
+        /// Stop after this many distinct verified deliveries (by `webhook-id`; a repeat
+        /// prints with `"repeat": true`); those arriving after are answered 503, so the
+        /// service sends them again later.
+        #[arg(long)]
+        count: Option<usize>,
+    },
+}
+
 #[derive(Args)]
 pub struct ImportArgs {
     pub file: PathBuf,
-    /// The API's base URL (with --local: the local stack's).
-    #[arg(long, env = "VIBEFOLLOW_BASE_URL")]
-    pub url: Option<String>,
-    /// An API key with the users:write scope.
-    #[arg(long, env = "VIBEFOLLOW_API_KEY", hide_env_values = true)]
-    pub key: String,
+    #[command(flatten)]
+    pub api: ApiArgs,
     /// Batches in flight at once.
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
     pub concurrency: u16,

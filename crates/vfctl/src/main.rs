@@ -1,5 +1,5 @@
-//! `vfctl`: admin command for API keys, and the importer customers run to load their
-//! users. `--local` targets the `make dev` stack; otherwise a deployed stack, whose
+//! `vfctl`: admin command for API keys, the importer customers run to load their
+//! users, and their webhook endpoints (with a local listener). `--local` targets the `make dev` stack; otherwise a deployed stack, whose
 //! table names come from its CloudFormation outputs (keys), or `--url` (import).
 
 use clap::Parser;
@@ -17,6 +17,7 @@ mod import;
 mod keys;
 mod target;
 mod users;
+mod webhooks;
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -41,6 +42,7 @@ async fn run(cli: Cli) -> Result<(), CommandError> {
         Command::Events(EventsCommand::Tail { count }) => {
             return events::tail_events(cli.local, count).await
         }
+        Command::Webhooks(args) => return webhooks::run(args, cli.local).await,
         command => command,
     };
     let mut sdk = sdk_config().await.into_builder();
@@ -55,6 +57,8 @@ async fn run(cli: Cli) -> Result<(), CommandError> {
     match command {
         Command::Keys(command) => keys::run(&target, command).await,
         Command::Dlq(command) => dlq::run(&target, command).await,
-        Command::Users(_) | Command::Events(_) => unreachable!("handled above"),
+        Command::Users(_) | Command::Events(_) | Command::Webhooks(_) => {
+            unreachable!("handled above")
+        }
     }
 }

@@ -5,22 +5,27 @@ use crate::cli::ImportArgs;
 use crate::error::CommandError;
 use crate::import::{import, CsvOptions, ImportOptions};
 
-pub async fn import_file(args: ImportArgs, local: bool) -> Result<(), CommandError> {
-    let url = match (args.url, local) {
-        (Some(url), _) => url,
+/// What a command that calls the API says without a key.
+pub const NO_KEY: &str = "no API key: pass --key or set VIBEFOLLOW_API_KEY";
+
+/// The API's base URL: `--url`, or with --local the local stack's.
+pub fn api_url(url: Option<String>, local: bool) -> Result<String, CommandError> {
+    match (url, local) {
+        (Some(url), _) => Ok(url),
         (None, true) => {
-            std::env::var("VF_API_URL").unwrap_or_else(|_| "http://127.0.0.1:9000".into())
+            Ok(std::env::var("VF_API_URL").unwrap_or_else(|_| "http://127.0.0.1:9000".into()))
         }
-        (None, false) => {
-            return Err(CommandError::Setup(
-                "no API URL: pass --url or set VIBEFOLLOW_BASE_URL".into(),
-            ))
-        }
-    };
+        (None, false) => Err("no API URL: pass --url or set VIBEFOLLOW_BASE_URL".into()),
+    }
+}
+
+pub async fn import_file(args: ImportArgs, local: bool) -> Result<(), CommandError> {
+    let url = api_url(args.api.url, local)?;
+    let key = args.api.key.ok_or(NO_KEY)?;
     let summary = import(ImportOptions {
         file: args.file.clone(),
         url,
-        key: args.key,
+        key,
         concurrency: args.concurrency.into(),
         batch_size: args.batch_size.into(),
         csv: CsvOptions {
