@@ -180,16 +180,9 @@ where
         });
         let pages = replays.into_iter().map(|(task, id)| async move {
             let replayed = self.deliveries.replay(&task).await;
-            match &replayed {
-                Ok(replayed) => tracing::info!(
-                    replay_id = %task.replay_id,
-                    resent = replayed.resent,
-                    more = replayed.more,
-                    "replay page"
-                ),
-                Err(err) => {
-                    tracing::warn!(replay_id = %task.replay_id, error = %err, "replay page failed")
-                }
+            // The batch's line counts what pages resent; only a failure says more.
+            if let Err(err) = &replayed {
+                tracing::warn!(replay_id = %task.replay_id, error = %err, "replay page failed");
             }
             (replayed, id)
         });

@@ -104,6 +104,14 @@ fn refusal(status: u16, answer: &Value) -> String {
     format!("the API answered {status}: {}", errors.join("; "))
 }
 
+/// A JSON object of the members given a value (the others left out).
+fn members<const N: usize>(members: [(&str, Option<Value>); N]) -> Value {
+    let given = members
+        .into_iter()
+        .filter_map(|(name, value)| Some((name.to_owned(), value?)));
+    Value::Object(given.collect::<Map<String, Value>>())
+}
+
 fn print(value: &Value) {
     println!("{value}");
 }
@@ -136,17 +144,16 @@ pub async fn run(args: WebhooksArgs, local: bool) -> Result<(), CommandError> {
             audiences,
             include_profile,
         } => {
-            let mut definition = Map::new();
-            definition.insert("url".into(), json!(target));
-            definition.insert("events".into(), json!(events));
-            if !audiences.is_empty() {
-                definition.insert("audiences".into(), json!(audiences));
-            }
-            if include_profile {
-                definition.insert("include".into(), json!(["profile"]));
-            }
-            let body = Some(Value::Object(definition));
-            print(&api()?.data(Method::PUT, &[&id], body).await?);
+            let body = members([
+                ("url", Some(json!(target))),
+                ("events", Some(json!(events))),
+                (
+                    "audiences",
+                    (!audiences.is_empty()).then(|| json!(audiences)),
+                ),
+                ("include", include_profile.then(|| json!(["profile"]))),
+            ]);
+            print(&api()?.data(Method::PUT, &[&id], Some(body)).await?);
         }
         WebhooksCommand::Delete { id } => print(&api()?.data(Method::DELETE, &[&id], None).await?),
         WebhooksCommand::RotateSecret { id } => print(
@@ -161,16 +168,16 @@ pub async fn run(args: WebhooksArgs, local: bool) -> Result<(), CommandError> {
             until,
             status,
         } => {
-            let mut range = Map::new();
-            range.insert("since".into(), json!(since));
-            let optional = [("until", until), ("status", status)];
-            for (name, value) in optional {
-                if let Some(value) = value {
-                    range.insert(name.into(), json!(value));
-                }
-            }
-            let body = Some(Value::Object(range));
-            print(&api()?.data(Method::POST, &[&id, "replay"], body).await?);
+            let body = members([
+                ("since", Some(json!(since))),
+                ("until", until.map(Value::from)),
+                ("status", status.map(Value::from)),
+            ]);
+            print(
+                &api()?
+                    .data(Method::POST, &[&id, "replay"], Some(body))
+                    .await?,
+            );
         }
         WebhooksCommand::Listen {
             port,
@@ -229,6 +236,16 @@ mod tests {
             api.url(&[], &[]).as_str(),
             "http://127.0.0.1:9000/api/v1/webhooks"
         );
+    }
+
+    #[test]
+    fn a_body_holds_only_the_members_given() {
+        let body = members([
+            ("since", Some(json!("t"))),
+            ("until", None),
+            ("status", Some(json!("given_up"))),
+        ]);
+        assert_eq!(body, json!({"since": "t", "status": "given_up"}));
     }
 
     #[test]
