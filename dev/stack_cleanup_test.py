@@ -61,8 +61,11 @@ class StackCleanUp(unittest.TestCase):
     def test_nothing_survives_a_sigkilled_stack(self):
         with tempfile.TemporaryDirectory() as local_dir:
             stack = start_stack(local_dir)
-            # moto and the bridge inherit VF_LOCAL_DIR; function instances get the proxy.
-            of_stack = lambda: set(processes_of(local_dir) + processes_of(f"127.0.0.1:{PORTS['VF_FAULT_PROXY_PORT']}"))
+            # moto and the bridge inherit VF_LOCAL_DIR; function instances get the proxy
+            # as AWS_ENDPOINT_URL. The NUL ends the value: the stack this test runs in
+            # has instances whose Runtime API port (127.0.0.1:46213…) starts the same.
+            proxy = f"AWS_ENDPOINT_URL=http://127.0.0.1:{PORTS['VF_FAULT_PROXY_PORT']}\0"
+            of_stack = lambda: set(processes_of(local_dir) + processes_of(proxy))
             self.assertGreaterEqual(len(of_stack() - {stack.pid}), 4, "moto, bridge and function instances run")
             os.kill(stack.pid, signal.SIGKILL)
             stack.wait()
