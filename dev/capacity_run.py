@@ -17,6 +17,8 @@ Prints `{workload: {"upserts": n, "item_bytes": …, "tables": {table: {"write",
 """
 import json
 import os
+import random
+import string
 import sys
 import time
 import urllib.request
@@ -25,11 +27,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import stack  # noqa: E402
+from boto3.dynamodb.types import TypeDeserializer  # noqa: E402
 from dynamodb_limits import item_size  # noqa: E402
+from stack.users_item import as_format_1  # noqa: E402
 
 PROXY = f"http://127.0.0.1:{stack.FAULT_PROXY_PORT}/__capacity"
 UPSERTS = 40
 WORKSPACE = "ws_capacity"
+DESERIALIZE = TypeDeserializer().deserialize
 
 
 def call(method, url, body=None, headers=None):
@@ -70,7 +75,8 @@ class Run:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             item = self.stored(user)
-            if item and item.get("traits", {}).get("M", {}).get("rev") == {"N": str(version)}:
+            plain = item and as_format_1({k: DESERIALIZE(v) for k, v in item.items()})
+            if plain and plain.get("traits", {}).get("rev") == version:
                 return item
             time.sleep(0.1)
         raise SystemExit(f"capacity_run: {user} v{version} never applied")
@@ -97,14 +103,18 @@ def main():
     result = {"new": run.counted([(u, typical_traits(n, 1), 1) for n, u in enumerate(users)])}
     result["update"] = run.counted([(u, typical_traits(n, 2), 2) for n, u in enumerate(users)])
     full = f"cap_{prefix}_full"
-    for part in range(8):  # 8 × 31 KiB custom traits: the 256 KiB budget, nearly full
-        run.upsert(full, {f"blob_{part}": "y" * (31 * 1024), "rev": 1})
+    # 8 × 31 KiB custom traits: the 256 KiB budget, nearly full, of random letters (one
+    # letter repeated would deflate to nothing in the item's format 2).
+    letters = random.Random(7)
+    for part in range(8):
+        blob = "".join(letters.choices(string.ascii_letters + string.digits, k=31 * 1024))
+        run.upsert(full, {f"blob_{part}": blob, "rev": 1})
     run.wait_applied(full, 1)
     deadline = time.monotonic() + 120
-    blobs = [f'"blob_{part}"' for part in range(8)]
+    blobs = {f"blob_{part}" for part in range(8)}
     while time.monotonic() < deadline:
-        stored = json.dumps(run.stored(full) or {})
-        if all(blob in stored for blob in blobs):
+        item = run.stored(full) or {}
+        if blobs <= set(as_format_1({k: DESERIALIZE(v) for k, v in item.items()}).get("traits", {})):
             break
         time.sleep(0.2)
     result["full profile"] = run.counted([(full, {"plan": "enterprise", "rev": v}, v) for v in range(2, 12)])

@@ -7,6 +7,7 @@ account, and table quotas"; "Item sizes and formats"):
 
 - a partition key value is at most 2,048 bytes and a sort key value at most 1,024
   (UTF-8 bytes of an S, raw bytes of a B), in items, keys and a Query's key condition;
+  a whole item's global secondary index keys too (an email past 2 KB in `email_key`);
 - an attribute name is at least one byte long, map keys at any depth included;
 - a number has at most 38 significant digits and, unless zero, a magnitude from 1E-130
   to 9.9999999999999999999999999999999999999E+125;
@@ -16,7 +17,7 @@ What is not checked:
 - the size of what an UpdateItem leaves: the resulting item is not known without
   applying the update expression to the stored item, so only whole items (PutItem,
   BatchWriteItem puts, TransactWriteItems puts) are size-checked;
-- secondary index key sizes: `key_schemas` names the table keys only;
+- index key sizes in what an UpdateItem sets (the item it leaves is not known);
 - a Query's partition key value is not told apart from the other key condition values:
   every S value the KeyConditionExpression names is held to 2,048 bytes (values that
   only a FilterExpression uses are left alone, as DynamoDB leaves them);
@@ -53,15 +54,30 @@ _VALUE_PLACEHOLDER = re.compile(r":[A-Za-z0-9_]+")
 _MAX_EXPONENT_DIGITS = 10
 
 
-def violation(target, request, key_schemas):
+def violation(target, request, key_schemas, index_schemas=None):
     """DynamoDB's ValidationException message for `request`, or None if DynamoDB takes it.
 
     `target` is the X-Amz-Target header, `request` the parsed body, `key_schemas` maps
-    a table name to (partition key attribute, sort key attribute or None). The first
-    problem found is the one reported, as DynamoDB reports one.
+    a table name to (partition key attribute, sort key attribute or None),
+    `index_schemas` a table name to the same pairs of its global secondary indexes. The
+    first problem found is the one reported, as DynamoDB reports one.
     """
     operation = target.rpartition(".")[2]
-    return next(filter(None, _problems(operation, request, key_schemas)), None)
+    schemas = _Schemas(key_schemas, index_schemas or {})
+    return next(filter(None, _problems(operation, request, schemas)), None)
+
+
+class _Schemas:
+    """A table's key schema, and its indexes' for whole items."""
+
+    def __init__(self, key_schemas, index_schemas):
+        self.key_schemas, self.index_schemas = key_schemas, index_schemas
+
+    def get(self, table):
+        return self.key_schemas.get(table)
+
+    def indexes(self, table):
+        return self.index_schemas.get(table, [])
 
 
 def item_size(item):
@@ -99,7 +115,7 @@ def _batch_write_problems(request, key_schemas):
         schema = _key_schema(key_schemas, table)
         for write in writes:
             if "PutRequest" in write:
-                yield _item_problem(write["PutRequest"].get("Item", {}), schema)
+                yield _item_problem(write["PutRequest"].get("Item", {}), schema, _index_schemas(key_schemas, table))
             if "DeleteRequest" in write:
                 yield _key_problem(write["DeleteRequest"].get("Key", {}), schema)
 
@@ -118,7 +134,7 @@ def _table_request_problems(request, key_schemas):
     whichever of an item, a key, expression values and names it carries."""
     schema = _key_schema(key_schemas, request.get("TableName", ""))
     if "Item" in request:
-        yield _item_problem(request["Item"], schema)
+        yield _item_problem(request["Item"], schema, _index_schemas(key_schemas, request.get("TableName", "")))
     if "Key" in request:
         yield _key_problem(request["Key"], schema)
     if "ExclusiveStartKey" in request:
@@ -134,11 +150,19 @@ def _key_schema(key_schemas, table):
     return key_schemas.get(table.rpartition("/")[2])
 
 
+def _index_schemas(schemas, table):
+    """The (partition, sort) key names of the table's global secondary indexes."""
+    return schemas.indexes(table.rpartition("/")[2])
+
+
 # --- the checks ----------------------------------------------------------------------
 
-def _item_problem(item, schema):
-    """A whole item: its names and numbers, its key sizes, then its size."""
+def _item_problem(item, schema, index_schemas=()):
+    """A whole item: its names and numbers, its key sizes and its index keys' (an index
+    key the item lacks leaves it out of that index), then its size."""
     return (_attributes_problem(item) or _key_size_problem(item, schema)
+            or next(filter(None, (_key_size_problem(item, index) for index in index_schemas
+                                  if all(key in item for key in index if key))), None)
             or (ITEM_TOO_LARGE if item_size(item) > MAX_ITEM_BYTES else None))
 
 
@@ -305,5 +329,7 @@ def _utf8_length(text):
 
 def _base64_decoded_length(text):
     """Raw bytes of a B value, which the JSON protocol carries base64-encoded: counted
-    from the encoding's length rather than by decoding it."""
+    from the encoding's length rather than by decoding it (boto3's items hold bytes)."""
+    if isinstance(text, (bytes, bytearray)):
+        return len(text)
     return len(text) * 3 // 4 - text.count("=", -2)

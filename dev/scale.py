@@ -91,6 +91,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import stack  # noqa: E402
 from drill.audiences import matches, replay  # noqa: E402
 from live import Subscriber, call, create_key, quantile, retried, vfctl  # noqa: E402
+from stack.users_item import as_format_1  # noqa: E402
 from stack.throughput import (MIN_BURST_UNITS, PUT_EVENTS_PER_SECOND, READ_UNITS_PER_KEY,  # noqa: E402
                               WRITE_UNITS_PER_KEY)
 
@@ -1070,7 +1071,7 @@ class Run:
         deserialize = TypeDeserializer().deserialize
         while True:
             page = self.dynamodb.scan(TableName=self.env["USERS_TABLE"], ConsistentRead=True, **start)
-            items += [{k: deserialize(v) for k, v in item.items()} for item in page["Items"]]
+            items += [as_format_1({k: deserialize(v) for k, v in item.items()}) for item in page["Items"]]
             if "LastEvaluatedKey" not in page:
                 return items
             start = {"ExclusiveStartKey": page["LastEvaluatedKey"]}

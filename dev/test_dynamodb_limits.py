@@ -61,6 +61,20 @@ class PartitionAndSortKeySize(unittest.TestCase):
         self.assertIsNone(put({"pk": text(2048), "sk": text(1024)}, table="events"))
         self.assertEqual(put({"pk": {"S": "p"}, "sk": text(1025)}, table="events"), SORT_KEY_TOO_LARGE)
 
+    def test_a_global_secondary_index_key_of_a_whole_item_is_held_to_the_same_limits(self):
+        indexes = {"users": [("email_key", None), ("shard", "pk")]}
+
+        def put_indexed(item):
+            return violation("DynamoDB_20120810.PutItem", {"TableName": "users", "Item": item}, SCHEMAS, indexes)
+        self.assertIsNone(put_indexed({"pk": {"S": "p"}, "email_key": text(2048)}))
+        self.assertEqual(put_indexed({"pk": {"S": "p"}, "email_key": text(2049)}), PARTITION_KEY_TOO_LARGE)
+        self.assertEqual(put_indexed({"pk": text(1025), "shard": {"S": "s"}}), SORT_KEY_TOO_LARGE)
+        # An item without the index's key is not in that index.
+        self.assertIsNone(put_indexed({"pk": text(1025)}))
+        batch = {"RequestItems": {"users": [{"PutRequest": {"Item": {"pk": {"S": "p"}, "email_key": text(2049)}}}]}}
+        self.assertEqual(violation("DynamoDB_20120810.BatchWriteItem", batch, SCHEMAS, indexes),
+                         PARTITION_KEY_TOO_LARGE)
+
     def test_a_non_key_attribute_may_be_longer(self):
         self.assertIsNone(put({"pk": {"S": "p"}, "sk": text(5000)}))
 

@@ -47,5 +47,21 @@ class Deliver(unittest.TestCase):
         self.assertEqual(changes.handled, list(range(5)))
 
 
+
+class StreamRecord(unittest.TestCase):
+    def test_binary_attributes_travel_base64_encoded_as_in_lambdas_event(self):
+        from stack.bridges import stream_record
+        record = {"eventID": "1", "eventName": "MODIFY", "dynamodb": {
+            "Keys": {"pk": {"S": "ws#u1"}},
+            "NewImage": {"pk": {"S": "ws#u1"}, "profile": {"B": b"\x02\xff"},
+                         "nested": {"M": {"l": {"L": [{"B": b"a"}, {"BS": [b"b"]}, {"N": "1"}]}}}},
+            "SequenceNumber": "5"}}
+        event = stream_record(record, "arn:stream")
+        image = event["dynamodb"]["NewImage"]
+        self.assertEqual(image["profile"], {"B": "Av8="})
+        self.assertEqual(image["nested"], {"M": {"l": {"L": [{"B": "YQ=="}, {"BS": ["Yg=="]}, {"N": "1"}]}}})
+        self.assertEqual(event["dynamodb"]["Keys"], {"pk": {"S": "ws#u1"}})
+
+
 if __name__ == "__main__":
     unittest.main()

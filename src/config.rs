@@ -1,6 +1,7 @@
 //! Configuration from environment variables (set by `template.yaml` on AWS and by
 //! `dev/stack.py` locally).
 
+use crate::aws::dynamodb::ProfileFormat;
 use crate::domain::auth::DEFAULT_RATE_LIMIT;
 use crate::domain::rate_limit::DEFAULT_SHARD_RATE;
 use crate::domain::webhook::Reach;
@@ -66,6 +67,11 @@ pub struct Resources {
     /// template): divides the retry schedule's waits and the five days of failures that
     /// disable an endpoint, so tests run them in seconds (3,600: 10 h → 10 s).
     pub webhook_time_factor: f64,
+    /// `USERS_ITEM_FORMAT` (optional, default `2`): how the consumer writes a user's
+    /// profile, `2` (one document) or `1` (attributes, what builds from before
+    /// 2026-12-07 read): `1` only for the first deploy over such a stack
+    /// (docs/runbooks.md). Both are read either way.
+    pub users_item_format: ProfileFormat,
     /// `METRICS_NAMESPACE` (optional, default `VibeFollow/Users`): the CloudWatch
     /// namespace of the functions' embedded metrics, one per stack.
     pub metrics_namespace: String,
@@ -95,8 +101,9 @@ pub const DEFAULT_DUE_SETTLE_RATE: f64 = 400.0;
 
 impl Resources {
     /// Every variable `from_env` reads; template.yaml must set exactly these.
-    pub const ENV_VARS: [&'static str; 19] = [
+    pub const ENV_VARS: [&'static str; 20] = [
         "USERS_TABLE",
+        "USERS_ITEM_FORMAT",
         "IDEMPOTENCY_TABLE",
         "API_KEYS_TABLE",
         "RATE_LIMITS_TABLE",
@@ -120,6 +127,10 @@ impl Resources {
     pub fn from_env() -> Result<Self, MissingVar> {
         Ok(Self {
             users_table: var("USERS_TABLE")?,
+            users_item_format: var("USERS_ITEM_FORMAT")
+                .ok()
+                .and_then(|text| ProfileFormat::parse(&text))
+                .unwrap_or_default(),
             idempotency_table: var("IDEMPOTENCY_TABLE")?,
             api_keys_table: var("API_KEYS_TABLE")?,
             rate_limits_table: var("RATE_LIMITS_TABLE")?,

@@ -10,11 +10,11 @@ import time
 import urllib.parse
 import urllib.request
 import uuid
-from decimal import Decimal
 
 from boto3.dynamodb.types import TypeDeserializer
 
 import stack
+from stack.users_item import as_format_1, json_numbers
 
 from . import audiences
 from .answers import retry_causes, server_errors, unexplained_500s
@@ -57,9 +57,9 @@ def expected_state(accepted):
     return users
 
 
-def stored_state(item):
-    """The user item as {field: (value, stamp)}, removed fields with value None."""
-    plain = {k: TypeDeserializer().deserialize(v) for k, v in item.items()}
+def stored_state(plain):
+    """A users item (`users_items`) as {field: (value, stamp)}, removed fields with
+    value None."""
     traits = plain.get("traits", {})
     fields = {}
     for key, text in plain.get("stamps", {}).items():
@@ -67,19 +67,8 @@ def stored_state(item):
             value = traits.get(key[len("traits."):])
         else:
             value = plain.get(key)
-        fields[key] = (normalize(value), stamp_of(text))
+        fields[key] = (json_numbers(value), stamp_of(text))
     return fields
-
-
-def normalize(value):
-    """DynamoDB numbers come back as Decimal."""
-    if isinstance(value, dict):
-        return {k: normalize(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [normalize(v) for v in value]
-    if isinstance(value, Decimal):
-        return int(value) if value == int(value) else float(value)
-    return value
 
 
 def scan(dynamodb, table):
@@ -287,11 +276,19 @@ def bridge_deliveries():
 def own(item):
     """A users item of the drill's workspace: its key is `<workspace>#<user>` (new items
     carry no `workspace_id`, only their index shard)."""
-    return item["pk"]["S"].split("#", 1)[0] == WORKSPACE
+    return item["pk"].split("#", 1)[0] == WORKSPACE
+
+
+def users_items(dynamodb, env):
+    """The users table's items, deserialized, each in format 1's layout whatever it
+    holds: stamps and values readable, so a marker stored anywhere is found."""
+    deserialize = TypeDeserializer().deserialize
+    return [as_format_1({k: deserialize(v) for k, v in item.items()})
+            for item in scan(dynamodb, env["USERS_TABLE"])]
 
 
 def stored_users(dynamodb, env):
-    return {i["external_user_id"]["S"]: stored_state(i) for i in scan(dynamodb, env["USERS_TABLE"]) if own(i)}
+    return {i["external_user_id"]: stored_state(i) for i in users_items(dynamodb, env) if own(i)}
 
 
 def verify(env, aws, keys, load):
@@ -326,8 +323,8 @@ def verify(env, aws, keys, load):
     webhook_figures, webhook_checks = load["webhooks"].check(keys["webhooks"], load["collector"])
     load["collector"].stop.set()
     cross, cross_marker = cross_workspace(keys["write"], keys["other_workspace"], accepted, stored)
-    all_items = scan(dynamodb, env["USERS_TABLE"])
-    own_items = json.dumps([i for i in all_items if own(i)])
+    all_items = json.dumps(users_items(dynamodb, env), default=str)
+    own_items = json.dumps([i for i in users_items(dynamodb, env) if own(i)], default=str)
 
     # Applied: every field the upsert touched holds its stamp or a later one, unless a
     # later erasure cleared it.
@@ -356,7 +353,7 @@ def verify(env, aws, keys, load):
         "nothing applied twice in effect (no stale or foreign stamp)": stale_fields == foreign_stamps == 0,
         "every probe refused with its status": all(p["status"] == p["expected"] for p in probe_results),
         "no refused request changed anything (markers stored: 0)":
-            not any(m in json.dumps(all_items) for m in markers),
+            not any(m in all_items for m in markers),
         "every retried request eventually got its 202": all(r["status"] == 202 for r in records),
         "every 500 was API Gateway's for an instance the drill killed (none the service's own, no crash)":
             not unexplained,

@@ -13,6 +13,7 @@ functions as on AWS; all invoke the functions through the Invoke API on API_URL:
 
 Each writes one JSON line per batch or tick to its log, and `[stack] …` lines for what
 went wrong."""
+import base64
 import contextlib
 import datetime
 import functools
@@ -255,11 +256,27 @@ class StreamReader:
         return busy
 
 
+def on_the_wire(value):
+    """An attribute value as Lambda's event JSON carries it: boto3 decodes B and BS to
+    bytes, the event holds them base64-encoded (the users item's `profile` is a B)."""
+    if isinstance(value, dict):
+        return {kind: (base64.b64encode(data).decode() if kind == "B"
+                       else [base64.b64encode(b).decode() for b in data] if kind == "BS"
+                       else [on_the_wire(v) for v in data] if kind == "L"
+                       else {k: on_the_wire(v) for k, v in data.items()} if kind == "M"
+                       else data)
+                for kind, data in value.items()}
+    return value
+
+
 def stream_record(record, stream_arn):
     data = dict(record["dynamodb"])
     created = data.get("ApproximateCreationDateTime")
     if hasattr(created, "timestamp"):
         data["ApproximateCreationDateTime"] = created.timestamp()
+    for image in ("Keys", "NewImage", "OldImage"):
+        if image in data:
+            data[image] = {name: on_the_wire(value) for name, value in data[image].items()}
     return {"eventID": record["eventID"], "eventName": record["eventName"], "eventVersion": "1.1",
             "eventSource": "aws:dynamodb", "awsRegion": REGION, "dynamodb": data,
             "eventSourceARN": stream_arn}

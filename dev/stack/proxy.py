@@ -82,6 +82,10 @@ class FaultProxy:
         self.key_schemas = key_schemas or {}
         self.upstream = upstream
         self.indexes = indexes or {}
+        # Each index's (partition, sort) key names, for dynamodb_limits.
+        self.index_schemas = {table: [(index.partition_key, next((k for k in index.keys if k != index.partition_key),
+                                                                   None)) for index in listed]
+                              for table, listed in self.indexes.items()}
         self.ledger = None  # a capacity.Ledger while counting
         self.scale = scale
         self.throughput = self.new_throughput()
@@ -205,17 +209,20 @@ class FaultProxy:
                 if admission:
                     data = admission.answered(status, data)
                 if action == "lose":
-                    return self.injected_error(faults)
-                passed = [(k, v) for k, v in got.items()
-                          if k.lower() not in ("content-length", "transfer-encoding", "connection", "date", "server")]
-                self.answer(status, data, passed)
+                    # The call happened: its capacity counts, whatever the caller is told.
+                    self.injected_error(faults)
+                else:
+                    passed = [(k, v) for k, v in got.items()
+                              if k.lower() not in ("content-length", "transfer-encoding", "connection", "date",
+                                                   "server")]
+                    self.answer(status, data, passed)
+                if counted or admission:
+                    proxy.after_answer(target, payload, before, status, data, counted, limits, admission)
 
             def injected_error(self, faults):
                 error = json.dumps({"__type": faults.get("code", "ServiceUnavailable"),
                                     "message": faults.get("message", "injected by the test fault proxy")}).encode()
                 self.answer(int(faults.get("status", 503)), error, [("Content-Type", "application/x-amz-json-1.0")])
-                if counted or admission:
-                    proxy.after_answer(target, payload, before, status, data, counted, limits, admission)
 
         self.server = QuietServer(("127.0.0.1", port), Handler)
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
@@ -321,7 +328,7 @@ class FaultProxy:
         if not target.startswith("DynamoDB_20120810."):
             return None
         try:
-            return violation(target, json.loads(payload), self.key_schemas)
+            return violation(target, json.loads(payload), self.key_schemas, self.index_schemas)
         except (ValueError, TypeError, AttributeError):
             return None
 

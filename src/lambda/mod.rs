@@ -106,6 +106,7 @@ pub(crate) mod samples {
             |name: &str| format!("http://127.0.0.1:4566/123456789012/vibefollow-local-{name}");
         Resources {
             users_table: "users".into(),
+            users_item_format: Default::default(),
             idempotency_table: "idempotency".into(),
             api_keys_table: "api-keys".into(),
             rate_limits_table: "rate-limits".into(),

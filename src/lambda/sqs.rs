@@ -21,7 +21,8 @@ impl Consumer<UserStore> {
     /// Builds the users adapter and opens its connection during init (see
     /// `AwsApi::on_aws`).
     pub async fn on_aws(sdk: &aws_config::SdkConfig, resources: &Resources) -> Self {
-        let users = UserStore::new(aws_sdk_dynamodb::Client::new(sdk), &resources.users_table);
+        let users = UserStore::new(aws_sdk_dynamodb::Client::new(sdk), &resources.users_table)
+            .writing(resources.users_item_format);
         crate::aws::open_connections(async { [users.open_connection().await] }).await;
         Consumer::new(Apply::new(users), &resources.metrics_namespace)
     }

@@ -1043,18 +1043,7 @@ async fn a_build_finds_users_listed_before_the_shards_and_in_every_shard_once() 
         )
         .await;
     user_when(&stack, &key, "s00", |u| u["traits"]["plan"] == "pro").await;
-    let (table, pk) = item_of("s00");
-    let item = stack
-        .dynamodb
-        .get_item()
-        .table_name(table)
-        .key("pk", pk)
-        .consistent_read(true)
-        .send()
-        .await
-        .unwrap()
-        .item
-        .unwrap();
+    let item = stack.user_item("s00").await.unwrap();
     assert!(item.contains_key("workspace_id") && !item.contains_key("workspace_shard"));
     // Paged in small pages: every user once.
     let store = stack.users();

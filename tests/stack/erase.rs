@@ -7,6 +7,7 @@ use crate::support::{
 };
 use reqwest::Method;
 use serde_json::{json, Value};
+use vibefollow_users::app::ports::Users;
 use vibefollow_users::aws::sqs::encode;
 use vibefollow_users::domain::auth::Scope;
 use vibefollow_users::domain::format_millis;
@@ -63,36 +64,30 @@ async fn erasure_is_accepted_whether_or_not_the_user_exists_and_leaves_no_pii() 
         json!({"data": []})
     );
     // What stays: the ids and the erasure's stamp, expiring.
-    let item = stack
-        .dynamodb
-        .get_item()
-        .table_name(&stack.resources.users_table)
-        .key(
-            "pk",
-            aws_sdk_dynamodb::types::AttributeValue::S(format!("{}#doomed", stack.workspace)),
-        )
-        .consistent_read(true)
-        .send()
-        .await
-        .unwrap()
-        .item
-        .expect("a tombstone");
+    let item = stack.user_item("doomed").await.expect("a tombstone");
     let mut names: Vec<&str> = item.keys().map(String::as_str).collect();
     names.sort();
     assert_eq!(
         names,
         [
-            "erased",
             "expires_at",
             "external_user_id",
             "pk",
-            "stamps",
-            "version",
+            "profile",
+            "profile_version",
             "workspace_shard"
         ]
     );
+    // The profile document holds the erasure's stamp and nothing of the user.
+    let tombstone = stack
+        .users()
+        .get(&stack.workspace, "doomed")
+        .await
+        .unwrap()
+        .expect("a tombstone");
+    assert!(tombstone.profile.erased.is_some() && !tombstone.profile.exists());
     assert!(
-        !format!("{item:?}").contains("erase.me"),
+        !format!("{tombstone:?}").contains("erase.me"),
         "the tombstone holds the email"
     );
 

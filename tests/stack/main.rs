@@ -19,6 +19,7 @@ mod lambda_fleet;
 mod lambda_freeze;
 mod logs;
 mod metrics;
+mod migration;
 mod profile_limits;
 mod rate_counter;
 mod sample_events;

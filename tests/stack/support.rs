@@ -207,6 +207,34 @@ impl Stack {
             .expect("JSON")
     }
 
+    /// The users table's item of a user of this workspace as DynamoDB holds it
+    /// (consistent read), to look at its attributes.
+    pub async fn user_item(
+        &self,
+        id: &str,
+    ) -> Option<
+        std::collections::HashMap<
+            String,
+            vibefollow_users::aws_sdk_dynamodb::types::AttributeValue,
+        >,
+    > {
+        self.dynamodb
+            .get_item()
+            .table_name(&self.resources.users_table)
+            .key(
+                "pk",
+                vibefollow_users::aws_sdk_dynamodb::types::AttributeValue::S(format!(
+                    "{}#{id}",
+                    self.workspace
+                )),
+            )
+            .consistent_read(true)
+            .send()
+            .await
+            .expect("GetItem on the users table")
+            .item
+    }
+
     /// The stored item of a user of this workspace, stamps and all.
     pub async fn stored(&self, id: &str) -> Option<StoredUser> {
         self.users()

@@ -39,6 +39,7 @@ async fn run(cli: Cli) -> Result<(), CommandError> {
         Command::Users(UsersCommand::Import(args)) => {
             return users::import_file(args, cli.local).await
         }
+        Command::Users(UsersCommand::Formats) => Command::Users(UsersCommand::Formats),
         Command::Events(EventsCommand::Tail { count }) => {
             return events::tail_events(cli.local, count).await
         }
@@ -57,7 +58,8 @@ async fn run(cli: Cli) -> Result<(), CommandError> {
     match command {
         Command::Keys(command) => keys::run(&target, command).await,
         Command::Dlq(command) => dlq::run(&target, command).await,
-        Command::Users(_) | Command::Events(_) | Command::Webhooks(_) => {
+        Command::Users(UsersCommand::Formats) => users::count_formats(&target).await,
+        Command::Users(UsersCommand::Import(_)) | Command::Events(_) | Command::Webhooks(_) => {
             unreachable!("handled above")
         }
     }

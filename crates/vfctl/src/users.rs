@@ -1,9 +1,12 @@
 //! `vfctl users import`: the arguments into the importer's options, and its summary
-//! out (a line on stderr, the JSON on stdout).
+//! out (a line on stderr, the JSON on stdout). `vfctl users formats`: the users table
+//! by item format.
 
 use crate::cli::ImportArgs;
 use crate::error::CommandError;
 use crate::import::{import, CsvOptions, ImportOptions};
+use crate::target::Target;
+use vibefollow_users::aws::dynamodb::UserStore;
 
 /// What a command that calls the API says without a key.
 pub const NO_KEY: &str = "no API key: pass --key or set VIBEFOLLOW_API_KEY";
@@ -49,6 +52,23 @@ pub async fn import_file(args: ImportArgs, local: bool) -> Result<(), CommandErr
     println!(
         "{}",
         serde_json::to_string(&summary).map_err(|e| e.to_string())?
+    );
+    Ok(())
+}
+
+pub async fn count_formats(target: &Target) -> Result<(), CommandError> {
+    let table = target.resource("USERS_TABLE", "UsersTableName").await?;
+    let store = UserStore::new(aws_sdk_dynamodb::Client::new(&target.sdk), table);
+    let count = store
+        .count_formats()
+        .await
+        .map_err(|source| CommandError::Aws {
+            what: "the users table",
+            source,
+        })?;
+    println!(
+        "{}",
+        serde_json::to_string(&count).map_err(|e| e.to_string())?
     );
     Ok(())
 }

@@ -25,7 +25,10 @@ pub use counters::RateLimitStore;
 pub use idempotency::IdempotencyStore;
 pub use lanes::LaneStore;
 pub use stream::{stream_image, ImageError};
-pub use users::{UserStore, EMAIL_INDEX, EMAIL_KEY, UNSHARDED_USERS_INDEX, WORKSPACE_USERS_INDEX};
+pub use users::{
+    FormatCount, ProfileFormat, UserStore, EMAIL_INDEX, EMAIL_KEY, UNSHARDED_USERS_INDEX,
+    WORKSPACE_USERS_INDEX,
+};
 pub use webhooks::WebhookStore;
 
 use crate::app::ports::PortError;

@@ -1,8 +1,10 @@
-//! A user as the users table's item, and back. Written by hand, not with
-//! serde_dynamo: numbers must stay exactly as sent (`attributes.rs`), stamps are kept
-//! in their compact text form, and an item is read leniently on purpose — a missing or
-//! odd attribute reads as absent, so an older or hand-edited item never stops the
-//! consumer (only a missing key makes it unreadable).
+//! A user as the users table's item, and back: its keys and index attributes as
+//! attributes, its profile in one of two formats — the `profile` document
+//! (`document.rs`, what is written) or the attributes of format 1 (`legacy.rs`, what
+//! items written before it hold until their next write). Reading takes either, so
+//! the migration needs no rewrite of the table; `vfctl users formats` counts the
+//! items still in format 1. Only a missing key or a damaged document makes an item
+//! unreadable.
 
 use super::*;
 
@@ -10,7 +12,73 @@ pub(super) fn email_key(workspace_id: &str, email: &str) -> String {
     workspace_key(workspace_id, &normalize_email(email))
 }
 
-pub(super) fn item_from_user(workspace_id: &str, user: &StoredUser) -> Result<Item, PortError> {
+/// How the consumer writes a user's profile (`USERS_ITEM_FORMAT`, `src/config.rs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ProfileFormat {
+    /// Format 1, attributes: what builds from before format 2 read. Written during the
+    /// first deploy over such a stack, while its instances may still run
+    /// (docs/runbooks.md).
+    Attributes,
+    /// Format 2, the `profile` document.
+    #[default]
+    Document,
+}
+
+impl ProfileFormat {
+    /// `1` or `2`, as the variable gives it.
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "1" => Some(Self::Attributes),
+            "2" => Some(Self::Document),
+            _ => None,
+        }
+    }
+}
+
+pub(super) fn item_from_user(
+    workspace_id: &str,
+    user: &StoredUser,
+    format: ProfileFormat,
+) -> Result<Item, PortError> {
+    let mut item = keys_of(workspace_id, user);
+    let version = n(next_version(user.version, crate::clock::now_millis()));
+    let document = match format {
+        ProfileFormat::Document => Some(
+            document::encode(&user.profile)
+                .map_err(|_| PortError::Refused("profile_not_encodable".to_owned()))?,
+        ),
+        ProfileFormat::Attributes => None,
+    };
+    match document.filter(|document| document.len() <= DOCUMENT_MOST) {
+        Some(document) => {
+            item.insert(PROFILE.to_owned(), AttributeValue::B(Blob::new(document)));
+            item.insert(PROFILE_VERSION.to_owned(), version);
+        }
+        None => {
+            legacy::insert_attributes(&mut item, &user.profile);
+            item.insert(VERSION.to_owned(), version);
+        }
+    }
+    Ok(item)
+}
+
+/// The version of a format-1 item (the optimistic lock of every write).
+pub(super) const VERSION: &str = "version";
+/// The version of a format-2 item, under a name builds from before format 2 do not
+/// know: they read such an item as a new user, so their write (`attribute_not_exists`)
+/// fails instead of overwriting a profile they cannot read (a deploy's old instances).
+pub(super) const PROFILE_VERSION: &str = "profile_version";
+
+/// The attribute that holds a format-2 profile (`document.rs`).
+pub const PROFILE: &str = "profile";
+/// The longest document written: past it (a profile of hundreds of thousands of short
+/// decimals, which MessagePack writes in 9 bytes and DynamoDB counts as 2) the
+/// attribute form, which the traits budget keeps under 400 KB, is written instead.
+const DOCUMENT_MOST: usize = 300 * 1024;
+
+/// What every item holds whatever its format: keys, the index attributes and a
+/// tombstone's expiry.
+fn keys_of(workspace_id: &str, user: &StoredUser) -> Item {
     let profile = &user.profile;
     let mut item = Item::from([
         (
@@ -19,128 +87,17 @@ pub(super) fn item_from_user(workspace_id: &str, user: &StoredUser) -> Result<It
         ),
         listing(workspace_id, user),
         ("external_user_id".to_owned(), s(&user.external_user_id)),
-        (
-            "version".to_owned(),
-            n(next_version(user.version, crate::clock::now_millis())),
-        ),
     ]);
-    for (field, value) in &profile.profile {
-        item.insert(field.attribute().to_owned(), s(value));
-    }
     if let Some(email) = profile.profile.get(&ProfileField::Email) {
         item.insert(EMAIL_KEY.to_owned(), s(email_key(workspace_id, email)));
     }
-    if !profile.traits.is_empty() {
-        let traits = profile
-            .traits
-            .iter()
-            .map(|(name, value)| (name.clone(), to_attribute(value)))
-            .collect();
-        item.insert("traits".to_owned(), AttributeValue::M(traits));
+    // A tombstone (ids and the erasure's stamp) lives only as long as an older message
+    // could still arrive; a user recreated since keeps its item.
+    if let Some(erased) = profile.erased.as_ref().filter(|_| !profile.exists()) {
+        let expires_at = erased.accepted_at / 1000 + TOMBSTONE_TTL_SECS;
+        item.insert(TTL_ATTRIBUTE.to_owned(), n(expires_at));
     }
-    let stamps = profile
-        .stamps
-        .iter()
-        .map(|(key, stamp)| (key.clone(), s(stamp_text(stamp))))
-        .collect();
-    item.insert("stamps".to_owned(), AttributeValue::M(stamps));
-    if !profile.once.is_empty() {
-        item.insert(SET_ONCE.to_owned(), once_attribute(&profile.once));
-    }
-    if let Some(last) = &profile.last_write {
-        item.insert("last_write".to_owned(), s(stamp_text(last)));
-    }
-    if let Some(floor) = &profile.floor {
-        item.insert("stamps_floor".to_owned(), s(stamp_text(floor)));
-    }
-    if let Some(erased) = &profile.erased {
-        item.insert("erased".to_owned(), s(stamp_text(erased)));
-        // A tombstone (ids and the erasure's stamp) lives only as long as an older
-        // message could still arrive; a user recreated since keeps its item.
-        if !profile.exists() {
-            let expires_at = erased.accepted_at / 1000 + TOMBSTONE_TTL_SECS;
-            item.insert(TTL_ATTRIBUTE.to_owned(), n(expires_at));
-        }
-    }
-    if !profile.rejected.is_empty() {
-        let rejected = profile
-            .rejected
-            .iter()
-            .map(|r| {
-                AttributeValue::M(HashMap::from([
-                    ("name".to_owned(), s(&r.name)),
-                    ("reason".to_owned(), s(r.reason.as_str())),
-                    ("stamp".to_owned(), s(stamp_text(&r.stamp))),
-                ]))
-            })
-            .collect();
-        item.insert("rejected_traits".to_owned(), AttributeValue::L(rejected));
-    }
-    if let Some(created_at) = profile.created_at {
-        item.insert("created_at".to_owned(), n(created_at));
-    }
-    if let Some(updated_at) = profile.updated_at {
-        item.insert("updated_at".to_owned(), n(updated_at));
-    }
-    Ok(item)
-}
-
-/// The `set_once` writes a field keeps: `{key: {"applies": BOOL, "writes": [{"stamp",
-/// "value"}]}}`.
-const SET_ONCE: &str = "set_once";
-
-fn once_attribute(once: &BTreeMap<String, OnceWrites>) -> AttributeValue {
-    let fields = once
-        .iter()
-        .map(|(key, field)| {
-            let writes = field
-                .writes
-                .iter()
-                .map(|w| {
-                    AttributeValue::M(HashMap::from([
-                        ("stamp".to_owned(), s(stamp_text(&w.stamp))),
-                        ("value".to_owned(), to_attribute(&w.value)),
-                    ]))
-                })
-                .collect();
-            let field = HashMap::from([
-                ("applies".to_owned(), AttributeValue::Bool(field.applies)),
-                ("writes".to_owned(), AttributeValue::L(writes)),
-            ]);
-            (key.clone(), AttributeValue::M(field))
-        })
-        .collect();
-    AttributeValue::M(fields)
-}
-
-fn once_from_attribute(attribute: Option<&AttributeValue>) -> BTreeMap<String, OnceWrites> {
-    let fields = attribute.and_then(|a| a.as_m().ok()).into_iter().flatten();
-    fields
-        .filter_map(|(key, field)| {
-            let field = field.as_m().ok()?;
-            let writes = field
-                .get("writes")?
-                .as_l()
-                .ok()?
-                .iter()
-                .filter_map(|w| {
-                    let w = w.as_m().ok()?;
-                    Some(OnceWrite {
-                        stamp: parse_stamp(get_s(w, "stamp")?)?,
-                        value: from_attribute(w.get("value")?),
-                    })
-                })
-                .collect();
-            let applies = field.get("applies").and_then(|a| a.as_bool().ok()).copied();
-            Some((
-                key.clone(),
-                OnceWrites {
-                    applies: applies.unwrap_or(false),
-                    writes,
-                },
-            ))
-        })
-        .collect()
+    item
 }
 
 /// Where a build finds the user: a shard of its workspace's users, or, for a user
@@ -158,7 +115,7 @@ fn listing(workspace_id: &str, user: &StoredUser) -> (String, AttributeValue) {
 
 /// The workspace and user an item holds (a stream image, say).
 pub(in crate::aws::dynamodb) fn stored_user(item: &Item) -> Option<(String, StoredUser)> {
-    Some((workspace_of(item)?.to_owned(), user_from_item(item)?))
+    Some((workspace_of(item)?.to_owned(), user_from_item(item).ok()??))
 }
 
 /// The workspace of an item: its key's first part (workspace ids hold no `#`).
@@ -166,68 +123,50 @@ pub(super) fn workspace_of(item: &Item) -> Option<&str> {
     Some(get_s(item, PARTITION_KEY)?.split_once('#')?.0)
 }
 
-pub(super) fn user_from_item(item: &Item) -> Option<StoredUser> {
-    let profile_fields = ProfileField::ALL
-        .into_iter()
-        .filter_map(|field| Some((field, get_s(item, field.attribute())?.to_owned())))
-        .collect();
-    let traits: BTreeMap<String, Value> = item
-        .get("traits")
-        .and_then(|v| v.as_m().ok())
-        .into_iter()
-        .flatten()
-        .map(|(name, value)| (name.clone(), from_attribute(value)))
-        .collect();
-    let stamps = item
-        .get("stamps")
-        .and_then(|v| v.as_m().ok())
-        .into_iter()
-        .flatten()
-        .filter_map(|(key, v)| Some((key.clone(), parse_stamp(v.as_s().ok()?)?)))
-        .collect();
-    let rejected = item
-        .get("rejected_traits")
-        .and_then(|v| v.as_l().ok())
-        .into_iter()
-        .flatten()
-        .filter_map(|entry| {
-            let entry = entry.as_m().ok()?;
-            Some(RejectedTrait {
-                name: get_s(entry, "name")?.to_owned(),
-                reason: RejectReason::parse(get_s(entry, "reason")?)?,
-                stamp: parse_stamp(get_s(entry, "stamp")?)?,
-            })
-        })
-        .collect();
-    Some(StoredUser {
-        external_user_id: get_s(item, "external_user_id")?.to_owned(),
-        profile: UserProfile {
-            profile: profile_fields,
-            traits,
-            stamps,
-            floor: get_s(item, "stamps_floor").and_then(parse_stamp),
-            rejected,
-            erased: get_s(item, "erased").and_then(parse_stamp),
-            once: once_from_attribute(item.get(SET_ONCE)),
-            last_write: get_s(item, "last_write").and_then(parse_stamp),
-            created_at: get_n(item, "created_at"),
-            updated_at: get_n(item, "updated_at"),
-        },
-        version: get_n(item, "version").unwrap_or(0),
+/// A `profile` attribute this code cannot read: damaged, or from a newer format. The
+/// user is not read as absent (which a write would then try to create over it).
+#[derive(Debug, thiserror::Error)]
+#[error("users_item_unreadable")]
+pub struct UnreadableProfile;
+
+impl From<UnreadableProfile> for PortError {
+    fn from(unreadable: UnreadableProfile) -> Self {
+        PortError::Refused(unreadable.to_string())
+    }
+}
+
+/// The user an item holds; `None` for an item without a user id (not a user's).
+pub(super) fn user_from_item(item: &Item) -> Result<Option<StoredUser>, UnreadableProfile> {
+    let Some(external_user_id) = get_s(item, "external_user_id") else {
+        return Ok(None);
+    };
+    let (profile, version) = match item.get(PROFILE) {
+        Some(profile) => {
+            let bytes = profile.as_b().map_err(|_| UnreadableProfile)?;
+            let profile = document::decode(bytes.as_ref()).ok_or(UnreadableProfile)?;
+            (profile, get_n(item, PROFILE_VERSION))
+        }
+        None => (legacy::profile_from_attributes(item), get_n(item, VERSION)),
+    };
+    Ok(Some(StoredUser {
+        external_user_id: external_user_id.to_owned(),
+        profile,
+        version: version.unwrap_or(0),
         listed_unsharded: item.contains_key(UNSHARDED_KEY),
-    })
+    }))
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
-    const NOW: i64 = 1_800_000_000_000;
+    pub(crate) const NOW: i64 = 1_800_000_000_000;
     use crate::aws::sqs::{decode, encode};
     use crate::contract::parse_upsert;
     use crate::domain::user_view;
     use crate::domain::{Changes, Stamp, UpsertMessage};
     use proptest::prelude::*;
+    use proptest::test_runner::TestCaseError;
     use serde_json::{json, Map};
     use std::collections::HashMap;
 
@@ -250,17 +189,19 @@ mod tests {
             version: 3,
             listed_unsharded: false,
         };
-        let item = item_from_user("ws", &user).unwrap();
+        let item = item_from_user("ws", &user, DOCUMENT).unwrap();
         assert_eq!(get_s(&item, EMAIL_KEY), Some("ws#jane@acme.io"));
         assert_eq!(get_s(&item, "pk"), Some("ws#usr#1"));
-        let back = user_from_item(&item).unwrap();
+        let back = user_from_item(&item).unwrap().unwrap();
         assert_eq!(back.version, 4);
         // A new item starts its versions from the time, past any earlier life's.
         let created = StoredUser {
             version: 0,
             ..user.clone()
         };
-        let first = user_from_item(&item_from_user("ws", &created).unwrap()).unwrap();
+        let first = user_from_item(&item_from_user("ws", &created, DOCUMENT).unwrap())
+            .unwrap()
+            .unwrap();
         assert!(first.version > 1_700_000_000_000, "{}", first.version);
         assert_eq!(back.profile, user.profile);
     }
@@ -268,7 +209,7 @@ mod tests {
     #[test]
     fn a_new_user_is_listed_in_a_shard_and_one_from_before_stays_where_it_is() {
         let user = StoredUser::new("u1");
-        let item = item_from_user("ws", &user).unwrap();
+        let item = item_from_user("ws", &user, DOCUMENT).unwrap();
         let shard = get_s(&item, WORKSPACE_SHARD_KEY).unwrap();
         assert!(
             shard
@@ -285,12 +226,12 @@ mod tests {
         before.insert(UNSHARDED_KEY.to_owned(), s("ws"));
         let (workspace_id, old) = stored_user(&before).unwrap();
         assert!(old.listed_unsharded);
-        let rewritten = item_from_user(&workspace_id, &old).unwrap();
+        let rewritten = item_from_user(&workspace_id, &old, DOCUMENT).unwrap();
         assert_eq!(get_s(&rewritten, UNSHARDED_KEY), Some("ws"));
         assert!(!rewritten.contains_key(WORKSPACE_SHARD_KEY));
         // Spread over every shard.
         let shards: std::collections::BTreeSet<String> = (0..1_000)
-            .map(|i| item_from_user("ws", &StoredUser::new(&format!("u{i}"))).unwrap())
+            .map(|i| item_from_user("ws", &StoredUser::new(&format!("u{i}")), DOCUMENT).unwrap())
             .filter_map(|item| get_s(&item, WORKSPACE_SHARD_KEY).map(str::to_owned))
             .collect();
         assert_eq!(shards.len() as u64, WORKSPACE_SHARDS);
@@ -313,11 +254,12 @@ mod tests {
                     .map(|(k, v)| 1 + k.len() + attribute_size(v))
                     .sum::<usize>()
             }
+            AttributeValue::B(bytes) => bytes.as_ref().len(),
             _ => 1,
         }
     }
 
-    fn item_size(item: &Item) -> usize {
+    pub(crate) fn item_size(item: &Item) -> usize {
         item.iter()
             .map(|(name, value)| name.len() + attribute_size(value))
             .sum()
@@ -374,12 +316,20 @@ mod tests {
     #[test]
     fn the_largest_item_the_consumer_writes_fits_dynamodb() {
         let user = full_profile();
-        let size = item_size(&item_from_user(&"w".repeat(64), &user).unwrap());
-        eprintln!("largest users item: {size} bytes");
-        assert!(
-            size < 400 * 1024 * 9 / 10,
-            "{size} bytes leaves under 10 % of DynamoDB's 400 KB"
-        );
+        let workspace = "w".repeat(64);
+        // Format 1, which the traits budget bounds, and format 2, which is written only
+        // when its document is at most DOCUMENT_MOST.
+        let legacy = item_size(&legacy_item_from_user(&workspace, &user));
+        let written = item_size(&item_from_user(&workspace, &user, DOCUMENT).unwrap());
+        let largest_document =
+            item_size(&keys_of(&workspace, &user)) + PROFILE.len() + DOCUMENT_MOST;
+        eprintln!("largest users item: format 1 {legacy} bytes, as written {written} bytes");
+        for size in [legacy, written, largest_document] {
+            assert!(
+                size < 400 * 1024 * 9 / 10,
+                "{size} bytes leaves under 10 % of DynamoDB's 400 KB"
+            );
+        }
     }
 
     fn edge_number() -> impl Strategy<Value = Value> {
@@ -415,7 +365,7 @@ mod tests {
     }
 
     /// Acceptance of write `i`: `ACCEPTED + i` ms.
-    const ACCEPTED: i64 = NOW - 1_000;
+    pub(crate) const ACCEPTED: i64 = NOW - 1_000;
     /// The source times bodies may carry, from `ACCEPTED`: a few, so that they tie and
     /// interleave with the acceptance times.
     const SOURCE_OFFSETS: [i64; 4] = [3, 5, -500, 5];
@@ -475,7 +425,7 @@ mod tests {
 
     /// Keeps at most `MAX_PENDING_ONCE` set_once writes of each name, in write order:
     /// the documented bound of what the merge remembers (see `UserProfile`).
-    fn within_once_bound(mut writes: Vec<Option<Value>>) -> Vec<Option<Value>> {
+    pub(crate) fn within_once_bound(mut writes: Vec<Option<Value>>) -> Vec<Option<Value>> {
         use crate::domain::budget::MAX_PENDING_ONCE;
         let mut seen: HashMap<String, usize> = HashMap::new();
         for body in writes.iter_mut().flatten() {
@@ -532,58 +482,115 @@ mod tests {
         (email, traits, exists)
     }
 
-    fn write() -> impl Strategy<Value = Option<Value>> {
+    pub(crate) fn write() -> impl Strategy<Value = Option<Value>> {
         prop_oneof![6 => body().prop_map(Some), 1 => Just(None)]
+    }
+
+    /// A user's writes as messages through SQS (the message as JSON text): write `i`
+    /// accepted at `accepted(i)` under request id `request_id(i)`, an erasure stamped
+    /// at its acceptance. Returns each write with its stamp, and the messages.
+    pub(crate) fn messages_of(
+        writes: &[Option<Value>],
+        accepted: impl Fn(usize) -> i64,
+        request_id: impl Fn(usize) -> String,
+    ) -> (Vec<(Stamp, Option<Value>)>, Vec<UpsertMessage>) {
+        let mut stamped = Vec::new();
+        let mut messages = Vec::new();
+        for (i, write) in writes.iter().enumerate() {
+            let (changes, timestamp) = match write {
+                Some(body) => {
+                    let accepted = parse_upsert(body.to_string().as_bytes(), NOW)
+                        .unwrap_or_else(|e| panic!("{body} was refused: {e:?}"));
+                    (accepted.changes, accepted.timestamp)
+                }
+                None => (Changes::default(), None),
+            };
+            let stamp = Stamp::new(accepted(i), request_id(i)).at_source(timestamp);
+            let message =
+                UpsertMessage::new("ws", "u1".into(), stamp.clone(), changes, write.is_none());
+            messages.push(decode(&encode(&message)).unwrap().remove(0));
+            stamped.push((stamp, write.clone()));
+        }
+        (stamped, messages)
+    }
+
+    /// The messages delivered shuffled and duplicated as `order` says.
+    pub(crate) fn shuffled<'a>(
+        messages: &'a [UpsertMessage],
+        order: &[proptest::sample::Index],
+    ) -> Vec<&'a UpsertMessage> {
+        let mut deliveries: Vec<&UpsertMessage> = messages.iter().collect();
+        deliveries.extend(order.iter().map(|i| i.get(messages)));
+        for (n, i) in order.iter().enumerate() {
+            let len = deliveries.len();
+            deliveries.swap(n % len, i.index(len));
+        }
+        deliveries
+    }
+
+    /// Applies each delivery and writes the user through DynamoDB's item and back,
+    /// in format 1 where `legacy` says so (cycled), else in the format written now.
+    pub(crate) fn deliver(
+        mut user: StoredUser,
+        deliveries: &[&UpsertMessage],
+        legacy: &[bool],
+    ) -> StoredUser {
+        let formats = legacy.iter().copied().chain(std::iter::repeat(false));
+        for (message, legacy) in deliveries.iter().zip(formats) {
+            user.profile.apply_message(message);
+            let item = if legacy {
+                legacy_item_from_user("ws", &user)
+            } else {
+                item_from_user("ws", &user, DOCUMENT).unwrap()
+            };
+            user = user_from_item(&item).unwrap().unwrap();
+        }
+        user
+    }
+
+    /// The item the code before format 2 wrote (`legacy.rs`), as format 1 writes it.
+    pub(crate) fn legacy_item_from_user(workspace_id: &str, user: &StoredUser) -> Item {
+        item_from_user(workspace_id, user, ProfileFormat::Attributes).unwrap()
+    }
+
+    pub(crate) const DOCUMENT: ProfileFormat = ProfileFormat::Document;
+
+    /// Whether the user reads as the writes applied one by one in stamp order: its
+    /// view, and what rules see of it.
+    pub(crate) fn equals_reference(
+        user: &StoredUser,
+        stamped: &[(Stamp, Option<Value>)],
+    ) -> Result<(), TestCaseError> {
+        let (email, traits, exists) = in_stamp_order(stamped);
+        prop_assert_eq!(user.profile.exists(), exists);
+        let view = user_view(&user.external_user_id, &user.profile, true);
+        prop_assert_eq!(view.get("email").and_then(Value::as_str), email.as_deref());
+        prop_assert_eq!(&view["traits"], &Value::Object(traits.clone()));
+        let mut fields = traits;
+        if let Some(email) = email {
+            fields.insert("email".to_owned(), Value::String(email));
+        }
+        prop_assert_eq!(crate::domain::read_fields(&user.profile), fields);
+        Ok(())
     }
 
     proptest! {
         /// Any mix of traits, `null`, set_once, source timestamps and erasures, delivered
-        /// shuffled and duplicated, through SQS and DynamoDB at every step, reads as the
-        /// writes applied one by one in stamp order.
+        /// shuffled and duplicated, through SQS and DynamoDB at every step (each item
+        /// written in either format, as during the migration), reads as the writes
+        /// applied one by one in stamp order.
         #[test]
         fn stored_users_equal_the_writes_applied_in_stamp_order(
             writes in proptest::collection::vec(write(), 1..10),
             order in proptest::collection::vec(any::<proptest::sample::Index>(), 0..12),
+            legacy in proptest::collection::vec(any::<bool>(), 0..22),
         ) {
             let writes = within_once_bound(writes);
-            let mut stamped = Vec::new();
-            let mut messages = Vec::new();
-            for (i, write) in writes.iter().enumerate() {
-                let accepted_at = ACCEPTED + i as i64;
-                let (changes, timestamp) = match write {
-                    Some(body) => {
-                        let accepted = parse_upsert(body.to_string().as_bytes(), NOW);
-                        prop_assert!(accepted.is_ok(), "{body} was refused: {accepted:?}");
-                        let accepted = accepted.unwrap();
-                        (accepted.changes, accepted.timestamp)
-                    }
-                    // An erasure is stamped at its acceptance.
-                    None => (Changes::default(), None),
-                };
-                let stamp = Stamp::new(accepted_at, format!("r{i}")).at_source(timestamp);
-                let message = UpsertMessage::new("ws", "u1".into(), stamp.clone(), changes, write.is_none());
-                // Through SQS: the message as JSON text.
-                messages.push(decode(&encode(&message)).unwrap().remove(0));
-                stamped.push((stamp, write.clone()));
-            }
-            let mut deliveries: Vec<&UpsertMessage> = messages.iter().collect();
-            deliveries.extend(order.iter().map(|i| i.get(&messages)));
-            for (n, i) in order.iter().enumerate() {
-                let len = deliveries.len();
-                deliveries.swap(n % len, i.index(len));
-            }
-            let mut user = StoredUser::new("u1");
-            for message in deliveries {
-                user.profile.apply_message(message);
-                // Through DynamoDB: the item and back, at every write.
-                user = user_from_item(&item_from_user("ws", &user).unwrap()).unwrap();
-            }
-            let (email, traits, exists) = in_stamp_order(&stamped);
-            prop_assert_eq!(user.profile.exists(), exists);
-            let view = user_view("u1", &user.profile, true);
-            prop_assert_eq!(view.get("email").and_then(Value::as_str), email.as_deref());
-            prop_assert_eq!(&view["traits"], &Value::Object(traits));
-            prop_assert!(view.get("rejected_traits").is_none());
+            let (stamped, messages) =
+                messages_of(&writes, |i| ACCEPTED + i as i64, |i| format!("r{i}"));
+            let user = deliver(StoredUser::new("u1"), &shuffled(&messages, &order), &legacy);
+            equals_reference(&user, &stamped)?;
+            prop_assert!(user.profile.rejected.is_empty());
         }
     }
 }
