@@ -36,6 +36,8 @@ class UsersItem(unittest.TestCase):
             self.assertIn("profile", format_2)
             spread = as_format_1(format_2)
             self.assertNotIn("profile", spread)
+            # Format 2's `profile_version` spread out as `version`.
+            self.assertEqual(spread["version"], format_2["profile_version"])
             for item in (spread, format_1):
                 item.pop("version")
             self.maxDiff = None

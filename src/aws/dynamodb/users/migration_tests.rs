@@ -212,9 +212,11 @@ fn the_committed_format_2_samples_read_as_their_format_1_twins() {
         };
         let (format_2, format_1) = (read("format_2"), read("format_1"));
         assert!(format_2.contains_key(PROFILE) && format_1.contains_key(STAMPS));
-        assert_eq!(
-            user_from_item(&format_2).unwrap().unwrap().profile,
-            user_from_item(&format_1).unwrap().unwrap().profile
+        let (two, one) = (
+            user_from_item(&format_2).unwrap().unwrap(),
+            user_from_item(&format_1).unwrap().unwrap(),
         );
+        assert_eq!(two.profile, one.profile);
+        assert!(two.version > 0 && format_2.contains_key(PROFILE_VERSION));
     }
 }

@@ -103,6 +103,17 @@ impl UserStore {
     }
 }
 
+/// A user of a batch read, with its workspace. An unreadable item fails only its own
+/// user: read as absent here, its write (made as a creation) fails its condition and
+/// only that user's messages are retried; `get` names the cause.
+fn batch_user(item: &Item) -> Option<(&str, StoredUser)> {
+    let user = user_from_item(item).unwrap_or_else(|unreadable| {
+        tracing::warn!(error = %unreadable, "a users item in a batch read is unreadable");
+        None
+    });
+    Some((workspace_of(item)?, user?))
+}
+
 /// The users table by item format, and what counting it cost.
 #[derive(Debug, Default, Clone, PartialEq, serde::Serialize)]
 pub struct FormatCount {
@@ -157,9 +168,7 @@ impl Users for UserStore {
                 .into_iter()
                 .flatten()
             {
-                if let (Some(workspace_id), Some(user)) =
-                    (workspace_of(item), user_from_item(item)?)
-                {
+                if let Some((workspace_id, user)) = batch_user(item) {
                     found.insert(
                         (workspace_id.to_owned(), user.external_user_id.clone()),
                         user,
@@ -172,13 +181,15 @@ impl Users for UserStore {
                 .map(|k| k.keys().to_vec())
                 .unwrap_or_default();
             for key in unprocessed {
-                let Some((workspace_id, id)) =
-                    get_s(&key, PARTITION_KEY).and_then(|pk| pk.split_once('#'))
-                else {
+                let Some(pk) = get_s(&key, PARTITION_KEY) else {
                     continue;
                 };
-                if let Some(user) = self.get(workspace_id, id).await? {
-                    found.insert((workspace_id.to_owned(), id.to_owned()), user);
+                let item = get_by_key(&self.client, &self.table, pk.to_owned(), true).await?;
+                if let Some((workspace_id, user)) = item.as_ref().and_then(batch_user) {
+                    found.insert(
+                        (workspace_id.to_owned(), user.external_user_id.clone()),
+                        user,
+                    );
                 }
             }
         }
@@ -416,6 +427,22 @@ impl WorkspaceUsers for UserStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_unreadable_item_in_a_batch_read_is_left_out_alone() {
+        let mut user = StoredUser::new("u1");
+        user.profile.created_at = Some(1);
+        let good = item_from_user("ws", &user, ProfileFormat::Document).unwrap();
+        let (workspace_id, read) = batch_user(&good).unwrap();
+        assert_eq!((workspace_id, read.external_user_id.as_str()), ("ws", "u1"));
+        let mut damaged = good.clone();
+        damaged.insert(
+            item::PROFILE.to_owned(),
+            AttributeValue::B(Blob::new(vec![2, 0])),
+        );
+        assert!(batch_user(&damaged).is_none());
+        assert!(user_from_item(&damaged).is_err(), "a single read says why");
+    }
 
     #[test]
     fn a_cursor_reads_back_where_it_was_and_one_from_before_the_shards_is_unsharded() {
