@@ -13,6 +13,7 @@ audiences function, in-memory fakes for the queue and the stream. What they chec
 - the stack wires all of it from template.yaml: the fleet, the build, the processes."""
 import http.client
 import json
+import os
 import re
 import sys
 import tempfile
@@ -574,13 +575,22 @@ class Wiring(unittest.TestCase):
         self.assertEqual([command[i + 1] for i, arg in enumerate(command) if arg == "--bin"],
                          ["api", "consumer", "changes", "audiences", "webhooks"])
 
-    def test_every_event_source_is_a_process_of_the_stack(self):
+    def started_event_sources(self, environ=None):
+        """The stack, and the command of each process its event sources start (by name)
+        with `environ` set."""
         stack = supervisor.Stack(reload=False)
         self.addCleanup(stack.spawner.close)
         stack.template, stack.names, stack.env = self.template, self.names, self.env
         spawned = {}
         stack.spawn = lambda name, args, log_mode="w": spawned.setdefault(name, args[2:])
-        stack.start_event_sources()
+        with mock.patch.dict(os.environ, environ or {}):
+            if not environ:
+                os.environ.pop("VF_BRIDGE_VISIBILITY_SECONDS", None)
+            stack.start_event_sources()
+        return stack, spawned
+
+    def test_every_event_source_is_a_process_of_the_stack(self):
+        stack, spawned = self.started_event_sources()
         failures = "http://127.0.0.1:4566/123456789012/vibefollow-local-changes-failures"
         self.assertEqual(spawned, {
             # A MaximumConcurrency the template gives as a number is the bridge's most
@@ -596,6 +606,19 @@ class Wiring(unittest.TestCase):
             "ticker": ["ticker", f"audiences=vibefollow-local-tick,{TICKS_DLQ_URL}"],
         })
         self.assertEqual(stack.bridge, spawned["bridge"], "the drill kills and restarts the consumer's bridge")
+
+    def test_only_the_consumers_bridge_shortens_the_visibility(self):
+        # The drill kills the consumer's bridge: its batches must come back in seconds.
+        # The others keep their queue's visibility, longer than their function's batch
+        # (a webhooks batch may wait 15 s on an endpoint), as on AWS: a shorter one hands
+        # a batch's messages to a second worker while the first still runs.
+        _, spawned = self.started_event_sources({"VF_BRIDGE_VISIBILITY_SECONDS": "4"})
+        self.assertEqual(spawned["bridge"], ["bridge", self.env["UPSERT_QUEUE_URL"], "consumer", "10", "2", "4"])
+        self.assertEqual(spawned["webhooks-wakes-bridge"],
+                         ["bridge", self.env["WEBHOOK_WAKE_QUEUE_URL"], "webhooks", "10", "2"])
+        with mock.patch.object(cli, "bridge") as started:
+            self.assertEqual(cli.main(spawned["bridge"]), 0)
+        started.assert_called_once_with(self.env["UPSERT_QUEUE_URL"], "consumer", 10, 2, 4)
 
     def test_the_command_line_starts_each_event_source(self):
         for argv, name, args in (

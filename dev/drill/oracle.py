@@ -321,6 +321,9 @@ def verify(env, aws, keys, load):
     log("waiting for the audiences to equal their rules over the final users")
     audience_check = audiences.check(keys["audiences"], views, load["collector"])
     webhook_figures, webhook_checks = load["webhooks"].check(keys["webhooks"], load["collector"])
+    # A wake or an event that ended there is work no worker will pick up by itself.
+    webhook_figures["dead_lettered"] = {queue: queue_depth(sqs, env[variable]) for queue, variable in
+                                        (("intake", "VF_WEBHOOK_INTAKE_DLQ_URL"), ("wakes", "VF_WEBHOOK_WAKE_DLQ_URL"))}
     load["collector"].stop.set()
     cross, cross_marker = cross_workspace(keys["write"], keys["other_workspace"], accepted, stored)
     all_items = json.dumps(users_items(dynamodb, env), default=str)

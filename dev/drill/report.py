@@ -14,7 +14,8 @@ def webhook_row(hooks):
             f"{flaky['missing']} missing; out of lane order: {steady['out_of_sequence'] + flaky['out_of_sequence']}; "
             f"late (a newer version of the user sent first): {steady['late']} + {flaky['late']}; "
             f"gone: {gone['status']} ({gone['disabled_reason']}) after {gone['attempts']} attempts, "
-            f"{gone['attempts_started_after_disabled']} attempts after")
+            f"{gone['attempts_started_after_disabled']} attempts after; dead-lettered: "
+            f"{hooks['dead_lettered']['intake']} events, {hooks['dead_lettered']['wakes']} wakes")
 
 
 def write_report(summary):
@@ -80,10 +81,12 @@ to regenerate this page (figures vary a little from run to run with timing).
 - The SQS → consumer bridge is a process of its own; the drill SIGKILLs it (often mid-batch)
   and restarts it. It also SIGKILLs function instances without warning (a busy api
   instance: its client gets API Gateway's 500; a consumer instance: its batch is not
-  deleted); the next events cold-start new ones. Received messages stay invisible for 4 s locally
-  (`VF_BRIDGE_VISIBILITY_SECONDS`), and a failed message comes back after 3 s
-  (`VF_BRIDGE_RETRY_SECONDS`), so five receives span longer than any fault window; on AWS both
-  are the queue's 180 s visibility timeout.
+  deleted); the next events cold-start new ones. Messages the consumer's bridge receives stay
+  invisible for 4 s locally (`VF_BRIDGE_VISIBILITY_SECONDS`, so that a killed bridge's batch
+  comes back soon), and a failed message comes back after 3 s (`VF_BRIDGE_RETRY_SECONDS`), so
+  five receives span longer than any fault window; on AWS both are the queue's 180 s visibility
+  timeout. The other bridges are not killed and keep their queue's visibility, longer than
+  their function's longest batch as on AWS (a webhooks batch can wait 15 s on an endpoint).
 - A 500 during the drill: when the drill kills a busy api instance, its client gets API
   Gateway's own `500 {{"message":"Internal Server Error"}}`, the answer AWS gives when an
   invocation crashes. The local front keeps that status and body and adds

@@ -19,7 +19,6 @@ import datetime
 import functools
 import http.client
 import json
-import os
 import threading
 import time
 import urllib.error
@@ -83,7 +82,7 @@ def batch_item_failures(function, event, ids, who, timeout=60):
 
 # --- an SQS queue → its function --------------------------------------------------------
 
-def bridge(queue_url, function="consumer", batch_size=10, most=BRIDGE_POLLERS):
+def bridge(queue_url, function="consumer", batch_size=10, most=BRIDGE_POLLERS, visibility=None):
     """Polls the queue and invokes `function` as Lambda's event source mapping does:
     several pollers at once (so batches run on several instances), batches of up to
     `batch_size`, and only the messages not in batchItemFailures are deleted. Like the
@@ -91,20 +90,19 @@ def bridge(queue_url, function="consumer", batch_size=10, most=BRIDGE_POLLERS):
     poller is busy with a batch another starts, up to `most` (the mapping's
     ScalingConfig.MaximumConcurrency: 64 time tasks sleep to their users' moments side
     by side, as on AWS); an added poller stops at its first empty poll. Received
-    messages stay invisible for the queue's visibility timeout, or for
-    VF_BRIDGE_VISIBILITY_SECONDS (the drill shortens it so that batches of a killed
-    bridge come back in seconds)."""
-    Pollers(queue_url, function, batch_size, max(most, BRIDGE_POLLERS)).run()
+    messages stay invisible for the queue's visibility timeout, which outlasts its
+    function's longest batch as on AWS, or for `visibility` seconds (the consumer's
+    bridge, which the drill kills: its batches then come back in seconds)."""
+    Pollers(queue_url, function, batch_size, max(most, BRIDGE_POLLERS), visibility).run()
 
 
 class Pollers:
     """A queue's pollers: BRIDGE_POLLERS for good, more while all are busy."""
 
-    def __init__(self, queue_url, function, batch_size, most):
+    def __init__(self, queue_url, function, batch_size, most, visibility=None):
         self.queue_url, self.function, self.batch_size, self.most = queue_url, function, batch_size, most
         self.sqs = emulator_session().client("sqs", endpoint_url=EMULATOR_URL)  # boto3 clients are thread-safe
-        visibility = os.environ.get("VF_BRIDGE_VISIBILITY_SECONDS")
-        self.extra = {"VisibilityTimeout": int(visibility)} if visibility else {}
+        self.extra = {"VisibilityTimeout": visibility} if visibility else {}
         self.lock = threading.Lock()
         self.running = BRIDGE_POLLERS
         self.busy = 0

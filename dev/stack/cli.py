@@ -33,8 +33,8 @@ def main(argv):
     if command == ["up"]:
         up()
         return 0
-    if command == ["bridge"] and 1 <= len(args) <= 4:
-        bridge(args[0], *args[1:2], *(int(n) for n in args[2:4]))
+    if command == ["bridge"] and 1 <= len(args) <= 5:
+        bridge(args[0], *args[1:2], *(int(n) for n in args[2:5]))
         return 0
     if command == ["stream-bridge"] and len(args) >= 2 and pairs(args[1:]):
         stream_bridge(args[0], pairs(args[1:]))

@@ -74,6 +74,8 @@ def failure_queue_variables(names):
         "VF_AUDIENCE_PARKED_QUEUE_URL": names["AudienceParkedQueue"],
         "VF_AUDIENCE_STREAM_FAILURE_DLQ_URL": names["AudienceStreamFailureDeadLetterQueue"],
         "VF_AUDIENCE_TICK_DLQ_URL": names["AudienceTickDeadLetterQueue"],
+        "VF_WEBHOOK_INTAKE_DLQ_URL": names["WebhookIntakeDeadLetterQueue"],
+        "VF_WEBHOOK_WAKE_DLQ_URL": names["WebhookWakeDeadLetterQueue"],
     }
 
 
@@ -202,18 +204,25 @@ class Stack:
 
     def start_bridge(self, log_mode="w"):
         """The SQS → consumer bridge runs as its own process, so that the drill can kill
-        it mid-batch as a crashed poller would die."""
+        it mid-batch as a crashed poller would die. VF_BRIDGE_VISIBILITY_SECONDS shortens
+        its received messages' visibility, so that a killed bridge's batch comes back in
+        seconds; the other bridges are never killed and keep their queue's visibility,
+        which outlasts their function's longest batch as on AWS (a webhooks batch waits
+        up to 15 s on an endpoint: a shorter one would hand its wakes to a second worker
+        while the first still runs, which AWS does only by its rare duplicate delivery)."""
         [source] = event_sources(self.template, self.names, "SQS", "consumer")
-        self.bridge = self.start_queue_bridge("bridge", source, log_mode)
+        self.bridge = self.start_queue_bridge("bridge", source, log_mode,
+                                              os.environ.get("VF_BRIDGE_VISIBILITY_SECONDS"))
 
-    def start_queue_bridge(self, name, source, log_mode="w"):
+    def start_queue_bridge(self, name, source, log_mode="w", visibility=None):
         """The bridge from an SQS event source of the template (its queue, batch size
         and ScalingConfig.MaximumConcurrency when a number, as the template says) to
         its function."""
         most = source.properties.get("ScalingConfig", {}).get("MaximumConcurrency")
         return self.spawn(name, [sys.executable, str(ENTRY), "bridge", queue_url(source.properties["Queue"]),
                                  source.function, str(source.properties.get("BatchSize", 10)),
-                                 str(most if isinstance(most, int) else BRIDGE_POLLERS)],
+                                 str(most if isinstance(most, int) else BRIDGE_POLLERS),
+                                 *([visibility] if visibility else [])],
                           log_mode=log_mode)
 
     def start_stream_bridge(self, log_mode="w"):

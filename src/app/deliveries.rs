@@ -517,6 +517,8 @@ where
                 drained.unlogged += unlogged;
                 if postponed? {
                     self.wakes.wake(lane, wait).await?;
+                } else {
+                    self.watch_other_worker(lane).await?;
                 }
                 return Ok(drained);
             }
@@ -610,8 +612,20 @@ where
     /// Moves the lane past `slot`; whether more wait for this worker.
     async fn advance(&self, lane: &Lane, slot: u64) -> Result<bool, AppError> {
         let lease_until = (self.clock)() + millis(LANE_LEASE);
-        let more = self.lanes.advance(lane, slot, lease_until).await?;
-        Ok(more == Some(true))
+        match self.lanes.advance(lane, slot, lease_until).await? {
+            Some(more) => Ok(more),
+            None => {
+                self.watch_other_worker(lane).await?;
+                Ok(false)
+            }
+        }
+    }
+
+    /// Another worker moved the lane (SQS gave a wake to two): this one leaves it to
+    /// that one, and a wake after a lease finds the lane again should that one die
+    /// (the message both had is gone once this one succeeds).
+    async fn watch_other_worker(&self, lane: &Lane) -> Result<(), AppError> {
+        Ok(self.wakes.wake(lane, LANE_LEASE).await?)
     }
 
     /// Writes an attempt (or a delivery given up unsent) to its endpoint's log; `wait`:

@@ -826,14 +826,15 @@ fn run(seed: u64, appends: &[usize], mishaps: &Mishaps) -> World {
             })
             .collect();
             let mut again = Vec::new();
-            let tasks = due.into_iter().flat_map(|work| {
+            // A wake SQS delivers twice is one message in two workers' hands.
+            let tasks = due.into_iter().enumerate().flat_map(|(message, work)| {
                 let copies = match work {
                     Work::Wake(_) if twice.next().unwrap_or(false) => 2,
                     _ => 1,
                 };
-                std::iter::repeat_n(work, copies)
+                std::iter::repeat_n((message, work), copies)
             });
-            let outcomes = futures::future::join_all(tasks.map(|work| {
+            let outcomes = futures::future::join_all(tasks.map(|(message, work)| {
                 let crash_after = crashes.next().flatten();
                 let w = &w;
                 async move {
@@ -868,12 +869,20 @@ fn run(seed: u64, appends: &[usize], mishaps: &Mishaps) -> World {
                         }
                         None => done.await.is_ok(),
                     };
-                    (work, completed)
+                    (message, work, completed)
                 }
             }))
             .await;
-            for (work, completed) in outcomes {
-                if !completed {
+            // A message comes again only if no worker that had it completed: the first
+            // that does deletes it for both.
+            let deleted: HashSet<usize> = outcomes
+                .iter()
+                .filter(|(_, _, completed)| *completed)
+                .map(|(message, _, _)| *message)
+                .collect();
+            let mut returned = HashSet::new();
+            for (message, work, _) in outcomes {
+                if !deleted.contains(&message) && returned.insert(message) {
                     let after = match work {
                         Work::Enqueue(..) => INTAKE_VISIBILITY,
                         Work::Wake(_) => WAKE_VISIBILITY,
@@ -1556,5 +1565,64 @@ async fn an_event_a_disabled_endpoint_missed_is_logged_so_a_replay_after_a_put_s
             .filter(|l| l.error.as_deref() == Some("disabled"))
             .count(),
         1
+    );
+}
+
+#[tokio::test]
+async fn a_worker_that_sees_another_move_its_lane_leaves_a_wake_in_case_that_one_dies() {
+    // SQS gives one wake to two workers; the first to succeed deletes it for both. B
+    // dies part way (after `polls` turns); A, if it saw B move the lane, leaves it to B
+    // with a wake after the lease: the lane never waits for its user's next event.
+    let mut watched = 0;
+    for seed in 0..60 {
+        let w = world_at(T0, Interleaving::seeded(seed), DELIVERIES_PER_WAKE);
+        for n in 1..=3 {
+            w.enqueue("u1", n).await;
+        }
+        w.wakes.take();
+        w.sender.answer((0..12).map(|_| replied(200)));
+        let one = lane("u1");
+        let dies_after = seed as usize % 12;
+        let a = w.deliveries.drain(&one, NO_DEADLINE);
+        let b = async {
+            let drain = w.deliveries.drain(&one, NO_DEADLINE);
+            futures::pin_mut!(drain);
+            let dies = async {
+                for _ in 0..dies_after {
+                    tokio::task::yield_now().await;
+                }
+            };
+            futures::pin_mut!(dies);
+            futures::future::select(drain, dies).await;
+        };
+        let (a, ()) = futures::join!(a, b);
+        assert!(a.is_ok(), "seed {seed}");
+        let wakes = w.wakes.take();
+        watched += usize::from(wakes.contains(&(lane("u1"), LANE_LEASE)));
+        // The wakes left (the watch among them) come, a lease later.
+        w.advance(LANE_LEASE);
+        for (lane, _) in wakes {
+            w.deliveries.drain(&lane, NO_DEADLINE).await.unwrap();
+        }
+        let state = w.lanes.state(&lane("u1"));
+        assert_eq!(
+            state.done, state.tail,
+            "seed {seed}: left with work and no wake"
+        );
+        let first: Vec<String> = w.attempted().into_iter().fold(Vec::new(), |mut seen, id| {
+            if !seen.contains(&id) {
+                seen.push(id);
+            }
+            seen
+        });
+        assert_eq!(
+            first,
+            ids(1..=3),
+            "seed {seed}: first receipts in the lane's order"
+        );
+    }
+    assert!(
+        watched > 0,
+        "some interleaving has one worker see the other move the lane"
     );
 }
