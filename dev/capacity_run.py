@@ -10,7 +10,9 @@ checks are not counted):
 - `new`: keyed upserts that create users with a ~1.5 KB profile;
 - `update`: keyed upserts that change one trait of those users;
 - `full profile`: keyed upserts that change one trait of a user whose custom traits
-  fill the 256 KiB budget.
+  fill the 256 KiB budget;
+- `batch`: BATCH_USERS existing users (the `update` workload's and more) changed in one
+  keyed call of `POST /api/v1/users/batch` (units per user).
 
 Prints `{workload: {"upserts": n, "item_bytes": …, "tables": {table: {"write", "read",
 "indexes"}}}}` as JSON; `make bench` divides by the upserts.
@@ -29,6 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import stack  # noqa: E402
 from boto3.dynamodb.types import TypeDeserializer  # noqa: E402
 from dynamodb_limits import item_size  # noqa: E402
+# Users in the `batch` workload's one call, as `make bench` probes the route's CPU.
+from invocation_probe import BATCH_USERS  # noqa: E402
 from stack.users_item import as_format_1  # noqa: E402
 
 PROXY = f"http://127.0.0.1:{stack.FAULT_PROXY_PORT}/__capacity"
@@ -53,6 +57,10 @@ def typical_traits(n, rev):
             "notes": "x" * 900}
 
 
+def upsert_body(user, traits):
+    return {"external_user_id": user, "email": f"{user}@example.com", "traits": traits}
+
+
 class Run:
     def __init__(self, key):
         self.headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
@@ -61,8 +69,14 @@ class Run:
 
     def upsert(self, user, traits):
         """One keyed upsert; traits carry `rev`, the version `wait_applied` looks for."""
-        body = {"external_user_id": user, "email": f"{user}@example.com", "traits": traits}
-        status, answer = call("POST", f"{stack.API_URL}/api/v1/users", body,
+        self.post("/api/v1/users", upsert_body(user, traits))
+
+    def upsert_batch(self, upserts):
+        """The (user, traits) of `upserts` in one keyed batch call."""
+        self.post("/api/v1/users/batch", {"users": [upsert_body(user, traits) for user, traits in upserts]})
+
+    def post(self, path, body):
+        status, answer = call("POST", f"{stack.API_URL}{path}", body,
                               dict(self.headers, **{"Idempotency-Key": str(uuid.uuid4())}))
         assert status == 202, answer
 
@@ -81,12 +95,16 @@ class Run:
             time.sleep(0.1)
         raise SystemExit(f"capacity_run: {user} v{version} never applied")
 
-    def counted(self, upserts):
-        """Counts the units of `upserts` (a list of (user, traits, rev)) until applied."""
+    def counted(self, upserts, batch=False):
+        """Counts the units of `upserts` (a list of (user, traits, rev)), sent one by
+        one or in one batch call, until applied."""
         call("PUT", PROXY, {})
         try:
-            for user, traits, _ in upserts:
-                self.upsert(user, traits)
+            if batch:
+                self.upsert_batch([(user, traits) for user, traits, _ in upserts])
+            else:
+                for user, traits, _ in upserts:
+                    self.upsert(user, traits)
             last = {user: rev for user, _, rev in upserts}
             items = [self.wait_applied(user, rev) for user, rev in last.items()]
             status, tables = call("GET", PROXY)
@@ -102,6 +120,12 @@ def main():
     users = [f"cap_{prefix}_{n}" for n in range(UPSERTS)]
     result = {"new": run.counted([(u, typical_traits(n, 1), 1) for n, u in enumerate(users)])}
     result["update"] = run.counted([(u, typical_traits(n, 2), 2) for n, u in enumerate(users)])
+    more = [(f"cap_{prefix}_{n}", typical_traits(n, 2)) for n in range(UPSERTS, BATCH_USERS)]
+    run.upsert_batch(more)
+    for user, _ in more:
+        run.wait_applied(user, 2)
+    batch = users + [user for user, _ in more]
+    result["batch"] = run.counted([(u, typical_traits(n, 3), 3) for n, u in enumerate(batch)], batch=True)
     full = f"cap_{prefix}_full"
     # 8 × 31 KiB custom traits: the 256 KiB budget, nearly full, of random letters (one
     # letter repeated would deflate to nothing in the item's format 2).

@@ -17,6 +17,9 @@ import math
 import sys
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from invocation_probe import BATCH_USERS  # noqa: E402  users per call of the batch route, as probed
+
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "cost.md"
 BEGIN, END = "<!-- cost:begin -->", "<!-- cost:end -->"
@@ -38,8 +41,13 @@ XRAY_TRACE_PER_M = 5.00            # traces recorded
 MEMORY_MB = 128                    # template.yaml Globals: MemorySize
 FULL_VCPU_MB = 1769                # Lambda gives a whole vCPU at 1,769 MB, a share below
 CALL_MS = {"dynamodb": 5.0, "sqs": 8.0, "eventbridge": 15.0}  # in-region latency of one call
-PLATFORM_LOG_BYTES = 450           # Lambda's platform.start/report lines per invocation (JSON)
+PLATFORM_LOG_BYTES = 450           # Lambda's platform.start/report lines per invocation (JSON),
+                                   # sent at the default system log level (INFO), as the
+                                   # Powertools column's stack would; template.yaml sets WARN
+                                   # for every function (dev/test_template.py), which sends
+                                   # neither: none are counted for this project
 CONSUMER_BATCH = 10                # template.yaml ConsumerBatchSize
+SQS_BATCH = 10                     # SendMessageBatch's entries per call (one 64 KB chunk here)
 CHANGES_BATCH = 10                 # stream records per changes invocation at a modest rate
 CHANGES_CPU_MS = 1.2               # changes CPU per 10 records (docs/performance.md; not probed)
 XRAY_SAMPLED = 0.05                # X-Ray's default rule: 1 request/s, then 5 %
@@ -75,6 +83,31 @@ def lambda_cost(ms, per_upsert=1.0, gb_s=LAMBDA_ARM64_GB_S):
     return per_invocation * per_upsert
 
 
+def batch_lines(cpu, log_bytes, units, users):
+    """(what, per million users through `POST /api/v1/users/batch` in USD, how) rows:
+    `users` per keyed call; the api's CPU per call and the capacity units per user
+    measured at that size."""
+    api_ms = billed_ms(cpu["api-batch"], ["dynamodb", "sqs", "dynamodb"])
+    consumer_ms = billed_ms(cpu["consumer"], ["dynamodb", "dynamodb"])
+    changes_ms = billed_ms(CHANGES_CPU_MS, ["eventbridge"])
+    batch = units["batch"]
+    return [
+        ("API Gateway HTTP API", HTTP_API_PER_M / users, f"1 request per {users} users"),
+        ("Lambda api", lambda_cost(api_ms, 1 / users),
+         f"{api_ms} ms billed per call ({cpu['api-batch']:.2f} ms CPU + claim, sends at once, mark)"),
+        ("Lambda consumer", lambda_cost(consumer_ms, 1 / CONSUMER_BATCH),
+         f"{consumer_ms} ms per batch of {CONSUMER_BATCH}"),
+        ("Lambda changes", lambda_cost(changes_ms, 1 / CHANGES_BATCH), f"{changes_ms} ms per {CHANGES_BATCH} records"),
+        ("DynamoDB writes", batch["write"] * DYNAMODB_WRITE_PER_M, f"{batch['write']:.2f} write units"),
+        ("DynamoDB reads", batch["read"] * DYNAMODB_READ_PER_M, f"{batch['read']:.2f} read units"),
+        ("SQS", (1 / SQS_BATCH + 2 / CONSUMER_BATCH) * SQS_REQUEST_PER_M,
+         f"SendMessageBatch of {SQS_BATCH}, a receive and a delete per {CONSUMER_BATCH}"),
+        ("EventBridge", EVENTBRIDGE_EVENT_PER_M, "1 change event"),
+        ("CloudWatch Logs", log_bytes * 1e6 / 1024 ** 3 * LOGS_INGEST_PER_GB, f"{log_bytes:.0f} B ingested"),
+        ("X-Ray", XRAY_SAMPLED * XRAY_TRACE_PER_M / users, f"{XRAY_SAMPLED:.0%} of calls traced"),
+    ]
+
+
 def lines(cpu, log_bytes, units, gb_s=LAMBDA_ARM64_GB_S):
     """(what, per million keyed upserts in USD, how) rows for one implementation."""
     api_ms = billed_ms(cpu["api-keyed"], ["dynamodb", "sqs", "dynamodb"])
@@ -100,10 +133,11 @@ def lines(cpu, log_bytes, units, gb_s=LAMBDA_ARM64_GB_S):
     ]
 
 
-def log_bytes(summary):
+def log_bytes(summary, case="api-keyed", users=1):
+    """Bytes the functions log per upsert: the api's per call of `case` (`users` per
+    call), the consumer's per batch."""
     inv = summary["invocations"]
-    own = inv["api-keyed"]["log_bytes_per_invoke"] + inv["consumer"]["log_bytes_per_invoke"] / CONSUMER_BATCH
-    return own + PLATFORM_LOG_BYTES * (1 + 1 / CONSUMER_BATCH + 1 / CHANGES_BATCH)
+    return inv[case]["log_bytes_per_invoke"] / users + inv["consumer"]["log_bytes_per_invoke"] / CONSUMER_BATCH
 
 
 def source(summary):
@@ -127,7 +161,8 @@ def table(summary):
     cpu = {case: run["cpu_ms_per_invoke"] for case, run in summary["invocations"].items()}
     units = units_per_upsert(summary["capacity"])
     ours = lines(cpu, log_bytes(summary), units)
-    theirs = lines(POWERTOOLS, POWERTOOLS["log_bytes"] + PLATFORM_LOG_BYTES * 1.2, units, LAMBDA_X86_GB_S)
+    theirs = lines(POWERTOOLS, POWERTOOLS["log_bytes"] + PLATFORM_LOG_BYTES * (1 + 1 / CONSUMER_BATCH + 1 / CHANGES_BATCH),
+                   units, LAMBDA_X86_GB_S)
     rows = [f"| {what} | ${a:.3f} | {how} | ${b:.3f} | {how_b} |"
             for (what, a, how), (_, b, how_b) in zip(ours, theirs)]
     total_a, total_b = sum(r[1] for r in ours), sum(r[1] for r in theirs)
@@ -140,8 +175,19 @@ def table(summary):
         f"| **total per million keyed upserts** | **${total_a:.2f}** | | **${total_b:.2f}** | |", "",
         "DynamoDB capacity units per keyed upsert, counted by the local stack's proxy (api and consumer):", "",
         "| workload | users item | write units | read units | write units by table |", "|---|---|---|---|---|",
-        *unit_rows,
+        *unit_rows, *batch_table(summary, cpu, units),
     ])
+
+
+def batch_table(summary, cpu, units):
+    """The batch route's cost per million users, when the run measured it."""
+    if "api-batch" not in cpu or "batch" not in units:
+        return []
+    rows = batch_lines(cpu, log_bytes(summary, "api-batch", BATCH_USERS), units, BATCH_USERS)
+    return ["", f"`POST /api/v1/users/batch`, {BATCH_USERS} updates per keyed call (the `batch` workload):", "",
+            "| line | per million users | how |", "|---|---|---|",
+            *(f"| {what} | ${cost:.3f} | {how} |" for what, cost, how in rows),
+            f"| **total per million users** | **${sum(r[1] for r in rows):.2f}** | |"]
 
 
 def write_doc(summary):

@@ -62,9 +62,23 @@ def user_body(k, run):
                        "signupDate": "2026-05-17T14:00:00Z"}}
 
 
+# Users per `api-batch` call. The probe makes a tenth as many of its calls as of the
+# others' (each enqueues this many messages, which the stack's consumer then applies),
+# and no cold start: its binary's is api-keyed's, and the backlog would slow it.
+BATCH_USERS = 100
+BATCH_CALLS_SHARE = 10
+
+
 def api_event(i, run, key, mode):
-    """An API Gateway HTTP API (payload 2.0) event for POST /api/v1/users."""
-    body = json.dumps(user_body(0 if mode == "replay" else i, run), separators=(",", ":"))
+    """An API Gateway HTTP API (payload 2.0) event for POST /api/v1/users, or for
+    /api/v1/users/batch with BATCH_USERS upserts of the same BATCH_USERS users each time
+    (`batch`: keyed, as a bulk sync would send it)."""
+    if mode == "batch":
+        path = "/api/v1/users/batch"
+        body = json.dumps({"users": [user_body(k, run) for k in range(BATCH_USERS)]}, separators=(",", ":"))
+    else:
+        path = "/api/v1/users"
+        body = json.dumps(user_body(0 if mode == "replay" else i, run), separators=(",", ":"))
     headers = {"authorization": f"Bearer {key}", "content-type": "application/json",
                "content-length": str(len(body)), "host": "abc123.execute-api.us-east-1.amazonaws.com",
                "user-agent": "vibefollow-probe/1.0", "x-forwarded-for": "203.0.113.10",
@@ -72,11 +86,11 @@ def api_event(i, run, key, mode):
     if mode != "unkeyed":
         headers["idempotency-key"] = f"probe-{run}" if mode == "replay" else str(uuid.uuid4())
     now = time.time()
-    return {"version": "2.0", "routeKey": "$default", "rawPath": "/api/v1/users", "rawQueryString": "",
+    return {"version": "2.0", "routeKey": "$default", "rawPath": path, "rawQueryString": "",
             "headers": headers, "isBase64Encoded": False, "body": body,
             "requestContext": {"accountId": "123456789012", "apiId": "abc123", "stage": "$default",
                                "domainName": "abc123.execute-api.us-east-1.amazonaws.com",
-                               "http": {"method": "POST", "path": "/api/v1/users", "protocol": "HTTP/1.1",
+                               "http": {"method": "POST", "path": path, "protocol": "HTTP/1.1",
                                         "sourceIp": "203.0.113.10", "userAgent": "vibefollow-probe/1.0"},
                                "requestId": uuid.uuid4().hex, "routeKey": "$default",
                                "time": time.strftime("%d/%b/%Y:%H:%M:%S +0000", time.gmtime(now)),
@@ -109,6 +123,7 @@ CASES = {
     "api-unkeyed": ("api", lambda i, run, key: api_event(i, run, key, "unkeyed")),
     "api-replay": ("api", lambda i, run, key: api_event(i, run, key, "replay")),
     "consumer": ("consumer", lambda i, run, key: consumer_event(i, run)),
+    "api-batch": ("api", lambda i, run, key: api_event(i, run, key, "batch")),
 }
 
 
@@ -206,6 +221,8 @@ def measure(case, n=500, warmup=20, repeat=3, cold=0, binary_dir=ROOT / "target"
     """Medians over `repeat` warm processes (and `cold` cold starts) of `binary_dir`'s
     binary; with `compare` (a directory), of that one's too, interleaved process by
     process, under `"compare"`."""
+    if case == "api-batch":
+        n, warmup, cold = max(1, n // BATCH_CALLS_SHARE), max(1, warmup // BATCH_CALLS_SHARE), 0
     probes = [Probe(case, binary_dir)]
     if compare is not None:
         probes.append(Probe(case, compare, f"probe-{case}-compare.log"))

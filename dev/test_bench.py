@@ -120,6 +120,26 @@ class CostTable(unittest.TestCase):
         self.assertIn("From `make bench` (the quick run) of 2026-12-03", cost.table(quick()))
         self.assertEqual(cost.missing(quick()), [])
 
+    def test_the_batch_route_is_priced_per_user_when_measured(self):
+        s = quick()
+        self.assertNotIn("users/batch", cost.table(s))
+        s["invocations"]["api-batch"] = probe(12.0, 60.0, 600.0)
+        s["capacity"]["batch"] = capacity(1.04, 100)
+        text = cost.table(s)
+        self.assertIn("`POST /api/v1/users/batch`, 100 updates per keyed call", text)
+        rows = {line.split(" | ")[0].strip("| "): line for line in text.split("users/batch")[1].splitlines()}
+        # The call's costs shared by its 100 users; each user's write, event and queue share.
+        self.assertIn("| $0.010 | 1 request per 100 users |", rows["API Gateway HTTP API"])
+        self.assertIn("| $0.650 | 1.04 write units |", rows["DynamoDB writes"])
+        self.assertIn("| $1.000 | 1 change event |", rows["EventBridge"])
+        self.assertIn("| $0.120 | SendMessageBatch of 10", rows["SQS"])
+        self.assertIn("**$2.01**", rows["**total per million users**"])
+
+    def test_this_projects_logs_count_no_platform_lines(self):
+        # template.yaml's system log level WARN sends no platform.start/report line.
+        s = quick()
+        self.assertEqual(cost.log_bytes(s), 520.0 + 900.0 / cost.CONSUMER_BATCH)
+
     def test_a_summary_without_its_inputs_leaves_the_doc_alone(self):
         s = quick()
         del s["capacity"], s["invocations"]["consumer"]

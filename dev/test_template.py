@@ -8,7 +8,8 @@ template against the Rust code's names and constants):
 - the audiences tick, delivered by EventBridge, has a retry policy no longer than a tick
   and a dead-letter queue that only its rule may send to;
 - every dead-letter queue has its alarm, a runbook section for that alarm and a stack
-  output with its URL, and every queue refuses requests without TLS."""
+  output with its URL, and every queue refuses requests without TLS;
+- no function sends Lambda's platform log lines (system log level WARN)."""
 import re
 import unittest
 
@@ -37,6 +38,18 @@ def events(kind):
     return {(function, event): spec["Properties"]
             for function, resource in of_type("AWS::Serverless::Function").items()
             for event, spec in resource["Properties"].get("Events", {}).items() if spec["Type"] == kind}
+
+
+class Logging(unittest.TestCase):
+    def test_no_function_sends_lambdas_platform_lines(self):
+        # System log level WARN: no platform.start/report line per invocation (~450 B of
+        # CloudWatch Logs each); dev/cost.py counts none for this project.
+        logging = TEMPLATE["Globals"]["Function"]["LoggingConfig"]
+        self.assertEqual((logging["LogFormat"], logging["SystemLogLevel"]), ("JSON", "WARN"))
+        for name, function in of_type("AWS::Serverless::Function").items():
+            with self.subTest(function=name):
+                self.assertNotIn("SystemLogLevel", function["Properties"].get("LoggingConfig", {}))
+                self.assertNotIn("LogFormat", function["Properties"].get("LoggingConfig", {}))
 
 
 class ConcurrencyBounds(unittest.TestCase):
