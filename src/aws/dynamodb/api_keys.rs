@@ -83,24 +83,18 @@ impl ApiKeyStore {
     }
 
     async fn scan(&self, filter: &str, value: &str) -> Result<Vec<Item>, PortError> {
-        let mut items = Vec::new();
-        let mut start = None;
-        loop {
-            let out = self
-                .client
-                .scan()
-                .table_name(&self.table)
-                .filter_expression(filter)
-                .expression_attribute_values(":v", AttributeValue::S(value.to_owned()))
-                .set_exclusive_start_key(start)
-                .send()
-                .await?;
-            items.extend(out.items().iter().cloned());
-            start = out.last_evaluated_key().cloned();
-            if start.is_none() {
-                return Ok(items);
-            }
-        }
+        let items = self
+            .client
+            .scan()
+            .table_name(&self.table)
+            .filter_expression(filter)
+            .expression_attribute_values(":v", AttributeValue::S(value.to_owned()))
+            .into_paginator()
+            .items()
+            .send()
+            .collect::<Result<Vec<_>, _>>()
+            .await?;
+        Ok(items)
     }
 }
 

@@ -74,20 +74,19 @@ impl UserStore {
     /// units, under a cent. Tombstones written before format 2 (until they expire) and
     /// profiles past the document bound count as format 1 (`item.rs`).
     pub async fn count_formats(&self) -> Result<FormatCount, PortError> {
+        let mut pages = self
+            .client
+            .scan()
+            .table_name(&self.table)
+            .select(Select::Count)
+            .filter_expression("attribute_exists(#stamps)")
+            .expression_attribute_names("#stamps", legacy::STAMPS)
+            .return_consumed_capacity(ReturnConsumedCapacity::Total)
+            .into_paginator()
+            .send();
         let mut count = FormatCount::default();
-        let mut start = None;
-        loop {
-            let out = self
-                .client
-                .scan()
-                .table_name(&self.table)
-                .select(Select::Count)
-                .filter_expression("attribute_exists(#stamps)")
-                .expression_attribute_names("#stamps", legacy::STAMPS)
-                .return_consumed_capacity(ReturnConsumedCapacity::Total)
-                .set_exclusive_start_key(start)
-                .send()
-                .await?;
+        while let Some(page) = pages.next().await {
+            let out = page?;
             count.pages += 1;
             count.items += u64::try_from(out.scanned_count()).unwrap_or(0);
             count.format_1 += u64::try_from(out.count()).unwrap_or(0);
@@ -95,11 +94,8 @@ impl UserStore {
                 .consumed_capacity()
                 .and_then(|c| c.capacity_units())
                 .unwrap_or(0.0);
-            start = out.last_evaluated_key;
-            if start.is_none() {
-                return Ok(count);
-            }
         }
+        Ok(count)
     }
 }
 
