@@ -188,10 +188,7 @@ def wait_drained(queue_url):
     sqs = stack.emulator_session().client("sqs", endpoint_url=stack.EMULATOR_URL)
     least, since = None, time.monotonic()
     while True:
-        attributes = sqs.get_queue_attributes(
-            QueueUrl=queue_url, AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
-        )["Attributes"]
-        depth = sum(int(v) for v in attributes.values())
+        depth = stack.queue_depth(sqs, queue_url)
         if depth == 0:
             return
         if least is None or depth < least:

@@ -83,53 +83,34 @@ def lambda_cost(ms, per_upsert=1.0, gb_s=LAMBDA_ARM64_GB_S):
     return per_invocation * per_upsert
 
 
-def batch_lines(cpu, log_bytes, units, users):
-    """(what, per million users through `POST /api/v1/users/batch` in USD, how) rows:
-    `users` per keyed call; the api's CPU per call and the capacity units per user
-    measured at that size."""
-    api_ms = billed_ms(cpu["api-batch"], ["dynamodb", "sqs", "dynamodb"])
+def lines(cpu, log_bytes, units, gb_s=LAMBDA_ARM64_GB_S, case="api-keyed", workload="update", users=1):
+    """(what, per million upserts in USD, how) rows for one implementation: upserts sent
+    `users` per keyed call (1: `POST /api/v1/users`; more: the batch route, sent with
+    SendMessageBatch), the api's CPU per call from the probe's `case`, the capacity units
+    per upsert from `workload`."""
+    api_ms = billed_ms(cpu[case], ["dynamodb", "sqs", "dynamodb"])
     consumer_ms = billed_ms(cpu["consumer"], ["dynamodb", "dynamodb"])
     changes_ms = billed_ms(CHANGES_CPU_MS, ["eventbridge"])
-    batch = units["batch"]
-    return [
-        ("API Gateway HTTP API", HTTP_API_PER_M / users, f"1 request per {users} users"),
-        ("Lambda api", lambda_cost(api_ms, 1 / users),
-         f"{api_ms} ms billed per call ({cpu['api-batch']:.2f} ms CPU + claim, sends at once, mark)"),
-        ("Lambda consumer", lambda_cost(consumer_ms, 1 / CONSUMER_BATCH),
-         f"{consumer_ms} ms per batch of {CONSUMER_BATCH}"),
-        ("Lambda changes", lambda_cost(changes_ms, 1 / CHANGES_BATCH), f"{changes_ms} ms per {CHANGES_BATCH} records"),
-        ("DynamoDB writes", batch["write"] * DYNAMODB_WRITE_PER_M, f"{batch['write']:.2f} write units"),
-        ("DynamoDB reads", batch["read"] * DYNAMODB_READ_PER_M, f"{batch['read']:.2f} read units"),
-        ("SQS", (1 / SQS_BATCH + 2 / CONSUMER_BATCH) * SQS_REQUEST_PER_M,
-         f"SendMessageBatch of {SQS_BATCH}, a receive and a delete per {CONSUMER_BATCH}"),
-        ("EventBridge", EVENTBRIDGE_EVENT_PER_M, "1 change event"),
-        ("CloudWatch Logs", log_bytes * 1e6 / 1024 ** 3 * LOGS_INGEST_PER_GB, f"{log_bytes:.0f} B ingested"),
-        ("X-Ray", XRAY_SAMPLED * XRAY_TRACE_PER_M / users, f"{XRAY_SAMPLED:.0%} of calls traced"),
-    ]
-
-
-def lines(cpu, log_bytes, units, gb_s=LAMBDA_ARM64_GB_S):
-    """(what, per million keyed upserts in USD, how) rows for one implementation."""
-    api_ms = billed_ms(cpu["api-keyed"], ["dynamodb", "sqs", "dynamodb"])
-    consumer_ms = billed_ms(cpu["consumer"], ["dynamodb", "dynamodb"])
-    changes_ms = billed_ms(CHANGES_CPU_MS, ["eventbridge"])
-    update = units["update"]
+    measured = units[workload]
     logs_gb = log_bytes * 1e6 / 1024 ** 3
+    per_call, alone = 1 / users, users == 1
+    sends, send = (1, "SendMessage") if alone else (1 / SQS_BATCH, f"SendMessageBatch of {SQS_BATCH}")
     return [
-        ("API Gateway HTTP API", HTTP_API_PER_M, "1 request"),
-        ("Lambda api", lambda_cost(api_ms, gb_s=gb_s),
-         f"{api_ms} ms billed at {MEMORY_MB} MB ({cpu['api-keyed']:.2f} ms CPU + claim, send, mark)"),
+        ("API Gateway HTTP API", HTTP_API_PER_M * per_call, "1 request" if alone else f"1 request per {users} users"),
+        ("Lambda api", lambda_cost(api_ms, per_call, gb_s),
+         f"{api_ms} ms billed at {MEMORY_MB} MB{'' if alone else ' per call'} ({cpu[case]:.2f} ms CPU + claim, "
+         f"{'send' if alone else 'sends at once'}, mark)"),
         ("Lambda consumer", lambda_cost(consumer_ms, 1 / CONSUMER_BATCH, gb_s),
          f"{consumer_ms} ms per batch of {CONSUMER_BATCH} ({cpu['consumer']:.2f} ms CPU + read, write)"),
         ("Lambda changes", lambda_cost(changes_ms, 1 / CHANGES_BATCH, gb_s),
          f"{changes_ms} ms per {CHANGES_BATCH} stream records ({CHANGES_CPU_MS} ms CPU + PutEvents)"),
-        ("DynamoDB writes", update["write"] * DYNAMODB_WRITE_PER_M, f"{update['write']:.2f} write units"),
-        ("DynamoDB reads", update["read"] * DYNAMODB_READ_PER_M, f"{update['read']:.2f} read units"),
-        ("SQS", (1 + 2 / CONSUMER_BATCH) * SQS_REQUEST_PER_M,
-         f"SendMessage + a receive and a delete per {CONSUMER_BATCH}"),
+        ("DynamoDB writes", measured["write"] * DYNAMODB_WRITE_PER_M, f"{measured['write']:.2f} write units"),
+        ("DynamoDB reads", measured["read"] * DYNAMODB_READ_PER_M, f"{measured['read']:.2f} read units"),
+        ("SQS", (sends + 2 / CONSUMER_BATCH) * SQS_REQUEST_PER_M,
+         f"{send} + a receive and a delete per {CONSUMER_BATCH}"),
         ("EventBridge", EVENTBRIDGE_EVENT_PER_M, "1 change event"),
         ("CloudWatch Logs", logs_gb * LOGS_INGEST_PER_GB, f"{log_bytes:.0f} B ingested"),
-        ("X-Ray", XRAY_SAMPLED * XRAY_TRACE_PER_M, f"{XRAY_SAMPLED:.0%} of requests traced"),
+        ("X-Ray", XRAY_SAMPLED * XRAY_TRACE_PER_M * per_call, f"{XRAY_SAMPLED:.0%} of requests traced"),
     ]
 
 
@@ -183,7 +164,8 @@ def batch_table(summary, cpu, units):
     """The batch route's cost per million users, when the run measured it."""
     if "api-batch" not in cpu or "batch" not in units:
         return []
-    rows = batch_lines(cpu, log_bytes(summary, "api-batch", BATCH_USERS), units, BATCH_USERS)
+    rows = lines(cpu, log_bytes(summary, "api-batch", BATCH_USERS), units,
+                 case="api-batch", workload="batch", users=BATCH_USERS)
     return ["", f"`POST /api/v1/users/batch`, {BATCH_USERS} updates per keyed call (the `batch` workload):", "",
             "| line | per million users | how |", "|---|---|---|",
             *(f"| {what} | ${cost:.3f} | {how} |" for what, cost, how in rows),

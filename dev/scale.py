@@ -948,7 +948,7 @@ class Run:
     def queues_idle(self):
         urls = [self.env[name] for name in ("UPSERT_QUEUE_URL", "AUDIENCE_BUILD_QUEUE_URL", "AUDIENCE_RETRY_QUEUE_URL")
                 if name in self.env]
-        return all(depth(self.sqs, url) == 0 for url in urls)
+        return all(stack.queue_depth(self.sqs, url) == 0 for url in urls)
 
     def drain(self, poison):
         seconds = self.plan["seconds"]
@@ -1147,7 +1147,7 @@ class Run:
             "poison": poison,
             "parked_at_end": {"messages": parked.get("messages"), "users": parked.get("users", [])[:20],
                               **({"error": parked["error"]} if "error" in parked else {})},
-            "queues_at_end": {name: depth(self.sqs, self.env[name]) for name in (
+            "queues_at_end": {name: stack.queue_depth(self.sqs, self.env[name]) for name in (
                 "UPSERT_QUEUE_URL", "DLQ_URL", "AUDIENCE_BUILD_QUEUE_URL", "VF_AUDIENCE_BUILD_DLQ_URL",
                 "AUDIENCE_RETRY_QUEUE_URL", "VF_AUDIENCE_PARKED_QUEUE_URL", "VF_CHANGES_FAILURE_QUEUE_URL")
                 if name in self.env},
@@ -1166,12 +1166,6 @@ class Run:
         if cls == "light":
             return "light_alone" if user.startswith("a") else "light_beside_heavy"
         return cls
-
-
-def depth(sqs, url):
-    attributes = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=[
-        "ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"])["Attributes"]
-    return sum(int(v) for v in attributes.values())
 
 
 # --- the report -----------------------------------------------------------------------

@@ -81,13 +81,6 @@ def scan(dynamodb, table):
         start = {"ExclusiveStartKey": page["LastEvaluatedKey"]}
 
 
-def queue_depth(sqs, url):
-    attributes = sqs.get_queue_attributes(
-        QueueUrl=url, AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
-    )["Attributes"]
-    return sum(int(v) for v in attributes.values())
-
-
 def drain_dlq(sqs, url):
     bodies = []
     while True:
@@ -304,13 +297,13 @@ def verify(env, aws, keys, load):
     log("faults cleared; waiting for the queue to drain and every user to match")
     while True:
         stored = stored_users(dynamodb, env)
-        drained = queue_depth(sqs, env["UPSERT_QUEUE_URL"]) == 0
+        drained = stack.queue_depth(sqs, env["UPSERT_QUEUE_URL"]) == 0
         if (stored == expected and drained) or time.monotonic() > DEADLINE:
             break
         time.sleep(0.5)
     recovery_seconds = time.monotonic() - chaos.last_fault_cleared
     # Poison messages reach the DLQ after the queue's five receives.
-    while queue_depth(sqs, env["DLQ_URL"]) < len(POISON) and time.monotonic() < DEADLINE:
+    while stack.queue_depth(sqs, env["DLQ_URL"]) < len(POISON) and time.monotonic() < DEADLINE:
         time.sleep(0.5)
     dlq = drain_dlq(sqs, env["DLQ_URL"])
     log("waiting for the change events to rebuild every user")
@@ -322,7 +315,7 @@ def verify(env, aws, keys, load):
     audience_check = audiences.check(keys["audiences"], views, load["collector"])
     webhook_figures, webhook_checks = load["webhooks"].check(keys["webhooks"], load["collector"])
     # A wake or an event that ended there is work no worker will pick up by itself.
-    webhook_figures["dead_lettered"] = {queue: queue_depth(sqs, env[variable]) for queue, variable in
+    webhook_figures["dead_lettered"] = {queue: stack.queue_depth(sqs, env[variable]) for queue, variable in
                                         (("intake", "VF_WEBHOOK_INTAKE_DLQ_URL"), ("wakes", "VF_WEBHOOK_WAKE_DLQ_URL"))}
     load["collector"].stop.set()
     cross, cross_marker = cross_workspace(keys["write"], keys["other_workspace"], accepted, stored)
@@ -362,7 +355,7 @@ def verify(env, aws, keys, load):
             not unexplained,
         "a request repeated after its 202 is replayed, never 409":
             all(e["status"] == 202 and e["replayed"] and 409 not in e["attempts"] for e in echoes),
-        "queue drained": queue_depth(sqs, env["UPSERT_QUEUE_URL"]) == 0,
+        "queue drained": stack.queue_depth(sqs, env["UPSERT_QUEUE_URL"]) == 0,
         "DLQ holds exactly the poison messages": sorted(dlq) == sorted(POISON),
         "cross-workspace write isolated (this workspace's users unchanged)": cross_marker not in own_items,
         **{f"cross-workspace: {k}": v for k, v in cross.items()},

@@ -16,13 +16,13 @@ The dev tools import what they use from here (`import stack`; `stack.Stack`, …
 """
 from .bridges import deliver
 from .output import emit, log
-from .resources import delete_messages, emulator_session, subscribe
+from .resources import delete_messages, emulator_session, queue_depth, subscribe
 from .settings import (ACCOUNT, API_PORT, API_URL, DEV_SCOPES, DEV_WORKSPACE, EMULATOR_PORT, EMULATOR_URL,
                        ENV_FILE, FAULT_PROXY_PORT, LOCAL, LOGS, REGION, ROOT, STACK_NAME)
 from .supervisor import Stack, create_key, read_env_file, test_env, tool_env
 
 __all__ = [
-    "deliver", "emit", "log", "delete_messages", "emulator_session", "subscribe",
+    "deliver", "emit", "log", "delete_messages", "emulator_session", "queue_depth", "subscribe",
     "ACCOUNT", "API_PORT", "API_URL", "DEV_SCOPES", "DEV_WORKSPACE", "EMULATOR_PORT", "EMULATOR_URL",
     "ENV_FILE", "FAULT_PROXY_PORT", "LOCAL", "LOGS", "REGION", "ROOT", "STACK_NAME",
     "Stack", "create_key", "read_env_file", "test_env", "tool_env",

@@ -19,6 +19,13 @@ def delete_messages(sqs, queue_url, messages):
         {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(messages)])
 
 
+def queue_depth(sqs, queue_url):
+    """Messages in the queue, visible or in flight (SQS's approximate counts)."""
+    attributes = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=[
+        "ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"])["Attributes"]
+    return sum(int(v) for v in attributes.values())
+
+
 def create_resources(template, event_sink=False):
     names, tables, queues = local_resources(template)
     session = emulator_session()

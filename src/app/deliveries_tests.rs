@@ -1609,12 +1609,12 @@ async fn a_worker_that_sees_another_move_its_lane_leaves_a_wake_in_case_that_one
             state.done, state.tail,
             "seed {seed}: left with work and no wake"
         );
-        let first: Vec<String> = w.attempted().into_iter().fold(Vec::new(), |mut seen, id| {
-            if !seen.contains(&id) {
-                seen.push(id);
-            }
-            seen
-        });
+        let mut seen = HashSet::new();
+        let first: Vec<String> = w
+            .attempted()
+            .into_iter()
+            .filter(|id| seen.insert(id.clone()))
+            .collect();
         assert_eq!(
             first,
             ids(1..=3),
