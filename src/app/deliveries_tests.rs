@@ -651,7 +651,7 @@ async fn sequences_increase_along_a_lane_whatever_block_each_instance_holds() {
 }
 
 #[tokio::test]
-async fn a_wake_that_was_not_sent_is_sent_by_the_first_append_after_the_lease() {
+async fn a_wake_that_was_not_sent_is_sent_when_its_message_comes_again_lease_or_not() {
     let w = world();
     w.wakes.faults.fail("wakes.wake", unavailable(), 1);
     assert!(w
@@ -662,15 +662,20 @@ async fn a_wake_that_was_not_sent_is_sent_by_the_first_append_after_the_lease() 
     w.enqueue("u1", 2).await;
     assert!(w.wakes.take().is_empty(), "the lease looks held");
 
-    // The fan-out's message comes again once the lease has lapsed.
-    w.advance(LANE_LEASE);
+    // Another message again wakes nobody: the lease is not its.
+    w.enqueue("u1", 2).await;
+    assert!(w.wakes.take().is_empty(), "not the lease's message");
+
+    // The fan-out's message comes again before the lease it took lapsed (its append came
+    // late in its invocation): that lease is its own, so it wakes.
+    w.advance(LANE_LEASE / 2);
     w.enqueue("u1", 1).await;
     assert_eq!(w.wakes.take(), [(lane("u1"), Duration::ZERO)]);
     w.deliveries.drain(&lane("u1"), NO_DEADLINE).await.unwrap();
     assert_eq!(
         w.attempted(),
-        ["msg_ev1", "msg_ev1", "msg_ev2"],
-        "a repeat, dropped by id (of the user's first version: put before the second)"
+        ["msg_ev1", "msg_ev1", "msg_ev2", "msg_ev2"],
+        "repeats, dropped by id (of the user's first version: put before the second)"
     );
 }
 
@@ -745,9 +750,10 @@ async fn a_workspaces_endpoints_are_read_once_in_a_while_not_once_an_event() {
 
 /// How the queues give work back in the property test: a wake whose worker died comes
 /// again after the fast queue's visibility timeout; a fan-out message whose enqueue
-/// failed, after the intake queue's, which outlasts a lane's lease.
+/// failed, after the intake queue's, here shorter than a lane's lease: on AWS (90 s
+/// against 60 s) an append late in its invocation leaves its lease holding as well.
 const WAKE_VISIBILITY: Duration = Duration::from_secs(30);
-const INTAKE_VISIBILITY: Duration = Duration::from_secs(90);
+const INTAKE_VISIBILITY: Duration = Duration::from_secs(20);
 
 #[derive(Debug, Clone)]
 enum Work {

@@ -272,6 +272,16 @@ pub fn message_id(event_id: &str) -> String {
     format!("msg_{event_id}")
 }
 
+/// Whether an append of `message_id` wakes its lane's worker, taking the lane's lease
+/// for it (`docs/webhooks.md` §2): none holds the lane (its lease lapsed by `now`), or
+/// the lease is this message's own, taken by an earlier append of it whose wake may
+/// never have gone out (the wake refused, the invocation killed, the append's answer
+/// lost): its message came again while that lease still held, and waking nobody would
+/// leave the lane with work and no worker until the next append after the lease.
+pub fn append_wakes(lease_until: i64, leased_by: Option<&str>, now: i64, message_id: &str) -> bool {
+    lease_until <= now || leased_by == Some(message_id)
+}
+
 /// The waits after each failed attempt (the specification's schedule): the first after
 /// the first failure. The attempt after the last wait is the last one.
 pub const RETRY_WAITS: [Duration; 7] = [

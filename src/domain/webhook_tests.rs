@@ -137,6 +137,17 @@ fn a_made_secret_is_whsec_and_its_bytes_and_signs() {
 }
 
 #[test]
+fn an_append_wakes_a_lane_whose_lease_lapsed_or_is_its_own_message_s() {
+    assert!(append_wakes(0, None, 1_000, "msg_1"), "never leased");
+    assert!(append_wakes(1_000, Some("msg_0"), 1_000, "msg_1"), "lapsed");
+    assert!(!append_wakes(1_001, Some("msg_0"), 1_000, "msg_1"), "held");
+    assert!(
+        append_wakes(1_001, Some("msg_1"), 1_000, "msg_1"),
+        "held by an earlier append of this message, whose wake may not have gone out"
+    );
+}
+
+#[test]
 fn the_waits_follow_the_schedule_within_the_jitter_then_the_message_is_given_up() {
     assert_eq!(next_wait(0, 1.0), None, "no wait before a first failure");
     assert_eq!(next_wait(1, 1.0), Some(Duration::from_secs(5)));

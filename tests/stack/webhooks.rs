@@ -570,6 +570,21 @@ async fn lanes_keep_their_order_lease_and_sequence_in_dynamodb() {
         (1..=slots.len() as u64).collect::<Vec<_>>(),
         "a slot each, none twice"
     );
+
+    // A message whose append took the lease comes again (its wake may never have gone
+    // out): the lease is its own, so it wakes; another message's append does not.
+    let again = stack.lane("u3");
+    let mut woken = Vec::new();
+    for (sequence, id) in [(1, "msg_a"), (2, "msg_b"), (3, "msg_b"), (4, "msg_a")] {
+        match lanes
+            .append(&again, delivery(id, sequence), now, lease)
+            .await
+        {
+            Ok(Appended::At { wake, .. }) => woken.push(wake),
+            other => panic!("appended at a slot: {other:?}"),
+        }
+    }
+    assert_eq!(woken, [true, false, false, true]);
 }
 
 /// A worker's move applied whose answer was lost: the SDK's retry meets the move

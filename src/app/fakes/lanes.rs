@@ -8,6 +8,7 @@ use crate::app::ports::{
     Appended, Failed, Head, Lane, LaneHead, Lanes, NewDelivery, PortError, Queued, ReplayTask,
     ReplayTasks, Reply, Sender, Wakes, READ_AHEAD,
 };
+use crate::domain::webhook::append_wakes;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -43,6 +44,7 @@ pub struct LaneState {
     pub attempts: usize,
     pub next_at: i64,
     pub lease_until: i64,
+    pub leased_by: Option<String>,
     /// How many times its deliveries were arranged.
     pub arranged: u64,
     pub version: u64,
@@ -137,9 +139,15 @@ impl Lanes for MemoryLanes {
                 body: delivery.body.to_owned(),
             },
         );
-        let wake = state.lease_until <= now;
+        let wake = append_wakes(
+            state.lease_until,
+            state.leased_by.as_deref(),
+            now,
+            delivery.message_id,
+        );
         if wake {
             state.lease_until = lease_until;
+            state.leased_by = Some(delivery.message_id.to_owned());
         }
         drop(lanes);
         self.answer("lanes.append", Appended::At { slot, wake })

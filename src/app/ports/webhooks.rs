@@ -285,9 +285,10 @@ pub enum Appended {
 }
 
 /// The lanes, each changed atomically (one item's condition, or one transaction).
-/// A lane's lease says a worker holds it: an append wakes one only once it has lapsed,
-/// so a lost wake heals at the next append after it (and SQS delivers a wake again
-/// when its worker died).
+/// A lane's lease says a worker holds it: an append wakes one only once it has lapsed
+/// or when the lease is its own message's (`domain::webhook::append_wakes`), so a wake
+/// lost after its append heals when the fan-out's message comes again (and SQS
+/// delivers a wake again when its worker died).
 pub trait Lanes {
     /// Takes a block of `count` sequence numbers of an endpoint; its first. A block
     /// taken later starts higher.
@@ -299,7 +300,8 @@ pub trait Lanes {
     ) -> impl Future<Output = Result<u64, PortError>> + Send;
 
     /// Appends a delivery at the lane's tail if the lane's last sequence is lower than
-    /// its own; takes the lease until `lease_until` (ms) if it had lapsed by `now`.
+    /// its own; takes the lease until `lease_until` (ms), for its message, if it had
+    /// lapsed by `now` or was that message's already.
     fn append(
         &self,
         lane: &Lane,

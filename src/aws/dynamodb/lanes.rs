@@ -15,6 +15,7 @@ use crate::app::ports::{
     Appended, Failed, Head, Lane, LaneHead, Lanes, NewDelivery, PortError, Queued, READ_AHEAD,
 };
 use crate::clock::now_millis;
+use crate::domain::webhook::append_wakes;
 use aws_sdk_dynamodb::types::{
     Put, ReturnValue, ReturnValuesOnConditionCheckFailure, TransactWriteItem, Update,
 };
@@ -47,6 +48,8 @@ struct Meta {
     attempts: usize,
     next_at: i64,
     lease_until: i64,
+    /// The message whose append last took the lease.
+    leased_by: Option<String>,
 }
 
 impl LaneStore {
@@ -112,6 +115,7 @@ impl LaneStore {
             attempts: get_n(&item, "attempts").unwrap_or(0),
             next_at: get_n(&item, "next_at").unwrap_or(0),
             lease_until: get_n(&item, "lease_until").unwrap_or(0),
+            leased_by: get_s(&item, "leased_by").map(str::to_owned),
         })
     }
 
@@ -251,7 +255,12 @@ impl Lanes for LaneStore {
                 return Ok(Appended::SequenceBehind);
             }
             let slot = meta.tail + 1;
-            let wake = meta.lease_until <= now;
+            let wake = append_wakes(
+                meta.lease_until,
+                meta.leased_by.as_deref(),
+                now,
+                delivery.message_id,
+            );
             let queued = Queued {
                 slot,
                 message_id: delivery.message_id.to_owned(),
@@ -262,7 +271,11 @@ impl Lanes for LaneStore {
             // A slot is reserved by the meta's condition: a delivery left over from a
             // meta that expired first is overwritten.
             let put = self.put(Self::delivery_item(lane, &queued))?;
-            let lease = if wake { ", lease_until = :lease" } else { "" };
+            let lease = if wake {
+                ", lease_until = :lease, leased_by = :id"
+            } else {
+                ""
+            };
             let mut update = Update::builder()
                 .table_name(&self.table)
                 .set_key(Some(Self::meta_key(lane)))
@@ -275,7 +288,9 @@ impl Lanes for LaneStore {
                 .expression_attribute_values(":expires", n(expires_at(META_KEPT_FOR_S)))
                 .expression_attribute_values(":one", n(1));
             if wake {
-                update = update.expression_attribute_values(":lease", n(lease_until));
+                update = update
+                    .expression_attribute_values(":lease", n(lease_until))
+                    .expression_attribute_values(":id", s(delivery.message_id));
             }
             update = match meta.version {
                 Some(version) => update
