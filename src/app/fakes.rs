@@ -280,7 +280,8 @@ impl Counters for Arc<MemoryCounters> {
         window: i64,
         tokens: u64,
         bounds: Bounds,
-    ) -> Result<Result<(), Option<Counter>>, PortError> {
+        quiet: bool,
+    ) -> Result<Result<Counter, Option<Counter>>, PortError> {
         self.faults.check("counters.take")?;
         *lock(&self.writes) += 1;
         let mut counters = lock(&self.counters);
@@ -292,7 +293,10 @@ impl Counters for Arc<MemoryCounters> {
             Some(c) if c.window == window - 1 => (0, c.used),
             _ => (0, 0),
         };
-        if used + tokens > bounds.second || used + previous + tokens > bounds.pair {
+        if used + tokens > bounds.second
+            || used + previous + tokens > bounds.pair
+            || (quiet && used + tokens > bounds.quiet_cap(previous))
+        {
             return Ok(Err(found));
         }
         let counter = Counter {
@@ -301,7 +305,7 @@ impl Counters for Arc<MemoryCounters> {
             previous,
         };
         counters.insert(key.to_owned(), counter);
-        Ok(Ok(()))
+        Ok(Ok(counter))
     }
 }
 

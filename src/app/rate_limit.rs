@@ -14,6 +14,11 @@
 //! one, at most a tenth of the rate): an instance that sees little traffic takes one
 //! token at a time and so never strands tokens that other instances need, however many
 //! instances share the workspace; a busy one makes one counter call per ten requests.
+//! While the workspace is quiet, a lease takes a whole second of the instance's own
+//! traffic at once (a *quiet lease*): the counter grants quiet leases only up to
+//! `Bounds::quiet_cap`, where their unspent tokens, with those of the ordinary leases,
+//! could reach a tenth of the rate, so the rule above holds as it did, and an instance
+//! serving a quiet workspace makes one counter call a second whatever its traffic.
 //!
 //! A rate above `shard_rate` spreads the counter over shards (`<workspace>#<n>`, the
 //! first keeping the workspace's own key), each holding its part of both bounds (the
@@ -24,7 +29,7 @@
 
 use super::ports::{Counter, Counters, PortError};
 use super::{AppError, Caller};
-use crate::domain::rate_limit::{shard_count, Bounds, DEFAULT_SHARD_RATE};
+use crate::domain::rate_limit::{shard_count, Bounds, DEFAULT_SHARD_RATE, MAX_SHARDS};
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
@@ -39,17 +44,38 @@ pub enum RateDecision {
 impl Counter {
     /// Tokens `window` may still hand out, given this counter as stored.
     fn room_in(&self, window: i64, bounds: Bounds) -> u64 {
-        let (used, previous) = if self.window == window {
-            (self.used, self.previous)
-        } else if self.window == window - 1 {
-            (0, self.used)
-        } else {
-            (0, 0)
-        };
+        let used = self.used_in(window);
+        let previous = self.previous_of(window);
         bounds
             .second
             .saturating_sub(used)
             .min(bounds.pair.saturating_sub(used + previous))
+    }
+
+    /// Tokens quiet leases may still take in `window`, given this counter as stored.
+    fn quiet_room_in(&self, window: i64, bounds: Bounds) -> u64 {
+        let cap = bounds.quiet_cap(self.previous_of(window));
+        cap.saturating_sub(self.used_in(window))
+            .min(self.room_in(window, bounds))
+    }
+
+    fn used_in(&self, window: i64) -> u64 {
+        if self.window == window {
+            self.used
+        } else {
+            0
+        }
+    }
+
+    /// The count of the second before `window`, given this counter as stored.
+    fn previous_of(&self, window: i64) -> u64 {
+        if self.window == window {
+            self.previous
+        } else if self.window == window - 1 {
+            self.used
+        } else {
+            0
+        }
     }
 }
 
@@ -66,6 +92,16 @@ struct Local {
     seen_before: u64,
     /// The shard the next lease tries first: leases go round the shards.
     next_shard: u32,
+    /// Per shard, what quiet leases may still take in `window`, as the counter last
+    /// showed it (unknown: up to a tenth of the shard's rate).
+    quiet_room: [Option<u64>; MAX_SHARDS as usize],
+}
+
+/// What a lease asks the counter for.
+#[derive(Debug, Clone, Copy)]
+struct Ask {
+    tokens: u64,
+    quiet: bool,
 }
 
 impl Local {
@@ -90,6 +126,31 @@ impl Local {
         // A tenth of the shard's rate (half its pair bound).
         let most = (bounds.pair / 20).max(1);
         (self.seen_before / 10).clamp(1, most)
+    }
+
+    /// The lease to ask `shard` (its part of the bounds `part`) for, to serve a request
+    /// of `cost`, and the ordinary one should a quiet lease find the second past quiet.
+    fn asks(&self, shard: u32, part: Bounds, cost: u64) -> (Ask, Ask) {
+        let short = cost.saturating_sub(self.tokens);
+        let ordinary = Ask {
+            tokens: self.lease_size(part).max(short),
+            quiet: false,
+        };
+        let room = self.quiet_room.get(shard as usize).copied().flatten();
+        // A second of its own traffic, as far as quiet leases go.
+        let tokens = self.seen_before.min(room.unwrap_or(part.quiet_cap(0)));
+        let quiet = Ask {
+            tokens,
+            quiet: true,
+        };
+        (
+            if tokens > ordinary.tokens {
+                quiet
+            } else {
+                ordinary
+            },
+            ordinary,
+        )
     }
 
     /// The next shard of `shards` with room, if any, and the one after it for the
@@ -121,7 +182,14 @@ const MAX_ATTEMPTS: usize = 4;
 
 /// What one lease got from the shared counter.
 enum Lease {
-    Granted(u64),
+    /// Tokens, whether by a quiet lease, and what quiet leases may still take in the
+    /// instance's second, as the counter showed it (none if another instance's clock
+    /// had moved it on).
+    Granted {
+        tokens: u64,
+        quiet: bool,
+        quiet_room: Option<u64>,
+    },
     /// The window has no room left: refuse until it ends.
     Exhausted,
     /// Other instances kept moving the counter: refuse this request only.
@@ -179,25 +247,38 @@ impl<S: Counters> RateLimiter<S> {
                 next = if local.spend(cost) {
                     Err(RateDecision::Allowed)
                 } else if let Some(shard) = local.shard_with_room(shards) {
-                    let wanted = local.lease_size(bounds.part(shards, shard));
-                    Ok((shard, wanted.max(cost - local.tokens)))
+                    Ok((shard, local.asks(shard, bounds.part(shards, shard), cost)))
                 } else {
                     Err(limited())
                 };
             });
-            let (shard, wanted) = match next {
+            let (shard, (ask, ordinary)) = match next {
                 Ok(lease) => lease,
                 Err(decision) => return Ok(decision),
             };
-            let part = bounds.part(shards, shard);
             let key = counter_key(workspace_id, shard);
-            let granted = self.lease(&key, part, window, wanted).await?;
+            let part = bounds.part(shards, shard);
+            let granted = self.lease(&key, part, (ask, ordinary), window).await?;
             let mut contended = false;
             local(&mut |local| {
                 match granted {
                     // Tokens short of the cost stay leased, for this request's next
                     // shard or for smaller requests.
-                    Lease::Granted(tokens) => local.tokens += tokens,
+                    Lease::Granted {
+                        tokens,
+                        quiet,
+                        quiet_room,
+                    } => {
+                        local.tokens += tokens;
+                        if let Some(seen) = local.quiet_room.get_mut(shard as usize) {
+                            *seen = quiet_room.or(*seen);
+                        }
+                        // Quiet leases stay on their shard, whose count they know: an
+                        // instance's one or two calls a second go to one key.
+                        if quiet {
+                            local.next_shard = shard;
+                        }
+                    }
                     Lease::Exhausted => local.exhausted |= 1 << shard,
                     Lease::Contended => contended = true,
                 }
@@ -266,30 +347,52 @@ impl<S: Counters> RateLimiter<S> {
         }
     }
 
-    /// Takes up to `wanted` tokens of `window` from the counter `key`: one write,
+    /// Takes up to `ask`'s tokens of `window` from the counter `key`: one write,
     /// whether or not it opens the window; another only when fewer tokens are left
-    /// than wanted, or another instance's clock is ahead.
+    /// than asked, the second is past quiet (then `ordinary` is asked), or another
+    /// instance's clock is ahead.
     async fn lease(
         &self,
         key: &str,
         bounds: Bounds,
-        mut window: i64,
-        mut wanted: u64,
+        (mut ask, ordinary): (Ask, Ask),
+        window: i64,
     ) -> Result<Lease, PortError> {
+        let mut at = window;
         for _ in 0..MAX_ATTEMPTS {
-            let found = match self.store.take(key, window, wanted, bounds).await? {
-                Ok(()) => return Ok(Lease::Granted(wanted)),
+            let taken = self.store.take(key, at, ask.tokens, bounds, ask.quiet);
+            let found = match taken.await? {
+                Ok(counter) => {
+                    return Ok(Lease::Granted {
+                        tokens: ask.tokens,
+                        quiet: ask.quiet,
+                        quiet_room: (at == window).then(|| counter.quiet_room_in(at, bounds)),
+                    })
+                }
                 Err(found) => found,
             };
             match found {
-                // Another instance's clock is ahead: its window is the current one.
-                Some(counter) if counter.window > window => window = counter.window,
+                // Another instance's clock is ahead: its window is the current one (and
+                // a quiet lease's bounds were this instance's second's).
+                Some(counter) if counter.window > at => {
+                    at = counter.window;
+                    ask = ordinary;
+                }
                 found => {
-                    let room = found.map_or(bounds.second, |c| c.room_in(window, bounds));
-                    if room == 0 {
+                    let room = match (found, ask.quiet) {
+                        (Some(counter), true) => counter.quiet_room_in(at, bounds),
+                        (Some(counter), false) => counter.room_in(at, bounds),
+                        (None, true) => bounds.quiet_cap(0),
+                        (None, false) => bounds.second,
+                    };
+                    if ask.quiet && room < ordinary.tokens {
+                        // The second is past quiet: an ordinary lease, under the bounds.
+                        ask = ordinary;
+                    } else if room == 0 {
                         return Ok(Lease::Exhausted);
+                    } else {
+                        ask.tokens = ask.tokens.min(room);
                     }
-                    wanted = wanted.min(room);
                 }
             }
         }
@@ -346,6 +449,21 @@ mod tests {
         cost: u64,
         shard_rate: f64,
     ) -> Vec<u64> {
+        let round_robin = |i: i64, _: i64| i as usize % instances;
+        let limits = (rate, shard_rate);
+        simulate_routed(instances, limits, offered, seconds, cost, &round_robin).0
+    }
+
+    /// As [`simulate_sharded`], each request going to the instance that `route` picks
+    /// from its index among all and within its second; with the counter writes made.
+    fn simulate_routed(
+        instances: usize,
+        (rate, shard_rate): (u32, f64),
+        offered: u32,
+        seconds: i64,
+        cost: u64,
+        route: &dyn Fn(i64, i64) -> usize,
+    ) -> (Vec<u64>, u64) {
         let store = Arc::new(MemoryCounters::default());
         let fleet: Vec<_> = (0..instances)
             .map(|_| RateLimiter::with_shard_rate(Arc::clone(&store), shard_rate))
@@ -358,7 +476,7 @@ mod tests {
         let mut admitted = vec![0; seconds as usize];
         for i in 0..total {
             let now_ms = start_ms + i * 1000 / i64::from(offered);
-            let limiter = &fleet[i as usize % instances];
+            let limiter = &fleet[route(i, i % i64::from(offered))];
             let decision = runtime
                 .block_on(limiter.check("ws", rate, cost, now_ms))
                 .unwrap();
@@ -366,7 +484,65 @@ mod tests {
                 admitted[((now_ms - start_ms) / 1000) as usize] += cost;
             }
         }
-        admitted
+        (admitted, store.writes())
+    }
+
+    /// A quiet workspace: an instance leases a second of its own traffic at once, so
+    /// it makes about two counter calls a second (one that learns the second before's
+    /// count, one quiet lease), not one per ten requests (or per request under ten a
+    /// second).
+    #[test]
+    fn an_instance_of_a_quiet_workspace_leases_a_second_of_its_traffic_at_once() {
+        for (instances, per_instance) in [(1, 20), (4, 20), (4, 5), (16, 3)] {
+            let offered = per_instance * instances as u32;
+            let round_robin = |i: i64, _: i64| i as usize % instances;
+            let limits = (10_000, DEFAULT_SHARD_RATE);
+            let (admitted, writes) =
+                simulate_routed(instances, limits, offered, 20, 1, &round_robin);
+            assert!(admitted.iter().all(|&second| second == u64::from(offered)));
+            // The first second leases as before (nothing served the second before); then
+            // one a second each, and a few more where instances that start on one shard
+            // share its quiet room (the one that runs short moves to the next shard).
+            let first = u64::from(offered);
+            let most = first + 21 * instances as u64;
+            eprintln!("{instances} instances at {per_instance}/s: {writes} writes");
+            assert!(writes <= most, "{instances} at {per_instance}/s: {writes}");
+        }
+    }
+
+    /// Quiet leases with the most left unspent: in each second, the instances that
+    /// served the second before take the first tenth of its requests (leasing a
+    /// second of their traffic, quiet or not) and then none, the rest going to the
+    /// others. Traffic at 0.9 × the rate is still never refused, and no two seconds
+    /// admit more than twice the rate.
+    #[test]
+    fn tokens_left_unspent_by_a_moving_load_never_refuse_traffic_below_the_rate() {
+        for rate in [100, 1_000] {
+            for instances in [2, 20, 200] {
+                let offered = rate * 9 / 10;
+                let half = instances / 2;
+                // Second s's bulk goes to half s % 2; its first tenth to the other.
+                let moving = |i: i64, in_second: i64| {
+                    let second = i / i64::from(offered);
+                    let bulk = (second % 2) as usize;
+                    let group = if in_second < i64::from(offered / 10) {
+                        1 - bulk
+                    } else {
+                        bulk
+                    };
+                    group * half + in_second as usize % half
+                };
+                let limits = (rate, DEFAULT_SHARD_RATE);
+                let (admitted, _) = simulate_routed(instances, limits, offered, 30, 1, &moving);
+                assert!(
+                    admitted.iter().all(|&second| second == u64::from(offered)),
+                    "rate {rate}, {instances} instances: {admitted:?}"
+                );
+                let over = simulate_routed(instances, limits, rate * 3, 30, 1, &moving).0;
+                let worst_pair = over.windows(2).map(|p| p[0] + p[1]).max().unwrap();
+                assert!(worst_pair <= pair_limit(rate), "{over:?}");
+            }
+        }
     }
 
     /// A lease is one counter write, also the first of a second (it opens it), so a

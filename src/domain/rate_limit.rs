@@ -38,6 +38,23 @@ impl Bounds {
         }
     }
 
+    /// The rate these bounds are of (a shard's part of it, for a part).
+    pub fn rate(self) -> u64 {
+        self.pair / 2
+    }
+
+    /// The most a second's count may reach by *quiet leases* (each a whole second of an
+    /// instance's own traffic at once, not a tenth of it), given the count of the
+    /// second before: a tenth of what that one left of the rate. So the tokens of quiet
+    /// leases left unspent when a second ends are at most `(rate − previous) ÷ 10`, and
+    /// those of ordinary leases (a tenth of what each instance served the second
+    /// before) at most `previous ÷ 10`: together at most a tenth of the rate, as without
+    /// quiet leases, and traffic up to ~0.9 × the rate is still never refused
+    /// (`docs/api.md`). In integers: `10 × (count + tokens) + previous ≤ rate`.
+    pub fn quiet_cap(self, previous: u64) -> u64 {
+        self.rate().saturating_sub(previous) / 10
+    }
+
     /// Shard `shard`'s part of these bounds over `shards`: the parts sum to them.
     pub fn part(self, shards: u32, shard: u32) -> Self {
         let split = |total: u64| {
@@ -62,6 +79,20 @@ pub fn shard_count(rate: u32, shard_rate: f64) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn quiet_leases_stop_at_a_tenth_of_what_the_second_before_left_of_the_rate() {
+        let bounds = Bounds::of(1_000);
+        assert_eq!(bounds.rate(), 1_000);
+        assert_eq!(bounds.quiet_cap(0), 100);
+        assert_eq!(bounds.quiet_cap(400), 60);
+        assert_eq!(bounds.quiet_cap(995), 0);
+        assert_eq!(bounds.quiet_cap(1_100), 0, "a burst before: none");
+        assert_eq!(Bounds::of(9).quiet_cap(0), 0, "a rate under 10: none");
+        let part = bounds.part(3, 0);
+        assert_eq!(part.rate(), 333);
+        assert_eq!(part.quiet_cap(13), 32);
+    }
 
     #[test]
     fn shard_parts_sum_to_the_bounds_and_each_hands_out_something() {

@@ -194,16 +194,19 @@ pub struct Counter {
 /// The shared rate counters (one conditional write a lease in DynamoDB).
 pub trait Counters {
     /// Adds `tokens` to `window` of the counter `key` if they fit `bounds` (the second
-    /// alone, and with the window before), opening `window` if this is its first lease;
-    /// otherwise changes nothing and returns the counter as found. A window that the
-    /// counter has already moved past takes nothing.
+    /// alone, and with the window before) and, for a `quiet` lease, the second's quiet
+    /// cap (`Bounds::quiet_cap` of the second before's count), opening `window` if this
+    /// is its first lease, and returns the counter as it left it; otherwise changes
+    /// nothing and returns the counter as found. A window that the counter has already
+    /// moved past takes nothing.
     fn take(
         &self,
         key: &str,
         window: i64,
         tokens: u64,
         bounds: Bounds,
-    ) -> impl Future<Output = Result<Result<(), Option<Counter>>, PortError>> + Send;
+        quiet: bool,
+    ) -> impl Future<Output = Result<Result<Counter, Option<Counter>>, PortError>> + Send;
 }
 
 /// The change-event bus. Its calls take a bounded number of events and bytes.

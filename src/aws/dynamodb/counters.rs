@@ -34,21 +34,25 @@ const LEFT_BEHIND_CLEARED: usize = 8;
 /// for moves), so it is written once, not on every lease.
 static LEASE_UPDATE: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     let cleared: Vec<String> = (1..=WINDOWS_CLEARED)
-        .map(|back| format!("#c{back}, #s{back}"))
+        .map(|back| format!("#c{back}, #s{back}, #q{back}"))
         .collect();
     format!(
         "SET #window = :window, #used = if_not_exists(#used, :zero) + :tokens, \
          #pair = if_not_exists(#pair, :zero) + :tokens, \
          #next = if_not_exists(#next, :zero) + :tokens, \
+         #quiet = if_not_exists(#quiet, :zero) + :tens, \
+         #quiet_next = if_not_exists(#quiet_next, :zero) + :tokens, \
          #expires = :expires REMOVE {}",
         cleared.join(", ")
     )
 });
 
 /// One counter per workspace or shard (`pk` = its key): `window` (the latest epoch
-/// second leased from), and per second `w`, `c<w>` (tokens handed out in it) and `s<w>`
+/// second leased from), and per second `w`, `c<w>` (tokens handed out in it), `s<w>`
 /// (with the second before's: a lease adds to its second's pair and to the next's, so
-/// that one condition checks the two-second bound). A lease is one conditional update,
+/// that one condition checks the two-second bound) and `q<w>` (ten times `c<w>` plus
+/// the second before's count, so that one condition checks a quiet lease's cap,
+/// `Bounds::quiet_cap`: `q<w> + 10 × tokens ≤ rate`). A lease is one conditional update,
 /// whether or not it opens its second: a second's counts start from what is absent
 /// (`if_not_exists`), so no instance needs to know where the counter stands, and a
 /// second the counter has moved past takes nothing.
@@ -114,14 +118,38 @@ impl Counters for RateLimitStore {
         window: i64,
         tokens: u64,
         bounds: Bounds,
-    ) -> Result<Result<(), Option<Counter>>, PortError> {
+        quiet: bool,
+    ) -> Result<Result<Counter, Option<Counter>>, PortError> {
         let max_used = bounds.second.checked_sub(tokens);
         let max_pair = bounds.pair.checked_sub(tokens);
-        let (Some(max_used), Some(max_pair)) = (max_used, max_pair) else {
+        let tens = tokens.saturating_mul(10);
+        let max_quiet = if quiet {
+            bounds.rate().checked_sub(tens)
+        } else {
+            Some(u64::MAX)
+        };
+        let (Some(max_used), Some(max_pair), Some(max_quiet)) = (max_used, max_pair, max_quiet)
+        else {
             return Ok(Err(self.counter(key).await?));
         };
         let count = |w: i64| format!("c{w}");
         let pair = |w: i64| format!("s{w}");
+        let quiet_count = |w: i64| format!("q{w}");
+        // A second in the past takes nothing; the second alone; the second with the one
+        // before; a quiet lease, its cap (a second leased only by instances from before
+        // `q<w>` has a pair but no quiet count: no quiet lease then; one leased by both
+        // during a deploy undercounts, so quiet leases may leave a little more unspent
+        // for that minute, never past the two bounds).
+        let mut checks = "(attribute_not_exists(#window) OR #window <= :window) \
+             AND (attribute_not_exists(#used) OR #used <= :max_used) \
+             AND (attribute_not_exists(#pair) OR #pair <= :max_pair)"
+            .to_owned();
+        if quiet {
+            checks.push_str(
+                " AND ((attribute_not_exists(#quiet) AND attribute_not_exists(#pair)) \
+                 OR #quiet <= :max_quiet)",
+            );
+        }
         let key = item_key(key);
         let mut request = self
             .client
@@ -129,21 +157,18 @@ impl Counters for RateLimitStore {
             .table_name(&self.table)
             .key(PARTITION_KEY, s(&key))
             .update_expression(LEASE_UPDATE.as_str())
-            // A second in the past takes nothing; the second alone; the second with
-            // the one before.
-            .condition_expression(
-                "(attribute_not_exists(#window) OR #window <= :window) \
-                 AND (attribute_not_exists(#used) OR #used <= :max_used) \
-                 AND (attribute_not_exists(#pair) OR #pair <= :max_pair)",
-            )
+            .condition_expression(checks)
             .expression_attribute_names("#window", "window")
             .expression_attribute_names("#used", count(window))
             .expression_attribute_names("#pair", pair(window))
             // A second's tokens count towards the next one's pair as they are leased.
             .expression_attribute_names("#next", pair(window + 1))
+            .expression_attribute_names("#quiet", quiet_count(window))
+            .expression_attribute_names("#quiet_next", quiet_count(window + 1))
             .expression_attribute_names("#expires", TTL_ATTRIBUTE)
             .expression_attribute_values(":window", n(window))
             .expression_attribute_values(":tokens", n(tokens))
+            .expression_attribute_values(":tens", n(tens))
             .expression_attribute_values(":zero", n(0))
             .expression_attribute_values(":max_used", n(max_used))
             .expression_attribute_values(":max_pair", n(max_pair))
@@ -153,27 +178,39 @@ impl Counters for RateLimitStore {
         for back in 1..=WINDOWS_CLEARED {
             request = request
                 .expression_attribute_names(format!("#c{back}"), count(window - back))
-                .expression_attribute_names(format!("#s{back}"), pair(window - back));
+                .expression_attribute_names(format!("#s{back}"), pair(window - back))
+                .expression_attribute_names(format!("#q{back}"), quiet_count(window - back));
         }
+        if quiet {
+            request = request.expression_attribute_values(":max_quiet", n(max_quiet));
+        }
+        // Read as full if the counter left were not returned (DynamoDB always returns
+        // it, as asked): no quiet lease then follows.
+        let full = Counter {
+            window,
+            used: bounds.second,
+            previous: bounds.pair,
+        };
         let out = match request.send().await {
             Ok(out) => out,
             Err(err) => {
                 return Ok(match condition::<(), _>(Err(err))? {
-                    Condition::Held => Ok(()),
+                    Condition::Held => Ok(full),
                     Condition::Failed(found) => Err(found.as_ref().and_then(counter_from_item)),
                 })
             }
         };
-        if let Some(item) = out.attributes() {
-            self.clear_left_behind(key, item, window).await?;
-        }
-        Ok(Ok(()))
+        let Some(item) = out.attributes() else {
+            return Ok(Ok(full));
+        };
+        self.clear_left_behind(key, item, window).await?;
+        Ok(Ok(counter_from_item(item).unwrap_or(full)))
     }
 }
 
-/// The second a count or pair attribute (`c<w>`, `s<w>`) is of.
+/// The second a count, pair or quiet attribute (`c<w>`, `s<w>`, `q<w>`) is of.
 fn second_of(name: &str) -> Option<i64> {
-    name.strip_prefix(['c', 's'])?.parse().ok()
+    name.strip_prefix(['c', 's', 'q'])?.parse().ok()
 }
 
 fn counter_from_item(item: &Item) -> Option<Counter> {
