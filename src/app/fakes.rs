@@ -259,12 +259,19 @@ pub struct MemoryCounters {
     counters: Mutex<HashMap<String, Counter>>,
     writes: Mutex<u64>,
     pub faults: Faults,
+    /// Every quiet lease refused, whatever the counts: seconds leased by instances
+    /// from before quiet counts, as DynamoDB's condition refuses them.
+    refuse_quiet: Mutex<bool>,
 }
 
 impl MemoryCounters {
     /// A counter as stored (a workspace's, or a shard's).
     pub fn counter(&self, key: &str) -> Option<Counter> {
         lock(&self.counters).get(key).copied()
+    }
+
+    pub fn refuse_quiet(&self, refuse: bool) {
+        *lock(&self.refuse_quiet) = refuse;
     }
 
     /// Writes made so far, refused ones included (DynamoDB bills a failed condition).
@@ -295,7 +302,7 @@ impl Counters for Arc<MemoryCounters> {
         };
         if used + tokens > bounds.second
             || used + previous + tokens > bounds.pair
-            || (quiet && used + tokens > bounds.quiet_cap(previous))
+            || (quiet && (used + tokens > bounds.quiet_cap(previous) || *lock(&self.refuse_quiet)))
         {
             return Ok(Err(found));
         }

@@ -50,7 +50,10 @@ impl Bounds {
     /// those of ordinary leases (a tenth of what each instance served the second
     /// before) at most `previous ÷ 10`: together at most a tenth of the rate, as without
     /// quiet leases, and traffic up to ~0.9 × the rate is still never refused
-    /// (`docs/api.md`). In integers: `10 × (count + tokens) + previous ≤ rate`.
+    /// (`docs/api.md`). In integers: `10 × (count + tokens) + previous ≤ rate`. Over
+    /// shards, each applies it to its part: a shard whose second before burst past its
+    /// part (at most a tenth over) gives no quiet room while the others keep theirs, so
+    /// the sum may pass the whole's by at most a hundredth of the rate.
     pub fn quiet_cap(self, previous: u64) -> u64 {
         self.rate().saturating_sub(previous) / 10
     }
