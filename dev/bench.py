@@ -278,8 +278,9 @@ def budgets(s):
         lambda: ", ".join(f"{f} {b:,} B" for f, b in sizes.items()),
         lambda: max(sizes.values()) <= 8_000_000, sizes)
     rows.append(("sequential AWS calls per POST", "≤ 2 with an Idempotency-Key, ≤ 1 without",
-                 "3 (lease ‖ claim, send, awaited mark: the freeze rule) / 1–2 (send; the lease once per ten "
-                 "requests of a busy instance, once per request of a quiet one)", "over, by design"))
+                 "3 (lease ‖ claim, send, awaited mark: the freeze rule) / 1–2 (send; the lease once a "
+                 "second per instance in a quiet workspace, once per ten requests in a busy one, once per "
+                 "request under ~2 a second)", "over, by design"))
     rows.append(("consumer DynamoDB writes per batch", "≤ 1 per distinct user",
                  "1 PutItem per distinct user, after 1 BatchGetItem", True))
     row("local throughput (unpaced) ÷ emulator raw rate for the same calls", "≥ 0.8",
