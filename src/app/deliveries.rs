@@ -2,7 +2,9 @@
 //! fan-out appends at a lane's tail; one worker at a time attempts its head, so a
 //! later event waits while an earlier one is retried, and a dead endpoint holds only
 //! its own lanes. Wakes (a queue's message, delayed for a retry) start the worker; a
-//! lane's lease says one holds it, so appends wake one only when none does.
+//! lane's lease says one holds it, so appends wake one only when none does (or when
+//! the lease is the appending message's own, taken by an append of it whose wake may
+//! not have gone out).
 
 use super::ports::{
     Appended, DeliveryLog, DeliveryStatus, Disabled, Disabling, Endpoint, Failed, Head, Lane,
@@ -281,7 +283,7 @@ where
     }
 
     /// Appends `message` to its lane, the next `sequence` of the endpoint in its body,
-    /// and wakes the lane's worker if none holds it. Returns the slot. Appended twice
+    /// and wakes the lane's worker if none holds it (`append_wakes`). Returns the slot. Appended twice
     /// (the fan-out's message delivered again), it is delivered twice with one
     /// `webhook-id`: receivers drop the repeat.
     pub async fn enqueue(&self, lane: &Lane, message: &WebhookEvent) -> Result<u64, AppError> {
@@ -293,7 +295,7 @@ where
 
     /// Appends delivery `id` to its lane, its body made with the endpoint's next
     /// `sequence`, `order` placing it among the user's events, and wakes the lane's
-    /// worker if none holds it. Returns the slot.
+    /// worker if none holds it (`append_wakes`). Returns the slot.
     async fn append_next(
         &self,
         lane: &Lane,

@@ -585,6 +585,16 @@ async fn lanes_keep_their_order_lease_and_sequence_in_dynamodb() {
         }
     }
     assert_eq!(woken, [true, false, false, true]);
+    // A worker's move shows a wake arrived: the message again wakes nobody now.
+    assert!(lanes
+        .postpone(&again, 1, failed(1, now + 5_000, lease))
+        .await
+        .unwrap());
+    let after_move = lanes.append(&again, delivery("msg_a", 5), now, lease).await;
+    assert!(
+        matches!(after_move, Ok(Appended::At { wake: false, .. })),
+        "{after_move:?}"
+    );
 }
 
 /// A worker's move applied whose answer was lost: the SDK's retry meets the move

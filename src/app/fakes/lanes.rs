@@ -146,7 +146,7 @@ impl Lanes for MemoryLanes {
             delivery.message_id,
         );
         if wake {
-            state.lease_until = lease_until;
+            state.lease_until = lease_until.max(state.lease_until);
             state.leased_by = Some(delivery.message_id.to_owned());
         }
         drop(lanes);
@@ -211,6 +211,7 @@ impl Lanes for MemoryLanes {
             return Ok(None);
         };
         state.version += 1;
+        state.leased_by = None;
         state.done = slot;
         state.attempts = 0;
         state.next_at = 0;
@@ -227,6 +228,7 @@ impl Lanes for MemoryLanes {
             return Ok(false);
         };
         state.version += 1;
+        state.leased_by = None;
         state.attempts = failed.attempts;
         state.next_at = failed.next_at;
         state.lease_until = failed.lease_until;

@@ -1,6 +1,7 @@
 //! Webhook lanes in the webhooks table (`docs/webhooks.md` §2): a lane is the
 //! partition `l#<workspace>#<webhook id>#<user>`, its meta item `sk = "#"` (`tail`,
-//! `done`, `last_seq`, `attempts`, `next_at`, `lease_until`, and `v`,
+//! `done`, `last_seq`, `attempts`, `next_at`, `lease_until`, `leased_by` (the message
+//! whose append took the lease, until a worker's move), and `v`,
 //! moved by every change so that an append's or an arrangement's transaction holds
 //! only if nothing changed since it read the meta) and one item per delivery, `sk` =
 //! its slot in 12 digits (`message_id`, `sequence`, `ord`: the user's version, `body`). An endpoint's
@@ -166,7 +167,11 @@ impl LaneStore {
             .update_item()
             .table_name(&self.table)
             .set_key(Some(Self::meta_key(lane)))
-            .update_expression(format!("SET {set}, expires_at = :expires ADD v :one"))
+            // A worker's move shows a wake arrived: no append's retry wakes another for
+            // the lease it took (`leased_by`).
+            .update_expression(format!(
+                "SET {set}, expires_at = :expires REMOVE leased_by ADD v :one"
+            ))
             .condition_expression("done = :before")
             .expression_attribute_values(":before", n(slot.saturating_sub(1)))
             .expression_attribute_values(":one", n(1))
@@ -288,8 +293,9 @@ impl Lanes for LaneStore {
                 .expression_attribute_values(":expires", n(expires_at(META_KEPT_FOR_S)))
                 .expression_attribute_values(":one", n(1));
             if wake {
+                // A retry waking on its own lease never shortens it.
                 update = update
-                    .expression_attribute_values(":lease", n(lease_until))
+                    .expression_attribute_values(":lease", n(lease_until.max(meta.lease_until)))
                     .expression_attribute_values(":id", s(delivery.message_id));
             }
             update = match meta.version {
