@@ -251,18 +251,18 @@ impl<S: Counters> RateLimiter<S> {
                 next = if local.spend(cost) {
                     Err(RateDecision::Allowed)
                 } else if let Some(shard) = local.shard_with_room(shards) {
-                    Ok((shard, local.asks(shard, bounds.part(shards, shard), cost)))
+                    let part = bounds.part(shards, shard);
+                    Ok((shard, part, local.asks(shard, part, cost)))
                 } else {
                     Err(limited())
                 };
             });
-            let (shard, (ask, ordinary)) = match next {
+            let (shard, part, asks) = match next {
                 Ok(lease) => lease,
                 Err(decision) => return Ok(decision),
             };
             let key = counter_key(workspace_id, shard);
-            let part = bounds.part(shards, shard);
-            let granted = self.lease(&key, part, (ask, ordinary), window).await?;
+            let granted = self.lease(&key, part, asks, window).await?;
             let mut contended = false;
             local(&mut |local| {
                 match granted {

@@ -1,12 +1,11 @@
 //! Webhook lanes in the webhooks table (`docs/webhooks.md` §2): a lane is the
 //! partition `l#<workspace>#<webhook id>#<user>`, its meta item `sk = "#"` (`tail`,
-//! `done`, `last_seq`, `attempts`, `next_at`, `lease_until`, `leased_by` (the message
-//! whose append took the lease, until a worker's move), and `v`,
-//! moved by every change so that an append's or an arrangement's transaction holds
-//! only if nothing changed since it read the meta) and one item per delivery, `sk` =
-//! its slot in 12 digits (`message_id`, `sequence`, `ord`: the user's version, `body`). An endpoint's
-//! sequence blocks: `seq#<workspace>#<webhook id>`, `next`. Deliveries and metas expire
-//! (TTL `expires_at`), the metas a day after their last delivery.
+//! `done`, `last_seq`, `attempts`, `next_at`, `lease_until`, `leased_by` (whose append
+//! took the lease, until a worker's move), and `v`, moved by every change so that an
+//! append's or an arrangement's transaction holds only if nothing changed since it read
+//! the meta) and one item per delivery, `sk` = its slot in 12 digits (`message_id`,
+//! `sequence`, `ord`: the user's version, `body`); sequence blocks `seq#<ws>#<webhook id>`
+//! (`next`). Deliveries and metas expire (TTL `expires_at`), metas a day after the last one.
 
 use super::{
     built, condition, condition_held, get_n, get_s, n, s, transact_once, Condition, Item,
